@@ -1,0 +1,104 @@
+"""Authentication of the WebDAV endpoint with JupyterHub tokens.
+
+Accepted, for the micro-infrastructure of user ``owner``:
+
+- ``Authorization: Basic`` with user name ``owner`` and, as the password, a
+  JupyterHub API token of ``owner`` (desktop clients can send only Basic);
+- ``Authorization: token <hub token>`` (and ``Bearer <hub token>``).
+
+The token is checked against the hub API (``HubAuth``), and must carry a scope that
+gives access to this server (``access:servers!user=<owner>`` or wider). Answers are
+cached for ``CACHE_SECONDS``: a revoked token stops working within that time.
+No credentials, or a bad token: 401 with a Basic challenge; a valid token of
+someone else, or a wrong user name: 403.
+"""
+
+import base64
+import logging
+import os
+
+from jupyterhub.services.auth import HubAuth
+from wsgidav.mw.base_mw import BaseMiddleware
+
+log = logging.getLogger("skerry.dav")
+
+CACHE_SECONDS = 5
+REALM = "skerry"
+
+
+def _parse(header: str) -> tuple[str | None, str | None]:
+    """(user name or None, token or None) from an Authorization header."""
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if scheme in ("token", "bearer") and value:
+        return None, value
+    if scheme == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None, None
+        name, sep, password = decoded.partition(":")
+        if sep and password:
+            return name, password
+    return None, None
+
+
+def hub_auth_from_env() -> HubAuth:
+    """HubAuth for the micro-infrastructure process, from the env JupyterHub gave it."""
+    return HubAuth(cache_max_age=CACHE_SECONDS)
+
+
+class HubTokenAuthenticator(BaseMiddleware):
+    """wsgidav middleware (``cls(wsgidav_app, next_app, config)``) checking hub tokens.
+
+    Reads ``config["skerry_auth"]``: ``{"owner": name, "hub_auth": HubAuth}``.
+    """
+
+    def __init__(self, wsgidav_app, next_app, config):
+        super().__init__(wsgidav_app, next_app, config)
+        self.owner = config["skerry_auth"]["owner"]
+        self.hub_auth = config["skerry_auth"]["hub_auth"]
+        self.access_scopes = set(self.hub_auth.access_scopes) or {
+            f"access:servers!user={self.owner}"
+        }
+
+    def is_disabled(self) -> bool:
+        return False
+
+    def __call__(self, environ, start_response):
+        name, token = _parse(environ.get("HTTP_AUTHORIZATION", ""))
+        if token is None:
+            return self._deny(start_response, 401, "Log in with your user name and a JupyterHub API token as the password.")
+        if name is not None and name != self.owner:
+            return self._deny(start_response, 403, f"This WebDAV endpoint belongs to {self.owner}.")
+        try:
+            model = self.hub_auth.user_for_token(token)
+        except Exception:  # the hub did not answer: say so, don't leak details
+            log.exception("checking a token with the hub failed")
+            return self._deny(start_response, 503, "The hub could not check your token; try again.")
+        if not model:
+            return self._deny(start_response, 401, "This token is not valid (expired or revoked?).")
+        if model.get("kind", "user") != "user" or model.get("name") != self.owner:
+            return self._deny(start_response, 403, f"This WebDAV endpoint belongs to {self.owner}.")
+        if not self.hub_auth.check_scopes(self.access_scopes, model):
+            return self._deny(start_response, 403, "This token may not access this server.")
+        environ["wsgidav.auth.realm"] = REALM
+        environ["wsgidav.auth.user_name"] = self.owner
+        environ["wsgidav.auth.roles"] = None
+        environ["wsgidav.auth.permissions"] = None
+        return self.next_app(environ, start_response)
+
+    @staticmethod
+    def _deny(start_response, status: int, message: str):
+        reason = {401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable"}[status]
+        body = (message + "\n").encode()
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        if status == 401:
+            headers.append(("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'))
+        start_response(f"{status} {reason}", headers)
+        return [body]
+
+
+def owner_from_env() -> str:
+    return os.environ["SKERRY_USER"]

@@ -1,0 +1,55 @@
+"""The WebDAV endpoint process of a micro-infrastructure: ``python -m skerry.hub.davserver``.
+
+Configured by the environment ``SkerrySpawner`` sets: ``SKERRY_DAV_PORT``,
+``SKERRY_DAV_ROOT`` (the folder served), ``SKERRY_DAV_PREFIX`` (``/dav/<name>/``),
+``SKERRY_USER``, and JupyterHub's ``JUPYTERHUB_API_URL``/``JUPYTERHUB_API_TOKEN``.
+Serves with cheroot on 127.0.0.1 until SIGTERM/SIGINT.
+"""
+
+import os
+import signal
+import sys
+
+from cheroot import wsgi
+
+from skerry.adaptors.webdav import make_dav_app
+from skerry.process import die_with_parent
+
+from .davauth import HubTokenAuthenticator, hub_auth_from_env, owner_from_env
+
+THREADS = 16
+
+
+def build_server(port: int = 0) -> wsgi.Server:
+    mount = os.environ["SKERRY_DAV_PREFIX"].rstrip("/")
+    app = make_dav_app(
+        os.environ["SKERRY_DAV_ROOT"],
+        mount,
+        HubTokenAuthenticator,
+        {"skerry_auth": {"owner": owner_from_env(), "hub_auth": hub_auth_from_env()}},
+    )
+    # the proxy keeps the /dav/<name> prefix: the dispatcher moves it into SCRIPT_NAME
+    server = wsgi.Server(("127.0.0.1", port), wsgi.PathInfoDispatcher({mount: app}), numthreads=THREADS)
+    server.server_name = "skerry-webdav"
+    return server
+
+
+def main() -> int:
+    die_with_parent()  # never outlive the micro-infrastructure process
+    server = build_server(int(os.environ["SKERRY_DAV_PORT"]))
+
+    def stop(signum, frame):
+        raise SystemExit(0)  # unwinds serve(); stop() below closes the socket and workers
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.prepare()
+    try:
+        server.serve()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

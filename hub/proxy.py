@@ -1,0 +1,70 @@
+"""``SkerryProxy``: JupyterHub's configurable-http-proxy, also routing ``/dav/<name>/``.
+
+A user server's route (``/user/<name>/``) and its WebDAV route (``/dav/<name>/``)
+enter and leave the routing table together: ``add_user``/``delete_user`` manage
+both, and ``check_routes`` (the hub's periodic repair, which deletes every route it
+does not know) keeps, adds and removes the WebDAV routes by the same rules as the
+user routes. A stopped server's ``/dav/<name>/`` falls through to the ``/dav/``
+extra route (the skerry service, which answers 503 with a sentence).
+"""
+
+import asyncio
+
+from jupyterhub.proxy import ConfigurableHTTPProxy
+
+DAV_KEY = "skerry_dav"  # marks our routes in the route data
+
+
+def dav_target(spawner) -> str | None:
+    port = getattr(spawner, "dav_port", 0)
+    return f"http://127.0.0.1:{port}" if port else None
+
+
+class SkerryProxy(ConfigurableHTTPProxy):
+    """configurable-http-proxy with a WebDAV route per running micro-infrastructure."""
+
+    async def add_user(self, user, server_name=""):
+        await super().add_user(user, server_name)
+        spawner = user.spawners[server_name]
+        target = dav_target(spawner)
+        if target:
+            await self._add_dav_route(user, server_name, spawner, target)
+
+    async def delete_user(self, user, server_name=""):
+        spawner = user.spawners[server_name]
+        await super().delete_user(user, server_name)
+        if hasattr(spawner, "dav_prefix"):
+            await self.delete_route(spawner.dav_prefix)
+
+    def _add_dav_route(self, user, server_name, spawner, target):
+        self.log.info("Adding WebDAV route %s -> %s", spawner.dav_prefix, target)
+        data = {DAV_KEY: True, "dav_user": user.name, "dav_server": server_name}
+        return self.add_route(spawner.dav_prefix, target, data)
+
+    async def check_routes(self, user_dict, service_dict, routes=None):
+        routes = routes or await self.get_all_routes()
+        dav = {spec: r for spec, r in routes.items() if r["data"].get(DAV_KEY)}
+        others = {spec: r for spec, r in routes.items() if spec not in dav}
+        # JupyterHub's check deletes routes it does not know: hand it only its own
+        await super().check_routes(user_dict, service_dict, others or None)
+        if not others:  # it fetched the table itself and deleted ours: add them all again
+            dav = {}
+
+        wanted, keep = {}, set()
+        for user in user_dict.values():
+            for name, spawner in user.spawners.items():
+                target = dav_target(spawner)
+                if spawner.ready and target:
+                    wanted[spawner.dav_prefix] = (user, name, spawner, target)
+                elif spawner.pending and hasattr(spawner, "dav_prefix"):
+                    keep.add(spawner.dav_prefix)
+        futures = []
+        for spec, (user, name, spawner, target) in wanted.items():
+            if spec not in dav or dav[spec]["target"] != target:
+                self.log.warning("Adding missing WebDAV route %s", spec)
+                futures.append(self._add_dav_route(user, name, spawner, target))
+        for spec in dav:
+            if spec not in wanted and spec not in keep:
+                self.log.warning("Deleting stale WebDAV route %s", spec)
+                futures.append(self.delete_route(spec))
+        await asyncio.gather(*futures)

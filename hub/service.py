@@ -1,0 +1,174 @@
+"""The skerry hub service at ``/services/skerry/``: the platform's REST API.
+
+A JupyterHub-managed service (FastAPI + uvicorn), started and stopped with the hub
+(``python -m skerry.hub.service``). Callers authenticate with their hub tokens
+(``Authorization: token ...``), checked by JupyterHub's ``HubAuth``. Errors are JSON
+``{"error": CODE, "message": sentence}``. The OpenAPI document is at
+``/services/skerry/api/v1/openapi.json``.
+
+It also answers ``/dav/<name>/...`` for servers that are not running (the proxy
+sends those here once the server's own WebDAV route is gone): 503 and a sentence.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+from urllib.parse import quote, urlparse
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from jupyterhub.services.auth import HubAuth
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from skerry.process import die_with_parent
+
+PREFIX = "/services/skerry"
+API = PREFIX + "/api/v1"
+CACHE_SECONDS = 5
+
+
+@dataclass
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "message": message}`` with ``status``."""
+
+    status: int
+    code: str
+    message: str
+
+
+class Endpoint(BaseModel):
+    url: str
+    auth: str
+
+
+class Infrastructure(BaseModel):
+    user: str
+    name: str
+    ready: bool
+    started: str | None
+    endpoints: dict[str, Endpoint]
+
+
+class InfrastructureList(BaseModel):
+    infrastructures: list[Infrastructure]
+
+
+class Hub:
+    """What the service needs from the hub: who a token belongs to, and users' servers."""
+
+    def __init__(self):
+        self.auth = HubAuth(cache_max_age=CACHE_SECONDS)
+        self.public_url = os.environ.get("SKERRY_PUBLIC_URL", "http://127.0.0.1:8000/").rstrip("/")
+        self.client = httpx.AsyncClient(
+            base_url=self.auth.api_url.rstrip("/") + "/",
+            headers={"Authorization": f"token {self.auth.api_token}"},
+            timeout=10,
+        )
+
+    async def caller(self, request: Request) -> dict:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() not in ("token", "bearer") or not token.strip():
+            raise ApiError(401, "unauthenticated", "Send your hub token as 'Authorization: token <token>'.")
+        model = await self.auth.user_for_token(token.strip(), sync=False)
+        if not model:
+            raise ApiError(401, "invalid_token", "This token is not valid (expired or revoked?).")
+        return model
+
+    async def user(self, name: str) -> dict:
+        r = await self.client.get(f"users/{quote(name, safe='')}")
+        if r.status_code == 404:
+            raise ApiError(404, "no_such_user", f"There is no user {name!r}.")
+        r.raise_for_status()
+        return r.json()
+
+
+def create_app(hub: Hub | None = None) -> FastAPI:
+    app = FastAPI(
+        title="skerry",
+        version="1",
+        description="The skerry platform API: micro-infrastructures (and, later, data, workflows and jobs).",
+        openapi_url=API + "/openapi.json",
+        docs_url=API + "/docs",
+        redoc_url=None,
+    )
+    state = {"hub": hub}
+
+    def get_hub() -> Hub:
+        if state["hub"] is None:
+            state["hub"] = Hub()
+        return state["hub"]
+
+    async def caller(request: Request, hub: Hub = Depends(get_hub)) -> dict:
+        return await hub.caller(request)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        headers = {"WWW-Authenticate": "token"} if exc.status == 401 else None
+        return JSONResponse({"error": exc.code, "message": exc.message}, exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "message": str(exc.detail)}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": "bad_request", "message": f"{where}: {first.get('msg', 'invalid')}"}, 400)
+
+    @app.get(API + "/infrastructure", response_model=InfrastructureList)
+    async def list_infrastructure(who: dict = Depends(caller), hub: Hub = Depends(get_hub)):
+        """The caller's running micro-infrastructures and how to reach each endpoint."""
+        if who.get("kind") != "user":
+            return InfrastructureList(infrastructures=[])
+        model = await hub.user(who["name"])
+        return InfrastructureList(infrastructures=[
+            _infrastructure(hub.public_url, who["name"], name, server)
+            for name, server in sorted(model.get("servers", {}).items())
+        ])
+
+    @app.api_route("/dav/{rest:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS",
+                                             "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",
+                                             "LOCK", "UNLOCK"], include_in_schema=False)
+    async def dav_not_running(rest: str):
+        name = rest.split("/", 1)[0]
+        message = (f"The WebDAV endpoint of {name!r} is not running. Start the server at "
+                   f"{get_hub().public_url}/hub/home and try again.")
+        return JSONResponse({"error": "server_not_running", "message": message}, 503,
+                            headers={"Retry-After": "10"})
+
+    return app
+
+
+def _infrastructure(public_url: str, user: str, name: str, server: dict) -> Infrastructure:
+    jupyter = public_url + server["url"]
+    dav = f"{public_url}/dav/{user}/" + (f"{name}/" if name else "")
+    return Infrastructure(
+        user=user,
+        name=name,
+        ready=bool(server.get("ready")),
+        started=server.get("started"),
+        endpoints={
+            "jupyter": Endpoint(url=jupyter, auth="Authorization: token <your hub API token>, or log in with a browser"),
+            "webdav": Endpoint(url=dav, auth=f"HTTP Basic: user name {user!r}, password: a hub API token of yours; "
+                                             "or Authorization: token <your hub API token>"),
+        },
+    )
+
+
+def main() -> int:
+    import uvicorn
+
+    die_with_parent()  # a hub killed with SIGKILL must not leave its service holding the port
+    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    uvicorn.run(create_app(), host=url.hostname, port=url.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

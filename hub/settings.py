@@ -1,0 +1,82 @@
+"""The JupyterHub configuration of ``skerry up``, built from the environment it sets.
+
+``skerry up`` sets ``SKERRY_DATA_DIR``, ``SKERRY_IP``, ``SKERRY_PORT``,
+``SKERRY_PUBLIC_URL``, ``SKERRY_PROXY_COMMAND`` and ``SKERRY_DEV``; secrets are read
+from the data dir here, never passed through the environment or arguments.
+"""
+
+import os
+import sys
+
+from skerry.datadir import DataDir
+
+SERVICE_NAME = "skerry"
+ADMIN_SERVICE_NAME = "skerry-admin"
+ADMIN_USER = "admin"
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+def configure(c) -> None:
+    data = DataDir(os.environ["SKERRY_DATA_DIR"]).ensure()
+    ports = data.ports()
+    public_url = os.environ["SKERRY_PUBLIC_URL"]
+
+    c.JupyterHub.ip = os.environ.get("SKERRY_IP", "127.0.0.1")
+    c.JupyterHub.port = int(os.environ.get("SKERRY_PORT", "8000"))
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = ports["hub"]
+    c.JupyterHub.db_url = data.db_url
+    c.JupyterHub.cookie_secret_file = str(data.secrets / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(data.run / "jupyterhub.pid")
+    # Ctrl-C on `skerry up` stops everything: no orphan user servers
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.cleanup_proxy = True
+
+    c.JupyterHub.proxy_class = "skerry"
+    c.ConfigurableHTTPProxy.command = [os.environ["SKERRY_PROXY_COMMAND"]]
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{ports['proxy_api']}"
+    c.ConfigurableHTTPProxy.auth_token = data.secret("proxy-auth-token")
+    c.ConfigurableHTTPProxy.pid_file = str(data.run / "proxy.pid")
+    service_url = f"http://127.0.0.1:{ports['service']}"
+    # requests for /dav/<name>/ of a stopped server fall through to the service (503 + sentence)
+    c.Proxy.extra_routes = {"/dav/": service_url}
+
+    c.JupyterHub.spawner_class = "skerry"
+    c.SkerrySpawner.home_dir_template = str(data.users / "{username}")
+    c.Spawner.default_url = "/lab"
+    if os.geteuid() == 0:
+        c.Spawner.args = ["--allow-root"]
+
+    if os.environ.get("SKERRY_DEV"):
+        c.JupyterHub.authenticator_class = "dummy"
+        c.Authenticator.allow_all = True
+    else:
+        c.JupyterHub.authenticator_class = "skerry"
+        c.SkerryAuthenticator.admin_password_file = str(data.secrets / "admin-password")
+        c.Authenticator.allow_existing_users = True
+    c.Authenticator.admin_users = {ADMIN_USER}
+    c.Authenticator.username_pattern = USERNAME_PATTERN
+
+    c.JupyterHub.services = [
+        {
+            "name": SERVICE_NAME,
+            "url": service_url,
+            "command": [sys.executable, "-m", "skerry.hub.service"],
+            "environment": {
+                "SKERRY_DATA_DIR": str(data.path),
+                "SKERRY_PUBLIC_URL": public_url,
+            },
+            "display": False,
+            "oauth_no_confirm": True,
+        },
+        # the admin API token of DIR/secrets/admin-api-token belongs to this token-only service
+        {"name": ADMIN_SERVICE_NAME, "api_token": data.admin_api_token},
+    ]
+    c.JupyterHub.load_roles = [
+        {"name": "admin", "services": [ADMIN_SERVICE_NAME]},
+        {
+            "name": "skerry-service",
+            "scopes": ["list:users", "read:users", "read:servers"],
+            "services": [SERVICE_NAME],
+        },
+    ]

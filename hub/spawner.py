@@ -1,0 +1,111 @@
+"""``SkerrySpawner``: a user's server is a micro-infrastructure, not only a Jupyter server.
+
+Local backend. Starting a server starts one process group (``skerry.hub.microinfra``)
+holding the user's Jupyter server and their WebDAV endpoint over their home adaptor
+(``home_dir_template``, a folder per user). The rules of JupyterHub's ``Spawner``:
+
+- ``start`` returns the Jupyter server's (ip, port); the WebDAV port is kept in
+  ``dav_port`` and routed at ``/dav/<name>/`` by ``SkerryProxy``;
+- ``poll`` returns None while the group runs, and an exit status once either
+  member has died (the group then stops itself);
+- ``stop`` stops the whole group; no process of it is left afterwards;
+- ``get_state``/``load_state`` keep pid, process start time and ports, so a
+  restarted hub finds running groups again and never mistakes a reused pid for one.
+"""
+
+import asyncio
+import os
+import re
+import signal
+import sys
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from jupyterhub.utils import random_port
+from traitlets import Integer, default
+
+from skerry.process import group_members, is_running, kill_group, start_time
+
+_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class SkerrySpawner(SimpleLocalProcessSpawner):
+    """Spawns a micro-infrastructure (Jupyter + WebDAV) per user server, as local processes."""
+
+    dav_port = Integer(0, help="Port of the WebDAV endpoint of the running micro-infrastructure.")
+    started = Integer(0, help="Start time (clock ticks since boot) of the group leader.")
+
+    @default("cmd")
+    def _default_cmd(self):
+        return [sys.executable, "-m", "skerry.hub.microinfra", "jupyterhub-singleuser"]
+
+    @property
+    def dav_prefix(self) -> str:
+        """URL path of this server's WebDAV endpoint on the proxy."""
+        base = f"/dav/{self.user.name}/"
+        return base + f"{self.name}/" if self.name else base
+
+    def get_env(self):
+        env = super().get_env()
+        env["SKERRY_DAV_PORT"] = str(self.dav_port)
+        env["SKERRY_DAV_ROOT"] = self.home_dir
+        env["SKERRY_DAV_PREFIX"] = self.dav_prefix
+        env["SKERRY_USER"] = self.user.name
+        return env
+
+    async def start(self):
+        if not _SAFE_NAME.match(self.user.name):
+            raise ValueError(f"user name {self.user.name!r} cannot name a home folder")
+        self.dav_port = random_port()
+        os.makedirs(self.home_dir, 0o755, exist_ok=True)
+        ip_port = await super().start()
+        self.started = start_time(self.pid) or 0
+        return ip_port
+
+    async def poll(self):
+        pgid = self.pid
+        if self.proc is None and pgid and not is_running(pgid, self.started or None):
+            # after a hub restart: the leader is gone, or its pid now names another process
+            if not is_running(pgid):
+                self._kill_leftovers(pgid)
+            self.clear_state()
+            return 0
+        status = await super().poll()
+        if status is not None and pgid:
+            self._kill_leftovers(pgid)
+        return status
+
+    async def stop(self, now=False):
+        pgid = self.pid
+        await super().stop(now=now)
+        if pgid:
+            self._kill_leftovers(pgid)
+            for _ in range(50):  # the kernel needs a moment to reap them
+                if not group_members(pgid):
+                    break
+                await asyncio.sleep(0.1)
+
+    @staticmethod
+    def _kill_leftovers(pgid: int) -> None:
+        """Kill what is left of a group whose leader has exited.
+
+        The leader is a session leader (``start_new_session``), so its pid is the
+        group id, and the kernel gives no new process that pid while the group has members.
+        """
+        if group_members(pgid):
+            kill_group(pgid, signal.SIGKILL)
+
+    def get_state(self):
+        state = super().get_state()
+        if self.pid:
+            state.update(dav_port=self.dav_port, started=self.started)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.dav_port = state.get("dav_port", 0)
+        self.started = state.get("started", 0)
+
+    def clear_state(self):
+        super().clear_state()
+        self.dav_port = 0
+        self.started = 0

@@ -1,0 +1,148 @@
+"""``skerry up``: run the whole platform on one machine, in the foreground.
+
+The platform is one JupyterHub process (with its proxy and the skerry hub service
+as its children) configured by ``skerry.hub.jupyterhub_config``. This module owns
+only the process: it prepares the data dir, starts the hub, says where it is, and
+on Ctrl-C/SIGTERM stops the hub, which stops every user server, the service and
+the proxy. The hub dies with this process even on ``kill -9`` (PDEATHSIG).
+"""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .datadir import DataDir
+from .errors import ConfigError, SetupError
+from .nodeproxy import find_proxy
+from .process import die_with_parent, is_running, start_time
+
+STOP_TIMEOUT = 30  # seconds the hub gets to stop user servers before it is killed
+READY_TIMEOUT = 120
+
+
+@dataclass
+class Options:
+    """What ``skerry up`` was asked for."""
+
+    data_dir: str = "./skerry-data"
+    ip: str = "127.0.0.1"
+    port: int = 8000
+    dev: bool = False
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
+
+
+def hub_config_file() -> str:
+    spec = importlib.util.find_spec("skerry.hub")
+    return str(Path(spec.submodule_search_locations[0]) / "jupyterhub_config.py")
+
+
+def public_url(opts: Options) -> str:
+    host = f"[{opts.ip}]" if ":" in opts.ip else opts.ip
+    return f"http://{host}:{opts.port}/"
+
+
+def _previous_hub(data: DataDir) -> int | None:
+    try:
+        pid, started = (int(x) for x in (data.run / "hub.pid").read_text().split())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if is_running(pid, started) else None
+
+
+def _wait_ready(url: str, hub: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if hub.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url + "hub/api/", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def up(opts: Options) -> int:
+    """Run the platform until Ctrl-C/SIGTERM; returns the exit status."""
+    opts.validate()
+    data = DataDir(opts.data_dir).ensure()
+    other = _previous_hub(data)
+    if other:
+        raise SetupError(f"a skerry hub (pid {other}) already runs on data dir {data.path}")
+    data.admin_api_token  # created once (0600), reused on restart
+    data.secret("admin-password", 12)
+    ports = data.ports()
+    env = dict(
+        os.environ,
+        SKERRY_DATA_DIR=str(data.path),
+        SKERRY_IP=opts.ip,
+        SKERRY_PORT=str(opts.port),
+        SKERRY_PUBLIC_URL=public_url(opts),
+        SKERRY_PROXY_COMMAND=find_proxy(),
+        SKERRY_DEV="1" if opts.dev else "",
+        SKERRY_HUB_PORT=str(ports["hub"]),
+    )
+    if opts.dev:
+        print(
+            "skerry: WARNING --dev: ANY user name and password logs in. "
+            "Never use --dev on a machine others can reach.",
+            file=sys.stderr,
+            flush=True,
+        )
+    log = open(data.run / "hub.log", "ab")
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", hub_config_file()],
+        cwd=data.path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
+    )
+
+    (data.run / "hub.pid").write_text(f"{hub.pid} {start_time(hub.pid)}\n")
+
+    stopping = []
+
+    def stop(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            hub.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    url = public_url(opts)
+    if _wait_ready(url, hub):
+        print(f"skerry is running at {url}", flush=True)
+        print(f"  log in as 'admin' with the password in {data.secrets / 'admin-password'}", flush=True)
+        print(f"  admin API token: {data.secrets / 'admin-api-token'}", flush=True)
+        print(f"  hub log: {data.run / 'hub.log'}", flush=True)
+    elif hub.poll() is None and not stopping:
+        print(f"skerry: the hub did not answer within {READY_TIMEOUT}s; see {data.run / 'hub.log'}",
+              file=sys.stderr, flush=True)
+    try:
+        while True:
+            try:
+                code = hub.wait(timeout=STOP_TIMEOUT if stopping else None)
+                break
+            except subprocess.TimeoutExpired:
+                hub.kill()
+    finally:
+        (data.run / "hub.pid").unlink(missing_ok=True)
+    if stopping:
+        print("skerry stopped.", flush=True)
+        return 0
+    print(f"skerry: the hub exited with status {code}; see {data.run / 'hub.log'}",
+          file=sys.stderr, flush=True)
+    return 1
