@@ -44,6 +44,8 @@ def configure(c) -> None:
     c.JupyterHub.spawner_class = "skerry"
     c.SkerrySpawner.home_dir_template = str(data.users / "{username}")
     c.Spawner.default_url = "/lab"
+    # a dead micro-infrastructure is noticed within seconds; a poll is one kill(pid, 0)
+    c.Spawner.poll_interval = 10
     if os.geteuid() == 0:
         c.Spawner.args = ["--allow-root"]
 

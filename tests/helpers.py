@@ -1,0 +1,165 @@
+"""Helpers for tests of the real platform: ``skerry up`` in a subprocess, real JupyterHub,
+real configurable-http-proxy, real user servers and WebDAV processes. Nothing mocked."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, their children, ...)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if fields[0] != b"Z":
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def pids_of(pattern: str, environ: bool = False) -> set[int]:
+    """Live pids whose command line (or, with ``environ``, environment) contains ``pattern``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/cmdline").read_bytes()
+                if environ:
+                    text += Path(f"/proc/{entry}/environ").read_bytes()
+                state = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            if pattern.encode() in text and state[state.rindex(b")") + 2:][:1] != b"Z":
+                found.add(int(entry))
+    return found
+
+
+def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Platform:
+    """One ``skerry up`` process on a data dir, with REST helpers as the admin."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, command: list[str] | None = None,
+                 cwd: Path | None = None, env: dict | None = None):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = command or [sys.executable, "-m", "skerry", "up"]
+        self.cwd = cwd
+        self.env = env
+        self.proc = None
+        self.output = b""
+
+    def start(self, timeout=120):
+        argv = self.command + ["--data-dir", str(self.data_dir), "--port", str(self.port)]
+        self.proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        lines = []
+        deadline = time.monotonic() + timeout
+        os.set_blocking(self.proc.stdout.fileno(), True)
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if b"skerry is running at" in line:
+                self.output = b"".join(lines)
+                return self
+        self.output = b"".join(lines)
+        log = (self.data_dir / "run" / "hub.log")
+        tail = log.read_text()[-3000:] if log.exists() else ""
+        raise AssertionError(f"skerry up did not start:\n{self.output.decode()}\n{tail}")
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "secrets" / "admin-api-token").read_text().strip()
+
+    def api(self, method, path, token=None, **kwargs):
+        headers = kwargs.pop("headers", {})
+        headers.setdefault("Authorization", f"token {token or self.admin_token}")
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
+
+    def create_user(self, name):
+        r = self.api("POST", f"/hub/api/users/{name}")
+        assert r.status_code in (201, 409), r.text
+        return name
+
+    def user_token(self, name) -> str:
+        r = self.api("POST", f"/hub/api/users/{name}/tokens", json={"note": "test"})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    def server(self, name) -> dict | None:
+        return self.api("GET", f"/hub/api/users/{name}").json()["servers"].get("")
+
+    def start_server(self, name):
+        r = self.api("POST", f"/hub/api/users/{name}/server")
+        assert r.status_code in (201, 202, 400), r.text
+        wait_for(lambda: (self.server(name) or {}).get("ready"), 60, what=f"{name}'s server")
+        return self.server(name)
+
+    def stop_server(self, name):
+        r = self.api("DELETE", f"/hub/api/users/{name}/server")
+        assert r.status_code in (202, 204), r.text
+        wait_for(lambda: self.server(name) is None, 60, what=f"{name}'s server to stop")
+
+    def group_of(self, name) -> int:
+        """Process group id (the micro-infrastructure process) of ``name``'s running server."""
+        state = self.api("GET", f"/hub/api/users/{name}?include_stopped_servers",
+                         ).json()["servers"][""].get("state") or {}
+        return state["pid"]
+
+    def stop(self, timeout=60):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.output += self.proc.stdout.read() or b""
+            self.proc.stdout.close()
+
+
+def kill_leftovers(data_dir: Path):
+    """Last-resort cleanup so that one failing test cannot leave servers for the next."""
+    for pid in pids_of(str(data_dir), environ=True) - {os.getpid()}:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+

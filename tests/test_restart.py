@@ -1,0 +1,81 @@
+"""Must show 4 and the stop rules of `skerry up`: kill -9 and restart keep users and running
+servers without duplicates; SIGTERM/Ctrl-C and a killed `skerry up` leave no process."""
+
+import os
+import signal
+
+import httpx
+import pytest
+
+from helpers import descendants, pids_of, wait_for
+from skerry.process import group_members, is_running
+
+pytestmark = pytest.mark.platform
+
+
+def micro_processes(data_dir):
+    """Pids of the user servers' processes of this data dir (they carry it in their environment)."""
+    return {p for p in pids_of(str(data_dir / "users"), environ=True)}
+
+
+def test_kill_9_hub_then_up_again_finds_running_servers(make_platform):
+    p = make_platform().start()
+    p.create_user("alice")
+    p.start_server("alice")
+    token = p.user_token("alice")
+    r = httpx.put(f"{p.url}/dav/alice/keep.txt", content=b"kept", auth=("alice", token))
+    assert r.status_code == 201
+    pgid = p.group_of("alice")
+    before = set(group_members(pgid))
+    assert len(before) == 3
+
+    hub_pid = int((p.data_dir / "run" / "hub.pid").read_text().split()[0])
+    os.kill(hub_pid, signal.SIGKILL)
+    assert p.proc.wait(30) == 1  # skerry up reports the dead hub and exits
+    assert set(group_members(pgid)) == before  # user servers outlive the hub
+
+    p.start()  # the same data dir, the same port
+    assert p.server("alice")["ready"]
+    assert set(group_members(pgid)) == before  # found again, not started twice
+    assert len(micro_processes(p.data_dir)) == 3
+    assert p.group_of("alice") == pgid
+    # tokens and routes are back
+    r = httpx.get(f"{p.url}/dav/alice/keep.txt", auth=("alice", token))
+    assert r.status_code == 200 and r.content == b"kept"
+    r = httpx.get(f"{p.url}/user/alice/api/status", headers={"Authorization": f"token {token}"})
+    assert r.status_code == 200
+    # exactly one proxy and one service for this data dir
+    assert len(pids_of("configurable-http-proxy") & pids_of(f"--port {p.port}")) == 1
+
+    p.stop()
+    assert group_members(pgid) == []
+    assert micro_processes(p.data_dir) == set()
+
+
+def test_sigterm_stops_every_child(make_platform):
+    p = make_platform().start()
+    p.create_user("erin")
+    p.start_server("erin")
+    children = descendants(p.proc.pid)
+    pgid = p.group_of("erin")
+    assert len(children) >= 4  # hub, proxy, service, (user servers are in their own group)
+    p.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert p.proc.wait(60) == 0
+    assert b"skerry stopped." in p.proc.stdout.read()
+    for pid in children | set(group_members(pgid)):
+        wait_for(lambda: not is_running(pid), timeout=10, what=f"process {pid} to exit")
+    assert micro_processes(p.data_dir) == set()
+
+
+def test_kill_9_of_skerry_up_takes_the_hub_down(make_platform):
+    p = make_platform().start()
+    p.create_user("frank")
+    p.start_server("frank")
+    pgid = p.group_of("frank")
+    hub_pid = int((p.data_dir / "run" / "hub.pid").read_text().split()[0])
+    os.kill(p.proc.pid, signal.SIGKILL)
+    p.proc.wait()
+    # the hub gets SIGTERM from the kernel (PDEATHSIG) and stops everything it started
+    wait_for(lambda: not is_running(hub_pid), timeout=60, what="the hub to stop")
+    wait_for(lambda: group_members(pgid) == [], timeout=30, what="frank's server to stop")
+    wait_for(lambda: not pids_of(f"--port {p.port}"), timeout=30, what="the proxy to stop")

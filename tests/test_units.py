@@ -1,0 +1,112 @@
+"""Unit tests of the pieces that need no running platform."""
+
+import base64
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from skerry.cli import main
+from skerry.datadir import DataDir
+from skerry.hub.davauth import _parse
+from skerry.process import group_members, is_running, kill_group, start_time
+
+
+def test_secret_is_created_once_with_mode_0600(tmp_path):
+    data = DataDir(tmp_path / "d").ensure()
+    token = data.admin_api_token
+    path = data.secrets / "admin-api-token"
+    assert len(token) == 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.secrets.stat().st_mode) == 0o700
+    assert DataDir(tmp_path / "d").ensure().admin_api_token == token
+
+
+def test_empty_secret_file_is_an_error_not_a_new_secret(tmp_path):
+    data = DataDir(tmp_path / "d").ensure()
+    (data.secrets / "admin-api-token").write_text("")
+    with pytest.raises(Exception, match="is empty"):
+        data.admin_api_token
+
+
+def test_ports_are_chosen_once(tmp_path):
+    data = DataDir(tmp_path / "d").ensure()
+    ports = data.ports()
+    assert set(ports) == {"hub", "proxy_api", "service"}
+    assert DataDir(tmp_path / "d").ports() == ports
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["up", "--data-dir", str(tmp_path / "f")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_bad_port_is_refused(tmp_path, capsys, port):
+    assert main(["up", "--data-dir", str(tmp_path / "d"), "--port", port]) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+
+
+def test_port_that_is_not_a_number_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["up", "--port", "eighty"])
+    assert e.value.code == 2
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_start_time_tells_a_reused_pid_apart():
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        started = start_time(p.pid)
+        assert is_running(p.pid, started)
+        assert not is_running(p.pid, started + 1)
+        assert group_members(p.pid) == [p.pid]
+    finally:
+        kill_group(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not is_running(p.pid)
+    assert start_time(p.pid) is None
+
+
+def b64(text):
+    return "Basic " + base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize("header,expected", [
+    (b64("alice:tok"), ("alice", "tok")),
+    (b64("alice:to:k"), ("alice", "to:k")),
+    ("token abc", (None, "abc")),
+    ("Bearer abc", (None, "abc")),
+    ("", (None, None)),
+    ("Basic", (None, None)),
+    (b64("alice:"), (None, None)),
+    (b64("alice"), (None, None)),
+    ("Basic ***", (None, None)),
+    ("Digest username=alice", (None, None)),
+])
+def test_authorization_header_parsing(header, expected):
+    assert _parse(header) == expected
+
+
+def test_microinfra_stops_when_one_member_dies(tmp_path):
+    """When the Jupyter member exits, the WebDAV member is stopped and the group is gone."""
+    env = dict(os.environ, SKERRY_DAV_PORT="0", SKERRY_DAV_ROOT=str(tmp_path),
+               SKERRY_DAV_PREFIX="/dav/x/", SKERRY_USER="x")
+    jupyter = [sys.executable, "-c", "import time; time.sleep(2)"]
+    p = subprocess.Popen([sys.executable, "-m", "skerry.hub.microinfra", *jupyter],
+                         env=env, start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1)
+        assert len(group_members(p.pid)) == 3
+        code = p.wait(30)
+    finally:
+        kill_group(p.pid)
+    assert code == 1
+    assert b"Jupyter server exited" in p.stderr.read()
+    time.sleep(0.2)
+    assert group_members(p.pid) == []

@@ -1,0 +1,94 @@
+"""Must show 2: every WebDAV method through the hub URL /dav/<name>/, Basic auth with a hub token."""
+
+import os
+import re
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.platform
+
+PROPFIND_ALL = b'<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>'
+LOCKINFO = (b'<?xml version="1.0"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
+            b'<locktype><write/></locktype><owner>alice</owner></lockinfo>')
+
+
+@pytest.fixture(scope="module")
+def dav(platform, alice):
+    with httpx.Client(base_url=f"{platform.url}/dav/alice/", auth=("alice", alice), timeout=60) as c:
+        yield c
+
+
+def hrefs(body: bytes) -> set[str]:
+    return set(re.findall(r"<(?:\w+:)?href>([^<]*)</(?:\w+:)?href>", body.decode()))
+
+
+def test_put_get_10mb_identical(dav, platform):
+    data = os.urandom(10 * 1024 * 1024)
+    r = dav.put("big.bin", content=data)
+    assert r.status_code == 201
+    r = dav.get("big.bin")
+    assert r.status_code == 200
+    assert r.content == data
+    # the file is in the user's home adaptor, byte for byte
+    assert (platform.data_dir / "users" / "alice" / "big.bin").read_bytes() == data
+    r = dav.get("big.bin", headers={"Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == data[100:200]
+
+
+def test_mkcol_copy_move_delete(dav, platform):
+    home = platform.data_dir / "users" / "alice"
+    assert dav.request("MKCOL", "folder/").status_code == 201
+    assert (home / "folder").is_dir()
+    assert dav.request("MKCOL", "folder/").status_code == 405  # exists already
+    assert dav.put("folder/a.txt", content=b"hello").status_code == 201
+
+    dest = f"{platform.url}/dav/alice/folder/b.txt"
+    assert dav.request("COPY", "folder/a.txt", headers={"Destination": dest}).status_code == 201
+    assert (home / "folder" / "b.txt").read_bytes() == b"hello"
+    assert (home / "folder" / "a.txt").exists()
+
+    dest = f"{platform.url}/dav/alice/moved.txt"
+    assert dav.request("MOVE", "folder/a.txt", headers={"Destination": dest}).status_code == 201
+    assert not (home / "folder" / "a.txt").exists()
+    assert dav.get("moved.txt").content == b"hello"
+
+    assert dav.request("DELETE", "folder/").status_code == 204
+    assert not (home / "folder").exists()
+    assert dav.get("folder/b.txt").status_code == 404
+    assert dav.request("DELETE", "moved.txt").status_code == 204
+
+
+def test_propfind_depth_0_and_1(dav):
+    dav.request("MKCOL", "listing/")
+    for name in ("one.txt", "two.txt"):
+        dav.put(f"listing/{name}", content=name.encode())
+    r = dav.request("PROPFIND", "listing/", headers={"Depth": "0"}, content=PROPFIND_ALL)
+    assert r.status_code == 207
+    assert hrefs(r.content) == {"/dav/alice/listing/"}
+    r = dav.request("PROPFIND", "listing/", headers={"Depth": "1"}, content=PROPFIND_ALL)
+    assert r.status_code == 207
+    assert hrefs(r.content) == {"/dav/alice/listing/", "/dav/alice/listing/one.txt",
+                                "/dav/alice/listing/two.txt"}
+    assert b"getcontentlength" in r.content
+
+
+def test_lock_unlock(dav, platform, alice):
+    dav.put("locked.txt", content=b"v1")
+    r = dav.request("LOCK", "locked.txt", headers={"Timeout": "Second-60"}, content=LOCKINFO)
+    assert r.status_code == 200
+    token = r.headers["Lock-Token"]
+    assert token.startswith("<opaquelocktoken:")
+    # without the lock token, a write is refused: 423 Locked
+    assert dav.put("locked.txt", content=b"v2").status_code == 423
+    r = dav.put("locked.txt", content=b"v2", headers={"If": f"({token})"})
+    assert r.status_code == 204
+    assert dav.request("UNLOCK", "locked.txt", headers={"Lock-Token": token}).status_code == 204
+    assert dav.put("locked.txt", content=b"v3").status_code == 204
+    assert dav.get("locked.txt").content == b"v3"
+
+
+def test_token_header_instead_of_basic(platform, alice):
+    r = httpx.request("PROPFIND", f"{platform.url}/dav/alice/", headers={
+        "Authorization": f"token {alice}", "Depth": "0"})
+    assert r.status_code == 207
