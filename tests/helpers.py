@@ -53,7 +53,7 @@ def pids_of(pattern: str, environ: bool = False) -> set[int]:
                 state = Path(f"/proc/{entry}/stat").read_bytes()
             except OSError:
                 continue
-            if pattern.encode() in text and state[state.rindex(b")") + 2:][:1] != b"Z":
+            if pattern.encode() in text.replace(b"\0", b" ") and state[state.rindex(b")") + 2:][:1] != b"Z":
                 found.add(int(entry))
     return found
 
@@ -149,7 +149,7 @@ class Platform:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        if self.proc and self.proc.stdout:
+        if self.proc and self.proc.stdout and not self.proc.stdout.closed:
             self.output += self.proc.stdout.read() or b""
             self.proc.stdout.close()
 
