@@ -56,6 +56,8 @@ def configure(c) -> None:
         c.JupyterHub.authenticator_class = "skerry"
         c.SkerryAuthenticator.admin_password_file = str(data.secrets / "admin-password")
         c.Authenticator.allow_existing_users = True
+        c.NativeAuthenticator.minimum_password_length = 8
+        c.NativeAuthenticator.check_common_password = True
     c.Authenticator.admin_users = {ADMIN_USER}
     c.Authenticator.username_pattern = USERNAME_PATTERN
 

@@ -125,7 +125,10 @@ def up(opts: Options) -> int:
     url = public_url(opts)
     if _wait_ready(url, hub):
         print(f"skerry is running at {url}", flush=True)
-        print(f"  log in as 'admin' with the password in {data.secrets / 'admin-password'}", flush=True)
+        if opts.dev:
+            print("  --dev: any user name and password logs in", flush=True)
+        else:
+            print(f"  log in as 'admin' with the password in {data.secrets / 'admin-password'}", flush=True)
         print(f"  admin API token: {data.secrets / 'admin-api-token'}", flush=True)
         print(f"  hub log: {data.run / 'hub.log'}", flush=True)
     elif hub.poll() is None and not stopping:
