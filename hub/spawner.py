@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 
-from jupyterhub.spawner import SimpleLocalProcessSpawner
+from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from jupyterhub.utils import random_port
 from traitlets import Integer, default
 
@@ -54,12 +54,36 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     async def start(self):
         if not _SAFE_NAME.match(self.user.name):
-            raise ValueError(f"user name {self.user.name!r} cannot name a home folder")
+            raise SpawnException(f"user name {self.user.name!r} cannot name a home folder",
+                                 reason="bad_user_name", status_code=400)
+        if os.path.exists(self.home_dir) and not os.path.isdir(self.home_dir):
+            raise SpawnException(f"the home of {self.user.name} ({self.home_dir}) is not a folder",
+                                 reason="bad_home", status_code=500)
         self.dav_port = random_port()
         os.makedirs(self.home_dir, 0o755, exist_ok=True)
         ip_port = await super().start()
         self.started = start_time(self.pid) or 0
+        # the hub waits for Jupyter; WebDAV must answer too before the server counts as up
+        await self._wait_for_dav()
         return ip_port
+
+    async def _wait_for_dav(self):
+        deadline = asyncio.get_running_loop().time() + self.start_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            status = self.proc.poll()
+            if status is not None:
+                raise SpawnException(
+                    f"the micro-infrastructure of {self.user.name} exited at start "
+                    f"(status {status}); the hub log says why", reason="exited_at_start")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.dav_port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+        raise SpawnException(f"the WebDAV endpoint of {self.user.name} did not start in "
+                             f"{self.start_timeout}s", reason="webdav_timeout")
 
     async def poll(self):
         pgid = self.pid

@@ -136,3 +136,13 @@ def test_poll_reports_group_dead_when_webdav_dies(platform):
     wait_for(lambda: group_members(pgid) == [], timeout=15, what="the group to stop itself")
     # ... and the hub's poll sees it dead
     wait_for(lambda: platform.server("dave") is None, timeout=40, what="the hub to notice")
+
+
+def test_home_that_is_not_a_folder_fails_the_spawn_clearly(platform):
+    platform.create_user("ivan")
+    (platform.data_dir / "users" / "ivan").write_text("not a folder")
+    r = platform.api("POST", "/hub/api/users/ivan/server")
+    assert r.status_code == 500
+    assert "is not a folder" in r.json()["message"]
+    assert platform.server("ivan") is None  # not left pending
+    assert (platform.data_dir / "users" / "ivan").read_text() == "not a folder"
