@@ -74,7 +74,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             if status is not None:
                 raise SpawnException(
                     f"the micro-infrastructure of {self.user.name} exited at start "
-                    f"(status {status}); the hub log says why", reason="exited_at_start")
+                    f"(status {status}); the hub log says why", reason="exited_at_start", status_code=500)
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.dav_port)
             except OSError:
@@ -83,7 +83,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             writer.close()
             return
         raise SpawnException(f"the WebDAV endpoint of {self.user.name} did not start in "
-                             f"{self.start_timeout}s", reason="webdav_timeout")
+                             f"{self.start_timeout}s", reason="webdav_timeout", status_code=500)
 
     async def poll(self):
         pgid = self.pid
