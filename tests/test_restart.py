@@ -59,6 +59,7 @@ def test_sigterm_stops_every_child(make_platform):
     p.start_server("erin")
     children = descendants(p.proc.pid)
     pgid = p.group_of("erin")
+    token = p.user_token("erin")
     assert len(children) >= 4  # hub, proxy, service, (user servers are in their own group)
     p.proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert p.proc.wait(60) == 0
@@ -66,6 +67,12 @@ def test_sigterm_stops_every_child(make_platform):
     for pid in children | set(group_members(pgid)):
         wait_for(lambda: not is_running(pid), timeout=10, what=f"process {pid} to exit")
     assert micro_processes(p.data_dir) == set()
+
+    # a clean restart keeps users and their tokens; servers were stopped with the platform
+    p.start()
+    r = p.api("GET", "/hub/api/user", token=token)
+    assert r.status_code == 200 and r.json()["name"] == "erin"
+    assert p.server("erin") is None
 
 
 def test_kill_9_of_skerry_up_takes_the_hub_down(make_platform):
