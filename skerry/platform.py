@@ -10,6 +10,7 @@ the proxy. The hub dies with this process even on ``kill -9`` (PDEATHSIG).
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +52,16 @@ def public_url(opts: Options) -> str:
     return f"http://{host}:{opts.port}/"
 
 
+def _check_port_free(ip: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip, port))
+        except OSError as e:
+            raise SetupError(f"cannot listen on {ip}:{port}: {e.strerror} (choose another --port or --ip)") from e
+
+
 def _previous_hub(data: DataDir) -> int | None:
     try:
         pid, started = (int(x) for x in (data.run / "hub.pid").read_text().split())
@@ -77,10 +88,12 @@ def _wait_ready(url: str, hub: subprocess.Popen) -> bool:
 def up(opts: Options) -> int:
     """Run the platform until Ctrl-C/SIGTERM; returns the exit status."""
     opts.validate()
-    data = DataDir(opts.data_dir).ensure()
+    data = DataDir(opts.data_dir)
     other = _previous_hub(data)
     if other:
         raise SetupError(f"a skerry hub (pid {other}) already runs on data dir {data.path}")
+    _check_port_free(opts.ip, opts.port)  # before anything is written
+    data.ensure()
     data.admin_api_token  # created once (0600), reused on restart
     data.secret("admin-password", 12)
     ports = data.ports()

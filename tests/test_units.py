@@ -110,3 +110,20 @@ def test_microinfra_stops_when_one_member_dies(tmp_path):
     assert b"Jupyter server exited" in p.stderr.read()
     time.sleep(0.2)
     assert group_members(p.pid) == []
+
+
+def test_port_in_use_is_refused_before_anything_starts(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["up", "--data-dir", str(tmp_path / "d"), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # nothing written
+
+
+def test_unknown_ip_is_refused(tmp_path, capsys):
+    assert main(["up", "--data-dir", str(tmp_path / "d"), "--ip", "203.0.113.7"]) == 2
+    assert "cannot listen on 203.0.113.7:8000" in capsys.readouterr().err
