@@ -65,7 +65,7 @@ def _check_port_free(ip: str, port: int) -> None:
 def _previous_hub(data: DataDir) -> int | None:
     try:
         pid, started = (int(x) for x in (data.run / "hub.pid").read_text().split())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return None
     return pid if is_running(pid, started) else None
 
