@@ -96,7 +96,6 @@ def up(opts: Options) -> int:
     data.ensure()
     data.admin_api_token  # created once (0600), reused on restart
     data.secret("admin-password", 12)
-    ports = data.ports()
     env = dict(
         os.environ,
         SKERRY_DATA_DIR=str(data.path),
@@ -105,7 +104,6 @@ def up(opts: Options) -> int:
         SKERRY_PUBLIC_URL=public_url(opts),
         SKERRY_PROXY_COMMAND=find_proxy(),
         SKERRY_DEV="1" if opts.dev else "",
-        SKERRY_HUB_PORT=str(ports["hub"]),
     )
     if opts.dev:
         print(
@@ -147,13 +145,14 @@ def up(opts: Options) -> int:
     elif hub.poll() is None and not stopping:
         print(f"skerry: the hub did not answer within {READY_TIMEOUT}s; see {data.run / 'hub.log'}",
               file=sys.stderr, flush=True)
+    deadline = None
     try:
-        while True:
-            try:
-                code = hub.wait(timeout=STOP_TIMEOUT if stopping else None)
-                break
-            except subprocess.TimeoutExpired:
-                hub.kill()
+        while (code := hub.poll()) is None:
+            if stopping and deadline is None:
+                deadline = time.monotonic() + STOP_TIMEOUT
+            if deadline is not None and time.monotonic() > deadline:
+                hub.kill()  # it had STOP_TIMEOUT seconds to stop the user servers
+            time.sleep(0.2)
     finally:
         (data.run / "hub.pid").unlink(missing_ok=True)
     if stopping:
