@@ -44,3 +44,27 @@ def bob(platform):
     platform.create_user("bob")
     platform.start_server("bob")
     return platform.user_token("bob")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH sshd on 127.0.0.1 (SFTP), for the whole session."""
+    from servers import Sshd
+
+    server = Sshd(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3server():
+    """A real S3-API server (moto) on 127.0.0.1, for the whole session."""
+    import os
+
+    from servers import S3Server
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")  # botocore insists on some
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    server = S3Server().start()
+    yield server
+    server.stop()

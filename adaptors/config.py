@@ -1,0 +1,66 @@
+"""The adaptor configuration handed to a running micro-infrastructure.
+
+One JSON file, named by ``$SKERRY_ADAPTORS``, mode 0600 (refused otherwise)::
+
+    {"adaptors": [<adaptor spec>, ...],
+     "credentials": {"<name>": {"private_key": "...", "password": "...", "key": "...", ...}}}
+
+The hub writes it when it starts the server; secrets reach the processes through
+this file only, never through arguments or the environment.
+"""
+
+import json
+import os
+import stat
+
+from skerry.errors import ConfigError
+
+from .registry import make_filesystem
+from .specs import load_specs
+
+ENV = "SKERRY_ADAPTORS"
+
+
+def read_config(path: str) -> dict:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"adaptor configuration {path} does not exist") from None
+    if stat.S_IMODE(mode) & 0o077:
+        raise ConfigError(f"adaptor configuration {path} holds secrets: it must be mode 0600")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"adaptor configuration {path} is not valid JSON: {e}") from None
+
+
+def write_config(path: str, adaptors: list[dict], credentials: dict | None = None) -> None:
+    """Write the configuration atomically with mode 0600 (validating the specs first)."""
+    load_specs(adaptors)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"adaptors": adaptors, "credentials": credentials or {}}, f)
+    os.replace(tmp, path)
+
+
+def build_federation(config: dict):
+    """({name: filesystem}, read-only names) from a configuration dict."""
+    specs = load_specs(config.get("adaptors", []))
+    credentials = config.get("credentials", {})
+    adaptors, read_only = {}, set()
+    for spec in specs:
+        if spec.credentials and spec.credentials not in credentials:
+            raise ConfigError(f"adaptor {spec.name!r} needs credentials {spec.credentials!r}, which are not set")
+        adaptors[spec.name] = make_filesystem(spec, credentials.get(spec.credentials))
+        if spec.read_only:
+            read_only.add(spec.name)
+    return adaptors, read_only
+
+
+def load_federation():
+    path = os.environ.get(ENV)
+    if not path:
+        raise ConfigError(f"no adaptors configured: ${ENV} is not set (it is inside a micro-infrastructure)")
+    return build_federation(read_config(path))

@@ -1,0 +1,229 @@
+"""``SkerryFileSystem``: the ``skerry://`` federation of a user's adaptors.
+
+The top-level folders are the adaptors (``skerry://home/...``, ``skerry://hpc/...``);
+below them, each path belongs to that adaptor's filesystem. The small fsspec contract
+(``ls``, ``info``, ``_open``, ``cp_file``, ``rm_file``, ``mkdir``...) is routed to the
+adaptor; the rich API (``find``, ``glob``, ``walk``, ``copy``, ``get``, ``put``) comes
+from ``AbstractFileSystem``.
+
+Rules:
+- paths are relative to the federation; ``..`` and empty segments are refused
+  (``ValueError``), whatever the backend would make of them;
+- writes to a read-only adaptor raise ``PermissionError`` naming it;
+- copies between adaptors stream in ``COPY_BLOCK`` blocks: never a whole file in
+  memory, never a local temporary copy;
+- the root and the adaptor folders themselves cannot be created or removed.
+
+``SkerryFileSystem()`` with no arguments reads the adaptors of the running
+micro-infrastructure from the file named by ``$SKERRY_ADAPTORS`` (JSON, see
+``skerry.adaptors.config``), so ``fsspec.open("skerry://home/a.csv")`` works in notebooks.
+"""
+
+import os
+import shutil
+
+from fsspec.spec import AbstractFileSystem
+
+COPY_BLOCK = 8 * 1024 * 1024
+_WRITE_MODES = set("wax+")
+
+
+class SkerryFileSystem(AbstractFileSystem):
+    protocol = "skerry"
+    root_marker = ""
+    sep = "/"
+
+    def __init__(self, adaptors=None, read_only=(), **storage_options):
+        """``adaptors``: {name: fsspec filesystem}; ``read_only``: names refusing writes.
+
+        With neither, the micro-infrastructure's configuration is loaded (``$SKERRY_ADAPTORS``).
+        """
+        super().__init__(**storage_options)
+        if adaptors is None:
+            from .config import load_federation
+
+            adaptors, read_only = load_federation()
+        self.adaptors = dict(adaptors)
+        self.read_only = frozenset(read_only)
+
+    # ---- paths ----------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = str(path)
+        if path.startswith("skerry://"):
+            path = path[len("skerry://"):]
+        return path.strip("/")
+
+    def _split(self, path):
+        """(adaptor name, adaptor filesystem, path inside it) for a federation path."""
+        path = self._strip_protocol(path)
+        parts = path.split("/") if path else []
+        for part in parts:
+            if part in ("", ".", ".."):
+                raise ValueError(f"invalid path {path!r}: empty, '.' and '..' segments are not allowed")
+        if not parts:
+            return None, None, ""
+        name = parts[0]
+        fs = self.adaptors.get(name)
+        if fs is None:
+            raise FileNotFoundError(f"no adaptor named {name!r} (adaptors: {', '.join(sorted(self.adaptors))})")
+        return name, fs, "/".join(parts[1:])
+
+    def _writable(self, path):
+        name, fs, inner = self._split(path)
+        if name is None or not inner:
+            raise PermissionError(f"{path or '/'}: the federation root and adaptor folders cannot be changed")
+        if name in self.read_only:
+            raise PermissionError(f"adaptor {name!r} is read-only")
+        return name, fs, inner
+
+    @staticmethod
+    def _outer(name, info):
+        info = dict(info)
+        inner = info["name"].strip("/")
+        info["name"] = f"{name}/{inner}" if inner else name
+        return info
+
+    # ---- reading ----------------------------------------------------------
+
+    def ls(self, path, detail=True, **kwargs):
+        name, fs, inner = self._split(path)
+        if name is None:
+            entries = [self._adaptor_info(n) for n in sorted(self.adaptors)]
+        else:
+            entries = [self._outer(name, e) for e in fs.ls(inner, detail=True, **kwargs)]
+        return entries if detail else [e["name"] for e in entries]
+
+    def _adaptor_info(self, name):
+        return {"name": name, "size": 0, "type": "directory", "read_only": name in self.read_only}
+
+    def info(self, path, **kwargs):
+        name, fs, inner = self._split(path)
+        if name is None:
+            return {"name": "", "size": 0, "type": "directory"}
+        if not inner:
+            return self._adaptor_info(name)
+        return self._outer(name, fs.info(inner, **kwargs))
+
+    def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
+        name, fs, inner = self._split(path)
+        if name is None:
+            out = {}
+            for n in sorted(self.adaptors):
+                if withdirs:
+                    out[n] = self._adaptor_info(n)
+                if maxdepth is None or maxdepth > 1:
+                    out.update(self.find(n, None if maxdepth is None else maxdepth - 1,
+                                         withdirs, detail=True, **kwargs))
+        else:
+            found = fs.find(inner, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
+            out = {}
+            for info in found.values():
+                info = self._outer(name, info)
+                out[info["name"]] = info
+        return out if detail else sorted(out)
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        name, fs, inner = self._split(path)
+        if not inner:
+            raise IsADirectoryError(path)
+        return fs.cat_file(inner, start=start, end=end, **kwargs)
+
+    def get_file(self, rpath, lpath, callback=None, outfile=None, **kwargs):
+        name, fs, inner = self._split(rpath)
+        if self.isdir(rpath):
+            os.makedirs(lpath, exist_ok=True)
+            return None
+        return fs.get_file(inner, lpath, **({"callback": callback} if callback else {}), **kwargs)
+
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+        if _WRITE_MODES & set(mode):
+            name, fs, inner = self._writable(path)
+        else:
+            name, fs, inner = self._split(path)
+            if not inner:
+                raise IsADirectoryError(path)
+        return fs.open(inner, mode, block_size=block_size, autocommit=autocommit,
+                       cache_options=cache_options, **kwargs)
+
+    def checksum(self, path):
+        name, fs, inner = self._split(path)
+        return fs.checksum(inner) if inner else super().checksum(path)
+
+    def modified(self, path):
+        name, fs, inner = self._split(path)
+        return fs.modified(inner)
+
+    def created(self, path):
+        name, fs, inner = self._split(path)
+        return fs.created(inner)
+
+    # ---- writing ----------------------------------------------------------
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        name, fs, inner = self._writable(path)
+        return fs.pipe_file(inner, value, mode=mode, **kwargs)
+
+    def put_file(self, lpath, rpath, callback=None, mode="overwrite", **kwargs):
+        name, fs, inner = self._writable(rpath)
+        if os.path.isdir(lpath):
+            return fs.makedirs(inner, exist_ok=True)
+        return fs.put_file(lpath, inner, **({"callback": callback} if callback else {}), **kwargs)
+
+    def cp_file(self, path1, path2, **kwargs):
+        src_name, src_fs, src = self._split(path1)
+        dst_name, dst_fs, dst = self._writable(path2)
+        if not src:
+            raise IsADirectoryError(path1)
+        if src_fs.isdir(src):
+            return dst_fs.makedirs(dst, exist_ok=True)
+        if src_name == dst_name:
+            return src_fs.cp_file(src, dst, **kwargs)
+        with src_fs.open(src, "rb") as fin, dst_fs.open(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, COPY_BLOCK)
+
+    def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
+        src_name, src_fs, src = self._writable(path1)
+        dst_name, dst_fs, dst = self._writable(path2)
+        if src_name == dst_name:
+            return src_fs.mv(src, dst, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+
+    def rm_file(self, path):
+        name, fs, inner = self._writable(path)
+        return fs.rm_file(inner)
+
+    def rm(self, path, recursive=False, maxdepth=None):
+        paths = path if isinstance(path, list) else [path]
+        by_adaptor = {}
+        for p in paths:
+            name, fs, inner = self._writable(p)
+            by_adaptor.setdefault(name, (fs, []))[1].append(inner)
+        for fs, inners in by_adaptor.values():
+            fs.rm(inners, recursive=recursive, maxdepth=maxdepth)
+
+    def mkdir(self, path, create_parents=True, **kwargs):
+        name, fs, inner = self._writable(path)
+        return fs.mkdir(inner, create_parents=create_parents, **kwargs)
+
+    def makedirs(self, path, exist_ok=False):
+        name, fs, inner = self._split(path)
+        if name is not None and not inner and exist_ok:
+            return None  # an adaptor folder always exists
+        name, fs, inner = self._writable(path)
+        return fs.makedirs(inner, exist_ok=exist_ok)
+
+    def rmdir(self, path):
+        name, fs, inner = self._writable(path)
+        return fs.rmdir(inner)
+
+    def touch(self, path, truncate=True, **kwargs):
+        name, fs, inner = self._writable(path)
+        return fs.touch(inner, truncate=truncate, **kwargs)
+
+    def invalidate_cache(self, path=None):
+        for fs in self.adaptors.values():
+            fs.invalidate_cache()

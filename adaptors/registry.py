@@ -1,0 +1,72 @@
+"""From adaptor specs to configured fsspec filesystems.
+
+Each adaptor becomes a ``DirFileSystem`` rooted at the adaptor's folder (local path,
+remote path, bucket/prefix) over the backend's own fsspec filesystem. Backends are
+imported lazily: a missing one gives an install hint, not an ImportError at import.
+"""
+
+import importlib
+
+from fsspec.implementations.dirfs import DirFileSystem
+
+from skerry.errors import ConfigError
+
+from .specs import AdaptorSpec
+
+# type -> (module that must import, hint)
+_BACKENDS = {
+    "local": ("fsspec.implementations.local", ""),
+    "memory": ("fsspec.implementations.memory", ""),
+    "sftp": ("sshfs", "Install sshfs to use sftp adaptors: pip install sshfs"),
+    "s3": ("s3fs", "Install s3fs to use s3 adaptors: pip install s3fs"),
+    "webdav": ("webdav4.fsspec", "Install webdav4 to use webdav adaptors: pip install webdav4"),
+}
+
+
+def _need(kind: str):
+    module, hint = _BACKENDS[kind]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(hint) from None
+
+
+def backend(spec: AdaptorSpec, secrets: dict | None = None):
+    """(filesystem, root) for one adaptor; ``secrets`` is its resolved credential entry."""
+    secrets = secrets or {}
+    if spec.type == "local":
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem(auto_mkdir=True), spec.path
+    if spec.type == "memory":
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        return MemoryFileSystem(), spec.path
+    if spec.type == "sftp":
+        sshfs = _need("sftp")
+        options = dict(host=spec.host, port=spec.port, username=spec.username,
+                       known_hosts=spec.known_hosts)
+        if "private_key" in secrets:
+            import asyncssh
+
+            options["client_keys"] = [asyncssh.import_private_key(secrets["private_key"])]
+        if "password" in secrets:
+            options["password"] = secrets["password"]
+        return sshfs.SSHFileSystem(**options, skip_instance_cache=True), spec.path or "."
+    if spec.type == "s3":
+        s3fs = _need("s3")
+        # without a credential entry, boto's usual chain (environment, config files) applies
+        options = {k: secrets[k] for k in ("key", "secret", "token") if k in secrets}
+        client = {k: v for k, v in (("endpoint_url", spec.endpoint_url), ("region_name", spec.region)) if v}
+        fs = s3fs.S3FileSystem(**options, client_kwargs=client, skip_instance_cache=True)
+        return fs, f"{spec.bucket}/{spec.prefix.strip('/')}".rstrip("/")
+    if spec.type == "webdav":
+        webdav = _need("webdav")
+        auth = (secrets["username"], secrets["password"]) if "password" in secrets else None
+        return webdav.WebdavFileSystem(spec.url, auth=auth, skip_instance_cache=True), ""
+    raise ConfigError(f"unknown adaptor type {spec.type!r}")
+
+
+def make_filesystem(spec: AdaptorSpec, secrets: dict | None = None) -> DirFileSystem:
+    fs, root = backend(spec, secrets)
+    return DirFileSystem(path=root, fs=fs)
