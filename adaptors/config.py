@@ -15,7 +15,7 @@ import stat
 
 from skerry.errors import ConfigError
 
-from .registry import make_filesystem
+from .registry import NEEDS_PARENTS, make_filesystem
 from .specs import load_specs
 
 ENV = "SKERRY_ADAPTORS"
@@ -46,17 +46,19 @@ def write_config(path: str, adaptors: list[dict], credentials: dict | None = Non
 
 
 def build_federation(config: dict):
-    """({name: filesystem}, read-only names) from a configuration dict."""
+    """({name: filesystem}, read-only names, names needing parents made) from a configuration."""
     specs = load_specs(config.get("adaptors", []))
     credentials = config.get("credentials", {})
-    adaptors, read_only = {}, set()
+    adaptors, read_only, make_parents = {}, set(), set()
     for spec in specs:
         if spec.credentials and spec.credentials not in credentials:
             raise ConfigError(f"adaptor {spec.name!r} needs credentials {spec.credentials!r}, which are not set")
         adaptors[spec.name] = make_filesystem(spec, credentials.get(spec.credentials))
         if spec.read_only:
             read_only.add(spec.name)
-    return adaptors, read_only
+        if spec.type in NEEDS_PARENTS:
+            make_parents.add(spec.name)
+    return adaptors, read_only, make_parents
 
 
 def load_federation():

@@ -33,18 +33,21 @@ class SkerryFileSystem(AbstractFileSystem):
     root_marker = ""
     sep = "/"
 
-    def __init__(self, adaptors=None, read_only=(), **storage_options):
-        """``adaptors``: {name: fsspec filesystem}; ``read_only``: names refusing writes.
+    def __init__(self, adaptors=None, read_only=(), make_parents=(), **storage_options):
+        """``adaptors``: {name: fsspec filesystem}; ``read_only``: names refusing writes;
+        ``make_parents``: names whose backend cannot write into a missing folder (the
+        federation creates it first, so that every adaptor behaves like an object store).
 
-        With neither, the micro-infrastructure's configuration is loaded (``$SKERRY_ADAPTORS``).
+        With no adaptors, the micro-infrastructure's configuration is loaded (``$SKERRY_ADAPTORS``).
         """
         super().__init__(**storage_options)
         if adaptors is None:
             from .config import load_federation
 
-            adaptors, read_only = load_federation()
+            adaptors, read_only, make_parents = load_federation()
         self.adaptors = dict(adaptors)
         self.read_only = frozenset(read_only)
+        self.make_parents = frozenset(make_parents)
 
     # ---- paths ----------------------------------------------------------
 
@@ -72,12 +75,16 @@ class SkerryFileSystem(AbstractFileSystem):
             raise FileNotFoundError(f"no adaptor named {name!r} (adaptors: {', '.join(sorted(self.adaptors))})")
         return name, fs, "/".join(parts[1:])
 
-    def _writable(self, path):
+    def _writable(self, path, new_file=False):
+        """Like ``_split`` for a path about to change; ``new_file``: make its folder exist."""
         name, fs, inner = self._split(path)
         if name is None or not inner:
             raise PermissionError(f"{path or '/'}: the federation root and adaptor folders cannot be changed")
         if name in self.read_only:
             raise PermissionError(f"adaptor {name!r} is read-only")
+        parent = inner.rpartition("/")[0]
+        if new_file and parent and name in self.make_parents:
+            fs.makedirs(parent, exist_ok=True)
         return name, fs, inner
 
     @staticmethod
@@ -137,11 +144,15 @@ class SkerryFileSystem(AbstractFileSystem):
         if self.isdir(rpath):
             os.makedirs(lpath, exist_ok=True)
             return None
+        if isinstance(lpath, str) and os.path.dirname(lpath):
+            os.makedirs(os.path.dirname(lpath), exist_ok=True)
         return fs.get_file(inner, lpath, **({"callback": callback} if callback else {}), **kwargs)
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         if _WRITE_MODES & set(mode):
-            name, fs, inner = self._writable(path)
+            name, fs, inner = self._writable(path, new_file=True)
+            if "x" in mode and fs.exists(inner):  # not every backend reports this itself
+                raise FileExistsError(f"{path} exists")
         else:
             name, fs, inner = self._split(path)
             if not inner:
@@ -164,18 +175,20 @@ class SkerryFileSystem(AbstractFileSystem):
     # ---- writing ----------------------------------------------------------
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
-        name, fs, inner = self._writable(path)
+        name, fs, inner = self._writable(path, new_file=True)
+        if mode == "create" and fs.exists(inner):  # not every backend reports this itself
+            raise FileExistsError(f"{path} exists")
         return fs.pipe_file(inner, value, mode=mode, **kwargs)
 
     def put_file(self, lpath, rpath, callback=None, mode="overwrite", **kwargs):
-        name, fs, inner = self._writable(rpath)
+        name, fs, inner = self._writable(rpath, new_file=True)
         if os.path.isdir(lpath):
             return fs.makedirs(inner, exist_ok=True)
         return fs.put_file(lpath, inner, **({"callback": callback} if callback else {}), **kwargs)
 
     def cp_file(self, path1, path2, **kwargs):
         src_name, src_fs, src = self._split(path1)
-        dst_name, dst_fs, dst = self._writable(path2)
+        dst_name, dst_fs, dst = self._writable(path2, new_file=True)
         if not src:
             raise IsADirectoryError(path1)
         if src_fs.isdir(src):
@@ -187,7 +200,7 @@ class SkerryFileSystem(AbstractFileSystem):
 
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
         src_name, src_fs, src = self._writable(path1)
-        dst_name, dst_fs, dst = self._writable(path2)
+        dst_name, dst_fs, dst = self._writable(path2, new_file=True)
         if src_name == dst_name:
             return src_fs.mv(src, dst, recursive=recursive, maxdepth=maxdepth, **kwargs)
         return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
@@ -221,7 +234,7 @@ class SkerryFileSystem(AbstractFileSystem):
         return fs.rmdir(inner)
 
     def touch(self, path, truncate=True, **kwargs):
-        name, fs, inner = self._writable(path)
+        name, fs, inner = self._writable(path, new_file=True)
         return fs.touch(inner, truncate=truncate, **kwargs)
 
     def invalidate_cache(self, path=None):

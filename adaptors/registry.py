@@ -13,6 +13,9 @@ from skerry.errors import ConfigError
 
 from .specs import AdaptorSpec
 
+# adaptor types whose backend cannot write a file into a missing folder
+NEEDS_PARENTS = {"sftp", "webdav"}
+
 # type -> (module that must import, hint)
 _BACKENDS = {
     "local": ("fsspec.implementations.local", ""),

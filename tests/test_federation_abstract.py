@@ -12,8 +12,7 @@ from skerry.adaptors.federation import SkerryFileSystem
 
 
 def federation(spec: dict, credentials: dict | None = None) -> SkerryFileSystem:
-    adaptors, read_only = build_federation({"adaptors": [spec], "credentials": credentials or {}})
-    return SkerryFileSystem(adaptors, read_only)
+    return SkerryFileSystem(*build_federation({"adaptors": [spec], "credentials": credentials or {}}))
 
 
 class FederationFixtures(abstract.AbstractFixtures):
