@@ -6,6 +6,7 @@ imported lazily: a missing one gives an install hint, not an ImportError at impo
 """
 
 import importlib
+import os
 
 from fsspec.implementations.dirfs import DirFileSystem
 
@@ -70,6 +71,24 @@ def backend(spec: AdaptorSpec, secrets: dict | None = None):
     raise ConfigError(f"unknown adaptor type {spec.type!r}")
 
 
+class LocalRootFileSystem(DirFileSystem):
+    """A local folder as an adaptor: no path, symlinks included, leads outside it."""
+
+    def __init__(self, path, fs):
+        super().__init__(path=path, fs=fs)
+        self.real_root = os.path.realpath(self.path)
+
+    def _join(self, path):
+        joined = super()._join(path)
+        for p in [joined] if isinstance(joined, str) else joined:
+            real = os.path.realpath(p)
+            if real != self.real_root and not real.startswith(self.real_root + os.sep):
+                raise PermissionError(f"{path!r} leads outside the adaptor's folder")
+        return joined
+
+
 def make_filesystem(spec: AdaptorSpec, secrets: dict | None = None) -> DirFileSystem:
     fs, root = backend(spec, secrets)
+    if spec.type == "local":
+        return LocalRootFileSystem(root, fs)
     return DirFileSystem(path=root, fs=fs)

@@ -1,0 +1,194 @@
+"""The rules of the skerry:// federation: adaptors as top-level folders, traversal refused,
+read-only adaptors, streaming copies across adaptors, validated specs, private config."""
+
+import hashlib
+import json
+import os
+
+import fsspec
+import pytest
+
+from skerry.adaptors import federation as federation_module
+from skerry.adaptors.config import build_federation, read_config, write_config
+from skerry.adaptors.federation import SkerryFileSystem
+from skerry.adaptors.specs import load_specs
+from skerry.errors import ConfigError
+
+
+@pytest.fixture
+def fed(tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "genome.fa").write_bytes(b">chr1\nACGT\n")
+    config = {"adaptors": [
+        {"name": "home", "type": "local", "path": str(tmp_path / "home")},
+        {"name": "ref", "type": "local", "path": str(tmp_path / "ref"), "read_only": True},
+        {"name": "scratch", "type": "memory", "path": f"/scratch-{os.getpid()}"},
+    ]}
+    return SkerryFileSystem(*build_federation(config))
+
+
+def test_root_lists_the_adaptors_as_folders(fed):
+    assert fed.ls("", detail=False) == ["home", "ref", "scratch"]
+    assert fed.isdir("skerry://ref")
+    assert fed.info("ref")["read_only"] is True
+    assert fed.ls("ref", detail=False) == ["ref/genome.fa"]
+    assert fed.cat("skerry://ref/genome.fa") == b">chr1\nACGT\n"
+
+
+@pytest.mark.parametrize("path", ["home/../ref/genome.fa", "home/a/../../x", "home/./x", "home//x",
+                                  "../etc/passwd", "home/.."])
+def test_traversal_is_refused(fed, path):
+    with pytest.raises(ValueError, match="not allowed"):
+        fed.cat(path)
+    with pytest.raises(ValueError, match="not allowed"):
+        fed.pipe(path, b"x")
+
+
+def test_symlinks_out_of_a_local_adaptor_are_refused(fed, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours")
+    os.symlink(outside, tmp_path / "home" / "link")
+    os.symlink(outside / "secret.txt", tmp_path / "home" / "file-link")
+    (tmp_path / "home" / "inside.txt").write_text("yours")
+    os.symlink(tmp_path / "home" / "inside.txt", tmp_path / "home" / "ok-link")
+    for path in ("home/link/secret.txt", "home/file-link"):
+        with pytest.raises(PermissionError, match="leads outside"):
+            fed.cat(path)
+        with pytest.raises(PermissionError, match="leads outside"):
+            fed.pipe(path, b"overwritten")
+    with pytest.raises(PermissionError, match="leads outside"):
+        fed.ls("home/link")
+    assert (outside / "secret.txt").read_text() == "not yours"
+    assert fed.cat("home/ok-link") == b"yours"  # a link that stays inside is fine
+
+
+def test_unknown_adaptor_names_the_known_ones(fed):
+    with pytest.raises(FileNotFoundError, match="no adaptor named 'nope'.*home, ref, scratch"):
+        fed.ls("nope")
+
+
+def test_read_only_adaptor_refuses_every_write(fed):
+    for write in (lambda: fed.pipe("ref/new.txt", b"x"),
+                  lambda: fed.open("ref/genome.fa", "wb"),
+                  lambda: fed.rm("ref/genome.fa"),
+                  lambda: fed.mkdir("ref/dir"),
+                  lambda: fed.touch("ref/t"),
+                  lambda: fed.mv("ref/genome.fa", "home/genome.fa"),
+                  lambda: fed.copy("home", "ref/copy", recursive=True)):
+        with pytest.raises(PermissionError, match="'ref' is read-only"):
+            write()
+    assert fed.ls("ref", detail=False) == ["ref/genome.fa"]
+    # reading from it and copying out of it work
+    fed.copy("ref/genome.fa", "home/genome.fa")
+    assert fed.cat("home/genome.fa") == b">chr1\nACGT\n"
+
+
+def test_root_and_adaptor_folders_cannot_be_changed(fed):
+    for change in (lambda: fed.rm("home", recursive=True), lambda: fed.mkdir("newadaptor"),
+                   lambda: fed.rmdir("scratch"), lambda: fed.pipe("", b"x")):
+        with pytest.raises((PermissionError, FileNotFoundError)):
+            change()
+    assert fed.ls("", detail=False) == ["home", "ref", "scratch"]
+
+
+def test_copy_across_adaptors_streams_in_blocks(fed, monkeypatch):
+    monkeypatch.setattr(federation_module, "COPY_BLOCK", 64 * 1024)
+    data = os.urandom(1024 * 1024 + 17)
+    fed.pipe("home/big.bin", data)
+    reads = []
+    original = fed.adaptors["home"].open
+
+    def spy_open(path, mode="rb", **kw):
+        f = original(path, mode, **kw)
+        if "r" in mode:
+            read = f.read
+            f.read = lambda n=-1: reads.append(n) or read(n)
+        return f
+
+    monkeypatch.setattr(fed.adaptors["home"], "open", spy_open)
+    fed.copy("home/big.bin", "scratch/big.bin")
+    assert fed.cat("scratch/big.bin") == data
+    assert reads and max(reads) == 64 * 1024  # never the whole file at once
+
+
+def test_cross_adaptor_copy_sftp_to_s3(sshd, s3server, tmp_path):
+    s3server.make_bucket("cross-copy")
+    (tmp_path / "hpc").mkdir()
+    config = {
+        "adaptors": [
+            {"name": "hpc", "type": "sftp", "host": "127.0.0.1", "port": sshd.port,
+             "username": sshd.username, "path": str(tmp_path / "hpc"), "credentials": "key"},
+            {"name": "s3data", "type": "s3", "bucket": "cross-copy", "endpoint_url": s3server.url,
+             "credentials": "s3"},
+        ],
+        "credentials": {"key": {"private_key": sshd.key}, "s3": s3server.credentials()},
+    }
+    fed = SkerryFileSystem(*build_federation(config))
+    data = os.urandom(3 * 1024 * 1024)
+    fed.pipe("hpc/run1/out.bin", data)
+    fed.copy("hpc/run1", "s3data/run1", recursive=True)
+    assert hashlib.sha256(fed.cat("s3data/run1/out.bin")).digest() == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"name": "Home", "type": "local", "path": "/x"}, "name"),
+    ({"name": "home", "type": "ftp"}, "type"),
+    ({"name": "home", "type": "local"}, "path"),
+    ({"name": "home", "type": "local", "path": "/x", "color": "red"}, "color"),
+    ({"name": "s", "type": "s3", "bucket": "ab"}, "bucket"),
+    ({"name": "h", "type": "sftp", "host": "h", "username": "u", "port": 0}, "port"),
+    ({"name": "w", "type": "webdav", "url": "ftp://x"}, "url"),
+])
+def test_bad_specs_are_refused_with_the_field_named(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        load_specs([spec])
+
+
+def test_duplicate_adaptor_names_are_refused():
+    spec = {"name": "home", "type": "memory"}
+    with pytest.raises(ConfigError, match="home appear more than once"):
+        load_specs([spec, spec])
+
+
+def test_missing_credentials_are_named(tmp_path):
+    config = {"adaptors": [{"name": "s", "type": "s3", "bucket": "abc", "credentials": "mine"}]}
+    with pytest.raises(ConfigError, match="needs credentials 'mine'"):
+        build_federation(config)
+
+
+def test_config_file_must_be_private_and_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "adaptors.json"
+    write_config(str(path), [{"name": "home", "type": "local", "path": str(tmp_path)}],
+                 {"k": {"password": "hunter2-secret"}})
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_config(str(path))["credentials"]["k"]["password"] == "hunter2-secret"
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="must be mode 0600"):
+        read_config(str(path))
+    with pytest.raises(ConfigError, match="adaptor spec 0: .*'type'"):
+        write_config(str(tmp_path / "bad.json"), [{"name": "x", "type": "nope"}])
+    assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad.json.tmp").exists()
+
+
+def test_skerry_protocol_is_registered_and_reads_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "adaptors.json"
+    (tmp_path / "home").mkdir()
+    write_config(str(path), [{"name": "home", "type": "local", "path": str(tmp_path / "home")}])
+    monkeypatch.setenv("SKERRY_ADAPTORS", str(path))
+    with fsspec.open("skerry://home/hello.txt", "w", skip_instance_cache=True) as f:
+        f.write("hello")
+    assert (tmp_path / "home" / "hello.txt").read_text() == "hello"
+    monkeypatch.delenv("SKERRY_ADAPTORS")
+    with pytest.raises(ConfigError, match="SKERRY_ADAPTORS is not set"):
+        fsspec.filesystem("skerry", skip_instance_cache=True)
+
+
+def test_missing_backend_gives_an_install_hint(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sshfs", None)  # as if it were not installed
+    config = {"adaptors": [{"name": "h", "type": "sftp", "host": "x", "username": "u"}]}
+    with pytest.raises(ConfigError, match="Install sshfs"):
+        build_federation(config)
