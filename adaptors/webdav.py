@@ -1,11 +1,13 @@
 """The WebDAV application over a user's storage (wsgidav, class 1 and 2).
 
-``make_dav_app(root, mount_path, authenticator)`` builds a WSGI app that serves the
-folder ``root`` at the URL path ``mount_path``, with locks and dead properties kept in
-memory. Authentication is not wsgidav's: the caller passes a wsgidav middleware class
+``make_dav_app(provider, mount_path, authenticator)`` builds a WSGI app that serves a
+wsgidav provider (a folder, or the federation: ``davprovider.FederationProvider``) at the
+URL path ``mount_path``, with locks and dead properties kept in memory. Authentication is not wsgidav's: the caller passes a wsgidav middleware class
 that sets ``wsgidav.auth.user_name`` or answers 401/403 itself, so this module knows
 nothing of JupyterHub.
 """
+
+from urllib.parse import unquote
 
 from wsgidav.dir_browser import WsgiDavDirBrowser
 from wsgidav.error_printer import ErrorPrinter
@@ -17,11 +19,14 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 BLOCK_SIZE = 1024 * 1024
 
 
-def make_dav_app(root: str, mount_path: str, authenticator, extra_config: dict | None = None):
-    """WsgiDAVApp serving ``root`` at ``mount_path`` (e.g. ``/dav/alice``), behind ``authenticator``."""
+def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | None = None):
+    """WsgiDAVApp serving ``provider`` (or a folder, given as a str) at ``mount_path``
+    (e.g. ``/dav/alice``), behind ``authenticator``."""
+    if isinstance(provider, str):
+        provider = FilesystemProvider(provider, readonly=False)
     config = {
         "mount_path": mount_path.rstrip("/") or None,
-        "provider_mapping": {"/": FilesystemProvider(root, readonly=False)},
+        "provider_mapping": {"/": provider},
         "middleware_stack": [ErrorPrinter, authenticator, WsgiDavDirBrowser, RequestResolver],
         "lock_storage": True,
         "property_manager": True,
@@ -34,4 +39,23 @@ def make_dav_app(root: str, mount_path: str, authenticator, extra_config: dict |
         "simple_dc": {"user_mapping": {"*": True}},
     }
     config.update(extra_config or {})
-    return WsgiDAVApp(config)
+    return refuse_dot_segments(WsgiDAVApp(config))
+
+
+def refuse_dot_segments(app):
+    """400 for any path with a '.' or '..' segment, plain or percent-encoded.
+
+    Clients send none (they normalise URLs); wsgidav itself hung on some of them.
+    """
+
+    def guarded(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        segments = unquote(unquote(path)).replace("\\", "/").split("/")
+        if any(s in (".", "..") for s in segments):
+            body = b"Paths with '.' or '..' segments are refused.\n"
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
+                                               ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+    return guarded

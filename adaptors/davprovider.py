@@ -1,0 +1,347 @@
+"""A wsgidav provider over the ``skerry://`` federation: one WebDAV folder per adaptor.
+
+Rules:
+- a folder listing is one ``ls(detail=True)``, kept ``LISTING_TTL`` seconds and dropped
+  by our own writes: PROPFIND Depth 1 makes no call per child, and files changed behind
+  our back (on an HPC system, say) appear within seconds;
+- a PUT streams into a hidden temporary name in the same folder and is renamed into
+  place only when the body is complete: an interrupted PUT leaves nothing visible. On
+  object stores (S3), where an upload becomes visible only when it completes, the
+  upload is written in place and aborted on error. Temporary names never appear in
+  listings and cannot be addressed;
+- ETag and Last-Modified come from the backend's metadata;
+- errors of the federation map to HTTP: PermissionError 403 (read-only adaptor, the
+  root, a path leading outside its adaptor), FileNotFoundError 404, ValueError 400.
+"""
+
+import contextlib
+import hashlib
+import threading
+import time
+import uuid
+from datetime import datetime
+
+from wsgidav import util
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
+    HTTP_NOT_FOUND,
+    DAVError,
+)
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
+
+LISTING_TTL = 2.0
+TEMP_PREFIX = ".skerry-upload-"
+
+
+@contextlib.contextmanager
+def http_errors():
+    """Turn the federation's exceptions into the WebDAV status they mean."""
+    try:
+        yield
+    except DAVError:
+        raise
+    except PermissionError as e:
+        raise DAVError(HTTP_FORBIDDEN, context_info=str(e)) from None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise DAVError(HTTP_NOT_FOUND, context_info=str(e)) from None
+    except ValueError as e:
+        raise DAVError(HTTP_BAD_REQUEST, context_info=str(e)) from None
+
+
+def _timestamp(info: dict) -> float | None:
+    for key in ("mtime", "LastModified", "last_modified", "modified", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _etag(info: dict) -> str:
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    # size and modification time change with the content on every other backend
+    return hashlib.md5(f"{info.get('size')}-{_timestamp(info)}-{info['name']}".encode()).hexdigest()
+
+
+class _CountingWriter:
+    """Counts what is written, so that a body cut short is not taken for a whole one."""
+
+    def __init__(self, f):
+        self.f = f
+        self.count = 0
+
+    def write(self, data):
+        self.count += len(data)
+        return self.f.write(data)
+
+    def writelines(self, chunks):
+        for data in chunks:
+            self.write(data)
+
+    def close(self):
+        self.f.close()
+
+
+def _base(fspath: str) -> str:
+    return fspath.rpartition("/")[2]
+
+
+class _Resource:
+    """What files and folders share: their federation path and cached info."""
+
+    def _setup(self, fspath: str, info: dict | None):
+        self.fspath = fspath
+        self.info = info
+
+    def get_display_name(self):
+        return _base(self.fspath) or "/"
+
+    def get_last_modified(self):
+        return _timestamp(self.info) if self.info else None
+
+    def get_creation_date(self):
+        return self.get_last_modified()
+
+    def _move_properties(self, dest_path, *, is_move, with_children):
+        props = self.provider.prop_manager
+        if not props:
+            return
+        dest = self.provider.get_resource_inst(dest_path, self.environ)
+        if dest is None:
+            return
+        if is_move:
+            props.move_properties(self.get_ref_url(), dest.get_ref_url(),
+                                  with_children=with_children, environ=self.environ)
+        else:
+            props.copy_properties(self.get_ref_url(), dest.get_ref_url(), self.environ)
+
+    def delete(self):
+        with http_errors():
+            self.provider.fs.rm(self.fspath, recursive=True)
+        self.provider.invalidate(self.fspath)
+        self.remove_all_properties(recursive=True)
+        self.remove_all_locks(recursive=True)
+
+    def support_recursive_move(self, dest_path):
+        return True
+
+    def move_recursive(self, dest_path):
+        dest = self.provider.to_fspath(dest_path)
+        with http_errors():
+            self.provider.fs.mv(self.fspath, dest, recursive=True)
+        self.provider.invalidate(self.fspath, dest)
+        self._move_properties(dest_path, is_move=True, with_children=True)
+
+
+class FederationFile(_Resource, DAVNonCollection):
+    def __init__(self, path, environ, fspath, info):
+        super().__init__(path, environ)
+        self._setup(fspath, info)
+        self._upload = None
+
+    def get_content_length(self):
+        return self.info.get("size") if self.info else 0
+
+    def get_content_type(self):
+        return util.guess_mime_type(self.path, self.environ["wsgidav.config"])
+
+    def get_etag(self):
+        return _etag(self.info) if self.info else None
+
+    def support_etag(self):
+        return True
+
+    def support_ranges(self):
+        return True
+
+    def get_content(self):
+        with http_errors():
+            return self.provider.fs.open(self.fspath, "rb", block_size=self.provider.block_size)
+
+    def begin_write(self, *, content_type=None):
+        fs = self.provider.fs
+        parent, _, name = self.fspath.rpartition("/")
+        with http_errors():
+            in_place = self.provider.uploads_in_place(self.fspath)
+            self._target = self.fspath if in_place else f"{parent}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+            self._upload = _CountingWriter(fs.open(self._target, "wb"))
+        return self._upload
+
+    def end_write(self, *, with_errors):
+        fs, upload = self.provider.fs, self._upload
+        self._upload = None
+        if upload is None:  # begin_write itself failed: nothing to undo
+            return
+        expected = self.environ.get("CONTENT_LENGTH")
+        # a client that went away half-way looks like a short body, not like an error
+        short = not with_errors and expected and expected.isdigit() and upload.count != int(expected)
+        try:
+            with http_errors():
+                if with_errors or short:
+                    if self._target == self.fspath:  # in place, on an object store: abort
+                        upload.f.discard()
+                    else:
+                        with contextlib.suppress(OSError):
+                            upload.close()
+                        with contextlib.suppress(FileNotFoundError):
+                            fs.rm_file(self._target)
+                    if short:
+                        raise DAVError(HTTP_BAD_REQUEST, context_info=(
+                            f"the body ended after {upload.count} of {expected} bytes: nothing was written"))
+                    return
+                upload.close()
+                if self._target != self.fspath:
+                    fs.mv(self._target, self.fspath)
+        finally:
+            self.provider.invalidate(self.fspath)
+        with http_errors():
+            self.info = fs.info(self.fspath)
+
+    def copy_move_single(self, dest_path, *, is_move):
+        dest = self.provider.to_fspath(dest_path)
+        with http_errors():
+            self.provider.fs.copy(self.fspath, dest)
+        self.provider.invalidate(dest)
+        self._move_properties(dest_path, is_move=is_move, with_children=False)
+
+
+class FederationFolder(_Resource, DAVCollection):
+    def __init__(self, path, environ, fspath, info):
+        super().__init__(path, environ)
+        self._setup(fspath, info)
+
+    def get_etag(self):
+        return None
+
+    def _child_path(self, name):
+        return f"{self.path.rstrip('/')}/{name}"
+
+    def _child(self, name, info):
+        cls = FederationFolder if info["type"] == "directory" else FederationFile
+        fspath = f"{self.fspath}/{name}" if self.fspath else name
+        return cls(self._child_path(name), self.environ, fspath, info)
+
+    def get_member_names(self):
+        return sorted(self.provider.listing(self.fspath))
+
+    def get_member_list(self):
+        return [self._child(name, info) for name, info in sorted(self.provider.listing(self.fspath).items())]
+
+    def get_member(self, name):
+        info = self.provider.listing(self.fspath).get(name)
+        return self._child(name, info) if info else None
+
+    def _refuse_at_root(self):
+        if not self.fspath:
+            raise DAVError(HTTP_FORBIDDEN, context_info="the root holds one folder per adaptor: write inside one")
+
+    def create_empty_resource(self, name):
+        self._refuse_at_root()
+        fspath = f"{self.fspath}/{name}" if self.fspath else name
+        if self.environ.get("REQUEST_METHOD") == "PUT":
+            return FederationFile(self._child_path(name), self.environ, fspath, None)  # made by end_write
+        with http_errors():
+            self.provider.fs.touch(fspath)  # LOCK on an unmapped URL makes an empty resource
+            info = self.provider.fs.info(fspath)
+        self.provider.invalidate(fspath)
+        return FederationFile(self._child_path(name), self.environ, fspath, info)
+
+    def create_collection(self, name):
+        self._refuse_at_root()
+        fspath = f"{self.fspath}/{name}" if self.fspath else name
+        with http_errors():
+            self.provider.fs.mkdir(fspath, create_parents=False)
+        self.provider.invalidate(fspath)
+
+    def copy_move_single(self, dest_path, *, is_move):
+        dest = self.provider.to_fspath(dest_path)
+        with http_errors():
+            if not self.provider.fs.exists(dest):
+                self.provider.fs.mkdir(dest, create_parents=False)
+        self.provider.invalidate(dest)
+        self._move_properties(dest_path, is_move=is_move, with_children=False)
+
+
+class FederationProvider(DAVProvider):
+    """Serves a ``SkerryFileSystem``; ``block_size`` is the read size of GET streams."""
+
+    def __init__(self, fs, block_size: int = 1024 * 1024):
+        super().__init__()
+        self.fs = fs
+        self.block_size = block_size
+        self._listings: dict[str, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def is_readonly(self):
+        return False
+
+    def to_fspath(self, path: str) -> str:
+        fspath = path.strip("/")
+        for part in fspath.split("/"):
+            if part.startswith(TEMP_PREFIX):
+                raise DAVError(HTTP_NOT_FOUND)
+        return fspath
+
+    def uploads_in_place(self, fspath: str) -> bool:
+        """True on object stores: an upload there is invisible until it completes."""
+        name, adaptor, _ = self.fs._split(fspath)
+        protocol = getattr(getattr(adaptor, "fs", adaptor), "protocol", ())
+        return "s3" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+    def listing(self, fspath: str) -> dict[str, dict]:
+        """{name: info} of a folder, from one ``ls(detail=True)`` kept LISTING_TTL seconds."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._listings.get(fspath)
+        if cached and now - cached[0] < LISTING_TTL:
+            return cached[1]
+        with http_errors():
+            entries = self.fs.ls(fspath, detail=True)
+        listing = {}
+        for info in entries:
+            name = _base(info["name"].rstrip("/"))
+            if name and not name.startswith(TEMP_PREFIX):
+                listing[name] = info
+        with self._lock:
+            self._listings[fspath] = (now, listing)
+        return listing
+
+    def invalidate(self, *fspaths: str) -> None:
+        with self._lock:
+            for fspath in fspaths:
+                self._listings.pop(fspath, None)
+                self._listings.pop(fspath.rpartition("/")[0], None)
+                prefix = fspath + "/"
+                for key in [k for k in self._listings if k.startswith(prefix)]:
+                    del self._listings[key]
+
+    def get_resource_inst(self, path: str, environ: dict):
+        self._count_get_resource_inst += 1
+        fspath = self.to_fspath(path)
+        if not fspath:
+            return FederationFolder("/", environ, "", {"name": "", "type": "directory", "size": 0})
+        parent, _, name = fspath.rpartition("/")
+        now = time.monotonic()
+        with self._lock:
+            cached = self._listings.get(parent)
+        if cached and now - cached[0] < LISTING_TTL:
+            info = cached[1].get(name)
+        else:
+            try:
+                with http_errors():
+                    info = self.fs.info(fspath)
+            except DAVError as e:
+                if e.value == HTTP_NOT_FOUND:
+                    return None
+                raise
+        if info is None:
+            return None
+        cls = FederationFolder if info["type"] == "directory" else FederationFile
+        return cls(path, environ, fspath, info)

@@ -1,0 +1,187 @@
+"""The WebDAV provider over the federation, served in-process by cheroot (no hub): the
+listing cache, atomic PUT, read-only adaptors, litmus."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+
+import httpx
+import pytest
+from cheroot import wsgi
+from wsgidav.mw.base_mw import BaseMiddleware
+
+from skerry.adaptors.config import build_federation
+from skerry.adaptors.davprovider import TEMP_PREFIX, FederationProvider
+from skerry.adaptors.federation import SkerryFileSystem
+from skerry.adaptors.webdav import make_dav_app
+
+
+class LetEveryoneIn(BaseMiddleware):
+    """Test double for the hub-token authenticator (tested against the real hub elsewhere)."""
+
+    def __call__(self, environ, start_response):
+        environ["wsgidav.auth.user_name"] = "tester"
+        environ["wsgidav.auth.realm"] = "test"
+        environ["wsgidav.auth.roles"] = None
+        environ["wsgidav.auth.permissions"] = None
+        return self.next_app(environ, start_response)
+
+    def is_disabled(self):
+        return False
+
+
+class DavServer:
+    def __init__(self, fs, mount="/dav/tester"):
+        self.provider = FederationProvider(fs)
+        app = make_dav_app(self.provider, mount, LetEveryoneIn)
+        self.server = wsgi.Server(("127.0.0.1", 0), wsgi.PathInfoDispatcher({mount: app}), numthreads=8)
+        self.server.prepare()
+        self.url = f"http://127.0.0.1:{self.server.bind_addr[1]}{mount}/"
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.stop()
+
+
+@pytest.fixture
+def roots(tmp_path):
+    for name in ("home", "ref"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "ref" / "genome.fa").write_bytes(b">chr1\nACGT\n")
+    return tmp_path
+
+
+@pytest.fixture
+def dav(roots):
+    config = {"adaptors": [
+        {"name": "home", "type": "local", "path": str(roots / "home")},
+        {"name": "ref", "type": "local", "path": str(roots / "ref"), "read_only": True},
+    ]}
+    server = DavServer(SkerryFileSystem(*build_federation(config)))
+    yield server
+    server.stop()
+
+
+def hrefs(body: bytes) -> list[str]:
+    return re.findall(r"<(?:\w+:)?href>([^<]*)</(?:\w+:)?href>", body.decode())
+
+
+def test_root_lists_adaptors_and_is_not_writable(dav):
+    r = httpx.request("PROPFIND", dav.url, headers={"Depth": "1"})
+    assert r.status_code == 207
+    assert sorted(hrefs(r.content)) == ["/dav/tester/", "/dav/tester/home/", "/dav/tester/ref/"]
+    assert httpx.put(dav.url + "top.txt", content=b"x").status_code == 403
+    assert httpx.request("MKCOL", dav.url + "newadaptor/").status_code == 403
+
+
+def test_read_only_adaptor_refuses_writes(dav, roots):
+    assert httpx.get(dav.url + "ref/genome.fa").content == b">chr1\nACGT\n"
+    assert httpx.put(dav.url + "ref/new.txt", content=b"x").status_code == 403
+    assert httpx.delete(dav.url + "ref/genome.fa").status_code == 403
+    assert httpx.request("MOVE", dav.url + "ref/genome.fa",
+                         headers={"Destination": dav.url + "home/g.fa"}).status_code == 403
+    assert os.listdir(roots / "ref") == ["genome.fa"]
+    # copying out of it works, across adaptors
+    r = httpx.request("COPY", dav.url + "ref/genome.fa", headers={"Destination": dav.url + "home/g.fa"})
+    assert r.status_code == 201
+    assert (roots / "home" / "g.fa").read_bytes() == b">chr1\nACGT\n"
+
+
+def test_propfind_depth_1_makes_one_listing_call(dav, roots):
+    for i in range(50):
+        (roots / "home" / f"f{i}.txt").write_text(str(i))
+    calls = []
+    ls = dav.provider.fs.ls
+    dav.provider.fs.ls = lambda *a, **k: calls.append(a) or ls(*a, **k)
+    infos = []
+    info = dav.provider.fs.info
+    dav.provider.fs.info = lambda *a, **k: infos.append(a) or info(*a, **k)
+    r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
+    assert r.status_code == 207
+    assert len(hrefs(r.content)) == 51
+    assert len(calls) == 1
+    assert set(infos) == {("home",)}  # the folder itself (wsgidav resolves it twice), no child
+
+
+def test_changes_behind_our_back_appear_within_seconds(dav, roots):
+    assert len(hrefs(httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"}).content)) == 1
+    (roots / "home" / "from-hpc.txt").write_text("new")
+    import time
+
+    time.sleep(2.1)
+    r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
+    assert "/dav/tester/home/from-hpc.txt" in hrefs(r.content)
+
+
+def test_our_writes_show_at_once(dav):
+    httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})  # fills the cache
+    assert httpx.put(dav.url + "home/now.txt", content=b"now").status_code == 201
+    r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
+    assert "/dav/tester/home/now.txt" in hrefs(r.content)
+    assert httpx.delete(dav.url + "home/now.txt").status_code == 204
+    r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
+    assert "/dav/tester/home/now.txt" not in hrefs(r.content)
+
+
+def test_interrupted_put_leaves_nothing_visible(dav, roots):
+    port = int(dav.url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"PUT /dav/tester/home/partial.bin HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 10000000\r\n\r\n" + b"x" * 1_000_000)
+    # the client is gone half-way: no file, no temporary file, once the server has noticed
+    import time
+
+    time.sleep(1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.listdir(roots / "home"):
+        time.sleep(0.1)
+    assert os.listdir(roots / "home") == []
+    assert httpx.get(dav.url + "home/partial.bin").status_code == 404
+
+
+def test_temporary_names_cannot_be_addressed(dav, roots):
+    (roots / "home" / f"{TEMP_PREFIX}abc-x").write_text("in flight")
+    assert httpx.get(dav.url + f"home/{TEMP_PREFIX}abc-x").status_code == 404
+    r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
+    assert not any(TEMP_PREFIX in h for h in hrefs(r.content))
+
+
+def test_etag_and_if_match(dav):
+    r = httpx.put(dav.url + "home/e.txt", content=b"one")
+    etag = r.headers["ETag"]
+    assert httpx.get(dav.url + "home/e.txt").headers["ETag"] == etag
+    assert httpx.put(dav.url + "home/e.txt", content=b"two", headers={"If-Match": '"nope"'}).status_code == 412
+    assert httpx.put(dav.url + "home/e.txt", content=b"two", headers={"If-Match": etag}).status_code == 204
+    assert httpx.get(dav.url + "home/e.txt").content == b"two"
+    assert httpx.put(dav.url + "home/e.txt", content=b"3", headers={"If-None-Match": "*"}).status_code == 412
+
+
+@pytest.mark.parametrize("path", ["home/../../../../etc/passwd", "home/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+                                  "home/..%2f..%2f..%2fetc/passwd", "/etc/passwd", "home//etc/passwd"])
+def test_traversal_is_refused(dav, path):
+    import http.client
+
+    port = int(dav.url.split(":")[2].split("/")[0])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/dav/tester/" + path)  # sent as is: no client-side normalising
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status in (400, 403, 404), (r.status, body[:200])
+    assert b"root:" not in body
+
+
+LITMUS_SUITES = ("basic", "copymove", "props", "locks", "http")
+
+
+@pytest.mark.skipif(not shutil.which("litmus"), reason="litmus is not installed (apt-get install litmus)")
+def test_litmus_passes_over_the_federation(dav):
+    env = dict(os.environ, TESTS=" ".join(LITMUS_SUITES))
+    done = subprocess.run(["litmus", dav.url + "home/"], env=env, capture_output=True, text=True, timeout=300)
+    summary = re.findall(r"<- summary for `(\w+)': of (\d+) tests run: (\d+) passed, (\d+) failed", done.stdout)
+    assert [s[0] for s in summary] == list(LITMUS_SUITES), done.stdout[-3000:]
+    for suite, run, passed, failed in summary:
+        assert failed == "0", f"litmus {suite}: {failed} failed\n{done.stdout[-3000:]}"
