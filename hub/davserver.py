@@ -1,8 +1,9 @@
 """The WebDAV endpoint process of a micro-infrastructure: ``python -m skerry.hub.davserver``.
 
-Configured by the environment ``SkerrySpawner`` sets: ``SKERRY_DAV_PORT``,
-``SKERRY_DAV_ROOT`` (the folder served), ``SKERRY_DAV_PREFIX`` (``/dav/<name>/``),
-``SKERRY_USER``, and JupyterHub's ``JUPYTERHUB_API_URL``/``JUPYTERHUB_API_TOKEN``.
+It serves the user's ``skerry://`` federation, one folder per adaptor. Configured by
+the environment ``SkerrySpawner`` sets: ``SKERRY_DAV_PORT``, ``SKERRY_ADAPTORS`` (the
+adaptor configuration file), ``SKERRY_DAV_PREFIX`` (``/dav/<name>/``), ``SKERRY_USER``,
+and JupyterHub's ``JUPYTERHUB_API_URL``/``JUPYTERHUB_API_TOKEN``.
 Serves with cheroot on 127.0.0.1 until SIGTERM/SIGINT.
 """
 
@@ -12,7 +13,9 @@ import sys
 
 from cheroot import wsgi
 
-from skerry.adaptors.webdav import make_dav_app
+from skerry.adaptors.davprovider import FederationProvider
+from skerry.adaptors.federation import SkerryFileSystem
+from skerry.adaptors.webdav import BLOCK_SIZE, make_dav_app
 from skerry.process import die_with_parent
 
 from .davauth import HubTokenAuthenticator, hub_auth_from_env, owner_from_env
@@ -23,7 +26,7 @@ THREADS = 16
 def build_server(port: int = 0) -> wsgi.Server:
     mount = os.environ["SKERRY_DAV_PREFIX"].rstrip("/")
     app = make_dav_app(
-        os.environ["SKERRY_DAV_ROOT"],
+        FederationProvider(SkerryFileSystem(), block_size=BLOCK_SIZE),
         mount,
         HubTokenAuthenticator,
         {"skerry_auth": {"owner": owner_from_env(), "hub_auth": hub_auth_from_env()}},

@@ -21,7 +21,10 @@ import sys
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from jupyterhub.utils import random_port
-from traitlets import Integer, default
+from traitlets import Integer, Unicode, default
+
+from skerry.adaptors.config import ENV as ADAPTORS_ENV
+from skerry.adaptors.config import write_config
 
 from skerry.process import group_members, is_running, kill_group, start_time
 
@@ -33,6 +36,24 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     dav_port = Integer(0, help="Port of the WebDAV endpoint of the running micro-infrastructure.")
     started = Integer(0, help="Start time (clock ticks since boot) of the group leader.")
+
+    adaptors_dir = Unicode(
+        "",
+        config=True,
+        help="""Folder (private: mode 0700) for each server's adaptor configuration file.
+
+        The file holds credentials: it is handed to the micro-infrastructure through
+        ``$SKERRY_ADAPTORS`` and never lies in a folder the user's WebDAV serves.
+        """,
+    )
+
+    @property
+    def adaptors_file(self) -> str:
+        return os.path.join(self.adaptors_dir, f"{self.user.name}--{self.name or 'default'}.json")
+
+    def adaptor_specs(self) -> list[dict]:
+        """The adaptors of this server: for now the user's home folder."""
+        return [{"name": "home", "type": "local", "path": self.home_dir}]
 
     @default("cmd")
     def _default_cmd(self):
@@ -47,9 +68,9 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     def get_env(self):
         env = super().get_env()
         env["SKERRY_DAV_PORT"] = str(self.dav_port)
-        env["SKERRY_DAV_ROOT"] = self.home_dir
         env["SKERRY_DAV_PREFIX"] = self.dav_prefix
         env["SKERRY_USER"] = self.user.name
+        env[ADAPTORS_ENV] = self.adaptors_file
         return env
 
     async def start(self):
@@ -61,6 +82,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
                                  reason="bad_home", status_code=500)
         self.dav_port = random_port()
         os.makedirs(self.home_dir, 0o755, exist_ok=True)
+        os.makedirs(self.adaptors_dir, 0o700, exist_ok=True)
+        write_config(self.adaptors_file, self.adaptor_specs())
         ip_port = await super().start()
         self.started = start_time(self.pid) or 0
         # the hub waits for Jupyter; WebDAV must answer too before the server counts as up

@@ -22,8 +22,8 @@ METHODS = [
     ("PROPFIND", {"Depth": "0"}, None),
     ("PROPFIND", {"Depth": "1"}, None),
     ("PROPPATCH", {}, b'<?xml version="1.0"?><propertyupdate xmlns="DAV:"/>'),
-    ("COPY", {"Destination": "/dav/alice/copy.txt"}, None),
-    ("MOVE", {"Destination": "/dav/alice/moved.txt"}, None),
+    ("COPY", {"Destination": "/dav/alice/home/copy.txt"}, None),
+    ("MOVE", {"Destination": "/dav/alice/home/moved.txt"}, None),
     ("LOCK", {}, b'<?xml version="1.0"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
                  b'<locktype><write/></locktype></lockinfo>'),
     ("UNLOCK", {"Lock-Token": "<opaquelocktoken:x>"}, None),
@@ -32,7 +32,7 @@ METHODS = [
 
 @pytest.fixture(scope="module")
 def alice_file(platform, alice):
-    r = httpx.put(f"{platform.url}/dav/alice/secret.txt", content=b"alice only", auth=("alice", alice))
+    r = httpx.put(f"{platform.url}/dav/alice/home/secret.txt", content=b"alice only", auth=("alice", alice))
     assert r.status_code == 201
     return platform.data_dir / "users" / "alice" / "secret.txt"
 
@@ -50,7 +50,7 @@ def test_other_users_token_is_refused(platform, alice, bob, alice_file, how, met
         headers["Authorization"] = f"token {bob}"
     if "Destination" in headers:
         headers["Destination"] = platform.url + headers["Destination"]
-    r = httpx.request(method, f"{platform.url}/dav/alice/secret.txt", headers=headers,
+    r = httpx.request(method, f"{platform.url}/dav/alice/home/secret.txt", headers=headers,
                       content=body, auth=auth)
     assert r.status_code == 403, (r.status_code, r.text)
     assert alice_file.read_bytes() == b"alice only"
@@ -63,7 +63,7 @@ def test_no_or_bad_credentials_get_401(platform, alice, alice_file, method, head
     headers = dict(headers)
     if "Destination" in headers:
         headers["Destination"] = platform.url + headers["Destination"]
-    url = f"{platform.url}/dav/alice/secret.txt"
+    url = f"{platform.url}/dav/alice/home/secret.txt"
     r = httpx.request(method, url, headers=headers, content=body)
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"].startswith("Basic")

@@ -23,7 +23,7 @@ def test_kill_9_hub_then_up_again_finds_running_servers(make_platform):
     p.create_user("alice")
     p.start_server("alice")
     token = p.user_token("alice")
-    r = httpx.put(f"{p.url}/dav/alice/keep.txt", content=b"kept", auth=("alice", token))
+    r = httpx.put(f"{p.url}/dav/alice/home/keep.txt", content=b"kept", auth=("alice", token))
     assert r.status_code == 201
     pgid = p.group_of("alice")
     before = set(group_members(pgid))
@@ -40,7 +40,7 @@ def test_kill_9_hub_then_up_again_finds_running_servers(make_platform):
     assert len(micro_processes(p.data_dir)) == 3
     assert p.group_of("alice") == pgid
     # tokens and routes are back
-    r = httpx.get(f"{p.url}/dav/alice/keep.txt", auth=("alice", token))
+    r = httpx.get(f"{p.url}/dav/alice/home/keep.txt", auth=("alice", token))
     assert r.status_code == 200 and r.content == b"kept"
     r = httpx.get(f"{p.url}/user/alice/api/status", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200

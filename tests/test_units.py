@@ -95,7 +95,10 @@ def test_authorization_header_parsing(header, expected):
 
 def test_microinfra_stops_when_one_member_dies(tmp_path):
     """When the Jupyter member exits, the WebDAV member is stopped and the group is gone."""
-    env = dict(os.environ, SKERRY_DAV_PORT="0", SKERRY_DAV_ROOT=str(tmp_path),
+    from skerry.adaptors.config import write_config
+
+    write_config(str(tmp_path / "adaptors.json"), [{"name": "home", "type": "local", "path": str(tmp_path)}])
+    env = dict(os.environ, SKERRY_DAV_PORT="0", SKERRY_ADAPTORS=str(tmp_path / "adaptors.json"),
                SKERRY_DAV_PREFIX="/dav/x/", SKERRY_USER="x")
     jupyter = [sys.executable, "-c", "import time; time.sleep(2)"]
     p = subprocess.Popen([sys.executable, "-m", "skerry.hub.microinfra", *jupyter],

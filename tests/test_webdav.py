@@ -15,7 +15,7 @@ LOCKINFO = (b'<?xml version="1.0"?><lockinfo xmlns="DAV:"><lockscope><exclusive/
 
 @pytest.fixture(scope="module")
 def dav(platform, alice):
-    with httpx.Client(base_url=f"{platform.url}/dav/alice/", auth=("alice", alice), timeout=60) as c:
+    with httpx.Client(base_url=f"{platform.url}/dav/alice/home/", auth=("alice", alice), timeout=60) as c:
         yield c
 
 
@@ -43,12 +43,12 @@ def test_mkcol_copy_move_delete(dav, platform):
     assert dav.request("MKCOL", "folder/").status_code == 405  # exists already
     assert dav.put("folder/a.txt", content=b"hello").status_code == 201
 
-    dest = f"{platform.url}/dav/alice/folder/b.txt"
+    dest = f"{platform.url}/dav/alice/home/folder/b.txt"
     assert dav.request("COPY", "folder/a.txt", headers={"Destination": dest}).status_code == 201
     assert (home / "folder" / "b.txt").read_bytes() == b"hello"
     assert (home / "folder" / "a.txt").exists()
 
-    dest = f"{platform.url}/dav/alice/moved.txt"
+    dest = f"{platform.url}/dav/alice/home/moved.txt"
     assert dav.request("MOVE", "folder/a.txt", headers={"Destination": dest}).status_code == 201
     assert not (home / "folder" / "a.txt").exists()
     assert dav.get("moved.txt").content == b"hello"
@@ -65,11 +65,11 @@ def test_propfind_depth_0_and_1(dav):
         dav.put(f"listing/{name}", content=name.encode())
     r = dav.request("PROPFIND", "listing/", headers={"Depth": "0"}, content=PROPFIND_ALL)
     assert r.status_code == 207
-    assert hrefs(r.content) == {"/dav/alice/listing/"}
+    assert hrefs(r.content) == {"/dav/alice/home/listing/"}
     r = dav.request("PROPFIND", "listing/", headers={"Depth": "1"}, content=PROPFIND_ALL)
     assert r.status_code == 207
-    assert hrefs(r.content) == {"/dav/alice/listing/", "/dav/alice/listing/one.txt",
-                                "/dav/alice/listing/two.txt"}
+    assert hrefs(r.content) == {"/dav/alice/home/listing/", "/dav/alice/home/listing/one.txt",
+                                "/dav/alice/home/listing/two.txt"}
     assert b"getcontentlength" in r.content
 
 
@@ -92,3 +92,14 @@ def test_token_header_instead_of_basic(platform, alice):
     r = httpx.request("PROPFIND", f"{platform.url}/dav/alice/", headers={
         "Authorization": f"token {alice}", "Depth": "0"})
     assert r.status_code == 207
+
+
+def test_root_is_the_federation_with_one_folder_per_adaptor(platform, alice):
+    r = httpx.request("PROPFIND", f"{platform.url}/dav/alice/", auth=("alice", alice), headers={"Depth": "1"})
+    assert r.status_code == 207
+    assert hrefs(r.content) == {"/dav/alice/", "/dav/alice/home/"}
+    r = httpx.put(f"{platform.url}/dav/alice/top.txt", content=b"x", auth=("alice", alice))
+    assert r.status_code == 403  # files live inside an adaptor
+    # the adaptor configuration (it may hold secrets) is private and outside what WebDAV serves
+    config = platform.data_dir / "secrets" / "adaptors" / "alice--default.json"
+    assert config.stat().st_mode & 0o077 == 0
