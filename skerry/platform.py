@@ -70,6 +70,16 @@ def _previous_hub(data: DataDir) -> int | None:
     return pid if is_running(pid, started) else None
 
 
+def _own_proxy_left(data: DataDir) -> bool:
+    """True if the proxy of a hub that died (kill -9) on this data dir still runs."""
+    try:
+        pid = int((data.run / "proxy.pid").read_text().strip())
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+    except (OSError, ValueError):
+        return False
+    return b"configurable-http-proxy" in cmdline and is_running(pid)
+
+
 def _wait_ready(url: str, hub: subprocess.Popen) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
@@ -92,7 +102,8 @@ def up(opts: Options) -> int:
     other = _previous_hub(data)
     if other:
         raise SetupError(f"a skerry hub (pid {other}) already runs on data dir {data.path}")
-    _check_port_free(opts.ip, opts.port)  # before anything is written
+    if not _own_proxy_left(data):  # our old proxy holds the port: the hub replaces it
+        _check_port_free(opts.ip, opts.port)  # before anything is written
     data.ensure()
     data.admin_api_token  # created once (0600), reused on restart
     data.secret("admin-password", 12)
