@@ -7,6 +7,8 @@ that sets ``wsgidav.auth.user_name`` or answers 401/403 itself, so this module k
 nothing of JupyterHub.
 """
 
+import threading
+from collections import defaultdict
 from urllib.parse import unquote
 
 from wsgidav.dir_browser import WsgiDavDirBrowser
@@ -39,7 +41,7 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
         "simple_dc": {"user_mapping": {"*": True}},
     }
     config.update(extra_config or {})
-    return refuse_dot_segments(WsgiDAVApp(config))
+    return refuse_dot_segments(serialize_conditional_writes(WsgiDAVApp(config)))
 
 
 def refuse_dot_segments(app):
@@ -59,3 +61,30 @@ def refuse_dot_segments(app):
         return app(environ, start_response)
 
     return guarded
+
+
+_CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")
+_WRITES = {"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH"}
+
+
+def serialize_conditional_writes(app):
+    """Run conditional writes to one path one at a time.
+
+    wsgidav checks ``If-Match`` and then writes; two PUTs with the same ETag could both
+    pass the check. Holding a per-path lock over the whole request makes the check and
+    the write one step: exactly one wins, the other gets 412.
+    """
+    locks = defaultdict(threading.Lock)
+    guard = threading.Lock()
+
+    def serialized(environ, start_response):
+        if environ.get("REQUEST_METHOD") not in _WRITES or not any(h in environ for h in _CONDITIONS):
+            return app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        with guard:
+            lock = locks[path]
+        with lock:
+            # the response is consumed inside the lock: the write is done when it ends
+            return list(app(environ, start_response))
+
+    return serialized

@@ -178,10 +178,28 @@ LITMUS_SUITES = ("basic", "copymove", "props", "locks", "http")
 
 
 @pytest.mark.skipif(not shutil.which("litmus"), reason="litmus is not installed (apt-get install litmus)")
-def test_litmus_passes_over_the_federation(dav):
+def test_litmus_passes_over_the_federation(dav, tmp_path):
     env = dict(os.environ, TESTS=" ".join(LITMUS_SUITES))
-    done = subprocess.run(["litmus", dav.url + "home/"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(["litmus", dav.url + "home/"], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)  # litmus writes debug.log where it runs
     summary = re.findall(r"<- summary for `(\w+)': of (\d+) tests run: (\d+) passed, (\d+) failed", done.stdout)
     assert [s[0] for s in summary] == list(LITMUS_SUITES), done.stdout[-3000:]
     for suite, run, passed, failed in summary:
         assert failed == "0", f"litmus {suite}: {failed} failed\n{done.stdout[-3000:]}"
+
+
+def test_concurrent_if_match_puts_exactly_one_wins(dav):
+    from concurrent.futures import ThreadPoolExecutor
+
+    etag = httpx.put(dav.url + "home/contended.txt", content=b"v0").headers["ETag"]
+    bodies = [os.urandom(2 * 1024 * 1024) for _ in range(6)]
+
+    def put(body):
+        return httpx.put(dav.url + "home/contended.txt", content=body, headers={"If-Match": etag},
+                         timeout=60).status_code
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        codes = list(pool.map(put, bodies))
+    assert sorted(codes) == [204] + [412] * (len(bodies) - 1)
+    winner = bodies[codes.index(204)]
+    assert httpx.get(dav.url + "home/contended.txt").content == winner
