@@ -89,6 +89,10 @@ class _CountingWriter:
         self.f.close()
 
 
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
 def _base(fspath: str) -> str:
     return fspath.rpartition("/")[2]
 
@@ -225,7 +229,7 @@ class FederationFolder(_Resource, DAVCollection):
 
     def _child(self, name, info):
         cls = FederationFolder if info["type"] == "directory" else FederationFile
-        fspath = f"{self.fspath}/{name}" if self.fspath else name
+        fspath = _join(self.fspath, name)
         return cls(self._child_path(name), self.environ, fspath, info)
 
     def get_member_names(self):
@@ -244,7 +248,7 @@ class FederationFolder(_Resource, DAVCollection):
 
     def create_empty_resource(self, name):
         self._refuse_at_root()
-        fspath = f"{self.fspath}/{name}" if self.fspath else name
+        fspath = _join(self.fspath, name)
         if self.environ.get("REQUEST_METHOD") == "PUT":
             return FederationFile(self._child_path(name), self.environ, fspath, None)  # made by end_write
         with http_errors():
@@ -255,7 +259,7 @@ class FederationFolder(_Resource, DAVCollection):
 
     def create_collection(self, name):
         self._refuse_at_root()
-        fspath = f"{self.fspath}/{name}" if self.fspath else name
+        fspath = _join(self.fspath, name)
         with http_errors():
             self.provider.fs.mkdir(fspath, create_parents=False)
         self.provider.invalidate(fspath)
@@ -297,11 +301,10 @@ class FederationProvider(DAVProvider):
 
     def listing(self, fspath: str) -> dict[str, dict]:
         """{name: info} of a folder, from one ``ls(detail=True)`` kept LISTING_TTL seconds."""
+        cached = self._fresh_listing(fspath)
+        if cached is not None:
+            return cached
         now = time.monotonic()
-        with self._lock:
-            cached = self._listings.get(fspath)
-        if cached and now - cached[0] < LISTING_TTL:
-            return cached[1]
         with http_errors():
             entries = self.fs.ls(fspath, detail=True)
         listing = {}
@@ -312,6 +315,12 @@ class FederationProvider(DAVProvider):
         with self._lock:
             self._listings[fspath] = (now, listing)
         return listing
+
+    def _fresh_listing(self, fspath: str) -> dict[str, dict] | None:
+        """The cached listing of a folder, or None if there is none younger than LISTING_TTL."""
+        with self._lock:
+            cached = self._listings.get(fspath)
+        return cached[1] if cached and time.monotonic() - cached[0] < LISTING_TTL else None
 
     def invalidate(self, *fspaths: str) -> None:
         with self._lock:
@@ -328,11 +337,9 @@ class FederationProvider(DAVProvider):
         if not fspath:
             return FederationFolder("/", environ, "", {"name": "", "type": "directory", "size": 0})
         parent, _, name = fspath.rpartition("/")
-        now = time.monotonic()
-        with self._lock:
-            cached = self._listings.get(parent)
-        if cached and now - cached[0] < LISTING_TTL:
-            info = cached[1].get(name)
+        siblings = self._fresh_listing(parent)
+        if siblings is not None:
+            info = siblings.get(name)
         else:
             try:
                 with http_errors():
