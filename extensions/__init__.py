@@ -1,5 +1,18 @@
 """skerry.extensions: what skerry adds to the user's Jupyter server and notebooks.
 
-Empty until the per-user data API and the pipeline widgets land (issues 3 and 5);
-the package exists so that the distribution's layout is fixed from the start.
+The Jupyter server extension (``skerry.extensions``) is enabled in every
+micro-infrastructure by ``jupyter_config/``, a Jupyter config folder the spawner puts
+first on ``$JUPYTER_CONFIG_PATH``.
 """
+
+import os
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "jupyter_config")
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "skerry.extensions"}]
+
+
+def _load_jupyter_server_extension(serverapp):
+    serverapp.log.info("skerry extension loaded")

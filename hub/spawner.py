@@ -25,6 +25,7 @@ from traitlets import Integer, Unicode, default
 
 from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import write_config
+from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
 
 from skerry.process import group_members, is_running, kill_group, start_time
 
@@ -71,6 +72,9 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         env["SKERRY_DAV_PREFIX"] = self.dav_prefix
         env["SKERRY_USER"] = self.user.name
         env[ADAPTORS_ENV] = self.adaptors_file
+        # our Jupyter config first: it enables the skerry server extension
+        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+            p for p in (JUPYTER_CONFIG_DIR, env.get("JUPYTER_CONFIG_PATH")) if p)
         return env
 
     async def start(self):
