@@ -44,6 +44,7 @@ def configure(c) -> None:
     c.JupyterHub.spawner_class = "skerry"
     c.SkerrySpawner.home_dir_template = str(data.users / "{username}")
     c.SkerrySpawner.adaptors_dir = str(data.secrets / "adaptors")
+    c.SkerrySpawner.accounts_dir = str(data.accounts)
     c.Spawner.default_url = "/lab"
     # a dead micro-infrastructure is noticed within seconds; a poll is one kill(pid, 0)
     c.Spawner.poll_interval = 10

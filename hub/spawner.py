@@ -48,6 +48,17 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         """,
     )
 
+    accounts_dir = Unicode(
+        "",
+        config=True,
+        help="""Folder of per-user account files (``<accounts_dir>/<user>/``), outside every home.
+
+        Holds each user's ``adaptors.json`` (their adaptor specs, no secrets) and
+        ``jwt-keys.json`` (public keys for WebDAV JWT bearer authentication). The
+        micro-infrastructure is told where the user's JWT keys are through ``$SKERRY_JWT_KEYS``.
+        """,
+    )
+
     @property
     def adaptors_file(self) -> str:
         return os.path.join(self.adaptors_dir, f"{self.user.name}--{self.name or 'default'}.json")
@@ -72,6 +83,9 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         env["SKERRY_DAV_PREFIX"] = self.dav_prefix
         env["SKERRY_USER"] = self.user.name
         env[ADAPTORS_ENV] = self.adaptors_file
+        if self.accounts_dir:
+            # the file may not exist yet: no keys, no JWT accepted
+            env["SKERRY_JWT_KEYS"] = os.path.join(self.accounts_dir, self.user.name, "jwt-keys.json")
         # our Jupyter config first: it enables the skerry server extension
         env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
             p for p in (JUPYTER_CONFIG_DIR, env.get("JUPYTER_CONFIG_PATH")) if p)

@@ -3,7 +3,9 @@
 Layout (``skerry up --data-dir DIR``)::
 
     DIR/secrets/        mode 0700: admin-api-token, admin-password, cookie secret, proxy token
-    DIR/users/<name>/   each user's home adaptor
+    DIR/users/<name>/   each user's home adaptor (served by their WebDAV: nothing private here)
+    DIR/accounts/<name>/ mode 0700: adaptors.json (specs, no secrets), jwt-keys.json (public keys)
+    DIR/secrets/credentials/<name>.json  each user's credentials, encrypted (Fernet)
     DIR/run/            pid files, logs and ports.json (the hub's internal ports)
     DIR/jupyterhub.sqlite
 
@@ -36,6 +38,7 @@ class DataDir:
         self.path = Path(path).expanduser().resolve()
         self.secrets = self.path / "secrets"
         self.users = self.path / "users"
+        self.accounts = self.path / "accounts"
         self.run = self.path / "run"
 
     def ensure(self) -> "DataDir":
@@ -44,11 +47,13 @@ class DataDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.users.mkdir(exist_ok=True)
+            self.accounts.mkdir(mode=0o700, exist_ok=True)
             self.run.mkdir(exist_ok=True)
             self.secrets.mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create data dir {self.path}: {e.strerror}") from e
         os.chmod(self.secrets, 0o700)
+        os.chmod(self.accounts, 0o700)
         return self
 
     @property
