@@ -2,18 +2,25 @@
 
 ``make_dav_app(provider, mount_path, authenticator)`` builds a WSGI app that serves a
 wsgidav provider (a folder, or the federation: ``davprovider.FederationProvider``) at the
-URL path ``mount_path``, with locks and dead properties kept in memory. Authentication is not wsgidav's: the caller passes a wsgidav middleware class
-that sets ``wsgidav.auth.user_name`` or answers 401/403 itself, so this module knows
-nothing of JupyterHub.
+URL path ``mount_path``, with locks and dead properties kept in memory. Authentication
+is not wsgidav's: the caller passes a wsgidav middleware class that sets ``wsgidav.auth.user_name`` or answers
+401/403 itself, so this module knows nothing of JupyterHub.
+
+PROPFIND with ``Depth: infinity``, or with no Depth header (which RFC 4918 reads as
+infinity), is refused with 403 and the ``propfind-finite-depth`` precondition (RFC 4918
+9.1): walking a whole federation (HPC file systems, buckets) in one request is not
+something one client may ask for.
 """
 
 import threading
 from collections import defaultdict
 from urllib.parse import unquote
 
+from wsgidav.dav_error import HTTP_FORBIDDEN, PRECONDITION_CODE_PropfindFiniteDepth, DAVError
 from wsgidav.dir_browser import WsgiDavDirBrowser
 from wsgidav.error_printer import ErrorPrinter
 from wsgidav.fs_dav_provider import FilesystemProvider
+from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
@@ -29,7 +36,7 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
     config = {
         "mount_path": mount_path.rstrip("/") or None,
         "provider_mapping": {"/": provider},
-        "middleware_stack": [ErrorPrinter, authenticator, WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorPrinter, authenticator, RefuseInfiniteDepth, WsgiDavDirBrowser, RequestResolver],
         "lock_storage": True,
         "property_manager": True,
         "block_size": BLOCK_SIZE,
@@ -42,6 +49,22 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
     }
     config.update(extra_config or {})
     return refuse_dot_segments(serialize_conditional_writes(WsgiDAVApp(config)))
+
+
+class RefuseInfiniteDepth(BaseMiddleware):
+    """403 ``propfind-finite-depth`` for PROPFIND with Depth infinity or without Depth.
+
+    Runs after authentication, so that a stranger still gets 401, not a hint.
+    """
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "PROPFIND":
+            depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
+            if depth == "infinity":
+                # ErrorPrinter answers with the <DAV:error><propfind-finite-depth/> body
+                raise DAVError(HTTP_FORBIDDEN, context_info="PROPFIND with Depth: infinity is refused: use 0 or 1",
+                               err_condition=PRECONDITION_CODE_PropfindFiniteDepth)
+        return self.next_app(environ, start_response)
 
 
 def refuse_dot_segments(app):

@@ -203,3 +203,15 @@ def test_concurrent_if_match_puts_exactly_one_wins(dav):
     assert sorted(codes) == [204] + [412] * (len(bodies) - 1)
     winner = bodies[codes.index(204)]
     assert httpx.get(dav.url + "home/contended.txt").content == winner
+
+
+@pytest.mark.parametrize("depth", ["infinity", "Infinity", None])
+def test_propfind_depth_infinity_is_refused(dav, depth):
+    headers = {"Depth": depth} if depth else {}  # no Depth header means infinity (RFC 4918 9.1)
+    r = httpx.request("PROPFIND", dav.url + "home/", headers=headers)
+    assert r.status_code == 403
+    assert r.headers["Content-Type"].startswith("application/xml")
+    assert re.search(rb"<(\w+:)?error xmlns(:\w+)?=\"DAV:\">\s*<(\w+:)?propfind-finite-depth\s*/>", r.content), r.content
+    # finite depths still work, on the root and inside an adaptor
+    assert httpx.request("PROPFIND", dav.url, headers={"Depth": "1"}).status_code == 207
+    assert httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "0"}).status_code == 207
