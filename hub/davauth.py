@@ -4,13 +4,16 @@ Accepted, for the micro-infrastructure of user ``owner``:
 
 - ``Authorization: Basic`` with user name ``owner`` and, as the password, a
   JupyterHub API token of ``owner`` (desktop clients can send only Basic);
-- ``Authorization: token <hub token>`` (and ``Bearer <hub token>``).
+- ``Authorization: token <hub token>`` (and ``Bearer <hub token>``);
+- ``Authorization: Bearer <JWT>``, or the JWT as the Basic password (the user name must
+  then be ``owner``): a token that looks like a JWT is checked by ``jwtauth`` only
+  (RS256/ES256, keys registered for ``owner``, ``sub`` = ``owner``), never by the hub.
 
 The token is checked against the hub API (``HubAuth``), and must carry a scope that
 gives access to this server (``access:servers!user=<owner>`` or wider). Answers are
 cached for ``CACHE_SECONDS``: a revoked token stops working within that time.
 No credentials, or a bad token: 401 with a Basic challenge; a valid token of
-someone else, or a wrong user name: 403.
+someone else, or a wrong user name: 403. Refusals name the reason, never the token.
 """
 
 import base64
@@ -19,6 +22,8 @@ import os
 
 from jupyterhub.services.auth import HubAuth
 from wsgidav.mw.base_mw import BaseMiddleware
+
+from .jwtauth import JwtRefused, JwtVerifier, looks_like_jwt
 
 log = logging.getLogger("skerry.dav")
 
@@ -52,7 +57,9 @@ def hub_auth_from_env() -> HubAuth:
 class HubTokenAuthenticator(BaseMiddleware):
     """wsgidav middleware (``cls(wsgidav_app, next_app, config)``) checking hub tokens.
 
-    Reads ``config["skerry_auth"]``: ``{"owner": name, "hub_auth": HubAuth}``.
+    Reads ``config["skerry_auth"]``: ``{"owner": name, "hub_auth": HubAuth}`` and
+    optionally ``"jwt": JwtVerifier`` (default: from ``$SKERRY_JWT_KEYS`` and
+    ``$SKERRY_JWT_AUDIENCE``).
     """
 
     def __init__(self, wsgidav_app, next_app, config):
@@ -62,6 +69,7 @@ class HubTokenAuthenticator(BaseMiddleware):
         self.access_scopes = set(self.hub_auth.access_scopes) or {
             f"access:servers!user={self.owner}"
         }
+        self.jwt = config["skerry_auth"].get("jwt") or JwtVerifier.from_env(self.owner)
 
     def is_disabled(self) -> bool:
         return False
@@ -69,9 +77,12 @@ class HubTokenAuthenticator(BaseMiddleware):
     def __call__(self, environ, start_response):
         name, token = _parse(environ.get("HTTP_AUTHORIZATION", ""))
         if token is None:
-            return self._deny(start_response, 401, "Log in with your user name and a JupyterHub API token as the password.")
+            return self._deny(start_response, 401, "Log in with your user name and a JupyterHub API token "
+                              "(or a JWT) as the password, or send Authorization: Bearer <JWT>.")
         if name is not None and name != self.owner:
             return self._deny(start_response, 403, f"This WebDAV endpoint belongs to {self.owner}.")
+        if looks_like_jwt(token):
+            return self._jwt(token, environ, start_response)
         try:
             model = self.hub_auth.user_for_token(token)
         except Exception:  # the hub did not answer: say so, don't leak details
@@ -83,6 +94,17 @@ class HubTokenAuthenticator(BaseMiddleware):
             return self._deny(start_response, 403, f"This WebDAV endpoint belongs to {self.owner}.")
         if not self.hub_auth.check_scopes(self.access_scopes, model):
             return self._deny(start_response, 403, "This token may not access this server.")
+        return self._admit(environ, start_response)
+
+    def _jwt(self, token, environ, start_response):
+        try:
+            self.jwt.verify(token)
+        except JwtRefused as refused:
+            log.info("JWT refused (%d): %s", refused.status, refused.message)
+            return self._deny(start_response, refused.status, refused.message, bearer=True)
+        return self._admit(environ, start_response)
+
+    def _admit(self, environ, start_response):
         environ["wsgidav.auth.realm"] = REALM
         environ["wsgidav.auth.user_name"] = self.owner
         environ["wsgidav.auth.roles"] = None
@@ -90,12 +112,14 @@ class HubTokenAuthenticator(BaseMiddleware):
         return self.next_app(environ, start_response)
 
     @staticmethod
-    def _deny(start_response, status: int, message: str):
+    def _deny(start_response, status: int, message: str, bearer: bool = False):
         reason = {401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable"}[status]
         body = (message + "\n").encode()
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         if status == 401:
             headers.append(("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'))
+            if bearer:  # RFC 6750: the token was a JWT and it was refused
+                headers.append(("WWW-Authenticate", f'Bearer realm="{REALM}", error="invalid_token"'))
         start_response(f"{status} {reason}", headers)
         return [body]
 
