@@ -9,13 +9,14 @@ The hub writes it when it starts the server; secrets reach the processes through
 this file only, never through arguments or the environment.
 """
 
+import functools
 import json
 import os
 import stat
 
 from skerry.errors import ConfigError
 
-from .registry import NEEDS_PARENTS, make_filesystem
+from .registry import NEEDS_PARENTS, Adaptors, check_backend, make_filesystem
 from .specs import load_specs
 
 ENV = "SKERRY_ADAPTORS"
@@ -46,19 +47,24 @@ def write_config(path: str, adaptors: list[dict], credentials: dict | None = Non
 
 
 def build_federation(config: dict):
-    """({name: filesystem}, read-only names, names needing parents made) from a configuration."""
+    """(Adaptors, read-only names, names needing parents made) from a configuration.
+
+    Specs, credential references and backends are checked here; each filesystem is
+    made (and connects) on first use.
+    """
     specs = load_specs(config.get("adaptors", []))
     credentials = config.get("credentials", {})
-    adaptors, read_only, make_parents = {}, set(), set()
+    factories, read_only, make_parents = {}, set(), set()
     for spec in specs:
         if spec.credentials and spec.credentials not in credentials:
             raise ConfigError(f"adaptor {spec.name!r} needs credentials {spec.credentials!r}, which are not set")
-        adaptors[spec.name] = make_filesystem(spec, credentials.get(spec.credentials))
+        check_backend(spec)
+        factories[spec.name] = functools.partial(make_filesystem, spec, credentials.get(spec.credentials))
         if spec.read_only:
             read_only.add(spec.name)
         if spec.type in NEEDS_PARENTS:
             make_parents.add(spec.name)
-    return adaptors, read_only, make_parents
+    return Adaptors(factories), read_only, make_parents
 
 
 def load_federation():

@@ -11,7 +11,8 @@ Rules:
   (``ValueError``), whatever the backend would make of them;
 - writes to a read-only adaptor raise ``PermissionError`` naming it;
 - copies between adaptors stream in ``COPY_BLOCK`` blocks: never a whole file in
-  memory, never a local temporary copy;
+  memory, never a local temporary copy; inside one adaptor the backend copies
+  server-side, except where the server refuses (sftp-only hosts): then it streams too;
 - the root and the adaptor folders themselves cannot be created or removed.
 
 ``SkerryFileSystem()`` with no arguments reads the adaptors of the running
@@ -24,8 +25,19 @@ import shutil
 
 from fsspec.spec import AbstractFileSystem
 
+from .registry import Adaptors
+
 COPY_BLOCK = 8 * 1024 * 1024
 _WRITE_MODES = set("wax+")
+
+
+def _remote_command_refused(error: Exception) -> bool:
+    """True for sshfs's server-side copy (``cp`` over an ssh exec channel) being refused.
+
+    sftp-only servers (``ForceCommand internal-sftp``, chroots without ``cp``) refuse
+    exec channels or fail the command; asyncssh raises its own exceptions for both.
+    """
+    return type(error).__module__.split(".")[0] == "asyncssh"
 
 
 class SkerryFileSystem(AbstractFileSystem):
@@ -45,9 +57,11 @@ class SkerryFileSystem(AbstractFileSystem):
             from .config import load_federation
 
             adaptors, read_only, make_parents = load_federation()
-        self.adaptors = dict(adaptors)
+        # a lazy ``Adaptors`` mapping stays lazy; a plain dict is copied
+        self.adaptors = adaptors if isinstance(adaptors, Adaptors) else dict(adaptors)
         self.read_only = frozenset(read_only)
         self.make_parents = frozenset(make_parents)
+        self._streamed_copies = set()  # adaptors whose server-side copy is refused
 
     # ---- paths ----------------------------------------------------------
 
@@ -70,10 +84,9 @@ class SkerryFileSystem(AbstractFileSystem):
         if not parts:
             return None, None, ""
         name = parts[0]
-        fs = self.adaptors.get(name)
-        if fs is None:
+        if name not in self.adaptors:
             raise FileNotFoundError(f"no adaptor named {name!r} (adaptors: {', '.join(sorted(self.adaptors))})")
-        return name, fs, "/".join(parts[1:])
+        return name, self.adaptors[name], "/".join(parts[1:])
 
     def _writable(self, path, new_file=False):
         """Like ``_split`` for a path about to change; ``new_file``: make its folder exist."""
@@ -193,8 +206,14 @@ class SkerryFileSystem(AbstractFileSystem):
             raise IsADirectoryError(path1)
         if src_fs.isdir(src):
             return dst_fs.makedirs(dst, exist_ok=True)
-        if src_name == dst_name:
-            return src_fs.cp_file(src, dst, **kwargs)
+        if src_name == dst_name and src_name not in self._streamed_copies:
+            try:
+                return src_fs.cp_file(src, dst, **kwargs)
+            except Exception as e:
+                if not _remote_command_refused(e):
+                    raise
+                # an sftp-only server (no shell, no cp): stream it, now and from now on
+                self._streamed_copies.add(src_name)
         with src_fs.open(src, "rb") as fin, dst_fs.open(dst, "wb") as fout:
             shutil.copyfileobj(fin, fout, COPY_BLOCK)
 
@@ -238,5 +257,6 @@ class SkerryFileSystem(AbstractFileSystem):
         return fs.touch(inner, truncate=truncate, **kwargs)
 
     def invalidate_cache(self, path=None):
-        for fs in self.adaptors.values():
+        built = self.adaptors.built() if isinstance(self.adaptors, Adaptors) else self.adaptors.values()
+        for fs in built:
             fs.invalidate_cache()

@@ -3,14 +3,18 @@
 Each adaptor becomes a ``DirFileSystem`` rooted at the adaptor's folder (local path,
 remote path, bucket/prefix) over the backend's own fsspec filesystem. Backends are
 imported lazily: a missing one gives an install hint, not an ImportError at import.
+``Adaptors`` builds each filesystem on first use, so one unreachable host does not
+take the other adaptors down with it.
 """
 
 import importlib
 import os
+import threading
+from collections.abc import Callable, Mapping
 
 from fsspec.implementations.dirfs import DirFileSystem
 
-from skerry.errors import ConfigError
+from skerry.errors import AdaptorUnavailable, ConfigError
 
 from .specs import AdaptorSpec
 
@@ -33,6 +37,11 @@ def _need(kind: str):
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(hint) from None
+
+
+def check_backend(spec: AdaptorSpec) -> None:
+    """Raise ConfigError with an install hint if the adaptor's backend is not installed."""
+    _need(spec.type)
 
 
 def backend(spec: AdaptorSpec, secrets: dict | None = None):
@@ -92,3 +101,44 @@ def make_filesystem(spec: AdaptorSpec, secrets: dict | None = None) -> DirFileSy
     if spec.type == "local":
         return LocalRootFileSystem(root, fs)
     return DirFileSystem(path=root, fs=fs)
+
+
+class Adaptors(Mapping):
+    """{name: filesystem}, each filesystem made on first access (sshfs connects when made).
+
+    Rules: names are known up front (listing them connects nothing); a failed build
+    raises ``AdaptorUnavailable`` naming the adaptor and is not remembered (the next
+    access tries again); a ``ConfigError`` (bad set-up, missing backend) passes unchanged.
+    """
+
+    def __init__(self, factories: Mapping[str, Callable[[], object]]):
+        self._factories = dict(factories)
+        self._built: dict[str, object] = {}
+        self._locks = {name: threading.Lock() for name in self._factories}
+
+    def __getitem__(self, name):
+        fs = self._built.get(name)
+        if fs is not None:
+            return fs
+        with self._locks[name]:  # KeyError for unknown names, as a dict would
+            fs = self._built.get(name)
+            if fs is None:
+                try:
+                    fs = self._factories[name]()
+                except ConfigError:
+                    raise
+                except Exception as e:  # whatever the backend raises for "cannot connect"
+                    reason = str(e) or type(e).__name__
+                    raise AdaptorUnavailable(f"adaptor {name!r} cannot be reached: {reason}") from None
+                self._built[name] = fs
+        return fs
+
+    def __iter__(self):
+        return iter(self._factories)
+
+    def __len__(self):
+        return len(self._factories)
+
+    def built(self) -> list:
+        """The filesystems made so far (for cache invalidation: it must not connect)."""
+        return list(self._built.values())

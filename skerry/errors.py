@@ -2,7 +2,8 @@
 
     SkerryError                 every error skerry raises on purpose
      ├── ConfigError            a bad option, flag or data dir
-     └── SetupError             something skerry needs is missing (a program, a port)
+     ├── SetupError             something skerry needs is missing (a program, a port)
+     └── AdaptorUnavailable     an adaptor's storage cannot be reached now (also a ConnectionError)
 """
 
 
@@ -22,3 +23,7 @@ class ConfigError(SkerryError):
 
 class SetupError(SkerryError):
     code = "setup_failed"
+
+
+class AdaptorUnavailable(SkerryError, ConnectionError):
+    code = "adaptor_unavailable"

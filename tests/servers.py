@@ -18,7 +18,8 @@ class Sshd:
     Logs in as the current user with ``key`` (a private key, PEM text); SFTP only.
     """
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, sftp_only: bool = False):
+        self.sftp_only = sftp_only  # like many HPC data movers: no shell, no remote commands
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -41,7 +42,7 @@ class Sshd:
             f"PidFile {self.base / 'sshd.pid'}", f"AuthorizedKeysFile {authorized}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
             "StrictModes no", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
-        ]) + "\n")
+        ] + (["ForceCommand internal-sftp"] if self.sftp_only else [])) + "\n")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._listening, 15, what="sshd")

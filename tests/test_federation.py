@@ -12,7 +12,7 @@ from skerry.adaptors import federation as federation_module
 from skerry.adaptors.config import build_federation, read_config, write_config
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.specs import load_specs
-from skerry.errors import ConfigError
+from skerry.errors import AdaptorUnavailable, ConfigError
 
 
 @pytest.fixture
@@ -192,3 +192,53 @@ def test_missing_backend_gives_an_install_hint(monkeypatch):
     config = {"adaptors": [{"name": "h", "type": "sftp", "host": "x", "username": "u"}]}
     with pytest.raises(ConfigError, match="Install sshfs"):
         build_federation(config)
+
+
+def _sftp_spec(server, name="hpc", path=""):
+    spec = {"name": name, "type": "sftp", "host": "127.0.0.1", "port": server.port,
+            "username": server.username, "path": path, "credentials": "key"}
+    return {"adaptors": [spec, {"name": "mem", "type": "memory"}],
+            "credentials": {"key": {"private_key": server.key}}}
+
+
+def test_an_unreachable_adaptor_does_not_take_the_others_down(tmp_path):
+    from servers import Sshd
+
+    server = Sshd(tmp_path / "sshd")  # configured, not started: nothing listens on its port
+    server.start().stop()
+    fed = SkerryFileSystem(*build_federation(_sftp_spec(server)))
+    assert fed.ls("", detail=False) == ["hpc", "mem"]  # listing adaptors connects nothing
+    fed.pipe_file("mem/a.txt", b"fine")
+    assert fed.cat_file("mem/a.txt") == b"fine"
+    with pytest.raises(AdaptorUnavailable, match="adaptor 'hpc' cannot be reached"):
+        fed.ls("hpc")
+    server.start()  # the host comes back: the next access connects
+    try:
+        fed.pipe_file("hpc/b.txt", b"back")
+        assert fed.cat_file("hpc/b.txt") == b"back"
+    finally:
+        server.stop()
+
+
+def test_copies_inside_an_sftp_only_adaptor_fall_back_to_streaming(tmp_path):
+    from servers import Sshd
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    server = Sshd(tmp_path / "sshd", sftp_only=True).start()
+    try:
+        fed = SkerryFileSystem(*build_federation(_sftp_spec(server, path=str(remote))))
+        data = os.urandom(3 * 1024 * 1024 + 5)
+        fed.pipe_file("hpc/in/a.bin", data)
+        backend = fed.adaptors["hpc"]
+        with pytest.raises(Exception) as refused:  # what sshfs's own server-side copy meets here
+            backend.cp_file("in/a.bin", "out/x.bin")
+        assert federation_module._remote_command_refused(refused.value)
+        fed.cp_file("hpc/in/a.bin", "hpc/out/a.bin")
+        assert (remote / "out" / "a.bin").read_bytes() == data
+        fed.cp_file("hpc/in/a.bin", "hpc/out/b.bin")  # remembered: streams straight away
+        assert (remote / "out" / "b.bin").read_bytes() == data
+        with pytest.raises(FileNotFoundError):
+            fed.cp_file("hpc/in/missing.bin", "hpc/out/c.bin")
+    finally:
+        server.stop()
