@@ -63,6 +63,21 @@ AdaptorSpec = Annotated[
     Field(discriminator="type"),
 ]
 _specs = TypeAdapter(list[AdaptorSpec])
+_spec = TypeAdapter(AdaptorSpec)
+
+
+def load_spec(data: dict[str, Any]) -> AdaptorSpec:
+    """Validate one adaptor spec; raises ConfigError naming the bad field (never its value)."""
+    try:
+        return _spec.validate_python(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:])  # loc[0] is the type tag
+        if first["type"].startswith("union_tag"):
+            raise ConfigError("adaptor spec: 'type' must be one of local, memory, sftp, s3, webdav.") from None
+        if not where:
+            raise ConfigError(f"adaptor spec: {first['msg']}.") from None
+        raise ConfigError(f"adaptor spec field {where!r}: {first['msg']}.") from None
 
 
 def load_specs(data: list[dict[str, Any]]) -> list[AdaptorSpec]:

@@ -8,11 +8,12 @@ A JupyterHub-managed service (FastAPI + uvicorn), started and stopped with the h
 
 It also answers ``/dav/<name>/...`` for servers that are not running (the proxy
 sends those here once the server's own WebDAV route is gone): 503 and a sentence.
+
+Each user's adaptors, credentials and JWT keys: ``api_users`` (``/api/v1/users/{name}/...``).
 """
 
 import os
 import sys
-from dataclasses import dataclass
 from urllib.parse import quote, urlparse
 
 import httpx
@@ -25,18 +26,11 @@ from starlette.exceptions import HTTPException
 
 from skerry.process import die_with_parent
 
+from .api_users import ApiError, user_routes
+
 PREFIX = "/services/skerry"
 API = PREFIX + "/api/v1"
 CACHE_SECONDS = 5
-
-
-@dataclass
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": message}`` with ``status``."""
-
-    status: int
-    code: str
-    message: str
 
 
 class Endpoint(BaseModel):
@@ -90,7 +84,8 @@ def create_app(hub: Hub | None = None) -> FastAPI:
     app = FastAPI(
         title="skerry",
         version="1",
-        description="The skerry platform API: micro-infrastructures (and, later, data, workflows and jobs).",
+        description=("The skerry platform API: micro-infrastructures, and each user's adaptors, credentials "
+                     "and JWT keys (adaptor changes apply at the next start of the user's server)."),
         openapi_url=API + "/openapi.json",
         docs_url=API + "/docs",
         redoc_url=None,
@@ -131,6 +126,8 @@ def create_app(hub: Hub | None = None) -> FastAPI:
             _infrastructure(hub.public_url, who["name"], name, server)
             for name, server in sorted(model.get("servers", {}).items())
         ])
+
+    app.include_router(user_routes(caller, get_hub, API))
 
     @app.api_route("/dav/{rest:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS",
                                              "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",

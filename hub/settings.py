@@ -8,6 +8,7 @@ from the data dir here, never passed through the environment or arguments.
 import os
 import sys
 
+from skerry.adaptors.store import KEY_ENV as CRYPT_KEY_ENV
 from skerry.datadir import DataDir
 
 SERVICE_NAME = "skerry"
@@ -45,6 +46,8 @@ def configure(c) -> None:
     c.SkerrySpawner.home_dir_template = str(data.users / "{username}")
     c.SkerrySpawner.adaptors_dir = str(data.secrets / "adaptors")
     c.SkerrySpawner.accounts_dir = str(data.accounts)
+    c.SkerrySpawner.credentials_dir = str(data.credentials_dir)
+    c.SkerrySpawner.credentials_key_file = str(data.credentials_key_file)
     c.Spawner.default_url = "/lab"
     # a dead micro-infrastructure is noticed within seconds; a poll is one kill(pid, 0)
     c.Spawner.poll_interval = 10
@@ -71,6 +74,8 @@ def configure(c) -> None:
             "environment": {
                 "SKERRY_DATA_DIR": str(data.path),
                 "SKERRY_PUBLIC_URL": public_url,
+                # the credentials key, when the admin keeps it outside the data dir
+                **({CRYPT_KEY_ENV: os.environ[CRYPT_KEY_ENV]} if os.environ.get(CRYPT_KEY_ENV) else {}),
             },
             "display": False,
             "oauth_no_confirm": True,

@@ -1,8 +1,9 @@
 """``SkerrySpawner``: a user's server is a micro-infrastructure, not only a Jupyter server.
 
 Local backend. Starting a server starts one process group (``skerry.hub.microinfra``)
-holding the user's Jupyter server and their WebDAV endpoint over their home adaptor
-(``home_dir_template``, a folder per user). The rules of JupyterHub's ``Spawner``:
+holding the user's Jupyter server and their WebDAV endpoint over their adaptors: the
+home folder (``home_dir_template``, a folder per user) and the adaptors the user stored
+(``accounts_dir``, credentials from ``credentials_dir``), read at each start. The rules of JupyterHub's ``Spawner``:
 
 - ``start`` returns the Jupyter server's (ip, port); the WebDAV port is kept in
   ``dav_port`` and routed at ``/dav/<name>/`` by ``SkerryProxy``;
@@ -25,6 +26,9 @@ from traitlets import Integer, Unicode, default
 
 from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import write_config
+from skerry.adaptors.specs import load_specs
+from skerry.adaptors.store import AccountStore
+from skerry.errors import ConfigError
 from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
 
 from skerry.process import group_members, is_running, kill_group, start_time
@@ -59,13 +63,58 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         """,
     )
 
+    credentials_dir = Unicode(
+        "",
+        config=True,
+        help="""Folder of the users' credential stores (``<user>.json``, encrypted at rest).
+
+        The credentials the user's adaptors name are decrypted when a server starts and
+        handed over in the 0600 adaptor configuration file only.
+        """,
+    )
+
+    credentials_key_file = Unicode(
+        "",
+        config=True,
+        help="The credentials' Fernet key file (made once), used when $SKERRY_CRYPT_KEY is not set.",
+    )
+
     @property
     def adaptors_file(self) -> str:
         return os.path.join(self.adaptors_dir, f"{self.user.name}--{self.name or 'default'}.json")
 
+    @property
+    def account_store(self) -> AccountStore:
+        return AccountStore(self.accounts_dir, self.credentials_dir, self.credentials_key_file)
+
     def adaptor_specs(self) -> list[dict]:
-        """The adaptors of this server: for now the user's home folder."""
-        return [{"name": "home", "type": "local", "path": self.home_dir}]
+        """The adaptors of this server: the home folder, then the user's stored adaptors.
+
+        Changes to the stored adaptors apply at the next start of the server.
+        """
+        home = [{"name": "home", "type": "local", "path": self.home_dir}]
+        if not self.accounts_dir:
+            return home
+        return home + self.account_store.adaptors(self.user.name)
+
+    def adaptor_credentials(self, specs: list[dict]) -> dict[str, dict]:
+        """The backend entries of the credentials ``specs`` name, decrypted."""
+        names = {s["credentials"] for s in specs if s.get("credentials")}
+        if not names:
+            return {}
+        return self.account_store.backend_credentials(self.user.name, names)
+
+    def write_adaptor_config(self) -> None:
+        """The 0600 adaptor configuration file; SpawnException (not a traceback) if it is broken."""
+        try:
+            specs = self.adaptor_specs()
+            load_specs(specs)  # before reading credentials from them
+            write_config(self.adaptors_file, specs, self.adaptor_credentials(specs))
+        except ConfigError as e:
+            raise SpawnException(f"the adaptors of {self.user.name} cannot be set up: {e.message.rstrip('.')}. "
+                                 f"Fix them (/services/skerry/api/v1/users/{self.user.name}/adaptors) "
+                                 "and start again.",
+                                 reason="bad_adaptors", status_code=500) from None
 
     @default("cmd")
     def _default_cmd(self):
@@ -101,7 +150,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         self.dav_port = random_port()
         os.makedirs(self.home_dir, 0o755, exist_ok=True)
         os.makedirs(self.adaptors_dir, 0o700, exist_ok=True)
-        write_config(self.adaptors_file, self.adaptor_specs())
+        self.write_adaptor_config()
         ip_port = await super().start()
         self.started = start_time(self.pid) or 0
         # the hub waits for Jupyter; WebDAV must answer too before the server counts as up

@@ -60,6 +60,16 @@ class DataDir:
     def db_url(self) -> str:
         return f"sqlite:///{self.path / 'jupyterhub.sqlite'}"
 
+    @property
+    def credentials_dir(self) -> Path:
+        """Each user's credentials, encrypted (see ``skerry.adaptors.store``)."""
+        return self.secrets / "credentials"
+
+    @property
+    def credentials_key_file(self) -> Path:
+        """The Fernet key of the credentials when ``$SKERRY_CRYPT_KEY`` is not set."""
+        return self.secrets / "credentials-key"
+
     def user_home(self, name: str) -> Path:
         return self.users / name
 

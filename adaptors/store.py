@@ -1,0 +1,377 @@
+"""Each user's adaptor specs, credentials and JWT public keys, as files in the data dir.
+
+Layout (paths given by the caller, normally from ``skerry.datadir.DataDir``)::
+
+    ACCOUNTS/<user>/adaptors.json      {"adaptors": [spec, ...]}   plain specs, no secrets
+    ACCOUNTS/<user>/jwt-keys.json      {"keys": [{"kid", "alg", "public_key"}]}
+    CREDENTIALS/<user>.json            {"format": 1, "key_id": ..., "token": <Fernet token>}
+
+Rules:
+
+- ``ACCOUNTS`` is never inside a user's home: homes are served by WebDAV.
+- Every write is atomic (a 0600 temp file in the same folder, then ``os.replace``);
+  read-modify-write sequences of one user are serialised by a lock file.
+- A credential is ``{"kind", "created", "public": {...}, "secret": {...}}``; only
+  ``public`` (plus name, kind, created) ever leaves this module through ``list``.
+- ``jwt-keys.json`` is read by the WebDAV JWT verifier of the micro-infrastructure
+  (re-read when its mtime changes): its format is a contract.
+
+Encryption at rest: the whole credentials file of a user is one Fernet token
+(AES-128-CBC + HMAC-SHA256) under the key in ``$SKERRY_CRYPT_KEY`` or, if that is
+unset, the create-once 0600 file ``secrets/credentials-key``. This protects the
+secrets against whoever gets the data dir *without* the key: a backup, a copied disk, a
+file served by mistake, a grep through the tree. It does not protect against anyone
+who can read the key (root on this machine, the hub process, and in the local backend
+any process of the same Unix user, which includes the users' own servers), nor
+against a running hub: the hub must decrypt them to start servers. Keep the key apart
+from backups of the data dir (set ``$SKERRY_CRYPT_KEY`` from a secret store).
+"""
+
+import base64
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from skerry.errors import ConfigError
+
+KEY_ENV = "SKERRY_CRYPT_KEY"
+FORMAT = 1
+RESERVED_ADAPTORS = {"home"}
+CREDENTIAL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # as the hub's username_pattern
+KID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# which credential kinds each adaptor type can use
+COMPATIBLE = {"sftp": {"ssh-key", "password"}, "s3": {"s3"}, "webdav": {"password"},
+              "local": set(), "memory": set()}
+
+
+class NotFound(ConfigError):
+    code = "not_found"
+
+
+class Conflict(ConfigError):
+    code = "conflict"
+
+
+class CryptError(ConfigError):
+    """The credentials cannot be decrypted (another key, or a damaged file)."""
+
+    code = "credentials_unreadable"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with ``data``, mode 0600; no temp file is left on error."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_key(key_file: Path) -> bytes:
+    """The Fernet key: ``$SKERRY_CRYPT_KEY``, else ``key_file`` (made once, mode 0600)."""
+    value = os.environ.get(KEY_ENV, "").strip()
+    if value:
+        return _check_key(value.encode(), f"${KEY_ENV}")
+    try:
+        return _check_key(key_file.read_bytes().strip(), str(key_file))
+    except FileNotFoundError:
+        pass
+    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".credentials-key.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(Fernet.generate_key() + b"\n")
+        # link, not replace: if another process made the key meanwhile, theirs wins
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, key_file)
+    finally:
+        os.unlink(tmp)
+    return _check_key(key_file.read_bytes().strip(), str(key_file))
+
+
+def _check_key(key: bytes, where: str) -> bytes:
+    try:
+        if len(base64.urlsafe_b64decode(key)) == 32:
+            return key
+    except ValueError:
+        pass
+    raise ConfigError(f"the credentials key in {where} is not a Fernet key (32 url-safe base64 bytes); "
+                      "make one with: python -c 'from cryptography.fernet import Fernet; "
+                      "print(Fernet.generate_key().decode())'")
+
+
+def key_id(key: bytes) -> str:
+    """A short fingerprint naming a key in files and errors (it reveals nothing of the key)."""
+    return hashlib.sha256(b"skerry-credentials-key:" + key).hexdigest()[:16]
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+class AccountStore:
+    """The stored adaptors, credentials and JWT keys of every user of one platform."""
+
+    def __init__(self, accounts_dir: str | os.PathLike, credentials_dir: str | os.PathLike,
+                 key_file: str | os.PathLike):
+        self.accounts_dir = Path(accounts_dir)
+        self.credentials_dir = Path(credentials_dir)
+        self.key_file = Path(key_file)
+        self._fernet = None
+
+    @classmethod
+    def for_data_dir(cls, data) -> "AccountStore":
+        return cls(data.accounts, data.credentials_dir, data.credentials_key_file)
+
+    # -- files ---------------------------------------------------------------
+
+    def _user_dir(self, user: str, create: bool = False) -> Path:
+        if not USER_NAME.match(user):
+            raise ConfigError(f"{user!r} is not a user name")
+        path = self.accounts_dir / user
+        if create:
+            self.accounts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    @contextlib.contextmanager
+    def locked(self, user: str):
+        """Serialise one user's read-modify-write sequences (across processes too)."""
+        lock = self._user_dir(user, create=True) / ".lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read_json(self, path: Path, what: str) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise ConfigError(f"{what} ({path}) is not valid JSON: {e}") from None
+
+    # -- adaptors --------------------------------------------------------------
+
+    def adaptors_file(self, user: str) -> Path:
+        return self._user_dir(user) / "adaptors.json"
+
+    def adaptors(self, user: str) -> list[dict]:
+        """The user's stored specs as stored (validated by whoever uses them)."""
+        data = self._read_json(self.adaptors_file(user), f"the adaptors of {user}")
+        specs = data.get("adaptors", [])
+        if not isinstance(specs, list):
+            raise ConfigError(f"the adaptors of {user} ({self.adaptors_file(user)}) are not a list")
+        return specs
+
+    def put_adaptor(self, user: str, spec) -> dict:
+        """Add or replace one validated spec (``specs.load_specs``), checked by ``check_adaptor``."""
+        stored = spec.model_dump(mode="json", exclude_none=True)
+        with self.locked(user):
+            self.check_adaptor(user, spec)
+            specs = [s for s in self.adaptors(user) if s.get("name") != spec.name]
+            specs.append(stored)
+            specs.sort(key=lambda s: str(s.get("name")))
+            write_private(self.adaptors_file(user), json.dumps({"adaptors": specs}, indent=1).encode())
+        return stored
+
+    def delete_adaptor(self, user: str, name: str) -> None:
+        with self.locked(user):
+            specs = self.adaptors(user)
+            kept = [s for s in specs if s.get("name") != name]
+            if len(kept) == len(specs):
+                raise NotFound(f"{user} has no adaptor {name!r}.")
+            write_private(self.adaptors_file(user), json.dumps({"adaptors": kept}, indent=1).encode())
+
+    def check_adaptor(self, user: str, spec) -> None:
+        """Refuse a (validated) spec the user may not store: reserved name, bad credentials."""
+        if spec.name in RESERVED_ADAPTORS:
+            raise ConfigError(f"the adaptor name {spec.name!r} is reserved for the built-in home folder.")
+        if spec.type == "local":
+            raise ConfigError("local adaptors would open folders of the platform machine: "
+                              "only the built-in home adaptor is local.")
+        if spec.credentials is None:
+            return
+        entry = self.credentials(user).get(spec.credentials)
+        if entry is None:
+            raise ConfigError(f"there is no credential {spec.credentials!r}: store it first "
+                              f"(PUT .../credentials/{spec.credentials}).")
+        if entry["kind"] not in COMPATIBLE[spec.type]:
+            kinds = " or ".join(sorted(COMPATIBLE[spec.type])) or "none"
+            raise ConfigError(f"credential {spec.credentials!r} is of kind {entry['kind']!r}; "
+                              f"{spec.type} adaptors take {kinds}.")
+        if spec.type == "webdav" and not entry["public"].get("username"):
+            raise ConfigError(f"credential {spec.credentials!r} has no username, which webdav adaptors need.")
+
+    # -- credentials -----------------------------------------------------------
+
+    @property
+    def fernet(self) -> Fernet:
+        if self._fernet is None:
+            key = load_key(self.key_file)
+            self._fernet = (Fernet(key), key_id(key))
+        return self._fernet[0]
+
+    def credentials_file(self, user: str) -> Path:
+        self._user_dir(user)  # checks the name
+        return self.credentials_dir / f"{user}.json"
+
+    def credentials(self, user: str) -> dict[str, dict]:
+        """Every credential of the user, decrypted: ``{name: {kind, created, public, secret}}``."""
+        path = self.credentials_file(user)
+        data = self._read_json(path, f"the credentials of {user}")
+        if not data:
+            return {}
+        fernet, kid = self.fernet, self._fernet[1]
+        if data.get("key_id") != kid:
+            raise CryptError(f"the credentials of {user} ({path}) were encrypted with another key "
+                             f"(key id {data.get('key_id')}, this one is {kid}): set ${KEY_ENV} "
+                             "to the key they were made with, or restore secrets/credentials-key.")
+        try:
+            return json.loads(fernet.decrypt(data["token"].encode()))
+        except (InvalidToken, KeyError, ValueError):
+            raise CryptError(f"the credentials of {user} ({path}) cannot be decrypted: "
+                             "the file is damaged or was made with another key.") from None
+
+    def _write_credentials(self, user: str, entries: dict) -> None:
+        self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        token = self.fernet.encrypt(json.dumps(entries).encode()).decode()
+        data = {"format": FORMAT, "key_id": self._fernet[1], "token": token}
+        write_private(self.credentials_file(user), json.dumps(data).encode())
+
+    def list_credentials(self, user: str) -> list[dict]:
+        """Name, kind, created and the non-secret fields of each credential."""
+        return [{"name": name, "kind": e["kind"], "created": e["created"], **e["public"]}
+                for name, e in sorted(self.credentials(user).items())]
+
+    def put_credential(self, user: str, name: str, kind: str, public: dict, secret: dict,
+                       replace_check=None) -> dict:
+        """Store one credential; ``replace_check(old_entry)`` may refuse replacing one."""
+        if not CREDENTIAL_NAME.match(name):
+            raise ConfigError(f"{name!r} is not a credential name (lower-case letters, digits, - and _).")
+        with self.locked(user):
+            entries = self.credentials(user)
+            if name in entries and replace_check:
+                replace_check(entries[name])
+            entries[name] = {"kind": kind, "created": now(), "public": public, "secret": secret}
+            self._write_credentials(user, entries)
+        return {"name": name, "kind": kind, "created": entries[name]["created"], **public}
+
+    def deletable_credential(self, user: str, name: str) -> dict:
+        """The entry of a credential that may be deleted: NotFound, or Conflict while in use."""
+        entries = self.credentials(user)
+        if name not in entries:
+            raise NotFound(f"{user} has no credential {name!r}.")
+        users = sorted(s.get("name") for s in self.adaptors(user) if s.get("credentials") == name)
+        if users:
+            raise Conflict(f"credential {name!r} is used by the adaptor(s) {', '.join(users)}: "
+                           "delete or change them first.")
+        return entries[name]
+
+    def delete_credential(self, user: str, name: str) -> None:
+        with self.locked(user):
+            self.deletable_credential(user, name)
+            entries = self.credentials(user)
+            del entries[name]
+            self._write_credentials(user, entries)
+
+    def backend_credentials(self, user: str, names) -> dict[str, dict]:
+        """The backend entries (see ``registry.backend``) of the named credentials."""
+        names = set(names)
+        if not names:
+            return {}
+        entries = self.credentials(user)
+        missing = sorted(names - entries.keys())
+        if missing:
+            raise ConfigError(f"the credential(s) {', '.join(missing)} of {user} do not exist")
+        return {n: backend_entry(entries[n]) for n in names}
+
+    # -- JWT keys --------------------------------------------------------------
+
+    def jwt_keys_file(self, user: str) -> Path:
+        return self._user_dir(user) / "jwt-keys.json"
+
+    def jwt_keys(self, user: str) -> list[dict]:
+        return self._read_json(self.jwt_keys_file(user), f"the JWT keys of {user}").get("keys", [])
+
+    def put_jwt_key(self, user: str, kid: str, alg: str, public_key: str) -> dict:
+        if not KID.match(kid):
+            raise ConfigError(f"{kid!r} is not a key id (letters, digits, '.', '_' and '-', at most 64).")
+        entry = {"kid": kid, "alg": alg, "public_key": public_key}
+        with self.locked(user):
+            keys = [k for k in self.jwt_keys(user) if k.get("kid") != kid] + [entry]
+            keys.sort(key=lambda k: k["kid"])
+            write_private(self.jwt_keys_file(user), json.dumps({"keys": keys}, indent=1).encode())
+        return entry
+
+    def delete_jwt_key(self, user: str, kid: str) -> None:
+        with self.locked(user):
+            keys = self.jwt_keys(user)
+            kept = [k for k in keys if k.get("kid") != kid]
+            if len(kept) == len(keys):
+                raise NotFound(f"{user} has no JWT key {kid!r}.")
+            write_private(self.jwt_keys_file(user), json.dumps({"keys": kept}, indent=1).encode())
+
+
+def backend_entry(entry: dict) -> dict:
+    """What ``registry.backend`` reads for one stored credential."""
+    kind, public, secret = entry["kind"], entry["public"], entry["secret"]
+    if kind == "password":
+        return {k: v for k, v in (("username", public.get("username")), ("password", secret["password"])) if v}
+    if kind == "ssh-key":
+        return {"private_key": secret["private_key"]}
+    if kind == "s3":
+        return {k: secret[k] for k in ("key", "secret", "token") if secret.get(k)}
+    raise ConfigError(f"unknown credential kind {kind!r}")
+
+
+# kind -> (required secret fields, optional secret fields, optional public fields)
+_KINDS = {
+    "password": ({"password"}, set(), {"username"}),
+    "ssh-key": ({"private_key"}, set(), set()),
+    "s3": ({"key", "secret"}, {"token"}, set()),
+}
+
+
+def parse_credential(body) -> tuple[str, dict, dict]:
+    """(kind, public, secret) from an API body; ConfigError names the problem, never a value."""
+    if not isinstance(body, dict):
+        raise ConfigError("the body must be a JSON object with a 'kind'.")
+    kind = body.get("kind")
+    if kind not in _KINDS:
+        raise ConfigError(f"'kind' must be one of {', '.join(sorted(_KINDS))} or sftp-key-setup.")
+    required, optional, public_fields = _KINDS[kind]
+    unknown = sorted(set(body) - required - optional - public_fields - {"kind"})
+    if unknown:
+        raise ConfigError(f"a {kind} credential has no field(s) {', '.join(unknown)}.")
+    missing = sorted(required - set(body))
+    if missing:
+        raise ConfigError(f"a {kind} credential needs {', '.join(missing)}.")
+    for field in set(body) - {"kind"}:
+        if not isinstance(body[field], str) or not body[field]:
+            raise ConfigError(f"{field!r} must be a non-empty string.")
+    public = {k: body[k] for k in public_fields if k in body}
+    secret = {k: body[k] for k in required | optional if k in body}
+    if kind == "ssh-key":
+        from .sshkeys import public_key_of
+
+        public["public_key"] = public_key_of(secret["private_key"])
+    return kind, public, secret
