@@ -2,7 +2,8 @@
 
 The Jupyter server extension (``skerry.extensions``) is enabled in every
 micro-infrastructure by ``jupyter_config/``, a Jupyter config folder the spawner puts
-first on ``$JUPYTER_CONFIG_PATH``.
+first on ``$JUPYTER_CONFIG_PATH``. It serves the per-user data API at
+``<base_url>skerry/api/v1/`` (``skerry.extensions.dataapi``).
 """
 
 import os
@@ -15,4 +16,13 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(serverapp):
-    serverapp.log.info("skerry extension loaded")
+    from .dataapi import setup
+
+    serverapp.skerry_dataapi = setup(serverapp)
+    serverapp.log.info("skerry extension loaded: data API at %sskerry/api/v1/", serverapp.base_url)
+
+
+def _unload_jupyter_server_extension(serverapp):
+    api = getattr(serverapp, "skerry_dataapi", None)
+    if api is not None:
+        api.stop()

@@ -1,0 +1,408 @@
+"""Staging: copies between the adaptors of a federation, in the background.
+
+``Stager(fs).submit([{"from": "skerry://hpc/a/b", "to": "skerry://s3/x/b"}])`` validates
+the whole list, then queues one copy per item on a bounded thread pool and returns ids;
+``status(id)`` gives ``{id, state, bytes, total, error, verified}``.
+
+Rules:
+- validation comes first and covers every item (locations, adaptors, read-only
+  targets, ``..`` segments, webhook URLs, the item count): one bad item refuses the
+  whole list (``CopyRequestError``) and nothing is started;
+- data streams in ``BLOCK`` blocks from the source to the target: never a whole file in
+  memory, never a local temporary copy;
+- S3 targets get a direct multipart upload (parts of ``PART`` bytes), aborted on any
+  failure; other targets get a temporary name in the target folder
+  (``.<name>.<id>.skerry-part``), renamed into place when complete and removed on failure:
+  a failed copy leaves nothing visible;
+- a folder as source copies every file below it, keeping relative paths;
+- verification: the size always; the checksum where the target keeps one cheaply.
+  The source's MD5 is computed while streaming; for S3 targets the expected ETag
+  (MD5, or for multipart uploads the MD5 of the part MD5s with ``-N``, same ``PART``
+  size) is compared with the stored object's ETag. ``verified`` says which was checked:
+  ``"size+etag"`` or ``"size"``;
+- transient errors (connection reset or lost, timeouts) are retried per file with
+  exponential backoff; permanent ones (authentication, not found, permission, failed
+  verification) never are;
+- error messages are one sentence each: no traceback text, no secret (``redact``);
+- when a copy ends (done or failed), ``on_finished(copy)`` is called once, which
+  sends its webhook and updates the find index.
+"""
+
+import errno
+import hashlib
+import logging
+import posixpath
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote
+
+from .query import TEMP_SUFFIX
+from .webhooks import check_url
+
+log = logging.getLogger(__name__)
+
+BLOCK = 8 * 1024 * 1024
+PART = 8 * 1024 * 1024  # S3 multipart part size: the expected multipart ETag depends on it
+MAX_ITEMS = 10_000
+STATES = ("queued", "running", "done", "failed")
+
+
+class CopyRequestError(ValueError):
+    """A copy request that cannot start: ``code`` for machines, the message for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class VerificationError(OSError):
+    """The copy's size or checksum differs from the source's."""
+
+
+# ---- validation ------------------------------------------------------------
+
+
+def parse_location(fs, text, role: str, index: int) -> tuple[str, str]:
+    """(adaptor, inner path) of ``skerry://adaptor/path`` or ``adaptor/path``."""
+    where = f"item {index}: {role!r}"
+    if not isinstance(text, str) or not text:
+        raise CopyRequestError("bad_location", f"{where} must be a non-empty string")
+    path = text[len("skerry://"):] if text.startswith("skerry://") else text
+    if "://" in path:
+        raise CopyRequestError("bad_location", f"{where} {text!r}: only skerry:// locations can be copied")
+    if path.startswith("/"):
+        raise CopyRequestError("bad_path", f"{where} {text!r}: absolute paths are not allowed; start with the adaptor name")
+    parts = path.rstrip("/").split("/")
+    for part in parts:
+        if unquote(part) in ("", ".", "..") or "\\" in part or "\0" in part:
+            raise CopyRequestError("bad_path", f"{where} {text!r}: empty, '.' and '..' segments are not allowed")
+    adaptor = parts[0]
+    if adaptor not in fs.adaptors:
+        raise CopyRequestError("unknown_adaptor",
+                               f"{where} {text!r}: no adaptor named {adaptor!r} (adaptors: {', '.join(sorted(fs.adaptors))})")
+    return adaptor, "/".join(parts[1:])
+
+
+def validate(fs, items) -> list[dict]:
+    """The normalised copy list, or ``CopyRequestError`` for the first bad item."""
+    if not isinstance(items, list):
+        raise CopyRequestError("bad_request", "the body must be a JSON list of {from, to, webhook?} objects")
+    if not items:
+        raise CopyRequestError("bad_request", "the list of copies is empty")
+    if len(items) > MAX_ITEMS:
+        raise CopyRequestError("too_many", f"{len(items)} copies requested; at most {MAX_ITEMS} per request")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise CopyRequestError("bad_request", f"item {i} must be an object with 'from' and 'to'")
+        unknown = set(item) - {"from", "to", "webhook"}
+        if unknown:
+            raise CopyRequestError("bad_request", f"item {i}: unknown field(s) {', '.join(sorted(unknown))}")
+        src = parse_location(fs, item.get("from"), "from", i)
+        dst = parse_location(fs, item.get("to"), "to", i)
+        if not dst[1]:
+            raise CopyRequestError("bad_path", f"item {i}: 'to' must name a path inside adaptor {dst[0]!r}")
+        if dst[0] in fs.read_only:
+            raise CopyRequestError("read_only", f"item {i}: adaptor {dst[0]!r} is read-only")
+        s, d = "/".join(src).rstrip("/"), "/".join(dst)
+        if d == s or d.startswith(s + "/"):
+            raise CopyRequestError("bad_path", f"item {i}: cannot copy {s!r} onto or into itself")
+        webhook = item.get("webhook")
+        if webhook is not None:
+            problem = check_url(webhook)
+            if problem:
+                raise CopyRequestError("bad_webhook", f"item {i}: {problem}")
+        out.append({"from": src, "to": dst, "webhook": webhook})
+    return out
+
+
+# ---- errors ----------------------------------------------------------------
+
+_TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                    errno.ECONNREFUSED, errno.EBUSY, errno.EAGAIN, errno.ENETUNREACH}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: the network, not the request, failed."""
+    if isinstance(exc, (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryError,
+                        NotADirectoryError, VerificationError, ValueError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    name = type(exc).__name__
+    try:
+        import asyncssh
+
+        if isinstance(exc, asyncssh.PermissionDenied):
+            return False
+        if isinstance(exc, (asyncssh.ConnectionLost, asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)):
+            return True
+    except ImportError:  # sshfs not installed
+        pass
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                "ConnectionClosedError", "ServerDisconnectedError", "ClientOSError"):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO
+
+
+def describe(exc: BaseException) -> str:
+    """One sentence for an error, without traceback text."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return f"access denied by the storage (check the adaptor's credentials and permissions): {text}"
+    if isinstance(exc, FileNotFoundError):
+        return f"not found: {text}"
+    if isinstance(exc, VerificationError):
+        return f"verification failed: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+# ---- writers ---------------------------------------------------------------
+
+
+def _s3_backend(dirfs):
+    """The s3fs filesystem under an adaptor, or None."""
+    inner = getattr(dirfs, "fs", None)
+    return inner if type(inner).__module__.startswith("s3fs") else None
+
+
+class S3Upload:
+    """A direct upload to S3: one PUT for small files, multipart otherwise (aborted on failure)."""
+
+    def __init__(self, s3, full_path: str):
+        self.s3 = s3
+        self.bucket, self.key, _ = s3.split_path(full_path)
+        self.buffer = bytearray()
+        self.parts, self.part_md5s = [], []
+        self.upload_id = None
+
+    def write(self, data: bytes):
+        self.buffer += data
+        while len(self.buffer) >= PART:
+            self._send(bytes(self.buffer[:PART]))
+            del self.buffer[:PART]
+
+    def _send(self, chunk: bytes):
+        if self.upload_id is None:
+            self.upload_id = self.s3.call_s3("create_multipart_upload", Bucket=self.bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        r = self.s3.call_s3("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                            PartNumber=number, Body=chunk)
+        self.parts.append({"PartNumber": number, "ETag": r["ETag"]})
+        self.part_md5s.append(hashlib.md5(chunk).digest())
+
+    def commit(self) -> str:
+        """Finish the upload; returns the ETag S3 must now report."""
+        if self.upload_id is None:
+            body = bytes(self.buffer)
+            self.s3.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=body)
+            return hashlib.md5(body).hexdigest()
+        if self.buffer:
+            self._send(bytes(self.buffer))
+            self.buffer.clear()
+        self.s3.call_s3("complete_multipart_upload", Bucket=self.bucket, Key=self.key,
+                        UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        self.upload_id = None
+        return hashlib.md5(b"".join(self.part_md5s)).hexdigest() + f"-{len(self.parts)}"
+
+    def abort(self):
+        if self.upload_id is not None:
+            try:
+                self.s3.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            except Exception as e:  # the upload failed already; say so, do not mask the first error
+                log.warning("could not abort multipart upload of %s/%s: %s", self.bucket, self.key, describe(e))
+            self.upload_id = None
+
+
+def _check_source(fin, md5):
+    """An S3 source whose ETag is a plain MD5 must match the MD5 of what was read."""
+    etag = str((getattr(fin, "details", None) or {}).get("ETag", "")).strip('"')
+    if etag and "-" not in etag and etag != md5.hexdigest():
+        raise VerificationError(f"the source's ETag {etag} differs from the MD5 of the data read")
+
+
+# ---- copies ----------------------------------------------------------------
+
+
+class Copy:
+    """The state of one copy (one item of a request)."""
+
+    def __init__(self, source, target, webhook):
+        self.id = uuid.uuid4().hex
+        self.source, self.target, self.webhook = source, target, webhook
+        self.state = "queued"
+        self.bytes = 0
+        self.total = None
+        self.files = 0
+        self.error = None
+        self.verified = None
+        self.md5 = None
+
+    def status(self) -> dict:
+        return {"id": self.id, "from": "skerry://" + "/".join(self.source).rstrip("/"),
+                "to": "skerry://" + "/".join(self.target), "state": self.state, "bytes": self.bytes,
+                "total": self.total, "files": self.files, "error": self.error,
+                "verified": self.verified, "md5": self.md5}
+
+
+class Stager:
+    def __init__(self, fs, workers: int = 4, retries: int = 4, backoff: float = 1.0,
+                 on_finished=None, on_file=None, redact=None):
+        """``fs``: a ``SkerryFileSystem``; ``workers``: copies running at once;
+        ``retries``: further tries of a file after a transient error, ``backoff`` seconds
+        before the first, doubling; ``on_finished(copy)`` once per copy (a ``Copy``);
+        ``on_file(path, info)`` after each file committed; ``redact(text)`` scrubs secrets."""
+        self.fs = fs
+        self.retries, self.backoff = retries, backoff
+        self.on_finished, self.on_file = on_finished, on_file
+        self.redact = redact or (lambda text: text)
+        self._copies: dict[str, Copy] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skerry-copy")
+
+    def submit(self, items) -> list[str]:
+        copies = [Copy(i["from"], i["to"], i["webhook"]) for i in validate(self.fs, items)]
+        with self._lock:
+            for c in copies:
+                self._copies[c.id] = c
+        for c in copies:
+            self._pool.submit(self._run, c)
+        return [c.id for c in copies]
+
+    def status(self, copy_id: str) -> dict | None:
+        c = self._copies.get(copy_id)
+        return c.status() if c else None
+
+    def shutdown(self, wait=False):
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    # ---- one copy ---------------------------------------------------------
+
+    def _run(self, c: Copy):
+        c.state = "running"
+        try:
+            self._copy(c)
+            c.state = "done"
+        except Exception as e:
+            c.error = self.redact(f"copying {c.status()['from']} to {c.status()['to']} failed: {describe(e)}")
+            c.state = "failed"
+            log.warning("copy %s: %s", c.id, c.error)
+        if self.on_finished:
+            try:
+                self.on_finished(c)
+            except Exception as e:  # a notification problem must not change the copy's state
+                log.warning("copy %s: notifying its end failed: %s", c.id, describe(e))
+
+    def _copy(self, c: Copy):
+        src_name, src = c.source
+        dst_name, dst = c.target
+        src_fs, dst_fs = self.fs.adaptors[src_name], self.fs.adaptors[dst_name]
+        info = self._retrying(lambda: src_fs.info(src))
+        if info["type"] == "directory":
+            found = self._retrying(lambda: src_fs.find(src, detail=True))
+            prefix = src.strip("/")
+            files = []
+            for path, finfo in sorted(found.items()):
+                if finfo.get("type", "file") != "file":
+                    continue
+                rel = path.strip("/")[len(prefix):].lstrip("/") if prefix else path.strip("/")
+                files.append((path.strip("/"), posixpath.join(dst, rel), finfo.get("size") or 0))
+        else:
+            files = [(src, dst, info.get("size") or 0)]
+        c.total = sum(size for _, _, size in files)
+        checks = set()
+        made = set()
+        for s, d, _ in files:
+            done_before = c.bytes
+            attempt = 0
+            while True:
+                try:
+                    check, digest = self._copy_file(c, src_fs, s, dst_name, dst_fs, d, made)
+                    break
+                except Exception as e:
+                    if not is_transient(e) or attempt >= self.retries:
+                        raise
+                    delay = self.backoff * 2 ** attempt
+                    attempt += 1
+                    log.info("copy %s: %s; retry %d of %s in %.1f s", c.id, describe(e), attempt, s, delay)
+                    c.bytes = done_before
+                    time.sleep(delay)
+            checks.add(check)
+            c.files += 1
+            if len(files) == 1:
+                c.md5 = digest
+        c.verified = "size" if "size" in checks or not checks else "size+etag"
+
+    def _retrying(self, call):
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except Exception as e:
+                if not is_transient(e) or attempt >= self.retries:
+                    raise
+                time.sleep(self.backoff * 2 ** attempt)
+
+    def _copy_file(self, c, src_fs, src, dst_name, dst_fs, dst, made):
+        """Stream one file; returns (what was verified, source MD5 hex)."""
+        md5 = hashlib.md5()
+        size = 0
+        s3 = _s3_backend(dst_fs)
+        with src_fs.open(src, "rb", block_size=BLOCK) as fin:
+            if s3 is not None:
+                upload = S3Upload(s3, dst_fs._join(dst))
+                try:
+                    size = self._stream(c, fin, upload.write, md5)
+                    _check_source(fin, md5)
+                    expected = upload.commit()
+                except BaseException:
+                    upload.abort()
+                    raise
+                head = s3.call_s3("head_object", Bucket=upload.bucket, Key=upload.key)
+                stored = head.get("ETag", "").strip('"')
+                if head.get("ContentLength") != size or stored != expected:
+                    s3.call_s3("delete_object", Bucket=upload.bucket, Key=upload.key)
+                    raise VerificationError(f"S3 holds {head.get('ContentLength')} bytes with ETag {stored}, "
+                                            f"expected {size} bytes with ETag {expected}")
+                info = {"name": dst, "type": "file", "size": size, "ETag": stored,
+                        "LastModified": head.get("LastModified")}
+                check = "etag"
+            else:
+                folder, base = posixpath.split(dst)
+                if folder and dst_name in self.fs.make_parents and folder not in made:
+                    dst_fs.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                tmp = posixpath.join(folder, f".{base}.{c.id[:12]}{TEMP_SUFFIX}")
+                try:
+                    with dst_fs.open(tmp, "wb") as fout:
+                        size = self._stream(c, fin, fout.write, md5)
+                    _check_source(fin, md5)
+                    written = dst_fs.info(tmp).get("size")
+                    if written != size:
+                        raise VerificationError(f"the target holds {written} bytes, the source gave {size}")
+                    dst_fs.mv(tmp, dst)
+                except BaseException:
+                    try:
+                        dst_fs.rm_file(tmp)
+                    except Exception:  # most often: it was never created
+                        pass
+                    raise
+                info = dst_fs.info(dst)
+                check = "size"
+        if self.on_file:
+            self.on_file(f"{dst_name}/{dst}", info)
+        return check, md5.hexdigest()
+
+    @staticmethod
+    def _stream(c, fin, write, md5) -> int:
+        size = 0
+        while True:
+            block = fin.read(BLOCK)
+            if not block:
+                return size
+            md5.update(block)
+            write(block)
+            size += len(block)
+            c.bytes += len(block)

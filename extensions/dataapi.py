@@ -1,0 +1,262 @@
+"""The per-user data API of the micro-infrastructure: ``<base_url>skerry/api/v1/``.
+
+Endpoints (JSON; authenticated like every Jupyter server API, so under JupyterHub the
+user's hub token works as ``Authorization: token ...``):
+
+- ``GET adaptors``: ``{"adaptors": [{"name", "type", "read_only"}]}`` (never secrets);
+- ``GET list?adaptor=A&path=P``: the folder's entries (name, path, type, size,
+  modified), from one ``ls(detail=True)``;
+- ``GET find/<filename>``: every location of that file name, from the find index
+  (``skerry.adaptors.query``); ``complete: false`` while the first scan runs;
+- ``POST copy``: a list of ``{from, to, webhook?}``; validated whole, then 202 with
+  ``{"ids": [...]}`` (``skerry.adaptors.staging``);
+- ``GET copy/<id>``: ``{id, state, bytes, total, error, verified, ...}``.
+
+Rules: every refusal is ``{"error": CODE, "message": sentence}`` with a 4xx status (5xx
+only for our own faults, without traceback text); backend calls run in threads, never on
+the server's event loop; the adaptors come from ``$SKERRY_ADAPTORS``
+(``skerry.adaptors.config``): without it every endpoint answers 503 ``no_adaptors``.
+"""
+
+import asyncio
+import json
+import logging
+import os
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from traitlets import Float, Integer
+from traitlets.config import LoggingConfigurable
+
+from skerry.adaptors.query import FindIndex, modified_iso
+from skerry.adaptors.staging import CopyRequestError, Stager
+from skerry.adaptors.webhooks import WebhookSender
+
+PREFIX = "skerry/api/v1/"
+SETTINGS_KEY = "skerry_dataapi"
+AUTH_RESOURCE = "skerry"
+
+
+class DataAPI(LoggingConfigurable):
+    """The state behind the handlers: the federation, the find index, the stager, webhooks."""
+
+    index_interval = Float(300.0, config=True, help="""Seconds between rescans of the find
+        index (one recursive listing per adaptor; our own copies update it at once).""")
+    copy_workers = Integer(4, config=True, help="Copies running at the same time.")
+    copy_retries = Integer(4, config=True, help="Further tries of a file after a transient error.")
+    copy_backoff = Float(1.0, config=True, help="Seconds before the first retry of a copy; doubles each time.")
+    webhook_max_delay = Float(30.0, config=True, help="Longest wait between two tries of a webhook.")
+    webhook_give_up = Float(600.0, config=True, help="Seconds after which an undelivered webhook is dropped (logged).")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fs = self.index = self.stager = self.webhooks = None
+        self.types = {}
+        self.error = None
+        try:
+            self._load()
+        except Exception as e:  # a broken configuration must not stop the Jupyter server
+            self.error = str(e)
+            self.log.error("skerry data API: no adaptors: %s", self.error)
+
+    def _load(self):
+        from skerry.adaptors.config import ENV, build_federation, read_config
+        from skerry.adaptors.federation import SkerryFileSystem
+        from skerry.errors import ConfigError
+
+        path = os.environ.get(ENV)
+        if not path:
+            raise ConfigError(f"${ENV} is not set: this server has no adaptor configuration")
+        config = read_config(path)
+        self.types = {a.get("name"): a.get("type") for a in config.get("adaptors", [])}
+        secrets = sorted({v for entry in config.get("credentials", {}).values() if isinstance(entry, dict)
+                          for v in entry.values() if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+        adaptors, read_only, make_parents = build_federation(config)
+        self.fs = SkerryFileSystem(adaptors, read_only, make_parents)
+        self.index = FindIndex(self.fs, interval=self.index_interval).start()
+        self.webhooks = WebhookSender(first_delay=1.0, max_delay=self.webhook_max_delay,
+                                      give_up_after=self.webhook_give_up)
+
+        def redact(text):
+            for s in secrets:
+                text = text.replace(s, "***")
+            return text
+
+        self.stager = Stager(self.fs, workers=self.copy_workers, retries=self.copy_retries,
+                             backoff=self.copy_backoff, on_finished=self._finished,
+                             on_file=self.index.record, redact=redact)
+
+    def _finished(self, copy):
+        if copy.state == "done":
+            self.log.info("copy %s done: %s bytes, verified %s", copy.id, copy.bytes, copy.verified)
+        if copy.webhook:
+            self.webhooks.send(copy.webhook, {"id": copy.id, "state": copy.state, "bytes": copy.bytes,
+                                              "error": copy.error})
+
+    def stop(self):
+        for part in (self.index, self.webhooks):
+            if part:
+                part.stop()
+        if self.stager:
+            self.stager.shutdown()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _backend_error(e: Exception) -> ApiError:
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, FileNotFoundError):
+        return ApiError(404, "not_found", str(e) or "no such file or folder")
+    if isinstance(e, PermissionError):
+        return ApiError(403, "forbidden", str(e) or "permission denied")
+    if isinstance(e, NotADirectoryError):
+        return ApiError(400, "not_a_folder", str(e) or "not a folder")
+    if isinstance(e, ValueError):
+        return ApiError(400, "bad_path", str(e))
+    return ApiError(502, "backend_error", f"the storage failed: {type(e).__name__}: {e}")
+
+
+class _Handler(APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def api(self) -> DataAPI:
+        api = self.settings[SETTINGS_KEY]
+        if api.error:
+            raise ApiError(503, "no_adaptors", f"this server has no adaptors: {api.error}")
+        return api
+
+    def reply(self, body: dict, status: int = 200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    async def run(self, method, *args):
+        try:
+            await method(*args)
+        except Exception as e:
+            err = _backend_error(e)
+            if err.status >= 500:
+                self.log.warning("skerry data API %s %s: %s", self.request.method, self.request.path, err.message)
+            self.reply({"error": err.code, "message": err.message}, err.status)
+
+    def write_error(self, status_code, **kwargs):
+        # our JSON error shape, never traceback text
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": self._reason.lower().replace(" ", "_"), "message": message}))
+
+
+async def _thread(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class AdaptorsHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        await self.run(self._get)
+
+    async def _get(self):
+        fs = self.api.fs
+        self.reply({"adaptors": [{"name": n, "type": self.api.types.get(n), "read_only": n in fs.read_only}
+                                 for n in sorted(fs.adaptors)]})
+
+
+class ListHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        await self.run(self._get)
+
+    async def _get(self):
+        fs = self.api.fs
+        adaptor = self.get_query_argument("adaptor", "")
+        path = self.get_query_argument("path", "").strip("/")
+        if not adaptor:
+            raise ApiError(400, "missing_parameter", "the 'adaptor' query parameter is required")
+        if adaptor not in fs.adaptors:
+            raise ApiError(404, "unknown_adaptor", f"no adaptor named {adaptor!r}")
+        if path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/") if path):
+            raise ApiError(400, "bad_path", f"invalid path {path!r}: empty, '.' and '..' segments are not allowed")
+        where = f"{adaptor}/{path}" if path else adaptor
+        entries = await _thread(fs.ls, where, True)
+        if len(entries) == 1 and entries[0]["name"] == where and entries[0].get("type") != "directory":
+            raise ApiError(400, "not_a_folder", f"{where} is a file, not a folder")
+        self.reply({"adaptor": adaptor, "path": path, "entries": [
+            {"name": e["name"].rsplit("/", 1)[-1], "path": e["name"], "type": e.get("type"),
+             "size": e.get("size"), "modified": modified_iso(e)} for e in entries]})
+
+
+class FindHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self, filename):
+        await self.run(self._get, filename)
+
+    async def _get(self, filename):
+        if filename in (".", "..") or "/" in filename:
+            raise ApiError(400, "bad_name", f"{filename!r} is not a file name")
+        self.reply(self.api.index.lookup(filename))
+
+
+class CopyHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        await self.run(self._post)
+
+    async def _post(self):
+        try:
+            items = json.loads(self.request.body or b"")
+        except ValueError:
+            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+        try:
+            ids = self.api.stager.submit(items)
+        except CopyRequestError as e:
+            raise ApiError(400, e.code, e.message) from None
+        self.reply({"ids": ids}, 202)
+
+
+class CopyStatusHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self, copy_id):
+        await self.run(self._get, copy_id)
+
+    async def _get(self, copy_id):
+        status = self.api.stager.status(copy_id)
+        if status is None:
+            raise ApiError(404, "unknown_copy", f"no copy with id {copy_id!r}")
+        self.reply(status)
+
+
+def handlers(base_url: str) -> list:
+    base = base_url.rstrip("/") + "/" + PREFIX
+    return [
+        (base + "adaptors", AdaptorsHandler),
+        (base + "list", ListHandler),
+        (base + "find/([^/]+)", FindHandler),
+        (base + "copy", CopyHandler),
+        (base + "copy/([^/]+)", CopyStatusHandler),
+    ]
+
+
+def setup(serverapp) -> DataAPI:
+    """Create the data API's state and add its routes to ``serverapp``."""
+    api = DataAPI(parent=serverapp, log=serverapp.log)
+    serverapp.web_app.settings[SETTINGS_KEY] = api
+    serverapp.web_app.add_handlers(".*$", handlers(serverapp.base_url))
+    # our modules log through the server's handlers
+    ours = logging.getLogger("skerry")
+    ours.setLevel(logging.INFO)
+    ours.handlers = list(serverapp.log.handlers)
+    ours.propagate = False
+    return api
