@@ -1,0 +1,637 @@
+"""The user's ``skerry://`` federation as JupyterLab's file tree: a jupyter_server contents manager.
+
+``SkerryContentsManager`` serves the contents REST API (``/api/contents/...``) over
+``SkerryFileSystem``, so the file browser, notebooks (``skerry://home/...``) and the
+WebDAV endpoint all see one tree: one top-level folder per adaptor (home, s3, hpc, ...).
+
+Rules:
+- the adaptors come from ``$SKERRY_ADAPTORS`` (see ``skerry.adaptors.config``), read
+  when the server starts; no adaptor set, no server (a clear error, not an empty tree);
+- every backend call runs in a worker thread: a slow SFTP or S3 adaptor never blocks
+  the server's event loop;
+- a folder listing is one ``ls(detail=True)``, never a call per entry;
+- saves are atomic where the backend allows: the content goes to a hidden temporary
+  name in the same folder and is renamed into place; on object stores (S3, memory) a
+  single write is already all-or-nothing and is done in place. Chunked uploads from
+  JupyterLab (``chunk`` 1, 2, ..., -1) collect in one hidden name, renamed on the last;
+- names starting with ``.`` are hidden (404) unless ``allow_hidden``; so are the
+  temporary names, the checkpoints and the empty-folder markers of object stores;
+- errors are ``tornado.web.HTTPError`` with a status and a sentence: read-only
+  adaptor, the root or an adaptor folder changed: 403; missing: 404; traversal
+  (``..``, empty segments) and bad models: 400; an existing target: 409;
+- checkpoints (``SkerryCheckpoints``) live in the same adaptor, in
+  ``<folder>/.ipynb_checkpoints/<name>-checkpoint<ext>``; read-only adaptors have
+  none (creating one is a 403);
+- kernels start in the local folder of the notebook when its adaptor is local (the
+  home adaptor is), and in the home folder for notebooks on remote adaptors
+  (``get_kernel_path``; jupyter_server's kernel manager turns it into the cwd).
+"""
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import mimetypes
+import os
+import uuid
+from datetime import datetime, timezone
+
+import nbformat
+from jupyter_server.services.contents.checkpoints import AsyncCheckpoints, AsyncGenericCheckpointsMixin
+from jupyter_server.services.contents.manager import AsyncContentsManager
+from tornado.web import HTTPError
+from traitlets import Bool, Unicode, default
+
+from skerry.adaptors.config import ENV as ADAPTORS_ENV
+from skerry.adaptors.config import build_federation, read_config
+from skerry.adaptors.federation import SkerryFileSystem
+from skerry.adaptors.specs import load_specs
+
+CHECKPOINT_DIR = ".ipynb_checkpoints"
+CHECKPOINT_ID = "checkpoint"  # one checkpoint per file, as JupyterLab expects
+SAVE_PREFIX = ".skerry-save-"
+CHUNK_PREFIX = ".skerry-chunks-"
+FOLDER_MARKER = ".keep"  # object stores have no empty folders: this makes one exist
+# adaptor types whose single write is all-or-nothing: no temporary name needed
+IN_PLACE = {"s3", "memory"}
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@contextlib.contextmanager
+def http_errors(path: str):
+    """The federation's exceptions as the HTTP errors jupyter_server expects."""
+    try:
+        yield
+    except HTTPError:
+        raise
+    except PermissionError as e:
+        raise HTTPError(403, f"Permission denied: {e}") from None
+    except FileNotFoundError:
+        raise HTTPError(404, f"No such file or folder: {path}") from None
+    except FileExistsError:
+        raise HTTPError(409, f"{path} already exists") from None
+    except (IsADirectoryError, NotADirectoryError) as e:
+        raise HTTPError(400, f"{path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise HTTPError(400, f"Invalid path {path!r}: {e}") from None
+
+
+def _time(info: dict, *keys: str) -> datetime:
+    """A timezone-aware time from backend metadata (names differ per backend); the epoch if none."""
+    for key in keys:
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, timezone.utc)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return EPOCH
+
+
+def _modified(info: dict) -> datetime:
+    return _time(info, "mtime", "LastModified", "last_modified", "modified", "created")
+
+
+def _created(info: dict) -> datetime:
+    return _time(info, "created", "ctime", "mtime", "LastModified", "last_modified", "modified")
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _name(path: str) -> str:
+    return path.rpartition("/")[2]
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
+class SkerryContentsManager(AsyncContentsManager):
+    """Contents API over the ``skerry://`` federation of the running micro-infrastructure."""
+
+    adaptors_file = Unicode(
+        config=True,
+        help="""Adaptor configuration (JSON, mode 0600) to serve; default ``$SKERRY_ADAPTORS``.
+
+        The spawner writes it and names it in the environment; it holds credentials,
+        so it is never passed on a command line.
+        """,
+    )
+
+    @default("adaptors_file")
+    def _default_adaptors_file(self):
+        return os.environ.get(ADAPTORS_ENV, "")
+
+    home_adaptor = Unicode(
+        "home",
+        config=True,
+        help="""Adaptor whose local folder is the working folder of kernels of notebooks
+        on remote adaptors (S3, SFTP, ...), which have no local folder of their own.""",
+    )
+
+    always_delete_dir = Bool(
+        False,
+        config=True,
+        help="""Delete folders that are not empty. Off by default, as in jupyter_server
+        without a trash: a federation has no trash, deletion is for good.""",
+    )
+
+    @default("root_dir")
+    def _default_root_dir(self):
+        # the server's folder: kernel paths are relative to it (see get_kernel_path)
+        return getattr(self.parent, "root_dir", None) or os.getcwd()
+
+    @default("checkpoints_class")
+    def _default_checkpoints_class(self):
+        return SkerryCheckpoints
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not self.adaptors_file:
+            raise RuntimeError(f"no adaptors to serve: ${ADAPTORS_ENV} is not set "
+                               "(skerry's contents manager runs inside a micro-infrastructure)")
+        config = read_config(self.adaptors_file)
+        self.specs = {spec.name: spec for spec in load_specs(config.get("adaptors", []))}
+        self.fs = SkerryFileSystem(*build_federation(config))
+
+    # ---- plumbing ------------------------------------------------------------
+
+    async def _run(self, func, *args, **kwargs):
+        """Run a blocking backend call in a worker thread."""
+        return await asyncio.to_thread(functools.partial(func, *args, **kwargs))
+
+    def _adaptor(self, path: str) -> str | None:
+        with http_errors(path):
+            return self.fs._split(path)[0]
+
+    def _writable(self, path: str) -> bool:
+        name = self._adaptor(path)
+        return name is not None and name not in self.fs.read_only
+
+    def _check_writable(self, path: str) -> None:
+        name = self._adaptor(path)
+        if name is None or path == name:
+            raise HTTPError(403, f"Permission denied: {path or '/'} is the root or an adaptor folder, "
+                                 "which cannot be changed")
+        if name in self.fs.read_only:
+            raise HTTPError(403, f"Permission denied: adaptor {name!r} is read-only")
+
+    def local_path(self, path: str) -> str | None:
+        """The folder on this machine behind an API path, or None on a remote adaptor."""
+        name = self._adaptor(path)
+        spec = self.specs.get(name)
+        if spec is None or spec.type != "local":
+            return None
+        inner = path[len(name):].strip("/")
+        return os.path.join(spec.path, *inner.split("/")) if inner else spec.path
+
+    def _info(self, path: str) -> dict:
+        with http_errors(path):
+            return self.fs.info(path)
+
+    @staticmethod
+    def _hidden_name(name: str) -> bool:
+        return name.startswith(".")
+
+    # ---- models ----------------------------------------------------------------
+
+    def _base_model(self, path: str, info: dict) -> dict:
+        return {
+            "name": _name(path), "path": path, "type": "file",
+            "last_modified": _modified(info), "created": _created(info),
+            "content": None, "format": None, "mimetype": None,
+            "size": info.get("size") if info.get("type") != "directory" else None,
+            "writable": self._writable(path) if path else False,
+            "hash": None, "hash_algorithm": None,
+        }
+
+    def _entry_model(self, path: str, info: dict) -> dict:
+        model = self._base_model(path, info)
+        if info.get("type") == "directory":
+            model["type"] = "directory"
+        elif path.endswith(".ipynb"):
+            model["type"] = "notebook"
+        else:
+            model["mimetype"] = mimetypes.guess_type(path)[0]
+        return model
+
+    def _dir_model(self, path: str, info: dict, content: bool) -> dict:
+        model = self._base_model(path, info)
+        model["type"] = "directory"
+        model["size"] = None
+        if content:
+            with http_errors(path):
+                entries = self.fs.ls(path, detail=True)
+            children = []
+            for entry in entries:
+                child = entry["name"].strip("/")
+                name = _name(child)
+                if not name or (not self.allow_hidden and self._hidden_name(name)) or not self.should_list(name):
+                    continue
+                children.append(self._entry_model(child, entry))
+            model["content"] = children
+            model["format"] = "json"
+        return model
+
+    def _read(self, path: str) -> bytes:
+        with http_errors(path):
+            return self.fs.cat_file(path)
+
+    def _file_model(self, path: str, info: dict, content: bool, format: str | None, require_hash: bool) -> dict:
+        model = self._base_model(path, info)
+        model["mimetype"] = mimetypes.guess_type(path)[0]
+        if content or require_hash:
+            data = self._read(path)
+            if require_hash:
+                model["hash"], model["hash_algorithm"] = hashlib.sha256(data).hexdigest(), "sha256"
+            if content:
+                if format in (None, "text"):
+                    try:
+                        model["content"], model["format"] = data.decode("utf-8"), "text"
+                    except UnicodeDecodeError:
+                        if format == "text":
+                            raise HTTPError(400, f"{path} is not UTF-8 encoded text", reason="bad format") from None
+                if model["content"] is None:
+                    model["content"], model["format"] = base64.b64encode(data).decode("ascii"), "base64"
+                default_type = "text/plain" if model["format"] == "text" else "application/octet-stream"
+                model["mimetype"] = model["mimetype"] or default_type
+        return model
+
+    def _notebook_model(self, path: str, info: dict, content: bool, require_hash: bool) -> dict:
+        model = self._base_model(path, info)
+        model["type"] = "notebook"
+        if content or require_hash:
+            data = self._read(path)
+            if require_hash:
+                model["hash"], model["hash_algorithm"] = hashlib.sha256(data).hexdigest(), "sha256"
+            if content:
+                try:
+                    nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+                except Exception as e:
+                    raise HTTPError(400, f"Unreadable notebook {path}: {e}") from None
+                model["content"], model["format"] = nb, "json"
+                self.validate_notebook_model(model)
+        return model
+
+    def _get(self, path: str, content=True, type=None, format=None, require_hash=False) -> dict:
+        path = path.strip("/")
+        info = self._info(path)
+        is_dir = info.get("type") == "directory"
+        if type == "directory" and not is_dir:
+            raise HTTPError(400, f"{path} is not a folder", reason="bad type")
+        if type in ("file", "notebook") and is_dir:
+            raise HTTPError(400, f"{path} is a folder, not a {type}", reason="bad type")
+        if is_dir:
+            return self._dir_model(path, info, content)
+        if type == "notebook" or (type is None and path.endswith(".ipynb")):
+            return self._notebook_model(path, info, content, require_hash)
+        return self._file_model(path, info, content, format, require_hash)
+
+    # ---- ContentsManager API: reading ------------------------------------------
+
+    async def get(self, path, content=True, type=None, format=None, require_hash=False):
+        model = await self._run(self._get, path, content, type, format, require_hash)
+        if model["type"] == "notebook" and model["content"] is not None:
+            # the notary's database belongs to the event loop's thread
+            self.mark_trusted_cells(model["content"], model["path"])
+        return model
+
+    def _exists_as(self, path: str, kind: str) -> bool:
+        path = path.strip("/")
+        try:
+            info = self.fs.info(path)
+        except (FileNotFoundError, PermissionError, ValueError):
+            return False
+        return (info.get("type") == "directory") == (kind == "directory")
+
+    async def dir_exists(self, path):
+        return await self._run(self._exists_as, path, "directory")
+
+    async def file_exists(self, path=""):
+        return await self._run(self._exists_as, path, "file")
+
+    async def is_hidden(self, path):
+        return any(self._hidden_name(part) for part in path.strip("/").split("/") if part)
+
+    async def get_kernel_path(self, path, model=None):
+        """The kernel's working folder, as a path relative to the server's folder.
+
+        jupyter_server's kernel manager joins it to its ``root_dir`` and normalises it
+        (so ``..`` reaches folders beside it): the notebook's own folder on a local
+        adaptor, the home adaptor's folder otherwise, the server's folder without a home.
+        """
+        path = path.strip("/")
+        try:
+            is_dir = await self.dir_exists(path)
+            folder = self.local_path(path if is_dir else _parent(path)) if path else None
+            if folder is None and self.home_adaptor in self.specs:
+                folder = self.local_path(self.home_adaptor)
+        except HTTPError:
+            folder = None
+        if folder is None:
+            return ""
+        return os.path.relpath(os.path.realpath(folder), os.path.realpath(self.root_dir))
+
+    # ---- ContentsManager API: writing ------------------------------------------
+
+    def _in_place(self, path: str) -> bool:
+        spec = self.specs.get(self._adaptor(path))
+        return spec is not None and spec.type in IN_PLACE
+
+    def _replace(self, tmp: str, path: str) -> None:
+        """Rename ``tmp`` over ``path`` (a rename is atomic on local and SFTP backends)."""
+        try:
+            self.fs.mv(tmp, path)
+        except OSError:
+            # some SFTP servers refuse to rename over an existing file
+            if not self.fs.exists(path) or not self.fs.exists(tmp):
+                raise
+            self.fs.rm_file(path)
+            self.fs.mv(tmp, path)
+
+    def _write(self, path: str, data: bytes) -> None:
+        """Write a whole file so that readers see the old content or the new, never a part."""
+        if self._in_place(path):
+            self.fs.pipe_file(path, data)
+            return
+        tmp = _join(_parent(path), f"{SAVE_PREFIX}{uuid.uuid4().hex}-{_name(path)}")
+        try:
+            self.fs.pipe_file(tmp, data)
+            self._replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(tmp)
+            raise
+
+    def _make_folder(self, path: str) -> None:
+        self.fs.makedirs(path, exist_ok=True)
+        if not self.fs.isdir(path):  # an object store: a folder exists while something is in it
+            self.fs.pipe_file(_join(path, FOLDER_MARKER), b"")
+
+    @staticmethod
+    def _decode(path: str, content, format) -> bytes:
+        if not isinstance(content, str):
+            raise HTTPError(400, f"The content of {path} must be a string")
+        if format == "text":
+            return content.encode("utf-8")
+        if format == "base64":
+            try:
+                return base64.b64decode(content.encode("ascii"), validate=True)
+            except ValueError as e:
+                raise HTTPError(400, f"The content of {path} is not valid base64: {e}") from None
+        raise HTTPError(400, "The format of the file content must be 'text' or 'base64'")
+
+    def _check_target(self, path: str, type: str) -> None:
+        """A file may not replace a folder, nor a folder a file."""
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return
+        if (info.get("type") == "directory") != (type == "directory"):
+            what = "a folder" if info.get("type") == "directory" else "a file"
+            raise HTTPError(400, f"{path} is {what}: it cannot be saved as a {type}")
+
+    def _save(self, model: dict, path: str) -> tuple[dict, bool]:
+        """Write a model; (model of the result without content, whether to checkpoint it)."""
+        path = path.strip("/")
+        self._check_writable(path)
+        if "type" not in model:
+            raise HTTPError(400, "No file type provided")
+        type_ = model["type"]
+        if type_ not in ("file", "notebook", "directory"):
+            raise HTTPError(400, f"Unhandled contents type: {type_!r}")
+        if "content" not in model and type_ != "directory":
+            raise HTTPError(400, "No file content provided")
+        chunk = model.get("chunk")
+        if chunk is not None:
+            return self._save_chunk(model, path, chunk), False
+        self.run_pre_save_hooks(model=model, path=path)
+        message = None
+        with http_errors(path):
+            self._check_target(path, type_)
+            if type_ == "directory":
+                self._make_folder(path)
+            elif type_ == "notebook":
+                nb = model["content"]  # signed by save(), in the event loop's thread
+                try:
+                    data = nbformat.writes(nb, version=nbformat.NO_CONVERT).encode("utf-8")
+                except Exception as e:
+                    raise HTTPError(400, f"Unsaveable notebook {path}: {e}") from None
+                self._write(path, data)
+                checked = {"content": nb}
+                self.validate_notebook_model(checked)
+                message = checked.get("message")
+            else:
+                self._write(path, self._decode(path, model["content"], model.get("format")))
+        saved = self._get(path, content=False)
+        if message:
+            saved["message"] = message
+        self.run_post_save_hooks(model=saved, os_path=self.local_path(path) or f"skerry://{path}")
+        return saved, type_ == "notebook"
+
+    def _save_chunk(self, model: dict, path: str, chunk) -> dict:
+        """One chunk of a JupyterLab upload: 1 starts it, -1 ends it and renames it into place."""
+        if model["type"] != "file":
+            raise HTTPError(400, f"Only files can be uploaded in chunks, not a {model['type']}")
+        if not isinstance(chunk, int) or chunk == 0 or chunk < -1:
+            raise HTTPError(400, f"Invalid chunk number {chunk!r}: 1, 2, ... and -1 for the last")
+        data = self._decode(path, model["content"], model.get("format"))
+        parts = _join(_parent(path), f"{CHUNK_PREFIX}{_name(path)}")
+        with http_errors(path):
+            if chunk == 1:
+                self.run_pre_save_hooks(model=model, path=path)
+                self._check_target(path, "file")
+            elif not self.fs.exists(parts):
+                raise HTTPError(400, f"Chunk {chunk} of {path} came without chunk 1: nothing was saved")
+            with self.fs.open(parts, "wb" if chunk == 1 else "ab") as f:
+                f.write(data)
+            if chunk == -1:
+                self._replace(parts, path)
+        saved = self._get(path if chunk == -1 else parts, content=False)
+        if chunk == -1:
+            self.run_post_save_hooks(model=saved, os_path=self.local_path(path) or f"skerry://{path}")
+        else:  # the file is not there yet: answer with the model it is going to have
+            saved.update(name=_name(path), path=path)
+        return saved
+
+    async def save(self, model, path=""):
+        if model.get("type") == "notebook" and model.get("content") is not None:
+            try:
+                nb = nbformat.from_dict(model["content"])
+            except Exception as e:
+                raise HTTPError(400, f"Unsaveable notebook {path}: {e}") from None
+            # the notary's database belongs to the event loop's thread
+            self.check_and_sign(nb, path.strip("/"))
+            model = dict(model, content=nb)
+        saved, checkpoint = await self._run(self._save, model, path)
+        path = path.strip("/")
+        # one checkpoint always exists for a notebook, as with jupyter_server's own managers
+        if checkpoint and not await self.checkpoints.list_checkpoints(path):
+            await self.create_checkpoint(path)
+        self.emit(data={"action": "save", "path": path})
+        return saved
+
+    def _delete(self, path: str) -> None:
+        path = path.strip("/")
+        self._check_writable(path)
+        with http_errors(path):
+            info = self.fs.info(path)
+            if info.get("type") != "directory":
+                self.fs.rm_file(path)
+                return
+            entries = [_name(e.strip("/")) for e in self.fs.ls(path, detail=False)]
+            kept = [n for n in entries if n not in (CHECKPOINT_DIR, FOLDER_MARKER)]
+            if kept and not self.always_delete_dir:
+                raise HTTPError(400, f"Folder {path} is not empty: delete what is in it first")
+            if entries:
+                self.fs.rm(path, recursive=True)
+            with contextlib.suppress(FileNotFoundError):  # object stores: gone with its content
+                self.fs.rmdir(path)
+
+    async def delete_file(self, path):
+        await self._run(self._delete, path)
+
+    def _rename(self, old_path: str, new_path: str) -> None:
+        old_path, new_path = old_path.strip("/"), new_path.strip("/")
+        self._check_writable(old_path)
+        self._check_writable(new_path)
+        if new_path == old_path:
+            return
+        with http_errors(new_path):
+            if self.fs.exists(new_path):
+                raise HTTPError(409, f"File already exists: {new_path}")
+        with http_errors(old_path):
+            info = self.fs.info(old_path)
+            self.fs.mv(old_path, new_path, recursive=info.get("type") == "directory")
+
+    async def rename_file(self, old_path, new_path):
+        await self._run(self._rename, old_path, new_path)
+
+    async def copy(self, from_path, to_path=None):
+        """Like jupyter_server's copy, but streamed by the federation (no file in memory)."""
+        from_path = from_path.strip("/")
+        info = await self._run(self._info, from_path)
+        if info.get("type") == "directory":
+            raise HTTPError(400, "Folders cannot be copied")
+        folder = _parent(from_path) if to_path is None else to_path.strip("/")
+        if await self.dir_exists(folder):
+            name = await self.increment_filename(self._copy_name(_name(from_path)), folder, insert="-Copy")
+            target = _join(folder, name)
+        elif to_path is not None and await self.dir_exists(_parent(folder)):
+            target = folder
+        else:
+            raise HTTPError(404, f"No such folder: {_parent(folder) if to_path else folder}")
+
+        def copy():
+            self._check_writable(target)
+            with http_errors(target):
+                self.fs.copy(from_path, target)
+            return self._get(target, content=False)
+
+        model = await self._run(copy)
+        self.emit(data={"action": "copy", "path": target, "source_path": from_path})
+        return model
+
+    @staticmethod
+    def _copy_name(name: str) -> str:
+        import re
+
+        return re.sub(r"\-Copy\d*\.", ".", name)
+
+    def info_string(self):
+        return f"Serving the skerry:// federation ({', '.join(sorted(self.specs))})"
+
+
+class SkerryCheckpoints(AsyncGenericCheckpointsMixin, AsyncCheckpoints):
+    """Checkpoints kept in the file's own adaptor: ``<folder>/.ipynb_checkpoints/<name>-checkpoint<ext>``.
+
+    Read-only adaptors have none: listing gives an empty list, creating one is a 403.
+    """
+
+    @property
+    def manager(self) -> SkerryContentsManager:
+        return self.parent
+
+    @staticmethod
+    def checkpoint_path(checkpoint_id: str, path: str) -> str:
+        path = path.strip("/")
+        stem, dot, ext = _name(path).rpartition(".")
+        if not dot:
+            stem, ext = ext, ""
+        return _join(_parent(path), f"{CHECKPOINT_DIR}/{stem}-{checkpoint_id}{dot}{ext}")
+
+    def _model(self, cp_path: str) -> dict:
+        return {"id": CHECKPOINT_ID, "last_modified": _modified(self.manager.fs.info(cp_path))}
+
+    def _create(self, data: bytes, path: str) -> dict:
+        manager = self.manager
+        if not manager._writable(path.strip("/")):
+            raise HTTPError(403, f"Checkpoints are not supported on read-only adaptors ({path})")
+        cp_path = self.checkpoint_path(CHECKPOINT_ID, path)
+        with http_errors(path):
+            manager._write(cp_path, data)
+            return self._model(cp_path)
+
+    async def create_file_checkpoint(self, content, format, path):
+        data = SkerryContentsManager._decode(path, content, format)
+        return await self.manager._run(self._create, data, path)
+
+    async def create_notebook_checkpoint(self, nb, path):
+        data = nbformat.writes(nb, version=nbformat.NO_CONVERT).encode("utf-8")
+        return await self.manager._run(self._create, data, path)
+
+    def _read(self, checkpoint_id: str, path: str) -> bytes:
+        cp_path = self.checkpoint_path(checkpoint_id, path)
+        try:
+            return self.manager.fs.cat_file(cp_path)
+        except FileNotFoundError:
+            raise HTTPError(404, f"No checkpoint {checkpoint_id!r} of {path}") from None
+
+    async def get_file_checkpoint(self, checkpoint_id, path):
+        data = await self.manager._run(self._read, checkpoint_id, path)
+        try:
+            return {"type": "file", "content": data.decode("utf-8"), "format": "text"}
+        except UnicodeDecodeError:
+            return {"type": "file", "content": base64.b64encode(data).decode("ascii"), "format": "base64"}
+
+    async def get_notebook_checkpoint(self, checkpoint_id, path):
+        data = await self.manager._run(self._read, checkpoint_id, path)
+        return {"type": "notebook", "content": nbformat.reads(data.decode("utf-8"), as_version=4)}
+
+    def _list(self, path: str) -> list[dict]:
+        cp_path = self.checkpoint_path(CHECKPOINT_ID, path)
+        try:
+            return [self._model(cp_path)]
+        except (FileNotFoundError, ValueError, PermissionError):
+            return []
+
+    async def list_checkpoints(self, path):
+        return await self.manager._run(self._list, path)
+
+    def _delete(self, checkpoint_id: str, path: str) -> None:
+        if not self.manager._writable(path.strip("/")):
+            raise HTTPError(403, f"Checkpoints are not supported on read-only adaptors ({path})")
+        cp_path = self.checkpoint_path(checkpoint_id, path)
+        with http_errors(path):
+            try:
+                self.manager.fs.rm_file(cp_path)
+            except FileNotFoundError:
+                raise HTTPError(404, f"No checkpoint {checkpoint_id!r} of {path}") from None
+
+    async def delete_checkpoint(self, checkpoint_id, path):
+        await self.manager._run(self._delete, checkpoint_id, path)
+
+    def _rename(self, checkpoint_id: str, old_path: str, new_path: str) -> None:
+        old_cp = self.checkpoint_path(checkpoint_id, old_path)
+        new_cp = self.checkpoint_path(checkpoint_id, new_path)
+        with http_errors(new_path):
+            if self.manager.fs.exists(old_cp):
+                self.manager.fs.mv(old_cp, new_cp)
+
+    async def rename_checkpoint(self, checkpoint_id, old_path, new_path):
+        await self.manager._run(self._rename, checkpoint_id, old_path, new_path)

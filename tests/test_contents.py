@@ -1,0 +1,388 @@
+"""The federation in JupyterLab's file browser: the contents API of a real ``jupyter server``.
+
+The server runs as in a micro-infrastructure: our Jupyter config folder first on
+``$JUPYTER_CONFIG_PATH`` (it selects ``SkerryContentsManager``), the adaptors in a 0600
+file named by ``$SKERRY_ADAPTORS``, the token in ``$JUPYTER_TOKEN``, the home folder as
+its working folder. Adaptors: home (local), mem (memory), s3 (moto S3 server), ro
+(local, read-only). Nothing is mocked.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import nbformat
+import pytest
+
+from helpers import free_port, wait_for
+from skerry.adaptors.config import write_config
+from skerry.extensions import CONFIG_DIR
+
+TOKEN = "contents-test-" + uuid.uuid4().hex
+WRITABLE = ["home", "mem", "s3"]
+
+
+class JupyterServer:
+    """``jupyter server`` in a subprocess, configured like a micro-infrastructure's."""
+
+    def __init__(self, base: Path, adaptors: list[dict], credentials: dict):
+        self.base = base
+        self.home = base / "home"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = base / "adaptors.json"
+        write_config(str(self.config), adaptors, credentials)
+        self.log = base / "server.log"
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ, JUPYTER_TOKEN=TOKEN, JUPYTER_CONFIG_PATH=CONFIG_DIR,
+                   SKERRY_ADAPTORS=str(self.config), JUPYTER_RUNTIME_DIR=str(self.base / "runtime"),
+                   JUPYTER_DATA_DIR=str(self.base / "data"))
+        argv = [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
+                "--ServerApp.port_retries=0"]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.home, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._up, 60, what=f"jupyter server (log: {self.log})")
+        return self
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"jupyter server exited:\n{self.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/api/status", headers=self.headers, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def headers(self):
+        return {"Authorization": f"token {TOKEN}"}
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, s3server):
+    base = tmp_path_factory.mktemp("contents")
+    for folder in ("home", "ro", "outside"):
+        (base / folder).mkdir()
+    (base / "ro" / "readme.txt").write_text("read me\n")
+    (base / "outside" / "secret.txt").write_text("not yours\n")
+    (base / "home" / "escape").symlink_to(base / "outside")
+    bucket = "contents-" + uuid.uuid4().hex[:8]
+    s3server.make_bucket(bucket)
+    adaptors = [
+        {"name": "home", "type": "local", "path": str(base / "home")},
+        {"name": "mem", "type": "memory", "path": f"/contents-{uuid.uuid4().hex[:8]}"},
+        {"name": "s3", "type": "s3", "bucket": bucket, "endpoint_url": s3server.url, "credentials": "s3"},
+        {"name": "ro", "type": "local", "path": str(base / "ro"), "read_only": True},
+    ]
+    s = JupyterServer(base, adaptors, {"s3": s3server.credentials()}).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with httpx.Client(base_url=f"{server.url}/api/", headers=server.headers, timeout=60) as c:
+        yield c
+
+
+def names(listing: dict) -> set[str]:
+    return {entry["name"] for entry in listing["content"]}
+
+
+def test_config_is_private_and_token_not_in_argv(server):
+    assert oct(server.config.stat().st_mode & 0o777) == "0o600"
+    cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
+    assert TOKEN.encode() not in cmdline and b"testing" not in cmdline
+
+
+def test_root_lists_one_folder_per_adaptor(api):
+    r = api.get("contents")
+    assert r.status_code == 200, r.text
+    root = r.json()
+    assert root["type"] == "directory" and root["writable"] is False
+    assert names(root) == {"home", "mem", "s3", "ro"}
+    by_name = {e["name"]: e for e in root["content"]}
+    assert all(e["type"] == "directory" for e in by_name.values())
+    assert by_name["ro"]["writable"] is False and by_name["home"]["writable"] is True
+
+
+@pytest.mark.parametrize("adaptor", WRITABLE)
+def test_files_create_save_get_rename_delete(api, adaptor):
+    folder = f"{adaptor}/files"
+    r = api.put(f"contents/{folder}", json={"type": "directory"})
+    assert r.status_code == 201, r.text
+    assert api.get(f"contents/{folder}").json()["type"] == "directory"
+
+    r = api.put(f"contents/{folder}/a.txt", json={"type": "file", "format": "text", "content": "first\n"})
+    assert r.status_code == 201, r.text
+    model = r.json()
+    assert model["path"] == f"{folder}/a.txt" and model["content"] is None and model["size"] == 6
+    # saving again replaces the content
+    r = api.put(f"contents/{folder}/a.txt", json={"type": "file", "format": "text", "content": "second\n"})
+    assert r.status_code == 200, r.text
+    got = api.get(f"contents/{folder}/a.txt").json()
+    assert (got["content"], got["format"], got["type"], got["size"]) == ("second\n", "text", "file", 7)
+    assert got["last_modified"] and got["created"] and got["writable"] is True
+    got = api.get(f"contents/{folder}/a.txt", params={"hash": "1", "content": "0"}).json()
+    assert got["hash_algorithm"] == "sha256" and got["content"] is None
+    import hashlib
+
+    assert got["hash"] == hashlib.sha256(b"second\n").hexdigest()
+
+    binary = bytes(range(256)) * 4
+    r = api.put(f"contents/{folder}/b.bin", json={"type": "file", "format": "base64",
+                                                  "content": base64.b64encode(binary).decode()})
+    assert r.status_code == 201, r.text
+    got = api.get(f"contents/{folder}/b.bin").json()
+    assert got["format"] == "base64" and base64.b64decode(got["content"]) == binary
+
+    listing = api.get(f"contents/{folder}").json()
+    assert names(listing) == {"a.txt", "b.bin"}  # no temporary names, no checkpoints
+    sizes = {e["name"]: e["size"] for e in listing["content"]}
+    assert sizes == {"a.txt": 7, "b.bin": 1024}
+
+    r = api.patch(f"contents/{folder}/a.txt", json={"path": f"{folder}/c.txt"})
+    assert r.status_code == 200, r.text
+    assert r.json()["path"] == f"{folder}/c.txt"
+    assert api.get(f"contents/{folder}/a.txt").status_code == 404
+    assert api.get(f"contents/{folder}/c.txt").json()["content"] == "second\n"
+    # renaming over an existing file is refused, and changes nothing
+    r = api.patch(f"contents/{folder}/c.txt", json={"path": f"{folder}/b.bin"})
+    assert r.status_code == 409, r.text
+    assert api.get(f"contents/{folder}/c.txt").status_code == 200
+
+    # a non-empty folder is not deleted for good
+    assert api.delete(f"contents/{folder}").status_code == 400
+    for name in ("c.txt", "b.bin"):
+        assert api.delete(f"contents/{folder}/{name}").status_code == 204
+        assert api.get(f"contents/{folder}/{name}").status_code == 404
+    assert api.delete(f"contents/{folder}").status_code == 204
+    assert api.get(f"contents/{folder}").status_code == 404
+
+
+@pytest.mark.parametrize("adaptor", WRITABLE)
+def test_new_untitled_and_copy(api, adaptor):
+    folder = f"{adaptor}/untitled"
+    assert api.put(f"contents/{folder}", json={"type": "directory"}).status_code == 201
+    made = [api.post(f"contents/{folder}", json={"type": t, **({"ext": ".ipynb"} if t == "notebook" else {})})
+            for t in ("file", "file", "notebook", "directory")]
+    assert [r.status_code for r in made] == [201] * 4, [r.text for r in made]
+    assert [r.json()["name"] for r in made] == ["untitled", "untitled1", "Untitled.ipynb", "Untitled Folder"]
+    assert api.get(f"contents/{folder}/Untitled.ipynb").json()["content"]["nbformat"] == 4
+    assert api.get(f"contents/{folder}/Untitled Folder").json()["type"] == "directory"
+    # a copy streams through the federation; the file is named as jupyter_server names it
+    api.put(f"contents/{folder}/data.csv", json={"type": "file", "format": "text", "content": "a,b\n1,2\n"})
+    r = api.post(f"contents/{folder}", json={"copy_from": f"{folder}/data.csv"})
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "data-Copy1.csv"
+    assert api.get(f"contents/{folder}/data-Copy1.csv").json()["content"] == "a,b\n1,2\n"
+    # and across adaptors
+    other = "home" if adaptor != "home" else "mem"
+    r = api.post(f"contents/{other}", json={"copy_from": f"{folder}/data.csv"})
+    assert r.status_code == 201, r.text
+    assert api.get(f"contents/{r.json()['path']}").json()["content"] == "a,b\n1,2\n"
+    assert api.delete(f"contents/{r.json()['path']}").status_code == 204
+
+
+def make_notebook(source: str) -> dict:
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell(source))
+    return json.loads(nbformat.writes(nb))
+
+
+@pytest.mark.parametrize("adaptor", WRITABLE)
+def test_notebooks_and_checkpoints(api, adaptor):
+    path = f"{adaptor}/nb/analysis.ipynb"
+    assert api.put(f"contents/{adaptor}/nb", json={"type": "directory"}).status_code == 201
+    r = api.put(f"contents/{path}", json={"type": "notebook", "content": make_notebook("x = 1")})
+    assert r.status_code == 201, r.text
+    assert r.json()["type"] == "notebook"
+    got = api.get(f"contents/{path}").json()
+    assert got["type"] == "notebook" and got["format"] == "json"
+    assert got["content"]["cells"][0]["source"] == "x = 1"
+    listing = api.get(f"contents/{adaptor}/nb").json()
+    assert [(e["name"], e["type"]) for e in listing["content"]] == [("analysis.ipynb", "notebook")]
+
+    # the first save made one checkpoint, as jupyter_server's managers do
+    r = api.get(f"contents/{path}/checkpoints")
+    assert r.status_code == 200 and [c["id"] for c in r.json()] == ["checkpoint"], r.text
+    api.put(f"contents/{path}", json={"type": "notebook", "content": make_notebook("x = 2")})
+    r = api.post(f"contents/{path}/checkpoints")
+    assert r.status_code == 201 and r.json()["id"] == "checkpoint", r.text
+    api.put(f"contents/{path}", json={"type": "notebook", "content": make_notebook("x = 3")})
+    assert api.get(f"contents/{path}").json()["content"]["cells"][0]["source"] == "x = 3"
+    r = api.post(f"contents/{path}/checkpoints/checkpoint")
+    assert r.status_code == 204, r.text
+    assert api.get(f"contents/{path}").json()["content"]["cells"][0]["source"] == "x = 2"
+    # checkpoints live in the adaptor, hidden from listings
+    assert api.get(f"contents/{adaptor}/nb/.ipynb_checkpoints").status_code == 404
+    assert names(api.get(f"contents/{adaptor}/nb").json()) == {"analysis.ipynb"}
+
+    # a file checkpoint too
+    api.put(f"contents/{adaptor}/nb/notes.md", json={"type": "file", "format": "text", "content": "v1"})
+    assert api.post(f"contents/{adaptor}/nb/notes.md/checkpoints").status_code == 201
+    api.put(f"contents/{adaptor}/nb/notes.md", json={"type": "file", "format": "text", "content": "v2"})
+    assert api.post(f"contents/{adaptor}/nb/notes.md/checkpoints/checkpoint").status_code == 204
+    assert api.get(f"contents/{adaptor}/nb/notes.md").json()["content"] == "v1"
+
+    # renaming carries the checkpoint along; deleting removes it
+    r = api.patch(f"contents/{path}", json={"path": f"{adaptor}/nb/renamed.ipynb"})
+    assert r.status_code == 200, r.text
+    assert [c["id"] for c in api.get(f"contents/{adaptor}/nb/renamed.ipynb/checkpoints").json()] == ["checkpoint"]
+    assert api.get(f"contents/{path}/checkpoints").json() == []
+    for name in ("renamed.ipynb", "notes.md"):
+        assert api.delete(f"contents/{adaptor}/nb/{name}").status_code == 204
+        assert api.get(f"contents/{adaptor}/nb/{name}/checkpoints").json() == []
+    assert api.delete(f"contents/{adaptor}/nb").status_code == 204
+
+
+@pytest.mark.parametrize("adaptor", ["home", "s3"])
+def test_chunked_upload_appears_only_when_complete(api, adaptor):
+    path = f"{adaptor}/upload.bin"
+    parts = [os.urandom(300_000), os.urandom(300_000), os.urandom(1000)]
+    for i, part in enumerate(parts):
+        chunk = -1 if i == len(parts) - 1 else i + 1
+        r = api.put(f"contents/{path}", json={"type": "file", "format": "base64", "chunk": chunk,
+                                              "content": base64.b64encode(part).decode()})
+        assert r.status_code in (200, 201), r.text
+        if chunk != -1:
+            assert api.get(f"contents/{path}").status_code == 404
+            assert "upload.bin" not in names(api.get(f"contents/{adaptor}").json())
+    got = api.get(f"contents/{path}").json()
+    assert base64.b64decode(got["content"]) == b"".join(parts)
+    assert not any(n.startswith(".") for n in names(api.get(f"contents/{adaptor}").json()))
+    assert api.delete(f"contents/{path}").status_code == 204
+    # a chunk without its first is refused, and writes nothing
+    r = api.put(f"contents/{path}", json={"type": "file", "format": "text", "chunk": 2, "content": "x"})
+    assert r.status_code == 400 and "chunk 1" in r.json()["message"], r.text
+    assert api.get(f"contents/{path}").status_code == 404
+
+
+def test_read_only_adaptor_refuses_writes(api, server):
+    got = api.get("contents/ro/readme.txt").json()
+    assert got["content"] == "read me\n" and got["writable"] is False
+    refusals = [
+        api.put("contents/ro/new.txt", json={"type": "file", "format": "text", "content": "x"}),
+        api.put("contents/ro/readme.txt", json={"type": "file", "format": "text", "content": "x"}),
+        api.post("contents/ro", json={"type": "file"}),
+        api.put("contents/ro/dir", json={"type": "directory"}),
+        api.patch("contents/ro/readme.txt", json={"path": "ro/moved.txt"}),
+        api.patch("contents/ro/readme.txt", json={"path": "home/moved.txt"}),
+        api.delete("contents/ro/readme.txt"),
+        api.post("contents/ro/readme.txt/checkpoints"),
+        api.post("contents/ro", json={"copy_from": "ro/readme.txt"}),
+    ]
+    for r in refusals:
+        assert r.status_code == 403, (r.request.method, r.request.url, r.text)
+        assert "read-only" in r.json()["message"]
+    assert api.get("contents/ro/readme.txt/checkpoints").json() == []
+    assert sorted(os.listdir(server.base / "ro")) == ["readme.txt"]
+    assert (server.base / "ro" / "readme.txt").read_text() == "read me\n"
+    # the root and the adaptor folders themselves cannot be changed either
+    assert api.delete("contents/home").status_code == 403
+    assert api.patch("contents/mem", json={"path": "other"}).status_code == 403
+
+
+def test_traversal_is_refused(api, server):
+    outside = server.base / "outside" / "secret.txt"
+    # dot segments: encoded so that no client or proxy resolves them first
+    for path in ("home/%2e%2e/outside/secret.txt", "home/%2E%2E/%2E%2E/etc/passwd", "home/sub/%2e%2e/x.txt"):
+        r = api.get(f"contents/{path}")
+        assert r.status_code in (400, 404), (path, r.text)
+        assert "not yours" not in r.text
+        r = api.put(f"contents/{path}", json={"type": "file", "format": "text", "content": "x"})
+        assert r.status_code in (400, 403, 404), (path, r.text)
+    assert api.patch("contents/home/x.txt", json={"path": "home/../../outside/y.txt"}).status_code in (400, 404)
+    # a symlink leading out of the adaptor's folder
+    r = api.get("contents/home/escape/secret.txt")
+    assert r.status_code in (403, 404) and "not yours" not in r.text, r.text
+    r = api.put("contents/home/escape/evil.txt", json={"type": "file", "format": "text", "content": "x"})
+    assert r.status_code == 403, r.text
+    assert sorted(os.listdir(server.base / "outside")) == ["secret.txt"]
+    assert outside.read_text() == "not yours\n"
+    # an unknown adaptor is a 404, an absolute path is a path inside the federation
+    assert api.get("contents/etc/passwd").status_code == 404
+    assert api.get("contents//etc/passwd").status_code == 404
+
+
+def run_in_kernel(server, kernel_id: str, code: str) -> str:
+    """Run code through the kernel's websocket, as JupyterLab does; its stdout."""
+    import websocket
+
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels",
+                                     header=[f"Authorization: token {TOKEN}"], timeout=60)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+                       "session": uuid.uuid4().hex, "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False},
+        }))
+        out = []
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                raise AssertionError(msg["content"])
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize("folder, cwd", [("home/sub", "home/sub"), ("s3/sub", "home")])
+def test_kernel_starts_in_the_notebook_folder(api, server, folder, cwd):
+    assert api.put(f"contents/{folder}", json={"type": "directory"}).status_code in (200, 201)
+    path = f"{folder}/kernel.ipynb"
+    assert api.put(f"contents/{path}", json={"type": "notebook", "content": make_notebook("")}).status_code == 201
+    r = api.post("sessions", json={"path": path, "name": "kernel.ipynb", "type": "notebook",
+                                   "kernel": {"name": "python3"}})
+    assert r.status_code == 201, r.text
+    session = r.json()
+    try:
+        printed = run_in_kernel(server, session["kernel"]["id"], "import os; print(os.getcwd())")
+        expected = server.base / "home" / cwd.removeprefix("home").strip("/")
+        assert printed.strip() == os.path.realpath(expected)
+    finally:
+        assert api.delete(f"sessions/{session['id']}").status_code == 204
+
+
+@pytest.mark.platform
+def test_platform_user_server_shows_the_federation(platform, alice):
+    headers = {"Authorization": f"token {alice}"}
+    r = httpx.get(f"{platform.url}/user/alice/api/contents/", headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "home" in names(r.json())
+    r = httpx.put(f"{platform.url}/dav/alice/home/x.txt", content=b"through webdav\n",
+                  auth=("alice", alice), timeout=60)
+    assert r.status_code in (201, 204), r.text
+    r = httpx.get(f"{platform.url}/user/alice/api/contents/home/x.txt", headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["content"] == "through webdav\n"
+    # and the other way round: saved in the file browser, read over WebDAV
+    r = httpx.put(f"{platform.url}/user/alice/api/contents/home/y.txt", headers=headers, timeout=60,
+                  json={"type": "file", "format": "text", "content": "through jupyter\n"})
+    assert r.status_code == 201, r.text
+    r = httpx.get(f"{platform.url}/dav/alice/home/y.txt", auth=("alice", alice), timeout=60)
+    assert r.status_code == 200 and r.text == "through jupyter\n"
