@@ -15,6 +15,7 @@ home folder (``home_dir_template``, a folder per user) and the adaptors the user
 """
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -191,6 +192,9 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     async def stop(self, now=False):
         pgid = self.pid
         await super().stop(now=now)
+        # the decrypted credentials live on disk only while the server runs
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.adaptors_file)
         if pgid:
             self._kill_leftovers(pgid)
             for _ in range(50):  # the kernel needs a moment to reap them
