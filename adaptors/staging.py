@@ -130,6 +130,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryError,
                         NotADirectoryError, VerificationError, ValueError)):
         return False
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, ConnectionError) and cause is not None and not is_transient(cause):
+        return False  # e.g. "adaptor cannot be reached" because its login was refused
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     name = type(exc).__name__
@@ -299,7 +302,9 @@ class Stager:
     def _copy(self, c: Copy):
         src_name, src = c.source
         dst_name, dst = c.target
-        src_fs, dst_fs = self.fs.adaptors[src_name], self.fs.adaptors[dst_name]
+        # adaptors connect on first use: reaching them is retried like any transfer
+        src_fs = self._retrying(lambda: self.fs.adaptors[src_name])
+        dst_fs = self._retrying(lambda: self.fs.adaptors[dst_name])
         info = self._retrying(lambda: src_fs.info(src))
         if info["type"] == "directory":
             found = self._retrying(lambda: src_fs.find(src, detail=True))

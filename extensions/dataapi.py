@@ -72,8 +72,7 @@ class DataAPI(LoggingConfigurable):
         self.types = {a.get("name"): a.get("type") for a in config.get("adaptors", [])}
         secrets = sorted({v for entry in config.get("credentials", {}).values() if isinstance(entry, dict)
                           for v in entry.values() if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
-        adaptors, read_only, make_parents = build_federation(config)
-        self.fs = SkerryFileSystem(adaptors, read_only, make_parents)
+        self.fs = SkerryFileSystem(*build_federation(config))
         self.index = FindIndex(self.fs, interval=self.index_interval).start()
         self.webhooks = WebhookSender(first_delay=1.0, max_delay=self.webhook_max_delay,
                                       give_up_after=self.webhook_give_up)
@@ -117,6 +116,8 @@ def _backend_error(e: Exception) -> ApiError:
         return ApiError(403, "forbidden", str(e) or "permission denied")
     if isinstance(e, NotADirectoryError):
         return ApiError(400, "not_a_folder", str(e) or "not a folder")
+    if isinstance(e, ConnectionError):
+        return ApiError(503, "adaptor_unavailable", str(e) or "the storage cannot be reached")
     if isinstance(e, ValueError):
         return ApiError(400, "bad_path", str(e))
     return ApiError(502, "backend_error", f"the storage failed: {type(e).__name__}: {e}")

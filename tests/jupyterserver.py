@@ -53,9 +53,12 @@ class JupyterServer:
         if self.proc.poll() is not None:
             raise AssertionError(f"jupyter server exited:\n{self.log.read_text()[-3000:]}")
         try:
-            return self.get("adaptors").status_code == 200
+            r = self.get("adaptors")
         except httpx.HTTPError:
             return False
+        if r.status_code == 503:
+            raise AssertionError(f"the data API has no adaptors: {r.text}")
+        return r.status_code == 200
 
     def request(self, method, path, token=None, **kwargs):
         headers = kwargs.pop("headers", {})
