@@ -14,7 +14,7 @@ something one client may ask for.
 
 import threading
 from collections import defaultdict
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from wsgidav.dav_error import HTTP_FORBIDDEN, PRECONDITION_CODE_PropfindFiniteDepth, DAVError
 from wsgidav.dir_browser import WsgiDavDirBrowser
@@ -68,16 +68,21 @@ class RefuseInfiniteDepth(BaseMiddleware):
 
 
 def refuse_dot_segments(app):
-    """400 for any path with a '.' or '..' segment, plain or percent-encoded.
+    """400 for any path with a '.' or '..' segment, plain or percent-encoded, or an
+    encoded slash ('%2F': no name holds a slash; cheroot leaves it encoded in PATH_INFO).
 
     Clients send none (they normalise URLs); wsgidav itself hung on some of them.
     """
 
-    def guarded(environ, start_response):
-        path = environ.get("PATH_INFO", "")
+    def refused(path):
         segments = unquote(unquote(path)).replace("\\", "/").split("/")
-        if any(s in (".", "..") for s in segments):
-            body = b"Paths with '.' or '..' segments are refused.\n"
+        return any(s in (".", "..") for s in segments) or "%2f" in path.lower()
+
+    def guarded(environ, start_response):
+        # the Destination of COPY/MOVE names a path too: the same rule applies to it
+        destination = urlsplit(environ.get("HTTP_DESTINATION", "")).path
+        if refused(environ.get("PATH_INFO", "")) or refused(destination):
+            body = b"Paths with '.' or '..' segments or encoded slashes are refused.\n"
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
                                                ("Content-Length", str(len(body)))])
             return [body]
