@@ -1,0 +1,304 @@
+"""Issue 3, must show 6: path traversal is refused on every endpoint, and secrets never
+appear in logs, API responses or process arguments.
+
+Traversal: ``..`` (plain and percent-encoded, either case, with encoded slashes),
+absolute paths, double slashes, backslashes, and a symlink inside the home that points
+outside it, sent byte for byte (``http.client``, no client-side normalising) to
+``/dav/<name>/`` of a running platform with every method that names a path (GET, PUT,
+PROPFIND, MKCOL, DELETE, COPY/MOVE with the source or the Destination outside), and to
+the ``skerry://`` filesystem API. Each must be refused with a 4xx, show nothing of
+what lies outside, and leave nothing written outside.
+"""
+
+import http.client
+import json
+import os
+from pathlib import Path
+
+import fsspec
+import httpx
+import pytest
+
+from skerry.adaptors.config import write_config
+from skerry.adaptors.federation import SkerryFileSystem
+
+SECRET_TEXT = b"outside the home: must never be served"
+REFUSED = {400, 403, 404, 405}  # 405: the hub, when the proxy normalised the path out of /dav/
+
+
+def snapshot(*folders: Path) -> dict:
+    """{path: (size, mtime)} of everything under ``folders`` (without following symlinks)."""
+    found = {}
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            for name in dirs + files:
+                p = os.path.join(root, name)
+                st = os.lstat(p)
+                found[p] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def escapes(outside: Path, home: Path, name: str) -> dict[str, str]:
+    """{kind: path below /dav/alice/home/ (as sent) that would reach ``outside/name``}."""
+    up = os.path.relpath(outside, home)  # ../../../outside
+    ups = up.split("/")
+    n = len([p for p in ups if p == ".."])
+    rest = "/".join(p for p in ups if p != "..")
+    return {
+        "dotdot": f"{up}/{name}",
+        "dotdot-encoded": "%2e%2e/" * n + f"{rest}/{name}",
+        "dotdot-encoded-upper-slash": "%2E%2E%2F" * n + f"{rest}%2F{name}",
+        "dotdot-double-encoded": "%252e%252e/" * n + f"{rest}/{name}",
+        "absolute-encoded": "%2F" + str(outside / name).lstrip("/").replace("/", "%2F"),
+        "absolute-double-slash": "/" + str(outside / name).lstrip("/"),
+        "double-slash-dotdot": "/".join([""] + [".."] * n + [""]) + f"{rest}/{name}",
+        "backslash": "\\".join([".."] * n + [rest, name]),
+        "backslash-encoded": "%5C".join([".."] * n + [rest, name]),
+        "symlink": f"escape/{name}",
+    }
+
+
+# ---------------------------------------------------------------- WebDAV, platform
+
+
+@pytest.fixture(scope="module")
+def layout(platform, alice):
+    """alice's home with a symlink pointing outside it, and an outside folder with a secret."""
+    home = platform.data_dir / "users" / "alice"
+    outside = platform.data_dir.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "secret.txt").write_bytes(SECRET_TEXT)
+    (outside / "folder").mkdir(exist_ok=True)
+    if not (home / "escape").is_symlink():
+        (home / "escape").symlink_to(outside, target_is_directory=True)
+    r = httpx.put(f"{platform.url}/dav/alice/home/mine.txt", content=b"alice's own", auth=("alice", alice))
+    assert r.status_code in (201, 204)
+    return home, outside
+
+
+def send(platform, method, path, token, body=None, headers=None):
+    """One request with ``path`` sent exactly as given."""
+    conn = http.client.HTTPConnection("127.0.0.1", platform.port, timeout=60)
+    hdrs = {"Authorization": f"token {token}", **(headers or {})}
+    if body is not None:
+        hdrs["Content-Length"] = str(len(body))
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for k, v in hdrs.items():
+        conn.putheader(k, v)
+    conn.endheaders(body)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    if 300 <= r.status < 400:
+        # the proxy normalised the path out of /dav/ altogether: the hub answers (a
+        # redirect to its own pages); what matters is that no file lies at the end of it
+        location = r.getheader("Location", "")
+        assert location.startswith(("/hub/", f"{platform.url}/hub/")), (path, r.status, location)
+        final = httpx.get(platform.url + location.removeprefix(platform.url), follow_redirects=True,
+                          headers={"Authorization": f"token {token}"}, timeout=60)
+        assert final.status_code in REFUSED, (path, location, final.status_code)
+        return final.status_code, data + final.content
+    if r.status == 503 and (b'"server_not_running"' in data or (
+            method == "HEAD" and "application/json" in r.getheader("Content-Type", ""))):
+        # the proxy normalised the path to /dav/<another name>/ with no endpoint behind it:
+        # the service's fallback answered, no WebDAV server saw the request
+        return 404, data
+    return r.status, data
+
+
+KINDS = ["dotdot", "dotdot-encoded", "dotdot-encoded-upper-slash", "dotdot-double-encoded", "absolute-encoded",
+         "absolute-double-slash", "double-slash-dotdot", "backslash", "backslash-encoded", "symlink"]
+PROPFIND_1 = {"Depth": "1"}
+
+
+@pytest.mark.platform
+@pytest.mark.parametrize("kind", KINDS)
+def test_webdav_reads_outside_the_home_are_refused(platform, alice, layout, kind):
+    home, outside = layout
+    base = "/dav/alice/home/"
+    for method, target, headers in [
+        ("GET", "secret.txt", {}),
+        ("HEAD", "secret.txt", {}),
+        ("PROPFIND", "secret.txt", {"Depth": "0"}),
+        ("PROPFIND", "", PROPFIND_1),  # the outside folder itself
+        ("GET", "", {}),
+    ]:
+        path = base + escapes(outside, home, target)[kind]
+        if not target:
+            path = path.rstrip("/\\") + "/"
+        status, body = send(platform, method, path, alice, headers=headers)
+        assert status in REFUSED, (kind, method, path, status, body[:300])
+        # (error pages may echo the requested path; they must show nothing from outside)
+        assert SECRET_TEXT not in body and b"multistatus" not in body, (kind, method, path)
+
+
+@pytest.mark.platform
+@pytest.mark.parametrize("kind", KINDS)
+def test_webdav_writes_outside_the_home_are_refused(platform, alice, layout, kind):
+    home, outside = layout
+    before = snapshot(outside)
+    base = "/dav/alice/home/"
+    mine = f"{platform.url}{base}mine.txt"
+    for method, target, headers, body in [
+        ("PUT", "pwned.txt", {}, b"written from outside"),
+        ("PUT", "secret.txt", {}, b"overwritten"),
+        ("MKCOL", "pwned-folder", {}, None),
+        ("DELETE", "secret.txt", {}, None),
+        ("DELETE", "folder", {}, None),
+        ("PROPPATCH", "secret.txt", {}, b'<?xml version="1.0"?><propertyupdate xmlns="DAV:"/>'),
+        ("COPY", "secret.txt", {"Destination": mine + ".stolen"}, None),  # the source outside
+        ("MOVE", "secret.txt", {"Destination": mine + ".stolen"}, None),
+    ]:
+        path = base + escapes(outside, home, target)[kind]
+        status, answer = send(platform, method, path, alice, body=body, headers=headers)
+        assert status in REFUSED | {409}, (kind, method, path, status, answer[:300])
+        assert SECRET_TEXT not in answer
+    # COPY and MOVE of alice's own file with a Destination outside
+    for method in ("COPY", "MOVE"):
+        destination = f"{platform.url}{base}{escapes(outside, home, 'pwned-' + method)[kind]}"
+        status, answer = send(platform, method, base + "mine.txt", alice,
+                              headers={"Destination": destination, "Overwrite": "T"})
+        assert status in REFUSED | {409, 502}, (kind, method, destination, status, answer[:300])
+    assert snapshot(outside) == before
+    assert (home / "mine.txt").read_bytes() == b"alice's own"
+    assert not (home / "mine.txt.stolen").exists()
+    assert not list(platform.data_dir.parent.rglob("pwned*"))
+
+
+@pytest.mark.platform
+def test_webdav_destination_on_another_users_endpoint_is_refused(platform, alice, bob, layout):
+    home, _ = layout
+    bob_home = platform.data_dir / "users" / "bob"
+    for method in ("COPY", "MOVE"):
+        for destination in (f"{platform.url}/dav/bob/home/pwned.txt",
+                            f"{platform.url}/dav/alice/home/../../bob/home/pwned.txt",
+                            f"{platform.url}/dav/alice/%2e%2e/bob/home/pwned.txt",
+                            "http://elsewhere.example/dav/alice/home/pwned.txt"):
+            status, answer = send(platform, method, "/dav/alice/home/mine.txt", alice,
+                                  headers={"Destination": destination})
+            # 502: RFC 4918's answer for a Destination on another server (or mount)
+            assert status in REFUSED | {409, 502}, (method, destination, status, answer[:300])
+    assert (home / "mine.txt").read_bytes() == b"alice's own"
+    assert not list(bob_home.rglob("pwned*"))
+
+
+@pytest.mark.platform
+def test_webdav_escaping_the_endpoint_to_another_user_is_refused(platform, alice, bob, layout):
+    bob_home = platform.data_dir / "users" / "bob"
+    (bob_home / "bobs.txt").write_bytes(b"bob only")
+    for path in ["/dav/alice/../bob/home/bobs.txt", "/dav/alice/%2e%2e/bob/home/bobs.txt",
+                 "/dav/alice/home/%2E%2E%2F%2E%2E%2Fbob%2Fhome%2Fbobs.txt", "/dav/alice/..%5Cbob/home/bobs.txt"]:
+        for method, body in (("GET", None), ("PUT", b"alice was here"), ("DELETE", None)):
+            status, answer = send(platform, method, path, alice, body=body)
+            assert status in REFUSED, (method, path, status, answer[:300])
+            assert b"bob only" not in answer
+    assert (bob_home / "bobs.txt").read_bytes() == b"bob only"
+
+
+# ---------------------------------------------------------------- skerry:// API, in process
+
+
+@pytest.fixture
+def federation(tmp_path, monkeypatch):
+    """``skerry://`` as a notebook gets it: from the 0600 file named by $SKERRY_ADAPTORS."""
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    home.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET_TEXT)
+    (home / "mine.txt").write_bytes(b"mine")
+    (home / "escape").symlink_to(outside, target_is_directory=True)
+    (home / "passwd").symlink_to("/etc/passwd")
+    config = tmp_path / "adaptors.json"
+    write_config(str(config), [{"name": "home", "type": "local", "path": str(home)}])
+    monkeypatch.setenv("SKERRY_ADAPTORS", str(config))
+    fs = fsspec.filesystem("skerry", skip_instance_cache=True)
+    assert isinstance(fs, SkerryFileSystem)
+    return fs, home, outside
+
+
+def fs_escapes(outside: Path, home: Path, name: str) -> dict[str, str]:
+    up = os.path.relpath(outside, home)
+    return {
+        "dotdot": f"home/{up}/{name}",
+        "dotdot-url": f"skerry://home/{up}/{name}",
+        "dotdot-encoded": f"home/%2e%2e/{name}",
+        "absolute": str(outside / name),
+        "absolute-in-adaptor": f"home/{str(outside / name)}",
+        "double-slash": f"home//{str(outside / name).lstrip('/')}",
+        "backslash": "home/" + "\\".join(up.split("/") + [name]),
+        "symlink": f"home/escape/{name}",
+        "symlink-file": "home/passwd",
+        "adaptor-dotdot": f"../{name}",
+    }
+
+
+FS_KINDS = ["dotdot", "dotdot-url", "dotdot-encoded", "absolute", "absolute-in-adaptor", "double-slash",
+            "backslash", "symlink", "symlink-file", "adaptor-dotdot"]
+FS_REFUSALS = (ValueError, PermissionError, FileNotFoundError)
+# on POSIX, '%2e%2e' and backslashes are plain file name characters: such a write is allowed, inside the home
+LITERAL_NAMES = {"dotdot-encoded", "backslash"}
+
+
+@pytest.mark.parametrize("kind", FS_KINDS)
+def test_skerry_fs_reads_outside_are_refused(federation, kind):
+    fs, home, outside = federation
+    path = fs_escapes(outside, home, "secret.txt")[kind]
+    folder = fs_escapes(outside, home, "")[kind].rstrip("/\\") or path
+    for read in (lambda: fs.cat_file(path), lambda: fs.open(path, "rb").read(), lambda: fs.info(path),
+                 lambda: fs.ls(folder, detail=True), lambda: fsspec.open(
+                     path if path.startswith("skerry://") else "skerry://" + path, "rb",
+                     skip_instance_cache=True).open().read()):
+        try:
+            got = read()
+        except FS_REFUSALS:
+            continue
+        assert SECRET_TEXT not in repr(got).encode() and "root:" not in repr(got), (kind, got)
+        pytest.fail(f"{kind}: {path} was answered: {got!r:.200}")
+
+
+@pytest.mark.parametrize("kind", FS_KINDS)
+def test_skerry_fs_writes_outside_are_refused(federation, kind, tmp_path):
+    fs, home, outside = federation
+    before = snapshot(outside)
+    target = fs_escapes(outside, home, "pwned.txt")[kind]
+    secret = fs_escapes(outside, home, "secret.txt")[kind]
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"local")
+    writes = [
+        lambda: fs.pipe_file(target, b"pwned"),
+        lambda: fs.open(target, "wb").close(),
+        lambda: fs.put_file(str(local), target),
+        lambda: fs.cp_file("home/mine.txt", target),
+        lambda: fs.cp_file(secret, "home/stolen.txt"),
+        lambda: fs.mv("home/mine.txt", target),
+        lambda: fs.mkdir(target),
+        lambda: fs.rm_file(secret),
+        lambda: fs.rm(secret),
+        lambda: fs.get_file(secret, str(tmp_path / "got.txt")),
+    ]
+    for write in writes:
+        if kind in LITERAL_NAMES:
+            try:
+                write()
+            except FS_REFUSALS + (FileExistsError,):
+                pass
+            continue
+        with pytest.raises(FS_REFUSALS):
+            write()
+    assert snapshot(outside) == before
+    assert not (home / "stolen.txt").exists() and not (tmp_path / "got.txt").exists()
+    if kind in LITERAL_NAMES:
+        assert all(home in p.parents for p in tmp_path.rglob("pwned*"))
+    else:
+        assert (home / "mine.txt").read_bytes() == b"mine"
+        assert not list(tmp_path.rglob("pwned*"))
+    if os.path.exists("/etc/passwd"):
+        assert b"pwned" not in Path("/etc/passwd").read_bytes()
+
+
+def test_skerry_fs_symlinks_inside_the_home_still_work(federation):
+    fs, home, _ = federation
+    (home / "inner").mkdir()
+    (home / "inner" / "data.txt").write_bytes(b"inside")
+    (home / "alias").symlink_to(home / "inner", target_is_directory=True)
+    assert fs.cat_file("home/alias/data.txt") == b"inside"
