@@ -239,3 +239,11 @@ def test_no_secret_in_answers_logs_or_process_arguments(platform, alice, alice_f
             path = os.path.join(root, n)
             if path != str(handed):
                 assert S3_SECRET.encode() not in open(path, "rb").read(), path
+
+
+def test_an_admin_user_manages_alices_account(platform, alice, call):
+    platform.create_user("admin")  # the hub's admin user (admin_users in hub/settings.py)
+    admin_user_token = platform.user_token("admin")
+    r = call("PUT", "/users/alice/adaptors/scratch2", admin_user_token, json={"type": "memory"})
+    assert r.status_code == 200, r.text
+    assert call("DELETE", "/users/alice/adaptors/scratch2", admin_user_token).status_code == 204

@@ -219,3 +219,17 @@ def test_delete_revokes_the_key_on_the_remote(platform, dave, sshd, system_user)
     assert authorized_keys(home).decode() == other  # only our line is gone
     assert not asyncio.run(_try_login(sshd.port, name, key=key))
     assert platform.api("GET", API + "/users/dave/credentials", dave).json() == {"credentials": []}
+
+
+def test_revoking_on_an_unreachable_host_deletes_nothing_unless_forced(platform, dave, sshd, system_user):
+    _, password, home = system_user
+    sshd.passwords(True)
+    r = platform.api("PUT", API + "/users/dave/credentials/gone", dave, json=setup_body(sshd, password))
+    assert r.status_code == 200, r.text
+    sshd.stop()  # the host goes away (last test of the module: it stays down)
+    r = platform.api("DELETE", API + "/users/dave/credentials/gone", dave)
+    assert r.status_code == 502 and "force=true" in r.json()["message"], r.text
+    assert [c["name"] for c in platform.api("GET", API + "/users/dave/credentials", dave).json()["credentials"]] == ["gone"]
+    r = platform.api("DELETE", API + "/users/dave/credentials/gone?force=true", dave)
+    assert r.status_code == 204
+    assert platform.api("GET", API + "/users/dave/credentials", dave).json() == {"credentials": []}
