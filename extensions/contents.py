@@ -34,6 +34,7 @@ import functools
 import hashlib
 import mimetypes
 import os
+import re
 import uuid
 from datetime import datetime, timezone
 
@@ -343,6 +344,7 @@ class SkerryContentsManager(AsyncContentsManager):
         spec = self.specs.get(self._adaptor(path))
         return spec is not None and spec.type in IN_PLACE
 
+
     def _replace(self, tmp: str, path: str) -> None:
         """Rename ``tmp`` over ``path`` (a rename is atomic on local and SFTP backends)."""
         try:
@@ -488,10 +490,12 @@ class SkerryContentsManager(AsyncContentsManager):
             kept = [n for n in entries if n not in (CHECKPOINT_DIR, FOLDER_MARKER)]
             if kept and not self.always_delete_dir:
                 raise HTTPError(400, f"Folder {path} is not empty: delete what is in it first")
-            if entries:
+            # not rmdir: sshfs has no synchronous one (a silent no-op), and an object
+            # store's folder is its objects (a marker, at least), which rm takes along
+            with contextlib.suppress(FileNotFoundError):  # an object store's last object took it
                 self.fs.rm(path, recursive=True)
-            with contextlib.suppress(FileNotFoundError):  # object stores: gone with its content
-                self.fs.rmdir(path)
+            if self.fs.exists(path):
+                raise HTTPError(500, f"Folder {path} could not be deleted")
 
     async def delete_file(self, path):
         await self._run(self._delete, path)
@@ -539,9 +543,8 @@ class SkerryContentsManager(AsyncContentsManager):
 
     @staticmethod
     def _copy_name(name: str) -> str:
-        import re
-
-        return re.sub(r"\-Copy\d*\.", ".", name)
+        # copying a copy names it after the original: data-Copy1.csv -> data-Copy2.csv
+        return re.sub(r"-Copy\d*\.", ".", name)
 
     def info_string(self):
         return f"Serving the skerry:// federation ({', '.join(sorted(self.specs))})"

@@ -3,8 +3,8 @@
 The server runs as in a micro-infrastructure: our Jupyter config folder first on
 ``$JUPYTER_CONFIG_PATH`` (it selects ``SkerryContentsManager``), the adaptors in a 0600
 file named by ``$SKERRY_ADAPTORS``, the token in ``$JUPYTER_TOKEN``, the home folder as
-its working folder. Adaptors: home (local), mem (memory), s3 (moto S3 server), ro
-(local, read-only). Nothing is mocked.
+its working folder. Adaptors: home (local), mem (memory), s3 (moto S3 server), hpc
+(SFTP to a real OpenSSH sshd), ro (local, read-only). Nothing is mocked.
 """
 
 import base64
@@ -24,7 +24,7 @@ from skerry.adaptors.config import write_config
 from skerry.extensions import CONFIG_DIR
 
 TOKEN = "contents-test-" + uuid.uuid4().hex
-WRITABLE = ["home", "mem", "s3"]
+WRITABLE = ["home", "mem", "s3", "hpc"]
 
 
 class JupyterServer:
@@ -75,9 +75,9 @@ class JupyterServer:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, s3server):
+def server(tmp_path_factory, s3server, sshd):
     base = tmp_path_factory.mktemp("contents")
-    for folder in ("home", "ro", "outside"):
+    for folder in ("home", "ro", "outside", "hpc"):
         (base / folder).mkdir()
     (base / "ro" / "readme.txt").write_text("read me\n")
     (base / "outside" / "secret.txt").write_text("not yours\n")
@@ -88,9 +88,12 @@ def server(tmp_path_factory, s3server):
         {"name": "home", "type": "local", "path": str(base / "home")},
         {"name": "mem", "type": "memory", "path": f"/contents-{uuid.uuid4().hex[:8]}"},
         {"name": "s3", "type": "s3", "bucket": bucket, "endpoint_url": s3server.url, "credentials": "s3"},
+        {"name": "hpc", "type": "sftp", "host": "127.0.0.1", "port": sshd.port, "username": sshd.username,
+         "path": str(base / "hpc"), "credentials": "hpc"},
         {"name": "ro", "type": "local", "path": str(base / "ro"), "read_only": True},
     ]
-    s = JupyterServer(base, adaptors, {"s3": s3server.credentials()}).start()
+    credentials = {"s3": s3server.credentials(), "hpc": {"private_key": sshd.key}}
+    s = JupyterServer(base, adaptors, credentials).start()
     yield s
     s.stop()
 
@@ -108,7 +111,7 @@ def names(listing: dict) -> set[str]:
 def test_config_is_private_and_token_not_in_argv(server):
     assert oct(server.config.stat().st_mode & 0o777) == "0o600"
     cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
-    assert TOKEN.encode() not in cmdline and b"testing" not in cmdline
+    assert TOKEN.encode() not in cmdline and b"testing" not in cmdline and b"PRIVATE KEY" not in cmdline
 
 
 def test_root_lists_one_folder_per_adaptor(api):
@@ -116,7 +119,7 @@ def test_root_lists_one_folder_per_adaptor(api):
     assert r.status_code == 200, r.text
     root = r.json()
     assert root["type"] == "directory" and root["writable"] is False
-    assert names(root) == {"home", "mem", "s3", "ro"}
+    assert names(root) == {"home", "mem", "s3", "hpc", "ro"}
     by_name = {e["name"]: e for e in root["content"]}
     assert all(e["type"] == "directory" for e in by_name.values())
     assert by_name["ro"]["writable"] is False and by_name["home"]["writable"] is True
@@ -252,7 +255,7 @@ def test_notebooks_and_checkpoints(api, adaptor):
     assert api.delete(f"contents/{adaptor}/nb").status_code == 204
 
 
-@pytest.mark.parametrize("adaptor", ["home", "s3"])
+@pytest.mark.parametrize("adaptor", ["home", "s3", "hpc"])
 def test_chunked_upload_appears_only_when_complete(api, adaptor):
     path = f"{adaptor}/upload.bin"
     parts = [os.urandom(300_000), os.urandom(300_000), os.urandom(1000)]
