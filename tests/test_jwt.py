@@ -2,8 +2,9 @@
 
 Unit level: a real WebDAV server in this process (cheroot + make_dav_app over a folder)
 behind the real ``HubTokenAuthenticator``, with keys in a key file of the documented
-format. Platform level: the real ``skerry up``, keys registered in
-``DATA_DIR/accounts/<name>/jwt-keys.json`` (the file ``$SKERRY_JWT_KEYS`` names).
+format. Platform level: the real ``skerry up``, keys registered through the hub service
+(``PUT /services/skerry/api/v1/users/<name>/jwt-keys/<kid>``), which writes the file
+``$SKERRY_JWT_KEYS`` names for the user's running micro-infrastructure.
 """
 
 import base64
@@ -284,9 +285,23 @@ def test_settings_from_the_environment(tmp_path, monkeypatch, rsa_key):
 # ---------------------------------------------------------------- platform level
 
 
-def register(platform, name, *keys: SigningKey) -> None:
-    """Register public keys for ``name`` as the spawner tells the micro-infrastructure."""
-    write_keys(platform.data_dir / "accounts" / name / "jwt-keys.json", *keys)
+JWT_KEYS = "/services/skerry/api/v1/users/{name}/jwt-keys"
+
+
+def register(platform, name, *keys: SigningKey, token=None) -> None:
+    """Make ``keys`` exactly the keys registered for ``name``, through the registration API
+    (as ``token``'s owner; the admin by default)."""
+    url = JWT_KEYS.format(name=name)
+    r = platform.api("GET", url, token=token)
+    assert r.status_code == 200, r.text
+    wanted = {k.kid for k in keys}
+    for entry in r.json()["keys"]:
+        if entry["kid"] not in wanted:
+            assert platform.api("DELETE", f"{url}/{entry['kid']}", token=token).status_code == 204
+    for key in keys:
+        r = platform.api("PUT", f"{url}/{key.kid}", token=token, json={"public_key": key.public_pem})
+        assert r.status_code == 200, r.text
+        assert r.json()["alg"] == key.alg
 
 
 @pytest.mark.platform
@@ -320,10 +335,8 @@ def test_platform_bad_jwts_get_401(platform, alice, rsa_key, ec_key, other_key, 
 
 @pytest.mark.platform
 def test_platform_alices_jwt_is_refused_on_bobs_endpoint(platform, alice, bob, rsa_key):
-    register(platform, "alice", rsa_key)
-    bob_file = platform.data_dir / "accounts" / "bob" / "jwt-keys.json"
-    if bob_file.exists():
-        bob_file.unlink()
+    register(platform, "alice", rsa_key, token=alice)
+    register(platform, "bob", token=bob)
     token = rsa_key.token(sub="alice")
     url = f"{platform.url}/dav/bob/home/from-alice.txt"
     # bob's server does not know alice's key
@@ -331,7 +344,7 @@ def test_platform_alices_jwt_is_refused_on_bobs_endpoint(platform, alice, bob, r
         r = httpx.put(url, content=b"x", timeout=60, **kwargs)
         assert r.status_code == 401, r.text
     # the same public key registered for bob too: the signature checks, sub != bob
-    register(platform, "bob", rsa_key)
+    register(platform, "bob", rsa_key, token=bob)
     for kwargs in ({"headers": bearer(token)}, {"auth": ("bob", token)}):
         r = httpx.put(url, content=b"x", timeout=60, **kwargs)
         assert r.status_code == 403, r.text
@@ -342,16 +355,20 @@ def test_platform_alices_jwt_is_refused_on_bobs_endpoint(platform, alice, bob, r
     # and bob's own token for bob, with that key, does work there
     r = httpx.request("PROPFIND", f"{platform.url}/dav/bob/", headers={**bearer(rsa_key.token(sub="bob")), **PROPFIND_0})
     assert r.status_code == 207
-    bob_file.unlink()
+    register(platform, "bob", token=bob)
 
 
 @pytest.mark.platform
-def test_platform_deleted_key_stops_working(platform, alice, rsa_key, ec_key):
-    register(platform, "alice", rsa_key, ec_key)
-    token = ec_key.token()
+def test_platform_keys_registered_and_deleted_while_running(platform, alice, rsa_key, ec_key, other_key):
+    register(platform, "alice", rsa_key, ec_key, token=alice)
     url = f"{platform.url}/dav/alice/"
+    assert httpx.request("PROPFIND", url, headers={**bearer(other_key.token()), **PROPFIND_0}).status_code == 401
+    register(platform, "alice", rsa_key, ec_key, other_key, token=alice)  # works at once, no restart
+    assert httpx.request("PROPFIND", url, headers={**bearer(other_key.token()), **PROPFIND_0}).status_code == 207
+    token = ec_key.token()
     assert httpx.request("PROPFIND", url, headers={**bearer(token), **PROPFIND_0}).status_code == 207
-    register(platform, "alice", rsa_key)
+    r = platform.api("DELETE", JWT_KEYS.format(name="alice") + f"/{ec_key.kid}", token=alice)
+    assert r.status_code == 204
     r = httpx.request("PROPFIND", url, headers={**bearer(token), **PROPFIND_0})
     assert r.status_code == 401 and "not registered" in r.text
 
