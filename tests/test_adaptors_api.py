@@ -247,3 +247,35 @@ def test_an_admin_user_manages_alices_account(platform, alice, call):
     r = call("PUT", "/users/alice/adaptors/scratch2", admin_user_token, json={"type": "memory"})
     assert r.status_code == 200, r.text
     assert call("DELETE", "/users/alice/adaptors/scratch2", admin_user_token).status_code == 204
+
+
+def test_crypt_key_from_the_environment_never_reaches_user_servers(make_platform):
+    """With $SKERRY_CRYPT_KEY the key file is never made, and the user's server (which
+    runs user code) does not inherit the key."""
+    from cryptography.fernet import Fernet
+
+    from skerry.adaptors.store import AccountStore
+    from skerry.datadir import DataDir
+
+    key = Fernet.generate_key().decode()
+    p = make_platform(env={**os.environ, "SKERRY_CRYPT_KEY": key}).start()
+    p.create_user("erin")
+    token = p.user_token("erin")
+    r = p.api("PUT", API + "/users/erin/credentials/web", token,
+              json={"kind": "password", "username": "erin", "password": S3_SECRET})
+    assert r.status_code == 200, r.text
+    r = p.api("PUT", API + "/users/erin/adaptors/scratch", token, json={"type": "memory"})
+    assert r.status_code == 200, r.text
+    p.start_server("erin")
+    data = DataDir(p.data_dir)
+    assert not data.credentials_key_file.exists()
+    os.environ["SKERRY_CRYPT_KEY"] = key  # this process decrypts with the same key
+    try:
+        assert AccountStore.for_data_dir(data).credentials("erin")["web"]["secret"]["password"] == S3_SECRET
+    finally:
+        del os.environ["SKERRY_CRYPT_KEY"]
+    members = pids_of("SKERRY_DAV_PREFIX=/dav/erin/", environ=True)  # Jupyter, WebDAV and their parent
+    assert p.group_of("erin") in members and len(members) >= 3
+    for pid in members:
+        environ = open(f"/proc/{pid}/environ", "rb").read()
+        assert key.encode() not in environ and b"SKERRY_CRYPT_KEY" not in environ
