@@ -463,12 +463,17 @@ class SkerryContentsManager(AsyncContentsManager):
 
     async def save(self, model, path=""):
         if model.get("type") == "notebook" and model.get("content") is not None:
+            content = model["content"]
+            if not (isinstance(content, dict) and isinstance(content.get("cells"), list)
+                    and isinstance(content.get("nbformat"), int)):
+                raise HTTPError(400, f"Unsaveable notebook {path}: the content is not a notebook "
+                                     "(an object with 'nbformat' and a list of 'cells')")
+            nb = nbformat.from_dict(content)
             try:
-                nb = nbformat.from_dict(model["content"])
+                # the notary's database belongs to the event loop's thread
+                self.check_and_sign(nb, path.strip("/"))
             except Exception as e:
                 raise HTTPError(400, f"Unsaveable notebook {path}: {e}") from None
-            # the notary's database belongs to the event loop's thread
-            self.check_and_sign(nb, path.strip("/"))
             model = dict(model, content=nb)
         saved, checkpoint = await self._run(self._save, model, path)
         path = path.strip("/")

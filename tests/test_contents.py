@@ -389,3 +389,95 @@ def test_platform_user_server_shows_the_federation(platform, alice):
     assert r.status_code == 201, r.text
     r = httpx.get(f"{platform.url}/dav/alice/home/y.txt", auth=("alice", alice), timeout=60)
     assert r.status_code == 200 and r.text == "through jupyter\n"
+
+
+def test_bad_input_is_refused_and_writes_nothing(api, server):
+    api.put("contents/home/keep.txt", json={"type": "file", "format": "text", "content": "kept\n"})
+    bad = [
+        {"type": "file", "format": "base64", "content": "not base64 !!"},
+        {"type": "file", "format": "hex", "content": "00"},
+        {"type": "file", "format": "text"},
+        {"type": "notebook", "content": "not a notebook"},
+        {"type": "notebook", "content": {"cells": "nope"}},
+        {"type": "directory"},  # a folder may not replace a file
+        {"type": "file", "format": "text", "content": "x", "chunk": "two"},
+    ]
+    for model in bad:
+        r = api.put("contents/home/keep.txt", json=model)
+        assert r.status_code == 400, (model, r.text)
+        assert r.json()["message"], r.text
+    assert (server.home / "keep.txt").read_text() == "kept\n"
+    # no temporary name was left behind, nothing hidden but the checkpoints folder
+    assert not [n for n in os.listdir(server.home) if n.startswith(".") and n != ".ipynb_checkpoints"]
+    assert api.delete("contents/home/keep.txt").status_code == 204
+
+
+# ---- the manager itself, in this process (real local and memory adaptors) ----------
+
+
+@pytest.fixture
+def manager(tmp_path, monkeypatch):
+    from skerry.extensions.contents import SkerryContentsManager
+
+    for folder in ("home/sub", "outside", "server"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "outside" / "secret.txt").write_text("not yours\n")
+    config = tmp_path / "adaptors.json"
+    write_config(str(config), [{"name": "home", "type": "local", "path": str(tmp_path / "home")},
+                               {"name": "mem", "type": "memory", "path": f"/m-{uuid.uuid4().hex[:8]}"}])
+    monkeypatch.setenv("SKERRY_ADAPTORS", str(config))
+    # the server's folder beside the home folder: kernel paths must still reach home
+    return SkerryContentsManager(allow_hidden=True, root_dir=str(tmp_path / "server"))
+
+
+def call(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def test_dot_segments_refused_by_the_manager_itself(manager, tmp_path):
+    """jupyter_server already hides names starting with '.'; with allow_hidden the manager refuses."""
+    from tornado.web import HTTPError
+
+    for path in ("home/../outside/secret.txt", "home/sub/../../outside/secret.txt", "home//sub", "home/./sub"):
+        with pytest.raises(HTTPError) as e:
+            call(manager.get(path))
+        assert e.value.status_code == 400 and "not allowed" in e.value.log_message
+        with pytest.raises(HTTPError) as e:
+            call(manager.save({"type": "file", "format": "text", "content": "x"}, path))
+        assert e.value.status_code == 400
+    with pytest.raises(HTTPError) as e:
+        call(manager.rename("home/sub", "home/../outside/sub"))
+    assert e.value.status_code == 400
+    assert sorted(os.listdir(tmp_path / "outside")) == ["secret.txt"]
+    assert (tmp_path / "home" / "sub").is_dir()
+
+
+def test_kernel_path_is_the_notebook_folder_on_local_adaptors(manager, tmp_path):
+    from jupyter_server.utils import to_os_path
+
+    def kernel_cwd(path):
+        # what jupyter_server's kernel manager does with get_kernel_path (cwd_for_path)
+        return to_os_path(call(manager.get_kernel_path(path)), manager.root_dir)
+
+    home = os.path.realpath(tmp_path / "home")
+    assert kernel_cwd("home/sub/nb.ipynb") == os.path.join(home, "sub")
+    assert kernel_cwd("home/nb.ipynb") == home
+    assert kernel_cwd("home/sub") == os.path.join(home, "sub")
+    assert kernel_cwd("mem/x/nb.ipynb") == home  # remote adaptors: the home folder
+    assert kernel_cwd("nb.ipynb") == home
+
+
+def test_no_adaptor_configuration_is_a_clear_error(tmp_path, monkeypatch):
+    from skerry.errors import ConfigError
+    from skerry.extensions.contents import SkerryContentsManager
+
+    monkeypatch.delenv("SKERRY_ADAPTORS", raising=False)
+    with pytest.raises(RuntimeError, match="SKERRY_ADAPTORS is not set"):
+        SkerryContentsManager()
+    config = tmp_path / "adaptors.json"
+    write_config(str(config), [{"name": "home", "type": "local", "path": str(tmp_path)}])
+    config.chmod(0o644)
+    with pytest.raises(ConfigError, match="0600"):
+        SkerryContentsManager(adaptors_file=str(config))
