@@ -54,8 +54,8 @@ def _fail(e: ConfigError, code: str) -> ApiError:
         return ApiError(404, "not_found", e.message)
     if isinstance(e, Conflict):
         return ApiError(409, "in_use", e.message)
-    if isinstance(e, CryptError):
-        return ApiError(500, e.code, e.message)
+    if isinstance(e, CryptError) or code == "bad_store":
+        return ApiError(500, e.code if isinstance(e, CryptError) else code, e.message)  # not the caller's fault
     if isinstance(e, sshkeys.SshKeyError):
         return ApiError(e.status, e.code, e.message)
     return ApiError(400, code, e.message)

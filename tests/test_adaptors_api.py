@@ -169,6 +169,8 @@ def test_bad_json_is_400(platform, alice, alice_federation, call):
         assert r.status_code == 400 and r.json()["error"] == "bad_json" and r.json()["message"]
         r = call("PUT", "/users/alice" + path, alice, json=["a", "list"])
         assert r.status_code == 400 and r.json()["error"] == "bad_json"
+        r = call("PUT", "/users/alice" + path, alice, content=b'{"a": "' + b"x" * 70_000 + b'"}')
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
     assert account_files(platform, "alice") == before
 
 
