@@ -186,7 +186,12 @@ def _pem(key) -> str:
 
 
 def test_jwt_keys(platform, alice, call):
-    rsa_pem = _pem(rsa.generate_private_key(65537, 2048))
+    import time
+
+    import jwt
+
+    rsa_private = rsa.generate_private_key(65537, 2048)
+    rsa_pem = _pem(rsa_private)
     ec_pem = _pem(ec.generate_private_key(ec.SECP256R1()))
     r = call("PUT", "/users/alice/jwt-keys/laptop", alice, json={"public_key": rsa_pem})
     assert r.status_code == 200 and r.json() == {"kid": "laptop", "alg": "RS256", "public_key": rsa_pem}
@@ -201,6 +206,12 @@ def test_jwt_keys(platform, alice, call):
     assert stored == {"keys": [{"kid": "laptop", "alg": "RS256", "public_key": rsa_pem},
                                {"kid": "robot", "alg": "ES256", "public_key": ec_pem}]}
     assert call("GET", "/users/alice/jwt-keys", alice).json() == stored
+    # alice's running server accepts a JWT signed by the key she registered
+    token = jwt.encode({"sub": "alice", "aud": "skerry", "exp": int(time.time()) + 300}, rsa_private,
+                       algorithm="RS256", headers={"kid": "laptop"})
+    r = httpx.request("PROPFIND", f"{platform.url}/dav/alice/", headers={"Authorization": f"Bearer {token}",
+                                                                         "Depth": "0"})
+    assert r.status_code == 207, r.text
     assert call("GET", "/users/alice/jwt-keys/robot", alice).json()["alg"] == "ES256"
     assert call("DELETE", "/users/alice/jwt-keys/robot", alice).status_code == 204
     assert call("GET", "/users/alice/jwt-keys/robot", alice).status_code == 404
