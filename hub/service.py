@@ -110,6 +110,12 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "message": str(exc.detail)}, exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _internal_error(request, exc: Exception):
+        # the traceback goes to the service log; the caller gets JSON, never the exception text
+        return JSONResponse({"error": "internal_error",
+                             "message": "The skerry service failed on this request; its log says why."}, 500)
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
