@@ -17,8 +17,10 @@ Rules:
 - names starting with ``.`` are hidden (404) unless ``allow_hidden``; so are the
   temporary names, the checkpoints and the empty-folder markers of object stores;
 - errors are ``tornado.web.HTTPError`` with a status and a sentence: read-only
-  adaptor, the root or an adaptor folder changed: 403; missing: 404; traversal
-  (``..``, empty segments) and bad models: 400; an existing target: 409;
+  adaptor, the root or an adaptor folder changed, a symlink out of a local adaptor:
+  403; missing: 404; traversal (``..``, ``.``, empty segments) and bad models: 400;
+  an existing target: 409; an adaptor that cannot be reached now: 503 (the others
+  keep working: the root lists adaptors by name, connecting to none);
 - checkpoints (``SkerryCheckpoints``) live in the same adaptor, in
   ``<folder>/.ipynb_checkpoints/<name>-checkpoint<ext>``; read-only adaptors have
   none (creating one is a 403);
@@ -48,6 +50,7 @@ from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import build_federation, read_config
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.specs import load_specs
+from skerry.errors import ConfigError
 
 CHECKPOINT_DIR = ".ipynb_checkpoints"
 CHECKPOINT_ID = "checkpoint"  # one checkpoint per file, as JupyterLab expects
@@ -74,8 +77,14 @@ def http_errors(path: str):
         raise HTTPError(409, f"{path} already exists") from None
     except (IsADirectoryError, NotADirectoryError) as e:
         raise HTTPError(400, f"{path}: {e.strerror or e}") from None
+    except (ConnectionError, TimeoutError) as e:
+        raise HTTPError(503, f"The storage of {path} cannot be reached now: {e}") from None
     except ValueError as e:
         raise HTTPError(400, f"Invalid path {path!r}: {e}") from None
+    except ConfigError as e:
+        raise HTTPError(500, f"{path}: {e}") from None
+    except OSError as e:
+        raise HTTPError(500, f"Storage error on {path}: {e.strerror or e}") from None
 
 
 def _time(info: dict, *keys: str) -> datetime:
@@ -167,8 +176,16 @@ class SkerryContentsManager(AsyncContentsManager):
         return await asyncio.to_thread(functools.partial(func, *args, **kwargs))
 
     def _adaptor(self, path: str) -> str | None:
-        with http_errors(path):
-            return self.fs._split(path)[0]
+        """The adaptor of an API path (None: the root), by its name alone: nothing connects.
+
+        The federation's path rules, checked before any backend sees the path.
+        """
+        parts = path.strip("/").split("/") if path.strip("/") else []
+        if any(part in ("", ".", "..") for part in parts):
+            raise HTTPError(400, f"Invalid path {path!r}: empty, '.' and '..' segments are not allowed")
+        if parts and parts[0] not in self.specs:
+            raise HTTPError(404, f"No such file or folder: {path} (there is no adaptor {parts[0]!r})")
+        return parts[0] if parts else None
 
     def _writable(self, path: str) -> bool:
         name = self._adaptor(path)
@@ -304,10 +321,11 @@ class SkerryContentsManager(AsyncContentsManager):
 
     def _exists_as(self, path: str, kind: str) -> bool:
         path = path.strip("/")
-        try:
-            info = self.fs.info(path)
-        except (FileNotFoundError, PermissionError, ValueError):
-            return False
+        with http_errors(path):  # an unreachable adaptor is a 503, not "no such file"
+            try:
+                info = self.fs.info(path)
+            except (FileNotFoundError, PermissionError):
+                return False
         return (info.get("type") == "directory") == (kind == "directory")
 
     async def dir_exists(self, path):

@@ -4,7 +4,8 @@ The server runs as in a micro-infrastructure: our Jupyter config folder first on
 ``$JUPYTER_CONFIG_PATH`` (it selects ``SkerryContentsManager``), the adaptors in a 0600
 file named by ``$SKERRY_ADAPTORS``, the token in ``$JUPYTER_TOKEN``, the home folder as
 its working folder. Adaptors: home (local), mem (memory), s3 (moto S3 server), hpc
-(SFTP to a real OpenSSH sshd), ro (local, read-only). Nothing is mocked.
+(SFTP to a real OpenSSH sshd), ro (local, read-only), down (SFTP to a closed port).
+Nothing is mocked.
 """
 
 import base64
@@ -91,6 +92,9 @@ def server(tmp_path_factory, s3server, sshd):
         {"name": "hpc", "type": "sftp", "host": "127.0.0.1", "port": sshd.port, "username": sshd.username,
          "path": str(base / "hpc"), "credentials": "hpc"},
         {"name": "ro", "type": "local", "path": str(base / "ro"), "read_only": True},
+        # an SFTP host that is down: nothing listens on its port
+        {"name": "down", "type": "sftp", "host": "127.0.0.1", "port": free_port(), "username": "nobody",
+         "credentials": "hpc"},
     ]
     credentials = {"s3": s3server.credentials(), "hpc": {"private_key": sshd.key}}
     s = JupyterServer(base, adaptors, credentials).start()
@@ -119,7 +123,7 @@ def test_root_lists_one_folder_per_adaptor(api):
     assert r.status_code == 200, r.text
     root = r.json()
     assert root["type"] == "directory" and root["writable"] is False
-    assert names(root) == {"home", "mem", "s3", "hpc", "ro"}
+    assert names(root) == {"home", "mem", "s3", "hpc", "ro", "down"}
     by_name = {e["name"]: e for e in root["content"]}
     assert all(e["type"] == "directory" for e in by_name.values())
     assert by_name["ro"]["writable"] is False and by_name["home"]["writable"] is True
@@ -300,6 +304,16 @@ def test_read_only_adaptor_refuses_writes(api, server):
     # the root and the adaptor folders themselves cannot be changed either
     assert api.delete("contents/home").status_code == 403
     assert api.patch("contents/mem", json={"path": "other"}).status_code == 403
+
+
+def test_an_unreachable_adaptor_is_a_503_and_the_others_work(api):
+    for r in (api.get("contents/down"), api.get("contents/down/a.txt"),
+              api.put("contents/down/a.txt", json={"type": "file", "format": "text", "content": "x"}),
+              api.post("contents/down", json={"type": "file"})):
+        assert r.status_code == 503, (r.request.method, r.request.url, r.text)
+        assert "cannot be reached" in r.json()["message"] and "down" in r.json()["message"]
+    assert "down" in names(api.get("contents").json())
+    assert api.get("contents/home").status_code == 200
 
 
 def test_traversal_is_refused(api, server):
