@@ -13,6 +13,7 @@ what lies outside, and leave nothing written outside.
 import http.client
 import json
 import os
+import shutil
 from pathlib import Path
 
 import fsspec
@@ -302,3 +303,125 @@ def test_skerry_fs_symlinks_inside_the_home_still_work(federation):
     (home / "inner" / "data.txt").write_bytes(b"inside")
     (home / "alias").symlink_to(home / "inner", target_is_directory=True)
     assert fs.cat_file("home/alias/data.txt") == b"inside"
+
+
+# ---------------------------------------------------------------- data API, platform
+
+DATA_API = "/user/alice/skerry/api/v1"
+
+
+def api_get(platform, token, url, **params):
+    return httpx.get(f"{platform.url}{url}", params=params, timeout=60,
+                     headers={"Authorization": f"token {token}"})
+
+
+@pytest.mark.platform
+def test_data_api_list_outside_is_refused(platform, alice, layout):
+    home, outside = layout
+    up = os.path.relpath(outside, home)
+    for adaptor, path in [("home", up), ("home", "%2e%2e/%2e%2e"), ("home", "%2E%2E%2F%2E%2E"), ("home", ".."),
+                          ("home", str(outside)), ("home", "/" + str(outside)), ("home", "//etc"),
+                          ("home", up.replace("/", "\\")), ("home", "escape"), ("home", "escape/folder"),
+                          ("..", ""), ("../..", ""), ("home/..", ""), ("/etc", "")]:
+        r = api_get(platform, alice, f"{DATA_API}/list", adaptor=adaptor, path=path)
+        assert r.status_code in REFUSED, (adaptor, path, r.status_code, r.text[:300])
+        assert set(r.json()) == {"error", "message"}, r.text
+        assert "secret.txt" not in r.text and "root:" not in r.text, (adaptor, path, r.text[:300])
+    assert api_get(platform, alice, f"{DATA_API}/list", adaptor="home", path="").status_code == 200
+
+
+def wait_copy(platform, token, copy_id) -> dict:
+    from helpers import wait_for
+
+    def finished():
+        status = api_get(platform, token, f"{DATA_API}/copy/{copy_id}").json()
+        return status if status["state"] in ("done", "failed") else None
+
+    return wait_for(finished, timeout=60, what=f"copy {copy_id}")
+
+
+@pytest.mark.platform
+def test_data_api_copy_outside_is_refused(platform, alice, layout):
+    home, outside = layout
+    before = snapshot(outside)
+    up = os.path.relpath(outside, home)
+    sources = [f"home/{up}/secret.txt", "home/%2e%2e/%2e%2e/%2e%2e/outside/secret.txt", str(outside / "secret.txt"),
+               f"skerry://home/{up}/secret.txt", "home//" + str(outside / "secret.txt").lstrip("/"),
+               "home\\" + up.replace("/", "\\") + "\\secret.txt", f"file://{outside}/secret.txt", "home/escape/secret.txt"]
+    targets = [t.replace("secret.txt", "pwned.txt") for t in sources]
+    items = [[{"from": s, "to": "home/stolen.txt"}] for s in sources]
+    items += [[{"from": "home/mine.txt", "to": t}] for t in targets]
+    for body in items:
+        r = httpx.post(f"{platform.url}{DATA_API}/copy", json=body, timeout=60,
+                       headers={"Authorization": f"token {alice}"})
+        if r.status_code == 202:
+            # accepted by the syntax check (a symlink is a plain name): the copy itself must fail
+            (copy_id,) = r.json()["ids"]
+            status = wait_copy(platform, alice, copy_id)
+            assert status["state"] == "failed", (body, status)
+            assert "outside" in status["error"], status
+        else:
+            assert r.status_code == 400, (body, r.status_code, r.text[:300])
+            assert set(r.json()) == {"error", "message"}
+        assert SECRET_TEXT.decode() not in r.text
+    assert snapshot(outside) == before
+    assert not (home / "stolen.txt").exists()
+    assert not list(platform.data_dir.parent.rglob("pwned*"))
+
+
+# ---------------------------------------------------------------- contents API, platform
+
+CONTENTS = "/user/alice/api/contents/"
+# '%252e%252e' is decoded once, as HTTP says, into the plain name '%2e%2e': allowed, inside the home
+CONTENTS_LITERAL = {"dotdot-double-encoded"}
+BODY_KINDS = {
+    "dotdot": lambda outside, home, name: "home/" + escapes(outside, home, name)["dotdot"],
+    "absolute-double-slash": lambda outside, home, name: str(outside / name),
+    "double-slash-dotdot": lambda outside, home, name: "home/" + escapes(outside, home, name)["double-slash-dotdot"],
+    "symlink": lambda outside, home, name: f"home/escape/{name}",
+}
+
+
+@pytest.mark.platform
+@pytest.mark.parametrize("kind", KINDS)
+def test_contents_api_outside_is_refused(platform, alice, layout, kind):
+    home, outside = layout
+    before = snapshot(outside)
+    json_type = {"Content-Type": "application/json"}
+    save = json.dumps({"type": "file", "format": "text", "content": "pwned"}).encode()
+    for method, target, body, headers in [
+        ("GET", "secret.txt", None, {}),
+        ("GET", "folder", None, {}),
+        ("GET", "", None, {}),
+        ("PUT", "pwned.txt", save, json_type),
+        ("PUT", "secret.txt", save, json_type),
+        ("POST", "", json.dumps({"type": "file"}).encode(), json_type),  # new untitled file outside
+        ("DELETE", "secret.txt", None, {}),
+        ("PATCH", "secret.txt", json.dumps({"path": "home/stolen.txt"}).encode(), json_type),
+    ]:
+        escaped = escapes(outside, home, target)[kind]
+        path = CONTENTS + "home/" + (escaped.rstrip("/\\") if not target else escaped)
+        status, answer = send(platform, method, path, alice, body=body, headers=headers)
+        if kind in CONTENTS_LITERAL and status < 300:
+            continue  # a plain name inside the home: checked below
+        assert status in REFUSED | {409}, (kind, method, path, status, answer[:300])
+        assert SECRET_TEXT not in answer and b'"secret.txt"' not in answer, (kind, method, path)
+    # moving or copying alice's own file to a path outside (in a JSON body, where nothing is
+    # percent-decoded: '%2e%2e' and backslashes are plain names there, so those kinds are left out)
+    if kind in BODY_KINDS:
+        for method, path, body in [
+            ("PATCH", CONTENTS + "home/mine.txt", {"path": BODY_KINDS[kind](outside, home, "pwned.txt")}),
+            ("POST", CONTENTS + "home", {"copy_from": BODY_KINDS[kind](outside, home, "secret.txt")}),
+        ]:
+            status, answer = send(platform, method, path, alice, body=json.dumps(body).encode(), headers=json_type)
+            assert status in REFUSED | {409}, (kind, method, body, status, answer[:300])
+            assert SECRET_TEXT not in answer
+    assert snapshot(outside) == before
+    assert (home / "mine.txt").read_bytes() == b"alice's own"
+    assert not (home / "stolen.txt").exists()
+    if kind in CONTENTS_LITERAL:
+        literal = home / "%2e%2e"
+        assert all(literal in p.parents for p in platform.data_dir.parent.rglob("pwned*"))
+        shutil.rmtree(literal, ignore_errors=True)
+    assert not list(platform.data_dir.parent.rglob("pwned*"))
+    assert not [p for p in home.iterdir() if p.name.startswith("untitled")]
