@@ -47,24 +47,26 @@ def write_config(path: str, adaptors: list[dict], credentials: dict | None = Non
 
 
 def build_federation(config: dict):
-    """(Adaptors, read-only names, names needing parents made) from a configuration.
+    """(Adaptors, read-only names, names needing parents made) from a configuration:
+    the arguments of ``SkerryFileSystem``.
 
     Specs, credential references and backends are checked here; each filesystem is
     made (and connects) on first use.
     """
     specs = load_specs(config.get("adaptors", []))
     credentials = config.get("credentials", {})
-    factories, read_only, make_parents = {}, set(), set()
+    factories, kinds, read_only, make_parents = {}, {}, set(), set()
     for spec in specs:
         if spec.credentials and spec.credentials not in credentials:
             raise ConfigError(f"adaptor {spec.name!r} needs credentials {spec.credentials!r}, which are not set")
         check_backend(spec)
         factories[spec.name] = functools.partial(make_filesystem, spec, credentials.get(spec.credentials))
+        kinds[spec.name] = spec.type
         if spec.read_only:
             read_only.add(spec.name)
         if spec.type in NEEDS_PARENTS:
             make_parents.add(spec.name)
-    return Adaptors(factories), read_only, make_parents
+    return Adaptors(factories, kinds), read_only, make_parents
 
 
 def load_federation():

@@ -25,6 +25,7 @@ import shutil
 
 from fsspec.spec import AbstractFileSystem
 
+from .objectstore import FOLDER_MARKERS, is_marker, make_folder_marker, move_object_tree, remove_object_tree
 from .registry import Adaptors
 
 COPY_BLOCK = 8 * 1024 * 1024
@@ -45,10 +46,13 @@ class SkerryFileSystem(AbstractFileSystem):
     root_marker = ""
     sep = "/"
 
-    def __init__(self, adaptors=None, read_only=(), make_parents=(), **storage_options):
+    def __init__(self, adaptors=None, read_only=(), make_parents=(), folder_markers=None, **storage_options):
         """``adaptors``: {name: fsspec filesystem}; ``read_only``: names refusing writes;
         ``make_parents``: names whose backend cannot write into a missing folder (the
-        federation creates it first, so that every adaptor behaves like an object store).
+        federation creates it first, so that every adaptor behaves like an object store);
+        ``folder_markers``: object stores, where an empty folder is an empty ``name/`` object
+        (so that MKCOL then PUT inside works as on a file system); by default the S3
+        adaptors of an ``Adaptors`` mapping.
 
         With no adaptors, the micro-infrastructure's configuration is loaded (``$SKERRY_ADAPTORS``).
         """
@@ -61,6 +65,9 @@ class SkerryFileSystem(AbstractFileSystem):
         self.adaptors = adaptors if isinstance(adaptors, Adaptors) else dict(adaptors)
         self.read_only = frozenset(read_only)
         self.make_parents = frozenset(make_parents)
+        if folder_markers is None and isinstance(adaptors, Adaptors):
+            folder_markers = {n for n, kind in adaptors.kinds.items() if kind in FOLDER_MARKERS}
+        self.folder_markers = frozenset(folder_markers or ())
         self._streamed_copies = set()  # adaptors whose server-side copy is refused
 
     # ---- paths ----------------------------------------------------------
@@ -114,8 +121,13 @@ class SkerryFileSystem(AbstractFileSystem):
         if name is None:
             entries = [self._adaptor_info(n) for n in sorted(self.adaptors)]
         else:
-            entries = [self._outer(name, e) for e in fs.ls(inner, detail=True, **kwargs)]
+            entries = [self._outer(name, e) for e in fs.ls(inner, detail=True, **kwargs)
+                       if not self._is_marker(name, e)]
         return entries if detail else [e["name"] for e in entries]
+
+    def _is_marker(self, name, info):
+        """The empty ``folder/`` object that keeps an empty S3 folder: not a file of its own."""
+        return name in self.folder_markers and is_marker(info)
 
     def _adaptor_info(self, name):
         return {"name": name, "size": 0, "type": "directory", "read_only": name in self.read_only}
@@ -142,6 +154,8 @@ class SkerryFileSystem(AbstractFileSystem):
             found = fs.find(inner, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
             out = {}
             for info in found.values():
+                if self._is_marker(name, info):
+                    continue
                 info = self._outer(name, info)
                 out[info["name"]] = info
         return out if detail else sorted(out)
@@ -196,7 +210,7 @@ class SkerryFileSystem(AbstractFileSystem):
     def put_file(self, lpath, rpath, callback=None, mode="overwrite", **kwargs):
         name, fs, inner = self._writable(rpath, new_file=True)
         if os.path.isdir(lpath):
-            return fs.makedirs(inner, exist_ok=True)
+            return self.makedirs(rpath, exist_ok=True)
         return fs.put_file(lpath, inner, **({"callback": callback} if callback else {}), **kwargs)
 
     def cp_file(self, path1, path2, **kwargs):
@@ -205,7 +219,7 @@ class SkerryFileSystem(AbstractFileSystem):
         if not src:
             raise IsADirectoryError(path1)
         if src_fs.isdir(src):
-            return dst_fs.makedirs(dst, exist_ok=True)
+            return self.makedirs(path2, exist_ok=True)
         if src_name == dst_name and src_name not in self._streamed_copies:
             try:
                 return src_fs.cp_file(src, dst, **kwargs)
@@ -220,6 +234,8 @@ class SkerryFileSystem(AbstractFileSystem):
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
         src_name, src_fs, src = self._writable(path1)
         dst_name, dst_fs, dst = self._writable(path2, new_file=True)
+        if src_name == dst_name and src_name in self.folder_markers and src_fs.isdir(src):
+            return move_object_tree(src_fs, src, dst)
         if src_name == dst_name:
             return src_fs.mv(src, dst, recursive=recursive, maxdepth=maxdepth, **kwargs)
         return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
@@ -234,19 +250,38 @@ class SkerryFileSystem(AbstractFileSystem):
         for p in paths:
             name, fs, inner = self._writable(p)
             by_adaptor.setdefault(name, (fs, []))[1].append(inner)
-        for fs, inners in by_adaptor.values():
-            fs.rm(inners, recursive=recursive, maxdepth=maxdepth)
+        for name, (fs, inners) in by_adaptor.items():
+            if recursive and maxdepth is None and name in self.folder_markers:
+                for inner in inners:
+                    remove_object_tree(fs, inner)
+            else:
+                fs.rm(inners, recursive=recursive, maxdepth=maxdepth)
 
     def mkdir(self, path, create_parents=True, **kwargs):
         name, fs, inner = self._writable(path)
-        return fs.mkdir(inner, create_parents=create_parents, **kwargs)
+        if name not in self.folder_markers:
+            return fs.mkdir(inner, create_parents=create_parents, **kwargs)
+        if fs.exists(inner):
+            raise FileExistsError(f"{path} exists")
+        parent = inner.rpartition("/")[0]
+        if parent and not fs.isdir(parent):
+            if not create_parents:
+                raise FileNotFoundError(f"{path}: its parent folder does not exist")
+            self.makedirs(f"{name}/{parent}", exist_ok=True)
+        make_folder_marker(fs, inner)
 
     def makedirs(self, path, exist_ok=False):
         name, fs, inner = self._split(path)
         if name is not None and not inner and exist_ok:
             return None  # an adaptor folder always exists
         name, fs, inner = self._writable(path)
-        return fs.makedirs(inner, exist_ok=exist_ok)
+        if name not in self.folder_markers:
+            return fs.makedirs(inner, exist_ok=exist_ok)
+        if fs.isdir(inner):
+            if not exist_ok:
+                raise FileExistsError(f"{path} exists")
+            return None
+        self.mkdir(path, create_parents=True)
 
     def rmdir(self, path):
         name, fs, inner = self._writable(path)

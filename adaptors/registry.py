@@ -111,8 +111,9 @@ class Adaptors(Mapping):
     access tries again); a ``ConfigError`` (bad set-up, missing backend) passes unchanged.
     """
 
-    def __init__(self, factories: Mapping[str, Callable[[], object]]):
+    def __init__(self, factories: Mapping[str, Callable[[], object]], kinds: Mapping[str, str] | None = None):
         self._factories = dict(factories)
+        self.kinds = dict(kinds or {})  # name -> adaptor type ("local", "s3", ...)
         self._built: dict[str, object] = {}
         self._locks = {name: threading.Lock() for name in self._factories}
 

@@ -242,3 +242,26 @@ def test_copies_inside_an_sftp_only_adaptor_fall_back_to_streaming(tmp_path):
             fed.cp_file("hpc/in/missing.bin", "hpc/out/c.bin")
     finally:
         server.stop()
+
+
+def test_s3_adaptors_keep_empty_folders_like_a_file_system(s3server):
+    s3server.make_bucket("folders")
+    fed = SkerryFileSystem(*build_federation({
+        "adaptors": [{"name": "s3", "type": "s3", "bucket": "folders", "endpoint_url": s3server.url,
+                      "credentials": "s"}],
+        "credentials": {"s": s3server.credentials()}}))
+    fed.mkdir("s3/empty")
+    assert fed.isdir("s3/empty") and fed.ls("s3/empty") == []  # the marker is no file of its own
+    with pytest.raises(FileExistsError):
+        fed.mkdir("s3/empty")
+    with pytest.raises(FileNotFoundError):
+        fed.mkdir("s3/missing/child", create_parents=False)
+    fed.makedirs("s3/a/b/c", exist_ok=True)
+    fed.pipe_file("s3/a/b/f.txt", b"data")
+    assert fed.find("s3") == ["s3/a/b/f.txt"]
+    fed.mv("s3/a", "s3/moved", recursive=True)
+    assert not fed.exists("s3/a")
+    assert fed.isdir("s3/moved/b/c") and fed.cat_file("s3/moved/b/f.txt") == b"data"
+    fed.rm("s3/moved", recursive=True)
+    fed.rm("s3/empty", recursive=True)
+    assert fed.ls("s3", detail=False) == []

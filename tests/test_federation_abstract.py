@@ -56,10 +56,8 @@ class S3Fixtures(FederationFixtures):
             {"name": "data", "type": "s3", "bucket": bucket, "prefix": "skerry",
              "endpoint_url": s3server.url, "credentials": "s3"},
             {"s3": s3server.credentials()})
-
-    @pytest.fixture
-    def supports_empty_directories(self):
-        return False
+    # empty folders are kept as "folder/" marker objects, so the default
+    # supports_empty_directories (True) applies to S3 adaptors too
 
 
 class TestLocalCopy(abstract.AbstractCopyTests, LocalFixtures): pass
