@@ -6,8 +6,15 @@ absolute paths, double slashes, backslashes, and a symlink inside the home that 
 outside it, sent byte for byte (``http.client``, no client-side normalising) to
 ``/dav/<name>/`` of a running platform with every method that names a path (GET, PUT,
 PROPFIND, MKCOL, DELETE, COPY/MOVE with the source or the Destination outside), and to
-the ``skerry://`` filesystem API. Each must be refused with a 4xx, show nothing of
-what lies outside, and leave nothing written outside.
+the ``skerry://`` filesystem API, the data API (``list``, ``copy``) and the contents API.
+Each must be refused with a 4xx, show nothing of what lies outside, and leave nothing
+written outside. Where a request path leaves ``/dav/`` altogether (the proxy normalises
+``..``), the hub or the service answers it, and no file lies behind that either.
+Names that only look like traversal where nothing decodes them (``%2e%2e`` in a JSON
+body or a ``skerry://`` path) are plain names: allowed, and they stay inside the home.
+
+Secrets: after a run that uses an S3 secret, an SFTP key, a hub token and a JWT, none
+of them is in the platform's logs, any answer, or any process's arguments.
 """
 
 import http.client
@@ -425,3 +432,100 @@ def test_contents_api_outside_is_refused(platform, alice, layout, kind):
         shutil.rmtree(literal, ignore_errors=True)
     assert not list(platform.data_dir.parent.rglob("pwned*"))
     assert not [p for p in home.iterdir() if p.name.startswith("untitled")]
+
+
+# ---------------------------------------------------------------- secrets, platform
+
+API = "/services/skerry/api/v1"
+
+
+def all_cmdlines_and_environs() -> tuple[str, str]:
+    cmdlines, environs = [], []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            for name, out in (("cmdline", cmdlines), ("environ", environs)):
+                try:
+                    out.append(Path(f"/proc/{entry}/{name}").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    pass
+    return "\n".join(cmdlines), "\n".join(environs)
+
+
+@pytest.mark.platform
+def test_secrets_never_in_logs_answers_or_process_arguments(platform, alice, sshd, s3server, tmp_path_factory):
+    """A run that uses an S3 secret, an SFTP key, a hub token and a JWT, then a grep for each."""
+    import secrets as random
+
+    from test_jwt import SigningKey, tampered
+
+    answers = []
+
+    def keep(r):
+        answers.append(r)
+        return r
+
+    auth = {"Authorization": f"token {alice}"}
+    s3_secret = "s3-secret-" + random.token_hex(16)
+    s3server.make_bucket("alice-secrets")
+    sftp_root = tmp_path_factory.mktemp("alice-sftp-secrets")
+    (sftp_root / "on-hpc.txt").write_bytes(b"computed on the cluster")
+    key = SigningKey("ES256", "service")
+    for method, path, body in [
+        ("PUT", "/credentials/bucket", {"kind": "s3", "key": "AKIAALICESECURITY", "secret": s3_secret}),
+        ("PUT", "/credentials/hpc-key", {"kind": "ssh-key", "private_key": sshd.key}),
+        ("PUT", "/adaptors/s3", {"type": "s3", "bucket": "alice-secrets", "endpoint_url": s3server.url,
+                                 "credentials": "bucket"}),
+        ("PUT", "/adaptors/sftp", {"type": "sftp", "host": "127.0.0.1", "port": sshd.port,
+                                   "username": sshd.username, "path": str(sftp_root), "credentials": "hpc-key"}),
+        ("PUT", "/jwt-keys/service", {"public_key": key.public_pem}),
+        ("GET", "/adaptors", None), ("GET", "/credentials", None), ("GET", "/jwt-keys", None),
+    ]:
+        r = keep(platform.api(method, f"{API}/users/alice{path}", token=alice, json=body))
+        assert r.status_code == 200, r.text
+    platform.stop_server("alice")  # adaptor changes apply at the next start
+    platform.start_server("alice")
+    token = key.token()
+    dav = f"{platform.url}/dav/alice/"
+    # every secret in use: S3 and SFTP through WebDAV with the hub token and with the JWT
+    assert keep(httpx.put(dav + "s3/a.txt", content=b"to s3", auth=("alice", alice))).status_code == 201
+    assert keep(httpx.get(dav + "sftp/on-hpc.txt", headers={"Authorization": f"Bearer {token}"})).content \
+        == b"computed on the cluster"
+    assert keep(httpx.request("PROPFIND", dav, auth=("alice", token), headers={"Depth": "1"})).status_code == 207
+    assert keep(httpx.get(dav, headers={"Authorization": f"Bearer {tampered(token, sub='alice')}"})).status_code == 401
+    assert keep(httpx.get(dav, auth=("alice", "wrong-" + alice))).status_code == 401
+    # the data API and the contents API over the same adaptors, and a copy SFTP -> S3
+    for adaptor in ("s3", "sftp"):
+        assert keep(api_get(platform, alice, f"{DATA_API}/list", adaptor=adaptor, path="")).status_code == 200
+        assert keep(httpx.get(f"{platform.url}{CONTENTS}{adaptor}", headers=auth, timeout=60)).status_code == 200
+    assert keep(api_get(platform, alice, f"{DATA_API}/adaptors")).status_code == 200
+    r = keep(httpx.post(f"{platform.url}{DATA_API}/copy", headers=auth, timeout=60,
+                        json=[{"from": "sftp/on-hpc.txt", "to": "s3/from-hpc.txt"}]))
+    assert r.status_code == 202, r.text
+    assert wait_copy(platform, alice, r.json()["ids"][0])["state"] == "done"
+    keep(api_get(platform, alice, f"{DATA_API}/copy/{r.json()['ids'][0]}"))
+    # a refused copy request: its error names the problem, never a secret
+    r = keep(httpx.post(f"{platform.url}{DATA_API}/copy", headers=auth, timeout=60,
+                        json=[{"from": "sftp/on-hpc.txt", "to": "s3/no/such/../x"}]))
+    keep(platform.api("GET", f"{API}/infrastructure", token=alice))
+
+    secrets = {"s3 secret": s3_secret, "hub token": alice, "jwt": token,
+               "jwt signature": token.rsplit(".", 1)[1], "sftp private key": sshd.key.strip()}
+    body_lines = [line for line in sshd.key.strip().splitlines()[1:-1]]
+    for number, line in enumerate(body_lines[2:]):  # the first lines carry the header and public key
+        if len(line) >= 20:
+            secrets[f"sftp private key line {number + 3}"] = line
+    for f in (platform.data_dir / "secrets").iterdir():
+        if f.is_file() and f.stat().st_size >= 8:
+            secrets[f"secrets/{f.name}"] = f.read_bytes().strip().decode(errors="replace")
+
+    logs = platform.output.decode(errors="replace") + "".join(
+        p.read_text(errors="replace") for p in (platform.data_dir / "run").rglob("*") if p.is_file())
+    cmdlines, environs = all_cmdlines_and_environs()
+    assert "skerry" in logs and len(answers) > 20
+    for name, value in secrets.items():
+        assert value not in logs, f"{name} is in the platform's log"
+        assert value not in cmdlines, f"{name} is in a process's arguments"
+        for r in answers:
+            assert value not in r.text and value not in str(r.headers), f"{name} is in the answer to {r.request.url}"
+    for name in ("s3 secret", "hub token", "jwt", "sftp private key"):
+        assert secrets[name] not in environs, f"{name} is in a process's environment"
