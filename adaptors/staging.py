@@ -32,10 +32,11 @@ import errno
 import hashlib
 import logging
 import posixpath
+import queue
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import unquote
 
 from .query import TEMP_SUFFIX
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 BLOCK = 8 * 1024 * 1024
 PART = 8 * 1024 * 1024  # S3 multipart part size: the expected multipart ETag depends on it
 MAX_ITEMS = 10_000
+FILES_AT_ONCE = 8  # files of one folder copy in flight at once
+PARTS_AT_ONCE = 4  # S3 parts of one file in flight at once
 STATES = ("queued", "running", "done", "failed")
 
 
@@ -173,14 +176,19 @@ def _s3_backend(dirfs):
 
 
 class S3Upload:
-    """A direct upload to S3: one PUT for small files, multipart otherwise (aborted on failure)."""
+    """A direct upload to S3: one PUT for small files, multipart otherwise (aborted on failure).
+
+    Up to ``PARTS_AT_ONCE`` parts are in flight at once; ``write`` waits when that many
+    are, so memory stays bounded (about ``PARTS_AT_ONCE + 1`` parts).
+    """
 
     def __init__(self, s3, full_path: str):
         self.s3 = s3
         self.bucket, self.key, _ = s3.split_path(full_path)
         self.buffer = bytearray()
-        self.parts, self.part_md5s = [], []
+        self.sent = []  # futures of (part number, ETag, MD5 digest), in part order
         self.upload_id = None
+        self.pool = None
 
     def write(self, data: bytes):
         self.buffer += data
@@ -191,11 +199,19 @@ class S3Upload:
     def _send(self, chunk: bytes):
         if self.upload_id is None:
             self.upload_id = self.s3.call_s3("create_multipart_upload", Bucket=self.bucket, Key=self.key)["UploadId"]
-        number = len(self.parts) + 1
+            self.pool = ThreadPoolExecutor(PARTS_AT_ONCE, thread_name_prefix="skerry-s3-part")
+        pending = [f for f in self.sent if not f.done()]
+        if len(pending) >= PARTS_AT_ONCE:
+            wait(pending, return_when=FIRST_COMPLETED)
+        for f in self.sent:
+            if f.done():
+                f.result()  # a failed part fails the upload now, not at the end
+        self.sent.append(self.pool.submit(self._upload_part, len(self.sent) + 1, chunk))
+
+    def _upload_part(self, number, chunk):
         r = self.s3.call_s3("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
                             PartNumber=number, Body=chunk)
-        self.parts.append({"PartNumber": number, "ETag": r["ETag"]})
-        self.part_md5s.append(hashlib.md5(chunk).digest())
+        return number, r["ETag"], hashlib.md5(chunk).digest()
 
     def commit(self) -> str:
         """Finish the upload; returns the ETag S3 must now report."""
@@ -206,12 +222,30 @@ class S3Upload:
         if self.buffer:
             self._send(bytes(self.buffer))
             self.buffer.clear()
-        self.s3.call_s3("complete_multipart_upload", Bucket=self.bucket, Key=self.key,
-                        UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        parts = [f.result() for f in self.sent]
+        expected = hashlib.md5(b"".join(digest for _, _, digest in parts)).hexdigest() + f"-{len(parts)}"
+        try:
+            self.s3.call_s3("complete_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag, _ in parts]})
+        except Exception:
+            # assembling a large object can outlast the client's read timeout: the retried
+            # request then finds the upload gone although the first one completed it
+            if self._stored_etag() != expected:
+                raise
+            log.info("multipart upload of %s/%s completed although the request failed", self.bucket, self.key)
         self.upload_id = None
-        return hashlib.md5(b"".join(self.part_md5s)).hexdigest() + f"-{len(self.parts)}"
+        self.pool.shutdown()
+        return expected
+
+    def _stored_etag(self):
+        try:
+            return self.s3.call_s3("head_object", Bucket=self.bucket, Key=self.key).get("ETag", "").strip('"')
+        except Exception:  # no object (or no answer): it did not complete
+            return None
 
     def abort(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
         if self.upload_id is not None:
             try:
                 self.s3.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
@@ -243,6 +277,12 @@ class Copy:
         self.error = None
         self.verified = None
         self.md5 = None
+        self._lock = threading.Lock()
+
+    def add(self, nbytes=0, files=0):
+        with self._lock:
+            self.bytes += nbytes
+            self.files += files
 
     def status(self) -> dict:
         return {"id": self.id, "from": "skerry://" + "/".join(self.source).rstrip("/"),
@@ -318,28 +358,41 @@ class Stager:
         else:
             files = [(src, dst, info.get("size") or 0)]
         c.total = sum(size for _, _, size in files)
-        checks = set()
         made = set()
-        for s, d, _ in files:
-            done_before = c.bytes
-            attempt = 0
-            while True:
+        if len(files) == 1:
+            results = [self._copy_one(c, src_fs, files[0], dst_name, dst_fs, made)]
+            c.md5 = results[0][1]
+        else:
+            # many small files: latency, not bandwidth, is the limit; overlap them
+            with ThreadPoolExecutor(FILES_AT_ONCE, thread_name_prefix=f"skerry-copy-{c.id[:8]}") as pool:
+                futures = [pool.submit(self._copy_one, c, src_fs, f, dst_name, dst_fs, made) for f in files]
                 try:
-                    check, digest = self._copy_file(c, src_fs, s, dst_name, dst_fs, d, made)
-                    break
-                except Exception as e:
-                    if not is_transient(e) or attempt >= self.retries:
-                        raise
-                    delay = self.backoff * 2 ** attempt
-                    attempt += 1
-                    log.info("copy %s: %s; retry %d of %s in %.1f s", c.id, describe(e), attempt, s, delay)
-                    c.bytes = done_before
-                    time.sleep(delay)
-            checks.add(check)
-            c.files += 1
-            if len(files) == 1:
-                c.md5 = digest
+                    results = [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        checks = {check for check, _ in results}
         c.verified = "size" if "size" in checks or not checks else "size+etag"
+
+    def _copy_one(self, c, src_fs, file, dst_name, dst_fs, made):
+        """One file, retried after transient errors; returns (what was verified, MD5 hex)."""
+        s, d, size = file
+        attempt = 0
+        while True:
+            progress = [0]
+            try:
+                result = self._copy_file(c, src_fs, s, dst_name, dst_fs, d, made, size, progress)
+                c.add(files=1)
+                return result
+            except Exception as e:
+                c.add(-progress[0])
+                if not is_transient(e) or attempt >= self.retries:
+                    raise
+                delay = self.backoff * 2 ** attempt
+                attempt += 1
+                log.info("copy %s: %s; retry %d of %s in %.1f s", c.id, describe(e), attempt, s, delay)
+                time.sleep(delay)
 
     def _retrying(self, call):
         for attempt in range(self.retries + 1):
@@ -350,7 +403,7 @@ class Stager:
                     raise
                 time.sleep(self.backoff * 2 ** attempt)
 
-    def _copy_file(self, c, src_fs, src, dst_name, dst_fs, dst, made):
+    def _copy_file(self, c, src_fs, src, dst_name, dst_fs, dst, made, expected_size, progress):
         """Stream one file; returns (what was verified, source MD5 hex)."""
         md5 = hashlib.md5()
         size = 0
@@ -359,7 +412,7 @@ class Stager:
             if s3 is not None:
                 upload = S3Upload(s3, dst_fs._join(dst))
                 try:
-                    size = self._stream(c, fin, upload.write, md5)
+                    size = self._stream(c, fin, upload.write, md5, expected_size, progress)
                     _check_source(fin, md5)
                     expected = upload.commit()
                 except BaseException:
@@ -382,7 +435,7 @@ class Stager:
                 tmp = posixpath.join(folder, f".{base}.{c.id[:12]}{TEMP_SUFFIX}")
                 try:
                     with dst_fs.open(tmp, "wb") as fout:
-                        size = self._stream(c, fin, fout.write, md5)
+                        size = self._stream(c, fin, fout.write, md5, expected_size, progress)
                     _check_source(fin, md5)
                     written = dst_fs.info(tmp).get("size")
                     if written != size:
@@ -401,13 +454,52 @@ class Stager:
         return check, md5.hexdigest()
 
     @staticmethod
-    def _stream(c, fin, write, md5) -> int:
+    def _stream(c, fin, write, md5, expected_size, progress) -> int:
+        """Copy ``fin`` to ``write`` block by block, hashing; reading runs one block ahead."""
         size = 0
+        blocks = _read_ahead(fin) if expected_size > BLOCK else iter(lambda: fin.read(BLOCK), b"")
+        try:
+            for block in blocks:
+                md5.update(block)
+                write(block)
+                size += len(block)
+                progress[0] += len(block)
+                c.add(len(block))
+        finally:
+            if hasattr(blocks, "close"):
+                blocks.close()  # stop the reader before the source is closed
+        return size
+
+
+def _read_ahead(fin, depth=2):
+    """Blocks of ``fin``, read in a thread ``depth`` blocks ahead of the consumer."""
+    blocks = queue.Queue(depth)
+    stop = threading.Event()
+
+    def read():
+        try:
+            while not stop.is_set():
+                block = fin.read(BLOCK)
+                blocks.put(block)
+                if not block:
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it
+            blocks.put(e)
+
+    reader = threading.Thread(target=read, name="skerry-read-ahead", daemon=True)
+    reader.start()
+    try:
         while True:
-            block = fin.read(BLOCK)
+            block = blocks.get()
+            if isinstance(block, BaseException):
+                raise block
             if not block:
-                return size
-            md5.update(block)
-            write(block)
-            size += len(block)
-            c.bytes += len(block)
+                return
+            yield block
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                blocks.get(timeout=0.1)
+            except queue.Empty:
+                pass
