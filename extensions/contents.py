@@ -59,7 +59,8 @@ CHUNK_PREFIX = ".skerry-chunks-"
 FOLDER_MARKER = ".keep"  # object stores have no empty folders: this makes one exist
 # adaptor types whose single write is all-or-nothing: no temporary name needed
 IN_PLACE = {"s3", "memory"}
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# folders without a time of their own (the root, adaptor folders, S3 prefixes) show this one
+STARTED = datetime.now(timezone.utc)
 
 
 @contextlib.contextmanager
@@ -88,7 +89,7 @@ def http_errors(path: str):
 
 
 def _time(info: dict, *keys: str) -> datetime:
-    """A timezone-aware time from backend metadata (names differ per backend); the epoch if none."""
+    """A timezone-aware time from backend metadata (names differ per backend); STARTED if none."""
     for key in keys:
         value = info.get(key)
         if isinstance(value, datetime):
@@ -98,7 +99,7 @@ def _time(info: dict, *keys: str) -> datetime:
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return EPOCH
+    return STARTED
 
 
 def _modified(info: dict) -> datetime:

@@ -11,6 +11,7 @@ Nothing is mocked.
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -31,23 +32,29 @@ WRITABLE = ["home", "mem", "s3", "hpc"]
 class JupyterServer:
     """``jupyter server`` in a subprocess, configured like a micro-infrastructure's."""
 
-    def __init__(self, base: Path, adaptors: list[dict], credentials: dict):
+    def __init__(self, base: Path, config: Path, token: str | None = TOKEN, name: str = "server"):
+        """``config``: the adaptor configuration; ``token``: None for no authentication
+        (the browser test's own server: a browser could only get a token through its argv)."""
         self.base = base
         self.home = base / "home"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.config = base / "adaptors.json"
-        write_config(str(self.config), adaptors, credentials)
-        self.log = base / "server.log"
+        self.config = config
+        self.token = token
+        self.log = base / f"{name}.log"
+        self.runtime = base / f"{name}-runtime"
         self.proc = None
 
     def start(self):
-        env = dict(os.environ, JUPYTER_TOKEN=TOKEN, JUPYTER_CONFIG_PATH=CONFIG_DIR,
-                   SKERRY_ADAPTORS=str(self.config), JUPYTER_RUNTIME_DIR=str(self.base / "runtime"),
-                   JUPYTER_DATA_DIR=str(self.base / "data"))
+        env = dict(os.environ, JUPYTER_CONFIG_PATH=CONFIG_DIR, SKERRY_ADAPTORS=str(self.config),
+                   JUPYTER_RUNTIME_DIR=str(self.runtime), JUPYTER_DATA_DIR=str(self.base / "data"))
         argv = [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
                 "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
                 "--ServerApp.port_retries=0"]
+        if self.token:
+            env["JUPYTER_TOKEN"] = self.token
+        else:
+            argv.append("--IdentityProvider.token=")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=self.home, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._up, 60, what=f"jupyter server (log: {self.log})")
@@ -63,7 +70,7 @@ class JupyterServer:
 
     @property
     def headers(self):
-        return {"Authorization": f"token {TOKEN}"}
+        return {"Authorization": f"token {self.token}"} if self.token else {}
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -97,7 +104,8 @@ def server(tmp_path_factory, s3server, sshd):
          "credentials": "hpc"},
     ]
     credentials = {"s3": s3server.credentials(), "hpc": {"private_key": sshd.key}}
-    s = JupyterServer(base, adaptors, credentials).start()
+    write_config(str(base / "adaptors.json"), adaptors, credentials)
+    s = JupyterServer(base, base / "adaptors.json").start()
     yield s
     s.stop()
 
@@ -116,6 +124,31 @@ def test_config_is_private_and_token_not_in_argv(server):
     assert oct(server.config.stat().st_mode & 0o777) == "0o600"
     cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
     assert TOKEN.encode() not in cmdline and b"testing" not in cmdline and b"PRIVATE KEY" not in cmdline
+
+
+def test_lab_file_browser_shows_the_adaptors(server):
+    """JupyterLab itself, in headless Chromium: the file browser lists one folder per adaptor."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.skip("no chromium here (apt-get install -y chromium)")
+    lab = JupyterServer(server.base, server.config, token=None, name="lab").start()
+    try:
+        def browse(*args):
+            argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={server.base / 'chromium'}", "--window-size=1280,800",
+                    "--virtual-time-budget=20000", *args, f"{lab.url}/lab"]
+            return subprocess.run(argv, capture_output=True, timeout=120, check=True).stdout.decode()
+
+        shot = server.base / "lab-file-browser.png"  # kept for people to look at
+        dom = browse("--dump-dom", f"--screenshot={shot}")
+        listed = set(re.findall(r'jp-DirListing-itemText[^>]*><span>([^<]+)<', dom))
+        assert listed == {"home", "mem", "s3", "hpc", "ro", "down"}, listed
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        lab.stop()
 
 
 def test_root_lists_one_folder_per_adaptor(api):
@@ -424,6 +457,15 @@ def test_bad_input_is_refused_and_writes_nothing(api, server):
     # no temporary name was left behind, nothing hidden but the checkpoints folder
     assert not [n for n in os.listdir(server.home) if n.startswith(".") and n != ".ipynb_checkpoints"]
     assert api.delete("contents/home/keep.txt").status_code == 204
+
+
+def test_no_secret_in_the_server_log(server, sshd):
+    """Runs after the tests above: nothing they did put a token or a credential in the log."""
+    log = server.log.read_text()
+    key_line = sshd.key.splitlines()[1]
+    assert "Serving the skerry:// federation" in log
+    for secret in (TOKEN, key_line, "testing"):
+        assert secret not in log
 
 
 # ---- the manager itself, in this process (real local and memory adaptors) ----------
