@@ -158,7 +158,7 @@ class JwtVerifier:
         """The claims of a token that admits its bearer to ``owner``'s endpoint, else JwtRefused."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:  # not JSON, not an object, a kid that is no string...
             raise JwtRefused(401, "The token is not a well-formed JWT.") from None
         alg = header.get("alg")
         if alg not in ALGORITHMS:

@@ -125,6 +125,9 @@ def refusal_cases(rsa_key, ec_key, other_key):
         ("tampered-payload", tampered(ec_key.token(), sub="alice", exp=now + 10**6), "matches no key"),
         ("not-yet-valid", rsa_key.token(nbf=now + 600), "not valid yet"),
         ("issued-in-the-future", rsa_key.token(iat=now + 600), "not valid yet"),
+        ("signed-payload-not-json", jwt.PyJWS().encode(b"not json", rsa_key.private, algorithm="RS256",
+                                                        headers={"kid": rsa_key.kid}), "not a well-formed JWT"),
+        ("kid-not-a-string", unsigned({"sub": "alice"}, {"alg": "RS256", "kid": 7}) + "c2ln", "not a well-formed JWT"),
         ("kid-of-another-alg", jwt.encode({"sub": "alice", "aud": "skerry", "exp": now + 300}, ec_key.private,
                                           algorithm="ES256", headers={"kid": rsa_key.kid}), "does not match"),
     ]
@@ -132,7 +135,7 @@ def refusal_cases(rsa_key, ec_key, other_key):
 
 CASE_IDS = ["expired", "wrong-aud", "missing-exp", "missing-aud", "missing-sub", "alg-none",
             "hs256-public-key-as-secret", "unknown-kid", "unregistered-key-no-kid", "tampered-payload",
-            "not-yet-valid", "issued-in-the-future", "kid-of-another-alg"]
+            "not-yet-valid", "issued-in-the-future", "signed-payload-not-json", "kid-not-a-string", "kid-of-another-alg"]
 
 
 # ---------------------------------------------------------------- unit level
