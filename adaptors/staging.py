@@ -305,6 +305,7 @@ class Stager:
         self._copies: dict[str, Copy] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skerry-copy")
+        self._stopping = threading.Event()
 
     def submit(self, items) -> list[str]:
         copies = [Copy(i["from"], i["to"], i["webhook"]) for i in validate(self.fs, items)]
@@ -320,6 +321,9 @@ class Stager:
         return c.status() if c else None
 
     def shutdown(self, wait=False):
+        """Stop: queued copies are dropped, running ones fail at their next block
+        (cleaning up as on any failure)."""
+        self._stopping.set()
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
     # ---- one copy ---------------------------------------------------------
@@ -453,13 +457,14 @@ class Stager:
             self.on_file(f"{dst_name}/{dst}", info)
         return check, md5.hexdigest()
 
-    @staticmethod
-    def _stream(c, fin, write, md5, expected_size, progress) -> int:
+    def _stream(self, c, fin, write, md5, expected_size, progress) -> int:
         """Copy ``fin`` to ``write`` block by block, hashing; reading runs one block ahead."""
         size = 0
         blocks = _read_ahead(fin) if expected_size > BLOCK else iter(lambda: fin.read(BLOCK), b"")
         try:
             for block in blocks:
+                if self._stopping.is_set():
+                    raise InterruptedError("the server is stopping; the copy was interrupted")
                 md5.update(block)
                 write(block)
                 size += len(block)

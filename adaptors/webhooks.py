@@ -7,6 +7,7 @@ Rules:
   ``give_up_after`` seconds have passed since the first try, then it is dropped and logged;
 - a 4xx answer is the receiver refusing the body: retrying cannot change it, so it is
   logged and dropped at once;
+- URLs are logged without user info or query string (they may carry a token);
 - one thread delivers everything, due deliveries first: a receiver that is down costs
   a timer, never a blocked thread per copy.
 """
@@ -37,6 +38,12 @@ def check_url(url) -> str | None:
     return None
 
 
+def shown(url: str) -> str:
+    """The URL as logged: without user info or query (they may carry a receiver's token)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{':%d' % parts.port if parts.port else ''}{parts.path}"
+
+
 class WebhookSender:
     """Delivers JSON POSTs in the background; ``send(url, body)`` returns at once."""
 
@@ -49,10 +56,13 @@ class WebhookSender:
         self._seq = itertools.count()
         self._wake = threading.Condition()
         self._stopped = False
+        self.pending = 0  # deliveries neither delivered nor dropped yet
         self._thread = threading.Thread(target=self._run, name="skerry-webhooks", daemon=True)
         self._thread.start()
 
     def send(self, url: str, body: dict) -> None:
+        with self._wake:
+            self.pending += 1
         delivery = {"url": url, "body": body, "first": time.monotonic(), "delay": self.first_delay,
                     "attempts": 0}
         self._schedule(delivery, 0.0)
@@ -61,6 +71,10 @@ class WebhookSender:
         with self._wake:
             self._stopped = True
             self._wake.notify()
+
+    def _finished(self):
+        with self._wake:
+            self.pending -= 1
 
     def _schedule(self, delivery, delay):
         with self._wake:
@@ -76,11 +90,17 @@ class WebhookSender:
                     if self._stopped:
                         return
                     _, _, delivery = heapq.heappop(self._due)
-                self._attempt(client, delivery)
+                try:
+                    self._attempt(client, delivery)
+                except Exception as e:  # a URL httpx cannot use at all: no retry can help
+                    log.warning("webhook %s for copy %s dropped: %s", shown(delivery["url"]),
+                                delivery["body"].get("id"), type(e).__name__)
+                    self._finished()
 
     def _attempt(self, client, delivery):
         delivery["attempts"] += 1
         url = delivery["url"]
+        where = shown(url)
         try:
             status = client.post(url, json=delivery["body"]).status_code
             problem = None if status < 500 else f"answered {status}"
@@ -89,15 +109,17 @@ class WebhookSender:
         if problem is None:
             if status >= 300:
                 log.warning("webhook %s refused copy %s with %s; not retried",
-                            url, delivery["body"].get("id"), status)
+                            where, delivery["body"].get("id"), status)
+            self._finished()
             return
         waited = time.monotonic() - delivery["first"]
         if waited + delivery["delay"] > self.give_up_after:
             log.warning("webhook %s for copy %s: giving up after %d attempts in %.0f s (%s)",
-                        url, delivery["body"].get("id"), delivery["attempts"], waited, problem)
+                        where, delivery["body"].get("id"), delivery["attempts"], waited, problem)
+            self._finished()
             return
         log.info("webhook %s for copy %s failed (%s); retrying in %.1f s",
-                 url, delivery["body"].get("id"), problem, delivery["delay"])
+                 where, delivery["body"].get("id"), problem, delivery["delay"])
         delay = delivery["delay"]
         delivery["delay"] = min(delay * 2, self.max_delay)
         self._schedule(delivery, delay)

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -38,7 +39,7 @@ SETTINGS_KEY = "skerry_dataapi"
 AUTH_RESOURCE = "skerry"
 
 
-class DataAPI(LoggingConfigurable):
+class SkerryDataAPI(LoggingConfigurable):
     """The state behind the handlers: the federation, the find index, the stager, webhooks."""
 
     index_interval = Float(300.0, config=True, help="""Seconds between rescans of the find
@@ -82,6 +83,7 @@ class DataAPI(LoggingConfigurable):
                 text = text.replace(s, "***")
             return text
 
+        self._stop_at_exit()
         self.stager = Stager(self.fs, workers=self.copy_workers, retries=self.copy_retries,
                              backoff=self.copy_backoff, on_finished=self._finished,
                              on_file=self.index.record, redact=redact)
@@ -92,6 +94,13 @@ class DataAPI(LoggingConfigurable):
         if copy.webhook:
             self.webhooks.send(copy.webhook, {"id": copy.id, "state": copy.state, "bytes": copy.bytes,
                                               "error": copy.error})
+
+    def _stop_at_exit(self):
+        # runs before the interpreter joins worker threads: running copies stop at their
+        # next block and clean up, instead of holding the server's exit
+        register = getattr(threading, "_register_atexit", None)
+        if register:
+            register(self.stop)
 
     def stop(self):
         for part in (self.index, self.webhooks):
@@ -127,7 +136,7 @@ class _Handler(APIHandler):
     auth_resource = AUTH_RESOURCE
 
     @property
-    def api(self) -> DataAPI:
+    def api(self) -> "SkerryDataAPI":
         api = self.settings[SETTINGS_KEY]
         if api.error:
             raise ApiError(503, "no_adaptors", f"this server has no adaptors: {api.error}")
@@ -250,9 +259,9 @@ def handlers(base_url: str) -> list:
     ]
 
 
-def setup(serverapp) -> DataAPI:
+def setup(serverapp) -> "SkerryDataAPI":
     """Create the data API's state and add its routes to ``serverapp``."""
-    api = DataAPI(parent=serverapp, log=serverapp.log)
+    api = SkerryDataAPI(parent=serverapp, log=serverapp.log)
     serverapp.web_app.settings[SETTINGS_KEY] = api
     serverapp.web_app.add_handlers(".*$", handlers(serverapp.base_url))
     # our modules log through the server's handlers

@@ -97,20 +97,22 @@ class JupyterServer:
 class WebhookReceiver:
     """An HTTP server recording every POSTed JSON body; can be stopped and restarted on its port."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, answers: list[int] = ()):
+        """``answers``: statuses for the first POSTs (recorded all the same), then 204."""
+        self.answers = list(answers)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.received: list[dict] = []
         self.server = None
 
     def start(self):
-        received = self.received
+        received, answers = self.received, self.answers
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received.append(json.loads(body))
-                self.send_response(204)
+                self.send_response(answers.pop(0) if answers else 204)
                 self.end_headers()
 
             def log_message(self, *args):

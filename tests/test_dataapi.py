@@ -39,7 +39,7 @@ def setup(tmp_path_factory, s3server):
     credentials = {"s3": {"key": "testing", "secret": S3_SECRET}}
     # no rescans during the tests: what find shows of our copies comes from the copies themselves
     server = JupyterServer(base / "server", adaptors, credentials,
-                           options=["--DataAPI.index_interval=3600"]).start()
+                           options=["--SkerryDataAPI.index_interval=3600"]).start()
     yield server, home, ro, s3
     server.stop()
 

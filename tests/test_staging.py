@@ -253,3 +253,35 @@ def test_transient_errors_are_retried_and_permanent_ones_not():
             raise AdaptorUnavailable("adaptor 'hpc' cannot be reached: login refused") from None
     except AdaptorUnavailable as e:
         assert not is_transient(e)  # a refused login stays refused
+
+
+def test_webhook_retries_5xx_until_a_2xx_and_drops_4xx(caplog):
+    """Delivery rules on a real HTTP receiver, with short delays (the data API uses 1 s .. 30 s)."""
+    from skerry.adaptors.webhooks import WebhookSender, check_url
+
+    flaky = WebhookReceiver(answers=[503, 500, 502]).start()
+    refusing = WebhookReceiver(answers=[400]).start()
+    sender = WebhookSender(first_delay=0.05, max_delay=0.2, give_up_after=30)
+    try:
+        sender.send(flaky.url, {"id": "a", "state": "done", "bytes": 1, "error": None})
+        sender.send(refusing.url, {"id": "b", "state": "done", "bytes": 1, "error": None})
+        wait_for(lambda: len(flaky.received) == 4, 10, what="three 5xx answers, then a 2xx")
+        wait_for(lambda: sender.pending == 0, 10, what="both deliveries to end")
+        assert len(flaky.received) == 4  # the 2xx ended it
+        assert refusing.received == [{"id": "b", "state": "done", "bytes": 1, "error": None}]  # 4xx: once
+    finally:
+        sender.stop()
+        flaky.stop()
+        refusing.stop()
+
+    gone = WebhookReceiver()  # never started: connection refused every time
+    sender = WebhookSender(first_delay=0.05, max_delay=0.1, give_up_after=0.5)
+    try:
+        sender.send(gone.url, {"id": "c"})
+        wait_for(lambda: sender.pending == 0, 5, interval=0.05, what="the sender to give up")
+    finally:
+        sender.stop()
+    assert "giving up" in caplog.text and "for copy c" in caplog.text
+    assert check_url("http://127.0.0.1:1/x") is None
+    for bad in ("ftp://h/x", "http://", "not a url", 3, "http://h:99999/"):
+        assert check_url(bad)
