@@ -41,8 +41,11 @@ import uuid
 from datetime import datetime, timezone
 
 import nbformat
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.services.contents.checkpoints import AsyncCheckpoints, AsyncGenericCheckpointsMixin
 from jupyter_server.services.contents.manager import AsyncContentsManager
+from tornado import web
 from tornado.web import HTTPError
 from traitlets import Bool, Unicode, default
 
@@ -57,6 +60,7 @@ CHECKPOINT_ID = "checkpoint"  # one checkpoint per file, as JupyterLab expects
 SAVE_PREFIX = ".skerry-save-"
 CHUNK_PREFIX = ".skerry-chunks-"
 FOLDER_MARKER = ".keep"  # object stores have no empty folders: this makes one exist
+FILE_BLOCK = 1024 * 1024  # /files/ downloads stream in blocks of this size
 # adaptor types whose single write is all-or-nothing: no temporary name needed
 IN_PLACE = {"s3", "memory"}
 # folders without a time of their own (the root, adaptor folders, S3 prefixes) show this one
@@ -160,6 +164,10 @@ class SkerryContentsManager(AsyncContentsManager):
     @default("checkpoints_class")
     def _default_checkpoints_class(self):
         return SkerryCheckpoints
+
+    @default("files_handler_class")
+    def _default_files_handler_class(self):
+        return SkerryFilesHandler
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -570,6 +578,14 @@ class SkerryContentsManager(AsyncContentsManager):
         # copying a copy names it after the original: data-Copy1.csv -> data-Copy2.csv
         return re.sub(r"-Copy\d*\.", ".", name)
 
+    def open_file(self, path: str):
+        """A file open for reading, for streaming (``/files/``); HTTP errors as for ``get``."""
+        path = path.strip("/")
+        if self._info(path).get("type") == "directory":
+            raise HTTPError(400, f"{path} is a folder, not a file")
+        with http_errors(path):
+            return self.fs.open(path, "rb", block_size=FILE_BLOCK)
+
     def info_string(self):
         return f"Serving the skerry:// federation ({', '.join(sorted(self.specs))})"
 
@@ -662,3 +678,57 @@ class SkerryCheckpoints(AsyncGenericCheckpointsMixin, AsyncCheckpoints):
 
     async def rename_checkpoint(self, checkpoint_id, old_path, new_path):
         await self.manager._run(self._rename, checkpoint_id, old_path, new_path)
+
+
+def _content_type(name: str) -> str:
+    """The Content-Type of a downloaded file, by its name (as jupyter_server's files handler)."""
+    if name.lower().endswith(".ipynb"):
+        return "application/x-ipynb+json"
+    mimetype, encoding = mimetypes.guess_type(name)
+    if encoding == "gzip":
+        return "application/gzip"  # RFC 6713
+    if encoding is not None or mimetype is None:
+        return "application/octet-stream"
+    return "text/plain; charset=UTF-8" if mimetype == "text/plain" else mimetype
+
+
+class SkerryFilesHandler(JupyterHandler):
+    """``/files/<path>``: a file's bytes, streamed from its adaptor in ``FILE_BLOCK`` blocks.
+
+    jupyter_server's fallback for managers without local files reads the whole file
+    through ``get`` (base64 and all); this one never holds more than a block.
+    """
+
+    auth_resource = "contents"
+
+    @property
+    def content_security_policy(self):
+        # HTML or SVG served from here must not script the server's own origin
+        return super().content_security_policy + "; sandbox allow-scripts"
+
+    @web.authenticated
+    @authorized
+    async def head(self, path):
+        await self.get(path, include_body=False)
+
+    @web.authenticated
+    @authorized
+    async def get(self, path, include_body=True):
+        self.check_xsrf_cookie()  # /files/ requests must come from the same site
+        manager = self.contents_manager
+        path = path.strip("/")
+        if not manager.allow_hidden and await manager.is_hidden(path):
+            raise HTTPError(404)
+        f = await manager._run(manager.open_file, path)
+        try:
+            if self.get_argument("download", None):
+                self.set_attachment_header(_name(path))
+            self.set_header("Content-Type", _content_type(_name(path)))
+            while include_body:
+                block = await manager._run(f.read, FILE_BLOCK)
+                if not block:
+                    break
+                self.write(block)
+                await self.flush()
+        finally:
+            await manager._run(f.close)

@@ -163,7 +163,7 @@ def test_root_lists_one_folder_per_adaptor(api):
 
 
 @pytest.mark.parametrize("adaptor", WRITABLE)
-def test_files_create_save_get_rename_delete(api, adaptor):
+def test_files_create_save_get_rename_delete(api, server, adaptor):
     folder = f"{adaptor}/files"
     r = api.put(f"contents/{folder}", json={"type": "directory"})
     assert r.status_code == 201, r.text
@@ -206,6 +206,27 @@ def test_files_create_save_get_rename_delete(api, adaptor):
     r = api.patch(f"contents/{folder}/c.txt", json={"path": f"{folder}/b.bin"})
     assert r.status_code == 409, r.text
     assert api.get(f"contents/{folder}/c.txt").status_code == 200
+
+    # the file browser downloads through /files/, served by the same manager
+    r = httpx.get(f"{server.url}/files/{folder}/b.bin", params={"download": "1"}, headers=server.headers)
+    assert r.status_code == 200 and r.content == binary
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"] == "attachment; filename*=utf-8''b.bin"
+    r = httpx.get(f"{server.url}/files/{folder}/a-missing.txt", headers=server.headers)
+    assert r.status_code == 404
+
+    # folders are renamed with what is in them; files move between adaptors
+    r = api.patch(f"contents/{folder}", json={"path": f"{adaptor}/moved"})
+    assert r.status_code == 200, r.text
+    assert names(api.get(f"contents/{adaptor}/moved").json()) == {"b.bin", "c.txt"}
+    assert api.get(f"contents/{folder}").status_code == 404
+    assert api.patch(f"contents/{adaptor}/moved", json={"path": folder}).status_code == 200
+    other = "mem" if adaptor != "mem" else "home"
+    r = api.patch(f"contents/{folder}/c.txt", json={"path": f"{other}/c-{adaptor}.txt"})
+    assert r.status_code == 200, r.text
+    assert api.get(f"contents/{other}/c-{adaptor}.txt").json()["content"] == "second\n"
+    assert api.get(f"contents/{folder}/c.txt").status_code == 404
+    assert api.patch(f"contents/{other}/c-{adaptor}.txt", json={"path": f"{folder}/c.txt"}).status_code == 200
 
     # a non-empty folder is not deleted for good
     assert api.delete(f"contents/{folder}").status_code == 400
@@ -317,6 +338,9 @@ def test_chunked_upload_appears_only_when_complete(api, adaptor):
 def test_read_only_adaptor_refuses_writes(api, server):
     got = api.get("contents/ro/readme.txt").json()
     assert got["content"] == "read me\n" and got["writable"] is False
+    r = httpx.get(f"{server.url}/files/ro/readme.txt", headers=server.headers)
+    assert r.status_code == 200 and r.text == "read me\n"
+    assert r.headers["content-type"] == "text/plain; charset=UTF-8"
     refusals = [
         api.put("contents/ro/new.txt", json={"type": "file", "format": "text", "content": "x"}),
         api.put("contents/ro/readme.txt", json={"type": "file", "format": "text", "content": "x"}),
@@ -360,6 +384,8 @@ def test_traversal_is_refused(api, server):
         assert r.status_code in (400, 403, 404), (path, r.text)
     assert api.patch("contents/home/x.txt", json={"path": "home/../../outside/y.txt"}).status_code in (400, 404)
     # a symlink leading out of the adaptor's folder
+    r = httpx.get(f"{server.url}/files/home/escape/secret.txt", headers=server.headers)
+    assert r.status_code == 403 and "not yours" not in r.text
     r = api.get("contents/home/escape/secret.txt")
     assert r.status_code in (403, 404) and "not yours" not in r.text, r.text
     r = api.put("contents/home/escape/evil.txt", json={"type": "file", "format": "text", "content": "x"})
@@ -414,6 +440,10 @@ def test_kernel_starts_in_the_notebook_folder(api, server, folder, cwd):
         printed = run_in_kernel(server, session["kernel"]["id"], "import os; print(os.getcwd())")
         expected = server.base / "home" / cwd.removeprefix("home").strip("/")
         assert printed.strip() == os.path.realpath(expected)
+        # the notebook sees the tree the file browser shows: a file saved there reads as skerry://
+        api.put(f"contents/{folder}/seen.txt", json={"type": "file", "format": "text", "content": "same tree"})
+        code = f"import fsspec\nwith fsspec.open('skerry://{folder}/seen.txt', 'rt') as f: print(f.read())"
+        assert run_in_kernel(server, session["kernel"]["id"], code).strip() == "same tree"
     finally:
         assert api.delete(f"sessions/{session['id']}").status_code == 204
 
