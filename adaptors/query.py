@@ -109,6 +109,7 @@ class FindIndex:
         """List one adaptor and replace its entries (keeping what was recorded meanwhile)."""
         started = time.monotonic()
         try:
+            self.fs.adaptors[adaptor].invalidate_cache()  # a rescan must see the storage, not a cache
             found = self.fs.find(adaptor, detail=True)
         except Exception as e:  # any backend error: keep the old entries, say why
             self.errors[adaptor] = f"{type(e).__name__}: {e}"

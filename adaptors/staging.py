@@ -453,6 +453,7 @@ class Stager:
                     raise
                 info = dst_fs.info(dst)
                 check = "size"
+        dst_fs.invalidate_cache(posixpath.dirname(dst))  # we wrote behind the backend's listing cache
         if self.on_file:
             self.on_file(f"{dst_name}/{dst}", info)
         return check, md5.hexdigest()

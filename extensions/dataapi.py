@@ -197,7 +197,8 @@ class ListHandler(_Handler):
         if path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/") if path):
             raise ApiError(400, "bad_path", f"invalid path {path!r}: empty, '.' and '..' segments are not allowed")
         where = f"{adaptor}/{path}" if path else adaptor
-        entries = await _thread(fs.ls, where, True)
+        # fresh from the storage: files change behind our back (other users, HPC jobs)
+        entries = await _thread(lambda: fs.ls(where, detail=True, refresh=True))
         if len(entries) == 1 and entries[0]["name"] == where and entries[0].get("type") != "directory":
             raise ApiError(400, "not_a_folder", f"{where} is a file, not a folder")
         self.reply({"adaptor": adaptor, "path": path, "entries": [

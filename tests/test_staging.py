@@ -285,3 +285,17 @@ def test_webhook_retries_5xx_until_a_2xx_and_drops_4xx(caplog):
     assert check_url("http://127.0.0.1:1/x") is None
     for bad in ("ftp://h/x", "http://", "not a url", 3, "http://h:99999/"):
         assert check_url(bad)
+
+
+def test_copies_into_sftp_replace_the_target_through_a_temporary_name(stage):
+    server, home, remote, s3 = stage
+    (home / "up.txt").write_bytes(b"first version")
+    _, state, _ = copy_and_wait(server, {"from": "home/up.txt", "to": "hpc/in/deeper/up.txt"})
+    assert state["state"] == "done" and state["verified"] == "size", state
+    (home / "up.txt").write_bytes(b"second, longer version")
+    _, state, _ = copy_and_wait(server, {"from": "home/up.txt", "to": "hpc/in/deeper/up.txt"})
+    assert state["state"] == "done", state
+    assert (remote / "in" / "deeper" / "up.txt").read_bytes() == b"second, longer version"
+    assert os.listdir(remote / "in" / "deeper") == ["up.txt"]  # no temporary name left
+    r = server.get("list", params={"adaptor": "hpc", "path": "in/deeper"})
+    assert [(e["name"], e["size"]) for e in r.json()["entries"]] == [("up.txt", 22)]
