@@ -282,7 +282,7 @@ class SkerryContentsManager(AsyncContentsManager):
                         model["content"], model["format"] = data.decode("utf-8"), "text"
                     except UnicodeDecodeError:
                         if format == "text":
-                            raise HTTPError(400, f"{path} is not UTF-8 encoded text", reason="bad format") from None
+                            raise HTTPError(400, f"{path} is not UTF-8 encoded text") from None
                 if model["content"] is None:
                     model["content"], model["format"] = base64.b64encode(data).decode("ascii"), "base64"
                 default_type = "text/plain" if model["format"] == "text" else "application/octet-stream"
@@ -310,9 +310,9 @@ class SkerryContentsManager(AsyncContentsManager):
         info = self._info(path)
         is_dir = info.get("type") == "directory"
         if type == "directory" and not is_dir:
-            raise HTTPError(400, f"{path} is not a folder", reason="bad type")
+            raise HTTPError(400, f"{path} is not a folder")
         if type in ("file", "notebook") and is_dir:
-            raise HTTPError(400, f"{path} is a folder, not a {type}", reason="bad type")
+            raise HTTPError(400, f"{path} is a folder, not a {type}")
         if is_dir:
             return self._dir_model(path, info, content)
         if type == "notebook" or (type is None and path.endswith(".ipynb")):

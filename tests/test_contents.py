@@ -484,6 +484,12 @@ def test_bad_input_is_refused_and_writes_nothing(api, server):
         assert r.status_code == 400, (model, r.text)
         assert r.json()["message"], r.text
     assert (server.home / "keep.txt").read_text() == "kept\n"
+    assert api.get("contents/home/keep.txt", params={"type": "directory"}).status_code == 400
+    assert api.get("contents/home", params={"type": "file"}).status_code == 400
+    api.put("contents/home/bytes.bin", json={"type": "file", "format": "base64", "content": "//79"})
+    r = api.get("contents/home/bytes.bin", params={"format": "text"})
+    assert r.status_code == 400 and "not UTF-8" in r.json()["message"]
+    assert api.delete("contents/home/bytes.bin").status_code == 204
     # no temporary name was left behind, nothing hidden but the checkpoints folder
     assert not [n for n in os.listdir(server.home) if n.startswith(".") and n != ".ipynb_checkpoints"]
     assert api.delete("contents/home/keep.txt").status_code == 204
