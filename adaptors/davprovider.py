@@ -287,11 +287,12 @@ class FederationProvider(DAVProvider):
         return False
 
     def to_fspath(self, path: str) -> str:
-        fspath = path.strip("/")
-        for part in fspath.split("/"):
+        # empty segments are dropped: wsgidav joins "dest/" + "/child" in recursive COPY/MOVE
+        parts = [part for part in path.split("/") if part]
+        for part in parts:
             if part.startswith(TEMP_PREFIX):
                 raise DAVError(HTTP_NOT_FOUND)
-        return fspath
+        return "/".join(parts)
 
     def uploads_in_place(self, fspath: str) -> bool:
         """True on object stores: an upload there is invisible until it completes."""

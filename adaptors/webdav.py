@@ -6,10 +6,11 @@ URL path ``mount_path``, with locks and dead properties kept in memory. Authenti
 is not wsgidav's: the caller passes a wsgidav middleware class that sets ``wsgidav.auth.user_name`` or answers
 401/403 itself, so this module knows nothing of JupyterHub.
 
-PROPFIND with ``Depth: infinity``, or with no Depth header (which RFC 4918 reads as
-infinity), is refused with 403 and the ``propfind-finite-depth`` precondition (RFC 4918
-9.1): walking a whole federation (HPC file systems, buckets) in one request is not
-something one client may ask for.
+PROPFIND on a folder with ``Depth: infinity``, or with no Depth header (which RFC 4918
+reads as infinity), is refused with 403 and the ``propfind-finite-depth`` precondition
+(RFC 4918 9.1): walking a whole federation (HPC file systems, buckets) in one request is
+not something one client may ask for. On a file, infinity means the same as 0 and is
+answered (webdav4, for one, sends PROPFIND without Depth to ask whether a path is a file).
 """
 
 import threading
@@ -52,7 +53,7 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
 
 
 class RefuseInfiniteDepth(BaseMiddleware):
-    """403 ``propfind-finite-depth`` for PROPFIND with Depth infinity or without Depth.
+    """403 ``propfind-finite-depth`` for PROPFIND on a folder with Depth infinity or none.
 
     Runs after authentication, so that a stranger still gets 401, not a hint.
     """
@@ -60,11 +61,17 @@ class RefuseInfiniteDepth(BaseMiddleware):
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") == "PROPFIND":
             depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
-            if depth == "infinity":
+            if depth == "infinity" and self._is_folder(environ):
                 # ErrorPrinter answers with the <DAV:error><propfind-finite-depth/> body
                 raise DAVError(HTTP_FORBIDDEN, context_info="PROPFIND with Depth: infinity is refused: use 0 or 1",
                                err_condition=PRECONDITION_CODE_PropfindFiniteDepth)
         return self.next_app(environ, start_response)
+
+    @staticmethod
+    def _is_folder(environ) -> bool:
+        provider = environ.get("wsgidav.provider")
+        res = provider.get_resource_inst(environ["PATH_INFO"], environ) if provider else None
+        return res is not None and res.is_collection  # a missing path gets wsgidav's 404
 
 
 def refuse_dot_segments(app):

@@ -215,3 +215,31 @@ def test_propfind_depth_infinity_is_refused(dav, depth):
     # finite depths still work, on the root and inside an adaptor
     assert httpx.request("PROPFIND", dav.url, headers={"Depth": "1"}).status_code == 207
     assert httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "0"}).status_code == 207
+
+
+def test_propfind_without_depth_on_a_file_is_answered(dav, roots):
+    (roots / "home" / "one.txt").write_text("1")
+    # on a file infinity means 0 (webdav4 asks "is it a folder?" this way)
+    for headers in ({}, {"Depth": "infinity"}):
+        r = httpx.request("PROPFIND", dav.url + "home/one.txt", headers=headers)
+        assert r.status_code == 207
+        assert hrefs(r.content) == ["/dav/tester/home/one.txt"]
+    assert httpx.request("PROPFIND", dav.url + "home/missing.txt").status_code == 404
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_copy_and_move_of_a_folder_tree(dav, roots, slash):
+    home = roots / "home"
+    (home / "d1" / "sub").mkdir(parents=True)
+    (home / "d1" / "g.txt").write_text("g")
+    (home / "d1" / "sub" / "f.txt").write_text("f")
+    r = httpx.request("COPY", dav.url + "home/d1/", headers={"Destination": dav.url + "home/d2" + slash,
+                                                           "Depth": "infinity", "Overwrite": "F"})
+    assert r.status_code == 201, r.text  # not a 207 with errors per child
+    assert (home / "d2" / "g.txt").read_text() == "g"
+    assert (home / "d2" / "sub" / "f.txt").read_text() == "f"
+    assert (home / "d1" / "sub" / "f.txt").exists()
+    r = httpx.request("MOVE", dav.url + "home/d2/", headers={"Destination": dav.url + "home/d3" + slash})
+    assert r.status_code == 201, r.text
+    assert not (home / "d2").exists()
+    assert (home / "d3" / "sub" / "f.txt").read_text() == "f"
