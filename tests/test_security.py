@@ -98,10 +98,11 @@ def send(platform, method, path, token, body=None, headers=None):
     data = r.read()
     conn.close()
     if 300 <= r.status < 400:
-        # the proxy normalised the path out of /dav/ altogether: the hub answers (a
-        # redirect to its own pages); what matters is that no file lies at the end of it
+        # the proxy normalised the path out of /dav/ altogether and the hub answers with a
+        # redirect to its pages, or alice's server redirects to the normalised path inside
+        # it: what matters is that nothing from outside lies at the end of it
         location = r.getheader("Location", "")
-        assert location.startswith(("/hub/", f"{platform.url}/hub/")), (path, r.status, location)
+        assert location.startswith(("/hub/", "/user/alice/", f"{platform.url}/hub/")), (path, r.status, location)
         final = httpx.get(platform.url + location.removeprefix(platform.url), follow_redirects=True,
                           headers={"Authorization": f"token {token}"}, timeout=60)
         assert final.status_code in REFUSED, (path, location, final.status_code)
@@ -335,6 +336,27 @@ def test_data_api_list_outside_is_refused(platform, alice, layout):
         assert set(r.json()) == {"error", "message"}, r.text
         assert "secret.txt" not in r.text and "root:" not in r.text, (adaptor, path, r.text[:300])
     assert api_get(platform, alice, f"{DATA_API}/list", adaptor="home", path="").status_code == 200
+
+
+@pytest.mark.platform
+def test_data_api_find_shows_nothing_outside(platform, alice, layout):
+    for name in ["secret.txt", "..%2Fsecret.txt", "%2e%2e", "..", "escape%2Fsecret.txt", "..%5Csecret.txt"]:
+        status, body = send(platform, "GET", f"{DATA_API}/find/{name}", alice)
+        assert status in REFUSED | {200}, (name, status, body[:300])
+        if status == 200:
+            assert json.loads(body)["locations"] == [], (name, body[:300])
+
+
+def test_find_index_does_not_follow_symlinks_out(federation):
+    """The find index behind ``GET find/<name>`` lists the home without leaving it."""
+    from skerry.adaptors.query import FindIndex
+
+    fs, home, outside = federation
+    index = FindIndex(fs)
+    index.scan("home")
+    assert [e["path"] for e in index.lookup("mine.txt")["locations"]] == ["home/mine.txt"]
+    assert index.lookup("secret.txt")["locations"] == []
+    assert index.lookup("passwd")["locations"] == []
 
 
 def wait_copy(platform, token, copy_id) -> dict:
