@@ -441,6 +441,8 @@ class Stager:
                     with dst_fs.open(tmp, "wb") as fout:
                         size = self._stream(c, fin, fout.write, md5, expected_size, progress)
                     _check_source(fin, md5)
+                    if dst_fs.isdir(dst):  # a rename would move the file into that folder
+                        raise IsADirectoryError(f"the target {dst_name}/{dst} is a folder")
                     written = dst_fs.info(tmp).get("size")
                     if written != size:
                         raise VerificationError(f"the target holds {written} bytes, the source gave {size}")

@@ -5,6 +5,7 @@ fault cases are in test_staging.py; here: every endpoint, its answers and its er
 """
 
 import hashlib
+import os
 import threading
 import time
 
@@ -282,6 +283,13 @@ def test_a_failed_copy_says_why_and_leaves_nothing(setup):
     assert "not found" in state["error"] and "Traceback" not in state["error"]
     assert not (home / "failed").exists()
 
+    # a file onto an existing folder: refused, the folder untouched
+    (home / "afolder").mkdir()
+    [cid] = server.copy([{"from": "home/x/same.csv", "to": "home/afolder"}])
+    state = wait_done(server, cid)
+    assert state["state"] == "failed" and "is a folder" in state["error"], state
+    assert os.listdir(home / "afolder") == []
+
 
 # ---- through the platform ----------------------------------------------------
 
@@ -298,3 +306,22 @@ def test_platform_data_api_answers_alice_and_refuses_bob(platform, alice, bob):
     for path in ("adaptors", "list?adaptor=home"):
         r = httpx.get(base + path, headers={"Authorization": f"token {bob}"}, timeout=30)
         assert r.status_code == 403, r.text
+
+    # copies too: alice's token starts one, bob's is refused
+    home = platform.data_dir / "users" / "alice"
+    (home / "mine.txt").write_bytes(b"alice's data")
+    item = [{"from": "home/mine.txt", "to": "home/copied/mine.txt"}]
+    r = httpx.post(base + "copy", json=item, headers={"Authorization": f"token {bob}"}, timeout=30)
+    assert r.status_code == 403, r.text
+    r = httpx.post(base + "copy", json=item, headers={"Authorization": f"token {alice}"}, timeout=30)
+    assert r.status_code == 202, r.text
+    [cid] = r.json()["ids"]
+    from helpers import wait_for
+
+    state = wait_for(lambda: (s := httpx.get(base + f"copy/{cid}", headers={"Authorization": f"token {alice}"},
+                                             timeout=30).json())["state"] in ("done", "failed") and s, 60,
+                     what="alice's copy")
+    assert state["state"] == "done", state
+    assert (home / "copied" / "mine.txt").read_bytes() == b"alice's data"
+    r = httpx.get(base + f"copy/{cid}", headers={"Authorization": f"token {bob}"}, timeout=30)
+    assert r.status_code == 403
