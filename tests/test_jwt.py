@@ -199,8 +199,9 @@ def test_valid_jwt_reads_and_writes(dav, rsa_key, ec_key, alg, how):
         assert f"/dav/alice/{alg}.txt" in hrefs(r.content)
 
 
-def test_without_kid_the_owners_keys_of_that_alg_are_tried(dav, rsa_key, ec_key):
-    for key in (rsa_key, ec_key):
+def test_without_kid_the_owners_keys_of_that_alg_are_tried(dav, keyfile, rsa_key, ec_key, other_key):
+    write_keys(keyfile, rsa_key, other_key, ec_key)  # two RS256 keys: the second one signed
+    for key in (rsa_key, other_key, ec_key):
         r = httpx.request("PROPFIND", dav.url, headers={**bearer(key.token(kid=False)), **PROPFIND_0})
         assert r.status_code == 207
 
