@@ -201,10 +201,10 @@ class SkerryContentsManager(AsyncContentsManager):
         return name is not None and name not in self.fs.read_only
 
     def _check_writable(self, path: str) -> None:
+        if "/" not in path.strip("/"):
+            raise HTTPError(403, f"Permission denied: {path or '/'}: the root of the federation holds "
+                                 "only the adaptor folders, which cannot be changed")
         name = self._adaptor(path)
-        if name is None or path == name:
-            raise HTTPError(403, f"Permission denied: {path or '/'} is the root or an adaptor folder, "
-                                 "which cannot be changed")
         if name in self.fs.read_only:
             raise HTTPError(403, f"Permission denied: adaptor {name!r} is read-only")
 

@@ -160,6 +160,12 @@ def test_root_lists_one_folder_per_adaptor(api):
     by_name = {e["name"]: e for e in root["content"]}
     assert all(e["type"] == "directory" for e in by_name.values())
     assert by_name["ro"]["writable"] is False and by_name["home"]["writable"] is True
+    # nothing but adaptors at the root
+    for r in (api.put("contents/new.txt", json={"type": "file", "format": "text", "content": "x"}),
+              api.post("contents", json={"type": "directory"}),
+              api.put("contents/newadaptor", json={"type": "directory"})):
+        assert r.status_code == 403 and "only the adaptor folders" in r.json()["message"], r.text
+    assert names(api.get("contents").json()) == {"home", "mem", "s3", "hpc", "ro", "down"}
 
 
 @pytest.mark.parametrize("adaptor", WRITABLE)
