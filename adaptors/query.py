@@ -60,10 +60,12 @@ def entry(adaptor: str, path: str, info: dict) -> dict:
 
 
 class FindIndex:
-    def __init__(self, fs, interval: float = 300.0):
-        """``fs``: a ``SkerryFileSystem``; ``interval``: seconds between rescans."""
+    def __init__(self, fs, interval: float = 300.0, redact=None):
+        """``fs``: a ``SkerryFileSystem``; ``interval``: seconds between rescans;
+        ``redact(text)`` scrubs secrets from listing errors."""
         self.fs = fs
         self.interval = interval
+        self.redact = redact or (lambda text: text)
         self._lock = threading.Lock()
         self._by_adaptor: dict[str, dict[str, dict]] = {}
         self._by_name: dict[str, dict[str, dict]] = {}
@@ -112,7 +114,7 @@ class FindIndex:
             self.fs.adaptors[adaptor].invalidate_cache()  # a rescan must see the storage, not a cache
             found = self.fs.find(adaptor, detail=True)
         except Exception as e:  # any backend error: keep the old entries, say why
-            self.errors[adaptor] = f"{type(e).__name__}: {e}"
+            self.errors[adaptor] = self.redact(f"{type(e).__name__}: {e}")
             log.warning("find index: listing adaptor %s failed: %s", adaptor, self.errors[adaptor])
             self._scanned.add(adaptor)
             return

@@ -14,7 +14,10 @@ Rules:
   failure; other targets get a temporary name in the target folder
   (``.<name>.<id>.skerry-part``), renamed into place when complete and removed on failure:
   a failed copy leaves nothing visible;
-- a folder as source copies every file below it, keeping relative paths;
+- a folder as source copies every file below it, keeping relative paths, up to
+  ``FILES_AT_ONCE`` files at a time; its first failed file (after retries) fails the
+  copy, and the files already copied stay (each one complete);
+- a file is never written onto an existing folder (a rename would move it inside);
 - verification: the size always; the checksum where the target keeps one cheaply.
   The source's MD5 is computed while streaming; for S3 targets the expected ETag
   (MD5, or for multipart uploads the MD5 of the part MD5s with ``-N``, same ``PART``
@@ -24,6 +27,7 @@ Rules:
   exponential backoff; permanent ones (authentication, not found, permission, failed
   verification) never are;
 - error messages are one sentence each: no traceback text, no secret (``redact``);
+- ``shutdown`` drops queued copies; running ones fail at their next block and clean up;
 - when a copy ends (done or failed), ``on_finished(copy)`` is called once, which
   sends its webhook and updates the find index.
 """

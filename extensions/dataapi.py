@@ -73,15 +73,15 @@ class SkerryDataAPI(LoggingConfigurable):
         self.types = {a.get("name"): a.get("type") for a in config.get("adaptors", [])}
         secrets = sorted({v for entry in config.get("credentials", {}).values() if isinstance(entry, dict)
                           for v in entry.values() if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
-        self.fs = SkerryFileSystem(*build_federation(config))
-        self.index = FindIndex(self.fs, interval=self.index_interval).start()
-        self.webhooks = WebhookSender(first_delay=1.0, max_delay=self.webhook_max_delay,
-                                      give_up_after=self.webhook_give_up)
-
         def redact(text):
             for s in secrets:
                 text = text.replace(s, "***")
             return text
+
+        self.fs = SkerryFileSystem(*build_federation(config))
+        self.index = FindIndex(self.fs, interval=self.index_interval, redact=redact).start()
+        self.webhooks = WebhookSender(first_delay=1.0, max_delay=self.webhook_max_delay,
+                                      give_up_after=self.webhook_give_up)
 
         self._stop_at_exit()
         self.stager = Stager(self.fs, workers=self.copy_workers, retries=self.copy_retries,
