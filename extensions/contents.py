@@ -37,6 +37,7 @@ import hashlib
 import mimetypes
 import os
 import re
+import shutil
 import uuid
 from datetime import datetime, timezone
 
@@ -391,11 +392,18 @@ class SkerryContentsManager(AsyncContentsManager):
         tmp = _join(_parent(path), f"{SAVE_PREFIX}{uuid.uuid4().hex}-{_name(path)}")
         try:
             self.fs.pipe_file(tmp, data)
+            self._keep_mode(path, tmp)
             self._replace(tmp, path)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.fs.rm_file(tmp)
             raise
+
+    def _keep_mode(self, path: str, tmp: str) -> None:
+        """A saved local file keeps its permissions (a script stays executable)."""
+        old, new = self.local_path(path), self.local_path(tmp)
+        if old and new and os.path.isfile(old):
+            shutil.copymode(old, new)
 
     def _make_folder(self, path: str) -> None:
         self.fs.makedirs(path, exist_ok=True)

@@ -498,6 +498,11 @@ def test_bad_input_is_refused_and_writes_nothing(api, server):
     assert api.delete("contents/home/bytes.bin").status_code == 204
     # no temporary name was left behind, nothing hidden but the checkpoints folder
     assert not [n for n in os.listdir(server.home) if n.startswith(".") and n != ".ipynb_checkpoints"]
+    # a save replaces the file whole, and keeps its permissions
+    (server.home / "keep.txt").chmod(0o750)
+    assert api.put("contents/home/keep.txt", json={"type": "file", "format": "text", "content": "new\n"}).status_code == 200
+    assert (server.home / "keep.txt").read_text() == "new\n"
+    assert oct((server.home / "keep.txt").stat().st_mode & 0o777) == "0o750"
     assert api.delete("contents/home/keep.txt").status_code == 204
 
 
