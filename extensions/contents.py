@@ -358,10 +358,10 @@ class SkerryContentsManager(AsyncContentsManager):
         try:
             is_dir = await self.dir_exists(path)
             folder = self.local_path(path if is_dir else _parent(path)) if path else None
-            if folder is None and self.home_adaptor in self.specs:
-                folder = self.local_path(self.home_adaptor)
-        except HTTPError:
+        except HTTPError:  # an unreachable adaptor, a bad path: the kernel still starts
             folder = None
+        if folder is None and self.home_adaptor in self.specs:
+            folder = self.local_path(self.home_adaptor)
         if folder is None:
             return ""
         return os.path.relpath(os.path.realpath(folder), os.path.realpath(self.root_dir))

@@ -570,6 +570,7 @@ def test_kernel_path_is_the_notebook_folder_on_local_adaptors(manager, tmp_path)
     assert kernel_cwd("home/sub") == os.path.join(home, "sub")
     assert kernel_cwd("mem/x/nb.ipynb") == home  # remote adaptors: the home folder
     assert kernel_cwd("nb.ipynb") == home
+    assert kernel_cwd("home/../nb.ipynb") == home  # a bad path still gets a kernel, at home
 
 
 def test_no_adaptor_configuration_is_a_clear_error(tmp_path, monkeypatch):
