@@ -87,13 +87,34 @@ class LocalRootFileSystem(DirFileSystem):
         super().__init__(path=path, fs=fs)
         self.real_root = os.path.realpath(self.path)
 
+    def _inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root + os.sep)
+
     def _join(self, path):
         joined = super()._join(path)
         for p in [joined] if isinstance(joined, str) else joined:
-            real = os.path.realpath(p)
-            if real != self.real_root and not real.startswith(self.real_root + os.sep):
+            if not self._inside(os.path.realpath(p)):
                 raise PermissionError(f"{path!r} leads outside the adaptor's folder")
         return joined
+
+    def _visible(self, info: dict) -> dict | None:
+        """A listing entry as users may see it: a link leading outside is left out (its
+        size and times are the target's), and no entry names its absolute destination."""
+        if info.get("islink") and not self._inside(os.path.realpath(super()._join(info["name"]))):
+            return None
+        return {k: v for k, v in info.items() if k != "destination"}
+
+    def ls(self, path, detail=True, **kwargs):
+        entries = [e for e in map(self._visible, super().ls(path, detail=True, **kwargs)) if e]
+        return entries if detail else [e["name"] for e in entries]
+
+    def info(self, path, **kwargs):
+        return {k: v for k, v in super().info(path, **kwargs).items() if k != "destination"}
+
+    def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
+        found = super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
+        found = {name: e for name, e in ((n, self._visible(i)) for n, i in found.items()) if e}
+        return found if detail else sorted(found)
 
 
 def make_filesystem(spec: AdaptorSpec, secrets: dict | None = None) -> DirFileSystem:

@@ -265,3 +265,20 @@ def test_s3_adaptors_keep_empty_folders_like_a_file_system(s3server):
     fed.rm("s3/moved", recursive=True)
     fed.rm("s3/empty", recursive=True)
     assert fed.ls("s3", detail=False) == []
+
+
+def test_links_leading_outside_a_local_adaptor_are_not_listed(tmp_path):
+    home = tmp_path / "home"
+    (home / "sub").mkdir(parents=True)
+    (home / "sub" / "a.txt").write_text("hi")
+    os.symlink("/etc/passwd", home / "passwd")  # its size and times are not the user's to see
+    os.symlink("/etc", home / "etc")
+    os.symlink(home / "sub" / "a.txt", home / "inside")
+    fed = SkerryFileSystem(*build_federation({"adaptors": [{"name": "home", "type": "local", "path": str(home)}]}))
+    assert sorted(fed.ls("home", detail=False)) == ["home/inside", "home/sub"]
+    assert sorted(fed.find("home", withdirs=True)) == ["home", "home/inside", "home/sub", "home/sub/a.txt"]
+    for info in fed.ls("home") + [fed.info("home/inside")]:
+        assert "destination" not in info  # no absolute path of this machine in any listing
+    assert fed.cat_file("home/inside") == b"hi"
+    with pytest.raises(PermissionError):
+        fed.info("home/passwd")
