@@ -285,6 +285,12 @@ class SkerryFileSystem(AbstractFileSystem):
 
     def rmdir(self, path):
         name, fs, inner = self._writable(path)
+        backend = getattr(fs, "fs", fs)
+        if type(backend).rmdir is AbstractFileSystem.rmdir and hasattr(backend, "_rmdir"):
+            # sshfs has only an async rmdir: the sync one it inherits from fsspec does nothing
+            from fsspec.asyn import sync
+
+            return sync(backend.loop, backend._rmdir, fs._join(inner))
         return fs.rmdir(inner)
 
     def touch(self, path, truncate=True, **kwargs):

@@ -130,6 +130,9 @@ def test_cross_adaptor_copy_sftp_to_s3(sshd, s3server, tmp_path):
     fed.pipe("hpc/run1/out.bin", data)
     fed.copy("hpc/run1", "s3data/run1", recursive=True)
     assert hashlib.sha256(fed.cat("s3data/run1/out.bin")).digest() == hashlib.sha256(data).digest()
+    fed.mkdir("hpc/empty")
+    fed.rmdir("hpc/empty")  # sshfs's own sync rmdir silently does nothing
+    assert not (tmp_path / "hpc" / "empty").exists()
 
 
 @pytest.mark.parametrize("spec,message", [
