@@ -299,3 +299,37 @@ def test_copies_into_sftp_replace_the_target_through_a_temporary_name(stage):
     assert os.listdir(remote / "in" / "deeper") == ["up.txt"]  # no temporary name left
     r = server.get("list", params={"adaptor": "hpc", "path": "in/deeper"})
     assert [(e["name"], e["size"]) for e in r.json()["entries"]] == [("up.txt", 22)]
+
+
+@pytest.mark.timeout(600)
+def test_stopping_the_server_mid_copy_leaves_no_object_and_no_open_upload(stage, tmp_path):
+    server, home, remote, s3 = stage
+    (remote / "stop").mkdir()
+    with open(remote / "stop" / "data.bin", "wb") as f:
+        write_random(f, 200 * MB)
+    with open(home / "stop.bin", "wb") as f:
+        write_random(f, 200 * MB)
+    other = JupyterServer(tmp_path / "server", json_config(server)["adaptors"], json_config(server)["credentials"]).start()
+    try:
+        ids = other.copy([{"from": "hpc/stop/data.bin", "to": "s3/stop/data.bin"},
+                          {"from": "home/stop.bin", "to": "home/stopped/stop.bin"}])
+        wait_for(lambda: all(other.get(f"copy/{i}").json()["bytes"] > 0 for i in ids), 60, interval=0.05,
+                 what="both copies to be under way")
+    finally:
+        other.stop()
+    # the S3 copy (tens of MiB/s) was interrupted: its multipart upload was aborted
+    assert "the server is stopping" in other.log.read_text()
+    assert not s3.exists("staging/stop/data.bin")
+    assert s3.call_s3("list_multipart_uploads", Bucket="staging").get("Uploads", []) == []
+    # the local copy may have finished first; either way no partial file or temporary name
+    left = os.listdir(home / "stopped") if (home / "stopped").exists() else []
+    assert left in ([], ["stop.bin"]), left
+    if left:
+        assert os.path.getsize(home / "stopped" / "stop.bin") == 200 * MB
+    os.remove(remote / "stop" / "data.bin")
+
+
+def json_config(server) -> dict:
+    import json
+
+    return json.loads(server.config.read_text())
