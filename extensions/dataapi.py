@@ -55,6 +55,7 @@ class SkerryDataAPI(LoggingConfigurable):
         self.fs = self.index = self.stager = self.webhooks = None
         self.types = {}
         self.error = None
+        self.redact = lambda text: text
         try:
             self._load()
         except Exception as e:  # a broken configuration must not stop the Jupyter server
@@ -73,10 +74,13 @@ class SkerryDataAPI(LoggingConfigurable):
         self.types = {a.get("name"): a.get("type") for a in config.get("adaptors", [])}
         secrets = sorted({v for entry in config.get("credentials", {}).values() if isinstance(entry, dict)
                           for v in entry.values() if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+
         def redact(text):
             for s in secrets:
                 text = text.replace(s, "***")
             return text
+
+        self.redact = redact
 
         self.fs = SkerryFileSystem(*build_federation(config))
         self.index = FindIndex(self.fs, interval=self.index_interval, redact=redact).start()
@@ -152,6 +156,7 @@ class _Handler(APIHandler):
             await method(*args)
         except Exception as e:
             err = _backend_error(e)
+            err.message = self.settings[SETTINGS_KEY].redact(err.message)
             if err.status >= 500:
                 self.log.warning("skerry data API %s %s: %s", self.request.method, self.request.path, err.message)
             self.reply({"error": err.code, "message": err.message}, err.status)
