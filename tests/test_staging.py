@@ -333,3 +333,83 @@ def json_config(server) -> dict:
     import json
 
     return json.loads(server.config.read_text())
+
+
+class Forwarder:
+    """A TCP forwarder from a port of ours to a real server: while it is stopped, the
+    port refuses connections (the storage looks down); started again, it is back."""
+
+    def __init__(self, port, target_port):
+        import socket
+
+        self.socket_mod = socket
+        self.port, self.target_port = port, target_port
+        self.listener = None
+
+    def start(self):
+        import threading
+
+        s = self.socket_mod.socket()
+        s.setsockopt(self.socket_mod.SOL_SOCKET, self.socket_mod.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(16)
+        self.listener = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+        return self
+
+    def _accept(self, listener):
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = self.socket_mod.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def stop(self):
+        if self.listener:
+            self.listener.close()
+            self.listener = None
+
+
+@pytest.mark.timeout(300)
+def test_a_copy_to_storage_that_is_down_is_retried_until_it_is_back(stage, s3server, tmp_path):
+    """A real transient fault: the S3 endpoint refuses connections when the copy starts."""
+    server, home, remote, s3 = stage
+    forwarder = Forwarder(free_port(), s3server.port)
+    adaptors = [{"name": "home", "type": "local", "path": str(home)},
+                {"name": "late", "type": "s3", "bucket": "staging", "prefix": "late",
+                 "endpoint_url": f"http://127.0.0.1:{forwarder.port}", "credentials": "s3"}]
+    (home / "late.bin").write_bytes(b"worth the wait" * 1000)
+    other = JupyterServer(tmp_path / "server", adaptors, {"s3": s3server.credentials()},
+                          options=["--SkerryDataAPI.copy_retries=6"]).start()
+    try:
+        [cid] = other.copy([{"from": "home/late.bin", "to": "late/here/late.bin"}])
+        wait_for(lambda: f"copy {cid}: " in other.log.read_text() and "retry 1" in other.log.read_text(), 60,
+                 what="a first retry")
+        assert other.get(f"copy/{cid}").json()["state"] == "running"
+        forwarder.start()
+        state = other.wait_copy(cid, 120)
+        assert state["state"] == "done", state
+        assert state["verified"] == "size+etag"
+        assert s3.cat("staging/late/here/late.bin") == b"worth the wait" * 1000
+    finally:
+        other.stop()
+        forwarder.stop()
