@@ -185,11 +185,38 @@ def test_find_answers_what_is_known_while_the_first_scan_runs():
         first = wait_for(lambda: (a := index.lookup("data.h5"))["locations"] and a, 10, what="fast adaptor")
         assert first["complete"] is False
         assert [loc["url"] for loc in first["locations"]] == ["skerry://fast/a/data.h5"]
+        # one of our copies lands while the adaptor is being listed: a listing that began
+        # before it may miss it (here it does: only the index is told), and must not drop it
+        index.record("slow/c/data.h5", {"name": "c/data.h5", "type": "file", "size": 3})
         release.set()
         done = wait_for(lambda: (a := index.lookup("data.h5"))["complete"] and a, 10, what="slow adaptor")
-        assert [loc["url"] for loc in done["locations"]] == ["skerry://fast/a/data.h5", "skerry://slow/b/data.h5"]
+        assert [loc["url"] for loc in done["locations"]] == [
+            "skerry://fast/a/data.h5", "skerry://slow/b/data.h5", "skerry://slow/c/data.h5"]
     finally:
         release.set()
+        index.stop()
+
+
+def test_find_rescans_see_changes_made_behind_our_back(tmp_path):
+    from fsspec.implementations.local import LocalFileSystem
+
+    from helpers import wait_for
+    from skerry.adaptors.federation import SkerryFileSystem
+    from skerry.adaptors.query import FindIndex
+    from skerry.adaptors.registry import LocalRootFileSystem
+
+    (tmp_path / "old.txt").write_bytes(b"old")
+    fs = SkerryFileSystem({"disk": LocalRootFileSystem(str(tmp_path), LocalFileSystem())})
+    index = FindIndex(fs, interval=0.2).start()
+    try:
+        wait_for(lambda: index.lookup("old.txt")["locations"], 10, what="the first scan")
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "new.txt").write_bytes(b"new")
+        (tmp_path / "old.txt").unlink()
+        wait_for(lambda: index.lookup("new.txt")["locations"], 10, what="a rescan to see the new file")
+        wait_for(lambda: not index.lookup("old.txt")["locations"], 10, what="a rescan to forget the old one")
+        assert [loc["url"] for loc in index.lookup("new.txt")["locations"]] == ["skerry://disk/sub/new.txt"]
+    finally:
         index.stop()
 
 
