@@ -38,7 +38,6 @@ import logging
 import posixpath
 import queue
 import threading
-import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import unquote
@@ -400,7 +399,8 @@ class Stager:
                 delay = self.backoff * 2 ** attempt
                 attempt += 1
                 log.info("copy %s: %s; retry %d of %s in %.1f s", c.id, describe(e), attempt, s, delay)
-                time.sleep(delay)
+                if self._stopping.wait(delay):
+                    raise InterruptedError("the server is stopping; the copy was interrupted") from None
 
     def _retrying(self, call):
         for attempt in range(self.retries + 1):
@@ -409,7 +409,9 @@ class Stager:
             except Exception as e:
                 if not is_transient(e) or attempt >= self.retries:
                     raise
-                time.sleep(self.backoff * 2 ** attempt)
+                log.info("%s; retrying in %.1f s", describe(e), self.backoff * 2 ** attempt)
+                if self._stopping.wait(self.backoff * 2 ** attempt):
+                    raise InterruptedError("the server is stopping; the copy was interrupted") from None
 
     def _copy_file(self, c, src_fs, src, dst_name, dst_fs, dst, made, expected_size, progress):
         """Stream one file; returns (what was verified, source MD5 hex)."""
