@@ -10,12 +10,20 @@ Rules:
   upload is written in place and aborted on error. Temporary names never appear in
   listings and cannot be addressed;
 - ETag and Last-Modified come from the backend's metadata;
+- PROPFIND Depth 1 on a folder (allprop or live properties; no locks, no dead
+  properties in play) is answered by ``FederationProvider.propfind_listing``, which
+  writes the XML directly: wsgidav's generic path (a property lookup per name per child,
+  an ElementTree of the whole answer) takes over 1 s for 10,000 files. Anything else,
+  and any doubt, goes to wsgidav;
 - errors of the federation map to HTTP: PermissionError 403 (read-only adaptor, the
   root, a path leading outside its adaptor), FileNotFoundError 404, ValueError 400.
 """
 
 import contextlib
+import functools
 import hashlib
+import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
 import threading
 import time
 import uuid
@@ -286,6 +294,10 @@ class FederationProvider(DAVProvider):
     def is_readonly(self):
         return False
 
+    def propfind_listing(self, environ, body: bytes) -> bytes | None:
+        """A PROPFIND Depth 1 answered without wsgidav's generic path (see the rules)."""
+        return propfind_listing(self, environ, body)
+
     def to_fspath(self, path: str) -> str:
         # empty segments are dropped: wsgidav joins "dest/" + "/child" in recursive COPY/MOVE
         parts = [part for part in path.split("/") if part]
@@ -353,3 +365,115 @@ class FederationProvider(DAVProvider):
             return None
         cls = FederationFolder if info["type"] == "directory" else FederationFile
         return cls(path, environ, fspath, info)
+
+
+# ---- PROPFIND Depth 1 without wsgidav's generic machinery ---------------------------
+
+_ALLPROP = ("resourcetype", "creationdate", "getcontentlength", "getcontenttype",
+            "getlastmodified", "displayname", "getetag", "lockdiscovery", "supportedlock")
+_SUPPORTED_LOCK = "".join(
+    f"<D:lockentry><D:lockscope><D:{scope}/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>"
+    for scope in ("exclusive", "shared"))
+_CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+               "HTTP_IF_UNMODIFIED_SINCE")
+
+
+def _requested(body: bytes) -> list[str] | None:
+    """["allprop"], the requested property tags ("{ns}name"), or None (wsgidav answers)."""
+    if not body.strip():
+        return ["allprop"]
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    if root.tag != "{DAV:}propfind" or len(root) != 1:
+        return None
+    if root[0].tag == "{DAV:}allprop" and not len(root[0]):
+        return ["allprop"]
+    if root[0].tag == "{DAV:}prop" and len(root[0]):
+        return [el.tag for el in root[0]]
+    return None
+
+
+def _live_values(res, mime_of) -> dict[str, str]:
+    """XML of the live properties of a resource that have a value, by DAV: name."""
+    folder = res.is_collection
+    ts = res.get_last_modified()
+    values = {"resourcetype": "<D:collection/>" if folder else "",
+              "displayname": escape(res.get_display_name()),
+              "lockdiscovery": "", "supportedlock": _SUPPORTED_LOCK}
+    if ts is not None:
+        values["creationdate"] = util.get_rfc3339_time(ts)
+        values["getlastmodified"] = util.get_rfc1123_time(ts)
+    if not folder:
+        values["getcontentlength"] = str(res.get_content_length())
+        values["getcontenttype"] = escape(mime_of(res.path))
+        etag = res.get_etag()
+        if etag is not None:
+            values["getetag"] = escape(etag)
+    return values
+
+
+@functools.lru_cache(maxsize=256)
+def _qname(tag: str, prefix: str | None) -> str:
+    name = tag.partition("}")[2] if tag.startswith("{") else tag
+    return f"{prefix}:{name}" if prefix else name
+
+
+def _prop_xml(tag: str, value: str, prefixes: dict[str, str]) -> str:
+    qname = _qname(tag, prefixes.get(tag[1:].partition("}")[0]) if tag.startswith("{") else None)
+    return f"<{qname}>{value}</{qname}>" if value else f"<{qname}/>"
+
+
+def propfind_listing(provider, environ, body: bytes) -> bytes | None:
+    """The 207 body of a PROPFIND Depth 1 on a folder, or None when wsgidav must answer."""
+    if environ.get("HTTP_DEPTH") != "1" or any(h in environ for h in _CONDITIONS):
+        return None
+    wanted = _requested(body)
+    if wanted is None:
+        return None
+    folder = provider.get_resource_inst(environ["PATH_INFO"], environ)
+    if not isinstance(folder, FederationFolder):
+        return None
+    locks = provider.lock_manager
+    if locks and locks.storage.get_lock_list("/", include_root=True, include_children=True, token_only=True):
+        return None  # lockdiscovery would have content: wsgidav knows how to write it
+    resources = [folder, *folder.get_member_list()]
+    props = provider.prop_manager
+    if props and any(props.get_properties(r.get_ref_url(), environ) for r in resources):
+        return None  # dead properties: wsgidav knows how to write them
+
+    config = environ["wsgidav.config"]
+    mimes: dict[str, str] = {}
+
+    def mime_of(path):
+        suffix = path.rpartition("/")[2].rpartition(".")[2].lower()
+        if suffix not in mimes:
+            mimes[suffix] = util.guess_mime_type(path, config)
+        return mimes[suffix]
+
+    namespaces = sorted({t[1:].partition("}")[0] for t in wanted if t.startswith("{")} - {"DAV:"})
+    prefixes = {"DAV:": "D", **{ns: f"ns{i}" for i, ns in enumerate(namespaces, 1)}}
+    declared = "".join(f' xmlns:{p}="{escape(ns, {chr(34): "&quot;"})}"' for ns, p in prefixes.items())
+    out = [f'<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus{declared}>']
+    for res in resources:
+        values = _live_values(res, mime_of)
+        out.append(f"<D:response><D:href>{escape(res.get_href())}</D:href>")
+        if wanted == ["allprop"]:
+            found = [_prop_xml("{DAV:}" + n, values[n], prefixes) for n in _ALLPROP if n in values]
+            missing = []
+        else:
+            found, missing = [], []
+            for tag in wanted:
+                name = tag[len("{DAV:}"):] if tag.startswith("{DAV:}") else None
+                if name in values:
+                    found.append(_prop_xml(tag, values[name], prefixes))
+                else:
+                    missing.append(_prop_xml(tag, "", prefixes))
+        for group, status in ((found, "200 OK"), (missing, "404 Not Found")):
+            if group:
+                out.append(f"<D:propstat><D:prop>{''.join(group)}</D:prop>"
+                           f"<D:status>HTTP/1.1 {status}</D:status></D:propstat>")
+        out.append("</D:response>")
+    out.append("</D:multistatus>")
+    return "".join(out).encode("utf-8")

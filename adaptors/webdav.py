@@ -13,6 +13,7 @@ not something one client may ask for. On a file, infinity means the same as 0 an
 answered (webdav4, for one, sends PROPFIND without Depth to ask whether a path is a file).
 """
 
+import io
 import threading
 from collections import defaultdict
 from urllib.parse import unquote, urlsplit
@@ -37,7 +38,8 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
     config = {
         "mount_path": mount_path.rstrip("/") or None,
         "provider_mapping": {"/": provider},
-        "middleware_stack": [ErrorPrinter, authenticator, RefuseInfiniteDepth, WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorPrinter, authenticator, RefuseInfiniteDepth, FastListing, WsgiDavDirBrowser,
+                             RequestResolver],
         "lock_storage": True,
         "property_manager": True,
         "block_size": BLOCK_SIZE,
@@ -72,6 +74,28 @@ class RefuseInfiniteDepth(BaseMiddleware):
         provider = environ.get("wsgidav.provider")
         res = provider.get_resource_inst(environ["PATH_INFO"], environ) if provider else None
         return res is not None and res.is_collection  # a missing path gets wsgidav's 404
+
+
+class FastListing(BaseMiddleware):
+    """PROPFIND Depth 1 answered by the provider's ``propfind_listing(environ, body)``
+    when it has one and it answers (bytes); otherwise wsgidav answers, with the body
+    handed on untouched."""
+
+    def __call__(self, environ, start_response):
+        provider = environ.get("wsgidav.provider")
+        listing = getattr(provider, "propfind_listing", None)
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if (environ.get("REQUEST_METHOD") != "PROPFIND" or listing is None or environ.get("HTTP_DEPTH") != "1"
+                or not length.isdigit() or int(length) > 64 * 1024):
+            return self.next_app(environ, start_response)
+        body = environ["wsgi.input"].read(int(length)) if int(length) else b""
+        answer = listing(environ, body)
+        if answer is None:
+            environ["wsgi.input"] = io.BytesIO(body)
+            return self.next_app(environ, start_response)
+        start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8"),
+                                            ("Content-Length", str(len(answer)))])
+        return [answer]
 
 
 def refuse_dot_segments(app):

@@ -243,3 +243,58 @@ def test_copy_and_move_of_a_folder_tree(dav, roots, slash):
     assert r.status_code == 201, r.text
     assert not (home / "d2").exists()
     assert (home / "d3" / "sub" / "f.txt").read_text() == "f"
+
+
+def _props_by_href(body: bytes) -> dict:
+    """{href: {(status, property tag, text)}} of a multistatus body, prefixes ignored."""
+    import xml.etree.ElementTree as ET
+
+    found = {}
+    for response in ET.fromstring(body).iter("{DAV:}response"):
+        href = response.find("{DAV:}href").text
+        props = set()
+        for propstat in response.iter("{DAV:}propstat"):
+            status = propstat.find("{DAV:}status").text
+            for prop in propstat.find("{DAV:}prop"):
+                props.add((status, prop.tag, tuple((el.tag, (el.text or "").strip()) for el in prop.iter())))
+        found[href] = props
+    return found
+
+
+@pytest.mark.parametrize("body", [
+    b"",
+    b'<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>',
+    b'<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns"><d:prop><d:displayname/>'
+    b'<d:getlastmodified/><d:getcontentlength/><d:resourcetype/><d:getcontenttype/><d:getetag/><oc:checksums/>'
+    b'</d:prop></d:propfind>',
+])
+def test_fast_depth_1_listing_says_what_wsgidav_says(dav, roots, body):
+    (roots / "home" / "sub").mkdir()
+    (roots / "home" / "a b&c.txt").write_text("x")
+    (roots / "home" / "data.csv").write_text("1,2\n")
+    ask = lambda: httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"}, content=body)  # noqa: E731
+    fast = ask()
+    dav.provider.propfind_listing = None  # wsgidav's own generic PROPFIND
+    try:
+        generic = ask()
+    finally:
+        del dav.provider.propfind_listing
+    assert fast.status_code == generic.status_code == 207
+    assert _props_by_href(fast.content) == _props_by_href(generic.content)
+    assert len(_props_by_href(fast.content)) == 4
+
+
+def test_listing_shows_dead_properties_and_locks(dav, roots):
+    (roots / "home" / "n.txt").write_text("x")
+    r = httpx.request("PROPPATCH", dav.url + "home/n.txt", content=(
+        b'<?xml version="1.0"?><propertyupdate xmlns="DAV:" xmlns:z="urn:skerry-test"><set><prop>'
+        b'<z:colour>blue</z:colour></prop></set></propertyupdate>'))
+    assert r.status_code == 207
+    r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
+    assert b"urn:skerry-test" in r.content and b">blue<" in r.content
+    lock = httpx.request("LOCK", dav.url + "home/n.txt", content=(
+        b'<?xml version="1.0"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
+        b'<locktype><write/></locktype><owner>tester</owner></lockinfo>'))
+    assert lock.status_code == 200
+    r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
+    assert re.search(rb"<(\w+:)?activelock>", r.content)
