@@ -27,6 +27,8 @@ Rules:
   exponential backoff; permanent ones (authentication, not found, permission, failed
   verification) never are;
 - error messages are one sentence each: no traceback text, no secret (``redact``);
+- the states of the last ``KEEP_COPIES`` copies are kept (in memory: a restarted
+  server has none); older finished ones are forgotten;
 - ``shutdown`` drops queued copies; running ones fail at their next block and clean up;
 - when a copy ends (done or failed), ``on_finished(copy)`` is called once, which
   sends its webhook and updates the find index.
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 BLOCK = 8 * 1024 * 1024
 PART = 8 * 1024 * 1024  # S3 multipart part size: the expected multipart ETag depends on it
 MAX_ITEMS = 10_000
+KEEP_COPIES = 100_000  # states kept for GET copy/<id>; beyond it the oldest finished are forgotten
 FILES_AT_ONCE = 8  # files of one folder copy in flight at once
 PARTS_AT_ONCE = 4  # S3 parts of one file in flight at once
 STATES = ("queued", "running", "done", "failed")
@@ -315,9 +318,16 @@ class Stager:
         with self._lock:
             for c in copies:
                 self._copies[c.id] = c
+            self._forget_oldest_finished()
         for c in copies:
             self._pool.submit(self._run, c)
         return [c.id for c in copies]
+
+    def _forget_oldest_finished(self):
+        """Keep at most ``KEEP_COPIES`` copies: the oldest finished ones go first."""
+        excess = len(self._copies) - KEEP_COPIES
+        for copy_id in [i for i, c in self._copies.items() if c.state in ("done", "failed")][:max(excess, 0)]:
+            del self._copies[copy_id]
 
     def status(self, copy_id: str) -> dict | None:
         c = self._copies.get(copy_id)

@@ -413,3 +413,25 @@ def test_a_copy_to_storage_that_is_down_is_retried_until_it_is_back(stage, s3ser
     finally:
         other.stop()
         forwarder.stop()
+
+
+def test_only_the_newest_copy_states_are_kept(monkeypatch):
+    """The states of finished copies are forgotten oldest first beyond KEEP_COPIES."""
+    from skerry.adaptors import staging
+    from skerry.adaptors.federation import SkerryFileSystem
+    from fsspec.implementations.memory import MemoryFileSystem
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    monkeypatch.setattr(staging, "KEEP_COPIES", 3)
+    fs = SkerryFileSystem({"mem": DirFileSystem(path="/keep-test", fs=MemoryFileSystem())})
+    fs.pipe_file("mem/a.txt", b"a")
+    stager = staging.Stager(fs, workers=1)
+    try:
+        ids = []
+        for i in range(5):
+            ids += stager.submit([{"from": "mem/a.txt", "to": f"mem/copy{i}.txt"}])
+            wait_for(lambda: stager.status(ids[-1])["state"] == "done", 30, what="a copy")
+        assert [stager.status(i) is not None for i in ids] == [False, False, True, True, True]
+        assert fs.cat_file("mem/copy4.txt") == b"a"
+    finally:
+        stager.shutdown(wait=True)
