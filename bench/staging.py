@@ -83,7 +83,8 @@ def skerry_copy(fs, name: str, target: str) -> float:
 def rclone_copy(sshd: Sshd, root: Path, name: str, moto: MotoProcess, target_dir: str) -> float:
     env = dict(os.environ, RCLONE_S3_ACCESS_KEY_ID=KEYS["key"], RCLONE_S3_SECRET_ACCESS_KEY=KEYS["secret"])
     env.pop("AWS_CA_BUNDLE", None)  # rclone's S3 client refuses a CA bundle with its own transport
-    source = f":sftp,host=127.0.0.1,port={sshd.port},user={sshd.username},key_file={sshd.base / 'user_key'}:{root}/{name}"
+    key_file = sshd.base / "user_key"
+    source = f":sftp,host=127.0.0.1,port={sshd.port},user={sshd.username},key_file={key_file}:{root}/{name}"
     target = f":s3,provider=Other,endpoint='{moto.url}':{BUCKET}/{target_dir}/"  # quoted: the URL holds colons
     t0 = time.perf_counter()
     done = subprocess.run(["rclone", "--config", "/dev/null", "copy", source, target],
