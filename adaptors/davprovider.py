@@ -260,7 +260,10 @@ class FederationFolder(_Resource, DAVCollection):
         if self.environ.get("REQUEST_METHOD") == "PUT":
             return FederationFile(self._child_path(name), self.environ, fspath, None)  # made by end_write
         with http_errors():
-            self.provider.fs.touch(fspath)  # LOCK on an unmapped URL makes an empty resource
+            # LOCK on an unmapped URL makes an empty resource; a file made behind our back
+            # since the cached listing is kept as it is, never emptied
+            if not self.provider.fs.exists(fspath):
+                self.provider.fs.touch(fspath)
             info = self.provider.fs.info(fspath)
         self.provider.invalidate(fspath)
         return FederationFile(self._child_path(name), self.environ, fspath, info)
