@@ -34,6 +34,7 @@ from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_FORBIDDEN,
     HTTP_NOT_FOUND,
+    HTTP_SERVICE_UNAVAILABLE,
     DAVError,
 )
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
@@ -55,6 +56,8 @@ def http_errors():
         raise DAVError(HTTP_NOT_FOUND, context_info=str(e)) from None
     except ValueError as e:
         raise DAVError(HTTP_BAD_REQUEST, context_info=str(e)) from None
+    except ConnectionError as e:  # an adaptor's host is down (AdaptorUnavailable) or dropped us
+        raise DAVError(HTTP_SERVICE_UNAVAILABLE, context_info=str(e)) from None
 
 
 def _timestamp(info: dict) -> float | None:

@@ -15,7 +15,6 @@ answered (webdav4, for one, sends PROPFIND without Depth to ask whether a path i
 
 import io
 import threading
-from collections import defaultdict
 from urllib.parse import unquote, urlsplit
 
 from wsgidav.dav_error import HTTP_FORBIDDEN, PRECONDITION_CODE_PropfindFiniteDepth, DAVError
@@ -133,7 +132,7 @@ def serialize_conditional_writes(app):
     pass the check. Holding a per-path lock over the whole request makes the check and
     the write one step: exactly one wins, the other gets 412.
     """
-    locks = defaultdict(threading.Lock)
+    locks: dict[str, list] = {}  # path -> [lock, requests holding or waiting for it]
     guard = threading.Lock()
 
     def serialized(environ, start_response):
@@ -141,9 +140,16 @@ def serialize_conditional_writes(app):
             return app(environ, start_response)
         path = environ.get("PATH_INFO", "")
         with guard:
-            lock = locks[path]
-        with lock:
-            # the response is consumed inside the lock: the write is done when it ends
-            return list(app(environ, start_response))
+            entry = locks.setdefault(path, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                # the response is consumed inside the lock: the write is done when it ends
+                return list(app(environ, start_response))
+        finally:
+            with guard:  # the last one out forgets the path: the dict holds only paths in use
+                entry[1] -= 1
+                if not entry[1]:
+                    del locks[path]
 
     return serialized

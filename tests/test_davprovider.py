@@ -306,3 +306,41 @@ def test_listing_shows_dead_properties_and_locks(dav, roots):
     r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
     assert b">blue<" not in r.content
     assert re.search(rb"<(\w+:)?activelock>", r.content)
+
+
+def test_an_unreachable_adaptor_is_a_503_and_the_others_work(roots, tmp_path):
+    from servers import Sshd
+
+    down = Sshd(tmp_path / "sshd")  # its port, with nothing listening
+    config = {"adaptors": [
+        {"name": "home", "type": "local", "path": str(roots / "home")},
+        {"name": "hpc", "type": "sftp", "host": "127.0.0.1", "port": down.port, "username": "nobody"},
+    ]}
+    server = DavServer(SkerryFileSystem(*build_federation(config)))
+    try:
+        r = httpx.request("PROPFIND", server.url + "hpc/", headers={"Depth": "1"})
+        assert r.status_code == 503 and b"cannot be reached" in r.content  # the reason, for people
+        assert httpx.put(server.url + "hpc/a.txt", content=b"x").status_code == 503
+        assert httpx.put(server.url + "home/a.txt", content=b"x").status_code == 201
+        root = httpx.request("PROPFIND", server.url, headers={"Depth": "1"})
+        assert root.status_code == 207 and "/hpc/" in root.text  # listing adaptors connects nothing
+    finally:
+        server.stop()
+
+
+def test_conditional_write_locks_are_forgotten_when_done():
+    from skerry.adaptors import webdav
+
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["PATH_INFO"])
+        start_response("204 No Content", [])
+        return [b""]
+
+    serialized = webdav.serialize_conditional_writes(app)
+    for i in range(100):
+        environ = {"REQUEST_METHOD": "PUT", "PATH_INFO": f"/f{i}", "HTTP_IF_MATCH": '"x"'}
+        serialized(environ, lambda *a: None)
+    locks = next(c.cell_contents for c in serialized.__closure__ if isinstance(c.cell_contents, dict))
+    assert len(seen) == 100 and locks == {}
