@@ -166,6 +166,10 @@ def _refuse(wf: str, step: str | None, sentence: str) -> ConfigError:
     return ConfigError(f"{where}: {sentence}")
 
 
+def _lower(sentence: str) -> str:
+    return sentence[:1].lower() + sentence[1:]
+
+
 def _parse_source(text: str) -> Source:
     if text == DATASET:
         return Source(None, None)
@@ -204,7 +208,7 @@ def _check_step(wf: str, s: StepSpec, module: ModuleSpec,
     try:
         params = module.resolve_params(s.params)
     except ConfigError as e:
-        raise _refuse(wf, s.name, e.message) from None
+        raise _refuse(wf, s.name, _lower(e.message)) from None
     inputs: dict[str, Source] = {}
     for pin_name, text in s.inputs.items():
         pin = module.input(pin_name)
@@ -271,7 +275,7 @@ def load_workflow(data: dict[str, Any] | WorkflowSpec, registry: ModuleRegistry)
         try:
             modules[s.name] = registry.get(s.module)
         except ConfigError as e:
-            raise _refuse(wf, s.name, e.message[0].lower() + e.message[1:]) from None
+            raise _refuse(wf, s.name, _lower(e.message)) from None
     steps = {s.name: _check_step(wf, s, modules[s.name], declared, registry) for s in spec.steps}
     names = [s.name for s in spec.steps]
     edges = {n: list(steps[n].upstream) for n in names}
