@@ -376,8 +376,7 @@ class Catalog:
         if not isinstance(owner, str):
             raise CatalogError(f"owner must be a user name, got {owner!r}")
         if location is not None:
-            check_uri(location, "location")
-            location = location.rstrip("/")
+            location = check_uri(location.rstrip("/") if isinstance(location, str) else location, "location")
         try:
             with self.writing() as s:
                 if s.execute(select(Dataset.id).where(Dataset.name == name)).first():
