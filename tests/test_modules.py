@@ -375,3 +375,26 @@ def test_good_spec_values():
         reg.add({**GOOD, "version": 2, "description": "other"})
     with pytest.raises(ConfigError, match="mapping"):
         load_module(["not", "a", "dict"])
+
+
+def test_notebook_past_its_timeout_is_classified(tmp_path):
+    nb_url = f"file://{tmp_path}/slow.ipynb"
+    write_notebook(nb_url, ["import time\ntime.sleep(60)"])
+    r = run_job({**NB_SPEC, "notebook": nb_url}, put(f"file://{tmp_path}", "a.raw"),
+                f"file://{tmp_path}/out", timeout=1)
+    assert r.error_class == "Timeout" and "timeout of 1 s" in r.error
+    assert "CellTimeoutError" in r.log and r.outputs == []
+    assert listing(f"file://{tmp_path}/out") == [".skerry-logs"]  # the log only
+
+
+def test_specs_and_results_cross_process_boundaries():
+    """A runner ships modules to workers and results back (pickle), the REST API as JSON."""
+    import json
+    import pickle
+
+    spec = BUILTINS["md5"]
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert load_module(json.loads(spec.model_dump_json())) == spec
+    r = run_job(BUILTINS["fail"], None, "memory:///pickled", {"error": "ValueError"})
+    back = pickle.loads(pickle.dumps(r))
+    assert back == r and json.loads(json.dumps(r.to_dict()))["error_class"] == "ValueError"

@@ -12,7 +12,8 @@ it never raises for a job that fails (the failure is the result). The rules:
 - Outputs are first written under a temporary name (``.<name>.<token>.part`` beside the
   final one) and renamed into place only after the job succeeded: a failed or killed job
   leaves no file under an output's final name (a killed job may leave a ``.part`` file,
-  which is never an output).
+  which is never an output). Each file is renamed on its own: a crash between two renames
+  can leave some outputs in place, whole; a retry of the job writes the same names again.
 - Every output is reported with its size and checksum (``md5:<hex>``, see
   :func:`file_checksum`), so the catalog can register it.
 - Errors are classified as a short string for the retry policy: the exception's class
@@ -71,10 +72,11 @@ class JobFailed(SkerryError):
 
     code = "job_failed"
 
-    def __init__(self, error_class: str, message: str, log: str = ""):
+    def __init__(self, error_class: str, message: str, log: str = "", exit_code: int = 1):
         super().__init__(message)
         self.error_class = error_class
         self.log = log
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,11 @@ def _is_local(url: str) -> bool:
 
 def _local_path(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
+
+
+def _exists(url: str) -> bool:
+    fs, path = url_to_fs(url)
+    return fs.exists(path)
 
 
 def _tail(text: str) -> str:
@@ -318,9 +325,8 @@ def _sentence(e: BaseException) -> str:
 # -- the three ways to run -------------------------------------------------------------
 
 
-def _run_callable(ctx: JobContext, timeout: float | None) -> int:
-    func = _resolve(ctx.module.callable)
-    func(ctx)
+def _run_callable(ctx: JobContext) -> int:
+    _resolve(ctx.module.callable)(ctx)
     return 0
 
 
@@ -427,11 +433,9 @@ def _run_command(ctx: JobContext, timeout: float | None, tmp: str) -> tuple[int,
     rc = proc.returncode
     if rc < 0:
         name = signal.Signals(-rc).name
-        raise JobFailed(f"Signal:{name}", f"Command {argv[0]!r} was killed by {name}.", log)
+        raise JobFailed(f"Signal:{name}", f"Command {argv[0]!r} was killed by {name}.", log, rc)
     if rc != 0:
-        err = JobFailed(f"ExitCode:{rc}", f"Command {argv[0]!r} exited with status {rc}.", log)
-        err.exit_code = rc
-        raise err
+        raise JobFailed(f"ExitCode:{rc}", f"Command {argv[0]!r} exited with status {rc}.", log, rc)
     staging.collect()
     return 0, log
 
@@ -448,6 +452,9 @@ def _run_notebook(ctx: JobContext, timeout: float | None, tmp: str, log_url: str
     try:
         papermill.execute_notebook(src, dst, parameters=params, cwd=tmp, progress_bar=False,
                                    log_output=False, execution_timeout=timeout)
+    except TimeoutError:  # nbclient's CellTimeoutError
+        raise JobFailed("Timeout", f"Notebook {ctx.module.notebook} ran past its cell timeout of {timeout} s.",
+                        traceback.format_exc()) from None
     except papermill.PapermillExecutionError as e:
         raise JobFailed(e.ename, f"{e.ename}: {e.evalue} (notebook cell {e.exec_count}).",
                         "".join(e.traceback)) from None
@@ -482,7 +489,7 @@ def run_job(module: ModuleSpec | dict, inputs: Any, output: str, params: dict | 
         _check_inputs_exist(ins)
         if module.runs_as == "callable":
             try:
-                result.exit_code = _run_callable(ctx, timeout)
+                result.exit_code = _run_callable(ctx)
             finally:
                 result.log = ctx.log_text
         else:
@@ -505,6 +512,8 @@ def run_job(module: ModuleSpec | dict, inputs: Any, output: str, params: dict | 
         if not isinstance(e, JobFailed | ConfigError):
             tb = "".join(traceback.format_exception(e))
         result.log = _tail(result.log + tb)
+        if result.log_location and not _exists(result.log_location):  # failed before papermill ran
+            result.log_location = None
     except BaseException:  # interrupted (Ctrl-C): no output is left under its final name
         if outputs is not None:
             outputs.discard()

@@ -81,7 +81,12 @@ class _Spec(BaseModel):
 
 
 class Pin(_Spec):
-    """A data pin: where files come in (input) or go out (output)."""
+    """A data pin: where files come in (input) or go out (output).
+
+    ``pattern`` (input pins) is how the scheduler picks a dataset's files for the pin
+    (:meth:`accepts`; executors take the files they are given); for a ``multiple`` output
+    pin of a command or notebook it selects which written files are outputs.
+    """
 
     name: str = Field(pattern=_NAME)
     kind: Literal["single", "multiple"] = "single"
