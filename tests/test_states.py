@@ -20,7 +20,8 @@ from skerry.workload.states import (
     EndAttempt, Enqueue, Fail, Heartbeat, HeartbeatTimeout, InterleavedRoundRobin,
     InvalidValue, Job, JobsChanged, JobState, RankParams, RecordHeartbeat, RecordStart,
     RegisterOutputs, ResultMissing, RetryDue, RetryPolicy, ScheduleRetry, StaleEvent, Start,
-    Submit, Succeed, Task, TransitionError, Upload, Uploaded, UploadFiles, WorkerLost,
+    Submit, Succeed, Task, TaskState, TransitionError, Unschedulable, Upload, Uploaded,
+    UploadFiles, WorkerLost,
     apply_dataset, apply_job, apply_task, derive_task_state, next_rank,
 )
 
@@ -40,6 +41,7 @@ JOB_EVENTS = {
     "result_missing": ResultMissing(),
     "cancel": Cancel(),
     "retry_due": RetryDue(),
+    "unschedulable": Unschedulable(),
 }
 
 # (state, event) -> state after, for a job on its first attempt, default policy
@@ -48,6 +50,7 @@ JOB_TABLE = {
     (J.DEFINED, "cancel"): J.CANCELLED,
     (J.QUEUED, "dispatch"): J.RUNNING,
     (J.QUEUED, "cancel"): J.CANCELLED,
+    (J.QUEUED, "unschedulable"): J.FAILED,
     (J.RUNNING, "start"): J.RUNNING,
     (J.RUNNING, "heartbeat"): J.RUNNING,
     (J.RUNNING, "succeed"): J.SUCCEEDED,
@@ -75,6 +78,7 @@ def job_in(state, **kw):
 
 def test_final_states_are_succeeded_failed_cancelled():
     assert FINAL == {J.SUCCEEDED, J.FAILED, J.CANCELLED}
+    assert TaskState is JobState
     assert {s.value for s in J} == {"defined", "queued", "running", "succeeded", "failed",
                                     "retrying", "cancelled", "lost"}
 
@@ -107,7 +111,7 @@ def test_every_job_state_and_event(state, event):
 
 def test_refusal_lists_what_is_allowed():
     with pytest.raises(TransitionError, match=r"job 7 is queued: 'succeed' is not allowed "
-                                              r"\(allowed now: cancel, dispatch\)"):
+                                              r"\(allowed now: cancel, dispatch, unschedulable\)"):
         apply_job(job_in(J.QUEUED), Succeed())
 
 
@@ -286,6 +290,13 @@ def test_another_pool_is_recommended_and_enforced():
     assert t.record.excluded_pools == {"small", "big"}
 
 
+def test_job_no_pool_may_take_fails_with_no_pool():
+    job = job_in(J.QUEUED, attempts=1, excluded_pools={"cpu", "gpu"})
+    t = apply_job(job, Unschedulable())
+    assert (t.record.state, t.record.error_class, t.actions) == (J.FAILED, "no_pool", ())
+    assert apply_job(job, Unschedulable("needs_gpu")).record.error_class == "needs_gpu"
+
+
 def test_policy_rules_as_data():
     policy = RetryPolicy.from_dict({"limit": 2, "rules": {"exit_code": "no_retry", "oom": "another_pool"},
                                     "default": "retry"})
@@ -410,7 +421,8 @@ def test_every_dataset_state_and_event(state, event):
 
 
 def test_files_only_while_open_and_deleted_is_final():
-    with pytest.raises(TransitionError, match=r"is CLOSED: 'add_files' is not allowed \(allowed now: delete, upload\)"):
+    with pytest.raises(TransitionError,
+                       match=r"is CLOSED: 'add_files' is not allowed \(allowed now: delete, upload\)"):
         apply_dataset(Dataset("d", D.CLOSED), AddFiles())
     assert Dataset("d", D.DELETED).final
     with pytest.raises(TransitionError, match="DELETED is final"):
@@ -540,7 +552,7 @@ def test_no_dask_and_no_database_imported():
     """The module stands alone (runs in a fresh interpreter to see its own imports)."""
     import subprocess
     code = ("import sys, skerry.workload.states; "
-            "bad = [m for m in ('distributed', 'dask', 'sqlalchemy', 'psycopg', 'sqlite3') if m in sys.modules]; "
-            "print(','.join(bad))")
+            "bad = ('distributed', 'dask', 'sqlalchemy', 'psycopg', 'sqlite3'); "
+            "print(','.join(m for m in bad if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

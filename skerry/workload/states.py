@@ -21,7 +21,10 @@ Rules:
   the caller looks for outputs already written (``CheckResult``) and answers ``succeed``
   (found: the job is not run again) or ``result_missing`` (the policy decides, with the
   error class ``timeout`` or ``worker_lost``); ``retrying -retry_due-> queued``;
-  ``cancel`` ends any job that is not final;
+  ``cancel`` ends any job that is not final; ``unschedulable`` fails a queued job that
+  no pool may take (all excluded by the policy, or none with the resources it needs);
+- while a job is ``lost`` only its success counts (outputs found, or the attempt finished
+  after all): the runner drops any other report of that attempt (``TransitionError``);
 - attempts are counted at ``dispatch``; a job runs at most ``1 + limit`` times, then
   fails with its last error class. Events about one attempt (start, heartbeat, succeed,
   fail, heartbeat_timeout, worker_lost) may name it; one naming an older attempt raises
@@ -51,11 +54,11 @@ from typing import Any
 from ..errors import SkerryError
 
 __all__ = [
-    "JobState", "DatasetState", "FINAL", "Decision", "RetryPolicy",
-    "ERROR_TIMEOUT", "ERROR_WORKER_LOST",
+    "JobState", "TaskState", "DatasetState", "FINAL", "Decision", "RetryPolicy",
+    "ERROR_TIMEOUT", "ERROR_WORKER_LOST", "ERROR_NO_POOL",
     "Job", "Task", "Dataset", "Transition",
     "Enqueue", "Dispatch", "Start", "Heartbeat", "Succeed", "Fail", "HeartbeatTimeout",
-    "WorkerLost", "ResultMissing", "Cancel", "RetryDue", "JobsChanged",
+    "WorkerLost", "ResultMissing", "Cancel", "RetryDue", "Unschedulable", "JobsChanged",
     "AddFiles", "Close", "Upload", "Uploaded", "Delete", "Deleted",
     "Submit", "RecordStart", "RecordHeartbeat", "RegisterOutputs", "EndAttempt",
     "CancelRun", "CheckResult", "ScheduleRetry", "CancelJobs",
@@ -114,6 +117,7 @@ class JobState(StrEnum):
     LOST = "lost"            # its run vanished (hung, worker died): outputs being checked
 
 
+TaskState = JobState  # a task has the same states, derived from its jobs'
 FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
@@ -127,6 +131,7 @@ class DatasetState(StrEnum):
 
 ERROR_TIMEOUT = "timeout"  # error class of an attempt whose heartbeat stopped
 ERROR_WORKER_LOST = "worker_lost"  # error class of an attempt whose worker died
+ERROR_NO_POOL = "no_pool"  # error class of a job that no pool may take
 
 
 # ---- retry policy ----------------------------------------------------------
@@ -185,7 +190,8 @@ class RetryPolicy:
     def __post_init__(self):
         if not isinstance(self.rules, Mapping):
             raise InvalidValue(f"retry rules must map error classes to decisions, not {self.rules!r}")
-        rules = {_name("an error class", k): _decision(f"the rule for {k!r}", v) for k, v in self.rules.items()}
+        rules = {_name("an error class", k): _decision(f"the rule for {k!r}", v)
+                 for k, v in self.rules.items()}
         object.__setattr__(self, "rules", MappingProxyType(rules))
         object.__setattr__(self, "default", _decision("the default rule", self.default))
         _count("the retry limit", self.limit)
@@ -206,7 +212,8 @@ class RetryPolicy:
         fields = dict(data)
         if "rules" in fields:
             if not isinstance(fields["rules"], Mapping):
-                raise InvalidValue(f"retry rules must map error classes to decisions, not {fields['rules']!r}")
+                rules = fields["rules"]
+                raise InvalidValue(f"retry rules must map error classes to decisions, not {rules!r}")
             fields["rules"] = {**DEFAULT_RULES, **fields["rules"]}
         return cls(**fields)
 
@@ -369,6 +376,13 @@ class Cancel:
 @dataclass(frozen=True)
 class RetryDue:
     name = "retry_due"
+
+
+@dataclass(frozen=True)
+class Unschedulable:
+    """No pool may take this queued job: it fails finally with ``error_class``."""
+    error_class: str = ERROR_NO_POOL
+    name = "unschedulable"
 
 
 @dataclass(frozen=True)
@@ -587,11 +601,16 @@ def _retry_due(job: Job, ev, policy):
     return replace(job, state=S.QUEUED), ()
 
 
+def _unschedulable(job: Job, ev: Unschedulable, policy):
+    return replace(job, state=S.FAILED, error_class=_name("the error class", ev.error_class)), ()
+
+
 JOB_TRANSITIONS: Mapping[tuple[JobState, str], Handler] = MappingProxyType({
     (S.DEFINED, "enqueue"): _enqueue,
     (S.DEFINED, "cancel"): _cancel,
     (S.QUEUED, "dispatch"): _dispatch,
     (S.QUEUED, "cancel"): _cancel,
+    (S.QUEUED, "unschedulable"): _unschedulable,
     (S.RUNNING, "start"): _start,
     (S.RUNNING, "heartbeat"): _heartbeat,
     (S.RUNNING, "succeed"): _succeed,
@@ -607,7 +626,7 @@ JOB_TRANSITIONS: Mapping[tuple[JobState, str], Handler] = MappingProxyType({
 })
 
 JOB_EVENTS = (Enqueue, Dispatch, Start, Heartbeat, Succeed, Fail, HeartbeatTimeout,
-              WorkerLost, ResultMissing, Cancel, RetryDue)
+              WorkerLost, ResultMissing, Cancel, RetryDue, Unschedulable)
 
 DEFAULT_POLICY = RetryPolicy()
 
