@@ -355,6 +355,7 @@ GOOD = {"name": "m", "inputs": [{"name": "i"}], "callable": "pkg.mod:func"}
     ({"command": ["echo"]}, "field (spec)", "exactly one of callable, command or notebook (got callable, command)"),
     ({"callable": None}, "field (spec)", "exactly one of callable, command or notebook"),
     ({"callable": None, "command": []}, "field command", "non-empty argv"),
+    ({"callable": None, "command": "md5sum {input}"}, "field command", "valid list"),  # no shell strings
     ({"callable": None, "command": ["cp", "{input}", "{dest}"]}, "field (spec)", "{dest} names no pin"),
     ({"outputs": [{"name": "i"}]}, "field (spec)", "unique"),
     ({"colour": "red"}, "field colour", "not permitted"),
@@ -398,3 +399,30 @@ def test_specs_and_results_cross_process_boundaries():
     r = run_job(BUILTINS["fail"], None, "memory:///pickled", {"error": "ValueError"})
     back = pickle.loads(pickle.dumps(r))
     assert back == r and json.loads(json.dumps(r.to_dict()))["error_class"] == "ValueError"
+
+
+def test_skerry_urls_through_the_callable_and_command_executors(tmp_path, monkeypatch):
+    """skerry:// is read and written through fsspec; the command gets a staged local copy."""
+    from skerry.adaptors.config import write_config
+    from skerry.adaptors.federation import SkerryFileSystem
+
+    (tmp_path / "home").mkdir()
+    write_config(str(tmp_path / "adaptors.json"),
+                 [{"name": "home", "type": "local", "path": str(tmp_path / "home")}])
+    monkeypatch.setenv("SKERRY_ADAPTORS", str(tmp_path / "adaptors.json"))
+    SkerryFileSystem.clear_instance_cache()
+    try:
+        (tmp_path / "home" / "raw").mkdir()
+        (tmp_path / "home" / "raw" / "run1.raw").write_bytes(DATA)
+        url = "skerry://home/raw/run1.raw"
+        r = run_job(BUILTINS["md5"], url, "skerry://home/sums")
+        assert r.ok, r.log
+        assert r.outputs[0].url == "skerry://home/sums/run1.raw.md5"
+        assert (tmp_path / "home" / "sums" / "run1.raw.md5").read_bytes() == md5_line(DATA, "run1.raw")
+        r = run_job(MD5SUM, url, "skerry://home/sums2")
+        assert r.ok, r.log
+        assert "/in/data/0/run1.raw" in r.log  # the command read a staged copy, not the adaptor
+        assert (tmp_path / "home" / "sums2" / "run1.raw.md5").read_bytes() == md5_line(DATA, "run1.raw")
+        assert sorted(p.name for p in (tmp_path / "home" / "sums2").iterdir()) == ["run1.raw.md5"]
+    finally:
+        SkerryFileSystem.clear_instance_cache()
