@@ -109,7 +109,24 @@ def test_streaming_and_barrier_flags(registry):
             {"name": "d", "module": "concat@1.0", "inputs": {"sums": "a.checksum"},
              "params": {"prefix": "p"}, "mode": "stream"}]}, registry)
     assert str(e.value) == ("Workflow 'w', step 'd': mode 'stream' maps file to file: it needs "
-                            "exactly one wired input pin of kind 'single'.")
+                            "exactly one wired input pin of kind 'single' (or 'multiple' with a chunk).")
+
+
+def test_chunked_steps(registry):
+    base = {"name": "w", "steps": [{"name": "a", "module": "md5", "inputs": {"input": "dataset"}}]}
+    chunked = {"name": "d", "module": "concat@1.0", "inputs": {"sums": "a.checksum"},
+               "params": {"prefix": "p"}, "chunk": 100}
+    wf = load_workflow({**base, "steps": base["steps"] + [chunked]}, registry)
+    assert (wf.steps["d"].chunk, wf.steps["d"].mode) == (100, "stream")  # chunks go as they fill
+    wf = load_workflow({**base, "steps": base["steps"] + [{**chunked, "mode": "barrier"}]}, registry)
+    assert (wf.steps["d"].chunk, wf.steps["d"].mode) == (100, "barrier")
+    assert wf.steps["a"].chunk is None
+    with pytest.raises(ConfigError) as e:
+        load_workflow({"name": "w", "steps": [{**base["steps"][0], "chunk": 10}]}, registry)
+    assert str(e.value) == ("Workflow 'w', step 'a': chunk splits the files of one wired input pin "
+                            "of kind 'multiple' into jobs: this step has none.")
+    with pytest.raises(ConfigError, match="field steps.1.chunk"):
+        load_workflow({**base, "steps": base["steps"] + [{**chunked, "chunk": 0}]}, registry)
 
 
 def test_order_puts_upstream_first_whatever_the_declaration_order(registry):

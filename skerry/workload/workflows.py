@@ -13,6 +13,7 @@ A workflow spec (a mapping, e.g. parsed JSON/YAML)::
         inputs: {files: checksum.checksum}   # <step>.<output pin>
         params: {separator: "\\n"}
         mode: barrier             # optional: stream | barrier (derived from the pins)
+        chunk: 100                # optional: at most 100 files per job (a multiple pin)
         output: "{dataset}.collect"          # optional: the step's output dataset name
 
 The rules, enforced by ``load_workflow`` (each refusal is a ConfigError with a sentence):
@@ -28,10 +29,13 @@ How a step consumes its inputs (``mode``):
   (registered in the dataset, or written by an upstream job), before upstream finishes.
   Only for a step whose wired inputs are one ``single`` pin.
 - ``barrier``: the step waits until the whole upstream (every upstream task, or the
-  closed dataset) is done; then a ``multiple`` pin gets all files in one job and a
-  ``single`` pin one job per file.
+  closed dataset) is done; then a ``multiple`` pin gets all files in one job (or chunks
+  of ``chunk`` files) and a ``single`` pin one job per file.
 
-By default a step streams when its wired inputs are one single pin, else it is a barrier.
+``chunk`` (only for a step with one wired ``multiple`` pin) caps the files per job; such a
+step may stream, a job starting as each chunk fills (the last one, partial, when upstream
+is done). By default a step streams when its wired inputs are one single pin or one
+chunked multiple pin, else it is a barrier.
 
 The loaded :class:`Workflow` gives the step ``order`` (upstream first, declaration order
 among equals), each step's ``upstream`` steps, and ``matches(dataset_name)`` for the mask
@@ -74,6 +78,7 @@ class StepSpec(BaseModel):
     inputs: dict[str, str] = {}
     params: dict[str, Any] = {}
     mode: Literal["stream", "barrier"] | None = None
+    chunk: int | None = Field(default=None, ge=1)
     output: str | None = None
 
 
@@ -109,6 +114,7 @@ class Step:
     mode: Literal["stream", "barrier"]
     upstream: tuple[str, ...]
     output: str
+    chunk: int | None = None
 
     @property
     def streaming(self) -> bool:
@@ -236,18 +242,21 @@ def _check_step(wf: str, s: StepSpec, module: ModuleSpec,
         if not pin.optional and pin.name not in inputs:
             raise _refuse(wf, s.name, f"required input pin {pin.name!r} of {module.ref} is not wired.")
     wired = [module.input(p) for p in inputs]
-    can_stream = len(wired) == 1 and wired[0].kind == "single"
+    if s.chunk is not None and not (len(wired) == 1 and wired[0].kind == "multiple"):
+        raise _refuse(wf, s.name, "chunk splits the files of one wired input pin of kind 'multiple' "
+                      "into jobs: this step has none.")
+    can_stream = len(wired) == 1 and (wired[0].kind == "single" or s.chunk is not None)
     mode = s.mode or ("stream" if can_stream else "barrier")
     if mode == "stream" and not can_stream:
         raise _refuse(wf, s.name, "mode 'stream' maps file to file: it needs exactly one wired "
-                      "input pin of kind 'single'.")
+                      "input pin of kind 'single' (or 'multiple' with a chunk).")
     upstream = tuple(dict.fromkeys(src.step for src in inputs.values() if src.step))
     output = s.output or "{dataset}.{step}"
     try:
         output.format(dataset="d", step="s")
     except (KeyError, IndexError, ValueError) as e:
         raise _refuse(wf, s.name, f"output {output!r} may use only {{dataset}} and {{step}} ({e}).") from None
-    return Step(s.name, module, params, inputs, mode, upstream, output)
+    return Step(s.name, module, params, inputs, mode, upstream, output, s.chunk)
 
 
 def load_workflow(data: dict[str, Any] | WorkflowSpec, registry: ModuleRegistry) -> Workflow:
