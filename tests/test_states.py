@@ -556,3 +556,10 @@ def test_no_dask_and_no_database_imported():
             "print(','.join(m for m in bad if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_public_names_are_exactly_all():
+    public = {name for name, value in vars(st).items()
+              if not name.startswith("_") and getattr(value, "__module__", None) == st.__name__}
+    assert public <= set(st.__all__)
+    assert all(hasattr(st, name) for name in st.__all__)

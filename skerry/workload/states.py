@@ -32,7 +32,8 @@ Rules:
 - outputs are registered (``RegisterOutputs``) only by the move to ``succeeded``, which
   happens once per job since it is final: each output is registered exactly once;
 - a task's state is derived from the counts of its jobs' states (``derive_task_state``);
-  a task is final only when all its jobs are final and no more will be added;
+  a task is final only when all its jobs are final and no more will be added, or when
+  ``cancel`` ends it at once (``CancelJobs``: the caller cancels its live jobs);
 - datasets: ``OPEN -close-> CLOSED -upload-> TO_UPLOAD -uploaded-> CLOSED``;
   ``OPEN|CLOSED -delete-> TO_DELETE -deleted-> DELETED``; files are added only while OPEN.
 
@@ -55,6 +56,7 @@ from ..errors import SkerryError
 
 __all__ = [
     "JobState", "TaskState", "DatasetState", "FINAL", "Decision", "RetryPolicy",
+    "DEFAULT_RULES", "DEFAULT_POLICY",
     "ERROR_TIMEOUT", "ERROR_WORKER_LOST", "ERROR_NO_POOL",
     "Job", "Task", "Dataset", "Transition",
     "Enqueue", "Dispatch", "Start", "Heartbeat", "Succeed", "Fail", "HeartbeatTimeout",
@@ -521,12 +523,12 @@ class Transition:
 
 # ---- job transitions ---------------------------------------------------------
 
-S = JobState
+_S = JobState
 Handler = Callable[..., tuple[Any, tuple]]
 
 
 def _enqueue(job: Job, ev, policy):
-    return replace(job, state=S.QUEUED), ()
+    return replace(job, state=_S.QUEUED), ()
 
 
 def _dispatch(job: Job, ev: Dispatch, policy):
@@ -535,7 +537,7 @@ def _dispatch(job: Job, ev: Dispatch, policy):
         raise TransitionError("job", job.id, job.state, ev.name,
                               f"the retry policy says not to run it on pool {pool!r} again")
     attempt = job.attempts + 1
-    new = replace(job, state=S.RUNNING, attempts=attempt, pool=pool, worker=None)
+    new = replace(job, state=_S.RUNNING, attempts=attempt, pool=pool, worker=None)
     return new, (Submit(job.id, attempt, pool),)
 
 
@@ -550,8 +552,8 @@ def _heartbeat(job: Job, ev, policy):
 
 def _succeed(job: Job, ev, policy):
     # outputs first: the catalog applies both in the transaction that writes ``succeeded``
-    return replace(job, state=S.SUCCEEDED), (
-        RegisterOutputs(job.id, job.attempts), EndAttempt(job.id, job.attempts, S.SUCCEEDED))
+    return replace(job, state=_S.SUCCEEDED), (
+        RegisterOutputs(job.id, job.attempts), EndAttempt(job.id, job.attempts, _S.SUCCEEDED))
 
 
 def _retry_or_fail(job: Job, error_class: str, policy: RetryPolicy, end: EndAttempt):
@@ -559,70 +561,70 @@ def _retry_or_fail(job: Job, error_class: str, policy: RetryPolicy, end: EndAtte
     limit = policy.limit if job.retry_limit is None else job.retry_limit
     retries = job.attempts  # the retry about to be granted would be number ``attempts``
     if decision is Decision.NO_RETRY or retries > limit:
-        return replace(job, state=S.FAILED, error_class=error_class), (end,)
+        return replace(job, state=_S.FAILED, error_class=error_class), (end,)
     excluded = job.excluded_pools
     if decision is Decision.ANOTHER_POOL and job.pool is not None:
         excluded = excluded | {job.pool}
-    new = replace(job, state=S.RETRYING, error_class=error_class, excluded_pools=excluded)
+    new = replace(job, state=_S.RETRYING, error_class=error_class, excluded_pools=excluded)
     return new, (end, ScheduleRetry(job.id, policy.delay(retries)))
 
 
 def _fail(job: Job, ev: Fail, policy):
     error_class = _name("the error class", ev.error_class)
-    end = EndAttempt(job.id, job.attempts, S.FAILED, error_class, ev.exit_code, ev.log)
+    end = EndAttempt(job.id, job.attempts, _S.FAILED, error_class, ev.exit_code, ev.log)
     return _retry_or_fail(job, error_class, policy, end)
 
 
 def _heartbeat_timeout(job: Job, ev, policy):
     # the run may still be hung somewhere: stop it before looking at what it wrote
-    new = replace(job, state=S.LOST, error_class=ERROR_TIMEOUT)
+    new = replace(job, state=_S.LOST, error_class=ERROR_TIMEOUT)
     return new, (CancelRun(job.id, job.attempts), CheckResult(job.id, job.attempts))
 
 
 def _worker_lost(job: Job, ev, policy):
-    new = replace(job, state=S.LOST, error_class=ERROR_WORKER_LOST)
+    new = replace(job, state=_S.LOST, error_class=ERROR_WORKER_LOST)
     return new, (CheckResult(job.id, job.attempts),)
 
 
 def _result_missing(job: Job, ev, policy):
     error_class = job.error_class or ERROR_WORKER_LOST
-    end = EndAttempt(job.id, job.attempts, S.LOST, error_class)
+    end = EndAttempt(job.id, job.attempts, _S.LOST, error_class)
     return _retry_or_fail(job, error_class, policy, end)
 
 
 def _cancel(job: Job, ev, policy):
     actions: tuple = ()
-    if job.state in (S.RUNNING, S.LOST):
-        actions = (CancelRun(job.id, job.attempts), EndAttempt(job.id, job.attempts, S.CANCELLED))
-    return replace(job, state=S.CANCELLED), actions
+    if job.state in (_S.RUNNING, _S.LOST):
+        actions = (CancelRun(job.id, job.attempts), EndAttempt(job.id, job.attempts, _S.CANCELLED))
+    return replace(job, state=_S.CANCELLED), actions
 
 
 def _retry_due(job: Job, ev, policy):
-    return replace(job, state=S.QUEUED), ()
+    return replace(job, state=_S.QUEUED), ()
 
 
 def _unschedulable(job: Job, ev: Unschedulable, policy):
-    return replace(job, state=S.FAILED, error_class=_name("the error class", ev.error_class)), ()
+    return replace(job, state=_S.FAILED, error_class=_name("the error class", ev.error_class)), ()
 
 
 JOB_TRANSITIONS: Mapping[tuple[JobState, str], Handler] = MappingProxyType({
-    (S.DEFINED, "enqueue"): _enqueue,
-    (S.DEFINED, "cancel"): _cancel,
-    (S.QUEUED, "dispatch"): _dispatch,
-    (S.QUEUED, "cancel"): _cancel,
-    (S.QUEUED, "unschedulable"): _unschedulable,
-    (S.RUNNING, "start"): _start,
-    (S.RUNNING, "heartbeat"): _heartbeat,
-    (S.RUNNING, "succeed"): _succeed,
-    (S.RUNNING, "fail"): _fail,
-    (S.RUNNING, "heartbeat_timeout"): _heartbeat_timeout,
-    (S.RUNNING, "worker_lost"): _worker_lost,
-    (S.RUNNING, "cancel"): _cancel,
-    (S.LOST, "succeed"): _succeed,
-    (S.LOST, "result_missing"): _result_missing,
-    (S.LOST, "cancel"): _cancel,
-    (S.RETRYING, "retry_due"): _retry_due,
-    (S.RETRYING, "cancel"): _cancel,
+    (_S.DEFINED, "enqueue"): _enqueue,
+    (_S.DEFINED, "cancel"): _cancel,
+    (_S.QUEUED, "dispatch"): _dispatch,
+    (_S.QUEUED, "cancel"): _cancel,
+    (_S.QUEUED, "unschedulable"): _unschedulable,
+    (_S.RUNNING, "start"): _start,
+    (_S.RUNNING, "heartbeat"): _heartbeat,
+    (_S.RUNNING, "succeed"): _succeed,
+    (_S.RUNNING, "fail"): _fail,
+    (_S.RUNNING, "heartbeat_timeout"): _heartbeat_timeout,
+    (_S.RUNNING, "worker_lost"): _worker_lost,
+    (_S.RUNNING, "cancel"): _cancel,
+    (_S.LOST, "succeed"): _succeed,
+    (_S.LOST, "result_missing"): _result_missing,
+    (_S.LOST, "cancel"): _cancel,
+    (_S.RETRYING, "retry_due"): _retry_due,
+    (_S.RETRYING, "cancel"): _cancel,
 })
 
 JOB_EVENTS = (Enqueue, Dispatch, Start, Heartbeat, Succeed, Fail, HeartbeatTimeout,
@@ -686,16 +688,16 @@ def derive_task_state(counts: Mapping[Any, int], complete: bool = True) -> JobSt
         n[_state(JobState, "count of", "jobs", state)] += _count(f"the count of {state} jobs", value)
     live = sum(v for s, v in n.items() if s not in FINAL)
     if complete and not live:
-        if n[S.FAILED]:
-            return S.FAILED
-        return S.CANCELLED if n[S.CANCELLED] else S.SUCCEEDED
-    if n[S.RUNNING] or n[S.LOST]:
-        return S.RUNNING
-    if live and n[S.RETRYING] == live:
-        return S.RETRYING
-    if n[S.RETRYING] or any(n[s] for s in FINAL):
-        return S.RUNNING
-    return S.QUEUED if n[S.QUEUED] else S.DEFINED
+        if n[_S.FAILED]:
+            return _S.FAILED
+        return _S.CANCELLED if n[_S.CANCELLED] else _S.SUCCEEDED
+    if n[_S.RUNNING] or n[_S.LOST]:
+        return _S.RUNNING
+    if live and n[_S.RETRYING] == live:
+        return _S.RETRYING
+    if n[_S.RETRYING] or any(n[s] for s in FINAL):
+        return _S.RUNNING
+    return _S.QUEUED if n[_S.QUEUED] else _S.DEFINED
 
 
 def _jobs_changed(task: Task, ev: JobsChanged):
@@ -703,7 +705,7 @@ def _jobs_changed(task: Task, ev: JobsChanged):
 
 
 def _cancel_task(task: Task, ev):
-    return replace(task, state=S.CANCELLED), (CancelJobs(task.id),)
+    return replace(task, state=_S.CANCELLED), (CancelJobs(task.id),)
 
 
 TASK_TRANSITIONS: Mapping[tuple[JobState, str], Handler] = MappingProxyType({
@@ -722,7 +724,7 @@ def apply_task(task: Task, event) -> Transition:
 
 # ---- datasets ------------------------------------------------------------------
 
-D = DatasetState
+_D = DatasetState
 
 
 def _to(state: DatasetState, *actions: type) -> Handler:
@@ -732,13 +734,13 @@ def _to(state: DatasetState, *actions: type) -> Handler:
 
 
 DATASET_TRANSITIONS: Mapping[tuple[DatasetState, str], Handler] = MappingProxyType({
-    (D.OPEN, "add_files"): _to(D.OPEN),
-    (D.OPEN, "close"): _to(D.CLOSED, DatasetClosed),
-    (D.OPEN, "delete"): _to(D.TO_DELETE, DeleteFiles),
-    (D.CLOSED, "upload"): _to(D.TO_UPLOAD, UploadFiles),
-    (D.CLOSED, "delete"): _to(D.TO_DELETE, DeleteFiles),
-    (D.TO_UPLOAD, "uploaded"): _to(D.CLOSED),
-    (D.TO_DELETE, "deleted"): _to(D.DELETED),
+    (_D.OPEN, "add_files"): _to(_D.OPEN),
+    (_D.OPEN, "close"): _to(_D.CLOSED, DatasetClosed),
+    (_D.OPEN, "delete"): _to(_D.TO_DELETE, DeleteFiles),
+    (_D.CLOSED, "upload"): _to(_D.TO_UPLOAD, UploadFiles),
+    (_D.CLOSED, "delete"): _to(_D.TO_DELETE, DeleteFiles),
+    (_D.TO_UPLOAD, "uploaded"): _to(_D.CLOSED),
+    (_D.TO_DELETE, "deleted"): _to(_D.DELETED),
 })
 
 DATASET_EVENTS = (AddFiles, Close, Upload, Uploaded, Delete, Deleted)
@@ -747,7 +749,7 @@ DATASET_EVENTS = (AddFiles, Close, Upload, Uploaded, Delete, Deleted)
 def apply_dataset(dataset: Dataset, event) -> Transition:
     """Files only while OPEN; an upload in progress must end before a delete."""
     _check_event(event, DATASET_EVENTS, "dataset", dataset)
-    return _apply("dataset", dataset.name, dataset, event, DATASET_TRANSITIONS, {D.DELETED})
+    return _apply("dataset", dataset.name, dataset, event, DATASET_TRANSITIONS, {_D.DELETED})
 
 
 # ---- ranks -------------------------------------------------------------------
@@ -818,7 +820,25 @@ class InterleavedRoundRobin:
         self.rounds = 0  # rounds planned so far
 
     def next(self, tasks: Mapping[Hashable, tuple[float, int]]) -> Hashable | None:
+        return self._pick(self._active(tasks))
+
+    def take(self, tasks: Mapping[Hashable, tuple[float, int]], n: int) -> list[Hashable]:
+        """The next ``n`` picks (fewer when jobs run out), counting each pick off its task."""
+        _count("the number of jobs to pick", n)
+        pending = {task: value[1] for task, value in tasks.items()}
         active = self._active(tasks)
+        picks: list[Hashable] = []
+        while len(picks) < n:
+            task = self._pick(active)
+            if task is None:
+                break
+            picks.append(task)
+            pending[task] -= 1
+            if not pending[task]:
+                del active[task]
+        return picks
+
+    def _pick(self, active: dict[Hashable, float]) -> Hashable | None:
         if not active:
             return None
         for task, rank in active.items():
@@ -835,20 +855,6 @@ class InterleavedRoundRobin:
                 self._new_round(active)
             self._sub += 1
             self._queue = [t for t in active if self._allowance[t] >= self._sub]
-
-    def take(self, tasks: Mapping[Hashable, tuple[float, int]], n: int) -> list[Hashable]:
-        """The next ``n`` picks (fewer when jobs run out), counting each pick off its task."""
-        _count("the number of jobs to pick", n)
-        left = dict(tasks)
-        picks: list[Hashable] = []
-        while len(picks) < n:
-            task = self.next(left)
-            if task is None:
-                break
-            rank, pending = left[task]
-            left[task] = (rank, pending - 1)
-            picks.append(task)
-        return picks
 
     @staticmethod
     def _active(tasks: Mapping) -> dict[Hashable, float]:
