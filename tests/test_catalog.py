@@ -417,3 +417,72 @@ def test_errors_are_skerry_errors_with_a_code(catalog):
     with pytest.raises(SkerryError) as e:
         catalog.get_dataset("nope")
     assert e.value.code == "unknown_dataset" and str(e.value) == "no dataset named 'nope'"
+
+
+# ---- modules, workflows, runs, tasks, jobs: the records the scheduler builds on ----
+
+
+def test_modules_workflows_runs_tasks_and_jobs(catalog):
+    from skerry.workload.catalog import ModuleExists, UnknownModule
+
+    first = catalog.add_module("md5", "1.0", {"pins": {"in": "single"}})
+    second = catalog.add_module("md5", "1.1", {"pins": {"in": "multiple"}})
+    assert catalog.get_module("md5").id == second
+    assert catalog.get_module("md5", "1.0").spec == {"pins": {"in": "single"}}
+    with pytest.raises(ModuleExists, match="module md5 1.0 already exists"):
+        catalog.add_module("md5", "1.0", {})
+    with pytest.raises(UnknownModule, match="no module named 'nope'"):
+        catalog.get_module("nope")
+    with pytest.raises(BadMetadata, match="metadata is not valid JSON"):
+        catalog.add_module("bad", "1", "{not json")
+    catalog.add_workflow("checksums", {"steps": {"a": {"module": "md5"}}})
+    assert catalog.get_workflow("checksums").spec == {"steps": {"a": {"module": "md5"}}}
+    with pytest.raises(CatalogError, match="a workflow named 'checksums' already exists"):
+        catalog.add_workflow("checksums", {})
+
+    catalog.create_dataset("in")
+    catalog.register_files("in", files(4, prefix="skerry://home/in/f"))
+    catalog.create_dataset("elsewhere")
+    catalog.register_files("elsewhere", files(1, prefix="skerry://home/x/f"))
+    run = catalog.create_run("checksums", input_dataset="in", params={"p": 1}, owner="alice")
+    with pytest.raises(CatalogError, match="no workflow named 'nope'"):
+        catalog.create_run("nope")
+    task = catalog.create_task(step="a", module_id=first, input_dataset="in", run_id=run, rank=4)
+    for bad, message in [({"module_id": 999}, "no module with id 999"), ({"run_id": 999}, "no run with id 999"),
+                         ({"rank": 0}, "rank must be a number > 0"), ({"step": ""}, "step must be a name"),
+                         ({"input_dataset": "nope"}, "no dataset named 'nope'")]:
+        with pytest.raises(CatalogError, match=message):
+            catalog.create_task(**{"step": "a", "module_id": first, "input_dataset": "in", **bad})
+
+    ids = [f.id for f in catalog.iter_files("in")]
+    jobs = catalog.create_jobs(task, [ids[:2], ids[2:]], pool="gpu", resources={"GPU": 1})
+    assert [[i.file_id for i in catalog.job(j).inputs] for j in jobs] == [ids[:2], ids[2:]]
+    job = catalog.job(jobs[0])
+    assert (job.state, job.pool, job.resources, job.attempts) == ("queued", "gpu", {"GPU": 1}, 0)
+    foreign = catalog.list_files("elsewhere").files[0].id
+    for inputs, kwargs, message in [([[foreign]], {}, f"file id {foreign} is not a file of task {task}'s input"),
+                                    ([[ids[0]]], {"state": "done"}, "unknown job state 'done'"),
+                                    ([["a"]], {}, "must be file ids"), ([[ids[0]]], {"pool": ""}, "pool must be")]:
+        with pytest.raises(CatalogError, match=message):
+            catalog.create_jobs(task, inputs, **kwargs)
+    with catalog.session() as s:
+        assert len(s.execute(select(Job)).all()) == 2
+        assert s.get(Task, task).jobs_total == 2 and s.get(Task, task).run_id == run
+
+    assert catalog.start_attempt(jobs[0], worker="tcp://w1", log="skerry://home/logs/1") == 1
+    catalog.end_attempt(jobs[0], exit_code=1, error_class="WorkerLost", error="the worker died")
+    with pytest.raises(JobStateError, match="no attempt in progress"):
+        catalog.end_attempt(jobs[0], exit_code=1)
+    assert catalog.start_attempt(jobs[0], worker="tcp://w2") == 2
+    catalog.end_attempt(jobs[0], exit_code=137, error_class="Timeout", log="skerry://home/logs/2")
+    assert catalog.start_attempt(jobs[0], worker="tcp://w3") == 3
+    assert catalog.register_outputs_and_succeed(jobs[0], []) is True
+    job = catalog.job(jobs[0])
+    assert job.state == "succeeded" and job.error_class is None
+    assert [(a.number, a.worker, a.pool, a.exit_code, a.error_class, a.log) for a in job.attempt_rows] == [
+        (1, "tcp://w1", "gpu", 1, "WorkerLost", "skerry://home/logs/1"),
+        (2, "tcp://w2", "gpu", 137, "Timeout", "skerry://home/logs/2"),
+        (3, "tcp://w3", "gpu", 0, None, None)]
+    assert all(a.ended is not None for a in job.attempt_rows)
+    with pytest.raises(UnknownJob):
+        catalog.start_attempt(999999, worker="w")

@@ -52,8 +52,8 @@ from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigError, SkerryError
-from .models import (DATASET_STATES, FINAL_JOB_STATES, Dataset, File, FileProblem, Job, JobAttempt,
-                     JobInput, Module, Task, Workflow, now)
+from .models import (DATASET_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, File, FileProblem, Job, JobAttempt,
+                     JobInput, Module, Run, Task, Workflow, now)
 
 __all__ = [
     "Catalog", "DatasetInfo", "FileInfo", "FilePage", "ConsistencyReport", "Mismatch",
@@ -672,15 +672,44 @@ class Catalog:
         except IntegrityError:
             raise CatalogError(f"a workflow named {name!r} already exists") from None
 
+    def get_workflow(self, name: str) -> Workflow:
+        """A workflow by name, detached from any session."""
+        with self.session() as s:
+            workflow = s.execute(select(Workflow).where(Workflow.name == name)).scalar_one_or_none()
+        if workflow is None:
+            raise CatalogError(f"no workflow named {name!r}")
+        return workflow
+
+    def create_run(self, workflow: str, *, input_dataset: str | None = None, params: dict | None = None,
+                   owner: str = "") -> int:
+        """A run (state ``running``) of a workflow over ``input_dataset``; its id."""
+        params = _metadata(params)
+        with self.writing() as s:
+            found = s.execute(select(Workflow.id).where(Workflow.name == workflow)).scalar_one_or_none()
+            if found is None:
+                raise CatalogError(f"no workflow named {workflow!r}")
+            run = Run(workflow_id=found, params=params, owner=owner, state="running",
+                      input_dataset_id=self._dataset(s, input_dataset).id if input_dataset else None)
+            s.add(run)
+            s.flush()
+            return run.id
+
     def create_task(self, *, step: str, module_id: int, input_dataset: str | None = None,
                     output_dataset: str | None = None, run_id: int | None = None, rank: float = 1.0,
                     params: dict | None = None) -> int:
         """A task (state ``defined``) of one step over ``input_dataset``; its id."""
+        if not isinstance(step, str) or not step or len(step) > 255:
+            raise CatalogError(f"a task's step must be a name of 1-255 characters, got {step!r}")
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
+            raise CatalogError(f"a task's rank must be a number > 0, got {rank!r}")
+        params = _metadata(params)
         with self.writing() as s:
             if s.get(Module, module_id) is None:
                 raise UnknownModule(f"no module with id {module_id}")
+            if run_id is not None and s.get(Run, run_id) is None:
+                raise CatalogError(f"no run with id {run_id}")
             task = Task(step=step, module_id=module_id, run_id=run_id, rank=float(rank),
-                        params=_metadata(params), state="defined",
+                        params=params, state="defined",
                         input_dataset_id=self._dataset(s, input_dataset).id if input_dataset else None,
                         output_dataset_id=self._dataset(s, output_dataset).id if output_dataset else None)
             s.add(task)
@@ -690,13 +719,22 @@ class Catalog:
     def create_jobs(self, task_id: int, inputs: Iterable[Iterable[int]], *, state: str = "queued",
                     pool: str = "cpu", resources: dict | None = None) -> list[int]:
         """One job per item of ``inputs`` (the file ids of that job, in order); their ids."""
+        if state not in JOB_STATES:
+            raise JobStateError(f"unknown job state {state!r} (states: {', '.join(JOB_STATES)})")
+        if not isinstance(pool, str) or not pool or len(pool) > 64:
+            raise CatalogError(f"a job's pool must be a name of 1-64 characters, got {pool!r}")
         inputs = [list(ids) for ids in inputs]
+        for i, ids in enumerate(inputs):
+            if not all(type(f) is int for f in ids):
+                raise CatalogError(f"job {i}: input files must be file ids (whole numbers), got {ids!r}")
         resources = _metadata(resources)
         with self.writing() as s:
-            if s.get(Task, task_id) is None:
+            task = s.get(Task, task_id)
+            if task is None:
                 raise CatalogError(f"no task with id {task_id}")
             if not inputs:
                 return []
+            self._check_inputs(s, task, inputs)
             stamp = now()
             rows = [{"task_id": task_id, "state": state, "pool": pool, "resources": resources, "attempts": 0,
                      "created": stamp, "updated": stamp} for _ in inputs]
@@ -707,6 +745,20 @@ class Catalog:
                 s.execute(insert(JobInput), links[start:start + BATCH])
             s.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + len(ids)))
             return ids
+
+    @staticmethod
+    def _check_inputs(s: Session, task: Task, inputs: list[list[int]]) -> None:
+        """Every input file id is a file of the task's input dataset."""
+        wanted = sorted({f for ids in inputs for f in ids})
+        if wanted and task.input_dataset_id is None:
+            raise CatalogError(f"task {task.id} ({task.step}) has no input dataset for its jobs' input files")
+        for start in range(0, len(wanted), 1000):
+            chunk = wanted[start:start + 1000]
+            found = set(s.execute(select(File.id).where(File.dataset_id == task.input_dataset_id,
+                                                        File.id.in_(chunk))).scalars())
+            if len(found) < len(chunk):
+                missing = next(f for f in chunk if f not in found)
+                raise CatalogError(f"file id {missing} is not a file of task {task.id}'s input dataset")
 
     def start_attempt(self, job_id: int, *, worker: str, pool: str | None = None, log: str | None = None) -> int:
         """Record a new attempt of a job on ``worker`` and mark the job ``running``; its number.
@@ -723,6 +775,24 @@ class Catalog:
             job.state = "running"
             s.add(JobAttempt(job_id=job_id, number=job.attempts, worker=worker, pool=pool or job.pool, log=log))
             return job.attempts
+
+    def end_attempt(self, job_id: int, *, exit_code: int | None, error_class: str | None = None,
+                    error: str | None = None, log: str | None = None) -> None:
+        """Record how a job's latest attempt ended (the job's state is the scheduler's to set)."""
+        with self.writing() as s:
+            job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+            if job is None:
+                raise UnknownJob(f"no job with id {job_id}")
+            values = {"ended": now(), "exit_code": exit_code, "error_class": error_class, "error": error}
+            if log is not None:
+                values["log"] = log
+            changed = s.execute(update(JobAttempt).where(JobAttempt.job_id == job_id,
+                                                         JobAttempt.number == job.attempts,
+                                                         JobAttempt.ended.is_(None)).values(**values)).rowcount
+            if not changed:
+                raise JobStateError(f"job {job_id} has no attempt in progress")
+            if error_class is not None:
+                job.error_class = error_class
 
     def job(self, job_id: int) -> Job:
         """A job with its inputs and attempts loaded, detached from any session."""
@@ -770,8 +840,8 @@ class Catalog:
                 stamp = now()
                 job.state, job.error_class, job.updated = "succeeded", None, stamp
                 s.execute(update(Task).where(Task.id == task.id).values(jobs_succeeded=Task.jobs_succeeded + 1))
-                s.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.ended.is_(None))
-                          .values(ended=stamp, exit_code=0))
+                s.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == job.attempts,
+                                                   JobAttempt.ended.is_(None)).values(ended=stamp, exit_code=0))
                 return True
         except IntegrityError:
             with self.session() as s:
