@@ -358,6 +358,7 @@ GOOD = {"name": "m", "inputs": [{"name": "i"}], "callable": "pkg.mod:func"}
     ({"callable": None, "command": "md5sum {input}"}, "field command", "valid list"),  # no shell strings
     ({"callable": None, "command": ["cp", "{input}", "{dest}"]}, "field (spec)", "{dest} names no pin"),
     ({"outputs": [{"name": "i"}]}, "field (spec)", "unique"),
+    ({"outputs": [{"name": "o", "file_name": "{nme}.md5"}]}, "field (spec)", "{nme} is none of job, name"),
     ({"colour": "red"}, "field colour", "not permitted"),
 ])
 def test_bad_specs_are_refused_naming_the_field(change, field, words):

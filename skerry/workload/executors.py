@@ -154,7 +154,7 @@ class _Outputs:
         self.pending: list[tuple[str, str, str]] = []  # (pin, temp path, final name)
 
     def temp_path(self, pin: str, name: str) -> str:
-        if not name or "/" in name or name.startswith(".") or name in ("..",):
+        if not name or "/" in name or name.startswith("."):  # hidden names are ours (.part, logs)
             raise ConfigError(f"Output file name {name!r} of pin {pin!r} is not a plain file name.")
         if any(final == name for _, _, final in self.pending):
             raise ConfigError(f"Output file {name!r} is written twice by one job.")
@@ -239,9 +239,10 @@ class JobContext:
 
     def input(self, pin: str | None = None) -> str:
         """The URL of the only file on input ``pin`` (the only input pin by default)."""
-        urls = self.inputs.get(self._pin(self.module.inputs, pin, "input").name, [])
+        p = self._pin(self.module.inputs, pin, "input")
+        urls = self.inputs.get(p.name, [])
         if len(urls) != 1:
-            raise ConfigError(f"Input pin {pin!r} has {len(urls)} files, not one.")
+            raise ConfigError(f"Input pin {p.name!r} has {len(urls)} files, not one.")
         return urls[0]
 
     def open_input(self, pin: str | None = None, index: int = 0, mode: str = "rb") -> IO:
@@ -380,8 +381,9 @@ class _Staging:
                     raise JobFailed("MissingOutput", f"The job wrote no file for output pin {pin.name!r}.")
             else:
                 for name in sorted(os.listdir(where)):
-                    if os.path.isfile(os.path.join(where, name)) and pin.accepts(name):
-                        self.ctx._outputs.put(pin.name, os.path.join(where, name), name)
+                    path = os.path.join(where, name)
+                    if not name.startswith(".") and os.path.isfile(path) and pin.accepts(name):
+                        self.ctx._outputs.put(pin.name, path, name)
 
 
 def _argv(ctx: JobContext, values: dict[str, Any]) -> list[str]:

@@ -194,6 +194,15 @@ class ModuleSpec(_Spec):
         clash = sorted(set(names) & set(self.parameters))
         if clash:
             raise ValueError(f"{clash[0]!r} is both a pin and a parameter")
+        for pin in self.outputs:
+            if pin.file_name is not None:
+                fields = {"name", "stem", "suffix", "job"} | set(self.parameters)
+                for m in re.finditer(r"\{([^{}]*)\}", pin.file_name.replace("{{", "").replace("}}", "")):
+                    if re.split(r"[:!.\[]", m.group(1))[0] not in fields:  # {job:>08} is fine
+                        raise ValueError(
+                            f"file_name {pin.file_name!r} of output pin {pin.name!r}: {{{m.group(1)}}} is "
+                            f"none of {', '.join(sorted(fields))}"
+                        )
         if self.command is not None:
             known = set(names) | set(self.parameters)
             if len(self.inputs) == 1:
