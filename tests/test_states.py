@@ -297,6 +297,20 @@ def test_job_no_pool_may_take_fails_with_no_pool():
     assert apply_job(job, Unschedulable("needs_gpu")).record.error_class == "needs_gpu"
 
 
+def test_excluded_pools_come_back_from_the_attempts():
+    """After a restart the catalog's attempt rows give the same exclusions as the machine's."""
+    policy = RetryPolicy(rules={"memory": "another_pool"})
+    job = job_in(J.RUNNING, pool="small")
+    rows = []
+    for pool, error in [("small", "memory"), ("big", "exit_code"), ("huge", "memory")]:
+        job = apply_job(job, RetryDue(), policy).record if job.state is J.RETRYING else job
+        job = apply_job(job, Dispatch(pool), policy).record if job.state is J.QUEUED else job
+        job = apply_job(job, Fail(error), policy).record
+        rows.append((pool, error))
+    assert job.excluded_pools == {"small", "huge"}
+    assert policy.excluded_pools(rows + [(None, None), ("cpu", None)]) == job.excluded_pools
+
+
 def test_policy_rules_as_data():
     policy = RetryPolicy.from_dict({"limit": 2, "rules": {"exit_code": "no_retry", "oom": "another_pool"},
                                     "default": "retry"})
@@ -401,6 +415,7 @@ DATASET_TABLE = {
     (D.CLOSED, "upload"): (D.TO_UPLOAD, (UploadFiles("raw.run1"),)),
     (D.CLOSED, "delete"): (D.TO_DELETE, (DeleteFiles("raw.run1"),)),
     (D.TO_UPLOAD, "uploaded"): (D.CLOSED, ()),
+    (D.TO_UPLOAD, "delete"): (D.TO_DELETE, (DeleteFiles("raw.run1"),)),
     (D.TO_DELETE, "deleted"): (D.DELETED, ()),
 }
 
@@ -563,3 +578,14 @@ def test_public_names_are_exactly_all():
               if not name.startswith("_") and getattr(value, "__module__", None) == st.__name__}
     assert public <= set(st.__all__)
     assert all(hasattr(st, name) for name in st.__all__)
+
+
+def test_dataset_moves_agree_with_the_catalog():
+    """The catalog keeps its own table of target states: both must allow the same moves."""
+    from skerry.workload.catalog import DATASET_MOVES
+    ours = {}
+    for (state, _event), handler in st.DATASET_TRANSITIONS.items():
+        after = handler(Dataset("d", state), None)[0].state
+        if after != state:
+            ours.setdefault(state.value, set()).add(after.value)
+    assert ours == {k: set(v) for k, v in DATASET_MOVES.items() if v}

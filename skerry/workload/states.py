@@ -35,7 +35,8 @@ Rules:
   a task is final only when all its jobs are final and no more will be added, or when
   ``cancel`` ends it at once (``CancelJobs``: the caller cancels its live jobs);
 - datasets: ``OPEN -close-> CLOSED -upload-> TO_UPLOAD -uploaded-> CLOSED``;
-  ``OPEN|CLOSED -delete-> TO_DELETE -deleted-> DELETED``; files are added only while OPEN.
+  ``OPEN|CLOSED|TO_UPLOAD -delete-> TO_DELETE -deleted-> DELETED``; files are added only
+  while OPEN (the same moves as the catalog's ``DATASET_MOVES``).
 
 Ranks and fair sharing are pure too: ``next_rank`` is the SPD formula
 ``rank_{i+1} = α·aging + β·retries + γ·rank_i`` clamped to ``[floor, cap]``, and
@@ -46,7 +47,7 @@ round-robin over the active tasks' ranks.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -221,6 +222,12 @@ class RetryPolicy:
 
     def decide(self, error_class: str) -> Decision:
         return self.rules.get(error_class, self.default)
+
+    def excluded_pools(self, attempts: Iterable[tuple[str | None, str | None]]) -> frozenset[str]:
+        """The pools a job may not use again, from its attempts' ``(pool, error_class)``:
+        what ``Job.excluded_pools`` is after them (so the catalog need not store it)."""
+        return frozenset(pool for pool, error_class in attempts
+                         if pool and error_class and self.decide(error_class) is Decision.ANOTHER_POOL)
 
     def delay(self, retries: int) -> float:
         """Seconds to wait before retry number ``retries`` (1 for the first)."""
@@ -740,6 +747,7 @@ DATASET_TRANSITIONS: Mapping[tuple[DatasetState, str], Handler] = MappingProxyTy
     (_D.CLOSED, "upload"): _to(_D.TO_UPLOAD, UploadFiles),
     (_D.CLOSED, "delete"): _to(_D.TO_DELETE, DeleteFiles),
     (_D.TO_UPLOAD, "uploaded"): _to(_D.CLOSED),
+    (_D.TO_UPLOAD, "delete"): _to(_D.TO_DELETE, DeleteFiles),  # the upload is abandoned
     (_D.TO_DELETE, "deleted"): _to(_D.DELETED),
 })
 
@@ -747,7 +755,7 @@ DATASET_EVENTS = (AddFiles, Close, Upload, Uploaded, Delete, Deleted)
 
 
 def apply_dataset(dataset: Dataset, event) -> Transition:
-    """Files only while OPEN; an upload in progress must end before a delete."""
+    """Files are added only while OPEN; a delete abandons an upload not yet done."""
     _check_event(event, DATASET_EVENTS, "dataset", dataset)
     return _apply("dataset", dataset.name, dataset, event, DATASET_TRANSITIONS, {_D.DELETED})
 
