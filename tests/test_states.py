@@ -225,6 +225,8 @@ def test_bad_event_arguments_are_refused():
     with pytest.raises(InvalidValue, match="attempts of job 1"):
         Job(1, attempts=-1)
     assert Job(1, state="queued").state is J.QUEUED  # the catalog's strings are accepted
+    with pytest.raises(InvalidValue, match="excluded pools of job 1 must be a set of names"):
+        Job(1, excluded_pools="cpu")
 
 
 # ---- retry policy -----------------------------------------------------------------
@@ -395,7 +397,7 @@ def test_task_ends_once_and_stays():
 
 
 def test_bad_counts_are_refused():
-    with pytest.raises(InvalidValue, match="unknown state 'done'"):
+    with pytest.raises(InvalidValue, match="job counts name an unknown state 'done' \\(one of defined, "):
         derive_task_state({"done": 1})
     with pytest.raises(InvalidValue, match="the count of queued jobs must be a whole number"):
         derive_task_state({J.QUEUED: -1})

@@ -125,6 +125,8 @@ FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 class DatasetState(StrEnum):
+    """States of datasets (upper case, as in the SPD data catalog)."""
+
     OPEN = "OPEN"            # files may be added
     CLOSED = "CLOSED"        # complete: no more files
     TO_UPLOAD = "TO_UPLOAD"  # marked for upload to external storage
@@ -141,6 +143,8 @@ ERROR_NO_POOL = "no_pool"  # error class of a job that no pool may take
 
 
 class Decision(StrEnum):
+    """What a retry rule says about an error class."""
+
     RETRY = "retry"
     NO_RETRY = "no_retry"
     ANOTHER_POOL = "another_pool"  # retry, but never again on the pool that failed
@@ -269,6 +273,8 @@ class Job:
         _count(f"attempts of job {self.id!r}", self.attempts)
         if self.retry_limit is not None:
             _count(f"retry limit of job {self.id!r}", self.retry_limit)
+        if isinstance(self.excluded_pools, str):  # frozenset("cpu") would be its letters
+            raise InvalidValue(f"excluded pools of job {self.id!r} must be a set of names, not a string")
         object.__setattr__(self, "excluded_pools", frozenset(self.excluded_pools))
 
     @property
@@ -692,7 +698,10 @@ def derive_task_state(counts: Mapping[Any, int], complete: bool = True) -> JobSt
         raise InvalidValue(f"job counts must map states to numbers, not {counts!r}")
     n = {state: 0 for state in JobState}
     for state, value in counts.items():
-        n[_state(JobState, "count of", "jobs", state)] += _count(f"the count of {state} jobs", value)
+        if state not in n:
+            choices = ", ".join(s.value for s in JobState)
+            raise InvalidValue(f"job counts name an unknown state {state!r} (one of {choices})")
+        n[JobState(state)] += _count(f"the count of {state} jobs", value)
     live = sum(v for s, v in n.items() if s not in FINAL)
     if complete and not live:
         if n[_S.FAILED]:
