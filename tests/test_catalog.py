@@ -486,3 +486,13 @@ def test_modules_workflows_runs_tasks_and_jobs(catalog):
     assert all(a.ended is not None for a in job.attempt_rows)
     with pytest.raises(UnknownJob):
         catalog.start_attempt(999999, worker="w")
+
+
+def test_the_next_queued_jobs_of_a_task_come_from_the_index(tmp_path):
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    cat.upgrade()
+    with cat.engine.connect() as conn:
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE task_id = 1 AND state = 'queued' ORDER BY id LIMIT 10"))
+    cat.dispose()
+    assert "USING COVERING INDEX ix_jobs_task_state_id" in plan and "TEMP B-TREE" not in plan

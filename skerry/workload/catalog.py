@@ -12,6 +12,12 @@
     cat.check("raw.run1", fs)                           # catalog against storage
     cat.register_outputs_and_succeed(job_id, outputs)   # a job's outputs, exactly once
 
+For the scheduler: ``add_module``/``get_module``, ``add_workflow``/``get_workflow``,
+``create_run``, ``create_task``, ``create_jobs`` (bulk, inputs checked against the task's
+input dataset), ``start_attempt``/``end_attempt``, ``job``; ``session()``/``writing()``
+for its own queries (indexes: ``ix_jobs_task_state_id`` for the next queued jobs of a
+task and jobs by task and state, ``ix_jobs_state_pool``).
+
 Rules:
 - every change is one transaction: bad input raises a ``CatalogError`` (a
   ``SkerryError``) with a sentence naming what is wrong, and leaves no row behind;
