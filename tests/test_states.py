@@ -509,6 +509,20 @@ def test_shares_within_5_percent_over_every_sliding_window_of_1000(ranks):
         assert abs(max(counts) - expected) <= 0.05 * expected, (name, max(counts), expected)
 
 
+def test_picks_in_small_windows_are_the_same_sequence():
+    """The scheduler fills a bounded window per pool (about 2x its slots) at a time."""
+    tasks = {"A": (1, 10**6), "B": (2, 10**6), "C": (4, 10**6)}
+    whole = InterleavedRoundRobin().take(tasks, 5_000)
+    selector, windows = InterleavedRoundRobin(), []
+    while len(windows) < 5_000:
+        windows += selector.take(tasks, 16)
+    assert windows[:5_000] == whole
+    selector, one_by_one = InterleavedRoundRobin(), []
+    for _ in range(5_000):
+        one_by_one.append(selector.next(tasks))
+    assert one_by_one == whole
+
+
 def test_rank_1_task_gets_its_first_job_within_one_round():
     tasks = {"A": (1, 10**6), "B": (2, 10**6), "C": (4, 10**6)}
     first = InterleavedRoundRobin().take(tasks, 7)
