@@ -68,7 +68,7 @@ def test_md5_builtin_writes_checksum_file(where):
     assert (o.pin, o.name, o.url) == ("checksum", "a.dat.md5", f"{out}/a.dat.md5")
     body = fsspec.open(o.url, "rb").open().read()
     assert body == md5_line(DATA, "a.dat")
-    assert o.size == len(body) and o.checksum == "md5:" + hashlib.md5(body).hexdigest()
+    assert o.size == len(body) and o.checksum == hashlib.md5(body).hexdigest()
     assert o.checksum == file_checksum(o.url)
     assert listing(out) == ["a.dat.md5"]  # no temporary file left beside it
 

@@ -14,8 +14,8 @@ it never raises for a job that fails (the failure is the result). The rules:
   leaves no file under an output's final name (a killed job may leave a ``.part`` file,
   which is never an output). Each file is renamed on its own: a crash between two renames
   can leave some outputs in place, whole; a retry of the job writes the same names again.
-- Every output is reported with its size and checksum (``md5:<hex>``, see
-  :func:`file_checksum`), so the catalog can register it.
+- Every output is reported with its size and checksum (MD5, 32 hex digits, as the
+  catalog stores it; see :func:`file_checksum`), so the catalog can register it.
 - Errors are classified as a short string for the retry policy: the exception's class
   name (``ValueError``), ``Timeout``, ``ExitCode:3``, ``Signal:SIGKILL``,
   ``MissingInput``, ``MissingOutput``, ``CommandNotFound``, ``ConfigError``. The
@@ -81,7 +81,7 @@ class JobFailed(SkerryError):
 
 @dataclass(frozen=True)
 class OutputFile:
-    """One file a job wrote: its pin, URL, file name, size in bytes and checksum."""
+    """One file a job wrote: its pin, URL, file name, size in bytes and MD5 (hex)."""
 
     pin: str
     url: str
@@ -111,12 +111,12 @@ class JobResult:
 
 
 def file_checksum(url: str) -> str:
-    """``md5:<hex>`` of the file at ``url`` (read through fsspec, in 1 MiB chunks)."""
+    """The MD5 (32 hex digits) of the file at ``url``, read through fsspec in 1 MiB chunks."""
     h = hashlib.md5()
     with fsspec.open(url, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return "md5:" + h.hexdigest()
+    return h.hexdigest()
 
 
 def _join(folder: str, name: str) -> str:
@@ -184,7 +184,7 @@ class _Outputs:
             with self.fs.open(final, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
-            done.append(OutputFile(pin, url, name, size, "md5:" + h.hexdigest()))
+            done.append(OutputFile(pin, url, name, size, h.hexdigest()))
         self.pending = []
         return done
 
