@@ -82,7 +82,12 @@ def _etag(info: dict) -> str:
 
 
 class _CountingWriter:
-    """Counts what is written, so that a body cut short is not taken for a whole one."""
+    """Counts what is written, so that a body cut short is not taken for a whole one.
+
+    wsgidav calls ``close`` when the body ends, before ``end_write`` can check its
+    length; on S3 (written in place) closing commits the object. So ``close`` does
+    nothing and ``commit`` closes the backend file, once the body is known whole.
+    """
 
     def __init__(self, f):
         self.f = f
@@ -97,6 +102,9 @@ class _CountingWriter:
             self.write(data)
 
     def close(self):
+        pass  # see the class docstring: end_write commits or discards
+
+    def commit(self):
         self.f.close()
 
 
@@ -202,16 +210,17 @@ class FederationFile(_Resource, DAVNonCollection):
                 if with_errors or short:
                     if self._target == self.fspath:  # in place, on an object store: abort
                         upload.f.discard()
+                        upload.f.closed = True  # discarded: nothing left to flush, ever
                     else:
                         with contextlib.suppress(OSError):
-                            upload.close()
+                            upload.commit()  # the temporary file, removed just below
                         with contextlib.suppress(FileNotFoundError):
                             fs.rm_file(self._target)
                     if short:
                         raise DAVError(HTTP_BAD_REQUEST, context_info=(
                             f"the body ended after {upload.count} of {expected} bytes: nothing was written"))
                     return
-                upload.close()
+                upload.commit()
                 if self._target != self.fspath:
                     fs.mv(self._target, self.fspath)
         finally:
