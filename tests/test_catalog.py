@@ -496,3 +496,34 @@ def test_the_next_queued_jobs_of_a_task_come_from_the_index(tmp_path):
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE task_id = 1 AND state = 'queued' ORDER BY id LIMIT 10"))
     cat.dispose()
     assert "USING COVERING INDEX ix_jobs_task_state_id" in plan and "TEMP B-TREE" not in plan
+
+
+RACER = """
+import json, sys
+from skerry.workload.catalog import Catalog
+url, jobs = sys.argv[1], json.loads(sys.argv[2])
+cat = Catalog(url)
+won = [j for j in jobs if cat.register_outputs_and_succeed(j, [
+    {"uri": f"skerry://home/out/{j}.md5", "size": 32}, {"uri": f"skerry://home/out/{j}.log", "size": 5}])]
+print(json.dumps(won))
+"""
+
+
+def test_two_processes_racing_over_the_same_jobs_register_each_output_once(catalog, url):
+    import json
+    import subprocess
+    import sys
+
+    n = 60
+    task, jobs = make_jobs(catalog, n)
+    for job_id in jobs:
+        catalog.start_attempt(job_id, worker="w")
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, url, json.dumps(order)], stdout=subprocess.PIPE, text=True)
+              for order in (jobs, jobs[::-1])]
+    won = [json.loads(p.communicate(timeout=120)[0]) for p in racers]
+    assert all(p.returncode == 0 for p in racers)
+    assert sorted(won[0] + won[1]) == sorted(jobs)  # each job succeeded by exactly one of them
+    out = [f.uri for f in catalog.iter_files("out")]
+    assert len(out) == len(set(out)) == 2 * n
+    with catalog.session() as s:
+        assert s.get(Task, task).jobs_succeeded == n
