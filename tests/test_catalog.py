@@ -123,6 +123,12 @@ def test_dataset_lifecycle(catalog):
     with pytest.raises(DatasetStateError, match="'raw.run1' is CLOSED and cannot become CLOSED"):
         catalog.close_dataset("raw.run1")
     assert catalog.mark_for_upload("raw.run1").state == "TO_UPLOAD"
+    with pytest.raises(DatasetStateError, match=r"is TO_UPLOAD and cannot become CLOSED \(only from OPEN\)"):
+        catalog.close_dataset("raw.run1")
+    assert catalog.mark_uploaded("raw.run1").state == "CLOSED"
+    with pytest.raises(DatasetStateError, match=r"is CLOSED and cannot become CLOSED \(only from TO_UPLOAD\)"):
+        catalog.mark_uploaded("raw.run1")
+    assert catalog.mark_for_upload("raw.run1").state == "TO_UPLOAD"
     assert catalog.delete_dataset("raw.run1").state == "TO_DELETE"
     with pytest.raises(DatasetStateError, match="cannot become TO_UPLOAD"):
         catalog.mark_for_upload("raw.run1")

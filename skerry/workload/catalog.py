@@ -412,22 +412,27 @@ class Catalog:
         with self.session() as s:
             return [_dataset_info(d) for d in s.execute(query).scalars()]
 
-    def _move(self, name: str, to: str) -> DatasetInfo:
+    def _move(self, name: str, to: str, only_from: str | None = None) -> DatasetInfo:
         with self.writing() as s:
             dataset = self._dataset(s, name, lock=True)
-            if to not in DATASET_MOVES[dataset.state]:
-                raise DatasetStateError(f"dataset {name!r} is {dataset.state} and cannot become {to}")
+            if to not in DATASET_MOVES[dataset.state] or only_from not in (None, dataset.state):
+                raise DatasetStateError(f"dataset {name!r} is {dataset.state} and cannot become {to}"
+                                        + (f" (only from {only_from})" if only_from else ""))
             dataset.state = to
             s.flush()
             return _dataset_info(dataset)
 
     def close_dataset(self, name: str) -> DatasetInfo:
         """``OPEN -> CLOSED``: complete; no more files are registered into it."""
-        return self._move(name, "CLOSED")
+        return self._move(name, "CLOSED", only_from="OPEN")
 
     def mark_for_upload(self, name: str) -> DatasetInfo:
         """``CLOSED -> TO_UPLOAD``: to be copied to external storage."""
         return self._move(name, "TO_UPLOAD")
+
+    def mark_uploaded(self, name: str) -> DatasetInfo:
+        """``TO_UPLOAD -> CLOSED``: the upload is done."""
+        return self._move(name, "CLOSED", only_from="TO_UPLOAD")
 
     def delete_dataset(self, name: str) -> DatasetInfo:
         """Mark for deletion (``TO_DELETE``); ``purge_dataset`` removes the files."""
