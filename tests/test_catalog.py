@@ -533,3 +533,15 @@ def test_two_processes_racing_over_the_same_jobs_register_each_output_once(catal
     assert len(out) == len(set(out)) == 2 * n
     with catalog.session() as s:
         assert s.get(Task, task).jobs_succeeded == n
+
+
+def test_a_dark_file_on_a_read_only_adaptor_is_reported_not_removed(catalog, tmp_path):
+    (tmp_path / "ro" / "ds").mkdir(parents=True)
+    (tmp_path / "ro" / "ds" / "dark").write_bytes(b"x")
+    fs = SkerryFileSystem({"archive": LocalRootFileSystem(str(tmp_path / "ro"), LocalFileSystem())},
+                          read_only=["archive"])
+    catalog.create_dataset("ds", location="skerry://archive/ds")
+    report = catalog.check("ds", fs, threshold=1)
+    assert report.dark == ["skerry://archive/ds/dark"]
+    assert report.actions == ["could not remove dark file skerry://archive/ds/dark: adaptor 'archive' is read-only"]
+    assert (tmp_path / "ro" / "ds" / "dark").exists()

@@ -621,6 +621,9 @@ class Catalog:
                 fs.rm_file(_path(uri))
             except FileNotFoundError:
                 pass
+            except OSError as e:  # a read-only adaptor, a permission: reported, tried again next check
+                report.actions.append(f"could not remove dark file {uri}: {e.strerror or e}")
+                continue
             removed.append(uri)
             report.actions.append(f"removed dark file {uri} from storage")
         with self.writing() as s:
