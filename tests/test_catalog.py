@@ -384,7 +384,7 @@ def test_consistency_check_reports_and_acts_past_the_threshold(catalog, storage)
     assert {f.state for f in catalog.iter_files("ds")} == {"AVAILABLE"}
     assert (root / "ds" / "sub" / "dark").exists()
 
-    second = catalog.check("ds", fs, threshold=2)
+    second = catalog.check("ds", fs, threshold=2, remove_dark=True)
     assert second.missing == first.missing and second.dark == first.dark and second.pending == {}
     assert sorted(second.actions) == sorted([
         "removed dark file skerry://home/ds/sub/dark from storage", "marked skerry://home/ds/missing MISSING",
@@ -535,13 +535,24 @@ def test_two_processes_racing_over_the_same_jobs_register_each_output_once(catal
         assert s.get(Task, task).jobs_succeeded == n
 
 
+def test_dark_files_are_only_reported_unless_removal_is_asked_for(catalog, tmp_path):
+    (tmp_path / "home" / "ds").mkdir(parents=True)
+    (tmp_path / "home" / "ds" / "dark").write_bytes(b"somebody's data")
+    fs = SkerryFileSystem({"home": LocalRootFileSystem(str(tmp_path / "home"), LocalFileSystem())})
+    catalog.create_dataset("ds", location="skerry://home/ds")
+    for _ in range(3):  # past any threshold: still only reported
+        report = catalog.check("ds", fs, threshold=1)
+        assert report.dark == ["skerry://home/ds/dark"] and report.actions == []
+    assert (tmp_path / "home" / "ds" / "dark").exists()
+
+
 def test_a_dark_file_on_a_read_only_adaptor_is_reported_not_removed(catalog, tmp_path):
     (tmp_path / "ro" / "ds").mkdir(parents=True)
     (tmp_path / "ro" / "ds" / "dark").write_bytes(b"x")
     fs = SkerryFileSystem({"archive": LocalRootFileSystem(str(tmp_path / "ro"), LocalFileSystem())},
                           read_only=["archive"])
     catalog.create_dataset("ds", location="skerry://archive/ds")
-    report = catalog.check("ds", fs, threshold=1)
+    report = catalog.check("ds", fs, threshold=1, remove_dark=True)
     assert report.dark == ["skerry://archive/ds/dark"]
     assert report.actions == ["could not remove dark file skerry://archive/ds/dark: adaptor 'archive' is read-only"]
     assert (tmp_path / "ro" / "ds" / "dark").exists()

@@ -30,8 +30,8 @@ Rules:
   ``BEGIN IMMEDIATE``, so two writers queue instead of failing on a lock upgrade; on
   PostgreSQL the job row is locked (``SELECT ... FOR UPDATE``);
 - the consistency check reports every problem, but acts on one (missing file ->
-  ``MISSING``, size/checksum mismatch -> ``CORRUPT``, dark file -> removed from storage)
-  only once the same problem was seen in ``threshold`` checks in a row: an upload in
+  ``MISSING``, size/checksum mismatch -> ``CORRUPT``, dark file -> removed from storage
+  only when the caller asks with ``remove_dark=True``: it is somebody's data) only once the same problem was seen in ``threshold`` checks in a row: an upload in
   flight or a storage hiccup is reported, never acted on.
 
 Errors::
@@ -534,13 +534,15 @@ class Catalog:
 
     # ---- consistency ----
 
-    def check(self, name: str, fs, *, threshold: int | None = None, checksums: bool = True) -> ConsistencyReport:
+    def check(self, name: str, fs, *, threshold: int | None = None, checksums: bool = True,
+              remove_dark: bool = False) -> ConsistencyReport:
         """Compare a dataset's catalog with storage (``fs``: an fsspec filesystem of ``skerry://`` paths).
 
         Missing: registered but not in storage. Dark: in the dataset's ``location`` but not
         registered. Mismatch: sizes differ, or (``checksums``) the MD5 of the content differs
         from the registered one. Each problem is acted on once seen in ``threshold`` checks
-        in a row (default: the catalog's ``check_threshold``).
+        in a row (default: the catalog's ``check_threshold``); dark files are removed from
+        storage then only with ``remove_dark`` (by default they are reported, never deleted).
         """
         threshold = self.check_threshold if threshold is None else threshold
         if type(threshold) is not int or threshold < 1:
@@ -586,6 +588,8 @@ class Catalog:
         report.missing.sort()
         report.dark.sort()
         due = self._record_problems(dataset_id, problems, threshold, report)
+        if not remove_dark:
+            due = {uri: problem for uri, problem in due.items() if problem != "dark"}
         self._act(name, dataset_id, due, back, fs, report)
         return report
 
