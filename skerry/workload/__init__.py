@@ -1,10 +1,18 @@
 """skerry.workload: the catalog, workflows and the partitioned job scheduler (issue 4).
 
-- ``states``: the pure, table-driven state machine of tasks and jobs (no I/O);
-- ``catalog``/``models``: the persistent catalog (SQLAlchemy 2, Alembic migrations;
-  SQLite in WAL mode by default, PostgreSQL by URL);
-- ``modules``/``workflows``/``executors``: computation modules with pins, workflows of
-  steps over them, and how a job runs (callable, command, notebook).
+Built so far (the foundation; the Dask runner, the scheduler loop and the REST/CLI
+interfaces come next, on top of these):
 
-The Dask runner, the scheduler and the REST/CLI interfaces build on these.
+- ``states``: the pure, table-driven state machine of jobs, tasks and datasets (no I/O),
+  the retry policy as data, the rank formula and the fair task selector;
+- ``models``/``catalog``/``migrations``: the persistent catalog (SQLAlchemy 2, Alembic;
+  SQLite in WAL mode by default, PostgreSQL by URL), bulk registration, the
+  consistency check, and outputs registered exactly once with the job's success;
+- ``modules``/``builtins``/``executors``: computation modules with pins (callable,
+  command or notebook), the built-ins ``noop``, ``sleep``, ``md5``, ``fail``, and how
+  one job runs;
+- ``workflows``: workflows of steps over modules, validated (pins, cycles), with
+  dataset-name masks and streaming or barrier steps.
+
+Import from the submodules (``from skerry.workload.catalog import Catalog``).
 """
