@@ -10,6 +10,8 @@ It also answers ``/dav/<name>/...`` for servers that are not running (the proxy
 sends those here once the server's own WebDAV route is gone): 503 and a sentence.
 
 Each user's adaptors, credentials and JWT keys: ``api_users`` (``/api/v1/users/{name}/...``).
+Datasets, modules, workflows, runs, tasks and jobs: ``api_workload``, over the catalog
+``DIR/catalog.sqlite`` (migrated to the newest schema when the service starts).
 """
 
 import os
@@ -27,6 +29,7 @@ from starlette.exceptions import HTTPException
 from skerry.process import die_with_parent
 
 from .api_users import ApiError, user_routes
+from .api_workload import open_catalog, workload_routes
 
 PREFIX = "/services/skerry"
 API = PREFIX + "/api/v1"
@@ -80,22 +83,28 @@ class Hub:
         return r.json()
 
 
-def create_app(hub: Hub | None = None) -> FastAPI:
+def create_app(hub: Hub | None = None, catalog=None) -> FastAPI:
     app = FastAPI(
         title="skerry",
         version="1",
         description=("The skerry platform API: micro-infrastructures, and each user's adaptors, credentials "
-                     "and JWT keys (adaptor changes apply at the next start of the user's server)."),
+                     "and JWT keys (adaptor changes apply at the next start of the user's server); the "
+                     "catalog's datasets and files, modules, workflows, runs, tasks and jobs."),
         openapi_url=API + "/openapi.json",
         docs_url=API + "/docs",
         redoc_url=None,
     )
-    state = {"hub": hub}
+    state = {"hub": hub, "catalog": catalog}
 
     def get_hub() -> Hub:
         if state["hub"] is None:
             state["hub"] = Hub()
         return state["hub"]
+
+    def get_catalog():
+        if state["catalog"] is None:
+            state["catalog"] = open_catalog(os.environ["SKERRY_DATA_DIR"])
+        return state["catalog"]
 
     async def caller(request: Request, hub: Hub = Depends(get_hub)) -> dict:
         return await hub.caller(request)
@@ -134,6 +143,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         ])
 
     app.include_router(user_routes(caller, get_hub, API))
+    app.include_router(workload_routes(caller, get_catalog, API))
 
     @app.api_route("/dav/{rest:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS",
                                              "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",
@@ -169,7 +179,8 @@ def main() -> int:
 
     die_with_parent()  # a hub killed with SIGKILL must not leave its service holding the port
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    uvicorn.run(create_app(), host=url.hostname, port=url.port, log_level="warning")
+    catalog = open_catalog(os.environ["SKERRY_DATA_DIR"])  # migrated before the first request
+    uvicorn.run(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning")
     return 0
 
 

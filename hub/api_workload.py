@@ -1,0 +1,525 @@
+"""``/services/skerry/api/v1/...``: datasets, modules, workflows, runs, tasks and jobs.
+
+Routes (all JSON, hub tokens, errors ``{"error", "message"}``)::
+
+    GET  datasets                       {"datasets": [...]}: the caller's (an admin: all, ?owner=)
+    POST datasets                       {"name", "location"?, "metadata"?, "owner"? (admins)} -> 201
+    GET  datasets/{name}                the dataset, with its file count and total size
+    GET  datasets/{name}/files          ?after=&limit=&state= -> {"files": [...], "next_after"}
+    POST datasets/{name}/files          {"files": [{"uri", "size", "checksum"?}, ...]}: all or none
+    POST datasets/{name}/close          OPEN -> CLOSED
+    GET  modules                        {"modules": [...]}: the built-ins and the added ones
+    POST modules                        a module spec -> 201
+    GET  workflows                      {"workflows": [...]}
+    POST workflows                      a workflow spec, checked against the known modules -> 201
+    GET  runs                           {"runs": [...]}: the caller's (an admin: all)
+    POST runs                           {"workflow", "dataset", "params"?} -> 201 (see below)
+    GET  runs/{id}                      a run with its tasks
+    GET  tasks/{id}                     a task with its job counts by state
+    POST tasks/{id}/rank                {"rank": n} (n > 0): its share from the next pick on
+    POST tasks/{id}/cancel              the task and every job of it that is not final
+    GET  jobs                           ?task=&state=&after=&limit= -> {"jobs": [...], "next_after"}
+
+Rules:
+
+- a dataset belongs to its owner (the hub user who created it); a run to the user who
+  started it, and a task or job to its run's owner (its input dataset's, without a run).
+  Anyone else gets 404, as if it did not exist; admins (an admin user, or a token with
+  scope ``admin:users``) see and change everything. Modules and workflows are shared;
+- a bad body (malformed JSON, not an object, unknown fields, a bad spec, an unknown
+  module, a cyclic workflow, pins of the wrong type, a duplicate) is a 4xx with a
+  sentence, and nothing is written: each change is one catalog transaction;
+- bodies are capped (``MAX_BODY``; a file list ``MAX_FILES_BODY``): larger is 413;
+- catalog calls run in a worker thread, so a large registration does not hold up others.
+"""
+
+import importlib.util
+import json
+from datetime import timezone
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import aliased
+from starlette.concurrency import run_in_threadpool
+
+from skerry.errors import ConfigError, SkerryError
+from skerry.workload import states
+from skerry.workload.builtins import BUILTINS, builtin_registry
+from skerry.workload.catalog import (PAGE_MAX, Catalog, CatalogError, DatasetExists, DatasetStateError,
+                                     JobStateError, ModuleExists, UnknownDataset, UnknownJob)
+from skerry.workload.models import (DATASET_STATES, FILE_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, Job,
+                                    JobAttempt, Module, Run, Task, Workflow, now)
+from skerry.workload.modules import ModuleRegistry, load_module
+from skerry.workload.workflows import load_workflow
+
+from .api_users import ApiError
+
+MAX_BODY = 1024 * 1024  # specs and small requests
+MAX_FILES_BODY = 32 * 1024 * 1024  # a file list: about 200,000 entries
+PAGE_DEFAULT = 1000
+
+
+def _status(e: SkerryError) -> int:
+    if isinstance(e, (UnknownDataset, UnknownJob, _NotFound)):
+        return 404
+    if isinstance(e, (DatasetExists, ModuleExists, _Conflict)):
+        return 409
+    if isinstance(e, (DatasetStateError, JobStateError, states.TransitionError)):
+        return 409
+    return 400
+
+
+def _fail(e: SkerryError) -> ApiError:
+    code = "bad_spec" if isinstance(e, ConfigError) else e.code
+    return ApiError(_status(e), code, _sentence(str(e)))
+
+
+def _sentence(text: str) -> str:
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "?", "!", ")")) else text + "."
+
+
+async def _call(fn: Callable, *args, **kwargs):
+    """``fn`` in a worker thread; skerry errors become ApiErrors."""
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except SkerryError as e:
+        raise _fail(e) from None
+
+
+async def _json_body(request: Request, limit: int = MAX_BODY) -> dict:
+    """The body as a JSON object; 413 past ``limit`` bytes (read no further), 400 if not JSON."""
+    too_large = ApiError(413, "too_large", f"The body is larger than {_size(limit)}.")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except ValueError:
+        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "The body must be a JSON object.")
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"
+
+
+def _fields(body: dict, allowed: set[str], required: set[str], what: str) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, "bad_request",
+                       f"{what} has no field {unknown[0]!r} (fields: {', '.join(sorted(allowed))}).")
+    missing = sorted(required - set(body))
+    if missing:
+        raise ApiError(400, "bad_request", f"{what} needs the field {missing[0]!r}.")
+
+
+def _whole(value: Any, what: str, low: int = 0, high: int | None = None) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if type(value) is not int or value < low or (high is not None and value > high):
+        limits = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ApiError(400, "bad_request", f"{what} must be a whole number {limits}, got {value!r}.")
+    return value
+
+
+def _time(t) -> str | None:
+    if t is not None and t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)  # SQLite keeps no time zone; the catalog writes UTC
+    return t.isoformat() if t is not None else None
+
+
+# ---- plain JSON of catalog records --------------------------------------------
+
+
+def _dataset_json(d, counts: bool = True) -> dict:
+    out = {"id": d.id, "name": d.name, "state": d.state, "owner": d.owner, "location": d.location,
+           "metadata": d.metadata, "created": _time(d.created)}
+    if counts:  # only a single dataset's answer counts its files
+        out.update(files=d.files, size=d.size)
+    return out
+
+
+def _file_json(f) -> dict:
+    return {"id": f.id, "uri": f.uri, "size": f.size, "checksum": f.checksum, "state": f.state, "job": f.job_id}
+
+
+def _module_json(spec: dict, builtin: bool) -> dict:
+    return {"name": spec["name"], "version": spec["version"], "ref": f"{spec['name']}@{spec['version']}",
+            "builtin": builtin, "spec": spec}
+
+
+def _job_json(j: Job) -> dict:
+    return {"id": j.id, "task": j.task_id, "state": j.state, "attempts": j.attempts, "pool": j.pool,
+            "error_class": j.error_class, "created": _time(j.created), "updated": _time(j.updated)}
+
+
+class Workload:
+    """The catalog queries of this router that the Catalog API does not cover."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    # -- modules and workflows --
+
+    def modules(self) -> list[dict]:
+        builtins = [_module_json(s.model_dump(mode="json"), True) for s in BUILTINS.values()]
+        with self.catalog.session() as s:
+            added = [_module_json(m.spec, False) for m in s.execute(select(Module).order_by(Module.id)).scalars()]
+        return builtins + added
+
+    def registry(self) -> ModuleRegistry:
+        registry = builtin_registry()
+        with self.catalog.session() as s:
+            for m in s.execute(select(Module).order_by(Module.id)).scalars():
+                registry.add(m.spec)
+        return registry
+
+    def add_module(self, body: dict) -> dict:
+        spec = load_module(body)
+        if spec.name in BUILTINS:
+            raise ModuleExists(f"{spec.name} is a built-in module: give yours another name")
+        stored = spec.model_dump(mode="json")
+        self.catalog.add_module(spec.name, spec.version, stored)
+        return _module_json(stored, False)
+
+    def workflows(self) -> list[dict]:
+        with self.catalog.session() as s:
+            return [self._workflow_json(w) for w in s.execute(select(Workflow).order_by(Workflow.id)).scalars()]
+
+    @staticmethod
+    def _workflow_json(w: Workflow) -> dict:
+        return {"id": w.id, "name": w.name, "mask": w.spec.get("mask"),
+                "steps": [s.get("name") for s in w.spec.get("steps", [])], "spec": w.spec,
+                "created": _time(w.created)}
+
+    def add_workflow(self, body: dict) -> dict:
+        loaded = load_workflow(body, self.registry())
+        with self.catalog.session() as s:
+            if s.execute(select(Workflow.id).where(Workflow.name == loaded.name)).first():
+                raise _Conflict(f"a workflow named {loaded.name!r} already exists")
+        self.catalog.add_workflow(loaded.name, body)
+        return self._workflow_json(self.catalog.get_workflow(loaded.name))
+
+    # -- runs, tasks, jobs --
+
+    @staticmethod
+    def task_owner(s, task: Task) -> str:
+        if task.run_id is not None:
+            return s.get(Run, task.run_id).owner
+        if task.input_dataset_id is not None:
+            return s.get(Dataset, task.input_dataset_id).owner
+        return ""
+
+    def runs(self, owner: str | None) -> list[dict]:
+        query = select(Run).order_by(Run.id)
+        if owner is not None:
+            query = query.where(Run.owner == owner)
+        with self.catalog.session() as s:
+            return [self._run_json(s, r, tasks=False) for r in s.execute(query).scalars()]
+
+    def run(self, run_id: int, owner: str | None) -> dict:
+        with self.catalog.session() as s:
+            run = s.get(Run, run_id)
+            if run is None or (owner is not None and run.owner != owner):
+                raise _NotFound(f"no run with id {run_id}")
+            return self._run_json(s, run, tasks=True)
+
+    def _run_json(self, s, run: Run, tasks: bool) -> dict:
+        rows = s.execute(select(Task).where(Task.run_id == run.id).order_by(Task.id)).scalars().all()
+        out = {"id": run.id, "workflow": s.get(Workflow, run.workflow_id).name,
+               "dataset": s.get(Dataset, run.input_dataset_id).name if run.input_dataset_id else None,
+               "state": run.state, "owner": run.owner, "params": run.params, "created": _time(run.created),
+               "jobs": {"total": sum(t.jobs_total for t in rows), "succeeded": sum(t.jobs_succeeded for t in rows),
+                        "failed": sum(t.jobs_failed for t in rows)}}
+        if tasks:
+            out["tasks"] = [self._task_json(s, t) for t in rows]
+        return out
+
+    def _task_json(self, s, t: Task) -> dict:
+        counts = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == t.id)
+                                .group_by(Job.state)).all())
+        name = (lambda i: s.get(Dataset, i).name if i is not None else None)
+        module = s.get(Module, t.module_id)
+        return {"id": t.id, "run": t.run_id, "step": t.step, "module": f"{module.name}@{module.version}",
+                "state": t.state, "rank": t.rank, "params": t.params, "input_dataset": name(t.input_dataset_id),
+                "output_dataset": name(t.output_dataset_id), "owner": self.task_owner(s, t),
+                "jobs": {"total": t.jobs_total, "succeeded": t.jobs_succeeded, "failed": t.jobs_failed,
+                         "by_state": {state: counts.get(state, 0) for state in JOB_STATES}},
+                "created": _time(t.created), "updated": _time(t.updated)}
+
+    def _own_task(self, s, task_id: int, owner: str | None, lock: bool = False) -> Task:
+        query = select(Task).where(Task.id == task_id)
+        task = s.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+        if task is None or (owner is not None and self.task_owner(s, task) != owner):
+            raise _NotFound(f"no task with id {task_id}")
+        return task
+
+    def task(self, task_id: int, owner: str | None) -> dict:
+        with self.catalog.session() as s:
+            return self._task_json(s, self._own_task(s, task_id, owner))
+
+    def set_rank(self, task_id: int, rank: float, owner: str | None) -> dict:
+        with self.catalog.writing() as s:
+            task = self._own_task(s, task_id, owner, lock=True)
+            if task.state in FINAL_JOB_STATES:
+                raise JobStateError(f"task {task_id} is {task.state}: a final task keeps its rank")
+            task.rank = float(rank)
+            s.flush()
+            return self._task_json(s, task)
+
+    def cancel(self, task_id: int, owner: str | None) -> dict:
+        """Cancel the task and each of its jobs that is not final, in one transaction.
+
+        A running job's open attempt is ended as cancelled; the scheduler drops its result
+        when it comes (a final state never changes).
+        """
+        with self.catalog.writing() as s:
+            task = self._own_task(s, task_id, owner, lock=True)
+            states.apply_task(states.Task(task.id, task.state), states.Cancel())  # refuses a final task
+            stamp = now()
+            live = s.execute(select(Job.id, Job.state).where(Job.task_id == task_id,
+                                                               Job.state.not_in(FINAL_JOB_STATES))).all()
+            for job_id, state in live:
+                states.apply_job(states.Job(job_id, task_id, state), states.Cancel())
+            ids = [job_id for job_id, _ in live]
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start:start + 1000]
+                s.execute(update(Job).where(Job.id.in_(chunk)).values(state="cancelled", updated=stamp))
+                s.execute(update(JobAttempt).where(JobAttempt.job_id.in_(chunk), JobAttempt.ended.is_(None))
+                          .values(ended=stamp, error_class="cancelled", error="cancelled by request"))
+            task.state = "cancelled"
+            s.flush()
+            return self._task_json(s, task)
+
+    def jobs(self, *, task: int | None, state: str | None, after: int, limit: int, owner: str | None) -> dict:
+        query = select(Job).where(Job.id > after).order_by(Job.id).limit(limit + 1)
+        if task is not None:
+            query = query.where(Job.task_id == task)
+        if state is not None:
+            query = query.where(Job.state == state)
+        with self.catalog.session() as s:
+            if task is not None:
+                self._own_task(s, task, owner)
+            elif owner is not None:
+                input_dataset = aliased(Dataset)
+                query = (query.join(Task, Task.id == Job.task_id).outerjoin(Run, Run.id == Task.run_id)
+                         .outerjoin(input_dataset, input_dataset.id == Task.input_dataset_id)
+                         .where(func.coalesce(Run.owner, input_dataset.owner) == owner))
+            rows = s.execute(query).scalars().all()
+            jobs = [_job_json(j) for j in rows[:limit]]
+        return {"jobs": jobs, "next_after": jobs[-1]["id"] if len(rows) > limit else None}
+
+    def check_run_request(self, workflow: str, dataset: str, owner: str | None) -> None:
+        self.catalog.get_workflow(workflow)  # CatalogError: no workflow named ...
+        info = self.catalog.get_dataset(dataset)
+        if owner is not None and info.owner != owner:
+            raise UnknownDataset(f"no dataset named {dataset!r}")
+
+
+class _NotFound(CatalogError):
+    code = "not_found"
+
+
+class _Conflict(CatalogError):
+    code = "exists"
+
+
+def _runs_module():
+    """``skerry.workload.runs`` (creates runs of workflows), or None while it is not built."""
+    if importlib.util.find_spec("skerry.workload.runs") is None:
+        return None
+    return importlib.import_module("skerry.workload.runs")
+
+
+def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> APIRouter:
+    """The router; ``caller`` and ``get_catalog`` are the service's dependencies."""
+    router = APIRouter(prefix=api)
+    holder: dict[int, Workload] = {}
+
+    def workload(catalog: Catalog = Depends(get_catalog)) -> Workload:
+        if id(catalog) not in holder:
+            holder[id(catalog)] = Workload(catalog)
+        return holder[id(catalog)]
+
+    def is_admin(who: dict) -> bool:
+        return bool(who.get("admin")) or "admin:users" in who.get("scopes", [])
+
+    def owner_filter(who: dict) -> str | None:
+        """None for admins (everything); else the caller's name (only what they own)."""
+        return None if is_admin(who) else who.get("name", "")
+
+    async def own_dataset(name: str, who: dict, w: Workload):
+        info = await _call(w.catalog.get_dataset, name)
+        if not is_admin(who) and info.owner != who.get("name"):
+            raise ApiError(404, UnknownDataset.code, f"No dataset named {name!r}.")
+        return info
+
+    # -- datasets ---------------------------------------------------------------
+
+    @router.get("/datasets", tags=["datasets"])
+    async def list_datasets(owner: str | None = None, state: str | None = None, who: dict = Depends(caller),
+                            w: Workload = Depends(workload)):
+        """The caller's datasets (an admin: everyone's, or one ``owner``'s), optionally in one ``state``."""
+        if state is not None and state not in DATASET_STATES:
+            raise ApiError(400, "bad_request",
+                           f"Unknown dataset state {state!r} (states: {', '.join(DATASET_STATES)}).")
+        if not is_admin(who):
+            owner = who.get("name", "")
+        found = await _call(w.catalog.list_datasets, owner=owner, state=state)
+        return {"datasets": [_dataset_json(d, counts=False) for d in found]}
+
+    @router.post("/datasets", status_code=201, tags=["datasets"])
+    async def create_dataset(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """A new ``OPEN`` dataset owned by the caller. Body: ``{"name", "location"?, "metadata"?}``;
+        an admin may give ``"owner"``. 409 if the name is taken."""
+        body = await _json_body(request)
+        _fields(body, {"name", "location", "metadata", "owner"}, {"name"}, "A dataset")
+        owner = body.get("owner", who.get("name", ""))
+        if "owner" in body and not is_admin(who) and owner != who.get("name"):
+            raise ApiError(403, "forbidden", "Only admins may create datasets for another user.")
+        info = await _call(w.catalog.create_dataset, body["name"], owner=owner, metadata=body.get("metadata"),
+                           location=body.get("location"))
+        return JSONResponse(_dataset_json(info), 201)
+
+    @router.get("/datasets/{name}", tags=["datasets"])
+    async def get_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """One dataset with the number of its files and their total size."""
+        return _dataset_json(await own_dataset(name, who, w))
+
+    @router.get("/datasets/{name}/files", tags=["datasets"])
+    async def list_files(name: str, after: int = 0, limit: int = PAGE_DEFAULT, state: str | None = None,
+                         who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """A page of the dataset's files in registration order (ids above ``after``);
+        ``next_after`` is the ``after`` of the next page, null on the last."""
+        _whole(after, "after", 0)
+        _whole(limit, "limit", 1, PAGE_MAX)
+        if state is not None and state not in FILE_STATES:
+            raise ApiError(400, "bad_request", f"Unknown file state {state!r} (states: {', '.join(FILE_STATES)}).")
+        await own_dataset(name, who, w)
+        page = await _call(w.catalog.list_files, name, after=after, limit=limit, state=state)
+        return {"files": [_file_json(f) for f in page.files], "next_after": page.next_after}
+
+    @router.post("/datasets/{name}/files", tags=["datasets"])
+    async def register_files(name: str, request: Request, who: dict = Depends(caller),
+                             w: Workload = Depends(workload)):
+        """Bulk registration into an ``OPEN`` dataset: ``{"files": [{"uri", "size", "checksum"?}]}``.
+        All or none: one bad or duplicate entry refuses the whole list (400 naming it)."""
+        await own_dataset(name, who, w)
+        body = await _json_body(request, MAX_FILES_BODY)
+        _fields(body, {"files"}, {"files"}, "A file registration")
+        if not isinstance(body["files"], list):
+            raise ApiError(400, "bad_request", "'files' must be a list of {uri, size, checksum} objects.")
+        count = await _call(w.catalog.register_files, name, body["files"])
+        return {"registered": count, "dataset": _dataset_json(await _call(w.catalog.get_dataset, name))}
+
+    @router.post("/datasets/{name}/close", tags=["datasets"])
+    async def close_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """``OPEN -> CLOSED``: the dataset is complete (409 from any other state)."""
+        await own_dataset(name, who, w)
+        await _call(w.catalog.close_dataset, name)
+        return _dataset_json(await _call(w.catalog.get_dataset, name))
+
+    # -- modules and workflows ----------------------------------------------------
+
+    @router.get("/modules", tags=["workflows"])
+    async def list_modules(who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """The built-in modules (``noop``, ``sleep``, ``md5``, ``fail``) and the added ones."""
+        return {"modules": await _call(w.modules)}
+
+    @router.post("/modules", status_code=201, tags=["workflows"])
+    async def add_module(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """Add a module spec (see ``skerry.workload.modules``); 409 if that name@version exists."""
+        body = await _json_body(request)
+        return JSONResponse(await _call(w.add_module, body), 201)
+
+    @router.get("/workflows", tags=["workflows"])
+    async def list_workflows(who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """Every workflow, with its steps in order and its dataset name mask."""
+        return {"workflows": await _call(w.workflows)}
+
+    @router.post("/workflows", status_code=201, tags=["workflows"])
+    async def add_workflow(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """Add a workflow spec (see ``skerry.workload.workflows``), checked against the known
+        modules: unknown modules, pins of the wrong type and cycles are refused (400)."""
+        body = await _json_body(request)
+        return JSONResponse(await _call(w.add_workflow, body), 201)
+
+    # -- runs, tasks, jobs --------------------------------------------------------
+
+    @router.get("/runs", tags=["runs"])
+    async def list_runs(who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """The caller's runs (an admin: all), with their job counts."""
+        return {"runs": await _call(w.runs, owner_filter(who))}
+
+    @router.post("/runs", status_code=201, tags=["runs"])
+    async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """Start a run of a workflow over one of the caller's datasets:
+        ``{"workflow", "dataset", "params"?}``."""
+        body = await _json_body(request)
+        _fields(body, {"workflow", "dataset", "params"}, {"workflow", "dataset"}, "A run")
+        for field in ("workflow", "dataset"):
+            if not isinstance(body[field], str) or not body[field]:
+                raise ApiError(400, "bad_request", f"{field!r} must be a name.")
+        if not isinstance(body.get("params", {}), dict):
+            raise ApiError(400, "bad_request", "'params' must be an object of parameter values.")
+        await _call(w.check_run_request, body["workflow"], body["dataset"], owner_filter(who))
+        if _runs_module() is None:
+            raise ApiError(501, "not_implemented", "Runs cannot be started through the API yet: the scheduler's "
+                                                   "run module (skerry.workload.runs) is not installed.")
+        raise ApiError(501, "not_implemented", "Runs cannot be started through the API yet.")
+
+    @router.get("/runs/{run_id}", tags=["runs"])
+    async def get_run(run_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """A run with each of its tasks (step, state, rank, job counts by state)."""
+        return await _call(w.run, run_id, owner_filter(who))
+
+    @router.get("/tasks/{task_id}", tags=["runs"])
+    async def get_task(task_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """One task: step, module, datasets, state, rank and job counts by state."""
+        return await _call(w.task, task_id, owner_filter(who))
+
+    @router.post("/tasks/{task_id}/rank", tags=["runs"])
+    async def set_rank(task_id: int, request: Request, who: dict = Depends(caller),
+                       w: Workload = Depends(workload)):
+        """Change a task's rank (``{"rank": n}``, n > 0): its share of the pool from the next pick on."""
+        body = await _json_body(request)
+        _fields(body, {"rank"}, {"rank"}, "A rank change")
+        rank = body["rank"]
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
+            raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
+        return await _call(w.set_rank, task_id, rank, owner_filter(who))
+
+    @router.post("/tasks/{task_id}/cancel", tags=["runs"])
+    async def cancel_task(task_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """Cancel a task and its jobs that are not final (409 if the task is already final)."""
+        return await _call(w.cancel, task_id, owner_filter(who))
+
+    @router.get("/jobs", tags=["runs"])
+    async def list_jobs(task: int | None = None, state: str | None = None, after: int = 0,
+                        limit: int = PAGE_DEFAULT, who: dict = Depends(caller), w: Workload = Depends(workload)):
+        """A page of jobs (of one ``task``, in one ``state``) in id order; ``next_after`` as for files."""
+        if state is not None and state not in JOB_STATES:
+            raise ApiError(400, "bad_request", f"Unknown job state {state!r} (states: {', '.join(JOB_STATES)}).")
+        _whole(after, "after", 0)
+        _whole(limit, "limit", 1, PAGE_MAX)
+        return await _call(w.jobs, task=task, state=state, after=after, limit=limit, owner=owner_filter(who))
+
+    return router
+
+
+def open_catalog(data_dir: str) -> Catalog:
+    """The platform's catalog (``DIR/catalog.sqlite``), migrated to the newest schema."""
+    catalog = Catalog.for_data_dir(data_dir)
+    catalog.upgrade()
+    return catalog
