@@ -1,0 +1,300 @@
+"""The workload REST API on a running platform: datasets, files, modules, workflows, runs,
+tasks and jobs under ``/services/skerry/api/v1/``, as alice, bob and the admin.
+
+Every bad input answers 4xx JSON with a sentence and leaves the catalog as it was: the
+tests count the rows of every table of the platform's real catalog file before and after.
+"""
+
+import json
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from skerry.workload.catalog import Catalog
+from skerry.workload.models import Base
+
+pytestmark = pytest.mark.platform
+
+API = "/services/skerry/api/v1"
+MD5 = "0" * 32
+CAT = {"name": "collect", "version": "1", "inputs": [{"name": "files", "kind": "multiple", "type": "md5"}],
+       "outputs": [{"name": "summary", "kind": "single", "type": "text", "file_name": "summary.txt"}],
+       "callable": "skerry.workload.builtins:noop"}
+TWO_STEPS = {"name": "checksums", "steps": [
+    {"name": "checksum", "module": "md5", "inputs": {"input": "dataset"}},
+    {"name": "collect", "module": "collect@1", "inputs": {"files": "checksum.checksum"}},
+]}
+
+
+@pytest.fixture(scope="module")
+def catalog(platform):
+    """The platform's own catalog file, opened beside the service (as the scheduler does)."""
+    cat = Catalog.for_data_dir(platform.data_dir)
+    yield cat
+    cat.dispose()
+
+
+def rows(catalog) -> dict[str, int]:
+    with catalog.session() as s:
+        return {t.name: s.execute(select(func.count()).select_from(t)).scalar() for t in Base.metadata.sorted_tables}
+
+
+def files(n, prefix="skerry://home/raw"):
+    return [{"uri": f"{prefix}/f{i:05d}", "size": i, "checksum": MD5} for i in range(n)]
+
+
+def refused(r, status, code=None):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "message"} and body["message"].endswith((".", ")")), body
+    if code:
+        assert body["error"] == code, body
+    return body["message"]
+
+
+def test_datasets_files_and_close(platform, alice, catalog):
+    r = platform.api("POST", API + "/datasets", token=alice,
+                     json={"name": "alice.raw", "location": "skerry://home/raw", "metadata": {"run": 7}})
+    assert r.status_code == 201, r.text
+    assert r.json()["owner"] == "alice" and r.json()["state"] == "OPEN" and r.json()["metadata"] == {"run": 7}
+
+    r = platform.api("POST", API + "/datasets/alice.raw/files", token=alice, json={"files": files(2500)})
+    assert r.status_code == 200, r.text
+    assert r.json()["registered"] == 2500 and r.json()["dataset"]["files"] == 2500
+
+    r = platform.api("GET", API + "/datasets/alice.raw", token=alice)
+    assert r.json()["files"] == 2500 and r.json()["size"] == sum(range(2500))
+    assert [d["name"] for d in platform.api("GET", API + "/datasets", token=alice).json()["datasets"]] == ["alice.raw"]
+
+    # paged listing: every file once, in registration order
+    seen, after, pages = [], 0, 0
+    while after is not None:
+        page = platform.api("GET", API + f"/datasets/alice.raw/files?after={after}&limit=1000", token=alice).json()
+        seen += [f["uri"] for f in page["files"]]
+        after, pages = page["next_after"], pages + 1
+    assert seen == [f["uri"] for f in files(2500)] and pages == 3
+
+    r = platform.api("POST", API + "/datasets/alice.raw/close", token=alice)
+    assert r.status_code == 200 and r.json()["state"] == "CLOSED"
+    before = rows(catalog)
+    refused(platform.api("POST", API + "/datasets/alice.raw/close", token=alice), 409, "dataset_state")
+    refused(platform.api("POST", API + "/datasets/alice.raw/files", token=alice,
+                         json={"files": files(1, "skerry://home/late")}), 409, "dataset_state")
+    assert rows(catalog) == before
+
+
+def test_datasets_belong_to_their_owner(platform, alice, bob):
+    r = platform.api("POST", API + "/datasets", token=alice, json={"name": "alice.private"})
+    assert r.status_code == 201, r.text
+    r = platform.api("POST", API + "/datasets", token=bob, json={"name": "bob.own"})
+    assert r.status_code == 201, r.text
+
+    names = [d["name"] for d in platform.api("GET", API + "/datasets", token=bob).json()["datasets"]]
+    assert names == ["bob.own"]
+    for method, path, body in [("GET", "/datasets/alice.private", None),
+                               ("GET", "/datasets/alice.private/files", None),
+                               ("POST", "/datasets/alice.private/files", {"files": files(1)}),
+                               ("POST", "/datasets/alice.private/close", None)]:
+        refused(platform.api(method, API + path, token=bob, json=body), 404, "unknown_dataset")
+    assert platform.api("GET", API + "/datasets/alice.private", token=alice).json()["state"] == "OPEN"
+    refused(platform.api("POST", API + "/datasets", token=bob, json={"name": "bob.fake", "owner": "alice"}),
+            403, "forbidden")
+
+    # admins see and change everything, and may create datasets for a user
+    everyone = {d["name"] for d in platform.api("GET", API + "/datasets").json()["datasets"]}
+    assert {"alice.private", "bob.own"} <= everyone
+    assert platform.api("GET", API + "/datasets?owner=bob").json()["datasets"][0]["name"] == "bob.own"
+    assert platform.api("GET", API + "/datasets/alice.private").json()["owner"] == "alice"
+    r = platform.api("POST", API + "/datasets", json={"name": "bob.given", "owner": "bob"})
+    assert r.status_code == 201 and r.json()["owner"] == "bob"
+    assert platform.api("GET", API + "/datasets/bob.given", token=bob).status_code == 200
+
+
+def test_modules_and_workflows(platform, alice, bob):
+    modules = {m["ref"]: m for m in platform.api("GET", API + "/modules", token=alice).json()["modules"]}
+    assert {"noop@1", "sleep@1", "md5@1", "fail@1"} <= set(modules) and modules["md5@1"]["builtin"]
+
+    r = platform.api("POST", API + "/modules", token=alice, json=CAT)
+    assert r.status_code == 201, r.text
+    assert r.json()["ref"] == "collect@1" and not r.json()["builtin"]
+    assert "collect@1" in {m["ref"] for m in platform.api("GET", API + "/modules", token=alice).json()["modules"]}
+
+    r = platform.api("POST", API + "/workflows", token=alice, json=TWO_STEPS)
+    assert r.status_code == 201, r.text
+    assert r.json()["steps"] == ["checksum", "collect"]
+    listed = platform.api("GET", API + "/workflows", token=bob).json()["workflows"]  # workflows are shared
+    assert [w["name"] for w in listed] == ["checksums"] and listed[0]["spec"] == TWO_STEPS
+
+
+RELAY = {"name": "relay", "inputs": [{"name": "input", "kind": "single", "type": "any"}],
+         "outputs": [{"name": "output", "kind": "single", "type": "md5", "file_name": "{name}"}],
+         "callable": "skerry.workload.builtins:noop"}
+CYCLIC = {"name": "loop", "steps": [
+    {"name": "a", "module": "relay", "inputs": {"input": "b.output"}},
+    {"name": "b", "module": "relay", "inputs": {"input": "a.output"}},
+    {"name": "c", "module": "md5", "inputs": {"input": "dataset"}},
+]}
+WRONG_PINS = {"name": "wrongpins", "steps": [  # md5 reads files, not md5 checksums
+    {"name": "a", "module": "md5", "inputs": {"input": "dataset"}},
+    {"name": "b", "module": "md5", "inputs": {"input": "a.checksum"}},
+]}
+
+
+@pytest.mark.parametrize("case, method, path, body, status, code, words", [
+    ("malformed JSON", "POST", "/datasets", b'{"name": "x"', 400, "bad_json", "not valid JSON"),
+    ("not an object", "POST", "/datasets", b'["x"]', 400, "bad_json", "JSON object"),
+    ("unknown field", "POST", "/datasets", {"name": "x", "colour": "red"}, 400, "bad_request", "colour"),
+    ("bad dataset name", "POST", "/datasets", {"name": "../etc"}, 400, None, "Dataset name"),
+    ("bad location", "POST", "/datasets", {"name": "x", "location": "/etc"}, 400, None, "Location"),
+    ("duplicate dataset", "POST", "/datasets", {"name": "alice.raw"}, 409, "dataset_exists", "already exists"),
+    ("oversized body", "POST", "/datasets", {"name": "x", "metadata": {"a": "x" * 1_100_000}}, 413, "too_large",
+     "larger than"),
+    ("one bad file of many", "POST", "/datasets/alice.open/files",
+     {"files": files(500, "skerry://home/new") + [{"uri": "skerry://home/new/x", "size": -1}]}, 400, "bad_file",
+     "500"),
+    ("a file listed twice", "POST", "/datasets/alice.open/files",
+     {"files": files(3, "skerry://home/new") + files(1, "skerry://home/new")}, 400, "bad_file", "twice"),
+    ("a file the dataset has", "POST", "/datasets/alice.open/files",
+     {"files": files(3, "skerry://home/new2") + files(1, "skerry://home/raw")}, 400, "bad_file", "already has"),
+    ("files not a list", "POST", "/datasets/alice.open/files", {"files": {"uri": "x"}}, 400, "bad_request", "list"),
+    ("bad module spec", "POST", "/modules", {"name": "m", "callable": "x:y", "command": ["true"]}, 400,
+     "bad_spec", "exactly one"),
+    ("duplicate module", "POST", "/modules", CAT, 409, "module_exists", "already exists"),
+    ("a built-in's name", "POST", "/modules", {"name": "md5", "callable": "x:y"}, 409, "module_exists",
+     "built-in"),
+    ("unknown module", "POST", "/workflows",
+     {"name": "w", "steps": [{"name": "a", "module": "nope", "inputs": {"input": "dataset"}}]}, 400, "bad_spec",
+     "unknown module 'nope'"),
+    ("cyclic workflow", "POST", "/workflows", CYCLIC, 400, "bad_spec", "cycle: a -> b -> a"),
+    ("wrong pin types", "POST", "/workflows", WRONG_PINS, 400, "bad_spec", "takes data of type 'file'"),
+    ("duplicate workflow", "POST", "/workflows", TWO_STEPS, 409, "exists", "already exists"),
+    ("bad parameter type", "POST", "/workflows",
+     {"name": "w", "steps": [{"name": "a", "module": "sleep", "params": {"seconds": "long"}}]}, 400, "bad_spec",
+     "seconds"),
+    ("run of an unknown workflow", "POST", "/runs", {"workflow": "nope", "dataset": "alice.raw"}, 400, None,
+     "nope"),
+    ("run over bob's dataset", "POST", "/runs", {"workflow": "checksums", "dataset": "bob.own"}, 404,
+     "unknown_dataset", "bob.own"),
+    ("bad job state", "GET", "/jobs?state=sleeping", None, 400, "bad_request", "sleeping"),
+    ("bad page size", "GET", "/datasets/alice.raw/files?limit=0", None, 400, "bad_request", "limit"),
+])
+def test_bad_input_is_4xx_with_a_sentence_and_writes_nothing(platform, alice, bob, catalog, case, method, path,
+                                                             body, status, code, words):
+    _setup_for_bad_input(platform, alice, bob)
+    before = rows(catalog)
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+    message = refused(platform.api(method, API + path, token=alice, **kwargs), status, code)
+    assert words in message, (case, message)
+    assert rows(catalog) == before, case
+
+
+def _setup_for_bad_input(platform, alice, bob):
+    for token, name in [(alice, "alice.raw"), (alice, "alice.open"), (bob, "bob.own")]:
+        platform.api("POST", API + "/datasets", token=token, json={"name": name})
+    platform.api("POST", API + "/datasets/alice.open/files", token=alice, json={"files": files(2)})
+    platform.api("POST", API + "/modules", json=CAT)
+    platform.api("POST", API + "/modules", json=RELAY)
+    platform.api("POST", API + "/workflows", json=TWO_STEPS)
+
+
+def test_oversized_file_list_is_413(platform, alice, catalog):
+    platform.api("POST", API + "/datasets", token=alice, json={"name": "alice.huge"})
+    before = rows(catalog)
+    body = json.dumps({"files": files(400_000, "skerry://home/" + "long-folder-name" * 4)}).encode()
+    assert len(body) > 32 * 1024 * 1024
+    message = refused(platform.api("POST", API + "/datasets/alice.huge/files", token=alice, content=body), 413)
+    assert "32 MiB" in message
+    assert rows(catalog) == before
+
+
+def test_no_token_is_401(platform):
+    for path in ("/datasets", "/modules", "/workflows", "/runs", "/jobs", "/tasks/1"):
+        r = httpx.get(platform.url + API + path)
+        assert r.status_code == 401 and r.json()["error"] == "unauthenticated", path
+
+
+def test_runs_tasks_jobs_rank_and_cancel(platform, alice, bob, catalog):
+    _setup_for_bad_input(platform, alice, bob)
+    r = platform.api("POST", API + "/runs", token=alice, json={"workflow": "checksums", "dataset": "alice.open"})
+    assert r.status_code in (201, 501), r.text
+    if r.status_code == 501:
+        assert "skerry.workload.runs" in refused(r, 501, "not_implemented")
+
+    # a run as the scheduler writes it: one task per step, 30 jobs on the first
+    run = catalog.create_run("checksums", input_dataset="alice.open", owner="alice")
+    module = catalog.get_module("collect").id
+    task = catalog.create_task(step="checksum", module_id=module, input_dataset="alice.open", run_id=run, rank=1)
+    other = catalog.create_task(step="collect", module_id=module, run_id=run, rank=1)
+    file_ids = [f.id for f in catalog.list_files("alice.open").files]
+    jobs = catalog.create_jobs(task, [[file_ids[i % len(file_ids)]] for i in range(30)])
+    catalog.start_attempt(jobs[0], worker="w1")
+    catalog.register_outputs_and_succeed(jobs[0], [])
+    catalog.start_attempt(jobs[1], worker="w1")
+
+    listed = platform.api("GET", API + "/runs", token=alice).json()["runs"]
+    assert run in [x["id"] for x in listed]
+    assert run not in [x["id"] for x in platform.api("GET", API + "/runs", token=bob).json()["runs"]]
+    got = platform.api("GET", API + f"/runs/{run}", token=alice).json()
+    assert got["workflow"] == "checksums" and got["dataset"] == "alice.open"
+    assert [t["step"] for t in got["tasks"]] == ["checksum", "collect"]
+    assert got["jobs"] == {"total": 30, "succeeded": 1, "failed": 0}
+    refused(platform.api("GET", API + f"/runs/{run}", token=bob), 404)
+
+    t = platform.api("GET", API + f"/tasks/{task}", token=alice).json()
+    assert t["jobs"]["by_state"]["queued"] == 28 and t["jobs"]["by_state"]["running"] == 1
+    assert t["jobs"]["by_state"]["succeeded"] == 1 and t["rank"] == 1 and t["owner"] == "alice"
+    refused(platform.api("GET", API + f"/tasks/{task}", token=bob), 404, "not_found")
+    refused(platform.api("GET", API + "/tasks/999999", token=alice), 404, "not_found")
+
+    # rank: live change, checked
+    r = platform.api("POST", API + f"/tasks/{task}/rank", token=alice, json={"rank": 4})
+    assert r.status_code == 200 and r.json()["rank"] == 4
+    before = rows(catalog)
+    for bad in ({"rank": 0}, {"rank": "high"}, {"rank": True}, {}, {"rank": 2, "why": "x"}):
+        refused(platform.api("POST", API + f"/tasks/{task}/rank", token=alice, json=bad), 400)
+    refused(platform.api("POST", API + f"/tasks/{task}/rank", token=bob, json={"rank": 100}), 404)
+    assert rows(catalog) == before
+    assert platform.api("GET", API + f"/tasks/{task}", token=alice).json()["rank"] == 4
+
+    # jobs: paged, by task and state, only one's own
+    seen, after = [], 0
+    while after is not None:
+        page = platform.api("GET", API + f"/jobs?task={task}&state=queued&after={after}&limit=10",
+                            token=alice).json()
+        seen += [j["id"] for j in page["jobs"]]
+        after = page["next_after"]
+    assert seen == jobs[2:]
+    mine = platform.api("GET", API + "/jobs?limit=10000", token=alice).json()["jobs"]
+    assert {j["id"] for j in mine} >= set(jobs)
+    assert not set(jobs) & {j["id"] for j in platform.api("GET", API + "/jobs?limit=10000", token=bob).json()["jobs"]}
+    refused(platform.api("GET", API + f"/jobs?task={task}", token=bob), 404)
+    assert len(platform.api("GET", API + f"/jobs?task={task}&limit=10000").json()["jobs"]) == 30  # admin
+
+    # cancel: the task and every job that is not final; once
+    refused(platform.api("POST", API + f"/tasks/{task}/cancel", token=bob), 404)
+    r = platform.api("POST", API + f"/tasks/{task}/cancel", token=alice)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "cancelled"
+    assert r.json()["jobs"]["by_state"]["cancelled"] == 29 and r.json()["jobs"]["by_state"]["succeeded"] == 1
+    assert catalog.job(jobs[1]).attempt_rows[-1].ended is not None
+    assert "final" in refused(platform.api("POST", API + f"/tasks/{task}/cancel", token=alice), 409,
+                              "illegal_transition")
+    refused(platform.api("POST", API + f"/tasks/{task}/rank", token=alice, json={"rank": 2}), 409)
+    assert platform.api("GET", API + f"/tasks/{other}", token=alice).json()["state"] == "defined"
+
+
+def test_openapi_lists_the_endpoints(platform):
+    doc = httpx.get(platform.url + API + "/openapi.json").json()
+    expected = {
+        "/datasets": {"get", "post"}, "/datasets/{name}": {"get"}, "/datasets/{name}/files": {"get", "post"},
+        "/datasets/{name}/close": {"post"}, "/modules": {"get", "post"}, "/workflows": {"get", "post"},
+        "/runs": {"get", "post"}, "/runs/{run_id}": {"get"}, "/tasks/{task_id}": {"get"},
+        "/tasks/{task_id}/rank": {"post"}, "/tasks/{task_id}/cancel": {"post"}, "/jobs": {"get"},
+    }
+    for path, methods in expected.items():
+        assert set(doc["paths"][API + path]) >= methods, path
+        for method in methods:
+            assert doc["paths"][API + path][method].get("description"), (path, method)
+    params = {p["name"] for p in doc["paths"][API + "/jobs"]["get"]["parameters"]}
+    assert {"task", "state", "after", "limit"} <= params
