@@ -13,7 +13,7 @@ Routes (all JSON, hub tokens, errors ``{"error", "message"}``)::
     GET  workflows                      {"workflows": [...]}
     POST workflows                      a workflow spec, checked against the known modules -> 201
     GET  runs                           {"runs": [...]}: the caller's (an admin: all)
-    POST runs                           {"workflow", "dataset", "params"?} -> 201 (see below)
+    POST runs                           {"workflow", "dataset", "rank"?} -> 201, the run with its tasks
     GET  runs/{id}                      a run with its tasks
     GET  tasks/{id}                     a task with its job counts by state
     POST tasks/{id}/rank                {"rank": n} (n > 0): its share from the next pick on
@@ -30,6 +30,8 @@ Rules:
   module, a cyclic workflow, pins of the wrong type, a duplicate) is a 4xx with a
   sentence, and nothing is written: each change is one catalog transaction;
 - bodies are capped (``MAX_BODY``; a file list ``MAX_FILES_BODY``): larger is 413;
+- ``POST runs`` calls ``skerry.workload.runs.start_run``; where that module is missing it
+  checks the request and answers 501 with a sentence;
 - catalog calls run in a worker thread, so a large registration does not hold up others.
 """
 
@@ -174,15 +176,17 @@ class Workload:
 
     def modules(self) -> list[dict]:
         builtins = [_module_json(s.model_dump(mode="json"), True) for s in BUILTINS.values()]
+        return builtins + [_module_json(m.spec, False) for m in self._added()]
+
+    def _added(self) -> list[Module]:
+        """The modules added to the catalog; not the built-ins (a run stores those it uses)."""
         with self.catalog.session() as s:
-            added = [_module_json(m.spec, False) for m in s.execute(select(Module).order_by(Module.id)).scalars()]
-        return builtins + added
+            return [m for m in s.execute(select(Module).order_by(Module.id)).scalars() if m.name not in BUILTINS]
 
     def registry(self) -> ModuleRegistry:
         registry = builtin_registry()
-        with self.catalog.session() as s:
-            for m in s.execute(select(Module).order_by(Module.id)).scalars():
-                registry.add(m.spec)
+        for m in self._added():
+            registry.add(m.spec)
         return registry
 
     def add_module(self, body: dict) -> dict:
@@ -320,11 +324,13 @@ class Workload:
             jobs = [_job_json(j) for j in rows[:limit]]
         return {"jobs": jobs, "next_after": jobs[-1]["id"] if len(rows) > limit else None}
 
-    def check_run_request(self, workflow: str, dataset: str, owner: str | None) -> None:
+    def check_run_request(self, workflow: str, dataset: str, owner: str | None) -> str:
+        """The owner of the run (the dataset's), once the caller may run over ``dataset``."""
         self.catalog.get_workflow(workflow)  # CatalogError: no workflow named ...
         info = self.catalog.get_dataset(dataset)
         if owner is not None and info.owner != owner:
             raise UnknownDataset(f"no dataset named {dataset!r}")
+        return info.owner
 
 
 class _NotFound(CatalogError):
@@ -336,10 +342,11 @@ class _Conflict(CatalogError):
 
 
 def _runs_module():
-    """``skerry.workload.runs`` (creates runs of workflows), or None while it is not built."""
+    """``skerry.workload.runs`` (``start_run``), or None while it is not there."""
     if importlib.util.find_spec("skerry.workload.runs") is None:
         return None
-    return importlib.import_module("skerry.workload.runs")
+    runs = importlib.import_module("skerry.workload.runs")
+    return runs if hasattr(runs, "start_run") else None
 
 
 def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> APIRouter:
@@ -464,20 +471,24 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
 
     @router.post("/runs", status_code=201, tags=["runs"])
     async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """Start a run of a workflow over one of the caller's datasets:
-        ``{"workflow", "dataset", "params"?}``."""
+        """Start a run of a workflow over one of the caller's datasets: ``{"workflow", "dataset",
+        "rank"?}``. One task per step and one ``OPEN`` output dataset per step, in one
+        transaction; the scheduler gives the tasks their jobs. The answer is the run."""
         body = await _json_body(request)
-        _fields(body, {"workflow", "dataset", "params"}, {"workflow", "dataset"}, "A run")
+        _fields(body, {"workflow", "dataset", "rank"}, {"workflow", "dataset"}, "A run")
         for field in ("workflow", "dataset"):
             if not isinstance(body[field], str) or not body[field]:
                 raise ApiError(400, "bad_request", f"{field!r} must be a name.")
-        if not isinstance(body.get("params", {}), dict):
-            raise ApiError(400, "bad_request", "'params' must be an object of parameter values.")
-        await _call(w.check_run_request, body["workflow"], body["dataset"], owner_filter(who))
-        if _runs_module() is None:
+        rank = body.get("rank", 1)
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
+            raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
+        owner = await _call(w.check_run_request, body["workflow"], body["dataset"], owner_filter(who))
+        runs = _runs_module()
+        if runs is None:
             raise ApiError(501, "not_implemented", "Runs cannot be started through the API yet: the scheduler's "
                                                    "run module (skerry.workload.runs) is not installed.")
-        raise ApiError(501, "not_implemented", "Runs cannot be started through the API yet.")
+        run_id = await _call(runs.start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner)
+        return JSONResponse(await _call(w.run, run_id, None), 201)
 
     @router.get("/runs/{run_id}", tags=["runs"])
     async def get_run(run_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
