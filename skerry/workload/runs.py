@@ -1,0 +1,222 @@
+"""Runs: a workflow over a dataset becomes one task per step, and the tasks get jobs.
+
+    run_id = start_run(catalog, "checksums", "raw.run1")   # one transaction
+    planner = Planner(catalog)                              # the scheduler calls advance()
+
+``start_run`` checks everything first (the workflow against the modules, the dataset,
+the output datasets' names) and then writes, in one transaction: the modules the
+workflow uses (built-ins are added on first use), the run, one ``OPEN`` output dataset
+per step (``<output_location>/<dataset name>``; by default beside the input dataset's
+folder) and one task per step. Bad input raises a ``RunError`` and writes nothing.
+
+``Planner.advance()`` gives jobs to the tasks of running runs (SPD task generation):
+- a step reading the run's dataset takes its files (those its input pin's ``pattern``
+  accepts); a step reading an upstream step takes the files registered in that step's
+  output dataset (each registered with its job's success);
+- a ``stream`` step gets a job per file as soon as the file is there, before upstream
+  finishes (a chunked step a job per full chunk, the last partial chunk when upstream
+  is done); a ``barrier`` step gets its jobs only when upstream is done (its task final,
+  or the dataset no longer ``OPEN``): one per file for a single pin, all files (or chunks)
+  in one job for a multiple pin;
+- every file goes to exactly one job of a task (files already in a job are skipped);
+- a task is *complete* (``complete(task)``: no job will be added) once upstream is done
+  and every file it will take has a job; the scheduler derives the task's state with it;
+- ``finish_runs()`` ends a run once all its tasks are final (``failed`` if any failed,
+  else ``cancelled`` if any was, else ``succeeded``) and closes its output datasets.
+
+A job needs a GPU when its module's ``resources.gpu`` is above 0: it goes to pool
+``gpu``, every other to pool ``cpu``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from sqlalchemy import exists, select, update
+
+from ..errors import ConfigError, SkerryError
+from .builtins import BUILTINS
+from .catalog import check_uri
+from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow, now
+from .modules import ModuleRegistry, load_module
+from .workflows import load_workflow
+
+__all__ = ["start_run", "Planner", "RunError", "registry_of", "pool_of"]
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class RunError(SkerryError):
+    code = "bad_run"
+
+
+def registry_of(catalog) -> ModuleRegistry:
+    """The modules a workflow may use: the built-ins and every module in the catalog."""
+    registry = ModuleRegistry(list(BUILTINS.values()))
+    with catalog.session() as s:
+        for spec in s.execute(select(Module.spec).order_by(Module.id)).scalars():
+            try:
+                registry.add(spec)
+            except ConfigError:
+                pass  # a built-in's name and version stored with another spec: the catalog's wins below
+    return registry
+
+
+def pool_of(module) -> str:
+    return "gpu" if load_module(module).resources.gpu > 0 else "cpu"
+
+
+def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner: str = "",
+              output_location: str | None = None, registry: ModuleRegistry | None = None) -> int:
+    """Start a run of ``workflow`` over ``dataset`` (see the module docstring); its id."""
+    if isinstance(rank, bool) or not isinstance(rank, int | float) or not 0 < rank < float("inf"):
+        raise RunError(f"a run's rank must be a number > 0, not {rank!r}")
+    registry = registry or registry_of(catalog)
+    with catalog.session() as s:
+        row = s.execute(select(Workflow).where(Workflow.name == workflow)).scalar_one_or_none()
+        ds = s.execute(select(Dataset).where(Dataset.name == dataset)).scalar_one_or_none()
+    if row is None:
+        raise RunError(f"no workflow named {workflow!r}")
+    if ds is None:
+        raise RunError(f"no dataset named {dataset!r}")
+    if ds.state not in ("OPEN", "CLOSED"):
+        raise RunError(f"dataset {dataset!r} is {ds.state}: a run reads an OPEN or CLOSED dataset")
+    try:
+        wf = load_workflow(row.spec, registry)
+    except ConfigError as e:
+        raise RunError(e.message) from None
+    base = output_location or (posixpath.dirname(ds.location) if ds.location else None)
+    if not base:
+        raise RunError(f"dataset {dataset!r} has no location: give output_location for the run's outputs")
+    check_uri(base.rstrip("/") + "/x", "output_location")
+    pins, outputs = {}, {}
+    for name in wf.order:
+        step = wf.steps[name]
+        if len(step.inputs) != 1:
+            raise RunError(f"step {name!r} of workflow {workflow!r} reads {len(step.inputs)} input pins: "
+                           f"a run feeds exactly one pin per step")
+        pins[name] = next(iter(step.inputs))
+        outputs[name] = step.output_dataset(dataset)
+    with catalog.writing() as s:
+        taken = s.execute(select(Dataset.name).where(Dataset.name.in_(list(outputs.values())))).scalars().all()
+        if taken:
+            raise RunError(f"output dataset {taken[0]!r} already exists: run {workflow!r} over "
+                           f"{dataset!r} once, or name the step outputs differently")
+        run = Run(workflow_id=row.id, input_dataset_id=ds.id, params={"pins": pins}, owner=owner,
+                  state="running")
+        s.add(run)
+        s.flush()
+        made = {}
+        for name in wf.order:
+            step = wf.steps[name]
+            module = s.execute(select(Module).where(Module.name == step.module.name,
+                                                    Module.version == step.module.version)).scalar_one_or_none()
+            if module is None:
+                module = Module(name=step.module.name, version=step.module.version,
+                                spec=step.module.model_dump(mode="json", exclude_defaults=True))
+                s.add(module)
+            out = Dataset(name=outputs[name], owner=owner, state="OPEN",
+                          location=f"{base.rstrip('/')}/{outputs[name]}")
+            s.add(out)
+            s.flush()
+            made[name] = out
+            source = step.inputs[pins[name]]
+            input_id = ds.id if source.step is None else made[source.step].id
+            s.add(Task(run_id=run.id, step=name, module_id=module.id, input_dataset_id=input_id,
+                       output_dataset_id=out.id, state="defined", rank=float(rank), params=step.params))
+        return run.id
+
+
+class Planner:
+    """Adds the jobs whose input is ready, for every running run (module docstring)."""
+
+    def __init__(self, catalog, registry: ModuleRegistry | None = None):
+        self.catalog = catalog
+        self.registry = registry
+        self._workflows: dict[int, object] = {}
+        self._complete: set[int] = set()
+
+    def complete(self, task_id: int) -> bool:
+        return task_id in self._complete
+
+    def _workflow(self, run: Run):
+        wf = self._workflows.get(run.id)
+        if wf is None:
+            with self.catalog.session() as s:
+                spec = s.get(Workflow, run.workflow_id).spec
+            wf = load_workflow(spec, self.registry or registry_of(self.catalog))
+            self._workflows[run.id] = wf
+        return wf
+
+    def advance(self) -> set[int]:
+        """Create the jobs now ready; the ids of the tasks that got jobs or became complete."""
+        changed: set[int] = set()
+        with self.catalog.session() as s:
+            runs = s.execute(select(Run).where(Run.state == "running")).scalars().all()
+        for run in runs:
+            wf = self._workflow(run)
+            with self.catalog.writing() as s:
+                tasks = s.execute(select(Task).where(Task.run_id == run.id).order_by(Task.id)).scalars().all()
+                by_output = {t.output_dataset_id: t for t in tasks}
+                for task in tasks:
+                    if task.state in FINAL or task.id in self._complete:
+                        continue
+                    step = wf.steps[task.step]
+                    upstream = by_output.get(task.input_dataset_id)
+                    if upstream is not None:
+                        done = upstream.state in FINAL
+                    else:
+                        done = s.get(Dataset, task.input_dataset_id).state != "OPEN"
+                    if self._add_jobs(s, task, step, run, done):
+                        changed.add(task.id)
+                    if done:
+                        self._complete.add(task.id)
+                        changed.add(task.id)
+        return changed
+
+    def _add_jobs(self, s, task: Task, step, run: Run, done: bool) -> int:
+        if not (step.streaming or done):
+            return 0
+        pin = step.module.input(run.params["pins"][step.name])
+        taken = exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id, Job.task_id == task.id)
+        files = [(fid, uri) for fid, uri in s.execute(
+            select(File.id, File.uri).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
+                                            ~taken).order_by(File.id)).all()
+                 if pin.accepts(uri.rsplit("/", 1)[-1])]
+        if pin.kind == "single":
+            groups = [[fid] for fid, _ in files]
+        else:
+            size = step.chunk or max(1, len(files))
+            groups = [[fid for fid, _ in files[i:i + size]] for i in range(0, len(files), size)]
+            if groups and len(groups[-1]) < size and not done:
+                groups.pop()  # a partial chunk waits for more files
+        if not groups:
+            return 0
+        stamp = now()
+        pool = "gpu" if step.module.resources.gpu > 0 else "cpu"
+        resources = step.module.resources.model_dump(mode="json")
+        for group in groups:
+            job = Job(task_id=task.id, state="queued", pool=pool, resources=resources, attempts=0,
+                      created=stamp, updated=stamp)
+            s.add(job)
+            s.flush()
+            s.add_all(JobInput(job_id=job.id, position=i, file_id=f) for i, f in enumerate(group))
+        s.execute(update(Task).where(Task.id == task.id).values(jobs_total=Task.jobs_total + len(groups)))
+        return len(groups)
+
+    def finish_runs(self) -> list[int]:
+        """End the runs whose tasks are all final; the ids of those ended now."""
+        ended = []
+        with self.catalog.writing() as s:
+            for run in s.execute(select(Run).where(Run.state == "running")).scalars().all():
+                states = s.execute(select(Task.state).where(Task.run_id == run.id)).scalars().all()
+                if not states or any(st not in FINAL for st in states):
+                    continue
+                run.state = ("failed" if "failed" in states else
+                             "cancelled" if "cancelled" in states else "succeeded")
+                outs = select(Task.output_dataset_id).where(Task.run_id == run.id)
+                s.execute(update(Dataset).where(Dataset.id.in_(outs), Dataset.state == "OPEN")
+                          .values(state="CLOSED"))
+                ended.append(run.id)
+                self._workflows.pop(run.id, None)
+        return ended

@@ -1,0 +1,644 @@
+"""The scheduler loop: the catalog is the queue, Dask runs a bounded window of it.
+
+    sched = Scheduler(catalog, runner, planner=Planner(catalog))
+    sched.run(until=lambda: sched.run_done(run_id), timeout=600)   # or sched.step() in a loop
+
+Each ``step()``:
+1. takes what the runner reports (started, heartbeats, finished attempts) and turns it
+   into ``states.apply_job`` events; their new states, ended attempts, output files and
+   task counters are written in one transaction for the whole batch (outputs with the
+   move to ``succeeded``, which is final: each output is registered once);
+2. times out attempts: one that stopped beating for ``heartbeat_timeout`` s or ran past
+   ``job_timeout`` s since it started is ``lost`` (``timeout``), cancelled, and its
+   outputs are looked for (``CheckResult``); an attempt whose worker died is ``lost``
+   (``worker_lost``) the same way: outputs found -> ``succeeded``, else the retry policy;
+3. re-queues retries whose backoff is over;
+4. lets the planner (``runs.Planner``) add the jobs whose input is now ready, and
+   derives the state of every task whose jobs changed (``derive_task_state``);
+5. fills each pool's window (``window`` x its slots): the next jobs are pulled from the
+   catalog at this moment, the task of each is chosen by the pool's
+   ``InterleavedRoundRobin`` over the active tasks' ranks (read from the catalog, so a
+   rank change counts from the selector's next round), the dispatches and their attempt
+   rows are written in one transaction, then the attempts are submitted.
+
+Rules:
+- one scheduler per catalog at a time; a new one (a restart) first recovers: jobs the
+  catalog says are ``running`` or ``lost`` are treated as lost (their outputs found or
+  the policy decides), ``retrying`` ones are due at once;
+- a report about an attempt that is not the job's current one is dropped (``StaleEvent``);
+- a queued job whose pool the runner does not have fails with ``no_pool``;
+- ranks follow ``next_rank`` every ``rank_interval`` s: retried jobs and rounds a task
+  waited raise its rank, within ``RankParams.cap``;
+- dispatch order is the order of ``job_attempts.id`` (the fairness record).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from sqlalchemy import bindparam, func, insert, select, update
+
+from ..errors import SkerryError
+from . import states as S
+from .models import Dataset, File, Job, JobAttempt, JobInput, Module, Run, Task
+from .runner import Beat, Finished, JobSpec, Runner, Started
+
+__all__ = ["Scheduler", "SchedulerError", "NO_OUTPUT"]
+
+NO_OUTPUT = "memory://skerry-no-output"  # where a task without an output dataset "writes"
+FINAL = tuple(s.value for s in S.FINAL)
+_CHUNK = 500  # ids per IN (...) list
+
+
+class SchedulerError(SkerryError):
+    code = "scheduler_error"
+
+
+@dataclass
+class _Live:
+    """An attempt handed to Dask."""
+
+    job: int
+    task: int
+    attempt: int
+    pool: str
+    excluded: frozenset = frozenset()
+    started: float | None = None  # monotonic, when the worker said it started
+    beat: float | None = None
+    worker: str | None = None
+    state: S.JobState = S.JobState.RUNNING
+
+
+@dataclass
+class _TaskInfo:
+    id: int
+    run_id: int | None
+    module: dict
+    params: dict
+    output: str
+    output_dataset_id: int | None
+    pin: str | None
+
+
+@dataclass
+class _Written:
+    """One job's move, to be written in the batch."""
+
+    job: int
+    task: int
+    attempt: int
+    state: str
+    error_class: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    log: str | None = None
+    worker: str | None = None
+    outputs: list = field(default_factory=list)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _chunks(ids: list, n: int = _CHUNK):
+    for i in range(0, len(ids), n):
+        yield ids[i:i + n]
+
+
+class Scheduler:
+    """Feeds the catalog's queued jobs to the runner's pools (see the module docstring)."""
+
+    def __init__(self, catalog, runner: Runner, *, planner=None, policy: S.RetryPolicy = S.DEFAULT_POLICY,
+                 rank: S.RankParams = S.RankParams(), window: float = 2.0, job_timeout: float | None = None,
+                 heartbeat: float = 5.0, heartbeat_timeout: float = 60.0, rank_interval: float = 10.0,
+                 plan_interval: float = 0.2):
+        if window <= 0:
+            raise SchedulerError(f"the window must be a positive multiple of a pool's slots, not {window!r}")
+        if job_timeout is not None and job_timeout <= 0:
+            raise SchedulerError(f"the job timeout must be a positive number of seconds, not {job_timeout!r}")
+        self.catalog, self.runner, self.planner = catalog, runner, planner
+        self.policy, self.rank_params = policy, rank
+        self.window, self.job_timeout = window, job_timeout
+        self.heartbeat, self.heartbeat_timeout = heartbeat, heartbeat_timeout
+        self.rank_interval, self.plan_interval = rank_interval, plan_interval
+        self.live: dict[int, _Live] = {}
+        self.retry_due: dict[int, float] = {}
+        self.selectors = {pool: S.InterleavedRoundRobin() for pool in runner.pools}
+        self._tasks: dict[int, _TaskInfo] = {}
+        self._dirty: set[int] = set()  # tasks whose jobs changed since their state was derived
+        self._retried: dict[int, int] = defaultdict(int)  # task -> retries since the last rank update
+        self._last_pick: dict[int, int] = {}  # task -> selector round of its last pick
+        self._recovered = False
+        self._next_plan = self._next_rank = self._next_pools = self._next_tasks = 0.0
+        self.dispatched = 0
+
+    # ---- the loop ----
+
+    def run(self, until: Callable[[], bool], timeout: float | None = None, wait: float = 0.02) -> None:
+        """Step until ``until()`` is true; ``SchedulerError`` past ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not until():
+            if deadline is not None and time.monotonic() > deadline:
+                raise SchedulerError(f"the scheduler did not get there within {timeout} s "
+                                     f"({len(self.live)} attempts in flight)")
+            self.step(wait)
+
+    def step(self, wait: float = 0.0) -> None:
+        if not self._recovered:
+            self.recover()
+        written: list[_Written] = []
+        starts = self._handle(self.runner.events(timeout=wait if self.live else 0.0), written)
+        self._check_timeouts(written)
+        now = time.monotonic()
+        due = [job for job, at in self.retry_due.items() if at <= now]
+        with self.catalog.writing() as s:  # one transaction for the whole batch
+            self._write(s, written)
+            if starts:
+                s.connection().execute(
+                    update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
+                                             JobAttempt.number == bindparam("b_n"))
+                    .values(worker=bindparam("b_worker"), started=bindparam("b_at")), starts)
+            if due:
+                self._retries(s, due)
+            submit = self._refill(s)
+        for pool, spec in submit:
+            self.runner.submit(pool, spec)
+        if self.planner is not None and now >= self._next_plan:
+            self._dirty |= self.planner.advance()
+            self._next_plan = now + self.plan_interval
+        if self._dirty and now >= self._next_tasks:
+            self._update_tasks()
+            self._next_tasks = now + self.plan_interval
+        if now >= self._next_rank:
+            self._update_ranks()
+            self._next_rank = now + self.rank_interval
+        if now >= self._next_pools:
+            self._fail_poolless()
+            self._next_pools = now + 5.0
+        if not self.live and wait:
+            time.sleep(wait)
+
+    def close(self) -> None:
+        """Stop: cancel the attempts in flight (the next scheduler recovers them)."""
+        for live in list(self.live.values()):
+            self.runner.cancel(live.job, live.attempt)
+        self.live.clear()
+
+    # ---- recovery ----
+
+    def recover(self) -> None:
+        """Take over from a scheduler that stopped: see the module docstring."""
+        self._recovered = True
+        with self.catalog.session() as s:
+            rows = s.execute(select(Job.id, Job.task_id, Job.state, Job.attempts, Job.pool)
+                             .where(Job.state.in_(("running", "lost", "retrying")))).all()
+        now = time.monotonic()
+        batch = []
+        for job_id, task_id, state, attempts, pool in rows:
+            self._dirty.add(task_id)
+            if state == "retrying":
+                self.retry_due[job_id] = now
+                continue
+            live = _Live(job_id, task_id, attempts, pool, self._excluded([job_id]).get(job_id, frozenset()),
+                         state=S.JobState(state))
+            self.live[job_id] = live
+            batch.append(live)
+        written = []
+        for live in batch:
+            if live.state is S.JobState.RUNNING:
+                self._apply(live, S.WorkerLost(), written)
+            else:
+                self._check_result(live, written)
+        with self.catalog.writing() as s:
+            self._write(s, written)
+
+    # ---- events from the runner ----
+
+    def _handle(self, events: list, written: list) -> list[dict]:
+        """Turn the runner's reports into moves (``written``); the attempt starts to record."""
+        starts = []
+        now = time.monotonic()
+        for ev in events:
+            live = self.live.get(ev.job)
+            if live is None or live.attempt != ev.attempt:
+                continue  # about an attempt that is no longer current: dropped
+            if isinstance(ev, Started):
+                live.started = live.beat = now
+                live.worker = ev.worker
+                starts.append({"b_job": ev.job, "b_n": ev.attempt, "b_worker": ev.worker,
+                               "b_at": datetime.fromtimestamp(ev.at, timezone.utc)})
+            elif isinstance(ev, Beat):
+                live.beat = now
+            elif isinstance(ev, Finished):
+                live.worker = ev.worker or live.worker
+                self._finished(live, ev, written)
+        return starts
+
+    def _finished(self, live: _Live, ev: Finished, written: list) -> None:
+        if ev.lost:
+            if live.state is S.JobState.RUNNING:
+                self._apply(live, S.WorkerLost(attempt=live.attempt), written, error=ev.error)
+            return
+        r = ev.result
+        if r.ok:
+            outputs = [{"uri": o.url, "size": o.size, "checksum": o.checksum} for o in r.outputs]
+            self._apply(live, S.Succeed(attempt=live.attempt), written, outputs=outputs)
+        elif live.state is S.JobState.RUNNING:  # a lost attempt counts only if it succeeded
+            self._apply(live, S.Fail(r.error_class, r.exit_code, r.log_location, attempt=live.attempt),
+                        written, error=r.error)
+
+    def _job(self, live: _Live) -> S.Job:
+        return S.Job(live.job, live.task, live.state, live.attempt, live.pool, live.worker, live.excluded)
+
+    def _apply(self, live: _Live, event, written: list, *, outputs=None, error=None) -> None:
+        try:
+            tr = S.apply_job(self._job(live), event, self.policy)
+        except S.TransitionError:
+            return  # stale or no longer allowed: dropped
+        new = tr.record
+        live.state, live.excluded = new.state, new.excluded_pools
+        follow = None
+        for action in tr.actions:
+            if isinstance(action, S.CancelRun):
+                self.runner.cancel(live.job, live.attempt)
+            elif isinstance(action, S.ScheduleRetry):
+                self.retry_due[live.job] = time.monotonic() + action.delay
+                self._retried[live.task] += 1
+            elif isinstance(action, S.CheckResult):
+                follow = action
+            elif isinstance(action, S.EndAttempt) and new.state is not S.JobState.SUCCEEDED:
+                written.append(_Written(live.job, live.task, live.attempt, new.state.value, action.error_class,
+                                        action.exit_code, error, action.log, live.worker))
+            elif isinstance(action, S.RegisterOutputs):
+                pass  # written below with the move to succeeded
+        if new.state is S.JobState.SUCCEEDED:
+            written.append(_Written(live.job, live.task, live.attempt, "succeeded", exit_code=0,
+                                    worker=live.worker, outputs=outputs or []))
+        if new.final or new.state is S.JobState.RETRYING:
+            self.live.pop(live.job, None)
+        if follow is not None:
+            self._check_result(live, written)
+
+    # ---- lost attempts: are their outputs there? ----
+
+    def _check_result(self, live: _Live, written: list) -> None:
+        found = self._outputs_written(live)
+        if found is not None:
+            self._apply(live, S.Succeed(), written, outputs=found)
+        else:
+            self._apply(live, S.ResultMissing(), written)
+
+    def _outputs_written(self, live: _Live) -> list[dict] | None:
+        """The complete outputs of the job if they are all in place, else None.
+
+        Only modules whose outputs are all single pins with a ``file_name`` can be checked
+        (their names are known in advance); a job of any other module is run again.
+        """
+        from fsspec.core import url_to_fs
+
+        from .executors import JobContext, file_checksum
+        from .modules import load_module
+
+        info = self._task(live.task)
+        module = load_module(info.module)
+        if not module.outputs or any(p.kind != "single" or not p.file_name for p in module.outputs):
+            return None
+        ctx = JobContext(module, self._inputs([live.job], info)[live.job], info.output,
+                         module.resolve_params(info.params), str(live.job))
+        found = []
+        for pin in module.outputs:
+            url = f"{info.output.rstrip('/')}/{ctx.output_name(pin.name)}"
+            fs, path = url_to_fs(url)
+            if not fs.isfile(path):
+                return None
+            found.append({"uri": url, "size": fs.size(path), "checksum": file_checksum(url)})
+        return found
+
+    # ---- timeouts and retries ----
+
+    def _check_timeouts(self, written: list) -> None:
+        now = time.monotonic()
+        for live in list(self.live.values()):
+            if live.state is not S.JobState.RUNNING or live.started is None:
+                continue
+            hung = now - live.beat > self.heartbeat_timeout
+            late = self.job_timeout is not None and now - live.started > self.job_timeout
+            if hung or late:
+                self._apply(live, S.HeartbeatTimeout(attempt=live.attempt), written)
+
+    def _retries(self, s, due: list[int]) -> None:
+        for job in due:
+            del self.retry_due[job]
+        for ids in _chunks(due):
+            s.execute(update(Job).where(Job.id.in_(ids), Job.state == "retrying")
+                      .values(state="queued", updated=_utc_now()))
+            self._dirty.update(s.execute(select(Job.task_id).where(Job.id.in_(ids)).distinct()).scalars())
+
+    def _fail_poolless(self) -> None:
+        with self.catalog.writing() as s:
+            pools = s.execute(select(Job.pool).where(Job.state == "queued").distinct()).scalars().all()
+            unknown = [p for p in pools if p not in self.runner.pools]
+            if unknown:
+                tasks = s.execute(select(Job.task_id).where(Job.state == "queued", Job.pool.in_(unknown))
+                                  .distinct()).scalars().all()
+                s.execute(update(Job).where(Job.state == "queued", Job.pool.in_(unknown))
+                          .values(state="failed", error_class=S.ERROR_NO_POOL, updated=_utc_now()))
+                self._dirty.update(tasks)
+
+    # ---- writing a batch of moves ----
+
+    def _write(self, s, written: list[_Written]) -> None:
+        """All moves of a batch, in the step's transaction (see the module docstring)."""
+        if not written:
+            return
+        stamp = _utc_now()
+        ids = [w.job for w in written]
+        if True:
+            current = {}
+            for chunk in _chunks(ids):
+                query = select(Job.id, Job.state, Job.attempts).where(Job.id.in_(chunk))
+                if self.catalog.dialect == "postgresql":
+                    query = query.with_for_update()
+                current.update({r.id: (r.state, r.attempts) for r in s.execute(query)})
+            moves, ends, files = [], [], []
+            succeeded, failed = defaultdict(int), defaultdict(int)
+            datasets = {}
+            for w in written:
+                state, attempts = current.get(w.job, (None, None))
+                if state in FINAL or attempts != w.attempt:
+                    continue  # another scheduler moved it on: nothing to write
+                if w.state == "succeeded" and w.outputs:
+                    info = self._task(w.task)
+                    if info.output_dataset_id is None:
+                        w.state, w.error_class = "failed", "no_output_dataset"
+                    else:
+                        datasets.setdefault(info.output_dataset_id, []).append(w)
+                moves.append(w)
+            self._check_outputs(s, datasets)
+            for w in moves:
+                if w.state == "succeeded":
+                    succeeded[w.task] += 1
+                    files += [{**o, "dataset_id": self._task(w.task).output_dataset_id, "job_id": w.job,
+                               "state": "AVAILABLE", "created": stamp} for o in w.outputs]
+                elif w.state == "failed":
+                    failed[w.task] += 1
+                ends.append({"b_job": w.job, "b_n": w.attempt, "b_ended": stamp, "b_exit": w.exit_code,
+                             "b_class": w.error_class, "b_error": w.error, "b_log": w.log, "b_worker": w.worker})
+            if not moves:
+                return
+            conn = s.connection()
+            conn.execute(update(Job).where(Job.id == bindparam("b_job"))
+                         .values(state=bindparam("b_state"), error_class=bindparam("b_class"), updated=stamp),
+                         [{"b_job": w.job, "b_state": w.state, "b_class": w.error_class} for w in moves])
+            # an attempt already ended (cancelled) keeps its end; a lost one ends now
+            conn.execute(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
+                                                  JobAttempt.number == bindparam("b_n"),
+                                                  JobAttempt.ended.is_(None))
+                         .values(ended=bindparam("b_ended"), exit_code=bindparam("b_exit"),
+                                 error_class=bindparam("b_class"), error=bindparam("b_error"),
+                                 log=bindparam("b_log"),
+                                 worker=func.coalesce(bindparam("b_worker"), JobAttempt.worker)), ends)
+            if files:
+                conn.execute(insert(File), files)
+            for task, n in succeeded.items():
+                conn.execute(update(Task).where(Task.id == task).values(jobs_succeeded=Task.jobs_succeeded + n))
+            for task, n in failed.items():
+                conn.execute(update(Task).where(Task.id == task).values(jobs_failed=Task.jobs_failed + n))
+        self._dirty.update(w.task for w in moves)
+
+    def _check_outputs(self, s, datasets: dict[int, list[_Written]]) -> None:
+        """A job whose output URI the dataset already has (another job wrote that name) fails."""
+        for dataset_id, jobs in datasets.items():
+            uris = [o["uri"] for w in jobs for o in w.outputs]
+            taken = set()
+            for chunk in _chunks(uris):
+                taken.update(s.execute(select(File.uri).where(File.dataset_id == dataset_id,
+                                                              File.uri.in_(chunk))).scalars())
+            state = s.execute(select(Dataset.state).where(Dataset.id == dataset_id)).scalar_one()
+            for w in jobs:
+                mine = [o["uri"] for o in w.outputs]
+                if state != "OPEN" or taken & set(mine) or len(set(mine)) != len(mine):
+                    w.state, w.outputs = "failed", []
+                    w.error_class = "duplicate_output" if state == "OPEN" else "dataset_closed"
+                    w.error = (f"output dataset is {state}, not OPEN" if state != "OPEN"
+                               else "an output file of this job is already registered by another job")
+                taken.update(mine)
+
+    # ---- tasks ----
+
+    def _task(self, task_id: int) -> _TaskInfo:
+        info = self._tasks.get(task_id)
+        if info is None:
+            with self.catalog.session() as s:
+                task = s.get(Task, task_id)
+                module = s.get(Module, task.module_id)
+                output, pin = NO_OUTPUT, None
+                if task.output_dataset_id is not None:
+                    output = s.get(Dataset, task.output_dataset_id).location or NO_OUTPUT
+                if task.run_id is not None:
+                    pin = (s.get(Run, task.run_id).params or {}).get("pins", {}).get(task.step)
+                info = _TaskInfo(task.id, task.run_id, module.spec, dict(task.params or {}), output,
+                                 task.output_dataset_id, pin)
+            self._tasks[task_id] = info
+        return info
+
+    def _update_tasks(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        with self.catalog.writing() as s:
+            for task_id in sorted(dirty):
+                task = s.get(Task, task_id)
+                if task is None or task.state in FINAL:
+                    continue
+                counts = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == task_id)
+                                        .group_by(Job.state)).all())
+                complete = self.planner.complete(task_id) if (self.planner and task.run_id) else True
+                tr = S.apply_task(S.Task(task_id, task.state), S.JobsChanged(counts, complete))
+                if tr.record.state.value != task.state:
+                    task.state = tr.record.state.value
+        if self.planner is not None:
+            self.planner.finish_runs()
+
+    def _update_ranks(self) -> None:
+        rounds = {pool: sel.rounds for pool, sel in self.selectors.items()}
+        latest = max(rounds.values(), default=0)
+        with self.catalog.writing() as s:
+            rows = s.execute(select(Task.id, Task.rank).where(Task.state.not_in(FINAL))).all()
+            for task_id, rank in rows:
+                aging = max(0, latest - self._last_pick.get(task_id, latest) - 1)
+                retries = self._retried.pop(task_id, 0)
+                if aging or retries:
+                    new = S.next_rank(rank, aging, retries, self.rank_params)
+                    if new != rank:
+                        s.execute(update(Task).where(Task.id == task_id).values(rank=new))
+
+    def set_rank(self, task_id: int, rank: float) -> None:
+        """A live rank change (counts from the selector's next round)."""
+        if isinstance(rank, bool) or not isinstance(rank, int | float) or not 0 < rank < float("inf"):
+            raise SchedulerError(f"a task's rank must be a number > 0, not {rank!r}")
+        with self.catalog.writing() as s:
+            if not s.execute(update(Task).where(Task.id == task_id).values(rank=float(rank))).rowcount:
+                raise SchedulerError(f"no task with id {task_id}")
+
+    def cancel_task(self, task_id: int) -> None:
+        """Cancel a task: it and every job of it that is not final end ``cancelled``."""
+        with self.catalog.writing() as s:
+            task = s.get(Task, task_id)
+            if task is None:
+                raise SchedulerError(f"no task with id {task_id}")
+            S.apply_task(S.Task(task_id, task.state), S.Cancel())  # refuses a final task
+            task.state = "cancelled"
+            live_ids = [j for j, live in self.live.items() if live.task == task_id]
+            for job_id in live_ids:
+                live = self.live.pop(job_id)
+                self.runner.cancel(job_id, live.attempt)
+                s.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == live.attempt,
+                                                   JobAttempt.ended.is_(None))
+                          .values(ended=_utc_now(), error_class="cancelled"))
+            s.execute(update(Job).where(Job.task_id == task_id, Job.state.not_in(FINAL))
+                      .values(state="cancelled", updated=_utc_now()))
+        for job in [j for j in self.retry_due if j in live_ids]:
+            del self.retry_due[job]
+
+    # ---- dispatch ----
+
+    def _refill(self, s) -> list[tuple[str, JobSpec]]:
+        """Dispatch the next jobs of every pool with room; what to submit after the commit."""
+        submit: list[tuple[str, JobSpec]] = []
+        ranks = None
+        in_flight = defaultdict(int)
+        for live in self.live.values():
+            in_flight[live.pool] += 1
+        for pool, selector in self.selectors.items():
+            free = int(self.window * self.runner.slots(pool)) - in_flight[pool]
+            if free <= 0:
+                continue
+            if ranks is None:
+                ranks = dict(s.execute(select(Task.id, Task.rank).where(Task.state.not_in(FINAL))
+                                       .order_by(Task.id)).all())
+            queued = {}
+            for task_id in ranks:
+                ids = s.execute(select(Job.id).where(Job.task_id == task_id, Job.state == "queued",
+                                                     Job.pool == pool).order_by(Job.id).limit(free)
+                                ).scalars().all()
+                if ids:
+                    queued[task_id] = ids
+            if not queued:
+                continue
+            picks = selector.take({t: (ranks[t], len(ids)) for t, ids in queued.items()}, free)
+            order = []
+            position = defaultdict(int)
+            for task_id in picks:
+                order.append((queued[task_id][position[task_id]], task_id))
+                position[task_id] += 1
+                self._last_pick[task_id] = selector.rounds
+            submit += self._dispatch(s, pool, order)
+        return submit
+
+    def _excluded(self, job_ids: list[int], s=None) -> dict[int, frozenset]:
+        if s is None:
+            with self.catalog.session() as s:
+                return self._excluded(job_ids, s)
+        out = {}
+        rows = defaultdict(list)
+        for chunk in _chunks(job_ids):
+            for job_id, pool, error_class in s.execute(
+                    select(JobAttempt.job_id, JobAttempt.pool, JobAttempt.error_class)
+                    .where(JobAttempt.job_id.in_(chunk))):
+                rows[job_id].append((pool, error_class))
+        for job_id, attempts in rows.items():
+            out[job_id] = self.policy.excluded_pools(attempts)
+        return out
+
+    def _dispatch(self, s, pool: str, order: list[tuple[int, int]]) -> list[tuple[str, JobSpec]]:
+        ids = [job for job, _ in order]
+        stamp = _utc_now()
+        if True:
+            attempts = {}
+            for chunk in _chunks(ids):
+                attempts.update(s.execute(select(Job.id, Job.attempts).where(Job.id.in_(chunk),
+                                                                             Job.state == "queued")).all())
+            retried = [j for j in ids if attempts.get(j)]
+            excluded = self._excluded(retried, s) if retried else {}
+            go, refused = [], []
+            for job, task in order:
+                if job not in attempts:
+                    continue  # no longer queued (cancelled meanwhile)
+                live = _Live(job, task, attempts[job], pool, excluded.get(job, frozenset()), state=S.JobState.QUEUED)
+                try:
+                    tr = S.apply_job(self._job(live), S.Dispatch(pool), self.policy)
+                except S.TransitionError:
+                    refused.append(job)  # the retry policy excludes this pool
+                    continue
+                live.state, live.attempt = tr.record.state, tr.record.attempts
+                go.append(live)
+            conn = s.connection()
+            if go:
+                conn.execute(update(Job).where(Job.id == bindparam("b_job"))
+                             .values(state="running", attempts=bindparam("b_n"), updated=stamp),
+                             [{"b_job": live.job, "b_n": live.attempt} for live in go])
+                conn.execute(insert(JobAttempt), [{"job_id": live.job, "number": live.attempt, "pool": pool,
+                                                   "started": stamp} for live in go])
+            if refused:
+                conn.execute(update(Job).where(Job.id.in_(refused))
+                             .values(state="failed", error_class=S.ERROR_NO_POOL, updated=stamp))
+                self._dirty.update(t for j, t in order if j in refused)
+        if not go:
+            return []
+        inputs = self._inputs([live.job for live in go], s=s)
+        submit = []
+        for live in go:
+            info = self._task(live.task)
+            self.live[live.job] = live
+            submit.append((pool, JobSpec(live.job, live.attempt, info.module,
+                                         self._by_pin(info, inputs.get(live.job, [])),
+                                         info.output, info.params, self.job_timeout, self.heartbeat)))
+            self._dirty.add(live.task)
+        self.dispatched += len(go)
+        return submit
+
+    def _inputs(self, job_ids: list[int], info: _TaskInfo | None = None, s=None):
+        if s is None:
+            with self.catalog.session() as s:
+                return self._inputs(job_ids, info, s)
+        out: dict[int, list[str]] = defaultdict(list)
+        if True:
+            for chunk in _chunks(job_ids):
+                for job_id, uri in s.execute(select(JobInput.job_id, File.uri)
+                                             .join(File, File.id == JobInput.file_id)
+                                             .where(JobInput.job_id.in_(chunk))
+                                             .order_by(JobInput.job_id, JobInput.position)):
+                    out[job_id].append(uri)
+        if info is not None:
+            return {j: self._by_pin(info, out.get(j, [])) for j in job_ids}
+        return out
+
+    @staticmethod
+    def _by_pin(info: _TaskInfo, uris: list[str]) -> dict[str, list[str]]:
+        if not uris:
+            return {}
+        pin = info.pin or next((p["name"] for p in info.module.get("inputs", [])), None)
+        if pin is None:
+            raise SchedulerError(f"task {info.id}: its module has no input pin for the job's files")
+        return {pin: uris}
+
+    # ---- questions ----
+
+    def run_done(self, run_id: int) -> bool:
+        with self.catalog.session() as s:
+            return s.execute(select(Run.state).where(Run.id == run_id)).scalar_one() != "running"
+
+    def tasks_done(self, task_ids) -> bool:
+        with self.catalog.session() as s:
+            states = s.execute(select(Task.state).where(Task.id.in_(list(task_ids)))).scalars().all()
+        return all(state in FINAL for state in states)
+
+    def idle(self) -> bool:
+        """Nothing in flight, nothing waiting for a retry, nothing queued."""
+        if self.live or self.retry_due:
+            return False
+        with self.catalog.session() as s:
+            return s.execute(select(Job.id).where(Job.state == "queued").limit(1)).first() is None

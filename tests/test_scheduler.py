@@ -1,0 +1,383 @@
+"""The scheduler and the Dask runner on real LocalClusters (processes), real SQLite catalogs.
+
+Files are reached as ``skerry://home/...`` through a SkerryFileSystem whose ``home`` is a
+local adaptor over a tmp folder (``$SKERRY_ADAPTORS``, set before the workers start so
+they read the same adaptors).
+"""
+
+import hashlib
+import os
+import random
+import threading
+import time
+
+import dask
+import pytest
+from distributed import Client, LocalCluster, Nanny, SpecCluster
+from sqlalchemy import func, select, text
+
+from skerry.workload.builtins import BUILTINS
+from skerry.workload.catalog import Catalog
+from skerry.workload.models import File, Job, JobAttempt, Task
+from skerry.workload.runner import Pool, Runner
+from skerry.workload.runs import Planner, start_run
+from skerry.workload.scheduler import Scheduler, SchedulerError
+from skerry.workload.states import RetryPolicy
+
+CONFIG = {"distributed.scheduler.worker-saturation": "inf",
+          # a dead worker's attempt reaches the catalog instead of being re-run by Dask
+          "distributed.scheduler.allowed-failures": 0}
+MD5OF = {"name": "md5of", "version": "1", "inputs": [{"name": "input", "type": "md5"}],
+         "outputs": [{"name": "checksum", "type": "md5", "file_name": "{name}.md5"}],
+         "callable": "skerry.workload.builtins:md5"}
+TWO_STEPS = {"name": "sums", "steps": [
+    {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}},
+    {"name": "again", "module": "md5of", "inputs": {"input": "sum.checksum"}}]}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    from skerry.adaptors.config import write_config
+    from skerry.adaptors.federation import SkerryFileSystem
+
+    root = tmp_path_factory.mktemp("sched")
+    (root / "home").mkdir()
+    write_config(str(root / "adaptors.json"), [{"name": "home", "type": "local", "path": str(root / "home")}])
+    old = os.environ.get("SKERRY_ADAPTORS")
+    os.environ["SKERRY_ADAPTORS"] = str(root / "adaptors.json")
+    SkerryFileSystem.clear_instance_cache()
+    yield root / "home"
+    SkerryFileSystem.clear_instance_cache()
+    if old is None:
+        os.environ.pop("SKERRY_ADAPTORS", None)
+    else:
+        os.environ["SKERRY_ADAPTORS"] = old
+
+
+@pytest.fixture(scope="module")
+def client(home):
+    with dask.config.set(CONFIG):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        c = Client(cluster)
+        yield c
+        c.close()
+        cluster.close()
+
+
+def catalog(tmp_path):
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    cat.upgrade()
+    return cat
+
+
+def dataset(cat, home, name, n, size=64, close=True):
+    folder = home / name
+    folder.mkdir()
+    entries = []
+    for i in range(n):
+        data = f"{name} file {i}\n".encode() * (size // 16 + 1)
+        (folder / f"f{i:05d}.dat").write_bytes(data)
+        entries.append({"uri": f"skerry://home/{name}/f{i:05d}.dat", "size": len(data),
+                        "checksum": hashlib.md5(data).hexdigest()})
+    cat.create_dataset(name, location=f"skerry://home/{name}")
+    cat.register_files(name, entries)
+    if close:
+        cat.close_dataset(name)
+    return entries
+
+
+def noop_task(cat, n, rank=1.0, module="noop", params=None, output=None):
+    spec = BUILTINS[module].model_dump(mode="json")
+    try:
+        mid = cat.get_module(module).id
+    except Exception:
+        mid = cat.add_module(module, "1", spec)
+    task = cat.create_task(step=module, module_id=mid, rank=rank, params=params, output_dataset=output)
+    cat.create_jobs(task, [[] for _ in range(n)])
+    return task
+
+
+def output_rows(cat, name):
+    with cat.session() as s:
+        return s.execute(text("SELECT f.uri, f.size, f.checksum, f.job_id FROM files f JOIN datasets d "
+                              "ON d.id = f.dataset_id WHERE d.name = :n ORDER BY f.uri"), {"n": name}).all()
+
+
+def expected_sums(entries):
+    """(uri, size, checksum) of the md5 step's outputs and of the step after it."""
+    first, second = [], []
+    for e in entries:
+        name = e["uri"].rsplit("/", 1)[1]
+        line = f"{e['checksum']}  {name}\n".encode()
+        first.append((e["uri"].replace("/raw", "/raw.sum", 1) + ".md5", len(line), hashlib.md5(line).hexdigest()))
+        line2 = f"{hashlib.md5(line).hexdigest()}  {name}.md5\n".encode()
+        second.append((first[-1][0].replace("/raw.sum/", "/raw.again/", 1) + ".md5", len(line2),
+                       hashlib.md5(line2).hexdigest()))
+    return sorted(first), sorted(second)
+
+
+def two_step_setup(cat, home, name, n):
+    entries = dataset(cat, home, name, n)
+    cat.add_module("md5of", "1", MD5OF)
+    cat.add_workflow("sums", TWO_STEPS)
+    return entries
+
+
+def test_two_step_workflow_over_1000_files_streams_and_registers_each_output_once(tmp_path, home, client):
+    cat = catalog(tmp_path)
+    entries = two_step_setup(cat, home, "raw", 1000)
+    run = start_run(cat, "sums", "raw")
+    sched = Scheduler(cat, Runner({"cpu": client}), planner=Planner(cat))
+    sched.run(lambda: sched.run_done(run), timeout=600)
+
+    first, second = expected_sums(entries)
+    sums, again = output_rows(cat, "raw.sum"), output_rows(cat, "raw.again")
+    assert [r[:3] for r in sums] == first and [r[:3] for r in again] == second
+    assert len({r.job_id for r in sums}) == 1000 and len({r.job_id for r in again}) == 1000
+    with cat.session() as s:
+        assert s.execute(text("SELECT state FROM runs WHERE id = :r"), {"r": run}).scalar_one() == "succeeded"
+        assert s.execute(text("SELECT step, state, jobs_total, jobs_succeeded FROM tasks ORDER BY id")).all() == [
+            ("sum", "succeeded", 1000, 1000), ("again", "succeeded", 1000, 1000)]
+        # streaming: the second step's first job started before the first step's last job ended
+        first_down = s.execute(text("SELECT min(a.started) FROM job_attempts a JOIN jobs j ON j.id = a.job_id "
+                                    "JOIN tasks t ON t.id = j.task_id WHERE t.step = 'again'")).scalar_one()
+        last_up = s.execute(text("SELECT max(a.ended) FROM job_attempts a JOIN jobs j ON j.id = a.job_id "
+                                 "JOIN tasks t ON t.id = j.task_id WHERE t.step = 'sum'")).scalar_one()
+        assert first_down < last_up
+        # every job ran once, on a worker of the cluster, and its attempt is closed
+        workers = set(client.scheduler_info()["workers"])
+        attempts = s.execute(select(JobAttempt.worker, JobAttempt.ended, JobAttempt.exit_code)).all()
+        assert len(attempts) == 2000 and {a.worker for a in attempts} <= workers
+        assert all(a.ended is not None and a.exit_code == 0 for a in attempts)
+        assert s.execute(text("SELECT name, state FROM datasets WHERE name LIKE 'raw.%' ORDER BY name")).all() == [
+            ("raw.again", "CLOSED"), ("raw.sum", "CLOSED")]
+
+
+def dispatch_order(cat):
+    with cat.session() as s:
+        return s.execute(select(Job.task_id).join(JobAttempt, JobAttempt.job_id == Job.id)
+                         .order_by(JobAttempt.id)).scalars().all()
+
+
+def test_ranks_1_2_4_get_shares_within_5_percent_in_every_window_of_1000(tmp_path, client):
+    cat = catalog(tmp_path)
+    b, c = noop_task(cat, 2400, rank=2), noop_task(cat, 4800, rank=4)
+    sched = Scheduler(cat, Runner({"cpu": client}), window=25)
+    while sched.dispatched < 300:
+        sched.step(0.01)
+    before = sched.dispatched
+    a = noop_task(cat, 1000, rank=1)  # joins while b and c run
+    sched.run(lambda: sched.tasks_done([a, b, c]) and sched.idle(), timeout=600)
+
+    order = dispatch_order(cat)
+    assert len(order) == 8200 and order[:before].count(a) == 0
+    assert order[before:before + 7].count(a) >= 1  # its first job within one round (1 + 2 + 4 picks)
+    start = order.index(a)
+    end = len(order) - order[::-1].index(a)  # all three run together until a's last job
+    together = order[start:end]
+    assert len(together) >= 6900
+    for i in range(0, len(together) - 1000 + 1):
+        window = together[i:i + 1000]
+        for task, share in ((a, 1 / 7), (b, 2 / 7), (c, 4 / 7)):
+            assert abs(window.count(task) / 1000 - share) <= 0.05 * share, (i, task)
+    with cat.session() as s:
+        assert s.execute(select(func.count()).where(Job.state != "succeeded")).scalar_one() == 0
+
+
+def test_gpu_jobs_run_only_on_the_gpu_worker_and_cpu_jobs_do_not_wait(tmp_path, home):
+    cat = catalog(tmp_path)
+    workers = {"cpu-0": {"cls": Nanny, "options": {"nthreads": 1}},
+               "cpu-1": {"cls": Nanny, "options": {"nthreads": 1}},
+               "gpu-0": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
+    from distributed.scheduler import Scheduler as DaskScheduler
+
+    with dask.config.set(CONFIG), SpecCluster(workers=workers, scheduler={"cls": DaskScheduler, "options": {
+            "dashboard_address": None}}) as cluster, Client(cluster) as c:
+        c.wait_for_workers(3)
+        gpu_module = {**BUILTINS["sleep"].model_dump(mode="json"), "name": "gpusleep",
+                      "resources": {"gpu": 1}}
+        gid = cat.add_module("gpusleep", "1", gpu_module)
+        gpu_task = cat.create_task(step="gpu", module_id=gid, params={"seconds": 0.3})
+        cat.create_jobs(gpu_task, [[] for _ in range(10)], pool="gpu")
+        cpu_task = noop_task(cat, 200)
+        runner = Runner({"cpu": Pool(c), "gpu": Pool(c, needs={"GPU": 1})})
+        assert runner.slots("gpu") == 1 and runner.slots("cpu") == 2
+        sched = Scheduler(cat, runner)
+        sched.run(lambda: sched.tasks_done([gpu_task, cpu_task]), timeout=300)
+        gpu_worker = next(a for a, w in c.scheduler_info()["workers"].items() if w.get("resources"))
+        with cat.session() as s:
+            rows = s.execute(select(Job.task_id, JobAttempt.worker, JobAttempt.started, JobAttempt.ended)
+                             .join(JobAttempt, JobAttempt.job_id == Job.id)).all()
+            states = s.execute(select(Task.state)).scalars().all()
+    assert states == ["succeeded", "succeeded"]
+    gpu_rows = [r for r in rows if r.task_id == gpu_task]
+    cpu_rows = [r for r in rows if r.task_id == cpu_task]
+    assert len(gpu_rows) == 10 and {r.worker for r in gpu_rows} == {gpu_worker}
+    assert len(cpu_rows) == 200 and gpu_worker not in {r.worker for r in cpu_rows}
+    # CPU jobs did not queue behind the GPU jobs (one at a time on one worker): they ran meanwhile
+    assert min(r.started for r in cpu_rows) < max(r.started for r in gpu_rows)
+
+
+def test_a_job_that_always_fails_stops_after_its_retry_limit_with_its_error_class_and_log(tmp_path, home,
+                                                                                           client):
+    cat = catalog(tmp_path)
+    cat.create_dataset("failing", location="skerry://home/failing")
+    task = noop_task(cat, 3, module="fail", params={"error": "ValueError", "message": "bad row 7"},
+                     output="failing")
+    sched = Scheduler(cat, Runner({"cpu": client}), policy=RetryPolicy(limit=2, backoff=0.05))
+    sched.run(lambda: sched.tasks_done([task]), timeout=120)
+    with cat.session() as s:
+        jobs = s.execute(select(Job.state, Job.attempts, Job.error_class)).all()
+        attempts = s.execute(select(JobAttempt.error_class, JobAttempt.error, JobAttempt.log)).all()
+        assert s.get(Task, task).state == "failed" and s.get(Task, task).jobs_failed == 3
+    assert jobs == [("failed", 3, "ValueError")] * 3
+    assert len(attempts) == 9
+    for error_class, error, log in attempts:
+        assert error_class == "ValueError" and "bad row 7" in error
+        assert log.startswith("skerry://home/failing/.skerry-logs/")
+        local = home / log[len("skerry://home/"):]
+        assert "ValueError: bad row 7" in local.read_text()  # the traceback
+
+
+def test_a_hung_job_is_timed_out_and_retried(tmp_path, client):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 2, module="sleep", params={"seconds": 3.0})
+    sched = Scheduler(cat, Runner({"cpu": client}), policy=RetryPolicy(limit=1, backoff=0.05), job_timeout=0.5)
+    sched.run(lambda: sched.tasks_done([task]), timeout=120)
+    with cat.session() as s:
+        jobs = s.execute(select(Job.state, Job.attempts, Job.error_class)).all()
+        attempts = s.execute(select(JobAttempt.job_id, JobAttempt.number, JobAttempt.error_class,
+                                    JobAttempt.ended)).all()
+    assert jobs == [("failed", 2, "timeout")] * 2
+    assert sorted((a.number, a.error_class) for a in attempts) == [(1, "timeout"), (1, "timeout"),
+                                                                   (2, "timeout"), (2, "timeout")]
+    assert all(a.ended is not None for a in attempts)
+    time.sleep(3)  # let the hung threads return before the next test uses the workers
+
+
+def test_killing_workers_at_random_loses_no_job_and_registers_no_output_twice(tmp_path, home):
+    cat = catalog(tmp_path)
+    entries = dataset(cat, home, "chaos", 2000, size=16)
+    cat.add_workflow("one", {"name": "one", "steps": [{"name": "sum", "module": "md5",
+                                                       "inputs": {"input": "dataset"}}]})
+    run = start_run(cat, "one", "chaos")
+    with dask.config.set(CONFIG), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                               dashboard_address=None) as cluster, Client(cluster) as c:
+        sched = Scheduler(cat, Runner({"cpu": c}), planner=Planner(cat),
+                          policy=RetryPolicy(limit=10, backoff=0.05))
+        kills = []
+        stop = threading.Event()
+
+        def chaos():
+            rng = random.Random(4)
+            while not stop.wait(0.7) and len(kills) < 5:
+                try:
+                    pids = c.run(os.getpid)
+                except Exception:  # a worker is restarting
+                    continue
+                victim = rng.choice(sorted(pids))
+                os.kill(pids[victim], 9)
+                kills.append(victim)
+
+        killer = threading.Thread(target=chaos)
+        killer.start()
+        try:
+            sched.run(lambda: sched.run_done(run), timeout=600)
+        finally:
+            stop.set()
+            killer.join()
+    assert kills
+    rows = output_rows(cat, "chaos.sum")
+    expected = sorted((e["uri"].replace("/chaos/", "/chaos.sum/", 1) + ".md5",) for e in entries)
+    assert sorted((r.uri,) for r in rows) == expected  # every output, each once
+    assert len({r.job_id for r in rows}) == 2000
+    with cat.session() as s:
+        assert s.execute(select(Job.state, func.count()).group_by(Job.state)).all() == [("succeeded", 2000)]
+        lost = s.execute(select(func.count()).where(JobAttempt.error_class == "worker_lost")).scalar_one()
+    assert lost >= 1  # the kills hit running attempts, and those were run again
+
+
+def test_a_restarted_scheduler_finishes_with_the_catalog_of_an_undisturbed_run(tmp_path, home, client):
+    quiet, broken = catalog(tmp_path / "q"), None
+    (tmp_path / "b").mkdir()
+    broken = Catalog(f"sqlite:///{tmp_path / 'b' / 'catalog.sqlite'}")
+    broken.upgrade()
+    entries = two_step_setup(quiet, home, "raw2", 300)
+    broken.add_module("md5of", "1", MD5OF)
+    spec = quiet.get_workflow("sums").spec
+    broken.add_workflow("sums", spec)
+    broken.create_dataset("raw2", location="skerry://home/raw2")
+    broken.register_files("raw2", [{k: e[k] for k in ("uri", "size", "checksum")} for e in entries])
+    broken.close_dataset("raw2")
+
+    run = start_run(quiet, "sums", "raw2", output_location="skerry://home/quiet")
+    sched = Scheduler(quiet, Runner({"cpu": client}), planner=Planner(quiet))
+    sched.run(lambda: sched.run_done(run), timeout=300)
+
+    run2 = start_run(broken, "sums", "raw2", output_location="skerry://home/broken")
+    first = Scheduler(broken, Runner({"cpu": client}), planner=Planner(broken))
+    while first.dispatched < 250:
+        first.step(0.01)
+    assert first.live  # dropped with attempts in flight
+    del first
+    second = Scheduler(broken, Runner({"cpu": client}), planner=Planner(broken))
+    second.run(lambda: second.run_done(run2), timeout=300)
+
+    for step in ("raw2.sum", "raw2.again"):
+        a = [(r.uri.replace("/quiet/", "/"), r.size, r.checksum) for r in output_rows(quiet, step)]
+        b = [(r.uri.replace("/broken/", "/"), r.size, r.checksum) for r in output_rows(broken, step)]
+        assert a == b and len(a) == 300
+        assert len({r.job_id for r in output_rows(broken, step)}) == 300
+    with broken.session() as s:
+        assert s.execute(select(Job.state, func.count()).group_by(Job.state)).all() == [("succeeded", 600)]
+        assert s.execute(text("SELECT state FROM runs")).scalar_one() == "succeeded"
+
+
+def test_bad_settings_are_refused(tmp_path, client):
+    cat = catalog(tmp_path)
+    with pytest.raises(SchedulerError, match="window"):
+        Scheduler(cat, Runner({"cpu": client}), window=0)
+    with pytest.raises(SchedulerError, match="timeout"):
+        Scheduler(cat, Runner({"cpu": client}), job_timeout=-1)
+    sched = Scheduler(cat, Runner({"cpu": client}))
+    with pytest.raises(SchedulerError, match="rank"):
+        sched.set_rank(1, 0)
+    with pytest.raises(SchedulerError, match="no task"):
+        sched.set_rank(999, 2)
+
+
+def test_a_job_for_a_pool_nobody_runs_fails_with_no_pool(tmp_path, client):
+    cat = catalog(tmp_path)
+    mid = cat.add_module("noop", "1", BUILTINS["noop"].model_dump(mode="json"))
+    task = cat.create_task(step="x", module_id=mid)
+    cat.create_jobs(task, [[]], pool="tpu")
+    sched = Scheduler(cat, Runner({"cpu": client}))
+    sched.run(lambda: sched.tasks_done([task]), timeout=60)
+    with cat.session() as s:
+        assert s.execute(select(Job.state, Job.error_class)).all() == [("failed", "no_pool")]
+
+
+def test_cancel_ends_a_task_and_its_jobs(tmp_path, client):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 50, module="sleep", params={"seconds": 0.05})
+    sched = Scheduler(cat, Runner({"cpu": client}))
+    while sched.dispatched < 4:
+        sched.step(0.01)
+    sched.cancel_task(task)
+    for _ in range(20):
+        sched.step(0.01)
+    with cat.session() as s:
+        states = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        assert s.get(Task, task).state == "cancelled"
+    assert set(states) <= {"succeeded", "cancelled"} and states["cancelled"] >= 40
+    assert sched.dispatched < 50
+
+
+def test_files_table_is_untouched_by_jobs_without_outputs(tmp_path, client):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 20)
+    sched = Scheduler(cat, Runner({"cpu": client}))
+    sched.run(lambda: sched.tasks_done([task]), timeout=60)
+    with cat.session() as s:
+        assert s.execute(select(func.count()).select_from(File)).scalar_one() == 0
+        assert s.get(Task, task).jobs_succeeded == 20
