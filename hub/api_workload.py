@@ -53,14 +53,50 @@ from skerry.workload.catalog import (PAGE_MAX, Catalog, CatalogError, DatasetExi
                                      JobStateError, ModuleExists, UnknownDataset, UnknownJob)
 from skerry.workload.models import (DATASET_STATES, FILE_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, Job,
                                     JobAttempt, Module, Run, Task, Workflow, now)
-from skerry.workload.modules import ModuleRegistry, load_module
-from skerry.workload.workflows import load_workflow
+from skerry.workload.modules import ModuleRegistry, ModuleSpec, load_module
+from skerry.workload.workflows import WorkflowSpec, load_workflow
 
 from .api_users import ApiError
 
 MAX_BODY = 1024 * 1024  # specs and small requests
 MAX_FILES_BODY = 32 * 1024 * 1024  # a file list: about 200,000 entries
 PAGE_DEFAULT = 1000
+
+
+def _body(schema: dict) -> dict:
+    """The OpenAPI ``requestBody`` of a route that reads its JSON itself (size cap, clear errors)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _object(required: list[str], **properties) -> dict:
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
+
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 255}
+_RANK = {"type": "number", "exclusiveMinimum": 0}
+DATASET_BODY = _body(_object(["name"], name=_NAME, location={"type": "string", "description": "skerry://adaptor/path"},
+                             metadata={"type": "object"}, owner={**_NAME, "description": "admins only"}))
+FILES_BODY = _body(_object(["files"], files={"type": "array", "items": _object(
+    ["uri", "size"], uri={"type": "string"}, size={"type": "integer", "minimum": 0},
+    checksum={"type": ["string", "null"], "description": "MD5, 32 hex digits"})}))
+def _inline(schema: dict) -> dict:
+    """A pydantic JSON schema with its ``$defs`` put in place (refs in OpenAPI are document-wide)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
+MODULE_BODY = _body(_inline(ModuleSpec.model_json_schema()))
+WORKFLOW_BODY = _body(_inline(WorkflowSpec.model_json_schema()))
+RUN_BODY = _body(_object(["workflow", "dataset"], workflow=_NAME, dataset=_NAME, rank=_RANK))
+RANK_BODY = _body(_object(["rank"], rank=_RANK))
 
 
 def _status(e: SkerryError) -> int:
@@ -386,7 +422,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
         found = await _call(w.catalog.list_datasets, owner=owner, state=state)
         return {"datasets": [_dataset_json(d, counts=False) for d in found]}
 
-    @router.post("/datasets", status_code=201, tags=["datasets"])
+    @router.post("/datasets", status_code=201, tags=["datasets"], openapi_extra=DATASET_BODY)
     async def create_dataset(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
         """A new ``OPEN`` dataset owned by the caller. Body: ``{"name", "location"?, "metadata"?}``;
         an admin may give ``"owner"``. 409 if the name is taken."""
@@ -417,7 +453,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
         page = await _call(w.catalog.list_files, name, after=after, limit=limit, state=state)
         return {"files": [_file_json(f) for f in page.files], "next_after": page.next_after}
 
-    @router.post("/datasets/{name}/files", tags=["datasets"])
+    @router.post("/datasets/{name}/files", tags=["datasets"], openapi_extra=FILES_BODY)
     async def register_files(name: str, request: Request, who: dict = Depends(caller),
                              w: Workload = Depends(workload)):
         """Bulk registration into an ``OPEN`` dataset: ``{"files": [{"uri", "size", "checksum"?}]}``.
@@ -444,7 +480,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
         """The built-in modules (``noop``, ``sleep``, ``md5``, ``fail``) and the added ones."""
         return {"modules": await _call(w.modules)}
 
-    @router.post("/modules", status_code=201, tags=["workflows"])
+    @router.post("/modules", status_code=201, tags=["workflows"], openapi_extra=MODULE_BODY)
     async def add_module(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
         """Add a module spec (see ``skerry.workload.modules``); 409 if that name@version exists."""
         body = await _json_body(request)
@@ -455,7 +491,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
         """Every workflow, with its steps in order and its dataset name mask."""
         return {"workflows": await _call(w.workflows)}
 
-    @router.post("/workflows", status_code=201, tags=["workflows"])
+    @router.post("/workflows", status_code=201, tags=["workflows"], openapi_extra=WORKFLOW_BODY)
     async def add_workflow(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
         """Add a workflow spec (see ``skerry.workload.workflows``), checked against the known
         modules: unknown modules, pins of the wrong type and cycles are refused (400)."""
@@ -469,7 +505,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
         """The caller's runs (an admin: all), with their job counts."""
         return {"runs": await _call(w.runs, owner_filter(who))}
 
-    @router.post("/runs", status_code=201, tags=["runs"])
+    @router.post("/runs", status_code=201, tags=["runs"], openapi_extra=RUN_BODY)
     async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
         """Start a run of a workflow over one of the caller's datasets: ``{"workflow", "dataset",
         "rank"?}``. One task per step and one ``OPEN`` output dataset per step, in one
@@ -500,7 +536,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
         """One task: step, module, datasets, state, rank and job counts by state."""
         return await _call(w.task, task_id, owner_filter(who))
 
-    @router.post("/tasks/{task_id}/rank", tags=["runs"])
+    @router.post("/tasks/{task_id}/rank", tags=["runs"], openapi_extra=RANK_BODY)
     async def set_rank(task_id: int, request: Request, who: dict = Depends(caller),
                        w: Workload = Depends(workload)):
         """Change a task's rank (``{"rank": n}``, n > 0): its share of the pool from the next pick on."""

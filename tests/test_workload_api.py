@@ -314,3 +314,11 @@ def test_openapi_lists_the_endpoints(platform):
             assert doc["paths"][API + path][method].get("description"), (path, method)
     params = {p["name"] for p in doc["paths"][API + "/jobs"]["get"]["parameters"]}
     assert {"task", "state", "after", "limit"} <= params
+    # the bodies are described, the specs by their own schemas
+    bodies = {path: doc["paths"][API + path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+              for path in ("/datasets", "/datasets/{name}/files", "/modules", "/workflows", "/runs",
+                           "/tasks/{task_id}/rank")}
+    assert bodies["/datasets"]["required"] == ["name"] and bodies["/tasks/{task_id}/rank"]["required"] == ["rank"]
+    assert {"inputs", "outputs", "parameters", "resources", "callable"} <= set(bodies["/modules"]["properties"])
+    assert {"name", "mask", "steps"} <= set(bodies["/workflows"]["properties"])
+    assert "#/$defs" not in json.dumps(doc)  # every reference resolves in the document
