@@ -298,10 +298,9 @@ def test_killing_workers_at_random_loses_no_job_and_registers_no_output_twice(tm
 
 
 def test_a_restarted_scheduler_finishes_with_the_catalog_of_an_undisturbed_run(tmp_path, home, client):
-    quiet, broken = catalog(tmp_path / "q"), None
+    (tmp_path / "q").mkdir()
     (tmp_path / "b").mkdir()
-    broken = Catalog(f"sqlite:///{tmp_path / 'b' / 'catalog.sqlite'}")
-    broken.upgrade()
+    quiet, broken = catalog(tmp_path / "q"), catalog(tmp_path / "b")
     entries = two_step_setup(quiet, home, "raw2", 300)
     broken.add_module("md5of", "1", MD5OF)
     spec = quiet.get_workflow("sums").spec

@@ -71,6 +71,7 @@ class _Live:
     beat: float | None = None
     worker: str | None = None
     state: S.JobState = S.JobState.RUNNING
+    error_class: str | None = None  # why it is lost (timeout, worker_lost)
 
 
 @dataclass
@@ -252,7 +253,8 @@ class Scheduler:
                         written, error=r.error)
 
     def _job(self, live: _Live) -> S.Job:
-        return S.Job(live.job, live.task, live.state, live.attempt, live.pool, live.worker, live.excluded)
+        return S.Job(live.job, live.task, live.state, live.attempt, live.pool, live.worker, live.excluded,
+                     live.error_class)
 
     def _apply(self, live: _Live, event, written: list, *, outputs=None, error=None) -> None:
         try:
@@ -260,7 +262,7 @@ class Scheduler:
         except S.TransitionError:
             return  # stale or no longer allowed: dropped
         new = tr.record
-        live.state, live.excluded = new.state, new.excluded_pools
+        live.state, live.excluded, live.error_class = new.state, new.excluded_pools, new.error_class
         follow = None
         for action in tr.actions:
             if isinstance(action, S.CancelRun):
