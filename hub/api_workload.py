@@ -30,12 +30,12 @@ Rules:
   module, a cyclic workflow, pins of the wrong type, a duplicate) is a 4xx with a
   sentence, and nothing is written: each change is one catalog transaction;
 - bodies are capped (``MAX_BODY``; a file list ``MAX_FILES_BODY``): larger is 413;
-- ``POST runs`` calls ``skerry.workload.runs.start_run``; where that module is missing it
-  checks the request and answers 501 with a sentence;
+- ``POST runs`` is ``skerry.workload.runs.start_run`` (a run over a dataset without a
+  location, or whose output datasets exist, is a 400 and writes nothing); the
+  scheduler then gives its tasks their jobs;
 - catalog calls run in a worker thread, so a large registration does not hold up others.
 """
 
-import importlib.util
 import json
 from datetime import timezone
 from typing import Any, Callable
@@ -54,6 +54,7 @@ from skerry.workload.catalog import (PAGE_MAX, Catalog, CatalogError, DatasetExi
 from skerry.workload.models import (DATASET_STATES, FILE_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, Job,
                                     JobAttempt, Module, Run, Task, Workflow, now)
 from skerry.workload.modules import ModuleRegistry, ModuleSpec, load_module
+from skerry.workload.runs import start_run
 from skerry.workload.workflows import WorkflowSpec, load_workflow
 
 from .api_users import ApiError
@@ -377,14 +378,6 @@ class _Conflict(CatalogError):
     code = "exists"
 
 
-def _runs_module():
-    """``skerry.workload.runs`` (``start_run``), or None while it is not there."""
-    if importlib.util.find_spec("skerry.workload.runs") is None:
-        return None
-    runs = importlib.import_module("skerry.workload.runs")
-    return runs if hasattr(runs, "start_run") else None
-
-
 def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> APIRouter:
     """The router; ``caller`` and ``get_catalog`` are the service's dependencies."""
     router = APIRouter(prefix=api)
@@ -519,11 +512,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
         if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
             raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
         owner = await _call(w.check_run_request, body["workflow"], body["dataset"], owner_filter(who))
-        runs = _runs_module()
-        if runs is None:
-            raise ApiError(501, "not_implemented", "Runs cannot be started through the API yet: the scheduler's "
-                                                   "run module (skerry.workload.runs) is not installed.")
-        run_id = await _call(runs.start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner)
+        run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner)
         return JSONResponse(await _call(w.run, run_id, None), 201)
 
     @router.get("/runs/{run_id}", tags=["runs"])

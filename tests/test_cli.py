@@ -5,7 +5,6 @@ Bad input, refusals by the platform and an unreachable platform exit with status
 sentence on stderr; a waited-for run that does not succeed exits with 1.
 """
 
-import importlib.util
 import json
 import os
 import queue
@@ -137,15 +136,13 @@ def test_workflows_add_and_list(platform, alice, tmp_path):
 def test_run(platform, alice):
     skerry(platform, alice, "datasets", "create", "cli.torun", "--location", "skerry://home/torun/in")
     r = skerry(platform, alice, "run", "cli-checksums", "cli.torun", "--rank", "2")
-    if importlib.util.find_spec("skerry.workload.runs"):
-        assert r.returncode == 0, r.stderr
-        run = int(r.stdout.split()[2])
-        assert r.stdout.startswith(f"started run {run} of cli-checksums over cli.torun")
-        r = skerry(platform, alice, "status", str(run))
-        assert r.returncode == 0 and f"run {run}: cli-checksums over cli.torun, running" in r.stdout
-        assert ["checksum", "md5@1", "defined", "2"] == r.stdout.splitlines()[2].split()[1:5]
-    else:
-        failed(r, "Runs cannot be started through the API yet")
+    assert r.returncode == 0, r.stderr
+    run = int(r.stdout.split()[2])
+    assert r.stdout.startswith(f"started run {run} of cli-checksums over cli.torun")
+    r = skerry(platform, alice, "status", str(run))
+    assert r.returncode == 0 and f"run {run}: cli-checksums over cli.torun, running" in r.stdout
+    assert ["checksum", "md5@1", "defined", "2"] == r.stdout.splitlines()[2].split()[1:5]
+    failed(skerry(platform, alice, "run", "cli-checksums", "cli.torun"), "already exists")
     failed(skerry(platform, alice, "run", "no-such-workflow", "cli.torun"), "no-such-workflow")
     failed(skerry(platform, alice, "run", "cli-checksums", "cli.torun", "--rank", "0"), "'rank' must be a number > 0")
 
