@@ -88,7 +88,10 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
     base = output_location or (posixpath.dirname(ds.location) if ds.location else None)
     if not base:
         raise RunError(f"dataset {dataset!r} has no location: give output_location for the run's outputs")
-    check_uri(base.rstrip("/") + "/x", "output_location")
+    try:
+        check_uri(base.rstrip("/") + "/x", "output_location")
+    except SkerryError:
+        raise RunError(f"output location {base!r} is not a skerry://<adaptor>/<path> folder") from None
     pins, outputs = {}, {}
     for name in wf.order:
         step = wf.steps[name]

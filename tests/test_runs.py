@@ -1,0 +1,181 @@
+"""Runs and the planner on a real SQLite catalog, without Dask: jobs appear as input lands."""
+
+import pytest
+from sqlalchemy import func, select
+
+from skerry.workload.catalog import Catalog
+from skerry.workload.models import Dataset, Job, JobInput, Run, Task
+from skerry.workload.runs import Planner, RunError, start_run
+
+MD5OF = {"name": "md5of", "version": "1", "inputs": [{"name": "input", "type": "md5"}],
+         "outputs": [{"name": "checksum", "type": "md5", "file_name": "{name}.md5"}],
+         "callable": "skerry.workload.builtins:md5"}
+CONCAT = {"name": "concat", "version": "1",
+          "inputs": [{"name": "files", "kind": "multiple", "type": "md5"}],
+          "outputs": [{"name": "all", "type": "file", "file_name": "all.txt"}],
+          "callable": "skerry.workload.builtins:noop"}
+GPUSUM = {"name": "gpusum", "version": "1", "inputs": [{"name": "input", "type": "file", "pattern": "*.dat"}],
+          "outputs": [{"name": "checksum", "type": "md5", "file_name": "{name}.md5"}],
+          "resources": {"gpu": 1}, "callable": "skerry.workload.builtins:md5"}
+
+
+@pytest.fixture
+def cat(tmp_path):
+    c = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    c.upgrade()
+    for spec in (MD5OF, CONCAT, GPUSUM):
+        c.add_module(spec["name"], "1", spec)
+    c.create_dataset("raw", location="skerry://home/raw")
+    return c
+
+
+def files(cat, name, names):
+    cat.register_files(name, [{"uri": f"skerry://home/{name}/{n}", "size": 1} for n in names])
+
+
+def counts(cat, model=Task):
+    with cat.session() as s:
+        return s.execute(select(model.id, model.state)).all()
+
+
+def jobs_of(cat, step):
+    with cat.session() as s:
+        rows = s.execute(select(Job.id, JobInput.file_id).join(JobInput, JobInput.job_id == Job.id)
+                         .join(Task, Task.id == Job.task_id).where(Task.step == step)
+                         .order_by(Job.id, JobInput.position)).all()
+    out = {}
+    for job, f in rows:
+        out.setdefault(job, []).append(f)
+    return list(out.values())
+
+
+def succeed_all(cat, step):
+    """What the scheduler does when a job succeeds: its output registered with it."""
+    with cat.session() as s:
+        rows = s.execute(select(Job.id, Dataset.location).join(Task, Task.id == Job.task_id)
+                         .join(Dataset, Dataset.id == Task.output_dataset_id)
+                         .where(Task.step == step, Job.state == "queued")).all()
+    for job, location in rows:
+        cat.start_attempt(job, worker="w")
+        cat.register_outputs_and_succeed(job, [{"uri": f"{location}/out{job}.md5", "size": 1}])
+    with cat.writing() as s:
+        s.execute(Task.__table__.update().where(Task.step == step).values(state="succeeded"))
+
+
+WORKFLOW = {"name": "sums", "steps": [
+    {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}},
+    {"name": "again", "module": "md5of", "inputs": {"input": "sum.checksum"}},
+    {"name": "all", "module": "concat", "inputs": {"files": "again.checksum"}}]}
+
+
+def test_a_run_makes_one_task_and_one_output_dataset_per_step(cat):
+    cat.add_workflow("sums", WORKFLOW)
+    run = start_run(cat, "sums", "raw", rank=3, owner="alice")
+    with cat.session() as s:
+        tasks = s.execute(select(Task.step, Task.rank, Task.state, Task.input_dataset_id, Task.output_dataset_id)
+                          .order_by(Task.id)).all()
+        datasets = {d.id: (d.name, d.state, d.location, d.owner) for d in s.execute(select(Dataset)).scalars()}
+        assert s.get(Run, run).params == {"pins": {"sum": "input", "again": "input", "all": "files"}}
+    assert [t.step for t in tasks] == ["sum", "again", "all"]
+    assert all(t.rank == 3 and t.state == "defined" for t in tasks)
+    assert datasets[tasks[0].input_dataset_id][0] == "raw"
+    assert tasks[1].input_dataset_id == tasks[0].output_dataset_id
+    assert tasks[2].input_dataset_id == tasks[1].output_dataset_id
+    assert datasets[tasks[0].output_dataset_id] == ("raw.sum", "OPEN", "skerry://home/raw.sum", "alice")
+
+
+@pytest.mark.parametrize("why, call, words", [
+    ("unknown workflow", lambda c: start_run(c, "nope", "raw"), "no workflow named 'nope'"),
+    ("unknown dataset", lambda c: start_run(c, "sums", "nope"), "no dataset named 'nope'"),
+    ("bad rank", lambda c: start_run(c, "sums", "raw", rank=0), "rank must be a number > 0"),
+    ("bad output location", lambda c: start_run(c, "sums", "raw", output_location="/tmp/x"), "skerry://"),
+])
+def test_bad_runs_are_refused_and_write_nothing(cat, why, call, words):
+    cat.add_workflow("sums", WORKFLOW)
+    with pytest.raises(RunError, match=words):
+        call(cat)
+    assert counts(cat, Run) == [] and counts(cat, Task) == []
+    with cat.session() as s:
+        assert s.execute(select(Dataset.name)).scalars().all() == ["raw"]
+
+
+def test_a_second_run_over_the_same_dataset_is_refused_whole(cat):
+    cat.add_workflow("sums", WORKFLOW)
+    cat.create_dataset("raw.again")  # the second step's output name is taken
+    with pytest.raises(RunError, match="output dataset 'raw.again' already exists"):
+        start_run(cat, "sums", "raw")
+    assert counts(cat, Run) == [] and counts(cat, Task) == []
+    with cat.session() as s:
+        assert sorted(s.execute(select(Dataset.name)).scalars()) == ["raw", "raw.again"]
+
+
+def test_a_dataset_without_location_needs_an_output_location(cat):
+    cat.add_workflow("sums", WORKFLOW)
+    cat.create_dataset("bare")
+    with pytest.raises(RunError, match="no location"):
+        start_run(cat, "sums", "bare")
+    start_run(cat, "sums", "bare", output_location="skerry://home/out")
+    with cat.session() as s:
+        assert s.execute(select(Dataset.location).where(Dataset.name == "bare.sum")).scalar_one() == \
+            "skerry://home/out/bare.sum"
+
+
+def test_streaming_steps_get_jobs_as_files_land_and_barriers_wait(cat):
+    cat.add_workflow("sums", WORKFLOW)
+    run = start_run(cat, "sums", "raw")
+    planner = Planner(cat)
+    files(cat, "raw", ["a.dat", "b.dat"])  # the dataset is still OPEN: the first step streams
+    changed = planner.advance()
+    assert len(jobs_of(cat, "sum")) == 2 and len(changed) == 1
+    files(cat, "raw", ["c.dat"])
+    planner.advance()
+    assert len(jobs_of(cat, "sum")) == 3  # each file in exactly one job
+    assert not planner.complete(min(changed))  # the dataset may still grow
+    cat.close_dataset("raw")
+    planner.advance()
+    assert planner.complete(min(changed))
+    # two upstream jobs succeed: the streaming step gets their two outputs, the barrier nothing yet
+    with cat.session() as s:
+        first_two = s.execute(select(Job.id).join(Task).where(Task.step == "sum").order_by(Job.id)
+                              .limit(2)).scalars().all()
+    for job in first_two:
+        cat.start_attempt(job, worker="w")
+        cat.register_outputs_and_succeed(job, [{"uri": f"skerry://home/raw.sum/{job}.md5", "size": 1}])
+    planner.advance()
+    assert len(jobs_of(cat, "again")) == 2 and jobs_of(cat, "all") == []
+    succeed_all(cat, "sum")
+    planner.advance()
+    assert len(jobs_of(cat, "again")) == 3 and jobs_of(cat, "all") == []
+    succeed_all(cat, "again")
+    planner.advance()
+    assert [len(j) for j in jobs_of(cat, "all")] == [3]  # a multiple pin: all files in one job
+    succeed_all(cat, "all")
+    assert planner.finish_runs() == [run]
+    with cat.session() as s:
+        assert s.get(Run, run).state == "succeeded"
+        assert set(s.execute(select(Dataset.state).where(Dataset.name != "raw")).scalars()) == {"CLOSED"}
+
+
+def test_chunks_patterns_and_gpu_pool(cat):
+    cat.add_workflow("gpu", {"name": "gpu", "steps": [
+        {"name": "sum", "module": "gpusum", "inputs": {"input": "dataset"}},
+        {"name": "all", "module": "concat", "inputs": {"files": "sum.checksum"}, "chunk": 2}]})
+    start_run(cat, "gpu", "raw")
+    files(cat, "raw", ["a.dat", "b.dat", "notes.txt", "c.dat"])
+    planner = Planner(cat)
+    planner.advance()
+    with cat.session() as s:
+        pools = s.execute(select(Job.pool, func.count()).group_by(Job.pool)).all()
+    assert pools == [("gpu", 3)]  # the pattern leaves notes.txt out; gpu: 1 sends it to the gpu pool
+    with cat.session() as s:
+        jobs = s.execute(select(Job.id).order_by(Job.id)).scalars().all()
+    for job in jobs[:3]:
+        cat.start_attempt(job, worker="w")
+        cat.register_outputs_and_succeed(job, [{"uri": f"skerry://home/raw.sum/{job}.md5", "size": 1}])
+    planner.advance()
+    assert [len(j) for j in jobs_of(cat, "all")] == [2]  # a full chunk streams; the partial one waits
+    cat.close_dataset("raw")
+    with cat.writing() as s:
+        s.execute(Task.__table__.update().where(Task.step == "sum").values(state="succeeded"))
+    planner.advance()
+    assert [len(j) for j in jobs_of(cat, "all")] == [2, 1]
