@@ -37,43 +37,47 @@ def _parser() -> argparse.ArgumentParser:
                     help="INSECURE: let any user name and password log in (for local development)")
 
     # SUPPRESS: given before or after the action, neither default overwrites the other
-    remote = argparse.ArgumentParser(add_help=False)
+    remote = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     remote.add_argument("--url", default=argparse.SUPPRESS,
                         help="the platform (default $SKERRY_URL, else http://127.0.0.1:8000)")
     remote.add_argument("--token-file", default=argparse.SUPPRESS,
                         help="a file holding your hub API token (default: $SKERRY_TOKEN)")
 
-    ds = sub.add_parser("datasets", parents=[remote], help="list, create and close datasets; list their files")
+    def remote_command(subparsers, name: str, help: str) -> argparse.ArgumentParser:
+        # no abbreviations: '--token SECRET' must not pass as '--token-file'
+        return subparsers.add_parser(name, parents=[remote], allow_abbrev=False, help=help)
+
+    ds = remote_command(sub, "datasets", "list, create and close datasets; list their files")
     ds_sub = ds.add_subparsers(dest="action", metavar="ACTION")
-    ds_sub.add_parser("list", parents=[remote], help="your datasets (the default)")
-    create = ds_sub.add_parser("create", parents=[remote], help="a new OPEN dataset")
+    remote_command(ds_sub, "list", "your datasets (the default)")
+    create = remote_command(ds_sub, "create", "a new OPEN dataset")
     create.add_argument("name")
     create.add_argument("--location", help="the skerry:// folder of its files")
     create.add_argument("--metadata", help="a JSON object of metadata")
-    close = ds_sub.add_parser("close", parents=[remote], help="OPEN -> CLOSED: no more files")
+    close = remote_command(ds_sub, "close", "OPEN -> CLOSED: no more files")
     close.add_argument("name")
-    files = ds_sub.add_parser("files", parents=[remote], help="list a dataset's files (or register some)")
+    files = remote_command(ds_sub, "files", "list a dataset's files (or register some)")
     files.add_argument("name")
     files.add_argument("--register", metavar="FILE",
                        help="first register the files in FILE: a JSON list of {uri, size, checksum}, all or none")
 
-    wf = sub.add_parser("workflows", parents=[remote], help="list or add workflows")
+    wf = remote_command(sub, "workflows", "list or add workflows")
     wf_sub = wf.add_subparsers(dest="action", metavar="ACTION")
-    wf_sub.add_parser("list", parents=[remote], help="every workflow (the default)")
-    add = wf_sub.add_parser("add", parents=[remote], help="add a workflow spec (a JSON or YAML file)")
+    remote_command(wf_sub, "list", "every workflow (the default)")
+    add = remote_command(wf_sub, "add", "add a workflow spec (a JSON or YAML file)")
     add.add_argument("file")
 
-    run = sub.add_parser("run", parents=[remote], help="start a run of a workflow over a dataset")
+    run = remote_command(sub, "run", "start a run of a workflow over a dataset")
     run.add_argument("workflow")
     run.add_argument("dataset")
     run.add_argument("--rank", type=float, help="the rank of its tasks: their share of the pools (default 1)")
     run.add_argument("--wait", action="store_true", help="wait for the run to end, with a progress bar")
 
-    status = sub.add_parser("status", parents=[remote], help="your runs, or one run's tasks")
+    status = remote_command(sub, "status", "your runs, or one run's tasks")
     status.add_argument("run", nargs="?", type=int)
     status.add_argument("--wait", action="store_true", help="with RUN: wait for it to end, with a progress bar")
 
-    cancel = sub.add_parser("cancel", parents=[remote], help="cancel a task and its jobs that are not final")
+    cancel = remote_command(sub, "cancel", "cancel a task and its jobs that are not final")
     cancel.add_argument("task", type=int)
     return p
 

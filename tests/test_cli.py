@@ -102,6 +102,9 @@ def test_errors_exit_2_with_a_sentence(platform, alice, bob, tmp_path, catalog):
     failed(skerry(platform, alice, "datasets", url=f"http://127.0.0.1:{free_port()}"),
            "cannot reach the skerry platform")
     failed(skerry(platform, alice, "datasets", url="ftp:/nowhere"), "is not a platform URL")
+    # there is no --token (argv is visible to every user), not even as an abbreviation of --token-file
+    r = skerry(platform, None, "datasets", "list", "--token", alice)
+    assert r.returncode == 2 and "unrecognized arguments: --token" in r.stderr
     # argparse's own refusals are status 2 as well
     r = skerry(platform, alice, "cancel", "seven")
     assert r.returncode == 2 and "invalid int value" in r.stderr
