@@ -200,6 +200,12 @@ class Runner:
     # ---- submission ----
 
     def submit(self, pool: str, spec: JobSpec) -> None:
+        self.submit_many(pool, [spec])
+
+    def submit_many(self, pool: str, specs: list[JobSpec]) -> None:
+        """Hand attempts to ``pool`` in one call to Dask (one graph, not one per attempt)."""
+        if not specs:
+            return
         p = self.pools[pool]
         kwargs: dict[str, Any] = {}
         if p.needs:
@@ -209,11 +215,13 @@ class Runner:
             if others:
                 kwargs["workers"] = list(self._workers(pool))
                 kwargs["allow_other_workers"] = True
-        future = p.client.submit(execute, spec, key=f"skerry-job-{spec.job}-{spec.attempt}",
-                                 pure=False, retries=0, **kwargs)
+        futures = p.client.map(execute, specs, key=[f"skerry-job-{sp.job}-{sp.attempt}" for sp in specs],
+                               pure=False, retries=0, **kwargs)
         with self._lock:
-            self._futures[(spec.job, spec.attempt)] = future
-        future.add_done_callback(self._on_done)
+            for spec, future in zip(specs, futures):
+                self._futures[(spec.job, spec.attempt)] = future
+        for future in futures:
+            future.add_done_callback(self._on_done)
 
     def cancel(self, job: int, attempt: int) -> None:
         """Forget the attempt and ask Dask to cancel it; its result is dropped if it comes."""

@@ -166,8 +166,11 @@ class Scheduler:
             if due:
                 self._retries(s, due)
             submit = self._refill(s)
+        by_pool = defaultdict(list)
         for pool, spec in submit:
-            self.runner.submit(pool, spec)
+            by_pool[pool].append(spec)
+        for pool, specs in by_pool.items():
+            self.runner.submit_many(pool, specs)
         if self.planner is not None and now >= self._next_plan:
             self._dirty |= self.planner.advance()
             self._next_plan = now + self.plan_interval

@@ -1,0 +1,102 @@
+"""Scheduler throughput: noop jobs through the full path versus raw ``client.map``.
+
+    python bench/scheduler.py [--jobs 10000] [--queued 100000] [--windows 2,50]
+
+One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
+``distributed.scheduler.worker-saturation: inf`` serves every measurement:
+
+1. raw: ``client.map(run_job, ...)`` of the ``noop`` module, ``--jobs`` times, all results
+   gathered (the executor's work without the scheduler);
+2. full path, once per ``--windows`` value (the window is that many times the pool's slots;
+   the design says about 2): ``--jobs`` queued noop jobs in a fresh SQLite catalog,
+   dispatched by the scheduler (catalog + fair selector + Dask runner), every transition
+   and attempt written. Prints jobs/s and the ratio to raw (target >= 0.7);
+3. ``--queued`` jobs queued at once (0 skips it): the dispatch rate of the first 10,000
+   and of the last 10,000 (target: within 10%).
+Asserts nothing.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import dask
+from distributed import Client, LocalCluster
+
+from skerry.workload.builtins import BUILTINS
+from skerry.workload.catalog import Catalog
+from skerry.workload.executors import run_job
+from skerry.workload.runner import Runner
+from skerry.workload.scheduler import Scheduler
+
+NOOP = BUILTINS["noop"].model_dump(mode="json")
+PART = 10_000
+
+
+def raw(client: Client, n: int) -> float:
+    start = time.perf_counter()
+    futures = client.map(run_job, [NOOP] * n, [None] * n, ["memory://bench-raw"] * n, pure=False)
+    client.gather(futures)
+    return n / (time.perf_counter() - start)
+
+
+def queued(folder: str, n: int) -> tuple[Catalog, int]:
+    catalog = Catalog(f"sqlite:///{Path(folder) / 'catalog.sqlite'}")
+    catalog.upgrade()
+    module = catalog.add_module("noop", "1", NOOP)
+    task = catalog.create_task(step="noop", module_id=module)
+    catalog.create_jobs(task, [[] for _ in range(n)])
+    return catalog, task
+
+
+def full(client: Client, n: int, window: float) -> tuple[float, list[tuple[float, int]]]:
+    """jobs/s from the first dispatch to the last success; (time, dispatched) samples."""
+    with tempfile.TemporaryDirectory() as folder:
+        catalog, task = queued(folder, n)
+        sched = Scheduler(catalog, Runner({"cpu": client}), window=window)
+        samples = []
+        start = time.perf_counter()
+        while sched.dispatched < n or sched.live:
+            sched.step(0.005)
+            samples.append((time.perf_counter() - start, sched.dispatched))
+        elapsed = time.perf_counter() - start
+        sched.run(lambda: sched.tasks_done([task]), timeout=60)  # the task's state follows its jobs
+        catalog.dispose()
+    return n / elapsed, samples
+
+
+def rate_between(samples: list[tuple[float, int]], low: int, high: int) -> float:
+    t0 = next(t for t, d in samples if d >= low)
+    t1 = next(t for t, d in samples if d >= high)
+    return (high - low) / (t1 - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--windows", default="2,50")
+    args = parser.parse_args()
+    with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        raw(client, 500)  # warm the workers (imports)
+        base = raw(client, args.jobs)
+        print(f"raw client.map: {args.jobs} noop jobs, {base:,.0f} jobs/s")
+        for window in (float(w) for w in args.windows.split(",")):
+            rate, _ = full(client, args.jobs, window)
+            print(f"full path, window {window:g} x slots: {rate:,.0f} jobs/s, ratio {rate / base:.2f} "
+                  f"(target >= 0.7)")
+        if args.queued:
+            window = float(args.windows.split(",")[-1])
+            rate, samples = full(client, args.queued, window)
+            first = rate_between(samples, 0, min(PART, args.queued))
+            last = rate_between(samples, max(0, args.queued - PART), args.queued)
+            print(f"{args.queued} queued (window {window:g} x slots): {rate:,.0f} jobs/s overall; dispatch "
+                  f"first {PART}: {first:,.0f}/s, last {PART}: {last:,.0f}/s, last/first {last / first:.2f} "
+                  f"(target 0.9-1.1)")
+
+
+if __name__ == "__main__":
+    main()
