@@ -83,7 +83,8 @@ class FsspecWebdav(WebdavFileSystem):
 
 class WebdavFixtures(abstract.AbstractFixtures):
     @pytest.fixture(scope="class")
-    def fs(self, home_url, alice):
+    @classmethod
+    def fs(cls, home_url, alice):
         # no retries: a server error must fail the test, not be papered over
         return FsspecWebdav(home_url, auth=("alice", alice), timeout=60, retry=False)
 

@@ -27,19 +27,22 @@ class FederationFixtures(abstract.AbstractFixtures):
 
 class LocalFixtures(FederationFixtures):
     @pytest.fixture(scope="class")
-    def fs(self, tmp_path_factory):
+    @classmethod
+    def fs(cls, tmp_path_factory):
         return federation({"name": "data", "type": "local", "path": str(tmp_path_factory.mktemp("local"))})
 
 
 class MemoryFixtures(FederationFixtures):
     @pytest.fixture(scope="class")
-    def fs(self):
+    @classmethod
+    def fs(cls):
         return federation({"name": "data", "type": "memory", "path": f"/m-{uuid.uuid4().hex[:8]}"})
 
 
 class SftpFixtures(FederationFixtures):
     @pytest.fixture(scope="class")
-    def fs(self, sshd, tmp_path_factory):
+    @classmethod
+    def fs(cls, sshd, tmp_path_factory):
         root = tmp_path_factory.mktemp("sftp-root")
         return federation(
             {"name": "data", "type": "sftp", "host": "127.0.0.1", "port": sshd.port,
@@ -49,7 +52,8 @@ class SftpFixtures(FederationFixtures):
 
 class S3Fixtures(FederationFixtures):
     @pytest.fixture(scope="class")
-    def fs(self, s3server):
+    @classmethod
+    def fs(cls, s3server):
         bucket = f"fed-{uuid.uuid4().hex[:8]}"
         s3server.make_bucket(bucket)
         return federation(
