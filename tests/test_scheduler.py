@@ -192,7 +192,7 @@ def test_gpu_jobs_run_only_on_the_gpu_worker_and_cpu_jobs_do_not_wait(tmp_path, 
     from distributed.scheduler import Scheduler as DaskScheduler
 
     with dask.config.set(CONFIG), SpecCluster(workers=workers, scheduler={"cls": DaskScheduler, "options": {
-            "dashboard_address": None}}) as cluster, Client(cluster) as c:
+            "dashboard": False, "dashboard_address": None}}) as cluster, Client(cluster) as c:
         c.wait_for_workers(3)
         gpu_module = {**BUILTINS["sleep"].model_dump(mode="json"), "name": "gpusleep",
                       "resources": {"gpu": 1}}

@@ -167,8 +167,11 @@ class Scheduler:
                 self._retries(s, due)
             submit = self._refill(s)
         by_pool = defaultdict(list)
-        for pool, spec in submit:
-            by_pool[pool].append(spec)
+        for live, spec in submit:  # committed: now they are in flight
+            self.live[live.job] = live
+            self._dirty.add(live.task)
+            by_pool[live.pool].append(spec)
+        self.dispatched += len(submit)
         for pool, specs in by_pool.items():
             self.runner.submit_many(pool, specs)
         if self.planner is not None and now >= self._next_plan:
@@ -362,57 +365,56 @@ class Scheduler:
             return
         stamp = _utc_now()
         ids = [w.job for w in written]
-        if True:
-            current = {}
-            for chunk in _chunks(ids):
-                query = select(Job.id, Job.state, Job.attempts).where(Job.id.in_(chunk))
-                if self.catalog.dialect == "postgresql":
-                    query = query.with_for_update()
-                current.update({r.id: (r.state, r.attempts) for r in s.execute(query)})
-            moves, ends, files = [], [], []
-            succeeded, failed = defaultdict(int), defaultdict(int)
-            datasets = {}
-            for w in written:
-                state, attempts = current.get(w.job, (None, None))
-                if state in FINAL or attempts != w.attempt:
-                    continue  # another scheduler moved it on: nothing to write
-                if w.state == "succeeded" and w.outputs:
-                    info = self._task(w.task)
-                    if info.output_dataset_id is None:
-                        w.state, w.error_class = "failed", "no_output_dataset"
-                    else:
-                        datasets.setdefault(info.output_dataset_id, []).append(w)
-                moves.append(w)
-            self._check_outputs(s, datasets)
-            for w in moves:
-                if w.state == "succeeded":
-                    succeeded[w.task] += 1
-                    files += [{**o, "dataset_id": self._task(w.task).output_dataset_id, "job_id": w.job,
-                               "state": "AVAILABLE", "created": stamp} for o in w.outputs]
-                elif w.state == "failed":
-                    failed[w.task] += 1
-                ends.append({"b_job": w.job, "b_n": w.attempt, "b_ended": stamp, "b_exit": w.exit_code,
-                             "b_class": w.error_class, "b_error": w.error, "b_log": w.log, "b_worker": w.worker})
-            if not moves:
-                return
-            conn = s.connection()
-            conn.execute(update(Job).where(Job.id == bindparam("b_job"))
-                         .values(state=bindparam("b_state"), error_class=bindparam("b_class"), updated=stamp),
-                         [{"b_job": w.job, "b_state": w.state, "b_class": w.error_class} for w in moves])
-            # an attempt already ended (cancelled) keeps its end; a lost one ends now
-            conn.execute(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
-                                                  JobAttempt.number == bindparam("b_n"),
-                                                  JobAttempt.ended.is_(None))
-                         .values(ended=bindparam("b_ended"), exit_code=bindparam("b_exit"),
-                                 error_class=bindparam("b_class"), error=bindparam("b_error"),
-                                 log=bindparam("b_log"),
-                                 worker=func.coalesce(bindparam("b_worker"), JobAttempt.worker)), ends)
-            if files:
-                conn.execute(insert(File), files)
-            for task, n in succeeded.items():
-                conn.execute(update(Task).where(Task.id == task).values(jobs_succeeded=Task.jobs_succeeded + n))
-            for task, n in failed.items():
-                conn.execute(update(Task).where(Task.id == task).values(jobs_failed=Task.jobs_failed + n))
+        current = {}
+        for chunk in _chunks(ids):
+            query = select(Job.id, Job.state, Job.attempts).where(Job.id.in_(chunk))
+            if self.catalog.dialect == "postgresql":
+                query = query.with_for_update()
+            current.update({r.id: (r.state, r.attempts) for r in s.execute(query)})
+        moves, ends, files = [], [], []
+        succeeded, failed = defaultdict(int), defaultdict(int)
+        datasets = {}
+        for w in written:
+            state, attempts = current.get(w.job, (None, None))
+            if state in FINAL or attempts != w.attempt:
+                continue  # another scheduler moved it on: nothing to write
+            if w.state == "succeeded" and w.outputs:
+                info = self._task(w.task)
+                if info.output_dataset_id is None:
+                    w.state, w.error_class = "failed", "no_output_dataset"
+                else:
+                    datasets.setdefault(info.output_dataset_id, []).append(w)
+            moves.append(w)
+        self._check_outputs(s, datasets)
+        for w in moves:
+            if w.state == "succeeded":
+                succeeded[w.task] += 1
+                files += [{**o, "dataset_id": self._task(w.task).output_dataset_id, "job_id": w.job,
+                           "state": "AVAILABLE", "created": stamp} for o in w.outputs]
+            elif w.state == "failed":
+                failed[w.task] += 1
+            ends.append({"b_job": w.job, "b_n": w.attempt, "b_ended": stamp, "b_exit": w.exit_code,
+                         "b_class": w.error_class, "b_error": w.error, "b_log": w.log, "b_worker": w.worker})
+        if not moves:
+            return
+        conn = s.connection()
+        conn.execute(update(Job).where(Job.id == bindparam("b_job"))
+                     .values(state=bindparam("b_state"), error_class=bindparam("b_class"), updated=stamp),
+                     [{"b_job": w.job, "b_state": w.state, "b_class": w.error_class} for w in moves])
+        # an attempt already ended (cancelled) keeps its end; a lost one ends now
+        conn.execute(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
+                                              JobAttempt.number == bindparam("b_n"),
+                                              JobAttempt.ended.is_(None))
+                     .values(ended=bindparam("b_ended"), exit_code=bindparam("b_exit"),
+                             error_class=bindparam("b_class"), error=bindparam("b_error"),
+                             log=bindparam("b_log"),
+                             worker=func.coalesce(bindparam("b_worker"), JobAttempt.worker)), ends)
+        if files:
+            conn.execute(insert(File), files)
+        for task, n in succeeded.items():
+            conn.execute(update(Task).where(Task.id == task).values(jobs_succeeded=Task.jobs_succeeded + n))
+        for task, n in failed.items():
+            conn.execute(update(Task).where(Task.id == task).values(jobs_failed=Task.jobs_failed + n))
         self._dirty.update(w.task for w in moves)
 
     def _check_outputs(self, s, datasets: dict[int, list[_Written]]) -> None:
@@ -510,9 +512,9 @@ class Scheduler:
 
     # ---- dispatch ----
 
-    def _refill(self, s) -> list[tuple[str, JobSpec]]:
+    def _refill(self, s) -> list[tuple[_Live, JobSpec]]:
         """Dispatch the next jobs of every pool with room; what to submit after the commit."""
-        submit: list[tuple[str, JobSpec]] = []
+        submit: list[tuple[_Live, JobSpec]] = []
         ranks = None
         in_flight = defaultdict(int)
         for live in self.live.values():
@@ -558,51 +560,51 @@ class Scheduler:
             out[job_id] = self.policy.excluded_pools(attempts)
         return out
 
-    def _dispatch(self, s, pool: str, order: list[tuple[int, int]]) -> list[tuple[str, JobSpec]]:
+    def _dispatch(self, s, pool: str, order: list[tuple[int, int]]) -> list[tuple[_Live, JobSpec]]:
         ids = [job for job, _ in order]
         stamp = _utc_now()
-        if True:
-            attempts = {}
-            for chunk in _chunks(ids):
-                attempts.update(s.execute(select(Job.id, Job.attempts).where(Job.id.in_(chunk),
-                                                                             Job.state == "queued")).all())
-            retried = [j for j in ids if attempts.get(j)]
-            excluded = self._excluded(retried, s) if retried else {}
-            go, refused = [], []
-            for job, task in order:
-                if job not in attempts:
-                    continue  # no longer queued (cancelled meanwhile)
-                live = _Live(job, task, attempts[job], pool, excluded.get(job, frozenset()), state=S.JobState.QUEUED)
-                try:
-                    tr = S.apply_job(self._job(live), S.Dispatch(pool), self.policy)
-                except S.TransitionError:
-                    refused.append(job)  # the retry policy excludes this pool
-                    continue
-                live.state, live.attempt = tr.record.state, tr.record.attempts
-                go.append(live)
-            conn = s.connection()
-            if go:
-                conn.execute(update(Job).where(Job.id == bindparam("b_job"))
-                             .values(state="running", attempts=bindparam("b_n"), updated=stamp),
-                             [{"b_job": live.job, "b_n": live.attempt} for live in go])
-                conn.execute(insert(JobAttempt), [{"job_id": live.job, "number": live.attempt, "pool": pool,
-                                                   "started": stamp} for live in go])
-            if refused:
-                conn.execute(update(Job).where(Job.id.in_(refused))
-                             .values(state="failed", error_class=S.ERROR_NO_POOL, updated=stamp))
-                self._dirty.update(t for j, t in order if j in refused)
+        attempts = {}
+        for chunk in _chunks(ids):
+            attempts.update(s.execute(select(Job.id, Job.attempts).where(Job.id.in_(chunk),
+                                                                         Job.state == "queued")).all())
+        retried = [j for j in ids if attempts.get(j)]
+        excluded = self._excluded(retried, s) if retried else {}
+        go, refused = [], []
+        for job, task in order:
+            if job not in attempts:
+                continue  # no longer queued (cancelled meanwhile)
+            live = _Live(job, task, attempts[job], pool, excluded.get(job, frozenset()), state=S.JobState.QUEUED)
+            try:
+                tr = S.apply_job(self._job(live), S.Dispatch(pool), self.policy)
+            except S.TransitionError:
+                refused.append((job, task, live.excluded))  # the retry policy excludes this pool
+                continue
+            live.state, live.attempt = tr.record.state, tr.record.attempts
+            go.append(live)
+        conn = s.connection()
+        if go:
+            conn.execute(update(Job).where(Job.id == bindparam("b_job"))
+                         .values(state="running", attempts=bindparam("b_n"), updated=stamp),
+                         [{"b_job": live.job, "b_n": live.attempt} for live in go])
+            conn.execute(insert(JobAttempt), [{"job_id": live.job, "number": live.attempt, "pool": pool,
+                                               "started": stamp} for live in go])
+        for job, task, excluded in refused:
+            # another pool of the same kind (GPU or not) takes it; with none left it fails
+            kind = bool(self.runner.pools[pool].needs)
+            other = next((p for p, q in self.runner.pools.items()
+                          if p not in excluded and p != pool and bool(q.needs) == kind), None)
+            values = {"pool": other} if other else {"state": "failed", "error_class": S.ERROR_NO_POOL}
+            conn.execute(update(Job).where(Job.id == job).values(updated=stamp, **values))
+            self._dirty.add(task)
         if not go:
             return []
         inputs = self._inputs([live.job for live in go], s=s)
         submit = []
         for live in go:
             info = self._task(live.task)
-            self.live[live.job] = live
-            submit.append((pool, JobSpec(live.job, live.attempt, info.module,
+            submit.append((live, JobSpec(live.job, live.attempt, info.module,
                                          self._by_pin(info, inputs.get(live.job, [])),
                                          info.output, info.params, self.job_timeout, self.heartbeat)))
-            self._dirty.add(live.task)
-        self.dispatched += len(go)
         return submit
 
     def _inputs(self, job_ids: list[int], info: _TaskInfo | None = None, s=None):
@@ -610,13 +612,12 @@ class Scheduler:
             with self.catalog.session() as s:
                 return self._inputs(job_ids, info, s)
         out: dict[int, list[str]] = defaultdict(list)
-        if True:
-            for chunk in _chunks(job_ids):
-                for job_id, uri in s.execute(select(JobInput.job_id, File.uri)
-                                             .join(File, File.id == JobInput.file_id)
-                                             .where(JobInput.job_id.in_(chunk))
-                                             .order_by(JobInput.job_id, JobInput.position)):
-                    out[job_id].append(uri)
+        for chunk in _chunks(job_ids):
+            for job_id, uri in s.execute(select(JobInput.job_id, File.uri)
+                                         .join(File, File.id == JobInput.file_id)
+                                         .where(JobInput.job_id.in_(chunk))
+                                         .order_by(JobInput.job_id, JobInput.position)):
+                out[job_id].append(uri)
         if info is not None:
             return {j: self._by_pin(info, out.get(j, [])) for j in job_ids}
         return out
