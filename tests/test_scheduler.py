@@ -380,3 +380,29 @@ def test_files_table_is_untouched_by_jobs_without_outputs(tmp_path, client):
     with cat.session() as s:
         assert s.execute(select(func.count()).select_from(File)).scalar_one() == 0
         assert s.get(Task, task).jobs_succeeded == 20
+
+
+def test_a_job_kept_off_a_pool_moves_to_another_and_fails_when_none_is_left(tmp_path, client):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 1, module="fail", params={"error": "MemoryError"})
+    policy = RetryPolicy.from_dict({"rules": {"MemoryError": "another_pool"}, "backoff": 0.05})
+    sched = Scheduler(cat, Runner({"cpu": Pool(client), "big": Pool(client)}), policy=policy)
+    sched.run(lambda: sched.tasks_done([task]), timeout=60)
+    with cat.session() as s:
+        pools = s.execute(select(JobAttempt.pool, JobAttempt.error_class).order_by(JobAttempt.number)).all()
+        assert s.execute(select(Job.state, Job.error_class)).all() == [("failed", "no_pool")]
+    assert pools == [("cpu", "MemoryError"), ("big", "MemoryError")]
+
+
+def test_retries_raise_a_tasks_rank_up_to_the_cap(tmp_path, client):
+    from skerry.workload.states import RankParams
+
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 6, rank=2, module="fail")
+    sched = Scheduler(cat, Runner({"cpu": client}), policy=RetryPolicy(limit=2, backoff=0.01),
+                      rank=RankParams(beta=1.0, cap=5.0), rank_interval=0.01)
+    sched.run(lambda: sched.tasks_done([task]), timeout=60)
+    sched.step()
+    with cat.session() as s:
+        rank = s.get(Task, task).rank
+    assert rank == 5.0  # 12 retries would give 14: the cap holds

@@ -4,7 +4,7 @@ A :class:`Runner` holds named *pools*; each is a Dask client (or a scheduler add
 what a worker must declare to belong to it::
 
     runner = Runner({"cpu": Pool(client), "gpu": Pool(client, needs={"GPU": 1})})
-    runner.submit("cpu", spec)          # one attempt of one job (a JobSpec)
+    runner.submit_many("cpu", specs)    # attempts of jobs (JobSpecs), one Dask graph
     runner.events(timeout=0.1)          # what happened since: Started, Beat, Finished
 
 Rules:
