@@ -26,6 +26,8 @@ Rules:
   or the future was cancelled by anyone but us); run the pools with
   ``distributed.scheduler.allowed-failures: 0`` so every dead worker reaches the catalog
   as an attempt instead of Dask re-running the attempt itself;
+- one runner per Dask client at a time: it subscribes to the client's ``skerry-job``
+  topic, and a newer runner on the same client takes those events over;
 - ``cancel(job, attempt)`` forgets the attempt: its result, if it comes, is dropped.
   (A thread on a worker cannot be stopped; a hung job's thread lingers until it returns.)
 """
