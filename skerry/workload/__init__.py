@@ -1,7 +1,6 @@
 """skerry.workload: the catalog, workflows and the partitioned job scheduler (issue 4).
 
-Built so far (the foundation; the Dask runner, the scheduler loop and the REST/CLI
-interfaces come next, on top of these):
+Built so far (``skerry up`` does not start the scheduler yet):
 
 - ``states``: the pure, table-driven state machine of jobs, tasks and datasets (no I/O),
   the retry policy as data, the rank formula and the fair task selector;
@@ -12,7 +11,13 @@ interfaces come next, on top of these):
   command or notebook), the built-ins ``noop``, ``sleep``, ``md5``, ``fail``, and how
   one job runs;
 - ``workflows``: workflows of steps over modules, validated (pins, cycles), with
-  dataset-name masks and streaming or barrier steps.
+  dataset-name masks and streaming or barrier steps;
+- ``runs``: a run of a workflow over a dataset (one task per step) and the planner
+  that makes jobs as input lands;
+- ``scheduler``/``runner``: the loop that feeds Dask pools a bounded window of jobs
+  chosen fairly by rank, with heartbeats, timeouts, retries and recovery from the
+  catalog; ``runner`` is the only module that touches ``distributed.Client``;
+- ``client``: the HTTP client of the CLI (``skerry datasets|workflows|run|status|cancel``).
 
 Import from the submodules (``from skerry.workload.catalog import Catalog``).
 """
