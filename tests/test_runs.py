@@ -1,11 +1,13 @@
 """Runs and the planner on a real SQLite catalog, without Dask: jobs appear as input lands."""
 
+import logging
+
 import pytest
 from sqlalchemy import func, select
 
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Dataset, Job, JobInput, Run, Task
-from skerry.workload.runs import Planner, RunError, start_run
+from skerry.workload.runs import Planner, RunError, start_matching_runs, start_run
 
 MD5OF = {"name": "md5of", "version": "1", "inputs": [{"name": "input", "type": "md5"}],
          "outputs": [{"name": "checksum", "type": "md5", "file_name": "{name}.md5"}],
@@ -179,3 +181,82 @@ def test_chunks_patterns_and_gpu_pool(cat):
         s.execute(Task.__table__.update().where(Task.step == "sum").values(state="succeeded"))
     planner.advance()
     assert [len(j) for j in jobs_of(cat, "all")] == [2, 1]
+
+
+MASKED = {**WORKFLOW, "name": "masked", "mask": "raw.run-*"}
+EVERYTHING_RAW = {"name": "greedy", "mask": "raw*", "steps": [  # its outputs (raw.run-1.total) match it too
+    {"name": "total", "module": "md5", "inputs": {"input": "dataset"}}]}
+
+
+def runs_of(cat):
+    with cat.session() as s:
+        return s.execute(select(Run.id, Run.workflow_id, Run.owner, Run.state).order_by(Run.id)).all()
+
+
+def test_a_dataset_whose_name_matches_a_mask_starts_a_run_owned_by_its_owner(cat):
+    cat.add_workflow("masked", MASKED)
+    cat.add_workflow("sums", WORKFLOW)  # no mask: never started by a name
+    cat.create_dataset("raw.run-1", owner="alice", location="skerry://home/raw.run-1")
+    started = start_matching_runs(cat, "raw.run-1")
+    assert len(started) == 1
+    with cat.session() as s:
+        run = s.get(Run, started[0])
+        assert (run.owner, run.state, s.get(Dataset, run.input_dataset_id).name) == ("alice", "running", "raw.run-1")
+        tasks = s.execute(select(Task.step, Task.rank).where(Task.run_id == run.id).order_by(Task.id)).all()
+    assert tasks == [("sum", 1.0), ("again", 1.0), ("all", 1.0)]
+
+
+def test_a_name_no_mask_matches_starts_nothing(cat):
+    cat.add_workflow("masked", MASKED)
+    cat.create_dataset("raw.other", location="skerry://home/raw.other")
+    assert start_matching_runs(cat, "raw.other") == []
+    assert start_matching_runs(cat, "raw") == []  # the fixture's dataset: no mask matches it either
+    assert runs_of(cat) == []
+    with pytest.raises(RunError, match="no dataset named 'nope'"):
+        start_matching_runs(cat, "nope")
+
+
+def test_registering_then_closing_starts_each_run_once(cat):
+    cat.add_workflow("masked", MASKED)
+    cat.add_workflow("greedy", EVERYTHING_RAW)
+    cat.create_dataset("raw.run-2", location="skerry://home/raw.run-2")
+    first = start_matching_runs(cat, "raw.run-2")  # as the API does on registration
+    assert len(first) == 2
+    cat.close_dataset("raw.run-2")
+    assert start_matching_runs(cat, "raw.run-2") == []  # and on close
+    with cat.writing() as s:  # a run in any state counts, a final one too
+        s.execute(Run.__table__.update().values(state="cancelled"))
+    assert start_matching_runs(cat, "raw.run-2") == []
+    assert [r.id for r in runs_of(cat)] == first
+
+
+def test_a_runs_output_datasets_never_start_runs(cat):
+    cat.add_workflow("greedy", EVERYTHING_RAW)
+    cat.create_dataset("raw.run-3", location="skerry://home/raw.run-3")
+    [run] = start_matching_runs(cat, "raw.run-3")
+    with cat.session() as s:
+        outputs = s.execute(select(Dataset.name).join(Task, Task.output_dataset_id == Dataset.id)).scalars().all()
+    assert outputs == ["raw.run-3.total"]  # matches "raw*"
+    assert start_matching_runs(cat, "raw.run-3.total") == []
+    cat.close_dataset("raw.run-3.total")
+    assert start_matching_runs(cat, "raw.run-3.total") == []
+    assert [r.id for r in runs_of(cat)] == [run]
+
+
+def test_a_workflow_that_cannot_run_is_skipped_with_a_warning(cat, caplog):
+    cat.add_workflow("wrongpins", {"name": "wrongpins", "mask": "raw.*", "steps": [  # md5 reads files
+        {"name": "a", "module": "md5", "inputs": {"input": "dataset"}},
+        {"name": "b", "module": "md5", "inputs": {"input": "a.checksum"}}]})
+    cat.add_workflow("masked", MASKED)
+    cat.create_dataset("raw.run-4", location="skerry://home/raw.run-4")
+    cat.create_dataset("raw.run-5")  # no location: nowhere for a run's outputs
+    with caplog.at_level(logging.WARNING, logger="skerry.workload"):
+        started = start_matching_runs(cat, "raw.run-4")
+        assert start_matching_runs(cat, "raw.run-5") == []
+    assert len(started) == 1 and runs_of(cat)[0].id == started[0]  # the runnable workflow still ran
+    warnings = [r.getMessage() for r in caplog.records if r.name == "skerry.workload"]
+    assert any("'wrongpins'" in m and "'raw.run-4'" in m and "takes data of type 'file'" in m for m in warnings)
+    assert any("'masked'" in m and "'raw.run-5'" in m and "no location" in m for m in warnings)
+    with cat.session() as s:
+        assert s.execute(select(Dataset.state).where(Dataset.name == "raw.run-5")).scalar_one() == "OPEN"
+        assert s.execute(select(func.count()).select_from(Task)).scalar() == 3  # masked's three steps only

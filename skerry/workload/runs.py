@@ -1,6 +1,7 @@
 """Runs: a workflow over a dataset becomes one task per step, and the tasks get jobs.
 
     run_id = start_run(catalog, "checksums", "raw.run1")   # one transaction
+    started = start_matching_runs(catalog, "raw.run2")      # the runs its name's masks start
     planner = Planner(catalog)                              # the scheduler calls advance()
 
 ``start_run`` checks everything first (the workflow against the modules, the dataset,
@@ -8,6 +9,15 @@ the output datasets' names) and then writes, in one transaction: the modules the
 workflow uses (built-ins are added on first use), the run, one ``OPEN`` output dataset
 per step (``<output_location>/<dataset name>``; by default beside the input dataset's
 folder) and one task per step. Bad input raises a ``RunError`` and writes nothing.
+
+``start_matching_runs`` is what registering (creating) or closing a dataset calls: it
+starts, at rank 1 and owned by the dataset's owner, a run of every workflow whose
+``mask`` matches the dataset's name and that has no run over that dataset yet (a run in
+any state counts, so registering then closing starts each run once). A dataset that is
+a run's output never starts runs (no chains of runs over outputs). A workflow that
+cannot run over the dataset (a ``RunError``, e.g. no location or pins of the wrong type)
+is skipped with a warning on the ``skerry.workload`` logger naming it and why; the
+dataset is not affected.
 
 ``Planner.advance()`` gives jobs to the tasks of running runs (SPD task generation):
 - a step reading the run's dataset takes its files (those its input pin's ``pattern``
@@ -30,6 +40,8 @@ A job needs a GPU when its module's ``resources.gpu`` is above 0: it goes to poo
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 import posixpath
 
 from sqlalchemy import exists, select, update
@@ -39,11 +51,12 @@ from .builtins import BUILTINS
 from .catalog import check_uri
 from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow, now
 from .modules import ModuleRegistry, load_module
-from .workflows import load_workflow
+from .workflows import load_workflow, matching_workflows
 
-__all__ = ["start_run", "Planner", "RunError", "registry_of", "pool_of"]
+__all__ = ["start_run", "start_matching_runs", "Planner", "RunError", "registry_of", "pool_of"]
 
 FINAL = ("succeeded", "failed", "cancelled")
+log = logging.getLogger("skerry.workload")
 
 
 class RunError(SkerryError):
@@ -128,6 +141,52 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
             s.add(Task(run_id=run.id, step=name, module_id=module.id, input_dataset_id=input_id,
                        output_dataset_id=out.id, state="defined", rank=float(rank), params=step.params))
         return run.id
+
+
+def start_matching_runs(catalog, dataset_name: str, *, owner: str | None = None,
+                        registry: ModuleRegistry | None = None) -> list[int]:
+    """Start the runs that ``dataset_name``'s mask-matching workflows owe it (module docstring).
+
+    The ids of the runs started now, in workflow order; ``owner`` defaults to the
+    dataset's owner. Raises ``RunError`` only for an unknown dataset.
+    """
+    with catalog.session() as s:
+        ds = s.execute(select(Dataset).where(Dataset.name == dataset_name)).scalar_one_or_none()
+        if ds is None:
+            raise RunError(f"no dataset named {dataset_name!r}")
+        if s.execute(select(Task.id).where(Task.output_dataset_id == ds.id).limit(1)).first():
+            return []  # a run's output: a mask matching it would chain runs without end
+        masked = [(w.name, w.spec) for w in s.execute(select(Workflow).order_by(Workflow.id)).scalars()
+                  if isinstance(w.spec, dict) and isinstance(w.spec.get("mask"), str)
+                  and fnmatch.fnmatchcase(dataset_name, w.spec["mask"])]  # load only those that match
+    if not masked:
+        return []
+    registry = registry or registry_of(catalog)
+    loaded = []
+    for name, spec in masked:
+        try:
+            loaded.append(load_workflow(spec, registry))
+        except ConfigError as e:
+            log.warning("workflow %r does not start a run over dataset %r: %s", name, dataset_name, e.message)
+    started = []
+    for wf in matching_workflows(loaded, dataset_name):
+        if _has_run(catalog, wf.name, ds.id):
+            continue
+        try:
+            started.append(start_run(catalog, wf.name, dataset_name, rank=1,
+                                     owner=ds.owner if owner is None else owner, registry=registry))
+        except RunError as e:
+            if not _has_run(catalog, wf.name, ds.id):  # else a concurrent call started it: nothing to say
+                log.warning("workflow %r does not start a run over dataset %r: %s", wf.name, dataset_name,
+                            e.message)
+    return started
+
+
+def _has_run(catalog, workflow: str, dataset_id: int) -> bool:
+    with catalog.session() as s:
+        return s.execute(select(Run.id).join(Workflow, Workflow.id == Run.workflow_id)
+                         .where(Workflow.name == workflow, Run.input_dataset_id == dataset_id)
+                         .limit(1)).first() is not None
 
 
 class Planner:
