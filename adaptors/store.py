@@ -42,6 +42,8 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from skerry.errors import ConfigError
 
+from .specs import load_specs
+
 KEY_ENV = "SKERRY_CRYPT_KEY"
 FORMAT = 1
 RESERVED_ADAPTORS = {"home"}
@@ -303,6 +305,13 @@ class AccountStore:
         if missing:
             raise ConfigError(f"the credential(s) {', '.join(missing)} of {user} do not exist")
         return {n: backend_entry(entries[n]) for n in names}
+
+    def federation(self, user: str, home: str) -> tuple[list[dict], dict[str, dict]]:
+        """The user's adaptors as their server and their jobs see them: ``home`` (a local
+        folder) first, then the stored ones; with the backend entries of their credentials."""
+        specs = [{"name": "home", "type": "local", "path": str(home)}] + self.adaptors(user)
+        load_specs(specs)  # before reading credentials from them
+        return specs, self.backend_credentials(user, {s["credentials"] for s in specs if s.get("credentials")})
 
     # -- JWT keys --------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from traitlets import Integer, Unicode, default
 
 from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import write_config
-from skerry.adaptors.specs import load_specs
 from skerry.adaptors.store import AccountStore
 from skerry.errors import ConfigError
 from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
@@ -88,29 +87,16 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     def account_store(self) -> AccountStore:
         return AccountStore(self.accounts_dir, self.credentials_dir, self.credentials_key_file)
 
-    def adaptor_specs(self) -> list[dict]:
-        """The adaptors of this server: the home folder, then the user's stored adaptors.
-
-        Changes to the stored adaptors apply at the next start of the server.
-        """
-        home = [{"name": "home", "type": "local", "path": self.home_dir}]
-        if not self.accounts_dir:
-            return home
-        return home + self.account_store.adaptors(self.user.name)
-
-    def adaptor_credentials(self, specs: list[dict]) -> dict[str, dict]:
-        """The backend entries of the credentials ``specs`` name, decrypted."""
-        names = {s["credentials"] for s in specs if s.get("credentials")}
-        if not names:
-            return {}
-        return self.account_store.backend_credentials(self.user.name, names)
-
     def write_adaptor_config(self) -> None:
-        """The 0600 adaptor configuration file; SpawnException (not a traceback) if it is broken."""
+        """The 0600 adaptor configuration file (home, then the user's stored adaptors);
+        SpawnException (not a traceback) if it is broken. Changes to the stored adaptors
+        apply at the next start of the server."""
         try:
-            specs = self.adaptor_specs()
-            load_specs(specs)  # before reading credentials from them
-            write_config(self.adaptors_file, specs, self.adaptor_credentials(specs))
+            if self.accounts_dir:
+                specs, credentials = self.account_store.federation(self.user.name, self.home_dir)
+            else:
+                specs, credentials = [{"name": "home", "type": "local", "path": self.home_dir}], {}
+            write_config(self.adaptors_file, specs, credentials)
         except ConfigError as e:
             raise SpawnException(f"the adaptors of {self.user.name} cannot be set up: {e.message.rstrip('.')}. "
                                  f"Fix them (/services/skerry/api/v1/users/{self.user.name}/adaptors) "

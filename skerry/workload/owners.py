@@ -1,0 +1,76 @@
+"""Whose storage a job sees: its owner's adaptors, on the worker that runs it.
+
+A job reads and writes ``skerry://`` URLs of the user who owns its run (or its input
+dataset): their ``home`` folder and their stored adaptors, as their own server sees them.
+
+- In the scheduler's process, ``OwnerConfigs(data_dir).path(owner)`` writes the owner's
+  adaptor configuration (``DIR/secrets/adaptors/<owner>--jobs.json``, mode 0600, with the
+  decrypted credentials) and names it; the scheduler puts that path in each job it sends.
+  It is written again for every task seen afresh, so adaptor changes reach new tasks.
+- On the worker, ``adaptors_of(path)`` wraps the job: ``$SKERRY_ADAPTORS`` names that
+  file and the federation is built from it. Jobs of one owner run side by side; a job of
+  another owner waits until the worker process has none running (one process has one
+  environment), so two users' jobs never see each other's storage.
+
+The path travels; the secrets do not (the file is read on the worker, which therefore
+needs the data dir's file system: true of the local pools ``skerry up`` starts).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+
+from ..adaptors.config import ENV, write_config
+
+__all__ = ["OwnerConfigs", "adaptors_of"]
+
+_gate = threading.Condition()
+_running = 0  # jobs running in this process under ``_current``
+_current: str | None = None
+
+
+class OwnerConfigs:
+    """Writes each job owner's adaptor configuration under the data dir (module docstring)."""
+
+    def __init__(self, data_dir: str | os.PathLike):
+        from ..adaptors.store import AccountStore
+        from ..datadir import DataDir
+
+        self.data = DataDir(data_dir)
+        self.store = AccountStore.for_data_dir(self.data)
+        self.folder = self.data.secrets / "adaptors"
+
+    def path(self, owner: str) -> str:
+        """Write ``owner``'s configuration now; its path. ``ConfigError`` if it is broken."""
+        specs, credentials = self.store.federation(owner, str(self.data.user_home(owner)))
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.folder / f"{owner}--jobs.json"
+        write_config(str(path), specs, credentials)
+        return str(path)
+
+
+@contextmanager
+def adaptors_of(path: str | None):
+    """Run the body with the federation of the configuration at ``path`` (None: as is)."""
+    global _running, _current
+    if path is None:
+        yield
+        return
+    with _gate:
+        _gate.wait_for(lambda: _running == 0 or _current == path)
+        if _current != path or os.environ.get(ENV) != path:
+            from ..adaptors.federation import SkerryFileSystem
+
+            os.environ[ENV] = path
+            SkerryFileSystem.clear_instance_cache()  # built from the previous owner's file
+            _current = path
+        _running += 1
+    try:
+        yield
+    finally:
+        with _gate:
+            _running -= 1
+            _gate.notify_all()
+
