@@ -3,11 +3,11 @@
 Routes (all JSON, hub tokens, errors ``{"error", "message"}``)::
 
     GET  datasets                       {"datasets": [...]}: the caller's (an admin: all, ?owner=)
-    POST datasets                       {"name", "location"?, "metadata"?, "owner"? (admins)} -> 201
+    POST datasets                       {"name", "location"?, "metadata"?, "owner"? (admins)} -> 201, + "runs"
     GET  datasets/{name}                the dataset, with its file count and total size
     GET  datasets/{name}/files          ?after=&limit=&state= -> {"files": [...], "next_after"}
     POST datasets/{name}/files          {"files": [{"uri", "size", "checksum"?}, ...]}: all or none
-    POST datasets/{name}/close          OPEN -> CLOSED
+    POST datasets/{name}/close          OPEN -> CLOSED, + "runs"
     GET  modules                        {"modules": [...]}: the built-ins and the added ones
     POST modules                        a module spec -> 201
     GET  workflows                      {"workflows": [...]}
@@ -22,7 +22,8 @@ Routes (all JSON, hub tokens, errors ``{"error", "message"}``)::
 
 Rules:
 
-- a dataset belongs to its owner (the hub user who created it); a run to the user who
+- a dataset belongs to its owner (the hub user who created it, or the existing hub user
+  an admin names: an unknown one is a 404 ``no_such_user``); a run to the user who
   started it, and a task or job to its run's owner (its input dataset's, without a run).
   Anyone else gets 404, as if it did not exist; admins (an admin user, or a token with
   scope ``admin:users``) see and change everything. Modules and workflows are shared;
@@ -33,6 +34,13 @@ Rules:
 - ``POST runs`` is ``skerry.workload.runs.start_run`` (a run over a dataset without a
   location, or whose output datasets exist, is a 400 and writes nothing); the
   scheduler then gives its tasks their jobs;
+- creating a dataset and closing it start the runs its name's workflow masks call for
+  (``skerry.workload.runs.start_matching_runs``: at rank 1, owned by the dataset's
+  owner, once per workflow and dataset; a run's output datasets never start runs); both
+  answers carry ``"runs": [ids]``, the runs that call started. A workflow that cannot run
+  over the dataset is skipped (logged) and the dataset is created or closed all the same.
+  Adding a workflow with a mask starts nothing over the datasets already there: only
+  registering or closing a dataset starts runs;
 - catalog calls run in a worker thread, so a large registration does not hold up others.
 """
 
@@ -54,7 +62,7 @@ from skerry.workload.catalog import (PAGE_MAX, Catalog, CatalogError, DatasetExi
 from skerry.workload.models import (DATASET_STATES, FILE_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, Job,
                                     JobAttempt, Module, Run, Task, Workflow, now)
 from skerry.workload.modules import ModuleRegistry, ModuleSpec, load_module
-from skerry.workload.runs import start_run
+from skerry.workload.runs import start_matching_runs, start_run
 from skerry.workload.workflows import WorkflowSpec, load_workflow
 
 from .api_users import ApiError
@@ -378,8 +386,9 @@ class _Conflict(CatalogError):
     code = "exists"
 
 
-def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> APIRouter:
-    """The router; ``caller`` and ``get_catalog`` are the service's dependencies."""
+def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: str) -> APIRouter:
+    """The router; ``caller``, ``get_catalog`` and ``get_hub`` (who the users are: ``user(name)``
+    raises ApiError 404 ``no_such_user``) are the service's dependencies."""
     router = APIRouter(prefix=api)
     holder: dict[int, Workload] = {}
 
@@ -416,17 +425,26 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
         return {"datasets": [_dataset_json(d, counts=False) for d in found]}
 
     @router.post("/datasets", status_code=201, tags=["datasets"], openapi_extra=DATASET_BODY)
-    async def create_dataset(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    async def create_dataset(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload),
+                             hub=Depends(get_hub)):
         """A new ``OPEN`` dataset owned by the caller. Body: ``{"name", "location"?, "metadata"?}``;
-        an admin may give ``"owner"``. 409 if the name is taken."""
+        an admin may give ``"owner"``, an existing hub user (else 404 ``no_such_user``, nothing
+        written). 409 if the name is taken. The answer is the dataset with ``"runs"``: the ids of
+        the runs its name started (workflows whose ``mask`` matches it; module docstring)."""
         body = await _json_body(request)
         _fields(body, {"name", "location", "metadata", "owner"}, {"name"}, "A dataset")
         owner = body.get("owner", who.get("name", ""))
-        if "owner" in body and not is_admin(who) and owner != who.get("name"):
-            raise ApiError(403, "forbidden", "Only admins may create datasets for another user.")
+        if "owner" in body:
+            if not isinstance(owner, str) or not owner:
+                raise ApiError(400, "bad_request", f"'owner' must be a hub user name, got {owner!r}.")
+            if not is_admin(who) and owner != who.get("name"):
+                raise ApiError(403, "forbidden", "Only admins may create datasets for another user.")
+            if owner != who.get("name"):
+                await hub.user(owner)  # 404 no_such_user: a dataset nobody can see is no use
         info = await _call(w.catalog.create_dataset, body["name"], owner=owner, metadata=body.get("metadata"),
                            location=body.get("location"))
-        return JSONResponse(_dataset_json(info), 201)
+        runs = await _call(start_matching_runs, w.catalog, info.name)
+        return JSONResponse({**_dataset_json(info), "runs": runs}, 201)
 
     @router.get("/datasets/{name}", tags=["datasets"])
     async def get_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload)):
@@ -461,10 +479,13 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
 
     @router.post("/datasets/{name}/close", tags=["datasets"])
     async def close_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """``OPEN -> CLOSED``: the dataset is complete (409 from any other state)."""
+        """``OPEN -> CLOSED``: the dataset is complete (409 from any other state). The answer is
+        the dataset with ``"runs"``: the ids of the runs closing it started (workflows whose
+        ``mask`` matches its name and that have no run over it yet; module docstring)."""
         await own_dataset(name, who, w)
         await _call(w.catalog.close_dataset, name)
-        return _dataset_json(await _call(w.catalog.get_dataset, name))
+        runs = await _call(start_matching_runs, w.catalog, name)
+        return {**_dataset_json(await _call(w.catalog.get_dataset, name)), "runs": runs}
 
     # -- modules and workflows ----------------------------------------------------
 
@@ -487,7 +508,8 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], api: str) -> API
     @router.post("/workflows", status_code=201, tags=["workflows"], openapi_extra=WORKFLOW_BODY)
     async def add_workflow(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
         """Add a workflow spec (see ``skerry.workload.workflows``), checked against the known
-        modules: unknown modules, pins of the wrong type and cycles are refused (400)."""
+        modules: unknown modules, pins of the wrong type and cycles are refused (400). A ``mask``
+        starts runs over datasets registered or closed from now on, not over those already there."""
         body = await _json_body(request)
         return JSONResponse(await _call(w.add_workflow, body), 201)
 

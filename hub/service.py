@@ -143,7 +143,7 @@ def create_app(hub: Hub | None = None, catalog=None) -> FastAPI:
         ])
 
     app.include_router(user_routes(caller, get_hub, API))
-    app.include_router(workload_routes(caller, get_catalog, API))
+    app.include_router(workload_routes(caller, get_catalog, get_hub, API))
 
     @app.api_route("/dav/{rest:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS",
                                              "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",

@@ -323,3 +323,60 @@ def test_openapi_lists_the_endpoints(platform):
     assert {"inputs", "outputs", "parameters", "resources", "callable"} <= set(bodies["/modules"]["properties"])
     assert {"name", "mask", "steps"} <= set(bodies["/workflows"]["properties"])
     assert "#/$defs" not in json.dumps(doc)  # every reference resolves in the document
+
+
+MASKED = {"name": "masked-sums", "mask": "alice.masked-*", "steps": [
+    {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]}
+
+
+def test_a_dataset_matching_a_mask_starts_a_run_once(platform, alice, bob, catalog):
+    # a mask starts nothing over the datasets already there: only registering or closing does
+    platform.api("POST", API + "/datasets", token=alice,
+                 json={"name": "alice.masked-old", "location": "skerry://home/old"})
+    r = platform.api("POST", API + "/workflows", token=alice, json=MASKED)
+    assert r.status_code == 201 and r.json()["mask"] == "alice.masked-*", r.text
+    assert not any(x["dataset"] == "alice.masked-old"
+                   for x in platform.api("GET", API + "/runs", token=alice).json()["runs"])
+
+    r = platform.api("POST", API + "/datasets", token=alice,
+                     json={"name": "alice.masked-1", "location": "skerry://home/m1"})
+    assert r.status_code == 201, r.text
+    [run_id] = r.json()["runs"]
+    run = platform.api("GET", API + f"/runs/{run_id}", token=alice).json()
+    assert (run["workflow"], run["dataset"], run["owner"], run["state"]) == \
+        ("masked-sums", "alice.masked-1", "alice", "running")
+    assert [(t["step"], t["rank"], t["output_dataset"]) for t in run["tasks"]] == \
+        [("sum", 1, "alice.masked-1.sum")]  # its output matches the mask too, and starts nothing
+
+    r = platform.api("POST", API + "/datasets/alice.masked-1/close", token=alice)
+    assert r.status_code == 200 and r.json()["state"] == "CLOSED" and r.json()["runs"] == [], r.text
+    # closing the old one (never registered since the mask came) starts its run; a name no mask takes, none
+    assert len(platform.api("POST", API + "/datasets/alice.masked-old/close", token=alice).json()["runs"]) == 1
+    r = platform.api("POST", API + "/datasets", token=alice, json={"name": "alice.unmasked"})
+    assert r.status_code == 201 and r.json()["runs"] == []
+    mine = [(x["workflow"], x["dataset"]) for x in platform.api("GET", API + "/runs", token=alice).json()["runs"]]
+    assert mine.count(("masked-sums", "alice.masked-1")) == 1
+    assert not any(d.endswith(".sum") for _, d in mine)
+
+    # a dataset that cannot be run over (no location) is created all the same, with no run
+    r = platform.api("POST", API + "/datasets", token=alice, json={"name": "alice.masked-2"})
+    assert r.status_code == 201 and r.json()["runs"] == [] and r.json()["state"] == "OPEN", r.text
+
+    # an admin registering for bob: the run is bob's
+    r = platform.api("POST", API + "/datasets", json={"name": "alice.masked-bob", "owner": "bob",
+                                                      "location": "skerry://home/mb"})
+    assert r.status_code == 201, r.text
+    [bobs] = r.json()["runs"]
+    assert platform.api("GET", API + f"/runs/{bobs}", token=bob).json()["owner"] == "bob"
+    refused(platform.api("GET", API + f"/runs/{bobs}", token=alice), 404)
+
+
+def test_an_admin_cannot_create_a_dataset_for_an_unknown_user(platform, alice, catalog):
+    before = rows(catalog)
+    message = refused(platform.api("POST", API + "/datasets", json={"name": "ghost.raw", "owner": "ghost"}),
+                      404, "no_such_user")
+    assert "ghost" in message
+    refused(platform.api("POST", API + "/datasets", json={"name": "ghost.raw", "owner": ""}), 400, "bad_request")
+    refused(platform.api("POST", API + "/datasets", json={"name": "ghost.raw", "owner": 7}), 400, "bad_request")
+    assert rows(catalog) == before
+    refused(platform.api("GET", API + "/datasets/ghost.raw"), 404, "unknown_dataset")

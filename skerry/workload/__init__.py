@@ -12,7 +12,8 @@ Built so far (``skerry up`` does not start the scheduler yet):
   one job runs;
 - ``workflows``: workflows of steps over modules, validated (pins, cycles), with
   dataset-name masks and streaming or barrier steps;
-- ``runs``: a run of a workflow over a dataset (one task per step) and the planner
+- ``runs``: a run of a workflow over a dataset (one task per step), the runs that
+  registering or closing a dataset starts through workflow masks, and the planner
   that makes jobs as input lands;
 - ``scheduler``/``runner``: the loop that feeds Dask pools a bounded window of jobs
   chosen fairly by rank, with heartbeats, timeouts, retries and recovery from the
