@@ -13,6 +13,7 @@ from skerry.datadir import DataDir
 
 SERVICE_NAME = "skerry"
 ADMIN_SERVICE_NAME = "skerry-admin"
+SCHEDULER_NAME = "skerry-scheduler"
 ADMIN_USER = "admin"
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -79,6 +80,16 @@ def configure(c) -> None:
             },
             "display": False,
             "oauth_no_confirm": True,
+        },
+        # the scheduler: runs the catalog's jobs on the Dask pools (no URL, no hub API access)
+        {
+            "name": SCHEDULER_NAME,
+            "command": [sys.executable, "-m", "skerry.workload.manager"],
+            "environment": {
+                "SKERRY_DATA_DIR": str(data.path),
+                **({CRYPT_KEY_ENV: os.environ[CRYPT_KEY_ENV]} if os.environ.get(CRYPT_KEY_ENV) else {}),
+            },
+            "display": False,
         },
         # the admin API token of DIR/secrets/admin-api-token belongs to this token-only service
         {"name": ADMIN_SERVICE_NAME, "api_token": data.admin_api_token},

@@ -23,6 +23,7 @@ from .datadir import DataDir
 from .errors import ConfigError, SetupError
 from .nodeproxy import find_proxy
 from .process import die_with_parent, is_running, start_time
+from .workload.pools import load_pools
 
 STOP_TIMEOUT = 30  # seconds the hub gets to stop user servers before it is killed
 READY_TIMEOUT = 120
@@ -104,6 +105,7 @@ def up(opts: Options) -> int:
         raise SetupError(f"a skerry hub (pid {other}) already runs on data dir {data.path}")
     if not _own_proxy_left(data):  # our old proxy holds the port: the hub replaces it
         _check_port_free(opts.ip, opts.port)  # before anything is written
+    load_pools(data.path / "pools.json")  # a bad pools.json stops us here, with a sentence
     data.ensure()
     data.admin_api_token  # created once (0600), reused on restart
     data.secret("admin-password", 12)

@@ -1,5 +1,7 @@
 """Fixtures that run the real platform (see helpers.py): nothing mocked."""
 
+import json
+
 import pytest
 
 from helpers import Platform, kill_leftovers
@@ -22,9 +24,15 @@ def make_platform(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory):
-    """A running platform shared by the tests of one module."""
-    p = Platform(tmp_path_factory.mktemp("platform") / "data").start()
+def platform(tmp_path_factory, request):
+    """A running platform shared by the tests of one module (its pools.json: the module's
+    ``POOLS``, if it has one)."""
+    data = tmp_path_factory.mktemp("platform") / "data"
+    pools = getattr(request.module, "POOLS", None)
+    if pools is not None:
+        data.mkdir()
+        (data / "pools.json").write_text(json.dumps(pools))
+    p = Platform(data).start()
     yield p
     p.stop()
     kill_leftovers(p.data_dir)

@@ -23,6 +23,8 @@ from helpers import REPO, free_port
 pytestmark = pytest.mark.platform
 
 API = "/services/skerry/api/v1"
+# no scheduler: these tests seed jobs themselves and watch them stand still or move as they write
+POOLS = {"cpu": None, "gpu": None}
 MD5 = "0" * 32
 
 

@@ -69,3 +69,16 @@ def test_local_pools_start_with_their_workers_and_resources(tmp_path):
     finally:
         for cluster in clusters:
             cluster.close()
+
+
+def test_skerry_up_refuses_a_bad_pools_json_before_starting_anything(tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write(data, {"cpu": {"workers": "many"}})
+    r = subprocess.run([sys.executable, "-m", "skerry", "up", "--data-dir", str(data), "--port", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "pool 'cpu' workers" in r.stderr and "pools.json" in r.stderr
+    assert not (data / "run").exists() and not (data / "secrets").exists()  # nothing written

@@ -17,6 +17,8 @@ from skerry.workload.models import Base
 pytestmark = pytest.mark.platform
 
 API = "/services/skerry/api/v1"
+# no scheduler: these tests write jobs and attempts themselves and look at them standing still
+POOLS = {"cpu": None, "gpu": None}
 MD5 = "0" * 32
 CAT = {"name": "collect", "version": "1", "inputs": [{"name": "files", "kind": "multiple", "type": "md5"}],
        "outputs": [{"name": "summary", "kind": "single", "type": "text", "file_name": "summary.txt"}],
