@@ -22,6 +22,13 @@ Rules:
   also times a job from its ``Started`` (``spec.timeout``);
 - a failed job's log text is written beside its outputs (``<output>/.skerry-logs/
   <job>.<attempt>.log``) when its executor kept none, so every failure has a log location;
+- a finished attempt's result comes back as an ``end`` event on the same topic (a plain
+  dict, its log text capped at ``EVENT_LOG`` characters; the whole log stays in the
+  task's value and the log file), so no gather round trip is needed; the future's done
+  callback reports only errors, cancels and lost attempts, and a future that finished
+  without its ``end`` event arriving within ``END_GRACE`` s is gathered instead. The event
+  and the future's completion may come in either order: each attempt is reported once,
+  and the end of an attempt the runner forgot (``cancel``) is dropped;
 - ``Finished.lost`` is True when Dask lost the attempt (its worker died: ``KilledWorker``,
   or the future was cancelled by anyone but us); run the pools with
   ``distributed.scheduler.allowed-failures: 0`` so every dead worker reaches the catalog
@@ -47,6 +54,8 @@ __all__ = ["Pool", "JobSpec", "Started", "Beat", "Finished", "Runner", "execute"
 TOPIC = "skerry-job"
 LOG_DIR = ".skerry-logs"
 INFO_AGE = 1.0  # seconds a look at a pool's workers is reused
+END_GRACE = 2.0  # seconds a finished future waits for its end event before it is gathered
+EVENT_LOG = 64 * 1024  # characters of a job's log carried in its end event (the tail)
 
 
 @dataclass
@@ -69,6 +78,7 @@ class JobSpec:
     params: dict
     timeout: float | None = None
     heartbeat: float = 5.0
+    adaptors: str | None = None  # the owner's adaptor configuration (``owners``); None: the worker's own
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ def execute(spec: JobSpec) -> dict:
     from distributed import get_worker
 
     from .executors import run_job
+    from .owners import adaptors_of
 
     worker = get_worker()
     worker.log_event(TOPIC, {"e": "start", "job": spec.job, "attempt": spec.attempt,
@@ -114,14 +125,33 @@ def execute(spec: JobSpec) -> dict:
 
     beating = threading.Thread(target=beat, daemon=True, name=f"skerry-beat-{spec.job}")
     beating.start()
-    try:
-        result = run_job(spec.module, spec.inputs, spec.output, spec.params, job_id=str(spec.job),
-                         timeout=spec.timeout)
-    finally:
-        done.set()
-    if not result.ok and not result.log_location:
-        result.log_location = _write_log(spec, result.log)
+    with adaptors_of(spec.adaptors):  # the job sees its owner's storage
+        try:
+            result = run_job(spec.module, spec.inputs, spec.output, spec.params, job_id=str(spec.job),
+                             timeout=spec.timeout)
+        finally:
+            done.set()
+        if not result.ok and not result.log_location:
+            result.log_location = _write_log(spec, result.log)
+    worker.log_event(TOPIC, {"e": "end", "job": spec.job, "attempt": spec.attempt, "worker": worker.address,
+                             "result": _result_dict(result)})
     return {"result": result, "worker": worker.address}
+
+
+def _result_dict(result) -> dict:
+    """A JobResult as the plain, JSON-able dict of an end event (its log's tail only)."""
+    out = result.to_dict()
+    out.pop("ok", None)
+    if len(out["log"]) > EVENT_LOG:
+        out["log"] = "...\n" + out["log"][-EVENT_LOG:]
+    return out
+
+
+def _result_of(data: dict):
+    """The JobResult of an end event's dict."""
+    from .executors import JobResult, OutputFile
+
+    return JobResult(**{**data, "outputs": [OutputFile(**o) for o in data.get("outputs", [])]})
 
 
 def _write_log(spec: JobSpec, text: str) -> str | None:
@@ -162,6 +192,7 @@ class Runner:
         self._events: queue.Queue = queue.Queue()
         self._futures: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
+        self._waiting: dict[tuple[int, int], float] = {}  # finished futures without their end event: since
         self._seen: dict[int, tuple[float, dict]] = {}
         for client in {id(p.client): p.client for p in self.pools.values()}.values():
             client.subscribe_topic(TOPIC, self._on_event)
@@ -229,6 +260,7 @@ class Runner:
         """Forget the attempt and ask Dask to cancel it; its result is dropped if it comes."""
         with self._lock:
             future = self._futures.pop((job, attempt), None)
+            self._waiting.pop((job, attempt), None)
         if future is not None:
             future.cancel()
 
@@ -240,14 +272,15 @@ class Runner:
 
     def events(self, timeout: float = 0.0, limit: int = 100_000) -> list:
         """Events since the last call (waiting up to ``timeout`` s for the first one)."""
-        got = []
+        got = self._late()
         try:
-            got.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
+            if not got:
+                got.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
             while len(got) < limit:
                 got.append(self._events.get_nowait())
         except queue.Empty:
             pass
-        done = [f for f in got if not isinstance(f, Started | Beat) and f.status == "finished"]
+        done = [f for f in got if not isinstance(f, Started | Beat | Finished) and f.status == "finished"]
         results = {}
         for client in {id(f.client): f.client for f in done}.values():
             mine = [f for f in done if f.client is client]
@@ -255,33 +288,53 @@ class Runner:
                 results.update(zip((f.key for f in mine), client.gather(mine, errors="skip")))
             except Exception:  # noqa: BLE001 - a worker died meanwhile: each is fetched on its own below
                 pass
-        out = []
-        for item in got:
-            if isinstance(item, Started | Beat):
-                out.append(item)
-            else:
-                out.append(_finished(_key(item), item, results.get(item.key)))
-        return out
+        return [item if isinstance(item, Started | Beat | Finished)
+                else _finished(_key(item), item, results.get(item.key)) for item in got]
+
+    def _late(self) -> list:
+        """Finished futures whose end event did not come within ``END_GRACE`` s: to gather."""
+        if not self._waiting:
+            return []
+        now = time.monotonic()
+        late = []
+        with self._lock:
+            for key, since in list(self._waiting.items()):
+                if now - since > END_GRACE:
+                    del self._waiting[key]
+                    late.append(self._futures.pop(key))
+        return late
 
     def _on_event(self, event) -> None:
         _, msg = event
-        if msg.get("e") == "start":
+        kind = msg.get("e")
+        if kind == "end":
+            key = (msg["job"], msg["attempt"])
+            with self._lock:
+                if self._futures.pop(key, None) is None:  # cancelled, or already reported
+                    return
+                self._waiting.pop(key, None)
+            self._events.put(Finished(msg["job"], msg["attempt"], _result_of(msg["result"]), msg["worker"]))
+        elif kind == "start":
             self._events.put(Started(msg["job"], msg["attempt"], msg["worker"], msg["at"]))
-        elif msg.get("e") == "beat":
+        elif kind == "beat":
             self._events.put(Beat(msg["job"], msg["attempt"]))
 
     def _on_done(self, future) -> None:
         key = _key(future)
         with self._lock:
-            if self._futures.get(key) is not future:  # cancelled by us: nobody waits for it
+            if self._futures.get(key) is not future:  # reported by its end event, or cancelled by us
+                return
+            if future.status == "finished":  # its end event reports it (or _late, if it never comes)
+                self._waiting[key] = time.monotonic()
                 return
             del self._futures[key]
-        self._events.put(future)  # its result is fetched in a batch by events()
+        self._events.put(future)  # an error, a cancel or a lost worker: looked at by events()
 
     def close(self) -> None:
         """Cancel what is in flight and close the clients this runner opened."""
         with self._lock:
             futures, self._futures = list(self._futures.values()), {}
+            self._waiting.clear()
         for future in futures:
             future.cancel()
         for client in {id(p.client): p.client for p in self.pools.values()}.values():
