@@ -171,6 +171,38 @@ def test_kill_9_of_the_platform_mid_run_then_up_finishes_with_the_undisturbed_ca
     catalog.dispose()
 
 
+def test_each_job_sees_its_owners_storage(platform):
+    """bob's dataset names skerry://home/in/f000.bin: bob's job reads bob's home, never alice's
+    (alice has that file from the test above, bob has only his own)."""
+    platform.create_user("bob")
+    bob = platform.user_token("bob")
+    mine = os.urandom(500)
+    (platform.data_dir / "users" / "bob" / "in").mkdir(parents=True)
+    (platform.data_dir / "users" / "bob" / "in" / "mine.bin").write_bytes(mine)
+    ok(platform.api("POST", API + "/datasets", token=bob, json={"name": "bob.in", "location": "skerry://home/in"}),
+       201)
+    ok(platform.api("POST", API + "/datasets/bob.in/files", token=bob, json={"files": [
+        {"uri": "skerry://home/in/mine.bin", "size": 500},
+        {"uri": "skerry://home/in/f000.bin", "size": 1000}]}))  # alice's file name, not in bob's home
+    ok(platform.api("POST", API + "/datasets/bob.in/close", token=bob))
+    ok(platform.api("POST", API + "/workflows", token=bob, json={"name": "one", "steps": [
+        {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]}), 201)
+    r = cli(platform, bob, "run", "one", "bob.in", "--wait")
+    assert r.returncode == 1, r.stdout + r.stderr  # one job of two failed: the run failed
+    home = platform.data_dir / "users" / "bob"
+    written = [p for p in home.rglob("*.md5")]
+    assert [p.name for p in written] == ["mine.bin.md5"]
+    assert written[0].read_text().split()[0] == hashlib.md5(mine).hexdigest()
+    assert not list((platform.data_dir / "users" / "alice").rglob("mine.bin.md5"))
+    catalog = Catalog.for_data_dir(platform.data_dir)
+    with catalog.session() as s:
+        run = s.execute(select(Run.id).where(Run.owner == "bob")).scalar_one()
+        failed = s.execute(select(Job.error_class).join(Task, Task.id == Job.task_id)
+                           .where(Task.run_id == run, Job.state == "failed")).scalars().all()
+    catalog.dispose()
+    assert failed == ["MissingInput"]  # the executor checks its inputs are there first
+
+
 def test_stopping_the_platform_stops_the_scheduler_and_its_workers(platform):
     scheduler = pids_of("skerry.workload.manager") & ({platform.proc.pid} | descendants(platform.proc.pid))
     assert len(scheduler) == 1, "the scheduler runs as a hub service"
