@@ -1,6 +1,6 @@
-"""skerry.workload: the catalog, workflows and the partitioned job scheduler (issue 4).
+"""skerry.workload: the catalog, workflows and the partitioned job scheduler.
 
-Built so far (``skerry up`` does not start the scheduler yet):
+``skerry up`` runs the scheduler as the hub service ``skerry-scheduler`` (``manager``).
 
 - ``states``: the pure, table-driven state machine of jobs, tasks and datasets (no I/O),
   the retry policy as data, the rank formula and the fair task selector;
@@ -18,6 +18,9 @@ Built so far (``skerry up`` does not start the scheduler yet):
 - ``scheduler``/``runner``: the loop that feeds Dask pools a bounded window of jobs
   chosen fairly by rank, with heartbeats, timeouts, retries and recovery from the
   catalog; ``runner`` is the only module that touches ``distributed.Client``;
+- ``manager``/``pools``/``owners``: the scheduler process of ``skerry up``, its Dask pools
+  (``DIR/pools.json``: a LocalCluster, a GPU pool when there are GPUs, or addresses), and
+  each job's view of its owner's storage;
 - ``client``: the HTTP client of the CLI (``skerry datasets|workflows|run|status|cancel``).
 
 Import from the submodules (``from skerry.workload.catalog import Catalog``).
