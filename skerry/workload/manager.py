@@ -7,7 +7,8 @@ with the hub and restarted by it if it exits. It:
    manager that starts while the one before it still stops waits for it;
 2. opens the catalog (``DIR/catalog.sqlite``), migrated to the newest schema;
 3. starts the pools of ``DIR/pools.json`` (``skerry.workload.pools``) and a runner over
-   them, each job running with its owner's adaptors (``skerry.workload.owners``);
+   them, each job running with its owner's adaptors (``skerry.workload.owners``), and
+   writes their addresses to ``run/dask-pools.json`` for the users' kernels;
 4. steps the scheduler, with the planner, until SIGTERM or SIGINT; a restarted one first
    recovers from the catalog (running jobs are matched to outputs already written or
    run again), so a ``kill -9`` of the platform loses nothing;
@@ -21,6 +22,7 @@ later: the loop does not die of it. Progress goes to the hub log every ``REPORT_
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -72,6 +74,7 @@ class Manager:
         for name in addresses:
             kind = "local" if specs[name].local else specs[name].address
             log.info("pool %s (%s): %d slots", name, kind, self.runner.slots(name))
+        write_addresses(self.data_dir, addresses)
 
     def loop(self) -> None:
         next_report = time.monotonic() + REPORT_S
@@ -89,6 +92,10 @@ class Manager:
                 next_report = time.monotonic() + REPORT_S
 
     def close(self) -> None:
+        try:
+            os.unlink(addresses_file(self.data_dir))  # the pools are going
+        except FileNotFoundError:
+            pass
         if self.scheduler is not None:
             self.scheduler.close()
         if self.runner is not None:
@@ -98,6 +105,19 @@ class Manager:
                 cluster.close()
             except Exception:  # noqa: BLE001 - a cluster half gone: its processes die with us anyway
                 log.exception("stopping a cluster failed")
+
+
+def addresses_file(data_dir: str) -> str:
+    """``run/dask-pools.json``: ``{pool: Dask scheduler address}`` of the running pools, for
+    the users' kernels (a Dask client of their own to a pool)."""
+    return os.path.join(data_dir, "run", "dask-pools.json")
+
+
+def write_addresses(data_dir: str, addresses: dict[str, str]) -> None:
+    path = addresses_file(data_dir)
+    with open(path + ".tmp", "w") as f:
+        json.dump(addresses, f)
+    os.replace(path + ".tmp", path)
 
 
 def lock(data_dir: str):
