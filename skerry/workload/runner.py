@@ -16,10 +16,13 @@ Rules:
   (``allow_other_workers``: when no such worker is left, any worker will do);
 - ``slots(pool)`` is what the pool can run at once: the threads of its workers, or for a
   pool with needs the units of its scarcest resource they declare;
-- on the worker, the job runs in the task's thread (``run_job``) while a side thread sends
-  a ``Beat`` every ``spec.heartbeat`` seconds through Dask's event log (topic
-  ``skerry-job``): a hung job stops beating only if its worker freezes, so the scheduler
-  also times a job from its ``Started`` (``spec.timeout``);
+- on the worker, the job runs in the task's thread (``run_job``) while one side thread of
+  the worker process (for all its attempts: no thread is started per job) sends its
+  ``start`` once it ran ``START_DELAY`` s, then a ``Beat`` every ``spec.heartbeat``
+  seconds, through Dask's event log (topic ``skerry-job``); an attempt that ends sooner
+  sends its start in its ``end`` event (the runner reports ``Started`` then
+  ``Finished``), so a short job costs one event. A hung job stops beating only if its
+  worker freezes, so the scheduler also times a job from its ``Started`` (``spec.timeout``);
 - a failed job's log text is written beside its outputs (``<output>/.skerry-logs/
   <job>.<attempt>.log``) when its executor kept none, so every failure has a log location;
 - a finished attempt's result comes back as an ``end`` event on the same topic (a plain
@@ -54,6 +57,7 @@ __all__ = ["Pool", "JobSpec", "Started", "Beat", "Finished", "Runner", "execute"
 TOPIC = "skerry-job"
 LOG_DIR = ".skerry-logs"
 INFO_AGE = 1.0  # seconds a look at a pool's workers is reused
+START_DELAY = 0.05  # seconds an attempt runs before its start is sent on its own
 END_GRACE = 2.0  # seconds a finished future waits for its end event before it is gathered
 EVENT_LOG = 64 * 1024  # characters of a job's log carried in its end event (the tail)
 
@@ -115,26 +119,21 @@ def execute(spec: JobSpec) -> dict:
     from .owners import adaptors_of
 
     worker = get_worker()
-    worker.log_event(TOPIC, {"e": "start", "job": spec.job, "attempt": spec.attempt,
-                             "worker": worker.address, "at": time.time()})
-    done = threading.Event()
-
-    def beat():
-        while not done.wait(spec.heartbeat):
-            worker.log_event(TOPIC, {"e": "beat", "job": spec.job, "attempt": spec.attempt})
-
-    beating = threading.Thread(target=beat, daemon=True, name=f"skerry-beat-{spec.job}")
-    beating.start()
+    started = time.time()
+    _BEATS.add(worker, spec, started)
     with adaptors_of(spec.adaptors):  # the job sees its owner's storage
         try:
             result = run_job(spec.module, spec.inputs, spec.output, spec.params, job_id=str(spec.job),
                              timeout=spec.timeout)
         finally:
-            done.set()
+            start_sent = _BEATS.remove(spec)
         if not result.ok and not result.log_location:
             result.log_location = _write_log(spec, result.log)
-    worker.log_event(TOPIC, {"e": "end", "job": spec.job, "attempt": spec.attempt, "worker": worker.address,
-                             "result": _result_dict(result)})
+    end = {"e": "end", "job": spec.job, "attempt": spec.attempt, "worker": worker.address,
+           "result": _result_dict(result)}
+    if not start_sent:
+        end["at"] = started
+    worker.log_event(TOPIC, end)
     return {"result": result, "worker": worker.address}
 
 
@@ -152,6 +151,57 @@ def _result_of(data: dict):
     from .executors import JobResult, OutputFile
 
     return JobResult(**{**data, "outputs": [OutputFile(**o) for o in data.get("outputs", [])]})
+
+
+class _Beats:
+    """The start and heartbeats of every attempt running in this worker process, sent by
+    one thread (module docstring)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        # (job, attempt) -> [next event at, heartbeat, worker, start time (None once sent)]
+        self._due: dict[tuple[int, int], list] = {}
+        self._wake = float("inf")  # when the thread wakes next on its own
+        self._thread: threading.Thread | None = None
+
+    def add(self, worker, spec: JobSpec, started: float) -> None:
+        at = time.monotonic() + START_DELAY
+        with self._cond:
+            self._due[(spec.job, spec.attempt)] = [at, spec.heartbeat, worker, started]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True, name="skerry-beats")
+                self._thread.start()
+            if at < self._wake:  # else the thread wakes in time anyway (no wake-up per job)
+                self._cond.notify()
+
+    def remove(self, spec: JobSpec) -> bool:
+        """Forget the attempt; whether its start was sent."""
+        with self._cond:
+            entry = self._due.pop((spec.job, spec.attempt), None)
+        return entry is not None and entry[3] is None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    due = [(key, entry) for key, entry in self._due.items() if entry[0] <= now]
+                    if due:
+                        break
+                    self._wake = min((entry[0] for entry in self._due.values()), default=float("inf"))
+                    self._cond.wait(None if self._wake == float("inf") else self._wake - now)
+                for (job, attempt), entry in due:  # sent under the lock: a start always precedes its end
+                    worker, started = entry[2], entry[3]
+                    if started is not None:
+                        worker.log_event(TOPIC, {"e": "start", "job": job, "attempt": attempt,
+                                                 "worker": worker.address, "at": started})
+                    else:
+                        worker.log_event(TOPIC, {"e": "beat", "job": job, "attempt": attempt})
+                    entry[0], entry[3] = now + entry[1], None
+                self._wake = now
+
+
+_BEATS = _Beats()
 
 
 def _write_log(spec: JobSpec, text: str) -> str | None:
@@ -313,6 +363,8 @@ class Runner:
                 if self._futures.pop(key, None) is None:  # cancelled, or already reported
                     return
                 self._waiting.pop(key, None)
+            if "at" in msg:  # it ended before its start was sent on its own
+                self._events.put(Started(msg["job"], msg["attempt"], msg["worker"], msg["at"]))
             self._events.put(Finished(msg["job"], msg["attempt"], _result_of(msg["result"]), msg["worker"]))
         elif kind == "start":
             self._events.put(Started(msg["job"], msg["attempt"], msg["worker"], msg["at"]))

@@ -7,21 +7,33 @@ Each ``step()``:
 1. takes what the runner reports (started, heartbeats, finished attempts) and turns it
    into ``states.apply_job`` events; their new states, ended attempts, output files and
    task counters are written in one transaction for the whole batch (outputs with the
-   move to ``succeeded``, which is final: each output is registered once);
+   move to ``succeeded``, which is final: each output is registered once); a job is
+   written only if the catalog still has it at that attempt and not final (on SQLite one
+   count checks the batch), a few statements per batch; an attempt that started and
+   ended in the same batch is written once, with its start;
 2. times out attempts: one that stopped beating for ``heartbeat_timeout`` s or ran past
    ``job_timeout`` s since it started is ``lost`` (``timeout``), cancelled, and its
    outputs are looked for (``CheckResult``); an attempt whose worker died is ``lost``
    (``worker_lost``) the same way: outputs found -> ``succeeded``, else the retry policy;
 3. re-queues retries whose backoff is over;
-4. lets the planner (``runs.Planner``) add the jobs whose input is now ready, and
-   derives the state of every task whose jobs changed (``derive_task_state``);
-5. fills each pool's window (``window`` x its slots): the next jobs are pulled from the
+4. every ``plan_interval`` s: forgets the jobs in flight or waiting for a retry that the
+   catalog says are final (someone else cancelled them: the REST API writes the catalog
+   directly), cancelling their attempts in the runner; lets the planner
+   (``runs.Planner``) add the jobs whose input is now ready, and derives the state of
+   every task whose jobs changed (``derive_task_state``);
+5. fills each pool's window (``window_of``): the next jobs are pulled from the
    catalog at this moment, the task of each is chosen by the pool's
    ``InterleavedRoundRobin`` over the active tasks' ranks (read from the catalog, so a
    rank change counts from the selector's next round), the dispatches and their attempt
    rows are written in one transaction, then the attempts are submitted.
 
 Rules:
+- a pool's window is ``max(window x slots, jobs it finished in the last horizon s)``, at
+  most ``MAX_WINDOW``: a pool of short jobs is never starved by the loop's round trips,
+  while a job still waits at most about ``horizon`` s in Dask, so rank changes and
+  cancels take effect that fast; while the attempts in flight fill at least half of the
+  windows (and twice the base), a step first lets reports gather for ``horizon / 4`` s
+  (fewer, bigger batches);
 - one scheduler per catalog at a time; a new one (a restart) first recovers: jobs the
   catalog says are ``running`` or ``lost`` are treated as lost (their outputs found or
   the policy decides), ``retrying`` ones are due at once;
@@ -29,13 +41,18 @@ Rules:
 - a queued job whose pool the runner does not have fails with ``no_pool``;
 - ranks follow ``next_rank`` every ``rank_interval`` s: retried jobs and rounds a task
   waited raise its rank, within ``RankParams.cap``;
-- dispatch order is the order of ``job_attempts.id`` (the fairness record).
+- dispatch order is the order of ``job_attempts.id`` (the fairness record);
+- with ``adaptors_of`` (owner -> configuration file, ``skerry.workload.owners``), each
+  job carries its owner's adaptors (the run's owner, else the input dataset's; written
+  once per task the scheduler meets), so it sees their storage; a lost attempt's outputs
+  are looked for there too.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -49,9 +66,11 @@ from .runner import Beat, Finished, JobSpec, Runner, Started
 
 __all__ = ["Scheduler", "SchedulerError", "NO_OUTPUT"]
 
+log = logging.getLogger("skerry.scheduler")
 NO_OUTPUT = "memory://skerry-no-output"  # where a task without an output dataset "writes"
 FINAL = tuple(s.value for s in S.FINAL)
 _CHUNK = 500  # ids per IN (...) list
+MAX_WINDOW = 10_000  # jobs a pool's window holds at most, however fast its jobs finish
 
 
 class SchedulerError(SkerryError):
@@ -83,6 +102,7 @@ class _TaskInfo:
     output: str
     output_dataset_id: int | None
     pin: str | None
+    adaptors: str | None = None  # the owner's adaptor configuration, for the workers
 
 
 @dataclass
@@ -99,6 +119,8 @@ class _Written:
     log: str | None = None
     worker: str | None = None
     outputs: list = field(default_factory=list)
+    started: datetime | None = None  # the worker's start, when it is reported in the same batch
+
 
 
 def _utc_now() -> datetime:
@@ -116,7 +138,8 @@ class Scheduler:
     def __init__(self, catalog, runner: Runner, *, planner=None, policy: S.RetryPolicy = S.DEFAULT_POLICY,
                  rank: S.RankParams = S.RankParams(), window: float = 2.0, job_timeout: float | None = None,
                  heartbeat: float = 5.0, heartbeat_timeout: float = 60.0, rank_interval: float = 10.0,
-                 plan_interval: float = 0.2):
+                 plan_interval: float = 0.2, horizon: float = 0.2,
+                 adaptors_of: Callable[[str], str] | None = None):
         if window <= 0:
             raise SchedulerError(f"the window must be a positive multiple of a pool's slots, not {window!r}")
         if job_timeout is not None and job_timeout <= 0:
@@ -125,7 +148,8 @@ class Scheduler:
         self.policy, self.rank_params = policy, rank
         self.window, self.job_timeout = window, job_timeout
         self.heartbeat, self.heartbeat_timeout = heartbeat, heartbeat_timeout
-        self.rank_interval, self.plan_interval = rank_interval, plan_interval
+        self.rank_interval, self.plan_interval, self.horizon = rank_interval, plan_interval, horizon
+        self.adaptors_of = adaptors_of  # owner -> their adaptor configuration file (``owners``)
         self.live: dict[int, _Live] = {}
         self.retry_due: dict[int, float] = {}
         self.selectors = {pool: S.InterleavedRoundRobin() for pool in runner.pools}
@@ -133,6 +157,7 @@ class Scheduler:
         self._dirty: set[int] = set()  # tasks whose jobs changed since their state was derived
         self._retried: dict[int, int] = defaultdict(int)  # task -> retries since the last rank update
         self._last_pick: dict[int, int] = {}  # task -> selector round of its last pick
+        self._ended: dict[str, deque] = {pool: deque() for pool in runner.pools}  # (when, how many) ended
         self._recovered = False
         self._next_plan = self._next_rank = self._next_pools = self._next_tasks = 0.0
         self.dispatched = 0
@@ -152,17 +177,21 @@ class Scheduler:
         if not self._recovered:
             self.recover()
         written: list[_Written] = []
-        starts = self._handle(self.runner.events(timeout=wait if self.live else 0.0), written)
+        linger = self._linger()
+        if linger:
+            time.sleep(linger)
+        starts = self._handle(self.runner.events(timeout=wait if self.live and not linger else 0.0), written)
         self._check_timeouts(written)
         now = time.monotonic()
         due = [job for job, at in self.retry_due.items() if at <= now]
+        for w in written:  # an attempt that started and ended in this batch: its start goes in its end row
+            start = starts.pop(w.job, None)
+            if start is not None and start[0] == w.attempt:
+                w.started = start[2]
         with self.catalog.writing() as s:  # one transaction for the whole batch
             self._write(s, written)
             if starts:
-                s.connection().execute(
-                    update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
-                                             JobAttempt.number == bindparam("b_n"))
-                    .values(worker=bindparam("b_worker"), started=bindparam("b_at")), starts)
+                self._write_starts(s.connection(), starts)
             if due:
                 self._retries(s, due)
             submit = self._refill(s)
@@ -174,8 +203,10 @@ class Scheduler:
         self.dispatched += len(submit)
         for pool, specs in by_pool.items():
             self.runner.submit_many(pool, specs)
-        if self.planner is not None and now >= self._next_plan:
-            self._dirty |= self.planner.advance()
+        if now >= self._next_plan:
+            self._drop_final()
+            if self.planner is not None:
+                self._dirty |= self.planner.advance()
             self._next_plan = now + self.plan_interval
         if self._dirty and now >= self._next_tasks:
             self._update_tasks()
@@ -188,6 +219,16 @@ class Scheduler:
             self._next_pools = now + 5.0
         if not self.live and wait:
             time.sleep(wait)
+
+    def _linger(self) -> float:
+        """Seconds to let reports gather before a step: a quarter of ``horizon`` while the
+        attempts in flight fill at least half of the windows (bigger batches, fewer steps:
+        the pools still hold work for longer than that), else none."""
+        if len(self.live) < 2 * sum(int(self.window * self.runner.slots(p)) for p in self.selectors):
+            return 0.0
+        if 2 * len(self.live) < sum(self.window_of(p) for p in self.selectors):
+            return 0.0
+        return self.horizon / 4
 
     def close(self) -> None:
         """Stop: cancel the attempts in flight (the next scheduler recovers them)."""
@@ -225,10 +266,12 @@ class Scheduler:
 
     # ---- events from the runner ----
 
-    def _handle(self, events: list, written: list) -> list[dict]:
-        """Turn the runner's reports into moves (``written``); the attempt starts to record."""
-        starts = []
+    def _handle(self, events: list, written: list) -> dict[int, tuple]:
+        """Turn the runner's reports into moves (``written``); the starts to record, by job:
+        (attempt, worker, when)."""
+        starts = {}
         now = time.monotonic()
+        ended = defaultdict(int)
         for ev in events:
             live = self.live.get(ev.job)
             if live is None or live.attempt != ev.attempt:
@@ -236,14 +279,25 @@ class Scheduler:
             if isinstance(ev, Started):
                 live.started = live.beat = now
                 live.worker = ev.worker
-                starts.append({"b_job": ev.job, "b_n": ev.attempt, "b_worker": ev.worker,
-                               "b_at": datetime.fromtimestamp(ev.at, timezone.utc)})
+                starts[ev.job] = (ev.attempt, ev.worker, datetime.fromtimestamp(ev.at, timezone.utc))
             elif isinstance(ev, Beat):
                 live.beat = now
             elif isinstance(ev, Finished):
                 live.worker = ev.worker or live.worker
+                ended[live.pool] += 1
                 self._finished(live, ev, written)
+        for pool, n in ended.items():
+            self._ended[pool].append((now, n))
         return starts
+
+    @staticmethod
+    def _write_starts(conn, starts: dict[int, tuple]) -> None:
+        """The worker and start time of attempts that started and did not end yet."""
+        conn.execute(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
+                                              JobAttempt.number == bindparam("b_n"))
+                     .values(worker=bindparam("b_worker"), started=bindparam("b_at")),
+                     [{"b_job": job, "b_n": n, "b_worker": worker, "b_at": at}
+                      for job, (n, worker, at) in starts.items()])
 
     def _finished(self, live: _Live, ev: Finished, written: list) -> None:
         if ev.lost:
@@ -310,6 +364,7 @@ class Scheduler:
 
         from .executors import JobContext, file_checksum
         from .modules import load_module
+        from .owners import adaptors_of
 
         info = self._task(live.task)
         module = load_module(info.module)
@@ -318,12 +373,13 @@ class Scheduler:
         ctx = JobContext(module, self._inputs([live.job], info)[live.job], info.output,
                          module.resolve_params(info.params), str(live.job))
         found = []
-        for pin in module.outputs:
-            url = f"{info.output.rstrip('/')}/{ctx.output_name(pin.name)}"
-            fs, path = url_to_fs(url)
-            if not fs.isfile(path):
-                return None
-            found.append({"uri": url, "size": fs.size(path), "checksum": file_checksum(url)})
+        with adaptors_of(info.adaptors):  # the owner's storage, as the job saw it
+            for pin in module.outputs:
+                url = f"{info.output.rstrip('/')}/{ctx.output_name(pin.name)}"
+                fs, path = url_to_fs(url)
+                if not fs.isfile(path):
+                    return None
+                found.append({"uri": url, "size": fs.size(path), "checksum": file_checksum(url)})
         return found
 
     # ---- timeouts and retries ----
@@ -364,20 +420,13 @@ class Scheduler:
         if not written:
             return
         stamp = _utc_now()
-        ids = [w.job for w in written]
-        current = {}
-        for chunk in _chunks(ids):
-            query = select(Job.id, Job.state, Job.attempts).where(Job.id.in_(chunk))
-            if self.catalog.dialect == "postgresql":
-                query = query.with_for_update()
-            current.update({r.id: (r.state, r.attempts) for r in s.execute(query)})
-        moves, ends, files = [], [], []
+        writable = self._writable(s, written)
+        moves, files = [], []
         succeeded, failed = defaultdict(int), defaultdict(int)
         datasets = {}
         for w in written:
-            state, attempts = current.get(w.job, (None, None))
-            if state in FINAL or attempts != w.attempt:
-                continue  # another scheduler moved it on: nothing to write
+            if w.job not in writable:
+                continue  # another scheduler moved it on, or it was cancelled: nothing to write
             if w.state == "succeeded" and w.outputs:
                 info = self._task(w.task)
                 if info.output_dataset_id is None:
@@ -386,6 +435,7 @@ class Scheduler:
                     datasets.setdefault(info.output_dataset_id, []).append(w)
             moves.append(w)
         self._check_outputs(s, datasets)
+        jobs, ends = {}, {}
         for w in moves:
             if w.state == "succeeded":
                 succeeded[w.task] += 1
@@ -393,22 +443,19 @@ class Scheduler:
                            "state": "AVAILABLE", "created": stamp} for o in w.outputs]
             elif w.state == "failed":
                 failed[w.task] += 1
-            ends.append({"b_job": w.job, "b_n": w.attempt, "b_ended": stamp, "b_exit": w.exit_code,
-                         "b_class": w.error_class, "b_error": w.error, "b_log": w.log, "b_worker": w.worker})
+            jobs[w.job] = w  # a job that moves twice in a batch (lost, then succeeded) ends in its last state
+            ends.setdefault(w.job, w)  # and its attempt keeps its first end (why it was lost)
         if not moves:
             return
         conn = s.connection()
-        conn.execute(update(Job).where(Job.id == bindparam("b_job"))
-                     .values(state=bindparam("b_state"), error_class=bindparam("b_class"), updated=stamp),
-                     [{"b_job": w.job, "b_state": w.state, "b_class": w.error_class} for w in moves])
-        # an attempt already ended (cancelled) keeps its end; a lost one ends now
-        conn.execute(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
-                                              JobAttempt.number == bindparam("b_n"),
-                                              JobAttempt.ended.is_(None))
-                     .values(ended=bindparam("b_ended"), exit_code=bindparam("b_exit"),
-                             error_class=bindparam("b_class"), error=bindparam("b_error"),
-                             log=bindparam("b_log"),
-                             worker=func.coalesce(bindparam("b_worker"), JobAttempt.worker)), ends)
+        groups = defaultdict(list)  # one statement per (state, error class), not one per job
+        for w in jobs.values():
+            groups[(w.state, w.error_class)].append(w.job)
+        for (state, error_class), ids in groups.items():
+            for chunk in _chunks(ids):
+                conn.execute(update(Job).where(Job.id.in_(chunk))
+                             .values(state=state, error_class=error_class, updated=stamp))
+        self._end_attempts(conn, list(ends.values()), stamp)
         if files:
             conn.execute(insert(File), files)
         for task, n in succeeded.items():
@@ -416,6 +463,49 @@ class Scheduler:
         for task, n in failed.items():
             conn.execute(update(Task).where(Task.id == task).values(jobs_failed=Task.jobs_failed + n))
         self._dirty.update(w.task for w in moves)
+
+    def _writable(self, s, written: list[_Written]) -> set[int]:
+        """The jobs of ``written`` that the catalog still has at their attempt, not final.
+
+        On SQLite (one writer at a time) one count says whether all are, the common case;
+        the rows are read only when some are not. On PostgreSQL the rows are locked.
+        """
+        mine = {w.job: w.attempt for w in written}
+        ids = list(mine)
+        if self.catalog.dialect != "postgresql":
+            by_attempt = defaultdict(list)
+            for job, attempt in mine.items():
+                by_attempt[attempt].append(job)
+            conn = s.connection()
+            still = sum(conn.execute(select(func.count()).where(Job.id.in_(chunk), Job.attempts == attempt,
+                                                                Job.state.not_in(FINAL))).scalar_one()
+                        for attempt, jobs in by_attempt.items() for chunk in _chunks(jobs))
+            if still == len(ids):
+                return set(ids)
+        writable = set()
+        for chunk in _chunks(ids):
+            query = select(Job.id, Job.state, Job.attempts).where(Job.id.in_(chunk))
+            if self.catalog.dialect == "postgresql":
+                query = query.with_for_update()
+            writable.update(r.id for r in s.execute(query) if r.state not in FINAL and r.attempts == mine[r.id])
+        return writable
+
+    @staticmethod
+    def _end_attempts(conn, ends: list[_Written], stamp: datetime) -> None:
+        """End the attempts of ``ends``: one that already ended (cancelled) keeps its end, a
+        lost one ends now; an attempt whose start came in the same batch gets it here."""
+        conn.execute(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
+                                              JobAttempt.number == bindparam("b_n"),
+                                              JobAttempt.ended.is_(None))
+                     .values(ended=bindparam("b_ended"), exit_code=bindparam("b_exit"),
+                             error_class=bindparam("b_class"), error=bindparam("b_error"),
+                             log=bindparam("b_log"),
+                             worker=func.coalesce(bindparam("b_worker"), JobAttempt.worker),
+                             started=func.coalesce(bindparam("b_started", type_=JobAttempt.started.type),
+                                                   JobAttempt.started)),
+                     [{"b_job": w.job, "b_n": w.attempt, "b_ended": stamp, "b_exit": w.exit_code,
+                       "b_class": w.error_class, "b_error": w.error, "b_log": w.log, "b_worker": w.worker,
+                       "b_started": w.started} for w in ends])
 
     def _check_outputs(self, s, datasets: dict[int, list[_Written]]) -> None:
         """A job whose output URI the dataset already has (another job wrote that name) fails."""
@@ -443,15 +533,27 @@ class Scheduler:
             with self.catalog.session() as s:
                 task = s.get(Task, task_id)
                 module = s.get(Module, task.module_id)
-                output, pin = NO_OUTPUT, None
+                output, pin, owner = NO_OUTPUT, None, None
                 if task.output_dataset_id is not None:
                     output = s.get(Dataset, task.output_dataset_id).location or NO_OUTPUT
                 if task.run_id is not None:
-                    pin = (s.get(Run, task.run_id).params or {}).get("pins", {}).get(task.step)
+                    run = s.get(Run, task.run_id)
+                    pin, owner = (run.params or {}).get("pins", {}).get(task.step), run.owner
+                if not owner and task.input_dataset_id is not None:
+                    owner = s.get(Dataset, task.input_dataset_id).owner
                 info = _TaskInfo(task.id, task.run_id, module.spec, dict(task.params or {}), output,
-                                 task.output_dataset_id, pin)
+                                 task.output_dataset_id, pin, self._adaptors(owner, task.id))
             self._tasks[task_id] = info
         return info
+
+    def _adaptors(self, owner: str | None, task_id: int) -> str | None:
+        if self.adaptors_of is None or not owner:
+            return None
+        try:
+            return self.adaptors_of(owner)
+        except SkerryError as e:  # its jobs fail on their storage, each with its own error and log
+            log.warning("task %d: the adaptors of %s cannot be set up: %s", task_id, owner, e)
+            return None
 
     def _update_tasks(self) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -510,6 +612,24 @@ class Scheduler:
         for job in [j for j in self.retry_due if j in live_ids]:
             del self.retry_due[job]
 
+    def _drop_final(self) -> None:
+        """Forget jobs that someone else made final (the REST API's cancel writes the catalog):
+        their attempts are cancelled in the runner, they leave the window and the retries."""
+        mine = list(self.live) + [job for job in self.retry_due if job not in self.live]
+        if not mine:
+            return
+        final = []
+        with self.catalog.session() as s:
+            conn = s.connection()
+            for chunk in _chunks(mine):
+                final += conn.execute(select(Job.id).where(Job.id.in_(chunk), Job.state.in_(FINAL))).scalars()
+        for job in final:
+            live = self.live.pop(job, None)
+            if live is not None:
+                self.runner.cancel(job, live.attempt)
+                self._dirty.add(live.task)
+            self.retry_due.pop(job, None)
+
     # ---- dispatch ----
 
     def _refill(self, s) -> list[tuple[_Live, JobSpec]]:
@@ -519,31 +639,42 @@ class Scheduler:
         in_flight = defaultdict(int)
         for live in self.live.values():
             in_flight[live.pool] += 1
+        conn = s.connection()
         for pool, selector in self.selectors.items():
-            free = int(self.window * self.runner.slots(pool)) - in_flight[pool]
+            free = self.window_of(pool) - in_flight[pool]
             if free <= 0:
                 continue
             if ranks is None:
-                ranks = dict(s.execute(select(Task.id, Task.rank).where(Task.state.not_in(FINAL))
-                                       .order_by(Task.id)).all())
+                ranks = dict(conn.execute(select(Task.id, Task.rank).where(Task.state.not_in(FINAL))
+                                          .order_by(Task.id)).all())
             queued = {}
             for task_id in ranks:
-                ids = s.execute(select(Job.id).where(Job.task_id == task_id, Job.state == "queued",
-                                                     Job.pool == pool).order_by(Job.id).limit(free)
-                                ).scalars().all()
-                if ids:
-                    queued[task_id] = ids
+                rows = conn.execute(select(Job.id, Job.attempts).where(Job.task_id == task_id, Job.state == "queued",
+                                                                       Job.pool == pool)
+                                    .order_by(Job.id).limit(free)).all()
+                if rows:
+                    queued[task_id] = rows
             if not queued:
                 continue
-            picks = selector.take({t: (ranks[t], len(ids)) for t, ids in queued.items()}, free)
+            picks = selector.take({t: (ranks[t], len(rows)) for t, rows in queued.items()}, free)
             order = []
             position = defaultdict(int)
             for task_id in picks:
-                order.append((queued[task_id][position[task_id]], task_id))
+                job, attempts = queued[task_id][position[task_id]]
+                order.append((job, task_id, attempts))
                 position[task_id] += 1
                 self._last_pick[task_id] = selector.rounds
             submit += self._dispatch(s, pool, order)
         return submit
+
+    def window_of(self, pool: str) -> int:
+        """How many attempts ``pool`` may have in flight now (the module docstring's rule)."""
+        ended = self._ended[pool]
+        since = time.monotonic() - self.horizon
+        while ended and ended[0][0] < since:
+            ended.popleft()
+        recent = sum(n for _, n in ended)
+        return min(MAX_WINDOW, max(int(self.window * self.runner.slots(pool)), recent))
 
     def _excluded(self, job_ids: list[int], s=None) -> dict[int, frozenset]:
         if s is None:
@@ -560,20 +691,14 @@ class Scheduler:
             out[job_id] = self.policy.excluded_pools(attempts)
         return out
 
-    def _dispatch(self, s, pool: str, order: list[tuple[int, int]]) -> list[tuple[_Live, JobSpec]]:
-        ids = [job for job, _ in order]
+    def _dispatch(self, s, pool: str, order: list[tuple[int, int, int]]) -> list[tuple[_Live, JobSpec]]:
+        """Dispatch ``order`` ((job, task, attempts so far), queued, read in this transaction)."""
         stamp = _utc_now()
-        attempts = {}
-        for chunk in _chunks(ids):
-            attempts.update(s.execute(select(Job.id, Job.attempts).where(Job.id.in_(chunk),
-                                                                         Job.state == "queued")).all())
-        retried = [j for j in ids if attempts.get(j)]
+        retried = [job for job, _, attempts in order if attempts]
         excluded = self._excluded(retried, s) if retried else {}
         go, refused = [], []
-        for job, task in order:
-            if job not in attempts:
-                continue  # no longer queued (cancelled meanwhile)
-            live = _Live(job, task, attempts[job], pool, excluded.get(job, frozenset()), state=S.JobState.QUEUED)
+        for job, task, attempts in order:
+            live = _Live(job, task, attempts, pool, excluded.get(job, frozenset()), state=S.JobState.QUEUED)
             try:
                 tr = S.apply_job(self._job(live), S.Dispatch(pool), self.policy)
             except S.TransitionError:
@@ -582,10 +707,10 @@ class Scheduler:
             live.state, live.attempt = tr.record.state, tr.record.attempts
             go.append(live)
         conn = s.connection()
-        if go:
-            conn.execute(update(Job).where(Job.id == bindparam("b_job"))
-                         .values(state="running", attempts=bindparam("b_n"), updated=stamp),
-                         [{"b_job": live.job, "b_n": live.attempt} for live in go])
+        for chunk in _chunks(go):  # one statement per chunk
+            conn.execute(update(Job).where(Job.id.in_([live.job for live in chunk]))
+                         .values(state="running", attempts=Job.attempts + 1, updated=stamp))
+        if go:  # in pick order (the fairness record)
             conn.execute(insert(JobAttempt), [{"job_id": live.job, "number": live.attempt, "pool": pool,
                                                "started": stamp} for live in go])
         for job, task, excluded in refused:
@@ -604,7 +729,8 @@ class Scheduler:
             info = self._task(live.task)
             submit.append((live, JobSpec(live.job, live.attempt, info.module,
                                          self._by_pin(info, inputs.get(live.job, [])),
-                                         info.output, info.params, self.job_timeout, self.heartbeat)))
+                                         info.output, info.params, self.job_timeout, self.heartbeat,
+                                         info.adaptors)))
         return submit
 
     def _inputs(self, job_ids: list[int], info: _TaskInfo | None = None, s=None):
