@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--windows", default="2,50")
     args = parser.parse_args()
     with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
             Client(cluster) as client:
         raw(client, 500)  # warm the workers (imports)
         base = raw(client, args.jobs)

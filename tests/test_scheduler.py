@@ -27,6 +27,8 @@ from skerry.workload.states import RetryPolicy
 CONFIG = {"distributed.scheduler.worker-saturation": "inf",
           # a dead worker's attempt reaches the catalog instead of being re-run by Dask
           "distributed.scheduler.allowed-failures": 0}
+# a Dask scheduler serves HTTP (metrics) even without a dashboard: on a free port, not 8787
+NO_DASHBOARD = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
 MD5OF = {"name": "md5of", "version": "1", "inputs": [{"name": "input", "type": "md5"}],
          "outputs": [{"name": "checksum", "type": "md5", "file_name": "{name}.md5"}],
          "callable": "skerry.workload.builtins:md5"}
@@ -57,7 +59,8 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(home):
     with dask.config.set(CONFIG):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                               scheduler_kwargs=NO_DASHBOARD)
         c = Client(cluster)
         yield c
         c.close()
@@ -191,8 +194,9 @@ def test_gpu_jobs_run_only_on_the_gpu_worker_and_cpu_jobs_do_not_wait(tmp_path, 
                "gpu-0": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
     from distributed.scheduler import Scheduler as DaskScheduler
 
-    with dask.config.set(CONFIG), SpecCluster(workers=workers, scheduler={"cls": DaskScheduler, "options": {
-            "dashboard": False, "dashboard_address": None}}) as cluster, Client(cluster) as c:
+    with dask.config.set(CONFIG), SpecCluster(workers=workers, scheduler={"cls": DaskScheduler,
+                                                                          "options": NO_DASHBOARD}) as cluster, \
+            Client(cluster) as c:
         c.wait_for_workers(3)
         gpu_module = {**BUILTINS["sleep"].model_dump(mode="json"), "name": "gpusleep",
                       "resources": {"gpu": 1}}
@@ -262,7 +266,8 @@ def test_killing_workers_at_random_loses_no_job_and_registers_no_output_twice(tm
                                                        "inputs": {"input": "dataset"}}]})
     run = start_run(cat, "one", "chaos")
     with dask.config.set(CONFIG), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                               dashboard_address=None) as cluster, Client(cluster) as c:
+                                               dashboard_address=None, scheduler_kwargs=NO_DASHBOARD) as cluster, \
+            Client(cluster) as c:
         sched = Scheduler(cat, Runner({"cpu": c}), planner=Planner(cat),
                           policy=RetryPolicy(limit=10, backoff=0.05))
         kills = []
@@ -406,3 +411,32 @@ def test_retries_raise_a_tasks_rank_up_to_the_cap(tmp_path, client):
     with cat.session() as s:
         rank = s.get(Task, task).rank
     assert rank == 5.0  # 12 retries would give 14: the cap holds
+
+
+def test_a_task_cancelled_in_the_catalog_leaves_the_scheduler_and_stays_cancelled(tmp_path, client):
+    """The REST API cancels by writing the catalog; the scheduler notices within plan_interval."""
+    from hub.api_workload import Workload
+
+    cat = catalog(tmp_path)
+    failing = noop_task(cat, 2, module="fail")  # retried only after 600 s: they wait in retry_due
+    sleeping = noop_task(cat, 30, module="sleep", params={"seconds": 0.5})
+    sched = Scheduler(cat, Runner({"cpu": client}), policy=RetryPolicy(limit=3, backoff=600, max_backoff=600))
+    while len(sched.retry_due) < 2 or not any(live.task == sleeping for live in sched.live.values()):
+        sched.step(0.01)
+    Workload(cat).cancel(failing, None)
+    Workload(cat).cancel(sleeping, None)
+    with cat.session() as s:
+        after_cancel = s.execute(select(Job.id, Job.state).order_by(Job.id)).all()
+    sched.run(lambda: not sched.live and not sched.retry_due, timeout=60)
+
+    later = noop_task(cat, 20, module="sleep", params={"seconds": 0.01})
+    sched.run(lambda: sched.tasks_done([later]) and sched.idle(), timeout=120)
+    with cat.session() as s:
+        states = dict(s.execute(select(Task.id, Task.state)).all())
+        jobs = s.execute(select(Job.id, Job.state).where(Job.task_id != later).order_by(Job.id)).all()
+        open_attempts = s.execute(select(func.count()).where(JobAttempt.ended.is_(None))).scalar_one()
+    assert states == {failing: "cancelled", sleeping: "cancelled", later: "succeeded"}
+    assert jobs == after_cancel  # a result that came after the cancel changed nothing
+    assert {state for _, state in jobs} <= {"succeeded", "cancelled"}
+    assert sum(state == "cancelled" for _, state in jobs) >= 2 + 20
+    assert open_attempts == 0
