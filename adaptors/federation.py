@@ -17,7 +17,9 @@ Rules:
 
 ``SkerryFileSystem()`` with no arguments reads the adaptors of the running
 micro-infrastructure from the file named by ``$SKERRY_ADAPTORS`` (JSON, see
-``skerry.adaptors.config``), so ``fsspec.open("skerry://home/a.csv")`` works in notebooks.
+``skerry.adaptors.config``), so ``fsspec.open("skerry://home/a.csv")`` works in notebooks;
+outside the platform, with ``$SKERRY_URL`` and ``$SKERRY_TOKEN``, it reaches the same
+adaptors through the user's WebDAV endpoint (``skerry.adaptors.remote``).
 """
 
 import os
@@ -54,13 +56,15 @@ class SkerryFileSystem(AbstractFileSystem):
         (so that MKCOL then PUT inside works as on a file system); by default the S3
         adaptors of an ``Adaptors`` mapping.
 
-        With no adaptors, the micro-infrastructure's configuration is loaded (``$SKERRY_ADAPTORS``).
+        With no adaptors, the micro-infrastructure's configuration is loaded (``$SKERRY_ADAPTORS``),
+        or outside the platform the user's WebDAV endpoint is used (``$SKERRY_URL`` and
+        ``$SKERRY_TOKEN``; see ``skerry.adaptors.remote``).
         """
         super().__init__(**storage_options)
         if adaptors is None:
-            from .config import load_federation
+            from .remote import default_federation
 
-            adaptors, read_only, make_parents = load_federation()
+            adaptors, read_only, make_parents = default_federation()
         # a lazy ``Adaptors`` mapping stays lazy; a plain dict is copied
         self.adaptors = adaptors if isinstance(adaptors, Adaptors) else dict(adaptors)
         self.read_only = frozenset(read_only)
