@@ -19,34 +19,57 @@ from helpers import free_port, wait_for
 
 
 class JupyterServer:
-    """``jupyter server`` in a subprocess, the extension enabled through ``$JUPYTER_CONFIG_PATH``."""
+    """``jupyter server`` in a subprocess, configured like a micro-infrastructure's: the
+    extensions enabled through ``$JUPYTER_CONFIG_PATH``, the adaptors in a 0600 file.
 
-    def __init__(self, base: Path, adaptors: list[dict], credentials: dict | None = None,
-                 options: list[str] = ()):
+    ``url`` is the data API's, ``base_url`` the server's own (``/api/contents``, ``/files``,
+    ``/lab`` hang off it).
+    """
+
+    def __init__(self, base: Path, adaptors: list[dict] | Path, credentials: dict | None = None,
+                 options: list[str] = (), *, root: Path | None = None, auth: bool = True,
+                 name: str = "server"):
+        """``adaptors``: the adaptor specs, or the path of a configuration already written
+        (two servers can share one); ``root``: the server's folder and working folder
+        (default ``base``); ``auth``: False for a server without a token (a browser could
+        only get one through its argv); ``name``: of the log and runtime folder, so that
+        two servers can share ``base``."""
         from skerry.adaptors.config import write_config
         from skerry.extensions import CONFIG_DIR
 
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
-        self.config = self.base / "adaptors.json"
-        write_config(str(self.config), adaptors, credentials)
-        self.token = secrets.token_hex(16)
+        if isinstance(adaptors, (str, Path)):
+            self.config = Path(adaptors)
+        else:
+            self.config = self.base / "adaptors.json"
+            write_config(str(self.config), adaptors, credentials)
+        self.root = Path(root) if root else self.base
+        self.token = secrets.token_hex(16) if auth else None
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/skerry/api/v1/"
-        self.log = self.base / "server.log"
-        self.env = dict(os.environ, JUPYTER_TOKEN=self.token, SKERRY_ADAPTORS=str(self.config),
-                        JUPYTER_CONFIG_PATH=CONFIG_DIR, JUPYTER_RUNTIME_DIR=str(self.base / "runtime"),
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base_url}/skerry/api/v1/"
+        self.log = self.base / f"{name}.log"
+        self.env = dict(os.environ, SKERRY_ADAPTORS=str(self.config),
+                        JUPYTER_CONFIG_PATH=CONFIG_DIR, JUPYTER_RUNTIME_DIR=str(self.base / f"{name}-runtime"),
                         JUPYTER_DATA_DIR=str(self.base / "data"))
+        self.env.pop("JUPYTER_TOKEN", None)
+        if self.token:
+            self.env["JUPYTER_TOKEN"] = self.token
+        # port_retries=0: another port than ours would be a server no test can reach
         self.argv = [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-                     "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
-                     f"--ServerApp.root_dir={self.base}", *options]
+                     "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
+                     f"--ServerApp.root_dir={self.root}", *options]
+        if not self.token:
+            self.argv.append("--IdentityProvider.token=")
         self.proc = None
 
     def start(self):
-        (self.base / "root").mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=open(self.log, "wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._up, 60, what="jupyter server")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=self.root, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._up, 60, what=f"jupyter server (log: {self.log})")
         return self
 
     def _up(self):
@@ -60,9 +83,15 @@ class JupyterServer:
             raise AssertionError(f"the data API has no adaptors: {r.text}")
         return r.status_code == 200
 
+    @property
+    def headers(self) -> dict:
+        """The token header, as a client of this server sends it (none without a token)."""
+        return {"Authorization": f"token {self.token}"} if self.token else {}
+
     def request(self, method, path, token=None, **kwargs):
+        """A data API request; ``token``: another token, or False for none."""
         headers = kwargs.pop("headers", {})
-        if token is not False:
+        if token is not False and (token or self.token):
             headers.setdefault("Authorization", f"token {token or self.token}")
         return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,65 +20,11 @@ import httpx
 import nbformat
 import pytest
 
-from helpers import free_port, wait_for
+from helpers import free_port
+from jupyterserver import JupyterServer
 from skerry.adaptors.config import write_config
-from skerry.extensions import CONFIG_DIR
 
-TOKEN = "contents-test-" + uuid.uuid4().hex
 WRITABLE = ["home", "mem", "s3", "hpc"]
-
-
-class JupyterServer:
-    """``jupyter server`` in a subprocess, configured like a micro-infrastructure's."""
-
-    def __init__(self, base: Path, config: Path, token: str | None = TOKEN, name: str = "server"):
-        """``config``: the adaptor configuration; ``token``: None for no authentication
-        (the browser test's own server: a browser could only get a token through its argv)."""
-        self.base = base
-        self.home = base / "home"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = config
-        self.token = token
-        self.log = base / f"{name}.log"
-        self.runtime = base / f"{name}-runtime"
-        self.proc = None
-
-    def start(self):
-        env = dict(os.environ, JUPYTER_CONFIG_PATH=CONFIG_DIR, SKERRY_ADAPTORS=str(self.config),
-                   JUPYTER_RUNTIME_DIR=str(self.runtime), JUPYTER_DATA_DIR=str(self.base / "data"))
-        argv = [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
-                "--ServerApp.port_retries=0"]
-        if self.token:
-            env["JUPYTER_TOKEN"] = self.token
-        else:
-            argv.append("--IdentityProvider.token=")
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=self.home, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._up, 60, what=f"jupyter server (log: {self.log})")
-        return self
-
-    def _up(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"jupyter server exited:\n{self.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/api/status", headers=self.headers, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    @property
-    def headers(self):
-        return {"Authorization": f"token {self.token}"} if self.token else {}
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +49,14 @@ def server(tmp_path_factory, s3server, sshd):
          "credentials": "hpc"},
     ]
     credentials = {"s3": s3server.credentials(), "hpc": {"private_key": sshd.key}}
-    write_config(str(base / "adaptors.json"), adaptors, credentials)
-    s = JupyterServer(base, base / "adaptors.json").start()
+    s = JupyterServer(base, adaptors, credentials, root=base / "home").start()
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
 def api(server):
-    with httpx.Client(base_url=f"{server.url}/api/", headers=server.headers, timeout=60) as c:
+    with httpx.Client(base_url=f"{server.base_url}/api/", headers=server.headers, timeout=60) as c:
         yield c
 
 
@@ -123,7 +67,7 @@ def names(listing: dict) -> set[str]:
 def test_config_is_private_and_token_not_in_argv(server):
     assert oct(server.config.stat().st_mode & 0o777) == "0o600"
     cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
-    assert TOKEN.encode() not in cmdline and b"testing" not in cmdline and b"PRIVATE KEY" not in cmdline
+    assert server.token.encode() not in cmdline and b"testing" not in cmdline and b"PRIVATE KEY" not in cmdline
 
 
 def test_lab_file_browser_shows_the_adaptors(server):
@@ -133,13 +77,13 @@ def test_lab_file_browser_shows_the_adaptors(server):
     chromium = shutil.which("chromium")
     if not chromium:
         pytest.skip("no chromium here (apt-get install -y chromium)")
-    lab = JupyterServer(server.base, server.config, token=None, name="lab").start()
+    lab = JupyterServer(server.base, server.config, root=server.root, auth=False, name="lab").start()
     try:
         def browse(*args):
             argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync", "--no-first-run",
                     f"--user-data-dir={server.base / 'chromium'}", "--window-size=1280,800",
-                    "--virtual-time-budget=20000", *args, f"{lab.url}/lab"]
+                    "--virtual-time-budget=20000", *args, f"{lab.base_url}/lab"]
             return subprocess.run(argv, capture_output=True, timeout=120, check=True).stdout.decode()
 
         shot = server.base / "lab-file-browser.png"  # kept for people to look at
@@ -214,11 +158,11 @@ def test_files_create_save_get_rename_delete(api, server, adaptor):
     assert api.get(f"contents/{folder}/c.txt").status_code == 200
 
     # the file browser downloads through /files/, served by the same manager
-    r = httpx.get(f"{server.url}/files/{folder}/b.bin", params={"download": "1"}, headers=server.headers)
+    r = httpx.get(f"{server.base_url}/files/{folder}/b.bin", params={"download": "1"}, headers=server.headers)
     assert r.status_code == 200 and r.content == binary
     assert r.headers["content-type"] == "application/octet-stream"
     assert r.headers["content-disposition"] == "attachment; filename*=utf-8''b.bin"
-    r = httpx.get(f"{server.url}/files/{folder}/a-missing.txt", headers=server.headers)
+    r = httpx.get(f"{server.base_url}/files/{folder}/a-missing.txt", headers=server.headers)
     assert r.status_code == 404
 
     # folders are renamed with what is in them; files move between adaptors
@@ -344,7 +288,7 @@ def test_chunked_upload_appears_only_when_complete(api, adaptor):
 def test_read_only_adaptor_refuses_writes(api, server):
     got = api.get("contents/ro/readme.txt").json()
     assert got["content"] == "read me\n" and got["writable"] is False
-    r = httpx.get(f"{server.url}/files/ro/readme.txt", headers=server.headers)
+    r = httpx.get(f"{server.base_url}/files/ro/readme.txt", headers=server.headers)
     assert r.status_code == 200 and r.text == "read me\n"
     assert r.headers["content-type"] == "text/plain; charset=UTF-8"
     refusals = [
@@ -390,7 +334,7 @@ def test_traversal_is_refused(api, server):
         assert r.status_code in (400, 403, 404), (path, r.text)
     assert api.patch("contents/home/x.txt", json={"path": "home/../../outside/y.txt"}).status_code in (400, 404)
     # a symlink leading out of the adaptor's folder
-    r = httpx.get(f"{server.url}/files/home/escape/secret.txt", headers=server.headers)
+    r = httpx.get(f"{server.base_url}/files/home/escape/secret.txt", headers=server.headers)
     assert r.status_code == 403 and "not yours" not in r.text
     r = api.get("contents/home/escape/secret.txt")
     assert r.status_code in (403, 404) and "not yours" not in r.text, r.text
@@ -408,7 +352,7 @@ def run_in_kernel(server, kernel_id: str, code: str) -> str:
     import websocket
 
     ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels",
-                                     header=[f"Authorization: token {TOKEN}"], timeout=60)
+                                     header=[f"Authorization: token {server.token}"], timeout=60)
     try:
         msg_id = uuid.uuid4().hex
         ws.send(json.dumps({
@@ -489,7 +433,7 @@ def test_bad_input_is_refused_and_writes_nothing(api, server):
         r = api.put("contents/home/keep.txt", json=model)
         assert r.status_code == 400, (model, r.text)
         assert r.json()["message"], r.text
-    assert (server.home / "keep.txt").read_text() == "kept\n"
+    assert (server.root / "keep.txt").read_text() == "kept\n"
     assert api.get("contents/home/keep.txt", params={"type": "directory"}).status_code == 400
     assert api.get("contents/home", params={"type": "file"}).status_code == 400
     api.put("contents/home/bytes.bin", json={"type": "file", "format": "base64", "content": "//79"})
@@ -497,12 +441,12 @@ def test_bad_input_is_refused_and_writes_nothing(api, server):
     assert r.status_code == 400 and "not UTF-8" in r.json()["message"]
     assert api.delete("contents/home/bytes.bin").status_code == 204
     # no temporary name was left behind, nothing hidden but the checkpoints folder
-    assert not [n for n in os.listdir(server.home) if n.startswith(".") and n != ".ipynb_checkpoints"]
+    assert not [n for n in os.listdir(server.root) if n.startswith(".") and n != ".ipynb_checkpoints"]
     # a save replaces the file whole, and keeps its permissions
-    (server.home / "keep.txt").chmod(0o750)
+    (server.root / "keep.txt").chmod(0o750)
     assert api.put("contents/home/keep.txt", json={"type": "file", "format": "text", "content": "new\n"}).status_code == 200
-    assert (server.home / "keep.txt").read_text() == "new\n"
-    assert oct((server.home / "keep.txt").stat().st_mode & 0o777) == "0o750"
+    assert (server.root / "keep.txt").read_text() == "new\n"
+    assert oct((server.root / "keep.txt").stat().st_mode & 0o777) == "0o750"
     assert api.delete("contents/home/keep.txt").status_code == 204
 
 
@@ -511,7 +455,7 @@ def test_no_secret_in_the_server_log(server, sshd):
     log = server.log.read_text()
     key_line = sshd.key.splitlines()[1]
     assert "Serving the skerry:// federation" in log
-    for secret in (TOKEN, key_line, "testing"):
+    for secret in (server.token, key_line, "testing"):
         assert secret not in log
 
 
