@@ -16,7 +16,7 @@ Rules:
   runs) and puts its refusal on the field it names; it adds the per-field checks that use the
   same primitives (module lookup, ``resolve_params``, ``Pin.fits``), so several problems show
   at once. A pipeline with no problems is one the API accepts;
-- a field is a dotted path: ``name``, ``mask``, ``steps`` (the whole pipeline: nothing reads
+- a field is a dotted path: ``name``, ``mask``, ``dataset`` (a launch refused over it), ``steps`` (the whole pipeline: nothing reads
   the dataset, no steps), ``steps.<step>.name|module|pool|chunk|mode|output``,
   ``steps.<step>.inputs.<pin>``, ``steps.<step>.params.<parameter>`` (see ``field``); a cycle
   is put on the input pin that closes it;
@@ -42,7 +42,7 @@ from skerry.workload.modules import ModuleRegistry, ModuleSpec, check_value
 from skerry.workload.workflows import DATASET, load_workflow
 
 __all__ = ["Pipeline", "Step", "Problem", "ParamField", "field", "registry_from", "pool_of",
-           "parameter_form", "check_param", "parse_param", "problem_of"]
+           "module_summary", "parameter_form", "check_param", "parse_param", "problem_of"]
 
 POOLS = ("cpu", "gpu")
 _STEP_KEYS = ("name", "module", "inputs", "params", "mode", "chunk", "output")
@@ -141,6 +141,24 @@ class Pipeline:
         self.steps.append(Step(name, module, {**(inputs or {}), **pins}, dict(params or {}),
                                mode, chunk, output, pool))
         return self
+
+    def check_new_step(self, name: str) -> str | None:
+        """Why a new step may not be called ``name``, or None."""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name or ""):
+            return f"A step name is a letter or _ then letters, digits, _ or -, not {name!r}."
+        if any(s.name == name for s in self.steps):
+            return f"There is a step named {name!r} already."
+        return None
+
+    def new_step_name(self, module: str) -> str:
+        """A free step name after the module: ``md5``, ``md5_2``..."""
+        base = re.sub(r"[^A-Za-z0-9_-]", "_", module.partition("@")[0]) or "step"
+        base = base if re.match(r"[A-Za-z_]", base) else "_" + base
+        name, n = base, 1
+        while any(s.name == name for s in self.steps):
+            n += 1
+            name = f"{base}_{n}"
+        return name
 
     def get(self, name: str) -> Step:
         for s in self.steps:
@@ -328,6 +346,21 @@ def _pool_problem(module: ModuleSpec, pool: str) -> str | None:
     return f"Module {module.ref} needs no GPU: its jobs run on the cpu pool."
 
 
+def module_summary(module: ModuleSpec) -> dict[str, str]:
+    """What a module list shows: ref, description, pins, parameters, resources and pool."""
+    def pins(ps):
+        return ", ".join(f"{p.name}: {p.type}" + (" (multiple)" if p.kind == "multiple" else "")
+                         + (" (optional)" if p.optional else "") for p in ps) or "-"
+
+    params = ", ".join(f"{f.name}: {f.type}" + (" (required)" if f.required else f" = {f.default!r}")
+                       for f in parameter_form(module)) or "-"
+    r = module.resources
+    memory = f", memory {r.memory / 2**20:g} MiB" if r.memory else ""
+    return {"module": module.ref, "description": module.description, "inputs": pins(module.inputs),
+            "outputs": pins(module.outputs), "parameters": params,
+            "resources": f"cpu {r.cpu:g}{memory}" + (f", gpu {r.gpu}" if r.gpu else ""), "pool": pool_of(module)}
+
+
 def parameter_form(module: ModuleSpec) -> list[ParamField]:
     """The module's parameters as form fields, in declaration order."""
     return [ParamField(name, p.type, p.default, p.required, p.description) for name, p in module.parameters.items()]
@@ -404,8 +437,10 @@ def problem_of(message: str, pipeline: Pipeline | None = None) -> Problem:
     pyd = re.match(r"^field (?P<f>[\w.]+): ", rest)
     if pyd:
         return Problem(_pydantic_field(pyd.group("f"), pipeline), _sentence(rest[pyd.end():]))
-    if re.match(r"^a workflow named '[^']*' already exists", rest, re.I):
+    if re.match(r"^a workflow named '[^']*'", rest, re.I):  # exists, or is saved with other steps
         return Problem("name", sentence)
+    if re.search(r"\bdataset\b", rest, re.I) and "'dataset'" not in rest:  # a run refused over its dataset
+        return Problem("dataset", sentence)
     return Problem(field(), sentence)
 
 
