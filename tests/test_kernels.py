@@ -1,0 +1,122 @@
+"""The skerry kernels: "Python 3 (skerry)" and "Python 3 (skerry, GPU)".
+
+- the kernel specs are found by ``jupyter kernelspec list`` with the micro-infrastructure's
+  ``$JUPYTER_PATH``, and alice's running server offers both;
+- on a real platform (``skerry up``, a LocalCluster ``cpu`` pool, no ``gpu`` pool), a
+  "skerry" kernel started through alice's Jupyter server (REST API and websocket, as
+  JupyterLab does) has a ready ``skerry`` session: ``skerry://`` is alice's storage, the
+  Dask client is connected to the cpu pool and runs tasks, the workload API knows her;
+- the GPU kernel on that platform says there is no gpu pool, and runs on.
+
+Nothing is mocked: JupyterHub, the proxy, the service, the scheduler's pool, the kernels.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import wait_for
+from skerry.kernels import JUPYTER_PATH_DIR, KERNELS
+from skerry.kernels.remote import RemoteKernel
+
+POOLS = {"cpu": {"workers": 1, "threads": 1}, "gpu": None}
+API = "/services/skerry/api/v1"
+DISPLAY = {"skerry": "Python 3 (skerry)", "skerry-gpu": "Python 3 (skerry, GPU)"}
+
+
+def test_kernelspecs_are_listed_with_the_micro_infrastructures_jupyter_path(tmp_path):
+    env = dict(os.environ, JUPYTER_PATH=JUPYTER_PATH_DIR, JUPYTER_DATA_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    specs = json.loads(out)["kernelspecs"]
+    for name, pool in KERNELS.items():
+        spec = specs[name]["spec"]
+        assert spec["display_name"] == DISPLAY[name]
+        assert spec["language"] == "python"
+        assert spec["argv"][1:5] == ["-m", "skerry.kernels.launch", "--pool", pool]
+        assert "{connection_file}" in spec["argv"]
+
+
+# ---- on a running platform ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alice_server(platform, alice):
+    """alice's server URL and token, a file in her home, and the platform's pools running."""
+    home = platform.data_dir / "users" / "alice"
+    (home / "notes").mkdir(parents=True, exist_ok=True)
+    (home / "notes" / "hello.txt").write_text("hello from alice's home\n")
+    pools = platform.data_dir / "run" / "dask-pools.json"
+    wait_for(pools.exists, 120, what="the scheduler's pools (run/dask-pools.json)")
+    return f"{platform.url}/user/alice/", alice, json.loads(pools.read_text())
+
+
+def run(kernel, code):
+    result = kernel.execute(code)
+    assert result.error is None, "\n".join(result.error["traceback"])
+    return result
+
+
+@pytest.mark.platform
+def test_alices_server_offers_both_kernels(platform, alice_server):
+    import httpx
+
+    url, token, _ = alice_server
+    r = httpx.get(url + "api/kernelspecs", headers={"Authorization": f"token {token}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    specs = r.json()["kernelspecs"]
+    assert {name: specs[name]["spec"]["display_name"] for name in KERNELS} == DISPLAY
+
+
+@pytest.mark.platform
+def test_skerry_kernel_has_alices_adaptors_the_cpu_pool_and_the_api_as_alice(platform, alice_server):
+    url, token, pools = alice_server
+    with RemoteKernel(url, token, "skerry") as kernel:
+        ready = json.loads(run(kernel, "import json; print(json.dumps(skerry.ready()))").stdout)
+        assert set(ready) == {"adaptors", "pool", "api"}
+        assert all(isinstance(v, float) for v in ready.values()), ready
+
+        # skerry:// is alice's storage, through the session and through fsspec alike
+        assert run(kernel, "skerry.fs.ls('home/notes', detail=False)").value == "['home/notes/hello.txt']"
+        text = run(kernel, "import fsspec\nprint(fsspec.open('skerry://home/notes/hello.txt', 'r').open().read())")
+        assert text.stdout == "hello from alice's home\n\n"
+
+        # the Dask client: connected to the platform's cpu pool, running tasks, Dask's default
+        assert run(kernel, "skerry.client.scheduler.address").value == repr(pools["cpu"])
+        assert run(kernel, "skerry.client.submit(lambda x: x + 1, 41).result()").value == "42"
+        assert run(kernel, "import dask.bag as db; db.from_sequence(range(10)).sum().compute()").value == "45"
+
+        # the workload API as alice: her dataset is hers
+        run(kernel, "skerry.api.create_dataset('kernel.made')")
+        assert run(kernel, "[d['name'] for d in skerry.api.datasets()]").value == "['kernel.made']"
+        owned = platform.api("GET", f"{API}/datasets", params={"owner": "alice"}).json()["datasets"]
+        assert [d["name"] for d in owned] == ["kernel.made"]
+
+        # the session shows what it is connected to, never the token
+        shown = run(kernel, "import os; t = os.environ['JUPYTERHUB_API_TOKEN']; s = repr(skerry); "
+                            "print(s); print(bool(t) and t not in s)").stdout
+        assert "alice" in shown and pools["cpu"] in shown and "skerry:// home" in shown
+        assert shown.rstrip().endswith("True")
+
+
+@pytest.mark.platform
+def test_gpu_kernel_without_a_gpu_pool_says_so_and_runs_on(platform, alice_server):
+    url, token, pools = alice_server
+    assert "gpu" not in pools
+    with RemoteKernel(url, token, "skerry-gpu") as kernel:
+        first = run(kernel, "1 + 1")
+        assert first.value == "2"
+        assert "skerry: this platform runs no 'gpu' Dask pool (pools running: cpu)" in first.stderr
+        assert "Traceback" not in first.stderr
+
+        refused = kernel.execute("skerry.client")
+        assert refused.error["ename"] == "SessionError"
+        assert "no 'gpu' Dask pool" in refused.error["evalue"]
+
+        # the rest of the session works in the GPU kernel too
+        assert run(kernel, "skerry.fs.ls('home/notes', detail=False)").value == "['home/notes/hello.txt']"
+        assert run(kernel, "isinstance(skerry.api.datasets(), list)").value == "True"
+        assert "skerry:" not in run(kernel, "2 + 2").stderr  # said once
