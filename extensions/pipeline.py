@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from skerry.errors import ConfigError
 from skerry.workload.builtins import builtin_registry
 from skerry.workload.modules import ModuleRegistry, ModuleSpec, check_value
-from skerry.workload.workflows import DATASET, load_workflow
+from skerry.workload.workflows import DATASET, _find_cycle, load_workflow
 
 __all__ = ["Pipeline", "Step", "Problem", "ParamField", "field", "registry_from", "pool_of",
            "module_summary", "parameter_form", "check_param", "parse_param", "problem_of"]
@@ -259,6 +259,8 @@ class Pipeline:
         for s in self.steps:
             for f, message in self._step_problems(s, registry):
                 problems.setdefault(f, message)
+        for f, message in self._wiring_problems():
+            problems.setdefault(f, message)
         try:
             load_workflow(self.to_workflow(), registry)
         except ConfigError as e:
@@ -300,6 +302,17 @@ class Pipeline:
             message = _pool_problem(module, s.pool)
             if message:
                 yield field(s.name, "pool"), message
+
+    def _wiring_problems(self):
+        """A cycle and a pipeline nothing starts, which ``load_workflow`` checks last."""
+        names = [s.name for s in self.steps]
+        edges = {s.name: [src.partition(".")[0] for src in s.inputs.values()
+                          if "." in src and src.partition(".")[0] in names] for s in self.steps}
+        cycle = _find_cycle(edges, list(edges))  # the API's own search: the same cycle, named alike
+        if cycle:
+            yield problem_of(f"Workflow {self.name!r}: the steps form a cycle: {' -> '.join(cycle)}.", self)
+        if self.steps and not any(src == DATASET for s in self.steps for src in s.inputs.values()):
+            yield field(), f"No step reads the {DATASET!r}: nothing would start the run."
 
     # ---- the platform ----
 

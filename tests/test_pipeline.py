@@ -120,6 +120,9 @@ def test_validation_messages_are_on_the_field_they_are_about(registry):
         "steps.b.inputs.input": "Input 'input' takes data of type 'file' but a.checksum gives 'md5'."}
     # a cycle: on the input pin that closes it
     p = Pipeline("w").step("a", "md5of", input="b.checksum").step("b", "md5of", input="a.checksum")
+    assert problems(p, registry) == {"steps.a.inputs.input": "The steps form a cycle: a -> b -> a.",
+                                     "steps": "No step reads the 'dataset': nothing would start the run."}
+    p.step("first", "md5", input="dataset")
     assert problems(p, registry) == {"steps.a.inputs.input": "The steps form a cycle: a -> b -> a."}
     # bad parameter type, missing required parameter, unknown parameter: each on its own field
     p = Pipeline("w").step("s", "sleep", input="dataset", params={"seconds": "fast"})
@@ -131,7 +134,8 @@ def test_validation_messages_are_on_the_field_they_are_about(registry):
     }
     # a required pin not wired; nothing reads the dataset; a step name used twice; a bad name
     assert problems(Pipeline("w").step("a", "md5"), registry) == {
-        "steps.a.inputs.input": "Required input pin 'input' of md5@1 is not wired."}
+        "steps.a.inputs.input": "Required input pin 'input' of md5@1 is not wired.",
+        "steps": "No step reads the 'dataset': nothing would start the run."}
     assert problems(Pipeline("w").step("a", "noop"), registry) == {
         "steps": "No step reads the 'dataset': nothing would start the run."}
     p = Pipeline("w").step("a", "md5", input="dataset").step("a", "noop")
@@ -169,7 +173,8 @@ def test_validate_agrees_with_the_api(registry):
     assert problems(Pipeline("w").step("a", "md5", input="dataset", chunk=5), registry) == {
         "steps.a.chunk": "Chunk splits the files of one wired input pin of kind 'multiple' into jobs: "
                          "this step has none."}
-    assert list(problems(Pipeline("w").step("a", "md5", input="nowhere.out"), registry)) == ["steps.a.inputs.input"]
+    assert problems(Pipeline("w").step("a", "md5", input="dataset").step("b", "md5", input="nowhere.out"),
+                    registry) == {"steps.b.inputs.input": "Input 'input' reads from unknown step 'nowhere'."}
 
 
 def test_pool_is_the_modules_and_a_mismatch_is_a_problem(registry):
