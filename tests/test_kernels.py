@@ -6,7 +6,9 @@
   "skerry" kernel started through alice's Jupyter server (REST API and websocket, as
   JupyterLab does) has a ready ``skerry`` session: ``skerry://`` is alice's storage, the
   Dask client is connected to the cpu pool and runs tasks, the workload API knows her;
-- the GPU kernel on that platform says there is no gpu pool, and runs on.
+- the GPU kernel on that platform says there is no gpu pool, and runs on;
+- a part of a session that cannot be made says why, hides the token, and is tried
+  again when used: a pool started after the kernel is found (a real LocalCluster).
 
 Nothing is mocked: JupyterHub, the proxy, the service, the scheduler's pool, the kernels.
 """
@@ -21,6 +23,7 @@ import pytest
 from helpers import wait_for
 from skerry.kernels import JUPYTER_PATH_DIR, KERNELS
 from skerry.kernels.remote import RemoteKernel
+from skerry.kernels.session import Session
 
 POOLS = {"cpu": {"workers": 1, "threads": 1}, "gpu": None}
 API = "/services/skerry/api/v1"
@@ -38,6 +41,29 @@ def test_kernelspecs_are_listed_with_the_micro_infrastructures_jupyter_path(tmp_
         assert spec["language"] == "python"
         assert spec["argv"][1:5] == ["-m", "skerry.kernels.launch", "--pool", pool]
         assert "{connection_file}" in spec["argv"]
+
+
+def test_a_part_that_cannot_be_made_says_why_and_is_tried_again_when_used(tmp_path):
+    from distributed import LocalCluster
+
+    secret = "kernel-token-never-shown-5d1e"
+    pools = tmp_path / "dask-pools.json"
+    # port 9 (discard): nothing answers there
+    session = Session("gpu", pools_file=str(pools), url="http://127.0.0.1:9", token=secret).start()
+    status = session.ready(60)
+    assert "no Dask pool is running" in status["pool"] and str(pools) in status["pool"]
+    assert status["api"].startswith("the workload API at http://127.0.0.1:9 cannot be used")
+    assert secret not in repr(session) and secret not in json.dumps(status)
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=":0") as cluster:
+        pools.write_text(json.dumps({"cpu": "tcp://127.0.0.1:9", "gpu": cluster.scheduler_address}))
+        try:
+            assert session.client.scheduler.address == cluster.scheduler_address
+            assert session.client.submit(lambda x: x * 2, 21).result() == 42
+            assert isinstance(session.ready()["pool"], float)
+        finally:
+            session.close()
 
 
 # ---- on a running platform ------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""Kernel start to a ready skerry session: adaptors, Dask client to the pool, workload API.
+
+    python bench/kernel.py [--runs 7] [--workers 2]
+
+Starts its own platform (``skerry up`` in a temporary data dir; pools.json: a local
+``cpu`` pool of ``--workers`` worker processes, no ``gpu`` pool), a user with a running
+server, then ``--runs`` times: a "skerry" kernel is asked for through the user's Jupyter
+server (``POST /user/<name>/api/kernels``, as JupyterLab does), and ``skerry.ready()``
+run in it says when each part of the session was ready. Figures per run:
+
+- request -> ready: from the start request until the last part (adaptors, pool, api) was
+  ready (the kernel runs on this machine: one clock). The must-show figure: target <= 2 s;
+- process -> ready: the same from the kernel process's own start;
+- request -> answers: until the kernel answered its first cell (what a user waits for);
+- plain kernel: request -> answers of a plain "python3" kernel (ipykernel alone), for scale.
+
+Runs are interleaved (skerry, plain), after one warm-up of each; the script prints each
+run and the medians.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import Platform, wait_for  # noqa: E402
+
+from skerry.kernels.remote import RemoteKernel  # noqa: E402
+
+TARGET_S = 2.0
+USER = "bench"
+PROBE = "import json; print(json.dumps({'started': skerry.started, 'ready': skerry.ready()}))"
+
+
+def skerry_once(url: str, token: str) -> dict:
+    start = time.time()
+    with RemoteKernel(url, token, "skerry") as kernel:
+        result = kernel.execute(PROBE)
+        answered = time.time()
+    if result.error:
+        raise SystemExit("the skerry kernel failed: " + "\n".join(result.error["traceback"]))
+    probe = json.loads(result.stdout)
+    parts = probe["ready"]
+    broken = {k: v for k, v in parts.items() if not isinstance(v, float)}
+    if broken:
+        raise SystemExit(f"the session is not ready: {broken}")
+    last = max(parts.values())
+    return {"request_ready": probe["started"] + last - start, "process_ready": last,
+            "answers": answered - start, **parts}
+
+
+def plain_once(url: str, token: str) -> float:
+    start = time.time()
+    with RemoteKernel(url, token, "python3") as kernel:
+        kernel.execute("1")
+        return time.time() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--workers", type=int, default=2, help="worker processes of the cpu pool")
+    args = ap.parse_args()
+    runs, plain = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        (data / "pools.json").write_text(json.dumps({"cpu": {"workers": args.workers, "threads": 1}, "gpu": None}))
+        p = Platform(data).start()
+        try:
+            p.create_user(USER)
+            p.start_server(USER)
+            token = p.user_token(USER)
+            wait_for((data / "run" / "dask-pools.json").exists, 120, what="the cpu pool")
+            url = f"{p.url}/user/{USER}/"
+            skerry_once(url, token), plain_once(url, token)  # warm-up: the OS's file cache
+            for i in range(args.runs):
+                runs.append(skerry_once(url, token))
+                plain.append(plain_once(url, token))
+                r = runs[-1]
+                print(f"  run {i + 1}: request->ready {r['request_ready']:.2f} s (adaptors {r['adaptors']:.2f}, "
+                      f"pool {r['pool']:.2f}, api {r['api']:.2f} after the process start), "
+                      f"request->answers {r['answers']:.2f} s; plain kernel answers {plain[-1]:.2f} s", flush=True)
+        finally:
+            p.stop()
+
+    def median(key):
+        return statistics.median(r[key] for r in runs)
+
+    ready = median("request_ready")
+    print(f"skerry kernel, request -> session ready (adaptors, pool, API): median {ready:.2f} s over "
+          f"{args.runs} starts (target <= {TARGET_S:g} s: {'met' if ready <= TARGET_S else 'NOT met'})")
+    print(f"  kernel process start -> session ready: median {median('process_ready'):.2f} s "
+          f"(adaptors {median('adaptors'):.2f}, pool {median('pool'):.2f}, api {median('api'):.2f})")
+    print(f"  request -> first cell answered: skerry {median('answers'):.2f} s, "
+          f"plain python3 kernel {statistics.median(plain):.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
