@@ -36,7 +36,7 @@ import ipywidgets as widgets
 
 from skerry.errors import SkerryError
 
-__all__ = ["Monitor", "TaskRow", "counts", "percent", "run_final", "Throughput", "sparkline", "log_href"]
+__all__ = ["Monitor", "TaskRow", "counts", "percent", "run_state", "run_final", "Throughput", "sparkline", "log_href"]
 
 FINAL = ("succeeded", "failed", "cancelled")
 QUEUED = ("defined", "queued", "retrying", "lost")
@@ -56,10 +56,18 @@ def counts(task: dict) -> dict[str, int]:
             "total": sum(by.values())}
 
 
+def run_state(run: dict) -> str:
+    """The run's state; once every task is final, the state the platform is about to give it
+    (``failed`` if a task failed, else ``cancelled`` if one was, else ``succeeded``)."""
+    states = [t["state"] for t in run.get("tasks") or []]
+    if run["state"] in FINAL or not states or not all(s in FINAL for s in states):
+        return run["state"]
+    return "failed" if "failed" in states else "cancelled" if "cancelled" in states else "succeeded"
+
+
 def run_final(run: dict) -> bool:
     """Whether the run has ended (its state, or every task final)."""
-    tasks = run.get("tasks") or []
-    return run["state"] in FINAL or bool(tasks) and all(t["state"] in FINAL for t in tasks)
+    return run_state(run) in FINAL
 
 
 def ended(run: dict) -> int:
@@ -220,6 +228,11 @@ class Monitor(widgets.VBox):
         return self.run is not None and run_final(self.run)
 
     @property
+    def state(self) -> str:
+        """The run's state as shown (``run_state``)."""
+        return run_state(self.run) if self.run else "unknown"
+
+    @property
     def percent(self) -> int:
         return percent(self.run) if self.run else 0
 
@@ -245,9 +258,9 @@ class Monitor(widgets.VBox):
     def _draw(self, run: dict, failed: list) -> None:
         pct = percent(run)
         self.header.value = (f"<b>run {run['id']}</b>: {html.escape(run['workflow'])} over "
-                             f"{html.escape(str(run['dataset']))}: <b>{html.escape(run['state'])}</b>, {pct}%")
+                             f"{html.escape(str(run['dataset']))}: <b>{html.escape(run_state(run))}</b>, {pct}%")
         self.total.value = pct
-        self.total.bar_style = "danger" if run["state"] == "failed" else "success"
+        self.total.bar_style = "danger" if run_state(run) == "failed" else "success"
         for task in run.get("tasks", []):
             if task["id"] in self.rows:
                 self.rows[task["id"]].update(task)

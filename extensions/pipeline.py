@@ -13,11 +13,13 @@ or the API's workflow JSON with its ``spec``).
 Rules:
 
 - validation is the API's own: ``validate`` runs ``load_workflow`` (what ``POST workflows``
-  runs) and puts its refusal on the field it names; it adds the per-field checks that use the
-  same primitives (module lookup, ``resolve_params``, ``Pin.fits``), so several problems show
-  at once. A pipeline with no problems is one the API accepts;
-- a field is a dotted path: ``name``, ``mask``, ``dataset`` (a launch refused over it), ``steps`` (the whole pipeline: nothing reads
-  the dataset, no steps), ``steps.<step>.name|module|pool|chunk|mode|output``,
+  runs) and puts its refusal (the first problem it meets) on the field it names; it adds the
+  per-field checks made of the same primitives (module lookup, ``resolve_params``,
+  ``Pin.fits``, the cycle search), so several problems show at once. A pipeline with no
+  problems is one the API accepts;
+- a field is a dotted path: ``name``, ``mask``, ``dataset`` (a launch refused over it),
+  ``steps`` (the whole pipeline: nothing reads the dataset, no steps),
+  ``steps.<step>.name|module|pool|chunk|mode|output``,
   ``steps.<step>.inputs.<pin>``, ``steps.<step>.params.<parameter>`` (see ``field``); a cycle
   is put on the input pin that closes it;
 - wiring offers (``compatible_outputs``) the dataset (its files are untyped) and the output
@@ -285,7 +287,8 @@ class Pipeline:
             src = s.inputs.get(pin.name)
             if not src:
                 if not pin.optional:
-                    yield field(s.name, "inputs", pin.name), f"Required input pin {pin.name!r} of {module.ref} is not wired."
+                    yield (field(s.name, "inputs", pin.name),
+                           f"Required input pin {pin.name!r} of {module.ref} is not wired.")
                 continue
             up_name, dot, out = src.partition(".")
             if src == DATASET or not dot:

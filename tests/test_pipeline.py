@@ -212,7 +212,8 @@ def test_parameter_form_check_and_parse(registry):
 
 def test_problem_of_reads_api_refusals():
     p = sums()
-    assert problem_of("A workflow named 'sums' already exists.", p) == Problem("name", "A workflow named 'sums' already exists.")
+    exists = "A workflow named 'sums' already exists."
+    assert problem_of(exists, p) == Problem("name", exists)
     assert problem_of("Workflow 'sums', step 'again': unknown module 'x'.", p) == \
         Problem("steps.again.module", "Unknown module 'x'.")
     assert problem_of("No dataset named 'alice.none'.", p) == Problem("dataset", "No dataset named 'alice.none'.")

@@ -15,7 +15,8 @@ import pytest
 
 from helpers import wait_for
 from skerry.extensions.builder import Builder
-from skerry.extensions.monitor import Monitor, Throughput, counts, log_href, percent, sparkline
+from skerry.extensions.monitor import (Monitor, Throughput, counts, log_href, percent, run_final, run_state,
+                                       sparkline)
 from skerry.extensions.pipeline import Pipeline
 from skerry.workload.builtins import builtin_registry
 from skerry.workload.client import Client
@@ -179,6 +180,10 @@ def test_monitor_counts_percent_links_and_plot():
     assert percent({"state": "running", "tasks": [{"state": "running", "jobs": {
         "by_state": {"succeeded": 5}}}]}) == 99  # a run going on never shows 100%
     assert percent({"state": "succeeded", "tasks": []}) == 100
+    # every task final: the state the platform is about to give the run
+    ended = {"state": "running", "tasks": [{"state": "succeeded"}, {"state": "cancelled"}]}
+    assert run_state(ended) == "cancelled" and run_final(ended)
+    assert run_state({"state": "running", "tasks": [{"state": "failed"}, {"state": "running"}]}) == "running"
     assert log_href("skerry://home/out/.skerry-logs/7.ipynb", "/user/alice/") == \
         "/user/alice/lab/tree/out/.skerry-logs/7.ipynb"
     assert log_href("skerry://home/out/.skerry-logs/7.1.log", "/user/alice/") == \
@@ -243,9 +248,9 @@ def test_save_launch_and_monitor_to_100_percent(platform, alice):
     b.dataset.value = "sums.in"
     b.launch_button.click()  # saved already: runs it
     assert b.run_id is not None and b.monitor is not None and b.run_box.children == (b.monitor,)
-    run = until_final(b.monitor)
+    until_final(b.monitor)
     b.monitor.stop()
-    assert run["state"] == "succeeded" and b.monitor.percent == 100 and "100%" in b.monitor.header.value
+    assert b.monitor.state == "succeeded" and b.monitor.percent == 100 and "100%" in b.monitor.header.value
     row = next(iter(b.monitor.rows.values()))
     assert row.bars["succeeded"].value == row.bars["succeeded"].max == 10
     assert row.bars["failed"].value == row.bars["queued"].value == row.bars["running"].value == 0
@@ -269,7 +274,7 @@ def test_background_poll_follows_the_run_and_stops(platform, alice):
     run_id = p.launch(alice, "poll.in")
     monitor = Monitor(alice, run_id, poll_s=0.2)
     wait_for(lambda: not monitor.polling, 120, 0.2, "the poll to stop")
-    assert monitor.final and monitor.percent == 100 and monitor.run["state"] == "succeeded"
+    assert monitor.final and monitor.percent == 100 and monitor.state == "succeeded"
     monitor.close()
 
 
@@ -279,8 +284,8 @@ def test_failed_jobs_are_listed_with_their_error_class(platform, alice):
     # bad_input is never retried (the default retry rules): the jobs fail at once
     p = Pipeline("failing").step("boom", "fail", input="dataset", params={"error": "bad_input"})
     monitor = Monitor(alice, p.launch(alice, "fail.in"), poll_s=None)
-    run = until_final(monitor)
-    assert run["state"] == "failed" and monitor.percent == 100
+    until_final(monitor)
+    assert monitor.state == "failed" and monitor.percent == 100
     row = next(iter(monitor.rows.values()))
     assert row.bars["failed"].value == 3
     assert monitor.failed.value.count("<td>bad_input</td>") == 3 and "boom" in monitor.failed.value
@@ -298,8 +303,8 @@ def test_cancel_and_rank_buttons(platform, alice):
     assert "rank 5" in row.title.value
     row.cancel_button.click()
     assert row.message.value == "cancelled" and alice.task(row.task_id)["state"] == "cancelled"
-    run = until_final(monitor)
-    assert run["state"] == "cancelled" and row.cancel_button.disabled
+    until_final(monitor)
+    assert monitor.state == "cancelled" and "cancelled" in monitor.header.value and row.cancel_button.disabled
     assert monitor.percent == 100
     row.cancel_button.click()  # already final: the API's refusal shows beside the button
     assert "color:#c62828" in row.message.value
