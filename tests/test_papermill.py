@@ -107,6 +107,8 @@ def test_papermill_from_a_plain_shell_with_a_token_reads_home_and_writes_s3(plat
     # the token went by the environment only: in no argument, no output, no file of the platform
     assert alice not in " ".join(argv) and alice not in done.stdout + done.stderr
     token = alice.encode()
+    hub_log = platform.data_dir / "run" / "hub.log"  # the hub's, the proxy's and the users' servers' log
+    assert "GET /hub/api/user (alice@" in hub_log.read_text()
     leaks = [str(p) for p in platform.data_dir.rglob("*") if p.is_file() and token in p.read_bytes()]
     assert leaks == [] and token not in platform.output
 
