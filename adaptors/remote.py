@@ -56,8 +56,11 @@ def default_federation():
     url = os.environ.get(URL_ENV, "").strip()
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not (url and token):
+        missing = [f"${name}" for name, value in ((URL_ENV, url), (TOKEN_ENV, token)) if not value]
+        nor = f"nor is {missing[0]}" if len(missing) == 1 else f"nor are {' and '.join(missing)}"
         raise ConfigError(f"skerry:// needs ${ENV} (inside a micro-infrastructure) "
-                          f"or ${URL_ENV} and ${TOKEN_ENV} (outside it: the platform and a hub token of yours)")
+                          f"or ${URL_ENV} and ${TOKEN_ENV} (outside it: the platform and a hub token of yours); "
+                          f"${ENV} is not set, {nor}")
     return remote_federation(url, token)
 
 
