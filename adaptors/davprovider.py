@@ -323,9 +323,7 @@ class FederationProvider(DAVProvider):
 
     def uploads_in_place(self, fspath: str) -> bool:
         """True on object stores: an upload there is invisible until it completes."""
-        name, adaptor, _ = self.fs._split(fspath)
-        protocol = getattr(getattr(adaptor, "fs", adaptor), "protocol", ())
-        return "s3" in (protocol if isinstance(protocol, tuple) else (protocol,))
+        return self.fs.is_object_store(fspath.partition("/")[0])
 
     def listing(self, fspath: str) -> dict[str, dict]:
         """{name: info} of a folder, from one ``ls(detail=True)`` kept LISTING_TTL seconds."""

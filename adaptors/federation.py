@@ -74,6 +74,15 @@ class SkerryFileSystem(AbstractFileSystem):
         self.folder_markers = frozenset(folder_markers or ())
         self._streamed_copies = set()  # adaptors whose server-side copy is refused
 
+    def is_object_store(self, name: str) -> bool:
+        """True for an object store adaptor (S3): a write there appears whole when it
+        completes (no temporary name needed), and an empty folder is its ``folder/`` object.
+
+        The one test of it for the federation and its users (WebDAV, contents); False for
+        a name that is no adaptor.
+        """
+        return name in self.folder_markers
+
     # ---- paths ----------------------------------------------------------
 
     @classmethod
@@ -131,7 +140,7 @@ class SkerryFileSystem(AbstractFileSystem):
 
     def _is_marker(self, name, info):
         """The empty ``folder/`` object that keeps an empty S3 folder: not a file of its own."""
-        return name in self.folder_markers and is_marker(info)
+        return self.is_object_store(name) and is_marker(info)
 
     def _adaptor_info(self, name):
         return {"name": name, "size": 0, "type": "directory", "read_only": name in self.read_only}
@@ -238,7 +247,7 @@ class SkerryFileSystem(AbstractFileSystem):
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
         src_name, src_fs, src = self._writable(path1)
         dst_name, dst_fs, dst = self._writable(path2, new_file=True)
-        if src_name == dst_name and src_name in self.folder_markers and src_fs.isdir(src):
+        if src_name == dst_name and self.is_object_store(src_name) and src_fs.isdir(src):
             return move_object_tree(src_fs, src, dst)
         if src_name == dst_name:
             return src_fs.mv(src, dst, recursive=recursive, maxdepth=maxdepth, **kwargs)
@@ -255,7 +264,7 @@ class SkerryFileSystem(AbstractFileSystem):
             name, fs, inner = self._writable(p)
             by_adaptor.setdefault(name, (fs, []))[1].append(inner)
         for name, (fs, inners) in by_adaptor.items():
-            if recursive and maxdepth is None and name in self.folder_markers:
+            if recursive and maxdepth is None and self.is_object_store(name):
                 for inner in inners:
                     remove_object_tree(fs, inner)
             else:
@@ -263,7 +272,7 @@ class SkerryFileSystem(AbstractFileSystem):
 
     def mkdir(self, path, create_parents=True, **kwargs):
         name, fs, inner = self._writable(path)
-        if name not in self.folder_markers:
+        if not self.is_object_store(name):
             return fs.mkdir(inner, create_parents=create_parents, **kwargs)
         if fs.exists(inner):
             raise FileExistsError(f"{path} exists")
@@ -279,7 +288,7 @@ class SkerryFileSystem(AbstractFileSystem):
         if name is not None and not inner and exist_ok:
             return None  # an adaptor folder always exists
         name, fs, inner = self._writable(path)
-        if name not in self.folder_markers:
+        if not self.is_object_store(name):
             return fs.makedirs(inner, exist_ok=exist_ok)
         if fs.isdir(inner):
             if not exist_ok:
