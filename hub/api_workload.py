@@ -19,6 +19,7 @@ Routes (all JSON, hub tokens, errors ``{"error", "message"}``)::
     POST tasks/{id}/rank                {"rank": n} (n > 0): its share from the next pick on
     POST tasks/{id}/cancel              the task and every job of it that is not final
     GET  jobs                           ?task=&state=&after=&limit= -> {"jobs": [...], "next_after"}
+                                        (each with its last attempt's log location and error)
 
 Rules:
 
@@ -206,9 +207,12 @@ def _module_json(spec: dict, builtin: bool) -> dict:
             "builtin": builtin, "spec": spec}
 
 
-def _job_json(j: Job) -> dict:
+def _job_json(j: Job, last: tuple | None = None) -> dict:
+    """A job; with its last attempt's ``(log, error)``: where its log is and what went wrong."""
+    log, error = last or (None, None)
     return {"id": j.id, "task": j.task_id, "state": j.state, "attempts": j.attempts, "pool": j.pool,
-            "error_class": j.error_class, "created": _time(j.created), "updated": _time(j.updated)}
+            "error_class": j.error_class, "error": error, "log": log,
+            "created": _time(j.created), "updated": _time(j.updated)}
 
 
 class Workload:
@@ -366,7 +370,14 @@ class Workload:
                          .outerjoin(input_dataset, input_dataset.id == Task.input_dataset_id)
                          .where(func.coalesce(Run.owner, input_dataset.owner) == owner))
             rows = s.execute(query).scalars().all()
-            jobs = [_job_json(j) for j in rows[:limit]]
+            last = {}
+            ids = [j.id for j in rows[:limit]]
+            for start in range(0, len(ids), 500):  # each job's last attempt: its log and error
+                for job_id, log, error in s.execute(
+                        select(JobAttempt.job_id, JobAttempt.log, JobAttempt.error)
+                        .where(JobAttempt.job_id.in_(ids[start:start + 500])).order_by(JobAttempt.number)):
+                    last[job_id] = (log, error)
+            jobs = [_job_json(j, last.get(j.id)) for j in rows[:limit]]
         return {"jobs": jobs, "next_after": jobs[-1]["id"] if len(rows) > limit else None}
 
     def check_run_request(self, workflow: str, dataset: str, owner: str | None) -> str:
@@ -566,7 +577,9 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
     @router.get("/jobs", tags=["runs"])
     async def list_jobs(task: int | None = None, state: str | None = None, after: int = 0,
                         limit: int = PAGE_DEFAULT, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """A page of jobs (of one ``task``, in one ``state``) in id order; ``next_after`` as for files."""
+        """A page of jobs (of one ``task``, in one ``state``) in id order; ``next_after`` as for files.
+        Each job carries its last attempt's ``log`` (where its log is, e.g. the output
+        notebook of a notebook step) and ``error`` (a sentence), null when there are none."""
         if state is not None and state not in JOB_STATES:
             raise ApiError(400, "bad_request", f"Unknown job state {state!r} (states: {', '.join(JOB_STATES)}).")
         _whole(after, "after", 0)

@@ -297,6 +297,9 @@ def test_runs_tasks_jobs_rank_and_cancel(platform, alice, bob, catalog):
     assert r.json()["state"] == "cancelled"
     assert r.json()["jobs"]["by_state"]["cancelled"] == 29 and r.json()["jobs"]["by_state"]["succeeded"] == 1
     assert catalog.job(jobs[1]).attempt_rows[-1].ended is not None
+    listed = {j["id"]: j for j in platform.api("GET", API + f"/jobs?task={task}&limit=100", token=alice).json()["jobs"]}
+    assert listed[jobs[1]]["error"] == "cancelled by request"  # its last attempt's error (and log: none)
+    assert listed[jobs[1]]["log"] is None and listed[jobs[2]]["error"] is None  # never attempted
     assert "final" in refused(platform.api("POST", API + f"/tasks/{task}/cancel", token=alice), 409,
                               "illegal_transition")
     refused(platform.api("POST", API + f"/tasks/{task}/rank", token=alice, json={"rank": 2}), 409)
