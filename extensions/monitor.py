@@ -247,8 +247,7 @@ class Monitor(widgets.VBox):
             failed = []
             for task in run.get("tasks", []):
                 if task["jobs"].get("by_state", {}).get("failed"):
-                    jobs = self.client.request("GET", "/jobs", params={"task": task["id"], "state": "failed",
-                                                                        "limit": FAILED_SHOWN})["jobs"]
+                    jobs = self.client.jobs(task["id"], "failed", limit=FAILED_SHOWN)["jobs"]
                     failed += [(task["step"], j) for j in jobs]
             self.run = run
             self.throughput.add(time.monotonic(), ended(run))

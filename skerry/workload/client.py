@@ -174,3 +174,11 @@ class Client:
 
     def cancel(self, task_id: int) -> dict:
         return self.request("POST", f"/tasks/{int(task_id)}/cancel")
+
+    def jobs(self, task: int | None = None, state: str | None = None, *, after: int = 0,
+             limit: int = 100) -> dict:
+        """A page of jobs (of one task, in one state): ``{"jobs": [...], "next_after"}``;
+        each job with its last attempt's ``log`` location and ``error``."""
+        params = {"after": after, "limit": limit, **({"task": int(task)} if task is not None else {}),
+                  **({"state": state} if state else {})}
+        return self.request("GET", "/jobs", params=params)
