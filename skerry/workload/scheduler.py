@@ -142,6 +142,8 @@ class Scheduler:
                  adaptors_of: Callable[[str], str] | None = None):
         if window <= 0:
             raise SchedulerError(f"the window must be a positive multiple of a pool's slots, not {window!r}")
+        if not horizon > 0:
+            raise SchedulerError(f"the horizon must be a positive number of seconds, not {horizon!r}")
         if job_timeout is not None and job_timeout <= 0:
             raise SchedulerError(f"the job timeout must be a positive number of seconds, not {job_timeout!r}")
         self.catalog, self.runner, self.planner = catalog, runner, planner
@@ -194,6 +196,8 @@ class Scheduler:
                 self._write_starts(s.connection(), starts)
             if due:
                 self._retries(s, due)
+            if now >= self._next_plan:  # before the refill: what someone else ended frees the window now
+                self._drop_final(s.connection())
             submit = self._refill(s)
         by_pool = defaultdict(list)
         for live, spec in submit:  # committed: now they are in flight
@@ -204,7 +208,6 @@ class Scheduler:
         for pool, specs in by_pool.items():
             self.runner.submit_many(pool, specs)
         if now >= self._next_plan:
-            self._drop_final()
             if self.planner is not None:
                 self._dirty |= self.planner.advance()
             self._next_plan = now + self.plan_interval
@@ -612,17 +615,13 @@ class Scheduler:
         for job in [j for j in self.retry_due if j in live_ids]:
             del self.retry_due[job]
 
-    def _drop_final(self) -> None:
+    def _drop_final(self, conn) -> None:
         """Forget jobs that someone else made final (the REST API's cancel writes the catalog):
         their attempts are cancelled in the runner, they leave the window and the retries."""
         mine = list(self.live) + [job for job in self.retry_due if job not in self.live]
-        if not mine:
-            return
         final = []
-        with self.catalog.session() as s:
-            conn = s.connection()
-            for chunk in _chunks(mine):
-                final += conn.execute(select(Job.id).where(Job.id.in_(chunk), Job.state.in_(FINAL))).scalars()
+        for chunk in _chunks(mine):
+            final += conn.execute(select(Job.id).where(Job.id.in_(chunk), Job.state.in_(FINAL))).scalars()
         for job in final:
             live = self.live.pop(job, None)
             if live is not None:
@@ -708,7 +707,7 @@ class Scheduler:
             go.append(live)
         conn = s.connection()
         for chunk in _chunks(go):  # one statement per chunk
-            conn.execute(update(Job).where(Job.id.in_([live.job for live in chunk]))
+            conn.execute(update(Job).where(Job.id.in_([live.job for live in chunk]), Job.state == "queued")
                          .values(state="running", attempts=Job.attempts + 1, updated=stamp))
         if go:  # in pick order (the fairness record)
             conn.execute(insert(JobAttempt), [{"job_id": live.job, "number": live.attempt, "pool": pool,
