@@ -331,6 +331,7 @@ def test_failing_notebook_keeps_its_log_and_no_output(where, tmp_path):
     logs = f"file://{tmp_path}/logs"
     r = run_job({**NB_SPEC, "notebook": nb_url}, put(inp, "a.raw"), out, job_id="j2", log_dir=logs)
     assert r.error_class == "KeyError" and "calibration" in r.error
+    assert r.error.endswith("(cell 3 of the notebook, In [4]).")  # its 3rd cell; papermill adds one before
     assert r.outputs == [] and listing(out) == []
     assert r.log_location == f"{logs}/j2.ipynb"
     with fsspec.open(r.log_location, "r") as f:

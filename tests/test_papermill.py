@@ -267,6 +267,6 @@ def test_a_notebook_step_over_100_files_and_a_failing_notebook_that_fails_only_i
         [cell] = [c for c in done.cells if any(o.get("ename") == "LookupError" for o in c.get("outputs", []))]
         assert cell.source == BAD_NB.cells[2].source  # the 3rd code cell of the notebook
         assert error.startswith("LookupError: no calibration for f00") and \
-            error.endswith(f"(notebook cell {cell.execution_count}).")
+            error.endswith(f"(cell 3 of the notebook, In [{cell.execution_count}]).")
     assert not (home / "nbbad.failing").exists() or \
         [p.name for p in (home / "nbbad.failing").iterdir()] == [".skerry-logs"]

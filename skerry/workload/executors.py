@@ -458,7 +458,8 @@ def _run_notebook(ctx: JobContext, timeout: float | None, tmp: str, log_url: str
         raise JobFailed("Timeout", f"Notebook {ctx.module.notebook} ran past its cell timeout of {timeout} s.",
                         traceback.format_exc()) from None
     except papermill.PapermillExecutionError as e:
-        raise JobFailed(e.ename, f"{e.ename}: {e.evalue} (notebook cell {e.exec_count}).",
+        where = _source_cell(dst, e.cell_index)
+        raise JobFailed(e.ename, f"{e.ename}: {e.evalue} (cell {where} of the notebook, In [{e.exec_count}]).",
                         "".join(e.traceback)) from None
     finally:
         if os.path.isfile(dst):  # the executed notebook is the job's log, failed or not
@@ -467,6 +468,18 @@ def _run_notebook(ctx: JobContext, timeout: float | None, tmp: str, log_url: str
             fs.put_file(dst, path)
     staging.collect()
     return 0, f"notebook {ctx.module.notebook} executed; output notebook at {log_url}\n"
+
+
+def _source_cell(executed: str, index: int) -> int:
+    """The 1-based position in the module's own notebook of cell ``index`` (0-based) of the
+    executed one, which has papermill's injected-parameters cell in addition."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells[:index]
+    except (OSError, ValueError):
+        return index + 1
+    return index + 1 - sum("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
 
 
 def run_job(module: ModuleSpec | dict, inputs: Any, output: str, params: dict | None = None, *,
