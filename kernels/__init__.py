@@ -11,7 +11,8 @@ user's ready session (``skerry.kernels.session``):
 - ``skerry.api``: the platform's workload API as the user (the server's hub token).
 
 The session connects in background threads from the first instant of the kernel's
-process, so the kernel answers at once and each part waits only when it is used.
+process; the kernel waits for it (a little: ``launch.FIRST_S`` at most) before loading
+ipykernel, and a part still connecting after that is waited for only when it is used.
 """
 
 import os

@@ -1,13 +1,15 @@
 """``python -m skerry.kernels.launch --pool cpu|gpu -f CONNECTION_FILE``: a skerry kernel.
 
-The command of the skerry kernel specs. It starts the kernel's session first (its parts
-connect in background threads while ipykernel loads), then an ipykernel that loads the
-``skerry.kernels.session`` IPython extension: ``skerry`` in the user's namespace. Every
-other argument goes to ipykernel as is.
+The command of the skerry kernel specs. It starts the kernel's session and waits for it
+(at most ``FIRST_S``: a part still connecting then goes on in its thread while ipykernel
+loads), then runs an ipykernel that loads the ``skerry.kernels.session`` IPython
+extension: ``skerry`` in the user's namespace. Every other argument goes to ipykernel.
 """
 
 import argparse
 import sys
+
+FIRST_S = 2.0  # the most the kernel waits for its session before loading ipykernel
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +19,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from skerry.kernels import session
 
-    session.start(options.pool)  # before ipykernel's imports: both go on together
+    # the session first: under one GIL, its imports and its many small network steps only
+    # slow each other down with ipykernel's imports, and all would finish together at the end
+    session.start(options.pool).ready(FIRST_S)
 
     from ipykernel.kernelapp import IPKernelApp
     from traitlets.config import Config

@@ -11,8 +11,8 @@ Anywhere else in the kernel's process, ``skerry.kernels.session.current()`` is t
 
 Rules:
 - ``start`` makes each part (adaptors, pool, api) in its own daemon thread and returns at
-  once, so the kernel answers while they connect; a part used before it is made waits for
-  it (at most ``WAIT_S``);
+  once (the launcher then waits for them, a little, before loading ipykernel); a part used
+  before it is made waits for it (at most ``WAIT_S``);
 - a part that cannot be made raises ``SessionError`` with the reason when used (no such
   pool, no adaptors, the API refusing the token), never at start: the kernel runs on and
   the first cell run after the failure prints the reason once. A failed part is tried
@@ -49,11 +49,14 @@ class SessionError(SkerryError):
 
 
 class _Part:
-    """One part of the session, made in a background thread (again, in the caller's, after a failure)."""
+    """One part of the session, made in a background thread (again, in the caller's, after a
+    failure): ``prepare()`` (imports and configuration: CPU) then ``connect(prepared)`` (the
+    network), whose result is the part."""
 
-    def __init__(self, name: str, make):
+    def __init__(self, name: str, prepare, connect):
         self.name = name
-        self.make = make
+        self.prepare = prepare
+        self.connect = connect
         self.done = threading.Event()
         self.value = None
         self.problem: str | None = None
@@ -66,7 +69,7 @@ class _Part:
 
     def _run(self) -> None:
         try:
-            self.value, self.problem = self.make(), None
+            self.value, self.problem = self.connect(self.prepare()), None
         except SessionError as e:
             self.problem = e.message
         except Exception as e:  # noqa: BLE001 - any failure is the part's problem, shown when used
@@ -114,9 +117,9 @@ class Session:
         self._token = token if token is not None else (
             os.environ.get("JUPYTERHUB_API_TOKEN") or os.environ.get("SKERRY_TOKEN") or "").strip()
         self.started = started if started is not None else _process_start()
-        self._parts = {"adaptors": _Part("adaptors", self._make_fs),
-                       "pool": _Part("pool", self._connect_pool),
-                       "api": _Part("api", self._connect_api)}
+        self._parts = {"adaptors": _Part("adaptors", self._make_fs, self._list_adaptors),
+                       "pool": _Part("pool", self._pool_address, self._connect_pool),
+                       "api": _Part("api", self._api_client, self._check_api)}
 
     def start(self) -> "Session":
         """Begin making every part, each in its own thread; returns at once."""
@@ -145,13 +148,16 @@ class Session:
         import fsspec
 
         try:
-            fs = fsspec.filesystem("skerry")  # fsspec's cached instance: skerry:// URLs use it too
-            fs.ls("", detail=False)
+            return fsspec.filesystem("skerry")  # fsspec's cached instance: skerry:// URLs use it too
         except SkerryError as e:
             raise SessionError(f"skerry:// is unavailable: {e.message}") from None
+
+    @staticmethod
+    def _list_adaptors(fs):
+        fs.ls("", detail=False)
         return fs
 
-    def _connect_pool(self):
+    def _pool_address(self) -> str:
         if not self.pools_file:
             raise SessionError(f"no Dask pool is known: ${POOLS_ENV} is not set (a micro-infrastructure sets it)")
         try:
@@ -169,6 +175,11 @@ class Session:
             raise SessionError(f"this platform runs no {self.pool!r} Dask pool (pools running: {running}), so "
                                f"skerry.client is unavailable in this kernel; skerry.fs and skerry.api work."
                                f"{other} ask the admin for a {self.pool} pool (DIR/pools.json).")
+        import distributed  # noqa: F401 - the costly import, before the connection
+
+        return address
+
+    def _connect_pool(self, address: str):
         from distributed import Client
 
         try:
@@ -177,15 +188,19 @@ class Session:
             raise SessionError(f"the {self.pool!r} pool at {address} does not answer ({e}); "
                                "skerry.client tries again when used") from None
 
-    def _connect_api(self):
+    def _api_client(self):
         if not self.url:
             raise SessionError("the workload API is unavailable: $SKERRY_URL (the platform's URL) is not set")
         if not self._token:
             raise SessionError("the workload API is unavailable: no hub token ($JUPYTERHUB_API_TOKEN) "
                                "in this kernel's environment")
-        from skerry.workload.client import Client, ClientError
+        from skerry.workload.client import Client
 
-        api = Client(self.url, self._token)
+        return Client(self.url, self._token)
+
+    def _check_api(self, api):
+        from skerry.workload.client import ClientError
+
         try:
             api.request("GET", "/infrastructure")  # the platform knows the token: it names the user
         except ClientError as e:
