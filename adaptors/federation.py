@@ -22,12 +22,14 @@ outside the platform, with ``$SKERRY_URL`` and ``$SKERRY_TOKEN``, it reaches the
 adaptors through the user's WebDAV endpoint (``skerry.adaptors.remote``).
 """
 
+import errno
 import os
 import shutil
 
 from fsspec.spec import AbstractFileSystem
 
-from .objectstore import FOLDER_MARKERS, is_marker, make_folder_marker, move_object_tree, remove_object_tree
+from .objectstore import (FOLDER_MARKERS, is_marker, make_folder_marker, move_object_tree, remove_folder_marker,
+                          remove_object_tree)
 from .registry import Adaptors
 
 COPY_BLOCK = 8 * 1024 * 1024
@@ -297,7 +299,14 @@ class SkerryFileSystem(AbstractFileSystem):
         self.mkdir(path, create_parents=True)
 
     def rmdir(self, path):
+        """Remove an empty folder; ``OSError`` (ENOTEMPTY) if something is in it, on every adaptor."""
         name, fs, inner = self._writable(path)
+        if self.is_object_store(name):
+            if not fs.isdir(inner):
+                raise NotADirectoryError(f"{path} is not a folder") if fs.exists(inner) else FileNotFoundError(path)
+            if self.ls(path, detail=False):
+                raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+            return remove_folder_marker(fs, inner)
         backend = getattr(fs, "fs", fs)
         if type(backend).rmdir is AbstractFileSystem.rmdir and hasattr(backend, "_rmdir"):
             # sshfs has only an async rmdir: the sync one it inherits from fsspec does nothing

@@ -43,6 +43,13 @@ def make_folder_marker(fs: DirFileSystem, inner: str) -> None:
     s3.invalidate_cache(f"{bucket}/{key}")
 
 
+def remove_folder_marker(fs: DirFileSystem, inner: str) -> None:
+    """Remove the empty folder ``inner``: its ``inner/`` object alone (what lies under it stays)."""
+    s3, bucket, key = _bucket_key(fs, inner)
+    s3.call_s3("delete_object", Bucket=bucket, Key=key + "/")
+    s3.invalidate_cache(f"{bucket}/{key}")
+
+
 def remove_object_tree(fs: DirFileSystem, inner: str) -> None:
     """Remove the object ``inner``, or every object under ``inner/`` (markers included)."""
     s3, bucket, key = _bucket_key(fs, inner)

@@ -15,7 +15,10 @@ Rules:
   single write is already all-or-nothing and is done in place. Chunked uploads from
   JupyterLab (``chunk`` 1, 2, ..., -1) collect in one hidden name, renamed on the last;
 - names starting with ``.`` are hidden (404) unless ``allow_hidden``; so are the
-  temporary names, the checkpoints and the empty-folder markers of object stores;
+  temporary names and the checkpoints;
+- a new folder exists, empty, on every adaptor (the federation keeps an empty S3 folder
+  as its ``folder/`` object); deleting one removes it with ``rmdir``, after its
+  checkpoints: a folder with anything else in it is a 400 (``always_delete_dir``: gone);
 - errors are ``tornado.web.HTTPError`` with a status and a sentence: read-only
   adaptor, the root or an adaptor folder changed, a symlink out of a local adaptor:
   403; missing: 404; traversal (``..``, ``.``, empty segments) and bad models: 400;
@@ -60,7 +63,9 @@ CHECKPOINT_DIR = ".ipynb_checkpoints"
 CHECKPOINT_ID = "checkpoint"  # one checkpoint per file, as JupyterLab expects
 SAVE_PREFIX = ".skerry-save-"
 CHUNK_PREFIX = ".skerry-chunks-"
-FOLDER_MARKER = ".keep"  # object stores have no empty folders: this makes one exist
+# what an empty folder may still hold: its checkpoints, and the empty-folder marker of
+# S3 folders made before the federation kept them (``folder/`` objects) itself
+LEFTOVERS = (CHECKPOINT_DIR, ".keep")
 FILE_BLOCK = 1024 * 1024  # /files/ downloads stream in blocks of this size
 # adaptor types whose single write is all-or-nothing: no temporary name needed
 IN_PLACE = {"s3", "memory"}
@@ -405,11 +410,6 @@ class SkerryContentsManager(AsyncContentsManager):
         if old and new and os.path.isfile(old):
             shutil.copymode(old, new)
 
-    def _make_folder(self, path: str) -> None:
-        self.fs.makedirs(path, exist_ok=True)
-        if not self.fs.isdir(path):  # an object store: a folder exists while something is in it
-            self.fs.pipe_file(_join(path, FOLDER_MARKER), b"")
-
     @staticmethod
     def _decode(path: str, content, format) -> bytes:
         if not isinstance(content, str):
@@ -452,7 +452,7 @@ class SkerryContentsManager(AsyncContentsManager):
         with http_errors(path):
             self._check_target(path, type_)
             if type_ == "directory":
-                self._make_folder(path)
+                self.fs.makedirs(path, exist_ok=True)
             elif type_ == "notebook":
                 nb = model["content"]  # signed by save(), in the event loop's thread
                 try:
@@ -527,15 +527,20 @@ class SkerryContentsManager(AsyncContentsManager):
                 self.fs.rm_file(path)
                 return
             entries = [_name(e.strip("/")) for e in self.fs.ls(path, detail=False)]
-            kept = [n for n in entries if n not in (CHECKPOINT_DIR, FOLDER_MARKER)]
+            kept = [n for n in entries if n not in LEFTOVERS]
             if kept and not self.always_delete_dir:
                 raise HTTPError(400, f"Folder {path} is not empty: delete what is in it first")
-            # not rmdir: sshfs has no synchronous one (a silent no-op), and an object
-            # store's folder is its objects (a marker, at least), which rm takes along
-            with contextlib.suppress(FileNotFoundError):  # an object store's last object took it
-                self.fs.rm(path, recursive=True)
-            if self.fs.exists(path):
-                raise HTTPError(500, f"Folder {path} could not be deleted")
+            if kept:  # always_delete_dir
+                with contextlib.suppress(FileNotFoundError):  # an S3 folder goes with its last object
+                    self.fs.rm(path, recursive=True)
+                if self.fs.exists(path):
+                    raise HTTPError(500, f"Folder {path} could not be deleted")
+                return
+            for name in entries:
+                self.fs.rm(_join(path, name), recursive=True)
+            # an S3 folder without its own folder/ object went with its last object
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rmdir(path)
 
     async def delete_file(self, path):
         await self._run(self._delete, path)

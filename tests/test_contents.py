@@ -188,6 +188,22 @@ def test_files_create_save_get_rename_delete(api, server, adaptor):
 
 
 @pytest.mark.parametrize("adaptor", WRITABLE)
+def test_an_empty_folder_is_listed_and_deleted(api, server, adaptor):
+    """A new folder exists, empty, on every adaptor (no marker file in it); delete removes it."""
+    assert api.put(f"contents/{adaptor}/empty", json={"type": "directory"}).status_code == 201
+    assert "empty" in names(api.get(f"contents/{adaptor}").json())
+    assert api.get(f"contents/{adaptor}/empty").json()["content"] == []
+    on_disk = {"home": server.root / "empty", "hpc": server.base / "hpc" / "empty"}.get(adaptor)
+    if on_disk:
+        assert os.listdir(on_disk) == []
+    assert api.delete(f"contents/{adaptor}/empty").status_code == 204
+    assert api.get(f"contents/{adaptor}/empty").status_code == 404
+    assert "empty" not in names(api.get(f"contents/{adaptor}").json())
+    if on_disk:
+        assert not on_disk.exists()
+
+
+@pytest.mark.parametrize("adaptor", WRITABLE)
 def test_new_untitled_and_copy(api, adaptor):
     folder = f"{adaptor}/untitled"
     assert api.put(f"contents/{folder}", json={"type": "directory"}).status_code == 201
