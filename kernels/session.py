@@ -1,6 +1,7 @@
 """The ``skerry`` session of a kernel: the user's adaptors, a Dask client to a pool, the workload API.
 
-In a skerry kernel the namespace holds ``skerry``, the kernel's ``Session``::
+In a skerry kernel the namespace holds the ``skerry`` package, whose session attributes
+are the kernel's ``Session`` (``skerry.session``)::
 
     skerry.fs          # the skerry:// federation (the one fsspec.open("skerry://home/a.csv") uses)
     skerry.client      # distributed.Client to the kernel's pool ("cpu" or "gpu"), the default client
@@ -274,10 +275,13 @@ def current() -> Session:
 
 
 def load_ipython_extension(ip) -> None:
-    """IPython extension (the launcher loads it): ``skerry`` in the namespace, and each
-    part's problem printed (once) as the first cell run after it is known."""
+    """IPython extension (the launcher loads it): the ``skerry`` package in the namespace
+    (``skerry.fs``, ``skerry.client``, ``skerry.api`` are this session's), and each part's
+    problem printed (once) as the first cell run after it is known."""
+    import skerry
+
     session = current()
-    ip.push({"skerry": session})
+    ip.push({"skerry": skerry})
 
     def report(*_):
         session.report_problems()

@@ -122,10 +122,14 @@ def test_skerry_kernel_has_alices_adaptors_the_cpu_pool_and_the_api_as_alice(pla
         assert [d["name"] for d in owned] == ["kernel.made"]
 
         # the session shows what it is connected to, never the token
-        shown = run(kernel, "import os; t = os.environ['JUPYTERHUB_API_TOKEN']; s = repr(skerry); "
+        shown = run(kernel, "import os; t = os.environ['JUPYTERHUB_API_TOKEN']; s = repr(skerry.session); "
                             "print(s); print(bool(t) and t not in s)").stdout
         assert "alice" in shown and pools["cpu"] in shown and "skerry:// home" in shown
         assert shown.rstrip().endswith("True")
+
+        # `skerry` is the package: importing it changes nothing, and the pipeline API is there
+        assert run(kernel, "import skerry; skerry.fs is skerry.session.fs").value == "True"
+        assert run(kernel, "type(skerry.Pipeline('p')).__name__").value == "'Pipeline'"
 
 
 @pytest.mark.platform
