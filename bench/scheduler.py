@@ -7,8 +7,9 @@ One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
 
 1. raw: ``client.map(run_job, ...)`` of the ``noop`` module, ``--jobs`` times, all results
    gathered (the executor's work without the scheduler);
-2. full path, once per ``--windows`` value (the window is that many times the pool's slots;
-   the design says about 2): ``--jobs`` queued noop jobs in a fresh SQLite catalog,
+2. full path, once per ``--windows`` value (the base window is that many times the pool's
+   slots, the design says about 2; the scheduler widens it to the jobs the pool finished
+   in the last ``horizon`` s): ``--jobs`` queued noop jobs in a fresh SQLite catalog,
    dispatched by the scheduler (catalog + fair selector + Dask runner), every transition
    and attempt written. Prints jobs/s and the ratio to raw (target >= 0.7);
 3. ``--queued`` jobs queued at once (0 skips it): the dispatch rate of the first 10,000
