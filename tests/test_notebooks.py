@@ -1,0 +1,82 @@
+"""The tutorial notebooks (``notebooks/*.ipynb``) run for real, through papermill.
+
+Each notebook found in ``notebooks/`` is executed on a running platform (``skerry up``, a
+LocalCluster ``cpu`` pool, no ``gpu`` pool) as alice would from a terminal of her
+server: ``python -m papermill NB OUT -k skerry -p suffix ...`` in a subprocess whose
+environment is her micro-infrastructure process's own (read from ``/proc/<pid>/environ``).
+A notebook passes when papermill exits 0 and the executed notebook has no error output;
+a new notebook is tested by being there.
+
+The suffix is new at each test run, so the notebooks (which name what they make after it)
+can run again on the same platform.
+"""
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import REPO, wait_for
+
+pytestmark = pytest.mark.platform
+
+POOLS = {"cpu": {"workers": 1, "threads": 2}, "gpu": None}
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    """The environment of process ``pid``: what a terminal of that server would have."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        raw = f.read()
+    return dict(item.decode().split("=", 1) for item in raw.split(b"\0") if b"=" in item)
+
+
+@pytest.fixture(scope="module")
+def alice_env(platform, alice):
+    """The environment of alice's running micro-infrastructure, once the pools run."""
+    pools = platform.data_dir / "run" / "dask-pools.json"
+    wait_for(pools.exists, 120, what="the scheduler's pools (run/dask-pools.json)")
+    env = environment_of(platform.group_of("alice"))
+    assert env.get("JUPYTERHUB_USER") == "alice" and env.get("SKERRY_URL") == platform.url
+    return env
+
+
+def error_outputs(nb) -> list[str]:
+    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb.cells)
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def text_of(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_every_notebook_is_found_and_kept_without_outputs():
+    assert [p.name for p in NOTEBOOKS][:4] == ["01_storage_tour.ipynb", "02_first_pipeline.ipynb",
+                                               "03_notebook_step.ipynb", "04_gpu_pool.ipynb"]
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata.kernelspec.name == "skerry", path.name
+        assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])], f"{path.name}: no parameters cell"
+        assert not any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code"), \
+            f"{path.name} is committed with outputs: clear them"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_on_the_platform_without_error(notebook, alice_env, tmp_path):
+    out = tmp_path / notebook.name
+    suffix = f"ci{uuid.uuid4().hex[:8]}"
+    argv = [sys.executable, "-m", "papermill", str(notebook), str(out), "-k", "skerry",
+            "-p", "suffix", suffix, "--no-progress-bar"]
+    done = subprocess.run(argv, env=alice_env, cwd=tmp_path, capture_output=True, text=True, timeout=540)
+    executed = nbformat.read(out, as_version=4) if out.exists() else None
+    assert done.returncode == 0, done.stderr[-6000:]
+    assert error_outputs(executed) == []
+    pools = json.loads(Path(alice_env["SKERRY_DASK_POOLS"]).read_text())
+    if notebook.stem == "04_gpu_pool" and "gpu" not in pools:  # this platform's case: it says so, no error
+        assert "This platform runs no GPU pool (pools running: cpu)" in text_of(executed)
