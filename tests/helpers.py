@@ -1,6 +1,7 @@
 """Helpers for tests of the real platform: ``skerry up`` in a subprocess, real JupyterHub,
 real configurable-http-proxy, real user servers and WebDAV processes. Nothing mocked."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -163,3 +164,25 @@ def kill_leftovers(data_dir: Path):
             pass
 
 
+
+
+@contextlib.contextmanager
+def local_home(root: Path):
+    """``$SKERRY_ADAPTORS`` names a federation whose ``home`` is the folder ``root/home``
+    (set before Dask workers start, they see the same adaptors); yields that folder."""
+    from skerry.adaptors.config import write_config
+    from skerry.adaptors.federation import SkerryFileSystem
+
+    (root / "home").mkdir()
+    write_config(str(root / "adaptors.json"), [{"name": "home", "type": "local", "path": str(root / "home")}])
+    old = os.environ.get("SKERRY_ADAPTORS")
+    os.environ["SKERRY_ADAPTORS"] = str(root / "adaptors.json")
+    SkerryFileSystem.clear_instance_cache()
+    try:
+        yield root / "home"
+    finally:
+        SkerryFileSystem.clear_instance_cache()
+        if old is None:
+            os.environ.pop("SKERRY_ADAPTORS", None)
+        else:
+            os.environ["SKERRY_ADAPTORS"] = old

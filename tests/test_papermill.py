@@ -22,7 +22,6 @@ The platform test comes first: its platform starts before ``home`` sets
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 
@@ -33,6 +32,7 @@ import pytest
 from distributed import Client, LocalCluster
 from sqlalchemy import select, text
 
+from helpers import local_home
 from skerry.errors import ConfigError
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Job, JobAttempt, Run, Task
@@ -142,23 +142,9 @@ def test_skerry_needs_adaptors_or_a_platform_and_a_token(monkeypatch):
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """A federation whose ``home`` is a local folder, named by ``$SKERRY_ADAPTORS`` (set
-    before the workers start, so they see the same adaptors)."""
-    from skerry.adaptors.config import write_config
-    from skerry.adaptors.federation import SkerryFileSystem
-
-    root = tmp_path_factory.mktemp("papermill")
-    (root / "home").mkdir()
-    write_config(str(root / "adaptors.json"), [{"name": "home", "type": "local", "path": str(root / "home")}])
-    old = os.environ.get("SKERRY_ADAPTORS")
-    os.environ["SKERRY_ADAPTORS"] = str(root / "adaptors.json")
-    SkerryFileSystem.clear_instance_cache()
-    yield root / "home"
-    SkerryFileSystem.clear_instance_cache()
-    if old is None:
-        os.environ.pop("SKERRY_ADAPTORS", None)
-    else:
-        os.environ["SKERRY_ADAPTORS"] = old
+    """A federation whose ``home`` is a local folder, named by ``$SKERRY_ADAPTORS``."""
+    with local_home(tmp_path_factory.mktemp("papermill")) as folder:
+        yield folder
 
 
 def test_execute_notebook_between_skerry_urls_injects_the_parameters(home):

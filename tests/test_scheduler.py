@@ -16,6 +16,7 @@ import pytest
 from distributed import Client, LocalCluster, Nanny, SpecCluster
 from sqlalchemy import func, select, text
 
+from helpers import local_home
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import File, Job, JobAttempt, Task
@@ -39,21 +40,9 @@ TWO_STEPS = {"name": "sums", "steps": [
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    from skerry.adaptors.config import write_config
-    from skerry.adaptors.federation import SkerryFileSystem
-
-    root = tmp_path_factory.mktemp("sched")
-    (root / "home").mkdir()
-    write_config(str(root / "adaptors.json"), [{"name": "home", "type": "local", "path": str(root / "home")}])
-    old = os.environ.get("SKERRY_ADAPTORS")
-    os.environ["SKERRY_ADAPTORS"] = str(root / "adaptors.json")
-    SkerryFileSystem.clear_instance_cache()
-    yield root / "home"
-    SkerryFileSystem.clear_instance_cache()
-    if old is None:
-        os.environ.pop("SKERRY_ADAPTORS", None)
-    else:
-        os.environ["SKERRY_ADAPTORS"] = old
+    """A federation whose ``home`` is a local folder, named by ``$SKERRY_ADAPTORS``."""
+    with local_home(tmp_path_factory.mktemp("sched")) as folder:
+        yield folder
 
 
 @pytest.fixture(scope="module")
