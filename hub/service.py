@@ -12,6 +12,7 @@ sends those here once the server's own WebDAV route is gone): 503 and a sentence
 Each user's adaptors, credentials and JWT keys: ``api_users`` (``/api/v1/users/{name}/...``).
 Datasets, modules, workflows, runs, tasks and jobs: ``api_workload``, over the catalog
 ``DIR/catalog.sqlite`` (migrated to the newest schema when the service starts).
+Server profiles and their audit log: ``api_profiles``, over ``DIR/profiles.sqlite``.
 """
 
 import os
@@ -28,8 +29,10 @@ from starlette.exceptions import HTTPException
 
 from skerry.process import die_with_parent
 
+from .api_profiles import profile_routes
 from .api_users import ApiError, user_routes
 from .api_workload import open_catalog, workload_routes
+from .profiles import ProfileStore
 
 PREFIX = "/services/skerry"
 API = PREFIX + "/api/v1"
@@ -83,7 +86,7 @@ class Hub:
         return r.json()
 
 
-def create_app(hub: Hub | None = None, catalog=None) -> FastAPI:
+def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | None = None) -> FastAPI:
     app = FastAPI(
         title="skerry",
         version="1",
@@ -94,7 +97,7 @@ def create_app(hub: Hub | None = None, catalog=None) -> FastAPI:
         docs_url=API + "/docs",
         redoc_url=None,
     )
-    state = {"hub": hub, "catalog": catalog}
+    state = {"hub": hub, "catalog": catalog, "profiles": profiles}
 
     def get_hub() -> Hub:
         if state["hub"] is None:
@@ -105,6 +108,11 @@ def create_app(hub: Hub | None = None, catalog=None) -> FastAPI:
         if state["catalog"] is None:
             state["catalog"] = open_catalog(os.environ["SKERRY_DATA_DIR"])
         return state["catalog"]
+
+    def get_profiles() -> ProfileStore:
+        if state["profiles"] is None:
+            state["profiles"] = ProfileStore.for_data_dir(os.environ["SKERRY_DATA_DIR"])
+        return state["profiles"]
 
     async def caller(request: Request, hub: Hub = Depends(get_hub)) -> dict:
         return await hub.caller(request)
@@ -144,6 +152,7 @@ def create_app(hub: Hub | None = None, catalog=None) -> FastAPI:
 
     app.include_router(user_routes(caller, get_hub, API))
     app.include_router(workload_routes(caller, get_catalog, get_hub, API))
+    app.include_router(profile_routes(caller, get_profiles, API))
 
     @app.api_route("/dav/{rest:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS",
                                              "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",
