@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text, insert, select, update
 
 from skerry.adaptors.specs import load_spec
@@ -86,7 +86,8 @@ def _memory(value: Any) -> int:
         raise ValueError(str(e)) from None
 
 
-Memory = Annotated[int, BeforeValidator(_memory), Field(ge=0)]
+Memory = Annotated[int, BeforeValidator(_memory), Field(ge=0),
+                   WithJsonSchema({"type": ["integer", "string"], "description": "bytes, or a size like '512Mi', '2G'"})]
 
 
 class _Spec(BaseModel):

@@ -68,7 +68,8 @@ def test_admin_writes_users_see_what_they_may_use(platform, users, store):
     for spec in (GPU, CPU):
         r = platform.api("POST", API + "/profiles", json=spec)
         assert r.status_code == 201, r.text
-        assert r.json()["version"] == 1 and r.json()["resources"]["mem_limit"] == int(spec["resources"]["mem_limit"][:-2]) * 1024**3
+        gib = int(spec["resources"]["mem_limit"].removesuffix("Gi"))
+        assert r.json()["version"] == 1 and r.json()["resources"]["mem_limit"] == gib * 1024**3  # stored as bytes
 
     assert slugs(platform) == ["cpu", "gpu-physics"]
     assert slugs(platform, users["carol"]) == ["cpu", "gpu-physics"]  # by group
@@ -79,9 +80,10 @@ def test_admin_writes_users_see_what_they_may_use(platform, users, store):
     refused(platform.api("GET", API + "/profiles/gpu-physics", token=users["erin"]), 404, "no_such_profile")
 
     before = store.counts()
-    for method, path, body in [("POST", "/profiles", {**CPU, "slug": "mine"}), ("PUT", "/profiles/cpu", CPU),
-                               ("DELETE", "/profiles/cpu", None), ("POST", "/profiles/cpu/enable", None),
-                               ("POST", "/profiles/cpu/duplicate", {"slug": "cpu2"}), ("GET", "/profiles/cpu/audit", None)]:
+    writes = [("POST", "/profiles", {**CPU, "slug": "mine"}), ("PUT", "/profiles/cpu", CPU),
+              ("DELETE", "/profiles/cpu", None), ("POST", "/profiles/cpu/enable", None),
+              ("POST", "/profiles/cpu/duplicate", {"slug": "cpu2"}), ("GET", "/profiles/cpu/audit", None)]
+    for method, path, body in writes:
         refused(platform.api(method, API + path, token=users["carol"], json=body), 403, "forbidden")
     assert store.counts() == before
 
