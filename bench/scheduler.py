@@ -28,6 +28,7 @@ from distributed import Client, LocalCluster
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
 from skerry.workload.executors import run_job
+from skerry.workload.pools import NO_DASHBOARD
 from skerry.workload.runner import Runner
 from skerry.workload.scheduler import Scheduler
 
@@ -81,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+                         scheduler_kwargs=NO_DASHBOARD) as cluster, \
             Client(cluster) as client:
         raw(client, 500)  # warm the workers (imports)
         base = raw(client, args.jobs)

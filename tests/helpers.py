@@ -186,3 +186,18 @@ def local_home(root: Path):
             os.environ.pop("SKERRY_ADAPTORS", None)
         else:
             os.environ["SKERRY_ADAPTORS"] = old
+
+
+@contextlib.contextmanager
+def dask_client(workers: int = 2):
+    """A client of a real ``LocalCluster`` of ``workers`` single-threaded processes, set up
+    as ``skerry up``'s pools are (``pools.DASK_CONFIG``, no dashboard port)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from skerry.workload.pools import DASK_CONFIG, NO_DASHBOARD
+
+    with dask.config.set(DASK_CONFIG), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                         scheduler_kwargs=NO_DASHBOARD) as cluster, Client(cluster) as client:
+        yield client

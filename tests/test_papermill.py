@@ -25,14 +25,12 @@ import os
 import subprocess
 import sys
 
-import dask
 import fsspec
 import nbformat
 import pytest
-from distributed import Client, LocalCluster
 from sqlalchemy import select, text
 
-from helpers import local_home
+from helpers import dask_client, local_home
 from skerry.errors import ConfigError
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Job, JobAttempt, Run, Task
@@ -43,8 +41,6 @@ from skerry.workload.states import RetryPolicy
 
 API = "/services/skerry/api/v1"
 POOLS = {"cpu": None, "gpu": None}  # the platform's own scheduler is not used here
-CONFIG = {"distributed.scheduler.worker-saturation": "inf", "distributed.scheduler.allowed-failures": 0}
-NO_DASHBOARD = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
 FILES = 100
 BAD_FILES = 3
 
@@ -180,13 +176,8 @@ def nb_module(name, url):
 
 @pytest.fixture(scope="module")
 def client(home):
-    with dask.config.set(CONFIG):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                               scheduler_kwargs=NO_DASHBOARD)
-        c = Client(cluster)
+    with dask_client() as c:
         yield c
-        c.close()
-        cluster.close()
 
 
 def dataset(cat, home, name, n):

@@ -13,23 +13,19 @@ import time
 
 import dask
 import pytest
-from distributed import Client, LocalCluster, Nanny, SpecCluster
+from distributed import Client, Nanny, SpecCluster
 from sqlalchemy import func, select, text
 
-from helpers import local_home
+from helpers import dask_client, local_home
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import File, Job, JobAttempt, Task
+from skerry.workload.pools import DASK_CONFIG, NO_DASHBOARD
 from skerry.workload.runner import Pool, Runner
 from skerry.workload.runs import Planner, start_run
 from skerry.workload.scheduler import Scheduler, SchedulerError
 from skerry.workload.states import RetryPolicy
 
-CONFIG = {"distributed.scheduler.worker-saturation": "inf",
-          # a dead worker's attempt reaches the catalog instead of being re-run by Dask
-          "distributed.scheduler.allowed-failures": 0}
-# a Dask scheduler serves HTTP (metrics) even without a dashboard: on a free port, not 8787
-NO_DASHBOARD = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
 MD5OF = {"name": "md5of", "version": "1", "inputs": [{"name": "input", "type": "md5"}],
          "outputs": [{"name": "checksum", "type": "md5", "file_name": "{name}.md5"}],
          "callable": "skerry.workload.builtins:md5"}
@@ -47,13 +43,8 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(home):
-    with dask.config.set(CONFIG):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                               scheduler_kwargs=NO_DASHBOARD)
-        c = Client(cluster)
+    with dask_client() as c:
         yield c
-        c.close()
-        cluster.close()
 
 
 def catalog(tmp_path):
@@ -183,7 +174,7 @@ def test_gpu_jobs_run_only_on_the_gpu_worker_and_cpu_jobs_do_not_wait(tmp_path, 
                "gpu-0": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
     from distributed.scheduler import Scheduler as DaskScheduler
 
-    with dask.config.set(CONFIG), SpecCluster(workers=workers, scheduler={"cls": DaskScheduler,
+    with dask.config.set(DASK_CONFIG), SpecCluster(workers=workers, scheduler={"cls": DaskScheduler,
                                                                           "options": NO_DASHBOARD}) as cluster, \
             Client(cluster) as c:
         c.wait_for_workers(3)
@@ -254,9 +245,7 @@ def test_killing_workers_at_random_loses_no_job_and_registers_no_output_twice(tm
     cat.add_workflow("one", {"name": "one", "steps": [{"name": "sum", "module": "md5",
                                                        "inputs": {"input": "dataset"}}]})
     run = start_run(cat, "one", "chaos")
-    with dask.config.set(CONFIG), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, scheduler_kwargs=NO_DASHBOARD) as cluster, \
-            Client(cluster) as c:
+    with dask_client() as c:  # a cluster of its own: its workers are killed
         sched = Scheduler(cat, Runner({"cpu": c}), planner=Planner(cat),
                           policy=RetryPolicy(limit=10, backoff=0.05))
         kills = []
