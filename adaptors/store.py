@@ -306,9 +306,10 @@ class AccountStore:
             raise ConfigError(f"the credential(s) {', '.join(missing)} of {user} do not exist")
         return {n: backend_entry(entries[n]) for n in names}
 
-    def federation(self, user: str, home: str) -> tuple[list[dict], dict[str, dict]]:
+    def federation(self, user: str, home: str, server: str = "") -> tuple[list[dict], dict[str, dict]]:
         """The user's adaptors as their server and their jobs see them: ``home`` (a local
-        folder) first, then the stored ones; with the backend entries of their credentials."""
+        folder) first, then the stored ones; with the backend entries of their credentials.
+        ``server``: a named server's name ("" for the default server)."""
         specs = [{"name": "home", "type": "local", "path": str(home)}] + self.adaptors(user)
         load_specs(specs)  # before reading credentials from them
         return specs, self.backend_credentials(user, {s["credentials"] for s in specs if s.get("credentials")})

@@ -50,6 +50,8 @@ def configure(c) -> None:
     c.SkerrySpawner.credentials_dir = str(data.credentials_dir)
     c.SkerrySpawner.credentials_key_file = str(data.credentials_key_file)
     c.Spawner.default_url = "/lab"
+    # micro-infrastructures beyond the first are named servers (/services/skerry/api/v1/infrastructure)
+    c.JupyterHub.allow_named_servers = True
     # a dead micro-infrastructure is noticed within seconds; a poll is one kill(pid, 0)
     c.Spawner.poll_interval = 10
     if os.geteuid() == 0:
@@ -98,7 +100,7 @@ def configure(c) -> None:
         {"name": "admin", "services": [ADMIN_SERVICE_NAME]},
         {
             "name": "skerry-service",
-            "scopes": ["list:users", "read:users", "read:servers"],
+            "scopes": ["list:users", "read:users", "read:servers", "servers", "delete:servers", "read:groups"],
             "services": [SERVICE_NAME],
         },
     ]
