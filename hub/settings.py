@@ -10,6 +10,8 @@ import sys
 
 from skerry.adaptors.store import KEY_ENV as CRYPT_KEY_ENV
 from skerry.datadir import DataDir
+from skerry.hub.pages import TEMPLATES as PAGE_TEMPLATES
+from skerry.hub.pages import handlers as page_handlers
 
 SERVICE_NAME = "skerry"
 ADMIN_SERVICE_NAME = "skerry-admin"
@@ -68,6 +70,10 @@ def configure(c) -> None:
         c.NativeAuthenticator.check_common_password = True
     c.Authenticator.admin_users = {ADMIN_USER}
     c.Authenticator.username_pattern = USERNAME_PATTERN
+
+    # admin pages in the hub's own UI (/hub/skerry/profiles, /hub/skerry/usage); the nav bar links them
+    c.JupyterHub.extra_handlers = page_handlers(data.path)
+    c.JupyterHub.template_paths = [str(PAGE_TEMPLATES)]
 
     c.JupyterHub.services = [
         {
