@@ -4,6 +4,8 @@ Layout (paths given by the caller, normally from ``skerry.datadir.DataDir``)::
 
     ACCOUNTS/<user>/adaptors.json      {"adaptors": [spec, ...]}   plain specs, no secrets
     ACCOUNTS/<user>/jwt-keys.json      {"keys": [{"kid", "alg", "public_key"}]}
+    ACCOUNTS/<user>/servers/<name>.json  one named server's record (micro-infrastructure API):
+                                       {"name", "created", "services", "user_options", "adaptors"}
     CREDENTIALS/<user>.json            {"format": 1, "key_id": ..., "token": <Fernet token>}
 
 Rules:
@@ -15,6 +17,16 @@ Rules:
   ``public`` (plus name, kind, created) ever leaves this module through ``list``.
 - ``jwt-keys.json`` is read by the WebDAV JWT verifier of the micro-infrastructure
   (re-read when its mtime changes): its format is a contract.
+- Server-scoped adaptors (a named server's extra adaptors, stored by the
+  micro-infrastructure API) join the federation of that server only. Their credentials
+  live in the user's one encrypted credentials file under the name ``<server>/<adaptor>``
+  (a ``/`` no user credential name has), are not listed with the user's own, and are
+  removed with the server. An adaptor name is used once per server: by the user's own
+  adaptors or by the server's, never both.
+- Credentials are shown as ``"secret": "set"`` and a ``fingerprint``: for an SSH key the
+  OpenSSH ``SHA256:`` fingerprint of its public key; otherwise an HMAC of the secret under
+  a key derived from the credentials key (equal secrets, equal fingerprints; nothing to
+  guess a password from without the key).
 
 Encryption at rest: the whole credentials file of a user is one Fernet token
 (AES-128-CBC + HMAC-SHA256) under the key in ``$SKERRY_CRYPT_KEY`` or, if that is
@@ -32,6 +44,7 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -49,6 +62,8 @@ FORMAT = 1
 RESERVED_ADAPTORS = {"home"}
 CREDENTIAL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # as the hub's username_pattern
+# named servers: a URL path segment and a file name; JupyterHub's safe slugs are wider
+SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 KID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # which credential kinds each adaptor type can use
@@ -123,6 +138,22 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"skerry-credentials-key:" + key).hexdigest()[:16]
 
 
+def server_credential(server: str, adaptor: str) -> str:
+    """The store name of a server-scoped adaptor's credential."""
+    return f"{server}/{adaptor}"
+
+
+def fingerprint(entry: dict, key: bytes) -> str:
+    """A stored credential's fingerprint (see the module docstring); it reveals nothing of the secret."""
+    public_key = entry["public"].get("public_key")
+    if entry["kind"] == "ssh-key" and public_key:
+        blob = base64.b64decode(public_key.split()[1])
+        return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    mac_key = hashlib.sha256(b"skerry-credential-fingerprint:" + key).digest()
+    secret = json.dumps(entry["secret"], sort_keys=True).encode()
+    return "hmac-sha256:" + hmac.new(mac_key, secret, hashlib.sha256).hexdigest()[:16]
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -189,6 +220,10 @@ class AccountStore:
         stored = spec.model_dump(mode="json", exclude_none=True)
         with self.locked(user):
             self.check_adaptor(user, spec)
+            for server, record in self.servers(user).items():
+                if any(s.get("name") == spec.name for s in record.get("adaptors", [])):
+                    raise Conflict(f"the adaptor name {spec.name!r} is used by the micro-infrastructure "
+                                   f"{server!r}: choose another name, or delete that one first.")
             specs = [s for s in self.adaptors(user) if s.get("name") != spec.name]
             specs.append(stored)
             specs.sort(key=lambda s: str(s.get("name")))
@@ -203,8 +238,9 @@ class AccountStore:
                 raise NotFound(f"{user} has no adaptor {name!r}.")
             write_private(self.adaptors_file(user), json.dumps({"adaptors": kept}, indent=1).encode())
 
-    def check_adaptor(self, user: str, spec) -> None:
-        """Refuse a (validated) spec the user may not store: reserved name, bad credentials."""
+    def check_adaptor(self, user: str, spec, entries: dict | None = None) -> None:
+        """Refuse a (validated) spec the user may not store: reserved name, bad credentials.
+        ``entries``: the credentials to look in (default: the stored ones)."""
         if spec.name in RESERVED_ADAPTORS:
             raise ConfigError(f"the adaptor name {spec.name!r} is reserved for the built-in home folder.")
         if spec.type == "local":
@@ -212,7 +248,7 @@ class AccountStore:
                               "only the built-in home adaptor is local.")
         if spec.credentials is None:
             return
-        entry = self.credentials(user).get(spec.credentials)
+        entry = (self.credentials(user) if entries is None else entries).get(spec.credentials)
         if entry is None:
             raise ConfigError(f"there is no credential {spec.credentials!r}: store it first "
                               f"(PUT .../credentials/{spec.credentials}).")
@@ -229,7 +265,7 @@ class AccountStore:
     def fernet(self) -> Fernet:
         if self._fernet is None:
             key = load_key(self.key_file)
-            self._fernet = (Fernet(key), key_id(key))
+            self._fernet = (Fernet(key), key_id(key), key)
         return self._fernet[0]
 
     def credentials_file(self, user: str) -> Path:
@@ -260,9 +296,13 @@ class AccountStore:
         write_private(self.credentials_file(user), json.dumps(data).encode())
 
     def list_credentials(self, user: str) -> list[dict]:
-        """Name, kind, created and the non-secret fields of each credential."""
-        return [{"name": name, "kind": e["kind"], "created": e["created"], **e["public"]}
-                for name, e in sorted(self.credentials(user).items())]
+        """Name, kind, created, ``secret: "set"``, fingerprint and the non-secret fields of each
+        of the user's own credentials (server-scoped ones are listed with their server)."""
+        return [self._shown(name, e) for name, e in sorted(self.credentials(user).items()) if "/" not in name]
+
+    def _shown(self, name: str, entry: dict) -> dict:
+        return {"name": name, "kind": entry["kind"], "created": entry["created"], **entry["public"],
+                "secret": "set", "fingerprint": fingerprint(entry, self._fernet[2])}
 
     def put_credential(self, user: str, name: str, kind: str, public: dict, secret: dict,
                        replace_check=None) -> dict:
@@ -283,6 +323,8 @@ class AccountStore:
         if name not in entries:
             raise NotFound(f"{user} has no credential {name!r}.")
         users = sorted(s.get("name") for s in self.adaptors(user) if s.get("credentials") == name)
+        users += sorted(f"{server}/{s.get('name')}" for server, record in self.servers(user).items()
+                        for s in record.get("adaptors", []) if s.get("credentials") == name)
         if users:
             raise Conflict(f"credential {name!r} is used by the adaptor(s) {', '.join(users)}: "
                            "delete or change them first.")
@@ -308,11 +350,114 @@ class AccountStore:
 
     def federation(self, user: str, home: str, server: str = "") -> tuple[list[dict], dict[str, dict]]:
         """The user's adaptors as their server and their jobs see them: ``home`` (a local
-        folder) first, then the stored ones; with the backend entries of their credentials.
-        ``server``: a named server's name ("" for the default server)."""
+        folder) first, then the stored ones, then (for a named server) that server's own;
+        with the backend entries of their credentials. ``server``: a named server's name
+        ("" for the default server, which has none of its own)."""
         specs = [{"name": "home", "type": "local", "path": str(home)}] + self.adaptors(user)
+        if server:
+            specs += self.server_adaptors(user, server)
         load_specs(specs)  # before reading credentials from them
         return specs, self.backend_credentials(user, {s["credentials"] for s in specs if s.get("credentials")})
+
+    # -- named servers (micro-infrastructure API) --------------------------------
+
+    def server_file(self, user: str, server: str) -> Path:
+        if not SERVER_NAME.match(server):
+            raise ConfigError(f"{server!r} is not a server name (lower-case letters, digits and -, "
+                              "at most 32, starting with a letter or digit).")
+        return self._user_dir(user) / "servers" / f"{server}.json"
+
+    def server(self, user: str, server: str) -> dict | None:
+        """The stored record of one named server, or None."""
+        path = self.server_file(user, server)
+        return self._read_json(path, f"the server {server} of {user}") or None
+
+    def servers(self, user: str) -> dict[str, dict]:
+        """Every stored named-server record of the user, by name."""
+        folder = self._user_dir(user) / "servers"
+        if not folder.is_dir():
+            return {}
+        return {p.stem: self._read_json(p, f"the server {p.stem} of {user}")
+                for p in sorted(folder.glob("*.json")) if SERVER_NAME.match(p.stem)}
+
+    def server_adaptors(self, user: str, server: str) -> list[dict]:
+        """The extra adaptor specs stored for one named server ([] for none, or no record)."""
+        specs = (self.server(user, server) or {}).get("adaptors", [])
+        if not isinstance(specs, list):
+            raise ConfigError(f"the adaptors of {user}'s server {server} are not a list")
+        return specs
+
+    def check_server(self, user: str, server: str, specs, credentials: dict[str, tuple]) -> None:
+        """Refuse a server's (validated) specs: taken names, bad credentials. ``credentials``:
+        ``{store name: (kind, public, secret)}`` to be stored with it. ConfigError names the
+        adaptor (``adaptors[i]``)."""
+        entries = {**self.credentials(user),
+                   **{n: {"kind": k, "public": p, "secret": s} for n, (k, p, s) in credentials.items()}}
+        own = {s.get("name") for s in self.adaptors(user)}
+        for i, spec in enumerate(specs):
+            try:
+                if spec.name in own:
+                    raise ConfigError(f"the name {spec.name!r} is one of your own adaptors, which every "
+                                      "server has already: choose another.")
+                if spec.credentials and "/" in spec.credentials \
+                        and spec.credentials != server_credential(server, spec.name):
+                    raise ConfigError("'credentials' names a credential of another server.")
+                self.check_adaptor(user, spec, entries)
+            except ConfigError as e:
+                raise ConfigError(f"adaptors[{i}] ({spec.name}): {e.message}") from None
+
+    def put_server(self, user: str, server: str, record: dict, specs, credentials: dict[str, tuple]) -> dict:
+        """Store a new named server's record and its adaptors' credentials (``check_server``);
+        Conflict if the name is taken. The credentials are written first: a record never
+        names a credential that is not there."""
+        path = self.server_file(user, server)
+        stored = {**record, "name": server, "created": now(),
+                  "adaptors": [s.model_dump(mode="json", exclude_none=True) for s in specs]}
+        with self.locked(user):
+            if path.exists():
+                raise Conflict(f"{user} already has a micro-infrastructure named {server!r}.")
+            self.check_server(user, server, specs, credentials)
+            old = self.credentials(user)
+            if credentials:
+                entries = dict(old)
+                for name, (kind, public, secret) in credentials.items():
+                    entries[name] = {"kind": kind, "created": stored["created"], "public": public, "secret": secret}
+                self._write_credentials(user, entries)
+            try:
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                write_private(path, json.dumps(stored, indent=1).encode())
+            except BaseException:
+                if credentials:
+                    self._write_credentials(user, old)
+                raise
+        return stored
+
+    def delete_server(self, user: str, server: str) -> bool:
+        """Remove a named server's record and its credentials; False if there was none."""
+        path = self.server_file(user, server)
+        with self.locked(user):
+            entries = self.credentials(user)
+            kept = {n: e for n, e in entries.items() if not n.startswith(server + "/")}
+            if len(kept) != len(entries):
+                self._write_credentials(user, kept)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+        return True
+
+    def server_credentials(self, user: str, server: str) -> dict[str, dict]:
+        """``{adaptor: {kind, secret: "set", fingerprint, non-secret fields}}`` for the server's
+        adaptors that have a credential (their own or one of the user's)."""
+        entries = self.credentials(user) if self.server(user, server) else {}
+        shown = {}
+        for spec in self.server_adaptors(user, server):
+            name = spec.get("credentials")
+            if name in entries:
+                shown[spec["name"]] = {k: v for k, v in self._shown(name, entries[name]).items()
+                                       if k not in ("name", "created")}
+                shown[spec["name"]]["credential"] = name if "/" not in name else None
+        return shown
 
     # -- JWT keys --------------------------------------------------------------
 

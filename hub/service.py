@@ -9,6 +9,7 @@ A JupyterHub-managed service (FastAPI + uvicorn), started and stopped with the h
 It also answers ``/dav/<name>/...`` for servers that are not running (the proxy
 sends those here once the server's own WebDAV route is gone): 503 and a sentence.
 
+Micro-infrastructures (named servers: create, list, delete, endpoints): ``api_infra``.
 Each user's adaptors, credentials and JWT keys: ``api_users`` (``/api/v1/users/{name}/...``).
 Datasets, modules, workflows, runs, tasks and jobs: ``api_workload``, over the catalog
 ``DIR/catalog.sqlite`` (migrated to the newest schema when the service starts).
@@ -24,11 +25,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from jupyterhub.services.auth import HubAuth
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from skerry.process import die_with_parent
 
+from .api_infra import infra_routes
 from .api_profiles import profile_routes
 from .api_users import ApiError, user_routes
 from .api_workload import open_catalog, workload_routes
@@ -37,23 +38,6 @@ from .profiles import ProfileStore
 PREFIX = "/services/skerry"
 API = PREFIX + "/api/v1"
 CACHE_SECONDS = 5
-
-
-class Endpoint(BaseModel):
-    url: str
-    auth: str
-
-
-class Infrastructure(BaseModel):
-    user: str
-    name: str
-    ready: bool
-    started: str | None
-    endpoints: dict[str, Endpoint]
-
-
-class InfrastructureList(BaseModel):
-    infrastructures: list[Infrastructure]
 
 
 class Hub:
@@ -139,17 +123,7 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"error": "bad_request", "message": f"{where}: {first.get('msg', 'invalid')}"}, 400)
 
-    @app.get(API + "/infrastructure", response_model=InfrastructureList)
-    async def list_infrastructure(who: dict = Depends(caller), hub: Hub = Depends(get_hub)):
-        """The caller's running micro-infrastructures and how to reach each endpoint."""
-        if who.get("kind") != "user":
-            return InfrastructureList(infrastructures=[])
-        model = await hub.user(who["name"])
-        return InfrastructureList(infrastructures=[
-            _infrastructure(hub.public_url, who["name"], name, server)
-            for name, server in sorted(model.get("servers", {}).items())
-        ])
-
+    app.include_router(infra_routes(caller, get_hub, API))
     app.include_router(user_routes(caller, get_hub, API))
     app.include_router(workload_routes(caller, get_catalog, get_hub, API))
     app.include_router(profile_routes(caller, get_profiles, API))
@@ -165,22 +139,6 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
                             headers={"Retry-After": "10"})
 
     return app
-
-
-def _infrastructure(public_url: str, user: str, name: str, server: dict) -> Infrastructure:
-    jupyter = public_url + server["url"]
-    dav = f"{public_url}/dav/{user}/" + (f"{name}/" if name else "")
-    return Infrastructure(
-        user=user,
-        name=name,
-        ready=bool(server.get("ready")),
-        started=server.get("started"),
-        endpoints={
-            "jupyter": Endpoint(url=jupyter, auth="Authorization: token <your hub API token>, or log in with a browser"),
-            "webdav": Endpoint(url=dav, auth=f"HTTP Basic: user name {user!r}, password: a hub API token of yours; "
-                                             "or Authorization: token <your hub API token>"),
-        },
-    )
 
 
 def main() -> int:
