@@ -34,7 +34,12 @@ Rules:
 - bodies are capped (``MAX_BODY``; a file list ``MAX_FILES_BODY``): larger is 413;
 - ``POST runs`` is ``skerry.workload.runs.start_run`` (a run over a dataset without a
   location, or whose output datasets exist, is a 400 and writes nothing); the
-  scheduler then gives its tasks their jobs;
+  scheduler then gives its tasks their jobs. A run whose jobs would pass a ``queued_jobs``
+  quota of its owner, or of one of the owner's groups (``hub.quotas``), is a 403
+  ``quota_exceeded`` with the quota's sentence, and nothing is created: the jobs counted are
+  the owner's (or the group members') jobs not yet final, plus those the run's first steps
+  would get from the dataset's files now (``hub.usage.planned_jobs``). The check and the
+  run's creation are two transactions: runs created at the same moment may pass it together;
 - creating a dataset and closing it start the runs its name's workflow masks call for
   (``skerry.workload.runs.start_matching_runs``: at rank 1, owned by the dataset's
   owner, once per workflow and dataset; a run's output datasets never start runs); both
@@ -48,6 +53,7 @@ Rules:
 import json
 from datetime import timezone
 from typing import Any, Callable
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -63,10 +69,12 @@ from skerry.workload.catalog import (PAGE_MAX, Catalog, CatalogError, DatasetExi
 from skerry.workload.models import (DATASET_STATES, FILE_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, Job,
                                     JobAttempt, Module, Run, Task, Workflow, now)
 from skerry.workload.modules import ModuleRegistry, ModuleSpec, load_module
-from skerry.workload.runs import start_matching_runs, start_run
+from skerry.workload.runs import registry_of, start_matching_runs, start_run
 from skerry.workload.workflows import WorkflowSpec, load_workflow
 
+from . import usage
 from .api_users import ApiError
+from .quotas import QuotaExceeded, check_queued_jobs, shared_store
 
 MAX_BODY = 1024 * 1024  # specs and small requests
 MAX_FILES_BODY = 32 * 1024 * 1024  # a file list: about 200,000 entries
@@ -110,6 +118,8 @@ RANK_BODY = _body(_object(["rank"], rank=_RANK))
 
 
 def _status(e: SkerryError) -> int:
+    if isinstance(e, QuotaExceeded):
+        return 403
     if isinstance(e, (UnknownDataset, UnknownJob, _NotFound)):
         return 404
     if isinstance(e, (DatasetExists, ModuleExists, _Conflict)):
@@ -397,9 +407,10 @@ class _Conflict(CatalogError):
     code = "exists"
 
 
-def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: str) -> APIRouter:
+def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: str, get_quotas=None) -> APIRouter:
     """The router; ``caller``, ``get_catalog`` and ``get_hub`` (who the users are: ``user(name)``
-    raises ApiError 404 ``no_such_user``) are the service's dependencies."""
+    raises ApiError 404 ``no_such_user``) are the service's dependencies; ``get_quotas`` gives
+    the QuotaStore (default: the data dir's shared one)."""
     router = APIRouter(prefix=api)
     holder: dict[int, Workload] = {}
 
@@ -526,16 +537,44 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
 
     # -- runs, tasks, jobs --------------------------------------------------------
 
+    async def check_queued_quota(w: Workload, workflow: str, dataset: str, owner: str, who: dict, hub) -> None:
+        """QuotaExceeded (403) if the run's jobs would pass a ``queued_jobs`` quota of its owner
+        or of one of the owner's groups (the sum over the group's members)."""
+        if not owner:
+            return
+        store = (get_quotas or shared_store)()
+        mine = who.get("kind") == "user" and who.get("name") == owner
+        groups = who.get("groups", []) if mine else (await hub.user(owner)).get("groups", [])
+        limits = [(k, n) for k, n, q in await _call(store.applying, owner, groups) if "queued_jobs" in q]
+        if not limits:
+            return
+        members = {}
+        for kind, name in limits:
+            if kind == "group":
+                r = await hub.client.get(f"groups/{quote(name, safe='')}")
+                r.raise_for_status()
+                members[name] = r.json().get("users", [])
+
+        def check() -> None:
+            loaded = load_workflow(w.catalog.get_workflow(workflow).spec, registry_of(w.catalog))
+            adding = usage.planned_jobs(w.catalog, loaded, dataset)
+            check_queued_jobs(store, owner, groups, adding, lambda kind, name: usage.queued_jobs(
+                w.catalog, [owner] if kind == "user" else members[name]))
+
+        await _call(check)
+
     @router.get("/runs", tags=["runs"])
     async def list_runs(who: dict = Depends(caller), w: Workload = Depends(workload)):
         """The caller's runs (an admin: all), with their job counts."""
         return {"runs": await _call(w.runs, owner_filter(who))}
 
     @router.post("/runs", status_code=201, tags=["runs"], openapi_extra=RUN_BODY)
-    async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload),
+                         hub=Depends(get_hub)):
         """Start a run of a workflow over one of the caller's datasets: ``{"workflow", "dataset",
         "rank"?}``. One task per step and one ``OPEN`` output dataset per step, in one
-        transaction; the scheduler gives the tasks their jobs. The answer is the run."""
+        transaction; the scheduler gives the tasks their jobs. The answer is the run.
+        403 ``quota_exceeded`` (nothing created) if its jobs would pass a ``queued_jobs`` quota."""
         body = await _json_body(request)
         _fields(body, {"workflow", "dataset", "rank"}, {"workflow", "dataset"}, "A run")
         for field in ("workflow", "dataset"):
@@ -545,6 +584,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
             raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
         owner = await _call(w.check_run_request, body["workflow"], body["dataset"], owner_filter(who))
+        await check_queued_quota(w, body["workflow"], body["dataset"], owner, who, hub)
         run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner)
         return JSONResponse(await _call(w.run, run_id, None), 201)
 

@@ -31,6 +31,7 @@ from skerry.process import die_with_parent
 
 from .api_infra import infra_routes
 from .api_profiles import profile_routes
+from .api_quotas import quota_routes
 from .api_users import ApiError, user_routes
 from .api_workload import open_catalog, workload_routes
 from .profiles import ProfileStore
@@ -127,6 +128,7 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
     app.include_router(user_routes(caller, get_hub, API))
     app.include_router(workload_routes(caller, get_catalog, get_hub, API))
     app.include_router(profile_routes(caller, get_profiles, API))
+    app.include_router(quota_routes(caller, get_hub, get_catalog, get_profiles, API))
 
     @app.api_route("/dav/{rest:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS",
                                              "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",

@@ -17,6 +17,7 @@ SERVICE_NAME = "skerry"
 ADMIN_SERVICE_NAME = "skerry-admin"
 SCHEDULER_NAME = "skerry-scheduler"
 ADMIN_USER = "admin"
+METRICS_GROUP = "metrics"
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
@@ -109,4 +110,6 @@ def configure(c) -> None:
             "scopes": ["list:users", "read:users", "read:servers", "servers", "delete:servers", "read:groups"],
             "services": [SERVICE_NAME],
         },
+        # Prometheus scrapers: tokens of the hub group "metrics" may read /services/skerry/api/v1/metrics
+        {"name": "skerry-metrics", "scopes": ["read:metrics"], "groups": [METRICS_GROUP]},
     ]
