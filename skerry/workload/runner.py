@@ -4,42 +4,57 @@ A :class:`Runner` holds named *pools*; each is a Dask client (or a scheduler add
 what a worker must declare to belong to it::
 
     runner = Runner({"cpu": Pool(client), "gpu": Pool(client, needs={"GPU": 1})})
-    runner.submit_many("cpu", specs)    # attempts of jobs (JobSpecs), one Dask graph
-    runner.events(timeout=0.1)          # what happened since: Started, Beat, Finished
+    runner.submit_many("cpu", specs)                # attempts of jobs (JobSpecs), one Dask task each
+    runner.submit_batches("cpu", [[s1, s2], [s3]])  # or several short ones per Dask task
+    runner.events(timeout=0.1)                      # what happened since: Started, Beat, Finished
 
 Rules:
-- one Dask task per job attempt, keyed ``skerry-job-<job>-<attempt>`` (never retried by
-  Dask on an error: the catalog's retry policy decides);
+- one Dask task per *batch* of job attempts (one attempt, or several short ones run one
+  after the other by ``execute_batch``), keyed ``skerry-batch-<job>-<attempt>-<token>``
+  after its first attempt, never retried by Dask on an error (the catalog's retry policy
+  decides); every attempt of a batch is reported on its own, once;
 - a pool with ``needs`` (``{"GPU": 1}``) runs its jobs only on workers declaring those
   resources (Dask resources); a pool without runs its jobs preferably on workers that
   declare none of the other pools' needs, so CPU jobs never queue behind GPU jobs
   (``allow_other_workers``: when no such worker is left, any worker will do);
 - ``slots(pool)`` is what the pool can run at once: the threads of its workers, or for a
   pool with needs the units of its scarcest resource they declare;
-- on the worker, the job runs in the task's thread (``run_job``) while one side thread of
+- on the worker, each job runs in the task's thread (``run_job``) while one side thread of
   the worker process (for all its attempts: no thread is started per job) sends its
   ``start`` once it ran ``START_DELAY`` s, then a ``Beat`` every ``spec.heartbeat``
-  seconds, through Dask's event log (topic ``skerry-job``); an attempt that ends sooner
-  sends its start in its ``end`` event (the runner reports ``Started`` then
-  ``Finished``), so a short job costs one event. A hung job stops beating only if its
-  worker freezes, so the scheduler also times a job from its ``Started`` (``spec.timeout``);
+  seconds, through Dask's event log (topic ``skerry-job``). A job's end (its result, how
+  long it took, and its start if that was not sent on its own) joins the worker's
+  outbox, sent as one ``ends`` event when its batch is over, when the next job of the
+  batch starts ``FLUSH`` s after the oldest end waiting, or just before the side thread
+  sends a start or a beat: a batch of short jobs costs one event, and a job that runs
+  long never holds back the ends of the jobs before it. A start is always sent before
+  its end. A hung job stops beating only if its worker freezes, so the scheduler also
+  times a job from its ``Started`` (``spec.timeout``);
+- before each job but the first, a batch stops if Dask cancelled its task (the runner
+  did: see ``cancel``);
 - a failed job's log text is written beside its outputs (``<output>/.skerry-logs/
   <job>.<attempt>.log``) when its executor kept none, so every failure has a log location;
-- a finished attempt's result comes back as an ``end`` event on the same topic (a plain
-  dict, its log text capped at ``EVENT_LOG`` characters; the whole log stays in the
-  task's value and the log file), so no gather round trip is needed; the future's done
-  callback reports only errors, cancels and lost attempts, and a future that finished
-  without its ``end`` event arriving within ``END_GRACE`` s is gathered instead. The event
-  and the future's completion may come in either order: each attempt is reported once,
-  and the end of an attempt the runner forgot (``cancel``) is dropped;
+- an end event carries the job's result as a plain dict (its log text capped at
+  ``EVENT_LOG`` characters; the whole log stays in the task's value and the log file), so
+  no gather round trip is needed; the future's done callback reports only errors, cancels
+  and lost batches, and a batch that finished without the end events of all its attempts
+  arriving within ``END_GRACE`` s is gathered for those. The events and the future's
+  completion may come in either order: each attempt is reported once, and the end of an
+  attempt the runner forgot (``cancel``) is dropped;
 - ``Finished.lost`` is True when Dask lost the attempt (its worker died: ``KilledWorker``,
-  or the future was cancelled by anyone but us); run the pools with
+  or the future was cancelled by anyone but us): every attempt of a lost batch that was
+  not reported yet is lost, the ones reported stay as they are; run the pools with
   ``distributed.scheduler.allowed-failures: 0`` so every dead worker reaches the catalog
-  as an attempt instead of Dask re-running the attempt itself;
+  as attempts instead of Dask re-running them itself;
 - one runner per Dask client at a time: it subscribes to the client's ``skerry-job``
   topic, and a newer runner on the same client takes those events over;
-- ``cancel(job, attempt)`` forgets the attempt: its result, if it comes, is dropped.
-  (A thread on a worker cannot be stopped; a hung job's thread lingers until it returns.)
+- ``cancel(job, attempt)`` forgets the attempt: its result, if it comes, is dropped; the
+  other attempts of its batch go on. If the runner had its ``Started`` (it is running: a
+  hung job timed out, or a running job cancelled), the attempts after it in its batch,
+  which did not start, are submitted again as a batch of their own (same attempts) and
+  the old batch's task is cancelled, so they never wait behind it. (A thread on a worker
+  cannot be stopped; a hung job's thread lingers until it returns. A cancelled attempt
+  that has not started yet may still run; its result is dropped.)
 """
 
 from __future__ import annotations
@@ -47,18 +62,21 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
 
-__all__ = ["Pool", "JobSpec", "Started", "Beat", "Finished", "Runner", "execute", "TOPIC", "LOG_DIR"]
+__all__ = ["Pool", "JobSpec", "Started", "Beat", "Finished", "Runner", "execute", "execute_batch", "TOPIC",
+           "LOG_DIR"]
 
 TOPIC = "skerry-job"
 LOG_DIR = ".skerry-logs"
 INFO_AGE = 1.0  # seconds a look at a pool's workers is reused
 START_DELAY = 0.05  # seconds an attempt runs before its start is sent on its own
-END_GRACE = 2.0  # seconds a finished future waits for its end event before it is gathered
+FLUSH = 0.1  # seconds an end waits in a worker's outbox at most while its batch goes on
+END_GRACE = 2.0  # seconds a finished batch waits for its end events before it is gathered
 EVENT_LOG = 64 * 1024  # characters of a job's log carried in its end event (the tail)
 
 
@@ -109,17 +127,39 @@ class Finished:
     worker: str | None = None
     lost: bool = False
     error: str | None = None  # what went wrong outside the job (the runner's own failure)
+    took: float | None = None  # seconds the job ran on its worker
+
+
+# ---- on the worker ----
 
 
 def execute(spec: JobSpec) -> dict:
-    """Run one attempt on a Dask worker (see the module docstring); a plain dict back."""
+    """Run one attempt on a Dask worker: ``execute_batch([spec])``."""
+    return execute_batch([spec])
+
+
+def execute_batch(specs: list[JobSpec]) -> dict:
+    """Run attempts one after the other on a Dask worker (module docstring); a plain dict
+    back: ``{"worker": address, "results": [(job, attempt, JobResult), ...]}``."""
     from distributed import get_worker
 
+    worker = get_worker()
+    key = _task_key()
+    results = []
+    for i, spec in enumerate(specs):
+        if i and _cancelled(worker, key):  # the runner gave the rest to another batch
+            break
+        results.append((spec.job, spec.attempt, _run(worker, spec, last=i == len(specs) - 1)))
+    _BEATS.flush(worker)
+    return {"worker": worker.address, "results": results}
+
+
+def _run(worker, spec: JobSpec, last: bool):
     from .executors import run_job
     from .owners import adaptors_of
 
-    worker = get_worker()
     started = time.time()
+    clock = time.perf_counter()
     _BEATS.add(worker, spec, started)
     with adaptors_of(spec.adaptors):  # the job sees its owner's storage
         try:
@@ -127,14 +167,29 @@ def execute(spec: JobSpec) -> dict:
                              timeout=spec.timeout)
         finally:
             start_sent = _BEATS.remove(spec)
+        took = time.perf_counter() - clock
         if not result.ok and not result.log_location:
             result.log_location = _write_log(spec, result.log)
-    end = {"e": "end", "job": spec.job, "attempt": spec.attempt, "worker": worker.address,
+    end = {"job": spec.job, "attempt": spec.attempt, "worker": worker.address, "took": took,
            "result": _result_dict(result)}
     if not start_sent:
         end["at"] = started
-    worker.log_event(TOPIC, end)
-    return {"result": result, "worker": worker.address}
+    _BEATS.end(worker, end, flush=last)
+    return result
+
+
+def _task_key():
+    from distributed.worker import thread_state
+
+    return getattr(thread_state, "key", None)
+
+
+def _cancelled(worker, key) -> bool:
+    """Whether Dask cancelled this batch's task on the worker (the runner moved its rest)."""
+    if key is None:
+        return False
+    ts = worker.state.tasks.get(key)
+    return ts is None or ts.state in ("cancelled", "released")
 
 
 def _result_dict(result) -> dict:
@@ -154,19 +209,24 @@ def _result_of(data: dict):
 
 
 class _Beats:
-    """The start and heartbeats of every attempt running in this worker process, sent by
-    one thread (module docstring)."""
+    """The starts, heartbeats and ends of every attempt running in this worker process,
+    sent by one thread, the ends also by the jobs' threads (module docstring)."""
 
     def __init__(self):
         self._cond = threading.Condition()
         # (job, attempt) -> [next event at, heartbeat, worker, start time (None once sent)]
         self._due: dict[tuple[int, int], list] = {}
+        self._outbox: dict[int, list] = {}  # id(worker) -> [worker, since, [end, ...]]
         self._wake = float("inf")  # when the thread wakes next on its own
         self._thread: threading.Thread | None = None
 
     def add(self, worker, spec: JobSpec, started: float) -> None:
-        at = time.monotonic() + START_DELAY
+        now = time.monotonic()
+        at = now + START_DELAY
         with self._cond:
+            box = self._outbox.get(id(worker))
+            if box is not None and now - box[1] >= FLUSH:  # ends of this batch's earlier jobs
+                self._send(id(worker))
             self._due[(spec.job, spec.attempt)] = [at, spec.heartbeat, worker, started]
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True, name="skerry-beats")
@@ -180,6 +240,23 @@ class _Beats:
             entry = self._due.pop((spec.job, spec.attempt), None)
         return entry is not None and entry[3] is None
 
+    def end(self, worker, msg: dict, flush: bool) -> None:
+        """Put an attempt's end in the worker's outbox; send the outbox if ``flush``."""
+        with self._cond:
+            box = self._outbox.setdefault(id(worker), [worker, time.monotonic(), []])
+            box[2].append(msg)
+            if flush:
+                self._send(id(worker))
+
+    def flush(self, worker) -> None:
+        with self._cond:
+            self._send(id(worker))
+
+    def _send(self, ident: int) -> None:  # under the lock
+        box = self._outbox.pop(ident, None)
+        if box is not None:
+            box[0].log_event(TOPIC, {"e": "ends", "ends": box[2]})
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -190,6 +267,8 @@ class _Beats:
                         break
                     self._wake = min((entry[0] for entry in self._due.values()), default=float("inf"))
                     self._cond.wait(None if self._wake == float("inf") else self._wake - now)
+                for ident in list(self._outbox):  # ends before the start of a job that runs long
+                    self._send(ident)
                 for (job, attempt), entry in due:  # sent under the lock: a start always precedes its end
                     worker, started = entry[2], entry[3]
                     if started is not None:
@@ -218,6 +297,29 @@ def _write_log(spec: JobSpec, text: str) -> str | None:
     return url
 
 
+# ---- in the scheduler's process ----
+
+
+@dataclass(eq=False)
+class _Batch:
+    """A Dask task of attempts; ``pending``: those not reported yet nor forgotten."""
+
+    key: str
+    pool: str
+    specs: list[JobSpec]
+    future: Any = None
+    pending: set = field(default_factory=set)
+    started: set = field(default_factory=set)  # attempts whose start was reported
+
+
+@dataclass(eq=False)
+class _Done:
+    """A batch whose future ended without all its end events: ``attempts`` to report."""
+
+    future: Any
+    attempts: list[tuple[int, int]]
+
+
 class Runner:
     """Dask pools, submission of job attempts, and what comes back (module docstring)."""
 
@@ -240,9 +342,10 @@ class Runner:
                                   f"not {pool.client!r}")
             self.pools[name] = pool
         self._events: queue.Queue = queue.Queue()
-        self._futures: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
-        self._waiting: dict[tuple[int, int], float] = {}  # finished futures without their end event: since
+        self._batches: dict[str, _Batch] = {}  # by Dask key
+        self._of: dict[tuple[int, int], _Batch] = {}  # attempt -> its batch, while pending
+        self._waiting: dict[str, float] = {}  # finished batches still missing end events: since
         self._seen: dict[int, tuple[float, dict]] = {}
         for client in {id(p.client): p.client for p in self.pools.values()}.values():
             client.subscribe_topic(TOPIC, self._on_event)
@@ -283,11 +386,17 @@ class Runner:
     # ---- submission ----
 
     def submit(self, pool: str, spec: JobSpec) -> None:
-        self.submit_many(pool, [spec])
+        self.submit_batches(pool, [[spec]])
 
     def submit_many(self, pool: str, specs: list[JobSpec]) -> None:
-        """Hand attempts to ``pool`` in one call to Dask (one graph, not one per attempt)."""
-        if not specs:
+        """Hand attempts to ``pool``, one Dask task each, in one call to Dask."""
+        self.submit_batches(pool, [[spec] for spec in specs])
+
+    def submit_batches(self, pool: str, batches: list[list[JobSpec]]) -> None:
+        """Hand batches of attempts to ``pool`` in one call to Dask (one graph): each batch
+        is one Dask task that runs its attempts in order."""
+        batches = [b for b in batches if b]
+        if not batches:
             return
         p = self.pools[pool]
         kwargs: dict[str, Any] = {}
@@ -298,25 +407,71 @@ class Runner:
             if others:
                 kwargs["workers"] = list(self._workers(pool))
                 kwargs["allow_other_workers"] = True
-        futures = p.client.map(execute, specs, key=[f"skerry-job-{sp.job}-{sp.attempt}" for sp in specs],
+        token = uuid.uuid4().hex[:8]
+        mine = [_Batch(f"skerry-batch-{b[0].job}-{b[0].attempt}-{token}", pool, list(b)) for b in batches]
+        with self._lock:  # registered first: an end event may come before map returns
+            for batch in mine:
+                batch.pending = {(s.job, s.attempt) for s in batch.specs}
+                self._batches[batch.key] = batch
+                for attempt in batch.pending:
+                    self._of[attempt] = batch
+        futures = p.client.map(execute_batch, [b.specs for b in mine], key=[b.key for b in mine],
                                pure=False, retries=0, **kwargs)
         with self._lock:
-            for spec, future in zip(specs, futures):
-                self._futures[(spec.job, spec.attempt)] = future
+            for batch, future in zip(mine, futures):
+                batch.future = future
         for future in futures:
             future.add_done_callback(self._on_done)
 
     def cancel(self, job: int, attempt: int) -> None:
-        """Forget the attempt and ask Dask to cancel it; its result is dropped if it comes."""
+        """Forget the attempt (module docstring); its result is dropped if it comes."""
+        self.cancel_many([(job, attempt)])
+
+    def cancel_many(self, attempts) -> None:
+        """``cancel`` each of ``attempts``, the batches they leave moved on once."""
+        touched: dict[str, _Batch] = {}
+        behind: dict[str, int] = {}  # batch -> index after its last running attempt cancelled
         with self._lock:
-            future = self._futures.pop((job, attempt), None)
-            self._waiting.pop((job, attempt), None)
-        if future is not None:
-            future.cancel()
+            for key in attempts:
+                batch = self._of.pop(tuple(key), None)
+                if batch is None:
+                    continue
+                batch.pending.discard(tuple(key))
+                touched[batch.key] = batch
+                if tuple(key) in batch.started:
+                    at = next(i for i, s in enumerate(batch.specs) if (s.job, s.attempt) == tuple(key))
+                    behind[batch.key] = max(behind.get(batch.key, 0), at + 1)
+            stop, moved = [], []
+            for key, batch in touched.items():
+                rest = []
+                if key in behind:  # a running attempt left: the ones after it must not wait for it
+                    rest = [s for s in batch.specs[behind[key]:]
+                            if (s.job, s.attempt) in batch.pending and (s.job, s.attempt) not in batch.started]
+                    for s in rest:
+                        batch.pending.discard((s.job, s.attempt))
+                        del self._of[(s.job, s.attempt)]
+                if not batch.pending:
+                    self._forget(batch)
+                    stop.append(batch.future)
+                if rest:
+                    moved.append((batch.pool, rest))
+        for future in stop:
+            if future is not None:
+                future.cancel()
+        for pool, rest in moved:
+            self.submit_batches(pool, [rest])
+
+    def _forget(self, batch: _Batch) -> None:  # under the lock
+        self._batches.pop(batch.key, None)
+        self._waiting.pop(batch.key, None)
+        for attempt in batch.pending:
+            self._of.pop(attempt, None)
+        batch.pending = set()
 
     def in_flight(self) -> int:
+        """Attempts handed to Dask and not reported yet."""
         with self._lock:
-            return len(self._futures)
+            return len(self._of)
 
     # ---- what comes back ----
 
@@ -330,19 +485,24 @@ class Runner:
                 got.append(self._events.get_nowait())
         except queue.Empty:
             pass
-        done = [f for f in got if not isinstance(f, Started | Beat | Finished) and f.status == "finished"]
-        results = {}
+        done = [d.future for d in got if isinstance(d, _Done) and d.future.status == "finished"]
+        values = {}
         for client in {id(f.client): f.client for f in done}.values():
             mine = [f for f in done if f.client is client]
-            try:  # one round trip for the whole batch, not one per attempt
-                results.update(zip((f.key for f in mine), client.gather(mine, errors="skip")))
+            try:  # one round trip for the whole batch, not one per future
+                values.update(zip((f.key for f in mine), client.gather(mine, errors="skip")))
             except Exception:  # noqa: BLE001 - a worker died meanwhile: each is fetched on its own below
                 pass
-        return [item if isinstance(item, Started | Beat | Finished)
-                else _finished(_key(item), item, results.get(item.key)) for item in got]
+        out = []
+        for item in got:
+            if isinstance(item, _Done):
+                out += _finished(item, values.get(item.future.key))
+            else:
+                out.append(item)
+        return out
 
     def _late(self) -> list:
-        """Finished futures whose end event did not come within ``END_GRACE`` s: to gather."""
+        """Finished batches whose end events did not all come within ``END_GRACE`` s."""
         if not self._waiting:
             return []
         now = time.monotonic()
@@ -350,43 +510,58 @@ class Runner:
         with self._lock:
             for key, since in list(self._waiting.items()):
                 if now - since > END_GRACE:
-                    del self._waiting[key]
-                    late.append(self._futures.pop(key))
+                    batch = self._batches[key]
+                    late.append(_Done(batch.future, _ordered(batch)))
+                    self._forget(batch)
         return late
 
     def _on_event(self, event) -> None:
         _, msg = event
         kind = msg.get("e")
-        if kind == "end":
+        if kind == "ends":
+            out = []
+            with self._lock:
+                for end in msg["ends"]:
+                    key = (end["job"], end["attempt"])
+                    batch = self._of.pop(key, None)
+                    if batch is None:  # cancelled, or already reported
+                        continue
+                    batch.pending.discard(key)
+                    if not batch.pending:
+                        self._forget(batch)
+                    if "at" in end:  # it ended before its start was sent on its own
+                        out.append(Started(end["job"], end["attempt"], end["worker"], end["at"]))
+                    out.append(Finished(end["job"], end["attempt"], _result_of(end["result"]), end["worker"],
+                                        took=end.get("took")))
+            for item in out:
+                self._events.put(item)
+        elif kind == "start":
             key = (msg["job"], msg["attempt"])
             with self._lock:
-                if self._futures.pop(key, None) is None:  # cancelled, or already reported
-                    return
-                self._waiting.pop(key, None)
-            if "at" in msg:  # it ended before its start was sent on its own
-                self._events.put(Started(msg["job"], msg["attempt"], msg["worker"], msg["at"]))
-            self._events.put(Finished(msg["job"], msg["attempt"], _result_of(msg["result"]), msg["worker"]))
-        elif kind == "start":
+                batch = self._of.get(key)
+                if batch is not None:
+                    batch.started.add(key)
             self._events.put(Started(msg["job"], msg["attempt"], msg["worker"], msg["at"]))
         elif kind == "beat":
             self._events.put(Beat(msg["job"], msg["attempt"]))
 
     def _on_done(self, future) -> None:
-        key = _key(future)
         with self._lock:
-            if self._futures.get(key) is not future:  # reported by its end event, or cancelled by us
+            batch = self._batches.get(future.key)
+            if batch is None or batch.future is not future:  # reported by its end events, or cancelled by us
                 return
-            if future.status == "finished":  # its end event reports it (or _late, if it never comes)
-                self._waiting[key] = time.monotonic()
+            if future.status == "finished":  # its end events report it (or _late, if they never come)
+                self._waiting[batch.key] = time.monotonic()
                 return
-            del self._futures[key]
-        self._events.put(future)  # an error, a cancel or a lost worker: looked at by events()
+            done = _Done(future, _ordered(batch))
+            self._forget(batch)
+        self._events.put(done)  # an error, a cancel or a lost worker: looked at by events()
 
     def close(self) -> None:
         """Cancel what is in flight and close the clients this runner opened."""
         with self._lock:
-            futures, self._futures = list(self._futures.values()), {}
-            self._waiting.clear()
+            futures = [b.future for b in self._batches.values() if b.future is not None]
+            self._batches, self._of, self._waiting = {}, {}, {}
         for future in futures:
             future.cancel()
         for client in {id(p.client): p.client for p in self.pools.values()}.values():
@@ -398,30 +573,33 @@ class Runner:
             client.close()
 
 
-def _key(future) -> tuple[int, int]:
-    _, _, job, attempt = future.key.rsplit("-", 3)
-    return int(job), int(attempt)
+def _ordered(batch: _Batch) -> list[tuple[int, int]]:
+    return [(s.job, s.attempt) for s in batch.specs if (s.job, s.attempt) in batch.pending]
 
 
-def _finished(key: tuple[int, int], future, out: dict | None = None) -> Finished:
+def _finished(done: _Done, value: dict | None = None) -> list[Finished]:
+    """The attempts of a batch whose future ended without their end events."""
     from distributed.scheduler import KilledWorker
 
-    job, attempt = key
+    future = done.future
     status = future.status
-    if out is not None:
-        return Finished(job, attempt, out["result"], out["worker"])
-    if status == "finished":
+    if value is None and status == "finished":
         try:
-            out = future.result()
+            value = future.result()
         except Exception as e:  # the result could not be fetched (its worker died since)
-            return Finished(job, attempt, lost=True, error=f"{type(e).__name__}: {e}")
-        return Finished(job, attempt, out["result"], out["worker"])
+            return [Finished(j, a, lost=True, error=f"{type(e).__name__}: {e}") for j, a in done.attempts]
+    if value is not None:
+        results = {(j, a): r for j, a, r in value["results"]}
+        # an attempt the batch did not run (its task was cancelled meanwhile) is lost
+        return [Finished(j, a, results[(j, a)], value["worker"]) if (j, a) in results
+                else Finished(j, a, lost=True, error="its batch stopped before it ran")
+                for j, a in done.attempts]
     if status == "cancelled":
-        return Finished(job, attempt, lost=True, error="the attempt was cancelled in Dask")
-    try:
-        error = future.exception()
-    except Exception as e:  # cancelled between the status and here
-        error = e
-    if isinstance(error, KilledWorker):
-        return Finished(job, attempt, lost=True, error=f"KilledWorker: {error}")
-    return Finished(job, attempt, lost=True, error=f"{type(error).__name__}: {error}")
+        error = "the attempt was cancelled in Dask"
+    else:
+        try:
+            e = future.exception()
+        except Exception as e2:  # cancelled between the status and here
+            e = e2
+        error = f"KilledWorker: {e}" if isinstance(e, KilledWorker) else f"{type(e).__name__}: {e}"
+    return [Finished(j, a, lost=True, error=error) for j, a in done.attempts]

@@ -71,6 +71,8 @@ NO_OUTPUT = "memory://skerry-no-output"  # where a task without an output datase
 FINAL = tuple(s.value for s in S.FINAL)
 _CHUNK = 500  # ids per IN (...) list
 MAX_WINDOW = 10_000  # jobs a pool's window holds at most, however fast its jobs finish
+MAX_BATCH = 100  # attempts one Dask task carries at most
+TOOK_WEIGHT = 0.2  # weight of the latest job in a task's running mean of job durations
 
 
 class SchedulerError(SkerryError):
@@ -138,12 +140,14 @@ class Scheduler:
     def __init__(self, catalog, runner: Runner, *, planner=None, policy: S.RetryPolicy = S.DEFAULT_POLICY,
                  rank: S.RankParams = S.RankParams(), window: float = 2.0, job_timeout: float | None = None,
                  heartbeat: float = 5.0, heartbeat_timeout: float = 60.0, rank_interval: float = 10.0,
-                 plan_interval: float = 0.2, horizon: float = 0.2,
+                 plan_interval: float = 0.2, horizon: float = 0.2, batch_time: float = 0.05,
                  adaptors_of: Callable[[str], str] | None = None):
         if window <= 0:
             raise SchedulerError(f"the window must be a positive multiple of a pool's slots, not {window!r}")
         if not horizon > 0:
             raise SchedulerError(f"the horizon must be a positive number of seconds, not {horizon!r}")
+        if isinstance(batch_time, bool) or not isinstance(batch_time, int | float) or not batch_time >= 0:
+            raise SchedulerError(f"the batch time must be a number of seconds >= 0, not {batch_time!r}")
         if job_timeout is not None and job_timeout <= 0:
             raise SchedulerError(f"the job timeout must be a positive number of seconds, not {job_timeout!r}")
         self.catalog, self.runner, self.planner = catalog, runner, planner
@@ -151,6 +155,7 @@ class Scheduler:
         self.window, self.job_timeout = window, job_timeout
         self.heartbeat, self.heartbeat_timeout = heartbeat, heartbeat_timeout
         self.rank_interval, self.plan_interval, self.horizon = rank_interval, plan_interval, horizon
+        self.batch_time = batch_time
         self.adaptors_of = adaptors_of  # owner -> their adaptor configuration file (``owners``)
         self.live: dict[int, _Live] = {}
         self.retry_due: dict[int, float] = {}
@@ -159,6 +164,7 @@ class Scheduler:
         self._dirty: set[int] = set()  # tasks whose jobs changed since their state was derived
         self._retried: dict[int, int] = defaultdict(int)  # task -> retries since the last rank update
         self._last_pick: dict[int, int] = {}  # task -> selector round of its last pick
+        self._took: dict[int, float] = {}  # task -> running mean of its jobs' durations (s)
         self._ended: dict[str, deque] = {pool: deque() for pool in runner.pools}  # (when, how many) ended
         self._recovered = False
         self._next_plan = self._next_rank = self._next_pools = self._next_tasks = 0.0
@@ -203,10 +209,10 @@ class Scheduler:
         for live, spec in submit:  # committed: now they are in flight
             self.live[live.job] = live
             self._dirty.add(live.task)
-            by_pool[live.pool].append(spec)
+            by_pool[live.pool].append((live, spec))
         self.dispatched += len(submit)
-        for pool, specs in by_pool.items():
-            self.runner.submit_many(pool, specs)
+        for pool, items in by_pool.items():
+            self.runner.submit_batches(pool, self._batches(pool, items))
         if now >= self._next_plan:
             if self.planner is not None:
                 self._dirty |= self.planner.advance()
@@ -235,8 +241,7 @@ class Scheduler:
 
     def close(self) -> None:
         """Stop: cancel the attempts in flight (the next scheduler recovers them)."""
-        for live in list(self.live.values()):
-            self.runner.cancel(live.job, live.attempt)
+        self.runner.cancel_many([(live.job, live.attempt) for live in self.live.values()])
         self.live.clear()
 
     # ---- recovery ----
@@ -287,6 +292,9 @@ class Scheduler:
                 live.beat = now
             elif isinstance(ev, Finished):
                 live.worker = ev.worker or live.worker
+                if ev.took is not None:
+                    took = self._took.get(live.task)
+                    self._took[live.task] = ev.took if took is None else took + TOOK_WEIGHT * (ev.took - took)
                 ended[live.pool] += 1
                 self._finished(live, ev, written)
         for pool, n in ended.items():
@@ -604,9 +612,9 @@ class Scheduler:
             S.apply_task(S.Task(task_id, task.state), S.Cancel())  # refuses a final task
             task.state = "cancelled"
             live_ids = [j for j, live in self.live.items() if live.task == task_id]
+            self.runner.cancel_many([(j, self.live[j].attempt) for j in live_ids])
             for job_id in live_ids:
                 live = self.live.pop(job_id)
-                self.runner.cancel(job_id, live.attempt)
                 s.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == live.attempt,
                                                    JobAttempt.ended.is_(None))
                           .values(ended=_utc_now(), error_class="cancelled"))
@@ -622,12 +630,14 @@ class Scheduler:
         final = []
         for chunk in _chunks(mine):
             final += conn.execute(select(Job.id).where(Job.id.in_(chunk), Job.state.in_(FINAL))).scalars()
+        gone = []
         for job in final:
             live = self.live.pop(job, None)
             if live is not None:
-                self.runner.cancel(job, live.attempt)
+                gone.append((job, live.attempt))
                 self._dirty.add(live.task)
             self.retry_due.pop(job, None)
+        self.runner.cancel_many(gone)
 
     # ---- dispatch ----
 
@@ -665,6 +675,27 @@ class Scheduler:
                 self._last_pick[task_id] = selector.rounds
             submit += self._dispatch(s, pool, order)
         return submit
+
+    def _batches(self, pool: str, items: list[tuple[_Live, JobSpec]]) -> list[list[JobSpec]]:
+        """Split a pool's dispatches (in pick order) into Dask tasks: a job whose task's jobs
+        took ``batch_time`` s or more (or are not measured yet) alone, shorter ones together
+        up to about ``batch_time`` s of work, at most ``MAX_BATCH`` jobs, and at most an
+        even share of the dispatches per slot (every worker gets some)."""
+        cap = max(1, min(MAX_BATCH, -(-len(items) // max(1, self.runner.slots(pool)))))
+        batches, batch, work = [], [], 0.0
+        for live, spec in items:
+            took = self._took.get(live.task)
+            if took is None or took >= self.batch_time:
+                batches.append([spec])
+                continue
+            batch.append(spec)
+            work += took
+            if len(batch) >= cap or work >= self.batch_time:
+                batches.append(batch)
+                batch, work = [], 0.0
+        if batch:
+            batches.append(batch)
+        return batches
 
     def window_of(self, pool: str) -> int:
         """How many attempts ``pool`` may have in flight now (the module docstring's rule)."""
