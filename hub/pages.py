@@ -9,7 +9,8 @@ Routes, under the hub's prefix (``/hub/``)::
     POST skerry/profiles/<slug>/disable|enable  (then back to the list)
     POST skerry/profiles/<slug>/duplicate       field ``new_slug`` (then the copy's edit page)
     GET  skerry/profiles/<slug>/audit           who changed the profile, when, and what
-    GET  skerry/usage?by=user|group&days=30     usage per user or group and day
+    GET  skerry/usage?by=user|group&days=30     usage per user or group and day: servers, server-hours,
+                                                CPU- and GPU-seconds, jobs, stored bytes (hub.quotas)
 
 Rules:
 
@@ -29,16 +30,22 @@ API uses; its calls run in worker threads so that SQLite waits never hold up the
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
+from jupyterhub import orm
 from jupyterhub.handlers import BaseHandler
+from sqlalchemy.exc import SQLAlchemyError
 from tornado import web
 
 from skerry.errors import SkerryError
+from skerry.workload.catalog import Catalog
 
+from . import usage
 from .profile_form import SECTIONS, field_of, form_values, profile_from_form
 from .profiles import SLUG, NoSuchProfile, ProfileConflict, ProfileError, ProfileStore
+from .quotas import QuotaStore, size
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ADMIN_SCOPE = "admin:users"
@@ -200,7 +207,7 @@ class ProfileAuditPage(AdminPage):
 
 
 class UsagePage(AdminPage):
-    """Usage per user or per group and day (``QuotaStore.report``)."""
+    """Usage per user or per group and day (``QuotaStore.report``, with jobs and stored bytes)."""
 
     @web.authenticated
     async def get(self):
@@ -210,9 +217,41 @@ class UsagePage(AdminPage):
         days = self.get_argument("days", "30")
         if not days.isdigit() or not 1 <= int(days) <= 366:
             raise web.HTTPError(400, "days: must be a whole number of days from 1 to 366.")
-        from .quotas import QuotaStore  # the quotas module is its own concern
-
-        store = QuotaStore.for_data_dir(self.data_dir)
-        rows = await self.call(store.report, by=by, days=int(days))
+        # group memberships now, from the hub's own database
+        members = {u.name: sorted(g.name for g in u.groups) for u in self.db.query(orm.User)}
+        rows = await self.call(usage_report, self.data_dir, by, int(days), members)
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        await self.page("skerry-usage.html", rows=rows, columns=columns, by=by, days=int(days))
+        shown = [{c: _cell(row.get(c)) for c in columns} for row in rows]
+        await self.page("skerry-usage.html", rows=shown, columns=columns, by=by, days=int(days))
+
+
+def usage_report(data_dir: str, by: str, days: int, members: dict[str, list[str]]) -> list[dict]:
+    """The quota store's rows, with job counts from the catalog (None if it cannot be read)
+    and the stored bytes of each user's home measured now."""
+    store = QuotaStore.for_data_dir(data_dir)
+    try:
+        first = datetime.fromtimestamp(store.clock(), UTC).date() - timedelta(days=days - 1)
+        jobs = None
+        if (Path(data_dir) / "catalog.sqlite").exists():
+            catalog = Catalog.for_data_dir(data_dir)
+            try:
+                jobs = usage.job_counts(catalog, first)
+            except SQLAlchemyError:  # not migrated yet: the service does it when it starts
+                jobs = None
+            finally:
+                catalog.dispose()
+        stored = usage.stored_bytes(data_dir, list(members))
+        return store.report(by, days, jobs=jobs, stored=stored, members=members)
+    finally:
+        store.dispose()
+
+
+def _cell(value) -> str:
+    """A report value as the page shows it."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict):  # stored bytes per adaptor
+        return ", ".join(f"{k}: {size(v) if isinstance(v, int) else v}" for k, v in value.items())
+    return str(value)
