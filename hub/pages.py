@@ -20,7 +20,8 @@ Rules:
 - a submitted profile is validated by the :class:`~skerry.hub.profiles.ProfileStore`; a refusal
   (400) shows its message beside the field it names, with what the admin typed kept, and
   nothing is saved; the form carries the version it was read with, and a profile changed
-  meanwhile is refused (409) with a sentence above the form;
+  meanwhile is refused (409) with a sentence above the form, what was typed kept (the form
+  then carries the newest version: saving again replaces the other change, knowingly);
 - every write is recorded in the profile's audit log under the admin's name;
 - a profile slugged ``new`` cannot be edited here (its URL is the new-profile form): use REST.
 
