@@ -12,6 +12,21 @@ home folder (``home_dir_template``, a folder per user) and the adaptors the user
 - ``stop`` stops the whole group; no process of it is left afterwards;
 - ``get_state``/``load_state`` keep pid, process start time and ports, so a
   restarted hub finds running groups again and never mistakes a reused pid for one.
+
+Profiles (:mod:`skerry.hub.selection`), read from the store (``DATA_DIR/profiles.sqlite``)
+at each start and at each showing of the spawn page, so an admin's change applies to the
+next start with no hub restart:
+
+- the spawn's ``user_options`` choose the profile; a refusal is a ``SpawnException`` with
+  HTTP 403 (400 for malformed ``user_options``) raised at the top of ``start``, before any
+  process exists: JupyterHub answers the REST caller with that status and sentence, and the
+  spawn page shows it above the form;
+- the resolved profile is kept in ``profile`` (and the server's state) while it runs; its
+  adaptors come after home, the user's stored adaptors and the server's own; its resources
+  are enforced by :mod:`skerry.hub.limits` (``limits``: how), set in the leader before exec;
+- quotas (:mod:`skerry.hub.quotas`): ``admit`` before any process starts (refusal: 403 with its
+  sentence), ``release`` when the server stops or fails to start, with the CPU seconds its
+  processes used (approximate: see :func:`skerry.hub.limits.cpu_seconds`).
 """
 
 import asyncio
@@ -23,7 +38,7 @@ import sys
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from jupyterhub.utils import random_port
-from traitlets import Integer, Unicode, default
+from traitlets import Any, Integer, Unicode, default
 
 from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import write_config
@@ -35,6 +50,11 @@ from skerry.kernels.session import POOLS_ENV
 
 from skerry.process import group_members, is_running, kill_group, start_time
 
+from . import spawn_form
+from .limits import Enforcement, Limits, cpu_seconds, descendants
+from .profiles import ProfileStore, allowed
+from .selection import Refused, select
+
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -43,6 +63,19 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     dav_port = Integer(0, help="Port of the WebDAV endpoint of the running micro-infrastructure.")
     started = Integer(0, help="Start time (clock ticks since boot) of the group leader.")
+    profile = Any(None, allow_none=True,
+                  help="The resolved profile the running server started with (dict), or None: no profiles.")
+    limits = Any(None, allow_none=True, help="How the profile's resources are enforced (limits.Enforcement.describe).")
+
+    data_dir = Unicode(
+        config=True,
+        help="The data dir whose profiles.sqlite (profiles) and usage.sqlite (quotas) apply; "
+             "default $SKERRY_DATA_DIR; empty: no profiles, no quotas.",
+    )
+
+    @default("data_dir")
+    def _default_data_dir(self):
+        return os.environ.get("SKERRY_DATA_DIR", "")
 
     adaptors_dir = Unicode(
         "",
@@ -90,20 +123,143 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         return AccountStore(self.accounts_dir, self.credentials_dir, self.credentials_key_file)
 
     def write_adaptor_config(self) -> None:
-        """The 0600 adaptor configuration file (home, then the user's stored adaptors);
-        SpawnException (not a traceback) if it is broken. Changes to the stored adaptors
-        apply at the next start of the server."""
+        """The 0600 adaptor configuration file: home, the user's stored adaptors, this server's
+        own, then the profile's; SpawnException (not a traceback) if it is broken. Changes to the
+        stored adaptors apply at the next start of the server."""
         try:
             if self.accounts_dir:
-                specs, credentials = self.account_store.federation(self.user.name, self.home_dir)
+                specs, credentials = self.account_store.federation(self.user.name, self.home_dir, server=self.name)
             else:
                 specs, credentials = [{"name": "home", "type": "local", "path": self.home_dir}], {}
-            write_config(self.adaptors_file, specs, credentials)
+            extra = list((self.profile or {}).get("adaptors") or [])
+            names = {s["name"] for s in specs}
+            for spec in extra:
+                if spec["name"] in names:
+                    raise SpawnException(
+                        f"the profile {self.profile['slug']!r} adds an adaptor named {spec['name']!r}, and "
+                        f"{self.user.name} has one by that name already: rename theirs "
+                        f"(/services/skerry/api/v1/users/{self.user.name}/adaptors) or choose another profile.",
+                        reason="adaptor_name_clash", status_code=409)
+                names.add(spec["name"])
+            wanted = {s["credentials"] for s in extra if s.get("credentials")} - credentials.keys()
+            if wanted:
+                credentials = {**credentials, **self.account_store.backend_credentials(self.user.name, wanted)}
+            write_config(self.adaptors_file, specs + extra, credentials)
         except ConfigError as e:
             raise SpawnException(f"the adaptors of {self.user.name} cannot be set up: {e.message.rstrip('.')}. "
                                  f"Fix them (/services/skerry/api/v1/users/{self.user.name}/adaptors) "
                                  "and start again.",
                                  reason="bad_adaptors", status_code=500) from None
+
+    # ---- profiles: the spawn page, the choice, the limits, quotas ------------------------
+
+    def _profile_store(self) -> ProfileStore | None:
+        return ProfileStore.for_data_dir(self.data_dir) if self.data_dir else None
+
+    def _stored_profiles(self) -> list[dict]:
+        """Every stored profile, read now (no caching: an admin's change applies at once)."""
+        store = self._profile_store()
+        if store is None:
+            return []
+        try:
+            return store.list_profiles()
+        finally:
+            store.dispose()
+
+    @property
+    def group_names(self) -> list[str]:
+        return sorted(g.name for g in self.user.groups)
+
+    @default("options_form")
+    def _default_options_form(self):
+        return lambda spawner: spawner.render_options_form()
+
+    async def render_options_form(self) -> str:
+        """The spawn page's profiles (empty, so no form, if the store has no enabled profile)."""
+        groups = self.group_names  # the hub's ORM, on the hub's thread
+        profiles = await asyncio.to_thread(self._stored_profiles)
+        usable = [p for p in profiles if not p["disabled"] and allowed(p, self.user.name, groups)]
+        return spawn_form.render(usable, any(not p["disabled"] for p in profiles))
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # user_options are applied in start(), where a refusal stops the spawn before any process
+        return lambda spawner, user_options: None
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return spawn_form.read
+
+    async def choose_profile(self) -> dict | None:
+        """The snapshot of the profile this spawn gets (None: no profiles); SpawnException 403
+        (400 for malformed user_options) with the reason if refused."""
+        groups = self.group_names
+        profiles = await asyncio.to_thread(self._stored_profiles)
+        try:
+            return select(profiles, self.user.name, groups, self.user_options)
+        except Refused as e:
+            raise SpawnException(e.message, reason=e.code, status_code=e.status) from None
+
+    def _wanted(self) -> dict:
+        """What this server asks of the quotas; no limit (no profile): None, which a CPU or
+        memory quota refuses (an unlimited server cannot be counted against it)."""
+        resources = (self.profile or {}).get("resources") or {}
+        cpu, memory = resources.get("cpu_limit"), resources.get("mem_limit")
+        return {"cpu": float(cpu) if cpu else None, "memory": int(memory) if memory else None,
+                "gpus": int(resources.get("gpus") or 0)}
+
+    def _quota_store(self):
+        """The QuotaStore of the data dir, or None (no data dir, or quotas not installed)."""
+        if not self.data_dir:
+            return None
+        try:
+            from skerry.hub.quotas import QuotaStore
+        except ImportError:
+            return None
+        return QuotaStore.for_data_dir(self.data_dir)
+
+    async def _admit(self) -> None:
+        store = self._quota_store()
+        if store is None:
+            return
+        from skerry.hub.quotas import QuotaExceeded
+
+        try:
+            # in a thread: admit waits for the usage database's write lock
+            await asyncio.to_thread(store.admit, self.user.name, self.group_names, self.name or "",
+                                    (self.profile or {}).get("slug"), self._wanted())
+        except QuotaExceeded as e:
+            raise SpawnException(e.message, reason="quota_exceeded", status_code=403) from None
+        finally:
+            _dispose(store)
+
+    async def _release(self, used_cpu: float | None) -> None:
+        store = self._quota_store()
+        if store is None:
+            return
+        try:
+            await asyncio.to_thread(store.release, self.user.name, self.name or "", cpu_seconds=used_cpu)
+        except Exception:  # a stop must not fail for the usage record
+            self.log.exception("could not record the end of %s's server %r", self.user.name, self.name)
+        finally:
+            _dispose(store)
+
+    def _enforcement(self) -> Enforcement:
+        limits = Limits.from_resources((self.profile or {}).get("resources"))
+        return Enforcement.plan(limits, f"{self.user.name}--{self.name or 'default'}")
+
+    _active_enforcement = None  # set only while super().start() makes the process
+
+    def make_preexec_fn(self, name):
+        base = super().make_preexec_fn(name)
+        enforcement = self._active_enforcement
+
+        def preexec():
+            base()
+            if enforcement is not None:
+                enforcement.preexec()  # inherited by every process the server starts
+
+        return preexec
 
     @default("cmd")
     def _default_cmd(self):
@@ -137,6 +293,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             env[POOLS_ENV] = addresses_file(data_dir)
         if os.environ.get("SKERRY_PUBLIC_URL"):
             env["SKERRY_URL"] = os.environ["SKERRY_PUBLIC_URL"].rstrip("/")
+        if self.profile:
+            env["SKERRY_PROFILE"] = self.profile["slug"]
         return env
 
     async def start(self):
@@ -146,11 +304,28 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         if os.path.exists(self.home_dir) and not os.path.isdir(self.home_dir):
             raise SpawnException(f"the home of {self.user.name} ({self.home_dir}) is not a folder",
                                  reason="bad_home", status_code=500)
+        # refusals first: nothing is started or recorded for a spawn that may not happen
+        self.profile = await self.choose_profile()
+        await self._admit()
+        try:
+            return await self._start_admitted()
+        except BaseException:
+            await asyncio.shield(self._release(None))
+            raise
+
+    async def _start_admitted(self):
         self.dav_port = random_port()
         os.makedirs(self.home_dir, 0o755, exist_ok=True)
         os.makedirs(self.adaptors_dir, 0o700, exist_ok=True)
         self.write_adaptor_config()
-        ip_port = await super().start()
+        enforcement = self._enforcement()
+        await asyncio.to_thread(enforcement.prepare)
+        self.limits = enforcement.describe()
+        self._active_enforcement = enforcement
+        try:
+            ip_port = await super().start()
+        finally:
+            self._active_enforcement = None
         self.started = start_time(self.pid) or 0
         # the hub waits for Jupyter; WebDAV must answer too before the server counts as up
         await self._wait_for_dav()
@@ -189,6 +364,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     async def stop(self, now=False):
         pgid = self.pid
+        used = self._cpu_seconds(pgid) if pgid and is_running(pgid, self.started or None) else None
+        enforcement = self._enforcement() if self.limits else None
         await super().stop(now=now)
         # the decrypted credentials live on disk only while the server runs
         with contextlib.suppress(FileNotFoundError):
@@ -199,6 +376,15 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
                 if not group_members(pgid):
                     break
                 await asyncio.sleep(0.1)
+        if enforcement is not None:
+            enforcement.cleanup()
+        await self._release(used)
+
+    @staticmethod
+    def _cpu_seconds(pgid: int) -> float:
+        """CPU seconds of the server's processes so far: the group and every process below its
+        leader (kernels run in sessions of their own), with the children they reaped."""
+        return cpu_seconds({pgid, *group_members(pgid), *descendants(pgid)})
 
     @staticmethod
     def _kill_leftovers(pgid: int) -> None:
@@ -213,15 +399,25 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     def get_state(self):
         state = super().get_state()
         if self.pid:
-            state.update(dav_port=self.dav_port, started=self.started)
+            state.update(dav_port=self.dav_port, started=self.started, profile=self.profile, limits=self.limits)
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self.dav_port = state.get("dav_port", 0)
         self.started = state.get("started", 0)
+        self.profile = state.get("profile")
+        self.limits = state.get("limits")
 
     def clear_state(self):
         super().clear_state()
         self.dav_port = 0
         self.started = 0
+        self.profile = None
+        self.limits = None
+
+
+def _dispose(store) -> None:
+    dispose = getattr(store, "dispose", None)
+    if dispose is not None:
+        dispose()

@@ -1,0 +1,282 @@
+"""Profiles applied at spawn, on a running platform: the admin writes profiles through REST,
+users spawn through the hub's REST API (and its spawn page), and the servers' processes carry
+the limits (as /proc shows them), the profile's adaptors and the profile in their state.
+
+- an admin's change applies to the next spawn with no hub restart; a running server keeps
+  what it started with (state and /proc);
+- a group-scoped profile, a forbidden choice and a free value not matching its pattern are
+  refused with 403 and the reason, through REST and the spawn page; nothing is left running;
+- two processes burning CPU in alice's server (through a Jupyter kernel) use at most about
+  the profile's one core;
+- a quota of one server: alice's second (named) server is refused (403) with the quota's sentence.
+"""
+
+import html
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import descendants, pids_of, wait_for
+from skerry.kernels.remote import RemoteKernel
+
+pytestmark = pytest.mark.platform
+
+API = "/services/skerry/api/v1"
+POOLS = {"cpu": None, "gpu": None}  # no Dask: the profiles' limits are the subject
+GIB = 1024**3
+KERNEL = "python3"  # a plain kernel in alice's server: no pool needed
+
+LAB = {  # for everyone, with an option and a free value
+    "slug": "lab", "display_name": "Lab", "description": "everyone's",
+    "resources": {"cpu_limit": 1, "mem_limit": "6Gi", "gpus": 0},
+    "dask": {"max_workers": 1, "worker_memory": "1Gi"},
+    "access": {"everyone": True},
+    "options": {"size": {"display_name": "Size",
+                         "choices": {"one": {"display_name": "1 core", "default": True},
+                                     "two": {"display_name": "2 cores", "overrides": {"resources": {"cpu_limit": 2}}}},
+                         "free_value": {"enabled": True, "display_name": "Idle timeout (s)",
+                                        "pattern": "^[0-9]{2,5}$", "sets": "idle_timeout_s"}}},
+}
+
+
+def physics(scratch: Path, mem: str = "6Gi") -> dict:
+    """Only for group physics: one core, ``mem``, a scratch folder per user."""
+    return {"slug": "physics", "display_name": "Physics", "description": "physics group",
+            "resources": {"cpu_limit": 1, "mem_limit": mem, "gpus": 0},
+            "adaptors": [{"name": "scratch", "type": "local", "path": str(scratch / "{username}")}],
+            "dask": {"max_workers": 1, "worker_memory": "1Gi"},
+            "access": {"groups": ["physics"]}}
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scratch")
+    (root / "alice").mkdir()
+    (root / "alice" / "from-profile.txt").write_text("alice's scratch\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def users(platform, scratch):
+    """alice (group physics) and bob (not), their tokens; the profiles LAB and physics."""
+    platform.api("POST", "/hub/api/groups/physics")
+    tokens = {name: (platform.create_user(name), platform.user_token(name))[1] for name in ("alice", "bob")}
+    r = platform.api("POST", "/hub/api/groups/physics/users", json={"users": ["alice"]})
+    assert r.status_code == 200, r.text
+    for spec in (LAB, physics(scratch)):
+        r = platform.api("POST", API + "/profiles", json=spec)
+        assert r.status_code == 201, r.text
+    return tokens
+
+
+def spawn(platform, user, token, options=None, server=""):
+    """POST a spawn; ``options`` None: no body (the hub reuses the server's last user_options)."""
+    path = f"/hub/api/users/{user}/server" + (f"s/{server}" if server else "")
+    return platform.api("POST", path, token=token, **({} if options is None else {"json": {"user_options": options}}))
+
+
+def server_model(platform, user, server="") -> dict | None:
+    return platform.api("GET", f"/hub/api/users/{user}?include_stopped_servers").json()["servers"].get(server)
+
+
+def wait_ready(platform, user, server=""):
+    wait_for(lambda: (server_model(platform, user, server) or {}).get("ready"), 120, what=f"{user}'s server")
+    return server_model(platform, user, server)["state"]
+
+
+def stop(platform, user, token, server=""):
+    path = f"/hub/api/users/{user}/server" + (f"s/{server}" if server else "")
+    r = platform.api("DELETE", path, token=token)
+    assert r.status_code in (202, 204), r.text
+    wait_for(lambda: not (server_model(platform, user, server) or {}).get("ready")
+             and not (server_model(platform, user, server) or {}).get("pending"), 60, what=f"{user}'s server to stop")
+
+
+def proc_limits(pid: int) -> tuple[str, int]:
+    """(Cpus_allowed_list, soft RLIMIT_AS in bytes) of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    cpus = re.search(r"^Cpus_allowed_list:\s*(\S+)", status, re.M).group(1)
+    line = next(li for li in Path(f"/proc/{pid}/limits").read_text().splitlines() if li.startswith("Max address space"))
+    return cpus, int(line.split()[3])
+
+
+def jupyter_pid(leader: int) -> int:
+    """The Jupyter server of a micro-infrastructure: the leader's child running jupyterhub-singleuser."""
+    def find():
+        for pid in descendants(leader):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"jupyterhub-singleuser") for a in argv) and b"skerry.hub.microinfra" not in argv:
+                return pid
+        return None
+
+    return wait_for(find, 30, what="the jupyter server")
+
+
+def refused(r, status=403) -> str:
+    assert r.status_code == status, r.text
+    return r.json()["message"]
+
+
+def nothing_running(platform, user, server=""):
+    model = server_model(platform, user, server) or {}
+    assert not model.get("ready") and not model.get("pending"), model
+    assert not pids_of(f"SKERRY_USER={user} ", environ=True), f"processes of {user} left running"
+
+
+def test_profile_limits_adaptors_and_state_and_an_admins_change_applies_at_the_next_spawn(
+        platform, users, scratch):
+    r = spawn(platform, "alice", users["alice"], {"profile": "physics"})
+    assert r.status_code in (201, 202), r.text
+    state = wait_ready(platform, "alice")
+    profile = state["profile"]
+    assert (profile["slug"], profile["version"], profile["resources"]["mem_limit"]) == ("physics", 1, 6 * GIB)
+    assert profile["adaptors"] == [{"name": "scratch", "type": "local", "path": str(scratch / "alice")}]
+    assert state["limits"]["mechanism"] == "rlimits" and len(state["limits"]["cores"]) == 1
+
+    # the leader and the Jupyter server (its child) carry the limits
+    for pid in (state["pid"], jupyter_pid(state["pid"])):
+        assert proc_limits(pid) == (str(state["limits"]["cores"][0]), 6 * GIB)
+    assert b"SKERRY_PROFILE=physics\0" in Path(f"/proc/{state['pid']}/environ").read_bytes()
+
+    # the profile's adaptor, rendered for alice, is in her federation
+    base = f"{platform.url}/user/alice/skerry/api/v1/"
+    auth = {"Authorization": f"token {users['alice']}"}
+    names = [a["name"] for a in httpx.get(base + "adaptors", headers=auth, timeout=60).json()["adaptors"]]
+    assert names[0] == "home" and "scratch" in names
+    listed = httpx.get(base + "list", params={"adaptor": "scratch"}, headers=auth, timeout=60).json()
+    assert [e["name"] for e in listed["entries"]] == ["from-profile.txt"]
+
+    # the admin changes the profile: the running server keeps what it started with
+    r = platform.api("PUT", API + "/profiles/physics", json=physics(scratch, mem="5Gi"))
+    assert r.status_code == 200 and r.json()["version"] == 2, r.text
+    kept = server_model(platform, "alice")["state"]
+    assert kept["profile"] == profile and proc_limits(kept["pid"])[1] == 6 * GIB
+
+    # the next spawn gets the new values, with no hub restart
+    hub_pid = platform.proc.pid
+    stop(platform, "alice", users["alice"])
+    assert spawn(platform, "alice", users["alice"]).status_code in (201, 202)  # the same options, from the hub
+    state = wait_ready(platform, "alice")
+    assert (state["profile"]["version"], state["profile"]["resources"]["mem_limit"]) == (2, 5 * GIB)
+    assert proc_limits(state["pid"])[1] == proc_limits(jupyter_pid(state["pid"]))[1] == 5 * GIB
+    assert platform.proc.pid == hub_pid and platform.proc.poll() is None
+
+
+BURN = """
+import json, multiprocessing, os, time
+
+def burn(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+before, start = os.times(), time.monotonic()
+workers = [multiprocessing.Process(target=burn, args=(3,)) for _ in range(2)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+after, wall = os.times(), time.monotonic() - start
+cpu = (after.children_user + after.children_system) - (before.children_user + before.children_system)
+print(json.dumps({"cpu": cpu, "wall": wall, "affinity": sorted(os.sched_getaffinity(0))}))
+"""
+
+
+def test_two_burning_processes_in_alices_server_use_at_most_her_one_core(platform, users):
+    state = server_model(platform, "alice")["state"]  # running the physics profile: 1 core
+    assert state["profile"]["resources"]["cpu_limit"] == 1
+    with RemoteKernel(f"{platform.url}/user/alice/", users["alice"], KERNEL, timeout=120) as kernel:
+        result = kernel.execute(BURN, timeout=120)
+    assert result.error is None, result.error
+    used = json.loads(result.stdout)
+    cores = used["cpu"] / used["wall"]
+    print(f"2 burning processes in a 1-core server: {cores:.2f} cores")
+    assert used["affinity"] == state["limits"]["cores"]
+    assert cores <= 1.15, used
+
+
+def test_outside_the_group_forbidden_choices_and_bad_free_values_are_403_with_the_reason(platform, users):
+    bob = users["bob"]
+    message = refused(spawn(platform, "bob", bob, {"profile": "physics"}))
+    assert "'physics' is not open to bob" in message
+    nothing_running(platform, "bob")
+
+    message = refused(spawn(platform, "bob", bob, {"profile": "lab", "options": {"size": "huge"}}))
+    assert "no choice 'huge'" in message and "one, two" in message
+    nothing_running(platform, "bob")
+
+    message = refused(spawn(platform, "bob", bob, {"profile": "lab", "free": {"size": "1; rm -rf"}}))
+    assert "does not match" in message and "^[0-9]{2,5}$" in message
+    nothing_running(platform, "bob")
+
+    message = refused(spawn(platform, "bob", bob, {"profile": "nope"}))
+    assert "no profile named 'nope'" in message
+    refused(spawn(platform, "bob", bob, {"colour": "red"}), 400)
+    nothing_running(platform, "bob")
+
+
+
+@pytest.fixture(scope="module")
+def admin_browser(platform):
+    """An HTTP client logged in at the hub's login page as the admin, who may open others' spawn pages."""
+    client = httpx.Client(base_url=platform.url, timeout=120)
+    password = (platform.data_dir / "secrets" / "admin-password").read_text().strip()
+    r = client.post("/hub/login", data={"username": "admin", "password": password, "_xsrf": xsrf(client, "/hub/login")})
+    assert r.status_code == 302, r.text
+    yield client
+    client.close()
+
+
+def xsrf(client: httpx.Client, path: str) -> str:
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    return re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
+
+
+def form_action(page: str) -> str:
+    """The spawn form's URL (it carries the page's XSRF token)."""
+    return html.unescape(re.search(r'id="spawn_form"\s+action="([^"]+)"', page).group(1))
+
+
+def test_the_spawn_page_lists_what_bob_may_use_and_shows_a_refusal(platform, users, admin_browser):
+    page = admin_browser.get("/hub/spawn/bob")
+    assert page.status_code == 200, page.text
+    assert 'value="lab"' in page.text and 'value="physics"' not in page.text
+    assert "Lab" in page.text and "everyone&#x27;s" in page.text and "1 core, 6 GiB, no GPU" in page.text
+    assert 'name="lab--option--size"' in page.text and 'pattern="^[0-9]{2,5}$"' in page.text
+    r = admin_browser.post(form_action(page.text), data={"profile": "lab", "lab--option--size": "huge"})
+    assert r.status_code == 403 and "no choice" in r.text, r.text
+    nothing_running(platform, "bob")
+
+
+def test_the_spawn_form_starts_the_chosen_profile_with_its_option_and_free_value(platform, users, admin_browser):
+    action = form_action(admin_browser.get("/hub/spawn/bob").text)
+    r = admin_browser.post(action, data={"profile": "lab", "lab--option--size": "two", "lab--free--size": "600"})
+    assert r.status_code in (302, 303), r.text
+    state = wait_ready(platform, "bob")
+    assert state["profile"]["slug"] == "lab" and state["profile"]["resources"]["cpu_limit"] == 2
+    assert state["profile"]["idle_timeout_s"] == 600
+    stop(platform, "bob", users["bob"])
+    nothing_running(platform, "bob")
+
+
+def test_a_quota_of_one_server_refuses_alices_second_server(platform, users):
+    quotas = pytest.importorskip("hub.quotas")
+    assert (server_model(platform, "alice") or {}).get("ready")  # her default server runs
+    store = quotas.QuotaStore.for_data_dir(platform.data_dir)
+    try:
+        store.set_quota("user", "alice", {"servers": 1}, "admin")
+        message = refused(spawn(platform, "alice", users["alice"], {"profile": "physics"}, server="second"))
+    finally:
+        store.delete_quota("user", "alice")
+        store.dispose()
+    assert "at most 1 server" in message, message
+    model = server_model(platform, "alice", "second") or {}
+    assert not model.get("ready") and not model.get("pending"), model
+    assert not pids_of("/dav/alice/second/", environ=True)
