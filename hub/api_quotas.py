@@ -177,10 +177,8 @@ def quota_routes(caller, get_hub, get_catalog, get_profiles, api: str, get_quota
             raise ApiError(403, "forbidden", "Only admins and users may read usage.")
         members = None
         if by == "group":
-            members = {}
-            for group in await _paged(hub, "groups"):
-                for user in group.get("users", []):
-                    members.setdefault(user, []).append(group["name"])
+            # each user's groups now (the service may list users, not groups)
+            members = {u["name"]: u.get("groups", []) for u in await _paged(hub, "users")}
         users = None if admin_ else [who["name"]]
         rows = await _call(_report, store, catalog, by, int(days), users, members)
         if not admin_:

@@ -118,8 +118,6 @@ RANK_BODY = _body(_object(["rank"], rank=_RANK))
 
 
 def _status(e: SkerryError) -> int:
-    if isinstance(e, QuotaExceeded):
-        return 403
     if isinstance(e, (UnknownDataset, UnknownJob, _NotFound)):
         return 404
     if isinstance(e, (DatasetExists, ModuleExists, _Conflict)):
@@ -131,6 +129,8 @@ def _status(e: SkerryError) -> int:
 
 def _fail(e: SkerryError) -> ApiError:
     code = "bad_spec" if isinstance(e, ConfigError) else e.code
+    if isinstance(e, QuotaExceeded):
+        return ApiError(403, code, e.message)  # a sentence already, which may start with a user's name
     return ApiError(_status(e), code, _sentence(str(e)))
 
 
