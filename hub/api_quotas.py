@@ -156,7 +156,8 @@ def quota_routes(caller, get_hub, get_catalog, get_profiles, api: str, get_quota
                 await _call(store.delete_quota, kind, name)
                 return Response(status_code=204)
 
-            get_quota.__doc__ = f"The quota of a {kind} (admins, or {'that user' if kind == 'user' else 'its members'})."
+            readers = "that user" if kind == "user" else "its members"
+            get_quota.__doc__ = f"The quota of a {kind} (admins, or {readers})."
             set_quota.__doc__ = f"Set (replace) the quota of a {kind} (admins); 400 ``bad_quota`` names the field."
             delete_quota.__doc__ = f"Remove the quota of a {kind} (admins): unlimited again."
 

@@ -400,9 +400,9 @@ def _first_refusal(user: str, limits: list[tuple[str, str, dict]], open_rows, cp
                         f"has no {what} limit, so it cannot be counted: choose a profile that sets one.")
             used = sum(getattr(r, field) or 0 for r in mine)
             if used + want > quota[field]:
+                verb = "is" if field == "memory" else _plural(used, "is", "are")  # memory is a mass noun
                 return (f"{who} may use at most {_amount(field, quota[field])} at a time ({whose}); "
-                        f"{_amount(field, used)} {'is' if field == 'memory' else _plural(used, 'is', 'are')} in use and this server asks "
-                        f"for {_amount(field, want)}.")
+                        f"{_amount(field, used)} {verb} in use and this server asks for {_amount(field, want)}.")
     return None
 
 

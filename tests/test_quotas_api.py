@@ -131,7 +131,8 @@ def test_a_run_past_the_queued_jobs_quota_is_refused_and_nothing_is_created(plat
     assert platform.api("POST", API + "/workflows", token=carol, json={"name": "sums", "steps": [
         {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]}).status_code == 201
     for name, n in (("carol.a", 3), ("carol.b", 1)):
-        r = platform.api("POST", API + "/datasets", token=carol, json={"name": name, "location": f"skerry://home/{name}"})
+        r = platform.api("POST", API + "/datasets", token=carol,
+                         json={"name": name, "location": f"skerry://home/{name}"})
         assert r.status_code == 201, r.text
         r = platform.api("POST", API + f"/datasets/{name}/files", token=carol, json={"files": [
             {"uri": f"skerry://home/{name}/f{i}", "size": 1} for i in range(n)]})
@@ -142,7 +143,8 @@ def test_a_run_past_the_queued_jobs_quota_is_refused_and_nothing_is_created(plat
         message = refused(platform.api("POST", API + "/runs", token=carol, json={"workflow": "sums",
                                                                                  "dataset": "carol.a"}),
                           403, "quota_exceeded")
-        assert message == "carol may have at most 2 jobs queued (quota of user carol); 0 are queued and this run adds 3."
+        assert message == ("carol may have at most 2 jobs queued (quota of user carol); "
+                           "0 are queued and this run adds 3.")
         assert catalog_rows(catalog) == before  # no run, no task, no output dataset
 
         assert platform.api("PUT", API + "/quotas/users/carol", json={"queued_jobs": 3}).status_code == 200
@@ -220,6 +222,8 @@ def test_metrics_for_admins_and_the_metrics_group(platform, users, alice, store,
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
     found = metrics_of(r.text)
     assert found[("skerry_servers_open", (("user", "alice"),))] == 1  # alice's running server, from the hub
+    assert [s["server"] for s in store.open_sessions() if s["user"] == "alice"] == [""]  # the spawner admitted it
+    assert found[("skerry_server_seconds_total", (("user", "alice"),))] > 0
     with catalog.session() as s:
         queued = s.execute(select(func.count()).select_from(Job).where(Job.state == "queued")).scalar()
     assert found[("skerry_jobs", (("state", "queued"),))] == queued
@@ -235,3 +239,12 @@ def test_metrics_for_admins_and_the_metrics_group(platform, users, alice, store,
     scraper = platform.user_token("dora")
     r = platform.api("GET", API + "/metrics", token=scraper)
     assert r.status_code == 200 and ("skerry_jobs", (("state", "queued"),)) in metrics_of(r.text), r.text
+
+
+def test_a_real_server_stopped_shows_in_usage_with_its_cpu_seconds(platform, alice, store):
+    platform.stop_server("alice")  # the spawner releases her session with the CPU seconds its processes used
+    assert not [s for s in store.open_sessions() if s["user"] == "alice"]
+    rows = platform.api("GET", API + "/usage?days=1", token=alice).json()["rows"]
+    assert [r["user"] for r in rows] == ["alice"]
+    assert rows[0]["servers"] >= 1 and rows[0]["server_hours"] > 0 and rows[0]["cpu_seconds"] > 0, rows
+    assert store.totals()["alice"]["cpu_seconds"] == pytest.approx(rows[0]["cpu_seconds"], abs=1e-3)
