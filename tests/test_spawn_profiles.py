@@ -20,9 +20,11 @@ import httpx
 import pytest
 
 from helpers import descendants, pids_of, wait_for
+from hub import spawn_form
+from hub.selection import BadOptions, Refused, select
 from skerry.kernels.remote import RemoteKernel
 
-pytestmark = pytest.mark.platform
+platform_test = pytest.mark.platform
 
 API = "/services/skerry/api/v1"
 POOLS = {"cpu": None, "gpu": None}  # no Dask: the profiles' limits are the subject
@@ -123,12 +125,18 @@ def refused(r, status=403) -> str:
     return r.json()["message"]
 
 
+def ours(platform, pattern: str) -> set[int]:
+    """Live processes of this platform (others may run beside it) whose environment has ``pattern``."""
+    return pids_of(pattern, environ=True) & pids_of(str(platform.data_dir), environ=True)
+
+
 def nothing_running(platform, user, server=""):
     model = server_model(platform, user, server) or {}
     assert not model.get("ready") and not model.get("pending"), model
-    assert not pids_of(f"SKERRY_USER={user} ", environ=True), f"processes of {user} left running"
+    assert not ours(platform, f"SKERRY_USER={user} "), f"processes of {user} left running"
 
 
+@platform_test
 def test_profile_limits_adaptors_and_state_and_an_admins_change_applies_at_the_next_spawn(
         platform, users, scratch):
     r = spawn(platform, "alice", users["alice"], {"profile": "physics"})
@@ -188,6 +196,7 @@ print(json.dumps({"cpu": cpu, "wall": wall, "affinity": sorted(os.sched_getaffin
 """
 
 
+@platform_test
 def test_two_burning_processes_in_alices_server_use_at_most_her_one_core(platform, users):
     state = server_model(platform, "alice")["state"]  # running the physics profile: 1 core
     assert state["profile"]["resources"]["cpu_limit"] == 1
@@ -201,6 +210,7 @@ def test_two_burning_processes_in_alices_server_use_at_most_her_one_core(platfor
     assert cores <= 1.15, used
 
 
+@platform_test
 def test_outside_the_group_forbidden_choices_and_bad_free_values_are_403_with_the_reason(platform, users):
     bob = users["bob"]
     message = refused(spawn(platform, "bob", bob, {"profile": "physics"}))
@@ -244,6 +254,7 @@ def form_action(page: str) -> str:
     return html.unescape(re.search(r'id="spawn_form"\s+action="([^"]+)"', page).group(1))
 
 
+@platform_test
 def test_the_spawn_page_lists_what_bob_may_use_and_shows_a_refusal(platform, users, admin_browser):
     page = admin_browser.get("/hub/spawn/bob")
     assert page.status_code == 200, page.text
@@ -255,6 +266,7 @@ def test_the_spawn_page_lists_what_bob_may_use_and_shows_a_refusal(platform, use
     nothing_running(platform, "bob")
 
 
+@platform_test
 def test_the_spawn_form_starts_the_chosen_profile_with_its_option_and_free_value(platform, users, admin_browser):
     action = form_action(admin_browser.get("/hub/spawn/bob").text)
     r = admin_browser.post(action, data={"profile": "lab", "lab--option--size": "two", "lab--free--size": "600"})
@@ -266,6 +278,7 @@ def test_the_spawn_form_starts_the_chosen_profile_with_its_option_and_free_value
     nothing_running(platform, "bob")
 
 
+@platform_test
 def test_a_quota_of_one_server_refuses_alices_second_server(platform, users):
     quotas = pytest.importorskip("hub.quotas")
     assert (server_model(platform, "alice") or {}).get("ready")  # her default server runs
@@ -279,4 +292,67 @@ def test_a_quota_of_one_server_refuses_alices_second_server(platform, users):
     assert "at most 1 server" in message, message
     model = server_model(platform, "alice", "second") or {}
     assert not model.get("ready") and not model.get("pending"), model
-    assert not pids_of("/dav/alice/second/", environ=True)
+    assert not ours(platform, "/dav/alice/second/")
+
+
+
+@platform_test
+def test_a_profile_adaptor_named_like_one_of_the_users_is_refused_and_its_admission_released(platform, users):
+    clash = {"slug": "clash", "display_name": "Clash", "resources": {"cpu_limit": 1, "mem_limit": "6Gi", "gpus": 0},
+             "adaptors": [{"name": "home", "type": "memory"}], "dask": {"max_workers": 1, "worker_memory": "1Gi"},
+             "access": {"users": ["alice"]}}
+    assert platform.api("POST", API + "/profiles", json=clash).status_code == 201
+    message = refused(spawn(platform, "alice", users["alice"], {"profile": "clash"}, server="clash"), 409)
+    assert "adds an adaptor named 'home'" in message, message
+    model = server_model(platform, "alice", "clash") or {}
+    assert not model.get("ready") and not model.get("pending"), model
+    assert not ours(platform, "/dav/alice/clash/")
+    quotas = pytest.importorskip("hub.quotas")
+    store = quotas.QuotaStore.for_data_dir(platform.data_dir)
+    try:  # admitted before the adaptors were written, released when the start failed
+        assert [(s["user"], s["server"]) for s in store.open_sessions()] == [("alice", "")]
+    finally:
+        store.dispose()
+
+def _stored(spec: dict, version=1, disabled=False) -> dict:
+    from hub.profiles import validate
+
+    return {**validate(spec).model_dump(mode="json"), "version": version, "disabled": disabled}
+
+
+def test_selection_rules_without_a_platform(tmp_path):
+    lab, phys = _stored(LAB), _stored(physics(tmp_path), version=3)
+    # no enabled profile at all: platform defaults, whatever was asked
+    assert select([], "bob", [], {"profile": "x"}) is None
+    assert select([{**lab, "disabled": True}], "bob", [], {}) is None
+    # none given: the first the user may use, by slug; its default choice applies
+    assert select([lab, phys], "alice", ["physics"], {})["slug"] == "lab"
+    assert select([lab, phys], "alice", ["physics"], None)["resources"]["cpu_limit"] == 1
+    got = select([lab, phys], "alice", ["physics"], {"profile": "physics"})
+    assert got["version"] == 3 and got["adaptors"][0]["path"] == str(tmp_path / "alice")
+    assert set(got) == {"slug", "version", "display_name", "resources", "adaptors", "dask", "idle_timeout_s", "image"}
+    # free value wins over the choice; a choice's overrides apply
+    got = select([lab], "bob", [], {"profile": "lab", "options": {"size": "two"}, "free": {"size": "120"}})
+    assert (got["resources"]["cpu_limit"], got["idle_timeout_s"]) == (2, 120)
+    with pytest.raises(Refused, match="No server profile is open to bob"):
+        select([phys], "bob", ["chemistry"], {})
+    with pytest.raises(Refused, match="'physics' is disabled"):
+        select([lab, {**phys, "disabled": True}], "alice", ["physics"], {"profile": "physics"})
+    with pytest.raises(Refused, match="this profile has no such option"):
+        select([lab], "bob", [], {"profile": "lab", "options": {"colour": "red"}})
+    for bad in ("lab", {"profile": 3}, {"options": ["one"]}, {"free": {"size": 5}}, {"image": "x"}):
+        with pytest.raises(BadOptions) as e:
+            select([lab], "bob", [], bad)
+        assert e.value.status == 400 and e.value.message.startswith("user_options")
+
+
+def test_the_form_is_empty_without_profiles_and_reads_back_as_user_options(tmp_path):
+    assert spawn_form.render([], any_enabled=False) == ""
+    assert "No server profile is open to you" in spawn_form.render([], any_enabled=True)
+    form = spawn_form.render([_stored(LAB), _stored(physics(tmp_path))], any_enabled=True)
+    assert form.count('type="radio"') == 2 and 'value="lab" checked' in form
+    assert '<option value="one" selected>1 core</option>' in form
+    assert spawn_form.read({}) == {}
+    assert spawn_form.read({"profile": ["lab"], "lab--option--size": ["two"], "lab--free--size": [""],
+                            "physics--option--x": ["y"]}) == {"profile": "lab", "options": {"size": "two"}, "free": {}}
+    assert spawn_form.read({"profile": ["lab"], "lab--free--size": [" 60 "]})["free"] == {"size": "60"}
