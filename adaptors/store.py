@@ -438,7 +438,10 @@ class AccountStore:
         with self.locked(user):
             entries = self.credentials(user)
             kept = {n: e for n, e in entries.items() if not n.startswith(server + "/")}
-            if len(kept) != len(entries):
+            if not kept:  # no credential left: no file, as before the first one
+                with contextlib.suppress(FileNotFoundError):
+                    self.credentials_file(user).unlink()
+            elif len(kept) != len(entries):
                 self._write_credentials(user, kept)
             try:
                 path.unlink()
