@@ -280,20 +280,22 @@ def test_the_spawn_form_starts_the_chosen_profile_with_its_option_and_free_value
 
 @platform_test
 def test_a_quota_of_one_server_refuses_alices_second_server(platform, users):
-    quotas = pytest.importorskip("hub.quotas")
     assert (server_model(platform, "alice") or {}).get("ready")  # her default server runs
-    store = quotas.QuotaStore.for_data_dir(platform.data_dir)
+    r = platform.api("PUT", API + "/quotas/users/alice", json={"servers": 1})
+    assert r.status_code == 200, r.text
     try:
-        store.set_quota("user", "alice", {"servers": 1}, "admin")
         message = refused(spawn(platform, "alice", users["alice"], {"profile": "physics"}, server="second"))
     finally:
-        store.delete_quota("user", "alice")
-        store.dispose()
-    assert "at most 1 server" in message, message
+        assert platform.api("DELETE", API + "/quotas/users/alice").status_code == 204
+    assert "at most 1 server" in message and "1 is running" in message, message
     model = server_model(platform, "alice", "second") or {}
     assert not model.get("ready") and not model.get("pending"), model
     assert not ours(platform, "/dav/alice/second/")
-
+    # without the quota, the same request starts it
+    assert spawn(platform, "alice", users["alice"], {"profile": "physics"}, server="second").status_code in (201, 202)
+    wait_ready(platform, "alice", "second")
+    stop(platform, "alice", users["alice"], "second")
+    assert not ours(platform, "/dav/alice/second/")
 
 
 @platform_test
