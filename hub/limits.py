@@ -93,6 +93,7 @@ class Enforcement:
     key: str
     cgroup_root: Path | None = None
     cores: list[int] = field(default_factory=list)
+    fallback: str = ""  # why cgroups v2 were not used after all, if they were planned
 
     @classmethod
     def plan(cls, limits: Limits, key: str, available: set[int] | None = None) -> "Enforcement":
@@ -112,16 +113,27 @@ class Enforcement:
 
     def describe(self) -> dict:
         return {"mechanism": self.mechanism, "cpu": self.limits.cpu, "memory": self.limits.memory,
-                "cores": self.cores, **({"cgroup": str(self.cgroup)} if self.cgroup else {})}
+                "cores": self.cores, **({"cgroup": str(self.cgroup)} if self.cgroup else {}),
+                **({"fallback": self.fallback} if self.fallback else {})}
 
     def prepare(self) -> None:
-        """Create the server's cgroup and write its limits (cgroups v2 only).
+        """Create the server's cgroup and write its limits (cgroups v2 only); if the kernel
+        refuses (e.g. the hub's own cgroup holds processes, so its controllers cannot be
+        delegated), fall back to rlimits and affinity, said in ``fallback``.
 
         Untested here: the development machines have a read-only cgroup v1 hierarchy, so
         this path has not run in the test suite.
         """
         if not self.cgroup:
             return
+        try:
+            self._make_cgroup()
+        except OSError as e:
+            self.fallback = f"cgroup {self.cgroup} could not be set up ({e.strerror or e}): rlimits used"
+            self.cgroup_root = None
+            self.cores = [] if self.limits.cpu is None else choose_cores(self.limits.cpu, self.key)
+
+    def _make_cgroup(self) -> None:
         parent = self.cgroup.parent
         parent.mkdir(exist_ok=True)
         # controllers must be enabled in each parent for the child's cpu.max / memory.max to exist

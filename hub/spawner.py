@@ -320,6 +320,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         self.write_adaptor_config()
         enforcement = self._enforcement()
         await asyncio.to_thread(enforcement.prepare)
+        if enforcement.fallback:
+            self.log.warning("%s's server %r: %s", self.user.name, self.name, enforcement.fallback)
         self.limits = enforcement.describe()
         self._active_enforcement = enforcement
         try:
