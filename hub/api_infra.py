@@ -15,7 +15,8 @@ Rules:
 
 - a user acts on their own micro-infrastructures; ``?user=<name>`` lets a token with the
   right scope act for that user (GET: ``read:servers``, DELETE: ``delete:servers``, for
-  all users or ``!user=<name>``; admins have them). Anyone else gets 404 for another
+  all users or ``!user=<name>``, as the token's scopes say; admins' full tokens have
+  them). Anyone else gets 404 for another
   user's infrastructure: they cannot tell it exists;
 - POST checks the whole description first (400 naming the field, nothing stored, nothing
   started); a taken name is 409; then it stores the server's adaptors (their credentials
@@ -65,8 +66,11 @@ def _hub_message(r: httpx.Response) -> str:
 
 
 def _has_scope(who: dict, scope: str, user: str) -> bool:
+    """Whether the token (its scopes as HubAuth reports them, expanded: an admin's hold
+    ``read:servers``) has ``scope`` for all users or for ``user``. The owner's admin flag
+    alone is not enough: an admin's token restricted to fewer scopes has only those."""
     scopes = set(who.get("scopes", []))
-    return bool(who.get("admin")) or "admin:servers" in scopes or scope in scopes or f"{scope}!user={user}" in scopes
+    return scope in scopes or f"{scope}!user={user}" in scopes
 
 
 class HubServers:

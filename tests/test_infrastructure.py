@@ -278,6 +278,21 @@ def test_a_token_with_read_servers_reads_its_endpoints(platform, alice, hpc, cal
     assert r.status_code == 200 and "hpc" in {i["name"] for i in r.json()["infrastructures"]}
     assert call("GET", "/endpoints/hpc", admin).status_code == 404  # a service has none of its own
     assert call("GET", "/endpoints/nothing?user=alice", admin).status_code == 404
+    # the token's scopes decide, not who owns it: the admin user's token limited to read:servers
+    # reads alice's endpoints; limited to read:users, it cannot; neither may delete
+    platform.create_user("admin")
+
+    def token(*scopes):
+        r = platform.api("POST", "/hub/api/users/admin/tokens", json={"note": "scoped", "scopes": list(scopes)})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    reader, other = token("read:servers"), token("read:users")
+    r = call("GET", "/endpoints/hpc?user=alice", reader)
+    assert r.status_code == 200 and r.json() == hpc
+    assert call("GET", "/endpoints/hpc?user=alice", other).status_code == 404
+    assert call("DELETE", "/infrastructure/hpc?user=alice", reader).status_code == 404
+    assert _state(platform, "alice")["hpc"]["ready"]
 
 
 @pytest.mark.platform
