@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 from helpers import dask_client, local_home
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
-from skerry.workload.models import File, Job, JobAttempt, Task
+from skerry.workload.models import File, Job, JobAttempt, JobInput, Task
 from skerry.workload.pools import DASK_CONFIG, NO_DASHBOARD
 from skerry.workload.runner import Pool, Runner
 from skerry.workload.runs import Planner, start_run
@@ -445,3 +445,178 @@ def test_a_finished_attempt_whose_end_event_never_comes_is_gathered_once(client)
 def test_a_horizon_that_is_not_a_positive_number_is_refused(tmp_path, client):
     with pytest.raises(SchedulerError, match="horizon"):
         Scheduler(catalog(tmp_path), Runner({"cpu": client}), horizon=0)
+
+
+# ---- batches: several short jobs in one Dask task ----
+
+
+class RecordingRunner(Runner):
+    """A real runner that also keeps the batches it hands to Dask: [[(job, attempt), ...]]."""
+
+    def __init__(self, pools):
+        super().__init__(pools)
+        self.sent = []
+
+    def submit_batches(self, pool, batches, avoid=None):
+        self.sent += [[(s.job, s.attempt) for s in b] for b in batches if b]
+        super().submit_batches(pool, batches, avoid)
+
+
+def task_of_jobs(cat):
+    with cat.session() as s:
+        return dict(s.execute(select(Job.id, Job.task_id)).all())
+
+
+def test_short_jobs_share_batches_and_each_keeps_its_own_attempt(tmp_path, client):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 300)
+    runner = RecordingRunner({"cpu": client})
+    sched = Scheduler(cat, runner, batch_time=1.0)
+    sched.run(lambda: sched.tasks_done([task]), timeout=120)
+    assert max(len(b) for b in runner.sent) > 1  # measured as short: they went together
+    assert len(runner.sent[0]) == 1  # not measured yet: alone
+    assert sorted(a for b in runner.sent for a in b) == sorted((j, 1) for j in task_of_jobs(cat))
+    with cat.session() as s:
+        attempts = s.execute(select(JobAttempt.job_id, JobAttempt.number, JobAttempt.worker, JobAttempt.started,
+                                    JobAttempt.ended, JobAttempt.exit_code)).all()
+        assert s.get(Task, task).jobs_succeeded == 300
+    assert len(attempts) == 300 and {a.number for a in attempts} == {1}
+    assert all(a.worker and a.started and a.ended and a.exit_code == 0 for a in attempts)
+    assert runner.in_flight() == 0
+
+
+def test_cancelling_a_task_drops_only_its_jobs_from_the_batches_it_shares(tmp_path, client):
+    cat = catalog(tmp_path)
+    a = noop_task(cat, 150, module="sleep", params={"seconds": 0.02})
+    b = noop_task(cat, 150, module="sleep", params={"seconds": 0.02})
+    runner = RecordingRunner({"cpu": client})
+    sched = Scheduler(cat, runner, batch_time=1.0, window=10)
+    task_of = task_of_jobs(cat)
+
+    def shared():  # a batch in flight with jobs of both tasks still to run
+        for batch in runner.sent:
+            waiting = {task_of[j] for j, _ in batch if j in sched.live}
+            if waiting == {a, b}:
+                return batch
+        return None
+
+    deadline = time.monotonic() + 60
+    while shared() is None and time.monotonic() < deadline:
+        sched.step(0.005)
+    batch = shared()
+    assert batch is not None
+    mine = [j for j, _ in batch if j in sched.live and task_of[j] == a]
+    sched.cancel_task(b)
+    sched.run(lambda: sched.tasks_done([a, b]) and not sched.live, timeout=120)
+
+    with cat.session() as s:
+        a_jobs = s.execute(select(Job.id, Job.state, Job.attempts).where(Job.task_id == a)).all()
+        b_states = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == b)
+                                  .group_by(Job.state)).all())
+        open_attempts = s.execute(select(func.count()).where(JobAttempt.ended.is_(None))).scalar_one()
+        tasks = dict(s.execute(select(Task.id, Task.state)).all())
+    # the other task's jobs in the same batches ran on, once each: none lost, none retried
+    assert {(state, n) for _, state, n in a_jobs} == {("succeeded", 1)} and len(a_jobs) == 150
+    assert mine and all(j in {row.id for row in a_jobs} for j in mine)
+    assert set(b_states) <= {"succeeded", "cancelled"} and b_states["cancelled"] >= 1
+    assert tasks == {a: "succeeded", b: "cancelled"}
+    assert open_attempts == 0 and runner.in_flight() == 0
+
+
+def test_a_worker_killed_mid_batch_loses_only_the_jobs_of_it_not_reported_yet(tmp_path):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 100, module="sleep", params={"seconds": 0.1})
+    with dask_client() as c:  # a cluster of its own: a worker is killed
+        runner = RecordingRunner({"cpu": c})
+        sched = Scheduler(cat, runner, batch_time=2.0, window=10, policy=RetryPolicy(limit=5, backoff=0.05))
+
+        def half_done():  # a batch of which some jobs succeeded and several still run
+            for batch in runner.sent:
+                waiting = [j for j, _ in batch if j in sched.live]
+                if len(batch) - len(waiting) >= 1 and len(waiting) >= 3:
+                    return batch, waiting
+            return None, None
+
+        deadline = time.monotonic() + 60
+        while half_done()[0] is None and time.monotonic() < deadline:
+            sched.step(0.005)
+        batch, waiting = half_done()
+        assert batch is not None
+        done = [j for j, _ in batch if j not in waiting]
+        with cat.session() as s:
+            worker = s.execute(select(JobAttempt.worker).where(JobAttempt.job_id == done[0])).scalar_one()
+        os.kill(c.run(os.getpid)[worker], 9)
+        sched.run(lambda: sched.tasks_done([task]), timeout=300)
+
+    with cat.session() as s:
+        attempts = s.execute(select(JobAttempt.job_id, JobAttempt.number, JobAttempt.error_class,
+                                    JobAttempt.exit_code, JobAttempt.ended)).all()
+        assert s.execute(select(Job.state, func.count()).group_by(Job.state)).all() == [("succeeded", 100)]
+    by_job = {}
+    for a in attempts:
+        by_job.setdefault(a.job_id, []).append(a)
+    # what the batch had reported stays: run once; what it had not is lost and run again
+    assert all(len(by_job[j]) == 1 and by_job[j][0].exit_code == 0 for j in done)
+    lost = [j for j in waiting if any(a.error_class == "worker_lost" for a in by_job[j])]
+    assert lost
+    for rows in by_job.values():  # every job: one success, its last attempt; every attempt ended
+        assert [a.exit_code == 0 and a.error_class is None for a in sorted(rows, key=lambda a: a.number)][-1]
+        assert sum(a.exit_code == 0 and a.error_class is None for a in rows) == 1
+        assert all(a.ended is not None for a in rows)
+
+
+def test_a_hung_job_does_not_hold_the_jobs_behind_it_in_its_batch(tmp_path, home, client):
+    """Each job waits for the test's go (``gated``), given once the test saw its batch: the
+    job the test never lets go hangs mid-batch, where the test chose."""
+    from gated import GATED
+
+    cat = catalog(tmp_path)
+    entries = dataset(cat, home, "held", 40, size=16)
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    for e in entries:
+        (holds / e["uri"].rsplit("/", 1)[1]).touch()
+    cat.add_module("gated", "1", GATED)
+    cat.add_workflow("one", {"name": "one", "steps": [{"name": "sum", "module": "gated",
+                                                       "inputs": {"input": "dataset"},
+                                                       "params": {"holds": str(holds)}}]})
+    start_run(cat, "one", "held")
+    runner = RecordingRunner({"cpu": client})
+    sched = Scheduler(cat, runner, planner=Planner(cat), batch_time=5.0, job_timeout=1.0,
+                      policy=RetryPolicy(limit=0))
+
+    def let_go(job):
+        with cat.session() as s:
+            uri = s.execute(select(File.uri).join(JobInput, JobInput.file_id == File.id)
+                            .where(JobInput.job_id == job)).scalar_one()
+        (holds / uri.rsplit("/", 1)[1]).unlink(missing_ok=True)
+
+    seen, hung, mates = 0, None, []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        sched.step(0.005)
+        for batch in runner.sent[seen:]:  # a batch's jobs are let go only once it was seen
+            jobs = [j for j, _ in batch]
+            if hung is None and len(jobs) >= 3:
+                hung, mates = jobs[1], jobs[2:]
+            for j in jobs:
+                if j != hung:
+                    let_go(j)
+        seen = len(runner.sent)
+        with cat.session() as s:
+            states = dict(s.execute(select(Job.id, Job.state)).all())
+        if hung is not None and states[hung] == "failed" and all(states[j] == "succeeded" for j in mates):
+            break  # the jobs behind the hung one finished while it still hangs
+    assert hung is not None and mates
+    assert states[hung] == "failed" and all(states[j] == "succeeded" for j in mates)
+    let_go(hung)  # its thread returns; its late result is dropped
+    sched.run(lambda: sched.idle(), timeout=120)
+
+    with cat.session() as s:
+        jobs = {r.id: r for r in s.execute(select(Job.id, Job.state, Job.attempts, Job.error_class))}
+        attempts = s.execute(select(JobAttempt.job_id, JobAttempt.error_class, JobAttempt.ended)).all()
+    assert (jobs[hung].state, jobs[hung].attempts, jobs[hung].error_class) == ("failed", 1, "timeout")
+    assert all((r.state, r.attempts) == ("succeeded", 1) for j, r in jobs.items() if j != hung)
+    assert len(attempts) == 40 and all(a.ended is not None for a in attempts)
+    rows = output_rows(cat, "held.sum")
+    assert len(rows) == 39 and len({r.job_id for r in rows}) == 39  # each output once

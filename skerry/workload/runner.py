@@ -51,8 +51,9 @@ Rules:
 - ``cancel(job, attempt)`` forgets the attempt: its result, if it comes, is dropped; the
   other attempts of its batch go on. If the runner had its ``Started`` (it is running: a
   hung job timed out, or a running job cancelled), the attempts after it in its batch,
-  which did not start, are submitted again as a batch of their own (same attempts) and
-  the old batch's task is cancelled, so they never wait behind it. (A thread on a worker
+  which did not start, are submitted again as a batch of their own (same attempts, on
+  another worker of the pool if it has one) and the old batch's task is cancelled, so
+  they never wait behind it. (A thread on a worker
   cannot be stopped; a hung job's thread lingers until it returns. A cancelled attempt
   that has not started yet may still run; its result is dropped.)
 """
@@ -310,6 +311,7 @@ class _Batch:
     future: Any = None
     pending: set = field(default_factory=set)
     started: set = field(default_factory=set)  # attempts whose start was reported
+    worker: str | None = None  # where it runs, once an attempt of it started
 
 
 @dataclass(eq=False)
@@ -392,9 +394,10 @@ class Runner:
         """Hand attempts to ``pool``, one Dask task each, in one call to Dask."""
         self.submit_batches(pool, [[spec] for spec in specs])
 
-    def submit_batches(self, pool: str, batches: list[list[JobSpec]]) -> None:
+    def submit_batches(self, pool: str, batches: list[list[JobSpec]], avoid: str | None = None) -> None:
         """Hand batches of attempts to ``pool`` in one call to Dask (one graph): each batch
-        is one Dask task that runs its attempts in order."""
+        is one Dask task that runs its attempts in order. ``avoid``: a worker to use only
+        if no other of the pool is there (one whose thread a hung job holds)."""
         batches = [b for b in batches if b]
         if not batches:
             return
@@ -402,10 +405,11 @@ class Runner:
         kwargs: dict[str, Any] = {}
         if p.needs:
             kwargs["resources"] = dict(p.needs)
-        else:
-            others = {r for q in self.pools.values() if q.client is p.client for r in q.needs}
-            if others:
-                kwargs["workers"] = list(self._workers(pool))
+        others = {r for q in self.pools.values() if q.client is p.client for r in q.needs}
+        if avoid is not None or (others and not p.needs):
+            workers = [w for w in self._workers(pool) if w != avoid]
+            if workers:
+                kwargs["workers"] = workers
                 kwargs["allow_other_workers"] = True
         token = uuid.uuid4().hex[:8]
         mine = [_Batch(f"skerry-batch-{b[0].job}-{b[0].attempt}-{token}", pool, list(b)) for b in batches]
@@ -454,12 +458,12 @@ class Runner:
                     self._forget(batch)
                     stop.append(batch.future)
                 if rest:
-                    moved.append((batch.pool, rest))
+                    moved.append((batch.pool, rest, batch.worker))
         for future in stop:
             if future is not None:
                 future.cancel()
-        for pool, rest in moved:
-            self.submit_batches(pool, [rest])
+        for pool, rest, worker in moved:
+            self.submit_batches(pool, [rest], avoid=worker)
 
     def _forget(self, batch: _Batch) -> None:  # under the lock
         self._batches.pop(batch.key, None)
@@ -541,6 +545,7 @@ class Runner:
                 batch = self._of.get(key)
                 if batch is not None:
                     batch.started.add(key)
+                    batch.worker = msg["worker"]
             self._events.put(Started(msg["job"], msg["attempt"], msg["worker"], msg["at"]))
         elif kind == "beat":
             self._events.put(Beat(msg["job"], msg["attempt"]))

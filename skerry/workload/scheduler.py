@@ -25,7 +25,8 @@ Each ``step()``:
    catalog at this moment, the task of each is chosen by the pool's
    ``InterleavedRoundRobin`` over the active tasks' ranks (read from the catalog, so a
    rank change counts from the selector's next round), the dispatches and their attempt
-   rows are written in one transaction, then the attempts are submitted.
+   rows are written in one transaction, then the attempts are submitted, short ones in
+   batches (``_batches``).
 
 Rules:
 - a pool's window is ``max(window x slots, jobs it finished in the last horizon s)``, at
@@ -34,6 +35,13 @@ Rules:
   cancels take effect that fast; while the attempts in flight fill at least half of the
   windows (and twice the base), a step first lets reports gather for ``horizon / 4`` s
   (fewer, bigger batches);
+- batches: each task's job duration is a running mean of what its workers report; a job
+  of a task whose jobs take ``batch_time`` s or more, or are not measured yet, is a Dask
+  task of its own, shorter ones share Dask tasks of about ``batch_time`` s of work, at
+  most ``MAX_BATCH`` jobs, and at most an even share of a refill per slot. Every job of a
+  batch keeps its own attempt, start, timeout, end and retry (the runner reports each);
+  a cancel drops only its job, a hung job's followers move to a batch of their own, a
+  lost batch loses only the jobs not reported yet (``runner``); ``batch_time=0``: none;
 - one scheduler per catalog at a time; a new one (a restart) first recovers: jobs the
   catalog says are ``running`` or ``lost`` are treated as lost (their outputs found or
   the policy decides), ``retrying`` ones are due at once;
@@ -646,12 +654,14 @@ class Scheduler:
         submit: list[tuple[_Live, JobSpec]] = []
         ranks = None
         in_flight = defaultdict(int)
+        tasks = defaultdict(set)
         for live in self.live.values():
             in_flight[live.pool] += 1
+            tasks[live.pool].add(live.task)
         conn = s.connection()
         for pool, selector in self.selectors.items():
             free = self.window_of(pool) - in_flight[pool]
-            if free <= 0:
+            if free <= 0 or (in_flight[pool] and free < self._least(pool, tasks[pool])):
                 continue
             if ranks is None:
                 ranks = dict(conn.execute(select(Task.id, Task.rank).where(Task.state.not_in(FINAL))
@@ -679,9 +689,8 @@ class Scheduler:
     def _batches(self, pool: str, items: list[tuple[_Live, JobSpec]]) -> list[list[JobSpec]]:
         """Split a pool's dispatches (in pick order) into Dask tasks: a job whose task's jobs
         took ``batch_time`` s or more (or are not measured yet) alone, shorter ones together
-        up to about ``batch_time`` s of work, at most ``MAX_BATCH`` jobs, and at most an
-        even share of the dispatches per slot (every worker gets some)."""
-        cap = max(1, min(MAX_BATCH, -(-len(items) // max(1, self.runner.slots(pool)))))
+        up to about ``batch_time`` s of work, at most ``_batch_cap`` jobs."""
+        cap = self._batch_cap(pool)
         batches, batch, work = [], [], 0.0
         for live, spec in items:
             took = self._took.get(live.task)
@@ -696,6 +705,18 @@ class Scheduler:
         if batch:
             batches.append(batch)
         return batches
+
+    def _batch_cap(self, pool: str) -> int:
+        """Most jobs in one batch of ``pool`` now: at least two batches in flight per slot."""
+        return max(1, min(MAX_BATCH, self.window_of(pool) // (2 * max(1, self.runner.slots(pool)))))
+
+    def _least(self, pool: str, tasks: set[int]) -> int:
+        """Free places a pool with attempts in flight waits for before it refills: a whole
+        batch while the jobs in flight are all short (at most half the window then)."""
+        took = [self._took.get(task) for task in tasks]
+        if not self.batch_time or any(t is None or t >= self.batch_time for t in took):
+            return 1
+        return max(1, min(self._batch_cap(pool), int(self.batch_time / max(max(took), 1e-6))))
 
     def window_of(self, pool: str) -> int:
         """How many attempts ``pool`` may have in flight now (the module docstring's rule)."""
