@@ -357,7 +357,12 @@ def test_a_refused_spawn_leaves_nothing(platform, alice, sshd, sftp_root, call):
     body["adaptors"][0]["credentials"] = {"kind": "password", "username": sshd.username, "password": SFTP_PASSWORD}
     r = call("POST", "/infrastructure", alice, json=body)
     assert r.status_code == 403, r.text
-    assert r.json()["error"] == "spawn_refused" and r.json()["message"]  # the hub's sentence
+    assert r.json()["error"] == "spawn_refused"
+    # the hub's own sentence, as the hub gives it to a direct spawn request
+    direct = httpx.post(f"{platform.url}/hub/api/users/alice/servers/direct", json={"profile": "bob-only"},
+                        headers={"Authorization": f"token {alice}"}, timeout=60)
+    assert direct.status_code == 403 and r.json()["message"] == direct.json()["message"]
+    platform.api("DELETE", "/hub/api/users/alice/servers/direct", json={"remove": True})
     assert "refused" not in _state(platform, "alice")
     assert _stored(platform, "alice") == before
     assert not pids_of("SKERRY_DAV_PREFIX=/dav/alice/refused/", environ=True)
