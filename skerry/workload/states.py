@@ -540,8 +540,16 @@ _S = JobState
 Handler = Callable[..., tuple[Any, tuple]]
 
 
+def _evolve(job: Job, **changes) -> Job:
+    """``replace`` without a second check: the handlers give only checked values (the
+    scheduler moves every job through here, twice or more)."""
+    new = object.__new__(Job)
+    new.__dict__.update(job.__dict__, **changes)
+    return new
+
+
 def _enqueue(job: Job, ev, policy):
-    return replace(job, state=_S.QUEUED), ()
+    return _evolve(job, state=_S.QUEUED), ()
 
 
 def _dispatch(job: Job, ev: Dispatch, policy):
@@ -550,13 +558,13 @@ def _dispatch(job: Job, ev: Dispatch, policy):
         raise TransitionError("job", job.id, job.state, ev.name,
                               f"the retry policy says not to run it on pool {pool!r} again")
     attempt = job.attempts + 1
-    new = replace(job, state=_S.RUNNING, attempts=attempt, pool=pool, worker=None)
+    new = _evolve(job, state=_S.RUNNING, attempts=attempt, pool=pool, worker=None)
     return new, (Submit(job.id, attempt, pool),)
 
 
 def _start(job: Job, ev: Start, policy):
     worker = _name("the worker", ev.worker)
-    return replace(job, worker=worker), (RecordStart(job.id, job.attempts, worker),)
+    return _evolve(job, worker=worker), (RecordStart(job.id, job.attempts, worker),)
 
 
 def _heartbeat(job: Job, ev, policy):
@@ -565,7 +573,7 @@ def _heartbeat(job: Job, ev, policy):
 
 def _succeed(job: Job, ev, policy):
     # outputs first: the catalog applies both in the transaction that writes ``succeeded``
-    return replace(job, state=_S.SUCCEEDED), (
+    return _evolve(job, state=_S.SUCCEEDED), (
         RegisterOutputs(job.id, job.attempts), EndAttempt(job.id, job.attempts, _S.SUCCEEDED))
 
 
@@ -574,11 +582,11 @@ def _retry_or_fail(job: Job, error_class: str, policy: RetryPolicy, end: EndAtte
     limit = policy.limit if job.retry_limit is None else job.retry_limit
     retries = job.attempts  # the retry about to be granted would be number ``attempts``
     if decision is Decision.NO_RETRY or retries > limit:
-        return replace(job, state=_S.FAILED, error_class=error_class), (end,)
+        return _evolve(job, state=_S.FAILED, error_class=error_class), (end,)
     excluded = job.excluded_pools
     if decision is Decision.ANOTHER_POOL and job.pool is not None:
         excluded = excluded | {job.pool}
-    new = replace(job, state=_S.RETRYING, error_class=error_class, excluded_pools=excluded)
+    new = _evolve(job, state=_S.RETRYING, error_class=error_class, excluded_pools=excluded)
     return new, (end, ScheduleRetry(job.id, policy.delay(retries)))
 
 
@@ -590,12 +598,12 @@ def _fail(job: Job, ev: Fail, policy):
 
 def _heartbeat_timeout(job: Job, ev, policy):
     # the run may still be hung somewhere: stop it before looking at what it wrote
-    new = replace(job, state=_S.LOST, error_class=ERROR_TIMEOUT)
+    new = _evolve(job, state=_S.LOST, error_class=ERROR_TIMEOUT)
     return new, (CancelRun(job.id, job.attempts), CheckResult(job.id, job.attempts))
 
 
 def _worker_lost(job: Job, ev, policy):
-    new = replace(job, state=_S.LOST, error_class=ERROR_WORKER_LOST)
+    new = _evolve(job, state=_S.LOST, error_class=ERROR_WORKER_LOST)
     return new, (CheckResult(job.id, job.attempts),)
 
 
@@ -609,15 +617,15 @@ def _cancel(job: Job, ev, policy):
     actions: tuple = ()
     if job.state in (_S.RUNNING, _S.LOST):
         actions = (CancelRun(job.id, job.attempts), EndAttempt(job.id, job.attempts, _S.CANCELLED))
-    return replace(job, state=_S.CANCELLED), actions
+    return _evolve(job, state=_S.CANCELLED), actions
 
 
 def _retry_due(job: Job, ev, policy):
-    return replace(job, state=_S.QUEUED), ()
+    return _evolve(job, state=_S.QUEUED), ()
 
 
 def _unschedulable(job: Job, ev: Unschedulable, policy):
-    return replace(job, state=_S.FAILED, error_class=_name("the error class", ev.error_class)), ()
+    return _evolve(job, state=_S.FAILED, error_class=_name("the error class", ev.error_class)), ()
 
 
 JOB_TRANSITIONS: Mapping[tuple[JobState, str], Handler] = MappingProxyType({
