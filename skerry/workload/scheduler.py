@@ -69,6 +69,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 
 from ..errors import SkerryError
 from . import states as S
+from .bulk import Bulk
 from .models import Dataset, File, Job, JobAttempt, JobInput, Module, Run, Task
 from .runner import Beat, Finished, JobSpec, Runner, Started
 
@@ -81,6 +82,21 @@ _CHUNK = 500  # ids per IN (...) list
 MAX_WINDOW = 10_000  # jobs a pool's window holds at most, however fast its jobs finish
 MAX_BATCH = 100  # attempts one Dask task carries at most
 TOOK_WEIGHT = 0.2  # weight of the latest job in a task's running mean of job durations
+
+
+# the per-job writes: compiled once, many rows each (``bulk``)
+_ATTEMPTS = Bulk(insert(JobAttempt), datetimes=("started",))
+_FILES = Bulk(insert(File), datetimes=("created",))
+_STARTS = Bulk(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
+                                        JobAttempt.number == bindparam("b_n"))
+               .values(worker=bindparam("b_worker"), started=bindparam("b_at")), datetimes=("b_at",))
+_ENDS = Bulk(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"), JobAttempt.number == bindparam("b_n"),
+                                      JobAttempt.ended.is_(None))
+             .values(ended=bindparam("b_ended"), exit_code=bindparam("b_exit"), error_class=bindparam("b_class"),
+                     error=bindparam("b_error"), log=bindparam("b_log"),
+                     worker=func.coalesce(bindparam("b_worker"), JobAttempt.worker),
+                     started=func.coalesce(bindparam("b_started", type_=JobAttempt.started.type), JobAttempt.started)),
+             datetimes=("b_ended", "b_started"))
 
 
 class SchedulerError(SkerryError):
@@ -312,11 +328,8 @@ class Scheduler:
     @staticmethod
     def _write_starts(conn, starts: dict[int, tuple]) -> None:
         """The worker and start time of attempts that started and did not end yet."""
-        conn.execute(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
-                                              JobAttempt.number == bindparam("b_n"))
-                     .values(worker=bindparam("b_worker"), started=bindparam("b_at")),
-                     [{"b_job": job, "b_n": n, "b_worker": worker, "b_at": at}
-                      for job, (n, worker, at) in starts.items()])
+        _STARTS.run(conn, [{"b_job": job, "b_n": n, "b_worker": worker, "b_at": at}
+                           for job, (n, worker, at) in starts.items()])
 
     def _finished(self, live: _Live, ev: Finished, written: list) -> None:
         if ev.lost:
@@ -476,7 +489,7 @@ class Scheduler:
                              .values(state=state, error_class=error_class, updated=stamp))
         self._end_attempts(conn, list(ends.values()), stamp)
         if files:
-            conn.execute(insert(File), files)
+            _FILES.run(conn, files)
         for task, n in succeeded.items():
             conn.execute(update(Task).where(Task.id == task).values(jobs_succeeded=Task.jobs_succeeded + n))
         for task, n in failed.items():
@@ -513,16 +526,7 @@ class Scheduler:
     def _end_attempts(conn, ends: list[_Written], stamp: datetime) -> None:
         """End the attempts of ``ends``: one that already ended (cancelled) keeps its end, a
         lost one ends now; an attempt whose start came in the same batch gets it here."""
-        conn.execute(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"),
-                                              JobAttempt.number == bindparam("b_n"),
-                                              JobAttempt.ended.is_(None))
-                     .values(ended=bindparam("b_ended"), exit_code=bindparam("b_exit"),
-                             error_class=bindparam("b_class"), error=bindparam("b_error"),
-                             log=bindparam("b_log"),
-                             worker=func.coalesce(bindparam("b_worker"), JobAttempt.worker),
-                             started=func.coalesce(bindparam("b_started", type_=JobAttempt.started.type),
-                                                   JobAttempt.started)),
-                     [{"b_job": w.job, "b_n": w.attempt, "b_ended": stamp, "b_exit": w.exit_code,
+        _ENDS.run(conn, [{"b_job": w.job, "b_n": w.attempt, "b_ended": stamp, "b_exit": w.exit_code,
                        "b_class": w.error_class, "b_error": w.error, "b_log": w.log, "b_worker": w.worker,
                        "b_started": w.started} for w in ends])
 
@@ -762,7 +766,7 @@ class Scheduler:
             conn.execute(update(Job).where(Job.id.in_([live.job for live in chunk]), Job.state == "queued")
                          .values(state="running", attempts=Job.attempts + 1, updated=stamp))
         if go:  # in pick order (the fairness record)
-            conn.execute(insert(JobAttempt), [{"job_id": live.job, "number": live.attempt, "pool": pool,
+            _ATTEMPTS.run(conn, [{"job_id": live.job, "number": live.attempt, "pool": pool,
                                                "started": stamp} for live in go])
         for job, task, excluded in refused:
             # another pool of the same kind (GPU or not) takes it; with none left it fails

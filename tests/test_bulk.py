@@ -1,0 +1,50 @@
+"""``skerry.workload.bulk``: rows written straight to SQLite read back as SQLAlchemy's own."""
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import bindparam, insert, select, update
+
+from skerry.workload.builtins import BUILTINS
+from skerry.workload.bulk import Bulk
+from skerry.workload.catalog import Catalog
+from skerry.workload.models import JobAttempt
+
+
+def jobs(tmp_path, n):
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    cat.upgrade()
+    module = cat.add_module("noop", "1", BUILTINS["noop"].model_dump(mode="json"))
+    return cat, cat.create_jobs(cat.create_task(step="noop", module_id=module), [[] for _ in range(n)])
+
+
+def test_bulk_rows_read_back_as_rows_written_by_sqlalchemy(tmp_path):
+    cat, ids = jobs(tmp_path, 4)
+    stamp = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    rows = [{"job_id": j, "number": n, "pool": "cpu", "started": stamp + timedelta(seconds=j)}
+            for j in ids for n in (1, 2)]
+    with cat.writing() as s:
+        Bulk(insert(JobAttempt), datetimes=("started",)).run(s.connection(), [dict(r) for r in rows[::2]])
+        s.connection().execute(insert(JobAttempt), [dict(r) for r in rows[1::2]])
+        ended = Bulk(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"))
+                     .values(ended=bindparam("b_ended"), worker=bindparam("b_worker")), datetimes=("b_ended",))
+        ended.run(s.connection(), [{"b_job": ids[0], "b_ended": stamp, "b_worker": "w0"},
+                                   {"b_job": ids[1], "b_ended": None, "b_worker": "w1"}])
+    with cat.session() as s:
+        got = s.execute(select(JobAttempt.job_id, JobAttempt.number, JobAttempt.started, JobAttempt.ended,
+                               JobAttempt.worker).order_by(JobAttempt.job_id, JobAttempt.number)).all()
+        text = s.connection().exec_driver_sql("SELECT started FROM job_attempts ORDER BY job_id, number").all()
+    assert [(r.job_id, r.number) for r in got] == [(r["job_id"], r["number"]) for r in rows]
+    assert [r.started.replace(tzinfo=timezone.utc) for r in got] == [r["started"] for r in rows]
+    assert text[0] == text[1]  # the same text in the file, whoever wrote it
+    assert [(r.ended and r.ended.replace(tzinfo=timezone.utc), r.worker) for r in got[:4]] == [
+        (stamp, "w0"), (stamp, "w0"), (None, "w1"), (None, "w1")]
+
+
+def test_a_statement_needing_a_value_the_rows_lack_goes_through_sqlalchemy(tmp_path):
+    cat, ids = jobs(tmp_path, 2)
+    with cat.writing() as s:  # no "started": the column's Python default fills it
+        Bulk(insert(JobAttempt), datetimes=("started",)).run(s.connection(), [
+            {"job_id": j, "number": 1, "pool": "cpu"} for j in ids])
+    with cat.session() as s:
+        started = s.execute(select(JobAttempt.started)).scalars().all()
+    assert len(started) == 2 and all(isinstance(t, datetime) for t in started)
