@@ -1,6 +1,6 @@
 """Scheduler throughput: noop jobs through the full path versus raw ``client.map``.
 
-    python bench/scheduler.py [--jobs 10000] [--queued 100000] [--windows 2,50]
+    python bench/scheduler.py [--jobs 10000] [--queued 100000] [--windows 2,50] [--batch-times 0.05,0]
 
 One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
 ``distributed.scheduler.worker-saturation: inf`` serves every measurement:
@@ -9,20 +9,26 @@ One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
    gathered (the executor's work without the scheduler);
 2. full path, once per ``--windows`` value (the base window is that many times the pool's
    slots, the design says about 2; the scheduler widens it to the jobs the pool finished
-   in the last ``horizon`` s): ``--jobs`` queued noop jobs in a fresh SQLite catalog,
-   dispatched by the scheduler (catalog + fair selector + Dask runner), every transition
-   and attempt written. Prints jobs/s and the ratio to raw (target >= 0.7);
-3. ``--queued`` jobs queued at once (0 skips it): the dispatch rate of the first 10,000
-   and of the last 10,000 (target: within 10%).
+   in the last ``horizon`` s) and ``--batch-times`` value (the scheduler's ``batch_time``:
+   short jobs share Dask tasks of about that many seconds of work; 0: one Dask task per
+   job): ``--jobs`` queued noop jobs in a fresh SQLite catalog, dispatched by the
+   scheduler (catalog + fair selector + Dask runner), every transition and attempt
+   written. Prints jobs/s and the ratio to raw (target >= 0.7);
+3. ``--queued`` jobs queued at once (0 skips it), last window, first batch time: the
+   dispatch rate of the first 10,000 and of the last 10,000 (target: within 10%).
+Each line also gives the CPU time per job of this process (the scheduler loop, the Dask
+scheduler and client) and of the two worker processes, and the load average before it.
 Asserts nothing.
 """
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import dask
+import psutil
 from distributed import Client, LocalCluster
 
 from skerry.workload.builtins import BUILTINS
@@ -34,6 +40,31 @@ from skerry.workload.scheduler import Scheduler
 
 NOOP = BUILTINS["noop"].model_dump(mode="json")
 PART = 10_000
+
+
+class CPU:
+    """CPU seconds of this process and of the cluster's worker processes, per job."""
+
+    def __init__(self, cluster: LocalCluster):
+        self.me = psutil.Process()
+        self.workers = [psutil.Process(w.process.pid) for w in cluster.workers.values()]
+
+    @staticmethod
+    def _seconds(procs) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    def __enter__(self):
+        self.load = os.getloadavg()[0]
+        self.start = (self._seconds([self.me]), self._seconds(self.workers))
+        return self
+
+    def per_job(self, n: int) -> str:
+        main, workers = (self._seconds([self.me]) - self.start[0]), (self._seconds(self.workers) - self.start[1])
+        return (f"CPU per job: main {1000 * main / n:.2f} ms, workers {1000 * workers / n:.2f} ms; "
+                f"load {self.load:.1f}")
+
+    def __exit__(self, *exc):
+        return False
 
 
 def raw(client: Client, n: int) -> float:
@@ -52,11 +83,11 @@ def queued(folder: str, n: int) -> tuple[Catalog, int]:
     return catalog, task
 
 
-def full(client: Client, n: int, window: float) -> tuple[float, list[tuple[float, int]]]:
+def full(client: Client, n: int, window: float, batch_time: float) -> tuple[float, list[tuple[float, int]]]:
     """jobs/s from the first dispatch to the last success; (time, dispatched) samples."""
     with tempfile.TemporaryDirectory() as folder:
         catalog, task = queued(folder, n)
-        sched = Scheduler(catalog, Runner({"cpu": client}), window=window)
+        sched = Scheduler(catalog, Runner({"cpu": client}), window=window, batch_time=batch_time)
         samples = []
         start = time.perf_counter()
         while sched.dispatched < n or sched.live:
@@ -79,26 +110,34 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--windows", default="2,50")
+    parser.add_argument("--batch-times", default="0.05,0")
     args = parser.parse_args()
+    windows = [float(w) for w in args.windows.split(",")]
+    batch_times = [float(b) for b in args.batch_times.split(",")]
     with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                          scheduler_kwargs=NO_DASHBOARD) as cluster, \
             Client(cluster) as client:
         raw(client, 500)  # warm the workers (imports)
-        base = raw(client, args.jobs)
-        print(f"raw client.map: {args.jobs} noop jobs, {base:,.0f} jobs/s")
-        for window in (float(w) for w in args.windows.split(",")):
-            rate, _ = full(client, args.jobs, window)
-            print(f"full path, window {window:g} x slots: {rate:,.0f} jobs/s, ratio {rate / base:.2f} "
-                  f"(target >= 0.7)")
+        cpu = CPU(cluster)
+        with cpu:
+            base = raw(client, args.jobs)
+        print(f"raw client.map: {args.jobs} noop jobs, {base:,.0f} jobs/s; {cpu.per_job(args.jobs)}")
+        for batch_time in batch_times:
+            for window in windows:
+                with cpu:
+                    rate, _ = full(client, args.jobs, window, batch_time)
+                print(f"full path, window {window:g} x slots, batch time {batch_time:g} s: {rate:,.0f} jobs/s, "
+                      f"ratio {rate / base:.2f} (target >= 0.7); {cpu.per_job(args.jobs)}")
         if args.queued:
-            window = float(args.windows.split(",")[-1])
-            rate, samples = full(client, args.queued, window)
+            window, batch_time = windows[-1], batch_times[0]
+            with cpu:
+                rate, samples = full(client, args.queued, window, batch_time)
             first = rate_between(samples, 0, min(PART, args.queued))
             last = rate_between(samples, max(0, args.queued - PART), args.queued)
-            print(f"{args.queued} queued (window {window:g} x slots): {rate:,.0f} jobs/s overall; dispatch "
-                  f"first {PART}: {first:,.0f}/s, last {PART}: {last:,.0f}/s, last/first {last / first:.2f} "
-                  f"(target 0.9-1.1)")
+            print(f"{args.queued} queued (window {window:g} x slots, batch time {batch_time:g} s): "
+                  f"{rate:,.0f} jobs/s overall; dispatch first {PART}: {first:,.0f}/s, last {PART}: {last:,.0f}/s, "
+                  f"last/first {last / first:.2f} (target 0.9-1.1); {cpu.per_job(args.queued)}")
 
 
 if __name__ == "__main__":
