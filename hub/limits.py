@@ -179,23 +179,3 @@ def cpu_seconds(pids) -> float:
         fields = stat[stat.rindex(b")") + 2:].split()
         total += sum(int(v) for v in fields[11:15])  # fields 14-17 of stat(5): utime stime cutime cstime
     return total / ticks
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (kernels are in their own sessions, not the group)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found

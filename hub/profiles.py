@@ -42,10 +42,7 @@ meaning. Every write records ``{who, when, action, slug, changes}`` in the same 
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
@@ -53,8 +50,9 @@ from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text, 
 
 from skerry.adaptors.specs import load_spec
 from skerry.errors import ConfigError
-from skerry.workload.catalog import _make_engine  # the catalog's SQLite set-up: WAL, busy timeout, BEGIN IMMEDIATE
 from skerry.workload.modules import parse_memory
+
+from .sqlitefile import SQLiteFile
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 SAMPLE_USER = "sample-user"  # adaptor templates are checked with this name in place of {username}
@@ -342,33 +340,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class ProfileStore:
+class ProfileStore(SQLiteFile):
     """Profiles and their audit log in one SQLite file. Methods return profile dicts:
     the spec plus ``version``, ``disabled``, ``created``, ``updated``, ``updated_by``."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.engine = _make_engine(f"sqlite:///{self.path}")
-        metadata.create_all(self.engine)
-
-    @classmethod
-    def for_data_dir(cls, data_dir: str | Path) -> "ProfileStore":
-        path = Path(data_dir).expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path / "profiles.sqlite")
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _write(self) -> Iterator:
-        with self.engine.connect().execution_options(skerry_write=True) as c, c.begin():
-            yield c
-
-    @contextmanager
-    def _read(self) -> Iterator:
-        with self.engine.connect() as c, c.begin():
-            yield c
+    FILENAME = "profiles.sqlite"
+    METADATA = metadata
 
     @staticmethod
     def _json(row) -> dict:

@@ -38,8 +38,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text, delete, insert, select, update
 
 from skerry.errors import ConfigError, SkerryError
-from skerry.workload.catalog import _make_engine  # the catalog's SQLite set-up: WAL, busy timeout, BEGIN IMMEDIATE
 
 from .profiles import Memory
+from .sqlitefile import SQLiteFile
 
 KINDS = ("user", "group")
 LIMITS = ("servers", "cpu", "memory", "gpus", "queued_jobs")
@@ -148,34 +147,16 @@ def _midnight(d: date) -> float:
     return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
 
 
-class QuotaStore:
+class QuotaStore(SQLiteFile):
     """Quotas and server sessions in one SQLite file (module docstring). ``clock`` gives the
     time in seconds since the epoch (tests pass their own)."""
 
+    FILENAME = "usage.sqlite"
+    METADATA = metadata
+
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.time):
-        self.path = Path(path)
         self.clock = clock
-        self.engine = _make_engine(f"sqlite:///{self.path}")
-        metadata.create_all(self.engine)
-
-    @classmethod
-    def for_data_dir(cls, data_dir: str | Path, **kwargs) -> "QuotaStore":
-        path = Path(data_dir).expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path / "usage.sqlite", **kwargs)
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _write(self) -> Iterator:
-        with self.engine.connect().execution_options(skerry_write=True) as c, c.begin():
-            yield c
-
-    @contextmanager
-    def _read(self) -> Iterator:
-        with self.engine.connect() as c, c.begin():
-            yield c
+        super().__init__(path)
 
     # ---- quotas ----
 

@@ -48,11 +48,12 @@ from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
 from skerry.kernels import JUPYTER_PATH_DIR
 from skerry.kernels.session import POOLS_ENV
 
-from skerry.process import group_members, is_running, kill_group, start_time
+from skerry.process import descendants, group_members, is_running, kill_group, start_time
 
 from . import spawn_form
-from .limits import Enforcement, Limits, cpu_seconds, descendants
+from .limits import Enforcement, Limits, cpu_seconds
 from .profiles import ProfileStore, allowed
+from .quotas import QuotaExceeded, QuotaStore
 from .selection import Refused, select
 
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -208,22 +209,13 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         return {"cpu": float(cpu) if cpu else None, "memory": int(memory) if memory else None,
                 "gpus": int(resources.get("gpus") or 0)}
 
-    def _quota_store(self):
-        """The QuotaStore of the data dir, or None (no data dir, or quotas not installed)."""
-        if not self.data_dir:
-            return None
-        try:
-            from skerry.hub.quotas import QuotaStore
-        except ImportError:
-            return None
-        return QuotaStore.for_data_dir(self.data_dir)
+    def _quota_store(self) -> QuotaStore | None:
+        return QuotaStore.for_data_dir(self.data_dir) if self.data_dir else None
 
     async def _admit(self) -> None:
         store = self._quota_store()
         if store is None:
             return
-        from skerry.hub.quotas import QuotaExceeded
-
         try:
             # in a thread: admit waits for the usage database's write lock
             await asyncio.to_thread(store.admit, self.user.name, self.group_names, self.name or "",
@@ -231,7 +223,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         except QuotaExceeded as e:
             raise SpawnException(e.message, reason="quota_exceeded", status_code=403) from None
         finally:
-            _dispose(store)
+            store.dispose()
 
     async def _release(self, used_cpu: float | None) -> None:
         store = self._quota_store()
@@ -242,7 +234,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         except Exception:  # a stop must not fail for the usage record
             self.log.exception("could not record the end of %s's server %r", self.user.name, self.name)
         finally:
-            _dispose(store)
+            store.dispose()
 
     def _enforcement(self) -> Enforcement:
         limits = Limits.from_resources((self.profile or {}).get("resources"))
@@ -386,7 +378,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     def _cpu_seconds(pgid: int) -> float:
         """CPU seconds of the server's processes so far: the group and every process below its
         leader (kernels run in sessions of their own), with the children they reaped."""
-        return cpu_seconds({pgid, *group_members(pgid), *descendants(pgid)})
+        return cpu_seconds({pgid, *group_members(pgid), *descendants(pgid, zombies=True)})
 
     @staticmethod
     def _kill_leftovers(pgid: int) -> None:
@@ -418,8 +410,3 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         self.profile = None
         self.limits = None
 
-
-def _dispose(store) -> None:
-    dispose = getattr(store, "dispose", None)
-    if dispose is not None:
-        dispose()

@@ -54,6 +54,17 @@ def bob(platform):
     return platform.user_token("bob")
 
 
+@pytest.fixture(scope="module")
+def users(platform):
+    """Tokens of carol (in the hub group physics), dora and erin (in no group)."""
+    r = platform.api("POST", "/hub/api/groups/physics")
+    assert r.status_code in (201, 409), r.text
+    tokens = {name: (platform.create_user(name), platform.user_token(name))[1] for name in ("carol", "dora", "erin")}
+    r = platform.api("POST", "/hub/api/groups/physics/users", json={"users": ["carol"]})
+    assert r.status_code == 200, r.text
+    return tokens
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     """A real OpenSSH sshd on 127.0.0.1 (SFTP), for the whole session."""

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from skerry.process import descendants  # noqa: F401 (tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -19,27 +21,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (children, their children, ...)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if fields[0] != b"Z":
-                parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def pids_of(pattern: str, environ: bool = False) -> set[int]:

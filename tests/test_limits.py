@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.limits import Enforcement, Limits, choose_cores, cpu_seconds
+from skerry.hub.limits import Enforcement, Limits, choose_cores, cpu_seconds
 
 MIB = 1024**2
 CORES = sorted(os.sched_getaffinity(0))

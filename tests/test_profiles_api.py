@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from hub.profiles import ProfileStore
+from skerry.hub.profiles import ProfileStore
 
 pytestmark = pytest.mark.platform
 
@@ -28,17 +28,6 @@ CPU = {
     "dask": {"max_workers": 2, "worker_memory": "1Gi"},
     "access": {"everyone": True},
 }
-
-
-@pytest.fixture(scope="module")
-def users(platform):
-    """Tokens of carol (group physics), dora (named by GPU) and erin (neither)."""
-    r = platform.api("POST", "/hub/api/groups/physics")
-    assert r.status_code in (201, 409), r.text
-    tokens = {name: (platform.create_user(name), platform.user_token(name))[1] for name in ("carol", "dora", "erin")}
-    r = platform.api("POST", "/hub/api/groups/physics/users", json={"users": ["carol"]})
-    assert r.status_code == 200, r.text
-    return tokens
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from hub.quotas import QuotaStore
+from skerry.hub.quotas import QuotaStore
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Base, Job, Run, Task
 from skerry.workload.runs import Planner
@@ -21,17 +21,6 @@ pytestmark = pytest.mark.platform
 API = "/services/skerry/api/v1"
 POOLS = {"cpu": None, "gpu": None}  # no Dask: the tests plan jobs themselves and look at them standing still
 GiB = 1024**3
-
-
-@pytest.fixture(scope="module")
-def users(platform):
-    """Tokens of carol (group physics), dora and erin (no group)."""
-    r = platform.api("POST", "/hub/api/groups/physics")
-    assert r.status_code in (201, 409), r.text
-    tokens = {name: (platform.create_user(name), platform.user_token(name))[1] for name in ("carol", "dora", "erin")}
-    r = platform.api("POST", "/hub/api/groups/physics/users", json={"users": ["carol"]})
-    assert r.status_code == 200, r.text
-    return tokens
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from helpers import descendants, pids_of, wait_for
-from hub import spawn_form
-from hub.selection import BadOptions, Refused, select
+from skerry.hub import spawn_form
+from skerry.hub.selection import BadOptions, Refused, select
 from skerry.kernels.remote import RemoteKernel
 
 platform_test = pytest.mark.platform
@@ -317,7 +317,7 @@ def test_a_profile_adaptor_named_like_one_of_the_users_is_refused_and_its_admiss
         store.dispose()
 
 def _stored(spec: dict, version=1, disabled=False) -> dict:
-    from hub.profiles import validate
+    from skerry.hub.profiles import validate
 
     return {**validate(spec).model_dump(mode="json"), "version": version, "disabled": disabled}
 

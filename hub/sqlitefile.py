@@ -1,0 +1,45 @@
+"""One SQLite file of the hub's own (profiles, quotas): the engine and its read/write transactions.
+
+Set up as the catalog's SQLite (WAL, busy timeout, ``BEGIN IMMEDIATE`` for writes), with
+its tables made by ``metadata.create_all``: these stores have no migrations to share.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import MetaData
+
+from skerry.workload.catalog import _make_engine
+
+
+class SQLiteFile:
+    """Subclasses name their ``FILENAME`` in the data dir and the ``METADATA`` of their tables."""
+
+    FILENAME: str
+    METADATA: MetaData
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.engine = _make_engine(f"sqlite:///{self.path}")
+        self.METADATA.create_all(self.engine)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: str | Path, **kwargs):
+        path = Path(data_dir).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path / cls.FILENAME, **kwargs)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator:
+        # skerry_write: the engine begins IMMEDIATE, so writers queue instead of failing
+        with self.engine.connect().execution_options(skerry_write=True) as c, c.begin():
+            yield c
+
+    @contextmanager
+    def _read(self) -> Iterator:
+        with self.engine.connect() as c, c.begin():
+            yield c
