@@ -136,6 +136,17 @@ class Platform:
             self.proc.stdout.close()
 
 
+def refused(r, status: int, code: str | None = None) -> str:
+    """The sentence of a skerry API refusal: ``status``, a body of exactly ``error`` (``code``,
+    if given) and ``message`` (a sentence)."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "message"} and body["message"].endswith((".", ")")), body
+    if code:
+        assert body["error"] == code, body
+    return body["message"]
+
+
 def kill_leftovers(data_dir: Path):
     """Last-resort cleanup so that one failing test cannot leave servers for the next."""
     for pid in pids_of(str(data_dir), environ=True) - {os.getpid()}:

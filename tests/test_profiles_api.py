@@ -11,6 +11,8 @@ import pytest
 
 from skerry.hub.profiles import ProfileStore
 
+from helpers import refused
+
 pytestmark = pytest.mark.platform
 
 API = "/services/skerry/api/v1"
@@ -36,15 +38,6 @@ def store(platform):
     s = ProfileStore.for_data_dir(platform.data_dir)
     yield s
     s.dispose()
-
-
-def refused(r, status, code=None) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error", "message"} and body["message"].endswith("."), body
-    if code:
-        assert body["error"] == code, body
-    return body["message"]
 
 
 def slugs(platform, token=None) -> list[str]:

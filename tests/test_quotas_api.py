@@ -16,6 +16,8 @@ from skerry.workload.catalog import Catalog
 from skerry.workload.models import Base, Job, Run, Task
 from skerry.workload.runs import Planner
 
+from helpers import refused
+
 pytestmark = pytest.mark.platform
 
 API = "/services/skerry/api/v1"
@@ -36,15 +38,6 @@ def catalog(platform):
     cat = Catalog.for_data_dir(platform.data_dir)
     yield cat
     cat.dispose()
-
-
-def refused(r, status, code=None) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error", "message"} and body["message"].endswith("."), body
-    if code:
-        assert body["error"] == code, body
-    return body["message"]
 
 
 def catalog_rows(catalog) -> dict[str, int]:

@@ -14,6 +14,8 @@ from sqlalchemy import func, select
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Base
 
+from helpers import refused
+
 pytestmark = pytest.mark.platform
 
 API = "/services/skerry/api/v1"
@@ -44,15 +46,6 @@ def rows(catalog) -> dict[str, int]:
 
 def files(n, prefix="skerry://home/raw"):
     return [{"uri": f"{prefix}/f{i:05d}", "size": i, "checksum": MD5} for i in range(n)]
-
-
-def refused(r, status, code=None):
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error", "message"} and body["message"].endswith((".", ")")), body
-    if code:
-        assert body["error"] == code, body
-    return body["message"]
 
 
 def test_datasets_files_and_close(platform, alice, catalog):
