@@ -15,7 +15,9 @@ One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
    scheduler (catalog + fair selector + Dask runner), every transition and attempt
    written. Prints jobs/s and the ratio to raw (target >= 0.7);
 3. ``--queued`` jobs queued at once (0 skips it), last window, first batch time: the
-   dispatch rate of the first 10,000 and of the last 10,000 (target: within 10%).
+   dispatch rate of the first 10,000 and of the last 10,000 (target: within 10%), and the
+   scheduler loop's CPU time per dispatch in both (on a shared machine the rates of a few
+   seconds swing with the others' load; the CPU time shows whether the loop slows down).
 Each line also gives the CPU time per job of this process (the scheduler loop, the Dask
 scheduler and client) and of the two worker processes, and the load average before it.
 Asserts nothing.
@@ -84,7 +86,8 @@ def queued(folder: str, n: int) -> tuple[Catalog, int]:
 
 
 def full(client: Client, n: int, window: float, batch_time: float) -> tuple[float, list[tuple[float, int]]]:
-    """jobs/s from the first dispatch to the last success; (time, dispatched) samples."""
+    """jobs/s from the first dispatch to the last success; (time, dispatched, CPU time of the
+    loop's thread) samples."""
     with tempfile.TemporaryDirectory() as folder:
         catalog, task = queued(folder, n)
         sched = Scheduler(catalog, Runner({"cpu": client}), window=window, batch_time=batch_time)
@@ -92,17 +95,19 @@ def full(client: Client, n: int, window: float, batch_time: float) -> tuple[floa
         start = time.perf_counter()
         while sched.dispatched < n or sched.live:
             sched.step(0.005)
-            samples.append((time.perf_counter() - start, sched.dispatched))
+            samples.append((time.perf_counter() - start, sched.dispatched, time.thread_time()))
         elapsed = time.perf_counter() - start
         sched.run(lambda: sched.tasks_done([task]), timeout=60)  # the task's state follows its jobs
         catalog.dispose()
     return n / elapsed, samples
 
 
-def rate_between(samples: list[tuple[float, int]], low: int, high: int) -> float:
-    t0 = next(t for t, d in samples if d >= low)
-    t1 = next(t for t, d in samples if d >= high)
-    return (high - low) / (t1 - t0)
+def rate_between(samples: list[tuple[float, int, float]], low: int, high: int) -> tuple[float, float]:
+    """Dispatches per second between ``low`` and ``high`` dispatched, and the loop's CPU
+    microseconds per dispatch there (what the rate would be on an idle machine)."""
+    t0, c0 = next((t, c) for t, d, c in samples if d >= low)
+    t1, c1 = next((t, c) for t, d, c in samples if d >= high)
+    return (high - low) / (t1 - t0), 1e6 * (c1 - c0) / (high - low)
 
 
 def main() -> None:
@@ -133,11 +138,12 @@ def main() -> None:
             window, batch_time = windows[-1], batch_times[0]
             with cpu:
                 rate, samples = full(client, args.queued, window, batch_time)
-            first = rate_between(samples, 0, min(PART, args.queued))
-            last = rate_between(samples, max(0, args.queued - PART), args.queued)
+            first, first_cpu = rate_between(samples, 0, min(PART, args.queued))
+            last, last_cpu = rate_between(samples, max(0, args.queued - PART), args.queued)
             print(f"{args.queued} queued (window {window:g} x slots, batch time {batch_time:g} s): "
                   f"{rate:,.0f} jobs/s overall; dispatch first {PART}: {first:,.0f}/s, last {PART}: {last:,.0f}/s, "
-                  f"last/first {last / first:.2f} (target 0.9-1.1); {cpu.per_job(args.queued)}")
+                  f"last/first {last / first:.2f} (target 0.9-1.1); the loop's CPU per dispatch first "
+                  f"{first_cpu:.0f} us, last {last_cpu:.0f} us; {cpu.per_job(args.queued)}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ Rules:
   its end. A hung job stops beating only if its worker freezes, so the scheduler also
   times a job from its ``Started`` (``spec.timeout``);
 - before each job but the first, a batch stops if Dask cancelled its task (the runner
-  did: see ``cancel``);
+  did: see ``cancel``); the jobs of a batch behind one that runs long wait for it (the
+  scheduler batches only jobs measured short), until it ends or is timed out;
 - a failed job's log text is written beside its outputs (``<output>/.skerry-logs/
   <job>.<attempt>.log``) when its executor kept none, so every failure has a log location;
 - an end event carries the job's result as a plain dict (its log text capped at
