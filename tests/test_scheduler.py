@@ -323,6 +323,9 @@ def test_bad_settings_are_refused(tmp_path, client):
         Scheduler(cat, Runner({"cpu": client}), window=0)
     with pytest.raises(SchedulerError, match="timeout"):
         Scheduler(cat, Runner({"cpu": client}), job_timeout=-1)
+    for bad in (-0.1, float("nan"), "0.05", True):
+        with pytest.raises(SchedulerError, match="batch time"):
+            Scheduler(cat, Runner({"cpu": client}), batch_time=bad)
     sched = Scheduler(cat, Runner({"cpu": client}))
     with pytest.raises(SchedulerError, match="rank"):
         sched.set_rank(1, 0)
