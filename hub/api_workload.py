@@ -3,11 +3,12 @@
 Routes (all JSON, hub tokens, errors ``{"error", "message"}``)::
 
     GET  datasets                       {"datasets": [...]}: the caller's (an admin: all, ?owner=)
-    POST datasets                       {"name", "location"?, "metadata"?, "owner"? (admins)} -> 201, + "runs"
+    POST datasets                       {"name", "location"?, "metadata"?, "owner"? (admins)} -> 201,
+                                        + "runs", "refused"
     GET  datasets/{name}                the dataset, with its file count and total size
     GET  datasets/{name}/files          ?after=&limit=&state= -> {"files": [...], "next_after"}
     POST datasets/{name}/files          {"files": [{"uri", "size", "checksum"?}, ...]}: all or none
-    POST datasets/{name}/close          OPEN -> CLOSED, + "runs"
+    POST datasets/{name}/close          OPEN -> CLOSED, + "runs", "refused"
     GET  modules                        {"modules": [...]}: the built-ins and the added ones
     POST modules                        a module spec -> 201
     GET  workflows                      {"workflows": [...]}
@@ -38,13 +39,19 @@ Rules:
   quota of its owner, or of one of the owner's groups (``hub.quotas``), is a 403
   ``quota_exceeded`` with the quota's sentence, and nothing is created: the jobs counted are
   the owner's (or the group members') jobs not yet final, plus those the run's first steps
-  would get from the dataset's files now (``hub.usage.planned_jobs``). The check and the
-  run's creation are two transactions: runs created at the same moment may pass it together;
+  would get from the dataset's files now (``hub.usage.planned_jobs``), the jobs counted
+  including those owed to the owners' running runs not yet given them. The count and the
+  run's creation are one catalog write transaction (SQLite: ``BEGIN IMMEDIATE``, the
+  database's write lock, which also holds off other processes; PostgreSQL: an advisory
+  lock, ``hub.usage.quota_lock``): of two runs created at once, a quota admitting one
+  admits exactly one;
 - creating a dataset and closing it start the runs its name's workflow masks call for
   (``skerry.workload.runs.start_matching_runs``: at rank 1, owned by the dataset's
   owner, once per workflow and dataset; a run's output datasets never start runs); both
-  answers carry ``"runs": [ids]``, the runs that call started. A workflow that cannot run
-  over the dataset is skipped (logged) and the dataset is created or closed all the same.
+  answers carry ``"runs": [ids]``, the runs that call started, and ``"refused"``: the runs
+  a ``queued_jobs`` quota refused, not created, each ``{"workflow", "error":
+  "quota_exceeded", "message": the quota's sentence}`` (checked as for ``POST runs``). A
+  workflow that cannot run over the dataset is skipped (logged) and the dataset is created or closed all the same.
   Adding a workflow with a mask starts nothing over the datasets already there: only
   registering or closing a dataset starts runs;
 - catalog calls run in a worker thread, so a large registration does not hold up others.
@@ -452,7 +459,8 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         """A new ``OPEN`` dataset owned by the caller. Body: ``{"name", "location"?, "metadata"?}``;
         an admin may give ``"owner"``, an existing hub user (else 404 ``no_such_user``, nothing
         written). 409 if the name is taken. The answer is the dataset with ``"runs"``: the ids of
-        the runs its name started (workflows whose ``mask`` matches it; module docstring)."""
+        the runs its name started (workflows whose ``mask`` matches it; module docstring), and
+        ``"refused"``: those a ``queued_jobs`` quota refused, each ``{"workflow", "error", "message"}``."""
         body = await _json_body(request)
         _fields(body, {"name", "location", "metadata", "owner"}, {"name"}, "A dataset")
         owner = body.get("owner", who.get("name", ""))
@@ -465,8 +473,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
                 await hub.user(owner)  # 404 no_such_user: a dataset nobody can see is no use
         info = await _call(w.catalog.create_dataset, body["name"], owner=owner, metadata=body.get("metadata"),
                            location=body.get("location"))
-        runs = await _call(start_matching_runs, w.catalog, info.name)
-        return JSONResponse({**_dataset_json(info), "runs": runs}, 201)
+        return JSONResponse({**_dataset_json(info), **await start_masked(w, info, who, hub)}, 201)
 
     @router.get("/datasets/{name}", tags=["datasets"])
     async def get_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload)):
@@ -500,14 +507,16 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         return {"registered": count, "dataset": _dataset_json(await _call(w.catalog.get_dataset, name))}
 
     @router.post("/datasets/{name}/close", tags=["datasets"])
-    async def close_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    async def close_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload),
+                            hub=Depends(get_hub)):
         """``OPEN -> CLOSED``: the dataset is complete (409 from any other state). The answer is
         the dataset with ``"runs"``: the ids of the runs closing it started (workflows whose
-        ``mask`` matches its name and that have no run over it yet; module docstring)."""
-        await own_dataset(name, who, w)
+        ``mask`` matches its name and that have no run over it yet; module docstring), and
+        ``"refused"`` as for ``POST datasets``."""
+        info = await own_dataset(name, who, w)
         await _call(w.catalog.close_dataset, name)
-        runs = await _call(start_matching_runs, w.catalog, name)
-        return {**_dataset_json(await _call(w.catalog.get_dataset, name)), "runs": runs}
+        started = await start_masked(w, info, who, hub)
+        return {**_dataset_json(await _call(w.catalog.get_dataset, name)), **started}
 
     # -- modules and workflows ----------------------------------------------------
 
@@ -537,31 +546,42 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
 
     # -- runs, tasks, jobs --------------------------------------------------------
 
-    async def check_queued_quota(w: Workload, workflow: str, dataset: str, owner: str, who: dict, hub) -> None:
-        """QuotaExceeded (403) if the run's jobs would pass a ``queued_jobs`` quota of its owner
-        or of one of the owner's groups (the sum over the group's members)."""
+    async def queued_quota(w: Workload, owner: str, who: dict, hub):
+        """The ``check`` for ``start_run`` (None when no ``queued_jobs`` quota limits ``owner``):
+        in the run's creating transaction, QuotaExceeded (403) if its jobs would pass a
+        ``queued_jobs`` quota of its owner or of one of the owner's groups (the sum over the
+        group's members). The hub is asked about groups here, before the lock is taken."""
         if not owner:
-            return
+            return None
         store = (get_quotas or shared_store)()
         mine = who.get("kind") == "user" and who.get("name") == owner
         groups = who.get("groups", []) if mine else (await hub.user(owner)).get("groups", [])
         limits = [(k, n) for k, n, q in await _call(store.applying, owner, groups) if "queued_jobs" in q]
         if not limits:
-            return
+            return None
         members = {}
         for kind, name in limits:
             if kind == "group":
                 r = await hub.client.get(f"groups/{quote(name, safe='')}")
                 r.raise_for_status()
                 members[name] = r.json().get("users", [])
+        registry = await _call(registry_of, w.catalog)
 
-        def check() -> None:
-            loaded = load_workflow(w.catalog.get_workflow(workflow).spec, registry_of(w.catalog))
-            adding = usage.planned_jobs(w.catalog, loaded, dataset)
+        def check(s, loaded, dataset: str) -> None:
+            usage.quota_lock(s)  # SQLite: the transaction already holds the write lock
+            adding = usage.planned_jobs(w.catalog, loaded, dataset, session=s)
             check_queued_jobs(store, owner, groups, adding, lambda kind, name: usage.queued_jobs(
-                w.catalog, [owner] if kind == "user" else members[name]))
+                w.catalog, [owner] if kind == "user" else members[name], session=s, registry=registry))
 
-        await _call(check)
+        return check
+
+    async def start_masked(w: Workload, dataset, who: dict, hub) -> dict:
+        """``{"runs": [ids], "refused": [...]}``: the runs ``dataset``'s name starts (module docstring)."""
+        check = await queued_quota(w, dataset.owner, who, hub)
+        refused: list[dict] = []
+        runs = await _call(start_matching_runs, w.catalog, dataset.name, refused=refused,
+                           check=check and (lambda s, loaded: check(s, loaded, dataset.name)))
+        return {"runs": runs, "refused": refused}
 
     @router.get("/runs", tags=["runs"])
     async def list_runs(who: dict = Depends(caller), w: Workload = Depends(workload)):
@@ -584,8 +604,9 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
             raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
         owner = await _call(w.check_run_request, body["workflow"], body["dataset"], owner_filter(who))
-        await check_queued_quota(w, body["workflow"], body["dataset"], owner, who, hub)
-        run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner)
+        check = await queued_quota(w, owner, who, hub)
+        run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner,
+                             check=check and (lambda s, loaded: check(s, loaded, body["dataset"])))
         return JSONResponse(await _call(w.run, run_id, None), 201)
 
     @router.get("/runs/{run_id}", tags=["runs"])

@@ -391,7 +391,9 @@ def check_queued_jobs(store: QuotaStore, user: str, groups: list[str] | set[str]
                       queued: Callable[[str, str], int]) -> None:
     """Refuse (:class:`QuotaExceeded`) ``adding`` more jobs for ``user`` if a ``queued_jobs``
     quota of the user or of one of their groups would be passed; ``queued(kind, name)`` counts
-    the jobs not yet final of the user, or of the group's members."""
+    the jobs not yet final of the user, or of the group's members. Call it in the transaction
+    that creates the run, under the catalog's write lock (``hub.api_workload``), so that the
+    count cannot change before the run exists."""
     for kind, name, quota in store.applying(user, groups):
         if "queued_jobs" not in quota:
             continue

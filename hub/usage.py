@@ -3,8 +3,14 @@
 - Jobs (from the catalog): a job belongs to its run's owner, or its input dataset's owner
   for a task without a run (as ``hub.api_workload`` shows them). ``job_counts`` counts jobs
   by owner and UTC day of creation; ``queued_jobs`` counts the jobs not yet final
-  (``defined``, ``queued``, ``running``, ``retrying``, ``lost``) of some owners: what a
-  ``queued_jobs`` quota limits; ``jobs_by_state`` is for the metrics.
+  (``defined``, ``queued``, ``running``, ``retrying``, ``lost``) of some owners, plus the
+  jobs their running runs' first steps are owed but the scheduler has not created yet (a
+  run just started has no job rows: without these, two runs started back to back would
+  both pass a quota): what a ``queued_jobs`` quota limits; ``jobs_by_state`` is for the
+  metrics.
+- ``quota_lock`` is taken, in the catalog transaction that creates a run, before counting:
+  on SQLite that transaction's ``BEGIN IMMEDIATE`` already holds the database's write lock
+  (nothing to do); on PostgreSQL a transaction advisory lock serialises the run creators.
 - ``planned_jobs`` is how many jobs a new run would get now: for each step reading the
   run's dataset, one per file its pin accepts (a ``multiple`` pin: one per chunk). Steps
   reading another step's output get jobs later, as files arrive: they are not counted.
@@ -18,13 +24,16 @@ from collections import defaultdict
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import aliased
 
 from skerry.workload.catalog import Catalog
-from skerry.workload.models import FINAL_JOB_STATES, JOB_STATES, Dataset, File, Job, Run, Task
+from skerry.workload.models import FINAL_JOB_STATES, JOB_STATES, Dataset, File, Job, Run, Task, Workflow
+from skerry.workload.runs import registry_of
+from skerry.workload.workflows import load_workflow
 
 NOT_MEASURED = "not measured"
+QUOTA_LOCK_KEY = 0x736B6572  # "sker": the one advisory lock of run creation on PostgreSQL
 
 
 def _owned(columns):
@@ -47,14 +56,41 @@ def job_counts(catalog: Catalog, since: date) -> dict[tuple[str, str], int]:
         return {(o or "", str(d)): n for o, d, n in s.execute(query)}
 
 
-def queued_jobs(catalog: Catalog, owners: list[str] | set[str]) -> int:
-    """The jobs not yet final of ``owners``."""
+def queued_jobs(catalog: Catalog, owners: list[str] | set[str], *, session=None, registry=None) -> int:
+    """The jobs not yet final of ``owners``, plus those owed to their running runs (module
+    docstring); in ``session`` when given (a run's creating transaction), with ``registry``
+    (default: the catalog's modules) to load the runs' workflows."""
     if not owners:
         return 0
+    if session is None:
+        with catalog.session() as s:
+            return queued_jobs(catalog, owners, session=s, registry=registry)
     query, owner = _owned(lambda owner: (func.count(),))
     query = query.where(Job.state.not_in(FINAL_JOB_STATES), owner.in_(sorted(owners)))
-    with catalog.session() as s:
-        return s.execute(query).scalar_one()
+    return session.execute(query).scalar_one() + _owed_jobs(catalog, session, owners, registry)
+
+
+def _owed_jobs(catalog: Catalog, s, owners, registry) -> int:
+    """The jobs the first steps of ``owners``' running runs would get now and do not have yet."""
+    runs = s.execute(select(Run).where(Run.state == "running", Run.owner.in_(sorted(owners)))).scalars().all()
+    if not runs:
+        return 0
+    registry = registry or registry_of(catalog)
+    owed = 0
+    for run in runs:
+        tasks = {t.step: t for t in s.execute(select(Task).where(Task.run_id == run.id)).scalars()}
+        wf = load_workflow(s.get(Workflow, run.workflow_id).spec, registry)
+        for step, count in _first_step_jobs(s, wf, run.input_dataset_id).items():
+            task = tasks.get(step)
+            if task is not None and task.state not in FINAL_JOB_STATES:
+                owed += max(count - task.jobs_total, 0)
+    return owed
+
+
+def quota_lock(session) -> None:
+    """Serialise the creators of runs until ``session``'s transaction ends (module docstring)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": QUOTA_LOCK_KEY})
 
 
 def jobs_by_state(catalog: Catalog) -> dict[str, int]:
@@ -71,15 +107,20 @@ def jobs_by_owner(catalog: Catalog) -> dict[str, int]:
         return {o or "": n for o, n in s.execute(query.group_by(owner))}
 
 
-def planned_jobs(catalog: Catalog, workflow, dataset: str) -> int:
+def planned_jobs(catalog: Catalog, workflow, dataset: str, *, session=None) -> int:
     """The jobs a run of the loaded ``workflow`` over ``dataset`` would get now (module docstring)."""
-    with catalog.session() as s:
-        ds = s.execute(select(Dataset).where(Dataset.name == dataset)).scalar_one_or_none()
-        if ds is None:
-            return 0
-        names = s.execute(select(File.uri).where(File.dataset_id == ds.id, File.state == "AVAILABLE")).scalars()
-        names = [uri.rsplit("/", 1)[-1] for uri in names]
-    total = 0
+    if session is None:
+        with catalog.session() as s:
+            return planned_jobs(catalog, workflow, dataset, session=s)
+    ds = session.execute(select(Dataset.id).where(Dataset.name == dataset)).scalar_one_or_none()
+    return 0 if ds is None else sum(_first_step_jobs(session, workflow, ds).values())
+
+
+def _first_step_jobs(s, workflow, dataset_id: int) -> dict[str, int]:
+    """``{step: jobs}`` for the steps of ``workflow`` reading the dataset, from its files now."""
+    names = s.execute(select(File.uri).where(File.dataset_id == dataset_id, File.state == "AVAILABLE")).scalars()
+    names = [uri.rsplit("/", 1)[-1] for uri in names]
+    out = {}
     for name in workflow.order:
         step = workflow.steps[name]
         if len(step.inputs) != 1:
@@ -90,11 +131,10 @@ def planned_jobs(catalog: Catalog, workflow, dataset: str) -> int:
         pin = step.module.input(pin_name)
         files = sum(1 for n in names if pin.accepts(n))
         if pin.kind == "single":
-            total += files
-        elif files:
-            chunk = step.chunk or files
-            total += -(-files // chunk)
-    return total
+            out[name] = files
+        else:
+            out[name] = -(-files // (step.chunk or files)) if files else 0
+    return out
 
 
 def folder_bytes(path: Path) -> int:

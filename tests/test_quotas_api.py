@@ -2,10 +2,13 @@
 dora and erin; the platform's own ``DIR/usage.sqlite`` and catalog are read beside the service.
 
 Every refused write answers 4xx JSON with a sentence and leaves the stores as they were; a
-run that would pass a queued-jobs quota is refused and leaves the catalog as it was.
+run that would pass a queued-jobs quota is refused and leaves the catalog as it was, also when
+two are created at once or when a dataset's name starts it (the refusal is in the dataset's answer).
 """
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -230,3 +233,73 @@ def test_a_real_server_stopped_shows_in_usage_with_its_cpu_seconds(platform, ali
     assert [r["user"] for r in rows] == ["alice"]
     assert rows[0]["servers"] >= 1 and rows[0]["server_hours"] > 0 and rows[0]["cpu_seconds"] > 0, rows
     assert store.totals()["alice"]["cpu_seconds"] == pytest.approx(rows[0]["cpu_seconds"], abs=1e-3)
+
+
+def dataset_with_files(platform, token: str, name: str, files: int) -> None:
+    r = platform.api("POST", API + "/datasets", token=token, json={"name": name, "location": f"skerry://home/{name}"})
+    assert r.status_code == 201, r.text
+    r = platform.api("POST", API + f"/datasets/{name}/files", token=token, json={"files": [
+        {"uri": f"skerry://home/{name}/f{i}", "size": 1} for i in range(files)]})
+    assert r.status_code == 200, r.text
+
+
+def runs_of(catalog, owner: str) -> int:
+    with catalog.session() as s:
+        return s.execute(select(func.count()).select_from(Run).where(Run.owner == owner)).scalar()
+
+
+def test_two_runs_at_once_against_a_quota_for_one_create_exactly_one(platform, users, catalog):
+    dora = users["dora"]
+    assert platform.api("POST", API + "/workflows", token=dora, json={"name": "race", "steps": [
+        {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]}).status_code == 201
+    for name in ("dora.r1", "dora.r2"):
+        dataset_with_files(platform, dora, name, 2)
+    assert platform.api("PUT", API + "/quotas/users/dora", json={"queued_jobs": 3}).status_code == 200
+    try:
+        start = threading.Barrier(2)
+
+        def create(dataset: str):
+            start.wait()
+            return platform.api("POST", API + "/runs", token=dora, json={"workflow": "race", "dataset": dataset})
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(create, ("dora.r1", "dora.r2")))
+        assert sorted(r.status_code for r in answers) == [201, 403], [r.text for r in answers]
+        # the first run has no jobs yet (no scheduler here): the jobs it is owed count as queued
+        [no] = [r for r in answers if r.status_code == 403]
+        assert refused(no, 403, "quota_exceeded") == ("dora may have at most 3 jobs queued (quota of user dora); "
+                                                      "2 are queued and this run adds 2.")
+        assert runs_of(catalog, "dora") == 1
+    finally:
+        platform.api("DELETE", API + "/quotas/users/dora")
+
+
+def test_a_mask_started_run_past_the_quota_is_refused_in_the_dataset_answer(platform, users, catalog):
+    erin = users["erin"]
+    assert platform.api("POST", API + "/workflows", token=erin, json={"name": "masked", "mask": "erin.m*", "steps": [
+        {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]}).status_code == 201
+    dataset_with_files(platform, erin, "erin.x", 2)
+    r = platform.api("POST", API + "/runs", token=erin, json={"workflow": "masked", "dataset": "erin.x"})
+    assert r.status_code == 201, r.text  # no quota yet: 2 jobs owed to erin
+    assert platform.api("PUT", API + "/quotas/users/erin", json={"queued_jobs": 1}).status_code == 200
+    try:
+        before = catalog_rows(catalog)
+        r = platform.api("POST", API + "/datasets", token=erin, json={"name": "erin.m1",
+                                                                      "location": "skerry://home/erin.m1"})
+        assert r.status_code == 201, r.text
+        assert r.json()["runs"] == [] and r.json()["refused"] == [{
+            "workflow": "masked", "error": "quota_exceeded",
+            "message": "erin may have at most 1 job queued (quota of user erin); 2 are queued and this run adds 0."}]
+        after = catalog_rows(catalog)
+        assert after["datasets"] == before["datasets"] + 1 and after["runs"] == before["runs"]
+        assert after["tasks"] == before["tasks"]  # the dataset is created, no run, task or output dataset
+        r = platform.api("POST", API + "/datasets/erin.m1/files", token=erin, json={"files": [
+            {"uri": "skerry://home/erin.m1/f0", "size": 1}]})
+        assert r.status_code == 200, r.text
+        r = platform.api("POST", API + "/datasets/erin.m1/close", token=erin)  # closing tries again
+        assert r.status_code == 200 and r.json()["state"] == "CLOSED", r.text
+        assert r.json()["runs"] == [] and r.json()["refused"][0]["message"].endswith(
+            "2 are queued and this run adds 1.")
+        assert runs_of(catalog, "erin") == 1
+    finally:
+        platform.api("DELETE", API + "/quotas/users/erin")

@@ -9,6 +9,9 @@ the output datasets' names) and then writes, in one transaction: the modules the
 workflow uses (built-ins are added on first use), the run, one ``OPEN`` output dataset
 per step (``<output_location>/<dataset name>``; by default beside the input dataset's
 folder) and one task per step. Bad input raises a ``RunError`` and writes nothing.
+``check(session, workflow)``, when given, is called in that writing transaction before
+anything is written (on SQLite it holds the database's write lock: a quota counted there
+cannot change before the run exists); whatever it raises refuses the run, nothing written.
 
 ``start_matching_runs`` is what registering (creating) or closing a dataset calls: it
 starts, at rank 1 and owned by the dataset's owner, a run of every workflow whose
@@ -17,7 +20,8 @@ any state counts, so registering then closing starts each run once). A dataset t
 a run's output never starts runs (no chains of runs over outputs). A workflow that
 cannot run over the dataset (a ``RunError``, e.g. no location or pins of the wrong type)
 is skipped with a warning on the ``skerry.workload`` logger naming it and why; the
-dataset is not affected.
+dataset is not affected. A run its ``check`` refuses (any other ``SkerryError``, e.g. a
+quota) is not created and is added to ``refused`` as ``{"workflow", "error", "message"}``.
 
 ``Planner.advance()`` gives jobs to the tasks of running runs (SPD task generation):
 - a step reading the run's dataset takes its files (those its input pin's ``pattern``
@@ -80,7 +84,7 @@ def pool_of(module) -> str:
 
 
 def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner: str = "",
-              output_location: str | None = None, registry: ModuleRegistry | None = None) -> int:
+              output_location: str | None = None, registry: ModuleRegistry | None = None, check=None) -> int:
     """Start a run of ``workflow`` over ``dataset`` (see the module docstring); its id."""
     if isinstance(rank, bool) or not isinstance(rank, int | float) or not 0 < rank < float("inf"):
         raise RunError(f"a run's rank must be a number > 0, not {rank!r}")
@@ -118,6 +122,8 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
         if taken:
             raise RunError(f"output dataset {taken[0]!r} already exists: run {workflow!r} over "
                            f"{dataset!r} once, or name the step outputs differently")
+        if check is not None:
+            check(s, wf)
         run = Run(workflow_id=row.id, input_dataset_id=ds.id, params={"pins": pins}, owner=owner,
                   state="running")
         s.add(run)
@@ -144,11 +150,13 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
 
 
 def start_matching_runs(catalog, dataset_name: str, *, owner: str | None = None,
-                        registry: ModuleRegistry | None = None) -> list[int]:
+                        registry: ModuleRegistry | None = None, check=None,
+                        refused: list[dict] | None = None) -> list[int]:
     """Start the runs that ``dataset_name``'s mask-matching workflows owe it (module docstring).
 
     The ids of the runs started now, in workflow order; ``owner`` defaults to the
-    dataset's owner. Raises ``RunError`` only for an unknown dataset.
+    dataset's owner. Raises ``RunError`` only for an unknown dataset. ``check`` is passed to
+    ``start_run``; the runs it refuses are appended to ``refused`` (module docstring).
     """
     with catalog.session() as s:
         ds = s.execute(select(Dataset).where(Dataset.name == dataset_name)).scalar_one_or_none()
@@ -174,11 +182,17 @@ def start_matching_runs(catalog, dataset_name: str, *, owner: str | None = None,
             continue
         try:
             started.append(start_run(catalog, wf.name, dataset_name, rank=1,
-                                     owner=ds.owner if owner is None else owner, registry=registry))
+                                     owner=ds.owner if owner is None else owner, registry=registry,
+                                     check=check))
         except RunError as e:
             if not _has_run(catalog, wf.name, ds.id):  # else a concurrent call started it: nothing to say
                 log.warning("workflow %r does not start a run over dataset %r: %s", wf.name, dataset_name,
                             e.message)
+        except SkerryError as e:  # refused by ``check``
+            if refused is None:
+                raise
+            log.warning("workflow %r does not start a run over dataset %r: %s", wf.name, dataset_name, e.message)
+            refused.append({"workflow": wf.name, "error": e.code, "message": e.message})
     return started
 
 
