@@ -16,6 +16,8 @@ Datasets, modules, workflows, runs, tasks and jobs: ``api_workload``, over the c
 Server profiles and their audit log: ``api_profiles``, over ``DIR/profiles.sqlite``.
 """
 
+import asyncio
+import contextlib
 import os
 import sys
 from urllib.parse import quote, urlparse
@@ -29,6 +31,7 @@ from starlette.exceptions import HTTPException
 
 from skerry.process import die_with_parent
 
+from . import culler
 from .api_infra import infra_routes
 from .api_profiles import profile_routes
 from .api_quotas import quota_routes
@@ -149,7 +152,11 @@ def main() -> int:
     die_with_parent()  # a hub killed with SIGKILL must not leave its service holding the port
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     catalog = open_catalog(os.environ["SKERRY_DATA_DIR"])  # migrated before the first request
-    uvicorn.run(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning")
+    config = uvicorn.Config(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning")
+    # idle servers stopped beside the API; the hub stops its services with SIGINT, which uvicorn
+    # raises again once shut down (as uvicorn.run, nothing to report)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(culler.beside(uvicorn.Server(config).serve()))
     return 0
 
 

@@ -10,6 +10,7 @@ import sys
 
 from skerry.adaptors.store import KEY_ENV as CRYPT_KEY_ENV
 from skerry.datadir import DataDir
+from skerry.hub.culler import INTERVAL_ENV as CULL_ENV
 from skerry.hub.pages import TEMPLATES as PAGE_TEMPLATES
 from skerry.hub.pages import handlers as page_handlers
 
@@ -84,6 +85,8 @@ def configure(c) -> None:
             "environment": {
                 "SKERRY_DATA_DIR": str(data.path),
                 "SKERRY_PUBLIC_URL": public_url,
+                # the idle culler's check interval, where set (tests)
+                **({CULL_ENV: os.environ[CULL_ENV]} if os.environ.get(CULL_ENV) else {}),
                 # the credentials key, when the admin keeps it outside the data dir
                 **({CRYPT_KEY_ENV: os.environ[CRYPT_KEY_ENV]} if os.environ.get(CRYPT_KEY_ENV) else {}),
             },
@@ -107,7 +110,9 @@ def configure(c) -> None:
         {"name": "admin", "services": [ADMIN_SERVICE_NAME]},
         {
             "name": "skerry-service",
-            "scopes": ["list:users", "read:users", "read:servers", "servers", "delete:servers", "read:groups"],
+            # admin:server_state: the idle culler reads each server's profile snapshot (hub.culler)
+            "scopes": ["list:users", "read:users", "read:servers", "servers", "delete:servers", "read:groups",
+                       "admin:server_state"],
             "services": [SERVICE_NAME],
         },
         # Prometheus scrapers: tokens of the hub group "metrics" may read /services/skerry/api/v1/metrics
