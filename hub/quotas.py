@@ -6,9 +6,9 @@ A quota, as stored and as the REST API shows it (every limit optional: absent = 
 
 ``servers`` is the number of servers running at once, ``cpu`` (cores), ``memory`` (bytes or
 a size like ``"16Gi"``, stored as bytes) and ``gpus`` the sum of what those servers were
-started with, ``queued_jobs`` the jobs not yet final plus those running runs are still owed (the checks of run creation:
-:func:`check_queued_jobs`). A user's quota limits that user; a group's quota limits the sum
-over its members.
+started with, ``queued_jobs`` the jobs not yet final plus those running runs are still
+owed (the checks of run creation: :func:`check_queued_jobs`). A user's quota limits that
+user; a group's quota limits the sum over its members.
 
 Sessions: :meth:`QuotaStore.admit` is called by the spawner before it starts a server. In one
 ``BEGIN IMMEDIATE`` transaction it closes a session of the same (user, server) still open (a hub
