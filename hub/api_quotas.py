@@ -39,6 +39,7 @@ from skerry.errors import SkerryError
 from . import usage
 from .api_users import ApiError
 from .api_workload import _body, _inline, _json_body
+from .hubapi import every_item
 from .metrics import CONTENT_TYPE, Snapshot, render
 from .quotas import KINDS, MAX_DAYS, NoSuchQuota, Quota, QuotaError, QuotaStore, shared_store
 
@@ -58,21 +59,6 @@ async def _call(fn, *args, **kwargs):
         return await run_in_threadpool(fn, *args, **kwargs)
     except SkerryError as e:
         raise _fail(e) from None
-
-
-async def _paged(hub, path: str, params: dict | None = None) -> list[dict]:
-    """Every item of a paginated hub API list."""
-    items, offset = [], 0
-    while True:
-        r = await hub.client.get(path, params={**(params or {}), "offset": offset, "limit": 200},
-                                 headers={"Accept": "application/jupyterhub-pagination+json"})
-        r.raise_for_status()
-        page = r.json()
-        items += page["items"]
-        following = (page.get("_pagination") or {}).get("next")
-        if not following:
-            return items
-        offset = following["offset"]
 
 
 def _data_dir() -> str:
@@ -179,7 +165,7 @@ def quota_routes(caller, get_hub, get_catalog, get_profiles, api: str, get_quota
         members = None
         if by == "group":
             # each user's groups now (the service may list users, not groups)
-            members = {u["name"]: u.get("groups", []) for u in await _paged(hub, "users")}
+            members = {u["name"]: u.get("groups", []) for u in await every_item(hub.client, "users")}
         users = None if admin_ else [who["name"]]
         rows = await _call(_report, store, catalog, by, int(days), users, members)
         if not admin_:
@@ -195,7 +181,7 @@ def quota_routes(caller, get_hub, get_catalog, get_profiles, api: str, get_quota
         if not is_admin(who) and METRICS_SCOPE not in who.get("scopes", []):
             raise ApiError(403, "forbidden", f"Only admins and tokens with scope {METRICS_SCOPE!r} may read metrics.")
         servers = {}
-        for user in await _paged(hub, "users", {"state": "active"}):
+        for user in await every_item(hub.client, "users", {"state": "active"}):
             servers[user["name"]] = len(user.get("servers") or {})
 
         def gather() -> Snapshot:

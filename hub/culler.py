@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import httpx
 
+from .hubapi import every_item
+
 INTERVAL_S = 30.0
 INTERVAL_ENV = "SKERRY_CULL_INTERVAL"
 
@@ -73,26 +75,11 @@ def idle_servers(users: list[dict], now: datetime) -> list[dict]:
     return out
 
 
-async def _ready_users(client: httpx.AsyncClient) -> list[dict]:
-    """Every user with a ready server (the hub's paginated list)."""
-    users, offset = [], 0
-    while True:
-        r = await client.get("users", params={"state": "ready", "offset": offset, "limit": 200},
-                             headers={"Accept": "application/jupyterhub-pagination+json"})
-        r.raise_for_status()
-        page = r.json()
-        users += page["items"]
-        following = (page.get("_pagination") or {}).get("next")
-        if not following:
-            return users
-        offset = following["offset"]
-
-
 async def cull_once(client: httpx.AsyncClient, now: datetime | None = None) -> list[dict]:
     """One pass: stop each idle server (as :func:`idle_servers` says), log why; the ones stopped."""
     now = now or datetime.now(timezone.utc)
     stopped = []
-    for idle in idle_servers(await _ready_users(client), now):
+    for idle in idle_servers(await every_item(client, "users", {"state": "ready"}), now):
         user, name = quote(idle["user"], safe=""), quote(idle["server"], safe="")
         r = await client.delete(f"users/{user}/servers/{name}" if name else f"users/{user}/server")
         where = f"{idle['user']}/{idle['server']}" if idle["server"] else f"{idle['user']}'s default server"
