@@ -4,8 +4,8 @@ A :class:`Runner` holds named *pools*; each is a Dask client (or a scheduler add
 what a worker must declare to belong to it::
 
     runner = Runner({"cpu": Pool(client), "gpu": Pool(client, needs={"GPU": 1})})
-    runner.submit_many("cpu", specs)                # attempts of jobs (JobSpecs), one Dask task each
-    runner.submit_batches("cpu", [[s1, s2], [s3]])  # or several short ones per Dask task
+    runner.submit("cpu", spec)                      # an attempt of a job (a JobSpec), one Dask task
+    runner.submit_batches("cpu", [[s1, s2], [s3]])  # several, short ones sharing a Dask task
     runner.events(timeout=0.1)                      # what happened since: Started, Beat, Finished
 
 Rules:
@@ -70,8 +70,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 
-__all__ = ["Pool", "JobSpec", "Started", "Beat", "Finished", "Runner", "execute", "execute_batch", "TOPIC",
-           "LOG_DIR"]
+__all__ = ["Pool", "JobSpec", "Started", "Beat", "Finished", "Runner", "execute_batch", "TOPIC", "LOG_DIR"]
 
 TOPIC = "skerry-job"
 LOG_DIR = ".skerry-logs"
@@ -133,11 +132,6 @@ class Finished:
 
 
 # ---- on the worker ----
-
-
-def execute(spec: JobSpec) -> dict:
-    """Run one attempt on a Dask worker: ``execute_batch([spec])``."""
-    return execute_batch([spec])
 
 
 def execute_batch(specs: list[JobSpec]) -> dict:
@@ -390,10 +384,6 @@ class Runner:
 
     def submit(self, pool: str, spec: JobSpec) -> None:
         self.submit_batches(pool, [[spec]])
-
-    def submit_many(self, pool: str, specs: list[JobSpec]) -> None:
-        """Hand attempts to ``pool``, one Dask task each, in one call to Dask."""
-        self.submit_batches(pool, [[spec] for spec in specs])
 
     def submit_batches(self, pool: str, batches: list[list[JobSpec]], avoid: str | None = None) -> None:
         """Hand batches of attempts to ``pool`` in one call to Dask (one graph): each batch
