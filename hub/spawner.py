@@ -371,7 +371,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
                     break
                 await asyncio.sleep(0.1)
         if enforcement is not None:
-            enforcement.cleanup()
+            # after the group is gone; it kills what left the group (kernels), so it may wait
+            await asyncio.to_thread(enforcement.cleanup)
         await self._release(used)
 
     @staticmethod

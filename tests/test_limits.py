@@ -1,12 +1,18 @@
 """hub/limits.py on plain subprocesses: the limits are set in the child before exec and its
-children inherit them.
+children inherit them. The mechanism under test is the one this machine offers (``MECHANISM``,
+from the module's own probes: cgroup2, cgroup1 or rlimits), never a fixed one:
 
-- the affinity and RLIMIT_AS of the child, as /proc shows them;
-- a 2-process CPU burn under cpu_limit=1 uses at most about one core (CPU seconds / wall
-  time: a check of the limit, not a timing of speed);
-- memory above mem_limit fails with MemoryError in the child, below it works.
+- the plan takes that mechanism, and the child is where /proc says it should be (its cgroups
+  and their limit files, or its affinity and RLIMIT_AS);
+- a 2-process CPU burn under cpu_limit=1 gets 1.0 core within 10% over 3 s (CPU seconds
+  from /proc over wall time: a check of the limit, not a timing of speed);
+- a child allocating past mem_limit is killed by the kernel (cgroups) or gets MemoryError
+  (rlimits), while its parent, standing for the Jupyter server, keeps running;
+- cleanup kills what is left in a server's cgroups and leaves no cgroup folder; a setup the
+  kernel refuses falls back to rlimits and says why.
 
-This machine has a read-only cgroup v1 hierarchy: the rlimits mechanism is what runs here.
+On the development machines and CI, ``cpu`` and ``memory`` are writable cgroup v1 mounts:
+cgroup1 is what runs there. Every cgroup a test makes is removed, failing or not (``plans``).
 """
 
 import json
@@ -19,15 +25,44 @@ from pathlib import Path
 
 import pytest
 
-from skerry.hub.limits import Enforcement, Limits, choose_cores, cpu_seconds
+from skerry.hub.limits import (CGROUP_PARENT, CPU_PERIOD_US, Enforcement, Limits, cgroup1_roots, cgroup2_root,
+                               choose_cores, cpu_seconds, members, offered)
 
 MIB = 1024**2
 CORES = sorted(os.sched_getaffinity(0))
+MECHANISM = "cgroup2" if cgroup2_root() else "cgroup1" if cgroup1_roots() else "rlimits"
+CGROUPS = MECHANISM != "rlimits"
+
+
+@pytest.fixture
+def plans():
+    """``plan(limits, key)``: an Enforcement, prepared; its cgroups are removed after the test."""
+    made = []
+
+    def plan(limits: Limits, key: str = "alice--default") -> Enforcement:
+        enforcement = Enforcement.plan(limits, key)
+        made.append(enforcement)
+        enforcement.prepare()
+        return enforcement
+
+    yield plan
+    for enforcement in made:
+        enforcement.cleanup()
+    assert not [p for e in made for p in e.cgroups.values() if p.exists()], "cgroups left behind"
 
 
 def run(enforcement: Enforcement, code: str, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], preexec_fn=enforcement.preexec,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def proc_cgroups(pid: int) -> dict[str, str]:
+    """Controller (``""`` for v2) -> the cgroup of ``pid``, from /proc/<pid>/cgroup."""
+    found = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        found.update((name, path) for name in (names.split(",") if names else [""]))
+    return found
 
 
 def test_cores_are_the_limit_rounded_up_and_spread_by_name():
@@ -40,75 +75,183 @@ def test_cores_are_the_limit_rounded_up_and_spread_by_name():
     assert len(firsts) > 1  # servers do not all land on one core
 
 
-def test_no_limits_nothing_is_set():
-    plan = Enforcement.plan(Limits.from_resources(None), "alice--default")
+def test_no_limits_nothing_is_set(plans):
+    plan = plans(Limits.from_resources(None))
     assert plan.describe() == {"mechanism": "none", "cpu": None, "memory": None, "cores": []}
     out = run(plan, "import os, resource; print(len(os.sched_getaffinity(0)), resource.getrlimit(resource.RLIMIT_AS))")
     assert out.stdout.split(None, 1) == [str(len(CORES)), "(-1, -1)\n"], out
 
 
-@pytest.mark.skipif(len(CORES) < 2, reason="one core: a one-core cap cannot be told from none")
-def test_affinity_and_rlimit_are_set_in_the_child_as_proc_shows():
-    plan = Enforcement.plan(Limits.from_resources({"cpu_limit": 0.5, "mem_limit": 1024 * MIB}), "alice--default")
-    assert plan.mechanism == "rlimits" and len(plan.cores) == 1  # 0.5 core: one whole core
+def test_the_plan_takes_the_mechanism_this_machine_offers_and_the_child_carries_its_limits(plans):
+    plan = plans(Limits.from_resources({"cpu_limit": 0.5, "mem_limit": 1024 * MIB}))
+    assert offered() == plan.mechanism == MECHANISM and not plan.fallback, plan.describe()
+    assert plan.describe()["mechanism"] == MECHANISM
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
                              preexec_fn=plan.preexec)
     try:
         status = Path(f"/proc/{child.pid}/status").read_text()
         limits = Path(f"/proc/{child.pid}/limits").read_text()
+        joined = proc_cgroups(child.pid)
+        inside = {c: child.pid in members(p) for c, p in plan.cgroups.items()}
     finally:
         child.communicate(b"")
     allowed = next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
-    assert allowed == str(plan.cores[0])
-    address = next(line.split() for line in limits.splitlines() if line.startswith("Max address space"))
-    assert address[3:5] == [str(1024 * MIB), str(1024 * MIB)]  # soft and hard: a process cannot raise it
+    address = next(line.split() for line in limits.splitlines() if line.startswith("Max address space"))[3:5]
+    if MECHANISM == "rlimits":
+        if len(CORES) > 1:
+            assert len(plan.cores) == 1 and allowed == str(plan.cores[0])  # 0.5 core: one whole core
+        assert address == [str(1024 * MIB)] * 2  # soft and hard: a process cannot raise it
+        return
+    assert address == ["unlimited"] * 2 and plan.cores == []
+    assert inside == {c: True for c in plan.cgroups}
+    assert set(plan.describe()["cgroups"].values()) == {str(p) for p in plan.cgroups.values()}
+    if MECHANISM == "cgroup1":
+        cpu, memory = plan.cgroups["cpu"], plan.cgroups["memory"]
+        assert joined["cpu"].endswith(f"/{CGROUP_PARENT}/alice--default") and str(cpu).endswith(joined["cpu"])
+        assert joined["memory"].endswith(f"/{CGROUP_PARENT}/alice--default") and str(memory).endswith(joined["memory"])
+        assert (cpu / "cpu.cfs_quota_us").read_text().split() == [str(CPU_PERIOD_US // 2)]  # exact: half a period
+        assert (cpu / "cpu.cfs_period_us").read_text().split() == [str(CPU_PERIOD_US)]
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 1024 * MIB
+        if (memory / "memory.memsw.limit_in_bytes").exists():
+            assert int((memory / "memory.memsw.limit_in_bytes").read_text()) == 1024 * MIB
+    else:
+        cgroup = plan.cgroups["cpu+memory"]
+        assert joined[""] == f"/{CGROUP_PARENT}/alice--default"
+        assert (cgroup / "cpu.max").read_text().split() == [str(CPU_PERIOD_US // 2), str(CPU_PERIOD_US)]
+        assert int((cgroup / "memory.max").read_text()) == 1024 * MIB
 
 
 BURN = """
-import json, multiprocessing, os, time
+import multiprocessing, sys, time
 
 def burn(seconds):
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
 
-if __name__ == "__main__":
-    start = time.monotonic()
-    workers = [multiprocessing.Process(target=burn, args=(3,)) for _ in range(2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    wall = time.monotonic() - start
-    t = os.times()
-    print(json.dumps({"cpu": t.children_user + t.children_system, "wall": wall}))
+print("ready", flush=True)
+sys.stdin.readline()
+workers = [multiprocessing.Process(target=burn, args=(3,)) for _ in range(2)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+print("done", flush=True)
+sys.stdin.read()
 """
 
 
+def machine_busy() -> float:
+    """CPU seconds all processes of the machine have used since boot (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
+def burn_under(plan: Enforcement) -> tuple[float, float, float]:
+    """(CPU seconds of 2 processes burning for 3 s under ``plan``, wall seconds, CPU seconds
+    the rest of the machine used meanwhile), the first from /proc/<pid>/stat."""
+    parent = subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, preexec_fn=plan.preexec)
+    try:
+        assert parent.stdout.readline() == "ready\n"
+        before, busy, start = cpu_seconds([parent.pid]), machine_busy(), time.monotonic()
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == "done\n"
+        # the workers are reaped: their CPU time is in the parent's cutime/cstime
+        used, wall = cpu_seconds([parent.pid]) - before, time.monotonic() - start
+        return used, wall, machine_busy() - busy - used
+    finally:
+        parent.communicate("")
+
+
 @pytest.mark.skipif(len(CORES) < 2, reason="one core: a one-core cap cannot be told from none")
-def test_two_processes_under_cpu_limit_1_use_at_most_one_core():
-    plan = Enforcement.plan(Limits(cpu=1), "alice--default")
-    out = run(plan, BURN)
-    assert out.returncode == 0, out.stderr
-    used = json.loads(out.stdout)
-    cores = used["cpu"] / used["wall"]
-    print(f"2 burning processes under cpu_limit=1: {cores:.2f} cores")
-    assert cores <= 1.15, used
+def test_two_processes_under_cpu_limit_1_get_one_core(plans):
+    plan = plans(Limits(cpu=1))
+    assert plan.mechanism == MECHANISM
+    for _ in range(5):
+        used, wall, others = burn_under(plan)
+        cores = used / wall
+        print(f"2 burning processes under cpu_limit=1 ({MECHANISM}): {cores:.3f} cores "
+              f"({used:.2f} s CPU in {wall:.2f} s; the rest of the machine: {others / wall:.2f} cores)")
+        assert cores <= 1.1, (used, wall)  # the limit holds, however busy the machine
+        # the core is there to get only if the rest of the machine left it free
+        if len(CORES) - others / wall >= 1.1:
+            assert cores >= 0.9, (used, wall, others)
+            return
+        time.sleep(5)
+    pytest.skip(f"the machine stayed busy (last: {others / wall:.2f} of {len(CORES)} cores used by others): "
+                "the 1-core floor cannot be measured")
 
 
-def test_memory_above_the_limit_is_a_memory_error_in_the_child():
-    plan = Enforcement.plan(Limits(memory=512 * MIB), "alice--default")
-    out = run(plan, """
-        small = bytearray(64 * 1024**2)  # well below the limit: works
-        try:
-            big = bytearray(1024 * 1024**2)
-        except MemoryError:
-            print("MemoryError")
-        else:
-            print("allocated")
-    """)
+ALLOCATE = """
+import subprocess, sys
+kept = b"k" * (64 * 1024**2)  # the parent's own, well below the limit: works
+child = subprocess.run([sys.executable, "-c", '''
+try:
+    big = b"x" * (1024 * 1024**2)  # written, so it is resident: past the limit
+except MemoryError:
+    print("MemoryError")
+else:
+    print("allocated")
+'''], capture_output=True, text=True)
+print(child.returncode, child.stdout.strip() or "-")
+print("parent running", len(kept))
+"""
+
+
+def test_a_child_allocating_past_the_memory_limit_fails_and_its_parent_runs_on(plans):
+    plan = plans(Limits(memory=512 * MIB))
+    assert plan.mechanism == MECHANISM
+    out = run(plan, ALLOCATE)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "MemoryError"
+    child, parent = out.stdout.splitlines()
+    assert parent == f"parent running {64 * MIB}"
+    if MECHANISM == "rlimits":
+        assert child == "0 MemoryError"  # per process: the child's own address space
+        return
+    assert child == "-9 -"  # killed by the kernel's OOM killer, before it could print
+    if MECHANISM == "cgroup1":
+        oom = (plan.cgroups["memory"] / "memory.oom_control").read_text()
+    else:
+        oom = (plan.cgroups["cpu+memory"] / "memory.events").read_text()
+    assert int(next(li.split()[1] for li in oom.splitlines() if li.startswith("oom_kill "))) == 1
+
+
+@pytest.mark.skipif(not CGROUPS, reason=f"{MECHANISM}: no cgroups to clean up")
+def test_cleanup_kills_what_is_left_and_leaves_no_cgroup_folder(plans):
+    plan = plans(Limits(cpu=1, memory=256 * MIB), "alice--cleanup")
+    # a process left in the server's cgroup, in a session of its own (as kernels are)
+    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], preexec_fn=plan.preexec,
+                            start_new_session=True)
+    try:
+        assert all(left.pid in members(p) for p in plan.cgroups.values())
+        plan.cleanup()
+        assert left.wait(timeout=10) == -9
+    finally:
+        if left.poll() is None:
+            left.kill()
+            left.wait()
+    assert not [p for p in plan.cgroups.values() if p.exists()]
+    # the "skerry" folders go with their last server's cgroup
+    assert not [p.parent for p in plan.cgroups.values() if p.parent.exists() and not any(
+        c.is_dir() for c in p.parent.iterdir())]
+
+
+@pytest.mark.skipif(not CGROUPS, reason=f"{MECHANISM}: no cgroups to fall back from")
+def test_a_cgroup_the_kernel_refuses_falls_back_to_rlimits_and_says_why():
+    plan = Enforcement.plan(Limits(cpu=1, memory=512 * MIB), "alice--default")
+    nowhere = Path("/proc/sys/skerry-nowhere")  # the kernel makes no folder there
+    if plan.cgroup_root:
+        plan.cgroup_root = nowhere
+    else:
+        plan.cgroup1 = {c: nowhere for c in plan.cgroup1}
+    plan.prepare()
+    described = plan.describe()
+    assert described["mechanism"] == "rlimits" and "cgroups" not in described
+    assert "could not be set up" in described["fallback"] and "rlimits used" in described["fallback"]
+    out = run(plan, "import resource; print(resource.getrlimit(resource.RLIMIT_AS)[0])")
+    assert out.stdout.strip() == str(512 * MIB), out
 
 
 def test_cpu_seconds_counts_a_process_and_what_it_reaped():
