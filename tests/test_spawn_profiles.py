@@ -1,13 +1,15 @@
 """Profiles applied at spawn, on a running platform: the admin writes profiles through REST,
 users spawn through the hub's REST API (and its spawn page), and the servers' processes carry
-the limits (as /proc shows them), the profile's adaptors and the profile in their state.
+the limits (as /proc and their cgroups show them, by the mechanism their state names: the one
+this machine offers), the profile's adaptors and the profile in their state.
 
 - an admin's change applies to the next spawn with no hub restart; a running server keeps
   what it started with (state and /proc);
 - a group-scoped profile, a forbidden choice and a free value not matching its pattern are
   refused with 403 and the reason, through REST and the spawn page; nothing is left running;
 - two processes burning CPU in alice's server (through a Jupyter kernel) use at most about
-  the profile's one core;
+  the profile's one core; a process the kernel starts that allocates past her memory limit
+  fails (killed, or MemoryError under rlimits) while the kernel and the Jupyter server run on;
 - a quota of one server: alice's second (named) server is refused (403) with the quota's sentence.
 """
 
@@ -21,6 +23,7 @@ import pytest
 
 from helpers import descendants, pids_of, wait_for
 from skerry.hub import spawn_form
+from skerry.hub.limits import CPU_PERIOD_US, offered
 from skerry.hub.selection import BadOptions, Refused, select
 from skerry.kernels.remote import RemoteKernel
 
@@ -97,12 +100,37 @@ def stop(platform, user, token, server=""):
              and not (server_model(platform, user, server) or {}).get("pending"), 60, what=f"{user}'s server to stop")
 
 
-def proc_limits(pid: int) -> tuple[str, int]:
-    """(Cpus_allowed_list, soft RLIMIT_AS in bytes) of a process."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    cpus = re.search(r"^Cpus_allowed_list:\s*(\S+)", status, re.M).group(1)
-    line = next(li for li in Path(f"/proc/{pid}/limits").read_text().splitlines() if li.startswith("Max address space"))
-    return cpus, int(line.split()[3])
+def in_cgroups(pid: int, limits: dict) -> bool:
+    """Whether ``pid`` is in each of the server's cgroups (``limits``: the server's state's)."""
+    joined = {}  # controller ("cpu+memory": cgroup v2) -> the process's cgroup, from /proc
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        joined.update((name, path) for name in (names.split(",") if names else ["cpu+memory"]))
+    return all(c in joined and p.endswith(joined[c]) for c, p in limits["cgroups"].items())
+
+
+def proc_limits(pid: int, limits: dict) -> tuple[str, int]:
+    """What the kernel holds a process to, by the mechanism of the server's state (``limits``):
+    (CPU: Cpus_allowed_list, or its cgroup's "quota/period" in µs; memory in bytes: soft
+    RLIMIT_AS, or its cgroup's limit), read from /proc and the cgroup files."""
+    if limits["mechanism"] == "rlimits":
+        status = Path(f"/proc/{pid}/status").read_text()
+        cpus = re.search(r"^Cpus_allowed_list:\s*(\S+)", status, re.M).group(1)
+        lines = Path(f"/proc/{pid}/limits").read_text().splitlines()
+        return cpus, int(next(li for li in lines if li.startswith("Max address space")).split()[3])
+    assert in_cgroups(pid, limits), (pid, limits)
+    if limits["mechanism"] == "cgroup2":
+        cgroup = Path(limits["cgroups"]["cpu+memory"])
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        return f"{quota}/{period}", int((cgroup / "memory.max").read_text())
+    cpu, memory = Path(limits["cgroups"]["cpu"]), Path(limits["cgroups"]["memory"])
+    quota, period = ((cpu / f"cpu.cfs_{f}_us").read_text().strip() for f in ("quota", "period"))
+    return f"{quota}/{period}", int((memory / "memory.limit_in_bytes").read_text())
+
+
+def one_core(limits: dict) -> str:
+    """What :func:`proc_limits` shows for a 1-core limit under the server's mechanism."""
+    return str(limits["cores"][0]) if limits["mechanism"] == "rlimits" else f"{CPU_PERIOD_US}/{CPU_PERIOD_US}"
 
 
 def jupyter_pid(leader: int) -> int:
@@ -145,11 +173,13 @@ def test_profile_limits_adaptors_and_state_and_an_admins_change_applies_at_the_n
     profile = state["profile"]
     assert (profile["slug"], profile["version"], profile["resources"]["mem_limit"]) == ("physics", 1, 6 * GIB)
     assert profile["adaptors"] == [{"name": "scratch", "type": "local", "path": str(scratch / "alice")}]
-    assert state["limits"]["mechanism"] == "rlimits" and len(state["limits"]["cores"]) == 1
+    limits = state["limits"]
+    assert limits["mechanism"] == offered() and not limits.get("fallback"), limits
+    assert len(limits["cores"]) == (1 if limits["mechanism"] == "rlimits" else 0), limits
 
     # the leader and the Jupyter server (its child) carry the limits
     for pid in (state["pid"], jupyter_pid(state["pid"])):
-        assert proc_limits(pid) == (str(state["limits"]["cores"][0]), 6 * GIB)
+        assert proc_limits(pid, limits) == (one_core(limits), 6 * GIB)
     assert b"SKERRY_PROFILE=physics\0" in Path(f"/proc/{state['pid']}/environ").read_bytes()
 
     # the profile's adaptor, rendered for alice, is in her federation
@@ -164,7 +194,7 @@ def test_profile_limits_adaptors_and_state_and_an_admins_change_applies_at_the_n
     r = platform.api("PUT", API + "/profiles/physics", json=physics(scratch, mem="5Gi"))
     assert r.status_code == 200 and r.json()["version"] == 2, r.text
     kept = server_model(platform, "alice")["state"]
-    assert kept["profile"] == profile and proc_limits(kept["pid"])[1] == 6 * GIB
+    assert kept["profile"] == profile and proc_limits(kept["pid"], kept["limits"])[1] == 6 * GIB
 
     # the next spawn gets the new values, with no hub restart
     hub_pid = platform.proc.pid
@@ -172,7 +202,8 @@ def test_profile_limits_adaptors_and_state_and_an_admins_change_applies_at_the_n
     assert spawn(platform, "alice", users["alice"]).status_code in (201, 202)  # the same options, from the hub
     state = wait_ready(platform, "alice")
     assert (state["profile"]["version"], state["profile"]["resources"]["mem_limit"]) == (2, 5 * GIB)
-    assert proc_limits(state["pid"])[1] == proc_limits(jupyter_pid(state["pid"]))[1] == 5 * GIB
+    limits = state["limits"]
+    assert proc_limits(state["pid"], limits)[1] == proc_limits(jupyter_pid(state["pid"]), limits)[1] == 5 * GIB
     assert platform.proc.pid == hub_pid and platform.proc.poll() is None
 
 
@@ -192,7 +223,13 @@ for w in workers:
     w.join()
 after, wall = os.times(), time.monotonic() - start
 cpu = (after.children_user + after.children_system) - (before.children_user + before.children_system)
-print(json.dumps({"cpu": cpu, "wall": wall, "affinity": sorted(os.sched_getaffinity(0))}))
+print(json.dumps({"cpu": cpu, "wall": wall, "affinity": sorted(os.sched_getaffinity(0)), "pid": os.getpid()}))
+"""
+
+ALLOCATE = """
+import subprocess, sys
+past = subprocess.run([sys.executable, "-c", "big = b'x' * %d"], capture_output=True, text=True)
+print(past.returncode, "MemoryError" in past.stderr)
 """
 
 
@@ -202,12 +239,30 @@ def test_two_burning_processes_in_alices_server_use_at_most_her_one_core(platfor
     assert state["profile"]["resources"]["cpu_limit"] == 1
     with RemoteKernel(f"{platform.url}/user/alice/", users["alice"], KERNEL, timeout=120) as kernel:
         result = kernel.execute(BURN, timeout=120)
-    assert result.error is None, result.error
-    used = json.loads(result.stdout)
+        assert result.error is None, result.error
+        used = json.loads(result.stdout)
+        inside = in_cgroups(used["pid"], state["limits"]) if state["limits"].get("cgroups") else None
     cores = used["cpu"] / used["wall"]
     print(f"2 burning processes in a 1-core server: {cores:.2f} cores")
-    assert used["affinity"] == state["limits"]["cores"]
+    if state["limits"]["mechanism"] == "rlimits":
+        assert used["affinity"] == state["limits"]["cores"]
+    else:
+        assert inside  # the kernel is in her server's cgroups
     assert cores <= 1.15, used
+
+
+@platform_test
+def test_past_alices_memory_limit_a_process_fails_and_her_kernel_and_server_run_on(platform, users):
+    state = server_model(platform, "alice")["state"]  # physics, version 2: 5 GiB
+    jupyter = jupyter_pid(state["pid"])
+    with RemoteKernel(f"{platform.url}/user/alice/", users["alice"], KERNEL, timeout=120) as kernel:
+        result = kernel.execute(ALLOCATE % (state["limits"]["memory"] + GIB), timeout=120)
+        assert result.error is None, result.error
+        # killed by the OOM killer (cgroups: the sum of her processes), or MemoryError (rlimits: its own)
+        expected = "1 True" if state["limits"]["mechanism"] == "rlimits" else "-9 False"
+        assert result.stdout.strip() == expected, result.stdout
+        assert kernel.execute("print(6 * 7)").stdout.strip() == "42"  # the kernel runs on
+    assert server_model(platform, "alice").get("ready") and jupyter_pid(state["pid"]) == jupyter
 
 
 @platform_test
