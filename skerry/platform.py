@@ -4,11 +4,16 @@ The platform is one JupyterHub process (with its proxy and the skerry hub servic
 as its children) configured by ``skerry.hub.jupyterhub_config``. This module owns
 only the process: it prepares the data dir, starts the hub, says where it is, and
 on Ctrl-C/SIGTERM stops the hub, which stops every user server, the service and
-the proxy. The hub dies with this process even on ``kill -9`` (PDEATHSIG).
+the proxy. The hub dies with this process even on ``kill -9`` (PDEATHSIG). Rules: the
+proxy runs in a session of its own and outlives a hub that fails or is killed, so once
+the hub has exited for any reason, ``up`` stops the proxy the hub recorded in
+``run/proxy.pid``; nothing is left on the public port. A failed hub's exit is reported
+with its last error lines from ``run/hub.log``.
 """
 
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -71,14 +76,46 @@ def _previous_hub(data: DataDir) -> int | None:
     return pid if is_running(pid, started) else None
 
 
-def _own_proxy_left(data: DataDir) -> bool:
-    """True if the proxy of a hub that died (kill -9) on this data dir still runs."""
+def _own_proxy(data: DataDir) -> int | None:
+    """The pid of the proxy a hub on this data dir started, if it still runs."""
     try:
         pid = int((data.run / "proxy.pid").read_text().strip())
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
     except (OSError, ValueError):
-        return False
-    return b"configurable-http-proxy" in cmdline and is_running(pid)
+        return None
+    return pid if b"configurable-http-proxy" in cmdline and is_running(pid) else None
+
+
+def _stop_own_proxy(data: DataDir) -> None:
+    """Stop the proxy left by this data dir's hub (SIGTERM, then SIGKILL after 5 s)."""
+    pid = _own_proxy(data)
+    if pid is None:
+        return
+    started = start_time(pid)
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not is_running(pid, started):
+                (data.run / "proxy.pid").unlink(missing_ok=True)
+                return
+            time.sleep(0.1)
+
+
+def _last_errors(log: Path, offset: int, count: int = 3) -> list[str]:
+    """The last error lines written to the hub's log after ``offset``: the hub's own
+    (``[C``/``[E``), uvicorn's (``ERROR:``) and a traceback's last line."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    wanted = re.compile(r"^\[[CE] |^ERROR: |^[\w.]*(Error|Exception)\b.*: ")
+    return [line for line in text.splitlines() if wanted.match(line)][-count:]
 
 
 def _wait_ready(url: str, hub: subprocess.Popen) -> bool:
@@ -103,7 +140,7 @@ def up(opts: Options) -> int:
     other = _previous_hub(data)
     if other:
         raise SetupError(f"a skerry hub (pid {other}) already runs on data dir {data.path}")
-    if not _own_proxy_left(data):  # our old proxy holds the port: the hub replaces it
+    if not _own_proxy(data):  # our old proxy holds the port: the hub replaces it
         _check_port_free(opts.ip, opts.port)  # before anything is written
     load_pools(data.path / "pools.json")  # a bad pools.json stops us here, with a sentence
     data.ensure()
@@ -126,6 +163,7 @@ def up(opts: Options) -> int:
             flush=True,
         )
     log = open(data.run / "hub.log", "ab")
+    log_start = log.seek(0, os.SEEK_END)  # this run's lines start here
     hub = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", hub_config_file()],
         cwd=data.path,
@@ -168,9 +206,12 @@ def up(opts: Options) -> int:
             time.sleep(0.2)
     finally:
         (data.run / "hub.pid").unlink(missing_ok=True)
+        _stop_own_proxy(data)  # a hub that failed or was killed leaves its proxy on the port
     if stopping:
         print("skerry stopped.", flush=True)
         return 0
     print(f"skerry: the hub exited with status {code}; see {data.run / 'hub.log'}",
           file=sys.stderr, flush=True)
+    for line in _last_errors(data.run / "hub.log", log_start):
+        print(f"  {line}", file=sys.stderr, flush=True)
     return 1

@@ -1,13 +1,18 @@
 """Must show 4 and the stop rules of `skerry up`: kill -9 and restart keep users and running
-servers without duplicates; SIGTERM/Ctrl-C and a killed `skerry up` leave no process."""
+servers without duplicates; SIGTERM/Ctrl-C, a killed `skerry up` and a hub that fails after
+its proxy started leave no process."""
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 
 import httpx
 import pytest
 
-from helpers import descendants, pids_of, wait_for
+from helpers import descendants, free_port, kill_leftovers, pids_of, wait_for
+from skerry.datadir import DataDir
 from skerry.process import group_members, is_running
 
 pytestmark = pytest.mark.platform
@@ -87,3 +92,26 @@ def test_kill_9_of_skerry_up_takes_the_hub_down(make_platform):
     wait_for(lambda: not is_running(hub_pid), timeout=60, what="the hub to stop")
     wait_for(lambda: group_members(pgid) == [], timeout=30, what="frank's server to stop")
     wait_for(lambda: not pids_of(f"--port {p.port}"), timeout=30, what="the proxy to stop")
+
+
+def test_hub_failing_after_its_proxy_started_leaves_nothing(tmp_path):
+    data = DataDir(tmp_path / "data").ensure()
+    port = free_port()
+    # the service's internal port taken: the proxy starts, the service cannot listen, the hub exits
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", data.ports()["service"]))
+        taken.listen()
+        try:
+            done = subprocess.run([sys.executable, "-m", "skerry", "up", "--data-dir", str(data.path),
+                                   "--port", str(port)], capture_output=True, text=True, timeout=180)
+        finally:
+            leftovers = pids_of(str(data.path), environ=True)
+            kill_leftovers(data.path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "skerry: the hub exited with status" in done.stderr
+    assert "Service skerry exited" in done.stderr, done.stderr  # the reason, from hub.log
+    assert "[ConfigProxy]" in (data.run / "hub.log").read_text()  # the proxy had started
+    assert leftovers == set()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as skerry up checks it
+        s.bind(("127.0.0.1", port))  # the public port is free again
