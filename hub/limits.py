@@ -27,8 +27,9 @@ inherits them. Three mechanisms, the first the machine offers (:func:`offered`):
 Rules of the cgroup mechanisms: the memory limit holds for the sum of the server's
 processes; past it the kernel's OOM killer kills one process of the server's cgroup, the one
 using most memory (normally the kernel that allocated past the limit: the Jupyter server and
-WebDAV keep running), and nothing outside the cgroup. A user's process cannot leave its
-cgroup (only root may move processes). The leader joins before ``exec``; :meth:`cleanup`
+WebDAV keep running), and nothing outside the cgroup. ``oom_score_adj`` is left alone: every
+process of the server inherits the leader's, so it could not set the Jupyter server apart from
+its kernels. A user's process cannot leave its cgroup (only root may move processes). The leader joins before ``exec``; :meth:`cleanup`
 kills what is left in the cgroups and removes them. If the kernel refuses the setup at run
 time (:meth:`Enforcement.prepare`), rlimits are used and ``fallback`` says why.
 :meth:`Enforcement.describe` names the mechanism that ran.
@@ -138,8 +139,7 @@ def cgroup1_roots() -> dict[str, Path] | None:
     if roots.keys() != set(CONTROLLERS) or not all(
             (roots[c] / files[c]).exists() and os.access(roots[c], os.W_OK) for c in CONTROLLERS):
         return None
-    # under our own cgroup, not the hierarchy root (writable here too): the servers then count
-    # against any limit the hub itself runs under, and a hub given only its own subtree works
+    # ours, not the root (v1 roots are writable here too): servers count against the hub's own limits
     return {c: roots[c].resolve() for c in CONTROLLERS}
 
 
