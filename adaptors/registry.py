@@ -21,27 +21,31 @@ from .specs import AdaptorSpec
 # adaptor types whose backend cannot write a file into a missing folder
 NEEDS_PARENTS = {"sftp", "webdav"}
 
-# type -> (module that must import, hint)
+# type -> (module that must import, the package to install for it)
 _BACKENDS = {
-    "local": ("fsspec.implementations.local", ""),
-    "memory": ("fsspec.implementations.memory", ""),
-    "sftp": ("sshfs", "Install sshfs to use sftp adaptors: pip install sshfs"),
-    "s3": ("s3fs", "Install s3fs to use s3 adaptors: pip install s3fs"),
-    "webdav": ("webdav4.fsspec", "Install webdav4 to use webdav adaptors: pip install webdav4"),
+    "local": ("fsspec.implementations.local", "fsspec"),
+    "memory": ("fsspec.implementations.memory", "fsspec"),
+    "sftp": ("sshfs", "sshfs"),
+    "s3": ("s3fs", "s3fs"),
+    "webdav": ("webdav4.fsspec", "webdav4"),
 }
 
 
-def _need(kind: str):
-    module, hint = _BACKENDS[kind]
+def need(kind: str, module: str | None = None):
+    """The backend module of adaptor type ``kind`` (or ``module``, one its package brings),
+    imported now; a ConfigError naming the package to install if it cannot be imported."""
+    default, package = _BACKENDS[kind]
     try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(hint) from None
+        return importlib.import_module(module or default)
+    except ImportError as e:
+        # skerry depends on every backend: a missing one is a broken or partial install
+        raise ConfigError(f"Install {package} to use {kind} adaptors: pip install {package} "
+                          f"(skerry depends on it; this Python cannot import it: {e})") from None
 
 
 def check_backend(spec: AdaptorSpec) -> None:
     """Raise ConfigError with an install hint if the adaptor's backend is not installed."""
-    _need(spec.type)
+    need(spec.type)
 
 
 def backend(spec: AdaptorSpec, secrets: dict | None = None):
@@ -56,25 +60,24 @@ def backend(spec: AdaptorSpec, secrets: dict | None = None):
 
         return MemoryFileSystem(), spec.path
     if spec.type == "sftp":
-        sshfs = _need("sftp")
+        sshfs = need("sftp")
         options = dict(host=spec.host, port=spec.port, username=spec.username,
                        known_hosts=spec.known_hosts)
         if "private_key" in secrets:
-            import asyncssh
-
+            asyncssh = need("sftp", "asyncssh")
             options["client_keys"] = [asyncssh.import_private_key(secrets["private_key"])]
         if "password" in secrets:
             options["password"] = secrets["password"]
         return sshfs.SSHFileSystem(**options, skip_instance_cache=True), spec.path or "."
     if spec.type == "s3":
-        s3fs = _need("s3")
+        s3fs = need("s3")
         # without a credential entry, boto's usual chain (environment, config files) applies
         options = {k: secrets[k] for k in ("key", "secret", "token") if k in secrets}
         client = {k: v for k, v in (("endpoint_url", spec.endpoint_url), ("region_name", spec.region)) if v}
         fs = s3fs.S3FileSystem(**options, client_kwargs=client, skip_instance_cache=True)
         return fs, f"{spec.bucket}/{spec.prefix.strip('/')}".rstrip("/")
     if spec.type == "webdav":
-        webdav = _need("webdav")
+        webdav = need("webdav")
         auth = (secrets["username"], secrets["password"]) if "password" in secrets else None
         return webdav.WebdavFileSystem(spec.url, auth=auth, skip_instance_cache=True), ""
     raise ConfigError(f"unknown adaptor type {spec.type!r}")

@@ -82,9 +82,9 @@ def remote_federation(url: str, token: str):
     """(adaptors, read-only names, names needing parents) over ``<url>/dav/<user>/``."""
     from fsspec.implementations.dirfs import DirFileSystem
 
-    from .registry import _need
+    from .registry import need
 
-    webdav = _need("webdav")
+    webdav = need("webdav")
     url = url.rstrip("/")
     auth = TokenAuth(token)
     user = _user(url, auth)

@@ -12,15 +12,17 @@ and removes its line. Rules:
 - the remote file is rewritten whole through SFTP (a temp file renamed over it), so a
   broken connection never leaves it half-written; only SFTP is needed, no remote shell;
 - errors are ``SshKeyError`` with an HTTP status: 400 for what the user can fix (wrong
-  password, bad key text), 502 for a server that cannot be reached or misbehaves.
+  password, bad key text), 502 for a server that cannot be reached or misbehaves;
+- asyncssh (which sshfs brings) is imported by each call, not by this module, so the
+  service imports without it; a call without it is a ConfigError naming sshfs.
 """
 
 import asyncio
 import secrets
 
-import asyncssh
-
 from skerry.errors import ConfigError, SkerryError
+
+from .registry import need
 
 AUTHORIZED_KEYS = ".ssh/authorized_keys"  # relative to the login folder
 TIMEOUT = 30  # seconds for each login or SFTP step
@@ -35,6 +37,7 @@ class SshKeyError(SkerryError):
 
 def public_key_of(private_key: str) -> str:
     """The OpenSSH public key line of a private key; ConfigError if it is not one we can use."""
+    asyncssh = need("sftp", "asyncssh")
     try:
         key = asyncssh.import_private_key(private_key)
     except asyncssh.KeyImportError as e:
@@ -46,6 +49,7 @@ def public_key_of(private_key: str) -> str:
 
 
 def _known_hosts(text: str | None):
+    asyncssh = need("sftp", "asyncssh")
     if not text:
         return None  # like adaptor specs: no known_hosts accepts any host key
     try:
@@ -57,6 +61,7 @@ def _known_hosts(text: str | None):
 async def _connect(host: str, port: int, username: str, known_hosts: str | None, *,
                    password: str | None = None, key=None):
     """An SSH connection with exactly one way to log in (no agent, no ~/.ssh, no config)."""
+    asyncssh = need("sftp", "asyncssh")
     options = dict(port=port, username=username, known_hosts=_known_hosts(known_hosts),
                    agent_path=None, config=None, connect_timeout=TIMEOUT)
     if password is not None:
@@ -80,6 +85,7 @@ async def _connect(host: str, port: int, username: str, known_hosts: str | None,
 
 async def _read_authorized(sftp) -> tuple[bytes, int | None]:
     """(content, mode) of the remote authorized_keys; (b"", None) when it does not exist."""
+    asyncssh = need("sftp", "asyncssh")
     try:
         attrs = await sftp.stat(AUTHORIZED_KEYS)
         async with sftp.open(AUTHORIZED_KEYS, "rb") as f:
@@ -90,6 +96,7 @@ async def _read_authorized(sftp) -> tuple[bytes, int | None]:
 
 async def _write_authorized(sftp, content: bytes, mode: int | None) -> None:
     """Replace the remote authorized_keys whole: a temp file beside it, renamed over it."""
+    asyncssh = need("sftp", "asyncssh")
     if not await sftp.isdir(".ssh"):
         await sftp.mkdir(".ssh")
         await sftp.chmod(".ssh", 0o700)
@@ -120,6 +127,7 @@ def _without(content: bytes, blob: str) -> bytes:
 async def install_key(host: str, port: int, username: str, password: str,
                       known_hosts: str | None, comment: str) -> tuple[str, str]:
     """(private key, public key line), the public key installed and checked on the remote."""
+    asyncssh = need("sftp", "asyncssh")
     key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
     public = key.export_public_key("openssh").decode().strip()
     conn = await _connect(host, port, username, known_hosts, password=password)
@@ -167,6 +175,7 @@ async def revoke_key(host: str, port: int, username: str, private_key: str,
     False when the key no longer logs in (already removed there); SshKeyError(502) when
     the server cannot be reached.
     """
+    asyncssh = need("sftp", "asyncssh")
     key = asyncssh.import_private_key(private_key)
     public = key.export_public_key("openssh").decode().strip()
     try:

@@ -193,8 +193,22 @@ def test_missing_backend_gives_an_install_hint(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "sshfs", None)  # as if it were not installed
     config = {"adaptors": [{"name": "h", "type": "sftp", "host": "x", "username": "u"}]}
-    with pytest.raises(ConfigError, match="Install sshfs"):
+    with pytest.raises(ConfigError, match="Install sshfs to use sftp adaptors: pip install sshfs"):
         build_federation(config)
+
+
+def test_missing_asyncssh_fails_the_call_not_the_service(monkeypatch):
+    import subprocess
+    import sys
+
+    from skerry.adaptors import sshkeys
+
+    # the service (which serves SFTP key set-up) imports without asyncssh
+    subprocess.run([sys.executable, "-c", "import sys; sys.modules['asyncssh'] = None; "
+                    "import skerry.hub.service"], check=True)
+    monkeypatch.setitem(sys.modules, "asyncssh", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match="Install sshfs to use sftp adaptors: pip install sshfs"):
+        sshkeys.public_key_of("-----BEGIN OPENSSH PRIVATE KEY-----")
 
 
 def _sftp_spec(server, name="hpc", path=""):

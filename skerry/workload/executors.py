@@ -443,7 +443,7 @@ def _run_command(ctx: JobContext, timeout: float | None, tmp: str) -> tuple[int,
 
 
 def _run_notebook(ctx: JobContext, timeout: float | None, tmp: str, log_url: str) -> tuple[int, str]:
-    import papermill  # only notebook jobs need it (the "notebook" extra)
+    import papermill  # only notebook jobs need it: imported here, not with the module
 
     staging = _Staging(ctx, tmp)
     src = os.path.join(tmp, "notebook.ipynb")
