@@ -6,15 +6,18 @@ Routes (all JSON, hub tokens, errors ``{"error", "message"}``)::
     POST datasets                       {"name", "location"?, "metadata"?, "owner"? (admins)} -> 201,
                                         + "runs", "refused"
     GET  datasets/{name}                the dataset, with its file count and total size
+                                        (every datasets/{name} route: ?owner= for admins)
     GET  datasets/{name}/files          ?after=&limit=&state= -> {"files": [...], "next_after"}
     POST datasets/{name}/files          {"files": [{"uri", "size", "checksum"?}, ...]}: all or none
     POST datasets/{name}/close          OPEN -> CLOSED, + "runs", "refused"
     GET  modules                        {"modules": [...]}: the built-ins and the added ones
     POST modules                        a module spec -> 201
     GET  workflows                      {"workflows": [...]}
-    POST workflows                      a workflow spec, checked against the known modules -> 201
+    POST workflows                      a workflow spec, checked against the known modules -> 201,
+                                        owned by the caller, stored with its modules pinned
     GET  runs                           {"runs": [...]}: the caller's (an admin: all)
-    POST runs                           {"workflow", "dataset", "rank"?} -> 201, the run with its tasks
+    POST runs                           {"workflow", "dataset", "rank"?, "owner"? (admins)} -> 201,
+                                        the run with its tasks
     GET  runs/{id}                      a run with its tasks
     GET  tasks/{id}                     a task with its job counts by state
     POST tasks/{id}/rank                {"rank": n} (n > 0): its share from the next pick on
@@ -28,7 +31,15 @@ Rules:
   an admin names: an unknown one is a 404 ``no_such_user``); a run to the user who
   started it, and a task or job to its run's owner (its input dataset's, without a run).
   Anyone else gets 404, as if it did not exist; admins (an admin user, or a token with
-  scope ``admin:users``) see and change everything. Modules and workflows are shared;
+  scope ``admin:users``) see and change everything. Dataset names are per owner: a user's
+  ``{name}`` is always among their own datasets, so no answer (not even a 409 on create)
+  tells them what another user's datasets are called; an admin names the owner with
+  ``?owner=`` (or ``"owner"`` in a run's body) where several users hold the name (else 409
+  ``ambiguous_dataset``). Modules and workflows are shared for reading and running; a
+  workflow belongs to the user who added it, and its mask starts runs over that user's
+  datasets only. A workflow is stored with every module pinned (``name@version``), and a
+  run keeps the workflow as it resolved at its start: a module version added later, by
+  anyone, never changes or breaks them;
 - a bad body (malformed JSON, not an object, unknown fields, a bad spec, an unknown
   module, a cyclic workflow, pins of the wrong type, a duplicate) is a 4xx with a
   sentence, and nothing is written: each change is one catalog transaction;
@@ -71,8 +82,8 @@ from starlette.concurrency import run_in_threadpool
 from skerry.errors import ConfigError, SkerryError
 from skerry.workload import states
 from skerry.workload.builtins import BUILTINS, builtin_registry
-from skerry.workload.catalog import (PAGE_MAX, Catalog, CatalogError, DatasetExists, DatasetStateError,
-                                     JobStateError, ModuleExists, UnknownDataset, UnknownJob)
+from skerry.workload.catalog import (PAGE_MAX, AmbiguousDataset, Catalog, CatalogError, DatasetExists,
+                                     DatasetStateError, JobStateError, ModuleExists, UnknownDataset, UnknownJob)
 from skerry.workload.models import (DATASET_STATES, FILE_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, Job,
                                     JobAttempt, Module, Run, Task, Workflow, now)
 from skerry.workload.modules import ModuleRegistry, ModuleSpec, load_module
@@ -120,14 +131,15 @@ def _inline(schema: dict) -> dict:
 
 MODULE_BODY = _body(_inline(ModuleSpec.model_json_schema()))
 WORKFLOW_BODY = _body(_inline(WorkflowSpec.model_json_schema()))
-RUN_BODY = _body(_object(["workflow", "dataset"], workflow=_NAME, dataset=_NAME, rank=_RANK))
+RUN_BODY = _body(_object(["workflow", "dataset"], workflow=_NAME, dataset=_NAME, rank=_RANK,
+                         owner={**_NAME, "description": "whose dataset (admins only)"}))
 RANK_BODY = _body(_object(["rank"], rank=_RANK))
 
 
 def _status(e: SkerryError) -> int:
     if isinstance(e, (UnknownDataset, UnknownJob, _NotFound)):
         return 404
-    if isinstance(e, (DatasetExists, ModuleExists, _Conflict)):
+    if isinstance(e, (DatasetExists, ModuleExists, AmbiguousDataset, _Conflict)):
         return 409
     if isinstance(e, (DatasetStateError, JobStateError, states.TransitionError)):
         return 409
@@ -269,16 +281,16 @@ class Workload:
 
     @staticmethod
     def _workflow_json(w: Workflow) -> dict:
-        return {"id": w.id, "name": w.name, "mask": w.spec.get("mask"),
+        return {"id": w.id, "name": w.name, "owner": w.owner, "mask": w.spec.get("mask"),
                 "steps": [s.get("name") for s in w.spec.get("steps", [])], "spec": w.spec,
                 "created": _time(w.created)}
 
-    def add_workflow(self, body: dict) -> dict:
+    def add_workflow(self, body: dict, owner: str) -> dict:
         loaded = load_workflow(body, self.registry())
         with self.catalog.session() as s:
             if s.execute(select(Workflow.id).where(Workflow.name == loaded.name)).first():
                 raise _Conflict(f"a workflow named {loaded.name!r} already exists")
-        self.catalog.add_workflow(loaded.name, body)
+        self.catalog.add_workflow(loaded.name, loaded.pinned(), owner=owner)
         return self._workflow_json(self.catalog.get_workflow(loaded.name))
 
     # -- runs, tasks, jobs --
@@ -398,12 +410,10 @@ class Workload:
         return {"jobs": jobs, "next_after": jobs[-1]["id"] if len(rows) > limit else None}
 
     def check_run_request(self, workflow: str, dataset: str, owner: str | None) -> str:
-        """The owner of the run (the dataset's), once the caller may run over ``dataset``."""
+        """The owner of the run (the dataset's): ``dataset`` among ``owner``'s datasets (None:
+        the only one by that name, for admins)."""
         self.catalog.get_workflow(workflow)  # CatalogError: no workflow named ...
-        info = self.catalog.get_dataset(dataset)
-        if owner is not None and info.owner != owner:
-            raise UnknownDataset(f"no dataset named {dataset!r}")
-        return info.owner
+        return self.catalog.get_dataset(dataset, owner=owner).owner
 
 
 class _NotFound(CatalogError):
@@ -433,11 +443,9 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         """None for admins (everything); else the caller's name (only what they own)."""
         return None if is_admin(who) else who.get("name", "")
 
-    async def own_dataset(name: str, who: dict, w: Workload):
-        info = await _call(w.catalog.get_dataset, name)
-        if not is_admin(who) and info.owner != who.get("name"):
-            raise ApiError(404, UnknownDataset.code, f"No dataset named {name!r}.")
-        return info
+    async def own_dataset(name: str, who: dict, w: Workload, owner: str | None = None):
+        """The caller's dataset ``name`` (an admin: ``owner``'s, or the only one by that name)."""
+        return await _call(w.catalog.get_dataset, name, owner=owner if is_admin(who) else who.get("name", ""))
 
     # -- datasets ---------------------------------------------------------------
 
@@ -476,47 +484,49 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         return JSONResponse({**_dataset_json(info), **await start_masked(w, info, who, hub)}, 201)
 
     @router.get("/datasets/{name}", tags=["datasets"])
-    async def get_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    async def get_dataset(name: str, owner: str | None = None, who: dict = Depends(caller),
+                          w: Workload = Depends(workload)):
         """One dataset with the number of its files and their total size."""
-        return _dataset_json(await own_dataset(name, who, w))
+        return _dataset_json(await own_dataset(name, who, w, owner))
 
     @router.get("/datasets/{name}/files", tags=["datasets"])
     async def list_files(name: str, after: int = 0, limit: int = PAGE_DEFAULT, state: str | None = None,
-                         who: dict = Depends(caller), w: Workload = Depends(workload)):
+                         owner: str | None = None, who: dict = Depends(caller), w: Workload = Depends(workload)):
         """A page of the dataset's files in registration order (ids above ``after``);
         ``next_after`` is the ``after`` of the next page, null on the last."""
         _whole(after, "after", 0)
         _whole(limit, "limit", 1, PAGE_MAX)
         if state is not None and state not in FILE_STATES:
             raise ApiError(400, "bad_request", f"Unknown file state {state!r} (states: {', '.join(FILE_STATES)}).")
-        await own_dataset(name, who, w)
-        page = await _call(w.catalog.list_files, name, after=after, limit=limit, state=state)
+        info = await own_dataset(name, who, w, owner)
+        page = await _call(w.catalog.list_files, name, after=after, limit=limit, state=state, owner=info.owner)
         return {"files": [_file_json(f) for f in page.files], "next_after": page.next_after}
 
     @router.post("/datasets/{name}/files", tags=["datasets"], openapi_extra=FILES_BODY)
-    async def register_files(name: str, request: Request, who: dict = Depends(caller),
+    async def register_files(name: str, request: Request, owner: str | None = None, who: dict = Depends(caller),
                              w: Workload = Depends(workload)):
         """Bulk registration into an ``OPEN`` dataset: ``{"files": [{"uri", "size", "checksum"?}]}``.
         All or none: one bad or duplicate entry refuses the whole list (400 naming it)."""
-        await own_dataset(name, who, w)
+        info = await own_dataset(name, who, w, owner)
         body = await _json_body(request, MAX_FILES_BODY)
         _fields(body, {"files"}, {"files"}, "A file registration")
         if not isinstance(body["files"], list):
             raise ApiError(400, "bad_request", "'files' must be a list of {uri, size, checksum} objects.")
-        count = await _call(w.catalog.register_files, name, body["files"])
-        return {"registered": count, "dataset": _dataset_json(await _call(w.catalog.get_dataset, name))}
+        count = await _call(w.catalog.register_files, name, body["files"], owner=info.owner)
+        return {"registered": count,
+                "dataset": _dataset_json(await _call(w.catalog.get_dataset, name, owner=info.owner))}
 
     @router.post("/datasets/{name}/close", tags=["datasets"])
-    async def close_dataset(name: str, who: dict = Depends(caller), w: Workload = Depends(workload),
-                            hub=Depends(get_hub)):
+    async def close_dataset(name: str, owner: str | None = None, who: dict = Depends(caller),
+                            w: Workload = Depends(workload), hub=Depends(get_hub)):
         """``OPEN -> CLOSED``: the dataset is complete (409 from any other state). The answer is
         the dataset with ``"runs"``: the ids of the runs closing it started (workflows whose
         ``mask`` matches its name and that have no run over it yet; module docstring), and
         ``"refused"`` as for ``POST datasets``."""
-        info = await own_dataset(name, who, w)
-        await _call(w.catalog.close_dataset, name)
+        info = await own_dataset(name, who, w, owner)
+        await _call(w.catalog.close_dataset, name, owner=info.owner)
         started = await start_masked(w, info, who, hub)
-        return {**_dataset_json(await _call(w.catalog.get_dataset, name)), **started}
+        return {**_dataset_json(await _call(w.catalog.get_dataset, name, owner=info.owner)), **started}
 
     # -- modules and workflows ----------------------------------------------------
 
@@ -539,10 +549,11 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
     @router.post("/workflows", status_code=201, tags=["workflows"], openapi_extra=WORKFLOW_BODY)
     async def add_workflow(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
         """Add a workflow spec (see ``skerry.workload.workflows``), checked against the known
-        modules: unknown modules, pins of the wrong type and cycles are refused (400). A ``mask``
-        starts runs over datasets registered or closed from now on, not over those already there."""
+        modules: unknown modules, pins of the wrong type and cycles are refused (400). It is
+        the caller's, stored with each module pinned (``name@version``). A ``mask`` starts runs
+        over the caller's datasets registered or closed from now on, not over those already there."""
         body = await _json_body(request)
-        return JSONResponse(await _call(w.add_workflow, body), 201)
+        return JSONResponse(await _call(w.add_workflow, body, who.get("name", "")), 201)
 
     # -- runs, tasks, jobs --------------------------------------------------------
 
@@ -569,7 +580,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
 
         def check(s, loaded, dataset: str) -> None:
             usage.quota_lock(s)  # SQLite: the transaction already holds the write lock
-            adding = usage.planned_jobs(w.catalog, loaded, dataset, session=s)
+            adding = usage.planned_jobs(w.catalog, loaded, dataset, owner=owner, session=s)
             check_queued_jobs(store, owner, groups, adding, lambda kind, name: usage.queued_jobs(
                 w.catalog, [owner] if kind == "user" else members[name], session=s, registry=registry))
 
@@ -579,7 +590,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         """``{"runs": [ids], "refused": [...]}``: the runs ``dataset``'s name starts (module docstring)."""
         check = await queued_quota(w, dataset.owner, who, hub)
         refused: list[dict] = []
-        runs = await _call(start_matching_runs, w.catalog, dataset.name, refused=refused,
+        runs = await _call(start_matching_runs, w.catalog, dataset.name, owner=dataset.owner, refused=refused,
                            check=check and (lambda s, loaded: check(s, loaded, dataset.name)))
         return {"runs": runs, "refused": refused}
 
@@ -592,20 +603,24 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
     async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload),
                          hub=Depends(get_hub)):
         """Start a run of a workflow over one of the caller's datasets: ``{"workflow", "dataset",
-        "rank"?}``. One task per step and one ``OPEN`` output dataset per step, in one
+        "rank"?}`` (an admin may add ``"owner"``: whose dataset). One task per step and one ``OPEN`` output dataset per step, in one
         transaction; the scheduler gives the tasks their jobs. The answer is the run.
         403 ``quota_exceeded`` (nothing created) if its jobs would pass a ``queued_jobs`` quota."""
         body = await _json_body(request)
-        _fields(body, {"workflow", "dataset", "rank"}, {"workflow", "dataset"}, "A run")
-        for field in ("workflow", "dataset"):
-            if not isinstance(body[field], str) or not body[field]:
+        _fields(body, {"workflow", "dataset", "rank", "owner"}, {"workflow", "dataset"}, "A run")
+        for field in ("workflow", "dataset", "owner"):
+            if field in body and (not isinstance(body[field], str) or not body[field]):
                 raise ApiError(400, "bad_request", f"{field!r} must be a name.")
         rank = body.get("rank", 1)
         if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
             raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
-        owner = await _call(w.check_run_request, body["workflow"], body["dataset"], owner_filter(who))
+        whose = body.get("owner") if is_admin(who) else who.get("name", "")
+        if not is_admin(who) and body.get("owner", whose) != whose:
+            raise ApiError(403, "forbidden", "Only admins may start runs over another user's datasets.")
+        owner = await _call(w.check_run_request, body["workflow"], body["dataset"], whose)
         check = await queued_quota(w, owner, who, hub)
         run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner,
+                             dataset_owner=owner,
                              check=check and (lambda s, loaded: check(s, loaded, body["dataset"])))
         return JSONResponse(await _call(w.run, run_id, None), 201)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import aliased
 
-from skerry.workload.catalog import Catalog
+from skerry.workload.catalog import Catalog, UnknownDataset
 from skerry.workload.models import FINAL_JOB_STATES, JOB_STATES, Dataset, File, Job, Run, Task, Workflow
 from skerry.workload.runs import registry_of
 from skerry.workload.workflows import load_workflow
@@ -107,13 +107,17 @@ def jobs_by_owner(catalog: Catalog) -> dict[str, int]:
         return {o or "": n for o, n in s.execute(query.group_by(owner))}
 
 
-def planned_jobs(catalog: Catalog, workflow, dataset: str, *, session=None) -> int:
-    """The jobs a run of the loaded ``workflow`` over ``dataset`` would get now (module docstring)."""
+def planned_jobs(catalog: Catalog, workflow, dataset: str, *, owner: str | None = None, session=None) -> int:
+    """The jobs a run of the loaded ``workflow`` over ``dataset`` (of ``owner``; None: the only
+    one by that name) would get now (module docstring)."""
     if session is None:
         with catalog.session() as s:
-            return planned_jobs(catalog, workflow, dataset, session=s)
-    ds = session.execute(select(Dataset.id).where(Dataset.name == dataset)).scalar_one_or_none()
-    return 0 if ds is None else sum(_first_step_jobs(session, workflow, ds).values())
+            return planned_jobs(catalog, workflow, dataset, owner=owner, session=s)
+    try:
+        ds = catalog.dataset_row(session, dataset, owner).id
+    except UnknownDataset:
+        return 0
+    return sum(_first_step_jobs(session, workflow, ds).values())
 
 
 def _first_step_jobs(s, workflow, dataset_id: int) -> dict[str, int]:

@@ -10,13 +10,13 @@ import threading
 
 import pytest
 from fsspec.implementations.local import LocalFileSystem
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.registry import LocalRootFileSystem
 from skerry.errors import ConfigError, SkerryError
-from skerry.workload.catalog import (BadFileEntry, BadMetadata, Catalog, CatalogError, DatasetExists,
-                                     DatasetStateError, JobStateError, UnknownDataset, UnknownJob)
+from skerry.workload.catalog import (AmbiguousDataset, BadFileEntry, BadMetadata, Catalog, CatalogError,
+                                     DatasetExists, DatasetStateError, JobStateError, UnknownDataset, UnknownJob)
 from skerry.workload.models import Base, File, Job, Task
 
 from postgres import Postgres, binaries
@@ -69,9 +69,9 @@ def test_migrations_upgrade_an_empty_database_to_the_models(url):
     try:
         assert cat.revision() is None
         cat.upgrade()
-        assert cat.revision() == "0001"
+        assert cat.revision() == "0002"
         cat.upgrade()  # already there: nothing to do
-        assert cat.revision() == "0001"
+        assert cat.revision() == "0002"
         tables = set(inspect(cat.engine).get_table_names())
         assert set(Base.metadata.tables) <= tables
         from alembic.autogenerate import compare_metadata
@@ -81,6 +81,25 @@ def test_migrations_upgrade_an_empty_database_to_the_models(url):
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         indexes = {i["name"]: i["column_names"] for i in inspect(cat.engine).get_indexes("jobs")}
         assert indexes["ix_jobs_task_state_id"] == ["task_id", "state", "id"]
+    finally:
+        cat.dispose()
+
+
+def test_the_owners_migration_keeps_rows_and_makes_names_per_owner(url):
+    cat = Catalog(url)
+    try:
+        cat.upgrade("0001")
+        with cat.writing() as s:  # rows as revision 0001 wrote them (the models are newer)
+            s.execute(text("INSERT INTO datasets (name, owner, state, metadata, created, updated) "
+                           "VALUES ('raw', 'alice', 'OPEN', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            s.execute(text("INSERT INTO workflows (name, spec, created) VALUES ('old', '{}', CURRENT_TIMESTAMP)"))
+        cat.upgrade()
+        assert cat.revision() == "0002"
+        assert cat.get_dataset("raw").owner == "alice"
+        assert cat.get_workflow("old").owner == ""  # no owner known: it starts runs over ownerless datasets only
+        cat.create_dataset("raw", owner="bob")  # the name is alice's, in her namespace only
+        with pytest.raises(DatasetExists):
+            cat.create_dataset("raw", owner="alice")
     finally:
         cat.dispose()
 
@@ -152,10 +171,33 @@ def test_purge_removes_the_files_from_storage_and_marks_everything_deleted(catal
     assert {f.state for f in catalog.iter_files("ds")} == {"DELETED"}
 
 
+def test_dataset_names_are_per_owner(catalog):
+    alice = catalog.create_dataset("raw", owner="alice", location="skerry://home/a")
+    bob = catalog.create_dataset("raw", owner="bob", location="skerry://home/b")
+    assert alice.id != bob.id
+    with pytest.raises(DatasetExists, match="a dataset named 'raw' already exists"):
+        catalog.create_dataset("raw", owner="bob")
+    catalog.register_files("raw", files(2, prefix="skerry://home/a/f"), owner="alice")
+    catalog.register_files("raw", files(1, prefix="skerry://home/b/f"), owner="bob")
+    assert [f.uri for f in catalog.iter_files("raw", owner="bob")] == ["skerry://home/b/f0"]
+    assert catalog.get_dataset("raw", owner="alice").files == 2
+    catalog.close_dataset("raw", owner="bob")
+    assert catalog.get_dataset("raw", owner="alice").state == "OPEN"
+    with pytest.raises(UnknownDataset, match="no dataset named 'raw'"):
+        catalog.get_dataset("raw", owner="carol")
+    # without an owner the name must be one dataset's: the refusal names nobody
+    with pytest.raises(AmbiguousDataset, match="several users hold a dataset named 'raw'") as refused:
+        catalog.get_dataset("raw")
+    assert "alice" not in refused.value.message and "bob" not in refused.value.message
+    with pytest.raises(AmbiguousDataset):
+        catalog.register_files("raw", files(1, prefix="skerry://home/a/g"))
+    assert catalog.get_dataset("raw", owner="alice").files == 2
+
+
 def test_bad_dataset_input_is_refused_with_a_sentence_and_no_row(catalog):
     catalog.create_dataset("ds")
     with pytest.raises(DatasetExists, match="a dataset named 'ds' already exists"):
-        catalog.create_dataset("ds", owner="mallory")
+        catalog.create_dataset("ds")
     with pytest.raises(UnknownDataset, match="no dataset named 'nope'"):
         catalog.get_dataset("nope")
     for op in (catalog.close_dataset, catalog.delete_dataset, lambda n: catalog.register_files(n, files(1)),

@@ -77,7 +77,10 @@ def test_a_run_makes_one_task_and_one_output_dataset_per_step(cat):
         tasks = s.execute(select(Task.step, Task.rank, Task.state, Task.input_dataset_id, Task.output_dataset_id)
                           .order_by(Task.id)).all()
         datasets = {d.id: (d.name, d.state, d.location, d.owner) for d in s.execute(select(Dataset)).scalars()}
-        assert s.get(Run, run).params == {"pins": {"sum": "input", "again": "input", "all": "files"}}
+        params = s.get(Run, run).params
+        assert params["pins"] == {"sum": "input", "again": "input", "all": "files"}
+        # the workflow as it resolved at the start: every module name@version
+        assert [st["module"] for st in params["workflow"]["steps"]] == ["md5@1", "md5of@1", "concat@1"]
     assert [t.step for t in tasks] == ["sum", "again", "all"]
     assert all(t.rank == 3 and t.state == "defined" for t in tasks)
     assert datasets[tasks[0].input_dataset_id][0] == "raw"
@@ -194,8 +197,8 @@ def runs_of(cat):
 
 
 def test_a_dataset_whose_name_matches_a_mask_starts_a_run_owned_by_its_owner(cat):
-    cat.add_workflow("masked", MASKED)
-    cat.add_workflow("sums", WORKFLOW)  # no mask: never started by a name
+    cat.add_workflow("masked", MASKED, owner="alice")
+    cat.add_workflow("sums", {**WORKFLOW, "mask": None}, owner="alice")  # no mask: never started by a name
     cat.create_dataset("raw.run-1", owner="alice", location="skerry://home/raw.run-1")
     started = start_matching_runs(cat, "raw.run-1")
     assert len(started) == 1
@@ -260,3 +263,53 @@ def test_a_workflow_that_cannot_run_is_skipped_with_a_warning(cat, caplog):
     with cat.session() as s:
         assert s.execute(select(Dataset.state).where(Dataset.name == "raw.run-5")).scalar_one() == "OPEN"
         assert s.execute(select(func.count()).select_from(Task)).scalar() == 3  # masked's three steps only
+
+
+# ---- runs execute their owner's choices only ----
+
+
+def test_a_mask_starts_runs_over_its_owners_datasets_only(cat):
+    """Alice's mask matches bob's new dataset names: it starts nothing over them (it would run
+    her code with his storage); bob's own workflow with the same mask does."""
+    cat.add_workflow("alice-grab", {**MASKED, "name": "alice-grab", "mask": "*"}, owner="alice")
+    cat.create_dataset("raw.run-9", owner="bob", location="skerry://home/raw.run-9")
+    assert start_matching_runs(cat, "raw.run-9", owner="bob") == []
+    assert runs_of(cat) == []
+    cat.add_workflow("bob-sums", {**MASKED, "name": "bob-sums"}, owner="bob")
+    [run] = start_matching_runs(cat, "raw.run-9", owner="bob")
+    with cat.session() as s:
+        started = s.get(Run, run)
+        assert started.owner == "bob" and cat.get_workflow("bob-sums").id == started.workflow_id
+    # alice's own dataset of the same name is hers alone, and her mask starts over it
+    cat.create_dataset("raw.run-9", owner="alice", location="skerry://home/raw.run-9")
+    [mine] = start_matching_runs(cat, "raw.run-9", owner="alice")
+    with cat.session() as s:
+        assert s.get(Run, mine).owner == "alice"
+        outputs = s.execute(select(Dataset.name, Dataset.owner).join(Task, Task.output_dataset_id == Dataset.id)
+                            .where(Task.run_id == mine)).all()
+    assert {owner for _, owner in outputs} == {"alice"}  # her outputs, beside bob's of the same names
+
+
+def test_a_run_keeps_the_module_versions_it_started_with(cat):
+    """Bob's workflow names ``bob-mod`` without a version; alice then adds ``bob-mod@2``: his
+    running run keeps version 1, and a later run of his stored workflow too."""
+    bob_mod = {**MD5OF, "name": "bob-mod"}
+    cat.add_module("bob-mod", "1", bob_mod)
+    wf = {"name": "bobs", "steps": [{"name": "s", "module": "bob-mod", "inputs": {"input": "dataset"}}]}
+    from skerry.workload.runs import registry_of
+    from skerry.workload.workflows import load_workflow
+
+    cat.add_workflow("bobs", load_workflow(wf, registry_of(cat)).pinned(), owner="bob")
+    assert cat.get_workflow("bobs").spec["steps"][0]["module"] == "bob-mod@1"
+    files(cat, "raw", ["a.md5"])
+    run = start_run(cat, "bobs", "raw", owner="bob")
+    cat.add_module("bob-mod", "2", {**bob_mod, "version": "2", "resources": {"gpu": 1}})  # alice's
+    planner = Planner(cat)
+    planner.advance()
+    with cat.session() as s:
+        pools = s.execute(select(Job.pool).join(Task, Task.id == Job.task_id).where(Task.run_id == run)).all()
+    assert pools == [("cpu",)]  # version 1's resources, not version 2's GPU
+    cat.create_dataset("raw2", owner="bob", location="skerry://home/raw2")
+    again = start_run(cat, "bobs", "raw2", owner="bob", dataset_owner="bob")
+    with cat.session() as s:
+        assert s.get(Run, again).params["workflow"]["steps"][0]["module"] == "bob-mod@1"

@@ -119,7 +119,10 @@ def test_modules_and_workflows(platform, alice, bob):
     assert r.status_code == 201, r.text
     assert r.json()["steps"] == ["checksum", "collect"]
     listed = platform.api("GET", API + "/workflows", token=bob).json()["workflows"]  # workflows are shared
-    assert [w["name"] for w in listed] == ["checksums"] and listed[0]["spec"] == TWO_STEPS
+    assert [w["name"] for w in listed] == ["checksums"] and listed[0]["owner"] == "alice"
+    # stored as it resolved: every module pinned name@version
+    pinned = {**TWO_STEPS, "steps": [{**TWO_STEPS["steps"][0], "module": "md5@1"}, TWO_STEPS["steps"][1]]}
+    assert listed[0]["spec"] == pinned
 
 
 RELAY = {"name": "relay", "inputs": [{"name": "input", "kind": "single", "type": "any"}],
@@ -360,13 +363,10 @@ def test_a_dataset_matching_a_mask_starts_a_run_once(platform, alice, bob, catal
     r = platform.api("POST", API + "/datasets", token=alice, json={"name": "alice.masked-2"})
     assert r.status_code == 201 and r.json()["runs"] == [] and r.json()["state"] == "OPEN", r.text
 
-    # an admin registering for bob: the run is bob's
+    # an admin registering for bob a name alice's mask matches: her workflow starts nothing over it
     r = platform.api("POST", API + "/datasets", json={"name": "alice.masked-bob", "owner": "bob",
                                                       "location": "skerry://home/mb"})
-    assert r.status_code == 201, r.text
-    [bobs] = r.json()["runs"]
-    assert platform.api("GET", API + f"/runs/{bobs}", token=bob).json()["owner"] == "bob"
-    refused(platform.api("GET", API + f"/runs/{bobs}", token=alice), 404)
+    assert r.status_code == 201 and r.json()["runs"] == [], r.text
 
 
 def test_an_admin_cannot_create_a_dataset_for_an_unknown_user(platform, alice, catalog):
@@ -378,3 +378,50 @@ def test_an_admin_cannot_create_a_dataset_for_an_unknown_user(platform, alice, c
     refused(platform.api("POST", API + "/datasets", json={"name": "ghost.raw", "owner": 7}), 400, "bad_request")
     assert rows(catalog) == before
     refused(platform.api("GET", API + "/datasets/ghost.raw"), 404, "unknown_dataset")
+
+
+def test_runs_execute_their_owners_choices_only(platform, alice, bob, catalog):
+    """Alice's mask over bob's names starts nothing; a module version alice adds never changes
+    bob's workflow; dataset names are per owner, so alice cannot learn bob's."""
+    r = platform.api("POST", API + "/workflows", token=alice, json={
+        "name": "alice-grabs", "mask": "bob.*", "steps": [{"name": "s", "module": "md5", "inputs": {"input": "dataset"}}]})
+    assert r.status_code == 201, r.text
+    r = platform.api("POST", API + "/datasets", token=bob, json={"name": "bob.secret", "location": "skerry://home/s"})
+    assert r.status_code == 201 and r.json()["runs"] == [], r.text
+    r = platform.api("POST", API + "/datasets/bob.secret/close", token=bob)
+    assert r.status_code == 200 and r.json()["runs"] == [], r.text
+    assert not [x for x in platform.api("GET", API + "/runs").json()["runs"] if x["dataset"] == "bob.secret"]
+
+    # bob's name is his alone: alice's answers are those of a name nobody holds
+    unknown = platform.api("GET", API + "/datasets/nobody.holds-this", token=alice)
+    held = platform.api("GET", API + "/datasets/bob.secret", token=alice)
+    assert held.status_code == unknown.status_code == 404
+    assert held.json()["error"] == unknown.json()["error"] == "unknown_dataset"
+    assert held.json()["message"].replace("bob.secret", "X") == unknown.json()["message"].replace("nobody.holds-this", "X")
+    r = platform.api("POST", API + "/datasets", token=alice, json={"name": "bob.secret", "location": "skerry://home/a"})
+    assert r.status_code == 201 and r.json()["owner"] == "alice", r.text  # no 409: nothing told
+    assert r.json()["runs"] != []  # her own mask starts over her own dataset
+    assert platform.api("GET", API + "/datasets/bob.secret", token=bob).json()["location"] == "skerry://home/s"
+    # an admin names the owner where the name is ambiguous
+    refused(platform.api("GET", API + "/datasets/bob.secret"), 409, "ambiguous_dataset")
+    assert platform.api("GET", API + "/datasets/bob.secret?owner=alice").json()["owner"] == "alice"
+
+    # bob's workflow names his module without a version; alice then adds a newer version
+    mod = {"name": "bobmod", "version": "1", "inputs": [{"name": "input", "type": "file"}],
+           "outputs": [{"name": "checksum", "type": "md5", "file_name": "{name}.md5"}],
+           "callable": "skerry.workload.builtins:md5"}
+    assert platform.api("POST", API + "/modules", token=bob, json=mod).status_code == 201
+    r = platform.api("POST", API + "/workflows", token=bob, json={
+        "name": "bobflow", "steps": [{"name": "s", "module": "bobmod", "inputs": {"input": "dataset"}}]})
+    assert r.status_code == 201 and r.json()["spec"]["steps"][0]["module"] == "bobmod@1", r.text
+    r = platform.api("POST", API + "/modules", token=alice, json={**mod, "version": "2", "resources": {"gpu": 1}})
+    assert r.status_code == 201, r.text
+    platform.api("POST", API + "/datasets", token=bob, json={"name": "bob.in", "location": "skerry://home/in"})
+    r = platform.api("POST", API + "/runs", token=bob, json={"workflow": "bobflow", "dataset": "bob.in"})
+    assert r.status_code == 201, r.text
+    assert [t["module"] for t in r.json()["tasks"]] == ["bobmod@1"]
+    # a non-admin cannot point a run at another user's dataset
+    refused(platform.api("POST", API + "/runs", token=alice,
+                         json={"workflow": "bobflow", "dataset": "bob.in", "owner": "bob"}), 403, "forbidden")
+    refused(platform.api("POST", API + "/runs", token=alice, json={"workflow": "bobflow", "dataset": "bob.in"}),
+            404, "unknown_dataset")

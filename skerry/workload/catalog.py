@@ -5,6 +5,7 @@
 ``upgrade()`` brings its schema to the newest Alembic revision. Then::
 
     cat.create_dataset("raw.run1", owner="alice", location="skerry://home/raw/run1")
+    cat.get_dataset("raw.run1", owner="alice")          # names are per owner (see Rules)
     cat.register_files("raw.run1", [{"uri": "skerry://home/raw/run1/a", "size": 10,
                                      "checksum": "<md5 hex>"}, ...])
     cat.list_files("raw.run1", after=0, limit=1000)     # a page, ``next_after`` for the next
@@ -22,6 +23,10 @@ Rules:
 - every change is one transaction: bad input raises a ``CatalogError`` (a
   ``SkerryError``) with a sentence naming what is wrong, and leaves no row behind;
   a batch of files with one duplicate or bad entry registers none of them;
+- a dataset's name is unique among its owner's datasets: two users may each hold one
+  called ``raw``. Every call that names a dataset takes ``owner=``; without it the name
+  must be one dataset's only (else ``AmbiguousDataset``, naming no owner), which is what
+  single-user callers and admins who know the name rely on;
 - datasets go ``OPEN -> CLOSED -> TO_UPLOAD``, any of those ``-> TO_DELETE -> DELETED``
   (``DATASET_MOVES``); files are registered only into an ``OPEN`` dataset;
 - URIs are ``skerry://<adaptor>/<path>`` without empty, ``.`` or ``..`` segments;
@@ -38,7 +43,8 @@ Errors::
 
     SkerryError
      └── CatalogError          bad input for the catalog (``code`` names the case)
-          ├── DatasetExists    UnknownDataset    DatasetStateError    BadMetadata
+          ├── DatasetExists    UnknownDataset    AmbiguousDataset    DatasetStateError
+          ├── BadMetadata
           ├── BadFileEntry     (a URI, size or checksum; a duplicate)
           └── UnknownJob       JobStateError     ModuleExists    UnknownModule
 """
@@ -99,6 +105,10 @@ class DatasetExists(CatalogError):
 
 class UnknownDataset(CatalogError):
     code = "unknown_dataset"
+
+
+class AmbiguousDataset(CatalogError):
+    code = "ambiguous_dataset"
 
 
 class DatasetStateError(CatalogError):
@@ -365,14 +375,19 @@ class Catalog:
     # ---- datasets ----
 
     @staticmethod
-    def _dataset(s: Session, name: str, lock: bool = False) -> Dataset:
+    def dataset_row(s: Session, name: str, owner: str | None = None, lock: bool = False) -> Dataset:
+        """The dataset ``name`` of ``owner`` (None: the only one by that name)."""
         query = select(Dataset).where(Dataset.name == name)
+        if owner is not None:
+            query = query.where(Dataset.owner == owner)
         if lock:
             query = query.with_for_update()
-        dataset = s.execute(query).scalar_one_or_none()
-        if dataset is None:
+        found = s.execute(query.limit(2)).scalars().all()
+        if not found:
             raise UnknownDataset(f"no dataset named {name!r}")
-        return dataset
+        if len(found) > 1:
+            raise AmbiguousDataset(f"several users hold a dataset named {name!r}: say whose (owner)")
+        return found[0]
 
     def create_dataset(self, name: str, *, owner: str = "", metadata: Any = None,
                        location: str | None = None) -> DatasetInfo:
@@ -385,7 +400,7 @@ class Catalog:
             location = check_uri(location.rstrip("/") if isinstance(location, str) else location, "location")
         try:
             with self.writing() as s:
-                if s.execute(select(Dataset.id).where(Dataset.name == name)).first():
+                if s.execute(select(Dataset.id).where(Dataset.name == name, Dataset.owner == owner)).first():
                     raise DatasetExists(f"a dataset named {name!r} already exists")
                 dataset = Dataset(name=name, owner=owner, meta=meta, location=location, state="OPEN")
                 s.add(dataset)
@@ -394,9 +409,9 @@ class Catalog:
         except IntegrityError:  # created by someone else between our check and our insert
             raise DatasetExists(f"a dataset named {name!r} already exists") from None
 
-    def get_dataset(self, name: str) -> DatasetInfo:
+    def get_dataset(self, name: str, *, owner: str | None = None) -> DatasetInfo:
         with self.session() as s:
-            dataset = self._dataset(s, name)
+            dataset = self.dataset_row(s, name, owner)
             files, size = s.execute(select(func.count(File.id), func.coalesce(func.sum(File.size), 0))
                                     .where(File.dataset_id == dataset.id)).one()
             return _dataset_info(dataset, files, int(size))
@@ -412,9 +427,9 @@ class Catalog:
         with self.session() as s:
             return [_dataset_info(d) for d in s.execute(query).scalars()]
 
-    def _move(self, name: str, to: str, only_from: str | None = None) -> DatasetInfo:
+    def _move(self, name: str, to: str, only_from: str | None = None, owner: str | None = None) -> DatasetInfo:
         with self.writing() as s:
-            dataset = self._dataset(s, name, lock=True)
+            dataset = self.dataset_row(s, name, owner, lock=True)
             if to not in DATASET_MOVES[dataset.state] or only_from not in (None, dataset.state):
                 raise DatasetStateError(f"dataset {name!r} is {dataset.state} and cannot become {to}"
                                         + (f" (only from {only_from})" if only_from else ""))
@@ -422,29 +437,29 @@ class Catalog:
             s.flush()
             return _dataset_info(dataset)
 
-    def close_dataset(self, name: str) -> DatasetInfo:
+    def close_dataset(self, name: str, *, owner: str | None = None) -> DatasetInfo:
         """``OPEN -> CLOSED``: complete; no more files are registered into it."""
-        return self._move(name, "CLOSED", only_from="OPEN")
+        return self._move(name, "CLOSED", only_from="OPEN", owner=owner)
 
-    def mark_for_upload(self, name: str) -> DatasetInfo:
+    def mark_for_upload(self, name: str, *, owner: str | None = None) -> DatasetInfo:
         """``CLOSED -> TO_UPLOAD``: to be copied to external storage."""
-        return self._move(name, "TO_UPLOAD")
+        return self._move(name, "TO_UPLOAD", owner=owner)
 
-    def mark_uploaded(self, name: str) -> DatasetInfo:
+    def mark_uploaded(self, name: str, *, owner: str | None = None) -> DatasetInfo:
         """``TO_UPLOAD -> CLOSED``: the upload is done."""
-        return self._move(name, "CLOSED", only_from="TO_UPLOAD")
+        return self._move(name, "CLOSED", only_from="TO_UPLOAD", owner=owner)
 
-    def delete_dataset(self, name: str) -> DatasetInfo:
+    def delete_dataset(self, name: str, *, owner: str | None = None) -> DatasetInfo:
         """Mark for deletion (``TO_DELETE``); ``purge_dataset`` removes the files."""
-        return self._move(name, "TO_DELETE")
+        return self._move(name, "TO_DELETE", owner=owner)
 
-    def purge_dataset(self, name: str, fs) -> DatasetInfo:
+    def purge_dataset(self, name: str, fs, *, owner: str | None = None) -> DatasetInfo:
         """Remove a ``TO_DELETE`` dataset's files from storage (``fs``), then mark it ``DELETED``.
 
         Files already gone count as removed; the rows stay, in state ``DELETED``.
         """
         with self.session() as s:
-            dataset = self._dataset(s, name)
+            dataset = self.dataset_row(s, name, owner)
             if dataset.state != "TO_DELETE":
                 raise DatasetStateError(f"dataset {name!r} is {dataset.state}: delete it first (TO_DELETE)")
             uris = s.execute(select(File.uri).where(File.dataset_id == dataset.id,
@@ -455,7 +470,7 @@ class Catalog:
             except FileNotFoundError:
                 pass
         with self.writing() as s:
-            dataset = self._dataset(s, name, lock=True)
+            dataset = self.dataset_row(s, name, owner, lock=True)
             s.execute(update(File).where(File.dataset_id == dataset.id).values(state="DELETED"))
             dataset.state = "DELETED"
             s.flush()
@@ -463,7 +478,7 @@ class Catalog:
 
     # ---- files ----
 
-    def register_files(self, name: str, files: Iterable[dict]) -> int:
+    def register_files(self, name: str, files: Iterable[dict], *, owner: str | None = None) -> int:
         """Register ``files`` (``{"uri", "size", "checksum"}``) in an ``OPEN`` dataset: all or none.
 
         Returns how many were registered. A bad entry, a URI listed twice or a URI the
@@ -478,13 +493,13 @@ class Catalog:
             rows.append(row)
         try:
             with self.writing() as s:
-                dataset = self._dataset(s, name, lock=True)
+                dataset = self.dataset_row(s, name, owner, lock=True)
                 if dataset.state != "OPEN":
                     raise DatasetStateError(f"dataset {name!r} is {dataset.state}: files are registered only "
                                             f"into an OPEN dataset")
                 self._insert_files(s, dataset.id, rows)
         except IntegrityError:
-            raise BadFileEntry(self._duplicate_sentence(name, rows)) from None
+            raise BadFileEntry(self._duplicate_sentence(name, owner, rows)) from None
         return len(rows)
 
     @staticmethod
@@ -494,10 +509,10 @@ class Catalog:
         for start in range(0, len(rows), BATCH):
             s.execute(insert(File), [{**row, **extra} for row in rows[start:start + BATCH]])
 
-    def _duplicate_sentence(self, name: str, rows: list[dict]) -> str:
+    def _duplicate_sentence(self, name: str, owner: str | None, rows: list[dict]) -> str:
         """Which of ``rows`` the dataset already has (after the refused insert was rolled back)."""
         with self.session() as s:
-            dataset = self._dataset(s, name)
+            dataset = self.dataset_row(s, name, owner)
             index = {row["uri"]: i for i, row in enumerate(rows)}
             uris = list(index)
             for start in range(0, len(uris), 500):
@@ -508,14 +523,15 @@ class Catalog:
                             f"none of the {len(rows)} files were registered")
         return f"dataset {name!r} refused the files (a concurrent change); none were registered"
 
-    def list_files(self, name: str, *, after: int = 0, limit: int = 1000, state: str | None = None) -> FilePage:
+    def list_files(self, name: str, *, after: int = 0, limit: int = 1000, state: str | None = None,
+                   owner: str | None = None) -> FilePage:
         """A page of a dataset's files in registration order: those with ``id > after``."""
         if type(limit) is not int or not 1 <= limit <= PAGE_MAX:
             raise CatalogError(f"limit must be between 1 and {PAGE_MAX}, got {limit!r}")
         if type(after) is not int or after < 0:
             raise CatalogError(f"after must be a file id >= 0, got {after!r}")
         with self.session() as s:
-            dataset = self._dataset(s, name)
+            dataset = self.dataset_row(s, name, owner)
             query = (select(File.id, File.uri, File.size, File.checksum, File.state, File.job_id)
                      .where(File.dataset_id == dataset.id, File.id > after).order_by(File.id).limit(limit + 1))
             if state is not None:
@@ -524,18 +540,19 @@ class Catalog:
         files = [_file_info(r) for r in rows[:limit]]
         return FilePage(files, files[-1].id if len(rows) > limit else None)
 
-    def iter_files(self, name: str, *, state: str | None = None, page: int = PAGE_MAX) -> Iterator[FileInfo]:
+    def iter_files(self, name: str, *, state: str | None = None, page: int = PAGE_MAX,
+                   owner: str | None = None) -> Iterator[FileInfo]:
         """Every file of a dataset, page by page."""
         after = 0
         while after is not None:
-            result = self.list_files(name, after=after, limit=page, state=state)
+            result = self.list_files(name, after=after, limit=page, state=state, owner=owner)
             yield from result.files
             after = result.next_after
 
     # ---- consistency ----
 
     def check(self, name: str, fs, *, threshold: int | None = None, checksums: bool = True,
-              remove_dark: bool = False) -> ConsistencyReport:
+              remove_dark: bool = False, owner: str | None = None) -> ConsistencyReport:
         """Compare a dataset's catalog with storage (``fs``: an fsspec filesystem of ``skerry://`` paths).
 
         Missing: registered but not in storage. Dark: in the dataset's ``location`` but not
@@ -548,7 +565,7 @@ class Catalog:
         if type(threshold) is not int or threshold < 1:
             raise CatalogError(f"threshold must be a whole number >= 1, got {threshold!r}")
         with self.session() as s:
-            dataset = self._dataset(s, name)
+            dataset = self.dataset_row(s, name, owner)
             dataset_id, location = dataset.id, dataset.location
             catalog = {r.uri: r for r in s.execute(
                 select(File.id, File.uri, File.size, File.checksum, File.state)
@@ -676,14 +693,15 @@ class Catalog:
             raise UnknownModule(f"no module named {name!r}" + (f" at version {version!r}" if version else ""))
         return module
 
-    def add_workflow(self, name: str, spec: dict) -> int:
+    def add_workflow(self, name: str, spec: dict, *, owner: str = "") -> int:
+        """Store a workflow's spec (checked by ``skerry.workload.workflows``) for ``owner``; its id."""
         _check_name(name, "workflow")
         spec = _metadata(spec)
         try:
             with self.writing() as s:
                 if s.execute(select(Workflow.id).where(Workflow.name == name)).first():
                     raise CatalogError(f"a workflow named {name!r} already exists")
-                workflow = Workflow(name=name, spec=spec)
+                workflow = Workflow(name=name, owner=owner, spec=spec)
                 s.add(workflow)
                 s.flush()
                 return workflow.id
@@ -707,7 +725,7 @@ class Catalog:
             if found is None:
                 raise CatalogError(f"no workflow named {workflow!r}")
             run = Run(workflow_id=found, params=params, owner=owner, state="running",
-                      input_dataset_id=self._dataset(s, input_dataset).id if input_dataset else None)
+                      input_dataset_id=self.dataset_row(s, input_dataset).id if input_dataset else None)
             s.add(run)
             s.flush()
             return run.id
@@ -728,8 +746,8 @@ class Catalog:
                 raise CatalogError(f"no run with id {run_id}")
             task = Task(step=step, module_id=module_id, run_id=run_id, rank=float(rank),
                         params=params, state="defined",
-                        input_dataset_id=self._dataset(s, input_dataset).id if input_dataset else None,
-                        output_dataset_id=self._dataset(s, output_dataset).id if output_dataset else None)
+                        input_dataset_id=self.dataset_row(s, input_dataset).id if input_dataset else None,
+                        output_dataset_id=self.dataset_row(s, output_dataset).id if output_dataset else None)
             s.add(task)
             s.flush()
             return task.id
@@ -864,8 +882,8 @@ class Catalog:
         except IntegrityError:
             with self.session() as s:
                 task = s.get(Task, s.get(Job, job_id).task_id)
-                name = s.get(Dataset, task.output_dataset_id).name
-            raise BadFileEntry(f"job {job_id}: " + self._duplicate_sentence(name, rows)) from None
+                out = s.get(Dataset, task.output_dataset_id)
+            raise BadFileEntry(f"job {job_id}: " + self._duplicate_sentence(out.name, out.owner, rows)) from None
 
 
 def _path(uri: str) -> str:

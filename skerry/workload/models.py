@@ -11,7 +11,9 @@ Rules:
   (``DATASET_STATES``, ``FILE_STATES``, ``JOB_STATES``, ``TASK_STATES``); the job/task
   names are those of ``skerry.workload.states``, which owns the transitions;
 - a file's URI is unique within its dataset; a module is unique by (name, version);
-  dataset and workflow names are unique;
+  a dataset's name is unique among its owner's datasets (names are per owner: another
+  user may hold the same name), a workflow's name is unique; a workflow has an owner,
+  whose datasets alone its mask starts runs over;
 - a file produced by a job keeps that job's id (``files.job_id``): outputs are
   registered once, with the job's success (see ``Catalog.register_outputs_and_succeed``);
 - the schema is created and changed only by the Alembic migrations in ``migrations/``
@@ -60,10 +62,11 @@ class Dataset(Base):
     """A named set of files: ``OPEN`` while files arrive, ``CLOSED`` when complete."""
 
     __tablename__ = "datasets"
-    __table_args__ = (_one_of("state", DATASET_STATES, "state"),)
+    # names are per owner: a refusal never tells one user what another user's datasets are called
+    __table_args__ = (_one_of("state", DATASET_STATES, "state"), UniqueConstraint("owner", "name"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(16), default="OPEN")
     owner: Mapped[str] = mapped_column(String(255), default="")
     # the folder holding the dataset's files (``skerry://adaptor/path``): where dark files are looked for
@@ -126,12 +129,14 @@ class Module(Base):
 
 
 class Workflow(Base):
-    """Steps over modules, wired output -> input (the spec); optionally a dataset name mask."""
+    """Steps over modules, wired output -> input (the spec); optionally a dataset name mask
+    over its owner's datasets. Module versions are pinned in the stored spec (``name@version``)."""
 
     __tablename__ = "workflows"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
+    owner: Mapped[str] = mapped_column(String(255), default="", server_default="")
     spec: Mapped[dict]
     created: Mapped[datetime] = mapped_column(default=now)
 

@@ -8,14 +8,18 @@
 the output datasets' names) and then writes, in one transaction: the modules the
 workflow uses (built-ins are added on first use), the run, one ``OPEN`` output dataset
 per step (``<output_location>/<dataset name>``; by default beside the input dataset's
-folder) and one task per step. Bad input raises a ``RunError`` and writes nothing.
+folder), owned by the run's owner, and one task per step. Bad input raises a
+``RunError`` and writes nothing. The run keeps the workflow as it resolved then (every
+module ``name@version``, in its ``params``): versions added later never change a run.
 ``check(session, workflow)``, when given, is called in that writing transaction before
 anything is written (on SQLite it holds the database's write lock: a quota counted there
 cannot change before the run exists); whatever it raises refuses the run, nothing written.
 
 ``start_matching_runs`` is what registering (creating) or closing a dataset calls: it
-starts, at rank 1 and owned by the dataset's owner, a run of every workflow whose
-``mask`` matches the dataset's name and that has no run over that dataset yet (a run in
+starts, at rank 1 and owned by the dataset's owner, a run of every workflow *of that
+owner* whose ``mask`` matches the dataset's name and that has no run over that dataset
+yet (another user's mask never starts anything over it, as it runs their code with this
+owner's storage and credentials; a run in
 any state counts, so registering then closing starts each run once). A dataset that is
 a run's output never starts runs (no chains of runs over outputs). A workflow that
 cannot run over the dataset (a ``RunError``, e.g. no location or pins of the wrong type)
@@ -52,7 +56,7 @@ from sqlalchemy import exists, select, update
 
 from ..errors import ConfigError, SkerryError
 from .builtins import BUILTINS
-from .catalog import check_uri
+from .catalog import CatalogError, check_uri
 from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow, now
 from .modules import ModuleRegistry, load_module
 from .workflows import load_workflow, matching_workflows
@@ -84,18 +88,23 @@ def pool_of(module) -> str:
 
 
 def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner: str = "",
-              output_location: str | None = None, registry: ModuleRegistry | None = None, check=None) -> int:
-    """Start a run of ``workflow`` over ``dataset`` (see the module docstring); its id."""
+              dataset_owner: str | None = None, output_location: str | None = None,
+              registry: ModuleRegistry | None = None, check=None) -> int:
+    """Start a run of ``workflow`` over ``dataset`` (see the module docstring); its id.
+
+    ``owner`` owns the run and its output datasets; ``dataset_owner`` says whose dataset
+    ``dataset`` is (None: the only dataset by that name)."""
     if isinstance(rank, bool) or not isinstance(rank, int | float) or not 0 < rank < float("inf"):
         raise RunError(f"a run's rank must be a number > 0, not {rank!r}")
     registry = registry or registry_of(catalog)
     with catalog.session() as s:
         row = s.execute(select(Workflow).where(Workflow.name == workflow)).scalar_one_or_none()
-        ds = s.execute(select(Dataset).where(Dataset.name == dataset)).scalar_one_or_none()
-    if row is None:
-        raise RunError(f"no workflow named {workflow!r}")
-    if ds is None:
-        raise RunError(f"no dataset named {dataset!r}")
+        if row is None:
+            raise RunError(f"no workflow named {workflow!r}")
+        try:
+            ds = catalog.dataset_row(s, dataset, dataset_owner)
+        except CatalogError as e:
+            raise RunError(e.message) from None
     if ds.state not in ("OPEN", "CLOSED"):
         raise RunError(f"dataset {dataset!r} is {ds.state}: a run reads an OPEN or CLOSED dataset")
     try:
@@ -118,14 +127,15 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
         pins[name] = next(iter(step.inputs))
         outputs[name] = step.output_dataset(dataset)
     with catalog.writing() as s:
-        taken = s.execute(select(Dataset.name).where(Dataset.name.in_(list(outputs.values())))).scalars().all()
+        taken = s.execute(select(Dataset.name).where(Dataset.owner == owner,
+                                                     Dataset.name.in_(list(outputs.values())))).scalars().all()
         if taken:
             raise RunError(f"output dataset {taken[0]!r} already exists: run {workflow!r} over "
                            f"{dataset!r} once, or name the step outputs differently")
         if check is not None:
             check(s, wf)
-        run = Run(workflow_id=row.id, input_dataset_id=ds.id, params={"pins": pins}, owner=owner,
-                  state="running")
+        run = Run(workflow_id=row.id, input_dataset_id=ds.id, params={"pins": pins, "workflow": wf.pinned()},
+                  owner=owner, state="running")
         s.add(run)
         s.flush()
         made = {}
@@ -154,17 +164,20 @@ def start_matching_runs(catalog, dataset_name: str, *, owner: str | None = None,
                         refused: list[dict] | None = None) -> list[int]:
     """Start the runs that ``dataset_name``'s mask-matching workflows owe it (module docstring).
 
-    The ids of the runs started now, in workflow order; ``owner`` defaults to the
-    dataset's owner. Raises ``RunError`` only for an unknown dataset. ``check`` is passed to
-    ``start_run``; the runs it refuses are appended to ``refused`` (module docstring).
+    The ids of the runs started now, in workflow order, each owned by the dataset's owner;
+    ``owner`` says whose dataset it is (None: the only one by that name). Raises
+    ``RunError`` only for an unknown dataset. ``check`` is passed to ``start_run``; the runs
+    it refuses are appended to ``refused`` (module docstring).
     """
     with catalog.session() as s:
-        ds = s.execute(select(Dataset).where(Dataset.name == dataset_name)).scalar_one_or_none()
-        if ds is None:
-            raise RunError(f"no dataset named {dataset_name!r}")
+        try:
+            ds = catalog.dataset_row(s, dataset_name, owner)
+        except CatalogError as e:
+            raise RunError(e.message) from None
         if s.execute(select(Task.id).where(Task.output_dataset_id == ds.id).limit(1)).first():
             return []  # a run's output: a mask matching it would chain runs without end
-        masked = [(w.name, w.spec) for w in s.execute(select(Workflow).order_by(Workflow.id)).scalars()
+        mine = select(Workflow).where(Workflow.owner == ds.owner).order_by(Workflow.id)
+        masked = [(w.name, w.spec) for w in s.execute(mine).scalars()
                   if isinstance(w.spec, dict) and isinstance(w.spec.get("mask"), str)
                   and fnmatch.fnmatchcase(dataset_name, w.spec["mask"])]  # load only those that match
     if not masked:
@@ -181,9 +194,8 @@ def start_matching_runs(catalog, dataset_name: str, *, owner: str | None = None,
         if _has_run(catalog, wf.name, ds.id):
             continue
         try:
-            started.append(start_run(catalog, wf.name, dataset_name, rank=1,
-                                     owner=ds.owner if owner is None else owner, registry=registry,
-                                     check=check))
+            started.append(start_run(catalog, wf.name, dataset_name, rank=1, owner=ds.owner,
+                                     dataset_owner=ds.owner, registry=registry, check=check))
         except RunError as e:
             if not _has_run(catalog, wf.name, ds.id):  # else a concurrent call started it: nothing to say
                 log.warning("workflow %r does not start a run over dataset %r: %s", wf.name, dataset_name,
@@ -218,8 +230,10 @@ class Planner:
     def _workflow(self, run: Run):
         wf = self._workflows.get(run.id)
         if wf is None:
-            with self.catalog.session() as s:
-                spec = s.get(Workflow, run.workflow_id).spec
+            spec = run.params.get("workflow")  # as it resolved when the run started
+            if spec is None:  # a run started before runs kept their workflow
+                with self.catalog.session() as s:
+                    spec = s.get(Workflow, run.workflow_id).spec
             wf = load_workflow(spec, self.registry or registry_of(self.catalog))
             self._workflows[run.id] = wf
         return wf

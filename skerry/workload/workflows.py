@@ -38,7 +38,8 @@ is done). By default a step streams when its wired inputs are one single pin or 
 chunked multiple pin, else it is a barrier.
 
 The loaded :class:`Workflow` gives the step ``order`` (upstream first, declaration order
-among equals), each step's ``upstream`` steps, and ``matches(dataset_name)`` for the mask
+among equals), each step's ``upstream`` steps, ``pinned()`` (the spec with every module
+as ``name@version``, as the catalog stores it), and ``matches(dataset_name)`` for the mask
 (a shell glob, ``fnmatch`` rules, case-sensitive); ``matching_workflows`` picks the
 workflows a newly registered or closed dataset starts.
 """
@@ -153,6 +154,15 @@ class Workflow:
             for u in self.steps[s].upstream:
                 down[u].append(s)
         return down
+
+    def pinned(self) -> dict:
+        """The spec with every step's module named ``name@version``: stored so that modules
+        added later (a newer version, another user's module of the same name) never change
+        or break what this workflow runs."""
+        data = self.spec.model_dump(mode="json", exclude_unset=True)
+        for step in data["steps"]:
+            step["module"] = self.steps[step["name"]].module.ref
+        return data
 
     def matches(self, dataset_name: str) -> bool:
         """Whether registering/closing ``dataset_name`` starts a run of this workflow."""
