@@ -19,10 +19,10 @@ async def settle():
         await asyncio.sleep(0)
 
 
-def test_default_limit_is_the_cores_and_at_least_two():
+def test_default_limit_is_two_per_core():
     assert default_limit(1) == 2
-    assert default_limit(2) == 2
-    assert default_limit(16) == 16
+    assert default_limit(2) == 4
+    assert default_limit(16) == 32
     assert default_limit() >= 2
     with pytest.raises(ValueError, match="limit of 1 or more"):
         asyncio.run(_make(0))
