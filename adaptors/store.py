@@ -3,7 +3,10 @@
 Layout (paths given by the caller, normally from ``skerry.datadir.DataDir``)::
 
     ACCOUNTS/<user>/adaptors.json      {"adaptors": [spec, ...]}   plain specs, no secrets
-    ACCOUNTS/<user>/jwt-keys.json      {"keys": [{"kid", "alg", "public_key"}]}
+    HANDOVER/<user>/jwt-keys.json      {"keys": [{"kid", "alg", "public_key"}]}, mode 0640
+                                       (HANDOVER: the folders the platform shares with each
+                                       user's account, ``DataDir.handover``; without one,
+                                       ACCOUNTS/<user>/, mode 0600)
     ACCOUNTS/<user>/servers/<name>.json  one named server's record (micro-infrastructure API):
                                        {"name", "created", "services", "user_options", "adaptors"}
     CREDENTIALS/<user>.json            {"format": 1, "key_id": ..., "token": <Fernet token>}
@@ -16,7 +19,9 @@ Rules:
 - A credential is ``{"kind", "created", "public": {...}, "secret": {...}}``; only
   ``public`` (plus name, kind, created) ever leaves this module through ``list``.
 - ``jwt-keys.json`` is read by the WebDAV JWT verifier of the micro-infrastructure
-  (re-read when its mtime changes): its format is a contract.
+  (re-read when its mtime changes), which runs as the user's account: it lies in the
+  user's handover folder, group-readable (public keys, nothing secret), the one file of
+  this store a user's process reads. Its format is a contract.
 - Server-scoped adaptors (a named server's extra adaptors, stored by the
   micro-infrastructure API) join the federation of that server only. Their credentials
   live in the user's one encrypted credentials file under the name ``<server>/<adaptor>``
@@ -85,11 +90,13 @@ class CryptError(ConfigError):
     code = "credentials_unreadable"
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with ``data``, mode 0600; no temp file is left on error."""
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` atomically with ``data``, mode ``mode``; no temp file is left on error."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode != 0o600:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -162,15 +169,16 @@ class AccountStore:
     """The stored adaptors, credentials and JWT keys of every user of one platform."""
 
     def __init__(self, accounts_dir: str | os.PathLike, credentials_dir: str | os.PathLike,
-                 key_file: str | os.PathLike):
+                 key_file: str | os.PathLike, handover_dir: str | os.PathLike | None = None):
         self.accounts_dir = Path(accounts_dir)
         self.credentials_dir = Path(credentials_dir)
         self.key_file = Path(key_file)
+        self.handover_dir = Path(handover_dir) if handover_dir else None
         self._fernet = None
 
     @classmethod
     def for_data_dir(cls, data) -> "AccountStore":
-        return cls(data.accounts, data.credentials_dir, data.credentials_key_file)
+        return cls(data.accounts, data.credentials_dir, data.credentials_key_file, data.handover_root)
 
     # -- files ---------------------------------------------------------------
 
@@ -464,8 +472,20 @@ class AccountStore:
 
     # -- JWT keys --------------------------------------------------------------
 
-    def jwt_keys_file(self, user: str) -> Path:
-        return self._user_dir(user) / "jwt-keys.json"
+    def jwt_keys_file(self, user: str, create: bool = False) -> Path:
+        """Where ``user``'s JWT keys are (module docstring); ``create``: its folder made."""
+        old = self._user_dir(user) / "jwt-keys.json"
+        if self.handover_dir is None:
+            return old
+        folder = self.handover_dir / user
+        path = folder / "jwt-keys.json"
+        moving = old.exists() and not path.exists()  # kept under accounts/ before accounts existed
+        if create or moving:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # shared with the account at its start
+        if moving:
+            os.replace(old, path)
+            os.chmod(path, 0o640)
+        return path
 
     def jwt_keys(self, user: str) -> list[dict]:
         return self._read_json(self.jwt_keys_file(user), f"the JWT keys of {user}").get("keys", [])
@@ -477,7 +497,8 @@ class AccountStore:
         with self.locked(user):
             keys = [k for k in self.jwt_keys(user) if k.get("kid") != kid] + [entry]
             keys.sort(key=lambda k: k["kid"])
-            write_private(self.jwt_keys_file(user), json.dumps({"keys": keys}, indent=1).encode())
+            write_private(self.jwt_keys_file(user, create=True), json.dumps({"keys": keys}, indent=1).encode(),
+                          mode=0o640)
         return entry
 
     def delete_jwt_key(self, user: str, kid: str) -> None:
@@ -486,7 +507,8 @@ class AccountStore:
             kept = [k for k in keys if k.get("kid") != kid]
             if len(kept) == len(keys):
                 raise NotFound(f"{user} has no JWT key {kid!r}.")
-            write_private(self.jwt_keys_file(user), json.dumps({"keys": kept}, indent=1).encode())
+            write_private(self.jwt_keys_file(user, create=True), json.dumps({"keys": kept}, indent=1).encode(),
+                          mode=0o640)
 
 
 def backend_entry(entry: dict) -> dict:

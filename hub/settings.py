@@ -1,8 +1,10 @@
 """The JupyterHub configuration of ``skerry up``, built from the environment it sets.
 
 ``skerry up`` sets ``SKERRY_DATA_DIR``, ``SKERRY_IP``, ``SKERRY_PORT``,
-``SKERRY_PUBLIC_URL``, ``SKERRY_PROXY_COMMAND`` and ``SKERRY_DEV``; secrets are read
-from the data dir here, never passed through the environment or arguments.
+``SKERRY_PUBLIC_URL``, ``SKERRY_PROXY_COMMAND``, ``SKERRY_DEV`` and who runs the users'
+code (``skerry.identity``: ``SKERRY_ACCOUNT_TEMPLATE``, each user's own account, or
+``SKERRY_SINGLE_USER``, the one user who may log in); secrets are read from the data dir
+here, never passed through the environment or arguments.
 """
 
 import os
@@ -13,6 +15,7 @@ from skerry.datadir import DataDir
 from skerry.hub.culler import INTERVAL_ENV as CULL_ENV
 from skerry.hub.pages import TEMPLATES as PAGE_TEMPLATES
 from skerry.hub.pages import handlers as page_handlers
+from skerry.identity import SINGLE_USER_ENV, TEMPLATE_ENV
 
 SERVICE_NAME = "skerry"
 ADMIN_SERVICE_NAME = "skerry-admin"
@@ -49,7 +52,7 @@ def configure(c) -> None:
 
     c.JupyterHub.spawner_class = "skerry"
     c.SkerrySpawner.home_dir_template = str(data.users / "{username}")
-    c.SkerrySpawner.adaptors_dir = str(data.secrets / "adaptors")
+    c.SkerrySpawner.handover_dir = str(data.handover_root)
     c.SkerrySpawner.accounts_dir = str(data.accounts)
     c.SkerrySpawner.credentials_dir = str(data.credentials_dir)
     c.SkerrySpawner.credentials_key_file = str(data.credentials_key_file)
@@ -58,8 +61,12 @@ def configure(c) -> None:
     c.JupyterHub.allow_named_servers = True
     # a dead micro-infrastructure is noticed within seconds; a poll is one kill(pid, 0)
     c.Spawner.poll_interval = 10
-    if os.geteuid() == 0:
+    single_user = os.environ.get(SINGLE_USER_ENV, "")
+    c.SkerrySpawner.switch_users = not single_user
+    if single_user and os.geteuid() == 0:  # root without the right to switch (a container): Jupyter asks
         c.Spawner.args = ["--allow-root"]
+    if os.environ.get(TEMPLATE_ENV):
+        c.SkerrySpawner.account_template = os.environ[TEMPLATE_ENV]
 
     if os.environ.get("SKERRY_DEV"):
         c.JupyterHub.authenticator_class = "dummy"
@@ -71,6 +78,9 @@ def configure(c) -> None:
         c.NativeAuthenticator.minimum_password_length = 8
         c.NativeAuthenticator.check_common_password = True
     c.Authenticator.admin_users = {ADMIN_USER}
+    if single_user:  # every server runs as the account running skerry up: its user alone logs in
+        c.Authenticator.allow_all = False
+        c.Authenticator.allowed_users = {single_user}
     c.Authenticator.username_pattern = USERNAME_PATTERN
 
     # admin pages in the hub's own UI (/hub/skerry/profiles, /hub/skerry/usage); the nav bar links them

@@ -3,7 +3,19 @@
 Local backend. Starting a server starts one process group (``skerry.hub.microinfra``)
 holding the user's Jupyter server and their WebDAV endpoint over their adaptors: the
 home folder (``home_dir_template``, a folder per user) and the adaptors the user stored
-(``accounts_dir``, credentials from ``credentials_dir``), read at each start. The rules of JupyterHub's ``Spawner``:
+(``accounts_dir``, credentials from ``credentials_dir``), read at each start.
+
+Identity (:mod:`skerry.accounts`): with ``switch_users`` (the default where the hub may
+switch users, i.e. runs as root) the whole group runs as the hub user's own OS account
+(``account_template``), made at the first start with the home as its own (mode 0700): no
+supplementary groups, umask 077, an environment with nothing of the platform's but the
+user's own server token, no ``--allow-root``. What the server must read of the platform's
+(its adaptor configuration with the decrypted credentials, the user's JWT public keys) is
+handed over in the user's folder ``handover_dir/<user>/`` (the platform's, group of the
+account, mode 2750); the configuration file is the account's own (0600) and removed at stop.
+Without ``switch_users`` (single-user mode) the group runs as the hub's own account.
+
+The rules of JupyterHub's ``Spawner``:
 
 - ``start`` returns the Jupyter server's (ip, port); the WebDAV port is kept in
   ``dav_port`` and routed at ``/dav/<name>/`` by ``SkerryProxy``;
@@ -38,8 +50,10 @@ import sys
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from jupyterhub.utils import random_port
-from traitlets import Any, Integer, Unicode, default
+from traitlets import Any, Bool, Integer, Unicode, default
 
+from skerry.accounts import (SAFE_PATH, Account, AccountError, AccountPolicy, become, can_switch_users,
+                             ensure_account, give, lock_account, share_folder)
 from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import write_config
 from skerry.adaptors.store import AccountStore
@@ -78,15 +92,39 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     def _default_data_dir(self):
         return os.environ.get("SKERRY_DATA_DIR", "")
 
-    adaptors_dir = Unicode(
+    handover_dir = Unicode(
         "",
         config=True,
-        help="""Folder (private: mode 0700) for each server's adaptor configuration file.
+        help="""Folder of the users' handover folders (``<handover_dir>/<user>/``): what the
+        platform hands a user's processes, shared with the user's account (mode 2750).
 
-        The file holds credentials: it is handed to the micro-infrastructure through
-        ``$SKERRY_ADAPTORS`` and never lies in a folder the user's WebDAV serves.
+        Holds each running server's adaptor configuration (``<server>.adaptors.json``, the
+        account's own, mode 0600: it holds credentials), handed to the micro-infrastructure
+        through ``$SKERRY_ADAPTORS``, and the user's ``jwt-keys.json``; never a folder the
+        user's WebDAV serves.
         """,
     )
+
+    account_template = Unicode(
+        AccountPolicy.template,
+        config=True,
+        help="The OS account of each hub user, with {username} ('.' becomes '-'); see skerry.accounts.",
+    )
+
+    switch_users = Bool(
+        config=True,
+        help="""Run each micro-infrastructure as its user's own OS account (``account_template``).
+
+        Default: where this hub may switch users (root, or CAP_SETUID and CAP_SETGID). Off
+        (single-user mode), every server runs as the hub's own account: let one user in only.
+        """,
+    )
+
+    @default("switch_users")
+    def _default_switch_users(self):
+        return can_switch_users() is None
+
+    account: Account | None = None  # the account the running server runs as (None: the hub's)
 
     accounts_dir = Unicode(
         "",
@@ -116,12 +154,18 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     )
 
     @property
+    def handover(self) -> str:
+        """This user's handover folder (see ``handover_dir``)."""
+        return os.path.join(self.handover_dir, self.user.name)
+
+    @property
     def adaptors_file(self) -> str:
-        return os.path.join(self.adaptors_dir, f"{self.user.name}--{self.name or 'default'}.json")
+        return os.path.join(self.handover, f"{self.name or 'default'}.adaptors.json")
 
     @property
     def account_store(self) -> AccountStore:
-        return AccountStore(self.accounts_dir, self.credentials_dir, self.credentials_key_file)
+        return AccountStore(self.accounts_dir, self.credentials_dir, self.credentials_key_file,
+                            self.handover_dir or None)
 
     def write_adaptor_config(self) -> None:
         """The 0600 adaptor configuration file: home, the user's stored adaptors, this server's
@@ -146,6 +190,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             if wanted:
                 credentials = {**credentials, **self.account_store.backend_credentials(self.user.name, wanted)}
             write_config(self.adaptors_file, specs + extra, credentials)
+            if self.account is not None:
+                give(self.adaptors_file, self.account)  # 0600 as written: readable by its server alone
         except ConfigError as e:
             raise SpawnException(f"the adaptors of {self.user.name} cannot be set up: {e.message.rstrip('.')}. "
                                  f"Fix them (/services/skerry/api/v1/users/{self.user.name}/adaptors) "
@@ -243,15 +289,31 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     _active_enforcement = None  # set only while super().start() makes the process
 
     def make_preexec_fn(self, name):
-        base = super().make_preexec_fn(name)
-        enforcement = self._active_enforcement
+        enforcement, account, home = self._active_enforcement, self.account, self.home_dir
+        switch = become(account) if account is not None else None
 
         def preexec():
-            base()
             if enforcement is not None:
-                enforcement.preexec()  # inherited by every process the server starts
+                enforcement.preexec()  # as root, before the switch: inherited by every process of the server
+            if switch is not None:
+                switch()  # no supplementary groups, the account's gid and uid, umask 077
+            os.chdir(home)
 
         return preexec
+
+    def _policy(self) -> AccountPolicy:
+        return AccountPolicy(template=self.account_template)
+
+    def _prepare_identity(self) -> Account | None:
+        """The account this server runs as (made on first use, its home its own), its handover
+        folder shared with it; None in single-user mode (home and folder the hub's own)."""
+        if not self.switch_users:
+            os.makedirs(self.home_dir, 0o700, exist_ok=True)
+            os.makedirs(self.handover, 0o700, exist_ok=True)
+            return None
+        account = ensure_account(self.user.name, self.home_dir, self._policy())
+        share_folder(self.handover, account)
+        return account
 
     @default("cmd")
     def _default_cmd(self):
@@ -263,6 +325,14 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         base = f"/dav/{self.user.name}/"
         return base + f"{self.name}/" if self.name else base
 
+    def user_env(self, env):
+        env = super().user_env(env)
+        if self.account is not None:
+            env.update(USER=self.account.name, LOGNAME=self.account.name, SHELL=self.account.shell)
+            # this Python's scripts first (jupyterhub-singleuser, papermill, skerry), then the system's
+            env["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), SAFE_PATH))
+        return env
+
     def get_env(self):
         env = super().get_env()
         env["SKERRY_DAV_PORT"] = str(self.dav_port)
@@ -271,7 +341,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         env[ADAPTORS_ENV] = self.adaptors_file
         if self.accounts_dir:
             # the file may not exist yet: no keys, no JWT accepted
-            env["SKERRY_JWT_KEYS"] = os.path.join(self.accounts_dir, self.user.name, "jwt-keys.json")
+            env["SKERRY_JWT_KEYS"] = str(self.account_store.jwt_keys_file(self.user.name))
         # our Jupyter config first: it enables the skerry server extension
         env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
             p for p in (JUPYTER_CONFIG_DIR, env.get("JUPYTER_CONFIG_PATH")) if p)
@@ -307,8 +377,11 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     async def _start_admitted(self):
         self.dav_port = random_port()
-        os.makedirs(self.home_dir, 0o755, exist_ok=True)
-        os.makedirs(self.adaptors_dir, 0o700, exist_ok=True)
+        try:
+            self.account = await asyncio.to_thread(self._prepare_identity)
+        except (AccountError, ConfigError) as e:
+            raise SpawnException(f"the account of {self.user.name} cannot be set up: {e.message}",
+                                 reason="account", status_code=500) from None
         self.write_adaptor_config()
         enforcement = self._enforcement()
         await asyncio.to_thread(enforcement.prepare)
@@ -375,6 +448,18 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             await asyncio.to_thread(enforcement.cleanup)
         await self._release(used)
 
+    async def delete_forever(self):
+        """The hub user is deleted (JupyterHub deletes the default server only with its user):
+        their account is locked and every process of it killed (``skerry.accounts.lock_account``).
+        The account and the home stay, for an admin to archive, unlock or remove; a new hub user
+        of the same name cannot start until then."""
+        if self.name or not self.switch_users:
+            return
+        account = await asyncio.to_thread(lock_account, self.user.name, self._policy())
+        if account is not None:
+            self.log.info("%s was deleted: account %s is locked (home %s kept)", self.user.name, account.name,
+                          account.home)
+
     @staticmethod
     def _cpu_seconds(pgid: int) -> float:
         """CPU seconds of the server's processes so far: the group and every process below its
@@ -406,6 +491,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     def clear_state(self):
         super().clear_state()
+        self.account = None
         self.dav_port = 0
         self.started = 0
         self.profile = None

@@ -395,6 +395,33 @@ def remove_account(hub_name: str, policy: AccountPolicy) -> Path | None:
     return account.home
 
 
+def share_folder(folder: str | os.PathLike, account: Account) -> Path:
+    """Make ``folder`` the platform's folder for ``account``'s processes: owned by this
+    process's uid, group the account's own, mode 2750 (the account reads, never writes; files
+    made in it later take that group), made if missing; what it holds gets that group too.
+
+    A file in it is readable by the account once its mode gives the group read (0640); a
+    file that holds the account's secrets is given to the account instead (``give``).
+    """
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, os.geteuid(), account.gid)
+        os.fchmod(fd, 0o2750)
+    finally:
+        os.close(fd)
+    for entry in os.scandir(folder):
+        if entry.stat(follow_symlinks=False).st_gid != account.gid:
+            os.lchown(entry.path, -1, account.gid)
+    return folder
+
+
+def give(path: str | os.PathLike, account: Account) -> None:
+    """Make the file at ``path`` the account's own (its mode stays as it is, e.g. 0600)."""
+    os.lchown(path, account.uid, account.gid)
+
+
 def _switch(account: Account, umask: int) -> None:
     os.setgroups([])  # before giving up root: after setuid it is not allowed
     os.setresgid(account.gid, account.gid, account.gid)

@@ -18,6 +18,7 @@ import sys
 import time
 
 from . import __version__
+from .accounts import AccountPolicy
 from .errors import SkerryError
 
 POLL_S = 0.5
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="./skerry-data", help="where state lives (default ./skerry-data)")
     up.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    up.add_argument("--account-template", default=AccountPolicy.template, metavar="TEMPLATE",
+                    help="the OS account of each hub user, with {username} (default %(default)s)")
     up.add_argument("--dev", action="store_true",
                     help="INSECURE: let any user name and password log in (for local development)")
 
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             from .platform import Options, up
 
-            return up(Options(data_dir=args.data_dir, ip=args.ip, port=args.port, dev=args.dev))
+            return up(Options(data_dir=args.data_dir, ip=args.ip, port=args.port, dev=args.dev,
+                              account_template=args.account_template))
         return _remote(args)
     except SkerryError as e:
         print(f"skerry: error: {e}", file=sys.stderr)

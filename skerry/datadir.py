@@ -2,15 +2,20 @@
 
 Layout (``skerry up --data-dir DIR``)::
 
+    DIR/                mode 0711: accounts pass through to their homes, nobody lists it
     DIR/secrets/        mode 0700: admin-api-token, admin-password, cookie secret, proxy token
-    DIR/users/<name>/   each user's home adaptor (served by their WebDAV: nothing private here)
-    DIR/accounts/<name>/ mode 0700: adaptors.json (specs, no secrets), jwt-keys.json (public keys)
+    DIR/users/<name>/   each user's home adaptor, owned by the user's account, mode 0700
+    DIR/accounts/<name>/ mode 0700: adaptors.json (specs, no secrets), servers/
     DIR/secrets/credentials/<name>.json  each user's credentials, encrypted (Fernet)
-    DIR/run/            pid files, logs and ports.json (the hub's internal ports)
-    DIR/jupyterhub.sqlite
+    DIR/run/            mode 0711: pid files, logs and ports.json (the hub's internal ports)
+    DIR/run/users/<name>/  what the platform hands that user's processes (``handover``):
+                        jwt-keys.json (public keys), each running server's adaptor
+                        configuration; owned by the platform, group of the user's account
+    DIR/jupyterhub.sqlite, catalog.sqlite, profiles.sqlite, usage.sqlite
 
 Everything here is created once and reused on restart, so users, tokens and running
-servers survive a restart of the platform.
+servers survive a restart of the platform. The platform's own files are private to it
+(``skerry up`` runs with umask 077): no user account reads a secret, a database or a log.
 """
 
 import json
@@ -40,20 +45,19 @@ class DataDir:
         self.users = self.path / "users"
         self.accounts = self.path / "accounts"
         self.run = self.path / "run"
+        self.handover_root = self.run / "users"
 
     def ensure(self) -> "DataDir":
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"data dir {self.path} exists and is not a folder")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.users.mkdir(exist_ok=True)
-            self.accounts.mkdir(mode=0o700, exist_ok=True)
-            self.run.mkdir(exist_ok=True)
-            self.secrets.mkdir(mode=0o700, exist_ok=True)
+            for folder, mode in ((self.path, 0o711), (self.users, 0o711), (self.run, 0o711),
+                                 (self.handover_root, 0o711), (self.accounts, 0o700), (self.secrets, 0o700)):
+                folder.mkdir(mode=mode, exist_ok=True)
+                os.chmod(folder, mode)  # also of a folder made before (by an older skerry, or by hand)
         except OSError as e:
             raise ConfigError(f"cannot create data dir {self.path}: {e.strerror}") from e
-        os.chmod(self.secrets, 0o700)
-        os.chmod(self.accounts, 0o700)
         return self
 
     @property
@@ -72,6 +76,10 @@ class DataDir:
 
     def user_home(self, name: str) -> Path:
         return self.users / name
+
+    def handover(self, name: str) -> Path:
+        """``run/users/<name>/``: the files the platform hands user ``name``'s processes."""
+        return self.handover_root / name
 
     def secret(self, name: str, nbytes: int = 32) -> str:
         """The secret stored in ``secrets/<name>``, generated (mode 0600) on first use."""

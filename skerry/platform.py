@@ -27,11 +27,14 @@ from pathlib import Path
 from .datadir import DataDir
 from .errors import ConfigError, SetupError
 from .nodeproxy import find_proxy
+from .accounts import AccountPolicy
+from .identity import decide
 from .process import die_with_parent, is_running, start_time
 from .workload.pools import load_pools
 
 STOP_TIMEOUT = 30  # seconds the hub gets to stop user servers before it is killed
 READY_TIMEOUT = 120
+DEFAULT_TEMPLATE = AccountPolicy.template
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Options:
     ip: str = "127.0.0.1"
     port: int = 8000
     dev: bool = False
+    account_template: str = DEFAULT_TEMPLATE
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -143,7 +147,11 @@ def up(opts: Options) -> int:
     if not _own_proxy(data):  # our old proxy holds the port: the hub replaces it
         _check_port_free(opts.ip, opts.port)  # before anything is written
     load_pools(data.path / "pools.json")  # a bad pools.json stops us here, with a sentence
+    os.umask(0o077)  # the platform's files (secrets, databases, logs) are its own; the hub inherits it
     data.ensure()
+    identity = decide(data.users, opts.account_template)  # before anything starts: a SetupError names the folder
+    if identity.reason:
+        print(f"skerry: single-user mode: {identity.reason}", file=sys.stderr, flush=True)
     data.admin_api_token  # created once (0600), reused on restart
     data.secret("admin-password", 12)
     env = dict(
@@ -154,6 +162,7 @@ def up(opts: Options) -> int:
         SKERRY_PUBLIC_URL=public_url(opts),
         SKERRY_PROXY_COMMAND=find_proxy(),
         SKERRY_DEV="1" if opts.dev else "",
+        **identity.environment(),
     )
     if opts.dev:
         print(

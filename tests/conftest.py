@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from helpers import Platform, kill_leftovers
+from helpers import TEMPLATES, Platform, kill_leftovers, remove_accounts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_accounts():
+    """The OS accounts the session's platforms made go with the session."""
+    yield
+    for template in sorted(TEMPLATES):
+        remove_accounts(template)
 
 
 @pytest.fixture

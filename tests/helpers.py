@@ -2,7 +2,9 @@
 real configurable-http-proxy, real user servers and WebDAV processes. Nothing mocked."""
 
 import contextlib
+import hashlib
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -40,6 +42,31 @@ def pids_of(pattern: str, environ: bool = False) -> set[int]:
     return found
 
 
+def open_for_accounts(path: Path) -> Path:
+    """Let every account pass through the folders above ``path`` (o+x, never o+r), as a
+    data dir or a venv outside the test's private temporary folders needs: pytest makes
+    them 0700, and the users' accounts must reach their homes and this Python."""
+    for folder in reversed(Path(path).resolve().parents):
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(folder, (mode & 0o7777) | 0o001)
+    return path
+
+
+TEMPLATES: set[str] = set()  # the account templates of the platforms this session started
+
+
+def remove_accounts(template: str) -> None:
+    """Remove the OS accounts a platform with account ``template`` made (and their processes)."""
+    from skerry.accounts import MARKER, AccountPolicy, remove_account
+
+    policy = AccountPolicy(template=template)
+    prefix = template.split("{username}")[0]
+    for entry in pwd.getpwall():
+        if entry.pw_name.startswith(prefix) and entry.pw_gecos.startswith(MARKER + " "):
+            remove_account(entry.pw_gecos[len(MARKER) + 1:], policy)
+
+
 def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,9 +90,20 @@ class Platform:
         self.env = env
         self.proc = None
         self.output = b""
+        # accounts of this data dir only (every test platform has its own alice, with her own
+        # home), the same for each platform started on it; removed when the session ends
+        digest = hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:6]
+        self.account_template = f"t{digest}-{{username}}"
+        TEMPLATES.add(self.account_template)
+
+    def account(self, name: str) -> pwd.struct_passwd:
+        """The OS account hub user ``name``'s servers run as."""
+        return pwd.getpwnam(self.account_template.format(username=name.replace(".", "-")))
 
     def start(self, timeout=120):
-        argv = self.command + ["--data-dir", str(self.data_dir), "--port", str(self.port)]
+        open_for_accounts(self.data_dir)
+        argv = self.command + ["--data-dir", str(self.data_dir), "--port", str(self.port),
+                               "--account-template", self.account_template]
         self.proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         lines = []

@@ -41,7 +41,7 @@ def call(platform, answers):
 def account_files(platform, user):
     """The bytes of every stored file of ``user`` (to show a refused request wrote nothing)."""
     paths = [platform.data_dir / "accounts" / user / "adaptors.json",
-             platform.data_dir / "accounts" / user / "jwt-keys.json",
+             platform.data_dir / "run" / "users" / user / "jwt-keys.json",
              platform.data_dir / "secrets" / "credentials" / f"{user}.json"]
     return {str(p): p.read_bytes() if p.exists() else None for p in paths}
 
@@ -202,7 +202,10 @@ def test_jwt_keys(platform, alice, call):
         r = call("PUT", "/users/alice/jwt-keys/weak", alice, json={"public_key": weak})
         assert r.status_code == 400 and r.json()["error"] == "bad_key", r.text
     # the file the WebDAV JWT verifier reads, in exactly this format
-    stored = json.loads((platform.data_dir / "accounts" / "alice" / "jwt-keys.json").read_text())
+    keys_file = platform.data_dir / "run" / "users" / "alice" / "jwt-keys.json"
+    stored = json.loads(keys_file.read_text())
+    # public keys only: the platform's file, readable by alice's account through its group
+    assert keys_file.stat().st_gid == platform.account("alice").pw_gid and keys_file.stat().st_mode & 0o777 == 0o640
     assert stored == {"keys": [{"kid": "laptop", "alg": "RS256", "public_key": rsa_pem},
                                {"kid": "robot", "alg": "ES256", "public_key": ec_pem}]}
     assert call("GET", "/users/alice/jwt-keys", alice).json() == stored
@@ -221,7 +224,7 @@ def test_jwt_keys(platform, alice, call):
 def test_micro_infrastructure_is_told_where_the_jwt_keys_are(platform, alice):
     pid = platform.group_of("alice")
     env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    expected = str(platform.data_dir / "accounts" / "alice" / "jwt-keys.json").encode()
+    expected = str(platform.data_dir / "run" / "users" / "alice" / "jwt-keys.json").encode()
     assert b"SKERRY_JWT_KEYS=" + expected in env
 
 
@@ -240,13 +243,11 @@ def test_no_secret_in_answers_logs_or_process_arguments(platform, alice, alice_f
     private_body = "".join(sshd.key.strip().splitlines()[1:-1])
     texts = "\n".join(answers)
     assert answers and S3_SECRET not in texts and private_body[:40] not in texts
-    for root, _, names in os.walk(platform.data_dir / "run"):
-        for n in names:
-            content = open(os.path.join(root, n), "rb").read()
-            assert S3_SECRET.encode() not in content, n
     assert not pids_of(S3_SECRET)
-    # nor in the clear anywhere in the data dir but the 0600 file handed to the server
-    handed = platform.data_dir / "secrets" / "adaptors" / "alice--default.json"
+    # nor in the clear anywhere in the data dir (logs included) but the file handed to the
+    # server: alice's account's own, 0600
+    handed = platform.data_dir / "run" / "users" / "alice" / "default.adaptors.json"
+    assert handed.stat().st_uid == platform.account("alice").pw_uid and handed.stat().st_mode & 0o777 == 0o600
     for root, _, names in os.walk(platform.data_dir):
         for n in names:
             path = os.path.join(root, n)

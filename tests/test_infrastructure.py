@@ -327,7 +327,7 @@ def test_delete_stops_it_and_removes_routes_processes_and_adaptors(platform, ali
     assert "hpc" not in _state(platform, "alice")  # the named server is deleted, not only stopped
     assert not pids_of("SKERRY_DAV_PREFIX=/dav/alice/hpc/", environ=True)
     assert not (platform.data_dir / "accounts" / "alice" / "servers" / "hpc.json").exists()
-    assert not (platform.data_dir / "secrets" / "adaptors" / "alice--hpc.json").exists()
+    assert not (platform.data_dir / "run" / "users" / "alice" / "hpc.adaptors.json").exists()
     from skerry.adaptors.store import AccountStore
     from skerry.datadir import DataDir
 

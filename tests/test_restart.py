@@ -11,7 +11,7 @@ import sys
 import httpx
 import pytest
 
-from helpers import descendants, free_port, kill_leftovers, pids_of, wait_for
+from helpers import descendants, free_port, kill_leftovers, open_for_accounts, pids_of, wait_for
 from skerry.datadir import DataDir
 from skerry.process import group_members, is_running
 
@@ -95,7 +95,7 @@ def test_kill_9_of_skerry_up_takes_the_hub_down(make_platform):
 
 
 def test_hub_failing_after_its_proxy_started_leaves_nothing(tmp_path):
-    data = DataDir(tmp_path / "data").ensure()
+    data = DataDir(open_for_accounts(tmp_path / "data")).ensure()
     port = free_port()
     # the service's internal port taken: the proxy starts, the service cannot listen, the hub exits
     with socket.socket() as taken:

@@ -190,7 +190,7 @@ def test_setup_installs_a_key_and_the_adaptor_works_with_it_alone(platform, dave
         assert dav.get("result.txt").content == b"computed on hpc"
     assert open(os.path.join(home, "result.txt"), "rb").read() == b"computed on hpc"
 
-    handed = (platform.data_dir / "secrets" / "adaptors" / "dave--default.json").read_text()
+    handed = (platform.data_dir / "run" / "users" / "dave" / "default.adaptors.json").read_text()
     assert "private_key" in handed and password not in handed and '"password"' not in handed
     # the password is nowhere under the data dir (logs included), nor in any process's arguments
     for root, _, names in os.walk(platform.data_dir):

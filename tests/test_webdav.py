@@ -101,5 +101,6 @@ def test_root_is_the_federation_with_one_folder_per_adaptor(platform, alice):
     r = httpx.put(f"{platform.url}/dav/alice/top.txt", content=b"x", auth=("alice", alice))
     assert r.status_code == 403  # files live inside an adaptor
     # the adaptor configuration (it may hold secrets) is private and outside what WebDAV serves
-    config = platform.data_dir / "secrets" / "adaptors" / "alice--default.json"
+    config = platform.data_dir / "run" / "users" / "alice" / "default.adaptors.json"
     assert config.stat().st_mode & 0o077 == 0
+    assert config.stat().st_uid == platform.account("alice").pw_uid  # hers alone, in a folder she cannot write

@@ -66,7 +66,13 @@ class Manager:
             return
         # for this process's life: its Dask schedulers read it as they go
         dask.config.set({**DASK_CONFIG, "temporary-directory": os.path.join(self.data_dir, "run", "dask")})
-        addresses, self.clusters = start_pools(specs)
+        # jobs still run as the platform on shared pools (per-user clusters are the next step):
+        # what they write in a user's home must stay readable to that user's account
+        umask = os.umask(0o022)
+        try:
+            addresses, self.clusters = start_pools(specs)
+        finally:
+            os.umask(umask)
         self.runner = Runner({name: Pool(address, needs(name)) for name, address in addresses.items()})
         owners = OwnerConfigs(self.data_dir)
         self.scheduler = Scheduler(catalog, self.runner, planner=Planner(catalog), adaptors_of=owners.path,
@@ -116,6 +122,7 @@ def addresses_file(data_dir: str) -> str:
 def write_addresses(data_dir: str, addresses: dict[str, str]) -> None:
     path = addresses_file(data_dir)
     with open(path + ".tmp", "w") as f:
+        os.fchmod(f.fileno(), 0o644)  # the users' kernels read it (the pools are shared until per-user clusters)
         json.dump(addresses, f)
     os.replace(path + ".tmp", path)
 
