@@ -16,8 +16,12 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(serverapp):
+    from skerry.hub.ports import tornado_handlers
+
     from .dataapi import setup
 
+    # the hub asks this server to prove it is the one it started before it routes to it
+    serverapp.web_app.add_handlers(".*$", tornado_handlers(serverapp.base_url, "jupyter"))
     serverapp.skerry_dataapi = setup(serverapp)
     serverapp.log.info("skerry extension loaded: data API at %sskerry/api/v1/", serverapp.base_url)
 

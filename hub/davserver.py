@@ -19,6 +19,7 @@ from skerry.adaptors.webdav import BLOCK_SIZE, make_dav_app
 from skerry.process import die_with_parent
 
 from .davauth import HubTokenAuthenticator, hub_auth_from_env, owner_from_env
+from .ports import identity_wsgi
 
 THREADS = 16
 
@@ -31,8 +32,10 @@ def build_server(port: int = 0) -> wsgi.Server:
         HubTokenAuthenticator,
         {"skerry_auth": {"owner": owner_from_env(), "hub_auth": hub_auth_from_env()}},
     )
-    # the proxy keeps the /dav/<name> prefix: the dispatcher moves it into SCRIPT_NAME
-    server = wsgi.Server(("127.0.0.1", port), wsgi.PathInfoDispatcher({mount: app}), numthreads=THREADS)
+    # the proxy keeps the /dav/<name> prefix: the dispatcher moves it into SCRIPT_NAME; the hub
+    # asks <prefix>/skerry-identity that this endpoint is the one it started before it routes here
+    served = identity_wsgi(wsgi.PathInfoDispatcher({mount: app}), mount, "webdav")
+    server = wsgi.Server(("127.0.0.1", port), served, numthreads=THREADS)
     server.server_name = "skerry-webdav"
     return server
 

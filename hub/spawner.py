@@ -15,6 +15,14 @@ handed over in the user's folder ``handover_dir/<user>/`` (the platform's, group
 account, mode 2750); the configuration file is the account's own (0600) and removed at stop.
 Without ``switch_users`` (single-user mode) the group runs as the hub's own account.
 
+Many users at once (:mod:`skerry.hub.startqueue`, :mod:`skerry.hub.ports`): a start first
+waits its turn in the hub's start queue (``run_pre_spawn_hook``, before JupyterHub's
+``start_timeout`` runs), telling the spawn page its place (``progress``); its two ports are
+leased and held by the hub until it stops, so no other process is given them; and the
+server counts as up only once each endpoint has proved, on its own port, that it is the
+one started now (an HMAC of a challenge under a key made for this start): anything else
+answering there fails the start with a sentence, and the hub never routes to it.
+
 The rules of JupyterHub's ``Spawner``:
 
 - ``start`` returns the Jupyter server's (ip, port); the WebDAV port is kept in
@@ -49,7 +57,7 @@ import signal
 import sys
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
-from jupyterhub.utils import random_port
+from jupyterhub.utils import maybe_future
 from traitlets import Any, Bool, Integer, Unicode, default
 
 from skerry.accounts import (SAFE_PATH, Account, AccountError, AccountPolicy, become, can_switch_users,
@@ -66,9 +74,12 @@ from skerry.process import descendants, group_members, is_running, kill_group, s
 
 from . import spawn_form
 from .limits import Enforcement, Limits, cpu_seconds
+from .ports import KEY_ENV as IDENTITY_KEY_ENV
+from .ports import IdentityError, WrongServer, check_identity, new_key, port_leases
 from .profiles import ProfileStore, allowed
 from .quotas import QuotaExceeded, QuotaStore
 from .selection import Refused, select
+from .startqueue import start_queue
 
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -125,6 +136,13 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         return can_switch_users() is None
 
     account: Account | None = None  # the account the running server runs as (None: the hub's)
+    identity_key = ""  # the key the server started now proves itself with (its environment only)
+    _start_ticket = None  # this start's place in the hub's start queue, until start() ends
+
+    @property
+    def queue_key(self) -> str:
+        """This server's name in the start queue and the port leases: ``<user>/<server>``."""
+        return f"{self.user.name}/{self.name}"
 
     accounts_dir = Unicode(
         "",
@@ -338,6 +356,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         env["SKERRY_DAV_PORT"] = str(self.dav_port)
         env["SKERRY_DAV_PREFIX"] = self.dav_prefix
         env["SKERRY_USER"] = self.user.name
+        env["SKERRY_SERVER"] = self.name or ""
+        env[IDENTITY_KEY_ENV] = self.identity_key
         env[ADAPTORS_ENV] = self.adaptors_file
         if self.accounts_dir:
             # the file may not exist yet: no keys, no JWT accepted
@@ -359,7 +379,32 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             env["SKERRY_PROFILE"] = self.profile["slug"]
         return env
 
+    async def run_pre_spawn_hook(self):
+        """Wait this start's turn in the hub's start queue (JupyterHub awaits this before it
+        starts timing ``start``); the place is released if the spawn ends or is cancelled."""
+        ticket = start_queue().join(self.queue_key)
+        ticket.release_when_done(self._spawn_future)
+        self._start_ticket = ticket
+        await ticket.turn()
+        return await maybe_future(super().run_pre_spawn_hook())
+
+    async def progress(self):
+        """The spawn page's events: the place in the start queue while it waits, then its turn."""
+        async for event in start_queue().progress(self.queue_key):
+            yield event
+
+    def _release_start_ticket(self) -> None:
+        ticket, self._start_ticket = self._start_ticket, None
+        if ticket is not None:
+            ticket.release()  # the slot goes to the next start
+
     async def start(self):
+        try:
+            return await self._start()
+        finally:
+            self._release_start_ticket()
+
+    async def _start(self):
         if not _SAFE_NAME.match(self.user.name):
             raise SpawnException(f"user name {self.user.name!r} cannot name a home folder",
                                  reason="bad_user_name", status_code=400)
@@ -376,7 +421,16 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             raise
 
     async def _start_admitted(self):
-        self.dav_port = random_port()
+        # held by the hub until stop: no other start, kernel or process is handed these ports
+        self.port, self.dav_port = port_leases().lease(self.queue_key, 2)
+        self.identity_key = new_key()
+        try:
+            return await self._start_on_ports()
+        except BaseException:
+            port_leases().release(self.queue_key)
+            raise
+
+    async def _start_on_ports(self):
         try:
             self.account = await asyncio.to_thread(self._prepare_identity)
         except (AccountError, ConfigError) as e:
@@ -394,27 +448,27 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         finally:
             self._active_enforcement = None
         self.started = start_time(self.pid) or 0
-        # the hub waits for Jupyter; WebDAV must answer too before the server counts as up
-        await self._wait_for_dav()
+        await self._wait_for_endpoints()
         return ip_port
 
-    async def _wait_for_dav(self):
-        deadline = asyncio.get_running_loop().time() + self.start_timeout
-        while asyncio.get_running_loop().time() < deadline:
+    async def _wait_for_endpoints(self):
+        """Both endpoints answer on their own ports and prove they are this start's (module
+        docstring); SpawnException with the reason otherwise."""
+        checks = [(self.dav_port, self.dav_prefix, "webdav"), (self.port, self.server.base_url, "jupyter")]
+        try:
+            for port, prefix, role in checks:
+                await check_identity(port, prefix, self.identity_key, self.user.name, self.name or "", role,
+                                     self.start_timeout, alive=lambda: self.proc.poll() is None)
+        except WrongServer as e:
+            raise SpawnException(f"the micro-infrastructure of {self.user.name} could not take its port: "
+                                 f"{e.message}; start it again", reason="port_taken", status_code=500) from None
+        except IdentityError as e:
             status = self.proc.poll()
             if status is not None:
                 raise SpawnException(
                     f"the micro-infrastructure of {self.user.name} exited at start "
-                    f"(status {status}); the hub log says why", reason="exited_at_start", status_code=500)
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.dav_port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return
-        raise SpawnException(f"the WebDAV endpoint of {self.user.name} did not start in "
-                             f"{self.start_timeout}s", reason="webdav_timeout", status_code=500)
+                    f"(status {status}); the hub log says why", reason="exited_at_start", status_code=500) from None
+            raise SpawnException(e.message, reason="endpoint_timeout", status_code=500) from None
 
     async def poll(self):
         pgid = self.pid
@@ -446,6 +500,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         if enforcement is not None:
             # after the group is gone; it kills what left the group (kernels), so it may wait
             await asyncio.to_thread(enforcement.cleanup)
+        port_leases().release(self.queue_key)  # nothing of the server listens on them any more
         await self._release(used)
 
     async def delete_forever(self):
@@ -479,19 +534,26 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     def get_state(self):
         state = super().get_state()
         if self.pid:
-            state.update(dav_port=self.dav_port, started=self.started, profile=self.profile, limits=self.limits)
+            state.update(dav_port=self.dav_port, port=self.port, started=self.started, profile=self.profile,
+                         limits=self.limits)
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self.dav_port = state.get("dav_port", 0)
         self.started = state.get("started", 0)
+        if state.get("pid"):  # a server found running after a hub restart keeps its ports
+            self.port = state.get("port", 0) or self.port
+            port_leases().adopt(self.queue_key, [p for p in (self.port, self.dav_port) if p])
         self.profile = state.get("profile")
         self.limits = state.get("limits")
 
     def clear_state(self):
         super().clear_state()
+        self._release_start_ticket()
+        port_leases().release(self.queue_key)
         self.account = None
+        self.identity_key = ""
         self.dav_port = 0
         self.started = 0
         self.profile = None

@@ -18,9 +18,11 @@ import httpx
 import pytest
 import websocket
 
+from helpers import open_for_accounts
+from skerry.errors import SetupError
+from skerry.identity import decide
 from skerry.kernels.remote import RemoteKernel
 
-pytestmark = pytest.mark.platform
 
 POOLS = {"cpu": None, "gpu": None}  # no Dask here: jobs and clients have tests of their own
 
@@ -100,6 +102,7 @@ def check_refused(found: dict, platform):
     assert len(refusals) >= 20, refusals
 
 
+@pytest.mark.platform
 def test_alices_kernel_runs_as_her_account_and_reaches_nothing_else(platform, alice, bob, bob_file):
     code = PROBE.replace("TARGETS", repr(json.dumps(targets(platform)))).replace("ADMIN", repr(platform.admin_token))
     with RemoteKernel(f"{platform.url}/user/alice/", alice, "skerry") as kernel:
@@ -139,6 +142,7 @@ def terminal(platform, token: str, command: str, timeout: float = 60) -> str:
         httpx.delete(f"{platform.url}/user/alice/api/terminals/{name}", headers=headers, timeout=60)
 
 
+@pytest.mark.platform
 def test_alices_terminal_runs_as_her_account_and_reaches_nothing_else(platform, alice, bob, bob_file):
     t = targets(platform)
     admin_token = platform.admin_token
@@ -158,6 +162,7 @@ def test_alices_terminal_runs_as_her_account_and_reaches_nothing_else(platform, 
     assert platform.server("bob")["ready"]
 
 
+@pytest.mark.platform
 def test_a_deleted_hub_user_leaves_a_locked_account_and_nothing_running(platform):
     from skerry.accounts import is_locked
 
@@ -186,3 +191,35 @@ def _uid_of(pid: str) -> int | None:
             return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
     except OSError:
         return None
+
+
+# ---- skerry up's decision, before anything starts ----
+
+
+def test_skerry_up_names_the_folder_that_keeps_accounts_from_their_homes(tmp_path):
+    users = tmp_path / "private" / "data" / "users"
+    users.mkdir(parents=True)
+    os.chmod(tmp_path / "private", 0o700)
+    open_for_accounts(tmp_path / "private")  # the folders above it: open; "private" is the one in the way
+    with pytest.raises(SetupError) as refused:
+        decide(users, "skerry-{username}")
+    assert f"folder {tmp_path / 'private'} (mode 0700, owner root)" in refused.value.message
+    assert f"chmod o+x {tmp_path / 'private'}" in refused.value.message
+    os.chmod(tmp_path / "private", 0o711)
+    decided = decide(users, "skerry-{username}")
+    assert decided.policy.template == "skerry-{username}" and decided.reason is None  # accounts
+
+
+def test_without_the_right_to_switch_users_skerry_up_is_single_user(tmp_path):
+    """``decide`` run by an account that is not root (``nobody``): single-user mode, saying why."""
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from skerry.identity import decide; "
+            "i = decide(Path('/nonexistent'), 'skerry-{username}'); print(i.policy, i.single_user); print(i.reason)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=60,
+                          user="nobody", group="nogroup", extra_groups=[], env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    first, reason = done.stdout.splitlines()
+    assert first == "None nobody"
+    assert "without the privilege to switch users" in reason and "single-user mode" in reason

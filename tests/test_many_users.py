@@ -26,7 +26,6 @@ from skerry.kernels.remote import RemoteKernel
 pytestmark = [
     pytest.mark.platform,
     pytest.mark.timeout(1800),
-    pytest.mark.xfail(reason="start queue and port checks not wired into the spawner yet", strict=False),
 ]
 
 READY_S = 600  # twenty starts on 2 cores, queued: generous, a failure says which user
