@@ -55,6 +55,7 @@ from string import Formatter
 from typing import Callable
 
 from .errors import ConfigError, SkerryError
+from .process import processes_of
 
 HUB_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 LINUX_NAME = re.compile(r"^[a-z_][a-z0-9_-]*$")
@@ -305,22 +306,6 @@ def ensure_account(hub_name: str, home: str | os.PathLike, policy: AccountPolicy
     return account
 
 
-def _processes_of(uid: int) -> list[int]:
-    """Pids of the live (not zombie) processes whose real uid is ``uid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                status = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if int(status["Uid"].split()[0]) == uid and not status["State"].strip().startswith("Z"):
-            found.append(int(entry))
-    return found
-
-
 def kill_processes(account: Account, rounds: int = 5) -> list[int]:
     """SIGKILL every process of the account; the pids still alive afterwards (none, normally).
 
@@ -328,7 +313,7 @@ def kill_processes(account: Account, rounds: int = 5) -> list[int]:
     process of that uid at once, so none escapes by forking in between.
     """
     for _ in range(rounds):
-        if not _processes_of(account.uid):
+        if not processes_of(account.uid):
             return []
         pid = os.fork()
         if pid == 0:  # the child: only system calls, then out
@@ -339,7 +324,7 @@ def kill_processes(account: Account, rounds: int = 5) -> list[int]:
                 os._exit(0)
         os.waitpid(pid, 0)
         time.sleep(0.05)  # let the killed ones be reaped by their parents
-    return _processes_of(account.uid)
+    return processes_of(account.uid)
 
 
 def lock_account(hub_name: str, policy: AccountPolicy) -> Account | None:

@@ -53,6 +53,22 @@ def is_running(pid: int, started: int | None = None) -> bool:
     return now is not None and (started is None or now == started)
 
 
+def processes_of(uid: int) -> list[int]:
+    """Pids of the live (not zombie) processes whose real uid is ``uid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(status["Uid"].split()[0]) == uid and not status["State"].strip().startswith("Z"):
+            found.append(int(entry))
+    return found
+
+
 def group_members(pgid: int) -> list[int]:
     """Pids of the live processes in process group ``pgid``."""
     members = []

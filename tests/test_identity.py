@@ -22,6 +22,7 @@ from helpers import open_for_accounts
 from skerry.errors import SetupError
 from skerry.identity import decide
 from skerry.kernels.remote import RemoteKernel
+from skerry.process import group_members, processes_of
 
 
 POOLS = {"cpu": None, "gpu": None}  # no Dask here: jobs and clients have tests of their own
@@ -173,10 +174,8 @@ def test_a_deleted_hub_user_leaves_a_locked_account_and_nothing_running(platform
     r = platform.api("DELETE", "/hub/api/users/carol")
     assert r.status_code == 204, r.text
     assert is_locked(account.pw_name)
-    from skerry.process import group_members
-
     assert not group_members(pgid)
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == account.pw_uid]
+    assert not processes_of(account.pw_uid)
     assert (platform.data_dir / "users" / "carol").is_dir()  # kept for the admin
     # a new hub user of that name does not take the old account over: its start says why
     platform.create_user("carol")
@@ -184,13 +183,6 @@ def test_a_deleted_hub_user_leaves_a_locked_account_and_nothing_running(platform
     assert r.status_code in (400, 500), r.text
     assert "locked" in r.json()["message"], r.text
 
-
-def _uid_of(pid: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-    except OSError:
-        return None
 
 
 # ---- skerry up's decision, before anything starts ----
