@@ -175,9 +175,23 @@ def test_jwt_keys_file_format(store):
         {"kid": "k0", "alg": "RS256", "public_key": "-----BEGIN PUBLIC KEY-----\nBBBB\n-----END PUBLIC KEY-----\n"},
         {"kid": "k1", "alg": "ES256", "public_key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"},
     ]}
-    assert stat.S_IMODE(os.stat(store.jwt_keys_file("alice")).st_mode) == 0o600
+    # public keys, in alice's handover folder: readable by her account's group once it is shared
+    assert store.jwt_keys_file("alice") == data_dir_of(store) / "run" / "users" / "alice" / "jwt-keys.json"
+    assert stat.S_IMODE(os.stat(store.jwt_keys_file("alice")).st_mode) == 0o640
     with pytest.raises(ConfigError, match="not a key id"):
         store.put_jwt_key("alice", "../x", "RS256", "x")
+
+
+def data_dir_of(store):
+    return store.accounts_dir.parent
+
+
+def test_jwt_keys_kept_under_accounts_before_move_to_the_handover_folder(store):
+    old = store.accounts_dir / "bob" / "jwt-keys.json"
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"keys": [{"kid": "k", "alg": "RS256", "public_key": "PEM"}]}))
+    assert [k["kid"] for k in store.jwt_keys("bob")] == ["k"]
+    assert not old.exists() and stat.S_IMODE(os.stat(store.jwt_keys_file("bob")).st_mode) == 0o640
 
 
 def test_credential_bodies(store):
