@@ -253,16 +253,19 @@ def test_killing_workers_at_random_loses_no_job_and_registers_no_output_twice(tm
 
         def chaos():
             rng = random.Random(4)
-            while not stop.wait(0.7) and len(kills) < 5:
-                try:
-                    pids = c.run(os.getpid)
+            while not stop.is_set() and len(kills) < 5:
+                try:  # only a worker running attempts: a kill must hit some (else nothing is lost)
+                    busy = sorted(w for w, keys in c.processing().items() if keys)
+                    pids = c.run(os.getpid, workers=busy) if busy else {}
                 except Exception:  # a worker is restarting
-                    continue
-                if not pids:  # both are restarting
+                    pids = {}
+                if not pids:
+                    stop.wait(0.01)
                     continue
                 victim = rng.choice(sorted(pids))
                 os.kill(pids[victim], 9)
                 kills.append(victim)
+                stop.wait(0.7)
 
         killer = threading.Thread(target=chaos)
         killer.start()
