@@ -24,17 +24,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .accounts import AccountPolicy
 from .datadir import DataDir
 from .errors import ConfigError, SetupError
-from .nodeproxy import find_proxy
-from .accounts import AccountPolicy
 from .identity import decide
+from .nodeproxy import find_proxy
 from .process import die_with_parent, is_running, start_time
 from .workload.pools import load_pools
 
 STOP_TIMEOUT = 30  # seconds the hub gets to stop user servers before it is killed
 READY_TIMEOUT = 120
-DEFAULT_TEMPLATE = AccountPolicy.template
 
 
 @dataclass
@@ -45,7 +44,7 @@ class Options:
     ip: str = "127.0.0.1"
     port: int = 8000
     dev: bool = False
-    account_template: str = DEFAULT_TEMPLATE
+    account_template: str = AccountPolicy.template
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
