@@ -2,7 +2,9 @@
 
     python bench/spawn.py [--runs 5]
 
-Both run on this machine behind the same configurable-http-proxy. A run is the time from
+Both run on this machine behind the same configurable-http-proxy; SkerrySpawner runs the
+server as the user's own OS account (made at the first start, shown apart), the baseline
+as root (``--allow-root``). A run is the time from
 ``POST /hub/api/users/<name>/server`` until every endpoint of the server answers through
 the proxy: ``/user/<name>/api/status`` (200) for both, and for skerry also a PROPFIND
 (207) on ``/dav/<name>/``. Each spawner starts and stops its server ``--runs`` times;
@@ -22,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import Platform, free_port, wait_for  # noqa: E402
+from helpers import Platform, free_port, remove_accounts, wait_for  # noqa: E402
 
 from skerry.nodeproxy import find_proxy  # noqa: E402
 
@@ -113,7 +115,9 @@ def main() -> int:
                 hub.start()
                 hub.create_user("bench")
                 tokens[kind] = hub.user_token("bench")
-                spawn_once(hub, "bench", tokens[kind], kind == "skerry")  # warm-up
+                # warm-up: for skerry the user's first start, which also makes their OS account
+                print(f"  first start {kind}: {spawn_once(hub, 'bench', tokens[kind], kind == 'skerry'):.2f} s",
+                      flush=True)
             # interleaved, so that a slow moment of the machine hits both alike
             for i in range(args.runs):
                 for kind, hub in hubs.items():
@@ -122,6 +126,7 @@ def main() -> int:
         finally:
             for hub in hubs.values():
                 hub.stop()
+            remove_accounts(hubs["skerry"].account_template)
     b, s = statistics.median(results["simple"]), statistics.median(results["skerry"])
     print(f"SimpleLocalProcessSpawner median: {b:.2f} s (Jupyter answering)")
     print(f"SkerrySpawner median:             {s:.2f} s (Jupyter and WebDAV answering)")

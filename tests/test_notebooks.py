@@ -2,8 +2,9 @@
 
 Each notebook found in ``notebooks/`` is executed on a running platform (``skerry up``, a
 LocalCluster ``cpu`` pool, no ``gpu`` pool) as alice would from a terminal of her
-server: ``python -m papermill NB OUT -k skerry -p suffix ...`` in a subprocess whose
-environment is her micro-infrastructure process's own (read from ``/proc/<pid>/environ``).
+server: ``python -m papermill NB OUT -k skerry -p suffix ...`` in a subprocess running as
+her OS account, whose environment is her micro-infrastructure process's own (read from
+``/proc/<pid>/environ``).
 A notebook passes when papermill exits 0 and the executed notebook has no error output;
 a new notebook is tested by being there.
 
@@ -12,6 +13,7 @@ can run again on the same platform.
 """
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -20,7 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import REPO, wait_for
+from helpers import REPO, open_for_accounts, wait_for
 
 pytestmark = pytest.mark.platform
 
@@ -68,12 +70,16 @@ def test_every_notebook_is_found_and_kept_without_outputs():
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_on_the_platform_without_error(notebook, alice_env, tmp_path):
+def test_notebook_runs_on_the_platform_without_error(notebook, platform, alice_env, tmp_path):
+    alice = platform.account("alice")
+    open_for_accounts(tmp_path)
+    os.chown(tmp_path, alice.pw_uid, alice.pw_gid)  # where her papermill writes the executed notebook
     out = tmp_path / notebook.name
     suffix = f"ci{uuid.uuid4().hex[:8]}"
     argv = [sys.executable, "-m", "papermill", str(notebook), str(out), "-k", "skerry",
             "-p", "suffix", suffix, "--no-progress-bar"]
-    done = subprocess.run(argv, env=alice_env, cwd=tmp_path, capture_output=True, text=True, timeout=540)
+    done = subprocess.run(argv, env=alice_env, cwd=tmp_path, capture_output=True, text=True, timeout=540,
+                          user=alice.pw_uid, group=alice.pw_gid, extra_groups=[], umask=0o077)
     executed = nbformat.read(out, as_version=4) if out.exists() else None
     assert done.returncode == 0, done.stderr[-6000:]
     assert error_outputs(executed) == []
