@@ -98,7 +98,9 @@ class Platform:
 
     def account(self, name: str) -> pwd.struct_passwd:
         """The OS account hub user ``name``'s servers run as."""
-        return pwd.getpwnam(self.account_template.format(username=name.replace(".", "-")))
+        from skerry.accounts import AccountPolicy, account_name
+
+        return pwd.getpwnam(account_name(name, AccountPolicy(template=self.account_template)))
 
     def start(self, timeout=120):
         open_for_accounts(self.data_dir)
