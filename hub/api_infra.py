@@ -159,14 +159,20 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
             state["store"] = AccountStore.for_data_dir(state["data"])
         return state["store"]
 
-    def pools() -> dict[str, str]:
-        """The running Dask pools' addresses (``run/dask-pools.json``, written by the scheduler)."""
+    def pools(user: str) -> dict[str, str]:
+        """The addresses of ``user``'s running Dask clusters (``userpools.connect_file``)."""
+        from skerry.workload.userpools import connect_file
+
         store()
-        try:
-            addresses = json.loads((state["data"].run / "dask-pools.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        return {k: v for k, v in addresses.items() if isinstance(v, str)} if isinstance(addresses, dict) else {}
+        found = {}
+        for folder in sorted((state["data"].handover(user) / "dask").glob("*")):
+            try:
+                address = json.loads(connect_file(folder).read_text())["address"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(address, str):
+                found[folder.name] = address
+        return found
 
     def servers(hub) -> HubServers:
         return HubServers(hub.client)
@@ -188,7 +194,7 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
             credentials = await run_in_threadpool(s.server_credentials, user, name) if record else {}
         except ConfigError as e:
             raise _store_error(e) from None
-        return infra.infrastructure(hub.public_url, user, name, server, record, pools(), credentials)
+        return infra.infrastructure(hub.public_url, user, name, server, record, pools(user), credentials)
 
     async def one(hub, user: str, name: str) -> dict:
         if not SERVER_NAME.match(name):

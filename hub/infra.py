@@ -142,10 +142,10 @@ JUPYTER_AUTH = "Authorization: token <your hub API token>, or log in with a brow
 DAV_AUTH = ("HTTP Basic: user name {user!r}, password: a hub API token of yours (or a JWT signed by "
             "a key you registered); or Authorization: token <your hub API token>")
 DATA_API_AUTH = "Authorization: token <your hub API token>"
-DASK_AUTH = ("none: the Dask protocol without TLS or authentication, reachable from the platform's "
-             "machine only (your kernels and jobs)")
-NO_DASHBOARD = ("no dashboard: skerry starts its pools without one; a pool at an external address "
-                "may have its own, which skerry does not know")
+DASK_AUTH = ("TLS with your cluster's own certificates: files that only your account can read, named by "
+             "POST /services/skerry/api/v1/clusters/<pool> (skerry.client uses them)")
+DASK_NOTE = ("your own Dask cluster of each pool, running as your account, started on the first use of "
+             "skerry.client (or POST .../clusters/<pool>) and stopped when idle; no dashboard")
 
 
 def infrastructure(public_url: str, user: str, name: str, server: dict | None, record: dict | None,
@@ -154,7 +154,8 @@ def infrastructure(public_url: str, user: str, name: str, server: dict | None, r
 
     ``server``: the hub's server model (None: not running); ``record``: what the
     infrastructure API stored for it (None: a server started otherwise, e.g. the default
-    one); ``pools``: the Dask pools' addresses; ``credentials``: the shown credentials of
+    one); ``pools``: the addresses of the user's running Dask clusters, by pool;
+    ``credentials``: the shown credentials of
     its adaptors (``AccountStore.server_credentials``). Never a secret.
     """
     record = record or {}
@@ -170,9 +171,7 @@ def infrastructure(public_url: str, user: str, name: str, server: dict | None, r
     if "data-api" in services:
         endpoints["data-api"] = {"url": public_url + path + "skerry/api/v1/", "auth": DATA_API_AUTH}
     endpoints["dask"] = {"url": None, "pools": dict(sorted(pools.items())), "dashboard": None,
-                         "auth": DASK_AUTH if pools else None,
-                         "note": (NO_DASHBOARD + "." if pools else "no Dask pool is running on this platform.")
-                         + " The pools are the platform's, shared by every user's jobs."}
+                         "auth": DASK_AUTH, "note": DASK_NOTE + "."}
     options = record.get("user_options") or server.get("user_options") or {}
     return {
         "user": user,

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException
 from skerry.process import die_with_parent
 
 from . import culler
+from .api_clusters import cluster_routes
 from .api_infra import infra_routes
 from .api_profiles import profile_routes
 from .api_quotas import quota_routes
@@ -128,6 +129,7 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
         return JSONResponse({"error": "bad_request", "message": f"{where}: {first.get('msg', 'invalid')}"}, 400)
 
     app.include_router(infra_routes(caller, get_hub, API))
+    app.include_router(cluster_routes(caller, API))
     app.include_router(user_routes(caller, get_hub, API))
     app.include_router(workload_routes(caller, get_catalog, get_hub, API))
     app.include_router(profile_routes(caller, get_profiles, API))

@@ -109,6 +109,8 @@ def configure(c) -> None:
             "command": [sys.executable, "-m", "skerry.workload.manager"],
             "environment": {
                 "SKERRY_DATA_DIR": str(data.path),
+                # the users' accounts: each one's jobs run on a Dask cluster of that account
+                **({TEMPLATE_ENV: os.environ[TEMPLATE_ENV]} if os.environ.get(TEMPLATE_ENV) else {}),
                 **({CRYPT_KEY_ENV: os.environ[CRYPT_KEY_ENV]} if os.environ.get(CRYPT_KEY_ENV) else {}),
             },
             "display": False,

@@ -68,7 +68,6 @@ from skerry.adaptors.store import AccountStore
 from skerry.errors import ConfigError
 from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
 from skerry.kernels import JUPYTER_PATH_DIR
-from skerry.kernels.session import POOLS_ENV
 
 from skerry.process import descendants, group_members, is_running, kill_group, start_time
 
@@ -367,12 +366,6 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             p for p in (JUPYTER_CONFIG_DIR, env.get("JUPYTER_CONFIG_PATH")) if p)
         # the skerry kernels first: "Python 3 (skerry)" and "Python 3 (skerry, GPU)"
         env["JUPYTER_PATH"] = os.pathsep.join(p for p in (JUPYTER_PATH_DIR, env.get("JUPYTER_PATH")) if p)
-        # what the kernels' session connects to (set by `skerry up` in the hub's environment)
-        data_dir = os.environ.get("SKERRY_DATA_DIR")
-        if data_dir:
-            from skerry.workload.manager import addresses_file
-
-            env[POOLS_ENV] = addresses_file(data_dir)
         if os.environ.get("SKERRY_PUBLIC_URL"):
             env["SKERRY_URL"] = os.environ["SKERRY_PUBLIC_URL"].rstrip("/")
         if self.profile:

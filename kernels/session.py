@@ -4,24 +4,26 @@ In a skerry kernel the namespace holds the ``skerry`` package, whose session att
 are the kernel's ``Session`` (``skerry.session``)::
 
     skerry.fs          # the skerry:// federation (the one fsspec.open("skerry://home/a.csv") uses)
-    skerry.client      # distributed.Client to the kernel's pool ("cpu" or "gpu"), the default client
+    skerry.client      # distributed.Client to the user's cluster of the kernel's pool ("cpu" or "gpu")
     skerry.api         # skerry.workload.client.Client: the workload API as the user
     skerry.ready()     # waits for all three: {part: seconds after the kernel's start, or why not}
 
 Anywhere else in the kernel's process, ``skerry.kernels.session.current()`` is the same session.
 
 Rules:
-- ``start`` makes each part (adaptors, pool, api) in its own daemon thread and returns at
+- ``start`` makes the adaptors and the api in their own daemon threads and returns at
   once (the launcher then waits for them, a little, before loading ipykernel); a part used
-  before it is made waits for it (at most ``WAIT_S``);
+  before it is made waits for it (at most ``WAIT_S``). The pool is made on the first use
+  of ``skerry.client``: it asks the platform for the user's own Dask cluster of the pool
+  (``POST /clusters/{pool}``, which starts it if none runs; ``CLUSTER_S``), so a kernel
+  that never uses Dask starts no cluster, and connects with that cluster's TLS files;
 - a part that cannot be made raises ``SessionError`` with the reason when used (no such
   pool, no adaptors, the API refusing the token), never at start: the kernel runs on and
   the first cell run after the failure prints the reason once. A failed part is tried
   again the next time it is used (a pool started later is found then);
 - everything comes from the environment the spawner sets: ``$SKERRY_ADAPTORS``,
-  ``$SKERRY_DASK_POOLS`` (the platform's ``run/dask-pools.json``), ``$SKERRY_URL`` (the
-  platform) and ``$JUPYTERHUB_API_TOKEN`` (the server's token: the user's hub identity;
-  ``$SKERRY_TOKEN`` outside a micro-infrastructure);
+  ``$SKERRY_URL`` (the platform) and ``$JUPYTERHUB_API_TOKEN`` (the server's token: the
+  user's hub identity; ``$SKERRY_TOKEN`` outside a micro-infrastructure);
 - the token is never shown: not in ``repr``, not in a message.
 """
 
@@ -35,11 +37,12 @@ import time
 
 from skerry.errors import SkerryError
 
-__all__ = ["Session", "SessionError", "current", "start", "POOLS_ENV", "PARTS"]
+__all__ = ["Session", "SessionError", "current", "start", "PARTS"]
 
-POOLS_ENV = "SKERRY_DASK_POOLS"
 PARTS = ("adaptors", "pool", "api")
 WAIT_S = 30.0  # how long a part that is used waits for its connection
+CLUSTER_S = 180.0  # how long the first use of skerry.client waits for the user's cluster to start
+ON_FIRST_USE = "made on the first use of skerry.client"
 CONNECT_S = 10  # Dask's connection timeout to a pool's scheduler
 
 _current: Session | None = None
@@ -54,8 +57,9 @@ class _Part:
     failure): ``prepare()`` (imports and configuration: CPU) then ``connect(prepared)`` (the
     network), whose result is the part."""
 
-    def __init__(self, name: str, prepare, connect):
+    def __init__(self, name: str, prepare, connect, lazy: bool = False):
         self.name = name
+        self.lazy = lazy  # made on first use only
         self.prepare = prepare
         self.connect = connect
         self.done = threading.Event()
@@ -63,12 +67,15 @@ class _Part:
         self.problem: str | None = None
         self.at: float | None = None  # time.time() when it was made or failed
         self.reported = False
+        self.started = False
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        self.started = True
         threading.Thread(target=self._run, name=f"skerry-{self.name}", daemon=True).start()
 
     def _run(self) -> None:
+        self.started = True
         try:
             self.value, self.problem = self.connect(self.prepare()), None
         except SessionError as e:
@@ -79,6 +86,14 @@ class _Part:
         self.done.set()
 
     def get(self, timeout: float):
+        if self.lazy and not self.started:
+            with self._lock:  # the first user makes it; the others wait for its outcome
+                if not self.started:
+                    self._run()
+                    self.reported = True  # its caller sees the outcome now
+                    if self.problem is not None:
+                        raise SessionError(self.problem)
+                    return self.value
         if not self.done.wait(timeout):
             raise SessionError(f"the session's {self.name} is not ready after {timeout:g} s")
         if self.problem is not None:
@@ -109,23 +124,23 @@ def _process_start() -> float:
 class Session:
     """The user's adaptors, a Dask client to ``pool`` and the workload API (module docstring)."""
 
-    def __init__(self, pool: str = "cpu", *, pools_file: str | None = None, url: str | None = None,
-                 token: str | None = None, started: float | None = None):
+    def __init__(self, pool: str = "cpu", *, url: str | None = None, token: str | None = None,
+                 started: float | None = None):
         self.pool = pool
         self.user = os.environ.get("JUPYTERHUB_USER") or os.environ.get("SKERRY_USER") or ""
-        self.pools_file = pools_file if pools_file is not None else os.environ.get(POOLS_ENV, "")
         self.url = (url if url is not None else os.environ.get("SKERRY_URL", "")).rstrip("/")
         self._token = token if token is not None else (
             os.environ.get("JUPYTERHUB_API_TOKEN") or os.environ.get("SKERRY_TOKEN") or "").strip()
         self.started = started if started is not None else _process_start()
         self._parts = {"adaptors": _Part("adaptors", self._make_fs, self._list_adaptors),
-                       "pool": _Part("pool", self._pool_address, self._connect_pool),
+                       "pool": _Part("pool", self._ask_cluster, self._connect_pool, lazy=True),
                        "api": _Part("api", self._api_client, self._check_api)}
 
     def start(self) -> "Session":
         """Begin making every part, each in its own thread; returns at once."""
         for part in self._parts.values():
-            part.start()
+            if not part.lazy:
+                part.start()
         return self
 
     # ---- the parts -----------------------------------------------------------
@@ -137,7 +152,8 @@ class Session:
 
     @property
     def client(self):
-        """A ``distributed.Client`` connected to the kernel's pool (Dask's default client)."""
+        """A ``distributed.Client`` connected to the user's cluster of the kernel's pool
+        (Dask's default client), asked for on first use."""
         return self._parts["pool"].get(WAIT_S)
 
     @property
@@ -158,35 +174,38 @@ class Session:
         fs.ls("", detail=False)
         return fs
 
-    def _pool_address(self) -> str:
-        if not self.pools_file:
-            raise SessionError(f"no Dask pool is known: ${POOLS_ENV} is not set (a micro-infrastructure sets it)")
+    def _ask_cluster(self) -> dict:
+        from skerry.workload.client import ApiRefused, ClientError
+
+        api = self._api_client()
         try:
-            with open(self.pools_file) as f:
-                addresses = json.load(f)
-        except FileNotFoundError:
-            raise SessionError(f"no Dask pool is running: the platform's scheduler has started none yet "
-                               f"({self.pools_file} does not exist); skerry.client tries again when used") from None
-        except (OSError, ValueError) as e:
-            raise SessionError(f"the pool addresses cannot be read from {self.pools_file}: {e}") from None
-        address = addresses.get(self.pool) if isinstance(addresses, dict) else None
-        if not address:
-            running = ", ".join(sorted(addresses)) if isinstance(addresses, dict) and addresses else "none"
-            other = "" if self.pool == "cpu" else ' Use the "Python 3 (skerry)" kernel for the cpu pool, or'
-            raise SessionError(f"this platform runs no {self.pool!r} Dask pool (pools running: {running}), so "
-                               f"skerry.client is unavailable in this kernel; skerry.fs and skerry.api work."
-                               f"{other} ask the admin for a {self.pool} pool (DIR/pools.json).")
+            answer = api.request("POST", f"/clusters/{self.pool}", timeout=CLUSTER_S)
+        except ApiRefused as e:
+            other = "" if self.pool == "cpu" or e.code != "no_pool" else (
+                ' Use the "Python 3 (skerry)" kernel for the cpu pool, or ask the admin for a '
+                f"{self.pool} pool (DIR/pools.json).")
+            raise SessionError(f"skerry.client is unavailable in this kernel: {e.message}; skerry.fs and "
+                               f"skerry.api work.{other}") from None
+        except ClientError as e:
+            raise SessionError(f"skerry.client is unavailable: {e.message}; skerry.client tries again "
+                               f"when used") from None
+        finally:
+            api.close()
         import distributed  # noqa: F401 - the costly import, before the connection
 
-        return address
+        return answer
 
-    def _connect_pool(self, address: str):
+    def _connect_pool(self, answer: dict):
         from distributed import Client
 
+        from skerry.workload.clusters import security
+
+        address, tls = answer["address"], answer.get("tls")
         try:
-            return Client(address, timeout=CONNECT_S, set_as_default=True)
+            return Client(address, timeout=CONNECT_S, set_as_default=True,
+                          **({"security": security(tls)} if tls else {}))
         except OSError as e:
-            raise SessionError(f"the {self.pool!r} pool at {address} does not answer ({e}); "
+            raise SessionError(f"your {self.pool!r} cluster at {address} does not answer ({e}); "
                                "skerry.client tries again when used") from None
 
     def _api_client(self):
@@ -216,14 +235,17 @@ class Session:
         kernel's start until it was ready, or why it is not (failed parts are not retried)."""
         deadline = time.monotonic() + timeout
         for part in self._parts.values():
-            part.done.wait(max(0.0, deadline - time.monotonic()))
+            if not part.lazy or part.started:
+                part.done.wait(max(0.0, deadline - time.monotonic()))
         return self.status()
 
     def status(self) -> dict[str, float | str]:
         """Without waiting: each part's seconds from the kernel's start, its problem, or "connecting"."""
         out: dict[str, float | str] = {}
         for name, part in self._parts.items():
-            if not part.done.is_set():
+            if part.lazy and not part.started:
+                out[name] = ON_FIRST_USE
+            elif not part.done.is_set():
                 out[name] = "connecting"
             else:
                 out[name] = part.problem if part.problem is not None else round(part.at - self.started, 3)
@@ -245,7 +267,9 @@ class Session:
     def __repr__(self) -> str:
         lines = [f"skerry session of {self.user or 'this user'}, pool {self.pool!r}"]
         for name, part in self._parts.items():
-            if not part.done.is_set():
+            if part.lazy and not part.started:
+                state = ON_FIRST_USE
+            elif not part.done.is_set():
                 state = "connecting"
             elif part.problem is not None:
                 state = part.problem
@@ -285,7 +309,7 @@ def load_ipython_extension(ip) -> None:
 
     def report(*_):
         session.report_problems()
-        if all(part.done.is_set() for part in session._parts.values()):
+        if all(part.done.is_set() for part in session._parts.values() if not part.lazy):
             ip.events.unregister("pre_run_cell", report)
 
     ip.events.register("pre_run_cell", report)

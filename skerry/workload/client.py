@@ -153,6 +153,14 @@ class Client:
     def add_workflow(self, spec: dict) -> dict:
         return self.request("POST", "/workflows", json=spec)
 
+    # ---- Dask ----
+
+    def cluster(self, pool: str = "cpu") -> dict:
+        """The caller's Dask cluster of ``pool``, started now if none runs (``POST
+        /clusters/{pool}``): ``{"pool", "address", "tls"}``, ``tls`` the files a client
+        passes to ``skerry.workload.clusters.security`` (None: a single-user platform's pool)."""
+        return self.request("POST", f"/clusters/{_name(pool)}", timeout=180)
+
     # ---- runs, tasks, jobs ----
 
     def run(self, workflow: str, dataset: str, rank: float | None = None) -> int:

@@ -28,9 +28,10 @@ Rules:
   everything a cluster sends may be a pickle its user made (a task can reach the scheduler
   and every client), and distributed unpickles what reaches a client (event-log payloads
   even with ``deserializers=["msgpack"]`` and ``distributed.scheduler.pickle: False``:
-  tried, the code ran as root). The platform's clients run as the account: here the
-  watcher (``python -m skerry.workload.clusters watch``), which reports the scheduler's
-  state as JSON lines the platform parses and checks; nothing else crosses back;
+  tried, the code ran as root). The platform's clients run as the account: the watcher
+  (``python -m skerry.workload.clusters watch``), which reports the scheduler's state as
+  JSON lines the platform parses and checks, and the jobs' runner (``... jobs``,
+  ``userjobs``); nothing else crosses back;
 - the scheduler and every worker run as the account (``switch_kwargs``: no preexec_fn, so
   a platform with threads can start clusters), in ``clean_environment`` plus Dask's
   configuration (paths, no secrets), cwd and scratch space in ``folder/work`` (the
@@ -82,7 +83,8 @@ START_S = 60.0  # how long a start waits for the scheduler and its workers
 DEATH_S = 30  # workers give up on a scheduler gone this long
 PLATFORM_CN = "skerry-platform"
 USER_CN = "skerry-user"
-ROLES = {"scheduler": "distributed.cli.dask_scheduler", "worker": "distributed.cli.dask_worker", "watch": None}
+ROLES = {"scheduler": "distributed.cli.dask_scheduler", "worker": "distributed.cli.dask_worker", "watch": None,
+         "jobs": None}
 WATCH_EVERY = 5.0  # seconds between the watcher's reports once every worker joined
 REPORT_MAX = 4096  # bytes a report line may hold; a longer one is a broken watcher
 _PR_SET_CHILD_SUBREAPER = 36
@@ -275,10 +277,11 @@ def _dask_environment(account: Account, paths: dict[str, Path], work: Path) -> d
 
 
 def _launch(role: str, args: list[str], account: Account, env: dict[str, str], work: Path,
-            log, extra_env: dict[str, str] | None = None, stdout=None) -> subprocess.Popen:
-    """Start one Dask CLI process as the account, through this module's wrapper (``_main``)."""
+            log, extra_env: dict[str, str] | None = None, stdout=None, stdin=subprocess.DEVNULL
+            ) -> subprocess.Popen:
+    """Start one process of the cluster as the account, through this module's wrapper (``_main``)."""
     command = [os.path.realpath(sys.executable), "-m", "skerry.workload.clusters", role, *args]
-    return subprocess.Popen(command, cwd=work, env={**env, **(extra_env or {})}, stdin=subprocess.DEVNULL,
+    return subprocess.Popen(command, cwd=work, env={**env, **(extra_env or {})}, stdin=stdin,
                             stdout=stdout or log, stderr=log, close_fds=True,
                             start_new_session=True,  # the terminal's ^C goes to the platform only
                             **switch_kwargs(account))
@@ -701,7 +704,7 @@ class UserClusters:
 
 
 def _main(argv: list[str]) -> None:
-    """``python -m skerry.workload.clusters scheduler|worker ARGS``: already the account, ask to
+    """``python -m skerry.workload.clusters scheduler|worker|watch|jobs ARGS``: already the account, ask to
     die with the platform and to adopt our orphans, then be Dask's CLI in this same process."""
     import ctypes
 
@@ -713,9 +716,11 @@ def _main(argv: list[str]) -> None:
         sys.exit("a user cluster's process never runs as root")
     die_with_parent(signal.SIGTERM)  # after the uid switch: the kernel cleared any earlier one
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    if argv[0] == "watch":
+    if argv[0] in ("watch", "jobs"):  # the platform's clients, as the account
+        from .userjobs import serve
+
         try:
-            _watch(*argv[1:])
+            (_watch if argv[0] == "watch" else serve)(*argv[1:])
         except (BrokenPipeError, KeyboardInterrupt):
             pass
         return

@@ -6,9 +6,12 @@ with the hub and restarted by it if it exits. It:
 1. takes the data dir's lock (``run/scheduler.lock``): one scheduler per catalog, so a
    manager that starts while the one before it still stops waits for it;
 2. opens the catalog (``DIR/catalog.sqlite``), migrated to the newest schema;
-3. starts the pools of ``DIR/pools.json`` (``skerry.workload.pools``) and a runner over
-   them, each job running with its owner's adaptors (``skerry.workload.owners``), and
-   writes their addresses to ``run/dask-pools.json`` for the users' kernels;
+3. runs the jobs on the pools of ``DIR/pools.json`` (``skerry.workload.pools``), each job
+   with its owner's adaptors (``skerry.workload.owners``): with accounts, on a Dask
+   cluster of the owner's own carved from the pool, started on demand and stopped when
+   idle (``userpools``); on a single-user platform, on the pools started here. It
+   answers the service's asks for a user's cluster (``clusterask``: the kernels'
+   ``skerry.client``);
 4. steps the scheduler, with the planner, until SIGTERM or SIGINT; a restarted one first
    recovers from the catalog (running jobs are matched to outputs already written or
    run again), so a ``kill -9`` of the platform loses nothing;
@@ -38,21 +41,24 @@ STEP_WAIT = 0.05  # seconds a step waits for news from the pools when jobs are i
 class Manager:
     """The pools, runner, scheduler and planner of one data dir (module docstring)."""
 
-    def __init__(self, data_dir: str, *, pools_file: str | None = None, scheduler_options: dict | None = None):
+    def __init__(self, data_dir: str, *, pools_file: str | None = None, scheduler_options: dict | None = None,
+                 idle_after: float | None = None):
         self.data_dir = data_dir
         self.pools_file = pools_file or os.path.join(data_dir, "pools.json")
         self.options = scheduler_options or {}
+        self.idle_after = idle_after
         self.stopping = False
-        self.clusters: list = []
-        self.runner = self.scheduler = None
+        self.clusters: list = []  # a single-user platform's shared pools
+        self.addresses: dict[str, str] = {}
+        self.runner = self.scheduler = self.asks = None
 
     def start(self) -> None:
         import dask
 
         from .catalog import Catalog
+        from .clusterask import serve
         from .owners import OwnerConfigs
-        from .pools import DASK_CONFIG, load_pools, needs, start_pools
-        from .runner import Pool, Runner
+        from .pools import DASK_CONFIG, load_pools
         from .runs import Planner
         from .scheduler import Scheduler
 
@@ -66,21 +72,42 @@ class Manager:
             return
         # for this process's life: its Dask schedulers read it as they go
         dask.config.set({**DASK_CONFIG, "temporary-directory": os.path.join(self.data_dir, "run", "dask")})
-        # jobs still run as the platform on shared pools (per-user clusters are the next step):
-        # what they write in a user's home must stay readable to that user's account
-        umask = os.umask(0o022)
-        try:
-            addresses, self.clusters = start_pools(specs)
-        finally:
-            os.umask(umask)
-        self.runner = Runner({name: Pool(address, needs(name)) for name, address in addresses.items()})
-        owners = OwnerConfigs(self.data_dir)
+        policy = account_policy()
+        self.runner = self._user_pools(specs, policy) if policy else self._shared_pools(specs)
+        owners = OwnerConfigs(self.data_dir, policy)
         self.scheduler = Scheduler(catalog, self.runner, planner=Planner(catalog), adaptors_of=owners.path,
                                    **self.options)
-        for name in addresses:
+        for name in specs:
             kind = "local" if specs[name].local else specs[name].address
-            log.info("pool %s (%s): %d slots", name, kind, self.runner.slots(name))
-        write_addresses(self.data_dir, addresses)
+            whose = "a cluster per user" if policy else "shared"
+            log.info("pool %s (%s, %s): %d slots", name, kind, whose, self.runner.slots(name))
+        self.asks = serve(self.data_dir, self.cluster_for)
+
+    def _user_pools(self, specs, policy):
+        """A platform with accounts: each user's jobs on a cluster of their own (``userpools``)."""
+        from .userpools import UserPools
+
+        options = {} if self.idle_after is None else {"idle_after": self.idle_after}
+        return UserPools(self.data_dir, specs, policy, **options)
+
+    def _shared_pools(self, specs):
+        """A single-user platform: the pools are the one user's (``pools.start_pools``)."""
+        from .pools import needs, start_pools
+        from .runner import Pool, Runner
+
+        addresses, self.clusters = start_pools(specs)
+        self.addresses = addresses
+        return Runner({name: Pool(address, needs(name)) for name, address in addresses.items()})
+
+    def cluster_for(self, user: str, pool: str) -> dict:
+        """What ``clusterask.ask`` answers: the user's cluster of ``pool`` (or the shared one)."""
+        from .userpools import NoPool, UserPools
+
+        if isinstance(self.runner, UserPools):
+            return self.runner.cluster_for(user, pool)
+        if pool not in self.addresses:
+            raise NoPool(f"this platform runs no {pool!r} pool (pools: {', '.join(sorted(self.addresses))})")
+        return {"pool": pool, "address": self.addresses[pool], "tls": None}
 
     def loop(self) -> None:
         next_report = time.monotonic() + REPORT_S
@@ -98,10 +125,8 @@ class Manager:
                 next_report = time.monotonic() + REPORT_S
 
     def close(self) -> None:
-        try:
-            os.unlink(addresses_file(self.data_dir))  # the pools are going
-        except FileNotFoundError:
-            pass
+        if self.asks is not None:
+            self.asks.close()
         if self.scheduler is not None:
             self.scheduler.close()
         if self.runner is not None:
@@ -113,18 +138,14 @@ class Manager:
                 log.exception("stopping a cluster failed")
 
 
-def addresses_file(data_dir: str) -> str:
-    """``run/dask-pools.json``: ``{pool: Dask scheduler address}`` of the running pools, for
-    the users' kernels (a Dask client of their own to a pool)."""
-    return os.path.join(data_dir, "run", "dask-pools.json")
+def account_policy():
+    """The accounts of the platform's users (``$SKERRY_ACCOUNT_TEMPLATE``, set by ``skerry up``
+    where it can switch users), or None: a single-user platform."""
+    from ..accounts import AccountPolicy
+    from ..identity import TEMPLATE_ENV
 
-
-def write_addresses(data_dir: str, addresses: dict[str, str]) -> None:
-    path = addresses_file(data_dir)
-    with open(path + ".tmp", "w") as f:
-        os.fchmod(f.fileno(), 0o644)  # the users' kernels read it (the pools are shared until per-user clusters)
-        json.dump(addresses, f)
-    os.replace(path + ".tmp", path)
+    template = os.environ.get(TEMPLATE_ENV)
+    return AccountPolicy(template=template) if template else None
 
 
 def lock(data_dir: str):

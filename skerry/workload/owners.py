@@ -3,10 +3,13 @@
 A job reads and writes ``skerry://`` URLs of the user who owns its run (or its input
 dataset): their ``home`` folder and their stored adaptors, as their own server sees them.
 
-- In the scheduler's process, ``OwnerConfigs(data_dir).path(owner)`` writes the owner's
-  adaptor configuration (``DIR/secrets/adaptors/<owner>--jobs.json``, mode 0600, with the
-  decrypted credentials) and names it; the scheduler puts that path in each job it sends.
-  It is written again for every task seen afresh, so adaptor changes reach new tasks.
+- In the scheduler's process, ``OwnerConfigs(data_dir, policy).path(owner)`` writes the
+  owner's adaptor configuration (mode 0600, with the decrypted credentials) and names it;
+  the scheduler puts that path in each job it sends. With accounts (``policy``) it is in
+  the owner's handover folder (``run/users/<owner>/jobs.adaptors.json``), the owner's
+  account's own: the jobs run on the owner's cluster, as that account. Without (a
+  single-user platform) it is ``DIR/secrets/adaptors/<owner>--jobs.json``. It is written
+  again for every task seen afresh, so adaptor changes reach new tasks.
 - On the worker, ``adaptors_of(path)`` wraps the job: ``$SKERRY_ADAPTORS`` names that
   file and the federation is built from it. Jobs of one owner run side by side; a job of
   another owner waits until the worker process has none running (one process has one
@@ -34,20 +37,31 @@ _current: str | None = None
 class OwnerConfigs:
     """Writes each job owner's adaptor configuration under the data dir (module docstring)."""
 
-    def __init__(self, data_dir: str | os.PathLike):
+    def __init__(self, data_dir: str | os.PathLike, policy=None):
         from ..adaptors.store import AccountStore
         from ..datadir import DataDir
 
         self.data = DataDir(data_dir)
         self.store = AccountStore.for_data_dir(self.data)
         self.folder = self.data.secrets / "adaptors"
+        self.policy = policy  # accounts.AccountPolicy: each owner's jobs run as their account
 
     def path(self, owner: str) -> str:
-        """Write ``owner``'s configuration now; its path. ``ConfigError`` if it is broken."""
+        """Write ``owner``'s configuration now; its path. ``ConfigError`` if it is broken,
+        an ``AccountError`` if the owner's account cannot be had (locked: a deleted user)."""
+        from ..accounts import ensure_account, give, share_folder
+
         specs, credentials = self.store.federation(owner, str(self.data.user_home(owner)))
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.folder / f"{owner}--jobs.json"
+        if self.policy is None:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self.folder / f"{owner}--jobs.json"
+            write_config(str(path), specs, credentials)
+            return str(path)
+        account = ensure_account(owner, self.data.user_home(owner), self.policy)
+        folder = share_folder(self.data.handover(owner), account)
+        path = folder / "jobs.adaptors.json"
         write_config(str(path), specs, credentials)
+        give(path, account)
         return str(path)
 
 

@@ -102,6 +102,7 @@ class JobSpec:
     timeout: float | None = None
     heartbeat: float = 5.0
     adaptors: str | None = None  # the owner's adaptor configuration (``owners``); None: the worker's own
+    owner: str | None = None  # the hub user whose job it is (``userpools`` runs it on their cluster)
 
 
 @dataclass(frozen=True)

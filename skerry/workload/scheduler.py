@@ -129,6 +129,7 @@ class _TaskInfo:
     output_dataset_id: int | None
     pin: str | None
     adaptors: str | None = None  # the owner's adaptor configuration, for the workers
+    owner: str | None = None  # whose jobs they are (the run's owner, else the input dataset's)
 
 
 @dataclass
@@ -565,7 +566,7 @@ class Scheduler:
                 if not owner and task.input_dataset_id is not None:
                     owner = s.get(Dataset, task.input_dataset_id).owner
                 info = _TaskInfo(task.id, task.run_id, module.spec, dict(task.params or {}), output,
-                                 task.output_dataset_id, pin, self._adaptors(owner, task.id))
+                                 task.output_dataset_id, pin, self._adaptors(owner, task.id), owner)
             self._tasks[task_id] = info
         return info
 
@@ -785,7 +786,7 @@ class Scheduler:
             submit.append((live, JobSpec(live.job, live.attempt, info.module,
                                          self._by_pin(info, inputs.get(live.job, [])),
                                          info.output, info.params, self.job_timeout, self.heartbeat,
-                                         info.adaptors)))
+                                         info.adaptors, info.owner)))
         return submit
 
     def _inputs(self, job_ids: list[int], info: _TaskInfo | None = None, s=None):

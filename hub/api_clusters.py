@@ -1,0 +1,48 @@
+"""``/services/skerry/api/v1/clusters/{pool}``: a user's own Dask cluster, for her kernels.
+
+``POST /clusters/cpu`` with alice's token answers her cluster of the ``cpu`` pool, started
+now by the workload manager if none runs (``skerry.workload.clusterask``)::
+
+    {"pool": "cpu", "address": "tls://127.0.0.1:40123",
+     "tls": {"tls_ca_file": ..., "tls_client_cert": ..., "tls_client_key": ...}}
+
+``tls`` names files in her handover folder that only her account can read (the key is
+never in an answer); pass them to ``skerry.workload.clusters.security``. On a
+single-user platform the pools are the one user's and ``tls`` is null.
+
+Errors: 403 ``not_a_user`` for a token that is not a user's (a service's cluster would run
+as nobody); 404 ``no_pool`` for a pool the platform does not run; 409 ``account_locked``;
+503 ``manager_unavailable`` or ``cluster_error`` with the sentence why.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
+
+from skerry.errors import SkerryError
+
+from .api_users import ApiError
+
+STATUS = {"no_pool": 404, "account_locked": 409, "bad_request": 400}
+
+
+def cluster_routes(caller, api: str) -> APIRouter:
+    """The router; ``caller`` is the service's dependency (the hub model of the token)."""
+    router = APIRouter(prefix=api, tags=["clusters"])
+
+    @router.post("/clusters/{pool}")
+    async def user_cluster(pool: str, who: dict = Depends(caller)):
+        """The caller's Dask cluster of ``pool``, started if none runs (module docstring)."""
+        from skerry.workload.clusterask import ask
+
+        if who.get("kind") != "user":
+            raise ApiError(403, "not_a_user", "Only a user has a Dask cluster: use a user's token.")
+        try:
+            return await run_in_threadpool(ask, os.environ["SKERRY_DATA_DIR"], who["name"], pool)
+        except SkerryError as e:
+            raise ApiError(STATUS.get(e.code, 503), e.code, e.message) from None
+
+    return router

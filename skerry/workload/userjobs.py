@@ -1,0 +1,274 @@
+"""A user's jobs on her own cluster: a runner process of her account, spoken to in JSON lines.
+
+The platform's scheduler is never a Dask client of a user's cluster (``clusters``: what a
+cluster sends may be a pickle its user made). Each running user cluster gets a runner of
+its own instead, run as the account through the cluster's wrapper (``python -m
+skerry.workload.clusters jobs ...``) with the platform's certificate: it is the
+``runner.Runner``, the only Dask client, of that cluster; :class:`UserJobs` is its
+platform side::
+
+    jobs = UserJobs.start(cluster, report=events.put)   # events: Started, Beat, Finished
+    jobs.submit([[spec, ...], ...], avoid=None)        # batches of JobSpecs, as Runner.submit_batches
+    jobs.cancel([(job, attempt), ...])
+    jobs.running, jobs.pending, jobs.stop()
+
+Rules:
+- platform to runner: one JSON object per line on its stdin, ``{"op": "submit", "batches":
+  [[spec fields]], "avoid": worker}`` or ``{"op": "cancel", "attempts": [[job, attempt]]}``;
+- runner to platform: one JSON object per line on its stdout, a ``start``, ``beat`` or
+  ``end`` of an attempt (an end carries its ``Finished``, the result as a plain dict).
+  The platform reads them with ``json`` only and keeps a report only when it is about an
+  attempt handed to this runner and not ended yet, has the fields and types expected, and
+  names outputs inside that attempt's output folder; a line that breaks these rules ends
+  the runner (its code is the user's: it is not trusted any further);
+- the runner ends when its stdin closes (the platform stopped it or died), cancelling its
+  futures; once it ended, every attempt handed to it and not ended is reported lost
+  (``Finished.lost``, the error naming the runner and the end of its log);
+- nothing but these lines crosses: no pickle, no Dask message reaches the platform.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from .runner import Beat, Finished, JobSpec, Started
+
+__all__ = ["UserJobs", "serve"]
+
+log = logging.getLogger("skerry.scheduler")
+LINE_MAX = 16 * 1024 * 1024  # bytes one report may hold (an end carries at most 64 KiB of log)
+STOP_S = 5.0  # seconds a runner has to end after its stdin closed
+
+
+class UserJobs:
+    """The platform's side of one cluster's runner (module docstring)."""
+
+    def __init__(self, cluster, process: subprocess.Popen, report: Callable[[Any], None], log_path: Path):
+        self.cluster = cluster
+        self.process = process
+        self.report = report
+        self.log_path = log_path
+        self.pending: dict[tuple[int, int], str] = {}  # attempt -> its output folder
+        self._lock = threading.Lock()
+        self._ended = False
+        self._reader = threading.Thread(target=self._read, daemon=True,
+                                        name=f"skerry-jobs-{cluster.account.name}-{cluster.pool}")
+        self._reader.start()
+
+    @classmethod
+    def start(cls, cluster, report: Callable[[Any], None], needs: dict | None = None) -> "UserJobs":
+        """Start the runner of ``cluster`` (a running ``UserCluster``) as its account;
+        ``report`` gets every Started, Beat and Finished, from a thread of this object."""
+        from .clusters import _launch
+
+        files = cluster.platform_files()
+        args = [cluster.address, files["tls_ca_file"], files["tls_client_cert"], files["tls_client_key"],
+                cluster.pool, json.dumps(needs or {})]
+        log_path = cluster.folder / "jobs.log"
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        with os.fdopen(fd, "ab") as log_file:
+            process = _launch("jobs", args, cluster.account, _environment(cluster), cluster.folder / "work",
+                              log_file, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        return cls(cluster, process, report, log_path)
+
+    @property
+    def running(self) -> bool:
+        return not self._ended and self.process.poll() is None
+
+    def submit(self, batches: list[list[JobSpec]], avoid: str | None = None) -> None:
+        """Hand batches of attempts to the runner (lost at once if it ended)."""
+        with self._lock:
+            ended = self._ended
+            for batch in batches if not ended else ():
+                for spec in batch:
+                    self.pending[(spec.job, spec.attempt)] = spec.output.rstrip("/") + "/"
+        if ended:
+            for spec in (s for b in batches for s in b):
+                self.report(Finished(spec.job, spec.attempt, lost=True,
+                                     error=f"the runner of {self.cluster.account.hub_name}'s "
+                                           f"{self.cluster.pool} jobs had stopped"))
+            return
+        self._send({"op": "submit", "batches": [[asdict(s) for s in b] for b in batches], "avoid": avoid})
+
+    def cancel(self, attempts) -> None:
+        """Forget the attempts here and ask the runner to cancel them."""
+        with self._lock:
+            attempts = [list(a) for a in attempts if self.pending.pop(tuple(a), None) is not None]
+        if attempts:
+            self._send({"op": "cancel", "attempts": attempts})
+
+    def stop(self) -> None:
+        """Close the runner's stdin; kill it if it is not gone within ``STOP_S``."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(STOP_S)
+
+    def _send(self, msg: dict) -> None:
+        line = (json.dumps(msg) + "\n").encode()
+        try:
+            with self._lock:
+                self.process.stdin.write(line)
+                self.process.stdin.flush()
+        except (OSError, ValueError):  # it ended: the reader reports its attempts lost
+            self.process.kill()
+
+    def _read(self) -> None:
+        stream = self.process.stdout
+        why = None
+        while why is None:
+            line = stream.readline(LINE_MAX)
+            if not line:
+                why = "it ended"
+                break
+            try:
+                event = self._check(json.loads(line))
+            except (ValueError, TypeError, KeyError) as e:  # the user's code may have written it
+                why = f"it sent a report that breaks the rules ({str(e)[:200]})"
+                break
+            if event is not None:
+                self.report(event)
+        self.process.kill()
+        self.process.wait()
+        stream.close()
+        with self._lock:
+            self._ended = True
+            lost, self.pending = list(self.pending), {}
+        if lost:
+            error = (f"the runner of {self.cluster.account.hub_name}'s {self.cluster.pool} jobs stopped: {why}; "
+                     f"its log ({self.log_path}) ends:\n{_tail(self.log_path)}")
+            log.warning("%s (%d attempts lost)", error.splitlines()[0], len(lost))
+            for job, attempt in lost:
+                self.report(Finished(job, attempt, lost=True, error=error))
+
+    def _check(self, msg: dict):
+        """The event of a report, or None for one about an attempt not (or no longer) ours."""
+        kind = msg["e"]
+        job, attempt = _int(msg["job"]), _int(msg["attempt"])
+        key = (job, attempt)
+        with self._lock:
+            folder = self.pending.get(key)
+            if folder is None:
+                return None  # cancelled meanwhile, or never ours
+            if kind == "start":
+                return Started(job, attempt, _str(msg["worker"]), _number(msg["at"]))
+            if kind == "beat":
+                return Beat(job, attempt)
+            if kind != "end":
+                raise ValueError(f"unknown report kind {kind!r}")
+            result = _result(msg["result"], folder)
+            finished = Finished(job, attempt, result, _str(msg["worker"], none=True), lost=msg["lost"] is True,
+                                error=_str(msg["error"], none=True), took=_number(msg["took"], none=True))
+            del self.pending[key]
+            return finished
+
+
+def _environment(cluster) -> dict[str, str]:
+    from .clusters import _dask_environment
+
+    return _dask_environment(cluster.account, cluster.paths, cluster.folder / "work")
+
+
+def _int(value) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{value!r} is not a whole number")
+    return value
+
+
+def _number(value, none: bool = False):
+    if (none and value is None) or type(value) in (int, float):
+        return value
+    raise TypeError(f"{value!r} is not a number")
+
+
+def _str(value, none: bool = False):
+    if (none and value is None) or type(value) is str:
+        return value
+    raise TypeError(f"{value!r} is not a string")
+
+
+def _result(data, folder: str):
+    """The JobResult of an end's dict, every output inside ``folder`` (None: no result)."""
+    from .runner import _result_of
+
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError("a result must be an object")
+    result = _result_of(data)
+    for out in result.outputs:
+        if not isinstance(out.url, str) or not out.url.startswith(folder) or "/../" in out.url:
+            raise ValueError(f"output {out.url!r} is outside the job's output folder {folder}")
+        _int(out.size), _str(out.checksum), _str(out.name), _str(out.pin)
+    _int(result.exit_code), _str(result.log), _str(result.error, none=True)
+    _str(result.error_class, none=True), _str(result.log_location, none=True)
+    return result
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    from .clusters import _tail as tail
+
+    return tail(path, lines)
+
+
+# ---- the runner, as the account ----------------------------------------------------------
+
+
+def serve(address: str, ca: str, cert: str, key: str, pool: str, needs: str) -> None:
+    """The runner of one user cluster (``python -m skerry.workload.clusters jobs ...``):
+    commands on stdin, reports on stdout, until stdin closes."""
+    from distributed import Client
+
+    from .clusters import security
+    from .runner import Pool, Runner, _result_dict
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    client = Client(address, security=security({"tls_ca_file": ca, "tls_client_cert": cert,
+                                                "tls_client_key": key}),
+                    timeout=30, set_as_default=False)
+    runner = Runner({pool: Pool(client, json.loads(needs))})
+    done = threading.Event()
+
+    def commands():
+        try:
+            for line in sys.stdin:
+                msg = json.loads(line)
+                if msg["op"] == "submit":
+                    batches = [[JobSpec(**s) for s in b] for b in msg["batches"]]
+                    runner.submit_batches(pool, batches, avoid=msg.get("avoid"))
+                elif msg["op"] == "cancel":
+                    runner.cancel_many([tuple(a) for a in msg["attempts"]])
+        finally:
+            done.set()
+
+    threading.Thread(target=commands, daemon=True, name="skerry-commands").start()
+    out = sys.stdout
+    while not done.is_set():
+        for event in runner.events(timeout=0.1):
+            if isinstance(event, Started):
+                msg = {"e": "start", "job": event.job, "attempt": event.attempt, "worker": event.worker,
+                       "at": event.at}
+            elif isinstance(event, Beat):
+                msg = {"e": "beat", "job": event.job, "attempt": event.attempt}
+            else:
+                msg = {"e": "end", "job": event.job, "attempt": event.attempt, "worker": event.worker,
+                       "lost": event.lost, "error": event.error, "took": event.took,
+                       "result": None if event.result is None else _result_dict(event.result)}
+            out.write(json.dumps(msg) + "\n")
+        out.flush()
+    runner.close()
+    client.close()
