@@ -1,4 +1,8 @@
-"""``/services/skerry/api/v1/clusters/{pool}``: a user's own Dask cluster, for her kernels.
+"""``/services/skerry/api/v1/clusters``: a user's own Dask clusters, for her kernels.
+
+``GET /clusters`` answers the pools the platform runs and the caller's running clusters::
+
+    {"pools": ["cpu"], "clusters": {"cpu": "tls://127.0.0.1:40123"}}
 
 ``POST /clusters/cpu`` with alice's token answers her cluster of the ``cpu`` pool, started
 now by the workload manager if none runs (``skerry.workload.clusterask``)::
@@ -32,6 +36,21 @@ STATUS = {"no_pool": 404, "account_locked": 409, "bad_request": 400}
 def cluster_routes(caller, api: str) -> APIRouter:
     """The router; ``caller`` is the service's dependency (the hub model of the token)."""
     router = APIRouter(prefix=api, tags=["clusters"])
+
+    @router.get("/clusters")
+    async def user_clusters(who: dict = Depends(caller)):
+        """The platform's pools (``pools.json``) and the caller's running clusters."""
+        from skerry.datadir import DataDir
+        from skerry.workload.pools import load_pools
+        from skerry.workload.userpools import running_clusters
+
+        data = DataDir(os.environ["SKERRY_DATA_DIR"])
+        try:
+            pools = await run_in_threadpool(load_pools, data.path / "pools.json")
+        except SkerryError as e:
+            raise ApiError(503, e.code, e.message) from None
+        mine = running_clusters(data, who["name"]) if who.get("kind") == "user" else {}
+        return {"pools": sorted(pools), "clusters": mine}
 
     @router.post("/clusters/{pool}")
     async def user_cluster(pool: str, who: dict = Depends(caller)):

@@ -160,19 +160,11 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
         return state["store"]
 
     def pools(user: str) -> dict[str, str]:
-        """The addresses of ``user``'s running Dask clusters (``userpools.connect_file``)."""
-        from skerry.workload.userpools import connect_file
+        """The addresses of ``user``'s running Dask clusters."""
+        from skerry.workload.userpools import running_clusters
 
         store()
-        found = {}
-        for folder in sorted((state["data"].handover(user) / "dask").glob("*")):
-            try:
-                address = json.loads(connect_file(folder).read_text())["address"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if isinstance(address, str):
-                found[folder.name] = address
-        return found
+        return running_clusters(state["data"], user)
 
     def servers(hub) -> HubServers:
         return HubServers(hub.client)

@@ -22,7 +22,7 @@ import pytest
 from helpers import pids_of
 
 API = "/services/skerry/api/v1"
-POOLS = {"cpu": {"workers": 1}, "gpu": None}  # one pool, to see its address listed
+POOLS = {"cpu": {"workers": 1}, "gpu": None}  # one pool, to see alice's cluster of it listed
 SFTP_PASSWORD = "sftp-Pw-7rQ2-never-in-clear"
 
 
@@ -247,9 +247,10 @@ def test_listed_endpoints_work(platform, alice, hpc, sshd, sftp_root, call):
     assert r.status_code == 200 and "started" in r.json()
     r = httpx.get(endpoints["data-api"]["url"] + "adaptors", headers=auth, timeout=60)
     assert r.status_code == 200 and {a["name"] for a in r.json()["adaptors"]} == {"home", "cluster"}
-    # dask: the pool's address, and plainly no dashboard
+    # dask: her own cluster of the pool once asked for (TLS, her files), and plainly no dashboard
     dask = endpoints["dask"]
-    assert dask["pools"]["cpu"].startswith("tcp://") and dask["dashboard"] is None and "no dashboard" in dask["note"]
+    assert dask["pools"] == {} and dask["dashboard"] is None and "no dashboard" in dask["note"]
+    assert "TLS" in dask["auth"] and "first use of skerry.client" in dask["note"]
     assert call("GET", "/endpoints/hpc", alice).json() == hpc
 
 
@@ -382,3 +383,21 @@ def test_no_sftp_secret_in_answers_logs_arguments_or_files(platform, answers, ss
             content = open(os.path.join(root, n), "rb").read()
             for secret in secrets:
                 assert secret.encode() not in content, os.path.join(root, n)
+
+
+@pytest.mark.platform
+def test_her_own_dask_cluster_is_listed_once_started(platform, alice, bob, hpc, call):
+    """Last in this module: the descriptions above are compared whole, without a cluster."""
+    started = call("POST", "/clusters/cpu", alice).json()
+    assert started["address"].startswith("tls://127.0.0.1:")
+    assert set(started["tls"]) == {"tls_ca_file", "tls_client_cert", "tls_client_key"}
+    [mine] = [i for i in call("GET", "/infrastructure", alice).json()["infrastructures"] if i["name"] == ""]
+    assert mine["endpoints"]["dask"]["pools"] == {"cpu": started["address"]}
+    assert call("GET", "/clusters", alice).json() == {"pools": ["cpu"], "clusters": {"cpu": started["address"]}}
+    # bob sees none of it; a service token has no cluster; an unknown pool says which there are
+    assert call("GET", "/clusters", bob).json() == {"pools": ["cpu"], "clusters": {}}
+    r = call("POST", "/clusters/cpu")
+    assert r.status_code == 403 and r.json()["error"] == "not_a_user"
+    r = call("POST", "/clusters/tpu", alice)
+    assert r.status_code == 404 and r.json() == {"error": "no_pool",
+                                                  "message": "this platform runs no 'tpu' pool (pools: cpu)"}

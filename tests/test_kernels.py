@@ -5,25 +5,29 @@
 - on a real platform (``skerry up``, a LocalCluster ``cpu`` pool, no ``gpu`` pool), a
   "skerry" kernel started through alice's Jupyter server (REST API and websocket, as
   JupyterLab does) has a ready ``skerry`` session: ``skerry://`` is alice's storage, the
-  Dask client is connected to the cpu pool and runs tasks, the workload API knows her;
-- the GPU kernel on that platform says there is no gpu pool, and runs on;
+  Dask client, made on first use, is connected over TLS to her own cluster of the cpu
+  pool (its tasks run as her account), the workload API knows her;
+- the GPU kernel on that platform says there is no gpu pool when skerry.client is used,
+  and runs on;
 - a part of a session that cannot be made says why, hides the token, and is tried
-  again when used: a pool started after the kernel is found (a real LocalCluster).
+  again when used: a cluster the platform answers later is connected to (a real HTTP
+  server standing in for the platform's API, a real LocalCluster).
 
 Nothing is mocked: JupyterHub, the proxy, the service, the scheduler's pool, the kernels.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from helpers import wait_for
 from skerry.kernels import JUPYTER_PATH_DIR, KERNELS
 from skerry.kernels.remote import RemoteKernel
-from skerry.kernels.session import Session
+from skerry.kernels.session import Session, SessionError
 
 POOLS = {"cpu": {"workers": 1, "threads": 1}, "gpu": None}
 API = "/services/skerry/api/v1"
@@ -47,17 +51,21 @@ def test_a_part_that_cannot_be_made_says_why_and_is_tried_again_when_used(tmp_pa
     from distributed import LocalCluster
 
     secret = "kernel-token-never-shown-5d1e"
-    pools = tmp_path / "dask-pools.json"
     # port 9 (discard): nothing answers there
-    session = Session("gpu", pools_file=str(pools), url="http://127.0.0.1:9", token=secret).start()
+    session = Session("gpu", url="http://127.0.0.1:9", token=secret).start()
     status = session.ready(60)
-    assert "no Dask pool is running" in status["pool"] and str(pools) in status["pool"]
+    assert status["pool"] == "made on the first use of skerry.client"  # nothing asked yet
     assert status["api"].startswith("the workload API at http://127.0.0.1:9 cannot be used")
-    assert secret not in repr(session) and secret not in json.dumps(status)
+    with pytest.raises(SessionError, match="skerry.client is unavailable: cannot reach the skerry platform"):
+        session.client
+    assert secret not in repr(session) and secret not in json.dumps(session.status())
 
+    # a stand-in for the platform's API (a real HTTP server): refuses once, then answers a real cluster
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
-                      dashboard_address=":0") as cluster:
-        pools.write_text(json.dumps({"cpu": "tcp://127.0.0.1:9", "gpu": cluster.scheduler_address}))
+                      dashboard_address=":0") as cluster, _api_answering(cluster.scheduler_address, secret) as url:
+        session = Session("gpu", url=url, token=secret).start()
+        with pytest.raises(SessionError, match="the workload manager is not running"):
+            session.client
         try:
             assert session.client.scheduler.address == cluster.scheduler_address
             assert session.client.submit(lambda x: x * 2, 21).result() == 42
@@ -66,18 +74,59 @@ def test_a_part_that_cannot_be_made_says_why_and_is_tried_again_when_used(tmp_pa
             session.close()
 
 
+@contextlib.contextmanager
+def _api_answering(address: str, token: str):
+    """An HTTP server on a free port answering ``POST .../clusters/gpu`` as the platform does:
+    503 the first time, then ``address``; a request without ``token`` gets 401."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            if self.headers.get("Authorization") != f"token {token}":
+                self._answer(401, {"error": "invalid_token", "message": "no"})
+            elif self.path != "/services/skerry/api/v1/clusters/gpu":
+                self._answer(404, {"error": "not_found", "message": self.path})
+            else:
+                asked.append(self.path)
+                self._answer(*((503, {"error": "manager_unavailable", "message": "the workload manager is "
+                                      "not running"}) if len(asked) == 1 else
+                               (200, {"pool": "gpu", "address": address, "tls": None})))
+
+        def _answer(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ---- on a running platform ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def alice_server(platform, alice):
-    """alice's server URL and token, a file in her home, and the platform's pools running."""
+    """alice's server URL and token, and a file in her home."""
     home = platform.data_dir / "users" / "alice"
     (home / "notes").mkdir(parents=True, exist_ok=True)
     (home / "notes" / "hello.txt").write_text("hello from alice's home\n")
-    pools = platform.data_dir / "run" / "dask-pools.json"
-    wait_for(pools.exists, 120, what="the scheduler's pools (run/dask-pools.json)")
-    return f"{platform.url}/user/alice/", alice, json.loads(pools.read_text())
+    account = platform.account("alice")
+    os.chown(home / "notes", account.pw_uid, account.pw_gid)
+    os.chown(home / "notes" / "hello.txt", account.pw_uid, account.pw_gid)
+    return f"{platform.url}/user/alice/", alice
 
 
 def run(kernel, code):
@@ -90,7 +139,7 @@ def run(kernel, code):
 def test_alices_server_offers_both_kernels(platform, alice_server):
     import httpx
 
-    url, token, _ = alice_server
+    url, token = alice_server
     r = httpx.get(url + "api/kernelspecs", headers={"Authorization": f"token {token}"}, timeout=60)
     assert r.status_code == 200, r.text
     specs = r.json()["kernelspecs"]
@@ -99,21 +148,29 @@ def test_alices_server_offers_both_kernels(platform, alice_server):
 
 @pytest.mark.platform
 def test_skerry_kernel_has_alices_adaptors_the_cpu_pool_and_the_api_as_alice(platform, alice_server):
-    url, token, pools = alice_server
+    url, token = alice_server
     with RemoteKernel(url, token, "skerry") as kernel:
         ready = json.loads(run(kernel, "import json; print(json.dumps(skerry.ready()))").stdout)
         assert set(ready) == {"adaptors", "pool", "api"}
-        assert all(isinstance(v, float) for v in ready.values()), ready
+        assert isinstance(ready["adaptors"], float) and isinstance(ready["api"], float), ready
+        assert ready["pool"] == "made on the first use of skerry.client"  # no cluster for a kernel without Dask
 
         # skerry:// is alice's storage, through the session and through fsspec alike
         assert run(kernel, "skerry.fs.ls('home/notes', detail=False)").value == "['home/notes/hello.txt']"
         text = run(kernel, "import fsspec\nprint(fsspec.open('skerry://home/notes/hello.txt', 'r').open().read())")
         assert text.stdout == "hello from alice's home\n\n"
 
-        # the Dask client: connected to the platform's cpu pool, running tasks, Dask's default
-        assert run(kernel, "skerry.client.scheduler.address").value == repr(pools["cpu"])
+        # the Dask client: made on first use, over TLS to her own cluster of the cpu pool, whose
+        # tasks run as her account; Dask's default client
+        address = run(kernel, "print(skerry.client.scheduler.address)").stdout.strip()
+        assert address.startswith("tls://127.0.0.1:")
+        clusters = platform.api("GET", f"{API}/clusters", token=token).json()
+        assert clusters == {"pools": ["cpu"], "clusters": {"cpu": address}}
         assert run(kernel, "skerry.client.submit(lambda x: x + 1, 41).result()").value == "42"
+        assert run(kernel, "import os; skerry.client.submit(os.getuid, pure=False).result()").value == \
+            str(platform.account("alice").pw_uid)
         assert run(kernel, "import dask.bag as db; db.from_sequence(range(10)).sum().compute()").value == "45"
+        assert isinstance(json.loads(run(kernel, "print(json.dumps(skerry.ready()))").stdout)["pool"], float)
 
         # the workload API as alice: her dataset is hers
         run(kernel, "skerry.api.create_dataset('kernel.made')")
@@ -124,7 +181,7 @@ def test_skerry_kernel_has_alices_adaptors_the_cpu_pool_and_the_api_as_alice(pla
         # the session shows what it is connected to, never the token
         shown = run(kernel, "import os; t = os.environ['JUPYTERHUB_API_TOKEN']; s = repr(skerry.session); "
                             "print(s); print(bool(t) and t not in s)").stdout
-        assert "alice" in shown and pools["cpu"] in shown and "skerry:// home" in shown
+        assert "alice" in shown and address in shown and "skerry:// home" in shown
         assert shown.rstrip().endswith("True")
 
         # `skerry` is the package: importing it changes nothing, and the pipeline API is there
@@ -134,17 +191,15 @@ def test_skerry_kernel_has_alices_adaptors_the_cpu_pool_and_the_api_as_alice(pla
 
 @pytest.mark.platform
 def test_gpu_kernel_without_a_gpu_pool_says_so_and_runs_on(platform, alice_server):
-    url, token, pools = alice_server
-    assert "gpu" not in pools
+    url, token = alice_server
     with RemoteKernel(url, token, "skerry-gpu") as kernel:
         first = run(kernel, "1 + 1")
-        assert first.value == "2"
-        assert "skerry: this platform runs no 'gpu' Dask pool (pools running: cpu)" in first.stderr
-        assert "Traceback" not in first.stderr
+        assert first.value == "2" and "skerry:" not in first.stderr  # nothing is wrong until Dask is used
 
         refused = kernel.execute("skerry.client")
         assert refused.error["ename"] == "SessionError"
-        assert "no 'gpu' Dask pool" in refused.error["evalue"]
+        assert "this platform runs no 'gpu' pool (pools: cpu)" in refused.error["evalue"]
+        assert 'Use the "Python 3 (skerry)" kernel for the cpu pool' in refused.error["evalue"]
 
         # the rest of the session works in the GPU kernel too
         assert run(kernel, "skerry.fs.ls('home/notes', detail=False)").value == "['home/notes/hello.txt']"

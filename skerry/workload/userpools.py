@@ -275,6 +275,22 @@ def connect_file(folder) -> "Path":
     return Path(folder) / "connect.json"
 
 
+def running_clusters(data, user: str) -> dict[str, str]:
+    """``{pool: address}`` of ``user``'s running clusters (``data``: the ``DataDir``), from
+    their connect files."""
+    import json
+
+    found = {}
+    for folder in sorted((data.handover(user) / "dask").glob("*")):
+        try:
+            address = json.loads(connect_file(folder).read_text())["address"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(address, str):
+            found[folder.name] = address
+    return found
+
+
 def _write_connect(folder, cluster) -> None:
     import json
     import os
