@@ -1,11 +1,14 @@
 """One identity per user: alice's code runs as her own OS account and reaches nothing of
-bob's or of the platform's (issue "One identity per user", must-shows 1 and 2, from her
-kernel and her terminal).
+bob's or of the platform's (issue "One identity per user", must-shows 1, 2 and 3): from
+her kernel, her terminal, a job of each module kind (callable, command, notebook) run
+through the REST API, and tasks, ``run``, ``run_on_scheduler`` and a worker plugin sent
+through her ``skerry.client``; her code cannot use bob's Dask cluster, and no worker
+process runs jobs of both.
 
 Nothing is mocked: a real ``skerry up`` as root, real accounts made at the first spawn,
 alice's real Jupyter server, a "skerry" kernel and a JupyterLab terminal driven through the
-hub's proxy as JupyterLab drives them. Every refusal asserted here is the kernel's
-(EACCES, ENOENT, EPERM), not an HTTP one.
+hub's proxy as JupyterLab drives them, the workload manager's per-user Dask clusters.
+Every refusal asserted here is the kernel's (EACCES, ENOENT, EPERM), not an HTTP one.
 """
 
 import json
@@ -25,30 +28,44 @@ from skerry.kernels.remote import RemoteKernel
 from skerry.process import group_members, processes_of
 
 
-POOLS = {"cpu": None, "gpu": None}  # no Dask here: jobs and clients have tests of their own
+POOLS = {"cpu": {"workers": 1, "threads": 1}, "gpu": None}
+API = "/services/skerry/api/v1"
 
-# what alice's code tries, as (label, python expression of a zero-argument call)
+# what alice's code tries: ``probe()`` is what each place reports (TARGETS, ADMIN filled in)
 PROBE = r'''
 import errno, json, os, signal
+TARGETS, ADMIN = json.loads(TARGETS_JSON), ADMIN_TOKEN
 def attempt(call):
     try:
         call()
         return "allowed"
     except OSError as e:
         return errno.errorcode[e.errno]
-targets = json.loads(TARGETS)
-out = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "umask": os.umask(0o077),
-       "home": os.environ.get("HOME"), "env_has_admin_token": ADMIN in "".join(os.environ.values())}
-for label, path in targets["read"].items():
-    out["read " + label] = attempt(lambda: open(path, "rb").read(1))
-for label, path in targets["list"].items():
-    out["list " + label] = attempt(lambda: os.listdir(path))
-for label, path in targets["write"].items():
-    out["write " + label] = attempt(lambda: open(path, "wb").write(b"alice was here"))
-for label, pid in targets["signal"].items():
-    out["signal " + label] = attempt(lambda: os.kill(pid, signal.SIGTERM))
-print(json.dumps(out))
+def probe():
+    targets = TARGETS
+    umask = os.umask(0o077)
+    os.umask(umask)
+    out = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "umask": umask,
+           "home": os.environ.get("HOME"), "env_has_admin_token": ADMIN in "".join(os.environ.values()),
+           "pid": os.getpid()}
+    for label, path in targets["read"].items():
+        out["read " + label] = attempt(lambda: open(path, "rb").read(1))
+    for label, path in targets["list"].items():
+        out["list " + label] = attempt(lambda: os.listdir(path))
+    for label, path in targets["write"].items():
+        out["write " + label] = attempt(lambda: open(path, "wb").write(b"alice was here"))
+    for label, pid in targets["signal"].items():
+        out["signal " + label] = attempt(lambda: os.kill(pid, signal.SIGTERM))
+    return out
 '''
+
+
+def probe_code(platform, extra: dict | None = None) -> str:
+    """PROBE with the targets (and ``extra`` ones) and the admin token filled in."""
+    t = targets(platform)
+    for kind, more in (extra or {}).items():
+        t[kind].update(more)
+    return PROBE.replace("TARGETS_JSON", repr(json.dumps(t))).replace("ADMIN_TOKEN", repr(platform.admin_token))
 
 
 def targets(platform) -> dict:
@@ -95,7 +112,7 @@ def check_refused(found: dict, platform):
     assert found["uid"] not in (bob.pw_uid, 0, os.getuid())
     assert found["groups"] == [], found["groups"]
     assert found["umask"] == 0o077
-    assert found["home"] == str(platform.data_dir / "users" / "alice")
+    assert found["home"] == str(platform.data_dir / "users" / "alice"), found["home"]
     assert found["env_has_admin_token"] is False
     refusals = {k: v for k, v in found.items() if k.split(" ")[0] in ("read", "list", "write", "signal")}
     allowed = {k: v for k, v in refusals.items() if v not in ("EACCES", "ENOENT", "EPERM")}
@@ -105,7 +122,7 @@ def check_refused(found: dict, platform):
 
 @pytest.mark.platform
 def test_alices_kernel_runs_as_her_account_and_reaches_nothing_else(platform, alice, bob, bob_file):
-    code = PROBE.replace("TARGETS", repr(json.dumps(targets(platform)))).replace("ADMIN", repr(platform.admin_token))
+    code = probe_code(platform) + "print(json.dumps(probe()))"
     with RemoteKernel(f"{platform.url}/user/alice/", alice, "skerry") as kernel:
         result = kernel.execute(code)
         assert result.error is None, "\n".join(result.error["traceback"])
@@ -215,3 +232,189 @@ def test_without_the_right_to_switch_users_skerry_up_is_single_user(tmp_path):
     first, reason = done.stdout.splitlines()
     assert first == "None nobody"
     assert "without the privilege to switch users" in reason and "single-user mode" in reason
+
+
+# ---- jobs and Dask: alice's own cluster ----
+
+# a job of each module kind runs probe() and writes what it found to its output (``skerry_probe``
+# is a module of alice's own, in her Python user site as ``pip install --user`` would put it)
+JOBS = r'''
+
+def job(ctx):  # a callable module
+    with ctx.open_output("found") as f:
+        f.write(json.dumps(probe()).encode())
+
+
+if __name__ == "__main__":  # a command module: python -m skerry_probe OUTPUT
+    import sys
+    with open(sys.argv[1], "w") as f:
+        json.dump(probe(), f)
+'''
+NOTEBOOK_CELLS = ["input = None\nfound = None", "import json, skerry_probe\n"
+                  "open(found, 'w').write(json.dumps(skerry_probe.probe()))"]
+ONE_OUTPUT = {"inputs": [{"name": "input"}], "outputs": [{"name": "found", "file_name": "{stem}.{job}.json"}]}
+
+
+def user_site(platform, user: str):
+    """``user``'s Python user site (made, the account's own): what their processes import from."""
+    import sys
+
+    account = platform.account(user)
+    site = platform.data_dir / "users" / user / ".local" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
+        / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    for folder in [site, *site.parents]:
+        if folder == platform.data_dir / "users" / user:
+            break
+        os.chown(folder, account.pw_uid, account.pw_gid)
+    return site
+
+
+def write_as(platform, user: str, path, text: str) -> None:
+    account = platform.account(user)
+    path.write_text(text)
+    os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def run_module(platform, owner: str, token: str, name: str, spec: dict, tag: str) -> list[dict]:
+    """Register ``spec`` as ``name``, run it over a one-file dataset of the user's: what each
+    job wrote (the run must succeed)."""
+    call = lambda method, path, **kw: platform.api(method, API + path, token=token, **kw)  # noqa: E731
+    r = call("POST", "/modules", json={"name": name, "version": "1", **ONE_OUTPUT, **spec})
+    assert r.status_code == 201, r.text
+    home = platform.data_dir / "users" / owner
+    folder = home / f"in-{tag}"
+    folder.mkdir(exist_ok=True)
+    write_as(platform, owner, folder / "one.txt", "one\n")
+    for method, path, body in [("POST", "/datasets", {"name": f"in.{tag}", "location": f"skerry://home/in-{tag}"}),
+                               ("POST", f"/datasets/in.{tag}/files", {"files": [
+                                   {"uri": f"skerry://home/in-{tag}/one.txt", "size": 4}]}),
+                               ("POST", f"/datasets/in.{tag}/close", None),
+                               ("POST", "/workflows", {"name": f"wf-{tag}", "steps": [
+                                   {"name": "probe", "module": name, "inputs": {"input": "dataset"}}]})]:
+        r = call(method, path, **({"json": body} if body is not None else {}))
+        assert r.status_code in (200, 201), r.text
+    r = call("POST", "/runs", json={"workflow": f"wf-{tag}", "dataset": f"in.{tag}"})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    deadline = time.monotonic() + 240
+    while (run := call("GET", f"/runs/{run_id}").json())["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, run
+        time.sleep(0.5)
+    jobs = call("GET", "/jobs", params={"task": run["tasks"][0]["id"]}).json()["jobs"]
+    assert run["state"] == "succeeded", jobs
+    files = call("GET", f"/datasets/{run['tasks'][0]['output_dataset']}/files").json()["files"]
+    assert files, run
+    return [json.loads((home / f["uri"].removeprefix("skerry://home/")).read_text()) for f in files]
+
+
+def cluster_files(platform, user: str) -> dict[str, str]:
+    folder = platform.data_dir / "run" / "users" / user / "dask" / "cpu"
+    return {f"{user}'s cluster {name}": str(folder / name)
+            for name in ("user-key.pem", "platform-key.pem", "cluster-key.pem", "connect.json")}
+
+
+@pytest.fixture(scope="module")
+def bobs_job(platform, bob, bob_file):
+    """A callable job of bob's has run on his own cluster: what it reported (its worker's pid)."""
+    site = user_site(platform, "bob")
+    # bob's own module only says who runs it (a probe of his would signal his own server)
+    write_as(platform, "bob", site / "skerry_probe.py", "import json, os\n\ndef probe():\n"
+             "    return {'uid': os.getuid(), 'pid': os.getpid()}\n" + JOBS)
+    [found] = run_module(platform, "bob", bob, "bob-probe", {"callable": "skerry_probe:job"}, "bob")
+    assert found["uid"] == platform.account("bob").pw_uid
+    return found
+
+
+def bob_extras(platform, bobs_job) -> dict:
+    """What alice's code also tries once bob's cluster runs: its keys, his jobs' adaptors,
+    the environment of his worker, a signal to it."""
+    handed = platform.data_dir / "run" / "users" / "bob"
+    for path in [*cluster_files(platform, "bob").values(), handed / "jobs.adaptors.json"]:
+        assert os.path.isfile(path), path  # there: a refusal of it is not a missing file
+    return {"read": {**cluster_files(platform, "bob"), "bob's jobs adaptors": str(handed / "jobs.adaptors.json"),
+                     "/proc of bob's worker": f"/proc/{bobs_job['pid']}/environ"},
+            "list": {"bob's cluster folder": str(handed / "dask" / "cpu")},
+            "signal": {"bob's worker": bobs_job["pid"]}}
+
+
+@pytest.mark.platform
+@pytest.mark.timeout(600)
+def test_alices_jobs_of_each_kind_run_as_her_account_and_reach_nothing_else(platform, alice, bob, bob_file,
+                                                                           bobs_job):
+    site = user_site(platform, "alice")
+    write_as(platform, "alice", site / "skerry_probe.py", probe_code(platform, bob_extras(platform, bobs_job)) + JOBS)
+    home = platform.data_dir / "users" / "alice"
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_CELLS[0], metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(NOTEBOOK_CELLS[1])]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    write_as(platform, "alice", home / "probe.ipynb", nbformat.writes(nb))
+    python = os.path.realpath(__import__("sys").executable)
+    kinds = {"callable": {"callable": "skerry_probe:job"},
+             "command": {"command": [python, "-m", "skerry_probe", "{output}"]},
+             "notebook": {"notebook": "skerry://home/probe.ipynb"}}
+    workers = set()
+    for kind, spec in kinds.items():
+        [found] = run_module(platform, "alice", alice, f"probe-{kind}", spec, kind)
+        check_refused(found, platform)
+        assert found["read bob's jobs adaptors"] in ("EACCES", "ENOENT")
+        if kind == "callable":
+            workers.add(found["pid"])
+    # no worker process that ran bob's job runs one of alice's: her worker is her account's, not his
+    assert bobs_job["pid"] not in workers
+    assert bobs_job["pid"] not in processes_of(platform.account("alice").pw_uid)
+    assert (platform.data_dir / "users" / "bob" / "private.txt").read_bytes() == b"bob only"
+
+
+# what alice's own client does on her cluster, and tries on bob's
+CLIENT = r'''
+from distributed import Client
+from distributed.diagnostics.plugin import WorkerPlugin
+from skerry.workload.clusters import security
+
+mine = skerry.client
+out = {"submit": mine.submit(probe, pure=False).result(),
+       "run": list(mine.run(probe).values()),
+       "run_on_scheduler": mine.run_on_scheduler(probe)}
+
+class Probe(WorkerPlugin):
+    def setup(self, worker):
+        worker.skerry_probe = probe()
+
+mine.register_plugin(Probe(), name="probe")
+out["register_plugin"] = list(mine.run(lambda dask_worker: dask_worker.skerry_probe).values())
+tls = skerry.api.cluster("cpu")["tls"]
+for label, address, kwargs in [("her files", BOB, {"security": security(tls)}),
+                               ("no TLS", BOB.replace("tls://", "tcp://"), {})]:
+    try:
+        Client(address, timeout=5, set_as_default=False, **kwargs).close()
+        out["connect " + label] = "connected"
+    except Exception as e:
+        out["connect " + label] = type(e).__name__
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.platform
+@pytest.mark.timeout(600)
+def test_alices_dask_client_runs_as_her_on_her_cluster_and_cannot_use_bobs(platform, alice, bob, bob_file,
+                                                                           bobs_job):
+    bob_address = json.loads((platform.data_dir / "run" / "users" / "bob" / "dask" / "cpu" / "connect.json")
+                             .read_text())["address"]
+    code = probe_code(platform, bob_extras(platform, bobs_job)) + CLIENT.replace("BOB", repr(bob_address))
+    with RemoteKernel(f"{platform.url}/user/alice/", alice, "skerry") as kernel:
+        result = kernel.execute(code, timeout=300)
+        assert result.error is None, "\n".join(result.error["traceback"])
+    out = json.loads(result.stdout)
+    for where in ("submit", "run", "run_on_scheduler", "register_plugin"):
+        for found in out[where] if isinstance(out[where], list) else [out[where]]:
+            check_refused(found, platform)
+            assert found["pid"] != bobs_job["pid"]
+    assert out["connect her files"] != "connected" and out["connect no TLS"] != "connected", out
+    assert out["run_on_scheduler"]["read bob's cluster user-key.pem"] == "EACCES"
+    # bob's cluster ran on: his next job still runs (nothing of alice's touched it)
+    [again] = run_module(platform, "bob", bob, "bob-probe-2", {"callable": "skerry_probe:job"}, "bob2")
+    assert again["uid"] == platform.account("bob").pw_uid
