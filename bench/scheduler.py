@@ -1,6 +1,7 @@
 """Scheduler throughput: noop jobs through the full path versus raw ``client.map``.
 
     python bench/scheduler.py [--jobs 10000] [--queued 100000] [--windows 2,50] [--batch-times 0.05,0]
+    python bench/scheduler.py --platform [--jobs 2000]     # as root: per-user clusters, REST to end
 
 One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
 ``distributed.scheduler.worker-saturation: inf`` serves every measurement:
@@ -20,7 +21,15 @@ One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
    seconds swing with the others' load; the CPU time shows whether the loop slows down).
 Each line also gives the CPU time per job of this process (the scheduler loop, the Dask
 scheduler and client) and of the two worker processes, and the load average before it.
-Asserts nothing.
+
+``--platform``: the whole platform instead (``skerry up`` as root, ``pools.json`` cpu of 2
+single-threaded workers, so each user's cluster has 2): alice's run of ``--jobs`` noop
+jobs over a dataset of that many files in her home, timed from ``POST /runs`` until ``GET
+/runs/<id>`` says it succeeded (polled every 50 ms): first with her cluster not running
+(its start is part of the run), then again with it running. Against the same noop over
+the same files on a ``LocalCluster`` of the same size, as a user would run it by hand:
+``client.map`` one task per file, and batched (one task per worker's share, the strongest
+alternative); the ratio is to the faster of the two (target >= 0.7). Asserts nothing.
 """
 
 import argparse
@@ -110,13 +119,105 @@ def rate_between(samples: list[tuple[float, int, float]], low: int, high: int) -
     return (high - low) / (t1 - t0), 1e6 * (c1 - c0) / (high - low)
 
 
+def run_files(urls: list[str]) -> int:
+    """The noop job over each file, one after the other (a batch, as a user would write it)."""
+    for url in urls:
+        run_job(NOOP, {"input": [url]}, "memory://bench-raw")
+    return len(urls)
+
+
+def by_hand(files: list[str]) -> tuple[float, float]:
+    """jobs/s of ``client.map`` one task per file, and batched one task per worker, on a
+    LocalCluster of 2 single-threaded workers (best of 2 tries each, warm workers)."""
+    with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                         scheduler_kwargs=NO_DASHBOARD) as cluster, Client(cluster) as client:
+        client.gather(client.map(run_files, [files[:50], files[50:100]], pure=False))  # imports
+        rates = {"one": 0.0, "batched": 0.0}
+        for _ in range(2):
+            start = time.perf_counter()
+            client.gather(client.map(run_files, [[f] for f in files], pure=False))
+            rates["one"] = max(rates["one"], len(files) / (time.perf_counter() - start))
+            start = time.perf_counter()
+            client.gather(client.map(run_files, [files[0::2], files[1::2]], pure=False))
+            rates["batched"] = max(rates["batched"], len(files) / (time.perf_counter() - start))
+    return rates["one"], rates["batched"]
+
+
+def platform_runs(n: int) -> None:
+    """The ``--platform`` measurement (module docstring)."""
+    import hashlib
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from helpers import Platform, open_for_accounts, remove_accounts
+
+    from skerry.accounts import AccountPolicy, ensure_account
+
+    api = "/services/skerry/api/v1"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = open_for_accounts(Path(tmp)) / "data"
+        data.mkdir()
+        (data / "pools.json").write_text(json.dumps({"cpu": {"workers": 2, "threads": 1}, "gpu": None}))
+        platform = Platform(data).start()
+        try:
+            platform.create_user("alice")
+            token = platform.user_token("alice")
+            account = ensure_account("alice", data / "users" / "alice",
+                                     AccountPolicy(template=platform.account_template))
+            home = data / "users" / "alice" / "in"
+            home.mkdir()
+            os.chown(home, account.uid, account.gid)
+            entries = []
+            for i in range(n):
+                (home / f"f{i:05d}.txt").write_bytes(b"x")
+                os.chown(home / f"f{i:05d}.txt", account.uid, account.gid)
+                entries.append({"uri": f"skerry://home/in/f{i:05d}.txt", "size": 1,
+                                "checksum": hashlib.md5(b"x").hexdigest()})
+
+            def call(method, path, **kw):
+                r = platform.api(method, api + path, token=token, **kw)
+                assert r.status_code < 300, r.text
+                return r.json()
+
+            call("POST", "/workflows", json={"name": "noops", "steps": [
+                {"name": "noop", "module": "noop", "inputs": {"input": "dataset"}}]})
+            for label in ("her cluster not running", "her cluster running"):
+                name = f"in.{len(label)}"
+                call("POST", "/datasets", json={"name": name, "location": "skerry://home/in"})
+                call("POST", f"/datasets/{name}/files", json={"files": entries})
+                call("POST", f"/datasets/{name}/close")
+                start = time.perf_counter()
+                run_id = call("POST", "/runs", json={"workflow": "noops", "dataset": name})["id"]
+                while (state := call("GET", f"/runs/{run_id}")["state"]) not in ("succeeded", "failed"):
+                    time.sleep(0.05)
+                took = time.perf_counter() - start
+                assert state == "succeeded", call("GET", f"/runs/{run_id}")
+                print(f"platform, {label}: {n} noop jobs from POST /runs to succeeded in {took:.2f} s, "
+                      f"{n / took:,.0f} jobs/s", flush=True)
+        finally:
+            platform.stop()
+            remove_accounts(platform.account_template)
+        one, batched = by_hand([str(home / f"f{i:05d}.txt") for i in range(n)])
+    best = max(one, batched)
+    print(f"by hand on a LocalCluster of the same size: client.map one task per file {one:,.0f} jobs/s, "
+          f"batched one task per worker {batched:,.0f} jobs/s")
+    print(f"ratio, her cluster running: {n / took / best:.2f} of the faster by hand (target >= 0.7)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--platform", action="store_true", help="per-user clusters through the REST API (as root)")
+    parser.add_argument("--jobs", type=int, default=None, help="jobs per measurement (10000; 2000 with --platform)")
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--windows", default="2,50")
     parser.add_argument("--batch-times", default="0.05,0")
     args = parser.parse_args()
+    if args.platform:
+        platform_runs(args.jobs or 2000)
+        return
+    args.jobs = args.jobs or 10_000
     windows = [float(w) for w in args.windows.split(",")]
     batch_times = [float(b) for b in args.batch_times.split(",")]
     with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}), \

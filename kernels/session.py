@@ -29,7 +29,6 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading

@@ -30,7 +30,6 @@ ARTIFACTS = REPO / "test-artifacts"
 
 @pytest.mark.timeout(600)
 def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(platform, alice, browser, tmp_path):
-    wait_for((platform.data_dir / "run" / "dask-pools.json").exists, 120, what="the scheduler's pools")
     sign_up(platform, "alice", PASSWORD)
     folder = platform.data_dir / "users" / "alice" / "tutorial"
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ later: the loop does not die of it. Progress goes to the hub log every ``REPORT_
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -67,6 +66,7 @@ class Manager:
         specs = load_pools(self.pools_file)
         catalog = Catalog.for_data_dir(self.data_dir)
         catalog.upgrade()
+        self.asks = serve(self.data_dir, self.cluster_for)
         if not specs:
             log.warning("%s names no pool: the catalog's jobs stay queued", self.pools_file)
             return
@@ -81,7 +81,6 @@ class Manager:
             kind = "local" if specs[name].local else specs[name].address
             whose = "a cluster per user" if policy else "shared"
             log.info("pool %s (%s, %s): %d slots", name, kind, whose, self.runner.slots(name))
-        self.asks = serve(self.data_dir, self.cluster_for)
 
     def _user_pools(self, specs, policy):
         """A platform with accounts: each user's jobs on a cluster of their own (``userpools``)."""
@@ -106,7 +105,8 @@ class Manager:
         if isinstance(self.runner, UserPools):
             return self.runner.cluster_for(user, pool)
         if pool not in self.addresses:
-            raise NoPool(f"this platform runs no {pool!r} pool (pools: {', '.join(sorted(self.addresses))})")
+            pools = ", ".join(sorted(self.addresses)) or "none"
+            raise NoPool(f"this platform runs no {pool!r} pool (pools: {pools})")
         return {"pool": pool, "address": self.addresses[pool], "tls": None}
 
     def loop(self) -> None:

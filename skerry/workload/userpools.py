@@ -37,6 +37,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from ..errors import SkerryError
@@ -267,11 +268,9 @@ class UserPools:
             _remove_connect(folder)
 
 
-def connect_file(folder) -> "Path":
+def connect_file(folder) -> Path:
     """``connect.json`` of a running cluster: its pool, address and the user's TLS files
     (the platform's, 0640: the account reads it; the service shows it to its user)."""
-    from pathlib import Path
-
     return Path(folder) / "connect.json"
 
 
