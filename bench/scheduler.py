@@ -28,8 +28,8 @@ jobs over a dataset of that many files in her home, timed from ``POST /runs`` un
 /runs/<id>`` says it succeeded (polled every 50 ms): first with her cluster not running
 (its start is part of the run), then again with it running. Against the same noop over
 the same files on a ``LocalCluster`` of the same size, as a user would run it by hand:
-``client.map`` one task per file, and batched (one task per worker's share, the strongest
-alternative); the ratio is to the faster of the two (target >= 0.7). Asserts nothing.
+``client.map`` one task per file (the issue's target: >= 0.7 of it), and batched (one
+task per worker's share: the strongest alternative); both ratios are printed. Asserts nothing.
 """
 
 import argparse
@@ -144,6 +144,27 @@ def by_hand(files: list[str]) -> tuple[float, float]:
     return rates["one"], rates["batched"]
 
 
+def phases(data: Path, run_id: int, wall: float) -> str:
+    """Where a run's time went, from the catalog: seconds after POST /runs until its jobs
+    were made, the first attempt started, the last ended."""
+    from sqlalchemy import func, select
+
+    from skerry.workload.models import Job, JobAttempt, Task
+
+    catalog = Catalog.for_data_dir(data)
+    try:
+        with catalog.session() as s:
+            jobs = select(Job.id).join(Task, Task.id == Job.task_id).where(Task.run_id == run_id)
+            made = s.execute(select(func.max(Job.created)).where(Job.id.in_(jobs))).scalar_one()
+            first, last = s.execute(select(func.min(JobAttempt.started), func.max(JobAttempt.ended))
+                                    .where(JobAttempt.job_id.in_(jobs))).one()
+    finally:
+        catalog.dispose()
+    at = [t.replace(tzinfo=t.tzinfo or __import__("datetime").timezone.utc).timestamp() - wall
+          for t in (made, first, last)]
+    return f"jobs made at {at[0]:.2f} s, first started {at[1]:.2f} s, last ended {at[2]:.2f} s"
+
+
 def platform_runs(n: int) -> None:
     """The ``--platform`` measurement (module docstring)."""
     import hashlib
@@ -188,22 +209,22 @@ def platform_runs(n: int) -> None:
                 call("POST", "/datasets", json={"name": name, "location": "skerry://home/in"})
                 call("POST", f"/datasets/{name}/files", json={"files": entries})
                 call("POST", f"/datasets/{name}/close")
-                start = time.perf_counter()
+                wall, start = time.time(), time.perf_counter()
                 run_id = call("POST", "/runs", json={"workflow": "noops", "dataset": name})["id"]
                 while (state := call("GET", f"/runs/{run_id}")["state"]) not in ("succeeded", "failed"):
                     time.sleep(0.05)
                 took = time.perf_counter() - start
                 assert state == "succeeded", call("GET", f"/runs/{run_id}")
                 print(f"platform, {label}: {n} noop jobs from POST /runs to succeeded in {took:.2f} s, "
-                      f"{n / took:,.0f} jobs/s", flush=True)
+                      f"{n / took:,.0f} jobs/s; {phases(data, run_id, wall)}", flush=True)
         finally:
             platform.stop()
             remove_accounts(platform.account_template)
         one, batched = by_hand([str(home / f"f{i:05d}.txt") for i in range(n)])
-    best = max(one, batched)
     print(f"by hand on a LocalCluster of the same size: client.map one task per file {one:,.0f} jobs/s, "
           f"batched one task per worker {batched:,.0f} jobs/s")
-    print(f"ratio, her cluster running: {n / took / best:.2f} of the faster by hand (target >= 0.7)")
+    print(f"ratio, her cluster running: {n / took / one:.2f} of client.map one task per file (target >= 0.7), "
+          f"{n / took / batched:.2f} of client.map batched (the strongest by hand)")
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigError, SkerryError
+from .bulk import Bulk
 from .models import (DATASET_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, File, FileProblem, Job, JobAttempt,
                      JobInput, Module, Run, Task, Workflow, now)
 
@@ -93,6 +94,26 @@ _FILE_FIELDS = {"uri", "size", "checksum"}
 
 
 # ---- errors ---------------------------------------------------------------
+
+
+_JOB_INPUTS = Bulk(insert(JobInput))
+
+
+def insert_jobs(s: Session, task_id: int, inputs: list[list[int]], *, state: str, pool: str,
+                resources: dict) -> list[int]:
+    """Insert one job per item of ``inputs`` (file ids, checked by the caller) with their
+    input links, in a few statements, and count them in the task; their ids."""
+    stamp = now()
+    conn = s.connection()  # Core, not the ORM's bulk path: a few times faster per row
+    rows = [{"task_id": task_id, "state": state, "pool": pool, "resources": resources, "attempts": 0,
+             "created": stamp, "updated": stamp} for _ in inputs]
+    ids = list(conn.execute(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows).scalars())
+    links = [{"job_id": job_id, "position": i, "file_id": f}
+             for job_id, files in zip(ids, inputs) for i, f in enumerate(files)]
+    for start in range(0, len(links), BATCH):
+        _JOB_INPUTS.run(conn, links[start:start + BATCH])
+    conn.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + len(ids)))
+    return ids
 
 
 class CatalogError(SkerryError):
@@ -771,16 +792,7 @@ class Catalog:
             if not inputs:
                 return []
             self._check_inputs(s, task, inputs)
-            stamp = now()
-            rows = [{"task_id": task_id, "state": state, "pool": pool, "resources": resources, "attempts": 0,
-                     "created": stamp, "updated": stamp} for _ in inputs]
-            ids = list(s.execute(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows).scalars())
-            links = [{"job_id": job_id, "position": i, "file_id": f}
-                     for job_id, files in zip(ids, inputs) for i, f in enumerate(files)]
-            for start in range(0, len(links), BATCH):
-                s.execute(insert(JobInput), links[start:start + BATCH])
-            s.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + len(ids)))
-            return ids
+            return insert_jobs(s, task_id, inputs, state=state, pool=pool, resources=resources)
 
     @staticmethod
     def _check_inputs(s: Session, task: Task, inputs: list[list[int]]) -> None:

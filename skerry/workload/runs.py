@@ -56,8 +56,8 @@ from sqlalchemy import exists, select, update
 
 from ..errors import ConfigError, SkerryError
 from .builtins import BUILTINS
-from .catalog import CatalogError, check_uri
-from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow, now
+from .catalog import CatalogError, check_uri, insert_jobs
+from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow
 from .modules import ModuleRegistry, load_module
 from .workflows import load_workflow, matching_workflows
 
@@ -282,16 +282,9 @@ class Planner:
                 groups.pop()  # a partial chunk waits for more files
         if not groups:
             return 0
-        stamp = now()
         pool = "gpu" if step.module.resources.gpu > 0 else "cpu"
-        resources = step.module.resources.model_dump(mode="json")
-        for group in groups:
-            job = Job(task_id=task.id, state="queued", pool=pool, resources=resources, attempts=0,
-                      created=stamp, updated=stamp)
-            s.add(job)
-            s.flush()
-            s.add_all(JobInput(job_id=job.id, position=i, file_id=f) for i, f in enumerate(group))
-        s.execute(update(Task).where(Task.id == task.id).values(jobs_total=Task.jobs_total + len(groups)))
+        insert_jobs(s, task.id, groups, state="queued", pool=pool,
+                    resources=step.module.resources.model_dump(mode="json"))
         return len(groups)
 
     def finish_runs(self) -> list[int]:

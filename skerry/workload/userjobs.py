@@ -35,7 +35,7 @@ import os
 import subprocess
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,7 +96,7 @@ class UserJobs:
                                      error=f"the runner of {self.cluster.account.hub_name}'s "
                                            f"{self.cluster.pool} jobs had stopped"))
             return
-        self._send({"op": "submit", "batches": [[asdict(s) for s in b] for b in batches], "avoid": avoid})
+        self._send({"op": "submit", "batches": [[_fields(s) for s in b] for b in batches], "avoid": avoid})
 
     def cancel(self, attempts) -> None:
         """Forget the attempts here and ask the runner to cancel them."""
@@ -175,6 +175,14 @@ class UserJobs:
                                 error=_str(msg["error"], none=True), took=_number(msg["took"], none=True))
             del self.pending[key]
             return finished
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
+
+
+def _fields(spec: JobSpec) -> dict:
+    """A JobSpec as JSON-able fields (not ``asdict``: it deep-copies every module spec)."""
+    return {name: getattr(spec, name) for name in _SPEC_FIELDS}
 
 
 def _environment(cluster) -> dict[str, str]:
