@@ -19,14 +19,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import httpx
+import websocket  # websocket-client, a dependency of jupyter_server
 
-__all__ = ["RemoteKernel", "Result", "KernelError"]
+__all__ = ["RemoteKernel", "Result", "KernelError", "KernelDied"]
 
 TIMEOUT_S = 60.0
 
 
 class KernelError(RuntimeError):
     """The server refused the kernel, or the kernel stopped answering."""
+
+
+class KernelDied(KernelError):
+    """The kernel died while running the code (its server says it is restarting it, or gave up)."""
 
 
 @dataclass
@@ -59,8 +64,6 @@ class RemoteKernel:
         if r.status_code != 201:
             raise KernelError(f"the server refused a {self.kernel_name!r} kernel: {r.status_code} {r.text[:300]}")
         self.id = r.json()["id"]
-        import websocket  # websocket-client, a dependency of jupyter_server
-
         url = "ws" + self.server_url[4:] + f"api/kernels/{self.id}/channels?session_id={self._session}"
         self._ws = websocket.create_connection(url, header=[f"{k}: {v}" for k, v in self._headers.items()],
                                                timeout=self.timeout)
@@ -82,7 +85,13 @@ class RemoteKernel:
             if time.monotonic() > deadline:
                 raise KernelError(f"the kernel did not finish {code[:60]!r} in {timeout or self.timeout:g} s")
             self._ws.settimeout(max(0.1, deadline - time.monotonic()))
-            msg = json.loads(self._ws.recv())
+            try:
+                msg = json.loads(self._ws.recv())
+            except websocket.WebSocketTimeoutException:
+                raise KernelError(f"the kernel did not finish {code[:60]!r} in {timeout or self.timeout:g} s") from None
+            state = msg.get("content", {}).get("execution_state") if msg.get("msg_type") == "status" else None
+            if state in ("restarting", "dead"):  # sent by the server, for no request: the kernel is gone
+                raise KernelDied(f"the kernel died running {code[:60]!r} (its server says {state!r})")
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             result.messages.append(msg)

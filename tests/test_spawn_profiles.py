@@ -17,6 +17,7 @@ import html
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ from helpers import descendants, open_for_accounts, pids_of, wait_for
 from skerry.hub import spawn_form
 from skerry.hub.limits import CPU_PERIOD_US, offered
 from skerry.hub.selection import BadOptions, Refused, select
-from skerry.kernels.remote import RemoteKernel
+from skerry.kernels.remote import KernelDied, KernelError, RemoteKernel
 
 platform_test = pytest.mark.platform
 
@@ -267,6 +268,28 @@ def test_past_alices_memory_limit_a_process_fails_and_her_kernel_and_server_run_
         expected = "1 True" if state["limits"]["mechanism"] == "rlimits" else "-9 False"
         assert result.stdout.strip() == expected, result.stdout
         assert kernel.execute("print(6 * 7)").stdout.strip() == "42"  # the kernel runs on
+    assert server_model(platform, "alice").get("ready") and jupyter_pid(state["pid"]) == jupyter
+
+
+@platform_test
+def test_past_alices_memory_limit_her_kernel_itself_is_stopped_and_her_server_runs_on(platform, users):
+    state = server_model(platform, "alice")["state"]
+    jupyter = jupyter_pid(state["pid"])
+    with RemoteKernel(f"{platform.url}/user/alice/", users["alice"], KERNEL, timeout=120) as kernel:
+        code = f"big = b'x' * {state['limits']['memory'] + GIB}"
+        print(f"the kernel allocates 1 GiB past {state['limits']['memory']} bytes ({state['limits']['mechanism']})")
+        if state["limits"]["mechanism"] == "rlimits":  # its own address space: MemoryError, the kernel lives
+            assert kernel.execute(code, timeout=120).error["ename"] == "MemoryError"
+        else:  # the sum of her processes: the OOM killer kills the biggest, the kernel; her server restarts it
+            with pytest.raises(KernelDied):
+                kernel.execute(code, timeout=120)
+        deadline = time.monotonic() + 120
+        while True:  # the restarted kernel (same id) answers once it is up
+            try:
+                assert kernel.execute("print(6 * 7)", timeout=10).stdout.strip() == "42"
+                break
+            except KernelError:
+                assert time.monotonic() < deadline, "the kernel did not come back"
     assert server_model(platform, "alice").get("ready") and jupyter_pid(state["pid"]) == jupyter
 
 
