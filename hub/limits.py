@@ -3,7 +3,8 @@
 A server is one process tree (``skerry.hub.microinfra`` and everything it starts: Jupyter,
 WebDAV, kernels, their workers). Limits are set in the leader between ``fork`` and ``exec``
 (:meth:`Enforcement.preexec`, a ``Popen`` ``preexec_fn``), so every process started below it
-inherits them. Three mechanisms, the first the machine offers (:func:`offered`):
+inherits them. A user's Dask cluster (``skerry.workload.clusters``) is limited the same way,
+its processes joined by the platform (:meth:`Enforcement.join`) before they start anything. Three mechanisms, the first the machine offers (:func:`offered`):
 
 - **cgroup2**, where ``/sys/fs/cgroup`` is a writable ``cgroup2`` mount with the ``cpu``
   and ``memory`` controllers (:func:`cgroup2_root`): one cgroup per server
@@ -242,14 +243,19 @@ class Enforcement:
 
     def preexec(self) -> None:
         """In the child, before ``exec``: join the cgroups, or set affinity and rlimits."""
+        self.join(os.getpid())
+
+    def join(self, pid: int) -> None:
+        """Put process ``pid`` (not yet forked children) under the limits: into the cgroups, or
+        its affinity and rlimits set (``prlimit``: the platform may set another process's)."""
         if self.cgroups:
             for cgroup in self.cgroups.values():
-                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+                (cgroup / "cgroup.procs").write_text(str(pid))
             return
         if self.cores:
-            os.sched_setaffinity(0, self.cores)
+            os.sched_setaffinity(pid, self.cores)
         if self.limits.memory is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (self.limits.memory, self.limits.memory))
+            resource.prlimit(pid, resource.RLIMIT_AS, (self.limits.memory, self.limits.memory))
 
     def cleanup(self, wait: float = 5.0) -> None:
         """Once the server has stopped: kill what is left in its cgroups (processes that left

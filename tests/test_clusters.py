@@ -280,6 +280,42 @@ def test_stop_leaves_no_process_even_one_a_task_orphaned(data, policy):
             cluster.stop()
 
 
+ALLOCATE = "big = b'x' * %d"
+
+
+def test_a_cluster_with_limits_holds_every_process_of_it_to_them(data, policy):
+    from skerry.hub.limits import Limits, members, offered
+
+    acc = account(data, policy, "erin")
+    limits = Limits(cpu=1.0, memory=900 * 2**20)
+    cluster = UserCluster.start(acc, "cpu", ClusterSpec(workers=2, threads=1), data.handover("erin") / "dask" / "cpu",
+                                watch_every=0.1, limits=limits)
+    try:
+        described = cluster.enforcement.describe()
+        assert described["mechanism"] == offered() and (described["cpu"], described["memory"]) == (1.0, 900 * 2**20)
+        with platform_client(cluster) as client:
+            worker_pids = set(client.run(os.getpid).values())
+            if described["mechanism"] == "cgroup1":  # these machines: every process of it is in its cgroups
+                memory = cluster.enforcement.cgroups["memory"]
+                assert int((memory / "memory.limit_in_bytes").read_text()) == 900 * 2**20
+                cpu = cluster.enforcement.cgroups["cpu"]
+                assert int((cpu / "cpu.cfs_quota_us").read_text()) == int((cpu / "cpu.cfs_period_us").read_text())
+                inside = members(memory) & members(cpu)
+                assert cluster.pids() <= inside and worker_pids <= inside, (cluster.pids(), inside)
+            # a task allocating past the cluster's memory is stopped (its worker killed, or MemoryError)
+            big = client.submit(exec, ALLOCATE % (limits.memory + 2**30), pure=False)
+            with pytest.raises(Exception) as failed:
+                big.result(timeout=120)
+            assert type(failed.value).__name__ in ("KilledWorker", "MemoryError", "CommClosedError"), failed.value
+            wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 60, what="the nanny to restart its worker")
+            assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3  # the cluster runs on
+        cgroups = list(cluster.enforcement.cgroups.values())
+    finally:
+        cluster.stop()
+    assert not [c for c in cgroups if c.exists()]  # stop removes them
+    assert processes_of(acc.uid) == []
+
+
 PLATFORM = """
 import sys, time
 from pathlib import Path

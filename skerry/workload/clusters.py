@@ -47,6 +47,11 @@ Rules:
   forks and orphans stays below it, where ``stop`` finds it), then runs Dask's own CLI in
   the same process. Call ``start`` from a thread that lives as long as the cluster should
   (the manager's main thread): the signal follows the starting thread, not the process;
+- with ``limits`` (``hub.limits.Limits``), the cluster's processes together get that CPU
+  and memory, by the machine's mechanism (``hub.limits``: one cgroup per cluster,
+  ``<user>--dask.<pool>``, else rlimits and affinity per process): each process waits, in
+  the wrapper, until the platform has put it in (``Enforcement.join``), so everything it
+  forks is in too; ``stop`` removes the cgroups;
 - ``stop`` freezes the whole tree (SIGSTOP, found again until nothing new appears: a
   stopped process cannot fork), then SIGKILLs it; no process of the cluster is left;
 - idle means: the scheduler holds no task (none queued, running or held in memory for a
@@ -91,6 +96,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 FILES = {"ca": "ca.pem", "cluster": ("cluster.pem", "cluster-key.pem"),
          "user": ("user.pem", "user-key.pem"), "platform": ("platform.pem", "platform-key.pem")}
 SPEC_FIELDS = ("workers", "threads", "memory", "resources", "devices")
+HOLD_ENV = "SKERRY_CLUSTER_HOLD"  # the fd a cluster process waits on until the platform set its limits
 
 
 class ClusterError(SkerryError):
@@ -277,14 +283,31 @@ def _dask_environment(account: Account, paths: dict[str, Path], work: Path) -> d
 
 
 def _launch(role: str, args: list[str], account: Account, env: dict[str, str], work: Path,
-            log, extra_env: dict[str, str] | None = None, stdout=None, stdin=subprocess.DEVNULL
-            ) -> subprocess.Popen:
-    """Start one process of the cluster as the account, through this module's wrapper (``_main``)."""
+            log, extra_env: dict[str, str] | None = None, stdout=None, stdin=subprocess.DEVNULL,
+            limits=None) -> subprocess.Popen:
+    """Start one process of the cluster as the account, through this module's wrapper
+    (``_main``), which waits until ``limits`` (a ``hub.limits.Enforcement``) took it in."""
     command = [os.path.realpath(sys.executable), "-m", "skerry.workload.clusters", role, *args]
-    return subprocess.Popen(command, cwd=work, env={**env, **(extra_env or {})}, stdin=stdin,
-                            stdout=stdout or log, stderr=log, close_fds=True,
-                            start_new_session=True,  # the terminal's ^C goes to the platform only
-                            **switch_kwargs(account))
+    hold, go = os.pipe()  # the wrapper reads ``hold`` until we close ``go``
+    try:
+        process = subprocess.Popen(command, cwd=work, env={**env, **(extra_env or {}), HOLD_ENV: str(hold)},
+                                   stdin=stdin, stdout=stdout or log, stderr=log, close_fds=True,
+                                   pass_fds=(hold,),
+                                   start_new_session=True,  # the terminal's ^C goes to the platform only
+                                   **switch_kwargs(account))
+    finally:
+        os.close(hold)
+    try:
+        if limits is not None:
+            limits.join(process.pid)
+    except OSError as e:
+        process.kill()
+        process.wait()
+        raise ClusterError(f"the {role} of {account.name}'s cluster could not be put under its limits: "
+                           f"{e.strerror or e}") from None
+    finally:
+        os.close(go)
+    return process
 
 
 def _scheduler_args(scheduler_file: Path, dashboard_port: int | None) -> list[str]:
@@ -388,6 +411,7 @@ class UserCluster:
     paths: dict[str, Path]
     processes: list[subprocess.Popen]  # scheduler, worker CLI(s), then the watcher
     started_in: float = 0.0  # seconds from the call to start until every worker had joined
+    enforcement: Any = None  # hub.limits.Enforcement of its limits (None: unlimited)
     _report: dict[str, int] | None = field(default=None, repr=False)
     _busy_at: float = field(default_factory=time.monotonic, repr=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -395,9 +419,14 @@ class UserCluster:
     @classmethod
     def start(cls, account: Account, pool: str, spec: ClusterSpec, folder: str | os.PathLike, *,
               dashboard_port: int | None = None, watch_every: float = WATCH_EVERY,
-              timeout: float = START_S) -> "UserCluster":
+              timeout: float = START_S, limits=None) -> "UserCluster":
         """Make new credentials in ``folder`` and start the cluster as ``account``; returns once
-        all ``spec.workers`` workers joined. ConfigError on bad input, ClusterError if it fails."""
+        all ``spec.workers`` workers joined. ``limits`` (``hub.limits.Limits``): CPU and memory
+        of the whole cluster, by the machine's mechanism (cgroups, else rlimits and affinity),
+        every process of it under them from its start. ConfigError on bad input, ClusterError
+        if it fails."""
+        from ..hub.limits import Enforcement
+
         began = time.monotonic()
         folder = _check_start(account, pool, spec, folder, dashboard_port, watch_every)
         _share(folder, account)
@@ -407,18 +436,23 @@ class UserCluster:
         scheduler_file = work / "scheduler.json"
         processes: list[subprocess.Popen] = []
         log_path = folder / "cluster.log"
+        enforcement = None
+        if limits is not None and not limits.none:
+            enforcement = Enforcement.plan(limits, f"{account.hub_name}--dask.{pool}")  # no server has a "."
+            enforcement.prepare()
         with _log(log_path) as log:
             try:
                 processes.append(_launch("scheduler", _scheduler_args(scheduler_file, dashboard_port),
-                                         account, env, work, log))
+                                         account, env, work, log, limits=enforcement))
                 for name, count, extra in _worker_groups(spec, pool):  # they wait for the scheduler's file
                     processes.append(_launch("worker", _worker_args(spec, scheduler_file, work, count, name),
-                                             account, env, work, log, extra))
+                                             account, env, work, log, extra, limits=enforcement))
                 address = _wait_for_address(scheduler_file, processes, began + timeout, log_path)
                 watch = [address, str(paths["ca"]), str(paths["platform"]), str(paths["platform-key"]),
                          str(spec.workers), str(watch_every)]
-                processes.append(_launch("watch", watch, account, env, work, log, stdout=subprocess.PIPE))
-                cluster = cls(account, pool, spec, folder, address, paths, processes)
+                processes.append(_launch("watch", watch, account, env, work, log, stdout=subprocess.PIPE,
+                                         limits=enforcement))
+                cluster = cls(account, pool, spec, folder, address, paths, processes, enforcement=enforcement)
                 threading.Thread(target=cluster._read_reports, name=f"skerry-watch-{account.name}-{pool}",
                                  daemon=True).start()
                 cluster._wait_for_workers(began + timeout, log_path)
@@ -426,6 +460,8 @@ class UserCluster:
                 kill_tree([p.pid for p in processes])
                 for p in processes:
                     p.wait()
+                if enforcement is not None:
+                    enforcement.cleanup()
                 raise
         cluster.started_in = time.monotonic() - began
         return cluster
@@ -490,6 +526,8 @@ class UserCluster:
         while _left(killed) and time.monotonic() < deadline:
             time.sleep(0.01)  # the others were adopted by init, which reaps them
         left = _left(killed)
+        if self.enforcement is not None:
+            self.enforcement.cleanup()  # kills what escaped the tree, removes the cgroups
         if left:
             raise ClusterError(f"the {self.pool} cluster of {self.account.name} was killed but "
                                f"processes {left} still run")
@@ -710,6 +748,11 @@ def _main(argv: list[str]) -> None:
 
     from ..process import die_with_parent
 
+    hold = os.environ.pop(HOLD_ENV, None)
+    if hold is not None:  # wait (reading to EOF) until the platform put us under the cluster's limits
+        while os.read(int(hold), 64):
+            pass
+        os.close(int(hold))
     if not argv or argv[0] not in ROLES:
         sys.exit(f"usage: python -m skerry.workload.clusters {'|'.join(ROLES)} [dask options]")
     if os.geteuid() == 0:

@@ -76,7 +76,7 @@ class UserJobs:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         with os.fdopen(fd, "ab") as log_file:
             process = _launch("jobs", args, cluster.account, _environment(cluster), cluster.folder / "work",
-                              log_file, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+                              log_file, stdout=subprocess.PIPE, stdin=subprocess.PIPE, limits=cluster.enforcement)
         return cls(cluster, process, report, log_path)
 
     @property

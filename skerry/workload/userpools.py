@@ -19,9 +19,11 @@ Rules:
 - ``pools.json`` is the capacity: each user's cluster has the shape of its pool
   (``ClusterSpec.from_pool``: workers, threads, memory; GPU pools one worker per GPU,
   each seeing its own), and ``slots`` is the pool's, so the scheduler's windows over all
-  users together stay what the pool can run. Users running at once share the machine's
-  cores (their workers are processes of their own); a pool at an address cannot be
-  carved (a ``ConfigError`` at start);
+  users together stay what the pool can run. Each cluster is held to its shape (``hub.limits``:
+  a cgroup where the machine has them): its workers' threads in cores, their memory where
+  the pool gives one. Users running at once share the machine's cores (their workers are
+  processes of their own); a pool at an address cannot be carved (a ``ConfigError`` at
+  start);
 - clusters start and stop on one thread of their own (``start`` must be called from a
   thread that lives as long as the cluster), so starting never holds up the scheduler's
   step: batches wait for their cluster in order; a cluster that has no attempt of the
@@ -209,7 +211,8 @@ class UserPools:
         account = ensure_account(user, self.data.user_home(user), self.policy)
         folder = self.data.handover(user) / "dask" / pool
         running = self.clusters.clusters.get((user, pool))
-        cluster = self.clusters.ensure(account, pool, self.shapes[pool], folder, **self.watch)
+        cluster = self.clusters.ensure(account, pool, self.shapes[pool], folder, limits=_limits(self.shapes[pool]),
+                                       **self.watch)
         if cluster is not running:
             _write_connect(folder, cluster)
         return cluster
@@ -310,6 +313,17 @@ def _remove_connect(folder) -> None:
 
 class NoPool(SkerryError):
     code = "no_pool"
+
+
+def _limits(shape):
+    """A cluster's limits (``hub.limits.Limits``): the cores of its workers' threads, and its
+    workers' memory when the pool gives one (``auto``: no memory limit)."""
+    from dask.utils import parse_bytes
+
+    from ..hub.limits import Limits
+
+    memory = None if shape.memory == "auto" else shape.workers * parse_bytes(shape.memory)
+    return Limits(cpu=float(shape.workers * shape.threads), memory=memory)
 
 
 def _shape(name: str, spec, gpus: int):
