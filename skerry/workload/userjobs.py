@@ -222,7 +222,7 @@ def _result(data, folder: str):
         if not isinstance(out.url, str) or not out.url.startswith(folder) or "/../" in out.url:
             raise ValueError(f"output {out.url!r} is outside the job's output folder {folder}")
         _int(out.size), _str(out.checksum), _str(out.name), _str(out.pin)
-    _int(result.exit_code), _str(result.log), _str(result.error, none=True)
+    _str(result.job_id), _int(result.exit_code), _str(result.log), _str(result.error, none=True)
     _str(result.error_class, none=True), _str(result.log_location, none=True)
     return result
 

@@ -33,7 +33,9 @@ Rules:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -251,11 +253,12 @@ class UserPools:
                 if cluster.running and (busy or cluster.idle_for() < self.idle_after):
                     continue
                 jobs = self._jobs.pop(key, None)
+            why = "idle" if cluster.running else "a process of it ended"
             if jobs is not None:
                 jobs.stop()
             self.clusters.stop(*key)
             _remove_connect(cluster.folder)
-            log.info("%s's %s cluster stopped (%s)", key[0], key[1], "idle" if cluster.running else "broken")
+            log.info("%s's %s cluster stopped (%s)", key[0], key[1], why)
 
     def close(self) -> None:
         """Stop every runner and cluster (the manager stops)."""
@@ -280,8 +283,6 @@ def connect_file(folder) -> Path:
 def running_clusters(data, user: str) -> dict[str, str]:
     """``{pool: address}`` of ``user``'s running clusters (``data``: the ``DataDir``), from
     their connect files."""
-    import json
-
     found = {}
     for folder in sorted((data.handover(user) / "dask").glob("*")):
         try:
@@ -294,9 +295,6 @@ def running_clusters(data, user: str) -> dict[str, str]:
 
 
 def _write_connect(folder, cluster) -> None:
-    import json
-    import os
-
     path = connect_file(folder)
     fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     with os.fdopen(fd, "w") as f:
