@@ -102,6 +102,17 @@ class Platform:
 
         return pwd.getpwnam(account_name(name, AccountPolicy(template=self.account_template)))
 
+    def give(self, path, name: str) -> None:
+        """Make ``path`` (a file or folder, and what it holds) hub user ``name``'s own, as the
+        files a user makes are (their account is made if it is not there yet): what a test
+        writes into a home as root is then what the user's jobs and servers can read."""
+        from skerry.accounts import AccountPolicy, ensure_account
+
+        account = ensure_account(name, self.data_dir / "users" / name, AccountPolicy(template=self.account_template))
+        path = Path(path)
+        for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+            os.lchown(item, account.uid, account.gid)
+
     def start(self, timeout=120):
         open_for_accounts(self.data_dir)
         argv = self.command + ["--data-dir", str(self.data_dir), "--port", str(self.port),

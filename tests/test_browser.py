@@ -34,6 +34,7 @@ def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(plat
     folder = platform.data_dir / "users" / "alice" / "tutorial"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
+    platform.give(folder, "alice")  # her notebook, as if she had uploaded it
 
     # the hub's login page, then JupyterLab on the notebook (the server's root: one folder per adaptor)
     lab = f"/user/alice/lab/tree/home/tutorial/{NOTEBOOK.name}"

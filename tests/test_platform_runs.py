@@ -62,6 +62,7 @@ def dataset_of_files(platform, token, name: str, folder: str, content: dict[str,
     home.mkdir(parents=True)
     for file_name, data in content.items():
         (home / file_name).write_bytes(data)
+    platform.give(home, "alice")  # her files, as if she had written them
     ok(platform.api("POST", API + "/datasets", token=token, json={"name": name, "location": f"skerry://home/{folder}"}),
        201)
     entries = [{"uri": f"skerry://home/{folder}/{n}", "size": len(d), "checksum": hashlib.md5(d).hexdigest()}
@@ -179,6 +180,7 @@ def test_each_job_sees_its_owners_storage(platform):
     mine = os.urandom(500)
     (platform.data_dir / "users" / "bob" / "in").mkdir(parents=True)
     (platform.data_dir / "users" / "bob" / "in" / "mine.bin").write_bytes(mine)
+    platform.give(platform.data_dir / "users" / "bob" / "in", "bob")
     ok(platform.api("POST", API + "/datasets", token=bob, json={"name": "bob.in", "location": "skerry://home/in"}),
        201)
     ok(platform.api("POST", API + "/datasets/bob.in/files", token=bob, json={"files": [

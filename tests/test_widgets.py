@@ -217,6 +217,7 @@ def dataset(platform, client, name: str, files: int = 10) -> str:
         (folder / f"f{i:02d}.bin").write_bytes(data)
         entries.append({"uri": f"skerry://home/{name}/f{i:02d}.bin", "size": len(data),
                         "checksum": hashlib.md5(data).hexdigest()})
+    platform.give(folder, "alice")  # her files, as if she had written them
     client.create_dataset(name, location=f"skerry://home/{name}")
     client.register_files(name, entries)
     client.close_dataset(name)
