@@ -39,6 +39,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
+from .clusters import _tail
 from .runner import Beat, Finished, JobSpec, Started
 
 __all__ = ["UserJobs", "serve"]
@@ -150,7 +151,7 @@ class UserJobs:
             lost, self.pending = list(self.pending), {}
         if lost:
             error = (f"the runner of {self.cluster.account.hub_name}'s {self.cluster.pool} jobs stopped: {why}; "
-                     f"its log ({self.log_path}) ends:\n{_tail(self.log_path)}")
+                     f"its log ({self.log_path}) ends:\n{_tail(self.log_path, 10)}")
             log.warning("%s (%d attempts lost)", error.splitlines()[0], len(lost))
             for job, attempt in lost:
                 self.report(Finished(job, attempt, lost=True, error=error))
@@ -225,12 +226,6 @@ def _result(data, folder: str):
     _str(result.job_id), _int(result.exit_code), _str(result.log), _str(result.error, none=True)
     _str(result.error_class, none=True), _str(result.log_location, none=True)
     return result
-
-
-def _tail(path: Path, lines: int = 10) -> str:
-    from .clusters import _tail as tail
-
-    return tail(path, lines)
 
 
 # ---- the runner, as the account ----------------------------------------------------------
