@@ -16,7 +16,7 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(serverapp):
-    from skerry.hub.ports import tornado_handlers
+    from skerry.ports import tornado_handlers
 
     from .dataapi import setup
 

@@ -5,7 +5,8 @@ WebDAV endpoint over that user's storage. ``skerry up`` runs it all on one machi
 
 The core package (this folder) imports neither Jupyter nor wsgidav; the components
 live in the subpackages ``skerry.hub``, ``skerry.adaptors``, ``skerry.extensions``
-and ``skerry.kernels``. Loaded on first use:
+and ``skerry.kernels``, which register these names in the entry-point group ``skerry.names``
+(``pyproject.toml``). Loaded on first use:
 
 - ``skerry.Pipeline`` (a workflow in code), ``skerry.Builder`` (the pipeline builder
   widget), ``skerry.Monitor`` (the run monitor widget), from ``skerry.extensions``;
@@ -18,19 +19,25 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "Pipeline", "Builder", "Monitor", "session", "fs", "client", "api", "ready"]
 
-_WIDGETS = {"Pipeline": "skerry.extensions.pipeline", "Builder": "skerry.extensions.builder",
-            "Monitor": "skerry.extensions.monitor"}
+# the parts of a kernel's session, each an attribute of the ``session`` entry
 _SESSION = ("fs", "client", "api", "ready")
+GROUP = "skerry.names"
 
 
 def __getattr__(name: str):
-    # lazy: ``import skerry`` stays light; each name loads its module on first use
-    if name in _WIDGETS:
-        import importlib
+    # lazy, and through packaging metadata: ``import skerry`` stays light, and the core never
+    # imports the components that provide these names (they register in the entry-point group)
+    provider = "session" if name in _SESSION else name
+    if provider not in ("session", "Pipeline", "Builder", "Monitor"):
+        raise AttributeError(f"module 'skerry' has no attribute {name!r}")
+    from importlib.metadata import entry_points
 
-        return getattr(importlib.import_module(_WIDGETS[name]), name)
-    if name == "session" or name in _SESSION:
-        from skerry.kernels.session import current
-
-        return current() if name == "session" else getattr(current(), name)
-    raise AttributeError(f"module 'skerry' has no attribute {name!r}")
+    found = entry_points(group=GROUP, name=provider)
+    if not found:
+        raise AttributeError(f"skerry.{name} is provided by the entry point {provider!r} of group {GROUP!r}, "
+                             "which is not installed: reinstall skerry (pip install skerry)")
+    value = next(iter(found)).load()
+    if provider == "session":
+        session = value()
+        return session if name == "session" else getattr(session, name)
+    return value

@@ -1,7 +1,7 @@
 """``skerry up``: run the whole platform on one machine, in the foreground.
 
 The platform is one JupyterHub process (with its proxy and the skerry hub service
-as its children) configured by ``skerry.hub.jupyterhub_config``. This module owns
+as its children) configured by ``skerry.hub.plugins.jupyterhub_config``. This module owns
 only the process: it prepares the data dir, starts the hub, says where it is, and
 on Ctrl-C/SIGTERM stops the hub, which stops every user server, the service and
 the proxy. The hub dies with this process even on ``kill -9`` (PDEATHSIG). Rules: the
@@ -52,7 +52,7 @@ class Options:
 
 
 def hub_config_file() -> str:
-    spec = importlib.util.find_spec("skerry.hub")
+    spec = importlib.util.find_spec("skerry.hub.plugins")
     return str(Path(spec.submodule_search_locations[0]) / "jupyterhub_config.py")
 
 

@@ -256,7 +256,7 @@ def test_no_secret_in_answers_logs_or_process_arguments(platform, alice, alice_f
 
 
 def test_an_admin_user_manages_alices_account(platform, alice, call):
-    platform.create_user("admin")  # the hub's admin user (admin_users in hub/settings.py)
+    platform.create_user("admin")  # the hub's admin user (admin_users in hub/plugins/settings.py)
     admin_user_token = platform.user_token("admin")
     r = call("PUT", "/users/alice/adaptors/scratch2", admin_user_token, json={"type": "memory"})
     assert r.status_code == 200, r.text

@@ -29,7 +29,7 @@ import pytest
 from chromium import browser, sign_up  # noqa: F401 (browser: a fixture)
 from chromium import log_in as browser_log_in
 from helpers import REPO, wait_for
-from skerry.hub.profiles import ProfileStore
+from skerry.hub.stores.profiles import ProfileStore
 
 pytestmark = pytest.mark.platform
 

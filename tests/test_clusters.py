@@ -284,7 +284,7 @@ ALLOCATE = "big = b'x' * %d"
 
 
 def test_a_cluster_with_limits_holds_every_process_of_it_to_them(data, policy):
-    from skerry.hub.limits import Limits, members, offered
+    from skerry.limits import Limits, members, offered
 
     acc = account(data, policy, "erin")
     limits = Limits(cpu=1.0, memory=900 * 2**20)

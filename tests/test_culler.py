@@ -1,4 +1,4 @@
-"""Idle servers stopped after their profile's ``idle_timeout_s`` (hub.culler), on a real platform.
+"""Idle servers stopped after their profile's ``idle_timeout_s`` (hub.service.culler), on a real platform.
 
 - alice's server, with a profile of a 3 s idle timeout, is stopped once idle; the hub log
   says so and why; nothing of hers is left running;
@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from helpers import pids_of, wait_for
-from skerry.hub.culler import INTERVAL_ENV, idle_servers
+from skerry.hub.service.culler import INTERVAL_ENV, idle_servers
 
 API = "/services/skerry/api/v1"
 POOLS = {"cpu": None, "gpu": None}  # no Dask: idle servers are the subject

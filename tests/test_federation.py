@@ -205,7 +205,7 @@ def test_missing_asyncssh_fails_the_call_not_the_service(monkeypatch):
 
     # the service (which serves SFTP key set-up) imports without asyncssh
     subprocess.run([sys.executable, "-c", "import sys; sys.modules['asyncssh'] = None; "
-                    "import skerry.hub.service"], check=True)
+                    "import skerry.hub.service.app"], check=True)
     monkeypatch.setitem(sys.modules, "asyncssh", None)  # as if it were not installed
     with pytest.raises(ConfigError, match="Install sshfs to use sftp adaptors: pip install sshfs"):
         sshkeys.public_key_of("-----BEGIN OPENSSH PRIVATE KEY-----")

@@ -48,9 +48,9 @@ def _sftp(name="cluster", credentials=None):
 
 
 def test_server_adaptors_join_only_their_servers_federation(store, private_key, tmp_path):
-    from skerry.hub import infra
+    from skerry.hub.service import descriptions
 
-    described = infra.parse({"name": "hpc", "adaptors": [_sftp(credentials={"kind": "ssh-key",
+    described = descriptions.parse({"name": "hpc", "adaptors": [_sftp(credentials={"kind": "ssh-key",
                                                                               "private_key": private_key})]})
     store.put_server("alice", "hpc", {"services": described.services}, described.specs, described.credentials)
     specs, credentials = store.federation("alice", "/home/alice", server="hpc")
@@ -78,13 +78,13 @@ def test_server_adaptors_join_only_their_servers_federation(store, private_key, 
 def test_server_names_and_credentials_are_checked(store):
     from skerry.adaptors.store import Conflict
     from skerry.errors import ConfigError
-    from skerry.hub import infra
+    from skerry.hub.service import descriptions
 
     store.put_credential("alice", "pw", "password", {"username": "a"}, {"password": SFTP_PASSWORD})
     shown = store.list_credentials("alice")[0]
     assert shown["secret"] == "set" and shown["fingerprint"].startswith("hmac-sha256:")
     assert SFTP_PASSWORD not in json.dumps(shown)
-    described = infra.parse({"name": "hpc", "adaptors": [_sftp(credentials="pw")]})
+    described = descriptions.parse({"name": "hpc", "adaptors": [_sftp(credentials="pw")]})
     store.put_server("alice", "hpc", {}, described.specs, described.credentials)
     with pytest.raises(Conflict, match="already has a micro-infrastructure named 'hpc'"):
         store.put_server("alice", "hpc", {}, described.specs, described.credentials)
@@ -96,10 +96,10 @@ def test_server_names_and_credentials_are_checked(store):
     with pytest.raises(Conflict, match="used by the micro-infrastructure 'hpc'"):
         store.put_adaptor("alice", load_spec({"name": "cluster", "type": "memory"}))
     store.put_adaptor("alice", load_spec({"name": "scratch", "type": "memory"}))
-    clash = infra.parse({"name": "two", "adaptors": [{"name": "scratch", "type": "memory"}]})
+    clash = descriptions.parse({"name": "two", "adaptors": [{"name": "scratch", "type": "memory"}]})
     with pytest.raises(ConfigError, match=r"adaptors\[0\] \(scratch\): the name 'scratch' is one of your own"):
         store.check_server("alice", "two", clash.specs, clash.credentials)
-    wrong = infra.parse({"name": "two", "adaptors": [_sftp(credentials="nothing")]})
+    wrong = descriptions.parse({"name": "two", "adaptors": [_sftp(credentials="nothing")]})
     with pytest.raises(ConfigError, match=r"adaptors\[0\] \(cluster\): there is no credential 'nothing'"):
         store.check_server("alice", "two", wrong.specs, wrong.credentials)
 
@@ -152,7 +152,7 @@ def answers():
 def call(platform, answers):
     def call(method, path, token=None, **kwargs):
         headers = {"Authorization": f"token {token or platform.admin_token}"}
-        # a POST waits for the server to start (at most api_infra.START_WAIT)
+        # a POST waits for the server to start (at most hub.service.infrastructure.START_WAIT)
         r = httpx.request(method, platform.url + API + path, headers=headers, timeout=300, **kwargs)
         answers.append(r.text)
         return r

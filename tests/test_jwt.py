@@ -26,8 +26,8 @@ from jupyterhub.services.auth import HubAuth
 
 from helpers import free_port
 from skerry.adaptors.webdav import make_dav_app
-from skerry.hub.davauth import HubTokenAuthenticator
-from skerry.hub.jwtauth import KeyFile, JwtVerifier, looks_like_jwt
+from skerry.hub.userserver.tokenauth import HubTokenAuthenticator
+from skerry.hub.userserver.jwtauth import KeyFile, JwtVerifier, looks_like_jwt
 
 PROPFIND_0 = {"Depth": "0"}
 

@@ -1,4 +1,4 @@
-"""hub/limits.py on plain subprocesses: the limits are set in the child before exec and its
+"""skerry/limits.py on plain subprocesses: the limits are set in the child before exec and its
 children inherit them. The mechanism under test is the one this machine offers (``MECHANISM``,
 from the module's own probes: cgroup2, cgroup1 or rlimits), never a fixed one:
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from skerry.hub.limits import (CGROUP_PARENT, CPU_PERIOD_US, Enforcement, Limits, cgroup1_roots, cgroup2_root,
+from skerry.limits import (CGROUP_PARENT, CPU_PERIOD_US, Enforcement, Limits, cgroup1_roots, cgroup2_root,
                                choose_cores, cpu_seconds, members, offered)
 
 MIB = 1024**2

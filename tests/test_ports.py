@@ -1,4 +1,4 @@
-"""Ports of users' servers (hub/ports.py), on real sockets and real processes: held ports are
+"""Ports of users' servers (skerry/ports.py), on real sockets and real processes: held ports are
 never given to another process's bind(0) (JupyterHub's random_port included), a bind without
 SO_REUSEADDR is refused, the intended server (cheroot, Tornado) binds them all the same; the
 identity check accepts the server started with the key only, and names what else answered."""
@@ -11,12 +11,12 @@ import textwrap
 
 import pytest
 
-from skerry.hub.ports import NoAnswer, PortLeases, WrongServer, check_identity, new_key
+from skerry.ports import NoAnswer, PortLeases, WrongServer, check_identity, new_key
 
 CHEROOT = textwrap.dedent("""
     import sys
     from cheroot import wsgi
-    from skerry.hub.ports import identity_wsgi
+    from skerry.ports import identity_wsgi
     port, key, user = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     def app(environ, start_response):
         start_response("404 Not Found", [("Content-Type", "text/plain")])
@@ -30,7 +30,7 @@ CHEROOT = textwrap.dedent("""
 TORNADO = textwrap.dedent("""
     import asyncio, sys
     import tornado.web
-    from skerry.hub.ports import tornado_handlers
+    from skerry.ports import tornado_handlers
     port, key, user = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     async def main():
         app = tornado.web.Application(tornado_handlers(f"/user/{user}/", "jupyter", key, user, ""))

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from skerry.hub.profiles import NoSuchProfile, ProfileConflict, ProfileError, ProfileStore, allowed, render_adaptor, \
+from skerry.hub.stores.profiles import NoSuchProfile, ProfileConflict, ProfileError, ProfileStore, allowed, render_adaptor, \
     resolve, validate
 
 CPU = {

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from skerry.hub.profiles import ProfileStore
+from skerry.hub.stores.profiles import ProfileStore
 
 from helpers import refused
 

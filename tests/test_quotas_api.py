@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from skerry.hub.quotas import QuotaStore
+from skerry.hub.stores.quotas import QuotaStore
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Base, Job, Run, Task
 from skerry.workload.runs import Planner

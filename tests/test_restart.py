@@ -51,7 +51,7 @@ def test_kill_9_hub_then_up_again_finds_running_servers(make_platform):
     assert r.status_code == 200
     # exactly one proxy and one service for this data dir
     assert len(pids_of("configurable-http-proxy") & pids_of(f"--port {p.port}")) == 1
-    assert len(pids_of("skerry.hub.service") & pids_of(str(p.data_dir), environ=True)) == 1
+    assert len(pids_of("skerry.hub.service.app") & pids_of(str(p.data_dir), environ=True)) == 1
 
     p.stop()
     assert group_members(pgid) == []

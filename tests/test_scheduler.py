@@ -401,7 +401,7 @@ def test_retries_raise_a_tasks_rank_up_to_the_cap(tmp_path, client):
 
 def test_a_task_cancelled_in_the_catalog_leaves_the_scheduler_and_stays_cancelled(tmp_path, client):
     """The REST API cancels by writing the catalog; the scheduler notices within plan_interval."""
-    from skerry.hub.api_workload import Workload
+    from skerry.hub.service.workload import Workload
 
     cat = catalog(tmp_path)
     failing = noop_task(cat, 2, module="fail")  # retried only after 600 s: they wait in retry_due

@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from helpers import descendants, open_for_accounts, pids_of, wait_for
-from skerry.hub import spawn_form
-from skerry.hub.limits import CPU_PERIOD_US, offered
-from skerry.hub.selection import BadOptions, Refused, select
+from skerry.hub.plugins import spawn_form
+from skerry.limits import CPU_PERIOD_US, offered
+from skerry.hub.plugins.selection import BadOptions, Refused, select
 from skerry.kernels.remote import KernelDied, KernelError, RemoteKernel
 
 platform_test = pytest.mark.platform
@@ -143,7 +143,7 @@ def jupyter_pid(leader: int) -> int:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(a.endswith(b"jupyterhub-singleuser") for a in argv) and b"skerry.hub.microinfra" not in argv:
+            if any(a.endswith(b"jupyterhub-singleuser") for a in argv) and b"skerry.hub.userserver.launcher" not in argv:
                 return pid
         return None
 
@@ -392,7 +392,7 @@ def test_a_profile_adaptor_named_like_one_of_the_users_is_refused_and_its_admiss
     model = server_model(platform, "alice", "clash") or {}
     assert not model.get("ready") and not model.get("pending"), model
     assert not ours(platform, "/dav/alice/clash/")
-    quotas = pytest.importorskip("hub.quotas")
+    quotas = pytest.importorskip("hub.stores.quotas")
     store = quotas.QuotaStore.for_data_dir(platform.data_dir)
     try:  # admitted before the adaptors were written, released when the start failed
         assert [(s["user"], s["server"]) for s in store.open_sessions()] == [("alice", "")]
@@ -400,7 +400,7 @@ def test_a_profile_adaptor_named_like_one_of_the_users_is_refused_and_its_admiss
         store.dispose()
 
 def _stored(spec: dict, version=1, disabled=False) -> dict:
-    from skerry.hub.profiles import validate
+    from skerry.hub.stores.profiles import validate
 
     return {**validate(spec).model_dump(mode="json"), "version": version, "disabled": disabled}
 

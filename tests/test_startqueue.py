@@ -1,4 +1,4 @@
-"""The hub's start queue (hub/startqueue.py): order, limit, place messages, releases on
+"""The hub's start queue (hub/plugins/startqueue.py): order, limit, place messages, releases on
 cancellation, failure and the end of the spawn; and the JupyterHub behaviour it relies on
 (the pre-spawn hook is awaited before, and outside, ``start_timeout``). Real asyncio, no mocks."""
 
@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from skerry.hub.startqueue import LeftQueue, StartQueue, default_limit
+from skerry.hub.plugins.startqueue import LeftQueue, StartQueue, default_limit
 
 
 def run(coro):

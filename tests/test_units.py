@@ -12,7 +12,7 @@ import pytest
 
 from skerry.cli import main
 from skerry.datadir import DataDir
-from skerry.hub.davauth import _parse
+from skerry.hub.userserver.tokenauth import _parse
 from skerry.process import group_members, is_running, kill_group, start_time
 
 
@@ -101,7 +101,7 @@ def test_microinfra_stops_when_one_member_dies(tmp_path):
     env = dict(os.environ, SKERRY_DAV_PORT="0", SKERRY_ADAPTORS=str(tmp_path / "adaptors.json"),
                SKERRY_DAV_PREFIX="/dav/x/", SKERRY_USER="x")
     jupyter = [sys.executable, "-c", "import time; time.sleep(2)"]
-    p = subprocess.Popen([sys.executable, "-m", "skerry.hub.microinfra", *jupyter],
+    p = subprocess.Popen([sys.executable, "-m", "skerry.hub.userserver.launcher", *jupyter],
                          env=env, start_new_session=True, stderr=subprocess.PIPE)
     try:
         time.sleep(1)

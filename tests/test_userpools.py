@@ -107,7 +107,7 @@ def test_each_owners_jobs_run_on_their_own_cluster_which_stops_when_idle(pools, 
     assert {e.job for e in events if isinstance(e, Started)} == {1, 2, 3}
     assert pools.in_flight() == 0
     # each cluster is held to its pool's shape: 1 worker of 2 threads, 2 cores (memory "auto": no limit)
-    from skerry.hub.limits import offered
+    from skerry.limits import offered
 
     held = pools.clusters.clusters[("alice", "cpu")].enforcement.describe()
     assert (held["mechanism"], held["cpu"], held["memory"]) == (offered(), 2.0, None)

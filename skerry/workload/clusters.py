@@ -47,8 +47,8 @@ Rules:
   forks and orphans stays below it, where ``stop`` finds it), then runs Dask's own CLI in
   the same process. Call ``start`` from a thread that lives as long as the cluster should
   (the manager's main thread): the signal follows the starting thread, not the process;
-- with ``limits`` (``hub.limits.Limits``), the cluster's processes together get that CPU
-  and memory, by the machine's mechanism (``hub.limits``: one cgroup per cluster,
+- with ``limits`` (``skerry.limits.Limits``), the cluster's processes together get that CPU
+  and memory, by the machine's mechanism (``skerry.limits``: one cgroup per cluster,
   ``<user>--dask.<pool>``, else rlimits and affinity per process): each process waits, in
   the wrapper, until the platform has put it in (``Enforcement.join``), so everything it
   forks is in too; ``stop`` removes the cgroups;
@@ -286,7 +286,7 @@ def _launch(role: str, args: list[str], account: Account, env: dict[str, str], w
             log, extra_env: dict[str, str] | None = None, stdout=None, stdin=subprocess.DEVNULL,
             limits=None) -> subprocess.Popen:
     """Start one process of the cluster as the account, through this module's wrapper
-    (``_main``), which waits until ``limits`` (a ``hub.limits.Enforcement``) took it in."""
+    (``_main``), which waits until ``limits`` (a ``skerry.limits.Enforcement``) took it in."""
     command = [os.path.realpath(sys.executable), "-m", "skerry.workload.clusters", role, *args]
     hold, go = os.pipe()  # the wrapper reads ``hold`` until we close ``go``
     try:
@@ -411,7 +411,7 @@ class UserCluster:
     paths: dict[str, Path]
     processes: list[subprocess.Popen]  # scheduler, worker CLI(s), then the watcher
     started_in: float = 0.0  # seconds from the call to start until every worker had joined
-    enforcement: Any = None  # hub.limits.Enforcement of its limits (None: unlimited)
+    enforcement: Any = None  # skerry.limits.Enforcement of its limits (None: unlimited)
     _report: dict[str, int] | None = field(default=None, repr=False)
     _busy_at: float = field(default_factory=time.monotonic, repr=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -421,7 +421,7 @@ class UserCluster:
               dashboard_port: int | None = None, watch_every: float = WATCH_EVERY,
               timeout: float = START_S, limits=None) -> "UserCluster":
         """Make new credentials in ``folder`` and start the cluster as ``account``; returns once
-        all ``spec.workers`` workers joined. ``limits`` (``hub.limits.Limits``): CPU and memory
+        all ``spec.workers`` workers joined. ``limits`` (``skerry.limits.Limits``): CPU and memory
         of the whole cluster, by the machine's mechanism (cgroups, else rlimits and affinity),
         every process of it under them from its start. ConfigError on bad input, ClusterError
         if it fails."""

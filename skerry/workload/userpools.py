@@ -19,7 +19,7 @@ Rules:
 - ``pools.json`` is the capacity: each user's cluster has the shape of its pool
   (``ClusterSpec.from_pool``: workers, threads, memory; GPU pools one worker per GPU,
   each seeing its own), and ``slots`` is the pool's, so the scheduler's windows over all
-  users together stay what the pool can run. Each cluster is held to its shape (``hub.limits``:
+  users together stay what the pool can run. Each cluster is held to its shape (``skerry.limits``:
   a cgroup where the machine has them): its workers' threads in cores, their memory where
   the pool gives one. Users running at once share the machine's cores (their workers are
   processes of their own); a pool at an address cannot be carved (a ``ConfigError`` at
@@ -314,7 +314,7 @@ class NoPool(SkerryError):
 
 
 def _limits(shape):
-    """A cluster's limits (``hub.limits.Limits``): the cores of its workers' threads, and its
+    """A cluster's limits (``skerry.limits.Limits``): the cores of its workers' threads, and its
     workers' memory when the pool gives one (``auto``: no memory limit)."""
     from dask.utils import parse_bytes
 

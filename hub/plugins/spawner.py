@@ -1,6 +1,6 @@
 """``SkerrySpawner``: a user's server is a micro-infrastructure, not only a Jupyter server.
 
-Local backend. Starting a server starts one process group (``skerry.hub.microinfra``)
+Local backend. Starting a server starts one process group (``skerry.hub.userserver.launcher``)
 holding the user's Jupyter server and their WebDAV endpoint over their adaptors: the
 home folder (``home_dir_template``, a folder per user) and the adaptors the user stored
 (``accounts_dir``, credentials from ``credentials_dir``), read at each start.
@@ -15,7 +15,7 @@ handed over in the user's folder ``handover_dir/<user>/`` (the platform's, group
 account, mode 2750); the configuration file is the account's own (0600) and removed at stop.
 Without ``switch_users`` (single-user mode) the group runs as the hub's own account.
 
-Many users at once (:mod:`skerry.hub.startqueue`, :mod:`skerry.hub.ports`): a start first
+Many users at once (:mod:`skerry.hub.plugins.startqueue`, :mod:`skerry.ports`): a start first
 waits its turn in the hub's start queue (``run_pre_spawn_hook``, before JupyterHub's
 ``start_timeout`` runs), telling the spawn page its place (``progress``); its two ports are
 leased and held by the hub until it stops, so no other process is given them; and the
@@ -33,7 +33,7 @@ The rules of JupyterHub's ``Spawner``:
 - ``get_state``/``load_state`` keep pid, process start time and ports, so a
   restarted hub finds running groups again and never mistakes a reused pid for one.
 
-Profiles (:mod:`skerry.hub.selection`), read from the store (``DATA_DIR/profiles.sqlite``)
+Profiles (:mod:`skerry.hub.plugins.selection`), read from the store (``DATA_DIR/profiles.sqlite``)
 at each start and at each showing of the spawn page, so an admin's change applies to the
 next start with no hub restart:
 
@@ -43,10 +43,10 @@ next start with no hub restart:
   spawn page shows it above the form;
 - the resolved profile is kept in ``profile`` (and the server's state) while it runs; its
   adaptors come after home, the user's stored adaptors and the server's own; its resources
-  are enforced by :mod:`skerry.hub.limits` (``limits``: how), set in the leader before exec;
-- quotas (:mod:`skerry.hub.quotas`): ``admit`` before any process starts (refusal: 403 with its
+  are enforced by :mod:`skerry.limits` (``limits``: how), set in the leader before exec;
+- quotas (:mod:`skerry.hub.stores.quotas`): ``admit`` before any process starts (refusal: 403 with its
   sentence), ``release`` when the server stops or fails to start, with the CPU seconds its
-  processes used (approximate: see :func:`skerry.hub.limits.cpu_seconds`).
+  processes used (approximate: see :func:`skerry.limits.cpu_seconds`).
 """
 
 import asyncio
@@ -71,14 +71,14 @@ from skerry.kernels import JUPYTER_PATH_DIR
 
 from skerry.process import descendants, group_members, is_running, kill_group, start_time
 
-from . import spawn_form
-from .limits import Enforcement, Limits, cpu_seconds
-from .ports import KEY_ENV as IDENTITY_KEY_ENV
-from .ports import IdentityError, WrongServer, check_identity, new_key, port_leases
-from .profiles import ProfileStore, allowed
-from .quotas import QuotaExceeded, QuotaStore
-from .selection import Refused, select
-from .startqueue import start_queue
+from skerry.hub.plugins import spawn_form
+from skerry.limits import Enforcement, Limits, cpu_seconds
+from skerry.ports import KEY_ENV as IDENTITY_KEY_ENV
+from skerry.ports import IdentityError, WrongServer, check_identity, new_key, port_leases
+from skerry.hub.stores.profiles import ProfileStore, allowed
+from skerry.hub.stores.quotas import QuotaExceeded, QuotaStore
+from skerry.hub.plugins.selection import Refused, select
+from skerry.hub.plugins.startqueue import start_queue
 
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -334,7 +334,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     @default("cmd")
     def _default_cmd(self):
-        return [sys.executable, "-m", "skerry.hub.microinfra", "jupyterhub-singleuser"]
+        return [sys.executable, "-m", "skerry.hub.userserver.launcher", "jupyterhub-singleuser"]
 
     @property
     def dav_prefix(self) -> str:

@@ -1,6 +1,6 @@
 """Resource limits of a user's server on the local backend: CPU (cores) and memory (bytes).
 
-A server is one process tree (``skerry.hub.microinfra`` and everything it starts: Jupyter,
+A server is one process tree (``skerry.hub.userserver.launcher`` and everything it starts: Jupyter,
 WebDAV, kernels, their workers). Limits are set in the leader between ``fork`` and ``exec``
 (:meth:`Enforcement.preexec`, a ``Popen`` ``preexec_fn``), so every process started below it
 inherits them. A user's Dask cluster (``skerry.workload.clusters``) is limited the same way,

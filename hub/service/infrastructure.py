@@ -3,7 +3,7 @@ JupyterHub named servers (LOBCDER's infrastructure API, appendix A of its report
 
 Routes (JSON, hub tokens, errors ``{"error", "message"}``)::
 
-    POST   infrastructure              body: a description (``hub.infra``) -> 201 the infrastructure
+    POST   infrastructure              body: a description (``hub.service.descriptions``) -> 201 the infrastructure
                                        (202 if it is still starting when the wait ends)
     GET    infrastructure              {"infrastructures": [...]}: the caller's running servers and
                                        the ones this API created (running or not)
@@ -43,8 +43,8 @@ from skerry.adaptors.store import SERVER_NAME, AccountStore, Conflict, CryptErro
 from skerry.datadir import DataDir
 from skerry.errors import ConfigError
 
-from . import infra
-from .api_users import ApiError, _json_body
+from skerry.hub.service import descriptions
+from skerry.hub.service.users import ApiError, _json_body
 
 log = logging.getLogger("skerry.infrastructure")
 
@@ -186,7 +186,7 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
             credentials = await run_in_threadpool(s.server_credentials, user, name) if record else {}
         except ConfigError as e:
             raise _store_error(e) from None
-        return infra.infrastructure(hub.public_url, user, name, server, record, pools(user), credentials)
+        return descriptions.infrastructure(hub.public_url, user, name, server, record, pools(user), credentials)
 
     async def one(hub, user: str, name: str) -> dict:
         if not SERVER_NAME.match(name):
@@ -210,7 +210,7 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
         user = who["name"]
         body = await _json_body(request)
         try:
-            described = infra.parse(body)
+            described = descriptions.parse(body)
             await run_in_threadpool(store().check_server, user, described.name, described.specs,
                                     described.credentials)
         except ConfigError as e:
@@ -311,5 +311,5 @@ _POST_BODY = {"requestBody": {"required": True, "content": {"application/json": 
         "free": {"type": "object"},
         "adaptors": {"type": "array", "items": {"type": "object", "required": ["name", "type"],
                                                 "properties": {"credentials": _CREDENTIAL}}},
-        "services": {"type": "array", "items": {"enum": list(infra.SERVICES)}},
+        "services": {"type": "array", "items": {"enum": list(descriptions.SERVICES)}},
     }}}}}}

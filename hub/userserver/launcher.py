@@ -1,6 +1,6 @@
-"""One user's micro-infrastructure as one process: ``python -m skerry.hub.microinfra CMD...``.
+"""One user's micro-infrastructure as one process: ``python -m skerry.hub.userserver.launcher CMD...``.
 
-It starts the WebDAV endpoint (``skerry.hub.davserver``) and the Jupyter server
+It starts the WebDAV endpoint (``skerry.hub.userserver.webdav``) and the Jupyter server
 (``CMD...``, normally ``jupyterhub-singleuser``) as its children, in its own process
 group, and lives exactly as long as both do:
 
@@ -36,10 +36,10 @@ def _stop(children: list[subprocess.Popen], sig: int) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m skerry.hub.microinfra JUPYTER-SERVER-COMMAND...", file=sys.stderr)
+        print("usage: python -m skerry.hub.userserver.launcher JUPYTER-SERVER-COMMAND...", file=sys.stderr)
         return 2
     children = [
-        subprocess.Popen([sys.executable, "-m", "skerry.hub.davserver"]),
+        subprocess.Popen([sys.executable, "-m", "skerry.hub.userserver.webdav"]),
         subprocess.Popen(argv),
     ]
     received = []

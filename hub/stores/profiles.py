@@ -52,7 +52,7 @@ from skerry.adaptors.specs import load_spec
 from skerry.errors import ConfigError
 from skerry.workload.modules import parse_memory
 
-from .sqlitefile import SQLiteFile
+from skerry.hub.stores.sqlitefile import SQLiteFile
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 SAMPLE_USER = "sample-user"  # adaptor templates are checked with this name in place of {username}

@@ -1,7 +1,7 @@
 """What usage reports and metrics measure outside the quota store: jobs and stored bytes.
 
 - Jobs (from the catalog): a job belongs to its run's owner, or its input dataset's owner
-  for a task without a run (as ``hub.api_workload`` shows them). ``job_counts`` counts jobs
+  for a task without a run (as ``hub.service.workload`` shows them). ``job_counts`` counts jobs
   by owner and UTC day of creation; ``queued_jobs`` counts the jobs not yet final
   (``defined``, ``queued``, ``running``, ``retrying``, ``lost``) of some owners, plus the
   jobs their running runs' first steps are owed but the scheduler has not created yet (a

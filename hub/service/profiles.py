@@ -1,4 +1,4 @@
-"""``/services/skerry/api/v1/profiles``: the server profiles (:mod:`hub.profiles`) and their audit log.
+"""``/services/skerry/api/v1/profiles``: the server profiles (:mod:`hub.stores.profiles`) and their audit log.
 
 Routes (JSON, hub tokens, errors ``{"error", "message"}``)::
 
@@ -29,9 +29,9 @@ from starlette.concurrency import run_in_threadpool
 
 from skerry.errors import SkerryError
 
-from .api_users import ApiError
-from .api_workload import _body, _inline, _json_body
-from .profiles import NoSuchProfile, Profile, ProfileConflict, ProfileError, ProfileStore, allowed
+from skerry.hub.service.users import ApiError
+from skerry.hub.service.workload import _body, _inline, _json_body
+from skerry.hub.stores.profiles import NoSuchProfile, Profile, ProfileConflict, ProfileError, ProfileStore, allowed
 
 PROFILE_BODY = _body(_inline(Profile.model_json_schema()))
 SLUG_BODY = _body({"type": "object", "required": ["slug"], "additionalProperties": False,

@@ -10,9 +10,9 @@ Routes (JSON unless said, hub tokens, errors ``{"error", "message"}``)::
     DELETE quotas/users/{name}      204: unlimited again
     GET|PUT|DELETE quotas/groups/{name}   the same for a JupyterHub group (the sum over its members)
     GET    usage?by=user|group&days=N   {"by", "days", "rows": [...]}: per user (or group) and UTC
-                                    day (``hub.quotas.QuotaStore.report``); admins all rows, a user
+                                    day (``hub.stores.quotas.QuotaStore.report``); admins all rows, a user
                                     their own (by=group: the groups they are in)
-    GET    metrics                  Prometheus text (``hub.metrics``); admins, or a token with
+    GET    metrics                  Prometheus text (``hub.service.metrics``); admins, or a token with
                                     scope ``read:metrics`` (members of the hub group ``metrics``)
 
 Rules:
@@ -24,7 +24,7 @@ Rules:
 - usage rows: ``servers``, ``server_hours``, ``cpu_seconds``, ``gpu_seconds`` from the
   sessions the spawner records, ``jobs`` created that day from the catalog (a job's owner
   is its run's), ``stored_bytes`` measured now on today's row: ``home`` in bytes (``du``
-  of ``DIR/users/<user>``), other adaptors ``"not measured"`` (``hub.usage``).
+  of ``DIR/users/<user>``), other adaptors ``"not measured"`` (``hub.stores.usage``).
 """
 
 import os
@@ -36,12 +36,12 @@ from skerry.adaptors.store import AccountStore
 from skerry.datadir import DataDir
 from skerry.errors import SkerryError
 
-from . import usage
-from .api_users import ApiError
-from .api_workload import _body, _inline, _json_body
-from .hubapi import every_item
-from .metrics import CONTENT_TYPE, Snapshot, render
-from .quotas import KINDS, MAX_DAYS, NoSuchQuota, Quota, QuotaError, QuotaStore, shared_store
+from skerry.hub.stores import usage
+from skerry.hub.service.users import ApiError
+from skerry.hub.service.workload import _body, _inline, _json_body
+from skerry.hub.service.hubapi import every_item
+from skerry.hub.service.metrics import CONTENT_TYPE, Snapshot, render
+from skerry.hub.stores.quotas import KINDS, MAX_DAYS, NoSuchQuota, Quota, QuotaError, QuotaStore, shared_store
 
 QUOTA_BODY = _body(_inline(Quota.model_json_schema()))
 METRICS_SCOPE = "read:metrics"
@@ -177,7 +177,7 @@ def quota_routes(caller, get_hub, get_catalog, get_profiles, api: str, get_quota
                 responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
     async def metrics(who: dict = Depends(caller), store: QuotaStore = Depends(quotas_dep),
                       catalog=Depends(get_catalog), profiles=Depends(get_profiles), hub=Depends(get_hub)):
-        """Prometheus metrics (``hub.metrics``): admins, or a token with scope ``read:metrics``."""
+        """Prometheus metrics (``hub.service.metrics``): admins, or a token with scope ``read:metrics``."""
         if not is_admin(who) and METRICS_SCOPE not in who.get("scopes", []):
             raise ApiError(403, "forbidden", f"Only admins and tokens with scope {METRICS_SCOPE!r} may read metrics.")
         servers = {}

@@ -1,7 +1,7 @@
 """The skerry hub service at ``/services/skerry/``: the platform's REST API.
 
 A JupyterHub-managed service (FastAPI + uvicorn), started and stopped with the hub
-(``python -m skerry.hub.service``). Callers authenticate with their hub tokens
+(``python -m skerry.hub.service.app``). Callers authenticate with their hub tokens
 (``Authorization: token ...``), checked by JupyterHub's ``HubAuth``. Errors are JSON
 ``{"error": CODE, "message": sentence}``. The OpenAPI document is at
 ``/services/skerry/api/v1/openapi.json``.
@@ -31,14 +31,14 @@ from starlette.exceptions import HTTPException
 
 from skerry.process import die_with_parent
 
-from . import culler
-from .api_clusters import cluster_routes
-from .api_infra import infra_routes
-from .api_profiles import profile_routes
-from .api_quotas import quota_routes
-from .api_users import ApiError, user_routes
-from .api_workload import open_catalog, workload_routes
-from .profiles import ProfileStore
+from skerry.hub.service import culler
+from skerry.hub.service.clusters import cluster_routes
+from skerry.hub.service.infrastructure import infra_routes
+from skerry.hub.service.profiles import profile_routes
+from skerry.hub.service.quotas import quota_routes
+from skerry.hub.service.users import ApiError, user_routes
+from skerry.hub.service.workload import open_catalog, workload_routes
+from skerry.hub.stores.profiles import ProfileStore
 
 PREFIX = "/services/skerry"
 API = PREFIX + "/api/v1"

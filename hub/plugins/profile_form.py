@@ -1,7 +1,7 @@
 """The admin page's profile form: a profile shown as form fields, and form fields read back.
 
 Each field is named by its path in the profile (``resources.cpu_limit``, ``access.users``),
-so a :class:`~skerry.hub.profiles.ProfileError`, whose message starts with the field path,
+so a :class:`~skerry.hub.stores.profiles.ProfileError`, whose message starts with the field path,
 is shown beside the field it names (:func:`field_of`).
 
 Rules of reading a form (:func:`profile_from_form`):
@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .profiles import ProfileError
+from skerry.hub.stores.profiles import ProfileError
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def form_values(profile: dict) -> dict[str, str]:
 
 
 def profile_from_form(values: dict[str, str], slug: str) -> dict:
-    """The profile data the form describes, for :func:`~skerry.hub.profiles.validate`."""
+    """The profile data the form describes, for :func:`~skerry.hub.stores.profiles.validate`."""
     data: dict = {"slug": slug}
     for field in FIELDS:
         text = values.get(field.path, "")

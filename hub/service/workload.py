@@ -47,14 +47,14 @@ Rules:
 - ``POST runs`` is ``skerry.workload.runs.start_run`` (a run over a dataset without a
   location, or whose output datasets exist, is a 400 and writes nothing); the
   scheduler then gives its tasks their jobs. A run whose jobs would pass a ``queued_jobs``
-  quota of its owner, or of one of the owner's groups (``hub.quotas``), is a 403
+  quota of its owner, or of one of the owner's groups (``hub.stores.quotas``), is a 403
   ``quota_exceeded`` with the quota's sentence, and nothing is created: the jobs counted are
   the owner's (or the group members') jobs not yet final, plus those the run's first steps
-  would get from the dataset's files now (``hub.usage.planned_jobs``), the jobs counted
+  would get from the dataset's files now (``hub.stores.usage.planned_jobs``), the jobs counted
   including those owed to the owners' running runs not yet given them. The count and the
   run's creation are one catalog write transaction (SQLite: ``BEGIN IMMEDIATE``, the
   database's write lock, which also holds off other processes; PostgreSQL: an advisory
-  lock, ``hub.usage.quota_lock``): of two runs created at once, a quota admitting one
+  lock, ``hub.stores.usage.quota_lock``): of two runs created at once, a quota admitting one
   admits exactly one;
 - creating a dataset and closing it start the runs its name's workflow masks call for
   (``skerry.workload.runs.start_matching_runs``: at rank 1, owned by the dataset's
@@ -90,9 +90,9 @@ from skerry.workload.modules import ModuleRegistry, ModuleSpec, load_module
 from skerry.workload.runs import registry_of, start_matching_runs, start_run
 from skerry.workload.workflows import WorkflowSpec, load_workflow
 
-from . import usage
-from .api_users import ApiError
-from .quotas import QuotaExceeded, check_queued_jobs, shared_store
+from skerry.hub.stores import usage
+from skerry.hub.service.users import ApiError
+from skerry.hub.stores.quotas import QuotaExceeded, check_queued_jobs, shared_store
 
 MAX_BODY = 1024 * 1024  # specs and small requests
 MAX_FILES_BODY = 32 * 1024 * 1024  # a file list: about 200,000 entries

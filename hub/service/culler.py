@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .hubapi import every_item
+from skerry.hub.service.hubapi import every_item
 
 INTERVAL_S = 30.0
 INTERVAL_ENV = "SKERRY_CULL_INTERVAL"

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from skerry.errors import SkerryError
 
-from .api_users import ApiError
+from skerry.hub.service.users import ApiError
 
 STATUS = {"no_pool": 404, "account_locked": 409, "bad_request": 400}
 

@@ -12,9 +12,9 @@ import sys
 
 from skerry.adaptors.store import KEY_ENV as CRYPT_KEY_ENV
 from skerry.datadir import DataDir
-from skerry.hub.culler import INTERVAL_ENV as CULL_ENV
-from skerry.hub.pages import TEMPLATES as PAGE_TEMPLATES
-from skerry.hub.pages import handlers as page_handlers
+from skerry.hub.service.culler import INTERVAL_ENV as CULL_ENV
+from skerry.hub.plugins.admin_pages import TEMPLATES as PAGE_TEMPLATES
+from skerry.hub.plugins.admin_pages import handlers as page_handlers
 from skerry.identity import SINGLE_USER_ENV, TEMPLATE_ENV
 
 SERVICE_NAME = "skerry"
@@ -91,7 +91,7 @@ def configure(c) -> None:
         {
             "name": SERVICE_NAME,
             "url": service_url,
-            "command": [sys.executable, "-m", "skerry.hub.service"],
+            "command": [sys.executable, "-m", "skerry.hub.service.app"],
             "environment": {
                 "SKERRY_DATA_DIR": str(data.path),
                 "SKERRY_PUBLIC_URL": public_url,
@@ -122,7 +122,7 @@ def configure(c) -> None:
         {"name": "admin", "services": [ADMIN_SERVICE_NAME]},
         {
             "name": "skerry-service",
-            # admin:server_state: the idle culler reads each server's profile snapshot (hub.culler)
+            # admin:server_state: the idle culler reads each server's profile snapshot (hub.service.culler)
             "scopes": ["list:users", "read:users", "read:servers", "servers", "delete:servers", "read:groups",
                        "admin:server_state"],
             "services": [SERVICE_NAME],

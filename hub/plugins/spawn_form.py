@@ -2,7 +2,7 @@
 
 JupyterHub wraps :func:`render` in its spawn page (``<form>`` and the start button are its
 own) and hands the posted fields, a dict of lists of strings, to :func:`read`, which returns
-the ``user_options`` of :mod:`skerry.hub.selection`. Rules:
+the ``user_options`` of :mod:`skerry.hub.plugins.selection`. Rules:
 
 - the profiles listed are the enabled ones the user may use, by slug, the first one
   checked; each with its display name, description and resources, and its options: the

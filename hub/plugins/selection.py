@@ -22,7 +22,7 @@ from typing import Any
 
 from skerry.errors import SkerryError
 
-from .profiles import META, Profile, ProfileError, allowed, render_adaptor, resolve
+from skerry.hub.stores.profiles import META, Profile, ProfileError, allowed, render_adaptor, resolve
 
 KEYS = ("profile", "options", "free")
 

@@ -28,7 +28,7 @@ admitted as its member. :meth:`QuotaStore.report` turns sessions into rows per u
 group) and UTC day: ``server_hours`` (wall time of open servers), ``gpu_seconds`` (GPUs x
 seconds) and ``cpu_seconds`` (what ``release`` was given, spread over the session's days in
 proportion to its time on each; an open session's CPU is not known yet: 0). Job counts and
-stored bytes are not the store's: :mod:`hub.usage` measures them and passes them in.
+stored bytes are not the store's: :mod:`hub.stores.usage` measures them and passes them in.
 
 Everything lives in ``DIR/usage.sqlite`` (SQLAlchemy ``create_all``, two tables of its own).
 """
@@ -48,8 +48,8 @@ from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Tab
 
 from skerry.errors import ConfigError, SkerryError
 
-from .profiles import Memory
-from .sqlitefile import SQLiteFile
+from skerry.hub.stores.profiles import Memory
+from skerry.hub.stores.sqlitefile import SQLiteFile
 
 KINDS = ("user", "group")
 LIMITS = ("servers", "cpu", "memory", "gpus", "queued_jobs")
@@ -283,7 +283,7 @@ class QuotaStore(SQLiteFile):
         Each row: ``{"user"|"group", "day", "servers", "server_hours", "cpu_seconds",
         "gpu_seconds", "jobs", "stored_bytes"}``. ``servers`` counts the sessions open that day.
         ``jobs`` (``{(owner, "YYYY-MM-DD"): count}``) and ``stored`` (``{user: {adaptor: bytes
-        or "not measured"}}``, measured now: today's rows) come from :mod:`hub.usage`; without
+        or "not measured"}}``, measured now: today's rows) come from :mod:`hub.stores.usage`; without
         them those fields are None. ``members`` (``{user: [groups]}``, from the hub) places
         jobs and stored bytes in groups; a user missing from it counts in the groups of their
         latest session.
@@ -392,7 +392,7 @@ def check_queued_jobs(store: QuotaStore, user: str, groups: list[str] | set[str]
     """Refuse (:class:`QuotaExceeded`) ``adding`` more jobs for ``user`` if a ``queued_jobs``
     quota of the user or of one of their groups would be passed; ``queued(kind, name)`` counts
     the jobs not yet final of the user, or of the group's members. Call it in the transaction
-    that creates the run, under the catalog's write lock (``hub.api_workload``), so that the
+    that creates the run, under the catalog's write lock (``hub.service.workload``), so that the
     count cannot change before the run exists."""
     for kind, name, quota in store.applying(user, groups):
         if "queued_jobs" not in quota:

@@ -23,7 +23,7 @@ import os
 from jupyterhub.services.auth import HubAuth
 from wsgidav.mw.base_mw import BaseMiddleware
 
-from .jwtauth import JwtRefused, JwtVerifier, looks_like_jwt
+from skerry.hub.userserver.jwtauth import JwtRefused, JwtVerifier, looks_like_jwt
 
 log = logging.getLogger("skerry.dav")
 

@@ -10,14 +10,14 @@ Routes, under the hub's prefix (``/hub/``)::
     POST skerry/profiles/<slug>/duplicate       field ``new_slug`` (then the copy's edit page)
     GET  skerry/profiles/<slug>/audit           who changed the profile, when, and what
     GET  skerry/usage?by=user|group&days=30     usage per user or group and day: servers, server-hours,
-                                                CPU- and GPU-seconds, jobs, stored bytes (hub.quotas)
+                                                CPU- and GPU-seconds, jobs, stored bytes (hub.stores.quotas)
 
 Rules:
 
 - admins only: the caller needs the unfiltered scope ``admin:users`` (as the REST API's
   writes do); anyone else gets 403 (JupyterHub's error page), someone not logged in the login page;
 - forms carry JupyterHub's ``_xsrf`` field, as its own forms do;
-- a submitted profile is validated by the :class:`~skerry.hub.profiles.ProfileStore`; a refusal
+- a submitted profile is validated by the :class:`~skerry.hub.stores.profiles.ProfileStore`; a refusal
   (400) shows its message beside the field it names, with what the admin typed kept, and
   nothing is saved; the form carries the version it was read with, and a profile changed
   meanwhile is refused (409) with a sentence above the form, what was typed kept (the form
@@ -43,10 +43,10 @@ from tornado import web
 from skerry.errors import SkerryError
 from skerry.workload.catalog import Catalog
 
-from . import usage
-from .profile_form import SECTIONS, field_of, form_values, profile_from_form
-from .profiles import SLUG, NoSuchProfile, ProfileConflict, ProfileError, ProfileStore
-from .quotas import QuotaStore, size
+from skerry.hub.stores import usage
+from skerry.hub.plugins.profile_form import SECTIONS, field_of, form_values, profile_from_form
+from skerry.hub.stores.profiles import SLUG, NoSuchProfile, ProfileConflict, ProfileError, ProfileStore
+from skerry.hub.stores.quotas import QuotaStore, size
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ADMIN_SCOPE = "admin:users"

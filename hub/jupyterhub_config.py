@@ -1,4 +1,0 @@
-# JupyterHub configuration of `skerry up`: all settings come from skerry.hub.settings.
-from skerry.hub.settings import configure
-
-configure(c)  # noqa: F821 (c is the config object JupyterHub provides)

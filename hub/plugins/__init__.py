@@ -1,0 +1,1 @@
+"""In the JupyterHub process: configuration, spawner, proxy, authenticator, forms and admin pages."""

@@ -1,0 +1,1 @@
+"""What the hub and the service both read and write: profiles, quotas and usage."""

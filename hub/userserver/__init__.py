@@ -1,0 +1,1 @@
+"""In each user's micro-infrastructure: its launcher, the WebDAV endpoint and its authentication."""
