@@ -283,6 +283,7 @@ class Copy:
         self.error = None
         self.verified = None
         self.md5 = None
+        self.webhook_delivery = None  # once the webhook is sent: pending, delivered, refused, dropped
         self._lock = threading.Lock()
 
     def add(self, nbytes=0, files=0):
@@ -294,7 +295,7 @@ class Copy:
         return {"id": self.id, "from": "skerry://" + "/".join(self.source).rstrip("/"),
                 "to": "skerry://" + "/".join(self.target), "state": self.state, "bytes": self.bytes,
                 "total": self.total, "files": self.files, "error": self.error,
-                "verified": self.verified, "md5": self.md5}
+                "verified": self.verified, "md5": self.md5, "webhook": self.webhook_delivery}
 
 
 class Stager:
@@ -332,6 +333,12 @@ class Stager:
     def status(self, copy_id: str) -> dict | None:
         c = self._copies.get(copy_id)
         return c.status() if c else None
+
+    def statuses(self) -> list[dict]:
+        """Every copy kept (at most ``KEEP_COPIES``), oldest first."""
+        with self._lock:
+            copies = list(self._copies.values())
+        return [c.status() for c in copies]
 
     def shutdown(self, wait=False):
         """Stop: queued copies are dropped, running ones fail at their next block

@@ -9,7 +9,9 @@ Rules:
   logged and dropped at once;
 - URLs are logged without user info or query string (they may carry a token);
 - one thread delivers everything, due deliveries first: a receiver that is down costs
-  a timer, never a blocked thread per copy.
+  a timer, never a blocked thread per copy;
+- each delivery ends once, told to its ``outcome`` callback: ``"delivered"`` (2xx),
+  ``"refused"`` (another answer below 500) or ``"dropped"`` (given up, or an unusable URL).
 """
 
 import heapq
@@ -60,11 +62,12 @@ class WebhookSender:
         self._thread = threading.Thread(target=self._run, name="skerry-webhooks", daemon=True)
         self._thread.start()
 
-    def send(self, url: str, body: dict) -> None:
+    def send(self, url: str, body: dict, outcome=None) -> None:
+        """Deliver ``body`` to ``url``; ``outcome(word)`` is called once when the delivery ends."""
         with self._wake:
             self.pending += 1
         delivery = {"url": url, "body": body, "first": time.monotonic(), "delay": self.first_delay,
-                    "attempts": 0}
+                    "attempts": 0, "outcome": outcome}
         self._schedule(delivery, 0.0)
 
     def stop(self):
@@ -72,9 +75,11 @@ class WebhookSender:
             self._stopped = True
             self._wake.notify()
 
-    def _finished(self):
+    def _finished(self, delivery, outcome: str):
         with self._wake:
             self.pending -= 1
+        if delivery["outcome"] is not None:
+            delivery["outcome"](outcome)
 
     def _schedule(self, delivery, delay):
         with self._wake:
@@ -95,7 +100,7 @@ class WebhookSender:
                 except Exception as e:  # a URL httpx cannot use at all: no retry can help
                     log.warning("webhook %s for copy %s dropped: %s", shown(delivery["url"]),
                                 delivery["body"].get("id"), type(e).__name__)
-                    self._finished()
+                    self._finished(delivery, "dropped")
 
     def _attempt(self, client, delivery):
         delivery["attempts"] += 1
@@ -110,13 +115,13 @@ class WebhookSender:
             if status >= 300:
                 log.warning("webhook %s refused copy %s with %s; not retried",
                             where, delivery["body"].get("id"), status)
-            self._finished()
+            self._finished(delivery, "delivered" if status < 300 else "refused")
             return
         waited = time.monotonic() - delivery["first"]
         if waited + delivery["delay"] > self.give_up_after:
             log.warning("webhook %s for copy %s: giving up after %d attempts in %.0f s (%s)",
                         where, delivery["body"].get("id"), delivery["attempts"], waited, problem)
-            self._finished()
+            self._finished(delivery, "dropped")
             return
         log.info("webhook %s for copy %s failed (%s); retrying in %.1f s",
                  where, delivery["body"].get("id"), problem, delivery["delay"])

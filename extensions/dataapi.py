@@ -11,6 +11,8 @@ user's hub token works as ``Authorization: token ...``):
 - ``POST copy``: a list of ``{from, to, webhook?}``; validated whole, then 202 with
   ``{"ids": [...]}`` (``skerry.adaptors.staging``);
 - ``GET copy/<id>``: ``{id, state, bytes, total, error, verified, ...}``.
+- ``GET copy``: ``{"copies": [...]}``, each as ``GET copy/<id>`` answers, oldest first: every
+  copy kept (past ``KEEP_COPIES``, the oldest finished ones are forgotten).
 
 Rules: every refusal is ``{"error": CODE, "message": sentence}`` with a 4xx status (5xx
 only for our own faults, without traceback text); backend calls run in threads, never on
@@ -96,8 +98,13 @@ class SkerryDataAPI(LoggingConfigurable):
         if copy.state == "done":
             self.log.info("copy %s done: %s bytes, verified %s", copy.id, copy.bytes, copy.verified)
         if copy.webhook:
+            copy.webhook_delivery = "pending"
+
+            def ended(outcome):
+                copy.webhook_delivery = outcome
+
             self.webhooks.send(copy.webhook, {"id": copy.id, "state": copy.state, "bytes": copy.bytes,
-                                              "error": copy.error})
+                                              "error": copy.error}, outcome=ended)
 
     def _stop_at_exit(self):
         # runs before the interpreter joins worker threads: running copies stop at their
@@ -224,6 +231,14 @@ class FindHandler(_Handler):
 
 
 class CopyHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        await self.run(self._get)
+
+    async def _get(self):
+        self.reply({"copies": self.api.stager.statuses()})
+
     @web.authenticated
     @authorized
     async def post(self):

@@ -45,6 +45,13 @@ def setup(tmp_path_factory, s3server):
     server.stop()
 
 
+def copy_ids(server) -> list[str]:
+    """The copies the server has taken, asked of the server itself."""
+    r = server.get("copy")
+    assert r.status_code == 200, r.text
+    return [c["id"] for c in r.json()["copies"]]
+
+
 def wait_done(server, copy_id):
     state = server.wait_copy(copy_id, timeout=120)
     return state
@@ -68,13 +75,14 @@ def test_adaptors_lists_names_types_and_read_only_never_secrets(setup):
 @pytest.mark.parametrize("token", [False, "not-the-token"])
 def test_every_endpoint_refuses_requests_without_the_token(setup, token):
     server, *_ = setup
+    before = copy_ids(server)
     for method, path in [("GET", "adaptors"), ("GET", "list?adaptor=home"), ("GET", "find/same.csv"),
-                         ("POST", "copy"), ("GET", "copy/abc")]:
+                         ("POST", "copy"), ("GET", "copy"), ("GET", "copy/abc")]:
         kwargs = {"json": [{"from": "home/x/same.csv", "to": "home/stolen.csv"}]} if method == "POST" else {}
         r = server.request(method, path, token=token, **kwargs)
         assert r.status_code == 403, (method, path, r.text)
         assert "Traceback" not in r.text
-    time.sleep(0.5)
+    assert copy_ids(server) == before  # the refused copy was never taken
     assert not (setup[1] / "stolen.csv").exists()
 
 
@@ -251,10 +259,11 @@ GOOD = {"from": "home/x/same.csv", "to": "home/never/same.csv"}
 ])
 def test_one_bad_item_refuses_the_whole_list_and_starts_nothing(setup, bad, code):
     server, home, *_ = setup
+    before = copy_ids(server)
     r = server.post("copy", json=[GOOD, bad])
     assert r.status_code == 400, r.text
     assert r.json()["error"] == code and r.json()["message"]
-    time.sleep(0.3)  # a started copy of GOOD would have written by now
+    assert copy_ids(server) == before  # not even GOOD was taken
     assert not (home / "never").exists()
 
 
@@ -266,17 +275,20 @@ def test_one_bad_item_refuses_the_whole_list_and_starts_nothing(setup, bad, code
 ])
 def test_malformed_bodies_are_refused(setup, body, code):
     server, home, *_ = setup
+    before = copy_ids(server)
     r = server.post("copy", content=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == code
+    assert copy_ids(server) == before
     assert not (home / "never").exists()
 
 
 def test_more_than_10000_items_are_refused(setup):
     server, home, *_ = setup
+    before = copy_ids(server)
     r = server.post("copy", json=[GOOD] * 10_001)
     assert r.status_code == 400 and r.json()["error"] == "too_many"
-    time.sleep(0.3)
+    assert copy_ids(server) == before
     assert not (home / "never").exists()
 
 
@@ -287,6 +299,7 @@ def test_copy_reports_its_state_and_unknown_ids_are_404(setup):
     ids = server.copy([{"from": "skerry://home/state.bin", "to": "skerry://s3/state/state.bin"},
                        {"from": "home/state.bin", "to": "home/state-copy.bin"}])
     assert len(ids) == 2 and len(set(ids)) == 2
+    assert copy_ids(server)[-2:] == ids  # the listing has them, newest last
     to_s3, to_home = (wait_done(server, i) for i in ids)
     for state in (to_s3, to_home):
         assert state["state"] == "done" and state["error"] is None

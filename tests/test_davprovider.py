@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import threading
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 from cheroot import wsgi
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from litmus import all_passed, run_litmus
 from skerry.adaptors.config import build_federation
 from skerry.adaptors.davprovider import TEMP_PREFIX, FederationProvider
 from skerry.adaptors.federation import SkerryFileSystem
@@ -174,18 +174,10 @@ def test_traversal_is_refused(dav, path):
     assert b"root:" not in body
 
 
-LITMUS_SUITES = ("basic", "copymove", "props", "locks", "http")
-
-
 @pytest.mark.skipif(not shutil.which("litmus"), reason="litmus is not installed (apt-get install litmus)")
 def test_litmus_passes_over_the_federation(dav, tmp_path):
-    env = dict(os.environ, TESTS=" ".join(LITMUS_SUITES))
-    done = subprocess.run(["litmus", dav.url + "home/"], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)  # litmus writes debug.log where it runs
-    summary = re.findall(r"<- summary for `(\w+)': of (\d+) tests run: (\d+) passed, (\d+) failed", done.stdout)
-    assert [s[0] for s in summary] == list(LITMUS_SUITES), done.stdout[-3000:]
-    for suite, run, passed, failed in summary:
-        assert failed == "0", f"litmus {suite}: {failed} failed\n{done.stdout[-3000:]}"
+    summary, output = run_litmus(dav.url + "home/", tmp_path)
+    assert summary == all_passed(), output[-3000:]
 
 
 def test_concurrent_if_match_puts_exactly_one_wins(dav):

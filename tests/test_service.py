@@ -9,20 +9,20 @@ API = "/services/skerry/api/v1"
 
 
 def test_alice_sees_her_infrastructure_with_working_urls(platform, alice, bob):
-    r = platform.api("GET", API + "/infrastructure", token=alice)
-    assert r.status_code == 200
-    infras = r.json()["infrastructures"]
+    listing = platform.api("GET", API + "/infrastructure", token=alice)
+    assert listing.status_code == 200
+    # never a secret in the answer
+    assert alice not in listing.text and platform.admin_token not in listing.text
+    infras = listing.json()["infrastructures"]
     assert [(i["user"], i["name"], i["ready"]) for i in infras] == [("alice", "", True)]
     endpoints = infras[0]["endpoints"]
     assert endpoints["jupyter"]["url"] == f"{platform.url}/user/alice/"
     assert endpoints["webdav"]["url"] == f"{platform.url}/dav/alice/"
     # the URLs work, with the authentication the answer describes
-    r = httpx.get(endpoints["jupyter"]["url"] + "api/status", headers={"Authorization": f"token {alice}"})
-    assert r.status_code == 200
-    r = httpx.request("PROPFIND", endpoints["webdav"]["url"], auth=("alice", alice), headers={"Depth": "0"})
-    assert r.status_code == 207
-    # never a secret in the answer
-    assert alice not in r.text and platform.admin_token not in r.text
+    jupyter = httpx.get(endpoints["jupyter"]["url"] + "api/status", headers={"Authorization": f"token {alice}"})
+    assert jupyter.status_code == 200
+    dav = httpx.request("PROPFIND", endpoints["webdav"]["url"], auth=("alice", alice), headers={"Depth": "0"})
+    assert dav.status_code == 207
 
 
 def test_bob_does_not_see_alice(platform, alice, bob):

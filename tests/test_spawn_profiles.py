@@ -239,9 +239,22 @@ print(past.returncode, "MemoryError" in past.stderr)
 """
 
 
+@pytest.fixture
+def alice_on_physics(platform, users) -> dict:
+    """alice's default server running the physics profile (1 core, either version), started here
+    if no test before has left it running: her server's state."""
+    model = server_model(platform, "alice") or {}
+    if not model.get("ready"):
+        r = spawn(platform, "alice", users["alice"], {"profile": "physics"})
+        assert r.status_code in (201, 202), r.text
+        return wait_ready(platform, "alice")
+    assert model["state"]["profile"]["slug"] == "physics", model["state"]["profile"]
+    return model["state"]
+
+
 @platform_test
-def test_two_burning_processes_in_alices_server_use_at_most_her_one_core(platform, users):
-    state = server_model(platform, "alice")["state"]  # running the physics profile: 1 core
+def test_two_burning_processes_in_alices_server_use_at_most_her_one_core(platform, users, alice_on_physics):
+    state = alice_on_physics  # running the physics profile: 1 core
     assert state["profile"]["resources"]["cpu_limit"] == 1
     with RemoteKernel(f"{platform.url}/user/alice/", users["alice"], KERNEL, timeout=120) as kernel:
         result = kernel.execute(BURN, timeout=120)
@@ -258,8 +271,9 @@ def test_two_burning_processes_in_alices_server_use_at_most_her_one_core(platfor
 
 
 @platform_test
-def test_past_alices_memory_limit_a_process_fails_and_her_kernel_and_server_run_on(platform, users):
-    state = server_model(platform, "alice")["state"]  # physics, version 2: 5 GiB
+def test_past_alices_memory_limit_a_process_fails_and_her_kernel_and_server_run_on(platform, users,
+                                                                                   alice_on_physics):
+    state = alice_on_physics
     jupyter = jupyter_pid(state["pid"])
     with RemoteKernel(f"{platform.url}/user/alice/", users["alice"], KERNEL, timeout=120) as kernel:
         result = kernel.execute(ALLOCATE % (state["limits"]["memory"] + GIB), timeout=120)
@@ -272,8 +286,9 @@ def test_past_alices_memory_limit_a_process_fails_and_her_kernel_and_server_run_
 
 
 @platform_test
-def test_past_alices_memory_limit_her_kernel_itself_is_stopped_and_her_server_runs_on(platform, users):
-    state = server_model(platform, "alice")["state"]
+def test_past_alices_memory_limit_her_kernel_itself_is_stopped_and_her_server_runs_on(platform, users,
+                                                                                       alice_on_physics):
+    state = alice_on_physics
     jupyter = jupyter_pid(state["pid"])
     with RemoteKernel(f"{platform.url}/user/alice/", users["alice"], KERNEL, timeout=120) as kernel:
         code = f"big = b'x' * {state['limits']['memory'] + GIB}"
@@ -362,7 +377,7 @@ def test_the_spawn_form_starts_the_chosen_profile_with_its_option_and_free_value
 
 
 @platform_test
-def test_a_quota_of_one_server_refuses_alices_second_server(platform, users):
+def test_a_quota_of_one_server_refuses_alices_second_server(platform, users, alice_on_physics):
     assert (server_model(platform, "alice") or {}).get("ready")  # her default server runs
     r = platform.api("PUT", API + "/quotas/users/alice", json={"servers": 1})
     assert r.status_code == 200, r.text
@@ -382,7 +397,8 @@ def test_a_quota_of_one_server_refuses_alices_second_server(platform, users):
 
 
 @platform_test
-def test_a_profile_adaptor_named_like_one_of_the_users_is_refused_and_its_admission_released(platform, users):
+def test_a_profile_adaptor_named_like_one_of_the_users_is_refused_and_its_admission_released(platform, users,
+                                                                                             alice_on_physics):
     clash = {"slug": "clash", "display_name": "Clash", "resources": {"cpu_limit": 1, "mem_limit": "6Gi", "gpus": 0},
              "adaptors": [{"name": "home", "type": "memory"}], "dask": {"max_workers": 1, "worker_memory": "1Gi"},
              "access": {"users": ["alice"]}}
@@ -392,8 +408,9 @@ def test_a_profile_adaptor_named_like_one_of_the_users_is_refused_and_its_admiss
     model = server_model(platform, "alice", "clash") or {}
     assert not model.get("ready") and not model.get("pending"), model
     assert not ours(platform, "/dav/alice/clash/")
-    quotas = pytest.importorskip("hub.stores.quotas")
-    store = quotas.QuotaStore.for_data_dir(platform.data_dir)
+    from skerry.hub.stores.quotas import QuotaStore
+
+    store = QuotaStore.for_data_dir(platform.data_dir)
     try:  # admitted before the adaptors were written, released when the start failed
         assert [(s["user"], s["server"]) for s in store.open_sessions()] == [("alice", "")]
     finally:

@@ -97,9 +97,12 @@ def md5_of(f) -> str:
     return md5.hexdigest()
 
 
-def one_webhook(receiver, copy_id) -> dict:
-    wait_for(lambda: receiver.bodies_for(copy_id), 60, what=f"the webhook of copy {copy_id}")
-    time.sleep(2)  # a second delivery would come within the first retry delay
+def one_webhook(server, receiver, copy_id) -> dict:
+    """The one webhook body of ``copy_id``: the server says its delivery ended with a 2xx, after
+    which it never sends again, and the receiver got exactly one."""
+    wait_for(lambda: server.get(f"copy/{copy_id}").json()["webhook"] not in (None, "pending"), 60,
+             what=f"the end of the webhook delivery of copy {copy_id}")
+    assert server.get(f"copy/{copy_id}").json()["webhook"] == "delivered"
     bodies = receiver.bodies_for(copy_id)
     assert len(bodies) == 1, bodies
     return bodies[0]
@@ -128,7 +131,7 @@ def test_500mb_file_sftp_to_s3_is_verified_and_reported_once(stage, receiver):
         with s3.open("staging/big/data.bin", "rb", block_size=CHUNK) as f:
             assert md5_of(f) == source_md5
         assert s3.info("staging/big/data.bin")["size"] == BIG
-        assert one_webhook(receiver, cid) == {"id": cid, "state": "done", "bytes": BIG, "error": None}
+        assert one_webhook(server, receiver, cid) == {"id": cid, "state": "done", "bytes": BIG, "error": None}
         print(f"\nSFTP -> S3, 500 MiB: {took:.1f} s, {BIG / MB / took:.0f} MiB/s")
     finally:
         os.remove(remote / "big" / "data.bin")
@@ -150,7 +153,7 @@ def test_500mb_file_s3_to_local_is_verified_and_reported_once(stage, receiver):
         with open(home / "big2" / "data.bin", "rb") as f:
             assert md5_of(f) == source_md5
         assert sorted(os.listdir(home / "big2")) == ["data.bin"]  # no temporary name left
-        assert one_webhook(receiver, cid) == {"id": cid, "state": "done", "bytes": BIG, "error": None}
+        assert one_webhook(server, receiver, cid) == {"id": cid, "state": "done", "bytes": BIG, "error": None}
         print(f"\nS3 -> local, 500 MiB: {took:.1f} s, {BIG / MB / took:.0f} MiB/s")
     finally:
         s3.rm("staging/big2/data.bin")
@@ -185,7 +188,7 @@ def test_folder_of_1000_files_sftp_to_s3_to_local(stage, receiver):
     assert state["verified"] == "size+etag"
     in_s3 = {p[len("staging/many/"):]: s3.info(p)["ETag"].strip('"') for p in s3.find("staging/many")}
     assert in_s3 == source  # single-part objects: the ETag is the MD5
-    assert one_webhook(receiver, cid)["state"] == "done"
+    assert one_webhook(server, receiver, cid)["state"] == "done"
     print(f"\n1,000 files SFTP -> S3: {took:.1f} s")
 
     cid, state, took = copy_and_wait(server, {"from": "s3/many", "to": "home/many", "webhook": receiver.url})
@@ -193,7 +196,7 @@ def test_folder_of_1000_files_sftp_to_s3_to_local(stage, receiver):
     assert (state["files"], state["bytes"]) == (1000, total)
     assert state["verified"] == "size"
     assert digests(home / "many") == source
-    assert one_webhook(receiver, cid)["state"] == "done"
+    assert one_webhook(server, receiver, cid)["state"] == "done"
     print(f"1,000 files S3 -> local: {took:.1f} s")
 
 
@@ -210,7 +213,7 @@ def test_webhook_reaches_a_receiver_that_was_down_when_the_copy_ended(stage, rec
         assert receiver.bodies_for(cid) == []
     finally:
         receiver.start()  # same port
-    body = one_webhook(receiver, cid)
+    body = one_webhook(server, receiver, cid)
     assert body == {"id": cid, "state": "done", "bytes": 10, "error": None}
 
 
@@ -225,7 +228,7 @@ def test_bad_s3_credentials_fail_with_a_clear_error_in_the_state_and_the_webhook
     assert "Access Key Id you provided does not exist" in error  # the storage's own reason
     for secret in (BAD_SECRET, BAD_KEY, "Traceback", 'File "'):
         assert secret not in error
-    assert one_webhook(receiver, cid) == {"id": cid, "state": "failed", "bytes": state["bytes"], "error": error}
+    assert one_webhook(server, receiver, cid) == {"id": cid, "state": "failed", "bytes": state["bytes"], "error": error}
     # authentication failures are permanent: never retried
     assert f"copy {cid}: " in server.log.read_text()
     assert "retry" not in "".join(line for line in server.log.read_text().splitlines() if cid in line)
