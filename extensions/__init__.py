@@ -8,6 +8,8 @@ first on ``$JUPYTER_CONFIG_PATH``. It serves the per-user data API at
 
 import os
 
+__all__ = ["CONFIG_DIR"]
+
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "jupyter_config")
 
 

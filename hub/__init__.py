@@ -11,3 +11,5 @@
 ``plugins`` and ``service`` use ``stores``; ``userserver`` uses neither: it gets what it
 needs at start. No code runs between the processes except through ``stores``.
 """
+
+__all__: list[str] = []  # import from the modules

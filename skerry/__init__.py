@@ -21,7 +21,7 @@ __all__ = ["__version__", "Pipeline", "Builder", "Monitor", "session", "fs", "cl
 
 # the parts of a kernel's session, each an attribute of the ``session`` entry
 _SESSION = ("fs", "client", "api", "ready")
-GROUP = "skerry.names"
+_GROUP = "skerry.names"
 
 
 def __getattr__(name: str):
@@ -32,9 +32,9 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'skerry' has no attribute {name!r}")
     from importlib.metadata import entry_points
 
-    found = entry_points(group=GROUP, name=provider)
+    found = entry_points(group=_GROUP, name=provider)
     if not found:
-        raise AttributeError(f"skerry.{name} is provided by the entry point {provider!r} of group {GROUP!r}, "
+        raise AttributeError(f"skerry.{name} is provided by the entry point {provider!r} of group {_GROUP!r}, "
                              "which is not installed: reinstall skerry (pip install skerry)")
     value = next(iter(found)).load()
     if provider == "session":

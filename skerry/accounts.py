@@ -536,13 +536,13 @@ def interpreter_reachable(account: Account, command: list[str] | None = None,
                           paths: list[str] | None = None, timeout: float = 20.0) -> str | None:
     """None if the account can run ``command`` (exit 0), else a sentence naming what blocks it.
 
-    The default command runs this Python (``sys.executable``, resolved) and imports skerry;
+    The default command runs this Python (``sys.executable``) and imports skerry;
     ``paths`` are the files it needs (default: the program, as given and resolved, and, for
     the default command, skerry's package folder), whose folders are checked one by one
     when the command fails.
     """
     if command is None:
-        command = [os.path.realpath(sys.executable), "-c", "import skerry"]
+        command = [sys.executable, "-c", "import skerry"]  # as given: a venv's python, not its target
         if paths is None:
             paths = [sys.executable, str(Path(__file__).resolve().parent / "__init__.py")]
     paths = [command[0], os.path.realpath(command[0]), *(paths or [])]

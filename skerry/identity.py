@@ -20,7 +20,6 @@ Rules:
 from __future__ import annotations
 
 import getpass
-import os
 import pwd
 import sys
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ def check_reachable(users_dir: Path) -> str | None:
     probe = _probe()
     if probe is None:
         return None  # no account to ask: the first user's start will say it
-    python = os.path.realpath(sys.executable)
+    python = sys.executable  # as given: a venv's python finds its own packages, its target would not
     package = str(Path(__file__).resolve().parent / "__init__.py")
     command = [python, "-c", "import os, sys, skerry; os.stat(sys.argv[1])", str(users_dir)]
     return interpreter_reachable(probe, command, paths=[sys.executable, package, str(users_dir / "x")])

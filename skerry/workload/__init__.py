@@ -25,3 +25,5 @@
 
 Import from the submodules (``from skerry.workload.catalog import Catalog``).
 """
+
+__all__: list[str] = []  # import from the modules

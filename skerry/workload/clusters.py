@@ -287,7 +287,8 @@ def _launch(role: str, args: list[str], account: Account, env: dict[str, str], w
             limits=None) -> subprocess.Popen:
     """Start one process of the cluster as the account, through this module's wrapper
     (``_main``), which waits until ``limits`` (a ``skerry.limits.Enforcement``) took it in."""
-    command = [os.path.realpath(sys.executable), "-m", "skerry.workload.clusters", role, *args]
+    # this Python as given (a venv's own, not the interpreter it links to): it imports this skerry
+    command = [sys.executable, "-m", "skerry.workload.clusters", role, *args]
     hold, go = os.pipe()  # the wrapper reads ``hold`` until we close ``go``
     try:
         process = subprocess.Popen(command, cwd=work, env={**env, **(extra_env or {}), HOLD_ENV: str(hold)},
@@ -425,7 +426,7 @@ class UserCluster:
         of the whole cluster, by the machine's mechanism (cgroups, else rlimits and affinity),
         every process of it under them from its start. ConfigError on bad input, ClusterError
         if it fails."""
-        from ..hub.limits import Enforcement
+        from skerry.limits import Enforcement
 
         began = time.monotonic()
         folder = _check_start(account, pool, spec, folder, dashboard_port, watch_every)

@@ -318,7 +318,7 @@ def _limits(shape):
     workers' memory when the pool gives one (``auto``: no memory limit)."""
     from dask.utils import parse_bytes
 
-    from ..hub.limits import Limits
+    from skerry.limits import Limits
 
     memory = None if shape.memory == "auto" else shape.workers * parse_bytes(shape.memory)
     return Limits(cpu=float(shape.workers * shape.threads), memory=memory)
