@@ -15,8 +15,10 @@ Rules:
   writes the XML directly: wsgidav's generic path (a property lookup per name per child,
   an ElementTree of the whole answer) takes over 1 s for 10,000 files. Anything else,
   and any doubt, goes to wsgidav;
-- errors of the federation map to HTTP: PermissionError 403 (read-only adaptor, the
-  root, a path leading outside its adaptor), FileNotFoundError 404, ValueError 400.
+- errors of the federation map to HTTP by ``skerry.errors.storage_error`` (the table the
+  contents manager and the data API use too): PermissionError 403 (read-only adaptor,
+  the root, a path leading outside its adaptor), FileNotFoundError 404, ValueError 400,
+  an unreachable adaptor 503, ...
 """
 
 import contextlib
@@ -30,14 +32,10 @@ import uuid
 from datetime import datetime
 
 from wsgidav import util
-from wsgidav.dav_error import (
-    HTTP_BAD_REQUEST,
-    HTTP_FORBIDDEN,
-    HTTP_NOT_FOUND,
-    HTTP_SERVICE_UNAVAILABLE,
-    DAVError,
-)
+from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
+
+from skerry.errors import InternalError, storage_error
 
 LISTING_TTL = 2.0
 TEMP_PREFIX = ".skerry-upload-"
@@ -50,14 +48,11 @@ def http_errors():
         yield
     except DAVError:
         raise
-    except PermissionError as e:
-        raise DAVError(HTTP_FORBIDDEN, context_info=str(e)) from None
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-        raise DAVError(HTTP_NOT_FOUND, context_info=str(e)) from None
-    except ValueError as e:
-        raise DAVError(HTTP_BAD_REQUEST, context_info=str(e)) from None
-    except ConnectionError as e:  # an adaptor's host is down (AdaptorUnavailable) or dropped us
-        raise DAVError(HTTP_SERVICE_UNAVAILABLE, context_info=str(e)) from None
+    except Exception as e:
+        error = storage_error(e)
+        if isinstance(error, InternalError):
+            raise  # our own fault: wsgidav logs the traceback and answers 500
+        raise DAVError(error.status, context_info=error.message) from None
 
 
 def _timestamp(info: dict) -> float | None:

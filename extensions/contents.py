@@ -23,7 +23,8 @@ Rules:
   adaptor, the root or an adaptor folder changed, a symlink out of a local adaptor:
   403; missing: 404; traversal (``..``, ``.``, empty segments) and bad models: 400;
   an existing target: 409; an adaptor that cannot be reached now: 503 (the others
-  keep working: the root lists adaptors by name, connecting to none);
+  keep working: the root lists adaptors by name, connecting to none); storage errors
+  take their status from ``skerry.errors.storage_error``, as WebDAV and the data API do;
 - checkpoints (``SkerryCheckpoints``) live in the same adaptor, in
   ``<folder>/.ipynb_checkpoints/<name>-checkpoint<ext>``; read-only adaptors have
   none (creating one is a 403);
@@ -57,7 +58,7 @@ from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import build_federation, read_config
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.specs import load_specs
-from skerry.errors import ConfigError
+from skerry.errors import InternalError, storage_error
 
 CHECKPOINT_DIR = ".ipynb_checkpoints"
 CHECKPOINT_ID = "checkpoint"  # one checkpoint per file, as JupyterLab expects
@@ -75,27 +76,16 @@ STARTED = datetime.now(timezone.utc)
 
 @contextlib.contextmanager
 def http_errors(path: str):
-    """The federation's exceptions as the HTTP errors jupyter_server expects."""
+    """The federation's exceptions as the HTTP errors jupyter_server expects (``storage_error``'s table)."""
     try:
         yield
     except HTTPError:
         raise
-    except PermissionError as e:
-        raise HTTPError(403, f"Permission denied: {e}") from None
-    except FileNotFoundError:
-        raise HTTPError(404, f"No such file or folder: {path}") from None
-    except FileExistsError:
-        raise HTTPError(409, f"{path} already exists") from None
-    except (IsADirectoryError, NotADirectoryError) as e:
-        raise HTTPError(400, f"{path}: {e.strerror or e}") from None
-    except (ConnectionError, TimeoutError) as e:
-        raise HTTPError(503, f"The storage of {path} cannot be reached now: {e}") from None
-    except ValueError as e:
-        raise HTTPError(400, f"Invalid path {path!r}: {e}") from None
-    except ConfigError as e:
-        raise HTTPError(500, f"{path}: {e}") from None
-    except OSError as e:
-        raise HTTPError(500, f"Storage error on {path}: {e.strerror or e}") from None
+    except Exception as e:
+        error = storage_error(e, path)
+        if isinstance(error, InternalError):
+            raise  # our own fault: jupyter_server logs the traceback and answers 500
+        raise HTTPError(error.status, error.message) from None
 
 
 def _time(info: dict, *keys: str) -> datetime:

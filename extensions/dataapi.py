@@ -15,7 +15,9 @@ user's hub token works as ``Authorization: token ...``):
   copy kept (past ``KEEP_COPIES``, the oldest finished ones are forgotten).
 
 Rules: every refusal is ``{"error": CODE, "message": sentence}`` with a 4xx status (5xx
-only for our own faults, without traceback text); backend calls run in threads, never on
+only for faults that are not the caller's, without traceback text); storage errors take
+their status and code from ``skerry.errors.storage_error``, as WebDAV and the contents
+manager do; backend calls run in threads, never on
 the server's event loop; the adaptors come from ``$SKERRY_ADAPTORS``
 (``skerry.adaptors.config``): without it every endpoint answers 503 ``no_adaptors``.
 """
@@ -35,6 +37,7 @@ from traitlets.config import LoggingConfigurable
 from skerry.adaptors.query import FindIndex, modified_iso
 from skerry.adaptors.staging import CopyRequestError, Stager
 from skerry.adaptors.webhooks import WebhookSender
+from skerry.errors import ApiError, InternalError, NotAFolder, SkerryError, storage_error
 
 PREFIX = "skerry/api/v1/"
 SETTINGS_KEY = "skerry_dataapi"
@@ -121,26 +124,9 @@ class SkerryDataAPI(LoggingConfigurable):
             self.stager.shutdown()
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _backend_error(e: Exception) -> ApiError:
-    if isinstance(e, ApiError):
-        return e
-    if isinstance(e, FileNotFoundError):
-        return ApiError(404, "not_found", str(e) or "no such file or folder")
-    if isinstance(e, PermissionError):
-        return ApiError(403, "forbidden", str(e) or "permission denied")
-    if isinstance(e, NotADirectoryError):
-        return ApiError(400, "not_a_folder", str(e) or "not a folder")
-    if isinstance(e, ConnectionError):
-        return ApiError(503, "adaptor_unavailable", str(e) or "the storage cannot be reached")
-    if isinstance(e, ValueError):
-        return ApiError(400, "bad_path", str(e))
-    return ApiError(502, "backend_error", f"the storage failed: {type(e).__name__}: {e}")
+def _refusal(e: Exception) -> SkerryError:
+    """What answers ``e``: our own refusals as they are, storage errors by ``storage_error``'s table."""
+    return e if isinstance(e, (ApiError, NotAFolder)) else storage_error(e)
 
 
 class _Handler(APIHandler):
@@ -162,11 +148,13 @@ class _Handler(APIHandler):
         try:
             await method(*args)
         except Exception as e:
-            err = _backend_error(e)
-            err.message = self.settings[SETTINGS_KEY].redact(err.message)
-            if err.status >= 500:
-                self.log.warning("skerry data API %s %s: %s", self.request.method, self.request.path, err.message)
-            self.reply({"error": err.code, "message": err.message}, err.status)
+            err = _refusal(e)
+            message = self.settings[SETTINGS_KEY].redact(err.message)
+            if isinstance(err, InternalError):
+                self.log.exception("skerry data API %s %s failed", self.request.method, self.request.path)
+            elif err.status >= 500:
+                self.log.warning("skerry data API %s %s: %s", self.request.method, self.request.path, message)
+            self.reply({"error": err.code, "message": message}, err.status)
 
     def write_error(self, status_code, **kwargs):
         # our JSON error shape, never traceback text
@@ -212,7 +200,7 @@ class ListHandler(_Handler):
         # fresh from the storage: files change behind our back (other users, HPC jobs)
         entries = await _thread(lambda: fs.ls(where, detail=True, refresh=True))
         if len(entries) == 1 and entries[0]["name"] == where and entries[0].get("type") != "directory":
-            raise ApiError(400, "not_a_folder", f"{where} is a file, not a folder")
+            raise NotAFolder(f"{where} is a file, not a folder")
         self.reply({"adaptor": adaptor, "path": path, "entries": [
             {"name": e["name"].rsplit("/", 1)[-1], "path": e["name"], "type": e.get("type"),
              "size": e.get("size"), "modified": modified_iso(e)} for e in entries]})
