@@ -20,7 +20,7 @@ and removes its line. Rules:
 import asyncio
 import secrets
 
-from skerry.errors import ConfigError, SkerryError
+from skerry.errors import ApiError, ConfigError
 
 from .registry import need
 
@@ -28,11 +28,9 @@ AUTHORIZED_KEYS = ".ssh/authorized_keys"  # relative to the login folder
 TIMEOUT = 30  # seconds for each login or SFTP step
 
 
-class SshKeyError(SkerryError):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
+class SshKeyError(ApiError):
+    """A key could not be installed or revoked on a host: ``status`` (502: the host, 400: the
+    login) and ``code`` say why."""
 
 
 def public_key_of(private_key: str) -> str:

@@ -58,6 +58,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from skerry import errors
 from skerry.errors import ConfigError
 
 from .specs import load_specs
@@ -76,18 +77,19 @@ COMPATIBLE = {"sftp": {"ssh-key", "password"}, "s3": {"s3"}, "webdav": {"passwor
               "local": set(), "memory": set()}
 
 
-class NotFound(ConfigError):
+class NotFound(errors.NotFound, ConfigError):
     code = "not_found"
 
 
-class Conflict(ConfigError):
+class Conflict(errors.Conflict, ConfigError):
     code = "conflict"
 
 
 class CryptError(ConfigError):
-    """The credentials cannot be decrypted (another key, or a damaged file)."""
+    """The credentials cannot be decrypted (another key, or a damaged file): not the caller's fault."""
 
     code = "credentials_unreadable"
+    status = 500
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -54,7 +54,7 @@ from pathlib import Path
 from string import Formatter
 from typing import Callable
 
-from .errors import ConfigError, SkerryError
+from .errors import ConfigError, Conflict, SkerryError
 from .process import processes_of
 
 HUB_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -78,13 +78,13 @@ class AccountError(SkerryError):
     code = "account_error"
 
 
-class AccountClash(AccountError):
+class AccountClash(Conflict, AccountError):
     """An account of the mapped name exists and is not this hub user's skerry account."""
 
     code = "account_clash"
 
 
-class AccountLocked(AccountError):
+class AccountLocked(Conflict, AccountError):
     """The account was locked (its hub user deleted): an admin unlocks or removes it first."""
 
     code = "account_locked"

@@ -36,7 +36,8 @@ from skerry.hub.service.clusters import cluster_routes
 from skerry.hub.service.infrastructure import infra_routes
 from skerry.hub.service.profiles import profile_routes
 from skerry.hub.service.quotas import quota_routes
-from skerry.hub.service.users import ApiError, user_routes
+from skerry.hub.service.toolkit import ApiError, error_response
+from skerry.hub.service.users import user_routes
 from skerry.hub.service.workload import open_catalog, workload_routes
 from skerry.hub.stores.profiles import ProfileStore
 
@@ -108,25 +109,24 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        headers = {"WWW-Authenticate": "token"} if exc.status == 401 else None
-        return JSONResponse({"error": exc.code, "message": exc.message}, exc.status, headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "message": str(exc.detail)}, exc.status_code)
+        return error_response(ApiError(exc.status_code, code, str(exc.detail)))
 
     @app.exception_handler(Exception)
     async def _internal_error(request, exc: Exception):
         # the traceback goes to the service log; the caller gets JSON, never the exception text
-        return JSONResponse({"error": "internal_error",
-                             "message": "The skerry service failed on this request; its log says why."}, 500)
+        return error_response(ApiError(500, "internal_error",
+                                       "The skerry service failed on this request; its log says why."))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"error": "bad_request", "message": f"{where}: {first.get('msg', 'invalid')}"}, 400)
+        return error_response(ApiError(400, "bad_request", f"{where}: {first.get('msg', 'invalid')}"))
 
     app.include_router(infra_routes(caller, get_hub, API))
     app.include_router(cluster_routes(caller, API))

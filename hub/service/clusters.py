@@ -24,11 +24,10 @@ from __future__ import annotations
 import os
 
 from fastapi import APIRouter, Depends
-from starlette.concurrency import run_in_threadpool
 
 from skerry.errors import SkerryError
 
-from skerry.hub.service.users import ApiError
+from skerry.hub.service.toolkit import ApiError, in_thread
 
 STATUS = {"no_pool": 404, "account_locked": 409, "bad_request": 400}
 
@@ -46,7 +45,7 @@ def cluster_routes(caller, api: str) -> APIRouter:
 
         data = DataDir(os.environ["SKERRY_DATA_DIR"])
         try:
-            pools = await run_in_threadpool(load_pools, data.path / "pools.json")
+            pools = await in_thread(load_pools, data.path / "pools.json")
         except SkerryError as e:
             raise ApiError(503, e.code, e.message) from None
         mine = running_clusters(data, who["name"]) if who.get("kind") == "user" else {}
@@ -60,7 +59,7 @@ def cluster_routes(caller, api: str) -> APIRouter:
         if who.get("kind") != "user":
             raise ApiError(403, "not_a_user", "Only a user has a Dask cluster: use a user's token.")
         try:
-            return await run_in_threadpool(ask, os.environ["SKERRY_DATA_DIR"], who["name"], pool)
+            return await in_thread(ask, os.environ["SKERRY_DATA_DIR"], who["name"], pool)
         except SkerryError as e:
             raise ApiError(STATUS.get(e.code, 503), e.code, e.message) from None
 

@@ -37,19 +37,18 @@ from urllib.parse import quote
 import httpx
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
-
 from skerry.adaptors.store import SERVER_NAME, AccountStore, Conflict, CryptError
 from skerry.datadir import DataDir
 from skerry.errors import ConfigError
 
 from skerry.hub.service import descriptions
-from skerry.hub.service.users import ApiError, _json_body
+from skerry.hub.service.toolkit import ApiError, in_thread, json_body
 
 log = logging.getLogger("skerry.infrastructure")
 
 START_WAIT = 150.0  # seconds: the spawner's start_timeout (60) + http_timeout (30), and slack
 STOP_WAIT = 60.0
+MAX_BODY = 64 * 1024  # a description is small
 POLL = 0.5
 
 
@@ -182,8 +181,8 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
     async def describe(hub, user: str, name: str, server: dict | None) -> dict:
         s = store()
         try:
-            record = await run_in_threadpool(s.server, user, name) if name else None
-            credentials = await run_in_threadpool(s.server_credentials, user, name) if record else {}
+            record = await in_thread(s.server, user, name) if name else None
+            credentials = await in_thread(s.server_credentials, user, name) if record else {}
         except ConfigError as e:
             raise _store_error(e) from None
         return descriptions.infrastructure(hub.public_url, user, name, server, record, pools(user), credentials)
@@ -193,7 +192,7 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
             raise not_found(name)
         server = (await servers(hub).servers(user)).get(name)
         try:
-            record = await run_in_threadpool(store().server, user, name)
+            record = await in_thread(store().server, user, name)
         except ConfigError as e:
             raise _store_error(e) from None
         if server is None and record is None:
@@ -208,10 +207,10 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
         if who.get("kind") != "user":
             raise ApiError(403, "forbidden", "Only users have micro-infrastructures: create one with a user's token.")
         user = who["name"]
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         try:
             described = descriptions.parse(body)
-            await run_in_threadpool(store().check_server, user, described.name, described.specs,
+            await in_thread(store().check_server, user, described.name, described.specs,
                                     described.credentials)
         except ConfigError as e:
             raise _store_error(e, "bad_infrastructure") from None
@@ -219,7 +218,7 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
         if described.name in await hub_servers.servers(user, stopped=True):
             raise ApiError(409, "name_taken", f"You already have a server named {described.name!r}.")
         try:
-            await run_in_threadpool(store().put_server, user, described.name,
+            await in_thread(store().put_server, user, described.name,
                                     {"services": described.services, "user_options": described.user_options},
                                     described.specs, described.credentials)
         except ConfigError as e:
@@ -244,7 +243,7 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
             raise ApiError(404, "not_found", f"There is no user {user!r} whose servers you may see.")
         running = await servers(hub).servers(target)
         try:
-            records = await run_in_threadpool(store().servers, target)
+            records = await in_thread(store().servers, target)
         except ConfigError as e:
             raise _store_error(e) from None
         names = sorted(set(running) | set(records))
@@ -270,7 +269,7 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
         await one(hub, target, name)  # 404 first
         await servers(hub).delete(target, name)
         try:
-            await run_in_threadpool(store().delete_server, target, name)
+            await in_thread(store().delete_server, target, name)
         except ConfigError as e:
             raise _store_error(e) from None
         return Response(status_code=204)
@@ -285,12 +284,12 @@ async def _discard(hub_servers: HubServers, store: AccountStore, user: str, name
     except Exception:  # the caller gets the spawn's error; this one goes to the service log
         log.exception("deleting the server %s of %s after a failed start failed", name, user)
     finally:
-        await run_in_threadpool(store.delete_server, user, name)
+        await in_thread(store.delete_server, user, name)
 
 
 def _store_error(e: ConfigError, code: str = "bad_store") -> ApiError:
     if isinstance(e, Conflict):
-        return ApiError(409, "name_taken", e.message)
+        return ApiError.of(e, code="name_taken")
     if isinstance(e, CryptError) or code == "bad_store":
         return ApiError(500, e.code if isinstance(e, CryptError) else code, e.message)
     return ApiError(400, code, e.message)

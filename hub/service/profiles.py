@@ -25,42 +25,31 @@ Rules:
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from skerry.errors import SkerryError
+from skerry.errors import Conflict, NotFound, SkerryError
 
-from skerry.hub.service.users import ApiError
-from skerry.hub.service.workload import _body, _inline, _json_body
-from skerry.hub.stores.profiles import NoSuchProfile, Profile, ProfileConflict, ProfileError, ProfileStore, allowed
+from skerry.hub.service.toolkit import ApiError, calling, inline_refs, is_admin, json_body, request_body
+from skerry.hub.stores.profiles import NoSuchProfile, Profile, ProfileError, ProfileStore, allowed
 
-PROFILE_BODY = _body(_inline(Profile.model_json_schema()))
-SLUG_BODY = _body({"type": "object", "required": ["slug"], "additionalProperties": False,
-                   "properties": {"slug": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,62}$"}}})
+PROFILE_BODY = request_body(inline_refs(Profile.model_json_schema()))
+SLUG_BODY = request_body({"type": "object", "required": ["slug"], "additionalProperties": False,
+                          "properties": {"slug": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,62}$"}}})
 
 
-def _fail(e: SkerryError) -> ApiError:
-    if isinstance(e, NoSuchProfile):
-        return ApiError(404, e.code, e.message)
-    if isinstance(e, ProfileConflict):
-        return ApiError(409, e.code, e.message)
+def _refusal(e: SkerryError) -> ApiError:
+    """A store error in this API's words: 404 and 409 as they are, anything else a bad profile."""
+    if isinstance(e, (NotFound, Conflict)):
+        return ApiError.of(e)
     return ApiError(400, ProfileError.code, e.message)
 
 
-async def _call(fn, *args, **kwargs):
-    """``fn`` in a worker thread (SQLite waits); store errors become ApiErrors."""
-    try:
-        return await run_in_threadpool(fn, *args, **kwargs)
-    except SkerryError as e:
-        raise _fail(e) from None
+_call = calling(_refusal)  # store calls in a worker thread (SQLite waits)
 
 
 def profile_routes(caller, get_store, api: str) -> APIRouter:
     """The router; ``caller`` (the hub user model) and ``get_store`` (a ProfileStore) are the
     service's dependencies."""
     router = APIRouter(prefix=api, tags=["profiles"])
-
-    def is_admin(who: dict) -> bool:
-        return bool(who.get("admin")) or "admin:users" in who.get("scopes", [])
 
     def admin(who: dict = Depends(caller)) -> dict:
         if not is_admin(who):
@@ -77,7 +66,7 @@ def profile_routes(caller, get_store, api: str) -> APIRouter:
     @router.post("/profiles", status_code=201, openapi_extra=PROFILE_BODY)
     async def create_profile(request: Request, who: dict = Depends(admin), store: ProfileStore = Depends(get_store)):
         """A new profile (admins). 400 ``bad_profile`` names the bad field; 409 if the slug is taken."""
-        body = await _json_body(request)
+        body = await json_body(request)
         return JSONResponse(await _call(store.create, body, who["name"]), 201)
 
     @router.get("/profiles/{slug}")
@@ -93,7 +82,7 @@ def profile_routes(caller, get_store, api: str) -> APIRouter:
     async def update_profile(slug: str, request: Request, who: dict = Depends(admin),
                              store: ProfileStore = Depends(get_store)):
         """Replace the whole profile (admins); a ``version`` in the body must be the stored one (409)."""
-        body = await _json_body(request)
+        body = await json_body(request)
         version = body.get("version")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise ApiError(400, ProfileError.code, "version: must be the integer the profile was read with.")
@@ -113,7 +102,7 @@ def profile_routes(caller, get_store, api: str) -> APIRouter:
     async def duplicate_profile(slug: str, request: Request, who: dict = Depends(admin),
                                 store: ProfileStore = Depends(get_store)):
         """A copy under a new slug (admins), enabled, version 1."""
-        body = await _json_body(request)
+        body = await json_body(request)
         if set(body) != {"slug"} or not isinstance(body["slug"], str):
             raise ApiError(400, ProfileError.code, "slug: send {\"slug\": \"<new slug>\"} and nothing else.")
         return JSONResponse(await _call(store.duplicate, slug, body["slug"], who["name"]), 201)

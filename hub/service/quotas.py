@@ -30,35 +30,29 @@ Rules:
 import os
 
 from fastapi import APIRouter, Depends, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from skerry.adaptors.store import AccountStore
 from skerry.datadir import DataDir
-from skerry.errors import SkerryError
+from skerry.errors import NotFound, SkerryError
 
 from skerry.hub.stores import usage
-from skerry.hub.service.users import ApiError
-from skerry.hub.service.workload import _body, _inline, _json_body
+from skerry.hub.service.toolkit import ApiError, calling, inline_refs, is_admin, json_body, request_body
 from skerry.hub.service.hubapi import every_item
 from skerry.hub.service.metrics import CONTENT_TYPE, Snapshot, render
-from skerry.hub.stores.quotas import KINDS, MAX_DAYS, NoSuchQuota, Quota, QuotaError, QuotaStore, shared_store
+from skerry.hub.stores.quotas import KINDS, MAX_DAYS, Quota, QuotaError, QuotaStore, shared_store
 
-QUOTA_BODY = _body(_inline(Quota.model_json_schema()))
+QUOTA_BODY = request_body(inline_refs(Quota.model_json_schema()))
 METRICS_SCOPE = "read:metrics"
 
 
-def _fail(e: SkerryError) -> ApiError:
-    if isinstance(e, NoSuchQuota):
-        return ApiError(404, e.code, e.message)
+def _refusal(e: SkerryError) -> ApiError:
+    """A store error in this API's words: 404 as it is, anything else a bad quota."""
+    if isinstance(e, NotFound):
+        return ApiError.of(e)
     return ApiError(400, QuotaError.code, e.message)
 
 
-async def _call(fn, *args, **kwargs):
-    """``fn`` in a worker thread (SQLite waits, folder walks); store errors become ApiErrors."""
-    try:
-        return await run_in_threadpool(fn, *args, **kwargs)
-    except SkerryError as e:
-        raise _fail(e) from None
+_call = calling(_refusal)  # store calls in a worker thread (SQLite waits, folder walks)
 
 
 def _data_dir() -> str:
@@ -97,9 +91,6 @@ def quota_routes(caller, get_hub, get_catalog, get_profiles, api: str, get_quota
     router = APIRouter(prefix=api, tags=["quotas and usage"])
     quotas_dep = get_quotas or (lambda: shared_store())
 
-    def is_admin(who: dict) -> bool:
-        return bool(who.get("admin")) or "admin:users" in who.get("scopes", [])
-
     def admin(who: dict = Depends(caller)) -> dict:
         if not is_admin(who):
             raise ApiError(403, "forbidden", "Only admins may change quotas.")
@@ -134,7 +125,7 @@ def quota_routes(caller, get_hub, get_catalog, get_profiles, api: str, get_quota
             @router.put(path, name=f"set_{kind}_quota", openapi_extra=QUOTA_BODY)
             async def set_quota(name: str, request: Request, who: dict = Depends(admin),
                                 store: QuotaStore = Depends(quotas_dep)):
-                body = await _json_body(request)
+                body = await json_body(request)
                 return await _call(store.set_quota, kind, name, body, who["name"])
 
             @router.delete(path, name=f"delete_{kind}_quota", status_code=204)

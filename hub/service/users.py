@@ -21,9 +21,7 @@ Rules:
 - adaptor changes apply at the next start of the user's server.
 """
 
-import json
 import os
-from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -34,44 +32,24 @@ from skerry.adaptors.specs import load_spec
 from skerry.adaptors.store import (CREDENTIAL_NAME, RESERVED_ADAPTORS, AccountStore, Conflict, CryptError,
                                    NotFound, parse_credential)
 from skerry.datadir import DataDir
-from skerry.errors import ConfigError
+from skerry.errors import ConfigError, SkerryError
+
+from skerry.hub.service.toolkit import ApiError, is_admin, json_body
 
 MAX_BODY = 64 * 1024  # specs, keys and credentials are small
 
 
-@dataclass
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": message}`` with ``status``."""
-
-    status: int
-    code: str
-    message: str
-
-
-def _fail(e: ConfigError, code: str) -> ApiError:
-    """The ApiError for a store or validation error (400 unless it says otherwise)."""
+def _fail(e: SkerryError, code: str) -> ApiError:
+    """A store or validation error in this API's words: ``code`` for a bad body or key."""
+    if isinstance(e, ApiError):  # an SSH host's refusal, already answered
+        return e
     if isinstance(e, NotFound):
-        return ApiError(404, "not_found", e.message)
+        return ApiError.of(e)
     if isinstance(e, Conflict):
-        return ApiError(409, "in_use", e.message)
+        return ApiError.of(e, code="in_use")
     if isinstance(e, CryptError) or code == "bad_store":
         return ApiError(500, e.code if isinstance(e, CryptError) else code, e.message)  # not the caller's fault
-    if isinstance(e, sshkeys.SshKeyError):
-        return ApiError(e.status, e.code, e.message)
     return ApiError(400, code, e.message)
-
-
-async def _json_body(request: Request) -> dict:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise ApiError(413, "too_large", f"The body is larger than {MAX_BODY // 1024} KiB.")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "The body must be a JSON object.")
-    return data
 
 
 def jwt_alg(pem: str) -> tuple[str, str]:
@@ -129,8 +107,7 @@ def user_routes(caller, get_hub, api: str) -> APIRouter:
 
     async def allowed(name: str, who: dict = Depends(caller), hub=Depends(get_hub)) -> str:
         """The user ``name`` if the caller may manage their account; 403/404 otherwise."""
-        is_admin = bool(who.get("admin")) or "admin:users" in who.get("scopes", [])
-        if not is_admin and not (who.get("kind") == "user" and who.get("name") == name):
+        if not is_admin(who) and not (who.get("kind") == "user" and who.get("name") == name):
             raise ApiError(403, "forbidden", f"Only {name!r} and admins may manage the account of {name!r}.")
         await hub.user(name)  # 404 for an unknown user
         return name
@@ -156,7 +133,7 @@ def user_routes(caller, get_hub, api: str) -> APIRouter:
         ``credentials`` must name a stored credential of a kind the type takes. The
         change applies at the next start of the user's server.
         """
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         if adaptor in RESERVED_ADAPTORS:
             raise ApiError(400, "reserved", f"The adaptor name {adaptor!r} is reserved for the built-in home folder.")
         if body.setdefault("name", adaptor) != adaptor:
@@ -199,7 +176,7 @@ def user_routes(caller, get_hub, api: str) -> APIRouter:
         the password is never stored. ``known_hosts`` is known_hosts text; without it any
         host key is accepted.
         """
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         s = store()
         if not CREDENTIAL_NAME.match(cred):
             raise ApiError(400, "bad_credential", f"{cred!r} is not a credential name (lower-case letters, "
@@ -279,7 +256,7 @@ def user_routes(caller, get_hub, api: str) -> APIRouter:
     async def put_jwt_key(kid: str, request: Request, name: str = Depends(allowed)):
         """Register a public key (body ``{"public_key": PEM}``); its alg follows from the key:
         RSA >= 2048 bits: RS256, EC P-256: ES256. Running servers see it within seconds."""
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         if set(body) != {"public_key"} or not isinstance(body["public_key"], str):
             raise ApiError(400, "bad_key", 'The body must be {"public_key": "<PEM public key>"}.')
         try:

@@ -68,7 +68,6 @@ Rules:
 - catalog calls run in a worker thread, so a large registration does not hold up others.
 """
 
-import json
 from datetime import timezone
 from typing import Any, Callable
 from urllib.parse import quote
@@ -77,13 +76,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import aliased
-from starlette.concurrency import run_in_threadpool
 
-from skerry.errors import ConfigError, SkerryError
+from skerry.errors import ConfigError, Conflict, NotFound, SkerryError
 from skerry.workload import states
 from skerry.workload.builtins import BUILTINS, builtin_registry
-from skerry.workload.catalog import (PAGE_MAX, AmbiguousDataset, Catalog, CatalogError, DatasetExists,
-                                     DatasetStateError, JobStateError, ModuleExists, UnknownDataset, UnknownJob)
+from skerry.workload.catalog import PAGE_MAX, Catalog, CatalogError, JobStateError, ModuleExists
 from skerry.workload.models import (DATASET_STATES, FILE_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, Job,
                                     JobAttempt, Module, Run, Task, Workflow, now)
 from skerry.workload.modules import ModuleRegistry, ModuleSpec, load_module
@@ -91,7 +88,8 @@ from skerry.workload.runs import registry_of, start_matching_runs, start_run
 from skerry.workload.workflows import WorkflowSpec, load_workflow
 
 from skerry.hub.stores import usage
-from skerry.hub.service.users import ApiError
+from skerry.hub.service.toolkit import (ApiError, calling, inline_refs, is_admin, json_body, json_object,
+                                       request_body, sentence)
 from skerry.hub.stores.quotas import QuotaExceeded, check_queued_jobs, shared_store
 
 MAX_BODY = 1024 * 1024  # specs and small requests
@@ -99,96 +97,31 @@ MAX_FILES_BODY = 32 * 1024 * 1024  # a file list: about 200,000 entries
 PAGE_DEFAULT = 1000
 
 
-def _body(schema: dict) -> dict:
-    """The OpenAPI ``requestBody`` of a route that reads its JSON itself (size cap, clear errors)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _object(required: list[str], **properties) -> dict:
-    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
-
-
 _NAME = {"type": "string", "minLength": 1, "maxLength": 255}
 _RANK = {"type": "number", "exclusiveMinimum": 0}
-DATASET_BODY = _body(_object(["name"], name=_NAME, location={"type": "string", "description": "skerry://adaptor/path"},
-                             metadata={"type": "object"}, owner={**_NAME, "description": "admins only"}))
-FILES_BODY = _body(_object(["files"], files={"type": "array", "items": _object(
+DATASET_BODY = request_body(json_object(
+    ["name"], name=_NAME, location={"type": "string", "description": "skerry://adaptor/path"},
+    metadata={"type": "object"}, owner={**_NAME, "description": "admins only"}))
+FILES_BODY = request_body(json_object(["files"], files={"type": "array", "items": json_object(
     ["uri", "size"], uri={"type": "string"}, size={"type": "integer", "minimum": 0},
     checksum={"type": ["string", "null"], "description": "MD5, 32 hex digits"})}))
-def _inline(schema: dict) -> dict:
-    """A pydantic JSON schema with its ``$defs`` put in place (refs in OpenAPI are document-wide)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
-            return {k: walk(v) for k, v in node.items()}
-        return [walk(v) for v in node] if isinstance(node, list) else node
-
-    return walk(schema)
+MODULE_BODY = request_body(inline_refs(ModuleSpec.model_json_schema()))
+WORKFLOW_BODY = request_body(inline_refs(WorkflowSpec.model_json_schema()))
+RUN_BODY = request_body(json_object(["workflow", "dataset"], workflow=_NAME, dataset=_NAME, rank=_RANK,
+                                    owner={**_NAME, "description": "whose dataset (admins only)"}))
+RANK_BODY = request_body(json_object(["rank"], rank=_RANK))
 
 
-MODULE_BODY = _body(_inline(ModuleSpec.model_json_schema()))
-WORKFLOW_BODY = _body(_inline(WorkflowSpec.model_json_schema()))
-RUN_BODY = _body(_object(["workflow", "dataset"], workflow=_NAME, dataset=_NAME, rank=_RANK,
-                         owner={**_NAME, "description": "whose dataset (admins only)"}))
-RANK_BODY = _body(_object(["rank"], rank=_RANK))
-
-
-def _status(e: SkerryError) -> int:
-    if isinstance(e, (UnknownDataset, UnknownJob, _NotFound)):
-        return 404
-    if isinstance(e, (DatasetExists, ModuleExists, AmbiguousDataset, _Conflict)):
-        return 409
-    if isinstance(e, (DatasetStateError, JobStateError, states.TransitionError)):
-        return 409
-    return 400
-
-
-def _fail(e: SkerryError) -> ApiError:
-    code = "bad_spec" if isinstance(e, ConfigError) else e.code
+def _refusal(e: SkerryError) -> ApiError:
+    """A catalog error in this API's words: its own status; a bad spec is ``bad_spec``; a quota's
+    sentence as it is (it may start with a user's name)."""
     if isinstance(e, QuotaExceeded):
-        return ApiError(403, code, e.message)  # a sentence already, which may start with a user's name
-    return ApiError(_status(e), code, _sentence(str(e)))
+        return ApiError.of(e)
+    status = e.status if isinstance(e, (NotFound, Conflict)) else 400  # anything else: the body is wrong
+    return ApiError(status, "bad_spec" if isinstance(e, ConfigError) else e.code, sentence(str(e)))
 
 
-def _sentence(text: str) -> str:
-    text = text[:1].upper() + text[1:]
-    return text if text.endswith((".", "?", "!", ")")) else text + "."
-
-
-async def _call(fn: Callable, *args, **kwargs):
-    """``fn`` in a worker thread; skerry errors become ApiErrors."""
-    try:
-        return await run_in_threadpool(fn, *args, **kwargs)
-    except SkerryError as e:
-        raise _fail(e) from None
-
-
-async def _json_body(request: Request, limit: int = MAX_BODY) -> dict:
-    """The body as a JSON object; 413 past ``limit`` bytes (read no further), 400 if not JSON."""
-    too_large = ApiError(413, "too_large", f"The body is larger than {_size(limit)}.")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    try:
-        data = json.loads(b"".join(chunks))
-    except ValueError:
-        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "The body must be a JSON object.")
-    return data
-
-
-def _size(n: int) -> str:
-    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"
+_call = calling(_refusal)  # catalog calls in a worker thread, their errors in this API's words
 
 
 def _fields(body: dict, allowed: set[str], required: set[str], what: str) -> None:
@@ -289,7 +222,7 @@ class Workload:
         loaded = load_workflow(body, self.registry())
         with self.catalog.session() as s:
             if s.execute(select(Workflow.id).where(Workflow.name == loaded.name)).first():
-                raise _Conflict(f"a workflow named {loaded.name!r} already exists")
+                raise WorkflowExists(f"a workflow named {loaded.name!r} already exists")
         self.catalog.add_workflow(loaded.name, loaded.pinned(), owner=owner)
         return self._workflow_json(self.catalog.get_workflow(loaded.name))
 
@@ -314,7 +247,7 @@ class Workload:
         with self.catalog.session() as s:
             run = s.get(Run, run_id)
             if run is None or (owner is not None and run.owner != owner):
-                raise _NotFound(f"no run with id {run_id}")
+                raise NotFound(f"no run with id {run_id}")
             return self._run_json(s, run, tasks=True)
 
     def _run_json(self, s, run: Run, tasks: bool) -> dict:
@@ -344,7 +277,7 @@ class Workload:
         query = select(Task).where(Task.id == task_id)
         task = s.execute(query.with_for_update() if lock else query).scalar_one_or_none()
         if task is None or (owner is not None and self.task_owner(s, task) != owner):
-            raise _NotFound(f"no task with id {task_id}")
+            raise NotFound(f"no task with id {task_id}")
         return task
 
     def task(self, task_id: int, owner: str | None) -> dict:
@@ -416,11 +349,7 @@ class Workload:
         return self.catalog.get_dataset(dataset, owner=owner).owner
 
 
-class _NotFound(CatalogError):
-    code = "not_found"
-
-
-class _Conflict(CatalogError):
+class WorkflowExists(Conflict, CatalogError):
     code = "exists"
 
 
@@ -435,9 +364,6 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         if id(catalog) not in holder:
             holder[id(catalog)] = Workload(catalog)
         return holder[id(catalog)]
-
-    def is_admin(who: dict) -> bool:
-        return bool(who.get("admin")) or "admin:users" in who.get("scopes", [])
 
     def owner_filter(who: dict) -> str | None:
         """None for admins (everything); else the caller's name (only what they own)."""
@@ -469,7 +395,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         written). 409 if the name is taken. The answer is the dataset with ``"runs"``: the ids of
         the runs its name started (workflows whose ``mask`` matches it; module docstring), and
         ``"refused"``: those a ``queued_jobs`` quota refused, each ``{"workflow", "error", "message"}``."""
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         _fields(body, {"name", "location", "metadata", "owner"}, {"name"}, "A dataset")
         owner = body.get("owner", who.get("name", ""))
         if "owner" in body:
@@ -508,7 +434,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         """Bulk registration into an ``OPEN`` dataset: ``{"files": [{"uri", "size", "checksum"?}]}``.
         All or none: one bad or duplicate entry refuses the whole list (400 naming it)."""
         info = await own_dataset(name, who, w, owner)
-        body = await _json_body(request, MAX_FILES_BODY)
+        body = await json_body(request, MAX_FILES_BODY)
         _fields(body, {"files"}, {"files"}, "A file registration")
         if not isinstance(body["files"], list):
             raise ApiError(400, "bad_request", "'files' must be a list of {uri, size, checksum} objects.")
@@ -538,7 +464,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
     @router.post("/modules", status_code=201, tags=["workflows"], openapi_extra=MODULE_BODY)
     async def add_module(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
         """Add a module spec (see ``skerry.workload.modules``); 409 if that name@version exists."""
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         return JSONResponse(await _call(w.add_module, body), 201)
 
     @router.get("/workflows", tags=["workflows"])
@@ -552,7 +478,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         modules: unknown modules, pins of the wrong type and cycles are refused (400). It is
         the caller's, stored with each module pinned (``name@version``). A ``mask`` starts runs
         over the caller's datasets registered or closed from now on, not over those already there."""
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         return JSONResponse(await _call(w.add_workflow, body, who.get("name", "")), 201)
 
     # -- runs, tasks, jobs --------------------------------------------------------
@@ -606,7 +532,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
         "rank"?}`` (an admin may add ``"owner"``: whose dataset). One task per step and one ``OPEN`` output dataset per step, in one
         transaction; the scheduler gives the tasks their jobs. The answer is the run.
         403 ``quota_exceeded`` (nothing created) if its jobs would pass a ``queued_jobs`` quota."""
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         _fields(body, {"workflow", "dataset", "rank", "owner"}, {"workflow", "dataset"}, "A run")
         for field in ("workflow", "dataset", "owner"):
             if field in body and (not isinstance(body[field], str) or not body[field]):
@@ -638,7 +564,7 @@ def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: st
     async def set_rank(task_id: int, request: Request, who: dict = Depends(caller),
                        w: Workload = Depends(workload)):
         """Change a task's rank (``{"rank": n}``, n > 0): its share of the pool from the next pick on."""
-        body = await _json_body(request)
+        body = await json_body(request, MAX_BODY)
         _fields(body, {"rank"}, {"rank"}, "A rank change")
         rank = body["rank"]
         if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):

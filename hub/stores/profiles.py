@@ -49,7 +49,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text, insert, select, update
 
 from skerry.adaptors.specs import load_spec
-from skerry.errors import ConfigError
+from skerry.errors import ConfigError, Conflict, NotFound
 from skerry.workload.modules import parse_memory
 
 from skerry.hub.stores.sqlitefile import SQLiteFile
@@ -69,11 +69,11 @@ class ProfileError(ConfigError):
     code = "bad_profile"
 
 
-class NoSuchProfile(ConfigError):
+class NoSuchProfile(NotFound, ConfigError):
     code = "no_such_profile"
 
 
-class ProfileConflict(ConfigError):
+class ProfileConflict(Conflict, ConfigError):
     code = "conflict"
 
 

@@ -46,7 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text, delete, insert, select, update
 
-from skerry.errors import ConfigError, SkerryError
+from skerry.errors import ConfigError, Forbidden, NotFound
 
 from skerry.hub.stores.profiles import Memory
 from skerry.hub.stores.sqlitefile import SQLiteFile
@@ -56,7 +56,7 @@ LIMITS = ("servers", "cpu", "memory", "gpus", "queued_jobs")
 MAX_DAYS = 366
 
 
-class QuotaExceeded(SkerryError):
+class QuotaExceeded(Forbidden):
     """A spawn or a run refused by a quota; ``message`` names the quota, the limit and the use."""
 
     code = "quota_exceeded"
@@ -68,7 +68,7 @@ class QuotaError(ConfigError):
     code = "bad_quota"
 
 
-class NoSuchQuota(ConfigError):
+class NoSuchQuota(NotFound, ConfigError):
     code = "no_such_quota"
 
 

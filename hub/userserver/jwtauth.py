@@ -31,6 +31,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from skerry.errors import ApiError
+
 log = logging.getLogger("skerry.dav.jwt")
 
 KEYS_ENV = "SKERRY_JWT_KEYS"
@@ -41,13 +43,11 @@ REQUIRED_CLAIMS = ("exp", "aud", "sub")
 LEEWAY = 30  # seconds
 
 
-class JwtRefused(Exception):
+class JwtRefused(ApiError):
     """A JWT that does not admit its bearer: ``status`` (401 or 403) and a sentence."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(status, "jwt_refused", message)
 
 
 def _b64json(segment: str):

@@ -42,11 +42,15 @@ Rules:
 Errors::
 
     SkerryError
-     └── CatalogError          bad input for the catalog (``code`` names the case)
-          ├── DatasetExists    UnknownDataset    AmbiguousDataset    DatasetStateError
-          ├── BadMetadata
-          ├── BadFileEntry     (a URI, size or checksum; a duplicate)
-          └── UnknownJob       JobStateError     ModuleExists    UnknownModule
+     └── BadRequest (400)
+          └── CatalogError          bad input for the catalog (``code`` names the case)
+               ├── BadMetadata, BadFileEntry (a URI, size or checksum; a duplicate),
+               │   UnknownModule (a spec names a module the catalog does not have)
+               ├── also NotFound (404): UnknownDataset, UnknownJob
+               └── also Conflict (409): DatasetExists, AmbiguousDataset, DatasetStateError,
+                                        JobStateError, ModuleExists
+
+    (``skerry.errors`` draws the kinds; each error's ``status`` is its kind's.)
 """
 
 import hashlib
@@ -63,7 +67,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import ConfigError, SkerryError
+from ..errors import BadRequest, ConfigError, Conflict, NotFound
 from .bulk import Bulk
 from .models import (DATASET_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, File, FileProblem, Job, JobAttempt,
                      JobInput, Module, Run, Task, Workflow, now)
@@ -116,23 +120,23 @@ def insert_jobs(s: Session, task_id: int, inputs: list[list[int]], *, state: str
     return ids
 
 
-class CatalogError(SkerryError):
+class CatalogError(BadRequest):
     code = "bad_catalog_request"
 
 
-class DatasetExists(CatalogError):
+class DatasetExists(Conflict, CatalogError):
     code = "dataset_exists"
 
 
-class UnknownDataset(CatalogError):
+class UnknownDataset(NotFound, CatalogError):
     code = "unknown_dataset"
 
 
-class AmbiguousDataset(CatalogError):
+class AmbiguousDataset(Conflict, CatalogError):
     code = "ambiguous_dataset"
 
 
-class DatasetStateError(CatalogError):
+class DatasetStateError(Conflict, CatalogError):
     code = "dataset_state"
 
 
@@ -144,15 +148,15 @@ class BadFileEntry(CatalogError):
     code = "bad_file"
 
 
-class UnknownJob(CatalogError):
+class UnknownJob(NotFound, CatalogError):
     code = "unknown_job"
 
 
-class JobStateError(CatalogError):
+class JobStateError(Conflict, CatalogError):
     code = "job_state"
 
 
-class ModuleExists(CatalogError):
+class ModuleExists(Conflict, CatalogError):
     code = "module_exists"
 
 

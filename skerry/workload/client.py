@@ -27,7 +27,7 @@ from urllib.parse import quote, urlparse
 
 import httpx
 
-from ..errors import SkerryError
+from ..errors import ApiError, SkerryError
 
 __all__ = ["Client", "ClientError", "ApiRefused", "PlatformUnreachable", "DEFAULT_URL", "API"]
 
@@ -40,13 +40,8 @@ class ClientError(SkerryError):
     code = "client_error"
 
 
-class ApiRefused(ClientError):
+class ApiRefused(ApiError, ClientError):
     """The platform answered with an error: ``status`` (HTTP) and ``code`` are the server's."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class PlatformUnreachable(ClientError):

@@ -26,7 +26,7 @@ import struct
 import threading
 from typing import Callable
 
-from ..errors import SkerryError
+from ..errors import SkerryError, Unavailable
 
 __all__ = ["serve", "ask", "ManagerUnavailable", "ASK_S"]
 
@@ -35,7 +35,7 @@ ASK_S = 150.0  # how long an ask waits: a cluster starting on a busy machine, an
 LINE_MAX = 64 * 1024
 
 
-class ManagerUnavailable(SkerryError):
+class ManagerUnavailable(Unavailable):
     code = "manager_unavailable"
 
 

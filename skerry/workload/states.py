@@ -53,7 +53,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import SkerryError
+from ..errors import BadRequest, Conflict
 
 __all__ = [
     "JobState", "TaskState", "DatasetState", "FINAL", "Decision", "RetryPolicy",
@@ -77,7 +77,7 @@ __all__ = [
 # ---- errors ----------------------------------------------------------------
 
 
-class TransitionError(SkerryError):
+class TransitionError(Conflict):
     """An event that the object's state does not allow: nothing was changed.
 
     ``kind`` ("job", "task", "dataset"), ``name`` (its id), ``state`` and ``event``
@@ -98,7 +98,7 @@ class StaleEvent(TransitionError):
     code = "stale_event"
 
 
-class InvalidValue(SkerryError, ValueError):
+class InvalidValue(BadRequest, ValueError):
     """A bad argument (rank, count, pool, error class, policy field): nothing was changed."""
 
     code = "bad_value"

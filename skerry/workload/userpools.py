@@ -44,7 +44,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ..errors import SkerryError
+from ..errors import NotFound, SkerryError
 from .runner import Finished, JobSpec, Pool
 
 __all__ = ["UserPools", "IDLE_S"]
@@ -309,7 +309,7 @@ def _remove_connect(folder) -> None:
         pass
 
 
-class NoPool(SkerryError):
+class NoPool(NotFound):
     code = "no_pool"
 
 
