@@ -9,11 +9,15 @@ A JupyterHub-managed service (FastAPI + uvicorn), started and stopped with the h
 It also answers ``/dav/<name>/...`` for servers that are not running (the proxy
 sends those here once the server's own WebDAV route is gone): 503 and a sentence.
 
-Micro-infrastructures (named servers: create, list, delete, endpoints): ``api_infra``.
-Each user's adaptors, credentials and JWT keys: ``api_users`` (``/api/v1/users/{name}/...``).
-Datasets, modules, workflows, runs, tasks and jobs: ``api_workload``, over the catalog
+Micro-infrastructures (named servers: create, list, delete, endpoints): ``infrastructure``.
+Each user's adaptors, credentials and JWT keys: ``users`` (``/api/v1/users/{name}/...``).
+Datasets, modules, workflows, runs, tasks and jobs: ``workload``, over the catalog
 ``DIR/catalog.sqlite`` (migrated to the newest schema when the service starts).
-Server profiles and their audit log: ``api_profiles``, over ``DIR/profiles.sqlite``.
+Server profiles and their audit log: ``profiles``, over ``DIR/profiles.sqlite``.
+Quotas, usage and metrics: ``quotas``; users' Dask clusters: ``clusters``.
+Each of those modules holds a ``router`` of module-level handlers; what they share (the
+dependencies, errors, bodies, threads) is ``toolkit``; ``Services`` below is what the
+dependencies ask for.
 """
 
 import asyncio
@@ -23,7 +27,7 @@ import sys
 from urllib.parse import quote, urlparse
 
 import httpx
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from jupyterhub.services.auth import HubAuth
@@ -31,19 +35,17 @@ from starlette.exceptions import HTTPException
 
 from skerry.process import die_with_parent
 
-from skerry.hub.service import culler
-from skerry.hub.service.clusters import cluster_routes
-from skerry.hub.service.infrastructure import infra_routes
-from skerry.hub.service.profiles import profile_routes
-from skerry.hub.service.quotas import quota_routes
-from skerry.hub.service.toolkit import ApiError, error_response
-from skerry.hub.service.users import user_routes
-from skerry.hub.service.workload import open_catalog, workload_routes
-from skerry.hub.stores.profiles import ProfileStore
+from skerry.adaptors.store import AccountStore
+from skerry.datadir import DataDir
 
-PREFIX = "/services/skerry"
-API = PREFIX + "/api/v1"
+from skerry.hub.service import clusters, culler, infrastructure, profiles, quotas, users, workload
+from skerry.hub.service.toolkit import API, PREFIX, ApiError, error_response  # noqa: F401 - PREFIX: public here
+from skerry.hub.service.workload import open_catalog
+from skerry.hub.stores.profiles import ProfileStore
+from skerry.hub.stores.quotas import shared_store
+
 CACHE_SECONDS = 5
+ROUTES = (infrastructure, clusters, users, workload, profiles, quotas)  # each module's ``router``
 
 
 class Hub:
@@ -76,6 +78,37 @@ class Hub:
         return r.json()
 
 
+class Services:
+    """The service's long-lived parts, each made on first use (the toolkit's dependencies ask here)."""
+
+    def __init__(self, hub: Hub | None = None, catalog=None, profiles: ProfileStore | None = None):
+        self._hub, self._catalog, self._profiles, self._accounts = hub, catalog, profiles, None
+
+    def hub(self) -> Hub:
+        if self._hub is None:
+            self._hub = Hub()
+        return self._hub
+
+    def catalog(self):
+        if self._catalog is None:
+            self._catalog = open_catalog(os.environ["SKERRY_DATA_DIR"])
+        return self._catalog
+
+    def profiles(self) -> ProfileStore:
+        if self._profiles is None:
+            self._profiles = ProfileStore.for_data_dir(os.environ["SKERRY_DATA_DIR"])
+        return self._profiles
+
+    def quotas(self):
+        return shared_store()
+
+    def accounts(self) -> tuple[AccountStore, DataDir]:
+        if self._accounts is None:
+            data = DataDir(os.environ["SKERRY_DATA_DIR"])
+            self._accounts = AccountStore.for_data_dir(data), data
+        return self._accounts
+
+
 def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | None = None) -> FastAPI:
     app = FastAPI(
         title="skerry",
@@ -87,25 +120,7 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
         docs_url=API + "/docs",
         redoc_url=None,
     )
-    state = {"hub": hub, "catalog": catalog, "profiles": profiles}
-
-    def get_hub() -> Hub:
-        if state["hub"] is None:
-            state["hub"] = Hub()
-        return state["hub"]
-
-    def get_catalog():
-        if state["catalog"] is None:
-            state["catalog"] = open_catalog(os.environ["SKERRY_DATA_DIR"])
-        return state["catalog"]
-
-    def get_profiles() -> ProfileStore:
-        if state["profiles"] is None:
-            state["profiles"] = ProfileStore.for_data_dir(os.environ["SKERRY_DATA_DIR"])
-        return state["profiles"]
-
-    async def caller(request: Request, hub: Hub = Depends(get_hub)) -> dict:
-        return await hub.caller(request)
+    app.state.services = services = Services(hub, catalog, profiles)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -128,12 +143,8 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(ApiError(400, "bad_request", f"{where}: {first.get('msg', 'invalid')}"))
 
-    app.include_router(infra_routes(caller, get_hub, API))
-    app.include_router(cluster_routes(caller, API))
-    app.include_router(user_routes(caller, get_hub, API))
-    app.include_router(workload_routes(caller, get_catalog, get_hub, API))
-    app.include_router(profile_routes(caller, get_profiles, API))
-    app.include_router(quota_routes(caller, get_hub, get_catalog, get_profiles, API))
+    for module in ROUTES:
+        app.include_router(module.router)
 
     @app.api_route("/dav/{rest:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS",
                                              "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",
@@ -141,7 +152,7 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
     async def dav_not_running(rest: str):
         name = rest.split("/", 1)[0]
         message = (f"The WebDAV endpoint of {name!r} is not running. Start the server at "
-                   f"{get_hub().public_url}/hub/home and try again.")
+                   f"{services.hub().public_url}/hub/home and try again.")
         return JSONResponse({"error": "server_not_running", "message": message}, 503,
                             headers={"Retry-After": "10"})
 

@@ -27,40 +27,38 @@ from fastapi import APIRouter, Depends
 
 from skerry.errors import SkerryError
 
-from skerry.hub.service.toolkit import ApiError, in_thread
+from skerry.hub.service.toolkit import API, ApiError, caller, in_thread
 
 STATUS = {"no_pool": 404, "account_locked": 409, "bad_request": 400}
 
 
-def cluster_routes(caller, api: str) -> APIRouter:
-    """The router; ``caller`` is the service's dependency (the hub model of the token)."""
-    router = APIRouter(prefix=api, tags=["clusters"])
+router = APIRouter(prefix=API, tags=["clusters"])
 
-    @router.get("/clusters")
-    async def user_clusters(who: dict = Depends(caller)):
-        """The platform's pools (``pools.json``) and the caller's running clusters."""
-        from skerry.datadir import DataDir
-        from skerry.workload.pools import load_pools
-        from skerry.workload.userpools import running_clusters
 
-        data = DataDir(os.environ["SKERRY_DATA_DIR"])
-        try:
-            pools = await in_thread(load_pools, data.path / "pools.json")
-        except SkerryError as e:
-            raise ApiError(503, e.code, e.message) from None
-        mine = running_clusters(data, who["name"]) if who.get("kind") == "user" else {}
-        return {"pools": sorted(pools), "clusters": mine}
+@router.get("/clusters")
+async def user_clusters(who: dict = Depends(caller)):
+    """The platform's pools (``pools.json``) and the caller's running clusters."""
+    from skerry.datadir import DataDir
+    from skerry.workload.pools import load_pools
+    from skerry.workload.userpools import running_clusters
 
-    @router.post("/clusters/{pool}")
-    async def user_cluster(pool: str, who: dict = Depends(caller)):
-        """The caller's Dask cluster of ``pool``, started if none runs (module docstring)."""
-        from skerry.workload.clusterask import ask
+    data = DataDir(os.environ["SKERRY_DATA_DIR"])
+    try:
+        pools = await in_thread(load_pools, data.path / "pools.json")
+    except SkerryError as e:
+        raise ApiError(503, e.code, e.message) from None
+    mine = running_clusters(data, who["name"]) if who.get("kind") == "user" else {}
+    return {"pools": sorted(pools), "clusters": mine}
 
-        if who.get("kind") != "user":
-            raise ApiError(403, "not_a_user", "Only a user has a Dask cluster: use a user's token.")
-        try:
-            return await in_thread(ask, os.environ["SKERRY_DATA_DIR"], who["name"], pool)
-        except SkerryError as e:
-            raise ApiError(STATUS.get(e.code, 503), e.code, e.message) from None
 
-    return router
+@router.post("/clusters/{pool}")
+async def user_cluster(pool: str, who: dict = Depends(caller)):
+    """The caller's Dask cluster of ``pool``, started if none runs (module docstring)."""
+    from skerry.workload.clusterask import ask
+
+    if who.get("kind") != "user":
+        raise ApiError(403, "not_a_user", "Only a user has a Dask cluster: use a user's token.")
+    try:
+        return await in_thread(ask, os.environ["SKERRY_DATA_DIR"], who["name"], pool)
+    except SkerryError as e:
+        raise ApiError(STATUS.get(e.code, 503), e.code, e.message) from None

@@ -31,7 +31,6 @@ Rules:
 import asyncio
 import json
 import logging
-import os
 from urllib.parse import quote
 
 import httpx
@@ -42,7 +41,7 @@ from skerry.datadir import DataDir
 from skerry.errors import ConfigError
 
 from skerry.hub.service import descriptions
-from skerry.hub.service.toolkit import ApiError, in_thread, json_body
+from skerry.hub.service.toolkit import API, ApiError, caller, get_accounts, get_hub, in_thread, json_body
 
 log = logging.getLogger("skerry.infrastructure")
 
@@ -146,135 +145,155 @@ class HubServers:
                                               json={"remove": True}, timeout=60)
 
 
-def infra_routes(caller, get_hub, api: str) -> APIRouter:
-    """The router; ``caller`` (the hub model of the token) and ``get_hub`` (``service.Hub``)
-    are the service's dependencies."""
-    router = APIRouter(prefix=api, tags=["infrastructure"])
-    state = {}
+_CREDENTIAL = {"oneOf": [
+    {"type": "string", "description": "the name of one of your stored credentials"},
+    {"type": "object", "required": ["kind"], "description": "a credential for this server only: "
+     "{kind: password, username?, password} | {kind: ssh-key, private_key} | {kind: s3, key, secret, token?}",
+     "properties": {"kind": {"enum": ["password", "ssh-key", "s3"]}}},
+]}
+_POST_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["name"], "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
+        "profile": {"type": "string"},
+        "options": {"type": "object"},
+        "free": {"type": "object"},
+        "adaptors": {"type": "array", "items": {"type": "object", "required": ["name", "type"],
+                                                "properties": {"credentials": _CREDENTIAL}}},
+        "services": {"type": "array", "items": {"enum": list(descriptions.SERVICES)}},
+    }}}}}}
 
-    def store() -> AccountStore:
-        if "store" not in state:
-            state["data"] = DataDir(os.environ["SKERRY_DATA_DIR"])
-            state["store"] = AccountStore.for_data_dir(state["data"])
-        return state["store"]
 
-    def pools(user: str) -> dict[str, str]:
-        """The addresses of ``user``'s running Dask clusters."""
-        from skerry.workload.userpools import running_clusters
+router = APIRouter(prefix=API, tags=["infrastructure"])
 
-        store()
-        return running_clusters(state["data"], user)
 
-    def servers(hub) -> HubServers:
-        return HubServers(hub.client)
+def pools(data: DataDir, user: str) -> dict[str, str]:
+    """The addresses of ``user``'s running Dask clusters."""
+    from skerry.workload.userpools import running_clusters
 
-    def whose(who: dict, user: str | None, scope: str) -> str | None:
-        """The user acted for: the caller, or ``user`` if the token has ``scope`` for them;
-        None for another user (the caller then gets 404)."""
-        if user is None or (who.get("kind") == "user" and user == who.get("name")):
-            return who.get("name") if who.get("kind") == "user" else None
-        return user if _has_scope(who, scope, user) else None
+    return running_clusters(data, user)
 
-    def not_found(name: str) -> ApiError:
-        return ApiError(404, "not_found", f"There is no micro-infrastructure named {name!r}.")
 
-    async def describe(hub, user: str, name: str, server: dict | None) -> dict:
-        s = store()
-        try:
-            record = await in_thread(s.server, user, name) if name else None
-            credentials = await in_thread(s.server_credentials, user, name) if record else {}
-        except ConfigError as e:
-            raise _store_error(e) from None
-        return descriptions.infrastructure(hub.public_url, user, name, server, record, pools(user), credentials)
+def servers(hub) -> HubServers:
+    return HubServers(hub.client)
 
-    async def one(hub, user: str, name: str) -> dict:
-        if not SERVER_NAME.match(name):
-            raise not_found(name)
-        server = (await servers(hub).servers(user)).get(name)
-        try:
-            record = await in_thread(store().server, user, name)
-        except ConfigError as e:
-            raise _store_error(e) from None
-        if server is None and record is None:
-            raise not_found(name)
-        return await describe(hub, user, name, server)
 
-    @router.post("/infrastructure", status_code=201, openapi_extra=_POST_BODY)
-    async def create_infrastructure(request: Request, who: dict = Depends(caller), hub=Depends(get_hub)):
-        """Create and start a micro-infrastructure (a named server) from a description; 201 once
-        it is ready, with its endpoints. 400 names the bad field; 409: the name is taken; a
-        refused spawn (403) or a failed one (500) leaves nothing behind."""
-        if who.get("kind") != "user":
-            raise ApiError(403, "forbidden", "Only users have micro-infrastructures: create one with a user's token.")
-        user = who["name"]
-        body = await json_body(request, MAX_BODY)
-        try:
-            described = descriptions.parse(body)
-            await in_thread(store().check_server, user, described.name, described.specs,
-                                    described.credentials)
-        except ConfigError as e:
-            raise _store_error(e, "bad_infrastructure") from None
-        hub_servers = servers(hub)
-        if described.name in await hub_servers.servers(user, stopped=True):
-            raise ApiError(409, "name_taken", f"You already have a server named {described.name!r}.")
-        try:
-            await in_thread(store().put_server, user, described.name,
-                                    {"services": described.services, "user_options": described.user_options},
-                                    described.specs, described.credentials)
-        except ConfigError as e:
-            raise _store_error(e, "bad_infrastructure") from None
-        try:
-            status = await hub_servers.start(user, described.name, described.user_options)
-            server = await hub_servers.wait_ready(user, described.name, START_WAIT)
-        except BaseException:
-            await _discard(hub_servers, store(), user, described.name)
-            raise
-        answer = await describe(hub, user, described.name, server or await hub_servers.server(user, described.name))
-        return JSONResponse(answer, 201 if server or status == 201 else 202)
+def whose(who: dict, user: str | None, scope: str) -> str | None:
+    """The user acted for: the caller, or ``user`` if the token has ``scope`` for them;
+    None for another user (the caller then gets 404)."""
+    if user is None or (who.get("kind") == "user" and user == who.get("name")):
+        return who.get("name") if who.get("kind") == "user" else None
+    return user if _has_scope(who, scope, user) else None
 
-    @router.get("/infrastructure")
-    async def list_infrastructure(user: str | None = None, who: dict = Depends(caller), hub=Depends(get_hub)):
-        """The micro-infrastructures of the caller (or of ``?user=``, with scope ``read:servers``):
-        running servers, and those this API created, running or not; with their endpoints."""
-        if user is None and who.get("kind") != "user":
-            return {"infrastructures": []}
-        target = whose(who, user, "read:servers")
-        if target is None:
-            raise ApiError(404, "not_found", f"There is no user {user!r} whose servers you may see.")
-        running = await servers(hub).servers(target)
-        try:
-            records = await in_thread(store().servers, target)
-        except ConfigError as e:
-            raise _store_error(e) from None
-        names = sorted(set(running) | set(records))
-        return {"infrastructures": [await describe(hub, target, n, running.get(n)) for n in names]}
 
-    @router.get("/endpoints/{name}")
-    async def endpoints(name: str, user: str | None = None, who: dict = Depends(caller), hub=Depends(get_hub)):
-        """One micro-infrastructure and its endpoints: the caller's own, or, for a token with
-        scope ``read:servers`` (a service, an admin), ``?user=<name>``'s."""
-        target = whose(who, user, "read:servers")
-        if target is None:
-            raise not_found(name)
-        return await one(hub, target, name)
+def not_found(name: str) -> ApiError:
+    return ApiError(404, "not_found", f"There is no micro-infrastructure named {name!r}.")
 
-    @router.delete("/infrastructure/{name}", status_code=204)
-    async def delete_infrastructure(name: str, user: str | None = None, who: dict = Depends(caller),
-                                    hub=Depends(get_hub)):
-        """Tear down a micro-infrastructure: stop it, delete the named server (its routes go with
-        it), remove its adaptors and their credentials. 404 if there is none (or it is not yours)."""
-        target = whose(who, user, "delete:servers")
-        if target is None:
-            raise not_found(name)
-        await one(hub, target, name)  # 404 first
-        await servers(hub).delete(target, name)
-        try:
-            await in_thread(store().delete_server, target, name)
-        except ConfigError as e:
-            raise _store_error(e) from None
-        return Response(status_code=204)
 
-    return router
+async def describe(hub, accounts, user: str, name: str, server: dict | None) -> dict:
+    s, data = accounts
+    try:
+        record = await in_thread(s.server, user, name) if name else None
+        credentials = await in_thread(s.server_credentials, user, name) if record else {}
+    except ConfigError as e:
+        raise _store_error(e) from None
+    return descriptions.infrastructure(hub.public_url, user, name, server, record, pools(data, user), credentials)
+
+
+async def one(hub, accounts, user: str, name: str) -> dict:
+    if not SERVER_NAME.match(name):
+        raise not_found(name)
+    server = (await servers(hub).servers(user)).get(name)
+    try:
+        record = await in_thread(accounts[0].server, user, name)
+    except ConfigError as e:
+        raise _store_error(e) from None
+    if server is None and record is None:
+        raise not_found(name)
+    return await describe(hub, accounts, user, name, server)
+
+
+@router.post("/infrastructure", status_code=201, openapi_extra=_POST_BODY)
+async def create_infrastructure(request: Request, who: dict = Depends(caller), hub=Depends(get_hub),
+                                accounts=Depends(get_accounts)):
+    """Create and start a micro-infrastructure (a named server) from a description; 201 once
+    it is ready, with its endpoints. 400 names the bad field; 409: the name is taken; a
+    refused spawn (403) or a failed one (500) leaves nothing behind."""
+    if who.get("kind") != "user":
+        raise ApiError(403, "forbidden", "Only users have micro-infrastructures: create one with a user's token.")
+    user = who["name"]
+    body = await json_body(request, MAX_BODY)
+    try:
+        described = descriptions.parse(body)
+        await in_thread(accounts[0].check_server, user, described.name, described.specs,
+                        described.credentials)
+    except ConfigError as e:
+        raise _store_error(e, "bad_infrastructure") from None
+    hub_servers = servers(hub)
+    if described.name in await hub_servers.servers(user, stopped=True):
+        raise ApiError(409, "name_taken", f"You already have a server named {described.name!r}.")
+    try:
+        await in_thread(accounts[0].put_server, user, described.name,
+                        {"services": described.services, "user_options": described.user_options},
+                        described.specs, described.credentials)
+    except ConfigError as e:
+        raise _store_error(e, "bad_infrastructure") from None
+    try:
+        status = await hub_servers.start(user, described.name, described.user_options)
+        server = await hub_servers.wait_ready(user, described.name, START_WAIT)
+    except BaseException:
+        await _discard(hub_servers, accounts[0], user, described.name)
+        raise
+    model = server or await hub_servers.server(user, described.name)  # still starting: as it is now
+    answer = await describe(hub, accounts, user, described.name, model)
+    return JSONResponse(answer, 201 if server or status == 201 else 202)
+
+
+@router.get("/infrastructure")
+async def list_infrastructure(user: str | None = None, who: dict = Depends(caller), hub=Depends(get_hub),
+                              accounts=Depends(get_accounts)):
+    """The micro-infrastructures of the caller (or of ``?user=``, with scope ``read:servers``):
+    running servers, and those this API created, running or not; with their endpoints."""
+    if user is None and who.get("kind") != "user":
+        return {"infrastructures": []}
+    target = whose(who, user, "read:servers")
+    if target is None:
+        raise ApiError(404, "not_found", f"There is no user {user!r} whose servers you may see.")
+    running = await servers(hub).servers(target)
+    try:
+        records = await in_thread(accounts[0].servers, target)
+    except ConfigError as e:
+        raise _store_error(e) from None
+    names = sorted(set(running) | set(records))
+    return {"infrastructures": [await describe(hub, accounts, target, n, running.get(n)) for n in names]}
+
+
+@router.get("/endpoints/{name}")
+async def endpoints(name: str, user: str | None = None, who: dict = Depends(caller), hub=Depends(get_hub),
+                    accounts=Depends(get_accounts)):
+    """One micro-infrastructure and its endpoints: the caller's own, or, for a token with
+    scope ``read:servers`` (a service, an admin), ``?user=<name>``'s."""
+    target = whose(who, user, "read:servers")
+    if target is None:
+        raise not_found(name)
+    return await one(hub, accounts, target, name)
+
+
+@router.delete("/infrastructure/{name}", status_code=204)
+async def delete_infrastructure(name: str, user: str | None = None, who: dict = Depends(caller),
+                                hub=Depends(get_hub), accounts=Depends(get_accounts)):
+    """Tear down a micro-infrastructure: stop it, delete the named server (its routes go with
+    it), remove its adaptors and their credentials. 404 if there is none (or it is not yours)."""
+    target = whose(who, user, "delete:servers")
+    if target is None:
+        raise not_found(name)
+    await one(hub, accounts, target, name)  # 404 first
+    await servers(hub).delete(target, name)
+    try:
+        await in_thread(accounts[0].delete_server, target, name)
+    except ConfigError as e:
+        raise _store_error(e) from None
+    return Response(status_code=204)
 
 
 async def _discard(hub_servers: HubServers, store: AccountStore, user: str, name: str) -> None:
@@ -293,22 +312,3 @@ def _store_error(e: ConfigError, code: str = "bad_store") -> ApiError:
     if isinstance(e, CryptError) or code == "bad_store":
         return ApiError(500, e.code if isinstance(e, CryptError) else code, e.message)
     return ApiError(400, code, e.message)
-
-
-_CREDENTIAL = {"oneOf": [
-    {"type": "string", "description": "the name of one of your stored credentials"},
-    {"type": "object", "required": ["kind"], "description": "a credential for this server only: "
-     "{kind: password, username?, password} | {kind: ssh-key, private_key} | {kind: s3, key, secret, token?}",
-     "properties": {"kind": {"enum": ["password", "ssh-key", "s3"]}}},
-]}
-_POST_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["name"], "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
-        "profile": {"type": "string"},
-        "options": {"type": "object"},
-        "free": {"type": "object"},
-        "adaptors": {"type": "array", "items": {"type": "object", "required": ["name", "type"],
-                                                "properties": {"credentials": _CREDENTIAL}}},
-        "services": {"type": "array", "items": {"enum": list(descriptions.SERVICES)}},
-    }}}}}}

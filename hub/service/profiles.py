@@ -28,7 +28,8 @@ from fastapi.responses import JSONResponse
 
 from skerry.errors import Conflict, NotFound, SkerryError
 
-from skerry.hub.service.toolkit import ApiError, calling, inline_refs, is_admin, json_body, request_body
+from skerry.hub.service.toolkit import (API, ApiError, caller, calling, get_profiles, inline_refs, is_admin, json_body,
+                                       request_body)
 from skerry.hub.stores.profiles import NoSuchProfile, Profile, ProfileError, ProfileStore, allowed
 
 PROFILE_BODY = request_body(inline_refs(Profile.model_json_schema()))
@@ -46,71 +47,75 @@ def _refusal(e: SkerryError) -> ApiError:
 _call = calling(_refusal)  # store calls in a worker thread (SQLite waits)
 
 
-def profile_routes(caller, get_store, api: str) -> APIRouter:
-    """The router; ``caller`` (the hub user model) and ``get_store`` (a ProfileStore) are the
-    service's dependencies."""
-    router = APIRouter(prefix=api, tags=["profiles"])
+router = APIRouter(prefix=API, tags=["profiles"])
 
-    def admin(who: dict = Depends(caller)) -> dict:
-        if not is_admin(who):
-            raise ApiError(403, "forbidden", "Only admins may change profiles or read their audit log.")
-        return who
 
-    @router.get("/profiles")
-    async def list_profiles(who: dict = Depends(caller), store: ProfileStore = Depends(get_store)):
-        """The profiles the caller may use (admins: every profile, disabled ones too)."""
-        if is_admin(who):
-            return {"profiles": await _call(store.list_profiles)}
-        return {"profiles": await _call(store.list_profiles, who.get("name", ""), who.get("groups", []))}
+def admin(who: dict = Depends(caller)) -> dict:
+    if not is_admin(who):
+        raise ApiError(403, "forbidden", "Only admins may change profiles or read their audit log.")
+    return who
 
-    @router.post("/profiles", status_code=201, openapi_extra=PROFILE_BODY)
-    async def create_profile(request: Request, who: dict = Depends(admin), store: ProfileStore = Depends(get_store)):
-        """A new profile (admins). 400 ``bad_profile`` names the bad field; 409 if the slug is taken."""
-        body = await json_body(request)
-        return JSONResponse(await _call(store.create, body, who["name"]), 201)
 
-    @router.get("/profiles/{slug}")
-    async def get_profile(slug: str, who: dict = Depends(caller), store: ProfileStore = Depends(get_store)):
-        """One profile; 404 for a user who may not use it (or if it is disabled)."""
-        found = await _call(store.get, slug)
-        if not is_admin(who) and (found["disabled"] or not allowed(found, who.get("name", ""),
-                                                                     who.get("groups", []))):
-            raise ApiError(404, NoSuchProfile.code, f"No profile named {slug!r}.")
-        return found
+@router.get("/profiles")
+async def list_profiles(who: dict = Depends(caller), store: ProfileStore = Depends(get_profiles)):
+    """The profiles the caller may use (admins: every profile, disabled ones too)."""
+    if is_admin(who):
+        return {"profiles": await _call(store.list_profiles)}
+    return {"profiles": await _call(store.list_profiles, who.get("name", ""), who.get("groups", []))}
 
-    @router.put("/profiles/{slug}", openapi_extra=PROFILE_BODY)
-    async def update_profile(slug: str, request: Request, who: dict = Depends(admin),
-                             store: ProfileStore = Depends(get_store)):
-        """Replace the whole profile (admins); a ``version`` in the body must be the stored one (409)."""
-        body = await json_body(request)
-        version = body.get("version")
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-            raise ApiError(400, ProfileError.code, "version: must be the integer the profile was read with.")
-        return await _call(store.update, slug, body, who["name"], version=version)
 
-    @router.delete("/profiles/{slug}")
-    async def disable_profile(slug: str, who: dict = Depends(admin), store: ProfileStore = Depends(get_store)):
-        """Disable the profile (admins): users no longer see it; it stays for the audit log."""
-        return await _call(store.set_disabled, slug, True, who["name"])
+@router.post("/profiles", status_code=201, openapi_extra=PROFILE_BODY)
+async def create_profile(request: Request, who: dict = Depends(admin), store: ProfileStore = Depends(get_profiles)):
+    """A new profile (admins). 400 ``bad_profile`` names the bad field; 409 if the slug is taken."""
+    body = await json_body(request)
+    return JSONResponse(await _call(store.create, body, who["name"]), 201)
 
-    @router.post("/profiles/{slug}/enable")
-    async def enable_profile(slug: str, who: dict = Depends(admin), store: ProfileStore = Depends(get_store)):
-        """Enable a disabled profile again (admins)."""
-        return await _call(store.set_disabled, slug, False, who["name"])
 
-    @router.post("/profiles/{slug}/duplicate", status_code=201, openapi_extra=SLUG_BODY)
-    async def duplicate_profile(slug: str, request: Request, who: dict = Depends(admin),
-                                store: ProfileStore = Depends(get_store)):
-        """A copy under a new slug (admins), enabled, version 1."""
-        body = await json_body(request)
-        if set(body) != {"slug"} or not isinstance(body["slug"], str):
-            raise ApiError(400, ProfileError.code, "slug: send {\"slug\": \"<new slug>\"} and nothing else.")
-        return JSONResponse(await _call(store.duplicate, slug, body["slug"], who["name"]), 201)
+@router.get("/profiles/{slug}")
+async def get_profile(slug: str, who: dict = Depends(caller), store: ProfileStore = Depends(get_profiles)):
+    """One profile; 404 for a user who may not use it (or if it is disabled)."""
+    found = await _call(store.get, slug)
+    if not is_admin(who) and (found["disabled"] or not allowed(found, who.get("name", ""),
+                                                                 who.get("groups", []))):
+        raise ApiError(404, NoSuchProfile.code, f"No profile named {slug!r}.")
+    return found
 
-    @router.get("/profiles/{slug}/audit")
-    async def profile_audit(slug: str, who: dict = Depends(admin), store: ProfileStore = Depends(get_store)):
-        """Who changed the profile, when, and what (top-level keys, old and new), oldest first (admins)."""
-        await _call(store.get, slug)  # 404 for a slug that never existed
-        return {"audit": await _call(store.audit, slug)}
 
-    return router
+@router.put("/profiles/{slug}", openapi_extra=PROFILE_BODY)
+async def update_profile(slug: str, request: Request, who: dict = Depends(admin),
+                         store: ProfileStore = Depends(get_profiles)):
+    """Replace the whole profile (admins); a ``version`` in the body must be the stored one (409)."""
+    body = await json_body(request)
+    version = body.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise ApiError(400, ProfileError.code, "version: must be the integer the profile was read with.")
+    return await _call(store.update, slug, body, who["name"], version=version)
+
+
+@router.delete("/profiles/{slug}")
+async def disable_profile(slug: str, who: dict = Depends(admin), store: ProfileStore = Depends(get_profiles)):
+    """Disable the profile (admins): users no longer see it; it stays for the audit log."""
+    return await _call(store.set_disabled, slug, True, who["name"])
+
+
+@router.post("/profiles/{slug}/enable")
+async def enable_profile(slug: str, who: dict = Depends(admin), store: ProfileStore = Depends(get_profiles)):
+    """Enable a disabled profile again (admins)."""
+    return await _call(store.set_disabled, slug, False, who["name"])
+
+
+@router.post("/profiles/{slug}/duplicate", status_code=201, openapi_extra=SLUG_BODY)
+async def duplicate_profile(slug: str, request: Request, who: dict = Depends(admin),
+                            store: ProfileStore = Depends(get_profiles)):
+    """A copy under a new slug (admins), enabled, version 1."""
+    body = await json_body(request)
+    if set(body) != {"slug"} or not isinstance(body["slug"], str):
+        raise ApiError(400, ProfileError.code, "slug: send {\"slug\": \"<new slug>\"} and nothing else.")
+    return JSONResponse(await _call(store.duplicate, slug, body["slug"], who["name"]), 201)
+
+
+@router.get("/profiles/{slug}/audit")
+async def profile_audit(slug: str, who: dict = Depends(admin), store: ProfileStore = Depends(get_profiles)):
+    """Who changed the profile, when, and what (top-level keys, old and new), oldest first (admins)."""
+    await _call(store.get, slug)  # 404 for a slug that never existed
+    return {"audit": await _call(store.audit, slug)}

@@ -12,7 +12,11 @@
   413 as soon as it passes its limit (a larger body is never held in memory);
 - ``request_body``, ``json_object``, ``inline_refs``: the OpenAPI ``requestBody`` of a
   route that reads its body itself;
-- ``is_admin``: the caller is an admin user, or holds a token with scope ``admin:users``.
+- ``is_admin``: the caller is an admin user, or holds a token with scope ``admin:users``;
+- the dependencies of every route: ``caller`` (the hub's model of the request's token),
+  ``get_hub``, ``get_catalog``, ``get_profiles``, ``get_quotas``, ``get_accounts``; they
+  ask the app's ``app.state.services`` (``app.Services``), so route modules hold
+  module-level handlers on their ``router`` and know nothing of how the app is made.
 
 Rules: route modules import these from here, never each other's private names.
 """
@@ -27,10 +31,46 @@ from starlette.concurrency import run_in_threadpool
 
 from skerry.errors import ApiError, SkerryError
 
-__all__ = ["ApiError", "MAX_BODY", "calling", "error_response", "in_thread", "inline_refs", "is_admin",
+__all__ = ["API", "ApiError", "MAX_BODY", "PREFIX", "caller", "calling", "error_response", "get_accounts",
+           "get_catalog", "get_hub", "get_profiles", "get_quotas", "in_thread", "inline_refs", "is_admin",
            "json_body", "json_object", "request_body", "sentence"]
 
+PREFIX = "/services/skerry"
+API = PREFIX + "/api/v1"
 MAX_BODY = 1024 * 1024  # specs and small requests
+
+
+# ---- the dependencies of every route ------------------------------------------------
+
+
+def get_hub(request: Request):
+    """The hub (``app.Hub``): who a token belongs to, users and their servers."""
+    return request.app.state.services.hub()
+
+
+async def caller(request: Request) -> dict:
+    """The hub's model of the request's token (401 without a valid one)."""
+    return await get_hub(request).caller(request)
+
+
+def get_catalog(request: Request):
+    """The platform's catalog (``skerry.workload.catalog.Catalog``)."""
+    return request.app.state.services.catalog()
+
+
+def get_profiles(request: Request):
+    """The server profiles (``hub.stores.profiles.ProfileStore``)."""
+    return request.app.state.services.profiles()
+
+
+def get_quotas(request: Request):
+    """The quotas and usage (``hub.stores.quotas.QuotaStore``)."""
+    return request.app.state.services.quotas()
+
+
+def get_accounts(request: Request):
+    """``(AccountStore, DataDir)``: users' adaptors, credentials and keys, and the data dir."""
+    return request.app.state.services.accounts()
 
 
 def error_response(e: SkerryError) -> JSONResponse:

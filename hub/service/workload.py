@@ -69,7 +69,7 @@ Rules:
 """
 
 from datetime import timezone
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
@@ -88,8 +88,8 @@ from skerry.workload.runs import registry_of, start_matching_runs, start_run
 from skerry.workload.workflows import WorkflowSpec, load_workflow
 
 from skerry.hub.stores import usage
-from skerry.hub.service.toolkit import (ApiError, calling, inline_refs, is_admin, json_body, json_object,
-                                       request_body, sentence)
+from skerry.hub.service.toolkit import (API, ApiError, caller, calling, get_catalog, get_hub, inline_refs, is_admin,
+                                       json_body, json_object, request_body, sentence)
 from skerry.hub.stores.quotas import QuotaExceeded, check_queued_jobs, shared_store
 
 MAX_BODY = 1024 * 1024  # specs and small requests
@@ -353,242 +353,261 @@ class WorkflowExists(Conflict, CatalogError):
     code = "exists"
 
 
-def workload_routes(caller, get_catalog: Callable[[], Catalog], get_hub, api: str, get_quotas=None) -> APIRouter:
-    """The router; ``caller``, ``get_catalog`` and ``get_hub`` (who the users are: ``user(name)``
-    raises ApiError 404 ``no_such_user``) are the service's dependencies; ``get_quotas`` gives
-    the QuotaStore (default: the data dir's shared one)."""
-    router = APIRouter(prefix=api)
-    holder: dict[int, Workload] = {}
+router = APIRouter(prefix=API)
+_workloads: dict[int, Workload] = {}  # one per catalog (its queries keep no state of their own)
 
-    def workload(catalog: Catalog = Depends(get_catalog)) -> Workload:
-        if id(catalog) not in holder:
-            holder[id(catalog)] = Workload(catalog)
-        return holder[id(catalog)]
 
-    def owner_filter(who: dict) -> str | None:
-        """None for admins (everything); else the caller's name (only what they own)."""
-        return None if is_admin(who) else who.get("name", "")
+def workload(catalog: Catalog = Depends(get_catalog)) -> Workload:
+    if id(catalog) not in _workloads:
+        _workloads[id(catalog)] = Workload(catalog)
+    return _workloads[id(catalog)]
 
-    async def own_dataset(name: str, who: dict, w: Workload, owner: str | None = None):
-        """The caller's dataset ``name`` (an admin: ``owner``'s, or the only one by that name)."""
-        return await _call(w.catalog.get_dataset, name, owner=owner if is_admin(who) else who.get("name", ""))
 
-    # -- datasets ---------------------------------------------------------------
+def owner_filter(who: dict) -> str | None:
+    """None for admins (everything); else the caller's name (only what they own)."""
+    return None if is_admin(who) else who.get("name", "")
 
-    @router.get("/datasets", tags=["datasets"])
-    async def list_datasets(owner: str | None = None, state: str | None = None, who: dict = Depends(caller),
-                            w: Workload = Depends(workload)):
-        """The caller's datasets (an admin: everyone's, or one ``owner``'s), optionally in one ``state``."""
-        if state is not None and state not in DATASET_STATES:
-            raise ApiError(400, "bad_request",
-                           f"Unknown dataset state {state!r} (states: {', '.join(DATASET_STATES)}).")
-        if not is_admin(who):
-            owner = who.get("name", "")
-        found = await _call(w.catalog.list_datasets, owner=owner, state=state)
-        return {"datasets": [_dataset_json(d, counts=False) for d in found]}
 
-    @router.post("/datasets", status_code=201, tags=["datasets"], openapi_extra=DATASET_BODY)
-    async def create_dataset(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload),
-                             hub=Depends(get_hub)):
-        """A new ``OPEN`` dataset owned by the caller. Body: ``{"name", "location"?, "metadata"?}``;
-        an admin may give ``"owner"``, an existing hub user (else 404 ``no_such_user``, nothing
-        written). 409 if the name is taken. The answer is the dataset with ``"runs"``: the ids of
-        the runs its name started (workflows whose ``mask`` matches it; module docstring), and
-        ``"refused"``: those a ``queued_jobs`` quota refused, each ``{"workflow", "error", "message"}``."""
-        body = await json_body(request, MAX_BODY)
-        _fields(body, {"name", "location", "metadata", "owner"}, {"name"}, "A dataset")
-        owner = body.get("owner", who.get("name", ""))
-        if "owner" in body:
-            if not isinstance(owner, str) or not owner:
-                raise ApiError(400, "bad_request", f"'owner' must be a hub user name, got {owner!r}.")
-            if not is_admin(who) and owner != who.get("name"):
-                raise ApiError(403, "forbidden", "Only admins may create datasets for another user.")
-            if owner != who.get("name"):
-                await hub.user(owner)  # 404 no_such_user: a dataset nobody can see is no use
-        info = await _call(w.catalog.create_dataset, body["name"], owner=owner, metadata=body.get("metadata"),
-                           location=body.get("location"))
-        return JSONResponse({**_dataset_json(info), **await start_masked(w, info, who, hub)}, 201)
+async def own_dataset(name: str, who: dict, w: Workload, owner: str | None = None):
+    """The caller's dataset ``name`` (an admin: ``owner``'s, or the only one by that name)."""
+    return await _call(w.catalog.get_dataset, name, owner=owner if is_admin(who) else who.get("name", ""))
 
-    @router.get("/datasets/{name}", tags=["datasets"])
-    async def get_dataset(name: str, owner: str | None = None, who: dict = Depends(caller),
-                          w: Workload = Depends(workload)):
-        """One dataset with the number of its files and their total size."""
-        return _dataset_json(await own_dataset(name, who, w, owner))
 
-    @router.get("/datasets/{name}/files", tags=["datasets"])
-    async def list_files(name: str, after: int = 0, limit: int = PAGE_DEFAULT, state: str | None = None,
-                         owner: str | None = None, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """A page of the dataset's files in registration order (ids above ``after``);
-        ``next_after`` is the ``after`` of the next page, null on the last."""
-        _whole(after, "after", 0)
-        _whole(limit, "limit", 1, PAGE_MAX)
-        if state is not None and state not in FILE_STATES:
-            raise ApiError(400, "bad_request", f"Unknown file state {state!r} (states: {', '.join(FILE_STATES)}).")
-        info = await own_dataset(name, who, w, owner)
-        page = await _call(w.catalog.list_files, name, after=after, limit=limit, state=state, owner=info.owner)
-        return {"files": [_file_json(f) for f in page.files], "next_after": page.next_after}
+# -- datasets ---------------------------------------------------------------
 
-    @router.post("/datasets/{name}/files", tags=["datasets"], openapi_extra=FILES_BODY)
-    async def register_files(name: str, request: Request, owner: str | None = None, who: dict = Depends(caller),
-                             w: Workload = Depends(workload)):
-        """Bulk registration into an ``OPEN`` dataset: ``{"files": [{"uri", "size", "checksum"?}]}``.
-        All or none: one bad or duplicate entry refuses the whole list (400 naming it)."""
-        info = await own_dataset(name, who, w, owner)
-        body = await json_body(request, MAX_FILES_BODY)
-        _fields(body, {"files"}, {"files"}, "A file registration")
-        if not isinstance(body["files"], list):
-            raise ApiError(400, "bad_request", "'files' must be a list of {uri, size, checksum} objects.")
-        count = await _call(w.catalog.register_files, name, body["files"], owner=info.owner)
-        return {"registered": count,
-                "dataset": _dataset_json(await _call(w.catalog.get_dataset, name, owner=info.owner))}
 
-    @router.post("/datasets/{name}/close", tags=["datasets"])
-    async def close_dataset(name: str, owner: str | None = None, who: dict = Depends(caller),
-                            w: Workload = Depends(workload), hub=Depends(get_hub)):
-        """``OPEN -> CLOSED``: the dataset is complete (409 from any other state). The answer is
-        the dataset with ``"runs"``: the ids of the runs closing it started (workflows whose
-        ``mask`` matches its name and that have no run over it yet; module docstring), and
-        ``"refused"`` as for ``POST datasets``."""
-        info = await own_dataset(name, who, w, owner)
-        await _call(w.catalog.close_dataset, name, owner=info.owner)
-        started = await start_masked(w, info, who, hub)
-        return {**_dataset_json(await _call(w.catalog.get_dataset, name, owner=info.owner)), **started}
+@router.get("/datasets", tags=["datasets"])
+async def list_datasets(owner: str | None = None, state: str | None = None, who: dict = Depends(caller),
+                        w: Workload = Depends(workload)):
+    """The caller's datasets (an admin: everyone's, or one ``owner``'s), optionally in one ``state``."""
+    if state is not None and state not in DATASET_STATES:
+        raise ApiError(400, "bad_request",
+                       f"Unknown dataset state {state!r} (states: {', '.join(DATASET_STATES)}).")
+    if not is_admin(who):
+        owner = who.get("name", "")
+    found = await _call(w.catalog.list_datasets, owner=owner, state=state)
+    return {"datasets": [_dataset_json(d, counts=False) for d in found]}
 
-    # -- modules and workflows ----------------------------------------------------
 
-    @router.get("/modules", tags=["workflows"])
-    async def list_modules(who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """The built-in modules (``noop``, ``sleep``, ``md5``, ``fail``) and the added ones."""
-        return {"modules": await _call(w.modules)}
-
-    @router.post("/modules", status_code=201, tags=["workflows"], openapi_extra=MODULE_BODY)
-    async def add_module(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """Add a module spec (see ``skerry.workload.modules``); 409 if that name@version exists."""
-        body = await json_body(request, MAX_BODY)
-        return JSONResponse(await _call(w.add_module, body), 201)
-
-    @router.get("/workflows", tags=["workflows"])
-    async def list_workflows(who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """Every workflow, with its steps in order and its dataset name mask."""
-        return {"workflows": await _call(w.workflows)}
-
-    @router.post("/workflows", status_code=201, tags=["workflows"], openapi_extra=WORKFLOW_BODY)
-    async def add_workflow(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """Add a workflow spec (see ``skerry.workload.workflows``), checked against the known
-        modules: unknown modules, pins of the wrong type and cycles are refused (400). It is
-        the caller's, stored with each module pinned (``name@version``). A ``mask`` starts runs
-        over the caller's datasets registered or closed from now on, not over those already there."""
-        body = await json_body(request, MAX_BODY)
-        return JSONResponse(await _call(w.add_workflow, body, who.get("name", "")), 201)
-
-    # -- runs, tasks, jobs --------------------------------------------------------
-
-    async def queued_quota(w: Workload, owner: str, who: dict, hub):
-        """The ``check`` for ``start_run`` (None when no ``queued_jobs`` quota limits ``owner``):
-        in the run's creating transaction, QuotaExceeded (403) if its jobs would pass a
-        ``queued_jobs`` quota of its owner or of one of the owner's groups (the sum over the
-        group's members). The hub is asked about groups here, before the lock is taken."""
-        if not owner:
-            return None
-        store = (get_quotas or shared_store)()
-        mine = who.get("kind") == "user" and who.get("name") == owner
-        groups = who.get("groups", []) if mine else (await hub.user(owner)).get("groups", [])
-        limits = [(k, n) for k, n, q in await _call(store.applying, owner, groups) if "queued_jobs" in q]
-        if not limits:
-            return None
-        members = {}
-        for kind, name in limits:
-            if kind == "group":
-                r = await hub.client.get(f"groups/{quote(name, safe='')}")
-                r.raise_for_status()
-                members[name] = r.json().get("users", [])
-        registry = await _call(registry_of, w.catalog)
-
-        def check(s, loaded, dataset: str) -> None:
-            usage.quota_lock(s)  # SQLite: the transaction already holds the write lock
-            adding = usage.planned_jobs(w.catalog, loaded, dataset, owner=owner, session=s)
-            check_queued_jobs(store, owner, groups, adding, lambda kind, name: usage.queued_jobs(
-                w.catalog, [owner] if kind == "user" else members[name], session=s, registry=registry))
-
-        return check
-
-    async def start_masked(w: Workload, dataset, who: dict, hub) -> dict:
-        """``{"runs": [ids], "refused": [...]}``: the runs ``dataset``'s name starts (module docstring)."""
-        check = await queued_quota(w, dataset.owner, who, hub)
-        refused: list[dict] = []
-        runs = await _call(start_matching_runs, w.catalog, dataset.name, owner=dataset.owner, refused=refused,
-                           check=check and (lambda s, loaded: check(s, loaded, dataset.name)))
-        return {"runs": runs, "refused": refused}
-
-    @router.get("/runs", tags=["runs"])
-    async def list_runs(who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """The caller's runs (an admin: all), with their job counts."""
-        return {"runs": await _call(w.runs, owner_filter(who))}
-
-    @router.post("/runs", status_code=201, tags=["runs"], openapi_extra=RUN_BODY)
-    async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload),
+@router.post("/datasets", status_code=201, tags=["datasets"], openapi_extra=DATASET_BODY)
+async def create_dataset(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload),
                          hub=Depends(get_hub)):
-        """Start a run of a workflow over one of the caller's datasets: ``{"workflow", "dataset",
-        "rank"?}`` (an admin may add ``"owner"``: whose dataset). One task per step and one ``OPEN`` output dataset per step, in one
-        transaction; the scheduler gives the tasks their jobs. The answer is the run.
-        403 ``quota_exceeded`` (nothing created) if its jobs would pass a ``queued_jobs`` quota."""
-        body = await json_body(request, MAX_BODY)
-        _fields(body, {"workflow", "dataset", "rank", "owner"}, {"workflow", "dataset"}, "A run")
-        for field in ("workflow", "dataset", "owner"):
-            if field in body and (not isinstance(body[field], str) or not body[field]):
-                raise ApiError(400, "bad_request", f"{field!r} must be a name.")
-        rank = body.get("rank", 1)
-        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
-            raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
-        whose = body.get("owner") if is_admin(who) else who.get("name", "")
-        if not is_admin(who) and body.get("owner", whose) != whose:
-            raise ApiError(403, "forbidden", "Only admins may start runs over another user's datasets.")
-        owner = await _call(w.check_run_request, body["workflow"], body["dataset"], whose)
-        check = await queued_quota(w, owner, who, hub)
-        run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner,
-                             dataset_owner=owner,
-                             check=check and (lambda s, loaded: check(s, loaded, body["dataset"])))
-        return JSONResponse(await _call(w.run, run_id, None), 201)
+    """A new ``OPEN`` dataset owned by the caller. Body: ``{"name", "location"?, "metadata"?}``;
+    an admin may give ``"owner"``, an existing hub user (else 404 ``no_such_user``, nothing
+    written). 409 if the name is taken. The answer is the dataset with ``"runs"``: the ids of
+    the runs its name started (workflows whose ``mask`` matches it; module docstring), and
+    ``"refused"``: those a ``queued_jobs`` quota refused, each ``{"workflow", "error", "message"}``."""
+    body = await json_body(request, MAX_BODY)
+    _fields(body, {"name", "location", "metadata", "owner"}, {"name"}, "A dataset")
+    owner = body.get("owner", who.get("name", ""))
+    if "owner" in body:
+        if not isinstance(owner, str) or not owner:
+            raise ApiError(400, "bad_request", f"'owner' must be a hub user name, got {owner!r}.")
+        if not is_admin(who) and owner != who.get("name"):
+            raise ApiError(403, "forbidden", "Only admins may create datasets for another user.")
+        if owner != who.get("name"):
+            await hub.user(owner)  # 404 no_such_user: a dataset nobody can see is no use
+    info = await _call(w.catalog.create_dataset, body["name"], owner=owner, metadata=body.get("metadata"),
+                       location=body.get("location"))
+    return JSONResponse({**_dataset_json(info), **await start_masked(w, info, who, hub)}, 201)
 
-    @router.get("/runs/{run_id}", tags=["runs"])
-    async def get_run(run_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """A run with each of its tasks (step, state, rank, job counts by state)."""
-        return await _call(w.run, run_id, owner_filter(who))
 
-    @router.get("/tasks/{task_id}", tags=["runs"])
-    async def get_task(task_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """One task: step, module, datasets, state, rank and job counts by state."""
-        return await _call(w.task, task_id, owner_filter(who))
+@router.get("/datasets/{name}", tags=["datasets"])
+async def get_dataset(name: str, owner: str | None = None, who: dict = Depends(caller),
+                      w: Workload = Depends(workload)):
+    """One dataset with the number of its files and their total size."""
+    return _dataset_json(await own_dataset(name, who, w, owner))
 
-    @router.post("/tasks/{task_id}/rank", tags=["runs"], openapi_extra=RANK_BODY)
-    async def set_rank(task_id: int, request: Request, who: dict = Depends(caller),
-                       w: Workload = Depends(workload)):
-        """Change a task's rank (``{"rank": n}``, n > 0): its share of the pool from the next pick on."""
-        body = await json_body(request, MAX_BODY)
-        _fields(body, {"rank"}, {"rank"}, "A rank change")
-        rank = body["rank"]
-        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
-            raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
-        return await _call(w.set_rank, task_id, rank, owner_filter(who))
 
-    @router.post("/tasks/{task_id}/cancel", tags=["runs"])
-    async def cancel_task(task_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """Cancel a task and its jobs that are not final (409 if the task is already final)."""
-        return await _call(w.cancel, task_id, owner_filter(who))
+@router.get("/datasets/{name}/files", tags=["datasets"])
+async def list_files(name: str, after: int = 0, limit: int = PAGE_DEFAULT, state: str | None = None,
+                     owner: str | None = None, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """A page of the dataset's files in registration order (ids above ``after``);
+    ``next_after`` is the ``after`` of the next page, null on the last."""
+    _whole(after, "after", 0)
+    _whole(limit, "limit", 1, PAGE_MAX)
+    if state is not None and state not in FILE_STATES:
+        raise ApiError(400, "bad_request", f"Unknown file state {state!r} (states: {', '.join(FILE_STATES)}).")
+    info = await own_dataset(name, who, w, owner)
+    page = await _call(w.catalog.list_files, name, after=after, limit=limit, state=state, owner=info.owner)
+    return {"files": [_file_json(f) for f in page.files], "next_after": page.next_after}
 
-    @router.get("/jobs", tags=["runs"])
-    async def list_jobs(task: int | None = None, state: str | None = None, after: int = 0,
-                        limit: int = PAGE_DEFAULT, who: dict = Depends(caller), w: Workload = Depends(workload)):
-        """A page of jobs (of one ``task``, in one ``state``) in id order; ``next_after`` as for files.
-        Each job carries its last attempt's ``log`` (where its log is, e.g. the output
-        notebook of a notebook step) and ``error`` (a sentence), null when there are none."""
-        if state is not None and state not in JOB_STATES:
-            raise ApiError(400, "bad_request", f"Unknown job state {state!r} (states: {', '.join(JOB_STATES)}).")
-        _whole(after, "after", 0)
-        _whole(limit, "limit", 1, PAGE_MAX)
-        return await _call(w.jobs, task=task, state=state, after=after, limit=limit, owner=owner_filter(who))
 
-    return router
+@router.post("/datasets/{name}/files", tags=["datasets"], openapi_extra=FILES_BODY)
+async def register_files(name: str, request: Request, owner: str | None = None, who: dict = Depends(caller),
+                         w: Workload = Depends(workload)):
+    """Bulk registration into an ``OPEN`` dataset: ``{"files": [{"uri", "size", "checksum"?}]}``.
+    All or none: one bad or duplicate entry refuses the whole list (400 naming it)."""
+    info = await own_dataset(name, who, w, owner)
+    body = await json_body(request, MAX_FILES_BODY)
+    _fields(body, {"files"}, {"files"}, "A file registration")
+    if not isinstance(body["files"], list):
+        raise ApiError(400, "bad_request", "'files' must be a list of {uri, size, checksum} objects.")
+    count = await _call(w.catalog.register_files, name, body["files"], owner=info.owner)
+    return {"registered": count,
+            "dataset": _dataset_json(await _call(w.catalog.get_dataset, name, owner=info.owner))}
+
+
+@router.post("/datasets/{name}/close", tags=["datasets"])
+async def close_dataset(name: str, owner: str | None = None, who: dict = Depends(caller),
+                        w: Workload = Depends(workload), hub=Depends(get_hub)):
+    """``OPEN -> CLOSED``: the dataset is complete (409 from any other state). The answer is
+    the dataset with ``"runs"``: the ids of the runs closing it started (workflows whose
+    ``mask`` matches its name and that have no run over it yet; module docstring), and
+    ``"refused"`` as for ``POST datasets``."""
+    info = await own_dataset(name, who, w, owner)
+    await _call(w.catalog.close_dataset, name, owner=info.owner)
+    started = await start_masked(w, info, who, hub)
+    return {**_dataset_json(await _call(w.catalog.get_dataset, name, owner=info.owner)), **started}
+
+
+# -- modules and workflows ----------------------------------------------------
+
+
+@router.get("/modules", tags=["workflows"])
+async def list_modules(who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """The built-in modules (``noop``, ``sleep``, ``md5``, ``fail``) and the added ones."""
+    return {"modules": await _call(w.modules)}
+
+
+@router.post("/modules", status_code=201, tags=["workflows"], openapi_extra=MODULE_BODY)
+async def add_module(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """Add a module spec (see ``skerry.workload.modules``); 409 if that name@version exists."""
+    body = await json_body(request, MAX_BODY)
+    return JSONResponse(await _call(w.add_module, body), 201)
+
+
+@router.get("/workflows", tags=["workflows"])
+async def list_workflows(who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """Every workflow, with its steps in order and its dataset name mask."""
+    return {"workflows": await _call(w.workflows)}
+
+
+@router.post("/workflows", status_code=201, tags=["workflows"], openapi_extra=WORKFLOW_BODY)
+async def add_workflow(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """Add a workflow spec (see ``skerry.workload.workflows``), checked against the known
+    modules: unknown modules, pins of the wrong type and cycles are refused (400). It is
+    the caller's, stored with each module pinned (``name@version``). A ``mask`` starts runs
+    over the caller's datasets registered or closed from now on, not over those already there."""
+    body = await json_body(request, MAX_BODY)
+    return JSONResponse(await _call(w.add_workflow, body, who.get("name", "")), 201)
+
+
+# -- runs, tasks, jobs --------------------------------------------------------
+
+
+async def queued_quota(w: Workload, owner: str, who: dict, hub):
+    """The ``check`` for ``start_run`` (None when no ``queued_jobs`` quota limits ``owner``):
+    in the run's creating transaction, QuotaExceeded (403) if its jobs would pass a
+    ``queued_jobs`` quota of its owner or of one of the owner's groups (the sum over the
+    group's members). The hub is asked about groups here, before the lock is taken."""
+    if not owner:
+        return None
+    store = shared_store()
+    mine = who.get("kind") == "user" and who.get("name") == owner
+    groups = who.get("groups", []) if mine else (await hub.user(owner)).get("groups", [])
+    limits = [(k, n) for k, n, q in await _call(store.applying, owner, groups) if "queued_jobs" in q]
+    if not limits:
+        return None
+    members = {}
+    for kind, name in limits:
+        if kind == "group":
+            r = await hub.client.get(f"groups/{quote(name, safe='')}")
+            r.raise_for_status()
+            members[name] = r.json().get("users", [])
+    registry = await _call(registry_of, w.catalog)
+
+    def check(s, loaded, dataset: str) -> None:
+        usage.quota_lock(s)  # SQLite: the transaction already holds the write lock
+        adding = usage.planned_jobs(w.catalog, loaded, dataset, owner=owner, session=s)
+        check_queued_jobs(store, owner, groups, adding, lambda kind, name: usage.queued_jobs(
+            w.catalog, [owner] if kind == "user" else members[name], session=s, registry=registry))
+
+    return check
+
+
+async def start_masked(w: Workload, dataset, who: dict, hub) -> dict:
+    """``{"runs": [ids], "refused": [...]}``: the runs ``dataset``'s name starts (module docstring)."""
+    check = await queued_quota(w, dataset.owner, who, hub)
+    refused: list[dict] = []
+    runs = await _call(start_matching_runs, w.catalog, dataset.name, owner=dataset.owner, refused=refused,
+                       check=check and (lambda s, loaded: check(s, loaded, dataset.name)))
+    return {"runs": runs, "refused": refused}
+
+
+@router.get("/runs", tags=["runs"])
+async def list_runs(who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """The caller's runs (an admin: all), with their job counts."""
+    return {"runs": await _call(w.runs, owner_filter(who))}
+
+
+@router.post("/runs", status_code=201, tags=["runs"], openapi_extra=RUN_BODY)
+async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload),
+                     hub=Depends(get_hub)):
+    """Start a run of a workflow over one of the caller's datasets: ``{"workflow", "dataset",
+    "rank"?}`` (an admin may add ``"owner"``: whose dataset). One task per step and one ``OPEN`` output dataset per step, in one
+    transaction; the scheduler gives the tasks their jobs. The answer is the run.
+    403 ``quota_exceeded`` (nothing created) if its jobs would pass a ``queued_jobs`` quota."""
+    body = await json_body(request, MAX_BODY)
+    _fields(body, {"workflow", "dataset", "rank", "owner"}, {"workflow", "dataset"}, "A run")
+    for field in ("workflow", "dataset", "owner"):
+        if field in body and (not isinstance(body[field], str) or not body[field]):
+            raise ApiError(400, "bad_request", f"{field!r} must be a name.")
+    rank = body.get("rank", 1)
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
+        raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
+    whose = body.get("owner") if is_admin(who) else who.get("name", "")
+    if not is_admin(who) and body.get("owner", whose) != whose:
+        raise ApiError(403, "forbidden", "Only admins may start runs over another user's datasets.")
+    owner = await _call(w.check_run_request, body["workflow"], body["dataset"], whose)
+    check = await queued_quota(w, owner, who, hub)
+    run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner,
+                         dataset_owner=owner,
+                         check=check and (lambda s, loaded: check(s, loaded, body["dataset"])))
+    return JSONResponse(await _call(w.run, run_id, None), 201)
+
+
+@router.get("/runs/{run_id}", tags=["runs"])
+async def get_run(run_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """A run with each of its tasks (step, state, rank, job counts by state)."""
+    return await _call(w.run, run_id, owner_filter(who))
+
+
+@router.get("/tasks/{task_id}", tags=["runs"])
+async def get_task(task_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """One task: step, module, datasets, state, rank and job counts by state."""
+    return await _call(w.task, task_id, owner_filter(who))
+
+
+@router.post("/tasks/{task_id}/rank", tags=["runs"], openapi_extra=RANK_BODY)
+async def set_rank(task_id: int, request: Request, who: dict = Depends(caller),
+                   w: Workload = Depends(workload)):
+    """Change a task's rank (``{"rank": n}``, n > 0): its share of the pool from the next pick on."""
+    body = await json_body(request, MAX_BODY)
+    _fields(body, {"rank"}, {"rank"}, "A rank change")
+    rank = body["rank"]
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 < rank < float("inf"):
+        raise ApiError(400, "bad_request", f"'rank' must be a number > 0, got {rank!r}.")
+    return await _call(w.set_rank, task_id, rank, owner_filter(who))
+
+
+@router.post("/tasks/{task_id}/cancel", tags=["runs"])
+async def cancel_task(task_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """Cancel a task and its jobs that are not final (409 if the task is already final)."""
+    return await _call(w.cancel, task_id, owner_filter(who))
+
+
+@router.get("/jobs", tags=["runs"])
+async def list_jobs(task: int | None = None, state: str | None = None, after: int = 0,
+                    limit: int = PAGE_DEFAULT, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """A page of jobs (of one ``task``, in one ``state``) in id order; ``next_after`` as for files.
+    Each job carries its last attempt's ``log`` (where its log is, e.g. the output
+    notebook of a notebook step) and ``error`` (a sentence), null when there are none."""
+    if state is not None and state not in JOB_STATES:
+        raise ApiError(400, "bad_request", f"Unknown job state {state!r} (states: {', '.join(JOB_STATES)}).")
+    _whole(after, "after", 0)
+    _whole(limit, "limit", 1, PAGE_MAX)
+    return await _call(w.jobs, task=task, state=state, after=after, limit=limit, owner=owner_filter(who))
 
 
 def open_catalog(data_dir: str) -> Catalog:
