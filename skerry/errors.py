@@ -33,6 +33,10 @@ Rules:
 - this module imports nothing of skerry: every layer may raise these.
 """
 
+__all__ = ["STORAGE_ERRORS", "AdaptorUnavailable", "ApiError", "BadRequest", "ConfigError", "Conflict", "Forbidden",
+           "InternalError", "InvalidPath", "IsAFolder", "NotAFolder", "NotFound", "SetupError", "SkerryError",
+           "StorageFailed", "StorageSetupBroken", "StorageTimeout", "Unavailable", "storage_error"]
+
 
 class SkerryError(Exception):
     """Base class: ``code`` is machine-readable, ``str(e)`` is a sentence for people, ``status`` HTTP's."""

@@ -189,3 +189,14 @@ def test_the_table_answers_what_the_three_surfaces_answered_alike():
         AdaptorUnavailable: 503, ConnectionRefusedError: 503, KeyError: 500,
     }
     assert storage_error(NotFound("no dataset 'x'")).status == 404  # a skerry error keeps its own
+
+
+def test_the_error_module_offers_exactly_the_tree_and_the_table():
+    import inspect
+
+    from skerry import errors
+
+    offered = {n for n, v in vars(errors).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    assert offered == set(errors.__all__)
+    assert all(issubclass(getattr(errors, n), errors.SkerryError) for n in errors.__all__
+               if inspect.isclass(getattr(errors, n)))
