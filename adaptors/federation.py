@@ -31,9 +31,10 @@ import shutil
 from fsspec.spec import AbstractFileSystem
 
 from . import atomic
-from .objectstore import (FOLDER_MARKERS, is_marker, make_folder_marker, move_object_tree, remove_folder_marker,
+from .objectstore import (is_marker, make_folder_marker, move_object_tree, remove_folder_marker,
                           remove_object_tree)
 from .registry import Adaptors
+from .types import adaptor_type
 
 COPY_BLOCK = 8 * 1024 * 1024
 _WRITE_MODES = set("wax+")
@@ -75,7 +76,7 @@ class SkerryFileSystem(AbstractFileSystem):
         self.read_only = frozenset(read_only)
         self.make_parents = frozenset(make_parents)
         if folder_markers is None and isinstance(adaptors, Adaptors):
-            folder_markers = {n for n, kind in adaptors.kinds.items() if kind in FOLDER_MARKERS}
+            folder_markers = {n for n, kind in adaptors.kinds.items() if adaptor_type(kind).object_store}
         self.folder_markers = frozenset(folder_markers or ())
         self._streamed_copies = set()  # adaptors whose server-side copy is refused
 

@@ -57,6 +57,7 @@ from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import build_federation, read_config
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.specs import load_specs
+from skerry.adaptors.types import adaptor_type
 from skerry.errors import ConfigError
 
 CHECKPOINT_DIR = ".ipynb_checkpoints"
@@ -215,7 +216,7 @@ class SkerryContentsManager(AsyncContentsManager):
         """The folder on this machine behind an API path, or None on a remote adaptor."""
         name = self._adaptor(path)
         spec = self.specs.get(name)
-        if spec is None or spec.type != "local":
+        if spec is None or not adaptor_type(spec.type).local:
             return None
         inner = path[len(name):].strip("/")
         return os.path.join(spec.path, *inner.split("/")) if inner else spec.path
