@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from skerry.errors import ConfigError
 from skerry.workload.builtins import builtin_registry
-from skerry.workload.modules import ModuleRegistry, ModuleSpec, check_value
+from skerry.workload.modules import ModuleRegistry, ModuleSpec, check_value, pool_of
 from skerry.workload.workflows import DATASET, _find_cycle, load_workflow
 
 __all__ = ["Pipeline", "Step", "Problem", "ParamField", "field", "registry_from", "pool_of",
@@ -86,11 +86,6 @@ def registry_from(source=None) -> ModuleRegistry:
         except ConfigError:
             pass  # one odd stored module must not hide the others
     return registry
-
-
-def pool_of(module: ModuleSpec) -> str:
-    """The pool a module's jobs run on (``skerry.workload.runs.pool_of``)."""
-    return "gpu" if module.resources.gpu > 0 else "cpu"
 
 
 @dataclass

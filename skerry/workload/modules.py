@@ -13,7 +13,8 @@ A module spec says, and is validated when it is loaded (``load_module``):
 - ``parameters``: name -> type (``int``, ``float``, ``str``, ``bool``) and default; one
   without a default is required;
 - ``resources``: ``cpu`` (cores), ``memory`` (bytes, or ``"512MiB"``/``"2GB"``), ``gpu``
-  (devices): a job needing a GPU runs only on workers that declare one;
+  (devices): a job needing a GPU runs only on workers that declare one, in pool
+  ``gpu`` (``pool_of``; every other job runs in pool ``cpu``);
 - how it runs, exactly one of: ``callable`` (``"pkg.mod:func"``, called with a
   :class:`skerry.workload.executors.JobContext`), ``command`` (an argv list, never a
   shell string, with ``{pin}``/``{param}`` placeholders, ``{input}``/``{output}`` for
@@ -40,6 +41,7 @@ __all__ = [
     "ModuleSpec",
     "ModuleRegistry",
     "load_module",
+    "pool_of",
     "parse_memory",
     "PLACEHOLDER",
 ]
@@ -259,6 +261,11 @@ class ModuleSpec(_Spec):
 
 def _field(loc: tuple) -> str:
     return ".".join(str(x) for x in loc) or "(spec)"
+
+
+def pool_of(module: dict[str, Any] | ModuleSpec) -> str:
+    """The pool a module's jobs run in: ``gpu`` when it needs a GPU, else ``cpu``."""
+    return "gpu" if load_module(module).resources.gpu > 0 else "cpu"
 
 
 def load_module(data: dict[str, Any] | ModuleSpec) -> ModuleSpec:
