@@ -59,7 +59,7 @@ from .builtins import BUILTINS
 from .catalog import CatalogError, check_uri, insert_jobs
 from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow
 from .modules import ModuleRegistry, load_module, pool_of
-from .states import FINAL, run_outcome
+from .states import DATASET_READABLE, FINAL, run_outcome
 from .workflows import load_workflow, matching_workflows
 
 __all__ = ["start_run", "start_matching_runs", "Planner", "RunError", "registry_of", "pool_of"]
@@ -101,7 +101,7 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
             ds = catalog.dataset_row(s, dataset, dataset_owner)
         except CatalogError as e:
             raise RunError(e.message) from None
-    if ds.state not in ("OPEN", "CLOSED"):
+    if ds.state not in DATASET_READABLE:
         raise RunError(f"dataset {dataset!r} is {ds.state}: a run reads an OPEN or CLOSED dataset")
     try:
         wf = load_workflow(row.spec, registry)

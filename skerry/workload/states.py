@@ -60,7 +60,7 @@ from ..errors import SkerryError
 
 __all__ = [
     "JobState", "TaskState", "DatasetState", "FINAL", "Decision", "RetryPolicy",
-    "JOB_STATES", "FINAL_STATES", "DATASET_STATES", "DATASET_FINAL", "DATASET_MOVES", "run_outcome",
+    "JOB_STATES", "FINAL_STATES", "DATASET_STATES", "DATASET_FINAL", "DATASET_READABLE", "DATASET_MOVES", "run_outcome",
     "DEFAULT_RULES", "DEFAULT_POLICY",
     "ERROR_TIMEOUT", "ERROR_WORKER_LOST", "ERROR_NO_POOL",
     "Job", "Task", "Dataset", "Transition",
@@ -142,6 +142,7 @@ class DatasetState(StrEnum):
 
 DATASET_STATES = tuple(s.value for s in DatasetState)
 DATASET_FINAL = frozenset({DatasetState.DELETED})
+DATASET_READABLE = frozenset({DatasetState.OPEN, DatasetState.CLOSED})  # what a run may read
 
 
 def run_outcome(task_states: Iterable[str]) -> str | None:
