@@ -58,7 +58,7 @@ from ..errors import ConfigError, SkerryError
 from .builtins import BUILTINS
 from .catalog import CatalogError, check_uri, insert_jobs
 from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow
-from .modules import ModuleRegistry, load_module, pool_of
+from .modules import ModuleRegistry, pool_of
 from .states import DATASET_READABLE, FINAL, run_outcome
 from .workflows import load_workflow, matching_workflows
 
