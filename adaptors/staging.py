@@ -175,10 +175,10 @@ def describe(exc: BaseException) -> str:
 # ---- writers ---------------------------------------------------------------
 
 
-def _s3_backend(dirfs):
-    """The s3fs filesystem under an adaptor, or None."""
-    inner = getattr(dirfs, "fs", None)
-    return inner if type(inner).__module__.startswith("s3fs") else None
+def _object_store(fs, name: str, dirfs):
+    """The backend under adaptor ``name`` if it is an object store (the federation says), or None.
+    Object stores are written with the S3 API: ``s3`` is the one object-store type there is."""
+    return dirfs.fs if fs.is_object_store(name) else None
 
 
 class S3Upload:
@@ -434,7 +434,7 @@ class Stager:
         """Stream one file; returns (what was verified, source MD5 hex)."""
         md5 = hashlib.md5()
         size = 0
-        s3 = _s3_backend(dst_fs)
+        s3 = _object_store(self.fs, dst_name, dst_fs)
         with src_fs.open(src, "rb", block_size=BLOCK) as fin:
             if s3 is not None:
                 upload = S3Upload(s3, dst_fs._join(dst))
