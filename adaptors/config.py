@@ -16,8 +16,9 @@ import stat
 
 from skerry.errors import ConfigError
 
-from .registry import NEEDS_PARENTS, Adaptors, check_backend, make_filesystem
+from .registry import Adaptors, check_backend, make_filesystem
 from .specs import load_specs
+from .types import adaptor_type
 
 ENV = "SKERRY_ADAPTORS"
 
@@ -64,7 +65,7 @@ def build_federation(config: dict):
         kinds[spec.name] = spec.type
         if spec.read_only:
             read_only.add(spec.name)
-        if spec.type in NEEDS_PARENTS:
+        if adaptor_type(spec.type).needs_parents:
             make_parents.add(spec.name)
     return Adaptors(factories, kinds), read_only, make_parents
 

@@ -4,11 +4,12 @@ Rules:
 - a folder listing is one ``ls(detail=True)``, kept ``LISTING_TTL`` seconds and dropped
   by our own writes: PROPFIND Depth 1 makes no call per child, and files changed behind
   our back (on an HPC system, say) appear within seconds;
-- a PUT streams into a hidden temporary name in the same folder and is renamed into
-  place only when the body is complete: an interrupted PUT leaves nothing visible. On
-  object stores (S3), where an upload becomes visible only when it completes, the
-  upload is written in place and aborted on error. Temporary names never appear in
-  listings and cannot be addressed;
+- a PUT is an atomic write (``skerry.adaptors.atomic``): it streams into a hidden
+  temporary name in the same folder and is renamed into place only when the body is
+  complete: an interrupted PUT leaves nothing visible. On object stores (S3), where an
+  upload becomes visible only when it completes, the upload is written in place and
+  aborted on error. Temporary names never appear in listings (the federation leaves
+  them out) and cannot be addressed;
 - ETag and Last-Modified come from the backend's metadata;
 - PROPFIND Depth 1 on a folder (allprop or live properties; no locks, no dead
   properties in play) is answered by ``FederationProvider.propfind_listing``, which
@@ -28,7 +29,6 @@ import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 import threading
 import time
-import uuid
 from datetime import datetime
 
 from wsgidav import util
@@ -37,8 +37,9 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 
 from skerry.errors import InternalError, storage_error
 
+from . import atomic
+
 LISTING_TTL = 2.0
-TEMP_PREFIX = ".skerry-upload-"
 
 
 @contextlib.contextmanager
@@ -185,11 +186,10 @@ class FederationFile(_Resource, DAVNonCollection):
 
     def begin_write(self, *, content_type=None):
         fs = self.provider.fs
-        parent, _, name = self.fspath.rpartition("/")
         with http_errors():
             in_place = self.provider.uploads_in_place(self.fspath)
-            self._target = self.fspath if in_place else f"{parent}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
-            self._upload = _CountingWriter(fs.open(self._target, "wb"))
+            self._target = atomic.AtomicFile(fs, self.fspath, in_place=in_place)
+            self._upload = _CountingWriter(fs.open(self._target.temp, "wb"))
         return self._upload
 
     def end_write(self, *, with_errors):
@@ -203,21 +203,19 @@ class FederationFile(_Resource, DAVNonCollection):
         try:
             with http_errors():
                 if with_errors or short:
-                    if self._target == self.fspath:  # in place, on an object store: abort
+                    if self._target.in_place:  # on an object store: abort the upload
                         upload.f.discard()
                         upload.f.closed = True  # discarded: nothing left to flush, ever
                     else:
                         with contextlib.suppress(OSError):
                             upload.commit()  # the temporary file, removed just below
-                        with contextlib.suppress(FileNotFoundError):
-                            fs.rm_file(self._target)
+                        self._target.abort()
                     if short:
                         raise DAVError(HTTP_BAD_REQUEST, context_info=(
                             f"the body ended after {upload.count} of {expected} bytes: nothing was written"))
                     return
                 upload.commit()
-                if self._target != self.fspath:
-                    fs.mv(self._target, self.fspath)
+                self._target.commit()
         finally:
             self.provider.invalidate(self.fspath)
         with http_errors():
@@ -311,9 +309,8 @@ class FederationProvider(DAVProvider):
     def to_fspath(self, path: str) -> str:
         # empty segments are dropped: wsgidav joins "dest/" + "/child" in recursive COPY/MOVE
         parts = [part for part in path.split("/") if part]
-        for part in parts:
-            if part.startswith(TEMP_PREFIX):
-                raise DAVError(HTTP_NOT_FOUND)
+        if any(atomic.is_hidden(part) for part in parts):
+            raise DAVError(HTTP_NOT_FOUND)
         return "/".join(parts)
 
     def uploads_in_place(self, fspath: str) -> bool:
@@ -331,7 +328,7 @@ class FederationProvider(DAVProvider):
         listing = {}
         for info in entries:
             name = _base(info["name"].rstrip("/"))
-            if name and not name.startswith(TEMP_PREFIX):
+            if name:  # temporary names are left out by the federation itself
                 listing[name] = info
         with self._lock:
             self._listings[fspath] = (now, listing)

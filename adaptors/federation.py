@@ -13,7 +13,9 @@ Rules:
 - copies between adaptors stream in ``COPY_BLOCK`` blocks: never a whole file in
   memory, never a local temporary copy; inside one adaptor the backend copies
   server-side, except where the server refuses (sftp-only hosts): then it streams too;
-- the root and the adaptor folders themselves cannot be created or removed.
+- the root and the adaptor folders themselves cannot be created or removed;
+- listings (``ls``, ``find``) leave out files being written (``atomic.is_hidden``) and
+  the empty-folder objects of object stores.
 
 ``SkerryFileSystem()`` with no arguments reads the adaptors of the running
 micro-infrastructure from the file named by ``$SKERRY_ADAPTORS`` (JSON, see
@@ -28,9 +30,11 @@ import shutil
 
 from fsspec.spec import AbstractFileSystem
 
-from .objectstore import (FOLDER_MARKERS, is_marker, make_folder_marker, move_object_tree, remove_folder_marker,
+from . import atomic
+from .objectstore import (is_marker, make_folder_marker, move_object_tree, remove_folder_marker,
                           remove_object_tree)
 from .registry import Adaptors
+from .types import adaptor_type
 
 COPY_BLOCK = 8 * 1024 * 1024
 _WRITE_MODES = set("wax+")
@@ -72,7 +76,7 @@ class SkerryFileSystem(AbstractFileSystem):
         self.read_only = frozenset(read_only)
         self.make_parents = frozenset(make_parents)
         if folder_markers is None and isinstance(adaptors, Adaptors):
-            folder_markers = {n for n, kind in adaptors.kinds.items() if kind in FOLDER_MARKERS}
+            folder_markers = {n for n, kind in adaptors.kinds.items() if adaptor_type(kind).object_store}
         self.folder_markers = frozenset(folder_markers or ())
         self._streamed_copies = set()  # adaptors whose server-side copy is refused
 
@@ -137,8 +141,13 @@ class SkerryFileSystem(AbstractFileSystem):
             entries = [self._adaptor_info(n) for n in sorted(self.adaptors)]
         else:
             entries = [self._outer(name, e) for e in fs.ls(inner, detail=True, **kwargs)
-                       if not self._is_marker(name, e)]
+                       if self._listed(name, e)]
         return entries if detail else [e["name"] for e in entries]
+
+    def _listed(self, name, info):
+        """False for what a listing leaves out: a file being written (its temporary name),
+        and the empty ``folder/`` object that keeps an empty S3 folder."""
+        return not (atomic.is_hidden(info["name"]) or self._is_marker(name, info))
 
     def _is_marker(self, name, info):
         """The empty ``folder/`` object that keeps an empty S3 folder: not a file of its own."""
@@ -169,7 +178,7 @@ class SkerryFileSystem(AbstractFileSystem):
             found = fs.find(inner, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
             out = {}
             for info in found.values():
-                if self._is_marker(name, info):
+                if not self._listed(name, info):
                     continue
                 info = self._outer(name, info)
                 out[info["name"]] = info

@@ -5,12 +5,11 @@ On an object store a folder exists only while an object lies under it. WebDAV cl
 an empty folder is kept as the zero-byte object ``folder/`` (the convention of the S3
 console and rclone). s3fs lists that object as a file and cannot write, move or
 remove it (it strips trailing slashes); these functions do it with the S3 API.
+Which adaptors are object stores, the table of adaptor types says (``object_store``).
 """
 
 from fsspec.implementations.dirfs import DirFileSystem
 
-# adaptor types that keep empty folders as "folder/" objects
-FOLDER_MARKERS = {"s3"}
 _BATCH = 1000  # the S3 API's limit of keys per DeleteObjects request
 
 

@@ -17,7 +17,7 @@ Rules:
   recorded while it ran;
 - an adaptor that fails to list keeps its previous entries; the error (a sentence, no
   secrets) is reported in ``errors``;
-- in-flight temporary files of our copies (``.*.skerry-part``) are never indexed.
+- files being written (``atomic.is_hidden``: our copies in flight) are never indexed.
 """
 
 import datetime
@@ -25,9 +25,9 @@ import logging
 import threading
 import time
 
-log = logging.getLogger(__name__)
+from . import atomic
 
-TEMP_SUFFIX = ".skerry-part"
+log = logging.getLogger(__name__)
 
 
 def modified_iso(info: dict) -> str | None:
@@ -102,7 +102,7 @@ class FindIndex:
         if path in files:
             self._by_name.get(name, {}).pop(path, None)
             del files[path]
-        if info is not None and info.get("type", "file") == "file" and not name.endswith(TEMP_SUFFIX):
+        if info is not None and info.get("type", "file") == "file" and not atomic.is_hidden(name):
             e = entry(adaptor, path, info)
             files[path] = e
             self._by_name.setdefault(name, {})[path] = e

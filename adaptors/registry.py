@@ -1,13 +1,13 @@
 """From adaptor specs to configured fsspec filesystems.
 
 Each adaptor becomes a ``DirFileSystem`` rooted at the adaptor's folder (local path,
-remote path, bucket/prefix) over the backend's own fsspec filesystem. Backends are
-imported lazily: a missing one gives an install hint, not an ImportError at import.
+remote path, bucket/prefix) over the backend's own fsspec filesystem, as its type in
+the table of adaptor types (``skerry.adaptors.types``) says. Backends are imported
+lazily: a missing one gives an install hint, not an ImportError at import.
 ``Adaptors`` builds each filesystem on first use, so one unreachable host does not
 take the other adaptors down with it.
 """
 
-import importlib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -17,30 +17,13 @@ from fsspec.implementations.dirfs import DirFileSystem
 from skerry.errors import AdaptorUnavailable, ConfigError
 
 from .specs import AdaptorSpec
-
-# adaptor types whose backend cannot write a file into a missing folder
-NEEDS_PARENTS = {"sftp", "webdav"}
-
-# type -> (module that must import, the package to install for it)
-_BACKENDS = {
-    "local": ("fsspec.implementations.local", "fsspec"),
-    "memory": ("fsspec.implementations.memory", "fsspec"),
-    "sftp": ("sshfs", "sshfs"),
-    "s3": ("s3fs", "s3fs"),
-    "webdav": ("webdav4.fsspec", "webdav4"),
-}
+from .types import adaptor_type
 
 
 def need(kind: str, module: str | None = None):
     """The backend module of adaptor type ``kind`` (or ``module``, one its package brings),
     imported now; a ConfigError naming the package to install if it cannot be imported."""
-    default, package = _BACKENDS[kind]
-    try:
-        return importlib.import_module(module or default)
-    except ImportError as e:
-        # skerry depends on every backend: a missing one is a broken or partial install
-        raise ConfigError(f"Install {package} to use {kind} adaptors: pip install {package} "
-                          f"(skerry depends on it; this Python cannot import it: {e})") from None
+    return adaptor_type(kind).backend(module)
 
 
 def check_backend(spec: AdaptorSpec) -> None:
@@ -50,37 +33,7 @@ def check_backend(spec: AdaptorSpec) -> None:
 
 def backend(spec: AdaptorSpec, secrets: dict | None = None):
     """(filesystem, root) for one adaptor; ``secrets`` is its resolved credential entry."""
-    secrets = secrets or {}
-    if spec.type == "local":
-        from fsspec.implementations.local import LocalFileSystem
-
-        return LocalFileSystem(auto_mkdir=True), spec.path
-    if spec.type == "memory":
-        from fsspec.implementations.memory import MemoryFileSystem
-
-        return MemoryFileSystem(), spec.path
-    if spec.type == "sftp":
-        sshfs = need("sftp")
-        options = dict(host=spec.host, port=spec.port, username=spec.username,
-                       known_hosts=spec.known_hosts)
-        if "private_key" in secrets:
-            asyncssh = need("sftp", "asyncssh")
-            options["client_keys"] = [asyncssh.import_private_key(secrets["private_key"])]
-        if "password" in secrets:
-            options["password"] = secrets["password"]
-        return sshfs.SSHFileSystem(**options, skip_instance_cache=True), spec.path or "."
-    if spec.type == "s3":
-        s3fs = need("s3")
-        # without a credential entry, boto's usual chain (environment, config files) applies
-        options = {k: secrets[k] for k in ("key", "secret", "token") if k in secrets}
-        client = {k: v for k, v in (("endpoint_url", spec.endpoint_url), ("region_name", spec.region)) if v}
-        fs = s3fs.S3FileSystem(**options, client_kwargs=client, skip_instance_cache=True)
-        return fs, f"{spec.bucket}/{spec.prefix.strip('/')}".rstrip("/")
-    if spec.type == "webdav":
-        webdav = need("webdav")
-        auth = (secrets["username"], secrets["password"]) if "password" in secrets else None
-        return webdav.WebdavFileSystem(spec.url, auth=auth, skip_instance_cache=True), ""
-    raise ConfigError(f"unknown adaptor type {spec.type!r}")
+    return adaptor_type(spec.type).filesystem(spec, secrets or {})
 
 
 class LocalRootFileSystem(DirFileSystem):
@@ -122,9 +75,7 @@ class LocalRootFileSystem(DirFileSystem):
 
 def make_filesystem(spec: AdaptorSpec, secrets: dict | None = None) -> DirFileSystem:
     fs, root = backend(spec, secrets)
-    if spec.type == "local":
-        return LocalRootFileSystem(root, fs)
-    return DirFileSystem(path=root, fs=fs)
+    return adaptor_type(spec.type).rooted(fs, root)
 
 
 class Adaptors(Mapping):
@@ -137,7 +88,7 @@ class Adaptors(Mapping):
 
     def __init__(self, factories: Mapping[str, Callable[[], object]], kinds: Mapping[str, str] | None = None):
         self._factories = dict(factories)
-        self.kinds = dict(kinds or {})  # name -> adaptor type ("local", "s3", ...)
+        self.kinds = dict(kinds or {})  # name -> adaptor type name
         self._built: dict[str, object] = {}
         self._locks = {name: threading.Lock() for name in self._factories}
 

@@ -18,10 +18,10 @@ and removes its line. Rules:
 """
 
 import asyncio
-import secrets
 
 from skerry.errors import ApiError, ConfigError
 
+from . import atomic
 from .registry import need
 
 AUTHORIZED_KEYS = ".ssh/authorized_keys"  # relative to the login folder
@@ -93,12 +93,13 @@ async def _read_authorized(sftp) -> tuple[bytes, int | None]:
 
 
 async def _write_authorized(sftp, content: bytes, mode: int | None) -> None:
-    """Replace the remote authorized_keys whole: a temp file beside it, renamed over it."""
+    """Replace the remote authorized_keys whole: a temporary file beside it (``atomic``'s
+    name), renamed over it (asyncssh's own SFTP client: the host is no adaptor)."""
     asyncssh = need("sftp", "asyncssh")
     if not await sftp.isdir(".ssh"):
         await sftp.mkdir(".ssh")
         await sftp.chmod(".ssh", 0o700)
-    tmp = f"{AUTHORIZED_KEYS}.skerry-{secrets.token_hex(4)}"
+    tmp = atomic.temp_path(AUTHORIZED_KEYS)
     try:
         async with sftp.open(tmp, "wb") as f:
             await f.write(content)

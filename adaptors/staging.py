@@ -11,9 +11,9 @@ Rules:
 - data streams in ``BLOCK`` blocks from the source to the target: never a whole file in
   memory, never a local temporary copy;
 - S3 targets get a direct multipart upload (parts of ``PART`` bytes), aborted on any
-  failure; other targets get a temporary name in the target folder
-  (``.<name>.<id>.skerry-part``), renamed into place when complete and removed on failure:
-  a failed copy leaves nothing visible;
+  failure; other targets get an atomic write (``atomic``: a temporary name in the
+  target folder, renamed into place when complete and removed on failure): a failed
+  copy leaves nothing visible;
 - a folder as source copies every file below it, keeping relative paths, up to
   ``FILES_AT_ONCE`` files at a time; its first failed file (after retries) fails the
   copy, and the files already copied stay (each one complete);
@@ -44,7 +44,7 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import unquote
 
-from .query import TEMP_SUFFIX
+from . import atomic
 from .webhooks import check_url
 
 log = logging.getLogger(__name__)
@@ -175,10 +175,10 @@ def describe(exc: BaseException) -> str:
 # ---- writers ---------------------------------------------------------------
 
 
-def _s3_backend(dirfs):
-    """The s3fs filesystem under an adaptor, or None."""
-    inner = getattr(dirfs, "fs", None)
-    return inner if type(inner).__module__.startswith("s3fs") else None
+def _object_store(fs, name: str, dirfs):
+    """The backend under adaptor ``name`` if it is an object store (the federation says), or None.
+    Object stores are written with the S3 API: ``s3`` is the one object-store type there is."""
+    return dirfs.fs if fs.is_object_store(name) else None
 
 
 class S3Upload:
@@ -434,7 +434,7 @@ class Stager:
         """Stream one file; returns (what was verified, source MD5 hex)."""
         md5 = hashlib.md5()
         size = 0
-        s3 = _s3_backend(dst_fs)
+        s3 = _object_store(self.fs, dst_name, dst_fs)
         with src_fs.open(src, "rb", block_size=BLOCK) as fin:
             if s3 is not None:
                 upload = S3Upload(s3, dst_fs._join(dst))
@@ -455,27 +455,19 @@ class Stager:
                         "LastModified": head.get("LastModified")}
                 check = "etag"
             else:
-                folder, base = posixpath.split(dst)
+                folder = posixpath.dirname(dst)
                 if folder and dst_name in self.fs.make_parents and folder not in made:
                     dst_fs.makedirs(folder, exist_ok=True)
                     made.add(folder)
-                tmp = posixpath.join(folder, f".{base}.{c.id[:12]}{TEMP_SUFFIX}")
-                try:
-                    with dst_fs.open(tmp, "wb") as fout:
+                with atomic.writing(dst_fs, dst, token=c.id[:12]) as w:
+                    with dst_fs.open(w.temp, "wb") as fout:
                         size = self._stream(c, fin, fout.write, md5, expected_size, progress)
                     _check_source(fin, md5)
                     if dst_fs.isdir(dst):  # a rename would move the file into that folder
                         raise IsADirectoryError(f"the target {dst_name}/{dst} is a folder")
-                    written = dst_fs.info(tmp).get("size")
+                    written = dst_fs.info(w.temp).get("size")
                     if written != size:
                         raise VerificationError(f"the target holds {written} bytes, the source gave {size}")
-                    dst_fs.mv(tmp, dst)
-                except BaseException:
-                    try:
-                        dst_fs.rm_file(tmp)
-                    except Exception:  # most often: it was never created
-                        pass
-                    raise
                 info = dst_fs.info(dst)
                 check = "size"
         dst_fs.invalidate_cache(posixpath.dirname(dst))  # we wrote behind the backend's listing cache

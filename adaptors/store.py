@@ -62,6 +62,7 @@ from skerry import errors
 from skerry.errors import ConfigError
 
 from .specs import load_specs
+from .types import adaptor_type
 
 KEY_ENV = "SKERRY_CRYPT_KEY"
 FORMAT = 1
@@ -72,9 +73,6 @@ USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # as the hub's username_
 SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 KID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-# which credential kinds each adaptor type can use
-COMPATIBLE = {"sftp": {"ssh-key", "password"}, "s3": {"s3"}, "webdav": {"password"},
-              "local": set(), "memory": set()}
 
 
 class NotFound(errors.NotFound, ConfigError):
@@ -253,7 +251,8 @@ class AccountStore:
         ``entries``: the credentials to look in (default: the stored ones)."""
         if spec.name in RESERVED_ADAPTORS:
             raise ConfigError(f"the adaptor name {spec.name!r} is reserved for the built-in home folder.")
-        if spec.type == "local":
+        kind = adaptor_type(spec.type)
+        if kind.local:
             raise ConfigError("local adaptors would open folders of the platform machine: "
                               "only the built-in home adaptor is local.")
         if spec.credentials is None:
@@ -262,12 +261,7 @@ class AccountStore:
         if entry is None:
             raise ConfigError(f"there is no credential {spec.credentials!r}: store it first "
                               f"(PUT .../credentials/{spec.credentials}).")
-        if entry["kind"] not in COMPATIBLE[spec.type]:
-            kinds = " or ".join(sorted(COMPATIBLE[spec.type])) or "none"
-            raise ConfigError(f"credential {spec.credentials!r} is of kind {entry['kind']!r}; "
-                              f"{spec.type} adaptors take {kinds}.")
-        if spec.type == "webdav" and not entry["public"].get("username"):
-            raise ConfigError(f"credential {spec.credentials!r} has no username, which webdav adaptors need.")
+        kind.check_credential(spec.credentials, entry)
 
     # -- credentials -----------------------------------------------------------
 

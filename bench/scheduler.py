@@ -44,6 +44,7 @@ from distributed import Client, LocalCluster
 
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
+from skerry.workload.states import FINAL
 from skerry.workload.executors import run_job
 from skerry.workload.pools import NO_DASHBOARD
 from skerry.workload.runner import Runner
@@ -211,7 +212,7 @@ def platform_runs(n: int) -> None:
                 call("POST", f"/datasets/{name}/close")
                 wall, start = time.time(), time.perf_counter()
                 run_id = call("POST", "/runs", json={"workflow": "noops", "dataset": name})["id"]
-                while (state := call("GET", f"/runs/{run_id}")["state"]) not in ("succeeded", "failed"):
+                while (state := call("GET", f"/runs/{run_id}")["state"]) not in FINAL:
                     time.sleep(0.05)
                 took = time.perf_counter() - start
                 assert state == "succeeded", call("GET", f"/runs/{run_id}")

@@ -10,12 +10,12 @@ Rules:
 - every backend call runs in a worker thread: a slow SFTP or S3 adaptor never blocks
   the server's event loop;
 - a folder listing is one ``ls(detail=True)``, never a call per entry;
-- saves are atomic where the backend allows: the content goes to a hidden temporary
-  name in the same folder and is renamed into place; on object stores (S3, memory) a
+- saves are atomic writes (``skerry.adaptors.atomic``): the content goes to a hidden
+  temporary name in the same folder and is renamed into place; on object stores (S3) a
   single write is already all-or-nothing and is done in place. Chunked uploads from
-  JupyterLab (``chunk`` 1, 2, ..., -1) collect in one hidden name, renamed on the last;
+  JupyterLab (``chunk`` 1, 2, ..., -1) collect in one temporary name, renamed on the last;
 - names starting with ``.`` are hidden (404) unless ``allow_hidden``; so are the
-  temporary names and the checkpoints;
+  checkpoints; temporary names are never listed (the federation leaves them out);
 - a new folder exists, empty, on every adaptor (the federation keeps an empty S3 folder
   as its ``folder/`` object); deleting one removes it with ``rmdir``, after its
   checkpoints: a folder with anything else in it is a 400 (``always_delete_dir``: gone);
@@ -42,7 +42,6 @@ import mimetypes
 import os
 import re
 import shutil
-import uuid
 from datetime import datetime, timezone
 
 import nbformat
@@ -54,22 +53,21 @@ from tornado import web
 from tornado.web import HTTPError
 from traitlets import Bool, Unicode, default
 
+from skerry.adaptors import atomic
 from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import build_federation, read_config
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.specs import load_specs
+from skerry.adaptors.types import adaptor_type
 from skerry.errors import InternalError, storage_error
 
 CHECKPOINT_DIR = ".ipynb_checkpoints"
 CHECKPOINT_ID = "checkpoint"  # one checkpoint per file, as JupyterLab expects
-SAVE_PREFIX = ".skerry-save-"
-CHUNK_PREFIX = ".skerry-chunks-"
+CHUNKS = "chunks"  # the token of a chunked upload's temporary name: the same for each chunk
 # what an empty folder may still hold: its checkpoints, and the empty-folder marker of
 # S3 folders made before the federation kept them (``folder/`` objects) itself
 LEFTOVERS = (CHECKPOINT_DIR, ".keep")
 FILE_BLOCK = 1024 * 1024  # /files/ downloads stream in blocks of this size
-# adaptor types whose single write is all-or-nothing: no temporary name needed
-IN_PLACE = {"s3", "memory"}
 # folders without a time of their own (the root, adaptor folders, S3 prefixes) show this one
 STARTED = datetime.now(timezone.utc)
 
@@ -208,7 +206,7 @@ class SkerryContentsManager(AsyncContentsManager):
         """The folder on this machine behind an API path, or None on a remote adaptor."""
         name = self._adaptor(path)
         spec = self.specs.get(name)
-        if spec is None or spec.type != "local":
+        if spec is None or not adaptor_type(spec.type).local:
             return None
         inner = path[len(name):].strip("/")
         return os.path.join(spec.path, *inner.split("/")) if inner else spec.path
@@ -364,35 +362,16 @@ class SkerryContentsManager(AsyncContentsManager):
     # ---- ContentsManager API: writing ------------------------------------------
 
     def _in_place(self, path: str) -> bool:
-        spec = self.specs.get(self._adaptor(path))
-        return spec is not None and spec.type in IN_PLACE
-
-
-    def _replace(self, tmp: str, path: str) -> None:
-        """Rename ``tmp`` over ``path`` (a rename is atomic on local and SFTP backends)."""
-        try:
-            self.fs.mv(tmp, path)
-        except OSError:
-            # some SFTP servers refuse to rename over an existing file
-            if not self.fs.exists(path) or not self.fs.exists(tmp):
-                raise
-            self.fs.rm_file(path)
-            self.fs.mv(tmp, path)
+        """True on object stores, whose single write is all-or-nothing: no temporary name needed."""
+        name = self._adaptor(path)
+        return name in self.specs and self.fs.is_object_store(name)
 
     def _write(self, path: str, data: bytes) -> None:
         """Write a whole file so that readers see the old content or the new, never a part."""
-        if self._in_place(path):
-            self.fs.pipe_file(path, data)
-            return
-        tmp = _join(_parent(path), f"{SAVE_PREFIX}{uuid.uuid4().hex}-{_name(path)}")
-        try:
-            self.fs.pipe_file(tmp, data)
-            self._keep_mode(path, tmp)
-            self._replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.fs.rm_file(tmp)
-            raise
+        with atomic.writing(self.fs, path, in_place=self._in_place(path)) as w:
+            self.fs.pipe_file(w.temp, data)
+            if not w.in_place:
+                self._keep_mode(path, w.temp)
 
     def _keep_mode(self, path: str, tmp: str) -> None:
         """A saved local file keeps its permissions (a script stays executable)."""
@@ -468,7 +447,7 @@ class SkerryContentsManager(AsyncContentsManager):
         if not isinstance(chunk, int) or chunk == 0 or chunk < -1:
             raise HTTPError(400, f"Invalid chunk number {chunk!r}: 1, 2, ... and -1 for the last")
         data = self._decode(path, model["content"], model.get("format"))
-        parts = _join(_parent(path), f"{CHUNK_PREFIX}{_name(path)}")
+        parts = atomic.temp_path(path, CHUNKS)
         with http_errors(path):
             if chunk == 1:
                 self.run_pre_save_hooks(model=model, path=path)
@@ -478,7 +457,7 @@ class SkerryContentsManager(AsyncContentsManager):
             with self.fs.open(parts, "wb" if chunk == 1 else "ab") as f:
                 f.write(data)
             if chunk == -1:
-                self._replace(parts, path)
+                atomic.replace(self.fs, parts, path)
         saved = self._get(path if chunk == -1 else parts, content=False)
         if chunk == -1:
             self.run_post_save_hooks(model=saved, os_path=self.local_path(path) or f"skerry://{path}")

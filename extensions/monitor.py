@@ -35,10 +35,10 @@ import time
 import ipywidgets as widgets
 
 from skerry.errors import SkerryError
+from skerry.workload.states import FINAL, run_outcome
 
 __all__ = ["Monitor", "TaskRow", "counts", "percent", "run_state", "run_final", "Throughput", "sparkline", "log_href"]
 
-FINAL = ("succeeded", "failed", "cancelled")
 QUEUED = ("defined", "queued", "retrying", "lost")
 BARS = (("succeeded", "success"), ("running", "info"), ("failed", "danger"), ("queued", "warning"))
 FAILED_SHOWN = 20  # failed jobs listed per task
@@ -59,10 +59,9 @@ def counts(task: dict) -> dict[str, int]:
 def run_state(run: dict) -> str:
     """The run's state; once every task is final, the state the platform is about to give it
     (``failed`` if a task failed, else ``cancelled`` if one was, else ``succeeded``)."""
-    states = [t["state"] for t in run.get("tasks") or []]
-    if run["state"] in FINAL or not states or not all(s in FINAL for s in states):
+    if run["state"] in FINAL:
         return run["state"]
-    return "failed" if "failed" in states else "cancelled" if "cancelled" in states else "succeeded"
+    return run_outcome(t["state"] for t in run.get("tasks") or []) or run["state"]
 
 
 def run_final(run: dict) -> bool:

@@ -12,10 +12,9 @@ or the API's workflow JSON with its ``spec``).
 
 Rules:
 
-- validation is the API's own: ``validate`` runs ``load_workflow`` (what ``POST workflows``
-  runs) and puts its refusal (the first problem it meets) on the field it names; it adds the
-  per-field checks made of the same primitives (module lookup, ``resolve_params``,
-  ``Pin.fits``, the cycle search), so several problems show at once. A pipeline with no
+- validation is the API's own: ``validate`` runs ``check_workflow`` (the one validator,
+  what ``POST workflows`` runs), which returns every problem at once, each on its field;
+  only a step's pool (no field of the workflow spec) is checked here. A pipeline with no
   problems is one the API accepts;
 - a field is a dotted path: ``name``, ``mask``, ``dataset`` (a launch refused over it),
   ``steps`` (the whole pipeline: nothing reads the dataset, no steps),
@@ -40,21 +39,14 @@ from typing import Any, NamedTuple
 
 from skerry.errors import ConfigError
 from skerry.workload.builtins import builtin_registry
-from skerry.workload.modules import ModuleRegistry, ModuleSpec, check_value
-from skerry.workload.workflows import DATASET, _find_cycle, load_workflow
+from skerry.workload.modules import ModuleRegistry, ModuleSpec, check_value, pool_of
+from skerry.workload.workflows import DATASET, Problem, check_workflow, field
 
 __all__ = ["Pipeline", "Step", "Problem", "ParamField", "field", "registry_from", "pool_of",
            "module_summary", "parameter_form", "check_param", "parse_param", "problem_of"]
 
 POOLS = ("cpu", "gpu")
 _STEP_KEYS = ("name", "module", "inputs", "params", "mode", "chunk", "output")
-
-
-class Problem(NamedTuple):
-    """One validation problem: the field it is about and the sentence for the user."""
-
-    field: str
-    message: str
 
 
 class ParamField(NamedTuple):
@@ -65,12 +57,6 @@ class ParamField(NamedTuple):
     default: Any
     required: bool
     description: str
-
-
-def field(step: str | None = None, *parts: str) -> str:
-    """The field path of a step's part: ``field("sum", "inputs", "input")`` is
-    ``steps.sum.inputs.input``; ``field()`` is ``steps`` (the whole pipeline)."""
-    return ".".join(["steps"] + ([step] if step is not None else []) + list(parts))
 
 
 def registry_from(source=None) -> ModuleRegistry:
@@ -86,11 +72,6 @@ def registry_from(source=None) -> ModuleRegistry:
         except ConfigError:
             pass  # one odd stored module must not hide the others
     return registry
-
-
-def pool_of(module: ModuleSpec) -> str:
-    """The pool a module's jobs run on (``skerry.workload.runs.pool_of``)."""
-    return "gpu" if module.resources.gpu > 0 else "cpu"
 
 
 @dataclass
@@ -255,67 +236,17 @@ class Pipeline:
     # ---- validation ----
 
     def validate(self, registry: ModuleRegistry | None = None) -> list[Problem]:
-        """Every problem found, each on its field; [] exactly when the API accepts the pipeline."""
+        """Every problem found, each on its field; [] exactly when the API accepts the pipeline.
+        The workflow's problems are ``check_workflow``'s (what ``POST workflows`` runs); a
+        step's pool, which the workflow spec has not, is checked here."""
         registry = registry_from(registry)
-        problems: dict[str, str] = {}
+        _, problems = check_workflow(self.to_workflow(), registry)
         for s in self.steps:
-            for f, message in self._step_problems(s, registry):
-                problems.setdefault(f, message)
-        for f, message in self._wiring_problems():
-            problems.setdefault(f, message)
-        try:
-            load_workflow(self.to_workflow(), registry)
-        except ConfigError as e:
-            api = problem_of(e.message, self)
-            problems[api.field] = api.message  # the API's own sentence wins on its field
-        return [Problem(f, m) for f, m in problems.items()]
-
-    def _step_problems(self, s: Step, registry: ModuleRegistry):
-        try:
-            module = registry.get(s.module)
-        except ConfigError as e:
-            yield field(s.name, "module"), e.message
-            return
-        for name, value in s.params.items():
-            message = check_param(module, name, value)
+            module = _module(registry, s.module)
+            message = _pool_problem(module, s.pool) if module is not None and s.pool is not None else None
             if message:
-                yield field(s.name, "params", name), message
-        for p in parameter_form(module):
-            if p.required and s.params.get(p.name) is None:
-                yield field(s.name, "params", p.name), check_param(module, p.name, None)
-        for pin in module.inputs:
-            src = s.inputs.get(pin.name)
-            if not src:
-                if not pin.optional:
-                    yield (field(s.name, "inputs", pin.name),
-                           f"Required input pin {pin.name!r} of {module.ref} is not wired.")
-                continue
-            up_name, dot, out = src.partition(".")
-            if src == DATASET or not dot:
-                continue
-            try:
-                up = registry.get(self.get(up_name).module)
-            except (KeyError, ConfigError):
-                continue  # load_workflow names it; the upstream step's module has its own problem
-            out_pin = up.output(out)
-            if out_pin is not None and not pin.fits(out_pin):
-                yield field(s.name, "inputs", pin.name), (
-                    f"Input {pin.name!r} takes data of type {pin.type!r} but {src} gives {out_pin.type!r}.")
-        if s.pool is not None:
-            message = _pool_problem(module, s.pool)
-            if message:
-                yield field(s.name, "pool"), message
-
-    def _wiring_problems(self):
-        """A cycle and a pipeline nothing starts, which ``load_workflow`` checks last."""
-        names = [s.name for s in self.steps]
-        edges = {s.name: [src.partition(".")[0] for src in s.inputs.values()
-                          if "." in src and src.partition(".")[0] in names] for s in self.steps}
-        cycle = _find_cycle(edges, list(edges))  # the API's own search: the same cycle, named alike
-        if cycle:
-            yield problem_of(f"Workflow {self.name!r}: the steps form a cycle: {' -> '.join(cycle)}.", self)
-        if self.steps and not any(src == DATASET for s in self.steps for src in s.inputs.values()):
-            yield field(), f"No step reads the {DATASET!r}: nothing would start the run."
+                problems.append(Problem(field(s.name, "pool"), message))
+        return problems
 
     # ---- the platform ----
 
@@ -385,16 +316,7 @@ def parameter_form(module: ModuleSpec) -> list[ParamField]:
 def check_param(module: ModuleSpec, name: str, value: Any) -> str | None:
     """The API's sentence (``ModuleSpec.resolve_params``) for parameter ``name`` = ``value``, or
     None when it is fine; ``None`` is "not given", a problem only for a required parameter."""
-    p = module.parameters.get(name)
-    if p is None:
-        return f"Module {module.ref} has no parameter {name!r}."
-    if value is None:
-        return f"Module {module.ref} needs parameter {name!r} ({p.type})." if p.required else None
-    try:
-        check_value(p.type, value)
-    except ValueError as e:
-        return f"Parameter {name!r} of module {module.ref}: {e}."
-    return None
+    return module.param_problem(name, value)
 
 
 def parse_param(type_name: str, text: Any) -> Any:

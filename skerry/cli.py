@@ -20,10 +20,10 @@ import time
 from . import __version__
 from .accounts import AccountPolicy
 from .errors import SkerryError
+from .workload.states import FINAL, run_outcome
 
 POLL_S = 0.5
 BAR_WIDTH = 30
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,11 +191,7 @@ def _ended(run: dict) -> str | None:
     """The run's final state, or None while it goes on."""
     if run["state"] in FINAL:
         return run["state"]
-    states = [t["state"] for t in run["tasks"]]
-    if states and all(s in FINAL for s in states):
-        return "succeeded" if all(s == "succeeded" for s in states) else \
-            ("failed" if "failed" in states else "cancelled")
-    return None
+    return run_outcome(t["state"] for t in run["tasks"])
 
 
 def progress_bar(done: int, failed: int, total: int, width: int = BAR_WIDTH) -> str:

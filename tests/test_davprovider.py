@@ -14,7 +14,8 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from litmus import all_passed, run_litmus
 from skerry.adaptors.config import build_federation
-from skerry.adaptors.davprovider import TEMP_PREFIX, FederationProvider
+from skerry.adaptors.atomic import SUFFIX, temp_name
+from skerry.adaptors.davprovider import FederationProvider
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.webdav import make_dav_app
 
@@ -144,10 +145,10 @@ def test_interrupted_put_leaves_nothing_visible(dav, roots):
 
 
 def test_temporary_names_cannot_be_addressed(dav, roots):
-    (roots / "home" / f"{TEMP_PREFIX}abc-x").write_text("in flight")
-    assert httpx.get(dav.url + f"home/{TEMP_PREFIX}abc-x").status_code == 404
+    (roots / "home" / temp_name("x", "abc")).write_text("in flight")
+    assert httpx.get(dav.url + "home/" + temp_name("x", "abc")).status_code == 404
     r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
-    assert not any(TEMP_PREFIX in h for h in hrefs(r.content))
+    assert not any(SUFFIX in h for h in hrefs(r.content))
 
 
 def test_etag_and_if_match(dav):

@@ -15,6 +15,7 @@ import fsspec
 import nbformat
 import pytest
 
+from skerry.adaptors.atomic import is_hidden
 from skerry.errors import ConfigError
 from skerry.workload.builtins import BUILTINS, builtin_registry
 from skerry.workload.executors import file_checksum, run_job
@@ -184,7 +185,7 @@ def test_killed_job_leaves_no_file_under_the_output_name(tmp_path, wordmod):
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 60
-        while not (out.exists() and any(p.name.endswith(".part") and p.stat().st_size for p in out.iterdir())):
+        while not (out.exists() and any(is_hidden(p.name) and p.stat().st_size for p in out.iterdir())):
             assert child.poll() is None and time.monotonic() < deadline, "the job never started writing"
             time.sleep(0.05)
         os.kill(child.pid, signal.SIGKILL)
@@ -193,7 +194,7 @@ def test_killed_job_leaves_no_file_under_the_output_name(tmp_path, wordmod):
         child.wait()
     names = [p.name for p in out.iterdir()]
     assert "result" not in names  # only the hidden temporary file remains
-    assert all(n.startswith(".result.") and n.endswith(".part") for n in names)
+    assert all(n.startswith(".result.") and is_hidden(n) for n in names)
 
 
 # -- command modules (real subprocesses) ---------------------------------------------------

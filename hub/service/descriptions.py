@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from skerry.adaptors.specs import load_spec
 from skerry.adaptors.store import CREDENTIAL_NAME, RESERVED_ADAPTORS, SERVER_NAME, parse_credential, server_credential
+from skerry.adaptors.types import adaptor_type
 from skerry.errors import ConfigError
 
 SERVICES = ("jupyter", "webdav", "data-api")
@@ -128,7 +129,7 @@ def _adaptor(request: InfraRequest, where: str, item):
         spec = load_spec(item)
     except ConfigError as e:
         _fail(where, e.message)
-    if spec.type == "local":
+    if adaptor_type(spec.type).local:
         _fail(f"{where}.type", "local adaptors would open folders of the platform machine: "
                                "only the built-in home adaptor is local.")
     if isinstance(credentials, dict):

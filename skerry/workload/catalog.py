@@ -28,7 +28,7 @@ Rules:
   must be one dataset's only (else ``AmbiguousDataset``, naming no owner), which is what
   single-user callers and admins who know the name rely on;
 - datasets go ``OPEN -> CLOSED -> TO_UPLOAD``, any of those ``-> TO_DELETE -> DELETED``
-  (``DATASET_MOVES``); files are registered only into an ``OPEN`` dataset;
+  (``DATASET_MOVES``, read off the state machine of ``states``); files are registered only into an ``OPEN`` dataset;
 - URIs are ``skerry://<adaptor>/<path>`` without empty, ``.`` or ``..`` segments;
   checksums are MD5, 32 hex digits;
 - on SQLite (WAL, foreign keys on, a busy timeout), writing transactions start with
@@ -71,6 +71,7 @@ from ..errors import BadRequest, ConfigError, Conflict, NotFound
 from .bulk import Bulk
 from .models import (DATASET_STATES, FINAL_JOB_STATES, JOB_STATES, Dataset, File, FileProblem, Job, JobAttempt,
                      JobInput, Module, Run, Task, Workflow, now)
+from .states import DATASET_MOVES
 
 __all__ = [
     "Catalog", "DatasetInfo", "FileInfo", "FilePage", "ConsistencyReport", "Mismatch",
@@ -84,13 +85,6 @@ BATCH = 10_000  # rows per INSERT executemany in bulk registration
 PAGE_MAX = 10_000
 CHECK_THRESHOLD = 2  # checks in a row that must see a problem before it is acted on
 HASH_BLOCK = 8 * 1024 * 1024
-DATASET_MOVES = {
-    "OPEN": ("CLOSED", "TO_DELETE"),
-    "CLOSED": ("TO_UPLOAD", "TO_DELETE"),
-    "TO_UPLOAD": ("CLOSED", "TO_DELETE"),
-    "TO_DELETE": ("DELETED",),
-    "DELETED": (),
-}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,254}")
 _URI = re.compile(r"skerry://[A-Za-z0-9][A-Za-z0-9._-]*/[^\x00-\x1f\x7f]+")
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")

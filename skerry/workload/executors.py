@@ -9,10 +9,10 @@ it never raises for a job that fails (the failure is the result). The rules:
   Command and notebook modules run in another process, so they get local paths: inputs
   that are not local (not ``file://`` or a plain path) are first copied to a temporary
   folder, outputs are written into one and then copied to ``output``.
-- Outputs are first written under a temporary name (``.<name>.<token>.part`` beside the
-  final one) and renamed into place only after the job succeeded: a failed or killed job
-  leaves no file under an output's final name (a killed job may leave a ``.part`` file,
-  which is never an output). Each file is renamed on its own: a crash between two renames
+- Outputs are atomic writes (``skerry.adaptors.atomic``): first written under a hidden
+  temporary name beside the final one, renamed into place only after the job succeeded:
+  a failed or killed job leaves no file under an output's final name (a killed job may
+  leave a temporary file, which is never an output nor listed). Each file is renamed on its own: a crash between two renames
   can leave some outputs in place, whole; a retry of the job writes the same names again.
 - Every output is reported with its size and checksum (MD5, 32 hex digits, as the
   catalog stores it; see :func:`file_checksum`), so the catalog can register it.
@@ -47,6 +47,7 @@ from typing import IO, Any, Callable
 import fsspec
 from fsspec.core import url_to_fs
 
+from skerry.adaptors import atomic
 from skerry.errors import ConfigError, SkerryError
 
 from .modules import PLACEHOLDER, ModuleSpec, Pin, load_module
@@ -151,17 +152,17 @@ class _Outputs:
         self.output = output.rstrip("/")
         self.job_id = job_id
         self.fs, self.root = url_to_fs(self.output)
-        self.pending: list[tuple[str, str, str]] = []  # (pin, temp path, final name)
+        self.pending: list[tuple[str, atomic.AtomicFile, str]] = []  # (pin, its write, final name)
 
     def temp_path(self, pin: str, name: str) -> str:
-        if not name or "/" in name or name.startswith("."):  # hidden names are ours (.part, logs)
+        if not name or "/" in name or name.startswith("."):  # hidden names are ours (temporary files, logs)
             raise ConfigError(f"Output file name {name!r} of pin {pin!r} is not a plain file name.")
         if any(final == name for _, _, final in self.pending):
             raise ConfigError(f"Output file {name!r} is written twice by one job.")
         self.fs.makedirs(self.root, exist_ok=True)
-        temp = _join(self.root, f".{name}.{uuid.uuid4().hex[:12]}.part")
-        self.pending.append((pin, temp, name))
-        return temp
+        write = atomic.AtomicFile(self.fs, _join(self.root, name))
+        self.pending.append((pin, write, name))
+        return write.temp
 
     def open(self, pin: str, name: str, mode: str = "wb") -> IO:
         return self.fs.open(self.temp_path(pin, name), mode)
@@ -172,12 +173,12 @@ class _Outputs:
     def commit(self) -> list[OutputFile]:
         """Rename every temporary file into place; the outputs with size and checksum."""
         done = []
-        for pin, temp, name in self.pending:
-            if not self.fs.exists(temp):  # opened but never closed: nothing was written
+        for pin, write, name in self.pending:
+            if not self.fs.exists(write.temp):  # opened but never closed: nothing was written
                 raise JobFailed("MissingOutput", f"Output {name!r} of pin {pin!r} was not written.")
-        for pin, temp, name in self.pending:
-            final = _join(self.root, name)
-            self.fs.mv(temp, final)
+        for pin, write, name in self.pending:
+            final = write.path
+            write.commit()
             url = _join(self.output, name)
             size = self.fs.size(final)
             h = hashlib.md5()
@@ -189,11 +190,8 @@ class _Outputs:
         return done
 
     def discard(self) -> None:
-        for _, temp, _ in self.pending:
-            try:
-                self.fs.rm_file(temp)
-            except (FileNotFoundError, OSError):
-                pass
+        for _, write, _ in self.pending:
+            write.abort()
         self.pending = []
 
 

@@ -8,8 +8,9 @@
 
 Rules:
 - states are plain strings, checked by the database against the names below
-  (``DATASET_STATES``, ``FILE_STATES``, ``JOB_STATES``, ``TASK_STATES``); the job/task
-  names are those of ``skerry.workload.states``, which owns the transitions;
+  (``DATASET_STATES``, ``FILE_STATES``, ``JOB_STATES``, ``TASK_STATES``); the job, task
+  and dataset names and the final sets are ``skerry.workload.states``'s, which owns the
+  transitions (re-exported here for the catalog's users);
 - a file's URI is unique within its dataset; a module is unique by (name, version);
   a dataset's name is unique among its owner's datasets (names are per owner: another
   user may hold the same name), a workflow's name is unique; a workflow has an owner,
@@ -26,13 +27,12 @@ from sqlalchemy import (JSON, BigInteger, CheckConstraint, DateTime, Float, Fore
                         MetaData, String, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-DATASET_STATES = ("OPEN", "CLOSED", "TO_UPLOAD", "TO_DELETE", "DELETED")
+from .states import DATASET_STATES, FINAL_STATES, JOB_STATES
+
 FILE_STATES = ("AVAILABLE", "MISSING", "CORRUPT", "DELETED")
-# identical to the names of skerry.workload.states (tasks and jobs share them)
-JOB_STATES = ("defined", "queued", "running", "succeeded", "failed", "retrying", "cancelled", "lost")
-TASK_STATES = JOB_STATES
-FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
-RUN_STATES = ("running", "succeeded", "failed", "cancelled")
+TASK_STATES = JOB_STATES  # tasks and jobs share their states
+FINAL_JOB_STATES = FINAL_STATES
+RUN_STATES = ("running", *FINAL_STATES)  # a run goes on, then ends as its tasks did
 PROBLEMS = ("missing", "dark", "mismatch")
 
 # stable constraint names, so that migrations can refer to them on every database

@@ -13,7 +13,8 @@ A module spec says, and is validated when it is loaded (``load_module``):
 - ``parameters``: name -> type (``int``, ``float``, ``str``, ``bool``) and default; one
   without a default is required;
 - ``resources``: ``cpu`` (cores), ``memory`` (bytes, or ``"512MiB"``/``"2GB"``), ``gpu``
-  (devices): a job needing a GPU runs only on workers that declare one;
+  (devices): a job needing a GPU runs only on workers that declare one, in pool
+  ``gpu`` (``pool_of``; every other job runs in pool ``cpu``);
 - how it runs, exactly one of: ``callable`` (``"pkg.mod:func"``, called with a
   :class:`skerry.workload.executors.JobContext`), ``command`` (an argv list, never a
   shell string, with ``{pin}``/``{param}`` placeholders, ``{input}``/``{output}`` for
@@ -40,6 +41,7 @@ __all__ = [
     "ModuleSpec",
     "ModuleRegistry",
     "load_module",
+    "pool_of",
     "parse_memory",
     "PLACEHOLDER",
 ]
@@ -237,28 +239,43 @@ class ModuleSpec(_Spec):
     def resolve_params(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
         """The job's parameters: ``given`` checked against the types, defaults filled in.
 
-        Unknown names, wrong types and missing required parameters raise ConfigError.
+        Unknown names, wrong types and missing required parameters raise ConfigError
+        (the first of ``param_problems``).
         """
         given = dict(given or {})
-        unknown = sorted(set(given) - set(self.parameters))
-        if unknown:
-            raise ConfigError(f"Module {self.ref} has no parameter {unknown[0]!r}.")
-        out = {}
-        for name, p in self.parameters.items():
-            if name in given and given[name] is not None:
-                try:
-                    out[name] = check_value(p.type, given[name])
-                except ValueError as e:
-                    raise ConfigError(f"Parameter {name!r} of module {self.ref}: {e}.") from None
-            elif p.required:
-                raise ConfigError(f"Module {self.ref} needs parameter {name!r} ({p.type}).")
-            else:
-                out[name] = p.default
-        return out
+        for _name, sentence in self.param_problems(given):
+            raise ConfigError(sentence)
+        return {name: check_value(p.type, given[name]) if given.get(name) is not None else p.default
+                for name, p in self.parameters.items()}
+
+    def param_problem(self, name: str, value: Any) -> str | None:
+        """The sentence saying what is wrong with parameter ``name`` = ``value``, or None;
+        ``None`` is "not given", a problem only for a required parameter."""
+        p = self.parameters.get(name)
+        if p is None:
+            return f"Module {self.ref} has no parameter {name!r}."
+        if value is None:
+            return f"Module {self.ref} needs parameter {name!r} ({p.type})." if p.required else None
+        try:
+            check_value(p.type, value)
+        except ValueError as e:
+            return f"Parameter {name!r} of module {self.ref}: {e}."
+        return None
+
+    def param_problems(self, given: dict[str, Any]) -> list[tuple[str, str]]:
+        """Every (parameter, sentence) wrong with ``given``: unknown names first, then in declaration order."""
+        names = sorted(set(given) - set(self.parameters)) + list(self.parameters)
+        found = ((name, self.param_problem(name, given.get(name))) for name in names)
+        return [(name, sentence) for name, sentence in found if sentence]
 
 
 def _field(loc: tuple) -> str:
     return ".".join(str(x) for x in loc) or "(spec)"
+
+
+def pool_of(module: dict[str, Any] | ModuleSpec) -> str:
+    """The pool a module's jobs run in: ``gpu`` when it needs a GPU, else ``cpu``."""
+    return "gpu" if load_module(module).resources.gpu > 0 else "cpu"
 
 
 def load_module(data: dict[str, Any] | ModuleSpec) -> ModuleSpec:

@@ -58,12 +58,12 @@ from ..errors import ConfigError, SkerryError
 from .builtins import BUILTINS
 from .catalog import CatalogError, check_uri, insert_jobs
 from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow
-from .modules import ModuleRegistry, load_module
+from .modules import ModuleRegistry, pool_of
+from .states import DATASET_READABLE, FINAL, run_outcome
 from .workflows import load_workflow, matching_workflows
 
 __all__ = ["start_run", "start_matching_runs", "Planner", "RunError", "registry_of", "pool_of"]
 
-FINAL = ("succeeded", "failed", "cancelled")
 log = logging.getLogger("skerry.workload")
 
 
@@ -81,10 +81,6 @@ def registry_of(catalog) -> ModuleRegistry:
             except ConfigError:
                 pass  # a built-in's name and version stored with another spec: the catalog's wins below
     return registry
-
-
-def pool_of(module) -> str:
-    return "gpu" if load_module(module).resources.gpu > 0 else "cpu"
 
 
 def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner: str = "",
@@ -105,7 +101,7 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
             ds = catalog.dataset_row(s, dataset, dataset_owner)
         except CatalogError as e:
             raise RunError(e.message) from None
-    if ds.state not in ("OPEN", "CLOSED"):
+    if ds.state not in DATASET_READABLE:
         raise RunError(f"dataset {dataset!r} is {ds.state}: a run reads an OPEN or CLOSED dataset")
     try:
         wf = load_workflow(row.spec, registry)
@@ -282,7 +278,7 @@ class Planner:
                 groups.pop()  # a partial chunk waits for more files
         if not groups:
             return 0
-        pool = "gpu" if step.module.resources.gpu > 0 else "cpu"
+        pool = pool_of(step.module)
         insert_jobs(s, task.id, groups, state="queued", pool=pool,
                     resources=step.module.resources.model_dump(mode="json"))
         return len(groups)
@@ -293,10 +289,10 @@ class Planner:
         with self.catalog.writing() as s:
             for run in s.execute(select(Run).where(Run.state == "running")).scalars().all():
                 states = s.execute(select(Task.state).where(Task.run_id == run.id)).scalars().all()
-                if not states or any(st not in FINAL for st in states):
+                outcome = run_outcome(states)
+                if outcome is None:
                     continue
-                run.state = ("failed" if "failed" in states else
-                             "cancelled" if "cancelled" in states else "succeeded")
+                run.state = outcome
                 outs = select(Task.output_dataset_id).where(Task.run_id == run.id)
                 s.execute(update(Dataset).where(Dataset.id.in_(outs), Dataset.state == "OPEN")
                           .values(state="CLOSED"))

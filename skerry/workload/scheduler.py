@@ -77,7 +77,7 @@ __all__ = ["Scheduler", "SchedulerError", "NO_OUTPUT"]
 
 log = logging.getLogger("skerry.scheduler")
 NO_OUTPUT = "memory://skerry-no-output"  # where a task without an output dataset "writes"
-FINAL = tuple(s.value for s in S.FINAL)
+FINAL = S.FINAL_STATES  # plain strings, for queries
 _CHUNK = 500  # ids per IN (...) list
 MAX_WINDOW = 10_000  # jobs a pool's window holds at most, however fast its jobs finish
 MAX_BATCH = 100  # attempts one Dask task carries at most

@@ -36,7 +36,10 @@ Rules:
   ``cancel`` ends it at once (``CancelJobs``: the caller cancels its live jobs);
 - datasets: ``OPEN -close-> CLOSED -upload-> TO_UPLOAD -uploaded-> CLOSED``;
   ``OPEN|CLOSED|TO_UPLOAD -delete-> TO_DELETE -deleted-> DELETED``; files are added only
-  while OPEN (the same moves as the catalog's ``DATASET_MOVES``).
+  while OPEN (``DATASET_MOVES``, derived from the table, is what the catalog checks);
+- this module is the one definition of the state names and the final sets: the catalog's
+  columns (``JOB_STATES``, ``DATASET_STATES``), queries (``FINAL_STATES``, plain strings),
+  the CLI and the widgets all read them from here; ``run_outcome`` is how a run ends.
 
 Ranks and fair sharing are pure too: ``next_rank`` is the SPD formula
 ``rank_{i+1} = α·aging + β·retries + γ·rank_i`` clamped to ``[floor, cap]``, and
@@ -57,6 +60,7 @@ from ..errors import BadRequest, Conflict
 
 __all__ = [
     "JobState", "TaskState", "DatasetState", "FINAL", "Decision", "RetryPolicy",
+    "JOB_STATES", "FINAL_STATES", "DATASET_STATES", "DATASET_FINAL", "DATASET_READABLE", "DATASET_MOVES", "run_outcome",
     "DEFAULT_RULES", "DEFAULT_POLICY",
     "ERROR_TIMEOUT", "ERROR_WORKER_LOST", "ERROR_NO_POOL",
     "Job", "Task", "Dataset", "Transition",
@@ -122,6 +126,8 @@ class JobState(StrEnum):
 
 TaskState = JobState  # a task has the same states, derived from its jobs'
 FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+JOB_STATES = tuple(s.value for s in JobState)  # plain strings: what the catalog stores and queries
+FINAL_STATES = tuple(s.value for s in JobState if s in FINAL)
 
 
 class DatasetState(StrEnum):
@@ -132,6 +138,23 @@ class DatasetState(StrEnum):
     TO_UPLOAD = "TO_UPLOAD"  # marked for upload to external storage
     TO_DELETE = "TO_DELETE"  # marked for deletion of its files
     DELETED = "DELETED"      # final: files deleted
+
+
+DATASET_STATES = tuple(s.value for s in DatasetState)
+DATASET_FINAL = frozenset({DatasetState.DELETED})
+DATASET_READABLE = frozenset({DatasetState.OPEN, DatasetState.CLOSED})  # what a run may read
+
+
+def run_outcome(task_states: Iterable[str]) -> str | None:
+    """The state a run ends in once all its tasks are final: ``failed`` if one failed, else
+    ``cancelled`` if one was, else ``succeeded``; None while one is not final, or without tasks."""
+    states = set(task_states)
+    if not states or not states <= FINAL:
+        return None
+    for end in (JobState.FAILED, JobState.CANCELLED):
+        if end in states:
+            return end.value
+    return JobState.SUCCEEDED.value
 
 
 ERROR_TIMEOUT = "timeout"  # error class of an attempt whose heartbeat stopped
@@ -774,7 +797,20 @@ DATASET_EVENTS = (AddFiles, Close, Upload, Uploaded, Delete, Deleted)
 def apply_dataset(dataset: Dataset, event) -> Transition:
     """Files are added only while OPEN; a delete abandons an upload not yet done."""
     _check_event(event, DATASET_EVENTS, "dataset", dataset)
-    return _apply("dataset", dataset.name, dataset, event, DATASET_TRANSITIONS, {_D.DELETED})
+    return _apply("dataset", dataset.name, dataset, event, DATASET_TRANSITIONS, DATASET_FINAL)
+
+
+def _dataset_moves() -> dict[str, tuple[str, ...]]:
+    """{state: the states it may move to}, read off ``DATASET_TRANSITIONS``."""
+    moves: dict[str, list[str]] = {s.value: [] for s in DatasetState}
+    for (state, _event), handler in DATASET_TRANSITIONS.items():
+        after = handler(Dataset("-", state), None)[0].state
+        if after != state and after.value not in moves[state.value]:
+            moves[state.value].append(after.value)
+    return {state: tuple(targets) for state, targets in moves.items()}
+
+
+DATASET_MOVES: Mapping[str, tuple[str, ...]] = MappingProxyType(_dataset_moves())
 
 
 # ---- ranks -------------------------------------------------------------------

@@ -16,12 +16,17 @@ A workflow spec (a mapping, e.g. parsed JSON/YAML)::
         chunk: 100                # optional: at most 100 files per job (a multiple pin)
         output: "{dataset}.collect"          # optional: the step's output dataset name
 
-The rules, enforced by ``load_workflow`` (each refusal is a ConfigError with a sentence):
-step names are unique identifiers; modules exist; parameters are known, of the right type,
-and the required ones given; inputs name real pins and sources (``dataset`` or an earlier
-step's output pin); an output's data type fits the input's (``any`` fits all); every
-required input pin is wired; some step reads the dataset; the wiring has no cycle (the
-cycle is named, ``a -> b -> a``).
+The rules, checked by ``check_workflow`` and enforced by ``load_workflow``: step names are
+unique identifiers; modules exist; parameters are known, of the right type, and the
+required ones given; inputs name real pins and sources (``dataset`` or an earlier step's
+output pin); an output's data type fits the input's (``any`` fits all); every required
+input pin is wired; some step reads the dataset; the wiring has no cycle (the cycle is
+named, ``a -> b -> a``). Every problem is found at once, each a :class:`Problem` on its
+field (``name``, ``mask``, ``steps``, ``steps.<step>.module|name|chunk|mode|output``,
+``steps.<step>.inputs.<pin>``, ``steps.<step>.params.<parameter>``; a cycle is on the input
+pin that closes it). ``load_workflow`` refuses with ``WorkflowInvalid`` (a ConfigError):
+its sentence is the first problem, naming the workflow and step, and ``problems`` all of
+them. This is the one validator: the API and the pipeline builder both use it.
 
 How a step consumes its inputs (``mode``):
 
@@ -48,7 +53,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -64,6 +69,10 @@ __all__ = [
     "Step",
     "Workflow",
     "load_workflow",
+    "check_workflow",
+    "Problem",
+    "WorkflowInvalid",
+    "field",
     "matching_workflows",
 ]
 
@@ -177,13 +186,55 @@ def matching_workflows(workflows: Iterable[Workflow], dataset_name: str) -> list
     return [w for w in workflows if w.matches(dataset_name)]
 
 
-def _refuse(wf: str, step: str | None, sentence: str) -> ConfigError:
-    where = f"Workflow {wf!r}" + (f", step {step!r}" if step else "")
-    return ConfigError(f"{where}: {sentence}")
+class Problem(NamedTuple):
+    """One problem of a workflow spec: the field it is about (see ``field``) and a sentence."""
+
+    field: str
+    message: str
+
+
+class WorkflowInvalid(ConfigError):
+    """A refused workflow: ``message`` is its first problem, naming the workflow (and the
+    step), as ``load_workflow`` always said it; ``problems`` holds every one."""
+
+    def __init__(self, message: str, problems: list[Problem]):
+        super().__init__(message)
+        self.problems = problems
+
+
+def field(step: str | None = None, *parts: str) -> str:
+    """The field path of a step's part: ``field("sum", "inputs", "input")`` is
+    ``steps.sum.inputs.input``; ``field()`` is ``steps`` (the whole workflow)."""
+    return ".".join(["steps"] + ([step] if step is not None else []) + list(parts))
 
 
 def _lower(sentence: str) -> str:
     return sentence[:1].lower() + sentence[1:]
+
+
+def _capital(sentence: str) -> str:
+    sentence = sentence[:1].upper() + sentence[1:]
+    return sentence if sentence.endswith((".", "?", "!", ")")) else sentence + "."
+
+
+class _Found:
+    """The problems met so far, each kept with the step it is about (for the refusal's sentence)."""
+
+    def __init__(self, wf: str):
+        self.wf = wf
+        self.items: list[tuple[Problem, str | None]] = []
+        self.refusal: str | None = None  # the refusal's sentence, where it is not the first problem's
+
+    def add(self, where: str, step: str | None, sentence: str) -> None:
+        self.items.append((Problem(where, _capital(sentence)), step))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def error(self) -> WorkflowInvalid:
+        first, step = self.items[0]
+        where = f"Workflow {self.wf!r}" + (f", step {step!r}" if step else "")
+        return WorkflowInvalid(self.refusal or f"{where}: {_lower(first.message)}", [p for p, _ in self.items])
 
 
 def _parse_source(text: str) -> Source:
@@ -219,90 +270,151 @@ def _find_cycle(edges: dict[str, list[str]], order: list[str]) -> list[str] | No
     return None
 
 
-def _check_step(wf: str, s: StepSpec, module: ModuleSpec,
-                declared: dict[str, StepSpec], registry: ModuleRegistry) -> Step:
-    try:
-        params = module.resolve_params(s.params)
-    except ConfigError as e:
-        raise _refuse(wf, s.name, _lower(e.message)) from None
+def _check_inputs(found: _Found, s: StepSpec, module: ModuleSpec, modules: dict[str, ModuleSpec | None],
+                  declared: dict[str, StepSpec]) -> dict[str, Source]:
+    """The step's wired inputs that are sound; a problem for each one that is not."""
     inputs: dict[str, Source] = {}
     for pin_name, text in s.inputs.items():
+        here = field(s.name, "inputs", pin_name)
         pin = module.input(pin_name)
         if pin is None:
             known = ", ".join(p.name for p in module.inputs) or "none"
-            raise _refuse(wf, s.name, f"module {module.ref} has no input pin {pin_name!r} (it has: {known}).")
+            found.add(here, s.name, f"module {module.ref} has no input pin {pin_name!r} (it has: {known}).")
+            continue
         try:
             src = _parse_source(text)
         except ValueError as e:
-            raise _refuse(wf, s.name, f"input {pin_name!r}: {e}.") from None
+            found.add(here, s.name, f"input {pin_name!r}: {e}.")
+            continue
         if src.step is not None:
             if src.step not in declared:
-                raise _refuse(wf, s.name, f"input {pin_name!r} reads from unknown step {src.step!r}.")
-            up_module = registry.get(declared[src.step].module)
+                found.add(here, s.name, f"input {pin_name!r} reads from unknown step {src.step!r}.")
+                continue
+            up_module = modules[src.step]
+            if up_module is None:  # the upstream step's unknown module is its own problem
+                continue
             out: Pin | None = up_module.output(src.pin)
             if out is None:
                 known = ", ".join(p.name for p in up_module.outputs) or "none"
-                raise _refuse(wf, s.name, f"input {pin_name!r} reads {src}, but module "
-                              f"{up_module.ref} has no output pin {src.pin!r} (it has: {known}).")
+                found.add(here, s.name, f"input {pin_name!r} reads {src}, but module "
+                          f"{up_module.ref} has no output pin {src.pin!r} (it has: {known}).")
+                continue
             if not pin.fits(out):
-                raise _refuse(wf, s.name, f"input {pin_name!r} takes data of type {pin.type!r} but "
-                              f"{src} gives {out.type!r}.")
+                found.add(here, s.name, f"input {pin_name!r} takes data of type {pin.type!r} but "
+                          f"{src} gives {out.type!r}.")
+                continue
         inputs[pin_name] = src
+    return inputs
+
+
+def _check_step(found: _Found, s: StepSpec, module: ModuleSpec, modules: dict[str, ModuleSpec | None],
+                declared: dict[str, StepSpec]) -> Step | None:
+    """The checked step, or None with its problems added to ``found``."""
+    before = len(found.items)
+    for name, sentence in module.param_problems(s.params):
+        found.add(field(s.name, "params", name), s.name, _lower(sentence))
+    inputs = _check_inputs(found, s, module, modules, declared)
     for pin in module.inputs:
-        if not pin.optional and pin.name not in inputs:
-            raise _refuse(wf, s.name, f"required input pin {pin.name!r} of {module.ref} is not wired.")
-    wired = [module.input(p) for p in inputs]
+        if not pin.optional and pin.name not in s.inputs:
+            found.add(field(s.name, "inputs", pin.name), s.name,
+                      f"required input pin {pin.name!r} of {module.ref} is not wired.")
+    wired = [module.input(p) for p in s.inputs if module.input(p) is not None]
     if s.chunk is not None and not (len(wired) == 1 and wired[0].kind == "multiple"):
-        raise _refuse(wf, s.name, "chunk splits the files of one wired input pin of kind 'multiple' "
-                      "into jobs: this step has none.")
+        found.add(field(s.name, "chunk"), s.name, "chunk splits the files of one wired input pin of kind "
+                  "'multiple' into jobs: this step has none.")
     can_stream = len(wired) == 1 and (wired[0].kind == "single" or s.chunk is not None)
     mode = s.mode or ("stream" if can_stream else "barrier")
     if mode == "stream" and not can_stream:
-        raise _refuse(wf, s.name, "mode 'stream' maps file to file: it needs exactly one wired "
-                      "input pin of kind 'single' (or 'multiple' with a chunk).")
-    upstream = tuple(dict.fromkeys(src.step for src in inputs.values() if src.step))
+        found.add(field(s.name, "mode"), s.name, "mode 'stream' maps file to file: it needs exactly one "
+                  "wired input pin of kind 'single' (or 'multiple' with a chunk).")
     output = s.output or "{dataset}.{step}"
     try:
         output.format(dataset="d", step="s")
     except (KeyError, IndexError, ValueError) as e:
-        raise _refuse(wf, s.name, f"output {output!r} may use only {{dataset}} and {{step}} ({e}).") from None
-    return Step(s.name, module, params, inputs, mode, upstream, output, s.chunk)
+        found.add(field(s.name, "output"), s.name, f"output {output!r} may use only {{dataset}} and {{step}} ({e}).")
+    if len(found.items) > before:
+        return None
+    upstream = tuple(dict.fromkeys(src.step for src in inputs.values() if src.step))
+    return Step(s.name, module, module.resolve_params(s.params), inputs, mode, upstream, output, s.chunk)
 
 
-def load_workflow(data: dict[str, Any] | WorkflowSpec, registry: ModuleRegistry) -> Workflow:
-    """A checked :class:`Workflow` from a spec, its modules looked up in ``registry``."""
+def _spec_problems(data: dict[str, Any], e: ValidationError) -> _Found:
+    """Every field pydantic refused; a step's field by the step's name where it has one."""
+    found = _Found(data.get("name", "?"))
+    steps = data.get("steps")
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        where = loc[0] if loc else "steps"
+        if loc[:1] == ["steps"]:
+            where = "steps"
+            if len(loc) > 1 and loc[1].isdigit() and isinstance(steps, list) and int(loc[1]) < len(steps):
+                named = steps[int(loc[1])]
+                name = named.get("name") if isinstance(named, dict) else None
+                if isinstance(name, str) and name:
+                    where = field(name, *loc[2:])
+        if not found:  # the refusal names the field as pydantic does (``steps.1.chunk``)
+            found.refusal = f"Workflow {found.wf!r}: field {'.'.join(loc) or '(spec)'}: {msg}."
+        found.add(where, None, msg)
+    return found
+
+
+def _cycle_field(cycle: list[str], declared: dict[str, StepSpec]) -> str:
+    """The input pin of the cycle's first step that reads from the step before it."""
+    first = declared[cycle[0]]
+    for pin, src in first.inputs.items():
+        if "." in src and src.partition(".")[0] == cycle[-2]:
+            return field(first.name, "inputs", pin)
+    return field(first.name)
+
+
+def check_workflow(data: dict[str, Any] | WorkflowSpec, registry: ModuleRegistry
+                   ) -> tuple[Workflow | None, list[Problem]]:
+    """(the checked workflow, []) or (None, every problem found, each on its field)."""
+    workflow, found = _check(data, registry)
+    return workflow, [p for p, _ in found.items]
+
+
+def _check(data, registry) -> tuple[Workflow | None, _Found]:
     if isinstance(data, WorkflowSpec):
         spec = data
     else:
         if not isinstance(data, dict):
-            raise ConfigError(f"A workflow spec is a mapping, not {type(data).__name__}.")
+            found = _Found("?")
+            found.add("steps", None, f"a workflow spec is a mapping, not {type(data).__name__}.")
+            found.refusal = found.items[0][0].message
+            return None, found
         try:
             spec = WorkflowSpec.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(x) for x in err["loc"]) or "(spec)"
-            msg = err["msg"].removeprefix("Value error, ")
-            raise ConfigError(f"Workflow {data.get('name', '?')!r}: field {field}: {msg}.") from None
-    wf = spec.name
+            return None, _spec_problems(data, e)
+    found = _Found(spec.name)
     declared: dict[str, StepSpec] = {}
     for s in spec.steps:
         if s.name in declared:
-            raise _refuse(wf, None, f"step name {s.name!r} is used twice.")
-        declared[s.name] = s
-    modules: dict[str, ModuleSpec] = {}
+            found.add(field(s.name, "name"), None, f"step name {s.name!r} is used twice.")
+        declared.setdefault(s.name, s)
+    if found:  # the steps' fields would be ambiguous
+        return None, found
+    modules: dict[str, ModuleSpec | None] = {}
     for s in spec.steps:
         try:
             modules[s.name] = registry.get(s.module)
         except ConfigError as e:
-            raise _refuse(wf, s.name, _lower(e.message)) from None
-    steps = {s.name: _check_step(wf, s, modules[s.name], declared, registry) for s in spec.steps}
+            modules[s.name] = None
+            found.add(field(s.name, "module"), s.name, _lower(e.message))
+    steps = {s.name: _check_step(found, s, modules[s.name], modules, declared)
+             for s in spec.steps if modules[s.name] is not None}
     names = [s.name for s in spec.steps]
-    edges = {n: list(steps[n].upstream) for n in names}
+    edges = {s.name: list(dict.fromkeys(src.partition(".")[0] for src in s.inputs.values()
+                                        if "." in src and src.partition(".")[0] in declared)) for s in spec.steps}
     cycle = _find_cycle(edges, names)
     if cycle:
-        raise _refuse(wf, None, f"the steps form a cycle: {' -> '.join(cycle)}.")
-    if not any(src.step is None for st in steps.values() for src in st.inputs.values()):
-        raise _refuse(wf, None, f"no step reads the {DATASET!r}: nothing would start the run.")
+        found.add(_cycle_field(cycle, declared), None, f"the steps form a cycle: {' -> '.join(cycle)}.")
+    if not any(src == DATASET for s in spec.steps for src in s.inputs.values()):
+        found.add(field(), None, f"no step reads the {DATASET!r}: nothing would start the run.")
+    if found:
+        return None, found
     # Kahn's order, declaration order among steps that are ready together
     order: list[str] = []
     done: set[str] = set()
@@ -310,4 +422,13 @@ def load_workflow(data: dict[str, Any] | WorkflowSpec, registry: ModuleRegistry)
         ready = next(n for n in names if n not in done and all(u in done for u in edges[n]))
         order.append(ready)
         done.add(ready)
-    return Workflow(spec, steps, order)
+    return Workflow(spec, steps, order), found
+
+
+def load_workflow(data: dict[str, Any] | WorkflowSpec, registry: ModuleRegistry) -> Workflow:
+    """A checked :class:`Workflow` from a spec, its modules looked up in ``registry``;
+    ``WorkflowInvalid`` (a ConfigError) with every problem if it has any."""
+    workflow, found = _check(data, registry)
+    if workflow is None:
+        raise found.error()
+    return workflow

@@ -1,0 +1,104 @@
+"""One atomic write: a file is written under a hidden temporary name, then renamed into place.
+
+Every writer of users' files uses it: WebDAV PUT, the contents manager's saves and
+chunked uploads, staging copies and the jobs' outputs::
+
+    with atomic.writing(fs, "home/results/a.csv") as w:
+        fs.pipe_file(w.temp, data)      # renamed over home/results/a.csv on success
+
+Rules:
+- the temporary name lies in the file's own folder: ``.<name>.<token>.skerry-part``
+  (``temp_name``); a rename inside one folder is atomic on local disks and SFTP, so a
+  reader sees the old content or the new, never a part;
+- ``is_hidden(name)`` is the one test of those names: the federation leaves them out of
+  every listing (``ls``, ``find``: WebDAV, the contents manager, the data API, the find
+  index) and WebDAV refuses to address them;
+- on any failure (``KeyboardInterrupt`` included) the temporary file is removed: nothing
+  half-written stays, under either name;
+- ``in_place`` (object stores, where an upload appears whole only when it completes)
+  writes to the final name itself; aborting that upload is the caller's (it holds it);
+- a rename over an existing file that the backend refuses (some SFTP servers) is done
+  as remove, then rename.
+"""
+
+import contextlib
+import uuid
+
+__all__ = ["SUFFIX", "temp_name", "temp_path", "is_hidden", "replace", "discard", "AtomicFile", "writing"]
+
+SUFFIX = ".skerry-part"
+
+
+def temp_name(name: str, token: str | None = None) -> str:
+    """The hidden temporary name of file ``name``; ``token`` tells writers apart (random by default)."""
+    return f".{name}.{token or uuid.uuid4().hex[:12]}{SUFFIX}"
+
+
+def temp_path(path: str, token: str | None = None) -> str:
+    """``path`` with its last segment replaced by a temporary name, in the same folder."""
+    folder, _, name = path.rstrip("/").rpartition("/")
+    hidden = temp_name(name, token)
+    return f"{folder}/{hidden}" if folder else hidden
+
+
+def is_hidden(name: str) -> bool:
+    """True for a temporary name (the last segment of ``name`` decides)."""
+    last = name.rstrip("/").rpartition("/")[2]
+    return last.startswith(".") and last.endswith(SUFFIX)
+
+
+def replace(fs, temp: str, path: str) -> None:
+    """Rename ``temp`` over ``path``."""
+    try:
+        fs.mv(temp, path)
+    except OSError:
+        # some SFTP servers refuse to rename over an existing file
+        if not fs.exists(path) or not fs.exists(temp):
+            raise
+        fs.rm_file(path)
+        fs.mv(temp, path)
+
+
+def discard(fs, temp: str) -> None:
+    """Remove a temporary file, if it is there (most often a failed write never made it)."""
+    with contextlib.suppress(Exception):
+        fs.rm_file(temp)
+
+
+class AtomicFile:
+    """One file being written: to ``temp`` until ``commit``; ``abort`` leaves nothing.
+
+    ``temp`` is ``path`` itself when ``in_place``; then ``commit`` and ``abort`` do nothing.
+    """
+
+    def __init__(self, fs, path: str, *, in_place: bool = False, token: str | None = None):
+        self.fs = fs
+        self.path = path
+        self.in_place = in_place
+        self.temp = path if in_place else temp_path(path, token)
+
+    def commit(self) -> None:
+        """Rename the temporary file into place; if that fails, remove it."""
+        if self.in_place:
+            return
+        try:
+            replace(self.fs, self.temp, self.path)
+        except BaseException:
+            discard(self.fs, self.temp)
+            raise
+
+    def abort(self) -> None:
+        if not self.in_place:
+            discard(self.fs, self.temp)
+
+
+@contextlib.contextmanager
+def writing(fs, path: str, *, in_place: bool = False, token: str | None = None):
+    """An ``AtomicFile`` committed when the block ends, aborted if it raises."""
+    w = AtomicFile(fs, path, in_place=in_place, token=token)
+    try:
+        yield w
+        w.commit()
+    except BaseException:
+        w.abort()
+        raise
