@@ -14,12 +14,12 @@ import json
 import os
 import stat
 
+from skerry.config import ADAPTORS
 from skerry.errors import ConfigError
 
 from .registry import NEEDS_PARENTS, Adaptors, check_backend, make_filesystem
 from .specs import load_specs
 
-ENV = "SKERRY_ADAPTORS"
 
 
 def read_config(path: str) -> dict:
@@ -70,7 +70,7 @@ def build_federation(config: dict):
 
 
 def load_federation():
-    path = os.environ.get(ENV)
+    path = ADAPTORS.get()
     if not path:
-        raise ConfigError(f"no adaptors configured: ${ENV} is not set (it is inside a micro-infrastructure)")
+        raise ConfigError(f"no adaptors configured: ${ADAPTORS.name} is not set (it is inside a micro-infrastructure)")
     return build_federation(read_config(path))

@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .accounts import AccountPolicy
 from .datadir import DataDir
 from .errors import ConfigError, SetupError
@@ -153,16 +154,15 @@ def up(opts: Options) -> int:
         print(f"skerry: single-user mode: {identity.reason}", file=sys.stderr, flush=True)
     data.admin_api_token  # created once (0600), reused on restart
     data.secret("admin-password", 12)
-    env = dict(
-        os.environ,
-        SKERRY_DATA_DIR=str(data.path),
-        SKERRY_IP=opts.ip,
-        SKERRY_PORT=str(opts.port),
-        SKERRY_PUBLIC_URL=public_url(opts),
-        SKERRY_PROXY_COMMAND=find_proxy(),
-        SKERRY_DEV="1" if opts.dev else "",
+    env = config.environment({
+        config.DATA_DIR.name: str(data.path),
+        config.IP.name: opts.ip,
+        config.PORT.name: str(opts.port),
+        config.PUBLIC_URL.name: public_url(opts),
+        config.PROXY_COMMAND.name: find_proxy(),
+        config.DEV.name: "1" if opts.dev else "",
         **identity.environment(),
-    )
+    })
     if opts.dev:
         print(
             "skerry: WARNING --dev: ANY user name and password logs in. "

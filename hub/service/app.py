@@ -18,7 +18,6 @@ Server profiles and their audit log: ``api_profiles``, over ``DIR/profiles.sqlit
 
 import asyncio
 import contextlib
-import os
 import sys
 from urllib.parse import quote, urlparse
 
@@ -29,6 +28,7 @@ from fastapi.responses import JSONResponse
 from jupyterhub.services.auth import HubAuth
 from starlette.exceptions import HTTPException
 
+from skerry import config
 from skerry.process import die_with_parent
 
 from skerry.hub.service import culler
@@ -43,6 +43,7 @@ from skerry.hub.stores.profiles import ProfileStore
 PREFIX = "/services/skerry"
 API = PREFIX + "/api/v1"
 CACHE_SECONDS = 5
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000/"  # a service started without skerry up (tests)
 
 
 class Hub:
@@ -50,7 +51,7 @@ class Hub:
 
     def __init__(self):
         self.auth = HubAuth(cache_max_age=CACHE_SECONDS)
-        self.public_url = os.environ.get("SKERRY_PUBLIC_URL", "http://127.0.0.1:8000/").rstrip("/")
+        self.public_url = (config.PUBLIC_URL.get() or DEFAULT_PUBLIC_URL).rstrip("/")
         self.client = httpx.AsyncClient(
             base_url=self.auth.api_url.rstrip("/") + "/",
             headers={"Authorization": f"token {self.auth.api_token}"},
@@ -95,12 +96,12 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
 
     def get_catalog():
         if state["catalog"] is None:
-            state["catalog"] = open_catalog(os.environ["SKERRY_DATA_DIR"])
+            state["catalog"] = open_catalog(config.DATA_DIR.require())
         return state["catalog"]
 
     def get_profiles() -> ProfileStore:
         if state["profiles"] is None:
-            state["profiles"] = ProfileStore.for_data_dir(os.environ["SKERRY_DATA_DIR"])
+            state["profiles"] = ProfileStore.for_data_dir(config.DATA_DIR.require())
         return state["profiles"]
 
     async def caller(request: Request, hub: Hub = Depends(get_hub)) -> dict:
@@ -152,13 +153,13 @@ def main() -> int:
     import uvicorn
 
     die_with_parent()  # a hub killed with SIGKILL must not leave its service holding the port
-    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    catalog = open_catalog(os.environ["SKERRY_DATA_DIR"])  # migrated before the first request
-    config = uvicorn.Config(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning")
+    url = urlparse(config.HUB_SERVICE_URL.require())
+    catalog = open_catalog(config.DATA_DIR.require())  # migrated before the first request
+    server = uvicorn.Config(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning")
     # idle servers stopped beside the API; the hub stops its services with SIGINT, which uvicorn
     # raises again once shut down (as uvicorn.run, nothing to report)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(culler.beside(uvicorn.Server(config).serve()))
+        asyncio.run(culler.beside(uvicorn.Server(server).serve()))
     return 0
 
 

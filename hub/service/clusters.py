@@ -21,11 +21,11 @@ as nobody); 404 ``no_pool`` for a pool the platform does not run; 409 ``account_
 
 from __future__ import annotations
 
-import os
 
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from skerry import config
 from skerry.errors import SkerryError
 
 from skerry.hub.service.users import ApiError
@@ -44,7 +44,7 @@ def cluster_routes(caller, api: str) -> APIRouter:
         from skerry.workload.pools import load_pools
         from skerry.workload.userpools import running_clusters
 
-        data = DataDir(os.environ["SKERRY_DATA_DIR"])
+        data = DataDir(config.DATA_DIR.require())
         try:
             pools = await run_in_threadpool(load_pools, data.path / "pools.json")
         except SkerryError as e:
@@ -60,7 +60,7 @@ def cluster_routes(caller, api: str) -> APIRouter:
         if who.get("kind") != "user":
             raise ApiError(403, "not_a_user", "Only a user has a Dask cluster: use a user's token.")
         try:
-            return await run_in_threadpool(ask, os.environ["SKERRY_DATA_DIR"], who["name"], pool)
+            return await run_in_threadpool(ask, config.DATA_DIR.require(), who["name"], pool)
         except SkerryError as e:
             raise ApiError(STATUS.get(e.code, 503), e.code, e.message) from None
 

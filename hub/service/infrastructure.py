@@ -31,7 +31,6 @@ Rules:
 import asyncio
 import json
 import logging
-import os
 from urllib.parse import quote
 
 import httpx
@@ -39,6 +38,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from skerry import config
 from skerry.adaptors.store import SERVER_NAME, AccountStore, Conflict, CryptError
 from skerry.datadir import DataDir
 from skerry.errors import ConfigError
@@ -155,7 +155,7 @@ def infra_routes(caller, get_hub, api: str) -> APIRouter:
 
     def store() -> AccountStore:
         if "store" not in state:
-            state["data"] = DataDir(os.environ["SKERRY_DATA_DIR"])
+            state["data"] = DataDir(config.DATA_DIR.require())
             state["store"] = AccountStore.for_data_dir(state["data"])
         return state["store"]
 

@@ -27,11 +27,11 @@ Rules:
   of ``DIR/users/<user>``), other adaptors ``"not measured"`` (``hub.stores.usage``).
 """
 
-import os
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from skerry import config
 from skerry.adaptors.store import AccountStore
 from skerry.datadir import DataDir
 from skerry.errors import SkerryError
@@ -62,7 +62,7 @@ async def _call(fn, *args, **kwargs):
 
 
 def _data_dir() -> str:
-    return os.environ["SKERRY_DATA_DIR"]
+    return str(config.DATA_DIR.require())
 
 
 def _other_adaptors(users: list[str]) -> dict[str, list[str]]:

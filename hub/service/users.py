@@ -22,13 +22,13 @@ Rules:
 """
 
 import json
-import os
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import APIRouter, Depends, Request, Response
 
+from skerry import config
 from skerry.adaptors import sshkeys
 from skerry.adaptors.specs import load_spec
 from skerry.adaptors.store import (CREDENTIAL_NAME, RESERVED_ADAPTORS, AccountStore, Conflict, CryptError,
@@ -123,7 +123,7 @@ def user_routes(caller, get_hub, api: str) -> APIRouter:
 
     def store() -> AccountStore:
         if "store" not in state:
-            data = DataDir(os.environ["SKERRY_DATA_DIR"])
+            data = DataDir(config.DATA_DIR.require())
             state["store"], state["data"] = AccountStore.for_data_dir(data), data
         return state["store"]
 

@@ -46,6 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text, delete, insert, select, update
 
+from skerry import config
 from skerry.errors import ConfigError, SkerryError
 
 from skerry.hub.stores.profiles import Memory
@@ -411,7 +412,7 @@ _shared_lock = threading.Lock()
 
 def shared_store(data_dir: str | os.PathLike | None = None) -> QuotaStore:
     """One store per data dir in this process (default: ``$SKERRY_DATA_DIR``), for the service's routers."""
-    path = str(Path(data_dir or os.environ["SKERRY_DATA_DIR"]).expanduser().resolve())
+    path = str(Path(data_dir or config.DATA_DIR.require()).expanduser().resolve())
     with _shared_lock:
         if path not in _shared:
             _shared[path] = QuotaStore.for_data_dir(path)

@@ -141,10 +141,10 @@ class Manager:
 def account_policy():
     """The accounts of the platform's users (``$SKERRY_ACCOUNT_TEMPLATE``, set by ``skerry up``
     where it can switch users), or None: a single-user platform."""
+    from .. import config
     from ..accounts import AccountPolicy
-    from ..identity import TEMPLATE_ENV
 
-    template = os.environ.get(TEMPLATE_ENV)
+    template = config.ACCOUNT_TEMPLATE.get()
     return AccountPolicy(template=template) if template else None
 
 
@@ -169,7 +169,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     log.setLevel(logging.INFO)
-    data_dir = os.environ["SKERRY_DATA_DIR"]
+    from .. import config
+
+    data_dir = str(config.DATA_DIR.require())
     held = lock(data_dir)
     manager = Manager(data_dir)
 
