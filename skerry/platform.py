@@ -32,6 +32,7 @@ from .identity import decide
 from .nodeproxy import find_proxy
 from .process import die_with_parent, is_running, start_time
 from .workload.pools import load_pools
+from .workload.schedulerconfig import SchedulerConfig
 
 STOP_TIMEOUT = 30  # seconds the hub gets to stop user servers before it is killed
 READY_TIMEOUT = 120
@@ -147,6 +148,7 @@ def up(opts: Options) -> int:
     if not _own_proxy(data):  # our old proxy holds the port: the hub replaces it
         _check_port_free(opts.ip, opts.port)  # before anything is written
     load_pools(data.path / "pools.json")  # a bad pools.json stops us here, with a sentence
+    SchedulerConfig.for_data_dir(data.path)  # and so does a bad scheduler.json
     os.umask(0o077)  # the platform's files (secrets, databases, logs) are its own; the hub inherits it
     data.ensure()
     identity = decide(data.users, opts.account_template)  # before anything starts: a SetupError names the folder
