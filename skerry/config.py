@@ -135,7 +135,7 @@ PORT = Setting("SKERRY_PORT", int, 8000, _UP, "hub.plugins.settings", "the port 
 PUBLIC_URL = Setting("SKERRY_PUBLIC_URL", str, None, f"{_UP}; {_SETTINGS}",
                      "hub.plugins.settings, the spawner (as SKERRY_URL), the service",
                      "the platform's URL as users reach it")
-PROXY_COMMAND = Setting("SKERRY_PROXY_COMMAND", str, None, f"the admin, else {_UP} (what it found)",
+PROXY_COMMAND = Setting("SKERRY_PROXY_COMMAND", str, None, f"the admin, for {_UP} (which passes on what it found)",
                         "skerry.nodeproxy, hub.plugins.settings",
                         "the configurable-http-proxy program to run", user_facing=True)
 DEV = Setting("SKERRY_DEV", bool, False, f"{_UP} --dev", "hub.plugins.settings",
@@ -145,10 +145,11 @@ ACCOUNT_TEMPLATE = Setting("SKERRY_ACCOUNT_TEMPLATE", str, None, f"{_UP} (skerry
                            "the OS account of each user, e.g. skerry-{username}; unset: single-user mode")
 SINGLE_USER = Setting("SKERRY_SINGLE_USER", str, None, f"{_UP} (skerry.identity)", "hub.plugins.settings",
                       "single-user mode: the one user who may log in (the account running skerry up)")
-CULL_INTERVAL = Setting("SKERRY_CULL_INTERVAL", float, 30.0, f"the admin or tests; {_SETTINGS}",
+CULL_INTERVAL = Setting("SKERRY_CULL_INTERVAL", float, 30.0, "the admin, for skerry up (passed on to the service)",
                         "the service's idle culler", "seconds between the idle culler's passes",
                         user_facing=True, check=_positive, must="a positive number of seconds")
-CRYPT_KEY = Setting("SKERRY_CRYPT_KEY", str, None, f"the admin; {_SETTINGS}",
+CRYPT_KEY = Setting("SKERRY_CRYPT_KEY", str, None,
+                    "the admin, for skerry up (passed on to the service and the scheduler)",
                     "skerry.adaptors.store (the hub, the service, the scheduler)",
                     "the Fernet key of the stored credentials, kept outside the data dir; "
                     "unset: DATA_DIR/secrets/credentials-key", user_facing=True)
@@ -165,7 +166,7 @@ SERVER = Setting("SKERRY_SERVER", str, "", _SPAWNER, "the identity check (skerry
                  "the name of the user's server (empty: the default one)")
 IDENTITY_KEY = Setting("SKERRY_IDENTITY_KEY", str, "", _SPAWNER, "the identity check (skerry.ports)",
                        "the per-start key a server proves to the hub that it is the one started")
-ADAPTORS = Setting("SKERRY_ADAPTORS", str, None, f"{_SPAWNER}; skerry.workload.owners, for a job's owner",
+ADAPTORS = Setting("SKERRY_ADAPTORS", str, None, "the spawner; skerry.workload.owners, for a job's owner",
                    "skerry.adaptors (the federation), the contents manager, the data API",
                    "the adaptor configuration file (JSON, mode 0600) of the skerry:// federation",
                    user_facing=True)
@@ -173,12 +174,12 @@ JWT_KEYS = Setting("SKERRY_JWT_KEYS", str, None, _SPAWNER, "hub.userserver.jwtau
                    "the user's file of public keys WebDAV accepts JWTs signed by")
 JWT_AUDIENCE = Setting("SKERRY_JWT_AUDIENCE", str, "skerry", "the admin (c.Spawner.environment)",
                        "hub.userserver.jwtauth", "the audience a JWT for WebDAV must name")
-PROFILE = Setting("SKERRY_PROFILE", str, None, _SPAWNER, "the user's code",
+PROFILE = Setting("SKERRY_PROFILE", str, None, "the spawner", "the user's code",
                   "the slug of the profile the server started with", user_facing=True)
 
 # ---- a user's client: kernels, the skerry CLI, skerry:// outside the platform ---------------
 
-URL = Setting("SKERRY_URL", str, None, f"{_SPAWNER} (SKERRY_PUBLIC_URL); the user outside the platform",
+URL = Setting("SKERRY_URL", str, None, "the spawner (SKERRY_PUBLIC_URL); the user outside the platform",
               "skerry.workload.client, skerry:// outside the platform, kernels",
               "the platform's URL", user_facing=True)
 TOKEN = Setting("SKERRY_TOKEN", str, None, "the user", "skerry.workload.client, skerry:// outside, kernels",
@@ -233,9 +234,9 @@ def forward(*settings: Setting) -> dict[str, str]:
 
 def reference() -> str:
     """The README's table of the user-facing variables (``tests/test_config.py`` keeps them equal)."""
-    rows = ["| Variable | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
+    rows = ["| Variable | Type | Default | Set by | Meaning |", "| --- | --- | --- | --- | --- |"]
     for s in SETTINGS:
         if s.user_facing:
             default = "" if s.default is None else f"`{s.default}`"
-            rows.append(f"| `{s.name}` | {s.kind.__name__.lower()} | {default} | {s.doc} |")
+            rows.append(f"| `{s.name}` | {s.kind.__name__.lower()} | {default} | {s.set_by} | {s.doc} |")
     return "\n".join(rows) + "\n"
