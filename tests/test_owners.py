@@ -72,7 +72,7 @@ def test_two_owners_jobs_never_overlap_in_one_process(data):
                     overlaps.append(user)
                 if inside[user] > 1:
                     same_owner_together.append(user)
-                assert os.environ[ENV] == paths[user]
+                assert os.environ[ADAPTORS.name] == paths[user]
             time.sleep(0.02)
             with lock:
                 inside[user] -= 1

@@ -111,7 +111,7 @@ class SchedulerConfig:
         path = Path(path)
         try:
             text = path.read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no file (or no data dir yet: it says so itself)
             return cls()
         except OSError as e:
             raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
