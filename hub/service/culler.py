@@ -37,7 +37,8 @@ log = logging.getLogger("skerry.culler")
 
 
 def interval() -> float:
-    """Seconds between passes: ``$SKERRY_CULL_INTERVAL`` if a positive number, else INTERVAL_S."""
+    """Seconds between passes: ``$SKERRY_CULL_INTERVAL`` if a positive number, else INTERVAL_S
+    (a bad value is logged)."""
     try:
         return config.CULL_INTERVAL.get()
     except ConfigError as e:  # a typo must not stop the culler: it says so and keeps the default
