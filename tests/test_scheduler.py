@@ -6,6 +6,7 @@ they read the same adaptors).
 """
 
 import hashlib
+import json
 import os
 import random
 import threading
@@ -458,6 +459,18 @@ def test_a_finished_attempt_whose_end_event_never_comes_is_gathered_once(client)
     assert finished[0].result.ok and not finished[0].lost
     assert finished[0].worker in client.scheduler_info()["workers"]
     assert runner.in_flight() == 0
+
+
+def test_a_scheduler_json_in_the_data_dir_changes_the_scheduler(tmp_path, client):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 1, module="sleep", params={"seconds": 2.0})
+    assert SchedulerConfig.for_data_dir(tmp_path).job_timeout is None  # no file: no limit
+    (tmp_path / "scheduler.json").write_text(json.dumps({"job_timeout": 0.5, "retry": {"limit": 0}}))
+    sched = Scheduler(cat, Runner({"cpu": client}), config=SchedulerConfig.for_data_dir(tmp_path))
+    sched.run(lambda: sched.tasks_done([task]), timeout=60)
+    with cat.session() as s:
+        assert s.execute(select(Job.state, Job.attempts, Job.error_class)).all() == [("failed", 1, "timeout")]
+    time.sleep(2)  # let the hung thread return before the next test uses the workers
 
 
 def test_a_horizon_that_is_not_a_positive_number_is_refused(tmp_path, client):
