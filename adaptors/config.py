@@ -14,13 +14,13 @@ import json
 import os
 import stat
 
+from skerry.config import ADAPTORS
 from skerry.errors import ConfigError
 
 from .registry import Adaptors, check_backend, make_filesystem
 from .specs import load_specs
 from .types import adaptor_type
 
-ENV = "SKERRY_ADAPTORS"
 
 
 def read_config(path: str) -> dict:
@@ -71,7 +71,7 @@ def build_federation(config: dict):
 
 
 def load_federation():
-    path = os.environ.get(ENV)
+    path = ADAPTORS.get()
     if not path:
-        raise ConfigError(f"no adaptors configured: ${ENV} is not set (it is inside a micro-infrastructure)")
+        raise ConfigError(f"no adaptors configured: ${ADAPTORS.name} is not set (it is inside a micro-infrastructure)")
     return build_federation(read_config(path))

@@ -19,18 +19,16 @@ Rules:
   (WebDAV cannot PUT into a missing folder).
 """
 
-import os
 
 import httpx
 
+from skerry import config
 from skerry.errors import AdaptorUnavailable, ConfigError
 
-from .config import ENV, load_federation
+from .config import load_federation
 
 __all__ = ["default_federation", "remote_federation", "TokenAuth"]
 
-URL_ENV = "SKERRY_URL"
-TOKEN_ENV = "SKERRY_TOKEN"
 TIMEOUT_S = 60
 
 
@@ -51,16 +49,17 @@ class TokenAuth(httpx.Auth):
 def default_federation():
     """The arguments of ``SkerryFileSystem()`` with no adaptors, from the environment
     (see the module docstring): (adaptors, read-only names, names needing parents)."""
-    if os.environ.get(ENV):
+    adaptors, url_env, token_env = config.ADAPTORS.name, config.URL.name, config.TOKEN.name
+    if config.ADAPTORS.get():
         return load_federation()
-    url = os.environ.get(URL_ENV, "").strip()
-    token = os.environ.get(TOKEN_ENV, "").strip()
+    url = config.URL.get() or ""
+    token = config.TOKEN.get() or ""
     if not (url and token):
-        missing = [f"${name}" for name, value in ((URL_ENV, url), (TOKEN_ENV, token)) if not value]
+        missing = [f"${name}" for name, value in ((url_env, url), (token_env, token)) if not value]
         nor = f"nor is {missing[0]}" if len(missing) == 1 else f"nor are {' and '.join(missing)}"
-        raise ConfigError(f"skerry:// needs ${ENV} (inside a micro-infrastructure) "
-                          f"or ${URL_ENV} and ${TOKEN_ENV} (outside it: the platform and a hub token of yours); "
-                          f"${ENV} is not set, {nor}")
+        raise ConfigError(f"skerry:// needs ${adaptors} (inside a micro-infrastructure) "
+                          f"or ${url_env} and ${token_env} (outside it: the platform and a hub token of yours); "
+                          f"${adaptors} is not set, {nor}")
     return remote_federation(url, token)
 
 
@@ -70,11 +69,11 @@ def _user(url: str, auth: TokenAuth) -> str:
         r = httpx.get(f"{url}/hub/api/user", auth=auth, timeout=TIMEOUT_S)
     except httpx.TransportError as e:
         raise AdaptorUnavailable(f"cannot reach the skerry platform at {url} ({type(e).__name__}); "
-                                 f"is ${URL_ENV} right?") from None
+                                 f"is ${config.URL.name} right?") from None
     if r.status_code in (401, 403):
-        raise ConfigError(f"the platform at {url} refused the token in ${TOKEN_ENV} ({r.status_code})")
+        raise ConfigError(f"the platform at {url} refused the token in ${config.TOKEN.name} ({r.status_code})")
     if r.status_code != 200 or r.headers.get("content-type", "").split(";")[0] != "application/json":
-        raise ConfigError(f"{url}/hub/api/user answered {r.status_code}: is ${URL_ENV} a skerry platform?")
+        raise ConfigError(f"{url}/hub/api/user answered {r.status_code}: is ${config.URL.name} a skerry platform?")
     return r.json()["name"]
 
 

@@ -60,11 +60,11 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from skerry import errors
 from skerry.errors import ConfigError
+from skerry import config
 
 from .specs import load_specs
 from .types import adaptor_type
 
-KEY_ENV = "SKERRY_CRYPT_KEY"
 FORMAT = 1
 RESERVED_ADAPTORS = {"home"}
 CREDENTIAL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -109,9 +109,9 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def load_key(key_file: Path) -> bytes:
     """The Fernet key: ``$SKERRY_CRYPT_KEY``, else ``key_file`` (made once, mode 0600)."""
-    value = os.environ.get(KEY_ENV, "").strip()
+    value = config.CRYPT_KEY.get()
     if value:
-        return _check_key(value.encode(), f"${KEY_ENV}")
+        return _check_key(value.encode(), f"${config.CRYPT_KEY.name}")
     try:
         return _check_key(key_file.read_bytes().strip(), str(key_file))
     except FileNotFoundError:
@@ -285,7 +285,7 @@ class AccountStore:
         fernet, kid = self.fernet, self._fernet[1]
         if data.get("key_id") != kid:
             raise CryptError(f"the credentials of {user} ({path}) were encrypted with another key "
-                             f"(key id {data.get('key_id')}, this one is {kid}): set ${KEY_ENV} "
+                             f"(key id {data.get('key_id')}, this one is {kid}): set ${config.CRYPT_KEY.name} "
                              "to the key they were made with, or restore secrets/credentials-key.")
         try:
             return json.loads(fernet.decrypt(data["token"].encode()))

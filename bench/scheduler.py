@@ -49,6 +49,7 @@ from skerry.workload.executors import run_job
 from skerry.workload.pools import NO_DASHBOARD
 from skerry.workload.runner import Runner
 from skerry.workload.scheduler import Scheduler
+from skerry.workload.schedulerconfig import SchedulerConfig
 
 NOOP = BUILTINS["noop"].model_dump(mode="json")
 PART = 10_000
@@ -100,7 +101,8 @@ def full(client: Client, n: int, window: float, batch_time: float) -> tuple[floa
     loop's thread) samples."""
     with tempfile.TemporaryDirectory() as folder:
         catalog, task = queued(folder, n)
-        sched = Scheduler(catalog, Runner({"cpu": client}), window=window, batch_time=batch_time)
+        sched = Scheduler(catalog, Runner({"cpu": client}),
+                          config=SchedulerConfig(window=window, batch_time=batch_time))
         samples = []
         start = time.perf_counter()
         while sched.dispatched < n or sched.live:

@@ -54,12 +54,12 @@ from tornado.web import HTTPError
 from traitlets import Bool, Unicode, default
 
 from skerry.adaptors import atomic
-from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import build_federation, read_config
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.specs import load_specs
 from skerry.adaptors.types import adaptor_type
 from skerry.errors import InternalError, storage_error
+from skerry.config import ADAPTORS
 
 CHECKPOINT_DIR = ".ipynb_checkpoints"
 CHECKPOINT_ID = "checkpoint"  # one checkpoint per file, as JupyterLab expects
@@ -134,7 +134,7 @@ class SkerryContentsManager(AsyncContentsManager):
 
     @default("adaptors_file")
     def _default_adaptors_file(self):
-        return os.environ.get(ADAPTORS_ENV, "")
+        return ADAPTORS.get() or ""
 
     home_adaptor = Unicode(
         "home",
@@ -166,7 +166,7 @@ class SkerryContentsManager(AsyncContentsManager):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         if not self.adaptors_file:
-            raise RuntimeError(f"no adaptors to serve: ${ADAPTORS_ENV} is not set "
+            raise RuntimeError(f"no adaptors to serve: ${ADAPTORS.name} is not set "
                                "(skerry's contents manager runs inside a micro-infrastructure)")
         config = read_config(self.adaptors_file)
         self.specs = {spec.name: spec for spec in load_specs(config.get("adaptors", []))}

@@ -25,7 +25,6 @@ the server's event loop; the adaptors come from ``$SKERRY_ADAPTORS``
 import asyncio
 import json
 import logging
-import os
 import threading
 
 from jupyter_server.auth.decorator import authorized
@@ -34,6 +33,7 @@ from tornado import web
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
+from skerry.config import ADAPTORS
 from skerry.adaptors.query import FindIndex, modified_iso
 from skerry.adaptors.staging import CopyRequestError, Stager
 from skerry.adaptors.webhooks import WebhookSender
@@ -68,13 +68,13 @@ class SkerryDataAPI(LoggingConfigurable):
             self.log.error("skerry data API: no adaptors: %s", self.error)
 
     def _load(self):
-        from skerry.adaptors.config import ENV, build_federation, read_config
+        from skerry.adaptors.config import build_federation, read_config
         from skerry.adaptors.federation import SkerryFileSystem
         from skerry.errors import ConfigError
 
-        path = os.environ.get(ENV)
+        path = ADAPTORS.get()
         if not path:
-            raise ConfigError(f"${ENV} is not set: this server has no adaptor configuration")
+            raise ConfigError(f"${ADAPTORS.name} is not set: this server has no adaptor configuration")
         config = read_config(path)
         self.types = {a.get("name"): a.get("type") for a in config.get("adaptors", [])}
         secrets = sorted({v for entry in config.get("credentials", {}).values() if isinstance(entry, dict)

@@ -28,12 +28,12 @@ Rules:
 from __future__ import annotations
 
 import html
-import os
 import threading
 import time
 
 import ipywidgets as widgets
 
+from skerry import config
 from skerry.errors import SkerryError
 from skerry.workload.states import FINAL, run_outcome
 
@@ -116,7 +116,7 @@ def log_href(location: str | None, prefix: str | None = None) -> str | None:
     if location.startswith(("http://", "https://")):
         return location
     if location.startswith("skerry://home/"):
-        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/") if prefix is None else prefix
+        prefix = config.HUB_SERVICE_PREFIX.get() if prefix is None else prefix
         path = location.removeprefix("skerry://home/")
         return prefix.rstrip("/") + "/" + ("lab/tree/" if path.endswith(".ipynb") else "files/") + path
     return None

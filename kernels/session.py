@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 
+from skerry import config
 from skerry.errors import SkerryError
 
 __all__ = ["Session", "SessionError", "current", "start", "PARTS"]
@@ -126,10 +127,9 @@ class Session:
     def __init__(self, pool: str = "cpu", *, url: str | None = None, token: str | None = None,
                  started: float | None = None):
         self.pool = pool
-        self.user = os.environ.get("JUPYTERHUB_USER") or os.environ.get("SKERRY_USER") or ""
-        self.url = (url if url is not None else os.environ.get("SKERRY_URL", "")).rstrip("/")
-        self._token = token if token is not None else (
-            os.environ.get("JUPYTERHUB_API_TOKEN") or os.environ.get("SKERRY_TOKEN") or "").strip()
+        self.user = config.HUB_USER.get() or config.USER.get() or ""
+        self.url = (url if url is not None else config.URL.get() or "").rstrip("/")
+        self._token = token if token is not None else config.HUB_API_TOKEN.get() or config.TOKEN.get() or ""
         self.started = started if started is not None else _process_start()
         self._parts = {"adaptors": _Part("adaptors", self._make_fs, self._list_adaptors),
                        "pool": _Part("pool", self._ask_cluster, self._connect_pool, lazy=True),

@@ -25,11 +25,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .accounts import HUB_NAME, Account, AccountPolicy, can_switch_users, interpreter_reachable
 from .errors import SetupError
 
-TEMPLATE_ENV = "SKERRY_ACCOUNT_TEMPLATE"
-SINGLE_USER_ENV = "SKERRY_SINGLE_USER"
 PROBE_ACCOUNT = "nobody"  # an account with no rights of its own: what every user account can reach, it can
 
 
@@ -43,8 +42,8 @@ class Identity:
 
     def environment(self) -> dict[str, str]:
         if self.policy is not None:
-            return {TEMPLATE_ENV: self.policy.template}
-        return {SINGLE_USER_ENV: self.single_user}
+            return {config.ACCOUNT_TEMPLATE.name: self.policy.template}
+        return {config.SINGLE_USER.name: self.single_user}
 
 
 def _probe() -> Account | None:

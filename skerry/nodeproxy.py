@@ -4,20 +4,19 @@ The npm proxy is used, not the Python port on PyPI: the port stalled on large
 transfers (tens of KB/s on a 1 GiB GET), the npm one carries about 1 GB/s.
 """
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from . import config
 from .errors import SetupError
 
 PACKAGE = "configurable-http-proxy@^5"
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "skerry" / "configurable-http-proxy"
+    return (config.CACHE_HOME.get() or Path.home() / ".cache") / "skerry" / "configurable-http-proxy"
 
 
 def find_proxy(install: bool = True, log=print) -> str:
@@ -26,7 +25,7 @@ def find_proxy(install: bool = True, log=print) -> str:
     Looks in ``$SKERRY_PROXY_COMMAND``, then skerry's cache, then ``$PATH``; if none
     has it and ``install`` is true, runs ``npm install`` into the cache (a few seconds).
     """
-    explicit = os.environ.get("SKERRY_PROXY_COMMAND")
+    explicit = config.PROXY_COMMAND.get()
     if explicit:
         if not shutil.which(explicit):
             raise SetupError(f"SKERRY_PROXY_COMMAND={explicit!r} is not an executable program")

@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .accounts import AccountPolicy
 from .datadir import DataDir
 from .errors import ConfigError, SetupError
@@ -31,6 +32,7 @@ from .identity import decide
 from .nodeproxy import find_proxy
 from .process import die_with_parent, is_running, start_time
 from .workload.pools import load_pools
+from .workload.schedulerconfig import SchedulerConfig
 
 STOP_TIMEOUT = 30  # seconds the hub gets to stop user servers before it is killed
 READY_TIMEOUT = 120
@@ -146,6 +148,7 @@ def up(opts: Options) -> int:
     if not _own_proxy(data):  # our old proxy holds the port: the hub replaces it
         _check_port_free(opts.ip, opts.port)  # before anything is written
     load_pools(data.path / "pools.json")  # a bad pools.json stops us here, with a sentence
+    SchedulerConfig.for_data_dir(data.path)  # and so does a bad scheduler.json
     os.umask(0o077)  # the platform's files (secrets, databases, logs) are its own; the hub inherits it
     data.ensure()
     identity = decide(data.users, opts.account_template)  # before anything starts: a SetupError names the folder
@@ -153,16 +156,15 @@ def up(opts: Options) -> int:
         print(f"skerry: single-user mode: {identity.reason}", file=sys.stderr, flush=True)
     data.admin_api_token  # created once (0600), reused on restart
     data.secret("admin-password", 12)
-    env = dict(
-        os.environ,
-        SKERRY_DATA_DIR=str(data.path),
-        SKERRY_IP=opts.ip,
-        SKERRY_PORT=str(opts.port),
-        SKERRY_PUBLIC_URL=public_url(opts),
-        SKERRY_PROXY_COMMAND=find_proxy(),
-        SKERRY_DEV="1" if opts.dev else "",
+    env = config.environment({
+        config.DATA_DIR.name: str(data.path),
+        config.IP.name: opts.ip,
+        config.PORT.name: str(opts.port),
+        config.PUBLIC_URL.name: public_url(opts),
+        config.PROXY_COMMAND.name: find_proxy(),
+        config.DEV.name: "1" if opts.dev else "",
         **identity.environment(),
-    )
+    })
     if opts.dev:
         print(
             "skerry: WARNING --dev: ANY user name and password logs in. "

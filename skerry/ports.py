@@ -30,13 +30,13 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import socket
 import threading
 from urllib.parse import parse_qs
 
-KEY_ENV = "SKERRY_IDENTITY_KEY"
+from . import config
+
 IDENTITY_PATH = "skerry-identity"  # under each endpoint's URL prefix
 ROLES = ("jupyter", "webdav")
 
@@ -137,9 +137,9 @@ def identity_wsgi(app, prefix: str, role: str = "webdav", key: str | None = None
                   user: str | None = None, server: str | None = None):
     """``app`` answering ``<prefix>/skerry-identity`` itself (key, user and server default to
     ``$SKERRY_IDENTITY_KEY``, ``$SKERRY_USER``, ``$SKERRY_SERVER``)."""
-    key = key if key is not None else os.environ.get(KEY_ENV, "")
-    user = user if user is not None else os.environ.get("SKERRY_USER", "")
-    server = server if server is not None else os.environ.get("SKERRY_SERVER", "")
+    key = key if key is not None else config.IDENTITY_KEY.get()
+    user = user if user is not None else config.USER.get() or ""
+    server = server if server is not None else config.SERVER.get()
     path = prefix.rstrip("/") + "/" + IDENTITY_PATH
 
     def wrapped(environ, start_response):
@@ -162,9 +162,9 @@ def tornado_handlers(base_url: str, role: str = "jupyter", key: str | None = Non
     """The Jupyter server's identity handler: ``web_app.add_handlers(".*$", tornado_handlers(base_url))``."""
     import tornado.web
 
-    key = key if key is not None else os.environ.get(KEY_ENV, "")
-    user = user if user is not None else os.environ.get("SKERRY_USER", "")
-    server = server if server is not None else os.environ.get("SKERRY_SERVER", "")
+    key = key if key is not None else config.IDENTITY_KEY.get()
+    user = user if user is not None else config.USER.get() or ""
+    server = server if server is not None else config.SERVER.get()
 
     class IdentityHandler(tornado.web.RequestHandler):  # plain tornado: no login, it reveals nothing
         def get(self):

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from helpers import pids_of, wait_for
-from skerry.hub.service.culler import INTERVAL_ENV, idle_servers
+from skerry.config import CULL_INTERVAL
+from skerry.hub.service.culler import idle_servers
 
 API = "/services/skerry/api/v1"
 POOLS = {"cpu": None, "gpu": None}  # no Dask: idle servers are the subject
@@ -58,7 +59,7 @@ def test_a_server_idle_past_its_profiles_timeout_is_stopped_and_one_of_zero_is_n
     data = tmp_path / "data"
     data.mkdir()
     (data / "pools.json").write_text(json.dumps(POOLS))
-    platform = make_platform(data_dir=data, env={**os.environ, INTERVAL_ENV: str(INTERVAL_S)}).start()
+    platform = make_platform(data_dir=data, env={**os.environ, CULL_INTERVAL.name: str(INTERVAL_S)}).start()
     for spec in (profile("quick", TIMEOUT_S), profile("forever", 0)):
         r = platform.api("POST", API + "/profiles", json=spec)
         assert r.status_code == 201, r.text

@@ -9,7 +9,8 @@ import time
 import fsspec
 import pytest
 
-from skerry.adaptors.config import ENV, read_config
+from skerry.adaptors.config import read_config
+from skerry.config import ADAPTORS
 from skerry.adaptors.specs import load_spec
 from skerry.adaptors.store import AccountStore, parse_credential
 from skerry.datadir import DataDir
@@ -19,13 +20,13 @@ from skerry.workload.owners import OwnerConfigs, adaptors_of
 
 @pytest.fixture
 def data(tmp_path, monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv(ADAPTORS.name, raising=False)
     d = DataDir(tmp_path / "data").ensure()
     for user in ("alice", "bob"):
         d.user_home(user).mkdir(parents=True)
         (d.user_home(user) / "who.txt").write_text(user)
     yield d
-    os.environ.pop(ENV, None)
+    os.environ.pop(ADAPTORS.name, None)
     from skerry.adaptors.federation import SkerryFileSystem
     SkerryFileSystem.clear_instance_cache()
 
@@ -71,7 +72,7 @@ def test_two_owners_jobs_never_overlap_in_one_process(data):
                     overlaps.append(user)
                 if inside[user] > 1:
                     same_owner_together.append(user)
-                assert os.environ[ENV] == paths[user]
+                assert os.environ[ADAPTORS.name] == paths[user]
             time.sleep(0.02)
             with lock:
                 inside[user] -= 1

@@ -37,6 +37,7 @@ from skerry.workload.models import Job, JobAttempt, Run, Task
 from skerry.workload.runner import Runner
 from skerry.workload.runs import Planner, start_run
 from skerry.workload.scheduler import Scheduler
+from skerry.workload.schedulerconfig import SchedulerConfig
 from skerry.workload.states import DEFAULT_RULES, Decision, RetryPolicy
 
 API = "/services/skerry/api/v1"
@@ -210,7 +211,7 @@ def test_a_notebook_step_over_100_files_and_a_failing_notebook_that_fails_only_i
     # the failing notebook's LookupError is never retried; anything else is, as on the platform
     # (a kernel can die at start when two workers' kernels race for one port: seen in CI)
     policy = RetryPolicy(rules={**DEFAULT_RULES, "LookupError": Decision.NO_RETRY}, limit=2, backoff=0.1)
-    sched = Scheduler(cat, Runner({"cpu": client}), planner=Planner(cat), policy=policy)
+    sched = Scheduler(cat, Runner({"cpu": client}), planner=Planner(cat), config=SchedulerConfig(retry=policy))
     sched.run(lambda: sched.run_done(good) and sched.run_done(bad), timeout=540)
 
     with cat.session() as s:

@@ -6,6 +6,7 @@ they read the same adaptors).
 """
 
 import hashlib
+import json
 import os
 import random
 import threading
@@ -23,7 +24,9 @@ from skerry.workload.models import File, Job, JobAttempt, JobInput, Task
 from skerry.workload.pools import DASK_CONFIG, NO_DASHBOARD
 from skerry.workload.runner import Pool, Runner
 from skerry.workload.runs import Planner, start_run
+from skerry.errors import ConfigError
 from skerry.workload.scheduler import Scheduler, SchedulerError
+from skerry.workload.schedulerconfig import SchedulerConfig
 from skerry.workload.states import RetryPolicy
 
 MD5OF = {"name": "md5of", "version": "1", "inputs": [{"name": "input", "type": "md5"}],
@@ -145,7 +148,7 @@ def dispatch_order(cat):
 def test_ranks_1_2_4_get_shares_within_5_percent_in_every_window_of_1000(tmp_path, client):
     cat = catalog(tmp_path)
     b, c = noop_task(cat, 2400, rank=2), noop_task(cat, 4800, rank=4)
-    sched = Scheduler(cat, Runner({"cpu": client}), window=25)
+    sched = Scheduler(cat, Runner({"cpu": client}), config=SchedulerConfig(window=25))
     while sched.dispatched < 300:
         sched.step(0.01)
     before = sched.dispatched
@@ -208,7 +211,7 @@ def test_a_job_that_always_fails_stops_after_its_retry_limit_with_its_error_clas
     cat.create_dataset("failing", location="skerry://home/failing")
     task = noop_task(cat, 3, module="fail", params={"error": "ValueError", "message": "bad row 7"},
                      output="failing")
-    sched = Scheduler(cat, Runner({"cpu": client}), policy=RetryPolicy(limit=2, backoff=0.05))
+    sched = Scheduler(cat, Runner({"cpu": client}), config=SchedulerConfig(retry=RetryPolicy(limit=2, backoff=0.05)))
     sched.run(lambda: sched.tasks_done([task]), timeout=120)
     with cat.session() as s:
         jobs = s.execute(select(Job.state, Job.attempts, Job.error_class)).all()
@@ -226,7 +229,8 @@ def test_a_job_that_always_fails_stops_after_its_retry_limit_with_its_error_clas
 def test_a_hung_job_is_timed_out_and_retried(tmp_path, client):
     cat = catalog(tmp_path)
     task = noop_task(cat, 2, module="sleep", params={"seconds": 3.0})
-    sched = Scheduler(cat, Runner({"cpu": client}), policy=RetryPolicy(limit=1, backoff=0.05), job_timeout=0.5)
+    sched = Scheduler(cat, Runner({"cpu": client}),
+                      config=SchedulerConfig(retry=RetryPolicy(limit=1, backoff=0.05), job_timeout=0.5))
     sched.run(lambda: sched.tasks_done([task]), timeout=120)
     with cat.session() as s:
         jobs = s.execute(select(Job.state, Job.attempts, Job.error_class)).all()
@@ -247,7 +251,7 @@ def test_killing_workers_at_random_loses_no_job_and_registers_no_output_twice(tm
     run = start_run(cat, "one", "chaos")
     with dask_client() as c:  # a cluster of its own: its workers are killed
         sched = Scheduler(cat, Runner({"cpu": c}), planner=Planner(cat),
-                          policy=RetryPolicy(limit=10, backoff=0.05))
+                          config=SchedulerConfig(retry=RetryPolicy(limit=10, backoff=0.05)))
         kills = []
         stop = threading.Event()
 
@@ -328,13 +332,15 @@ def test_a_restarted_scheduler_finishes_with_the_catalog_of_an_undisturbed_run(t
 
 def test_bad_settings_are_refused(tmp_path, client):
     cat = catalog(tmp_path)
-    with pytest.raises(SchedulerError, match="window"):
-        Scheduler(cat, Runner({"cpu": client}), window=0)
-    with pytest.raises(SchedulerError, match="timeout"):
-        Scheduler(cat, Runner({"cpu": client}), job_timeout=-1)
+    with pytest.raises(ConfigError, match="'window'"):
+        SchedulerConfig(window=0)
+    with pytest.raises(ConfigError, match="'job_timeout'"):
+        SchedulerConfig(job_timeout=-1)
     for bad in (-0.1, float("nan"), "0.05", True):
-        with pytest.raises(SchedulerError, match="batch time"):
-            Scheduler(cat, Runner({"cpu": client}), batch_time=bad)
+        with pytest.raises(ConfigError, match="'batch_time'"):
+            SchedulerConfig(batch_time=bad)
+    with pytest.raises(SchedulerError, match="SchedulerConfig"):
+        Scheduler(cat, Runner({"cpu": client}), config={"window": 2})
     sched = Scheduler(cat, Runner({"cpu": client}))
     with pytest.raises(SchedulerError, match="rank"):
         sched.set_rank(1, 0)
@@ -383,7 +389,7 @@ def test_a_job_kept_off_a_pool_moves_to_another_and_fails_when_none_is_left(tmp_
     cat = catalog(tmp_path)
     task = noop_task(cat, 1, module="fail", params={"error": "MemoryError"})
     policy = RetryPolicy.from_dict({"rules": {"MemoryError": "another_pool"}, "backoff": 0.05})
-    sched = Scheduler(cat, Runner({"cpu": Pool(client), "big": Pool(client)}), policy=policy)
+    sched = Scheduler(cat, Runner({"cpu": Pool(client), "big": Pool(client)}), config=SchedulerConfig(retry=policy))
     sched.run(lambda: sched.tasks_done([task]), timeout=60)
     with cat.session() as s:
         pools = s.execute(select(JobAttempt.pool, JobAttempt.error_class).order_by(JobAttempt.number)).all()
@@ -396,8 +402,8 @@ def test_retries_raise_a_tasks_rank_up_to_the_cap(tmp_path, client):
 
     cat = catalog(tmp_path)
     task = noop_task(cat, 6, rank=2, module="fail")
-    sched = Scheduler(cat, Runner({"cpu": client}), policy=RetryPolicy(limit=2, backoff=0.01),
-                      rank=RankParams(beta=1.0, cap=5.0), rank_interval=0.01)
+    sched = Scheduler(cat, Runner({"cpu": client}), config=SchedulerConfig(retry=RetryPolicy(limit=2, backoff=0.01),
+                      rank=RankParams(beta=1.0, cap=5.0), rank_interval=0.01))
     sched.run(lambda: sched.tasks_done([task]), timeout=60)
     sched.step()
     with cat.session() as s:
@@ -412,7 +418,8 @@ def test_a_task_cancelled_in_the_catalog_leaves_the_scheduler_and_stays_cancelle
     cat = catalog(tmp_path)
     failing = noop_task(cat, 2, module="fail")  # retried only after 600 s: they wait in retry_due
     sleeping = noop_task(cat, 30, module="sleep", params={"seconds": 0.5})
-    sched = Scheduler(cat, Runner({"cpu": client}), policy=RetryPolicy(limit=3, backoff=600, max_backoff=600))
+    sched = Scheduler(cat, Runner({"cpu": client}),
+                      config=SchedulerConfig(retry=RetryPolicy(limit=3, backoff=600, max_backoff=600)))
     while len(sched.retry_due) < 2 or not any(live.task == sleeping for live in sched.live.values()):
         sched.step(0.01)
     Workload(cat).cancel(failing, None)
@@ -454,9 +461,21 @@ def test_a_finished_attempt_whose_end_event_never_comes_is_gathered_once(client)
     assert runner.in_flight() == 0
 
 
+def test_a_scheduler_json_in_the_data_dir_changes_the_scheduler(tmp_path, client):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 1, module="sleep", params={"seconds": 2.0})
+    assert SchedulerConfig.for_data_dir(tmp_path).job_timeout is None  # no file: no limit
+    (tmp_path / "scheduler.json").write_text(json.dumps({"job_timeout": 0.5, "retry": {"limit": 0}}))
+    sched = Scheduler(cat, Runner({"cpu": client}), config=SchedulerConfig.for_data_dir(tmp_path))
+    sched.run(lambda: sched.tasks_done([task]), timeout=60)
+    with cat.session() as s:
+        assert s.execute(select(Job.state, Job.attempts, Job.error_class)).all() == [("failed", 1, "timeout")]
+    time.sleep(2)  # let the hung thread return before the next test uses the workers
+
+
 def test_a_horizon_that_is_not_a_positive_number_is_refused(tmp_path, client):
-    with pytest.raises(SchedulerError, match="horizon"):
-        Scheduler(catalog(tmp_path), Runner({"cpu": client}), horizon=0)
+    with pytest.raises(ConfigError, match="'horizon'"):
+        SchedulerConfig(horizon=0)
 
 
 # ---- batches: several short jobs in one Dask task ----
@@ -483,7 +502,7 @@ def test_short_jobs_share_batches_and_each_keeps_its_own_attempt(tmp_path, clien
     cat = catalog(tmp_path)
     task = noop_task(cat, 300)
     runner = RecordingRunner({"cpu": client})
-    sched = Scheduler(cat, runner, batch_time=1.0)
+    sched = Scheduler(cat, runner, config=SchedulerConfig(batch_time=1.0))
     sched.run(lambda: sched.tasks_done([task]), timeout=120)
     assert max(len(b) for b in runner.sent) > 1  # measured as short: they went together
     assert len(runner.sent[0]) == 1  # not measured yet: alone
@@ -502,7 +521,7 @@ def test_cancelling_a_task_drops_only_its_jobs_from_the_batches_it_shares(tmp_pa
     a = noop_task(cat, 150, module="sleep", params={"seconds": 0.02})
     b = noop_task(cat, 150, module="sleep", params={"seconds": 0.02})
     runner = RecordingRunner({"cpu": client})
-    sched = Scheduler(cat, runner, batch_time=1.0, window=10)
+    sched = Scheduler(cat, runner, config=SchedulerConfig(batch_time=1.0, window=10))
     task_of = task_of_jobs(cat)
 
     def shared():  # a batch in flight with jobs of both tasks still to run
@@ -540,7 +559,8 @@ def test_a_worker_killed_mid_batch_loses_only_the_jobs_of_it_not_reported_yet(tm
     task = noop_task(cat, 100, module="sleep", params={"seconds": 0.1})
     with dask_client() as c:  # a cluster of its own: a worker is killed
         runner = RecordingRunner({"cpu": c})
-        sched = Scheduler(cat, runner, batch_time=2.0, window=10, policy=RetryPolicy(limit=5, backoff=0.05))
+        sched = Scheduler(cat, runner, config=SchedulerConfig(batch_time=2.0, window=10,
+                                                              retry=RetryPolicy(limit=5, backoff=0.05)))
 
         def half_done():  # a batch of which some jobs succeeded and several still run
             for batch in runner.sent:
@@ -594,8 +614,8 @@ def test_a_hung_job_does_not_hold_the_jobs_behind_it_in_its_batch(tmp_path, home
                                                        "params": {"holds": str(holds)}}]})
     start_run(cat, "one", "held")
     runner = RecordingRunner({"cpu": client})
-    sched = Scheduler(cat, runner, planner=Planner(cat), batch_time=5.0, job_timeout=1.0,
-                      policy=RetryPolicy(limit=0))
+    sched = Scheduler(cat, runner, planner=Planner(cat), config=SchedulerConfig(batch_time=5.0, job_timeout=1.0,
+                                                                       retry=RetryPolicy(limit=0)))
 
     def let_go(job):
         with cat.session() as s:

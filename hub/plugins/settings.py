@@ -1,4 +1,5 @@
-"""The JupyterHub configuration of ``skerry up``, built from the environment it sets.
+"""The JupyterHub configuration of ``skerry up``, built from the environment it sets
+(``skerry.config`` names and reads every variable).
 
 ``skerry up`` sets ``SKERRY_DATA_DIR``, ``SKERRY_IP``, ``SKERRY_PORT``,
 ``SKERRY_PUBLIC_URL``, ``SKERRY_PROXY_COMMAND``, ``SKERRY_DEV`` and who runs the users'
@@ -10,12 +11,10 @@ here, never passed through the environment or arguments.
 import os
 import sys
 
-from skerry.adaptors.store import KEY_ENV as CRYPT_KEY_ENV
+from skerry import config
 from skerry.datadir import DataDir
-from skerry.hub.service.culler import INTERVAL_ENV as CULL_ENV
 from skerry.hub.plugins.admin_pages import TEMPLATES as PAGE_TEMPLATES
 from skerry.hub.plugins.admin_pages import handlers as page_handlers
-from skerry.identity import SINGLE_USER_ENV, TEMPLATE_ENV
 
 SERVICE_NAME = "skerry"
 ADMIN_SERVICE_NAME = "skerry-admin"
@@ -26,12 +25,12 @@ USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
 def configure(c) -> None:
-    data = DataDir(os.environ["SKERRY_DATA_DIR"]).ensure()
+    data = DataDir(config.DATA_DIR.require()).ensure()
     ports = data.ports()
-    public_url = os.environ["SKERRY_PUBLIC_URL"]
+    public_url = config.PUBLIC_URL.require()
 
-    c.JupyterHub.ip = os.environ.get("SKERRY_IP", "127.0.0.1")
-    c.JupyterHub.port = int(os.environ.get("SKERRY_PORT", "8000"))
+    c.JupyterHub.ip = config.IP.get()
+    c.JupyterHub.port = config.PORT.get()
     c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.hub_port = ports["hub"]
     c.JupyterHub.db_url = data.db_url
@@ -42,7 +41,7 @@ def configure(c) -> None:
     c.JupyterHub.cleanup_proxy = True
 
     c.JupyterHub.proxy_class = "skerry"
-    c.ConfigurableHTTPProxy.command = [os.environ["SKERRY_PROXY_COMMAND"]]
+    c.ConfigurableHTTPProxy.command = [config.PROXY_COMMAND.require()]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{ports['proxy_api']}"
     c.ConfigurableHTTPProxy.auth_token = data.secret("proxy-auth-token")
     c.ConfigurableHTTPProxy.pid_file = str(data.run / "proxy.pid")
@@ -61,14 +60,14 @@ def configure(c) -> None:
     c.JupyterHub.allow_named_servers = True
     # a dead micro-infrastructure is noticed within seconds; a poll is one kill(pid, 0)
     c.Spawner.poll_interval = 10
-    single_user = os.environ.get(SINGLE_USER_ENV, "")
+    single_user = config.SINGLE_USER.get() or ""
     c.SkerrySpawner.switch_users = not single_user
     if single_user and os.geteuid() == 0:  # root without the right to switch (a container): Jupyter asks
         c.Spawner.args = ["--allow-root"]
-    if os.environ.get(TEMPLATE_ENV):
-        c.SkerrySpawner.account_template = os.environ[TEMPLATE_ENV]
+    if config.ACCOUNT_TEMPLATE.get():
+        c.SkerrySpawner.account_template = config.ACCOUNT_TEMPLATE.get()
 
-    if os.environ.get("SKERRY_DEV"):
+    if config.DEV.get():
         c.JupyterHub.authenticator_class = "dummy"
         c.Authenticator.allow_all = True
     else:
@@ -93,12 +92,11 @@ def configure(c) -> None:
             "url": service_url,
             "command": [sys.executable, "-m", "skerry.hub.service.app"],
             "environment": {
-                "SKERRY_DATA_DIR": str(data.path),
-                "SKERRY_PUBLIC_URL": public_url,
-                # the idle culler's check interval, where set (tests)
-                **({CULL_ENV: os.environ[CULL_ENV]} if os.environ.get(CULL_ENV) else {}),
-                # the credentials key, when the admin keeps it outside the data dir
-                **({CRYPT_KEY_ENV: os.environ[CRYPT_KEY_ENV]} if os.environ.get(CRYPT_KEY_ENV) else {}),
+                config.DATA_DIR.name: str(data.path),
+                config.PUBLIC_URL.name: public_url,
+                # the idle culler's check interval, where set (tests); the credentials key,
+                # when the admin keeps it outside the data dir
+                **config.forward(config.CULL_INTERVAL, config.CRYPT_KEY),
             },
             "display": False,
             "oauth_no_confirm": True,
@@ -108,10 +106,9 @@ def configure(c) -> None:
             "name": SCHEDULER_NAME,
             "command": [sys.executable, "-m", "skerry.workload.manager"],
             "environment": {
-                "SKERRY_DATA_DIR": str(data.path),
+                config.DATA_DIR.name: str(data.path),
                 # the users' accounts: each one's jobs run on a Dask cluster of that account
-                **({TEMPLATE_ENV: os.environ[TEMPLATE_ENV]} if os.environ.get(TEMPLATE_ENV) else {}),
-                **({CRYPT_KEY_ENV: os.environ[CRYPT_KEY_ENV]} if os.environ.get(CRYPT_KEY_ENV) else {}),
+                **config.forward(config.ACCOUNT_TEMPLATE, config.CRYPT_KEY),
             },
             "display": False,
         },

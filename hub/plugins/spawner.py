@@ -60,9 +60,9 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from jupyterhub.utils import maybe_future
 from traitlets import Any, Bool, Integer, Unicode, default
 
+from skerry import config
 from skerry.accounts import (SAFE_PATH, Account, AccountError, AccountPolicy, become, can_switch_users,
                              ensure_account, give, lock_account, share_folder)
-from skerry.adaptors.config import ENV as ADAPTORS_ENV
 from skerry.adaptors.config import write_config
 from skerry.adaptors.store import AccountStore
 from skerry.errors import ConfigError
@@ -73,7 +73,6 @@ from skerry.process import descendants, group_members, is_running, kill_group, s
 
 from skerry.hub.plugins import spawn_form
 from skerry.limits import Enforcement, Limits, cpu_seconds
-from skerry.ports import KEY_ENV as IDENTITY_KEY_ENV
 from skerry.ports import IdentityError, WrongServer, check_identity, new_key, port_leases
 from skerry.hub.stores.profiles import ProfileStore, allowed
 from skerry.hub.stores.quotas import QuotaExceeded, QuotaStore
@@ -100,7 +99,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     @default("data_dir")
     def _default_data_dir(self):
-        return os.environ.get("SKERRY_DATA_DIR", "")
+        return str(config.DATA_DIR.get() or "")
 
     handover_dir = Unicode(
         "",
@@ -352,24 +351,25 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     def get_env(self):
         env = super().get_env()
-        env["SKERRY_DAV_PORT"] = str(self.dav_port)
-        env["SKERRY_DAV_PREFIX"] = self.dav_prefix
-        env["SKERRY_USER"] = self.user.name
-        env["SKERRY_SERVER"] = self.name or ""
-        env[IDENTITY_KEY_ENV] = self.identity_key
-        env[ADAPTORS_ENV] = self.adaptors_file
+        env[config.DAV_PORT.name] = str(self.dav_port)
+        env[config.DAV_PREFIX.name] = self.dav_prefix
+        env[config.USER.name] = self.user.name
+        env[config.SERVER.name] = self.name or ""
+        env[config.IDENTITY_KEY.name] = self.identity_key
+        env[config.ADAPTORS.name] = self.adaptors_file
         if self.accounts_dir:
             # the file may not exist yet: no keys, no JWT accepted
-            env["SKERRY_JWT_KEYS"] = str(self.account_store.jwt_keys_file(self.user.name))
+            env[config.JWT_KEYS.name] = str(self.account_store.jwt_keys_file(self.user.name))
         # our Jupyter config first: it enables the skerry server extension
-        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
-            p for p in (JUPYTER_CONFIG_DIR, env.get("JUPYTER_CONFIG_PATH")) if p)
+        env[config.JUPYTER_CONFIG_PATH.name] = os.pathsep.join(
+            p for p in (JUPYTER_CONFIG_DIR, env.get(config.JUPYTER_CONFIG_PATH.name)) if p)
         # the skerry kernels first: "Python 3 (skerry)" and "Python 3 (skerry, GPU)"
-        env["JUPYTER_PATH"] = os.pathsep.join(p for p in (JUPYTER_PATH_DIR, env.get("JUPYTER_PATH")) if p)
-        if os.environ.get("SKERRY_PUBLIC_URL"):
-            env["SKERRY_URL"] = os.environ["SKERRY_PUBLIC_URL"].rstrip("/")
+        env[config.JUPYTER_PATH.name] = os.pathsep.join(
+            p for p in (JUPYTER_PATH_DIR, env.get(config.JUPYTER_PATH.name)) if p)
+        if config.PUBLIC_URL.get():
+            env[config.URL.name] = config.PUBLIC_URL.get().rstrip("/")
         if self.profile:
-            env["SKERRY_PROFILE"] = self.profile["slug"]
+            env[config.PROFILE.name] = self.profile["slug"]
         return env
 
     async def run_pre_spawn_hook(self):

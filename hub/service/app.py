@@ -22,7 +22,6 @@ dependencies ask for.
 
 import asyncio
 import contextlib
-import os
 import sys
 from urllib.parse import quote, urlparse
 
@@ -43,6 +42,9 @@ from skerry.hub.service.toolkit import API, PREFIX, ApiError, error_response  # 
 from skerry.hub.service.workload import open_catalog
 from skerry.hub.stores.profiles import ProfileStore
 from skerry.hub.stores.quotas import shared_store
+from skerry import config
+
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000/"  # a service started without skerry up (tests)
 
 CACHE_SECONDS = 5
 ROUTES = (infrastructure, clusters, users, workload, profiles, quotas)  # each module's ``router``
@@ -53,7 +55,7 @@ class Hub:
 
     def __init__(self):
         self.auth = HubAuth(cache_max_age=CACHE_SECONDS)
-        self.public_url = os.environ.get("SKERRY_PUBLIC_URL", "http://127.0.0.1:8000/").rstrip("/")
+        self.public_url = (config.PUBLIC_URL.get() or DEFAULT_PUBLIC_URL).rstrip("/")
         self.client = httpx.AsyncClient(
             base_url=self.auth.api_url.rstrip("/") + "/",
             headers={"Authorization": f"token {self.auth.api_token}"},
@@ -91,12 +93,12 @@ class Services:
 
     def catalog(self):
         if self._catalog is None:
-            self._catalog = open_catalog(os.environ["SKERRY_DATA_DIR"])
+            self._catalog = open_catalog(config.DATA_DIR.require())
         return self._catalog
 
     def profiles(self) -> ProfileStore:
         if self._profiles is None:
-            self._profiles = ProfileStore.for_data_dir(os.environ["SKERRY_DATA_DIR"])
+            self._profiles = ProfileStore.for_data_dir(config.DATA_DIR.require())
         return self._profiles
 
     def quotas(self):
@@ -104,7 +106,7 @@ class Services:
 
     def accounts(self) -> tuple[AccountStore, DataDir]:
         if self._accounts is None:
-            data = DataDir(os.environ["SKERRY_DATA_DIR"])
+            data = DataDir(config.DATA_DIR.require())
             self._accounts = AccountStore.for_data_dir(data), data
         return self._accounts
 
@@ -163,13 +165,13 @@ def main() -> int:
     import uvicorn
 
     die_with_parent()  # a hub killed with SIGKILL must not leave its service holding the port
-    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    catalog = open_catalog(os.environ["SKERRY_DATA_DIR"])  # migrated before the first request
-    config = uvicorn.Config(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning")
+    url = urlparse(config.HUB_SERVICE_URL.require())
+    catalog = open_catalog(config.DATA_DIR.require())  # migrated before the first request
+    server = uvicorn.Config(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning")
     # idle servers stopped beside the API; the hub stops its services with SIGINT, which uvicorn
     # raises again once shut down (as uvicorn.run, nothing to report)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(culler.beside(uvicorn.Server(config).serve()))
+        asyncio.run(culler.beside(uvicorn.Server(server).serve()))
     return 0
 
 

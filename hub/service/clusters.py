@@ -21,13 +21,13 @@ as nobody); 404 ``no_pool`` for a pool the platform does not run; 409 ``account_
 
 from __future__ import annotations
 
-import os
 
 from fastapi import APIRouter, Depends
 
 from skerry.errors import SkerryError
 
 from skerry.hub.service.toolkit import API, ApiError, caller, in_thread
+from skerry import config
 
 STATUS = {"no_pool": 404, "account_locked": 409, "bad_request": 400}
 
@@ -42,7 +42,7 @@ async def user_clusters(who: dict = Depends(caller)):
     from skerry.workload.pools import load_pools
     from skerry.workload.userpools import running_clusters
 
-    data = DataDir(os.environ["SKERRY_DATA_DIR"])
+    data = DataDir(config.DATA_DIR.require())
     try:
         pools = await in_thread(load_pools, data.path / "pools.json")
     except SkerryError as e:
@@ -59,6 +59,6 @@ async def user_cluster(pool: str, who: dict = Depends(caller)):
     if who.get("kind") != "user":
         raise ApiError(403, "not_a_user", "Only a user has a Dask cluster: use a user's token.")
     try:
-        return await in_thread(ask, os.environ["SKERRY_DATA_DIR"], who["name"], pool)
+        return await in_thread(ask, config.DATA_DIR.require(), who["name"], pool)
     except SkerryError as e:
         raise ApiError(STATUS.get(e.code, 503), e.code, e.message) from None

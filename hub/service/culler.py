@@ -21,28 +21,29 @@ Rules:
 
 import asyncio
 import logging
-import os
 import sys
 from datetime import datetime, timezone
 from urllib.parse import quote
 
 import httpx
 
+from skerry import config
+from skerry.errors import ConfigError
 from skerry.hub.service.hubapi import every_item
 
-INTERVAL_S = 30.0
-INTERVAL_ENV = "SKERRY_CULL_INTERVAL"
+INTERVAL_S = config.CULL_INTERVAL.default
 
 log = logging.getLogger("skerry.culler")
 
 
 def interval() -> float:
-    """Seconds between passes: ``$SKERRY_CULL_INTERVAL`` if a positive number, else INTERVAL_S."""
+    """Seconds between passes: ``$SKERRY_CULL_INTERVAL`` if a positive number, else INTERVAL_S
+    (a bad value is logged)."""
     try:
-        value = float(os.environ.get(INTERVAL_ENV, ""))
-    except ValueError:
+        return config.CULL_INTERVAL.get()
+    except ConfigError as e:  # a typo must not stop the culler: it says so and keeps the default
+        log.warning("%s; checking every %s s", e, INTERVAL_S)
         return INTERVAL_S
-    return value if value > 0 else INTERVAL_S
 
 
 def _time(text: str | None) -> datetime | None:
@@ -94,8 +95,8 @@ async def cull_once(client: httpx.AsyncClient, now: datetime | None = None) -> l
 
 def _client() -> httpx.AsyncClient:
     """A client of the hub's REST API with this service's token (the hub's service environment)."""
-    return httpx.AsyncClient(base_url=os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/",
-                             headers={"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}"},
+    return httpx.AsyncClient(base_url=config.HUB_API_URL.require().rstrip("/") + "/",
+                             headers={"Authorization": f"token {config.HUB_API_TOKEN.require()}"},
                              timeout=30)
 
 

@@ -27,10 +27,10 @@ Rules:
   of ``DIR/users/<user>``), other adaptors ``"not measured"`` (``hub.stores.usage``).
 """
 
-import os
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from skerry import config
 from skerry.adaptors.store import AccountStore
 from skerry.datadir import DataDir
 from skerry.errors import NotFound, SkerryError
@@ -57,7 +57,7 @@ _call = calling(_refusal)  # store calls in a worker thread (SQLite waits, folde
 
 
 def _data_dir() -> str:
-    return os.environ["SKERRY_DATA_DIR"]
+    return str(config.DATA_DIR.require())
 
 
 def _other_adaptors(users: list[str]) -> dict[str, list[str]]:

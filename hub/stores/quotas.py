@@ -50,6 +50,7 @@ from skerry.errors import ConfigError, Forbidden, NotFound
 
 from skerry.hub.stores.profiles import Memory
 from skerry.hub.stores.sqlitefile import SQLiteFile
+from skerry import config
 
 KINDS = ("user", "group")
 LIMITS = ("servers", "cpu", "memory", "gpus", "queued_jobs")
@@ -411,7 +412,7 @@ _shared_lock = threading.Lock()
 
 def shared_store(data_dir: str | os.PathLike | None = None) -> QuotaStore:
     """One store per data dir in this process (default: ``$SKERRY_DATA_DIR``), for the service's routers."""
-    path = str(Path(data_dir or os.environ["SKERRY_DATA_DIR"]).expanduser().resolve())
+    path = str(Path(data_dir or config.DATA_DIR.require()).expanduser().resolve())
     with _shared_lock:
         if path not in _shared:
             _shared[path] = QuotaStore.for_data_dir(path)

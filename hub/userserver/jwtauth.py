@@ -32,12 +32,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from skerry.errors import ApiError
+from skerry import config
 
 log = logging.getLogger("skerry.dav.jwt")
 
-KEYS_ENV = "SKERRY_JWT_KEYS"
-AUDIENCE_ENV = "SKERRY_JWT_AUDIENCE"
-DEFAULT_AUDIENCE = "skerry"
+DEFAULT_AUDIENCE = config.JWT_AUDIENCE.default
 ALGORITHMS = ("RS256", "ES256")
 REQUIRED_CLAIMS = ("exp", "aud", "sub")
 LEEWAY = 30  # seconds
@@ -151,8 +150,7 @@ class JwtVerifier:
 
     @classmethod
     def from_env(cls, owner: str) -> "JwtVerifier":
-        return cls(owner, KeyFile(os.environ.get(KEYS_ENV)),
-                   os.environ.get(AUDIENCE_ENV) or DEFAULT_AUDIENCE)
+        return cls(owner, KeyFile(config.JWT_KEYS.get()), config.JWT_AUDIENCE.get())
 
     def verify(self, token: str) -> dict:
         """The claims of a token that admits its bearer to ``owner``'s endpoint, else JwtRefused."""

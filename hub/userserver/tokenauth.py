@@ -18,11 +18,11 @@ someone else, or a wrong user name: 403. Refusals name the reason, never the tok
 
 import base64
 import logging
-import os
 
 from jupyterhub.services.auth import HubAuth
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from skerry import config
 from skerry.hub.userserver.jwtauth import JwtRefused, JwtVerifier, looks_like_jwt
 
 log = logging.getLogger("skerry.dav")
@@ -125,4 +125,4 @@ class HubTokenAuthenticator(BaseMiddleware):
 
 
 def owner_from_env() -> str:
-    return os.environ["SKERRY_USER"]
+    return config.USER.require()

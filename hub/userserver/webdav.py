@@ -7,12 +7,12 @@ and JupyterHub's ``JUPYTERHUB_API_URL``/``JUPYTERHUB_API_TOKEN``.
 Serves with cheroot on 127.0.0.1 until SIGTERM/SIGINT.
 """
 
-import os
 import signal
 import sys
 
 from cheroot import wsgi
 
+from skerry import config
 from skerry.adaptors.davprovider import FederationProvider
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.webdav import BLOCK_SIZE, make_dav_app
@@ -28,7 +28,7 @@ BACKLOG = 1024
 
 
 def build_server(port: int = 0) -> wsgi.Server:
-    mount = os.environ["SKERRY_DAV_PREFIX"].rstrip("/")
+    mount = config.DAV_PREFIX.require().rstrip("/")
     app = make_dav_app(
         FederationProvider(SkerryFileSystem(), block_size=BLOCK_SIZE),
         mount,
@@ -46,7 +46,7 @@ def build_server(port: int = 0) -> wsgi.Server:
 
 def main() -> int:
     die_with_parent()  # never outlive the micro-infrastructure process
-    server = build_server(int(os.environ["SKERRY_DAV_PORT"]))
+    server = build_server(config.DAV_PORT.require())
 
     def stop(signum, frame):
         raise SystemExit(0)  # unwinds serve(); stop() below closes the socket and workers

@@ -20,7 +20,6 @@ Rules:
           └── PlatformUnreachable   nothing answered at the URL
 """
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote, urlparse
@@ -28,6 +27,7 @@ from urllib.parse import quote, urlparse
 import httpx
 
 from ..errors import ApiError, SkerryError
+from .. import config
 
 __all__ = ["Client", "ClientError", "ApiRefused", "PlatformUnreachable", "DEFAULT_URL", "API"]
 
@@ -57,7 +57,7 @@ def _token(token_file: str | None) -> str:
         if not token:
             raise ClientError(f"the token file {token_file} is empty")
         return token
-    token = os.environ.get("SKERRY_TOKEN", "").strip()
+    token = config.TOKEN.get() or ""
     if not token:
         raise ClientError("no token: set SKERRY_TOKEN to a hub API token, or give --token-file FILE "
                           "(e.g. DATA_DIR/secrets/admin-api-token)")
@@ -82,7 +82,7 @@ class Client:
     @classmethod
     def connect(cls, url: str | None = None, token_file: str | None = None) -> "Client":
         """A client for ``url`` (or ``$SKERRY_URL``, or the default) with the token of the rules."""
-        return cls(url or os.environ.get("SKERRY_URL") or DEFAULT_URL, _token(token_file))
+        return cls(url or config.URL.get() or DEFAULT_URL, _token(token_file))
 
     def close(self) -> None:
         self._http.close()

@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..config import CLUSTER_HOLD
 from ..accounts import Account, clean_environment, give, share_folder, switch_kwargs
 from ..errors import ConfigError, SkerryError
 
@@ -96,7 +97,6 @@ _PR_SET_CHILD_SUBREAPER = 36
 FILES = {"ca": "ca.pem", "cluster": ("cluster.pem", "cluster-key.pem"),
          "user": ("user.pem", "user-key.pem"), "platform": ("platform.pem", "platform-key.pem")}
 SPEC_FIELDS = ("workers", "threads", "memory", "resources", "devices")
-HOLD_ENV = "SKERRY_CLUSTER_HOLD"  # the fd a cluster process waits on until the platform set its limits
 
 
 class ClusterError(SkerryError):
@@ -291,7 +291,7 @@ def _launch(role: str, args: list[str], account: Account, env: dict[str, str], w
     command = [sys.executable, "-m", "skerry.workload.clusters", role, *args]
     hold, go = os.pipe()  # the wrapper reads ``hold`` until we close ``go``
     try:
-        process = subprocess.Popen(command, cwd=work, env={**env, **(extra_env or {}), HOLD_ENV: str(hold)},
+        process = subprocess.Popen(command, cwd=work, env={**env, **(extra_env or {}), CLUSTER_HOLD.name: str(hold)},
                                    stdin=stdin, stdout=stdout or log, stderr=log, close_fds=True,
                                    pass_fds=(hold,),
                                    start_new_session=True,  # the terminal's ^C goes to the platform only
@@ -749,11 +749,11 @@ def _main(argv: list[str]) -> None:
 
     from ..process import die_with_parent
 
-    hold = os.environ.pop(HOLD_ENV, None)
+    hold = CLUSTER_HOLD.pop()
     if hold is not None:  # wait (reading to EOF) until the platform put us under the cluster's limits
-        while os.read(int(hold), 64):
+        while os.read(hold, 64):
             pass
-        os.close(int(hold))
+        os.close(hold)
     if not argv or argv[0] not in ROLES:
         sys.exit(f"usage: python -m skerry.workload.clusters {'|'.join(ROLES)} [dask options]")
     if os.geteuid() == 0:

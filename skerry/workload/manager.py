@@ -6,7 +6,8 @@ with the hub and restarted by it if it exits. It:
 1. takes the data dir's lock (``run/scheduler.lock``): one scheduler per catalog, so a
    manager that starts while the one before it still stops waits for it;
 2. opens the catalog (``DIR/catalog.sqlite``), migrated to the newest schema;
-3. runs the jobs on the pools of ``DIR/pools.json`` (``skerry.workload.pools``), each job
+3. runs the jobs on the pools of ``DIR/pools.json`` (``skerry.workload.pools``), with the
+   scheduler's settings of ``DIR/scheduler.json`` (``skerry.workload.schedulerconfig``), each job
    with its owner's adaptors (``skerry.workload.owners``): with accounts, on a Dask
    cluster of the owner's own carved from the pool, started on demand and stopped when
    idle (``userpools``); on a single-user platform, on the pools started here. It
@@ -40,11 +41,11 @@ STEP_WAIT = 0.05  # seconds a step waits for news from the pools when jobs are i
 class Manager:
     """The pools, runner, scheduler and planner of one data dir (module docstring)."""
 
-    def __init__(self, data_dir: str, *, pools_file: str | None = None, scheduler_options: dict | None = None,
+    def __init__(self, data_dir: str, *, pools_file: str | None = None, scheduler_config=None,
                  idle_after: float | None = None):
         self.data_dir = data_dir
         self.pools_file = pools_file or os.path.join(data_dir, "pools.json")
-        self.options = scheduler_options or {}
+        self.config = scheduler_config  # a SchedulerConfig; None: DIR/scheduler.json's, read at start
         self.idle_after = idle_after
         self.stopping = False
         self.clusters: list = []  # a single-user platform's shared pools
@@ -60,10 +61,13 @@ class Manager:
         from .pools import DASK_CONFIG, load_pools
         from .runs import Planner
         from .scheduler import Scheduler
+        from .schedulerconfig import SchedulerConfig
 
         import distributed  # noqa: F401 - its config defaults must be there before ours is set
 
         specs = load_pools(self.pools_file)
+        if self.config is None:  # a bad file stops us here, with a sentence naming the field
+            self.config = SchedulerConfig.for_data_dir(self.data_dir)
         catalog = Catalog.for_data_dir(self.data_dir)
         catalog.upgrade()
         self.asks = serve(self.data_dir, self.cluster_for)
@@ -76,7 +80,7 @@ class Manager:
         self.runner = self._user_pools(specs, policy) if policy else self._shared_pools(specs)
         owners = OwnerConfigs(self.data_dir, policy)
         self.scheduler = Scheduler(catalog, self.runner, planner=Planner(catalog), adaptors_of=owners.path,
-                                   **self.options)
+                                   config=self.config)
         for name in specs:
             kind = "local" if specs[name].local else specs[name].address
             whose = "a cluster per user" if policy else "shared"
@@ -141,10 +145,10 @@ class Manager:
 def account_policy():
     """The accounts of the platform's users (``$SKERRY_ACCOUNT_TEMPLATE``, set by ``skerry up``
     where it can switch users), or None: a single-user platform."""
+    from .. import config
     from ..accounts import AccountPolicy
-    from ..identity import TEMPLATE_ENV
 
-    template = os.environ.get(TEMPLATE_ENV)
+    template = config.ACCOUNT_TEMPLATE.get()
     return AccountPolicy(template=template) if template else None
 
 
@@ -169,7 +173,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     log.setLevel(logging.INFO)
-    data_dir = os.environ["SKERRY_DATA_DIR"]
+    from .. import config
+
+    data_dir = str(config.DATA_DIR.require())
     held = lock(data_dir)
     manager = Manager(data_dir)
 

@@ -25,7 +25,8 @@ import os
 import threading
 from contextlib import contextmanager
 
-from ..adaptors.config import ENV, write_config
+from .. import config
+from ..adaptors.config import write_config
 
 __all__ = ["OwnerConfigs", "adaptors_of"]
 
@@ -74,10 +75,10 @@ def adaptors_of(path: str | None):
         return
     with _gate:
         _gate.wait_for(lambda: _running == 0 or _current == path)
-        if _current != path or os.environ.get(ENV) != path:
+        if _current != path or config.ADAPTORS.get() != path:
             from ..adaptors.federation import SkerryFileSystem
 
-            os.environ[ENV] = path
+            config.ADAPTORS.set(path)
             SkerryFileSystem.clear_instance_cache()  # built from the previous owner's file
             _current = path
         _running += 1

@@ -1,6 +1,6 @@
 """The scheduler loop: the catalog is the queue, Dask runs a bounded window of it.
 
-    sched = Scheduler(catalog, runner, planner=Planner(catalog))
+    sched = Scheduler(catalog, runner, planner=Planner(catalog))   # config=SchedulerConfig(...): the tunables
     sched.run(until=lambda: sched.run_done(run_id), timeout=600)   # or sched.step() in a loop
 
 Each ``step()``:
@@ -72,6 +72,7 @@ from . import states as S
 from .bulk import Bulk
 from .models import Dataset, File, Job, JobAttempt, JobInput, Module, Run, Task
 from .runner import Beat, Finished, JobSpec, Runner, Started
+from .schedulerconfig import SchedulerConfig
 
 __all__ = ["Scheduler", "SchedulerError", "NO_OUTPUT"]
 
@@ -162,25 +163,18 @@ def _chunks(ids: list, n: int = _CHUNK):
 class Scheduler:
     """Feeds the catalog's queued jobs to the runner's pools (see the module docstring)."""
 
-    def __init__(self, catalog, runner: Runner, *, planner=None, policy: S.RetryPolicy = S.DEFAULT_POLICY,
-                 rank: S.RankParams = S.RankParams(), window: float = 2.0, job_timeout: float | None = None,
-                 heartbeat: float = 5.0, heartbeat_timeout: float = 60.0, rank_interval: float = 10.0,
-                 plan_interval: float = 0.2, horizon: float = 0.2, batch_time: float = 0.05,
+    def __init__(self, catalog, runner: Runner, *, planner=None, config: SchedulerConfig = SchedulerConfig(),
                  adaptors_of: Callable[[str], str] | None = None):
-        if window <= 0:
-            raise SchedulerError(f"the window must be a positive multiple of a pool's slots, not {window!r}")
-        if not horizon > 0:
-            raise SchedulerError(f"the horizon must be a positive number of seconds, not {horizon!r}")
-        if isinstance(batch_time, bool) or not isinstance(batch_time, int | float) or not batch_time >= 0:
-            raise SchedulerError(f"the batch time must be a number of seconds >= 0, not {batch_time!r}")
-        if job_timeout is not None and job_timeout <= 0:
-            raise SchedulerError(f"the job timeout must be a positive number of seconds, not {job_timeout!r}")
+        if not isinstance(config, SchedulerConfig):
+            raise SchedulerError(f"the scheduler's settings must be a SchedulerConfig, not {config!r}")
         self.catalog, self.runner, self.planner = catalog, runner, planner
-        self.policy, self.rank_params = policy, rank
-        self.window, self.job_timeout = window, job_timeout
-        self.heartbeat, self.heartbeat_timeout = heartbeat, heartbeat_timeout
-        self.rank_interval, self.plan_interval, self.horizon = rank_interval, plan_interval, horizon
-        self.batch_time = batch_time
+        self.config = config  # checked when it was made (``schedulerconfig``)
+        self.policy, self.rank_params = config.retry, config.rank
+        self.window, self.job_timeout = config.window, config.job_timeout
+        self.heartbeat, self.heartbeat_timeout = config.heartbeat, config.heartbeat_timeout
+        self.rank_interval, self.plan_interval = config.rank_interval, config.plan_interval
+        self.horizon = config.horizon
+        self.batch_time = config.batch_time
         self.adaptors_of = adaptors_of  # owner -> their adaptor configuration file (``owners``)
         self.live: dict[int, _Live] = {}
         self.retry_due: dict[int, float] = {}
