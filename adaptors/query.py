@@ -36,10 +36,10 @@ def modified_iso(info: dict) -> str | None:
         value = info.get(key)
         if isinstance(value, datetime.datetime):
             if value.tzinfo is None:
-                value = value.replace(tzinfo=datetime.timezone.utc)
-            return value.astimezone(datetime.timezone.utc).isoformat()
+                value = value.replace(tzinfo=datetime.UTC)
+            return value.astimezone(datetime.UTC).isoformat()
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return datetime.datetime.fromtimestamp(value, datetime.timezone.utc).isoformat()
+            return datetime.datetime.fromtimestamp(value, datetime.UTC).isoformat()
         if isinstance(value, str) and value:
             return value
     return None

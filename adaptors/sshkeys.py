@@ -76,7 +76,7 @@ async def _connect(host: str, port: int, username: str, known_hosts: str | None,
     except asyncssh.HostKeyNotVerifiable:
         raise SshKeyError(502, "ssh_host_key_mismatch",
                           f"the host key of {host}:{port} is not in the known_hosts given.") from None
-    except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+    except (TimeoutError, OSError, asyncssh.Error) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
         raise SshKeyError(502, "ssh_unreachable", f"cannot log in to {host}:{port} ({reason}).") from None
 
@@ -136,14 +136,14 @@ async def install_key(host: str, port: int, username: str, password: str,
             try:
                 sftp = await asyncio.wait_for(conn.start_sftp_client(), TIMEOUT)
                 content, mode = await asyncio.wait_for(_read_authorized(sftp), TIMEOUT)
-            except (asyncssh.Error, OSError, asyncio.TimeoutError):
+            except (TimeoutError, asyncssh.Error, OSError):
                 raise SshKeyError(502, "sftp_failed", f"cannot read ~/{AUTHORIZED_KEYS} on {host} "
                                                       "through SFTP.") from None
             if content and not content.endswith(b"\n"):
                 content += b"\n"
             try:
                 await asyncio.wait_for(_write_authorized(sftp, content + public.encode() + b"\n", mode), TIMEOUT)
-            except (asyncssh.Error, OSError, asyncio.TimeoutError):
+            except (TimeoutError, asyncssh.Error, OSError):
                 raise SshKeyError(502, "sftp_failed", f"cannot write ~/{AUTHORIZED_KEYS} on {host} "
                                                       "through SFTP.") from None
             try:
@@ -154,7 +154,7 @@ async def install_key(host: str, port: int, username: str, password: str,
                 try:
                     now, mode = await asyncio.wait_for(_read_authorized(sftp), TIMEOUT)
                     await asyncio.wait_for(_write_authorized(sftp, _without(now, _blob(public)), mode), TIMEOUT)
-                except (asyncssh.Error, OSError, asyncio.TimeoutError):
+                except (TimeoutError, asyncssh.Error, OSError):
                     pass
                 if isinstance(e, SshKeyError):
                     raise SshKeyError(502, "key_not_accepted",
@@ -190,7 +190,7 @@ async def revoke_key(host: str, port: int, username: str, private_key: str,
             kept = _without(content, _blob(public))
             if kept != content:
                 await asyncio.wait_for(_write_authorized(sftp, kept, mode), TIMEOUT)
-    except (asyncssh.Error, OSError, asyncio.TimeoutError):
+    except (TimeoutError, asyncssh.Error, OSError):
         raise SshKeyError(502, "sftp_failed", f"cannot update ~/{AUTHORIZED_KEYS} on {host} "
                                               "through SFTP; the key stays installed.") from None
     return True

@@ -83,7 +83,8 @@ def parse_location(fs, text, role: str, index: int) -> tuple[str, str]:
     if "://" in path:
         raise CopyRequestError("bad_location", f"{where} {text!r}: only skerry:// locations can be copied")
     if path.startswith("/"):
-        raise CopyRequestError("bad_path", f"{where} {text!r}: absolute paths are not allowed; start with the adaptor name")
+        raise CopyRequestError("bad_path",
+                               f"{where} {text!r}: absolute paths are not allowed; start with the adaptor name")
     parts = path.rstrip("/").split("/")
     for part in parts:
         if unquote(part) in ("", ".", "..") or "\\" in part or "\0" in part:
@@ -91,7 +92,8 @@ def parse_location(fs, text, role: str, index: int) -> tuple[str, str]:
     adaptor = parts[0]
     if adaptor not in fs.adaptors:
         raise CopyRequestError("unknown_adaptor",
-                               f"{where} {text!r}: no adaptor named {adaptor!r} (adaptors: {', '.join(sorted(fs.adaptors))})")
+                               f"{where} {text!r}: no adaptor named {adaptor!r} "
+                               f"(adaptors: {', '.join(sorted(fs.adaptors))})")
     return adaptor, "/".join(parts[1:])
 
 

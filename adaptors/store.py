@@ -162,7 +162,7 @@ def fingerprint(entry: dict, key: bytes) -> str:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
 
 
 class AccountStore:

@@ -31,7 +31,8 @@ import functools
 import importlib
 from importlib.metadata import entry_points
 from types import MappingProxyType
-from typing import ClassVar, Mapping
+from typing import ClassVar
+from collections.abc import Mapping
 
 from fsspec.implementations.dirfs import DirFileSystem
 from pydantic import BaseModel, ConfigDict, Field

@@ -43,7 +43,7 @@ def check_url(url) -> str | None:
 def shown(url: str) -> str:
     """The URL as logged: without user info or query (they may carry a receiver's token)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{':%d' % parts.port if parts.port else ''}{parts.path}"
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 class WebhookSender:

@@ -87,7 +87,8 @@ def main() -> int:
                 r = runs[-1]
                 print(f"  run {i + 1}: request->ready {r['request_ready']:.2f} s (adaptors {r['adaptors']:.2f}, "
                       f"pool {r['pool']:.2f}, api {r['api']:.2f} after the process start), "
-                      f"request->answers {r['answers']:.2f} s, kernel CPU {r['cpu']:.2f} s; plain kernel answers {plain[-1]:.2f} s", flush=True)
+                      f"request->answers {r['answers']:.2f} s, kernel CPU {r['cpu']:.2f} s; "
+                      f"plain kernel answers {plain[-1]:.2f} s", flush=True)
         finally:
             p.stop()
 

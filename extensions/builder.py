@@ -52,7 +52,7 @@ def _text(label: widgets.HTML) -> str:
 class StepView(widgets.VBox):
     """One step: its pool, a dropdown per input pin, a field per parameter, an error label each."""
 
-    def __init__(self, builder: "Builder", name: str):
+    def __init__(self, builder: Builder, name: str):
         self.builder, self.name = builder, name
         self._quiet = False
         p, registry = builder._pipeline, builder.registry
@@ -211,7 +211,7 @@ class Builder(widgets.VBox):
         ])
 
     @classmethod
-    def from_pipeline(cls, pipeline: Pipeline, client=None, registry=None) -> "Builder":
+    def from_pipeline(cls, pipeline: Pipeline, client=None, registry=None) -> Builder:
         """A builder showing ``pipeline`` (a copy of it)."""
         return cls(client, registry, pipeline)
 

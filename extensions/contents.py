@@ -42,7 +42,7 @@ import mimetypes
 import os
 import re
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import nbformat
 from jupyter_server.auth.decorator import authorized
@@ -69,7 +69,7 @@ CHUNKS = "chunks"  # the token of a chunked upload's temporary name: the same fo
 LEFTOVERS = (CHECKPOINT_DIR, ".keep")
 FILE_BLOCK = 1024 * 1024  # /files/ downloads stream in blocks of this size
 # folders without a time of their own (the root, adaptor folders, S3 prefixes) show this one
-STARTED = datetime.now(timezone.utc)
+STARTED = datetime.now(UTC)
 
 
 @contextlib.contextmanager
@@ -91,9 +91,9 @@ def _time(info: dict, *keys: str) -> datetime:
     for key in keys:
         value = info.get(key)
         if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
         if isinstance(value, (int, float)):
-            return datetime.fromtimestamp(value, timezone.utc)
+            return datetime.fromtimestamp(value, UTC)
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -144,7 +144,7 @@ def failed_table(rows: list[tuple[str, dict]], prefix: str | None = None) -> str
 class TaskRow(widgets.VBox):
     """One task: its bars, counts, Cancel and Rank."""
 
-    def __init__(self, monitor: "Monitor", task: dict):
+    def __init__(self, monitor: Monitor, task: dict):
         self.monitor, self.task_id = monitor, task["id"]
         self.title = widgets.HTML()
         self.bars = {state: widgets.IntProgress(value=0, min=0, max=1, description=state, bar_style=style)
@@ -214,7 +214,7 @@ class Monitor(widgets.VBox):
             self._thread.start()
 
     @classmethod
-    def attach(cls, run_id: int, client=None, poll_s: float | None = 1.0) -> "Monitor":
+    def attach(cls, run_id: int, client=None, poll_s: float | None = 1.0) -> Monitor:
         """A monitor of run ``run_id``; without a client, ``Client.connect()`` ($SKERRY_URL, $SKERRY_TOKEN)."""
         if client is None:
             from skerry.workload.client import Client

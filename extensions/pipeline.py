@@ -97,7 +97,7 @@ class Step:
         return spec
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "Step":
+    def from_spec(cls, spec: dict) -> Step:
         unknown = sorted(set(spec) - set(_STEP_KEYS))
         if unknown:
             raise ConfigError(f"A step has no field {unknown[0]!r} (fields: {', '.join(_STEP_KEYS)}).")
@@ -119,7 +119,7 @@ class Pipeline:
 
     def step(self, name: str, module: str, inputs: dict[str, str] | None = None,
              params: dict[str, Any] | None = None, *, mode: str | None = None, chunk: int | None = None,
-             output: str | None = None, pool: str | None = None, **pins: str) -> "Pipeline":
+             output: str | None = None, pool: str | None = None, **pins: str) -> Pipeline:
         """Add a step; pins are wired by ``inputs`` or by keyword (``input="dataset"``). Chains."""
         self.steps.append(Step(name, module, {**(inputs or {}), **pins}, dict(params or {}),
                                mode, chunk, output, pool))
@@ -176,7 +176,7 @@ class Pipeline:
         return spec
 
     @classmethod
-    def from_workflow(cls, spec: dict) -> "Pipeline":
+    def from_workflow(cls, spec: dict) -> Pipeline:
         """A pipeline from a workflow spec, or from the API's workflow JSON (its ``spec``)."""
         if isinstance(spec.get("spec"), dict):
             spec = spec["spec"]

@@ -14,7 +14,8 @@ FIRST_S = 2.0  # the most the kernel waits for its session before loading ipyker
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m skerry.kernels.launch", add_help=False)
-    parser.add_argument("--pool", default="cpu", help="the pool of the Dask cluster skerry.client connects to (pools.json)")
+    parser.add_argument("--pool", default="cpu",
+                        help="the pool of the Dask cluster skerry.client connects to (pools.json)")
     options, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
 
     from skerry.kernels import session

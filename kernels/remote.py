@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import httpx
 import websocket  # websocket-client, a dependency of jupyter_server
@@ -58,7 +58,7 @@ class RemoteKernel:
         self.id: str | None = None
         self._ws = None
 
-    def start(self) -> "RemoteKernel":
+    def start(self) -> RemoteKernel:
         r = httpx.post(self.server_url + "api/kernels", json={"name": self.kernel_name},
                        headers=self._headers, timeout=self.timeout)
         if r.status_code != 201:
@@ -74,7 +74,7 @@ class RemoteKernel:
         msg_id = uuid.uuid4().hex
         self._ws.send(json.dumps({
             "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": self._session,
-                       "username": "", "version": "5.3", "date": datetime.now(timezone.utc).isoformat()},
+                       "username": "", "version": "5.3", "date": datetime.now(UTC).isoformat()},
             "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
             "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True},
@@ -116,7 +116,7 @@ class RemoteKernel:
             httpx.delete(self.server_url + f"api/kernels/{self.id}", headers=self._headers, timeout=self.timeout)
             self.id = None
 
-    def __enter__(self) -> "RemoteKernel":
+    def __enter__(self) -> RemoteKernel:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -135,7 +135,7 @@ class Session:
                        "pool": _Part("pool", self._ask_cluster, self._connect_pool, lazy=True),
                        "api": _Part("api", self._api_client, self._check_api)}
 
-    def start(self) -> "Session":
+    def start(self) -> Session:
         """Begin making every part, each in its own thread; returns at once."""
         for part in self._parts.values():
             if not part.lazy:

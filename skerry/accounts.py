@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import ConfigError, Conflict, SkerryError
 from .process import processes_of

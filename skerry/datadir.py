@@ -89,7 +89,7 @@ class DataDir:
         except FileExistsError:
             value = path.read_text().strip()
             if not value:
-                raise ConfigError(f"secret file {path} is empty: delete it to have a new one made")
+                raise ConfigError(f"secret file {path} is empty: delete it to have a new one made") from None
             return value
         value = secrets.token_hex(nbytes)
         with os.fdopen(fd, "w") as f:

@@ -4,7 +4,8 @@ A server is one process tree (``skerry.hub.userserver.launcher`` and everything 
 WebDAV, kernels, their workers). Limits are set in the leader between ``fork`` and ``exec``
 (:meth:`Enforcement.preexec`, a ``Popen`` ``preexec_fn``), so every process started below it
 inherits them. A user's Dask cluster (``skerry.workload.clusters``) is limited the same way,
-its processes joined by the platform (:meth:`Enforcement.join`) before they start anything. Three mechanisms, the first the machine offers (:func:`offered`):
+its processes joined by the platform (:meth:`Enforcement.join`) before they start anything.
+Three mechanisms, the first the machine offers (:func:`offered`):
 
 - **cgroup2**, where ``/sys/fs/cgroup`` is a writable ``cgroup2`` mount with the ``cpu``
   and ``memory`` controllers (:func:`cgroup2_root`): one cgroup per server
@@ -30,8 +31,9 @@ processes; past it the kernel's OOM killer kills one process of the server's cgr
 using most memory (normally the kernel that allocated past the limit: the Jupyter server and
 WebDAV keep running), and nothing outside the cgroup. ``oom_score_adj`` is left alone: every
 process of the server inherits the leader's, so it could not set the Jupyter server apart from
-its kernels. A user's process cannot leave its cgroup (only root may move processes). The leader joins before ``exec``; :meth:`cleanup`
-kills what is left in the cgroups and removes them. If the kernel refuses the setup at run
+its kernels. A user's process cannot leave its cgroup (only root may move processes). The
+leader joins before ``exec``; :meth:`cleanup` kills what is left in the cgroups and removes
+them. If the kernel refuses the setup at run
 time (:meth:`Enforcement.prepare`), rlimits are used and ``fallback`` says why.
 :meth:`Enforcement.describe` names the mechanism that ran.
 

@@ -154,7 +154,7 @@ def up(opts: Options) -> int:
     identity = decide(data.users, opts.account_template)  # before anything starts: a SetupError names the folder
     if identity.reason:
         print(f"skerry: single-user mode: {identity.reason}", file=sys.stderr, flush=True)
-    data.admin_api_token  # created once (0600), reused on restart
+    data.admin_api_token  # noqa: B018 (the property creates it once, 0600, and reuses it on restart)
     data.secret("admin-password", 12)
     env = config.environment({
         config.DATA_DIR.name: str(data.path),

@@ -224,7 +224,7 @@ async def check_identity(port: int, prefix: str, key: str, user: str, server: st
         path = f"{prefix.rstrip('/')}/{IDENTITY_PATH}?challenge={challenge}"
         try:
             status, body = await _get(port, path, max(1.0, min(10.0, deadline - loop.time())))
-        except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+        except (TimeoutError, OSError, IndexError, ValueError):
             status = None  # not listening yet (or a half-open start): wait
         if status is not None:
             expected = proof(key, challenge, user, server, role)

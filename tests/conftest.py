@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-pytest_plugins = ["ciskips"]  # under CI, an unexpected skip fails the run
-
 from helpers import TEMPLATES, Platform, kill_leftovers, remove_accounts
+
+pytest_plugins = ["ciskips"]  # under CI, an unexpected skip fails the run
 
 
 @pytest.fixture(scope="session", autouse=True)

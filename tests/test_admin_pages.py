@@ -26,7 +26,7 @@ import shutil
 import httpx
 import pytest
 
-from chromium import browser, sign_up  # noqa: F401 (browser: a fixture)
+from chromium import browser, sign_up  # noqa: F401, F811 (browser: a fixture)
 from chromium import log_in as browser_log_in
 from helpers import REPO, wait_for
 from skerry.hub.stores.profiles import ProfileStore

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from chromium import browser, log_in, sign_up, text_of  # noqa: F401 (browser: a fixture)
+from chromium import browser, log_in, sign_up, text_of  # noqa: F401, F811 (browser: a fixture)
 from helpers import REPO, wait_for
 
 pytestmark = pytest.mark.platform

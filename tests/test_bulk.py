@@ -1,6 +1,6 @@
 """``skerry.workload.bulk``: rows written straight to SQLite read back as SQLAlchemy's own."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 from sqlalchemy import bindparam, insert, select, update
 
@@ -19,7 +19,7 @@ def jobs(tmp_path, n):
 
 def test_bulk_rows_read_back_as_rows_written_by_sqlalchemy(tmp_path):
     cat, ids = jobs(tmp_path, 4)
-    stamp = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    stamp = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     rows = [{"job_id": j, "number": n, "pool": "cpu", "started": stamp + timedelta(seconds=j)}
             for j in ids for n in (1, 2)]
     with cat.writing() as s:
@@ -34,9 +34,9 @@ def test_bulk_rows_read_back_as_rows_written_by_sqlalchemy(tmp_path):
                                JobAttempt.worker).order_by(JobAttempt.job_id, JobAttempt.number)).all()
         text = s.connection().exec_driver_sql("SELECT started FROM job_attempts ORDER BY job_id, number").all()
     assert [(r.job_id, r.number) for r in got] == [(r["job_id"], r["number"]) for r in rows]
-    assert [r.started.replace(tzinfo=timezone.utc) for r in got] == [r["started"] for r in rows]
+    assert [r.started.replace(tzinfo=UTC) for r in got] == [r["started"] for r in rows]
     assert text[0] == text[1]  # the same text in the file, whoever wrote it
-    assert [(r.ended and r.ended.replace(tzinfo=timezone.utc), r.worker) for r in got[:4]] == [
+    assert [(r.ended and r.ended.replace(tzinfo=UTC), r.worker) for r in got[:4]] == [
         (stamp, "w0"), (stamp, "w0"), (None, "w1"), (None, "w1")]
 
 

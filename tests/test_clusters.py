@@ -355,13 +355,15 @@ def test_bad_input_is_refused_with_a_sentence(data, policy, tmp_path):
         ClusterSpec.from_pool("gpu", {"resources": {"GPU": -1}})
     with pytest.raises(ConfigError, match="devices must be GPU numbers"):
         ClusterSpec.from_pool("gpu", {"devices": ["all"]})
-    with pytest.raises(ConfigError, match="is a Dask cluster at tcp://gpu:8786: user clusters are started on this machine"):
+    refusal = "is a Dask cluster at tcp://gpu:8786: user clusters are started on this machine"
+    with pytest.raises(ConfigError, match=refusal):
         ClusterSpec.from_pool("gpu", PoolSpec(address="tcp://gpu:8786"))
     with pytest.raises(ConfigError, match="must be an object of workers"):
         ClusterSpec.from_pool("cpu", 3)
     assert _parse_report(b'{"workers": 1, "tasks": 0, "clients": 0}\n') == {"workers": 1, "tasks": 0, "clients": 0}
-    for lie in (b"{}", b'{"workers": 1, "tasks": -1, "clients": 0}', b'{"workers": 1, "tasks": 0, "clients": 0, "x": 1}',
-                b'{"workers": true, "tasks": 0, "clients": 0}', b"\x80"):
+    for lie in (b"{}", b'{"workers": 1, "tasks": -1, "clients": 0}',
+                b'{"workers": 1, "tasks": 0, "clients": 0, "x": 1}', b'{"workers": true, "tasks": 0, "clients": 0}',
+                b"\x80"):
         assert _parse_report(lie) is None  # the watcher is the account's: only numbers are taken
     assert ClusterSpec.from_pool("gpu", PoolSpec(workers=2)) == ClusterSpec(workers=2, resources=(("GPU", 1),))
     acc = account(data, policy, "erin")

@@ -460,7 +460,8 @@ def test_bad_input_is_refused_and_writes_nothing(api, server):
     assert not [n for n in os.listdir(server.root) if n.startswith(".") and n != ".ipynb_checkpoints"]
     # a save replaces the file whole, and keeps its permissions
     (server.root / "keep.txt").chmod(0o750)
-    assert api.put("contents/home/keep.txt", json={"type": "file", "format": "text", "content": "new\n"}).status_code == 200
+    body = {"type": "file", "format": "text", "content": "new\n"}
+    assert api.put("contents/home/keep.txt", json=body).status_code == 200
     assert (server.root / "keep.txt").read_text() == "new\n"
     assert oct((server.root / "keep.txt").stat().st_mode & 0o777) == "0o750"
     assert api.delete("contents/home/keep.txt").status_code == 204

@@ -8,7 +8,7 @@
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 
@@ -51,7 +51,7 @@ def ours(platform, pattern: str) -> set[int]:
 
 def idle_for(server: dict) -> float:
     since = datetime.fromisoformat((server["last_activity"] or server["started"]).replace("Z", "+00:00"))
-    return (datetime.now(timezone.utc) - since).total_seconds()
+    return (datetime.now(UTC) - since).total_seconds()
 
 
 @pytest.mark.platform
@@ -84,7 +84,7 @@ def test_a_server_idle_past_its_profiles_timeout_is_stopped_and_one_of_zero_is_n
 
 
 def test_a_pass_picks_ready_servers_idle_past_their_own_timeout():
-    now = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
     def server(idle_s, timeout, ready=True, pending=None, with_activity=True):
         at = (now - timedelta(seconds=idle_s)).isoformat()

@@ -2,7 +2,6 @@
 read-only adaptors, streaming copies across adaptors, validated specs, private config."""
 
 import hashlib
-import json
 import os
 
 import fsspec

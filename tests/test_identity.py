@@ -260,8 +260,8 @@ def user_site(platform, user: str):
     import sys
 
     account = platform.account(user)
-    site = platform.data_dir / "users" / user / ".local" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
-        / "site-packages"
+    python = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    site = platform.data_dir / "users" / user / ".local" / "lib" / python / "site-packages"
     site.mkdir(parents=True, exist_ok=True)
     for folder in [site, *site.parents]:
         if folder == platform.data_dir / "users" / user:

@@ -135,7 +135,8 @@ def refusal_cases(rsa_key, ec_key, other_key):
 
 CASE_IDS = ["expired", "wrong-aud", "missing-exp", "missing-aud", "missing-sub", "alg-none",
             "hs256-public-key-as-secret", "unknown-kid", "unregistered-key-no-kid", "tampered-payload",
-            "not-yet-valid", "issued-in-the-future", "signed-payload-not-json", "kid-not-a-string", "kid-of-another-alg"]
+            "not-yet-valid", "issued-in-the-future", "signed-payload-not-json", "kid-not-a-string",
+            "kid-of-another-alg"]
 
 
 # ---------------------------------------------------------------- unit level
@@ -357,7 +358,8 @@ def test_platform_alices_jwt_is_refused_on_bobs_endpoint(platform, alice, bob, r
     assert r.status_code == 403
     assert not (platform.data_dir / "users" / "bob" / "from-alice.txt").exists()
     # and bob's own token for bob, with that key, does work there
-    r = httpx.request("PROPFIND", f"{platform.url}/dav/bob/", headers={**bearer(rsa_key.token(sub="bob")), **PROPFIND_0})
+    r = httpx.request("PROPFIND", f"{platform.url}/dav/bob/",
+                      headers={**bearer(rsa_key.token(sub="bob")), **PROPFIND_0})
     assert r.status_code == 207
     register(platform, "bob", token=bob)
 

@@ -57,7 +57,7 @@ def test_a_part_that_cannot_be_made_says_why_and_is_tried_again_when_used(tmp_pa
     assert status["pool"] == "made on the first use of skerry.client"  # nothing asked yet
     assert status["api"].startswith("the workload API at http://127.0.0.1:9 cannot be used")
     with pytest.raises(SessionError, match="skerry.client is unavailable: cannot reach the skerry platform"):
-        session.client
+        session.client  # noqa: B018 (the lookup is the test)
     assert secret not in repr(session) and secret not in json.dumps(session.status())
 
     # a stand-in for the platform's API (a real HTTP server): refuses once, then answers a real cluster
@@ -65,7 +65,7 @@ def test_a_part_that_cannot_be_made_says_why_and_is_tried_again_when_used(tmp_pa
                       dashboard_address=":0") as cluster, _api_answering(cluster.scheduler_address, secret) as url:
         session = Session("gpu", url=url, token=secret).start()
         with pytest.raises(SessionError, match="the workload manager is not running"):
-            session.client
+            session.client  # noqa: B018 (the lookup is the test)
         try:
             assert session.client.scheduler.address == cluster.scheduler_address
             assert session.client.submit(lambda x: x * 2, 21).result() == 42

@@ -15,7 +15,6 @@ On the development machines and CI, ``cpu`` and ``memory`` are writable cgroup v
 cgroup1 is what runs there. Every cgroup a test makes is removed, failing or not (``plans``).
 """
 
-import json
 import os
 import subprocess
 import sys

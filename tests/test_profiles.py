@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from skerry.hub.stores.profiles import NoSuchProfile, ProfileConflict, ProfileError, ProfileStore, allowed, render_adaptor, \
-    resolve, validate
+from skerry.hub.stores.profiles import (NoSuchProfile, ProfileConflict, ProfileError, ProfileStore, allowed,
+                                       render_adaptor, resolve, validate)
 
 CPU = {
     "slug": "cpu-small", "display_name": "Small CPU", "description": "2 cores, 4 GiB",

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from skerry.hub.stores.quotas import NoSuchQuota, QuotaError, QuotaExceeded, QuotaStore, check_queued_jobs, validate_quota
+from skerry.hub.stores.quotas import (NoSuchQuota, QuotaError, QuotaExceeded, QuotaStore, check_queued_jobs,
+                                     validate_quota)
 from skerry.hub.stores.usage import job_counts, planned_jobs, queued_jobs, stored_bytes
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Job

@@ -70,7 +70,7 @@ def test_sigterm_stops_every_child(make_platform):
     assert p.proc.wait(60) == 0
     assert b"skerry stopped." in p.proc.stdout.read()
     for pid in children | set(group_members(pgid)):
-        wait_for(lambda: not is_running(pid), timeout=10, what=f"process {pid} to exit")
+        wait_for(lambda pid=pid: not is_running(pid), timeout=10, what=f"process {pid} to exit")
     assert micro_processes(p.data_dir) == set()
 
     # a clean restart keeps users and their tokens; servers were stopped with the platform

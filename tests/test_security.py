@@ -376,7 +376,8 @@ def test_data_api_copy_outside_is_refused(platform, alice, layout):
     up = os.path.relpath(outside, home)
     sources = [f"home/{up}/secret.txt", "home/%2e%2e/%2e%2e/%2e%2e/outside/secret.txt", str(outside / "secret.txt"),
                f"skerry://home/{up}/secret.txt", "home//" + str(outside / "secret.txt").lstrip("/"),
-               "home\\" + up.replace("/", "\\") + "\\secret.txt", f"file://{outside}/secret.txt", "home/escape/secret.txt"]
+               "home\\" + up.replace("/", "\\") + "\\secret.txt", f"file://{outside}/secret.txt",
+               "home/escape/secret.txt"]
     targets = [t.replace("secret.txt", "pwned.txt") for t in sources]
     items = [[{"from": s, "to": "home/stolen.txt"}] for s in sources]
     items += [[{"from": "home/mine.txt", "to": t}] for t in targets]

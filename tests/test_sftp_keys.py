@@ -229,7 +229,8 @@ def test_revoking_on_an_unreachable_host_deletes_nothing_unless_forced(platform,
     sshd.stop()  # the host goes away (last test of the module: it stays down)
     r = platform.api("DELETE", API + "/users/dave/credentials/gone", dave)
     assert r.status_code == 502 and "force=true" in r.json()["message"], r.text
-    assert [c["name"] for c in platform.api("GET", API + "/users/dave/credentials", dave).json()["credentials"]] == ["gone"]
+    listed = platform.api("GET", API + "/users/dave/credentials", dave).json()["credentials"]
+    assert [c["name"] for c in listed] == ["gone"]
     r = platform.api("DELETE", API + "/users/dave/credentials/gone?force=true", dave)
     assert r.status_code == 204
     assert platform.api("GET", API + "/users/dave/credentials", dave).json() == {"credentials": []}

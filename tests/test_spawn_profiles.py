@@ -143,7 +143,8 @@ def jupyter_pid(leader: int) -> int:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(a.endswith(b"jupyterhub-singleuser") for a in argv) and b"skerry.hub.userserver.launcher" not in argv:
+            launcher = b"skerry.hub.userserver.launcher" in argv
+            if any(a.endswith(b"jupyterhub-singleuser") for a in argv) and not launcher:
                 return pid
         return None
 

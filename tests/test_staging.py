@@ -312,7 +312,8 @@ def test_stopping_the_server_mid_copy_leaves_no_object_and_no_open_upload(stage,
         write_random(f, 200 * MB)
     with open(home / "stop.bin", "wb") as f:
         write_random(f, 200 * MB)
-    other = JupyterServer(tmp_path / "server", json_config(server)["adaptors"], json_config(server)["credentials"]).start()
+    config = json_config(server)
+    other = JupyterServer(tmp_path / "server", config["adaptors"], config["credentials"]).start()
     try:
         ids = other.copy([{"from": "hpc/stop/data.bin", "to": "s3/stop/data.bin"},
                           {"from": "home/stop.bin", "to": "home/stopped/stop.bin"}])
@@ -433,7 +434,7 @@ def test_only_the_newest_copy_states_are_kept(monkeypatch):
         ids = []
         for i in range(5):
             ids += stager.submit([{"from": "mem/a.txt", "to": f"mem/copy{i}.txt"}])
-            wait_for(lambda: stager.status(ids[-1])["state"] == "done", 30, what="a copy")
+            wait_for(lambda last=ids[-1]: stager.status(last)["state"] == "done", 30, what="a copy")
         assert [stager.status(i) is not None for i in ids] == [False, False, True, True, True]
         assert fs.cat_file("mem/copy4.txt") == b"a"
     finally:

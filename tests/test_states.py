@@ -139,7 +139,7 @@ def test_final_states_never_change_on_any_event_sequence():
     # most jobs ended after a few moves each (a few wait for a pool not yet excluded)
     assert len(finals) > 150 and moves > 4 * 150
     assert {j.state for j in finals.values()} == FINAL
-    for i, job in finals.items():
+    for job in finals.values():
         for event in events:
             with pytest.raises(TransitionError, match="is final"):
                 apply_job(job, event, policy)

@@ -82,7 +82,8 @@ def dav(federation):
         return app(environ, start_response)
 
     # an exception the app lets through is a 500, as the WSGI server in production answers it
-    with httpx.Client(transport=httpx.WSGITransport(app=routed, raise_app_exceptions=False), base_url="http://dav") as client:
+    transport = httpx.WSGITransport(app=routed, raise_app_exceptions=False)
+    with httpx.Client(transport=transport, base_url="http://dav") as client:
         yield lambda path: client.get(f"{mount}/{path}").status_code
 
 

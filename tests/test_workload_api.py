@@ -384,7 +384,8 @@ def test_runs_execute_their_owners_choices_only(platform, alice, bob, catalog):
     """Alice's mask over bob's names starts nothing; a module version alice adds never changes
     bob's workflow; dataset names are per owner, so alice cannot learn bob's."""
     r = platform.api("POST", API + "/workflows", token=alice, json={
-        "name": "alice-grabs", "mask": "bob.*", "steps": [{"name": "s", "module": "md5", "inputs": {"input": "dataset"}}]})
+        "name": "alice-grabs", "mask": "bob.*",
+        "steps": [{"name": "s", "module": "md5", "inputs": {"input": "dataset"}}]})
     assert r.status_code == 201, r.text
     r = platform.api("POST", API + "/datasets", token=bob, json={"name": "bob.secret", "location": "skerry://home/s"})
     assert r.status_code == 201 and r.json()["runs"] == [], r.text
@@ -397,7 +398,8 @@ def test_runs_execute_their_owners_choices_only(platform, alice, bob, catalog):
     held = platform.api("GET", API + "/datasets/bob.secret", token=alice)
     assert held.status_code == unknown.status_code == 404
     assert held.json()["error"] == unknown.json()["error"] == "unknown_dataset"
-    assert held.json()["message"].replace("bob.secret", "X") == unknown.json()["message"].replace("nobody.holds-this", "X")
+    told = held.json()["message"].replace("bob.secret", "X")
+    assert told == unknown.json()["message"].replace("nobody.holds-this", "X")
     r = platform.api("POST", API + "/datasets", token=alice, json={"name": "bob.secret", "location": "skerry://home/a"})
     assert r.status_code == 201 and r.json()["owner"] == "alice", r.text  # no 409: nothing told
     assert r.json()["runs"] != []  # her own mask starts over her own dataset

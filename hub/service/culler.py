@@ -22,7 +22,7 @@ Rules:
 import asyncio
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from urllib.parse import quote
 
 import httpx
@@ -50,7 +50,7 @@ def _time(text: str | None) -> datetime | None:
     if not text:
         return None
     when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def timeout_of(server: dict) -> int:
@@ -78,7 +78,7 @@ def idle_servers(users: list[dict], now: datetime) -> list[dict]:
 
 async def cull_once(client: httpx.AsyncClient, now: datetime | None = None) -> list[dict]:
     """One pass: stop each idle server (as :func:`idle_servers` says), log why; the ones stopped."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     stopped = []
     for idle in idle_servers(await every_item(client, "users", {"state": "ready"}), now):
         user, name = quote(idle["user"], safe=""), quote(idle["server"], safe="")

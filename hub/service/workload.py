@@ -68,7 +68,7 @@ Rules:
 - catalog calls run in a worker thread, so a large registration does not hold up others.
 """
 
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 from urllib.parse import quote
 
@@ -145,7 +145,7 @@ def _whole(value: Any, what: str, low: int = 0, high: int | None = None) -> int:
 
 def _time(t) -> str | None:
     if t is not None and t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)  # SQLite keeps no time zone; the catalog writes UTC
+        t = t.replace(tzinfo=UTC)  # SQLite keeps no time zone; the catalog writes UTC
     return t.isoformat() if t is not None else None
 
 
@@ -264,7 +264,10 @@ class Workload:
     def _task_json(self, s, t: Task) -> dict:
         counts = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == t.id)
                                 .group_by(Job.state)).all())
-        name = (lambda i: s.get(Dataset, i).name if i is not None else None)
+
+        def name(i):
+            return s.get(Dataset, i).name if i is not None else None
+
         module = s.get(Module, t.module_id)
         return {"id": t.id, "run": t.run_id, "step": t.step, "module": f"{module.name}@{module.version}",
                 "state": t.state, "rank": t.rank, "params": t.params, "input_dataset": name(t.input_dataset_id),
@@ -545,8 +548,8 @@ async def list_runs(who: dict = Depends(caller), w: Workload = Depends(workload)
 async def create_run(request: Request, who: dict = Depends(caller), w: Workload = Depends(workload),
                      hub=Depends(get_hub)):
     """Start a run of a workflow over one of the caller's datasets: ``{"workflow", "dataset",
-    "rank"?}`` (an admin may add ``"owner"``: whose dataset). One task per step and one ``OPEN`` output dataset per step, in one
-    transaction; the scheduler gives the tasks their jobs. The answer is the run.
+    "rank"?}`` (an admin may add ``"owner"``: whose dataset). One task per step and one ``OPEN``
+    output dataset per step, in one transaction; the scheduler gives the tasks their jobs. The answer is the run.
     403 ``quota_exceeded`` (nothing created) if its jobs would pass a ``queued_jobs`` quota."""
     body = await json_body(request, MAX_BODY)
     _fields(body, {"workflow", "dataset", "rank", "owner"}, {"workflow", "dataset"}, "A run")

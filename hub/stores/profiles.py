@@ -85,7 +85,8 @@ def _memory(value: Any) -> int:
 
 
 Memory = Annotated[int, BeforeValidator(_memory), Field(ge=0),
-                   WithJsonSchema({"type": ["integer", "string"], "description": "bytes, or a size like '512Mi', '2G'"})]
+                   WithJsonSchema({"type": ["integer", "string"],
+                                   "description": "bytes, or a size like '512Mi', '2G'"})]
 
 
 class _Spec(BaseModel):

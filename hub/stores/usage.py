@@ -21,7 +21,7 @@
 
 import os
 from collections import defaultdict
-from datetime import date, datetime, timezone
+from datetime import date, datetime, UTC
 from pathlib import Path
 
 from sqlalchemy import func, select, text
@@ -50,7 +50,7 @@ def job_counts(catalog: Catalog, since: date) -> dict[tuple[str, str], int]:
     """``{(owner, "YYYY-MM-DD"): jobs created that day}`` from ``since`` on."""
     day = func.date(Job.created)
     query, owner = _owned(lambda owner: (owner, day, func.count()))
-    start = datetime(since.year, since.month, since.day, tzinfo=timezone.utc)
+    start = datetime(since.year, since.month, since.day, tzinfo=UTC)
     query = query.where(Job.created >= start).group_by(owner, day)
     with catalog.session() as s:
         return {(o or "", str(d)): n for o, d, n in s.execute(query)}
@@ -144,7 +144,7 @@ def _first_step_jobs(s, workflow, dataset_id: int) -> dict[str, int]:
 def folder_bytes(path: Path) -> int:
     """The apparent size of the files under ``path`` (links not followed); 0 if it is missing."""
     total = 0
-    for root, dirs, files in os.walk(path, onerror=lambda e: None):
+    for root, _dirs, files in os.walk(path, onerror=lambda e: None):
         for name in files:
             try:
                 st = os.lstat(os.path.join(root, name))

@@ -36,8 +36,9 @@ Rules:
   PostgreSQL the job row is locked (``SELECT ... FOR UPDATE``);
 - the consistency check reports every problem, but acts on one (missing file ->
   ``MISSING``, size/checksum mismatch -> ``CORRUPT``, dark file -> removed from storage
-  only when the caller asks with ``remove_dark=True``: it is somebody's data) only once the same problem was seen in ``threshold`` checks in a row: an upload in
-  flight or a storage hiccup is reported, never acted on.
+  only when the caller asks with ``remove_dark=True``: it is somebody's data) only once the
+  same problem was seen in ``threshold`` checks in a row: an upload in flight or a storage
+  hiccup is reported, never acted on.
 
 Errors::
 
@@ -58,9 +59,10 @@ import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine, make_url
@@ -216,7 +218,7 @@ class ConsistencyReport:
 
 
 def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t  # SQLite keeps no time zone
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t  # SQLite keeps no time zone
 
 
 def _dataset_info(d: Dataset, files: int = 0, size: int = 0) -> DatasetInfo:
@@ -291,7 +293,8 @@ def _make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"catalog URL {url!r} is not a database URL (sqlite:///PATH or postgresql+psycopg://...)")
+        raise ConfigError(f"catalog URL {url!r} is not a database URL "
+                          "(sqlite:///PATH or postgresql+psycopg://...)") from None
     backend = parsed.get_backend_name()
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
@@ -846,7 +849,7 @@ class Catalog:
             job = s.get(Job, job_id)
             if job is None:
                 raise UnknownJob(f"no job with id {job_id}")
-            job.inputs, job.attempt_rows  # load them before the session ends
+            job.inputs, job.attempt_rows  # noqa: B018 (loads them before the session ends)
             return job
 
     def register_outputs_and_succeed(self, job_id: int, outputs: Iterable[dict]) -> bool:

@@ -21,7 +21,8 @@ Rules:
 """
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 from urllib.parse import quote, urlparse
 
 import httpx

@@ -24,7 +24,7 @@ import os
 import socket
 import struct
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import SkerryError, Unavailable
 
@@ -107,7 +107,7 @@ def ask(data_dir: str | os.PathLike, user: str, pool: str, timeout: float = ASK_
         with conn.makefile("rb") as f:
             try:
                 line = f.readline(LINE_MAX)
-            except socket.timeout:
+            except TimeoutError:
                 line = b""
     finally:
         conn.close()

@@ -76,7 +76,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ..config import CLUSTER_HOLD
 from ..accounts import Account, clean_environment, give, share_folder, switch_kwargs
@@ -131,7 +132,7 @@ class ClusterSpec:
                               f"not {self.devices!r}")
 
     @classmethod
-    def from_pool(cls, pool: str, spec: Any) -> "ClusterSpec":
+    def from_pool(cls, pool: str, spec: Any) -> ClusterSpec:
         """The spec of a user cluster carved from pool ``pool`` of pools.json: a ``PoolSpec``
         or a dict of ``workers``, ``threads``, ``memory``, ``resources``, ``devices``. A gpu
         pool's workers declare ``GPU: 1`` unless ``resources`` says otherwise."""
@@ -202,7 +203,7 @@ def _certificate(subject: str, key, issuer: str, signer, *, ca: bool = False,
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # noqa: E731
     builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -420,7 +421,7 @@ class UserCluster:
     @classmethod
     def start(cls, account: Account, pool: str, spec: ClusterSpec, folder: str | os.PathLike, *,
               dashboard_port: int | None = None, watch_every: float = WATCH_EVERY,
-              timeout: float = START_S, limits=None) -> "UserCluster":
+              timeout: float = START_S, limits=None) -> UserCluster:
         """Make new credentials in ``folder`` and start the cluster as ``account``; returns once
         all ``spec.workers`` workers joined. ``limits`` (``skerry.limits.Limits``): CPU and memory
         of the whole cluster, by the machine's mechanism (cgroups, else rlimits and affinity),
@@ -584,7 +585,7 @@ def _parse_report(line: bytes) -> dict[str, int] | None:
 def _activity(platform_cn: str, dask_scheduler=None) -> dict[str, int]:
     """Run on the scheduler: its workers, tasks and the clients whose certificate is not the platform's."""
     others = 0
-    for client_id, stream in list(dask_scheduler.client_comms.items()):
+    for _client, stream in list(dask_scheduler.client_comms.items()):
         comm = getattr(stream, "comm", None)
         cert = (comm.extra_info.get("peercert") or {}) if comm is not None else {}
         names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]

@@ -12,8 +12,9 @@ it never raises for a job that fails (the failure is the result). The rules:
 - Outputs are atomic writes (``skerry.adaptors.atomic``): first written under a hidden
   temporary name beside the final one, renamed into place only after the job succeeded:
   a failed or killed job leaves no file under an output's final name (a killed job may
-  leave a temporary file, which is never an output nor listed). Each file is renamed on its own: a crash between two renames
-  can leave some outputs in place, whole; a retry of the job writes the same names again.
+  leave a temporary file, which is never an output nor listed). Each file is renamed on its
+  own: a crash between two renames can leave some outputs in place, whole; a retry of the job
+  writes the same names again.
 - Every output is reported with its size and checksum (MD5, 32 hex digits, as the
   catalog stores it; see :func:`file_checksum`), so the catalog can register it.
 - Errors are classified as a short string for the retry policy: the exception's class
@@ -42,7 +43,8 @@ import tempfile
 import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any
+from collections.abc import Callable
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -195,7 +197,7 @@ class _Outputs:
         self.pending = []
 
 
-def _render_name(pin: Pin, job: "JobContext") -> str:
+def _render_name(pin: Pin, job: JobContext) -> str:
     first = next((urls[0] for urls in job.inputs.values() if urls), "")
     name = _basename(first)
     stem, suffix = posixpath.splitext(name)

@@ -21,7 +21,7 @@ Rules:
   (a test checks that they and these models agree).
 """
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from sqlalchemy import (JSON, BigInteger, CheckConstraint, DateTime, Float, ForeignKey, Index,
                         MetaData, String, Text, UniqueConstraint)
@@ -46,7 +46,7 @@ NAMING = {
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _one_of(column: str, names: tuple[str, ...], name: str) -> CheckConstraint:

@@ -101,7 +101,7 @@ class Pin(_Spec):
         """Whether an input file of this name is for this pin (its glob ``pattern``)."""
         return self.pattern is None or fnmatch.fnmatchcase(file_name, self.pattern)
 
-    def fits(self, upstream: "Pin") -> bool:
+    def fits(self, upstream: Pin) -> bool:
         """Whether ``upstream``'s data type may flow into this pin."""
         return "any" in (self.type, upstream.type) or self.type == upstream.type
 
@@ -114,7 +114,7 @@ class Parameter(_Spec):
     description: str = ""
 
     @model_validator(mode="after")
-    def _default_has_type(self) -> "Parameter":
+    def _default_has_type(self) -> Parameter:
         if self.default is not None:
             check_value(self.type, self.default)
         return self
@@ -182,7 +182,7 @@ class ModuleSpec(_Spec):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModuleSpec":
+    def _consistent(self) -> ModuleSpec:
         ways = [w for w in ("callable", "command", "notebook") if getattr(self, w) is not None]
         if len(ways) != 1:
             raise ValueError(

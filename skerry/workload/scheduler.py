@@ -62,8 +62,8 @@ import logging
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import datetime, UTC
+from collections.abc import Callable
 
 from sqlalchemy import bindparam, func, insert, select, update
 
@@ -152,7 +152,7 @@ class _Written:
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _chunks(ids: list, n: int = _CHUNK):
@@ -306,7 +306,7 @@ class Scheduler:
             if isinstance(ev, Started):
                 live.started = live.beat = now
                 live.worker = ev.worker
-                starts[ev.job] = (ev.attempt, ev.worker, datetime.fromtimestamp(ev.at, timezone.utc))
+                starts[ev.job] = (ev.attempt, ev.worker, datetime.fromtimestamp(ev.at, UTC))
             elif isinstance(ev, Beat):
                 live.beat = now
             elif isinstance(ev, Finished):

@@ -37,7 +37,8 @@ import sys
 import threading
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .clusters import _tail
 from .runner import Beat, Finished, JobSpec, Started
@@ -65,7 +66,7 @@ class UserJobs:
         self._reader.start()
 
     @classmethod
-    def start(cls, cluster, report: Callable[[Any], None], needs: dict | None = None) -> "UserJobs":
+    def start(cls, cluster, report: Callable[[Any], None], needs: dict | None = None) -> UserJobs:
         """Start the runner of ``cluster`` (a running ``UserCluster``) as its account;
         ``report`` gets every Started, Beat and Finished, from a thread of this object."""
         from .clusters import _launch
