@@ -129,7 +129,7 @@ def test_poll_reports_group_dead_when_webdav_dies(platform):
     platform.start_server("dave")
     pgid = platform.group_of("dave")
     members = group_members(pgid)
-    dav = [p for p in members if b"davserver" in open(f"/proc/{p}/cmdline", "rb").read()]
+    dav = [p for p in members if b"skerry.hub.userserver.webdav" in open(f"/proc/{p}/cmdline", "rb").read()]
     assert len(dav) == 1
     os.kill(dav[0], signal.SIGKILL)
     # the group stops itself at once ...

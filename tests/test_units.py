@@ -93,7 +93,7 @@ def test_authorization_header_parsing(header, expected):
     assert _parse(header) == expected
 
 
-def test_microinfra_stops_when_one_member_dies(tmp_path):
+def test_the_launcher_stops_when_one_member_dies(tmp_path):
     """When the Jupyter member exits, the WebDAV member is stopped and the group is gone."""
     from skerry.adaptors.config import write_config
 
