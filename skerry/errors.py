@@ -48,10 +48,6 @@ class SkerryError(Exception):
         super().__init__(message)
         self.message = message
 
-    def details(self) -> dict:
-        """Fields a JSON error answer carries beside ``error`` and ``message`` (none by default)."""
-        return {}
-
 
 class BadRequest(SkerryError):
     code = "bad_request"
@@ -115,18 +111,14 @@ class SetupError(SkerryError):
 class ApiError(SkerryError):
     """An answer decided where the request is served: ``status`` and ``code`` given here."""
 
-    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
+    def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code = status, code
-        self._details = details or {}
-
-    def details(self) -> dict:
-        return self._details
 
     @classmethod
     def of(cls, e: SkerryError, code: str | None = None, status: int | None = None) -> "ApiError":
-        """``e`` answered as it says (its details too), or with a route's own ``code`` or ``status``."""
-        return cls(status or e.status, code or e.code, e.message, e.details())
+        """``e`` answered as it says, or with a route's own ``code`` or ``status``."""
+        return cls(status or e.status, code or e.code, e.message)
 
 
 # ---- storage errors ------------------------------------------------------------

@@ -76,7 +76,7 @@ def get_accounts(request: Request):
 def error_response(e: SkerryError) -> JSONResponse:
     """The answer to a skerry error: its status, code and sentence (401s say how to log in)."""
     headers = {"WWW-Authenticate": "token"} if e.status == 401 else None
-    return JSONResponse({"error": e.code, "message": e.message, **e.details()}, e.status, headers=headers)
+    return JSONResponse({"error": e.code, "message": e.message}, e.status, headers=headers)
 
 
 def sentence(text: str) -> str:

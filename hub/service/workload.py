@@ -118,7 +118,7 @@ def _refusal(e: SkerryError) -> ApiError:
     if isinstance(e, QuotaExceeded):
         return ApiError.of(e)
     status = e.status if isinstance(e, (NotFound, Conflict)) else 400  # anything else: the body is wrong
-    return ApiError(status, "bad_spec" if isinstance(e, ConfigError) else e.code, sentence(str(e)), e.details())
+    return ApiError(status, "bad_spec" if isinstance(e, ConfigError) else e.code, sentence(str(e)))
 
 
 _call = calling(_refusal)  # catalog calls in a worker thread, their errors in this API's words

@@ -202,10 +202,6 @@ class WorkflowInvalid(ConfigError):
         super().__init__(message)
         self.problems = problems
 
-    def details(self) -> dict:
-        """Every problem in a JSON answer, beside the first one's sentence."""
-        return {"problems": [{"field": p.field, "message": p.message} for p in self.problems]}
-
 
 def field(step: str | None = None, *parts: str) -> str:
     """The field path of a step's part: ``field("sum", "inputs", "input")`` is
