@@ -175,7 +175,7 @@ def up(opts: Options) -> int:
     log = open(data.run / "hub.log", "ab")
     log_start = log.seek(0, os.SEEK_END)  # this run's lines start here
     hub = subprocess.Popen(
-        [sys.executable, "-m", "jupyterhub", "-f", hub_config_file()],
+        [sys.executable, "-m", "skerry.quickstart", "jupyterhub", "-f", hub_config_file()],
         cwd=data.path,
         env=env,
         stdout=log,

@@ -208,6 +208,8 @@ def test_a_deleted_hub_user_leaves_a_locked_account_and_nothing_running(platform
 def test_skerry_up_names_the_folder_that_keeps_accounts_from_their_homes(tmp_path):
     users = tmp_path / "private" / "data" / "users"
     users.mkdir(parents=True)
+    for below in (users, users.parent):  # open whatever this process's umask made them
+        os.chmod(below, 0o711)
     os.chmod(tmp_path / "private", 0o700)
     open_for_accounts(tmp_path / "private")  # the folders above it: open; "private" is the one in the way
     with pytest.raises(SetupError) as refused:

@@ -136,7 +136,7 @@ def one_core(limits: dict) -> str:
 
 
 def jupyter_pid(leader: int) -> int:
-    """The Jupyter server of a micro-infrastructure: the leader's child running jupyterhub-singleuser."""
+    """The Jupyter server of a micro-infrastructure: the leader's child running jupyterhub.singleuser."""
     def find():
         for pid in descendants(leader):
             try:
@@ -144,7 +144,7 @@ def jupyter_pid(leader: int) -> int:
             except OSError:
                 continue
             launcher = b"skerry.hub.userserver.launcher" in argv
-            if any(a.endswith(b"jupyterhub-singleuser") for a in argv) and not launcher:
+            if b"jupyterhub.singleuser" in argv and not launcher:
                 return pid
         return None
 

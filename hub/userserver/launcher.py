@@ -1,7 +1,7 @@
 """One user's micro-infrastructure as one process: ``python -m skerry.hub.userserver.launcher CMD...``.
 
 It starts the WebDAV endpoint (``skerry.hub.userserver.webdav``) and the Jupyter server
-(``CMD...``, normally ``jupyterhub-singleuser``) as its children, in its own process
+(``CMD...``, normally ``jupyterhub.singleuser`` through ``skerry.quickstart``) as its children, in its own process
 group, and lives exactly as long as both do:
 
 - if either child exits, the other is stopped and this process exits, so the hub's
