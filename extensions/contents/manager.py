@@ -3,12 +3,14 @@
 ``SkerryContentsManager`` serves the contents REST API (``/api/contents/...``) over
 ``SkerryFileSystem``, so the file browser, notebooks (``skerry://home/...``) and the
 WebDAV endpoint all see one tree: one top-level folder per adaptor (home, s3, hpc, ...).
+It reads and writes; the models come from ``models``, the checkpoints from
+``checkpoints``, the ``/files/`` downloads from ``files``.
 
 Rules:
 - the adaptors come from ``$SKERRY_ADAPTORS`` (see ``skerry.adaptors.config``), read
   when the server starts; no adaptor set, no server (a clear error, not an empty tree);
-- every backend call runs in a worker thread: a slow SFTP or S3 adaptor never blocks
-  the server's event loop;
+- every backend call runs in a worker thread (``_run``): a slow SFTP or S3 adaptor never
+  blocks the server's event loop;
 - a folder listing is one ``ls(detail=True)``, never a call per entry;
 - saves are atomic writes (``skerry.adaptors.atomic``): the content goes to a hidden
   temporary name in the same folder and is renamed into place; on object stores (S3) a
@@ -24,32 +26,22 @@ Rules:
   403; missing: 404; traversal (``..``, ``.``, empty segments) and bad models: 400;
   an existing target: 409; an adaptor that cannot be reached now: 503 (the others
   keep working: the root lists adaptors by name, connecting to none); storage errors
-  take their status from ``skerry.errors.storage_error``, as WebDAV and the data API do;
-- checkpoints (``SkerryCheckpoints``) live in the same adaptor, in
-  ``<folder>/.ipynb_checkpoints/<name>-checkpoint<ext>``; read-only adaptors have
-  none (creating one is a 403);
+  take their status from ``skerry.errors.storage_error`` (``http_errors``), as WebDAV
+  and the data API do;
 - kernels start in the local folder of the notebook when its adaptor is local (the
   home adaptor is), and in the home folder for notebooks on remote adaptors
   (``get_kernel_path``; jupyter_server's kernel manager turns it into the cwd).
 """
 
 import asyncio
-import base64
 import contextlib
 import functools
-import hashlib
-import mimetypes
 import os
 import re
 import shutil
-from datetime import datetime, UTC
 
 import nbformat
-from jupyter_server.auth.decorator import authorized
-from jupyter_server.base.handlers import JupyterHandler
-from jupyter_server.services.contents.checkpoints import AsyncCheckpoints, AsyncGenericCheckpointsMixin
 from jupyter_server.services.contents.manager import AsyncContentsManager
-from tornado import web
 from tornado.web import HTTPError
 from traitlets import Bool, Unicode, default
 
@@ -58,66 +50,17 @@ from skerry.adaptors.config import build_federation, read_config
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.specs import load_specs
 from skerry.adaptors.types import adaptor_type
-from skerry.errors import InternalError, storage_error
 from skerry.config import ADAPTORS
 
-CHECKPOINT_DIR = ".ipynb_checkpoints"
-CHECKPOINT_ID = "checkpoint"  # one checkpoint per file, as JupyterLab expects
+from . import models, paths
+from .checkpoints import CHECKPOINT_DIR, SkerryCheckpoints
+from .files import FILE_BLOCK, SkerryFilesHandler
+from .httperrors import http_errors
+
 CHUNKS = "chunks"  # the token of a chunked upload's temporary name: the same for each chunk
 # what an empty folder may still hold: its checkpoints, and the empty-folder marker of
 # S3 folders made before the federation kept them (``folder/`` objects) itself
 LEFTOVERS = (CHECKPOINT_DIR, ".keep")
-FILE_BLOCK = 1024 * 1024  # /files/ downloads stream in blocks of this size
-# folders without a time of their own (the root, adaptor folders, S3 prefixes) show this one
-STARTED = datetime.now(UTC)
-
-
-@contextlib.contextmanager
-def http_errors(path: str):
-    """The federation's exceptions as the HTTP errors jupyter_server expects (``storage_error``'s table)."""
-    try:
-        yield
-    except HTTPError:
-        raise
-    except Exception as e:
-        error = storage_error(e, path)
-        if isinstance(error, InternalError):
-            raise  # our own fault: jupyter_server logs the traceback and answers 500
-        raise HTTPError(error.status, error.message) from None
-
-
-def _time(info: dict, *keys: str) -> datetime:
-    """A timezone-aware time from backend metadata (names differ per backend); STARTED if none."""
-    for key in keys:
-        value = info.get(key)
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        if isinstance(value, (int, float)):
-            return datetime.fromtimestamp(value, UTC)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return STARTED
-
-
-def _modified(info: dict) -> datetime:
-    return _time(info, "mtime", "LastModified", "last_modified", "modified", "created")
-
-
-def _created(info: dict) -> datetime:
-    return _time(info, "created", "ctime", "mtime", "LastModified", "last_modified", "modified")
-
-
-def _parent(path: str) -> str:
-    return path.rpartition("/")[0]
-
-
-def _name(path: str) -> str:
-    return path.rpartition("/")[2]
-
-
-def _join(folder: str, name: str) -> str:
-    return f"{folder}/{name}" if folder else name
 
 
 class SkerryContentsManager(AsyncContentsManager):
@@ -215,31 +158,10 @@ class SkerryContentsManager(AsyncContentsManager):
         with http_errors(path):
             return self.fs.info(path)
 
-    @staticmethod
-    def _hidden_name(name: str) -> bool:
-        return name.startswith(".")
-
     # ---- models ----------------------------------------------------------------
 
     def _base_model(self, path: str, info: dict) -> dict:
-        return {
-            "name": _name(path), "path": path, "type": "file",
-            "last_modified": _modified(info), "created": _created(info),
-            "content": None, "format": None, "mimetype": None,
-            "size": info.get("size") if info.get("type") != "directory" else None,
-            "writable": self._writable(path) if path else False,
-            "hash": None, "hash_algorithm": None,
-        }
-
-    def _entry_model(self, path: str, info: dict) -> dict:
-        model = self._base_model(path, info)
-        if info.get("type") == "directory":
-            model["type"] = "directory"
-        elif path.endswith(".ipynb"):
-            model["type"] = "notebook"
-        else:
-            model["mimetype"] = mimetypes.guess_type(path)[0]
-        return model
+        return models.base_model(path, info, self._writable(path) if path else False)
 
     def _dir_model(self, path: str, info: dict, content: bool) -> dict:
         model = self._base_model(path, info)
@@ -251,10 +173,10 @@ class SkerryContentsManager(AsyncContentsManager):
             children = []
             for entry in entries:
                 child = entry["name"].strip("/")
-                name = _name(child)
-                if not name or (not self.allow_hidden and self._hidden_name(name)) or not self.should_list(name):
+                name = paths.name(child)
+                if not name or (not self.allow_hidden and paths.hidden(name)) or not self.should_list(name):
                     continue
-                children.append(self._entry_model(child, entry))
+                children.append(models.entry_model(child, entry, self._writable(child)))
             model["content"] = children
             model["format"] = "json"
         return model
@@ -265,22 +187,14 @@ class SkerryContentsManager(AsyncContentsManager):
 
     def _file_model(self, path: str, info: dict, content: bool, format: str | None, require_hash: bool) -> dict:
         model = self._base_model(path, info)
-        model["mimetype"] = mimetypes.guess_type(path)[0]
+        model["mimetype"] = models.mimetype(path)
         if content or require_hash:
             data = self._read(path)
             if require_hash:
-                model["hash"], model["hash_algorithm"] = hashlib.sha256(data).hexdigest(), "sha256"
+                model["hash"], model["hash_algorithm"] = models.content_hash(data)
             if content:
-                if format in (None, "text"):
-                    try:
-                        model["content"], model["format"] = data.decode("utf-8"), "text"
-                    except UnicodeDecodeError:
-                        if format == "text":
-                            raise HTTPError(400, f"{path} is not UTF-8 encoded text") from None
-                if model["content"] is None:
-                    model["content"], model["format"] = base64.b64encode(data).decode("ascii"), "base64"
-                default_type = "text/plain" if model["format"] == "text" else "application/octet-stream"
-                model["mimetype"] = model["mimetype"] or default_type
+                model["content"], model["format"] = models.file_content(path, data, format)
+                model["mimetype"] = models.mimetype(path, model["format"])
         return model
 
     def _notebook_model(self, path: str, info: dict, content: bool, require_hash: bool) -> dict:
@@ -289,10 +203,10 @@ class SkerryContentsManager(AsyncContentsManager):
         if content or require_hash:
             data = self._read(path)
             if require_hash:
-                model["hash"], model["hash_algorithm"] = hashlib.sha256(data).hexdigest(), "sha256"
+                model["hash"], model["hash_algorithm"] = models.content_hash(data)
             if content:
                 try:
-                    nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+                    nb = models.read_notebook(data)
                 except Exception as e:
                     raise HTTPError(400, f"Unreadable notebook {path}: {e}") from None
                 model["content"], model["format"] = nb, "json"
@@ -338,7 +252,7 @@ class SkerryContentsManager(AsyncContentsManager):
         return await self._run(self._exists_as, path, "file")
 
     async def is_hidden(self, path):
-        return any(self._hidden_name(part) for part in path.strip("/").split("/") if part)
+        return any(paths.hidden(part) for part in path.strip("/").split("/") if part)
 
     async def get_kernel_path(self, path, model=None):
         """The kernel's working folder, as a path relative to the server's folder.
@@ -350,7 +264,7 @@ class SkerryContentsManager(AsyncContentsManager):
         path = path.strip("/")
         try:
             is_dir = await self.dir_exists(path)
-            folder = self.local_path(path if is_dir else _parent(path)) if path else None
+            folder = self.local_path(path if is_dir else paths.parent(path)) if path else None
         except HTTPError:  # an unreachable adaptor, a bad path: the kernel still starts
             folder = None
         if folder is None and self.home_adaptor in self.specs:
@@ -378,19 +292,6 @@ class SkerryContentsManager(AsyncContentsManager):
         old, new = self.local_path(path), self.local_path(tmp)
         if old and new and os.path.isfile(old):
             shutil.copymode(old, new)
-
-    @staticmethod
-    def _decode(path: str, content, format) -> bytes:
-        if not isinstance(content, str):
-            raise HTTPError(400, f"The content of {path} must be a string")
-        if format == "text":
-            return content.encode("utf-8")
-        if format == "base64":
-            try:
-                return base64.b64decode(content.encode("ascii"), validate=True)
-            except ValueError as e:
-                raise HTTPError(400, f"The content of {path} is not valid base64: {e}") from None
-        raise HTTPError(400, "The format of the file content must be 'text' or 'base64'")
 
     def _check_target(self, path: str, type: str) -> None:
         """A file may not replace a folder, nor a folder a file."""
@@ -425,7 +326,7 @@ class SkerryContentsManager(AsyncContentsManager):
             elif type_ == "notebook":
                 nb = model["content"]  # signed by save(), in the event loop's thread
                 try:
-                    data = nbformat.writes(nb, version=nbformat.NO_CONVERT).encode("utf-8")
+                    data = models.notebook_bytes(nb)
                 except Exception as e:
                     raise HTTPError(400, f"Unsaveable notebook {path}: {e}") from None
                 self._write(path, data)
@@ -433,7 +334,7 @@ class SkerryContentsManager(AsyncContentsManager):
                 self.validate_notebook_model(checked)
                 message = checked.get("message")
             else:
-                self._write(path, self._decode(path, model["content"], model.get("format")))
+                self._write(path, models.file_bytes(path, model["content"], model.get("format")))
         saved = self._get(path, content=False)
         if message:
             saved["message"] = message
@@ -446,7 +347,7 @@ class SkerryContentsManager(AsyncContentsManager):
             raise HTTPError(400, f"Only files can be uploaded in chunks, not a {model['type']}")
         if not isinstance(chunk, int) or chunk == 0 or chunk < -1:
             raise HTTPError(400, f"Invalid chunk number {chunk!r}: 1, 2, ... and -1 for the last")
-        data = self._decode(path, model["content"], model.get("format"))
+        data = models.file_bytes(path, model["content"], model.get("format"))
         parts = atomic.temp_path(path, CHUNKS)
         with http_errors(path):
             if chunk == 1:
@@ -462,7 +363,7 @@ class SkerryContentsManager(AsyncContentsManager):
         if chunk == -1:
             self.run_post_save_hooks(model=saved, os_path=self.local_path(path) or f"skerry://{path}")
         else:  # the file is not there yet: answer with the model it is going to have
-            saved.update(name=_name(path), path=path)
+            saved.update(name=paths.name(path), path=path)
         return saved
 
     async def save(self, model, path=""):
@@ -495,7 +396,7 @@ class SkerryContentsManager(AsyncContentsManager):
             if info.get("type") != "directory":
                 self.fs.rm_file(path)
                 return
-            entries = [_name(e.strip("/")) for e in self.fs.ls(path, detail=False)]
+            entries = [paths.name(e.strip("/")) for e in self.fs.ls(path, detail=False)]
             kept = [n for n in entries if n not in LEFTOVERS]
             if kept and not self.always_delete_dir:
                 raise HTTPError(400, f"Folder {path} is not empty: delete what is in it first")
@@ -506,7 +407,7 @@ class SkerryContentsManager(AsyncContentsManager):
                     raise HTTPError(500, f"Folder {path} could not be deleted")
                 return
             for name in entries:
-                self.fs.rm(_join(path, name), recursive=True)
+                self.fs.rm(paths.join(path, name), recursive=True)
             # an S3 folder without its own folder/ object went with its last object
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rmdir(path)
@@ -536,14 +437,14 @@ class SkerryContentsManager(AsyncContentsManager):
         info = await self._run(self._info, from_path)
         if info.get("type") == "directory":
             raise HTTPError(400, "Folders cannot be copied")
-        folder = _parent(from_path) if to_path is None else to_path.strip("/")
+        folder = paths.parent(from_path) if to_path is None else to_path.strip("/")
         if await self.dir_exists(folder):
-            name = await self.increment_filename(self._copy_name(_name(from_path)), folder, insert="-Copy")
-            target = _join(folder, name)
-        elif to_path is not None and await self.dir_exists(_parent(folder)):
+            name = await self.increment_filename(self._copy_name(paths.name(from_path)), folder, insert="-Copy")
+            target = paths.join(folder, name)
+        elif to_path is not None and await self.dir_exists(paths.parent(folder)):
             target = folder
         else:
-            raise HTTPError(404, f"No such folder: {_parent(folder) if to_path else folder}")
+            raise HTTPError(404, f"No such folder: {paths.parent(folder) if to_path else folder}")
 
         def copy():
             self._check_writable(target)
@@ -571,146 +472,3 @@ class SkerryContentsManager(AsyncContentsManager):
     def info_string(self):
         return f"Serving the skerry:// federation ({', '.join(sorted(self.specs))})"
 
-
-class SkerryCheckpoints(AsyncGenericCheckpointsMixin, AsyncCheckpoints):
-    """Checkpoints kept in the file's own adaptor: ``<folder>/.ipynb_checkpoints/<name>-checkpoint<ext>``.
-
-    Read-only adaptors have none: listing gives an empty list, creating one is a 403.
-    """
-
-    @property
-    def manager(self) -> SkerryContentsManager:
-        return self.parent
-
-    @staticmethod
-    def checkpoint_path(checkpoint_id: str, path: str) -> str:
-        path = path.strip("/")
-        stem, dot, ext = _name(path).rpartition(".")
-        if not dot:
-            stem, ext = ext, ""
-        return _join(_parent(path), f"{CHECKPOINT_DIR}/{stem}-{checkpoint_id}{dot}{ext}")
-
-    def _model(self, cp_path: str) -> dict:
-        return {"id": CHECKPOINT_ID, "last_modified": _modified(self.manager.fs.info(cp_path))}
-
-    def _create(self, data: bytes, path: str) -> dict:
-        manager = self.manager
-        if not manager._writable(path.strip("/")):
-            raise HTTPError(403, f"Checkpoints are not supported on read-only adaptors ({path})")
-        cp_path = self.checkpoint_path(CHECKPOINT_ID, path)
-        with http_errors(path):
-            manager._write(cp_path, data)
-            return self._model(cp_path)
-
-    async def create_file_checkpoint(self, content, format, path):
-        data = SkerryContentsManager._decode(path, content, format)
-        return await self.manager._run(self._create, data, path)
-
-    async def create_notebook_checkpoint(self, nb, path):
-        data = nbformat.writes(nb, version=nbformat.NO_CONVERT).encode("utf-8")
-        return await self.manager._run(self._create, data, path)
-
-    def _read(self, checkpoint_id: str, path: str) -> bytes:
-        cp_path = self.checkpoint_path(checkpoint_id, path)
-        try:
-            return self.manager.fs.cat_file(cp_path)
-        except FileNotFoundError:
-            raise HTTPError(404, f"No checkpoint {checkpoint_id!r} of {path}") from None
-
-    async def get_file_checkpoint(self, checkpoint_id, path):
-        data = await self.manager._run(self._read, checkpoint_id, path)
-        try:
-            return {"type": "file", "content": data.decode("utf-8"), "format": "text"}
-        except UnicodeDecodeError:
-            return {"type": "file", "content": base64.b64encode(data).decode("ascii"), "format": "base64"}
-
-    async def get_notebook_checkpoint(self, checkpoint_id, path):
-        data = await self.manager._run(self._read, checkpoint_id, path)
-        return {"type": "notebook", "content": nbformat.reads(data.decode("utf-8"), as_version=4)}
-
-    def _list(self, path: str) -> list[dict]:
-        cp_path = self.checkpoint_path(CHECKPOINT_ID, path)
-        try:
-            return [self._model(cp_path)]
-        except (FileNotFoundError, ValueError, PermissionError):
-            return []
-
-    async def list_checkpoints(self, path):
-        return await self.manager._run(self._list, path)
-
-    def _delete(self, checkpoint_id: str, path: str) -> None:
-        if not self.manager._writable(path.strip("/")):
-            raise HTTPError(403, f"Checkpoints are not supported on read-only adaptors ({path})")
-        cp_path = self.checkpoint_path(checkpoint_id, path)
-        with http_errors(path):
-            try:
-                self.manager.fs.rm_file(cp_path)
-            except FileNotFoundError:
-                raise HTTPError(404, f"No checkpoint {checkpoint_id!r} of {path}") from None
-
-    async def delete_checkpoint(self, checkpoint_id, path):
-        await self.manager._run(self._delete, checkpoint_id, path)
-
-    def _rename(self, checkpoint_id: str, old_path: str, new_path: str) -> None:
-        old_cp = self.checkpoint_path(checkpoint_id, old_path)
-        new_cp = self.checkpoint_path(checkpoint_id, new_path)
-        with http_errors(new_path):
-            if self.manager.fs.exists(old_cp):
-                self.manager.fs.mv(old_cp, new_cp)
-
-    async def rename_checkpoint(self, checkpoint_id, old_path, new_path):
-        await self.manager._run(self._rename, checkpoint_id, old_path, new_path)
-
-
-def _content_type(name: str) -> str:
-    """The Content-Type of a downloaded file, by its name (as jupyter_server's files handler)."""
-    if name.lower().endswith(".ipynb"):
-        return "application/x-ipynb+json"
-    mimetype, encoding = mimetypes.guess_type(name)
-    if encoding == "gzip":
-        return "application/gzip"  # RFC 6713
-    if encoding is not None or mimetype is None:
-        return "application/octet-stream"
-    return "text/plain; charset=UTF-8" if mimetype == "text/plain" else mimetype
-
-
-class SkerryFilesHandler(JupyterHandler):
-    """``/files/<path>``: a file's bytes, streamed from its adaptor in ``FILE_BLOCK`` blocks.
-
-    jupyter_server's fallback for managers without local files reads the whole file
-    through ``get`` (base64 and all); this one never holds more than a block.
-    """
-
-    auth_resource = "contents"
-
-    @property
-    def content_security_policy(self):
-        # HTML or SVG served from here must not script the server's own origin
-        return super().content_security_policy + "; sandbox allow-scripts"
-
-    @web.authenticated
-    @authorized
-    async def head(self, path):
-        await self.get(path, include_body=False)
-
-    @web.authenticated
-    @authorized
-    async def get(self, path, include_body=True):
-        self.check_xsrf_cookie()  # /files/ requests must come from the same site
-        manager = self.contents_manager
-        path = path.strip("/")
-        if not manager.allow_hidden and await manager.is_hidden(path):
-            raise HTTPError(404)
-        f = await manager._run(manager.open_file, path)
-        try:
-            if self.get_argument("download", None):
-                self.set_attachment_header(_name(path))
-            self.set_header("Content-Type", _content_type(_name(path)))
-            while include_body:
-                block = await manager._run(f.read, FILE_BLOCK)
-                if not block:
-                    break
-                self.write(block)
-                await self.flush()
-        finally:
-            await manager._run(f.close)
