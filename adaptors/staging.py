@@ -44,6 +44,8 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import unquote
 
+from skerry.errors import BadRequest, StorageFailed
+
 from . import atomic
 from .webhooks import check_url
 
@@ -58,17 +60,18 @@ PARTS_AT_ONCE = 4  # S3 parts of one file in flight at once
 STATES = ("queued", "running", "done", "failed")
 
 
-class CopyRequestError(ValueError):
-    """A copy request that cannot start: ``code`` for machines, the message for people."""
+class CopyRequestError(BadRequest):
+    """A copy request that cannot start (400): ``code`` says which check refused it."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-        self.message = message
 
 
-class VerificationError(OSError):
-    """The copy's size or checksum differs from the source's."""
+class VerificationError(StorageFailed):
+    """The copy's size or checksum differs from the source's: the target stored something else (502)."""
+
+    code = "verification_failed"
 
 
 # ---- validation ------------------------------------------------------------

@@ -240,7 +240,7 @@ class CopyHandler(_Handler):
         try:
             ids = self.api.stager.submit(items)
         except CopyRequestError as e:
-            raise ApiError(400, e.code, e.message) from None
+            raise ApiError.of(e) from None  # 400, the check's code
         self.reply({"ids": ids}, 202)
 
 

@@ -21,17 +21,23 @@ from datetime import datetime, UTC
 import httpx
 import websocket  # websocket-client, a dependency of jupyter_server
 
+from skerry.errors import Unavailable
+
 __all__ = ["RemoteKernel", "Result", "KernelError", "KernelDied"]
 
 TIMEOUT_S = 60.0
 
 
-class KernelError(RuntimeError):
+class KernelError(Unavailable, RuntimeError):  # RuntimeError: what scripts caught before
     """The server refused the kernel, or the kernel stopped answering."""
+
+    code = "kernel_unavailable"
 
 
 class KernelDied(KernelError):
     """The kernel died while running the code (its server says it is restarting it, or gave up)."""
+
+    code = "kernel_died"
 
 
 @dataclass

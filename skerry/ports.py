@@ -36,6 +36,7 @@ import threading
 from urllib.parse import parse_qs
 
 from . import config
+from .errors import SetupError
 
 IDENTITY_PATH = "skerry-identity"  # under each endpoint's URL prefix
 ROLES = ("jupyter", "webdav")
@@ -178,18 +179,22 @@ def tornado_handlers(base_url: str, role: str = "jupyter", key: str | None = Non
     return [(base_url.rstrip("/") + "/" + IDENTITY_PATH, IdentityHandler)]
 
 
-class IdentityError(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+class IdentityError(SetupError):
+    """The server on a port did not prove it is the one the hub started: the start fails (500)."""
+
+    code = "identity_unproven"
 
 
 class WrongServer(IdentityError):
     """Something other than the server the hub started answers on its port."""
 
+    code = "port_taken"
+
 
 class NoAnswer(IdentityError):
     """Nothing answered in time (or the server's process ended)."""
+
+    code = "endpoint_timeout"
 
 
 async def _get(port: int, path: str, timeout: float) -> tuple[int, bytes]:

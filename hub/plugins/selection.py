@@ -20,23 +20,23 @@ Rules (:func:`select`):
 
 from typing import Any
 
-from skerry.errors import SkerryError
+from skerry.errors import BadRequest, Forbidden
 
 from skerry.hub.stores.profiles import META, Profile, ProfileError, allowed, render_adaptor, resolve
 
 KEYS = ("profile", "options", "free")
 
 
-class Refused(SkerryError):
+class Refused(Forbidden):
     """A spawn the user may not make; ``status`` is the HTTP status of the refusal."""
 
     code = "spawn_refused"
-    status = 403
 
 
-class BadOptions(Refused):
+class BadOptions(BadRequest, Refused):
+    """``user_options`` not of the documented shape (400); still a Refused spawn."""
+
     code = "bad_user_options"
-    status = 400
 
 
 def parse(user_options: Any) -> tuple[str | None, dict[str, str], dict[str, str]]:

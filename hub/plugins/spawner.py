@@ -456,14 +456,14 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
                                      self.start_timeout, alive=lambda: self.proc.poll() is None)
         except WrongServer as e:
             raise SpawnException(f"the micro-infrastructure of {self.user.name} could not take its port: "
-                                 f"{e.message}; start it again", reason="port_taken", status_code=500) from None
+                                 f"{e.message}; start it again", reason=e.code, status_code=e.status) from None
         except IdentityError as e:
             status = self.proc.poll()
             if status is not None:
                 raise SpawnException(
                     f"the micro-infrastructure of {self.user.name} exited at start "
                     f"(status {status}); the hub log says why", reason="exited_at_start", status_code=500) from None
-            raise SpawnException(e.message, reason="endpoint_timeout", status_code=500) from None
+            raise SpawnException(e.message, reason=e.code, status_code=e.status) from None
 
     async def poll(self):
         pgid = self.pid

@@ -55,6 +55,8 @@ import collections
 import os
 from collections.abc import AsyncIterator
 
+from skerry.errors import Conflict
+
 QUEUED_PROGRESS = 10  # a waiting start: after "Server requested" (0), before "Spawning server" (50)
 TURN_PROGRESS = 20
 
@@ -69,8 +71,10 @@ def default_limit(cores: int | None = None) -> int:
     return max(2, 2 * cores)
 
 
-class LeftQueue(RuntimeError):
+class LeftQueue(Conflict):
     """turn() of a ticket released (by someone else) while it waited."""
+
+    code = "left_start_queue"
 
 
 class Ticket:
