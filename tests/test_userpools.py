@@ -49,7 +49,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture
 def pools(data, policy):
-    p = UserPools(data.path, {"cpu": PoolSpec(workers=1, threads=2)}, policy, gpus=0, idle_after=2.0,
+    p = UserPools(data.path, {"cpu": PoolSpec(workers=1, threads=2)}, policy, gpus=0, idle_after=5.0,
                   watch_every=0.2)
     yield p
     p.close()
@@ -116,7 +116,7 @@ def test_each_owners_jobs_run_on_their_own_cluster_which_stops_when_idle(pools, 
         folder = data.handover(owner) / "dask" / "cpu"
         assert json.loads(connect_file(folder).read_text())["address"].startswith("tls://")
         assert processes_of(pwd.getpwnam(policy.template.format(username=owner)).pw_uid)
-    # idle for 2 s (no job of the platform's, no task, no client of theirs): stopped, nothing left
+    # idle for 5 s (no job of the platform's, no task, no client of theirs): stopped, nothing left
     wait_for(lambda: (pools.events(timeout=0.2), not pools.clusters.clusters)[1], 60, what="idle clusters to stop")
     for owner in ("alice", "bob"):
         assert not connect_file(data.handover(owner) / "dask" / "cpu").exists()
