@@ -65,7 +65,6 @@ from .scheduling.writes import Move, fold_starts, requeue, write_moves, write_st
 # SchedulerError and NO_OUTPUT are defined by the parts and offered here too: their old home
 __all__ = ["Scheduler", "SchedulerError", "NO_OUTPUT"]
 
-FINAL = S.FINAL_STATES  # plain strings, for queries
 POOLS_INTERVAL = 5.0  # seconds between the checks for queued jobs of pools the runner does not have
 
 
@@ -187,7 +186,7 @@ class Scheduler:
     def tasks_done(self, task_ids) -> bool:
         with self.catalog.session() as s:
             states = s.execute(select(Task.state).where(Task.id.in_(list(task_ids)))).scalars().all()
-        return all(state in FINAL for state in states)
+        return all(state in S.FINAL_STATES for state in states)
 
     def idle(self) -> bool:
         """Nothing in flight, nothing waiting for a retry, nothing queued."""

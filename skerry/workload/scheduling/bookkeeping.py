@@ -35,7 +35,6 @@ from .inflight import InFlight
 
 __all__ = ["cancel_task", "derive_task_states", "drop_final", "set_rank", "update_ranks"]
 
-FINAL = S.FINAL_STATES  # plain strings, for queries
 
 
 def derive_task_states(catalog, planner, tasks: set[int]) -> None:
@@ -43,7 +42,7 @@ def derive_task_states(catalog, planner, tasks: set[int]) -> None:
     with catalog.writing() as s:
         for task_id in sorted(tasks):
             task = s.get(Task, task_id)
-            if task is None or task.state in FINAL:
+            if task is None or task.state in S.FINAL_STATES:
                 continue
             counts = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == task_id)
                                     .group_by(Job.state)).all())
@@ -59,7 +58,7 @@ def update_ranks(catalog, inflight: InFlight, rounds: dict[str, int], params: S.
     """Every active task's rank, by ``next_rank`` (``rounds``: pool -> its selector's rounds)."""
     latest = max(rounds.values(), default=0)
     with catalog.writing() as s:
-        rows = s.execute(select(Task.id, Task.rank).where(Task.state.not_in(FINAL))).all()
+        rows = s.execute(select(Task.id, Task.rank).where(Task.state.not_in(S.FINAL_STATES))).all()
         for task_id, rank in rows:
             aging = max(0, latest - inflight.last_pick.get(task_id, latest) - 1)
             retries = inflight.retried.pop(task_id, 0)
@@ -94,7 +93,7 @@ def cancel_task(catalog, runner: Runner, inflight: InFlight, task_id: int) -> No
             s.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == live.attempt,
                                                JobAttempt.ended.is_(None))
                       .values(ended=now(), error_class="cancelled"))
-        s.execute(update(Job).where(Job.task_id == task_id, Job.state.not_in(FINAL))
+        s.execute(update(Job).where(Job.task_id == task_id, Job.state.not_in(S.FINAL_STATES))
                   .values(state="cancelled", updated=now()))
     for job in [j for j in inflight.retry_due if j in live_ids]:
         del inflight.retry_due[job]
@@ -106,7 +105,7 @@ def drop_final(conn, inflight: InFlight, runner: Runner) -> None:
     mine = list(inflight.live) + [job for job in inflight.retry_due if job not in inflight.live]
     final = []
     for chunk in chunks(mine):
-        final += conn.execute(select(Job.id).where(Job.id.in_(chunk), Job.state.in_(FINAL))).scalars()
+        final += conn.execute(select(Job.id).where(Job.id.in_(chunk), Job.state.in_(S.FINAL_STATES))).scalars()
     gone = []
     for job in final:
         live = inflight.live.pop(job, None)

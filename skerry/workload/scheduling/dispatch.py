@@ -50,7 +50,6 @@ from .tasks import TaskInfos, by_pin, excluded_pools, job_inputs
 
 __all__ = ["Dispatcher", "MAX_BATCH", "MAX_WINDOW", "fail_poolless"]
 
-FINAL = S.FINAL_STATES  # plain strings, for queries
 MAX_WINDOW = 10_000  # jobs a pool's window holds at most, however fast its jobs finish
 MAX_BATCH = 100  # attempts one Dask task carries at most
 
@@ -105,7 +104,7 @@ class Dispatcher:
             if free <= 0 or (in_flight[pool] and free < self._least(pool, tasks[pool])):
                 continue
             if ranks is None:
-                ranks = dict(conn.execute(select(Task.id, Task.rank).where(Task.state.not_in(FINAL))
+                ranks = dict(conn.execute(select(Task.id, Task.rank).where(Task.state.not_in(S.FINAL_STATES))
                                           .order_by(Task.id)).all())
             queued = {}
             for task_id in ranks:

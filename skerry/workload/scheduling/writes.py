@@ -39,7 +39,6 @@ from .tasks import TaskInfos
 
 __all__ = ["Move", "end_attempts", "fold_starts", "requeue", "writable", "write_moves", "write_starts"]
 
-FINAL = S.FINAL_STATES  # plain strings, for queries
 
 # the per-job writes: compiled once, many rows each (``bulk``)
 _FILES = Bulk(insert(File), datetimes=("created",))
@@ -146,7 +145,7 @@ def writable(s, moves: list[Move], dialect: str) -> set[int]:
             by_attempt[attempt].append(job)
         conn = s.connection()
         still = sum(conn.execute(select(func.count()).where(Job.id.in_(chunk), Job.attempts == attempt,
-                                                            Job.state.not_in(FINAL))).scalar_one()
+                                                            Job.state.not_in(S.FINAL_STATES))).scalar_one()
                     for attempt, jobs in by_attempt.items() for chunk in chunks(jobs))
         if still == len(ids):
             return set(ids)
@@ -155,7 +154,7 @@ def writable(s, moves: list[Move], dialect: str) -> set[int]:
         query = select(Job.id, Job.state, Job.attempts).where(Job.id.in_(chunk))
         if dialect == "postgresql":
             query = query.with_for_update()
-        found.update(r.id for r in s.execute(query) if r.state not in FINAL and r.attempts == mine[r.id])
+        found.update(r.id for r in s.execute(query) if r.state not in S.FINAL_STATES and r.attempts == mine[r.id])
     return found
 
 
