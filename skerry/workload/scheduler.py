@@ -62,7 +62,7 @@ from .scheduling.tasks import NO_OUTPUT, TaskInfos
 from .scheduling.transitions import Transitions
 from .scheduling.writes import Move, fold_starts, requeue, write_moves, write_starts
 
-# SchedulerError and NO_OUTPUT are defined by the parts and offered here too: their old home
+# SchedulerError and NO_OUTPUT are defined in the parts; callers and tests import them from here
 __all__ = ["Scheduler", "SchedulerError", "NO_OUTPUT"]
 
 POOLS_INTERVAL = 5.0  # seconds between the checks for queued jobs of pools the runner does not have
@@ -79,7 +79,7 @@ class Scheduler:
         self.config = config  # checked when it was made (``schedulerconfig``)
         self.adaptors_of = adaptors_of  # owner -> their adaptor configuration file (``owners``)
         self.inflight = InFlight(runner.pools)
-        self.live, self.retry_due = self.inflight.live, self.inflight.retry_due
+        self.live, self.retry_due = self.inflight.live, self.inflight.retry_due  # what the manager watches
         self.tasks = TaskInfos(catalog, adaptors_of)
         self.transitions = Transitions(catalog, runner, config, self.inflight, self.tasks)
         self.dispatcher = Dispatcher(runner, config, self.inflight, self.tasks)
@@ -100,6 +100,7 @@ class Scheduler:
             self.step(wait)
 
     def step(self, wait: float = 0.0) -> None:
+        """One round (the module docstring's 1-5); ``wait``: seconds to wait for reports, or to sleep when idle."""
         if not self._recovered:
             self.recover()
         moves: list[Move] = []
