@@ -15,9 +15,10 @@
 - ``runs``: a run of a workflow over a dataset (one task per step), the runs that
   registering or closing a dataset starts through workflow masks, and the planner
   that makes jobs as input lands;
-- ``scheduler``/``runner``: the loop that feeds Dask pools a bounded window of jobs
-  chosen fairly by rank, with heartbeats, timeouts, retries and recovery from the
-  catalog; ``runner`` is the only module that touches ``distributed.Client``;
+- ``scheduler``/``scheduling``/``runner``: the loop that feeds Dask pools a bounded
+  window of jobs chosen fairly by rank, with heartbeats, timeouts, retries and recovery
+  from the catalog (``scheduling``: its parts, one concern each); ``runner`` is the only
+  module that touches ``distributed.Client``;
 - ``manager``/``pools``/``owners``: the scheduler process of ``skerry up``, its Dask pools
   (``DIR/pools.json``: a LocalCluster, a GPU pool when there are GPUs, or addresses), and
   each job's view of its owner's storage;

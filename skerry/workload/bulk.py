@@ -1,7 +1,8 @@
-"""One statement, many rows, fast: the scheduler's per-job writes on SQLite.
+"""One statement, many rows, fast: the scheduler's per-job writes on SQLite; many ids, few lists.
 
     ENDS = Bulk(update(JobAttempt).where(...).values(...), datetimes=("b_ended",))
     ENDS.run(conn, [{"b_job": 1, ...}, ...])     # in the caller's transaction
+    for ids in chunks(job_ids): ...              # one IN (...) list each
 
 SQLAlchemy's ``executemany`` spends about five times SQLite's own time per row on
 building and converting parameters, and the scheduler writes several rows per job
@@ -15,14 +16,18 @@ Rules:
   turned into SQLite's text form by the catalog's own ``DateTime`` type (the same text
   SQLAlchemy writes);
 - a statement that needs a parameter the rows do not give (a column default computed
-  in Python) runs through SQLAlchemy instead, so nothing is left unfilled.
+  in Python) runs through SQLAlchemy instead, so nothing is left unfilled;
+- ``chunks`` cuts a list of ids into lists of at most ``CHUNK``, one ``IN (...)`` list
+  each (far from any database's limit on parameters).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import DateTime
 
-__all__ = ["Bulk"]
+__all__ = ["Bulk", "CHUNK", "chunks"]
+
+CHUNK = 500  # ids per IN (...) list
 
 
 class Bulk:
@@ -66,3 +71,9 @@ class Bulk:
             found = (compiled.string if set(compiled.binds) <= set(keys) else None, to_text)
             self._compiled[(id(dialect), keys)] = found
         return found
+
+
+def chunks(ids: list, n: int = CHUNK):
+    """``ids`` in consecutive lists of at most ``n``."""
+    for i in range(0, len(ids), n):
+        yield ids[i:i + n]
