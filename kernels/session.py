@@ -35,7 +35,7 @@ import threading
 import time
 
 from skerry import config
-from skerry.errors import SkerryError
+from skerry.errors import SkerryError, Unavailable
 
 __all__ = ["Session", "SessionError", "current", "start", "PARTS"]
 
@@ -48,7 +48,9 @@ CONNECT_S = 10  # Dask's connection timeout to a pool's scheduler
 _current: Session | None = None
 
 
-class SessionError(SkerryError):
+class SessionError(Unavailable):
+    """A part of the kernel's skerry session (skerry://, skerry.client) is not ready; the sentence says why."""
+
     code = "session_unavailable"
 
 

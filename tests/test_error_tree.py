@@ -125,6 +125,8 @@ def test_a_planted_exception_outside_the_tree_is_found():
     ("skerry.adaptors.staging.VerificationError", "StorageFailed", "verification_failed", 502),
     ("skerry.kernels.remote.KernelError", "Unavailable", "kernel_unavailable", 503),
     ("skerry.kernels.remote.KernelDied", "Unavailable", "kernel_died", 503),
+    ("skerry.workload.runs.RunError", "BadRequest", "bad_run", 400),
+    ("skerry.kernels.session.SessionError", "Unavailable", "session_unavailable", 503),
 ])
 def test_each_module_error_is_under_its_kind_with_its_own_code(name, kind, code, status):
     module, _, cls = name.rpartition(".")

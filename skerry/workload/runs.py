@@ -54,7 +54,7 @@ import posixpath
 
 from sqlalchemy import exists, select, update
 
-from ..errors import ConfigError, SkerryError
+from ..errors import BadRequest, ConfigError, SkerryError
 from .builtins import BUILTINS
 from .catalog import CatalogError, check_uri, insert_jobs
 from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow
@@ -67,7 +67,9 @@ __all__ = ["start_run", "start_matching_runs", "Planner", "RunError", "registry_
 log = logging.getLogger("skerry.workload")
 
 
-class RunError(SkerryError):
+class RunError(BadRequest):
+    """A run that cannot start over its dataset; the sentence says why (the REST API answers 400)."""
+
     code = "bad_run"
 
 
