@@ -139,7 +139,16 @@ def _wait_ready(url: str, hub: subprocess.Popen) -> bool:
 
 
 def up(opts: Options) -> int:
-    """Run the platform until Ctrl-C/SIGTERM; returns the exit status."""
+    """Run the platform until Ctrl-C/SIGTERM; returns the exit status. The umask is 077 while
+    it runs, and this process's own again once it returns or refuses."""
+    previous = os.umask(0o077)  # the platform's files (secrets, databases, logs) are its own; the hub inherits it
+    try:
+        return _up(opts)
+    finally:
+        os.umask(previous)
+
+
+def _up(opts: Options) -> int:
     opts.validate()
     data = DataDir(opts.data_dir)
     other = _previous_hub(data)
@@ -149,7 +158,6 @@ def up(opts: Options) -> int:
         _check_port_free(opts.ip, opts.port)  # before anything is written
     load_pools(data.path / "pools.json")  # a bad pools.json stops us here, with a sentence
     SchedulerConfig.for_data_dir(data.path)  # and so does a bad scheduler.json
-    os.umask(0o077)  # the platform's files (secrets, databases, logs) are its own; the hub inherits it
     data.ensure()
     identity = decide(data.users, opts.account_template)  # before anything starts: a SetupError names the folder
     if identity.reason:

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import TEMPLATES, Platform, kill_leftovers, remove_accounts
 
-pytest_plugins = ["ciskips", "slowfirst"]  # under CI an unexpected skip fails the run; slowest modules first
+pytest_plugins = ["ciskips", "slowfirst", "umaskguard"]  # see each module
 
 
 @pytest.fixture(scope="session", autouse=True)
