@@ -64,32 +64,12 @@ class Consistency(Database):
                 select(File.id, File.uri, File.size, File.checksum, File.state)
                 .where(File.dataset_id == dataset_id, File.state != "DELETED"))}
         report = ConsistencyReport(name, checked=len(catalog))
-        listing = {}
-        if location:
-            try:
-                found = fs.find(federation_path(location), detail=True)
-            except FileNotFoundError:
-                found = {}
-            listing = {"skerry://" + p.strip("/"): info for p, info in found.items() if info.get("type") == "file"}
+        listing = _listing(fs, location)
         problems, back = {}, []
         for uri, row in catalog.items():
-            info = listing.get(uri)
-            if info is None and not _under(uri, location):
-                try:
-                    info = fs.info(federation_path(uri))
-                except FileNotFoundError:
-                    info = None
-            if info is None or info.get("type") == "directory":
-                report.missing.append(uri)
-                problems[uri] = "missing"
-                continue
-            size = info.get("size")
-            if size != row.size:
-                report.mismatched.append(Mismatch(uri, "size", row.size, size))
-                problems[uri] = "mismatch"
-            elif checksums and row.checksum and (digest := _md5(fs, uri)) != row.checksum:
-                report.mismatched.append(Mismatch(uri, "checksum", row.checksum, digest))
-                problems[uri] = "mismatch"
+            problem = _compare(fs, row, listing.get(uri), location, checksums, report)
+            if problem:
+                problems[uri] = problem
             elif row.state != "AVAILABLE":
                 back.append(uri)  # found again, and right: available again
         for uri in listing.keys() - catalog.keys():
@@ -155,6 +135,40 @@ class Consistency(Database):
             if removed:
                 s.execute(delete(FileProblem).where(FileProblem.dataset_id == dataset_id,
                                                     FileProblem.uri.in_(removed)))
+
+
+def _listing(fs, location: str | None) -> dict[str, dict]:
+    """The files in storage under a dataset's ``location``, by ``skerry://`` URI (none without one)."""
+    if not location:
+        return {}
+    try:
+        found = fs.find(federation_path(location), detail=True)
+    except FileNotFoundError:
+        found = {}
+    return {"skerry://" + p.strip("/"): info for p, info in found.items() if info.get("type") == "file"}
+
+
+def _compare(fs, row, info: dict | None, location: str | None, checksums: bool,
+             report: ConsistencyReport) -> str | None:
+    """One catalog file against storage (``info``: its listing entry, if listed); its problem, told
+    in ``report`` (``"missing"``, ``"mismatch"``), or None."""
+    uri = row.uri
+    if info is None and not _under(uri, location):
+        try:
+            info = fs.info(federation_path(uri))
+        except FileNotFoundError:
+            info = None
+    if info is None or info.get("type") == "directory":
+        report.missing.append(uri)
+        return "missing"
+    size = info.get("size")
+    if size != row.size:
+        report.mismatched.append(Mismatch(uri, "size", row.size, size))
+        return "mismatch"
+    if checksums and row.checksum and (digest := _md5(fs, uri)) != row.checksum:
+        report.mismatched.append(Mismatch(uri, "checksum", row.checksum, digest))
+        return "mismatch"
+    return None
 
 
 def _under(uri: str, location: str | None) -> bool:
