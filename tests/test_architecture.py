@@ -99,7 +99,8 @@ def test_the_tree_keeps_its_layers():
 
 
 @pytest.mark.parametrize("where, planted, expected", [
-    ("skerry/workload/catalog.py", "from skerry.hub.stores import quotas", "skerry.workload.catalog (workload)"),
+    ("skerry/workload/catalog/jobs.py", "from skerry.hub.stores import quotas",
+     "skerry.workload.catalog.jobs (workload)"),
     ("adaptors/staging.py", "    from skerry.workload import catalog", "skerry.adaptors.staging (adaptors)"),
     ("skerry/errors.py", "import jupyterhub.utils", "skerry.errors (core)"),
     ("hub/userserver/webdav.py", "from ..plugins import spawner", "skerry.hub.userserver.webdav (userserver)"),

@@ -12,6 +12,11 @@ import pytest
 PUBLIC = {
     "skerry": ["__version__", "Pipeline", "Builder", "Monitor", "session", "fs", "client", "api", "ready"],
     "skerry.workload": [],
+    "skerry.workload.catalog": [
+        "Catalog", "DatasetInfo", "FileInfo", "FilePage", "ConsistencyReport", "Mismatch", "CatalogError",
+        "DatasetExists", "UnknownDataset", "AmbiguousDataset", "DatasetStateError", "BadMetadata", "BadFileEntry",
+        "UnknownJob", "JobStateError", "ModuleExists", "UnknownModule", "DATASET_MOVES", "PAGE_MAX", "check_uri",
+        "insert_jobs", "make_engine"],
     "skerry.hub": [],
     "skerry.adaptors": [],
     "skerry.extensions": ["CONFIG_DIR"],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import MetaData
 
-from skerry.workload.catalog import _make_engine
+from skerry.workload.catalog import make_engine
 
 
 class SQLiteFile:
@@ -21,7 +21,7 @@ class SQLiteFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.engine = _make_engine(f"sqlite:///{self.path}")
+        self.engine = make_engine(f"sqlite:///{self.path}")
         self.METADATA.create_all(self.engine)
 
     @classmethod
