@@ -70,7 +70,6 @@ __all__ = [
     "AmbiguousDataset", "PAGE_MAX", "check_uri", "insert_jobs", "make_engine",
 ]
 
-_make_engine = make_engine  # its name before the split: a branch made before it may still import it
 
 
 class Catalog(datasets.Datasets, files.Files, consistency.Consistency, specs.Specs, jobs.Jobs):
