@@ -287,6 +287,8 @@ def run_module(platform, owner: str, token: str, name: str, spec: dict, tag: str
     home = platform.data_dir / "users" / owner
     folder = home / f"in-{tag}"
     folder.mkdir(exist_ok=True)
+    account = platform.account(owner)
+    os.chown(folder, account.pw_uid, account.pw_gid)  # hers, whatever this process's umask made it
     write_as(platform, owner, folder / "one.txt", "one\n")
     for method, path, body in [("POST", "/datasets", {"name": f"in.{tag}", "location": f"skerry://home/in-{tag}"}),
                                ("POST", f"/datasets/in.{tag}/files", {"files": [

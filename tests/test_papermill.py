@@ -88,7 +88,10 @@ def s3data(platform, alice, s3server):
 
 @pytest.mark.platform
 def test_papermill_from_a_plain_shell_with_a_token_reads_home_and_writes_s3(platform, alice, s3data, tmp_path):
-    nbformat.write(notebook("y = x + 41\nprint('answer', y)"), platform.data_dir / "users" / "alice" / "in.ipynb")
+    source = platform.data_dir / "users" / "alice" / "in.ipynb"
+    nbformat.write(notebook("y = x + 41\nprint('answer', y)"), source)
+    alice_account = platform.account("alice")
+    os.chown(source, alice_account.pw_uid, alice_account.pw_gid)  # hers, whatever this process's umask made it
     bindir = os.path.dirname(sys.executable)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path),
            "SKERRY_URL": platform.url, "SKERRY_TOKEN": alice}

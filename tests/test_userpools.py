@@ -142,7 +142,8 @@ def test_a_killed_runner_loses_its_attempts_only_and_the_next_job_gets_a_new_one
     assert done[11].lost and "the runner of alice's cpu jobs stopped: it ended" in done[11].error
     assert done[21].result.ok and not done[21].lost
     pools.submit("cpu", spec(12, "alice"))
-    assert ended(wait_events(pools, lambda got: 12 in ended(got)))[12].result.ok
+    twelve = ended(wait_events(pools, lambda got: 12 in ended(got)))[12]
+    assert twelve.result is not None and twelve.result.ok, twelve
 
 
 def test_reports_forged_by_the_users_code_are_dropped_or_end_her_runner(pools, policy):
