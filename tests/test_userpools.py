@@ -59,9 +59,10 @@ def spec(job: int, owner: str | None, seconds: float = 0.0, output: str = "memor
     return JobSpec(job, 1, SLEEP, {}, output, {"seconds": seconds}, owner=owner)
 
 
-def wait_events(pools, want, timeout=60) -> list:
-    """Events until ``want(events)`` holds."""
-    got, deadline = [], time.monotonic() + timeout
+def wait_events(pools, want, timeout=60, seen: list | None = None) -> list:
+    """Events until ``want(events)`` holds; ``seen``: the events an earlier wait already
+    took (a job may end while the test waits for another one to start), kept and extended."""
+    got, deadline = ([] if seen is None else seen), time.monotonic() + timeout
     while not want(got):
         assert time.monotonic() < deadline, got
         got += pools.events(timeout=0.2)
@@ -134,11 +135,11 @@ def test_a_killed_runner_loses_its_attempts_only_and_the_next_job_gets_a_new_one
     wait_events(pools, lambda got: {10, 20} <= set(ended(got)))
     pools.submit("cpu", spec(11, "alice", seconds=30))
     pools.submit("cpu", spec(21, "bob", seconds=1))
-    wait_events(pools, lambda got: any(isinstance(e, Started) and e.job == 11 for e in got))
+    seen = wait_events(pools, lambda got: any(isinstance(e, Started) and e.job == 11 for e in got))
     # alice's own code can kill her runner (it is her process): her attempt is lost, bob's is not
     killed = as_user(policy, "alice", f"import os, signal; os.kill({runner_of(policy, 'alice')}, signal.SIGKILL)")
     assert killed.returncode == 0, killed.stderr
-    done = ended(wait_events(pools, lambda got: {11, 21} <= set(ended(got))))
+    done = ended(wait_events(pools, lambda got: {11, 21} <= set(ended(got)), seen=seen))  # 21 may be over
     assert done[11].lost and "the runner of alice's cpu jobs stopped: it ended" in done[11].error
     assert done[21].result.ok and not done[21].lost
     pools.submit("cpu", spec(12, "alice"))
