@@ -175,7 +175,7 @@ def test_two_processes_under_cpu_limit_1_get_one_core(plans):
               f"({used:.2f} s CPU in {wall:.2f} s; the rest of the machine: {others / wall:.2f} cores)")
         assert cores <= 1.1, (used, wall)  # the limit holds, however busy the machine
         # the core is there to get only if the rest of the machine left it free
-        if len(CORES) - others / wall >= 1.1:
+        if len(CORES) - others / wall >= 1.3:  # a core and some margin: the measure of "others" lags
             assert cores >= 0.9, (used, wall, others)
             return
         time.sleep(5)

@@ -120,7 +120,8 @@ def test_each_owners_jobs_run_on_their_own_cluster_which_stops_when_idle(pools, 
     # idle for 5 s (no job of the platform's, no task, no client of theirs): stopped, nothing left
     wait_for(lambda: (pools.events(timeout=0.2), not pools.clusters.clusters)[1], 60, what="idle clusters to stop")
     for owner in ("alice", "bob"):
-        assert not connect_file(data.handover(owner) / "dask" / "cpu").exists()
+        gone = connect_file(data.handover(owner) / "dask" / "cpu")  # removed as the cluster stops
+        wait_for(lambda gone=gone: not gone.exists(), 30, what=f"{owner}'s connect file to go")
         uid = pwd.getpwnam(policy.template.format(username=owner)).pw_uid
         wait_for(lambda uid=uid: not processes_of(uid), 30,
                  what=f"{owner}'s processes to end")
