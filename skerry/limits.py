@@ -9,12 +9,12 @@ Three mechanisms, the first the machine offers (:func:`offered`):
 
 - **cgroup2**, where ``/sys/fs/cgroup`` is a writable ``cgroup2`` mount with the ``cpu``
   and ``memory`` controllers (:func:`cgroup2_root`): one cgroup per server
-  (``/sys/fs/cgroup/skerry/<user>--<server>``) with ``cpu.max`` (``cpu_limit`` cores,
-  fractions exact) and ``memory.max`` (``mem_limit``). Not yet run by the test suite: no
-  machine of ours has such a mount.
+  (``/sys/fs/cgroup/skerry/<account>--<server>``, named after the user's OS account) with
+  ``cpu.max`` (``cpu_limit`` cores, fractions exact) and ``memory.max`` (``mem_limit``).
+  Not yet run by the test suite: no machine of ours has such a mount.
 - **cgroup1**, where the ``cpu`` and ``memory`` controllers are writable cgroup v1 mounts
   (:func:`cgroup1_roots`; what these machines and CI have): one cgroup per server in each,
-  ``<mount>/<the hub's own cgroup>/skerry/<user>--<server>``, with ``cpu.cfs_quota_us`` /
+  ``<mount>/<the hub's own cgroup>/skerry/<account>--<server>``, with ``cpu.cfs_quota_us`` /
   ``cpu.cfs_period_us`` (``cpu_limit`` cores, fractions exact) and
   ``memory.limit_in_bytes`` (and ``memory.memsw.limit_in_bytes`` where the kernel has it,
   so swap does not dodge it) = ``mem_limit``.
@@ -155,7 +155,8 @@ def offered() -> str:
 
 @dataclass
 class Enforcement:
-    """How ``limits`` are enforced for one server named ``key`` (``<user>--<server>``).
+    """How ``limits`` are enforced for one server named ``key`` (``<account>--<server>``: the
+    user's OS account, the hub user in single-user mode).
 
     In the hub: :meth:`prepare` before starting the server, :meth:`preexec` as (part of) the
     ``preexec_fn``, :meth:`cleanup` once the server has stopped. :meth:`describe` is what the

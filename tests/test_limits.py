@@ -39,7 +39,8 @@ def plans():
     made = []
 
     def plan(limits: Limits, key: str = "alice--default") -> Enforcement:
-        enforcement = Enforcement.plan(limits, key)
+        # this process's own name: a platform of a parallel test worker may run an alice too
+        enforcement = Enforcement.plan(limits, f"t{os.getpid()}-{key}")
         made.append(enforcement)
         enforcement.prepare()
         return enforcement
@@ -106,8 +107,8 @@ def test_the_plan_takes_the_mechanism_this_machine_offers_and_the_child_carries_
     assert set(plan.describe()["cgroups"].values()) == {str(p) for p in plan.cgroups.values()}
     if MECHANISM == "cgroup1":
         cpu, memory = plan.cgroups["cpu"], plan.cgroups["memory"]
-        assert joined["cpu"].endswith(f"/{CGROUP_PARENT}/alice--default") and str(cpu).endswith(joined["cpu"])
-        assert joined["memory"].endswith(f"/{CGROUP_PARENT}/alice--default") and str(memory).endswith(joined["memory"])
+        assert joined["cpu"].endswith(f"/{CGROUP_PARENT}/{plan.key}") and str(cpu).endswith(joined["cpu"])
+        assert joined["memory"].endswith(f"/{CGROUP_PARENT}/{plan.key}") and str(memory).endswith(joined["memory"])
         assert (cpu / "cpu.cfs_quota_us").read_text().split() == [str(CPU_PERIOD_US // 2)]  # exact: half a period
         assert (cpu / "cpu.cfs_period_us").read_text().split() == [str(CPU_PERIOD_US)]
         assert int((memory / "memory.limit_in_bytes").read_text()) == 1024 * MIB

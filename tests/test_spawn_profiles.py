@@ -268,6 +268,9 @@ def test_two_burning_processes_in_alices_server_use_at_most_her_one_core(platfor
         assert used["affinity"] == state["limits"]["cores"]
     else:
         assert inside  # the kernel is in her server's cgroups
+        # named after her OS account: another platform's alice on this machine has cgroups of her own
+        account = platform.account("alice").pw_name
+        assert {Path(p).name for p in state["limits"]["cgroups"].values()} == {f"{account}--default"}
     assert cores <= 1.15, used
 
 

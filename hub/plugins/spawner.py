@@ -61,7 +61,7 @@ from jupyterhub.utils import maybe_future
 from traitlets import Any, Bool, Integer, Unicode, default
 
 from skerry import config
-from skerry.accounts import (SAFE_PATH, Account, AccountError, AccountPolicy, become, can_switch_users,
+from skerry.accounts import (SAFE_PATH, Account, AccountError, AccountPolicy, account_name, become, can_switch_users,
                              ensure_account, give, lock_account, share_folder)
 from skerry.adaptors.config import write_config
 from skerry.adaptors.store import AccountStore
@@ -300,7 +300,9 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     def _enforcement(self) -> Enforcement:
         limits = Limits.from_resources((self.profile or {}).get("resources"))
-        return Enforcement.plan(limits, f"{self.user.name}--{self.name or 'default'}")
+        # named after the OS account, unique on the machine: another platform's alice never shares it
+        owner = account_name(self.user.name, self._policy()) if self.switch_users else self.user.name
+        return Enforcement.plan(limits, f"{owner}--{self.name or 'default'}")
 
     _active_enforcement = None  # set only while super().start() makes the process
 

@@ -49,7 +49,7 @@ Rules:
   (the manager's main thread): the signal follows the starting thread, not the process;
 - with ``limits`` (``skerry.limits.Limits``), the cluster's processes together get that CPU
   and memory, by the machine's mechanism (``skerry.limits``: one cgroup per cluster,
-  ``<user>--dask.<pool>``, else rlimits and affinity per process): each process waits, in
+  ``<account>--dask.<pool>``, else rlimits and affinity per process): each process waits, in
   the wrapper, until the platform has put it in (``Enforcement.join``), so everything it
   forks is in too; ``stop`` removes the cgroups;
 - ``stop`` freezes the whole tree (SIGSTOP, found again until nothing new appears: a
@@ -440,7 +440,7 @@ class UserCluster:
         log_path = folder / "cluster.log"
         enforcement = None
         if limits is not None and not limits.none:
-            enforcement = Enforcement.plan(limits, f"{account.hub_name}--dask.{pool}")  # no server has a "."
+            enforcement = Enforcement.plan(limits, f"{account.name}--dask.{pool}")  # no server has a "."
             enforcement.prepare()
         with _log(log_path) as log:
             try:
