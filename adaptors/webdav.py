@@ -121,6 +121,26 @@ def refuse_dot_segments(app):
     return guarded
 
 
+def head_without_body(app):
+    """No body for any HEAD response, whichever layer answered it (wsgidav, a refusal, the
+    token check): cheroot sends what the app returns, and bytes after a HEAD response's
+    headers poison a kept-alive connection, so the proxy's next request on it fails (503)."""
+
+    def headless(environ, start_response):
+        result = app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return result
+        try:
+            for _ in result:  # run to its end: a generator app calls start_response on its first step
+                pass
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return []
+
+    return headless
+
+
 _CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")
 _WRITES = {"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH"}
 

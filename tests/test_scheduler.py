@@ -614,7 +614,7 @@ def test_a_hung_job_does_not_hold_the_jobs_behind_it_in_its_batch(tmp_path, home
                                                        "params": {"holds": str(holds)}}]})
     start_run(cat, "one", "held")
     runner = RecordingRunner({"cpu": client})
-    sched = Scheduler(cat, runner, planner=Planner(cat), config=SchedulerConfig(batch_time=5.0, job_timeout=1.0,
+    sched = Scheduler(cat, runner, planner=Planner(cat), config=SchedulerConfig(batch_time=5.0, job_timeout=3.0,
                                                                        retry=RetryPolicy(limit=0)))
 
     def let_go(job):
@@ -648,7 +648,9 @@ def test_a_hung_job_does_not_hold_the_jobs_behind_it_in_its_batch(tmp_path, home
         jobs = {r.id: r for r in s.execute(select(Job.id, Job.state, Job.attempts, Job.error_class))}
         attempts = s.execute(select(JobAttempt.job_id, JobAttempt.error_class, JobAttempt.ended)).all()
     assert (jobs[hung].state, jobs[hung].attempts, jobs[hung].error_class) == ("failed", 1, "timeout")
-    assert all((r.state, r.attempts) == ("succeeded", 1) for j, r in jobs.items() if j != hung)
+    # (a job let go later than job_timeout after its start, on a busy machine, fails as timed out)
+    others = {j: (r.state, r.attempts, r.error_class) for j, r in jobs.items() if j != hung}
+    assert all(v == ("succeeded", 1, None) for v in others.values()), others
     assert len(attempts) == 40 and all(a.ended is not None for a in attempts)
     rows = output_rows(cat, "held.sum")
     assert len(rows) == 39 and len({r.job_id for r in rows}) == 39  # each output once

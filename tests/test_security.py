@@ -141,6 +141,44 @@ def test_webdav_reads_outside_the_home_are_refused(platform, alice, layout, kind
         assert SECRET_TEXT not in body and b"multistatus" not in body, (kind, method, path)
 
 
+def raw_answer(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """(head, what followed it) of one request sent on a fresh connection, read until the
+    server has been quiet for half a second."""
+    import select
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while select.select([s], [], [], 0.5)[0]:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+@pytest.mark.platform
+def test_a_refused_head_ends_at_its_headers_so_the_proxys_kept_connection_stays_clean(platform, alice, layout):
+    """Bytes after a HEAD answer's headers poison the connection the proxy keeps to alice's
+    endpoint: its next request there failed with the proxy's 503 (seen in CI)."""
+    home, outside = layout
+    port = platform.server("alice")["state"]["dav_port"]
+    for path, token, refusal in [
+        ("/dav/alice/home/" + escapes(outside, home, "secret.txt")["dotdot-encoded-upper-slash"], alice, b" 400 "),
+        ("/dav/alice/home/mine.txt", "not-a-token", b" 401 "),  # the token check's own answer
+        ("/dav/alice/home/nothing-here.txt", alice, b" 404 "),
+    ]:
+        head, rest = raw_answer(port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\n"
+                                      f"Authorization: token {token}\r\n\r\n".encode())
+        assert refusal in head.split(b"\r\n")[0], (path, head)
+        assert rest == b"", (path, head, rest)
+    head, rest = raw_answer(port, f"HEAD /dav/alice/home/mine.txt HTTP/1.1\r\nHost: x\r\n"
+                                  f"Authorization: token {alice}\r\n\r\n".encode())
+    assert b" 200 " in head.split(b"\r\n")[0] and b"Content-Length: 11" in head and rest == b"", head
+
+
 @pytest.mark.platform
 @pytest.mark.parametrize("kind", KINDS)
 def test_webdav_writes_outside_the_home_are_refused(platform, alice, layout, kind):

@@ -15,15 +15,15 @@ from cheroot import wsgi
 from skerry import config
 from skerry.adaptors.davprovider import FederationProvider
 from skerry.adaptors.federation import SkerryFileSystem
-from skerry.adaptors.webdav import BLOCK_SIZE, make_dav_app
+from skerry.adaptors.webdav import BLOCK_SIZE, head_without_body, make_dav_app
 from skerry.process import die_with_parent
 
 from skerry.hub.userserver.tokenauth import HubTokenAuthenticator, hub_auth_from_env, owner_from_env
 from skerry.ports import identity_wsgi
 
 THREADS = 16
-# the proxy opens a connection per request (it sends Connection: close): a desktop client's
-# parallel transfers arrive in bursts that cheroot's default listen backlog of 5 overflows
+# a desktop client's parallel transfers arrive through the proxy in bursts of new connections
+# that cheroot's default listen backlog of 5 overflows
 BACKLOG = 1024
 
 
@@ -37,7 +37,7 @@ def build_server(port: int = 0) -> wsgi.Server:
     )
     # the proxy keeps the /dav/<name> prefix: the dispatcher moves it into SCRIPT_NAME; the hub
     # asks <prefix>/skerry-identity that this endpoint is the one it started before it routes here
-    served = identity_wsgi(wsgi.PathInfoDispatcher({mount: app}), mount, "webdav")
+    served = head_without_body(identity_wsgi(wsgi.PathInfoDispatcher({mount: app}), mount, "webdav"))
     server = wsgi.Server(("127.0.0.1", port), served, numthreads=THREADS,
                          request_queue_size=BACKLOG)
     server.server_name = "skerry-webdav"
