@@ -41,6 +41,9 @@ class Sshd:
             f"PidFile {self.base / 'sshd.pid'}", f"AuthorizedKeysFile {authorized}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
             "StrictModes no", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
+            # bash sources ~/.bashrc for commands run by sshd (SHLVL below 2): this machine's root
+            # runs `pyenv init` there, 120 ms of CPU per remote `cp`; an HPC account's would not
+            "SetEnv SHLVL=2",
         ] + (["ForceCommand internal-sftp"] if self.sftp_only else [])) + "\n")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -97,7 +97,15 @@ def test_each_owners_jobs_run_on_their_own_cluster_which_stops_when_idle(pools, 
     assert pools.slots("cpu") == 2
     pools.submit_batches("cpu", [[spec(1, "alice"), spec(2, "bob")], [spec(3, "alice")]])
     pools.submit("cpu", spec(4, None))
-    events = wait_events(pools, lambda got: len(ended(got)) == 4)
+    held = {}
+
+    def all_ended(got):  # alice's limits are read while her cluster runs: idle 5 s, it stops
+        cluster = pools.clusters.clusters.get(("alice", "cpu"))
+        if cluster is not None and not held:
+            held.update(cluster.enforcement.describe())
+        return len(ended(got)) == 4
+
+    events = wait_events(pools, all_ended)
     done = ended(events)
     assert done[4].lost and "no owner" in done[4].error
     workers = {}
@@ -110,7 +118,6 @@ def test_each_owners_jobs_run_on_their_own_cluster_which_stops_when_idle(pools, 
     # each cluster is held to its pool's shape: 1 worker of 2 threads, 2 cores (memory "auto": no limit)
     from skerry.limits import offered
 
-    held = pools.clusters.clusters[("alice", "cpu")].enforcement.describe()
     assert (held["mechanism"], held["cpu"], held["memory"]) == (offered(), 2.0, None)
     # each cluster's connect file names it; the clusters are the accounts' processes
     for owner in ("alice", "bob"):
