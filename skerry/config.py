@@ -198,7 +198,10 @@ CLUSTER_HOLD = Setting("SKERRY_CLUSTER_HOLD", int, None, "skerry.workload.cluste
 CACHE_HOME = Setting("XDG_CACHE_HOME", Path, None, "the user's session", "skerry.nodeproxy",
                      "where skerry keeps the proxy it installed (unset: ~/.cache)")
 HUB_API_URL = Setting("JUPYTERHUB_API_URL", str, None, f"{_HUB}, for services and servers",
-                      "the idle culler", "the hub's REST API")
+                      "the idle culler, the WebDAV endpoint", "the hub's REST API")
+HUB_ACCESS_SCOPES = Setting("JUPYTERHUB_OAUTH_ACCESS_SCOPES", str, None, f"{_HUB}, for a user's server",
+                            "the WebDAV endpoint (hub.userserver.tokenauth)",
+                            "a JSON list: a token needs one of these scopes to use this server")
 HUB_API_TOKEN = Setting("JUPYTERHUB_API_TOKEN", str, None, f"{_HUB}, for services and servers",
                         "the idle culler, kernels", "the hub token of this service or server")
 HUB_SERVICE_URL = Setting("JUPYTERHUB_SERVICE_URL", str, None, f"{_HUB}, for the service",

@@ -22,11 +22,10 @@ import pytest
 from cheroot import wsgi
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jupyterhub.services.auth import HubAuth
 
 from helpers import free_port
 from skerry.adaptors.webdav import make_dav_app
-from skerry.hub.userserver.tokenauth import HubTokenAuthenticator
+from skerry.hub.userserver.tokenauth import HubTokenAuthenticator, HubTokens
 from skerry.hub.userserver.jwtauth import KeyFile, JwtVerifier, looks_like_jwt
 
 PROPFIND_0 = {"Depth": "0"}
@@ -169,8 +168,8 @@ def dav(tmp_path, keyfile):
     home = tmp_path / "home"
     home.mkdir()
     # a hub that does not answer: a token that is no JWT must end up there (503), never in jwtauth
-    hub_auth = HubAuth(api_url=f"http://127.0.0.1:{free_port()}/hub/api", api_token="unused", cache_max_age=5)
-    server = DavServer(home, {"owner": "alice", "hub_auth": hub_auth,
+    hub = HubTokens(f"http://127.0.0.1:{free_port()}/hub/api")
+    server = DavServer(home, {"owner": "alice", "hub": hub,
                               "jwt": JwtVerifier("alice", KeyFile(str(keyfile)), "skerry")})
     server.home = home
     yield server
@@ -277,8 +276,7 @@ def test_settings_from_the_environment(tmp_path, monkeypatch, rsa_key):
     monkeypatch.setenv("SKERRY_JWT_AUDIENCE", "lobcder")
     home = tmp_path / "home"
     home.mkdir()
-    hub_auth = HubAuth(api_url=f"http://127.0.0.1:{free_port()}/hub/api", api_token="unused")
-    server = DavServer(home, {"owner": "alice", "hub_auth": hub_auth})
+    server = DavServer(home, {"owner": "alice", "hub": HubTokens(f"http://127.0.0.1:{free_port()}/hub/api")})
     try:
         assert httpx.get(server.url, headers=bearer(rsa_key.token(aud="lobcder"))).status_code == 200
         r = httpx.get(server.url, headers=bearer(rsa_key.token()))

@@ -99,7 +99,7 @@ def test_the_launcher_stops_when_one_member_dies(tmp_path):
 
     write_config(str(tmp_path / "adaptors.json"), [{"name": "home", "type": "local", "path": str(tmp_path)}])
     env = dict(os.environ, SKERRY_DAV_PORT="0", SKERRY_ADAPTORS=str(tmp_path / "adaptors.json"),
-               SKERRY_DAV_PREFIX="/dav/x/", SKERRY_USER="x")
+               SKERRY_DAV_PREFIX="/dav/x/", SKERRY_USER="x", JUPYTERHUB_API_URL="http://127.0.0.1:1/hub/api")
     jupyter = [sys.executable, "-c", "import time; time.sleep(2)"]
     p = subprocess.Popen([sys.executable, "-m", "skerry.hub.userserver.launcher", *jupyter],
                          env=env, start_new_session=True, stderr=subprocess.PIPE)
@@ -130,3 +130,64 @@ def test_port_in_use_is_refused_before_anything_starts(tmp_path, capsys):
 def test_unknown_ip_is_refused(tmp_path, capsys):
     assert main(["up", "--data-dir", str(tmp_path / "d"), "--ip", "203.0.113.7"]) == 2
     assert "cannot listen on 203.0.113.7:8000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("held, required, granted", [
+    ({"access:servers!user=alice"}, {"access:servers!user=alice"}, True),
+    ({"access:servers"}, {"access:servers!user=alice"}, True),  # unfiltered: every server
+    ({"access:servers!user=alice"}, {"access:servers!server=alice/"}, True),  # her filter covers her servers
+    ({"access:servers!server=alice/"}, {"access:servers!server=alice/", "access:servers!user=alice"}, True),
+    ({"access:servers!server=alice/other"}, {"access:servers!server=alice/"}, False),  # another server
+    ({"access:servers!server=alice/"}, {"access:servers!user=alice"}, False),  # one server is not all hers
+    ({"access:servers!user=bob"}, {"access:servers!user=alice", "access:servers!server=alice/"}, False),
+    ({"access:servers!user=alice"}, {"access:servers"}, False),  # filtered never covers unfiltered
+    ({"read:users!user=alice", "access:services"}, {"access:servers!user=alice"}, False),
+    (set(), {"access:servers!user=alice"}, False),
+])
+def test_a_tokens_scopes_grant_access_as_the_hub_decides(held, required, granted):
+    from skerry.hub.userserver.tokenauth import grants
+
+    assert grants(held, required) is granted
+
+
+def test_hub_tokens_keeps_an_answer_for_its_cache_time_and_says_when_the_hub_fails():
+    """A stand-in for the hub's ``GET /hub/api/user`` (the real hub: tests/test_webdav.py)."""
+    import http.server
+    import json
+    import threading
+
+    from skerry.hub.userserver.tokenauth import HubTokens
+
+    asked, status = [], {"code": 200}
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append((self.path, self.headers["Authorization"]))
+            body = json.dumps({"kind": "user", "name": "alice", "scopes": []}).encode()
+            self.send_response(status["code"])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hub = HubTokens(f"http://127.0.0.1:{server.server_port}/hub/api/", cache_seconds=30)
+        assert hub.user_for_token("t1")["name"] == "alice"
+        assert hub.user_for_token("t1")["name"] == "alice"
+        assert asked == [("/hub/api/user", "token t1")]  # the second answer was kept
+        status["code"] = 403
+        assert hub.user_for_token("t2") is None
+        assert hub.user_for_token("t2") is None and len(asked) == 3  # a refusal is asked again
+        status["code"] = 500
+        with pytest.raises(OSError):
+            hub.user_for_token("t3")
+        assert hub.user_for_token("t1")["name"] == "alice"  # still kept
+        hub.cache_seconds = 0
+        with pytest.raises(OSError):
+            hub.user_for_token("t1")
+    finally:
+        server.shutdown()

@@ -104,3 +104,23 @@ def test_root_is_the_federation_with_one_folder_per_adaptor(platform, alice):
     config = platform.data_dir / "run" / "users" / "alice" / "default.adaptors.json"
     assert config.stat().st_mode & 0o077 == 0
     assert config.stat().st_uid == platform.account("alice").pw_uid  # hers alone, in a folder she cannot write
+
+
+def test_a_token_needs_a_scope_that_gives_access_to_the_server(platform, alice):
+    """The hub decides what a token may do: alice's token limited to reading her own model
+    is hers, yet may not use her WebDAV endpoint; one limited to her server may; the admin's
+    token (access to every server) is not alice's (the endpoint is hers alone)."""
+    def token(*scopes):
+        r = platform.api("POST", "/hub/api/users/alice/tokens", json={"note": "scoped", "scopes": list(scopes)})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    url = f"{platform.url}/dav/alice/"
+    r = httpx.request("PROPFIND", url, auth=("alice", token("read:users!user=alice")), headers={"Depth": "0"})
+    assert r.status_code == 403 and "may not access this server" in r.text
+    r = httpx.request("PROPFIND", url, auth=("alice", token("access:servers!server=alice/")), headers={"Depth": "0"})
+    assert r.status_code == 207
+    r = httpx.request("PROPFIND", url, headers={"Authorization": f"token {platform.admin_token}", "Depth": "0"})
+    assert r.status_code == 403 and "belongs to alice" in r.text
+    r = httpx.request("PROPFIND", url, auth=("alice", "not-a-token"), headers={"Depth": "0"})
+    assert r.status_code == 401 and "not valid" in r.text

@@ -2,7 +2,7 @@
 
 A JupyterHub-managed service (FastAPI + uvicorn), started and stopped with the hub
 (``python -m skerry.hub.service.app``). Callers authenticate with their hub tokens
-(``Authorization: token ...``), checked by JupyterHub's ``HubAuth``. Errors are JSON
+(``Authorization: token ...``), checked with the hub (``skerry.hubtokens``). Errors are JSON
 ``{"error": CODE, "message": sentence}``. The OpenAPI document is at
 ``/services/skerry/api/v1/openapi.json``.
 
@@ -29,16 +29,16 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from jupyterhub.services.auth import HubAuth
 from starlette.exceptions import HTTPException
 
 from skerry.process import die_with_parent
 
 from skerry.adaptors.store import AccountStore
 from skerry.datadir import DataDir
+from skerry.hubtokens import HubTokens
 
 from skerry.hub.service import clusters, culler, infrastructure, profiles, quotas, users, workload
-from skerry.hub.service.toolkit import API, PREFIX, ApiError, error_response  # noqa: F401 - PREFIX: public here
+from skerry.hub.service.toolkit import API, PREFIX, ApiError, error_response, in_thread  # noqa: F401 - PREFIX
 from skerry.hub.service.workload import open_catalog
 from skerry.hub.stores.profiles import ProfileStore
 from skerry.hub.stores.quotas import shared_store
@@ -46,7 +46,6 @@ from skerry import config
 
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000/"  # a service started without skerry up (tests)
 
-CACHE_SECONDS = 5
 ROUTES = (infrastructure, clusters, users, workload, profiles, quotas)  # each module's ``router``
 
 
@@ -54,11 +53,11 @@ class Hub:
     """What the service needs from the hub: who a token belongs to, and users' servers."""
 
     def __init__(self):
-        self.auth = HubAuth(cache_max_age=CACHE_SECONDS)
+        self.tokens = HubTokens.from_env()
         self.public_url = (config.PUBLIC_URL.get() or DEFAULT_PUBLIC_URL).rstrip("/")
         self.client = httpx.AsyncClient(
-            base_url=self.auth.api_url.rstrip("/") + "/",
-            headers={"Authorization": f"token {self.auth.api_token}"},
+            base_url=config.HUB_API_URL.require().rstrip("/") + "/",
+            headers={"Authorization": f"token {config.HUB_API_TOKEN.require()}"},
             timeout=10,
         )
 
@@ -67,7 +66,10 @@ class Hub:
         scheme, _, token = header.partition(" ")
         if scheme.lower() not in ("token", "bearer") or not token.strip():
             raise ApiError(401, "unauthenticated", "Send your hub token as 'Authorization: token <token>'.")
-        model = await self.auth.user_for_token(token.strip(), sync=False)
+        try:
+            model = await in_thread(self.tokens.user_for_token, token.strip())
+        except (OSError, ValueError):
+            raise ApiError(503, "hub_unavailable", "The hub could not check your token; try again.") from None
         if not model:
             raise ApiError(401, "invalid_token", "This token is not valid (expired or revoked?).")
         return model

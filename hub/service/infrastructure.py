@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse
 from skerry.adaptors.store import SERVER_NAME, AccountStore, Conflict, CryptError
 from skerry.datadir import DataDir
 from skerry.errors import ConfigError
+from skerry.hubtokens import grants
 
 from skerry.hub.service import descriptions
 from skerry.hub.service.toolkit import API, ApiError, caller, get_accounts, get_hub, in_thread, json_body
@@ -64,11 +65,10 @@ def _hub_message(r: httpx.Response) -> str:
 
 
 def _has_scope(who: dict, scope: str, user: str) -> bool:
-    """Whether the token (its scopes as HubAuth reports them, expanded: an admin's hold
+    """Whether the token (its scopes as the hub reports them, expanded: an admin's hold
     ``read:servers``) has ``scope`` for all users or for ``user``. The owner's admin flag
     alone is not enough: an admin's token restricted to fewer scopes has only those."""
-    scopes = set(who.get("scopes", []))
-    return scope in scopes or f"{scope}!user={user}" in scopes
+    return grants(who.get("scopes", ()), {f"{scope}!user={user}"})
 
 
 class HubServers:

@@ -9,9 +9,9 @@ Accepted, for the micro-infrastructure of user ``owner``:
   then be ``owner``): a token that looks like a JWT is checked by ``jwtauth`` only
   (RS256/ES256, keys registered for ``owner``, ``sub`` = ``owner``), never by the hub.
 
-The token is checked against the hub API (``HubAuth``), and must carry a scope that
+The token is checked against the hub API (``HubTokens``), and must carry a scope that
 gives access to this server (``access:servers!user=<owner>`` or wider). Answers are
-cached for ``CACHE_SECONDS``: a revoked token stops working within that time.
+cached for ``HubTokens.cache_seconds``: a revoked token stops working within that time.
 No credentials, or a bad token: 401 with a Basic challenge; a valid token of
 someone else, or a wrong user name: 403. Refusals name the reason, never the token.
 """
@@ -19,15 +19,16 @@ someone else, or a wrong user name: 403. Refusals name the reason, never the tok
 import base64
 import logging
 
-from jupyterhub.services.auth import HubAuth
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from skerry import config
+from skerry.hubtokens import HubTokens, grants
 from skerry.hub.userserver.jwtauth import JwtRefused, JwtVerifier, looks_like_jwt
+
+__all__ = ["HubTokenAuthenticator", "HubTokens", "owner_from_env"]
 
 log = logging.getLogger("skerry.dav")
 
-CACHE_SECONDS = 5
 REALM = "skerry"
 
 
@@ -49,15 +50,10 @@ def _parse(header: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def hub_auth_from_env() -> HubAuth:
-    """HubAuth for the micro-infrastructure process, from the env JupyterHub gave it."""
-    return HubAuth(cache_max_age=CACHE_SECONDS)
-
-
 class HubTokenAuthenticator(BaseMiddleware):
     """wsgidav middleware (``cls(wsgidav_app, next_app, config)``) checking hub tokens.
 
-    Reads ``config["skerry_auth"]``: ``{"owner": name, "hub_auth": HubAuth}`` and
+    Reads ``config["skerry_auth"]``: ``{"owner": name, "hub": HubTokens}`` and
     optionally ``"jwt": JwtVerifier`` (default: from ``$SKERRY_JWT_KEYS`` and
     ``$SKERRY_JWT_AUDIENCE``).
     """
@@ -65,10 +61,8 @@ class HubTokenAuthenticator(BaseMiddleware):
     def __init__(self, wsgidav_app, next_app, config):
         super().__init__(wsgidav_app, next_app, config)
         self.owner = config["skerry_auth"]["owner"]
-        self.hub_auth = config["skerry_auth"]["hub_auth"]
-        self.access_scopes = set(self.hub_auth.access_scopes) or {
-            f"access:servers!user={self.owner}"
-        }
+        self.hub = config["skerry_auth"]["hub"]
+        self.access_scopes = self.hub.access_scopes or {f"access:servers!user={self.owner}"}
         self.jwt = config["skerry_auth"].get("jwt") or JwtVerifier.from_env(self.owner)
 
     def is_disabled(self) -> bool:
@@ -84,15 +78,15 @@ class HubTokenAuthenticator(BaseMiddleware):
         if looks_like_jwt(token):
             return self._jwt(token, environ, start_response)
         try:
-            model = self.hub_auth.user_for_token(token)
-        except Exception:  # the hub did not answer: say so, don't leak details
+            model = self.hub.user_for_token(token)
+        except (OSError, ValueError):  # the hub did not answer, or not in JSON: say so, don't leak details
             log.exception("checking a token with the hub failed")
             return self._deny(start_response, 503, "The hub could not check your token; try again.")
         if not model:
             return self._deny(start_response, 401, "This token is not valid (expired or revoked?).")
         if model.get("kind", "user") != "user" or model.get("name") != self.owner:
             return self._deny(start_response, 403, f"This WebDAV endpoint belongs to {self.owner}.")
-        if not self.hub_auth.check_scopes(self.access_scopes, model):
+        if not grants(model.get("scopes", ()), self.access_scopes):
             return self._deny(start_response, 403, "This token may not access this server.")
         return self._admit(environ, start_response)
 

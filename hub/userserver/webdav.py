@@ -3,7 +3,7 @@
 It serves the user's ``skerry://`` federation, one folder per adaptor. Configured by
 the environment ``SkerrySpawner`` sets: ``SKERRY_DAV_PORT``, ``SKERRY_ADAPTORS`` (the
 adaptor configuration file), ``SKERRY_DAV_PREFIX`` (``/dav/<name>/``), ``SKERRY_USER``,
-and JupyterHub's ``JUPYTERHUB_API_URL``/``JUPYTERHUB_API_TOKEN``.
+and JupyterHub's ``JUPYTERHUB_API_URL`` and ``JUPYTERHUB_OAUTH_ACCESS_SCOPES``.
 Serves with cheroot on 127.0.0.1 until SIGTERM/SIGINT.
 """
 
@@ -18,7 +18,7 @@ from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.webdav import BLOCK_SIZE, head_without_body, make_dav_app
 from skerry.process import die_with_parent
 
-from skerry.hub.userserver.tokenauth import HubTokenAuthenticator, hub_auth_from_env, owner_from_env
+from skerry.hub.userserver.tokenauth import HubTokenAuthenticator, HubTokens, owner_from_env
 from skerry.ports import identity_wsgi
 
 THREADS = 16
@@ -33,7 +33,7 @@ def build_server(port: int = 0) -> wsgi.Server:
         FederationProvider(SkerryFileSystem(), block_size=BLOCK_SIZE),
         mount,
         HubTokenAuthenticator,
-        {"skerry_auth": {"owner": owner_from_env(), "hub_auth": hub_auth_from_env()}},
+        {"skerry_auth": {"owner": owner_from_env(), "hub": HubTokens.from_env()}},
     )
     # the proxy keeps the /dav/<name> prefix: the dispatcher moves it into SCRIPT_NAME; the hub
     # asks <prefix>/skerry-identity that this endpoint is the one it started before it routes here
