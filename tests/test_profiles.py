@@ -176,3 +176,30 @@ def test_the_store_survives_reopening(tmp_path):
     again = ProfileStore.for_data_dir(tmp_path)
     assert again.profile("cpu-small") == validate(CPU) and len(again.audit()) == 1
     again.dispose()
+
+
+def test_twenty_spawns_opening_a_new_store_at_once_all_read_it(tmp_path):
+    """Twenty spawns at once on a fresh platform each open the profile store (a new file): each
+    reads it; none fails with SQLite's "database is locked" (it did, one in three tries)."""
+    import threading
+
+    from skerry.hub.stores.quotas import QuotaStore
+
+    failures = []
+
+    def open_and_read(kind):
+        try:
+            store = kind.for_data_dir(tmp_path / kind.__name__)
+            if kind is ProfileStore:
+                assert store.list_profiles() == []
+            store.dispose()
+        except Exception as e:  # noqa: BLE001 - every failure is the finding
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=open_and_read, args=(kind,)) for kind in (ProfileStore, QuotaStore)
+               for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []

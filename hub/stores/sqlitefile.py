@@ -22,7 +22,11 @@ class SQLiteFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.engine = make_engine(f"sqlite:///{self.path}")
-        self.METADATA.create_all(self.engine)
+        # in a write transaction: processes opening a new file at once (twenty spawns, the hub and
+        # the service) queue; in plain BEGINs two of them both read "no table", and one failed
+        # at once with "database is locked" (SQLite's deadlock rule skips the busy timeout)
+        with self._write() as c:
+            self.METADATA.create_all(c)
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path, **kwargs):
