@@ -16,6 +16,7 @@ import stat
 
 from skerry.config import ADAPTORS
 from skerry.errors import ConfigError
+from skerry.localfiles import write_private
 
 from .registry import Adaptors, check_backend, make_filesystem
 from .specs import load_specs
@@ -40,11 +41,7 @@ def read_config(path: str) -> dict:
 def write_config(path: str, adaptors: list[dict], credentials: dict | None = None) -> None:
     """Write the configuration atomically with mode 0600 (validating the specs first)."""
     load_specs(adaptors)
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"adaptors": adaptors, "credentials": credentials or {}}, f)
-    os.replace(tmp, path)
+    write_private(path, json.dumps({"adaptors": adaptors, "credentials": credentials or {}}))
 
 
 def build_federation(config: dict):

@@ -14,7 +14,7 @@ Layout (paths given by the caller, normally from ``skerry.datadir.DataDir``)::
 Rules:
 
 - ``ACCOUNTS`` is never inside a user's home: homes are served by WebDAV.
-- Every write is atomic (a 0600 temp file in the same folder, then ``os.replace``);
+- Every write is atomic (``skerry.localfiles.write_private``: 0600 unless said otherwise);
   read-modify-write sequences of one user are serialised by a lock file.
 - A credential is ``{"kind", "created", "public": {...}, "secret": {...}}``; only
   ``public`` (plus name, kind, created) ever leaves this module through ``list``.
@@ -61,6 +61,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from skerry import errors
 from skerry.errors import ConfigError
 from skerry import config
+from skerry.localfiles import write_private
 
 from .specs import load_specs
 from .types import adaptor_type
@@ -88,23 +89,6 @@ class CryptError(ConfigError):
 
     code = "credentials_unreadable"
     status = 500
-
-
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` atomically with ``data``, mode ``mode``; no temp file is left on error."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if mode != 0o600:
-                os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_key(key_file: Path) -> bytes:

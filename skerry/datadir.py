@@ -25,6 +25,7 @@ import socket
 from pathlib import Path
 
 from .errors import ConfigError
+from .localfiles import write_private
 
 # internal ports chosen once per data dir: running servers keep the hub API URL they were given
 PORT_NAMES = ("hub", "proxy_api", "service")
@@ -109,7 +110,5 @@ class DataDir:
             ports = {}
         if not all(isinstance(ports.get(n), int) for n in PORT_NAMES):
             ports = {n: _free_port(ip) for n in PORT_NAMES}
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(ports))
-            tmp.replace(path)
+            write_private(path, json.dumps(ports))
         return ports

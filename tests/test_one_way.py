@@ -1,13 +1,14 @@
 """Each concept exists once: a scan of the source tree (``ast``, no imports) shows where.
 
-- the atomic write: files are renamed into place only in ``adaptors/atomic.py`` (and the
-  few local files of the platform listed below, with the reason), and temporary-name
-  literals appear nowhere else;
+- the atomic write: files are renamed into place only in ``adaptors/atomic.py`` (users'
+  files) and ``skerry/localfiles.py`` (the platform's local files), and the few renames
+  listed below, each with the reason; temporary-name literals appear nowhere else;
 - the final states (and the job and dataset state names): only ``skerry/workload/states.py``
   spells them as a collection;
 - the adaptor types: their names are compared with a spec's ``type``, or gathered in a
   collection, only in the table (``adaptors/builtin_types.py``);
-- ``pool_of``, the workflow validator's pieces, ``is_hidden``, ``run_outcome``: one definition each.
+- ``pool_of``, the workflow validator's pieces, ``is_hidden``, ``run_outcome``, ``write_private``:
+  one definition each.
 
 Each check fails if someone writes a second copy (the planted-copy tests below show it).
 """
@@ -28,10 +29,9 @@ TYPES = ("adaptors/builtin_types.py", "adaptors/types.py")
 # os.replace / os.rename / Path.replace of files no listing shows: the platform's own
 # private files on its local disk, written by one process (not users' files)
 LOCAL_RENAMES = {
-    "skerry/workload/userpools.py": "a user pool's connect file, on the platform's disk (0640)",
-    "adaptors/config.py": "the micro-infrastructure's adaptor configuration (0600)",
-    "adaptors/store.py": "the credential store's files (0600, under its lock)",
-    "skerry/datadir.py": "the data dir's port file",
+    "skerry/localfiles.py": "write_private: every local file of the platform (0600, or the mode asked for)",
+    "adaptors/store.py": "moves jwt-keys.json of an older layout into the handover folder: a rename of the "
+                         "file as it is (a copy could bring old keys back over a newer write)",
 }
 # renames of files that are no user files of the federation
 OTHER_RENAMES = {
@@ -149,7 +149,7 @@ def adaptor_type_tests(files) -> list[str]:
 
 
 ONCE = ("pool_of", "is_hidden", "temp_name", "run_outcome", "check_workflow", "_find_cycle",
-        "adaptor_types", "adaptor_type")
+        "adaptor_types", "adaptor_type", "write_private")
 
 
 def definitions(files, name: str) -> list[str]:

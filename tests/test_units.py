@@ -37,6 +37,7 @@ def test_ports_are_chosen_once(tmp_path):
     data = DataDir(tmp_path / "d").ensure()
     ports = data.ports()
     assert set(ports) == {"hub", "proxy_api", "service"}
+    assert stat.S_IMODE((data.run / "ports.json").stat().st_mode) == 0o600  # the platform's own
     assert DataDir(tmp_path / "d").ports() == ports
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import secrets
+import stat
 import subprocess
 import sys
 import time
@@ -123,7 +124,10 @@ def test_each_owners_jobs_run_on_their_own_cluster_which_stops_when_idle(pools, 
     for owner in ("alice", "bob"):
         folder = data.handover(owner) / "dask" / "cpu"
         assert json.loads(connect_file(folder).read_text())["address"].startswith("tls://")
-        assert processes_of(pwd.getpwnam(policy.template.format(username=owner)).pw_uid)
+        account = pwd.getpwnam(policy.template.format(username=owner))
+        st = connect_file(folder).stat()  # the platform's file, which the account's group reads
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, os.geteuid(), account.pw_gid)
+        assert processes_of(account.pw_uid)
     # idle for 5 s (no job of the platform's, no task, no client of theirs): stopped, nothing left
     wait_for(lambda: (pools.events(timeout=0.2), not pools.clusters.clusters)[1], 60, what="idle clusters to stop")
     for owner in ("alice", "bob"):

@@ -81,6 +81,7 @@ from collections.abc import Mapping
 
 from ..config import CLUSTER_HOLD
 from ..accounts import Account, clean_environment, give, share_folder, switch_kwargs
+from ..localfiles import write_private
 from ..errors import ConfigError, SkerryError
 
 __all__ = ["ClusterSpec", "ClusterError", "UserCluster", "UserClusters", "security", "ROLES"]
@@ -229,14 +230,7 @@ def _pem(cert=None, key=None) -> bytes:
 
 def _write(path: Path, data: bytes, mode: int, owner: Account | None) -> None:
     """Write a fresh file (never through a link, never an old one), then give it away."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)  # whatever the umask
-        f.write(data)
+    write_private(path, data, mode)
     if owner is not None:
         give(path, owner)
 

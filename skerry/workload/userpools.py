@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, SkerryError
+from ..localfiles import write_private
 from .runner import Finished, JobSpec, Pool
 
 __all__ = ["UserPools", "IDLE_S"]
@@ -295,11 +295,8 @@ def running_clusters(data, user: str) -> dict[str, str]:
 
 
 def _write_connect(folder, cluster) -> None:
-    path = connect_file(folder)
-    fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pool": cluster.pool, "address": cluster.address, "tls": cluster.user_files()}, f)
-    os.replace(f"{path}.tmp", path)
+    connect = {"pool": cluster.pool, "address": cluster.address, "tls": cluster.user_files()}
+    write_private(connect_file(folder), json.dumps(connect), mode=0o640)
 
 
 def _remove_connect(folder) -> None:
