@@ -347,6 +347,66 @@ def test_delete_stops_it_and_removes_routes_processes_and_adaptors(platform, ali
 
 
 @pytest.mark.platform
+def test_a_stopped_named_server_answers_503_and_no_server_hides_an_adaptor(platform, alice, call):
+    """Issue 15, must show 5: ``/dav/alice/<server>/`` lies inside the folders of alice's
+    default server, which runs throughout. Stopped, her named server answers 503 with a
+    sentence (not the default server's 404); deleted, the path is the default server's again.
+    A server named like one of her adaptors, or an adaptor named like one of her servers,
+    is refused with a sentence, and nothing is started or stored."""
+    from helpers import wait_for
+
+    dav = f"{platform.url}/dav/alice/parked/"
+    propfind = {"auth": ("alice", alice), "headers": {"Depth": "0"}, "timeout": 60}
+    hub = f"{platform.url}/hub/api/users/alice/servers"
+    as_alice = {"Authorization": f"token {alice}"}
+    r = httpx.post(f"{hub}/parked", headers=as_alice, timeout=120)
+    assert r.status_code in (201, 202), r.text
+    wait_for(lambda: _state(platform, "alice").get("parked", {}).get("ready"), 120, what="alice's server parked")
+    assert httpx.request("PROPFIND", dav, **propfind).status_code == 207
+    r = httpx.delete(f"{hub}/parked", headers=as_alice, timeout=60)
+    assert r.status_code in (202, 204), r.text
+    wait_for(lambda: not _state(platform, "alice")["parked"].get("pending"), 60, what="parked to stop")
+    for check in (False, True):  # before and after the hub's own repair of the routing table
+        if check:
+            assert platform.api("POST", "/hub/api/proxy").status_code == 200  # runs check_routes now
+        r = httpx.request("PROPFIND", dav, **propfind)
+        assert r.status_code == 503 and r.headers.get("Retry-After"), (r.status_code, r.text)
+        assert "alice's server 'parked' is not running" in r.json()["message"], r.text
+    # an adaptor of that name would be hidden behind it: refused while the server exists
+    before = _stored(platform, "alice")
+    r = call("PUT", "/users/alice/adaptors/parked", alice, json={"type": "memory"})
+    assert r.status_code == 409 and r.json()["error"] == "server_name_clash", r.text
+    assert "/dav/alice/parked/" in r.json()["message"]
+    assert _stored(platform, "alice") == before
+    # deleted: the route goes with it, and the path is a folder of the default server again (none)
+    r = httpx.request("DELETE", f"{hub}/parked", headers=as_alice, json={"remove": True}, timeout=60)
+    assert r.status_code in (202, 204), r.text
+    wait_for(lambda: "parked" not in _state(platform, "alice"), 60, what="parked to be deleted")
+    assert httpx.request("PROPFIND", dav, **propfind).status_code == 404
+    assert "/dav/alice/parked/" not in platform.api("GET", "/hub/api/proxy").json()
+    # a server named like an adaptor (the built-in home, or one of hers) is refused with a sentence
+    assert call("PUT", "/users/alice/adaptors/scratch", alice, json={"type": "memory"}).status_code == 200
+    try:
+        for name in ("home", "scratch"):
+            direct = httpx.post(f"{hub}/{name}", headers=as_alice, timeout=60)
+            assert direct.status_code == 409, direct.text
+            assert f"may not be named {name!r}" in direct.json()["message"], direct.text
+            assert f"/dav/alice/{name}/ is the folder of the adaptor" in direct.json()["message"]
+            # the hub keeps the refused server's record; the repair does not park it over the folder
+            assert platform.api("POST", "/hub/api/proxy").status_code == 200
+            assert f"/dav/alice/{name}/" not in platform.api("GET", "/hub/api/proxy").json()
+            folder = httpx.request("PROPFIND", f"{platform.url}/dav/alice/{name}/", **propfind)
+            assert folder.status_code == (207 if name == "home" else 404)  # scratch: mounted at her next start
+            httpx.request("DELETE", f"{hub}/{name}", headers=as_alice, json={"remove": True}, timeout=60)
+            assert not pids_of(f"SKERRY_DAV_PREFIX=/dav/alice/{name}/", environ=True)
+        r = call("POST", "/infrastructure", alice, json={"name": "scratch"})
+        assert r.status_code == 409 and "may not be named 'scratch'" in r.json()["message"], r.text
+        assert "scratch" not in _state(platform, "alice")
+    finally:
+        assert call("DELETE", "/users/alice/adaptors/scratch", alice).status_code == 204
+
+
+@pytest.mark.platform
 def test_a_refused_spawn_leaves_nothing(platform, alice, sshd, sftp_root, call):
     """A profile alice may not use: the hub refuses (403) and the API answers so, with nothing left."""
     r = platform.api("POST", API + "/profiles", json={

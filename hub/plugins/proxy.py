@@ -6,11 +6,19 @@ both, and ``check_routes`` (the hub's periodic repair, which deletes every route
 does not know) keeps, adds and removes the WebDAV routes by the same rules as the
 user routes. A stopped server's ``/dav/<name>/`` falls through to the ``/dav/``
 extra route (the skerry service, which answers 503 with a sentence).
+
+A stopped *named* server's ``/dav/<name>/<server>/`` would fall through to the user's
+default server instead, whose federation has no such folder (404): while it is stopped
+its route leads to the service, like the ``/dav/`` route (``park``), and goes when the
+server is deleted (``SkerrySpawner.delete_forever``) or by the repair. A server named like a
+folder of the default server (its start was refused) is never parked: it would hide it.
 """
 
 import asyncio
 
 from jupyterhub.proxy import ConfigurableHTTPProxy
+
+from skerry.errors import ConfigError
 
 DAV_KEY = "skerry_dav"  # marks our routes in the route data
 
@@ -18,6 +26,17 @@ DAV_KEY = "skerry_dav"  # marks our routes in the route data
 def dav_target(spawner) -> str | None:
     port = getattr(spawner, "dav_port", 0)
     return f"http://127.0.0.1:{port}" if port else None
+
+
+async def parkable(spawner) -> bool:
+    """Whether a stopped named server's route may be parked: not where it would hide a folder
+    of the default server (a refused start of a server named like an adaptor leaves its record)."""
+    if not hasattr(spawner, "hidden_folder"):
+        return False
+    try:
+        return await asyncio.to_thread(spawner.hidden_folder) is None
+    except ConfigError:
+        return False
 
 
 class SkerryProxy(ConfigurableHTTPProxy):
@@ -35,6 +54,13 @@ class SkerryProxy(ConfigurableHTTPProxy):
         await super().delete_user(user, server_name)
         if hasattr(spawner, "dav_prefix"):
             await self.delete_route(spawner.dav_prefix)
+            await self.park(user, server_name, spawner)
+
+    async def park(self, user, server_name, spawner) -> None:
+        """Route a stopped named server's WebDAV prefix to the service (503 and a sentence)."""
+        target = self.extra_routes.get("/dav/")
+        if server_name and target and server_name in user.orm_spawners and await parkable(spawner):
+            await self._add_dav_route(user, server_name, spawner, target)
 
     def _add_dav_route(self, user, server_name, spawner, target):
         self.log.info("Adding WebDAV route %s -> %s", spawner.dav_prefix, target)
@@ -51,6 +77,7 @@ class SkerryProxy(ConfigurableHTTPProxy):
             dav = {}
 
         wanted, keep = {}, set()
+        parked = self.extra_routes.get("/dav/")
         for user in user_dict.values():
             for name, spawner in user.spawners.items():
                 target = dav_target(spawner)
@@ -58,6 +85,11 @@ class SkerryProxy(ConfigurableHTTPProxy):
                     wanted[spawner.dav_prefix] = (user, name, spawner, target)
                 elif spawner.pending and hasattr(spawner, "dav_prefix"):
                     keep.add(spawner.dav_prefix)
+            if parked:  # stopped named servers (the hub keeps no spawner object for some): ``park``
+                for name in user.orm_spawners:
+                    spawner = user.spawners[name]
+                    if name and not spawner.active and hasattr(spawner, "dav_prefix") and await parkable(spawner):
+                        wanted[spawner.dav_prefix] = (user, name, spawner, parked)
         futures = []
         for spec, (user, name, spawner, target) in wanted.items():
             if spec not in dav or dav[spec]["target"] != target:

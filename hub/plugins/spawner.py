@@ -64,7 +64,7 @@ from skerry import config
 from skerry.accounts import (SAFE_PATH, Account, AccountError, AccountPolicy, account_name, become, can_switch_users,
                              ensure_account, give, lock_account, share_folder)
 from skerry.adaptors.config import write_config
-from skerry.adaptors.store import AccountStore
+from skerry.adaptors.store import RESERVED_ADAPTORS, AccountStore
 from skerry.errors import ConfigError
 from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
 from skerry.kernels import JUPYTER_PATH_DIR
@@ -228,6 +228,32 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             return store.list_profiles()
         finally:
             store.dispose()
+
+    def hidden_folder(self) -> str | None:
+        """The folder of the user's default server that this named server's WebDAV route
+        (``/dav/<user>/<server>/``) would hide: its name, if ``home``, an adaptor the user stored
+        or one a profile adds is named so; else None. ConfigError if the adaptors are unreadable."""
+        if not self.name:
+            return None
+        names = set(RESERVED_ADAPTORS)
+        if self.accounts_dir:
+            names |= {spec["name"] for spec in self.account_store.adaptors(self.user.name)}
+        for profile in self._stored_profiles():
+            names |= {spec["name"] for spec in profile.get("adaptors") or []}
+        return self.name if self.name in names else None
+
+    def _refuse_a_hiding_name(self) -> None:
+        """SpawnException 409 with the reason for a named server that would hide a folder."""
+        try:
+            hidden = self.hidden_folder()
+        except ConfigError as e:
+            raise SpawnException(f"the adaptors of {self.user.name} cannot be read: {e.message}",
+                                 reason="bad_adaptors", status_code=500) from None
+        if hidden:
+            raise SpawnException(
+                f"a server may not be named {hidden!r}: /dav/{self.user.name}/{hidden}/ is the "
+                f"folder of the adaptor {hidden!r}; choose another name",
+                reason="server_name_clash", status_code=409)
 
     @property
     def group_names(self) -> list[str]:
@@ -409,6 +435,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             raise SpawnException(f"the home of {self.user.name} ({self.home_dir}) is not a folder",
                                  reason="bad_home", status_code=500)
         # refusals first: nothing is started or recorded for a spawn that may not happen
+        if self.name:
+            await asyncio.to_thread(self._refuse_a_hiding_name)
         self.profile = await self.choose_profile()
         await self._admit()
         try:
@@ -501,11 +529,17 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         await self._release(used)
 
     async def delete_forever(self):
-        """The hub user is deleted (JupyterHub deletes the default server only with its user):
-        their account is locked and every process of it killed (``skerry.accounts.lock_account``).
-        The account and the home stay, for an admin to archive, unlock or remove; a new hub user
-        of the same name cannot start until then."""
-        if self.name or not self.switch_users:
+        """A named server is deleted: its parked WebDAV route goes. The hub user is deleted
+        (JupyterHub deletes the default server only with its user): their account is locked and
+        every process of it killed (``skerry.accounts.lock_account``). The account and the home
+        stay, for an admin to archive, unlock or remove; a new hub user of the same name cannot
+        start until then."""
+        if self.name:  # a named server: its parked WebDAV route (``SkerryProxy.park``) goes with it
+            proxy = self.user.settings.get("proxy")
+            if proxy is not None:
+                await proxy.delete_route(self.dav_prefix)
+            return
+        if not self.switch_users:
             return
         account = await asyncio.to_thread(lock_account, self.user.name, self._policy())
         if account is not None:

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 
 from skerry.process import die_with_parent
 
-from skerry.adaptors.store import AccountStore
+from skerry.adaptors.store import SERVER_NAME, AccountStore
 from skerry.datadir import DataDir
 from skerry.hubtokens import HubTokens
 
@@ -154,9 +154,18 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
                                              "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",
                                              "LOCK", "UNLOCK"], include_in_schema=False)
     async def dav_not_running(rest: str):
-        name = rest.split("/", 1)[0]
-        message = (f"The WebDAV endpoint of {name!r} is not running. Start the server at "
-                   f"{services.hub().public_url}/hub/home and try again.")
+        # /dav/<name>/... of a stopped default server, or /dav/<name>/<server>/... of a stopped
+        # named one (its route is parked here: hub.plugins.proxy)
+        name, _, inner = rest.partition("/")
+        server = inner.partition("/")[0]
+        hub = services.hub()
+        stopped = repr(name)
+        if server and SERVER_NAME.match(server):
+            with contextlib.suppress(httpx.HTTPError):  # the hub did not answer: the default wording
+                if server in await infrastructure.servers(hub).servers(name, stopped=True):
+                    stopped = f"{name}'s server {server!r}"
+        message = (f"The WebDAV endpoint of {stopped} is not running. Start the server at "
+                   f"{hub.public_url}/hub/home and try again.")
         return JSONResponse({"error": "server_not_running", "message": message}, 503,
                             headers={"Retry-After": "10"})
 

@@ -32,6 +32,7 @@ from skerry.adaptors.store import (CREDENTIAL_NAME, RESERVED_ADAPTORS, AccountSt
 from skerry.datadir import DataDir
 from skerry.errors import ConfigError, SkerryError
 
+from skerry.hub.service.infrastructure import servers
 from skerry.hub.service.toolkit import API, ApiError, caller, get_accounts, get_hub, is_admin, json_body
 
 MAX_BODY = 64 * 1024  # specs, keys and credentials are small
@@ -127,15 +128,20 @@ async def list_adaptors(name: str = Depends(allowed), accounts=Depends(get_accou
 
 @router.put("/adaptors/{adaptor}")
 async def put_adaptor(adaptor: str, request: Request, name: str = Depends(allowed),
-                      s: AccountStore = Depends(account_store)):
+                      s: AccountStore = Depends(account_store), hub=Depends(get_hub)):
     """Add or replace one adaptor (body: an adaptor spec; ``name`` optional, must match).
 
     ``credentials`` must name a stored credential of a kind the type takes. The
-    change applies at the next start of the user's server.
+    change applies at the next start of the user's server. 409 if the user has a named
+    server of that name: its ``/dav/<user>/<server>/`` would hide the adaptor's folder.
     """
     body = await json_body(request, MAX_BODY)
     if adaptor in RESERVED_ADAPTORS:
         raise ApiError(400, "reserved", f"The adaptor name {adaptor!r} is reserved for the built-in home folder.")
+    if adaptor in await servers(hub).servers(name, stopped=True):
+        raise ApiError(409, "server_name_clash",
+                       f"{name} has a server named {adaptor!r}: its WebDAV folder /dav/{name}/{adaptor}/ would "
+                       f"hide this adaptor's. Choose another name.")
     if body.setdefault("name", adaptor) != adaptor:
         raise ApiError(400, "bad_spec", f"The body names adaptor {body['name']!r}, the URL {adaptor!r}.")
     try:
