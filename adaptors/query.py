@@ -7,8 +7,9 @@ keeps one: the S3 ETag). The index is built and refreshed in a background thread
 Rules:
 - the first scan lists each adaptor once; until it has covered every adaptor, answers
   carry ``complete: False`` and hold what is known so far;
-- our own writes (finished copies) are recorded at once with ``record``, so a copy is
-  findable as soon as it is done, without waiting for a rescan;
+- our own writes (finished copies, and what the WebDAV endpoint beside us wrote:
+  ``writefeed``) are recorded at once with ``record`` and ``forget``, so a file is findable
+  as soon as it is written, and gone as soon as it is deleted, without waiting for a rescan;
 - rescans are periodic (``interval`` seconds after the previous one ended) and cheap:
   one adaptor at a time, one recursive listing per adaptor (``find(detail=True)``: one
   LIST request per 1,000 keys on S3, one readdir per folder on SFTP and local disks),
@@ -95,6 +96,16 @@ class FindIndex:
         with self._lock:
             self._recorded.setdefault(adaptor, {})[path] = (time.monotonic(), info)
             self._apply(adaptor, path, info)
+
+    def forget(self, path: str) -> None:
+        """Our own removal of federation path ``path``: the file, or a folder and all in it."""
+        adaptor, folder = path.split("/", 1)[0], path.rstrip("/") + "/"
+        with self._lock:
+            gone = [p for p in self._by_adaptor.get(adaptor, {}) if p == path or p.startswith(folder)]
+            now = time.monotonic()
+            for p in gone or [path]:
+                self._recorded.setdefault(adaptor, {})[p] = (now, None)  # a rescan running now keeps it gone
+                self._apply(adaptor, p, None)
 
     def _apply(self, adaptor, path, info):
         name = path.rsplit("/", 1)[-1]

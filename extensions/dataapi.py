@@ -33,10 +33,11 @@ from tornado import web
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from skerry.config import ADAPTORS
+from skerry.config import ADAPTORS, WRITES_IN
 from skerry.adaptors.query import FindIndex, modified_iso
 from skerry.adaptors.staging import CopyRequestError, Stager
 from skerry.adaptors.webhooks import WebhookSender
+from skerry.adaptors.writefeed import follow_writes
 from skerry.errors import ApiError, InternalError, NotAFolder, SkerryError, storage_error
 
 PREFIX = "skerry/api/v1/"
@@ -89,6 +90,9 @@ class SkerryDataAPI(LoggingConfigurable):
 
         self.fs = SkerryFileSystem(*build_federation(config))
         self.index = FindIndex(self.fs, interval=self.index_interval, redact=redact).start()
+        feed = WRITES_IN.get()
+        if feed is not None:  # what the WebDAV endpoint beside us writes (the launcher's pipe)
+            follow_writes(feed, self.index)
         self.webhooks = WebhookSender(first_delay=1.0, max_delay=self.webhook_max_delay,
                                       give_up_after=self.webhook_give_up)
 

@@ -163,6 +163,13 @@ DAV_PREFIX = Setting("SKERRY_DAV_PREFIX", str, None, _SPAWNER, "hub.userserver.w
                      "the URL path of the user's WebDAV endpoint (/dav/<name>/[<server>/])")
 USER = Setting("SKERRY_USER", str, None, _SPAWNER, "the WebDAV endpoint, the identity check, kernels",
                "the hub user the server belongs to")
+_LAUNCHER = "the micro-infrastructure's launcher (hub.userserver.launcher), for its two processes"
+WRITES_OUT = Setting("SKERRY_WRITES_OUT", int, None, _LAUNCHER, "the WebDAV endpoint (skerry.adaptors.writefeed)",
+                     "the pipe the WebDAV endpoint tells what it wrote on", check=lambda fd: fd >= 0,
+                     must="a file descriptor (0 or more)")
+WRITES_IN = Setting("SKERRY_WRITES_IN", int, None, _LAUNCHER, "the data API's find index (skerry.adaptors.writefeed)",
+                    "the pipe the find index learns what the WebDAV endpoint wrote from", check=lambda fd: fd >= 0,
+                    must="a file descriptor (0 or more)")
 SERVER = Setting("SKERRY_SERVER", str, "", _SPAWNER, "the identity check (skerry.ports)",
                  "the name of the user's server (empty: the default one)")
 IDENTITY_KEY = Setting("SKERRY_IDENTITY_KEY", str, "", _SPAWNER, "the identity check (skerry.ports)",

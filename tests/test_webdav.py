@@ -124,3 +124,40 @@ def test_a_token_needs_a_scope_that_gives_access_to_the_server(platform, alice):
     assert r.status_code == 403 and "belongs to alice" in r.text
     r = httpx.request("PROPFIND", url, auth=("alice", "not-a-token"), headers={"Depth": "0"})
     assert r.status_code == 401 and "not valid" in r.text
+
+
+def test_a_file_written_through_webdav_is_found_at_once(platform, alice):
+    """Issue 15, must show 6: the find index of alice's server rescans every 300 s, yet a file
+    PUT through her WebDAV endpoint is found at once (the endpoint tells the index through
+    the launcher's pipe, ``skerry.adaptors.writefeed``); moved, it is found at its new place
+    only; deleted, it is gone."""
+    import secrets
+    import time
+
+    from helpers import wait_for
+
+    api = httpx.Client(base_url=f"{platform.url}/user/alice/skerry/api/v1/",
+                       headers={"Authorization": f"token {alice}"}, timeout=60)
+    dav = httpx.Client(base_url=f"{platform.url}/dav/alice/home/", auth=("alice", alice), timeout=60)
+
+    def where(name):
+        r = api.get(f"find/{name}")
+        assert r.status_code == 200, r.text
+        return [loc["path"] for loc in r.json()["locations"]]
+
+    wait_for(lambda: api.get("find/x").json()["complete"], 60, what="the first scan")
+    name = f"fresh-{secrets.token_hex(4)}.txt"
+    assert where(name) == []
+    started = time.monotonic()
+    assert dav.request("MKCOL", "feed/").status_code == 201
+    assert dav.put(f"feed/{name}", content=b"written through WebDAV").status_code == 201
+    wait_for(lambda: where(name) == [f"home/feed/{name}"], 10, interval=0.05, what="the new file in find")
+    print(f"found {time.monotonic() - started:.2f} s after MKCOL and PUT were sent")  # README figure
+    moved = f"moved-{name}"
+    r = dav.request("MOVE", f"feed/{name}", headers={"Destination": f"{platform.url}/dav/alice/home/{moved}"})
+    assert r.status_code == 201, r.text
+    wait_for(lambda: where(name) == [] and where(moved) == [f"home/{moved}"], 10, interval=0.05,
+             what="the move in find")
+    assert dav.request("DELETE", moved).status_code == 204
+    wait_for(lambda: where(moved) == [], 10, interval=0.05, what="the deleted file to leave find")
+    assert dav.request("DELETE", "feed/").status_code == 204

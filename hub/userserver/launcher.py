@@ -9,7 +9,9 @@ group, and lives exactly as long as both do:
 - SIGINT/SIGTERM are passed to both children; SIGKILL follows after a grace period.
 
 Both children inherit the environment the spawner prepared (hub API URL and token,
-``SKERRY_DAV_*``): nothing secret is passed as an argument.
+``SKERRY_DAV_*``): nothing secret is passed as an argument. They share one pipe, on which
+the WebDAV endpoint tells the Jupyter server's find index what it wrote
+(``skerry.adaptors.writefeed``).
 """
 
 import os
@@ -17,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from skerry import config
 
 GRACE = 5.0  # seconds a child gets to exit after SIGTERM
 
@@ -38,10 +42,16 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m skerry.hub.userserver.launcher JUPYTER-SERVER-COMMAND...", file=sys.stderr)
         return 2
+    # what the WebDAV endpoint writes, its Jupyter server's find index learns at once (writefeed)
+    feed_in, feed_out = os.pipe()
+    os.set_blocking(feed_out, False)
     children = [
-        subprocess.Popen([sys.executable, "-m", "skerry.hub.userserver.webdav"]),
-        subprocess.Popen(argv),
+        subprocess.Popen([sys.executable, "-m", "skerry.hub.userserver.webdav"], pass_fds=(feed_out,),
+                         env=config.environment({config.WRITES_OUT.name: str(feed_out)})),
+        subprocess.Popen(argv, pass_fds=(feed_in,), env=config.environment({config.WRITES_IN.name: str(feed_in)})),
     ]
+    os.close(feed_in)
+    os.close(feed_out)
     received = []
 
     def forward(signum, frame):

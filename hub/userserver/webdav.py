@@ -16,6 +16,7 @@ from skerry import config
 from skerry.adaptors.davprovider import FederationProvider
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.webdav import BLOCK_SIZE, head_without_body, make_dav_app
+from skerry.adaptors.writefeed import tell_writes
 from skerry.process import die_with_parent
 
 from skerry.hub.userserver.tokenauth import HubTokenAuthenticator, HubTokens, owner_from_env
@@ -35,6 +36,9 @@ def build_server(port: int = 0) -> wsgi.Server:
         HubTokenAuthenticator,
         {"skerry_auth": {"owner": owner_from_env(), "hub": HubTokens.from_env()}},
     )
+    feed = config.WRITES_OUT.get()
+    if feed is not None:  # what it writes, the Jupyter server's find index learns at once
+        app = tell_writes(app, feed, mount)
     # the proxy keeps the /dav/<name> prefix: the dispatcher moves it into SCRIPT_NAME; the hub
     # asks <prefix>/skerry-identity that this endpoint is the one it started before it routes here
     served = head_without_body(identity_wsgi(wsgi.PathInfoDispatcher({mount: app}), mount, "webdav"))
