@@ -19,10 +19,9 @@ Rules:
   ``lost``: a lost worker's job runs again); ``cancelled`` ends a job without a bar;
 - the percentage is of jobs ended; a run still going shows at most 99% (upstream steps may
   still add jobs), a final run 100%;
-- a log location ``skerry://home/<path>`` links to the user's Jupyter server
-  (``$JUPYTERHUB_SERVICE_PREFIX`` + ``files/<path>``, ``lab/tree/<path>`` for a notebook);
-  another URL is shown as text. The job JSON of the API carries the log location as
-  ``log`` when the platform gives it.
+- a log location links as ``skerry.workload.loglinks`` says (``skerry://home/<path>`` opens
+  in the user's Jupyter server); another is shown as text. The job JSON of the API carries
+  the log location as ``log`` when the platform gives it.
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ import time
 
 import ipywidgets as widgets
 
-from skerry import config
 from skerry.errors import SkerryError
+from skerry.workload.loglinks import log_href
 from skerry.workload.states import FINAL, run_outcome
 
 __all__ = ["Monitor", "TaskRow", "counts", "percent", "run_state", "run_final", "Throughput", "sparkline", "log_href"]
@@ -107,19 +106,6 @@ def sparkline(values: list[float], width: int = 320, height: int = 48) -> str:
     return (f"<svg width='{width}' height='{height}' style='background:#fafafa'>"
             f"<polyline fill='none' stroke='#1976d2' stroke-width='1.5' points='{points}'/>"
             f"<text x='4' y='11' font-size='11'>{values[-1]:.1f} jobs/s (max {top:.1f})</text></svg>")
-
-
-def log_href(location: str | None, prefix: str | None = None) -> str | None:
-    """The link to a job's log for the user's Jupyter server, or None (see the rules)."""
-    if not location:
-        return None
-    if location.startswith(("http://", "https://")):
-        return location
-    if location.startswith("skerry://home/"):
-        prefix = config.HUB_SERVICE_PREFIX.get() if prefix is None else prefix
-        path = location.removeprefix("skerry://home/")
-        return prefix.rstrip("/") + "/" + ("lab/tree/" if path.endswith(".ipynb") else "files/") + path
-    return None
 
 
 def failed_table(rows: list[tuple[str, dict]], prefix: str | None = None) -> str:

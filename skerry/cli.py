@@ -20,10 +20,12 @@ import time
 from . import __version__
 from .accounts import AccountPolicy
 from .errors import SkerryError
+from .workload.loglinks import log_href
 from .workload.states import FINAL, run_outcome
 
 POLL_S = 0.5
 BAR_WIDTH = 30
+FAILED_SHOWN = 20  # failed jobs listed under a run; the rest are counted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,6 +174,7 @@ def _status(client, args) -> int:
            [[t["id"], t["step"], t["module"], t["state"], f"{t['rank']:g}",
              f"{t['jobs']['succeeded']}/{t['jobs']['total']}", t["jobs"]["failed"],
              t["jobs"]["by_state"]["running"], t["jobs"]["by_state"]["queued"]] for t in run["tasks"]])
+    _failed_jobs(client, run)
     return 0
 
 
@@ -220,8 +223,29 @@ def _wait(client, run_id: int) -> int:
                 print(file=sys.stderr)
             print(f"run {run_id} {ended}: {jobs['succeeded']} of {jobs['total']} jobs succeeded, "
                   f"{jobs['failed']} failed")
+            _failed_jobs(client, run)
             return 0 if ended == "succeeded" else 1
         time.sleep(POLL_S)
+
+
+def _failed_jobs(client, run: dict) -> None:
+    """The run's failed jobs: what went wrong (error class and sentence) and where the log
+    opens (the output notebook of a notebook step), at most ``FAILED_SHOWN`` of them."""
+    if not run["jobs"]["failed"]:
+        return
+    tasks = run.get("tasks") or client.get_run(run["id"])["tasks"]
+    prefix = f"{client.url}/user/{run['owner']}/" if run.get("owner") else None
+    rows = []
+    for task in tasks:
+        if task["jobs"]["failed"] and len(rows) < FAILED_SHOWN:
+            page = client.jobs(task=task["id"], state="failed", limit=FAILED_SHOWN - len(rows))["jobs"]
+            rows += [[j["id"], task["step"], j["error_class"] or "-", j["error"] or "-",
+                      (log_href(j["log"], prefix) if prefix else None) or j["log"] or "-"] for j in page]
+    print(f"failed jobs ({run['jobs']['failed']}):")
+    _table(["JOB", "STEP", "ERROR", "REASON", "LOG"], rows)
+    if run["jobs"]["failed"] > len(rows):
+        print(f"... and {run['jobs']['failed'] - len(rows)} more: skerry status {run['id']} lists the first "
+              f"{FAILED_SHOWN}; the API's GET jobs?task=<task>&state=failed lists them all")
 
 
 def _table(header: list[str], rows) -> None:

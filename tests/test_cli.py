@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import update
 
 from skerry.workload.catalog import Catalog
-from skerry.workload.models import Run, Task
+from skerry.workload.models import Job, Run, Task
 
 from helpers import REPO, free_port
 
@@ -245,3 +245,40 @@ def test_wait_for_a_run_that_succeeds(platform, alice, catalog):
     assert r.returncode == 0, r.stderr
     assert "[##############################] 100% 1/1 jobs" in r.stderr
     assert f"run {run} succeeded: 1 of 1 jobs succeeded, 0 failed" in r.stdout
+
+
+def test_a_failed_run_lists_its_failed_jobs_with_reasons_and_log_links(platform, alice, catalog):
+    """Issue 15, must show 3 (the CLI's part): ``status RUN`` and ``--wait`` list each failed
+    job with its error class, its sentence and a link that opens its log (the output notebook
+    of a notebook step, in the owner's JupyterLab)."""
+    _relay(platform)
+    platform.api("POST", API + "/datasets", json={"name": "cli.in3", "owner": "alice"})
+    platform.api("POST", API + "/datasets/cli.in3/files",
+                 json={"files": [{"uri": f"skerry://home/in3/{i}", "size": 1} for i in range(3)]})
+    module = catalog.get_module("cli-relay").id
+    run = catalog.create_run("cli-seeded", input_dataset="cli.in3", owner="alice")
+    task = catalog.create_task(step="a", module_id=module, input_dataset="cli.in3", run_id=run)
+    good, bad, odd = catalog.create_jobs(task, [[f.id] for f in catalog.list_files("cli.in3").files])
+    catalog.start_attempt(good, worker="w")
+    catalog.register_outputs_and_succeed(good, [])
+    log = f"skerry://home/out/.skerry-logs/{bad}.ipynb"
+    for job, error, where in ((bad, "no calibration for f01 (cell 3 of the notebook, In [2]).", log),
+                              (odd, "the storage did not answer", "s3://elsewhere/x.log")):
+        catalog.start_attempt(job, worker="w", log=where)
+        catalog.end_attempt(job, exit_code=1, error_class="LookupError", error=error)
+    with catalog.writing() as s:  # the scheduler's part: the jobs, the task and the run end failed
+        s.execute(update(Job).where(Job.id.in_([bad, odd])).values(state="failed"))
+        s.execute(update(Task).where(Task.id == task).values(state="failed", jobs_total=3, jobs_succeeded=1,
+                                                             jobs_failed=2))
+        s.execute(update(Run).where(Run.id == run).values(state="failed"))
+    for args in (("status", str(run)), ("status", str(run), "--wait")):
+        r = skerry(platform, alice, *args)
+        assert r.returncode == (1 if "--wait" in args else 0), r.stderr
+        lines = r.stdout.splitlines()
+        at = lines.index("failed jobs (2):")
+        assert lines[at + 1].split() == ["JOB", "STEP", "ERROR", "REASON", "LOG"]
+        rows = {line.split()[0]: line for line in lines[at + 2:at + 4]}
+        assert rows[str(bad)].split()[1:3] == ["a", "LookupError"]
+        assert "no calibration for f01 (cell 3 of the notebook, In [2])." in rows[str(bad)]
+        assert rows[str(bad)].endswith(f"{platform.url}/user/alice/lab/tree/out/.skerry-logs/{bad}.ipynb")
+        assert rows[str(odd)].endswith("s3://elsewhere/x.log")  # no link to it: shown as it is
