@@ -305,10 +305,13 @@ def test_past_alices_memory_limit_her_kernel_itself_is_stopped_and_her_server_ru
         deadline = time.monotonic() + 120
         while True:  # the restarted kernel (same id) answers once it is up
             try:
-                assert kernel.execute("print(6 * 7)", timeout=10).stdout.strip() == "42"
-                break
+                # the first answers after a restart may come without their output (it went out on
+                # the kernel's new channels before the server relayed them: seen once under load)
+                if kernel.execute("print(6 * 7)", timeout=10).stdout.strip() == "42":
+                    break
             except KernelError:
-                assert time.monotonic() < deadline, "the kernel did not come back"
+                pass
+            assert time.monotonic() < deadline, "the kernel did not come back"
     assert server_model(platform, "alice").get("ready") and jupyter_pid(state["pid"]) == jupyter
 
 
