@@ -229,7 +229,9 @@ class SkerryFileSystem(AbstractFileSystem):
         name, fs, inner = self._writable(path, new_file=True)
         if mode == "create" and fs.exists(inner):  # not every backend reports this itself
             raise FileExistsError(f"{path} exists")
-        return fs.pipe_file(inner, value, mode=mode, **kwargs)
+        # "overwrite" is every backend's default, and some do not take ``mode`` at all (webdav4,
+        # the remote skerry:// of a plain shell: its pipe_file raised TypeError)
+        return fs.pipe_file(inner, value, **({} if mode == "overwrite" else {"mode": mode}), **kwargs)
 
     def put_file(self, lpath, rpath, callback=None, mode="overwrite", **kwargs):
         name, fs, inner = self._writable(rpath, new_file=True)

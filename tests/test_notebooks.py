@@ -5,6 +5,8 @@ Each notebook found in ``notebooks/`` is executed on a running platform (``skerr
 server: ``python -m papermill NB OUT -k skerry -p suffix ...`` in a subprocess running as
 her OS account, whose environment is her micro-infrastructure process's own (read from
 ``/proc/<pid>/environ``).
+They run a second way, from a plain shell with only ``SKERRY_URL`` and ``SKERRY_TOKEN``
+(the kernel specs installed with ``python -m skerry.kernels.install``).
 A notebook passes when papermill exits 0 and the executed notebook has no error output;
 a new notebook is tested by being there.
 
@@ -81,3 +83,29 @@ def test_notebook_runs_on_the_platform_without_error(notebook, platform, alice_e
     assert error_outputs(executed) == []
     if notebook.stem == "04_gpu_pool":  # this platform runs no gpu pool: it says so, no error
         assert "This platform runs no GPU pool (pools: cpu)" in text_of(executed)
+
+
+@pytest.mark.timeout(900)
+def test_every_notebook_runs_from_a_plain_shell_with_only_the_url_and_a_token(platform, alice, tmp_path):
+    """Issue 15, must show 4: on a machine of one's own, with only ``SKERRY_URL`` and
+    ``SKERRY_TOKEN`` set (no variable of the platform or of a server, a fresh home), the
+    kernel specs installed once (``python -m skerry.kernels.install``), papermill runs every
+    tutorial: ``skerry://`` reaches alice's storage through her WebDAV endpoint, the API
+    through the hub's URL."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "SKERRY_URL": platform.url, "SKERRY_TOKEN": alice}
+    installed = subprocess.run([sys.executable, "-m", "skerry.kernels.install"], env=env, cwd=home,
+                               capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0, installed.stderr
+    assert (home / ".local" / "share" / "jupyter" / "kernels" / "skerry" / "kernel.json").exists()
+    failures = []
+    for notebook in NOTEBOOKS:
+        out = home / notebook.name
+        argv = [sys.executable, "-m", "papermill", str(notebook), str(out), "-k", "skerry",
+                "-p", "suffix", f"sh{uuid.uuid4().hex[:8]}", "--no-progress-bar"]
+        done = subprocess.run(argv, env=env, cwd=home, capture_output=True, text=True, timeout=540)
+        errors = error_outputs(nbformat.read(out, as_version=4)) if out.exists() else ["no output notebook"]
+        if done.returncode != 0 or errors:
+            failures.append(f"{notebook.name}: exit {done.returncode}, {errors}: {done.stderr[-2000:]}")
+    assert not failures, "\n".join(failures)
