@@ -233,10 +233,9 @@ def _failed_jobs(client, run: dict) -> None:
     opens (the output notebook of a notebook step), at most ``FAILED_SHOWN`` of them."""
     if not run["jobs"]["failed"]:
         return
-    tasks = run.get("tasks") or client.get_run(run["id"])["tasks"]
     prefix = f"{client.url}/user/{run['owner']}/" if run.get("owner") else None
     rows = []
-    for task in tasks:
+    for task in run["tasks"]:  # a run as GET runs/<id> gives it
         if task["jobs"]["failed"] and len(rows) < FAILED_SHOWN:
             page = client.jobs(task=task["id"], state="failed", limit=FAILED_SHOWN - len(rows))["jobs"]
             rows += [[j["id"], task["step"], j["error_class"] or "-", j["error"] or "-",

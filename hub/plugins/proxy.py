@@ -86,9 +86,9 @@ class SkerryProxy(ConfigurableHTTPProxy):
                 elif spawner.pending and hasattr(spawner, "dav_prefix"):
                     keep.add(spawner.dav_prefix)
             if parked:  # stopped named servers (the hub keeps no spawner object for some): ``park``
-                for name in user.orm_spawners:
+                for name in filter(None, user.orm_spawners):  # named ones only: "" is the default server
                     spawner = user.spawners[name]
-                    if name and not spawner.active and hasattr(spawner, "dav_prefix") and await parkable(spawner):
+                    if not spawner.active and hasattr(spawner, "dav_prefix") and await parkable(spawner):
                         wanted[spawner.dav_prefix] = (user, name, spawner, parked)
         futures = []
         for spec, (user, name, spawner, target) in wanted.items():

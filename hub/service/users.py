@@ -138,12 +138,12 @@ async def put_adaptor(adaptor: str, request: Request, name: str = Depends(allowe
     body = await json_body(request, MAX_BODY)
     if adaptor in RESERVED_ADAPTORS:
         raise ApiError(400, "reserved", f"The adaptor name {adaptor!r} is reserved for the built-in home folder.")
-    if adaptor in await servers(hub).servers(name, stopped=True):
+    if body.setdefault("name", adaptor) != adaptor:
+        raise ApiError(400, "bad_spec", f"The body names adaptor {body['name']!r}, the URL {adaptor!r}.")
+    if adaptor in await servers(hub).servers(name, stopped=True):  # after the checks that need no hub
         raise ApiError(409, "server_name_clash",
                        f"{name} has a server named {adaptor!r}: its WebDAV folder /dav/{name}/{adaptor}/ would "
                        f"hide this adaptor's. Choose another name.")
-    if body.setdefault("name", adaptor) != adaptor:
-        raise ApiError(400, "bad_spec", f"The body names adaptor {body['name']!r}, the URL {adaptor!r}.")
     try:
         return s.put_adaptor(name, load_spec(body))
     except ConfigError as e:
