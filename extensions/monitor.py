@@ -5,7 +5,7 @@
 
 It shows, per step (task), bars of its jobs succeeded / running / failed / queued, a
 throughput plot (jobs ended per second, an SVG drawn here), the failed jobs with their
-error class and a link to their log (the output notebook for a notebook step), and per
+error class, sentence and a link to their log (the output notebook for a notebook step), and per
 task a Cancel button and a rank field with a Rank button.
 
 Rules:
@@ -109,17 +109,19 @@ def sparkline(values: list[float], width: int = 320, height: int = 48) -> str:
 
 
 def failed_table(rows: list[tuple[str, dict]], prefix: str | None = None) -> str:
-    """HTML rows of failed jobs: step, job, error class, attempts, log."""
+    """HTML rows of failed jobs: step, job, error class, what went wrong, attempts, log."""
     if not rows:
         return ""
-    out = ["<table><tr><th>step</th><th>job</th><th>error class</th><th>attempts</th><th>log</th></tr>"]
+    out = ["<table><tr><th>step</th><th>job</th><th>error class</th><th>error</th><th>attempts</th>"
+           "<th>log</th></tr>"]
     for step, job in rows:
         location = job.get("log")
         href = log_href(location, prefix)
         log = (f"<a href='{html.escape(href)}' target='_blank'>{html.escape(location)}</a>" if href
                else html.escape(location or "(not given by the API)"))
         out.append(f"<tr><td>{html.escape(step)}</td><td>{job['id']}</td>"
-                   f"<td>{html.escape(job.get('error_class') or '?')}</td><td>{job.get('attempts', '')}</td>"
+                   f"<td>{html.escape(job.get('error_class') or '?')}</td>"
+                   f"<td>{html.escape(job.get('error') or '')}</td><td>{job.get('attempts', '')}</td>"
                    f"<td>{log}</td></tr>")
     return "".join(out) + "</table>"
 
@@ -189,6 +191,7 @@ class Monitor(widgets.VBox):
         self.rows_box = widgets.VBox([])
         self.throughput = Throughput()
         self.run: dict | None = None
+        self.failed_jobs: list[tuple[str, dict]] = []  # (step, job JSON) of the last poll, at most FAILED_SHOWN a task
         self._lock = threading.Lock()
         self._stop = threading.Event()
         super().__init__([self.header, self.total, self.rows_box, self.plot, self.failed, self.message])
@@ -234,7 +237,7 @@ class Monitor(widgets.VBox):
                 if task["jobs"].get("by_state", {}).get("failed"):
                     jobs = self.client.jobs(task["id"], "failed", limit=FAILED_SHOWN)["jobs"]
                     failed += [(task["step"], j) for j in jobs]
-            self.run = run
+            self.run, self.failed_jobs = run, failed
             self.throughput.add(time.monotonic(), ended(run))
             self._draw(run, failed)
             return run

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -429,3 +430,33 @@ def test_skerry_urls_through_the_callable_and_command_executors(tmp_path, monkey
         assert sorted(p.name for p in (tmp_path / "home" / "sums2").iterdir()) == ["run1.raw.md5"]
     finally:
         SkerryFileSystem.clear_instance_cache()
+
+
+def test_notebook_jobs_side_by_side_in_one_process_each_run_in_their_own_folder(tmp_path):
+    """Jobs share a worker's process (its threads): a notebook job must not change the
+    process's working folder. The first job ends (its folder removed) while the second runs."""
+    quick, slow = f"file://{tmp_path}/quick.ipynb", f"file://{tmp_path}/slow.ipynb"
+    cells = ["import os\nprint('cwd', os.getcwd())\nopen(checksum, 'w').write('done')"]
+    write_notebook(quick, cells)
+    write_notebook(slow, ["import time\ntime.sleep(4)"] + cells)
+    inp = put(f"file://{tmp_path}", "a.raw")
+    here = os.getcwd()
+    results = {}
+
+    def job(name, url):
+        results[name] = run_job({**NB_SPEC, "notebook": url}, inp, f"file://{tmp_path}/out-{name}", job_id=name)
+
+    threads = [threading.Thread(target=job, args=("quick", quick)), threading.Thread(target=job, args=("slow", slow))]
+    threads[0].start()
+    time.sleep(0.5)  # the quick one is starting its kernel when the slow one starts
+    threads[1].start()
+    for t in threads:
+        t.join(120)
+    assert os.getcwd() == here
+    for name in ("slow", "quick"):
+        r = results[name]
+        assert r.ok, f"{name}: {r.error_class} {r.error}"
+        with fsspec.open(r.log_location, "r") as f:
+            printed = "".join(o.get("text", "") for c in nbformat.read(f, as_version=4).cells
+                              for o in c.get("outputs", []))
+        assert f"skerry-job-{name}-" in printed, printed

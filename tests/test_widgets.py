@@ -8,6 +8,7 @@ error class; Cancel and Rank act on the task.
 """
 
 import hashlib
+import html
 import os
 
 import ipywidgets as widgets
@@ -280,7 +281,7 @@ def test_background_poll_follows_the_run_and_stops(platform, alice):
 
 
 @pytest.mark.platform
-def test_failed_jobs_are_listed_with_their_error_class(platform, alice):
+def test_failed_jobs_are_listed_with_their_error_class_and_sentence(platform, alice):
     dataset(platform, alice, "fail.in", files=3)
     # bad_input is never retried (the default retry rules): the jobs fail at once
     p = Pipeline("failing").step("boom", "fail", input="dataset", params={"error": "bad_input"})
@@ -290,6 +291,8 @@ def test_failed_jobs_are_listed_with_their_error_class(platform, alice):
     row = next(iter(monitor.rows.values()))
     assert row.bars["failed"].value == 3
     assert monitor.failed.value.count("<td>bad_input</td>") == 3 and "boom" in monitor.failed.value
+    assert [job["error_class"] for _, job in monitor.failed_jobs] == ["bad_input"] * 3
+    assert all(job["error"] and html.escape(job["error"]) in monitor.failed.value for _, job in monitor.failed_jobs)
 
 
 @pytest.mark.platform

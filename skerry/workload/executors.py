@@ -452,8 +452,10 @@ def _run_notebook(ctx: JobContext, timeout: float | None, tmp: str, log_url: str
         shutil.copyfileobj(f, g)
     params = {**ctx.params, **staging.values(), "job_id": ctx.job_id}
     try:
-        papermill.execute_notebook(src, dst, parameters=params, cwd=tmp, progress_bar=False,
-                                   log_output=False, execution_timeout=timeout)
+        # the kernel starts in tmp (nbclient's resources path); papermill's cwd= would chdir this
+        # whole process, and jobs run side by side in one worker's threads
+        papermill.execute_notebook(src, dst, parameters=params, progress_bar=False, log_output=False,
+                                   execution_timeout=timeout, resources={"metadata": {"path": tmp}})
     except TimeoutError:  # nbclient's CellTimeoutError
         raise JobFailed("Timeout", f"Notebook {ctx.module.notebook} ran past its cell timeout of {timeout} s.",
                         traceback.format_exc()) from None
