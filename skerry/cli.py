@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="./skerry-data", help="where state lives (default ./skerry-data)")
     up.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    up.add_argument("--ssl-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM), with --ssl-key")
+    up.add_argument("--ssl-key", metavar="FILE", help="the certificate's private key (PEM)")
     up.add_argument("--account-template", default=AccountPolicy.template, metavar="TEMPLATE",
                     help="the OS account of each hub user, with {username} (default %(default)s)")
     up.add_argument("--dev", action="store_true",
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             from .platform import Options, up
 
             return up(Options(data_dir=args.data_dir, ip=args.ip, port=args.port, dev=args.dev,
-                              account_template=args.account_template))
+                              account_template=args.account_template, ssl_cert=args.ssl_cert,
+                              ssl_key=args.ssl_key))
         return _remote(args)
     except SkerryError as e:
         print(f"skerry: error: {e}", file=sys.stderr)

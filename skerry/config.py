@@ -139,6 +139,10 @@ PUBLIC_URL = Setting("SKERRY_PUBLIC_URL", str, None, f"{_UP}; {_SETTINGS}",
 PROXY_COMMAND = Setting("SKERRY_PROXY_COMMAND", str, None, f"the admin, for {_UP} (which passes on what it found)",
                         "skerry.nodeproxy, hub.plugins.settings",
                         "the configurable-http-proxy program to run", user_facing=True)
+SSL_CERT = Setting("SKERRY_SSL_CERT", Path, None, f"{_UP} --ssl-cert", "hub.plugins.settings",
+                   "the HTTPS certificate (PEM) the proxy serves; unset: plain HTTP")
+SSL_KEY = Setting("SKERRY_SSL_KEY", Path, None, f"{_UP} --ssl-key", "hub.plugins.settings",
+                  "the file of the certificate's private key (its path only: the proxy reads it)")
 DEV = Setting("SKERRY_DEV", bool, False, f"{_UP} --dev", "hub.plugins.settings",
               "any user name and password logs in (never on a machine others reach)")
 ACCOUNT_TEMPLATE = Setting("SKERRY_ACCOUNT_TEMPLATE", str, None, f"{_UP} (skerry.identity); {_SETTINGS}",

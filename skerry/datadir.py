@@ -82,6 +82,12 @@ class DataDir:
         """``run/users/<name>/``: the files the platform hands user ``name``'s processes."""
         return self.handover_root / name
 
+    @property
+    def trust_file(self) -> Path:
+        """``run/users/.trust.pem``: the CAs users' servers trust under HTTPS (``skerry.tls``),
+        readable by every account; no user name starts with a dot, so no user's folder is it."""
+        return self.handover_root / ".trust.pem"
+
     def secret(self, name: str, nbytes: int = 32) -> str:
         """The secret stored in ``secrets/<name>``, generated (mode 0600) on first use."""
         path = self.secrets / name

@@ -8,7 +8,8 @@ the proxy. The hub dies with this process even on ``kill -9`` (PDEATHSIG). Rules
 proxy runs in a session of its own and outlives a hub that fails or is killed, so once
 the hub has exited for any reason, ``up`` stops the proxy the hub recorded in
 ``run/proxy.pid``; nothing is left on the public port. A failed hub's exit is reported
-with its last error lines from ``run/hub.log``.
+with its last error lines from ``run/hub.log``. With ``--ssl-cert`` and ``--ssl-key`` the
+proxy serves HTTPS only (``skerry.tls``) and the URL printed is ``https://``.
 """
 
 import importlib.util
@@ -31,6 +32,7 @@ from .errors import ConfigError, SetupError
 from .identity import decide
 from .nodeproxy import find_proxy
 from .process import die_with_parent, is_running, start_time
+from .tls import check_pair, probe_context
 from .workload.pools import load_pools
 from .workload.schedulerconfig import SchedulerConfig
 
@@ -47,6 +49,8 @@ class Options:
     port: int = 8000
     dev: bool = False
     account_template: str = AccountPolicy.template
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -60,7 +64,7 @@ def hub_config_file() -> str:
 
 def public_url(opts: Options) -> str:
     host = f"[{opts.ip}]" if ":" in opts.ip else opts.ip
-    return f"http://{host}:{opts.port}/"
+    return f"{'https' if opts.ssl_cert else 'http'}://{host}:{opts.port}/"
 
 
 def _check_port_free(ip: str, port: int) -> None:
@@ -125,11 +129,12 @@ def _last_errors(log: Path, offset: int, count: int = 3) -> list[str]:
 
 def _wait_ready(url: str, hub: subprocess.Popen) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT
+    context = probe_context() if url.startswith("https:") else None
     while time.monotonic() < deadline:
         if hub.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(url + "hub/api/", timeout=2) as r:
+            with urllib.request.urlopen(url + "hub/api/", timeout=2, context=context) as r:
                 if r.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
@@ -150,6 +155,7 @@ def up(opts: Options) -> int:
 
 def _up(opts: Options) -> int:
     opts.validate()
+    tls = check_pair(opts.ssl_cert, opts.ssl_key)  # before anything is written: a sentence naming the file
     data = DataDir(opts.data_dir)
     other = _previous_hub(data)
     if other:
@@ -171,6 +177,7 @@ def _up(opts: Options) -> int:
         config.PUBLIC_URL.name: public_url(opts),
         config.PROXY_COMMAND.name: find_proxy(),
         config.DEV.name: "1" if opts.dev else "",
+        **({config.SSL_CERT.name: str(tls[0]), config.SSL_KEY.name: str(tls[1])} if tls else {}),
         **identity.environment(),
     })
     if opts.dev:

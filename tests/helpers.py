@@ -8,6 +8,7 @@ import pwd
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -92,11 +93,14 @@ class Platform:
     """One ``skerry up`` process on a data dir, with REST helpers as the admin."""
 
     def __init__(self, data_dir: Path, port: int | None = None, command: list[str] | None = None,
-                 cwd: Path | None = None, env: dict | None = None):
+                 cwd: Path | None = None, env: dict | None = None, tls: tuple[Path, Path] | None = None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = command or [sys.executable, "-m", "skerry", "up"]
+        # with tls (certificate, key): HTTPS, and the REST helpers trust that certificate
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify = ssl.create_default_context(cafile=str(tls[0])) if tls else True
+        self.command = (command or [sys.executable, "-m", "skerry", "up"]) + \
+            (["--ssl-cert", str(tls[0]), "--ssl-key", str(tls[1])] if tls else [])
         self.cwd = cwd
         self.env = env
         self.proc = None
@@ -153,7 +157,7 @@ class Platform:
     def api(self, method, path, token=None, **kwargs):
         headers = kwargs.pop("headers", {})
         headers.setdefault("Authorization", f"token {token or self.admin_token}")
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, verify=self.verify, **kwargs)
 
     def create_user(self, name):
         r = self.api("POST", f"/hub/api/users/{name}")

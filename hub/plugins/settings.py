@@ -2,9 +2,10 @@
 (``skerry.config`` names and reads every variable).
 
 ``skerry up`` sets ``SKERRY_DATA_DIR``, ``SKERRY_IP``, ``SKERRY_PORT``,
-``SKERRY_PUBLIC_URL``, ``SKERRY_PROXY_COMMAND``, ``SKERRY_DEV`` and who runs the users'
-code (``skerry.identity``: ``SKERRY_ACCOUNT_TEMPLATE``, each user's own account, or
-``SKERRY_SINGLE_USER``, the one user who may log in); secrets are read from the data dir
+``SKERRY_PUBLIC_URL``, ``SKERRY_PROXY_COMMAND``, ``SKERRY_DEV``, HTTPS (``SKERRY_SSL_CERT``,
+``SKERRY_SSL_KEY``) and who runs the users' code (``skerry.identity``:
+``SKERRY_ACCOUNT_TEMPLATE``, each user's own account, or ``SKERRY_SINGLE_USER``, the one
+user who may log in); secrets are read from the data dir
 here, never passed through the environment or arguments.
 """
 
@@ -13,6 +14,8 @@ import sys
 
 from skerry import config
 from skerry.datadir import DataDir
+from skerry.localfiles import write_private
+from skerry.tls import trust_bundle
 from skerry.hub.plugins.admin_pages import TEMPLATES as PAGE_TEMPLATES
 from skerry.hub.plugins.admin_pages import handlers as page_handlers
 
@@ -39,6 +42,12 @@ def configure(c) -> None:
     # Ctrl-C on `skerry up` stops everything: no orphan user servers
     c.JupyterHub.cleanup_servers = True
     c.JupyterHub.cleanup_proxy = True
+
+    tls_cert, tls_key = config.SSL_CERT.get(), config.SSL_KEY.get()
+    if tls_cert and tls_key:  # the proxy serves HTTPS; what runs behind it stays on loopback HTTP
+        c.JupyterHub.ssl_cert, c.JupyterHub.ssl_key = str(tls_cert), str(tls_key)
+        write_private(data.trust_file, trust_bundle(tls_cert), mode=0o644)
+        c.SkerrySpawner.trust_file = str(data.trust_file)
 
     c.JupyterHub.proxy_class = "skerry"
     c.ConfigurableHTTPProxy.command = [config.PROXY_COMMAND.require()]

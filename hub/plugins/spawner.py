@@ -78,6 +78,7 @@ from skerry.hub.stores.profiles import ProfileStore, allowed
 from skerry.hub.stores.quotas import QuotaExceeded, QuotaStore
 from skerry.hub.plugins.selection import Refused, select
 from skerry.hub.plugins.startqueue import start_queue
+from skerry.tls import TRUST_VARIABLES
 
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -100,6 +101,15 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     @default("data_dir")
     def _default_data_dir(self):
         return str(config.DATA_DIR.get() or "")
+
+    trust_file = Unicode(
+        "",
+        config=True,
+        help="""Under HTTPS: the CA bundle (PEM, readable by every account) the server's processes
+        trust, as ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE``: the public CAs and the platform's
+        own certificate, so that they reach the platform at its public URL (``skerry.tls``).
+        Empty: nothing is set.""",
+    )
 
     handover_dir = Unicode(
         "",
@@ -398,6 +408,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             p for p in (JUPYTER_PATH_DIR, env.get(config.JUPYTER_PATH.name)) if p)
         if config.PUBLIC_URL.get():
             env[config.URL.name] = config.PUBLIC_URL.get().rstrip("/")
+        if self.trust_file:
+            env.update(dict.fromkeys(TRUST_VARIABLES, self.trust_file))
         if self.profile:
             env[config.PROFILE.name] = self.profile["slug"]
         return env
