@@ -209,6 +209,7 @@ class Builder(widgets.VBox):
             widgets.HBox([self.validate_button, self.save_button, self.launch_button]),
             self.message, self.run_box,
         ])
+        self.add_class("skerry-builder")  # a stable name for styles and browser tests
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline, client=None, registry=None) -> Builder:

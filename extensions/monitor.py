@@ -41,6 +41,7 @@ __all__ = ["Monitor", "TaskRow", "counts", "percent", "run_state", "run_final", 
 QUEUED = ("defined", "queued", "retrying", "lost")
 BARS = (("succeeded", "success"), ("running", "info"), ("failed", "danger"), ("queued", "warning"))
 FAILED_SHOWN = 20  # failed jobs listed per task
+LINK_STYLE = "color: var(--jp-content-link-color, #1976d2); text-decoration: underline"
 POLL_FAILURES = 5
 
 
@@ -117,7 +118,9 @@ def failed_table(rows: list[tuple[str, dict]], prefix: str | None = None) -> str
     for step, job in rows:
         location = job.get("log")
         href = log_href(location, prefix)
-        log = (f"<a href='{html.escape(href)}' target='_blank'>{html.escape(location)}</a>" if href
+        # JupyterLab's styles show a bare <a> as plain text: it is made to look like a link
+        log = (f"<a href='{html.escape(href)}' target='_blank' style='{LINK_STYLE}'>{html.escape(location)}</a>"
+               if href
                else html.escape(location or "(not given by the API)"))
         out.append(f"<tr><td>{html.escape(step)}</td><td>{job['id']}</td>"
                    f"<td>{html.escape(job.get('error_class') or '?')}</td>"
@@ -195,6 +198,7 @@ class Monitor(widgets.VBox):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         super().__init__([self.header, self.total, self.rows_box, self.plot, self.failed, self.message])
+        self.add_class("skerry-monitor")  # a stable name for styles and browser tests
         self.refresh()
         self._thread = None
         if poll_s is not None and not self.final:

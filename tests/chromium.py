@@ -20,24 +20,13 @@ import pytest
 from helpers import wait_for
 
 
-class Chromium:
-    """A headless Chromium and its first page, driven over the DevTools Protocol."""
+class Page:
+    """One page (tab) of the browser, driven over its DevTools websocket."""
 
-    def __init__(self, executable: str, profile: Path):
-        profile.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0",
-             "--remote-allow-origins=*", f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = profile / "DevToolsActivePort"
-        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, what="Chromium's DevTools port")
-        port = port_file.read_text().split()[0]
-        pages = wait_for(lambda: [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-                                  if t["type"] == "page"], 30, what="Chromium's first page")
+    def __init__(self, debugger_url: str):
         import websocket
 
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=120)
+        self.ws = websocket.create_connection(debugger_url, timeout=120)
         self.ids = itertools.count(1)
 
     def send(self, method: str, **params):
@@ -71,8 +60,38 @@ class Chromium:
         path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
         return path
 
+
+class Chromium(Page):
+    """A headless Chromium, driven through its first page; ``page(...)`` reaches the others."""
+
+    def __init__(self, executable: str, profile: Path):
+        profile.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0",
+             "--remote-allow-origins=*", f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, what="Chromium's DevTools port")
+        self.port = port_file.read_text().split()[0]
+        pages = wait_for(self._pages, 30, what="Chromium's first page")
+        super().__init__(pages[0]["webSocketDebuggerUrl"])
+        self.others: list[Page] = []
+
+    def _pages(self) -> list[dict]:
+        return [t for t in httpx.get(f"http://127.0.0.1:{self.port}/json/list").json() if t["type"] == "page"]
+
+    def page(self, url_part: str, timeout: float = 60) -> Page:
+        """Another page (a tab a link opened) whose URL holds ``url_part``."""
+        found = wait_for(lambda: [t for t in self._pages() if url_part in t["url"]], timeout,
+                         what=f"a page at a URL with {url_part!r}")
+        page = Page(found[0]["webSocketDebuggerUrl"])
+        self.others.append(page)
+        return page
+
     def close(self) -> None:
-        self.ws.close()
+        for page in [*self.others, self]:
+            page.ws.close()
         self.proc.terminate()
         try:
             self.proc.wait(30)

@@ -1,4 +1,5 @@
-"""JupyterLab in headless Chromium on a running platform: the tutorial pipeline, end to end.
+"""JupyterLab in headless Chromium on a running platform: the tutorial pipeline, end to end,
+and a failed run's monitor linking the output notebook of a failed job (below).
 
 Must show 2 (issue 5): alice logs in at the hub's login page, opens the tutorial notebook
 ``02_first_pipeline.ipynb`` (copied into her home) in JupyterLab, runs all its cells (the
@@ -14,11 +15,16 @@ Chrome DevTools Protocol (websocket-client); the test is skipped where it is mis
 import re
 import shutil
 import time
+from pathlib import Path
+
+import nbformat
 
 import pytest
 
 from chromium import browser, log_in, sign_up, text_of  # noqa: F401, F811 (browser: a fixture)
 from helpers import REPO, wait_for
+
+from skerry.workload.client import Client
 
 pytestmark = pytest.mark.platform
 
@@ -28,26 +34,33 @@ NOTEBOOK = REPO / "notebooks" / "02_first_pipeline.ipynb"
 ARTIFACTS = REPO / "test-artifacts"
 
 
-@pytest.mark.timeout(600)
-def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(platform, alice, browser, tmp_path):
+@pytest.fixture(scope="module")
+def signed_up(platform, alice):
+    """alice has chosen her password on the signup page; her token."""
     sign_up(platform, "alice", PASSWORD)
-    folder = platform.data_dir / "users" / "alice" / "tutorial"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
-    platform.give(folder, "alice")  # her notebook, as if she had uploaded it
+    return alice
 
-    # the hub's login page, then JupyterLab on the notebook (the server's root: one folder per adaptor)
-    lab = f"/user/alice/lab/tree/home/tutorial/{NOTEBOOK.name}"
-    log_in(browser, platform, "alice", PASSWORD, lab)
+
+def open_in_lab(browser, platform, path: str) -> None:
+    """alice logs in and JupyterLab opens her notebook at ``path`` (in her home), its kernel idle."""
+    # the hub's login page, then JupyterLab on the notebook (the server's root: one folder per adaptor),
+    # its workspace reset: the notebooks an earlier test left open stay closed
+    log_in(browser, platform, "alice", PASSWORD, f"/user/alice/lab/tree/home/{path}?reset")
     wait_for(lambda: browser.js("!!document.querySelector('.jp-Notebook .jp-Cell')"), 120,
              what="JupyterLab with the notebook open")
     # the notebook's own kernel, started and idle
     wait_for(lambda: "Python 3 (skerry)" in text_of(browser, ".jp-NotebookPanel-toolbar"), 120,
              what="the skerry kernel named in the toolbar")
-    wait_for(lambda: browser.js("(document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator')"
-                                " || {dataset: {}}).dataset.status === 'idle'"), 120, what="the kernel to be idle")
+    wait_idle(browser)
 
-    # Run All Cells from the command palette (Ctrl+Shift+C), as a user would
+
+def wait_idle(page) -> None:
+    wait_for(lambda: page.js("(document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator')"
+                             " || {dataset: {}}).dataset.status === 'idle'"), 120, what="the kernel to be idle")
+
+
+def run_all_cells(browser) -> None:
+    """Run All Cells from the command palette (Ctrl+Shift+C), as a user would."""
     browser.js("document.querySelector('.jp-Notebook').focus()")
     browser.key("C", "KeyC", 67, modifiers=2 | 8)
     wait_for(lambda: browser.js("document.activeElement && document.activeElement.closest('.jp-ModalCommandPalette,"
@@ -55,6 +68,24 @@ def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(plat
     browser.send("Input.insertText", text="Run All Cells")
     time.sleep(0.5)  # the palette filters as it is typed
     browser.key("Enter", "Enter", 13)
+
+
+def keep(shot: Path) -> None:
+    """A screenshot, kept in ``test-artifacts/``."""
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / shot.name)
+
+
+@pytest.mark.timeout(600)
+def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(platform, signed_up, browser, tmp_path):
+    alice = signed_up
+    folder = platform.data_dir / "users" / "alice" / "tutorial"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
+    platform.give(folder, "alice")  # her notebook, as if she had uploaded it
+    open_in_lab(browser, platform, f"tutorial/{NOTEBOOK.name}")
+    run_all_cells(browser)
 
     # the builder renders, then the monitor, which reaches 100%
     wait_for(lambda: "Pipeline name" in text_of(browser, ".skerry-builder"), 180, what="the builder widget")
@@ -65,14 +96,10 @@ def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(plat
 
     browser.js("document.querySelector('.skerry-monitor').scrollIntoView({block: 'center'})")
     time.sleep(0.5)
-    shot = browser.screenshot(tmp_path / "lab-pipeline-monitor.png")
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ARTIFACTS.mkdir(exist_ok=True)
-    shutil.copy(shot, ARTIFACTS / shot.name)
+    keep(browser.screenshot(tmp_path / "lab-pipeline-monitor.png"))
 
     # every cell ran (Run All stops at an error): the kernel is idle and the last cell has its number
-    wait_for(lambda: browser.js("(document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator')"
-                                " || {dataset: {}}).dataset.status === 'idle'"), 120, what="the kernel to be idle")
+    wait_idle(browser)
     last = "[...document.querySelectorAll('.jp-Notebook .jp-CodeCell')].pop().querySelector('.jp-InputPrompt')"
     browser.js("(() => { const o = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer');"
                " o.scrollTop = o.scrollHeight; })()")
@@ -86,3 +113,64 @@ def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(plat
     # the platform agrees: alice's run succeeded
     runs = platform.api("GET", "/services/skerry/api/v1/runs", token=alice).json()["runs"]
     assert [r["state"] for r in runs] == ["succeeded"], runs
+
+
+@pytest.mark.timeout(600)
+def test_the_monitors_link_opens_the_output_notebook_of_a_failed_notebook_job(platform, signed_up, browser,
+                                                                             tmp_path):
+    """Issue 15, must show 3 (the monitor's half): a notebook step fails; in JupyterLab the
+    monitor lists the failed job with its sentence, and one click on its log link opens the
+    job's output notebook, with the error in it, in a new tab."""
+    alice = signed_up
+    folder = platform.data_dir / "users" / "alice" / "failing"
+    (folder / "in").mkdir(parents=True, exist_ok=True)
+    (folder / "in" / "f01.txt").write_text("one file\n")
+    step = nbformat.v4.new_notebook()
+    step.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("input = None\nreport = None")
+    params.metadata["tags"] = ["parameters"]
+    fail = "raise LookupError('no calibration for ' + input.rsplit('/', 1)[-1])"
+    step.cells = [params, nbformat.v4.new_code_cell(fail)]
+    nbformat.write(step, folder / "step.ipynb")
+    platform.give(folder, "alice")
+    client = Client(platform.url, alice)
+    client.request("POST", "/modules", json={
+        "name": "calibrate", "version": "1", "inputs": [{"name": "input"}],
+        "outputs": [{"name": "report", "file_name": "{stem}.txt"}], "notebook": "skerry://home/failing/step.ipynb"})
+    client.create_dataset("failing.in", location="skerry://home/failing/in")
+    client.register_files("failing.in", [{"uri": "skerry://home/failing/in/f01.txt", "size": 9}])
+    client.close_dataset("failing.in")
+    client.add_workflow({"name": "calibration", "steps": [
+        {"name": "calibrate", "module": "calibrate@1", "inputs": {"input": "dataset"}}]})
+    run_id = client.run("calibration", "failing.in")
+    wait_for(lambda: client.get_run(run_id)["state"] == "failed", 180, 1.0, what="the run to fail")
+    [job] = client.jobs(state="failed")["jobs"]
+    log = job["log"]
+    assert log.startswith("skerry://home/") and log.endswith(".ipynb"), job
+    monitor_nb = nbformat.v4.new_notebook()
+    monitor_nb.metadata["kernelspec"] = {"name": "skerry", "display_name": "Python 3 (skerry)", "language": "python"}
+    monitor_nb.cells = [nbformat.v4.new_code_cell(f"skerry.Monitor(skerry.api, {run_id})")]
+    nbformat.write(monitor_nb, folder / "monitor.ipynb")
+    platform.give(folder / "monitor.ipynb", "alice")
+
+    open_in_lab(browser, platform, "failing/monitor.ipynb")
+    run_all_cells(browser)
+    table = wait_for(lambda: text_of(browser, ".skerry-monitor table"), 120, what="the monitor's failed jobs")
+    assert "LookupError" in table and "no calibration for f01.txt" in table, table
+    link = "document.querySelector('.skerry-monitor table a')"
+    href = browser.js(f"({link} || {{}}).href")
+    assert href, browser.js("document.querySelector('.skerry-monitor table').innerHTML")
+    path = log.removeprefix("skerry://")
+    assert href == f"{platform.url}/user/alice/lab/tree/{path}", href
+    browser.js(f"{link}.scrollIntoView({{block: 'center'}})")
+    keep(browser.screenshot(tmp_path / "lab-monitor-failed-job.png"))
+
+    browser.js(f"{link}.click()")  # one click: the output notebook opens in a new tab
+    tab = browser.page(f"/lab/tree/{path}")
+    wait_for(lambda: tab.js("!!document.querySelector('.jp-Notebook .jp-Cell')"), 120,
+             what="the output notebook open in JupyterLab")
+    shown = wait_for(lambda: "no calibration for f01.txt" in (text := tab.js(
+        "[...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText).join('\\n')") or "")
+        and text, 60, what="the job's error in the output notebook")
+    assert "LookupError" in shown, shown
+    keep(tab.screenshot(tmp_path / "lab-failed-job-output-notebook.png"))

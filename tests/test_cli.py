@@ -280,5 +280,5 @@ def test_a_failed_run_lists_its_failed_jobs_with_reasons_and_log_links(platform,
         rows = {line.split()[0]: line for line in lines[at + 2:at + 4]}
         assert rows[str(bad)].split()[1:3] == ["a", "LookupError"]
         assert "no calibration for f01 (cell 3 of the notebook, In [2])." in rows[str(bad)]
-        assert rows[str(bad)].endswith(f"{platform.url}/user/alice/lab/tree/out/.skerry-logs/{bad}.ipynb")
+        assert rows[str(bad)].endswith(f"{platform.url}/user/alice/lab/tree/home/out/.skerry-logs/{bad}.ipynb")
         assert rows[str(odd)].endswith("s3://elsewhere/x.log")  # no link to it: shown as it is

@@ -279,6 +279,19 @@ def test_notebooks_and_checkpoints(api, adaptor):
     assert api.delete(f"contents/{adaptor}/nb").status_code == 204
 
 
+def test_job_logs_open_though_their_folder_has_a_dot_name(api, server):
+    """The monitor links ``.skerry-logs/<job>.ipynb`` (a notebook step's output notebooks):
+    that one dot folder opens; any other dot name stays hidden."""
+    logs = server.base / "home" / "out" / ".skerry-logs"
+    logs.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 / 0")]), logs / "7.ipynb")
+    (server.base / "home" / "out" / ".private").mkdir()
+    (server.base / "home" / "out" / ".private" / "x.txt").write_text("x")
+    got = api.get("contents/home/out/.skerry-logs/7.ipynb")
+    assert got.status_code == 200 and got.json()["content"]["cells"][0]["source"] == "1 / 0", got.text
+    assert api.get("contents/home/out/.private/x.txt").status_code == 404
+
+
 @pytest.mark.parametrize("adaptor", ["home", "s3", "hpc"])
 def test_chunked_upload_appears_only_when_complete(api, adaptor):
     path = f"{adaptor}/upload.bin"

@@ -185,11 +185,13 @@ def test_monitor_counts_percent_links_and_plot():
     ended = {"state": "running", "tasks": [{"state": "succeeded"}, {"state": "cancelled"}]}
     assert run_state(ended) == "cancelled" and run_final(ended)
     assert run_state({"state": "running", "tasks": [{"state": "failed"}, {"state": "running"}]}) == "running"
+    # the server's root holds a folder per adaptor
     assert log_href("skerry://home/out/.skerry-logs/7.ipynb", "/user/alice/") == \
-        "/user/alice/lab/tree/out/.skerry-logs/7.ipynb"
-    assert log_href("skerry://home/out/.skerry-logs/7.1.log", "/user/alice/") == \
-        "/user/alice/files/out/.skerry-logs/7.1.log"
+        "/user/alice/lab/tree/home/out/.skerry-logs/7.ipynb"
+    assert log_href("skerry://hpc/run 1/.skerry-logs/7.1.log", "/user/alice/") == \
+        "/user/alice/files/hpc/run%201/.skerry-logs/7.1.log"
     assert log_href("s3://bucket/x.log") is None and log_href(None) is None
+    assert log_href("skerry://home") is None  # an adaptor is no log
     t = Throughput()
     for second, ended_jobs in [(0, 0), (1, 5), (2, 5), (4, 15)]:
         t.add(second, ended_jobs)
@@ -292,6 +294,7 @@ def test_failed_jobs_are_listed_with_their_error_class_and_sentence(platform, al
     assert row.bars["failed"].value == 3
     assert monitor.failed.value.count("<td>bad_input</td>") == 3 and "boom" in monitor.failed.value
     assert [job["error_class"] for _, job in monitor.failed_jobs] == ["bad_input"] * 3
+    assert "skerry-monitor" in monitor._dom_classes  # the name pages and browser tests find it by
     assert all(job["error"] and html.escape(job["error"]) in monitor.failed.value for _, job in monitor.failed_jobs)
 
 

@@ -16,7 +16,8 @@ Rules:
   temporary name in the same folder and is renamed into place; on object stores (S3) a
   single write is already all-or-nothing and is done in place. Chunked uploads from
   JupyterLab (``chunk`` 1, 2, ..., -1) collect in one temporary name, renamed on the last;
-- names starting with ``.`` are hidden (404) unless ``allow_hidden``; so are the
+- names starting with ``.`` are hidden (404) unless ``allow_hidden`` (``paths.hidden``: the
+  folder of job logs is not, the monitor's links lead there); so are the
   checkpoints; temporary names are never listed (the federation leaves them out);
 - a new folder exists, empty, on every adaptor (the federation keeps an empty S3 folder
   as its ``folder/`` object); deleting one removes it with ``rmdir``, after its

@@ -5,8 +5,11 @@ Rules:
   its outer slashes already stripped; the root is ``""``;
 - these are string operations only: nothing here checks a path or reaches a backend (the
   manager checks the federation's path rules);
-- a name starting with ``.`` is hidden.
+- a name starting with ``.`` is hidden, but for the folder of job logs (``.skerry-logs``):
+  the run monitor and the CLI link the output notebooks in it.
 """
+
+from skerry.workload.loglinks import LOG_FOLDER
 
 
 def parent(path: str) -> str:
@@ -25,4 +28,4 @@ def join(folder: str, name: str) -> str:
 
 
 def hidden(name: str) -> bool:
-    return name.startswith(".")
+    return name.startswith(".") and name != LOG_FOLDER

@@ -52,6 +52,7 @@ from fsspec.core import url_to_fs
 from skerry.adaptors import atomic
 from skerry.errors import ConfigError, SkerryError
 
+from .loglinks import LOG_FOLDER
 from .modules import PLACEHOLDER, ModuleSpec, Pin, load_module
 
 __all__ = [
@@ -65,7 +66,7 @@ __all__ = [
     "LOG_TAIL",
 ]
 
-DEFAULT_LOG_DIR = ".skerry-logs"
+DEFAULT_LOG_DIR = LOG_FOLDER
 LOG_TAIL = 64 * 1024  # characters of a job's log kept in its result
 _CHUNK = 1 << 20
 
