@@ -37,6 +37,15 @@ def _free_port(ip: str) -> int:
         return s.getsockname()[1]
 
 
+SERVER_LOG_LIMIT = 5 * 2**20  # bytes: a server's log starts anew at a start past this size
+
+
+def server_log(handover: str | os.PathLike, server: str) -> Path:
+    """The log of a user's server (``""``: the default one) in the user's handover folder:
+    what the server's processes print, readable by the user's account (0640, its group)."""
+    return Path(handover) / f"{server or 'default'}.log"
+
+
 class DataDir:
     """One platform's data dir. ``ensure()`` creates it; the other methods assume it exists."""
 

@@ -14,7 +14,6 @@ proxy serves HTTPS only (``skerry.tls``) and the URL printed is ``https://``.
 
 import importlib.util
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from .accounts import AccountPolicy
 from .datadir import DataDir
 from .errors import ConfigError, SetupError
 from .identity import decide
+from .logtail import error_lines
 from .nodeproxy import find_proxy
 from .process import die_with_parent, is_running, start_time
 from .tls import check_pair, probe_context
@@ -112,19 +112,6 @@ def _stop_own_proxy(data: DataDir) -> None:
                 (data.run / "proxy.pid").unlink(missing_ok=True)
                 return
             time.sleep(0.1)
-
-
-def _last_errors(log: Path, offset: int, count: int = 3) -> list[str]:
-    """The last error lines written to the hub's log after ``offset``: the hub's own
-    (``[C``/``[E``), uvicorn's (``ERROR:``) and a traceback's last line."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return []
-    wanted = re.compile(r"^\[[CE] |^ERROR: |^[\w.]*(Error|Exception)\b.*: ")
-    return [line for line in text.splitlines() if wanted.match(line)][-count:]
 
 
 def _wait_ready(url: str, hub: subprocess.Popen) -> bool:
@@ -237,6 +224,6 @@ def _up(opts: Options) -> int:
         return 0
     print(f"skerry: the hub exited with status {code}; see {data.run / 'hub.log'}",
           file=sys.stderr, flush=True)
-    for line in _last_errors(data.run / "hub.log", log_start):
+    for line in error_lines(data.run / "hub.log", log_start):
         print(f"  {line}", file=sys.stderr, flush=True)
     return 1

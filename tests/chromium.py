@@ -6,6 +6,7 @@ fixture into a test module (``from chromium import browser``) to use it there.
 """
 
 import base64
+import contextlib
 import itertools
 import json
 import re
@@ -118,6 +119,17 @@ def sign_up(platform, name: str, password: str) -> None:
         r = client.post("/hub/signup", data={"username": name, "signup_password": password,
                                              "signup_password_confirmation": password, "_xsrf": xsrf})
         assert r.status_code == 200, r.text
+
+
+@contextlib.contextmanager
+def logged_in(platform, name: str, password: str):
+    """An HTTP client holding ``name``'s hub login cookie."""
+    with httpx.Client(base_url=platform.url, timeout=60) as client:
+        page = client.get("/hub/login")
+        xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
+        r = client.post("/hub/login?next=/hub/home", data={"username": name, "password": password, "_xsrf": xsrf})
+        assert r.status_code == 302 and r.headers["location"].endswith("/hub/home"), (r.status_code, r.text)
+        yield client
 
 
 def text_of(browser, selector: str) -> str:

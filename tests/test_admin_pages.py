@@ -18,7 +18,6 @@ On the pages without a browser: a new profile's every malformed field refused be
 A user who is not an admin gets 403 on every page and action.
 """
 
-import contextlib
 import html
 import re
 import shutil
@@ -26,7 +25,7 @@ import shutil
 import httpx
 import pytest
 
-from chromium import browser, sign_up  # noqa: F401, F811 (browser: a fixture)
+from chromium import browser, logged_in, sign_up  # noqa: F401, F811 (browser: a fixture)
 from chromium import log_in as browser_log_in
 from helpers import REPO, wait_for
 from skerry.hub.stores.profiles import ProfileStore
@@ -67,17 +66,6 @@ def rest_profile(platform) -> dict:
     r = platform.api("GET", API + "/profiles/cpu")
     assert r.status_code == 200, r.text
     return r.json()
-
-
-@contextlib.contextmanager
-def logged_in(platform, name: str, password: str):
-    """An HTTP client holding ``name``'s hub login cookie."""
-    with httpx.Client(base_url=platform.url, timeout=60) as client:
-        page = client.get("/hub/login")
-        xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
-        r = client.post("/hub/login?next=/hub/home", data={"username": name, "password": password, "_xsrf": xsrf})
-        assert r.status_code == 302 and r.headers["location"].endswith("/hub/home"), (r.status_code, r.text)
-        yield client
 
 
 def shown(page, selector: str) -> bool:

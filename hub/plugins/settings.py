@@ -18,6 +18,7 @@ from skerry.localfiles import write_private
 from skerry.tls import trust_bundle
 from skerry.hub.plugins.admin_pages import TEMPLATES as PAGE_TEMPLATES
 from skerry.hub.plugins.admin_pages import handlers as page_handlers
+from skerry.hub.plugins.server_log import handlers as log_handlers
 
 SERVICE_NAME = "skerry"
 ADMIN_SERVICE_NAME = "skerry-admin"
@@ -91,8 +92,9 @@ def configure(c) -> None:
         c.Authenticator.allowed_users = {single_user}
     c.Authenticator.username_pattern = USERNAME_PATTERN
 
-    # admin pages in the hub's own UI (/hub/skerry/profiles, /hub/skerry/usage); the nav bar links them
-    c.JupyterHub.extra_handlers = page_handlers(data.path)
+    # admin pages in the hub's own UI (/hub/skerry/profiles, /hub/skerry/usage; the nav bar links
+    # them), and each user's own server log (/hub/skerry/log: a failed start points there)
+    c.JupyterHub.extra_handlers = page_handlers(data.path) + log_handlers(data.path)
     c.JupyterHub.template_paths = [str(PAGE_TEMPLATES)]
 
     c.JupyterHub.services = [

@@ -54,6 +54,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
@@ -65,7 +66,9 @@ from skerry.accounts import (SAFE_PATH, Account, AccountError, AccountPolicy, ac
                              ensure_account, give, lock_account, share_folder)
 from skerry.adaptors.config import write_config
 from skerry.adaptors.store import RESERVED_ADAPTORS, AccountStore
+from skerry.datadir import SERVER_LOG_LIMIT, server_log
 from skerry.errors import ConfigError
+from skerry.logtail import error_lines, sentence
 from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
 from skerry.kernels import JUPYTER_PATH_DIR
 
@@ -187,6 +190,27 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     @property
     def adaptors_file(self) -> str:
         return os.path.join(self.handover, f"{self.name or 'default'}.adaptors.json")
+
+    @property
+    def server_log(self) -> str:
+        """What this server's processes print (``skerry.datadir.server_log``); the user reads it
+        at ``/hub/skerry/log[/<server>]`` (``hub.plugins.server_log``)."""
+        return str(server_log(self.handover, self.name))
+
+    def _open_server_log(self) -> tuple[int, int]:
+        """The server's log, open for appending (a new one past ``SERVER_LOG_LIMIT``), mode
+        0640 in the group of the account; and its size now: this start's lines come after."""
+        fd = os.open(self.server_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        try:
+            if os.fstat(fd).st_size > SERVER_LOG_LIMIT:
+                os.ftruncate(fd, 0)
+            os.fchmod(fd, 0o640)
+            if self.account is not None:
+                os.fchown(fd, -1, self.account.gid)
+            return fd, os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
 
     @property
     def account_store(self) -> AccountStore:
@@ -480,10 +504,14 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             self.log.warning("%s's server %r: %s", self.user.name, self.name, enforcement.fallback)
         self.limits = enforcement.describe()
         self._active_enforcement = enforcement
+        log_fd, self._log_start = await asyncio.to_thread(self._open_server_log)
+        # the server's output goes to its own log, not the hub's: its user may read it
+        self.popen_kwargs = {**self.popen_kwargs, "stdout": log_fd, "stderr": subprocess.STDOUT}
         try:
             ip_port = await super().start()
         finally:
             self._active_enforcement = None
+            os.close(log_fd)
         self.started = start_time(self.pid) or 0
         await self._wait_for_endpoints()
         return ip_port
@@ -502,10 +530,16 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         except IdentityError as e:
             status = self.proc.poll()
             if status is not None:
-                raise SpawnException(
-                    f"the micro-infrastructure of {self.user.name} exited at start "
-                    f"(status {status}); the hub log says why", reason="exited_at_start", status_code=500) from None
+                raise SpawnException(self._exit_sentence(status), reason="exited_at_start", status_code=500) from None
             raise SpawnException(e.message, reason=e.code, status_code=e.status) from None
+
+    def _exit_sentence(self, status: int) -> str:
+        """Why the server exited at start, in its own words: the last error its processes
+        printed this start (``skerry.logtail``), and where its whole log is."""
+        lines = error_lines(self.server_log, getattr(self, "_log_start", 0), count=1)
+        where = f"{self.user.name}'s server log: /hub/skerry/log" + (f"/{self.name}" if self.name else "")
+        said = f": {sentence(lines[-1])}" if lines else ""
+        return f"the micro-infrastructure of {self.user.name} exited at start (status {status}){said} ({where})"
 
     async def poll(self):
         pgid = self.pid

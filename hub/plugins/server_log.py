@@ -1,0 +1,63 @@
+"""``/hub/skerry/log[/<server>]``: a user reads their own server's log in the browser, the
+page a failed start points to (the spawner's sentence names it).
+
+Rules:
+
+- the logged-in user's own servers only (the default one, or the named ``<server>``); an
+  admin (unfiltered ``admin:users``) may add ``?user=<name>``; for anyone else another
+  user's log does not exist (404), as JupyterHub answers for servers one may not see;
+- the answer is ``text/plain``: the last ``TAIL`` bytes of the log (``skerry.datadir.server_log``,
+  what the server's processes printed over its starts), 404 with a sentence when there is none;
+- never cached by the browser (``Cache-Control: no-store``): it changes at each start.
+"""
+
+import asyncio
+import os
+import re
+
+from jupyterhub.handlers import BaseHandler
+from tornado import web
+
+from skerry.datadir import DataDir, server_log
+
+__all__ = ["ServerLogPage", "handlers", "TAIL"]
+
+TAIL = 256 * 1024  # bytes of the log's end shown
+ADMIN_SCOPE = "admin:users"
+USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # the names the hub gives homes to: no path in them
+
+
+def handlers(data_dir: str) -> list[tuple]:
+    """``JupyterHub.extra_handlers`` for the page, over the handover folders of ``data_dir``."""
+    kwargs = {"data_dir": str(data_dir)}
+    return [(r"/skerry/log", ServerLogPage, kwargs), (r"/skerry/log/([^/]+)", ServerLogPage, kwargs)]
+
+
+def _tail(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL))
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+class ServerLogPage(BaseHandler):
+    """The end of one server's log, as text."""
+
+    def initialize(self, data_dir: str):
+        self.data = DataDir(data_dir)
+
+    @web.authenticated
+    async def get(self, server: str = ""):
+        name = self.get_argument("user", self.current_user.name)
+        if not USER_NAME.match(name) or (name != self.current_user.name and ADMIN_SCOPE not in self.expanded_scopes):
+            raise web.HTTPError(404, f"There is no server log of {name!r} you may read.")
+        text = await asyncio.to_thread(_tail, str(server_log(self.data.handover(name), server)))
+        if text is None:
+            what = f"server {server!r}" if server else "default server"
+            raise web.HTTPError(404, f"{name}'s {what} has no log yet: it has not been started.")
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(text)

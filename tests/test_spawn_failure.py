@@ -1,0 +1,80 @@
+"""A server that cannot start says why on the spawn page (issue 15, must show 2), and its
+user reads its log, and only their own, at ``/hub/skerry/log``.
+
+alice's own Jupyter configuration (``~/.jupyter/jupyter_server_config.py``, hers to edit)
+sets a setting to a value Jupyter refuses: her Jupyter server exits at start. In headless
+Chromium she starts her server from the hub; the spawn page shows the sentence Jupyter
+printed, and where her log is (screenshot kept in ``test-artifacts/``). Real components:
+the platform, alice's own OS account, Jupyter's own start-up, Chromium.
+"""
+
+import re
+import shutil
+import time
+
+import pytest
+from chromium import browser, log_in, logged_in, sign_up, text_of  # noqa: F401, F811 (browser: a fixture)
+from helpers import REPO, wait_for
+
+pytestmark = pytest.mark.platform
+
+PASSWORD = "a-long-Passw0rd-for-the-spawn-page"
+ARTIFACTS = REPO / "test-artifacts"
+BROKEN = "c.ServerApp.max_body_size = 'lots'  # an int is wanted\n"
+JUPYTER_SAYS = "The 'max_body_size' trait of a ServerApp instance expected an int, not the str 'lots'."
+
+
+@pytest.mark.timeout(300)
+def test_the_spawn_page_says_why_a_server_could_not_start_and_she_reads_her_log(platform, browser, tmp_path):
+    for name in ("alice", "bob"):
+        platform.create_user(name)
+        sign_up(platform, name, PASSWORD)
+    config = platform.data_dir / "users" / "alice" / ".jupyter" / "jupyter_server_config.py"
+    config.parent.mkdir(parents=True)
+    config.write_text(BROKEN)
+    platform.give(config.parent, "alice")  # her own file, as if she had written it
+
+    # she logs in and asks for her server on the hub's spawn page, as a user does
+    log_in(browser, platform, "alice", PASSWORD, "/hub/spawn")
+    wait_for(lambda: browser.js("!!document.querySelector('#spawn_form, #progress-message, .progress')"), 60,
+             what="the spawn page")
+    if browser.js("!!document.querySelector('#spawn_form')"):  # the profile form: its default, started
+        browser.js("document.querySelector('#spawn_form [type=submit]').click()")
+    page = wait_for(lambda: "exited at start" in (text := text_of(browser, "body")) and text, 120, 1.0,
+                    what="the spawn page to say the start failed")
+    assert JUPYTER_SAYS in page, page
+    assert "alice's server log: /hub/skerry/log" in page, page
+    time.sleep(0.5)
+    shot = browser.screenshot(tmp_path / "spawn-page-failed-start.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / shot.name)
+    assert platform.server("alice") is None  # nothing left running
+
+    # her log, in the same browser: Jupyter's own lines of that start
+    browser.navigate(f"{platform.url}/hub/skerry/log")
+    log = wait_for(lambda: "Bad config" in (text := text_of(browser, "body")) and text, 60, what="her log")
+    assert re.search(r"\[C [^\]]+ServerApp\] Bad config encountered during initialization: " + re.escape(JUPYTER_SAYS),
+                     log), log
+    log_file = platform.data_dir / "run" / "users" / "alice" / "default.log"
+    mode, group = log_file.stat().st_mode & 0o777, log_file.stat().st_gid
+    assert mode == 0o640 and group == platform.account("alice").pw_gid  # her account reads it, nobody else
+
+    # bob reads his own (none yet), never hers; the admin may read hers
+    with logged_in(platform, "bob", PASSWORD) as bob:
+        own = bob.get("/hub/skerry/log")
+        assert own.status_code == 404 and "has no log yet" in own.text
+        for path in ("/hub/skerry/log?user=alice", "/hub/skerry/log?user=..", "/hub/skerry/log/x?user=alice"):
+            theirs = bob.get(path)
+            assert theirs.status_code == 404 and "Bad config" not in theirs.text, (path, theirs.status_code)
+    admin = (platform.data_dir / "secrets" / "admin-password").read_text().strip()
+    with logged_in(platform, "admin", admin) as client:
+        hers = client.get("/hub/skerry/log?user=alice")
+        assert hers.status_code == 200 and JUPYTER_SAYS in hers.text
+        assert hers.headers["content-type"].startswith("text/plain")
+
+    # mended, her server starts; the new start's lines follow the old ones in the same log
+    config.write_text("c.ServerApp.max_body_size = 1 << 30\n")
+    platform.start_server("alice")
+    text = log_file.read_text()
+    assert text.index("Bad config") < text.rindex("Jupyter Server") and "skerry extension loaded" in text
