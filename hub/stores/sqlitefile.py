@@ -4,13 +4,17 @@ Set up as the catalog's SQLite (WAL, busy timeout, ``BEGIN IMMEDIATE`` for write
 its tables made by ``metadata.create_all``: these stores have no migrations to share.
 """
 
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import MetaData
+from sqlalchemy.exc import OperationalError
 
 from skerry.workload.catalog import make_engine
+from skerry.workload.catalog.engine import BUSY_TIMEOUT_S
 
 
 class SQLiteFile:
@@ -25,8 +29,18 @@ class SQLiteFile:
         # in a write transaction: processes opening a new file at once (twenty spawns, the hub and
         # the service) queue; in plain BEGINs two of them both read "no table", and one failed
         # at once with "database is locked" (SQLite's deadlock rule skips the busy timeout)
-        with self._write() as c:
-            self.METADATA.create_all(c)
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                with self._write() as c:
+                    self.METADATA.create_all(c)
+                return
+            except OperationalError as e:
+                # a fresh file's first connections each switch it to WAL, a change that waits for
+                # no busy timeout: one of twenty at once can still be told "locked"; it tries again
+                if "database is locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.02, 0.1))
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path, **kwargs):

@@ -399,11 +399,15 @@ class Runner:
         if p.needs:
             kwargs["resources"] = dict(p.needs)
         others = {r for q in self.pools.values() if q.client is p.client for r in q.needs}
-        if avoid is not None or (others and not p.needs):
-            workers = [w for w in self._workers(pool) if w != avoid]
+        plain_only = bool(others) and not p.needs  # e.g. CPU jobs beside a GPU pool on one cluster
+        if avoid is not None or plain_only:
+            mine_all = list(self._workers(pool))
+            workers = [w for w in mine_all if w != avoid] or mine_all
             if workers:
                 kwargs["workers"] = workers
-                kwargs["allow_other_workers"] = True
+                # the avoided worker stays a fallback; a plain pool's jobs never take another pool's
+                # worker (a loose restriction let Dask put CPU jobs on the GPU worker when busy)
+                kwargs["allow_other_workers"] = not plain_only
         token = uuid.uuid4().hex[:8]
         mine = [_Batch(f"skerry-batch-{b[0].job}-{b[0].attempt}-{token}", pool, list(b)) for b in batches]
         with self._lock:  # registered first: an end event may come before map returns
