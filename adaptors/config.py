@@ -18,7 +18,7 @@ from skerry.config import ADAPTORS
 from skerry.errors import ConfigError
 from skerry.localfiles import write_private
 
-from .registry import Adaptors, check_backend, make_filesystem
+from .registry import Adaptors, make_filesystem
 from .specs import load_specs
 from .types import adaptor_type
 
@@ -48,8 +48,9 @@ def build_federation(config: dict):
     """(Adaptors, read-only names, names needing parents made) from a configuration:
     the arguments of ``SkerryFileSystem``.
 
-    Specs, credential references and backends are checked here; each filesystem is
-    made (and connects) on first use.
+    Specs and credential references are checked here; each filesystem is made (and
+    connects) on first use. A backend that is not installed fails its own adaptor only,
+    when used (a ``ConfigError`` naming the package to install): the others keep working.
     """
     specs = load_specs(config.get("adaptors", []))
     credentials = config.get("credentials", {})
@@ -57,7 +58,6 @@ def build_federation(config: dict):
     for spec in specs:
         if spec.credentials and spec.credentials not in credentials:
             raise ConfigError(f"adaptor {spec.name!r} needs credentials {spec.credentials!r}, which are not set")
-        check_backend(spec)
         factories[spec.name] = functools.partial(make_filesystem, spec, credentials.get(spec.credentials))
         kinds[spec.name] = spec.type
         if spec.read_only:

@@ -26,11 +26,6 @@ def need(kind: str, module: str | None = None):
     return adaptor_type(kind).backend(module)
 
 
-def check_backend(spec: AdaptorSpec) -> None:
-    """Raise ConfigError with an install hint if the adaptor's backend is not installed."""
-    need(spec.type)
-
-
 def backend(spec: AdaptorSpec, secrets: dict | None = None):
     """(filesystem, root) for one adaptor; ``secrets`` is its resolved credential entry."""
     return adaptor_type(spec.type).filesystem(spec, secrets or {})

@@ -559,3 +559,32 @@ def test_no_adaptor_configuration_is_a_clear_error(tmp_path, monkeypatch):
     config.chmod(0o644)
     with pytest.raises(ConfigError, match="0600"):
         SkerryContentsManager(adaptors_file=str(config))
+
+
+def test_a_server_whose_sftp_backend_is_missing_serves_its_other_adaptors(tmp_path, sshd):
+    """Issue 15, must show 2 (its second half): sshfs fails to import in this server (a module
+    of that name first on its path raises ImportError, as a missing package does); the server
+    starts, its ``home`` works, and its SFTP folder alone answers with the package to install."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "sshfs.py").write_text("raise ImportError(\"No module named 'sshfs'\")\n")
+    base = tmp_path / "server"
+    (base / "home").mkdir(parents=True)
+    (base / "home" / "a.txt").write_text("still here")
+    adaptors = [{"name": "home", "type": "local", "path": str(base / "home")},
+                {"name": "hpc", "type": "sftp", "host": "127.0.0.1", "port": sshd.port, "username": sshd.username,
+                 "credentials": "hpc"}]
+    s = JupyterServer(base, adaptors, {"hpc": {"private_key": sshd.key}}, root=base / "home")
+    s.env["PYTHONPATH"] = str(shadow)
+    s.start()
+    try:
+        with httpx.Client(base_url=f"{s.base_url}/api/", headers=s.headers, timeout=60) as api:
+            assert names(api.get("contents/").json()) == {"home", "hpc"}
+            assert api.get("contents/home/a.txt").json()["content"] == "still here"
+            assert api.put("contents/home/b.txt", json={"type": "file", "format": "text", "content": "new"}
+                           ).status_code == 201
+            broken = api.get("contents/hpc")
+            assert broken.status_code == 500 and "Install sshfs to use sftp adaptors: pip install sshfs" in broken.text
+            assert api.get("contents/home/b.txt").json()["content"] == "new"
+    finally:
+        s.stop()

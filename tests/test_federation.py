@@ -187,13 +187,19 @@ def test_skerry_protocol_is_registered_and_reads_the_environment(tmp_path, monke
         fsspec.filesystem("skerry", skip_instance_cache=True)
 
 
-def test_missing_backend_gives_an_install_hint(monkeypatch):
+def test_missing_backend_fails_its_own_adaptor_with_an_install_hint(monkeypatch, tmp_path):
     import sys
 
     monkeypatch.setitem(sys.modules, "sshfs", None)  # as if it were not installed
-    config = {"adaptors": [{"name": "h", "type": "sftp", "host": "x", "username": "u"}]}
+    (tmp_path / "a.txt").write_text("still here")
+    config = {"adaptors": [{"name": "h", "type": "sftp", "host": "x", "username": "u"},
+                           {"name": "home", "type": "local", "path": str(tmp_path)}]}
+    fs = SkerryFileSystem(*build_federation(config), skip_instance_cache=True)
+    assert fs.ls("", detail=False) == ["h", "home"]  # listing the adaptors needs no backend
+    assert fs.cat("home/a.txt") == b"still here"
     with pytest.raises(ConfigError, match="Install sshfs to use sftp adaptors: pip install sshfs"):
-        build_federation(config)
+        fs.ls("h")
+    assert fs.cat("home/a.txt") == b"still here"
 
 
 def test_missing_asyncssh_fails_the_call_not_the_service(monkeypatch):
