@@ -98,12 +98,20 @@ def test_each_owners_jobs_run_on_their_own_cluster_which_stops_when_idle(pools, 
     assert pools.slots("cpu") == 2
     pools.submit_batches("cpu", [[spec(1, "alice"), spec(2, "bob")], [spec(3, "alice")]])
     pools.submit("cpu", spec(4, None))
-    held = {}
+    held, seen = {}, {}
 
-    def all_ended(got):  # alice's limits are read while her cluster runs: idle 5 s, it stops
+    def all_ended(got):  # read while each cluster runs (idle 5 s, it stops): alice's limits, the connect files
         cluster = pools.clusters.clusters.get(("alice", "cpu"))
         if cluster is not None and not held:
             held.update(cluster.enforcement.describe())
+        for owner in ("alice", "bob"):
+            path = connect_file(data.handover(owner) / "dask" / "cpu")
+            if owner not in seen and (owner, "cpu") in pools.clusters.clusters and path.exists():
+                account = pwd.getpwnam(policy.template.format(username=owner))
+                st = path.stat()  # the platform's file, which the account's group reads
+                seen[owner] = (json.loads(path.read_text())["address"],
+                               (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid),
+                               (0o640, os.geteuid(), account.pw_gid), bool(processes_of(account.pw_uid)))
         return len(ended(got)) == 4
 
     events = wait_events(pools, all_ended)
@@ -120,14 +128,10 @@ def test_each_owners_jobs_run_on_their_own_cluster_which_stops_when_idle(pools, 
     from skerry.limits import offered
 
     assert (held["mechanism"], held["cpu"], held["memory"]) == (offered(), 2.0, None)
-    # each cluster's connect file names it; the clusters are the accounts' processes
-    for owner in ("alice", "bob"):
-        folder = data.handover(owner) / "dask" / "cpu"
-        assert json.loads(connect_file(folder).read_text())["address"].startswith("tls://")
-        account = pwd.getpwnam(policy.template.format(username=owner))
-        st = connect_file(folder).stat()  # the platform's file, which the account's group reads
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, os.geteuid(), account.pw_gid)
-        assert processes_of(account.pw_uid)
+    # each cluster's connect file named it while it ran; the clusters were the accounts' processes
+    assert sorted(seen) == ["alice", "bob"], seen
+    for owner, (address, mode_owner_group, wanted, running) in seen.items():
+        assert address.startswith("tls://") and mode_owner_group == wanted and running, (owner, seen[owner])
     # idle for 5 s (no job of the platform's, no task, no client of theirs): stopped, nothing left
     wait_for(lambda: (pools.events(timeout=0.2), not pools.clusters.clusters)[1], 60, what="idle clusters to stop")
     for owner in ("alice", "bob"):
