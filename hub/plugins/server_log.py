@@ -13,18 +13,17 @@ Rules:
 
 import asyncio
 import os
-import re
 
 from jupyterhub.handlers import BaseHandler
 from tornado import web
 
+from skerry.accounts import HUB_NAME
 from skerry.datadir import DataDir, server_log
+from skerry.hub.plugins.admin_pages import ADMIN_SCOPE
 
 __all__ = ["ServerLogPage", "handlers", "TAIL"]
 
 TAIL = 256 * 1024  # bytes of the log's end shown
-ADMIN_SCOPE = "admin:users"
-USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # the names the hub gives homes to: no path in them
 
 
 def handlers(data_dir: str) -> list[tuple]:
@@ -52,7 +51,7 @@ class ServerLogPage(BaseHandler):
     @web.authenticated
     async def get(self, server: str = ""):
         name = self.get_argument("user", self.current_user.name)
-        if not USER_NAME.match(name) or (name != self.current_user.name and ADMIN_SCOPE not in self.expanded_scopes):
+        if not HUB_NAME.match(name) or (name != self.current_user.name and ADMIN_SCOPE not in self.expanded_scopes):
             raise web.HTTPError(404, f"There is no server log of {name!r} you may read.")
         text = await asyncio.to_thread(_tail, str(server_log(self.data.handover(name), server)))
         if text is None:

@@ -52,7 +52,6 @@ next start with no hub restart:
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -62,8 +61,8 @@ from jupyterhub.utils import maybe_future
 from traitlets import Any, Bool, Integer, Unicode, default
 
 from skerry import config
-from skerry.accounts import (SAFE_PATH, Account, AccountError, AccountPolicy, account_name, become, can_switch_users,
-                             ensure_account, give, lock_account, share_folder)
+from skerry.accounts import (HUB_NAME, SAFE_PATH, Account, AccountError, AccountPolicy, account_name, become,
+                             can_switch_users, ensure_account, give, lock_account, share_folder)
 from skerry.adaptors.config import write_config
 from skerry.adaptors.store import RESERVED_ADAPTORS, AccountStore
 from skerry.datadir import SERVER_LOG_LIMIT, server_log
@@ -83,7 +82,6 @@ from skerry.hub.plugins.selection import Refused, select
 from skerry.hub.plugins.startqueue import start_queue
 from skerry.tls import TRUST_VARIABLES
 
-_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 class SkerrySpawner(SimpleLocalProcessSpawner):
@@ -149,6 +147,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     account: Account | None = None  # the account the running server runs as (None: the hub's)
     identity_key = ""  # the key the server started now proves itself with (its environment only)
     _start_ticket = None  # this start's place in the hub's start queue, until start() ends
+    _log_start = 0  # the size of the server's log when this start began: its lines come after
 
     @property
     def queue_key(self) -> str:
@@ -464,7 +463,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             self._release_start_ticket()
 
     async def _start(self):
-        if not _SAFE_NAME.match(self.user.name):
+        if not HUB_NAME.match(self.user.name):
             raise SpawnException(f"user name {self.user.name!r} cannot name a home folder",
                                  reason="bad_user_name", status_code=400)
         if os.path.exists(self.home_dir) and not os.path.isdir(self.home_dir):
@@ -536,7 +535,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     def _exit_sentence(self, status: int) -> str:
         """Why the server exited at start, in its own words: the last error its processes
         printed this start (``skerry.logtail``), and where its whole log is."""
-        lines = error_lines(self.server_log, getattr(self, "_log_start", 0), count=1)
+        lines = error_lines(self.server_log, self._log_start, count=1)
         where = f"{self.user.name}'s server log: /hub/skerry/log" + (f"/{self.name}" if self.name else "")
         said = f": {sentence(lines[-1])}" if lines else ""
         return f"the micro-infrastructure of {self.user.name} exited at start (status {status}){said} ({where})"
