@@ -21,20 +21,14 @@ servers survive a restart of the platform. The platform's own files are private 
 import json
 import os
 import secrets
-import socket
 from pathlib import Path
 
 from .errors import ConfigError
 from .localfiles import write_private
+from .ports import quiet_port
 
 # internal ports chosen once per data dir: running servers keep the hub API URL they were given
 PORT_NAMES = ("hub", "proxy_api", "service")
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 SERVER_LOG_LIMIT = 5 * 2**20  # bytes: a server's log starts anew at a start past this size
@@ -124,6 +118,6 @@ class DataDir:
         except (FileNotFoundError, ValueError):
             ports = {}
         if not all(isinstance(ports.get(n), int) for n in PORT_NAMES):
-            ports = {n: _free_port(ip) for n in PORT_NAMES}
+            ports = {n: quiet_port(ip) for n in PORT_NAMES}
             write_private(path, json.dumps(ports))
         return ports

@@ -42,6 +42,31 @@ IDENTITY_PATH = "skerry-identity"  # under each endpoint's URL prefix
 ROLES = ("jupyter", "webdav")
 
 
+# ---- ports chosen now, bound later ------------------------------------------------------------
+
+
+def quiet_port(ip: str = "127.0.0.1", tries: int = 100) -> int:
+    """A port free now, chosen at random below the kernel's ephemeral range: a port the kernel
+    hands out (to a socket bound to port 0, a held lease, an outgoing connection) could be
+    taken by another process between this choice and the bind, which may be seconds later
+    (three platforms starting at once lost their proxy's API port to each other's servers)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    for _ in range(tries):
+        port = secrets.randbelow(low - max(1024, low - 12000)) + max(1024, low - 12000)
+        with socket.socket(family) as s:
+            try:
+                s.bind((ip, port))
+            except OSError:
+                continue
+            return port
+    raise SetupError(f"no free port below {low} on {ip} in {tries} tries")
+
+
 # ---- held ports ----------------------------------------------------------------------------
 
 

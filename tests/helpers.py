@@ -5,9 +5,7 @@ import contextlib
 import hashlib
 import os
 import pwd
-import random
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -22,19 +20,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    """A port free now, below the kernel's ephemeral range: a port the kernel hands out (to
-    a socket bound to port 0, or to an outgoing connection) could be taken by another test
-    worker between this choice and the server's start, which may be minutes later."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free port below {low} in 100 tries")
+    """A port free now, below the kernel's ephemeral range (``skerry.ports.quiet_port``): one
+    another test worker's sockets cannot be handed meanwhile."""
+    from skerry.ports import quiet_port
+
+    return quiet_port()
 
 
 def pids_of(pattern: str, environ: bool = False) -> set[int]:
