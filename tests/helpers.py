@@ -3,6 +3,7 @@ real configurable-http-proxy, real user servers and WebDAV processes. Nothing mo
 
 import contextlib
 import hashlib
+import json
 import os
 import pwd
 import signal
@@ -77,6 +78,23 @@ def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def progress_events(platform, name: str, timeout: float = 120) -> list[dict]:
+    """The progress events of ``name``'s pending start (the spawn page's), read to the end
+    (ready or failed)."""
+    events = []
+    with httpx.stream("GET", f"{platform.url}/hub/api/users/{name}/server/progress",
+                      headers={"Authorization": f"token {platform.admin_token}"}, verify=platform.verify,
+                      timeout=httpx.Timeout(10, read=timeout)) as r:
+        assert r.status_code == 200, f"progress of {name}: {r.status_code}"
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                events.append(event)
+                if event.get("ready") or event.get("failed"):
+                    break
+    return events
 
 
 class Platform:

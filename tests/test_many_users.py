@@ -11,7 +11,6 @@
 Real platform (``skerry up``), real servers, nothing mocked.
 """
 
-import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import wait_for
+from helpers import progress_events, wait_for
 from skerry.kernels.remote import RemoteKernel
 
 pytestmark = [
@@ -39,22 +38,6 @@ def start_at_once(platform, names: list[str]) -> None:
 
     with ThreadPoolExecutor(len(names)) as pool:
         list(pool.map(post, names))
-
-
-def progress_events(platform, name: str, timeout: float = READY_S) -> list[dict]:
-    """The progress events of ``name``'s pending start, read to the end (ready or failed)."""
-    events = []
-    with httpx.stream("GET", f"{platform.url}/hub/api/users/{name}/server/progress",
-                      headers={"Authorization": f"token {platform.admin_token}"},
-                      timeout=httpx.Timeout(10, read=timeout)) as r:
-        assert r.status_code == 200, f"progress of {name}: {r.status_code}"
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                event = json.loads(line[5:])
-                events.append(event)
-                if event.get("ready") or event.get("failed"):
-                    break
-    return events
 
 
 def wait_all_ready(platform, names: list[str]) -> None:
@@ -147,7 +130,7 @@ def test_twenty_users_starting_at_once_each_get_a_working_server(platform):
     tokens = {name: (platform.create_user(name), platform.user_token(name))[1] for name in names}
     start_at_once(platform, names)
     # the last one asked waits in line, and is told so, then is ready (never a time-out)
-    events = progress_events(platform, names[-1])
+    events = progress_events(platform, names[-1], READY_S)
     messages = [e.get("message", "") for e in events]
     assert events[-1].get("ready"), f"{names[-1]}'s start did not end ready: {messages}"
     assert any("ahead of yours" in m or "yours is next" in m for m in messages), \

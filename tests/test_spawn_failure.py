@@ -1,5 +1,5 @@
-"""A server that cannot start says why on the spawn page (issue 15, must show 2), and its
-user reads its log, and only their own, at ``/hub/skerry/log``.
+"""The spawn page: the steps of a start as they happen, and a server that cannot start says
+why (issue 15, must show 2); its user reads its log, and only their own, at ``/hub/skerry/log``.
 
 alice's own Jupyter configuration (``~/.jupyter/jupyter_server_config.py``, hers to edit)
 sets a setting to a value Jupyter refuses: her Jupyter server exits at start. In headless
@@ -11,10 +11,11 @@ the platform, alice's own OS account, Jupyter's own start-up, Chromium.
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from chromium import browser, log_in, logged_in, sign_up, text_of  # noqa: F401, F811 (browser: a fixture)
-from helpers import REPO, wait_for
+from helpers import REPO, progress_events, wait_for
 
 pytestmark = pytest.mark.platform
 
@@ -78,3 +79,24 @@ def test_the_spawn_page_says_why_a_server_could_not_start_and_she_reads_her_log(
     platform.start_server("alice")
     text = log_file.read_text()
     assert text.index("Bad config") < text.rindex("Jupyter Server") and "skerry extension loaded" in text
+
+
+def test_the_spawn_page_streams_the_real_steps_of_a_start(platform):
+    """The events the spawn page shows (JupyterHub's progress API), in order: the start queue,
+    then the server's own steps, each when it has happened."""
+    platform.create_user("carol")
+    with ThreadPoolExecutor(1) as pool:  # the POST answers once the start is done (or after 10 s)
+        posted = pool.submit(platform.api, "POST", "/hub/api/users/carol/server")
+        wait_for(lambda: platform.api("GET", "/hub/api/users/carol").json()["pending"] == "spawn", 30, 0.05,
+                 what="carol's start to be pending")
+        events = progress_events(platform, "carol")
+        assert posted.result().status_code in (201, 202), posted.result().text
+    messages = [e.get("message", "") for e in events]
+    account = platform.account("carol").pw_name
+    wanted = [f"Your account {account} is ready", "Your storage: home",
+              "Starting your Jupyter server and WebDAV endpoint", "Your WebDAV endpoint answers at /dav/carol/",
+              "Your Jupyter server answers"]
+    steps = [m for m in messages if m in wanted]
+    assert steps == wanted, messages
+    progress = [e["progress"] for e in events if "progress" in e]
+    assert progress == sorted(progress) and events[-1].get("ready"), events

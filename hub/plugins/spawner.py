@@ -148,6 +148,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     identity_key = ""  # the key the server started now proves itself with (its environment only)
     _start_ticket = None  # this start's place in the hub's start queue, until start() ends
     _log_start = 0  # the size of the server's log when this start began: its lines come after
+    _steps: list[dict] | None = None  # this start's steps so far, for the spawn page (``progress``)
+    _step_added = None  # set when a step is added (then replaced): ``progress`` waits on it
 
     @property
     def queue_key(self) -> str:
@@ -216,10 +218,10 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         return AccountStore(self.accounts_dir, self.credentials_dir, self.credentials_key_file,
                             self.handover_dir or None)
 
-    def write_adaptor_config(self) -> None:
+    def write_adaptor_config(self) -> list[str]:
         """The 0600 adaptor configuration file: home, the user's stored adaptors, this server's
         own, then the profile's; SpawnException (not a traceback) if it is broken. Changes to the
-        stored adaptors apply at the next start of the server."""
+        stored adaptors apply at the next start of the server. Returns the adaptors' names."""
         try:
             if self.accounts_dir:
                 specs, credentials = self.account_store.federation(self.user.name, self.home_dir, server=self.name)
@@ -241,6 +243,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             write_config(self.adaptors_file, specs + extra, credentials)
             if self.account is not None:
                 give(self.adaptors_file, self.account)  # 0600 as written: readable by its server alone
+            return [spec["name"] for spec in specs + extra]
         except ConfigError as e:
             raise SpawnException(f"the adaptors of {self.user.name} cannot be set up: {e.message.rstrip('.')}. "
                                  f"Fix them (/services/skerry/api/v1/users/{self.user.name}/adaptors) "
@@ -440,6 +443,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     async def run_pre_spawn_hook(self):
         """Wait this start's turn in the hub's start queue (JupyterHub awaits this before it
         starts timing ``start``); the place is released if the spawn ends or is cancelled."""
+        self._steps, self._step_added = [], asyncio.Event()  # before the spawn page may ask
         ticket = start_queue().join(self.queue_key)
         ticket.release_when_done(self._spawn_future)
         self._start_ticket = ticket
@@ -447,9 +451,26 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         return await maybe_future(super().run_pre_spawn_hook())
 
     async def progress(self):
-        """The spawn page's events: the place in the start queue while it waits, then its turn."""
+        """The spawn page's events: the place in the start queue while it waits, its turn, then
+        the start's own steps as they happen (``_step``); JupyterHub stops asking once the
+        start has ended."""
         async for event in start_queue().progress(self.queue_key):
             yield event
+        shown = 0
+        while self._steps is not None:
+            added = self._step_added
+            for event in self._steps[shown:]:
+                yield event
+            shown = len(self._steps)
+            await added.wait()
+
+    def _step(self, progress: int, message: str) -> None:
+        """A step of this start, shown on the spawn page."""
+        if self._steps is None:  # a start without the pre-spawn hook (none in JupyterHub today)
+            return
+        self._steps.append({"progress": progress, "message": message})
+        added, self._step_added = self._step_added, asyncio.Event()
+        added.set()
 
     def _release_start_ticket(self) -> None:
         ticket, self._start_ticket = self._start_ticket, None
@@ -496,7 +517,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         except (AccountError, ConfigError) as e:
             raise SpawnException(f"the account of {self.user.name} cannot be set up: {e.message}",
                                  reason="account", status_code=500) from None
-        self.write_adaptor_config()
+        self._step(55, f"Your account {self.account.name} is ready" if self.account else "Your home is ready")
+        self._step(60, "Your storage: " + ", ".join(self.write_adaptor_config()))
         enforcement = self._enforcement()
         await asyncio.to_thread(enforcement.prepare)
         if enforcement.fallback:
@@ -504,6 +526,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         self.limits = enforcement.describe()
         self._active_enforcement = enforcement
         log_fd, self._log_start = await asyncio.to_thread(self._open_server_log)
+        self._step(65, "Starting your Jupyter server and WebDAV endpoint")
         # the server's output goes to its own log, not the hub's: its user may read it
         self.popen_kwargs = {**self.popen_kwargs, "stdout": log_fd, "stderr": subprocess.STDOUT}
         try:
@@ -518,11 +541,13 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     async def _wait_for_endpoints(self):
         """Both endpoints answer on their own ports and prove they are this start's (module
         docstring); SpawnException with the reason otherwise."""
-        checks = [(self.dav_port, self.dav_prefix, "webdav"), (self.port, self.server.base_url, "jupyter")]
+        checks = [(self.dav_port, self.dav_prefix, "webdav", 80, f"Your WebDAV endpoint answers at {self.dav_prefix}"),
+                  (self.port, self.server.base_url, "jupyter", 95, "Your Jupyter server answers")]
         try:
-            for port, prefix, role in checks:
+            for port, prefix, role, progress, said in checks:
                 await check_identity(port, prefix, self.identity_key, self.user.name, self.name or "", role,
                                      self.start_timeout, alive=lambda: self.proc.poll() is None)
+                self._step(progress, said)
         except WrongServer as e:
             raise SpawnException(f"the micro-infrastructure of {self.user.name} could not take its port: "
                                  f"{e.message}; start it again", reason=e.code, status_code=e.status) from None
