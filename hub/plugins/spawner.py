@@ -458,10 +458,10 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
             yield event
         shown = 0
         while self._steps is not None:
-            added = self._step_added
-            for event in self._steps[shown:]:
-                yield event
-            shown = len(self._steps)
+            added = self._step_added  # set by any step added from here on, even while we yield
+            while shown < len(self._steps):
+                shown += 1
+                yield self._steps[shown - 1]
             await added.wait()
 
     def _step(self, progress: int, message: str) -> None:
