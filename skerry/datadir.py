@@ -34,10 +34,16 @@ PORT_NAMES = ("hub", "proxy_api", "service")
 SERVER_LOG_LIMIT = 5 * 2**20  # bytes: a server's log starts anew at a start past this size
 
 
+def server_file(handover: str | os.PathLike, server: str, kind: str) -> Path:
+    """A file of a user's server (``""``: the default one) in the user's handover folder:
+    ``<server>.<kind>`` (``default.<kind>`` for the default server)."""
+    return Path(handover) / f"{server or 'default'}.{kind}"
+
+
 def server_log(handover: str | os.PathLike, server: str) -> Path:
-    """The log of a user's server (``""``: the default one) in the user's handover folder:
-    what the server's processes print, readable by the user's account (0640, its group)."""
-    return Path(handover) / f"{server or 'default'}.log"
+    """The log of a user's server: what the server's processes print, readable by the user's
+    account (0640, its group)."""
+    return server_file(handover, server, "log")
 
 
 class DataDir:

@@ -21,15 +21,21 @@ from skerry.accounts import HUB_NAME
 from skerry.datadir import DataDir, server_log
 from skerry.hub.plugins.admin_pages import ADMIN_SCOPE
 
-__all__ = ["ServerLogPage", "handlers", "TAIL"]
+__all__ = ["ServerLogPage", "handlers", "page", "ROUTE", "TAIL"]
 
 TAIL = 256 * 1024  # bytes of the log's end shown
+ROUTE = "/skerry/log"  # under the hub's URL prefix (/hub/)
+
+
+def page(hub_prefix: str, server: str = "") -> str:
+    """The path of the log page of ``server`` (``""``: the default one) under ``hub_prefix``."""
+    return hub_prefix.rstrip("/") + ROUTE + (f"/{server}" if server else "")
 
 
 def handlers(data_dir: str) -> list[tuple]:
     """``JupyterHub.extra_handlers`` for the page, over the handover folders of ``data_dir``."""
     kwargs = {"data_dir": str(data_dir)}
-    return [(r"/skerry/log", ServerLogPage, kwargs), (r"/skerry/log/([^/]+)", ServerLogPage, kwargs)]
+    return [(ROUTE, ServerLogPage, kwargs), (ROUTE + r"/([^/]+)", ServerLogPage, kwargs)]
 
 
 def _tail(path: str) -> bytes | None:

@@ -65,7 +65,7 @@ from skerry.accounts import (HUB_NAME, SAFE_PATH, Account, AccountError, Account
                              can_switch_users, ensure_account, give, lock_account, share_folder)
 from skerry.adaptors.config import write_config
 from skerry.adaptors.store import RESERVED_ADAPTORS, AccountStore
-from skerry.datadir import SERVER_LOG_LIMIT, server_log
+from skerry.datadir import SERVER_LOG_LIMIT, server_file, server_log
 from skerry.errors import ConfigError
 from skerry.logtail import error_lines, sentence
 from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
@@ -79,6 +79,7 @@ from skerry.ports import IdentityError, WrongServer, check_identity, new_key, po
 from skerry.hub.stores.profiles import ProfileStore, allowed
 from skerry.hub.stores.quotas import QuotaExceeded, QuotaStore
 from skerry.hub.plugins.selection import Refused, select
+from skerry.hub.plugins.server_log import page as log_page
 from skerry.hub.plugins.startqueue import start_queue
 from skerry.tls import TRUST_VARIABLES
 
@@ -190,7 +191,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
 
     @property
     def adaptors_file(self) -> str:
-        return os.path.join(self.handover, f"{self.name or 'default'}.adaptors.json")
+        return str(server_file(self.handover, self.name, "adaptors.json"))
 
     @property
     def server_log(self) -> str:
@@ -561,7 +562,7 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
         """Why the server exited at start, in its own words: the last error its processes
         printed this start (``skerry.logtail``), and where its whole log is."""
         lines = error_lines(self.server_log, self._log_start, count=1)
-        where = f"{self.user.name}'s server log: /hub/skerry/log" + (f"/{self.name}" if self.name else "")
+        where = f"{self.user.name}'s server log: {log_page(self.hub.base_url, self.name)}"
         said = f": {sentence(lines[-1])}" if lines else ""
         return f"the micro-infrastructure of {self.user.name} exited at start (status {status}){said} ({where})"
 
