@@ -3,7 +3,8 @@
 The Jupyter server extension (``skerry.extensions``) is enabled in every
 micro-infrastructure by ``jupyter_config/``, a Jupyter config folder the spawner puts
 first on ``$JUPYTER_CONFIG_PATH``. It serves the per-user data API at
-``<base_url>skerry/api/v1/`` (``skerry.extensions.dataapi``).
+``<base_url>skerry/api/v1/`` (``skerry.extensions.dataapi``) and the user's Dask
+dashboards at ``<base_url>skerry/dask/<pool>/`` (``skerry.extensions.dashboards``).
 """
 
 import os
@@ -20,10 +21,13 @@ def _jupyter_server_extension_points():
 def _load_jupyter_server_extension(serverapp):
     from skerry.ports import tornado_handlers
 
+    from . import dashboards
     from .dataapi import setup
 
+    web_app = serverapp.web_app
     # the hub asks this server to prove it is the one it started before it routes to it
-    serverapp.web_app.add_handlers(".*$", tornado_handlers(serverapp.base_url, "jupyter"))
+    web_app.add_handlers(".*$", tornado_handlers(serverapp.base_url, "jupyter"))
+    web_app.add_handlers(".*$", dashboards.handlers(serverapp.base_url))
     serverapp.skerry_dataapi = setup(serverapp)
     serverapp.log.info("skerry extension loaded: data API at %sskerry/api/v1/", serverapp.base_url)
 

@@ -4,7 +4,8 @@ In a skerry kernel the namespace holds the ``skerry`` package, whose session att
 are the kernel's ``Session`` (``skerry.session``)::
 
     skerry.fs          # the skerry:// federation (the one fsspec.open("skerry://home/a.csv") uses)
-    skerry.client      # distributed.Client to the user's cluster of the kernel's pool ("cpu" or "gpu")
+    skerry.client      # distributed.Client to the user's cluster of the kernel's pool ("cpu" or "gpu");
+                       # its dashboard_link: /user/<name>/skerry/dask/<pool>/status, in the user's server
     skerry.api         # skerry.workload.client.Client: the workload API as the user
     skerry.ready()     # waits for all three: {part: seconds after the kernel's start, or why not}
 
@@ -202,6 +203,12 @@ class Session:
         from skerry.workload.clusters import security
 
         address, tls = answer["address"], answer.get("tls")
+        if config.HUB_USER.get():  # in the user's server, which proxies the cluster's dashboard
+            import dask
+
+            from skerry.workload.dashboard import link
+
+            dask.config.set({"distributed.dashboard.link": link(config.HUB_SERVICE_PREFIX.get(), self.pool)})
         try:
             return Client(address, timeout=CONNECT_S, set_as_default=True,
                           **({"security": security(tls)} if tls else {}))

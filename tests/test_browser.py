@@ -174,3 +174,78 @@ def test_the_monitors_link_opens_the_output_notebook_of_a_failed_notebook_job(pl
         and text, 60, what="the job's error in the output notebook")
     assert "LookupError" in shown, shown
     keep(tab.screenshot(tmp_path / "lab-failed-job-output-notebook.png"))
+
+
+TASKS = """
+import time
+def slow(x):
+    time.sleep(0.05)
+    return x
+for _ in range(ROUNDS):
+    skerry.client.gather(skerry.client.map(slow, range(8), pure=False))
+"""
+# the number of rectangles the task stream panel (a same-origin iframe of bokeh) draws
+RECTANGLES = """(() => {
+  const frame = document.querySelector('.dask-DaskDashboard-widget iframe');
+  const w = frame && frame.contentWindow;
+  if (!w || !w.Bokeh || !w.Bokeh.documents.length) return 0;
+  let n = 0;
+  for (const m of w.Bokeh.documents[0].all_models) {
+    const d = m.data;
+    const duration = d instanceof Map ? d.get('duration') : d && d.duration;
+    if (duration) n = Math.max(n, duration.length);
+  }
+  return n;
+})()"""
+
+
+@pytest.mark.timeout(600)
+def test_the_dask_panel_in_lab_shows_alices_task_stream(platform, signed_up, browser, tmp_path):
+    """Issue 15, must show 1 (its dashboard part): in JupyterLab, dask-labextension finds the
+    dashboard of alice's cluster from her kernel's ``skerry.client`` (the link her server
+    proxies), its Task Stream panel opens, and it draws the tasks her code runs."""
+    from skerry.kernels.remote import RemoteKernel
+
+    alice = signed_up
+    folder = platform.data_dir / "users" / "alice" / "dask"
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "skerry", "display_name": "Python 3 (skerry)", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("skerry.client.dashboard_link")]
+    nbformat.write(nb, folder / "dashboard.ipynb")
+    platform.give(folder, "alice")
+
+    open_in_lab(browser, platform, "dask/dashboard.ipynb")
+    run_all_cells(browser)
+    wait_idle(browser)
+    link = wait_for(lambda: text_of(browser, ".jp-OutputArea-output"), 120, what="the cell's dashboard link")
+    assert link.strip("'") == "/user/alice/skerry/dask/cpu/status", link
+
+    # the Dask tab of the left sidebar; its search button finds the address from the notebook's
+    # kernel (the kernel had no client yet when the notebook opened: skerry.client is made on first use)
+    browser.click('.lm-TabBar-tab[data-id="dask-dashboard-launcher"]')
+    wait_for(lambda: browser.js("!document.querySelector('#dask-dashboard-launcher')"
+                                ".classList.contains('lm-mod-hidden')"), 30, what="the Dask sidebar")
+    browser.click('#dask-dashboard-launcher jp-button[title="Auto-detect dashboard URL"]')
+    url = "document.querySelector('.dask-URLInput-wrapper input').value"
+    wait_for(lambda: "/user/alice/skerry/dask/cpu" in (browser.js(f"(() => {{ try {{ return {url}; }}"
+                                                                    " catch (e) { return ''; } })()") or ""),
+             120, what="dask-labextension to find the dashboard from the kernel")
+    task_stream = ("[...document.querySelectorAll('.dask-DashboardListing-item')]"
+                   ".find(b => b.innerText.trim().toLowerCase() === 'task stream')")
+    wait_for(lambda: browser.js(f"!!({task_stream})"), 60, what="the panels (checked by the browser)")
+    browser.js(f"({task_stream}).scrollIntoView({{block: 'center'}})")
+    browser.js(f"({task_stream}).id = 'skerry-test-task-stream'")  # for the mouse to find it
+    browser.click("#skerry-test-task-stream")
+    wait_for(lambda: browser.js("!!document.querySelector('.dask-DaskDashboard-widget iframe')"), 60,
+             what="the Task Stream panel")
+    src = browser.js("document.querySelector('.dask-DaskDashboard-widget iframe').src")
+    assert src.startswith(f"{platform.url}/user/alice/skerry/dask/cpu/"), src
+
+    # her code runs tasks on her cluster (another kernel of hers): the open panel draws them
+    with RemoteKernel(f"{platform.url}/user/alice/", alice, "skerry") as kernel:
+        result = kernel.execute(TASKS.replace("ROUNDS", "40"), timeout=300)
+        assert result.error is None, "\n".join(result.error["traceback"])
+    drawn = wait_for(lambda: browser.js(RECTANGLES), 60, what="the task stream to draw her tasks")
+    assert drawn >= 8, drawn
+    keep(browser.screenshot(tmp_path / "lab-dask-task-stream.png"))

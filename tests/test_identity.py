@@ -422,3 +422,54 @@ def test_alices_dask_client_runs_as_her_on_her_cluster_and_cannot_use_bobs(platf
     # bob's cluster ran on: his next job still runs (nothing of alice's touched it)
     [again] = run_module(platform, "bob", bob, "bob-probe-2", {"callable": "skerry_probe:job"}, "bob2")
     assert again["uid"] == platform.account("bob").pw_uid
+
+
+# ---- her dashboard: through her server only ----
+
+DASHBOARD = r'''
+import errno, json, os
+def attempt(call):
+    try:
+        call()
+        return "allowed"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+client = skerry.client
+client.submit(sum, [1, 2], pure=False).result()  # something in her task stream
+print(json.dumps({"link": client.dashboard_link, "http port": client.scheduler_info()["services"]["dashboard"],
+                  "bob's dashboard folder": attempt(lambda: os.close(os.open(BOB_WORK, os.O_PATH)))}))
+'''
+
+
+@pytest.mark.platform
+@pytest.mark.timeout(600)
+def test_alices_dashboard_is_served_by_her_server_to_her_only(platform, alice, bob, bob_file, bobs_job):
+    bob_work = platform.data_dir / "run" / "users" / "bob" / "dask" / "cpu" / "work"
+    assert (bob_work / "dashboard.sock").exists()  # bob's runs: a refusal below is not a missing file
+    with RemoteKernel(f"{platform.url}/user/alice/", alice, "skerry") as kernel:
+        result = kernel.execute(DASHBOARD.replace("BOB_WORK", repr(str(bob_work))), timeout=300)
+        assert result.error is None, "\n".join(result.error["traceback"])
+    out = json.loads(result.stdout)
+    base = f"{platform.url}/user/alice/skerry/dask/cpu/"
+    assert out["link"] == "/user/alice/skerry/dask/cpu/status"  # the link skerry.client shows works:
+    listed = {i["name"]: i for i in platform.api("GET", API + "/infrastructure", token=alice).json()["infrastructures"]}
+    assert listed[""]["endpoints"]["dask"]["dashboard"] == {"cpu": platform.url + out["link"]}  # the API says so too
+    as_alice = {"Authorization": f"token {alice}"}
+    status = httpx.get(platform.url + out["link"], headers=as_alice, timeout=60)
+    assert status.status_code == 200 and "bokeh" in status.text.lower(), status.text[:300]
+    plots = httpx.get(base + "individual-plots.json", headers=as_alice, timeout=60)
+    assert plots.status_code == 200, plots.text
+    assert any("Task Stream" in name for name in plots.json()), plots.json()
+    stream = httpx.get(base + "individual-task-stream", headers=as_alice, timeout=60)
+    assert stream.status_code == 200 and "bokeh" in stream.text.lower()
+    # nobody else: bob's token, no login (the hub's login page), her kernel's neighbour bob at the socket
+    assert httpx.get(base + "individual-plots.json", headers={"Authorization": f"token {bob}"},
+                     timeout=60).status_code == 403
+    assert httpx.get(base + "individual-plots.json", timeout=60).status_code == 302
+    assert out["bob's dashboard folder"] == "EACCES"
+    # and never on TCP: the scheduler's own HTTP port serves no dashboard page
+    for path in ("status", "individual-plots.json"):
+        assert httpx.get(f"http://127.0.0.1:{out['http port']}/{path}", timeout=10).status_code == 404
+    # a pool with no running cluster: a sentence, not a proxy error
+    idle = httpx.get(f"{platform.url}/user/alice/skerry/dask/gpu/status", headers=as_alice, timeout=60)
+    assert idle.status_code == 503 and "starts on the first use of skerry.client" in idle.text, idle.text[:300]

@@ -247,9 +247,9 @@ def test_listed_endpoints_work(platform, alice, hpc, sshd, sftp_root, call):
     assert r.status_code == 200 and "started" in r.json()
     r = httpx.get(endpoints["data-api"]["url"] + "adaptors", headers=auth, timeout=60)
     assert r.status_code == 200 and {a["name"] for a in r.json()["adaptors"]} == {"home", "cluster"}
-    # dask: her own cluster of the pool once asked for (TLS, her files), and plainly no dashboard
+    # dask: her own cluster of the pool once asked for (TLS, her files), its dashboard in her server
     dask = endpoints["dask"]
-    assert dask["pools"] == {} and dask["dashboard"] is None and "no dashboard" in dask["note"]
+    assert dask["pools"] == {} and dask["dashboard"] == {} and "skerry/dask/<pool>/status" in dask["note"]
     assert "TLS" in dask["auth"] and "first use of skerry.client" in dask["note"]
     assert call("GET", "/endpoints/hpc", alice).json() == hpc
 

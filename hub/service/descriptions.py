@@ -29,6 +29,7 @@ from skerry.adaptors.specs import load_spec
 from skerry.adaptors.store import CREDENTIAL_NAME, RESERVED_ADAPTORS, SERVER_NAME, parse_credential, server_credential
 from skerry.adaptors.types import adaptor_type
 from skerry.errors import ConfigError
+from skerry.workload.dashboard import link as dashboard_link
 
 SERVICES = ("jupyter", "webdav", "data-api")
 FIELDS = ("name", "profile", "options", "free", "adaptors", "services")
@@ -146,7 +147,8 @@ DATA_API_AUTH = "Authorization: token <your hub API token>"
 DASK_AUTH = ("TLS with your cluster's own certificates: files that only your account can read, named by "
              "POST /services/skerry/api/v1/clusters/<pool> (skerry.client uses them)")
 DASK_NOTE = ("your own Dask cluster of each pool, running as your account, started on the first use of "
-             "skerry.client (or POST .../clusters/<pool>) and stopped when idle; no dashboard")
+             "skerry.client (or POST .../clusters/<pool>) and stopped when idle; its dashboard is served "
+             "by your Jupyter server at <server>skerry/dask/<pool>/status, behind the hub's login")
 
 
 def infrastructure(public_url: str, user: str, name: str, server: dict | None, record: dict | None,
@@ -171,7 +173,9 @@ def infrastructure(public_url: str, user: str, name: str, server: dict | None, r
                                "auth": DAV_AUTH.format(user=user)}
     if "data-api" in services:
         endpoints["data-api"] = {"url": public_url + path + "skerry/api/v1/", "auth": DATA_API_AUTH}
-    endpoints["dask"] = {"url": None, "pools": dict(sorted(pools.items())), "dashboard": None,
+    dashboards = {pool: public_url + dashboard_link(path, pool) for pool in sorted(pools)} \
+        if "jupyter" in services else {}
+    endpoints["dask"] = {"url": None, "pools": dict(sorted(pools.items())), "dashboard": dashboards,
                          "auth": DASK_AUTH, "note": DASK_NOTE + "."}
     options = record.get("user_options") or server.get("user_options") or {}
     return {

@@ -37,8 +37,10 @@ Rules:
   configuration (paths, no secrets), cwd and scratch space in ``folder/work`` (the
   account's own, 0700: /tmp's shared dask-scratch-space would be the first user's);
 - they listen on 127.0.0.1 only, ``tls://`` only, with ``require-encryption``; no HTTP
-  routes (Dask serves logs, call stacks and metrics over plain HTTP otherwise) and no
-  dashboard unless one is asked for; ``allowed-failures: 0`` and ``worker-saturation:
+  routes (Dask serves logs, call stacks and metrics over plain HTTP otherwise); the
+  dashboard is served on a Unix socket in ``work`` that only the account can connect to
+  (``skerry.workload.dashboard``), which the user's Jupyter server proxies;
+  ``allowed-failures: 0`` and ``worker-saturation:
   inf`` as the platform's pools (``pools.DASK_CONFIG``);
 - each process is started through this module (``python -m skerry.workload.clusters
   scheduler|worker ...``), which, already as the account, asks for SIGTERM when the
@@ -84,7 +86,8 @@ from ..accounts import Account, clean_environment, give, share_folder, switch_kw
 from ..localfiles import write_private
 from ..errors import ConfigError, SkerryError
 
-__all__ = ["ClusterSpec", "ClusterError", "UserCluster", "UserClusters", "security", "ROLES"]
+__all__ = ["ClusterSpec", "ClusterError", "UserCluster", "UserClusters", "security", "ROLES", "cluster_folder",
+           "WORK"]
 
 HOST = "127.0.0.1"
 START_S = 60.0  # how long a start waits for the scheduler and its workers
@@ -96,6 +99,13 @@ ROLES = {"scheduler": "distributed.cli.dask_scheduler", "worker": "distributed.c
 WATCH_EVERY = 5.0  # seconds between the watcher's reports once every worker joined
 REPORT_MAX = 4096  # bytes a report line may hold; a longer one is a broken watcher
 _PR_SET_CHILD_SUBREAPER = 36
+WORK = "work"  # the cluster folder's own folder for the account: cwd, scratch space, the dashboard's socket
+
+
+def cluster_folder(handover: str | os.PathLike, pool: str) -> Path:
+    """The folder of a user's cluster of ``pool``, in the user's handover folder
+    (``DataDir.handover``): its credentials, connect file and log; ``WORK`` below it."""
+    return Path(handover) / "dask" / pool
 FILES = {"ca": "ca.pem", "cluster": ("cluster.pem", "cluster-key.pem"),
          "user": ("user.pem", "user-key.pem"), "platform": ("platform.pem", "platform-key.pem")}
 SPEC_FIELDS = ("workers", "threads", "memory", "resources", "devices")
@@ -306,11 +316,10 @@ def _launch(role: str, args: list[str], account: Account, env: dict[str, str], w
     return process
 
 
-def _scheduler_args(scheduler_file: Path, dashboard_port: int | None) -> list[str]:
-    args = ["--host", HOST, "--port", "0", "--protocol", "tls", "--scheduler-file", str(scheduler_file)]
-    if dashboard_port is None:
-        return args + ["--no-dashboard", "--dashboard-address", f"{HOST}:0"]
-    return args + ["--dashboard", "--dashboard-address", f"{HOST}:{dashboard_port}"]
+def _scheduler_args(scheduler_file: Path) -> list[str]:
+    # Dask's own dashboard would be TCP, open to every local process: ours is on a socket (dashboard)
+    return ["--host", HOST, "--port", "0", "--protocol", "tls", "--scheduler-file", str(scheduler_file),
+            "--no-dashboard", "--dashboard-address", f"{HOST}:0", "--preload", "skerry.workload.dashboard"]
 
 
 def _worker_args(spec: ClusterSpec, scheduler_file: Path, work: Path, nworkers: int, name: str) -> list[str]:
@@ -414,7 +423,7 @@ class UserCluster:
 
     @classmethod
     def start(cls, account: Account, pool: str, spec: ClusterSpec, folder: str | os.PathLike, *,
-              dashboard_port: int | None = None, watch_every: float = WATCH_EVERY,
+              watch_every: float = WATCH_EVERY,
               timeout: float = START_S, limits=None) -> UserCluster:
         """Make new credentials in ``folder`` and start the cluster as ``account``; returns once
         all ``spec.workers`` workers joined. ``limits`` (``skerry.limits.Limits``): CPU and memory
@@ -424,7 +433,7 @@ class UserCluster:
         from skerry.limits import Enforcement
 
         began = time.monotonic()
-        folder = _check_start(account, pool, spec, folder, dashboard_port, watch_every)
+        folder = _check_start(account, pool, spec, folder, watch_every)
         _share(folder, account)
         work = _work_folder(folder, account)
         paths = make_credentials(folder, account)
@@ -438,7 +447,7 @@ class UserCluster:
             enforcement.prepare()
         with _log(log_path) as log:
             try:
-                processes.append(_launch("scheduler", _scheduler_args(scheduler_file, dashboard_port),
+                processes.append(_launch("scheduler", _scheduler_args(scheduler_file),
                                          account, env, work, log, limits=enforcement))
                 for name, count, extra in _worker_groups(spec, pool):  # they wait for the scheduler's file
                     processes.append(_launch("worker", _worker_args(spec, scheduler_file, work, count, name),
@@ -602,7 +611,7 @@ def _watch(address: str, ca: str, cert: str, key: str, workers: str, every: str)
         time.sleep(every if report["workers"] >= wanted else 0.05)
 
 
-def _check_start(account: Account, pool: str, spec: ClusterSpec, folder, dashboard_port, watch_every) -> Path:
+def _check_start(account: Account, pool: str, spec: ClusterSpec, folder, watch_every) -> Path:
     if not isinstance(account, Account):
         raise ConfigError(f"a user cluster needs the user's Account (accounts.ensure_account), not {account!r}")
     if account.uid == 0 or account.uid == os.geteuid():
@@ -611,8 +620,6 @@ def _check_start(account: Account, pool: str, spec: ClusterSpec, folder, dashboa
         raise ConfigError(f"pool name {pool!r} must be a plain name such as 'cpu' or 'gpu'")
     if not isinstance(spec, ClusterSpec):
         raise ConfigError(f"a user cluster needs a ClusterSpec (ClusterSpec.from_pool), not {spec!r}")
-    if dashboard_port is not None and (not isinstance(dashboard_port, int) or not 0 <= dashboard_port < 65536):
-        raise ConfigError(f"dashboard port {dashboard_port!r} must be a port number (0: any free one)")
     if isinstance(watch_every, bool) or not isinstance(watch_every, (int, float)) or not 0.05 <= watch_every <= 3600:
         raise ConfigError(f"a user cluster's watch interval must be 0.05 to 3600 seconds, not {watch_every!r}")
     folder = Path(folder)
@@ -631,7 +638,7 @@ def _share(folder: Path, account: Account) -> None:
 
 def _work_folder(folder: Path, account: Account) -> Path:
     """``folder/work``, new and the account's own (0700): its processes write only there."""
-    work = folder / "work"
+    work = folder / WORK
     if work.is_symlink() or work.exists():
         if work.is_symlink() or not work.is_dir():
             work.unlink()

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from .clusters import _tail
+from .clusters import WORK, _tail
 from .runner import Beat, Finished, JobSpec, Started
 
 __all__ = ["UserJobs", "serve"]
@@ -77,7 +77,7 @@ class UserJobs:
         log_path = cluster.folder / "jobs.log"
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         with os.fdopen(fd, "ab") as log_file:
-            process = _launch("jobs", args, cluster.account, _environment(cluster), cluster.folder / "work",
+            process = _launch("jobs", args, cluster.account, _environment(cluster), cluster.folder / WORK,
                               log_file, stdout=subprocess.PIPE, stdin=subprocess.PIPE, limits=cluster.enforcement)
         return cls(cluster, process, report, log_path)
 
@@ -190,7 +190,7 @@ def _fields(spec: JobSpec) -> dict:
 def _environment(cluster) -> dict[str, str]:
     from .clusters import _dask_environment
 
-    return _dask_environment(cluster.account, cluster.paths, cluster.folder / "work")
+    return _dask_environment(cluster.account, cluster.paths, cluster.folder / WORK)
 
 
 def _int(value) -> int:

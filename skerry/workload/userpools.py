@@ -209,9 +209,10 @@ class UserPools:
 
     def _cluster(self, user: str, pool: str):
         from ..accounts import ensure_account
+        from .clusters import cluster_folder
 
         account = ensure_account(user, self.data.user_home(user), self.policy)
-        folder = self.data.handover(user) / "dask" / pool
+        folder = cluster_folder(self.data.handover(user), pool)
         running = self.clusters.clusters.get((user, pool))
         cluster = self.clusters.ensure(account, pool, self.shapes[pool], folder, limits=_limits(self.shapes[pool]),
                                        **self.watch)
@@ -283,8 +284,10 @@ def connect_file(folder) -> Path:
 def running_clusters(data, user: str) -> dict[str, str]:
     """``{pool: address}`` of ``user``'s running clusters (``data``: the ``DataDir``), from
     their connect files."""
+    from .clusters import cluster_folder
+
     found = {}
-    for folder in sorted((data.handover(user) / "dask").glob("*")):
+    for folder in sorted(cluster_folder(data.handover(user), "any").parent.glob("*")):
         try:
             address = json.loads(connect_file(folder).read_text())["address"]
         except (OSError, ValueError, KeyError, TypeError):

@@ -1,0 +1,5 @@
+# JupyterLab's settings folder is skerry's (lab_settings/): dask-labextension checks a
+# dashboard from the browser, which carries the hub's login (the server alone has none)
+import os
+
+c.LabApp.app_settings_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "lab_settings")  # noqa: F821
