@@ -55,23 +55,25 @@ def wait_all_ready(platform, names: list[str]) -> None:
     wait_for(done, READY_S, interval=2, what=f"the servers of {names} to be ready")
 
 
-def listener(port: int) -> int | None:
-    """Pid of the process listening on 127.0.0.1/0.0.0.0 ``port`` (root reads every /proc)."""
-    inodes = set()
+def listeners() -> dict[int, int]:
+    """{port: pid} of the processes listening on TCP ports (root reads every /proc): one walk
+    of the process table for all the routes checked."""
+    inodes = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
+            if fields[3] == "0A":
+                inodes[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 if target.startswith("socket:[") and target[8:-1] in inodes:
-                    return int(pid)
+                    found.setdefault(inodes[target[8:-1]], int(pid))
         except OSError:
             continue
-    return None
+    return found
 
 
 def environ(pid: int) -> dict:
@@ -82,6 +84,7 @@ def environ(pid: int) -> dict:
 def check_own_routes(platform, tokens: dict[str, str]) -> None:
     """Every running user's two routes reach that user's own processes, and only them."""
     routes = platform.api("GET", "/hub/api/proxy").json()
+    listening = listeners()
     wrong = []
     for name, token in tokens.items():
         for prefix, variable in ((f"/user/{name}/", "JUPYTERHUB_USER"), (f"/dav/{name}/", "SKERRY_USER")):
@@ -90,7 +93,7 @@ def check_own_routes(platform, tokens: dict[str, str]) -> None:
                 wrong.append(f"{prefix}: no route")
                 continue
             port = int(re.search(r":(\d+)$", route["target"].rstrip("/")).group(1))
-            pid = listener(port)
+            pid = listening.get(port)
             owner = environ(pid).get(variable) if pid else None
             if owner != name:
                 wrong.append(f"{prefix} -> {route['target']} is served by pid {pid} of {owner!r}")
