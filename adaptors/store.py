@@ -511,6 +511,12 @@ _KINDS = {
 }
 
 
+def credential_fields(kind: str) -> tuple[list[str], list[str]]:
+    """``(public, secret)`` field names of a credential kind (secrets: never shown back)."""
+    required, optional, public = _KINDS[kind]
+    return sorted(public), sorted(required) + sorted(optional)
+
+
 def parse_credential(body) -> tuple[str, dict, dict]:
     """(kind, public, secret) from an API body; ConfigError names the problem, never a value."""
     if not isinstance(body, dict):

@@ -19,6 +19,7 @@ from skerry.tls import trust_bundle
 from skerry.hub.plugins.admin_pages import TEMPLATES as PAGE_TEMPLATES
 from skerry.hub.plugins.admin_pages import handlers as page_handlers
 from skerry.hub.plugins.server_log import handlers as log_handlers
+from skerry.hub.plugins.storage_page import handlers as storage_handlers
 
 SERVICE_NAME = "skerry"
 ADMIN_SERVICE_NAME = "skerry-admin"
@@ -93,8 +94,9 @@ def configure(c) -> None:
     c.Authenticator.username_pattern = USERNAME_PATTERN
 
     # admin pages in the hub's own UI (/hub/skerry/profiles, /hub/skerry/usage; the nav bar links
-    # them), and each user's own server log (/hub/skerry/log: a failed start points there)
-    c.JupyterHub.extra_handlers = page_handlers(data.path) + log_handlers(data.path)
+    # them), each user's own server log (/hub/skerry/log: a failed start points there) and
+    # storage page (/hub/skerry/storage)
+    c.JupyterHub.extra_handlers = page_handlers(data.path) + log_handlers(data.path) + storage_handlers()
     c.JupyterHub.template_paths = [str(PAGE_TEMPLATES)]
 
     c.JupyterHub.services = [
