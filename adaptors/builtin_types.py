@@ -76,6 +76,7 @@ class Sftp(AdaptorType):
     name, spec, module, package = "sftp", SftpAdaptor, "sshfs", "sshfs"
     needs_parents = True
     credential_kinds = frozenset({"ssh-key", "password"})
+    key_setup = True
 
     def filesystem(self, spec, secrets):
         options = dict(host=spec.host, port=spec.port, username=spec.username, known_hosts=spec.known_hosts)

@@ -12,6 +12,8 @@ A type answers every question the rest of skerry asks about it:
 - ``needs_parents``: the backend cannot write a file into a missing folder;
 - ``local``: its files are folders of the machine the server runs on;
 - ``credential_kinds``: the kinds of stored credential its adaptors may use;
+- ``key_setup``: a password may be used once to install a key of skerry's on its host
+  (credential body ``sftp-key-setup``, from the adaptor's host, port and username);
 - ``filesystem(spec, secrets)``: the configured fsspec filesystem and its root folder.
 
 Adding a type (three steps): subclass ``AdaptorType`` and set the attributes above;
@@ -66,6 +68,7 @@ class AdaptorType:
     needs_parents: ClassVar[bool] = False
     local: ClassVar[bool] = False
     credential_kinds: ClassVar[frozenset[str]] = frozenset()
+    key_setup: ClassVar[bool] = False
 
     def backend(self, module: str | None = None):
         """The backend module (or ``module``, one its package brings), imported now; a

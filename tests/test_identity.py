@@ -32,15 +32,17 @@ POOLS = {"cpu": {"workers": 1, "threads": 1}, "gpu": None}
 API = "/services/skerry/api/v1"
 
 # what alice's code tries: ``probe()`` is what each place reports (TARGETS, ADMIN filled in)
-PROBE = r'''
+ATTEMPT = r'''
 import errno, json, os, signal
-TARGETS, ADMIN = json.loads(TARGETS_JSON), ADMIN_TOKEN
 def attempt(call):
     try:
         call()
         return "allowed"
     except OSError as e:
         return errno.errorcode[e.errno]
+'''
+PROBE = ATTEMPT + r'''
+TARGETS, ADMIN = json.loads(TARGETS_JSON), ADMIN_TOKEN
 def probe():
     targets = TARGETS
     umask = os.umask(0o077)
@@ -426,14 +428,7 @@ def test_alices_dask_client_runs_as_her_on_her_cluster_and_cannot_use_bobs(platf
 
 # ---- her dashboard: through her server only ----
 
-DASHBOARD = r'''
-import errno, json, os
-def attempt(call):
-    try:
-        call()
-        return "allowed"
-    except OSError as e:
-        return errno.errorcode[e.errno]
+DASHBOARD = ATTEMPT + r'''
 client = skerry.client
 client.submit(sum, [1, 2], pure=False).result()  # something in her task stream
 print(json.dumps({"link": client.dashboard_link, "http port": client.scheduler_info()["services"]["dashboard"],

@@ -39,7 +39,7 @@ __all__ = ["handlers", "ROUTE", "form_fields"]
 ROUTE = r"/skerry/storage"
 COMMON = ("name", "type", "read_only", "credentials")  # every spec has them: the form sets them itself
 SECRETS = {"password", "secret", "token", "key", "private_key"}  # never shown back, typed unseen
-SETUP = "sftp-key-setup"  # a password used once: skerry installs a key of its own (sftp only)
+SETUP = "sftp-key-setup"  # a password used once: skerry installs a key of its own (types with key_setup)
 FIELD = re.compile(r"field '([a-z_]+)'")
 # a pattern a person cannot read, in words
 PATTERNS = {"name": "use lower-case letters, digits, - and _ (at most 63), starting with a letter or digit",
@@ -68,7 +68,7 @@ def credential_choices(type_name: str) -> list[tuple[str, list[str]]]:
     """``(kind, fields)`` of the credentials a new adaptor of the type may bring."""
     kinds = sorted(adaptor_types()[type_name].credential_kinds)
     choices = [(kind, [*credential_fields(kind)[0], *credential_fields(kind)[1]]) for kind in kinds]
-    if type_name == "sftp":
+    if adaptor_types()[type_name].key_setup:
         choices.append((SETUP, ["password"]))
     return choices
 
