@@ -15,14 +15,14 @@ Chrome DevTools Protocol (websocket-client); the test is skipped where it is mis
 import re
 import shutil
 import time
-from pathlib import Path
 
 import nbformat
 
 import pytest
 
-from chromium import browser, log_in, sign_up, text_of  # noqa: F401, F811 (browser: a fixture)
+from chromium import browser, sign_up, text_of  # noqa: F401, F811 (browser: a fixture)
 from helpers import REPO, wait_for
+from lab import keep, open_in_lab, open_task_stream, run_all_cells, wait_idle, write_notebook
 
 from skerry.workload.client import Client
 
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.platform
 POOLS = {"cpu": {"workers": 1, "threads": 2}, "gpu": None}
 PASSWORD = "a-long-Passw0rd-for-the-browser"
 NOTEBOOK = REPO / "notebooks" / "02_first_pipeline.ipynb"
-ARTIFACTS = REPO / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -41,42 +40,6 @@ def signed_up(platform, alice):
     return alice
 
 
-def open_in_lab(browser, platform, path: str) -> None:
-    """alice logs in and JupyterLab opens her notebook at ``path`` (in her home), its kernel idle."""
-    # the hub's login page, then JupyterLab on the notebook (the server's root: one folder per adaptor),
-    # its workspace reset: the notebooks an earlier test left open stay closed
-    log_in(browser, platform, "alice", PASSWORD, f"/user/alice/lab/tree/home/{path}?reset")
-    wait_for(lambda: browser.js("!!document.querySelector('.jp-Notebook .jp-Cell')"), 120,
-             what="JupyterLab with the notebook open")
-    # the notebook's own kernel, started and idle
-    wait_for(lambda: "Python 3 (skerry)" in text_of(browser, ".jp-NotebookPanel-toolbar"), 120,
-             what="the skerry kernel named in the toolbar")
-    wait_idle(browser)
-
-
-def wait_idle(page) -> None:
-    wait_for(lambda: page.js("(document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator')"
-                             " || {dataset: {}}).dataset.status === 'idle'"), 120, what="the kernel to be idle")
-
-
-def run_all_cells(browser) -> None:
-    """Run All Cells from the command palette (Ctrl+Shift+C), as a user would."""
-    browser.js("document.querySelector('.jp-Notebook').focus()")
-    browser.key("C", "KeyC", 67, modifiers=2 | 8)
-    wait_for(lambda: browser.js("document.activeElement && document.activeElement.closest('.jp-ModalCommandPalette,"
-                                " #command-palette') !== null"), 30, what="the command palette")
-    browser.send("Input.insertText", text="Run All Cells")
-    time.sleep(0.5)  # the palette filters as it is typed
-    browser.key("Enter", "Enter", 13)
-
-
-def keep(shot: Path) -> None:
-    """A screenshot, kept in ``test-artifacts/``."""
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ARTIFACTS.mkdir(exist_ok=True)
-    shutil.copy(shot, ARTIFACTS / shot.name)
-
-
 @pytest.mark.timeout(600)
 def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(platform, signed_up, browser, tmp_path):
     alice = signed_up
@@ -84,7 +47,7 @@ def test_lab_runs_the_pipeline_tutorial_and_the_monitor_reaches_100_percent(plat
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
     platform.give(folder, "alice")  # her notebook, as if she had uploaded it
-    open_in_lab(browser, platform, f"tutorial/{NOTEBOOK.name}")
+    open_in_lab(browser, platform, "alice", PASSWORD, f"tutorial/{NOTEBOOK.name}")
     run_all_cells(browser)
 
     # the builder renders, then the monitor, which reaches 100%
@@ -147,13 +110,10 @@ def test_the_monitors_link_opens_the_output_notebook_of_a_failed_notebook_job(pl
     [job] = client.jobs(state="failed")["jobs"]
     log = job["log"]
     assert log.startswith("skerry://home/") and log.endswith(".ipynb"), job
-    monitor_nb = nbformat.v4.new_notebook()
-    monitor_nb.metadata["kernelspec"] = {"name": "skerry", "display_name": "Python 3 (skerry)", "language": "python"}
-    monitor_nb.cells = [nbformat.v4.new_code_cell(f"skerry.Monitor(skerry.api, {run_id})")]
-    nbformat.write(monitor_nb, folder / "monitor.ipynb")
+    write_notebook(folder / "monitor.ipynb", [f"skerry.Monitor(skerry.api, {run_id})"])
     platform.give(folder / "monitor.ipynb", "alice")
 
-    open_in_lab(browser, platform, "failing/monitor.ipynb")
+    open_in_lab(browser, platform, "alice", PASSWORD, "failing/monitor.ipynb")
     run_all_cells(browser)
     table = wait_for(lambda: text_of(browser, ".skerry-monitor table"), 120, what="the monitor's failed jobs")
     assert "LookupError" in table and "no calibration for f01.txt" in table, table
@@ -176,76 +136,25 @@ def test_the_monitors_link_opens_the_output_notebook_of_a_failed_notebook_job(pl
     keep(tab.screenshot(tmp_path / "lab-failed-job-output-notebook.png"))
 
 
-TASKS = """
-import time
-def slow(x):
-    time.sleep(0.05)
-    return x
-for _ in range(ROUNDS):
-    skerry.client.gather(skerry.client.map(slow, range(8), pure=False))
-"""
-# the number of rectangles the task stream panel (a same-origin iframe of bokeh) draws
-RECTANGLES = """(() => {
-  const frame = document.querySelector('.dask-DaskDashboard-widget iframe');
-  const w = frame && frame.contentWindow;
-  if (!w || !w.Bokeh || !w.Bokeh.documents.length) return 0;
-  let n = 0;
-  for (const m of w.Bokeh.documents[0].all_models) {
-    const d = m.data;
-    const duration = d instanceof Map ? d.get('duration') : d && d.duration;
-    if (duration) n = Math.max(n, duration.length);
-  }
-  return n;
-})()"""
-
 
 @pytest.mark.timeout(600)
 def test_the_dask_panel_in_lab_shows_alices_task_stream(platform, signed_up, browser, tmp_path):
     """Issue 15, must show 1 (its dashboard part): in JupyterLab, dask-labextension finds the
     dashboard of alice's cluster from her kernel's ``skerry.client`` (the link her server
     proxies), its Task Stream panel opens, and it draws the tasks her code runs."""
-    from skerry.kernels.remote import RemoteKernel
-
     alice = signed_up
     folder = platform.data_dir / "users" / "alice" / "dask"
-    folder.mkdir(parents=True, exist_ok=True)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "skerry", "display_name": "Python 3 (skerry)", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("skerry.client.dashboard_link")]
-    nbformat.write(nb, folder / "dashboard.ipynb")
+    write_notebook(folder / "dashboard.ipynb", ["skerry.client.dashboard_link"])
     platform.give(folder, "alice")
 
-    open_in_lab(browser, platform, "dask/dashboard.ipynb")
+    open_in_lab(browser, platform, "alice", PASSWORD, "dask/dashboard.ipynb")
     run_all_cells(browser)
     wait_idle(browser)
     link = wait_for(lambda: text_of(browser, ".jp-OutputArea-output"), 120, what="the cell's dashboard link")
     assert link.strip("'") == "/user/alice/skerry/dask/cpu/status", link
 
-    # the Dask tab of the left sidebar; its search button finds the address from the notebook's
-    # kernel (the kernel had no client yet when the notebook opened: skerry.client is made on first use)
-    browser.click('.lm-TabBar-tab[data-id="dask-dashboard-launcher"]')
-    wait_for(lambda: browser.js("!document.querySelector('#dask-dashboard-launcher')"
-                                ".classList.contains('lm-mod-hidden')"), 30, what="the Dask sidebar")
-    browser.click('#dask-dashboard-launcher jp-button[title="Auto-detect dashboard URL"]')
-    url = "document.querySelector('.dask-URLInput-wrapper input').value"
-    wait_for(lambda: "/user/alice/skerry/dask/cpu" in (browser.js(f"(() => {{ try {{ return {url}; }}"
-                                                                    " catch (e) { return ''; } })()") or ""),
-             120, what="dask-labextension to find the dashboard from the kernel")
-    task_stream = ("[...document.querySelectorAll('.dask-DashboardListing-item')]"
-                   ".find(b => b.innerText.trim().toLowerCase() === 'task stream')")
-    wait_for(lambda: browser.js(f"!!({task_stream})"), 60, what="the panels (checked by the browser)")
-    browser.js(f"({task_stream}).scrollIntoView({{block: 'center'}})")
-    browser.js(f"({task_stream}).id = 'skerry-test-task-stream'")  # for the mouse to find it
-    browser.click("#skerry-test-task-stream")
-    wait_for(lambda: browser.js("!!document.querySelector('.dask-DaskDashboard-widget iframe')"), 60,
-             what="the Task Stream panel")
-    src = browser.js("document.querySelector('.dask-DaskDashboard-widget iframe').src")
-    assert src.startswith(f"{platform.url}/user/alice/skerry/dask/cpu/"), src
-
-    # her code runs tasks on her cluster (another kernel of hers): the open panel draws them
-    with RemoteKernel(f"{platform.url}/user/alice/", alice, "skerry") as kernel:
-        result = kernel.execute(TASKS.replace("ROUNDS", "40"), timeout=300)
-        assert result.error is None, "\n".join(result.error["traceback"])
-    drawn = wait_for(lambda: browser.js(RECTANGLES), 60, what="the task stream to draw her tasks")
+    # the Dask tab of the left sidebar finds the dashboard from the notebook's kernel; its Task
+    # Stream panel draws the tasks her code runs
+    drawn = open_task_stream(browser, platform, "alice", alice)
     assert drawn >= 8, drawn
     keep(browser.screenshot(tmp_path / "lab-dask-task-stream.png"))

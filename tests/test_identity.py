@@ -21,7 +21,7 @@ import httpx
 import pytest
 import websocket
 
-from helpers import open_for_accounts
+from helpers import REPO, open_for_accounts
 from skerry.errors import SetupError
 from skerry.identity import decide
 from skerry.kernels.remote import RemoteKernel
@@ -468,3 +468,15 @@ def test_alices_dashboard_is_served_by_her_server_to_her_only(platform, alice, b
     # a pool with no running cluster: a sentence, not a proxy error
     idle = httpx.get(f"{platform.url}/user/alice/skerry/dask/gpu/status", headers=as_alice, timeout=60)
     assert idle.status_code == 503 and "starts on the first use of skerry.client" in idle.text, idle.text[:300]
+
+
+def test_a_new_home_starts_with_the_tutorials_as_its_owners_files(platform, alice):
+    from skerry.tutorials import FOLDER, notebooks
+
+    folder = platform.data_dir / "users" / "alice" / FOLDER
+    shipped = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
+    assert sorted(p.name for p in folder.iterdir()) == [p.name for p in notebooks()] == shipped
+    account = platform.account("alice")
+    for path in [folder, *folder.iterdir()]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (account.pw_uid, account.pw_gid), path
+    assert (folder / shipped[1]).read_bytes() == (REPO / "notebooks" / shipped[1]).read_bytes()

@@ -192,3 +192,18 @@ def test_hub_tokens_keeps_an_answer_for_its_cache_time_and_says_when_the_hub_fai
             hub.user_for_token("t1")
     finally:
         server.shutdown()
+
+
+def test_only_a_new_home_gets_the_tutorials(tmp_path):
+    from skerry.tutorials import FOLDER, new_home
+
+    assert new_home(tmp_path / "users" / "alice") is True
+    made = tmp_path / "users" / "alice"
+    assert (made.stat().st_mode & 0o777) == 0o700
+    assert sorted(p.name for p in (made / FOLDER).iterdir())[:2] == ["01_storage_tour.ipynb", "02_first_pipeline.ipynb"]
+    (made / FOLDER / "01_storage_tour.ipynb").unlink()  # she deleted one: it never comes back
+    assert new_home(made) is False
+    assert not (made / FOLDER / "01_storage_tour.ipynb").exists()
+    existing = tmp_path / "users" / "bob"
+    existing.mkdir()
+    assert new_home(existing) is False and list(existing.iterdir()) == []

@@ -72,6 +72,7 @@ from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
 from skerry.kernels import JUPYTER_PATH_DIR
 
 from skerry.process import descendants, group_members, is_running, kill_group, start_time
+from skerry.tutorials import new_home
 
 from skerry.hub.plugins import spawn_form
 from skerry.limits import Enforcement, Limits, cpu_seconds
@@ -388,8 +389,8 @@ class SkerrySpawner(SimpleLocalProcessSpawner):
     def _prepare_identity(self) -> Account | None:
         """The account this server runs as (made on first use, its home its own), its handover
         folder shared with it; None in single-user mode (home and folder the hub's own)."""
+        new_home(self.home_dir)  # a new home starts with the tutorials (the account gets them below)
         if not self.switch_users:
-            os.makedirs(self.home_dir, 0o700, exist_ok=True)
             os.makedirs(self.handover, 0o700, exist_ok=True)
             return None
         account = ensure_account(self.user.name, self.home_dir, self._policy())

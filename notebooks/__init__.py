@@ -1,0 +1,1 @@
+"""The tutorial notebooks (``*.ipynb``), package data: ``skerry.tutorials`` copies them into every new home."""

@@ -1,0 +1,126 @@
+"""JupyterLab in headless Chromium, as a user drives it: open a notebook, run all its cells,
+open the Dask panel's task stream; screenshots kept in ``test-artifacts/``."""
+
+import shutil
+import time
+from pathlib import Path
+
+import nbformat
+
+from chromium import log_in, text_of
+from helpers import REPO, wait_for
+
+ARTIFACTS = REPO / "test-artifacts"
+
+# tasks her code runs on her cluster, so that a task stream has something to draw
+TASKS = """
+import time
+def slow(x):
+    time.sleep(0.05)
+    return x
+for _ in range(40):
+    skerry.client.gather(skerry.client.map(slow, range(8), pure=False))
+"""
+# the number of rectangles the task stream panel (a same-origin iframe of bokeh) draws
+RECTANGLES = """(() => {
+  const frame = document.querySelector('.dask-DaskDashboard-widget iframe');
+  const w = frame && frame.contentWindow;
+  if (!w || !w.Bokeh || !w.Bokeh.documents.length) return 0;
+  let n = 0;
+  for (const m of w.Bokeh.documents[0].all_models) {
+    const d = m.data;
+    const duration = d instanceof Map ? d.get('duration') : d && d.duration;
+    if (duration) n = Math.max(n, duration.length);
+  }
+  return n;
+})()"""
+
+
+def write_notebook(path: Path, cells: list[str], kernel: str = "skerry") -> Path:
+    """A notebook of code ``cells`` for the kernel ``kernel`` ("skerry" or "python3")."""
+    nb = nbformat.v4.new_notebook()
+    names = {"skerry": "Python 3 (skerry)", "python3": "Python 3"}
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": names[kernel], "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def open_in_lab(browser, platform, user: str, password: str, path: str) -> None:
+    """``user`` logs in and JupyterLab opens their notebook at ``path`` (in their home), its
+    kernel idle."""
+    # the hub's login page, then JupyterLab on the notebook (the server's root: one folder per adaptor),
+    # its workspace reset: the notebooks an earlier test left open stay closed
+    log_in(browser, platform, user, password, f"/user/{user}/lab/tree/home/{path}?reset")
+    show_in_lab(browser)
+
+
+def show_in_lab(browser) -> None:
+    """Wait for JupyterLab's open notebook and its kernel, idle."""
+    wait_for(lambda: browser.js("!!document.querySelector('.jp-Notebook .jp-Cell')"), 120,
+             what="JupyterLab with the notebook open")
+    # the notebook's own kernel, started and idle
+    wait_for(lambda: "Python 3 (skerry)" in text_of(browser, ".jp-NotebookPanel-toolbar"), 120,
+             what="the skerry kernel named in the toolbar")
+    wait_idle(browser)
+
+
+def wait_idle(page) -> None:
+    wait_for(lambda: page.js("(document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator')"
+                             " || {dataset: {}}).dataset.status === 'idle'"), 120, what="the kernel to be idle")
+
+
+def run_all_cells(browser) -> None:
+    """Run All Cells from the command palette (Ctrl+Shift+C), as a user would."""
+    browser.js("document.querySelector('.jp-Notebook').focus()")
+    browser.key("C", "KeyC", 67, modifiers=2 | 8)
+    wait_for(lambda: browser.js("document.activeElement && document.activeElement.closest('.jp-ModalCommandPalette,"
+                                " #command-palette') !== null"), 30, what="the command palette")
+    browser.send("Input.insertText", text="Run All Cells")
+    time.sleep(0.5)  # the palette filters as it is typed
+    browser.key("Enter", "Enter", 13)
+
+
+def outputs(browser) -> str:
+    """The text of every output of the open notebook."""
+    return browser.js("[...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText).join('\\n')")
+
+
+def open_task_stream(browser, platform, user: str, token: str) -> int:
+    """In the open JupyterLab, with a notebook whose kernel used ``skerry.client``: the Dask
+    tab finds the dashboard from that kernel (its search button), its Task Stream panel
+    opens, and ``user``'s code runs tasks on their cluster (another kernel of theirs); the
+    rectangles the panel then draws."""
+    from skerry.kernels.remote import RemoteKernel
+
+    browser.click('.lm-TabBar-tab[data-id="dask-dashboard-launcher"]')
+    wait_for(lambda: browser.js("!document.querySelector('#dask-dashboard-launcher')"
+                                ".classList.contains('lm-mod-hidden')"), 30, what="the Dask sidebar")
+    # the kernel had no client when the notebook opened (skerry.client is made on first use): search
+    browser.click('#dask-dashboard-launcher jp-button[title="Auto-detect dashboard URL"]')
+    url = ("(() => { try { return document.querySelector('.dask-URLInput-wrapper input').value; }"
+           " catch (e) { return ''; } })()")
+    wait_for(lambda: f"/user/{user}/skerry/dask/cpu" in (browser.js(url) or ""), 120,
+             what="dask-labextension to find the dashboard from the kernel")
+    task_stream = ("[...document.querySelectorAll('.dask-DashboardListing-item')]"
+                   ".find(b => b.innerText.trim().toLowerCase() === 'task stream')")
+    wait_for(lambda: browser.js(f"!!({task_stream})"), 60, what="the panels (checked by the browser)")
+    browser.js(f"({task_stream}).scrollIntoView({{block: 'center'}})")
+    browser.js(f"({task_stream}).id = 'skerry-test-task-stream'")  # for the mouse to find it
+    browser.click("#skerry-test-task-stream")
+    wait_for(lambda: browser.js("!!document.querySelector('.dask-DaskDashboard-widget iframe')"), 60,
+             what="the Task Stream panel")
+    src = browser.js("document.querySelector('.dask-DaskDashboard-widget iframe').src")
+    assert src.startswith(f"{platform.url}/user/{user}/skerry/dask/cpu/"), src
+    with RemoteKernel(f"{platform.url}/user/{user}/", token, "skerry") as kernel:
+        result = kernel.execute(TASKS, timeout=300)
+        assert result.error is None, "\n".join(result.error["traceback"])
+    return wait_for(lambda: browser.js(RECTANGLES), 60, what="the task stream to draw the tasks")
+
+
+def keep(shot: Path) -> None:
+    """A screenshot, kept in ``test-artifacts/``."""
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / shot.name)
