@@ -295,6 +295,9 @@ def test_a_cluster_with_limits_holds_every_process_of_it_to_them(data, policy):
         assert described["mechanism"] == offered() and (described["cpu"], described["memory"]) == (1.0, 900 * 2**20)
         with platform_client(cluster) as client:
             worker_pids = set(client.run(os.getpid).values())
+            # the OOM killer's first choice is a worker, never the scheduler
+            score = lambda pid: int(open(f"/proc/{pid}/oom_score_adj").read())  # noqa: E731
+            assert {score(pid) for pid in worker_pids} == {500} and score(cluster.processes[0].pid) == 0
             if described["mechanism"] == "cgroup1":  # these machines: every process of it is in its cgroups
                 memory = cluster.enforcement.cgroups["memory"]
                 assert int((memory / "memory.limit_in_bytes").read_text()) == 900 * 2**20

@@ -27,6 +27,7 @@ FOLDERS = {"skerry": "skerry", "hub": "skerry.hub", "adaptors": "skerry.adaptors
 NOT_IMPORTED = {
     "skerry/__main__.py": "``python -m skerry``: runs the command line",
     "hub/plugins/jupyterhub_config.py": "JupyterHub's configuration file, run by JupyterHub with its ``c``",
+    "extensions/jupyter_config/jupyter_server_config.py": "users' Jupyter servers' configuration, run with ``c``",
     "skerry/workload/migrations": "alembic's scripts, loaded by alembic",
 }
 # "module.Class": why it is an exception outside the tree (e.g. a framework requires its own base)

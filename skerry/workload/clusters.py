@@ -99,6 +99,7 @@ ROLES = {"scheduler": "distributed.cli.dask_scheduler", "worker": "distributed.c
 WATCH_EVERY = 5.0  # seconds between the watcher's reports once every worker joined
 REPORT_MAX = 4096  # bytes a report line may hold; a longer one is a broken watcher
 _PR_SET_CHILD_SUBREAPER = 36
+WORKER_OOM_SCORE = 500  # above every other process of the cluster (0): see dask_setup
 WORK = "work"  # the cluster folder's own folder for the account: cwd, scratch space, the dashboard's socket
 
 
@@ -324,6 +325,7 @@ def _scheduler_args(scheduler_file: Path) -> list[str]:
 
 def _worker_args(spec: ClusterSpec, scheduler_file: Path, work: Path, nworkers: int, name: str) -> list[str]:
     args = ["--scheduler-file", str(scheduler_file), "--host", HOST, "--protocol", "tls",
+            "--preload", "skerry.workload.clusters",  # dask_setup: a worker is the first OOM victim
             "--nworkers", str(nworkers), "--nthreads", str(spec.threads), "--memory-limit", spec.memory,
             "--no-dashboard", "--dashboard-address", f"{HOST}:0", "--local-directory", str(work),
             "--death-timeout", str(DEATH_S), "--name", name]
@@ -739,6 +741,20 @@ class UserClusters:
             return False
         cluster.stop()
         return True
+
+
+# ---- in the cluster's processes ------------------------------------------------------------
+
+
+def dask_setup(worker) -> None:
+    """The workers' preload: under the cluster's memory limit, the kernel's OOM killer picks a
+    worker (whose nanny starts it again) before the scheduler, a nanny or the watcher, which
+    the cluster cannot do without (a process may raise its own score, never lower it)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(WORKER_OOM_SCORE))
+    except OSError:  # no /proc: the machine's own choice stands
+        pass
 
 
 # ---- the wrapper each cluster process starts through ---------------------------------------
