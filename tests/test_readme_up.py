@@ -129,7 +129,9 @@ def test_the_first_hour_in_a_browser(readme, browser, s3server, tmp_path):
         document.querySelector('input[name=signup_password]').value = {PASSWORD!r};
         document.querySelector('input[name=signup_password_confirmation]').value = {PASSWORD!r};
         document.querySelector('input[name=signup_password]').form.requestSubmit(); }})()""")
-    wait_for(lambda: "successful" in text_of(browser, "body").lower(), 60, what="the signup to succeed")
+    answer = wait_for(lambda: browser.js("(document.querySelector('.alert') || {}).className || ''"), 60,
+                      what="the signup page's answer")
+    assert "alert-danger" not in answer, text_of(browser, ".alert")  # approved: her login below works
     log_in(browser, p, "alice", PASSWORD, "/hub/spawn")
     steps = spawn_steps(browser, "Your storage: home")
     assert "Your account" in steps and "is ready" in steps, steps
