@@ -82,6 +82,15 @@ def run_all_cells(browser) -> None:
     browser.key("Enter", "Enter", 13)
 
 
+def save(browser) -> None:
+    """Save the open notebook (Ctrl+S), as a user does before leaving: JupyterLab asks before
+    leaving a page with unsaved changes, and that question would hold the browser."""
+    browser.js("document.querySelector('.jp-Notebook').focus()")
+    browser.key("s", "KeyS", 83, modifiers=2)
+    wait_for(lambda: browser.js("!document.querySelector('.lm-DockPanel-tabBar .jp-mod-dirty')"), 30,
+             what="the notebook to be saved")
+
+
 def outputs(browser) -> str:
     """The text of every output of the open notebook."""
     return browser.js("[...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText).join('\\n')")

@@ -19,7 +19,7 @@ import pytest
 
 from chromium import browser, log_in, text_of  # noqa: F401, F811 (browser: a fixture)
 from helpers import REPO, Platform, pids_of, wait_for
-from lab import keep, open_task_stream, outputs, run_all_cells, show_in_lab, write_notebook
+from lab import keep, open_task_stream, outputs, run_all_cells, save, show_in_lab, wait_idle, write_notebook
 from skerry.process import is_running
 
 pytestmark = pytest.mark.platform
@@ -153,6 +153,8 @@ def test_the_first_hour_in_a_browser(readme, browser, s3server, tmp_path):
     assert "succeeded, 100%" in monitor, monitor
     browser.js("document.querySelector('.skerry-monitor').scrollIntoView({block: 'center'})")
     keep(browser.screenshot(tmp_path / "first-hour-pipeline.png"))
+    wait_idle(browser)
+    save(browser)
 
     # her own notebook asks for her Dask client; the Dask panel then draws her task stream
     home = p.data_dir / "users" / "alice"
@@ -164,6 +166,7 @@ def test_the_first_hour_in_a_browser(readme, browser, s3server, tmp_path):
     wait_for(lambda: "skerry/dask/cpu/status" in outputs(browser), 180, what="her client's dashboard link")
     assert open_task_stream(browser, p, "alice", token) >= 8
     keep(browser.screenshot(tmp_path / "first-hour-task-stream.png"))
+    save(browser)
 
     # an S3 bucket of hers, added on the storage page, mounted at the restart, read in a notebook
     s3server.make_bucket("alice-first-hour")
