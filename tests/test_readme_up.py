@@ -164,9 +164,9 @@ def test_the_first_hour_in_a_browser(readme, browser, s3server, tmp_path):
     show_in_lab(browser)
     run_all_cells(browser)
     wait_for(lambda: "skerry/dask/cpu/status" in outputs(browser), 180, what="her client's dashboard link")
+    save(browser)
     assert open_task_stream(browser, p, "alice", token) >= 8
     keep(browser.screenshot(tmp_path / "first-hour-task-stream.png"))
-    save(browser)
 
     # an S3 bucket of hers, added on the storage page, mounted at the restart, read in a notebook
     s3server.make_bucket("alice-first-hour")
