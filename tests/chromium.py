@@ -60,7 +60,8 @@ class Page:
     def click(self, selector: str) -> None:
         """A mouse click (press and release) at the middle of the element ``selector`` finds,
         as a user clicks: widgets that listen for the mouse, not for ``click()``, see it too."""
-        box = self.js(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+        box = self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+                      " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
                       " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
