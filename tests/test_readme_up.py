@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from chromium import browser, log_in, text_of  # noqa: F401, F811 (browser: a fixture)
-from helpers import REPO, Platform, pids_of, wait_for
+from helpers import REPO, Platform, kill_leftovers, pids_of, wait_for
 from lab import keep, open_task_stream, outputs, run_all_cells, save, show_in_lab, wait_idle, write_notebook
 from skerry.process import is_running
 
@@ -54,6 +54,7 @@ def readme(tmp_path_factory):
     if p.proc.poll() is None:  # the last test stops it; after a failure, this does
         os.killpg(p.proc.pid, signal.SIGKILL)
         p.proc.wait(30)
+    kill_leftovers(p.data_dir)  # its proxy and servers, after a failure
 
 
 @pytest.mark.timeout(600)
@@ -181,11 +182,11 @@ def test_the_first_hour_in_a_browser(readme, browser, s3server, tmp_path):
         set('#f-name', 'bucket'); set('#f-bucket', 'alice-first-hour'); set('#f-endpoint_url', {s3server.url!r});
         set('#f-credential_kind', 's3'); set('#f-cred_key', 'testing'); set('#f-cred_secret', 'first-hour-secret');
     }})()""")
-    browser.click("#add")
+    browser.js("document.querySelector('#add').click()")  # the form's own submit button
     wait_for(lambda: browser.js("!!document.querySelector('#added #restart')"), 60, what="the adaptor saved")
     assert "first-hour-secret" not in browser.js("document.documentElement.outerHTML")
     keep(browser.screenshot(tmp_path / "first-hour-storage-page.png"))
-    browser.click("#restart")
+    browser.js("document.querySelector('#restart').click()")
     wait_for_lab(browser, p, "alice")
     write_notebook(home / "read.ipynb", ["skerry.fs.cat('bucket/hello.txt').decode()"])
     p.give(home / "read.ipynb", "alice")
@@ -203,5 +204,16 @@ def test_ctrl_c_stops_the_whole_platform(readme):
     os.killpg(p.proc.pid, signal.SIGINT)
     p.proc.wait(90)
     assert p.proc.returncode == 0
-    wait_for(lambda: not is_running(pgid) and not pids_of(str(p.data_dir), environ=True),
-             timeout=30, what="every process of the platform to exit")
+    def left() -> dict[int, str]:
+        found = {}
+        for pid in pids_of(str(p.data_dir), environ=True):
+            try:
+                found[pid] = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()[:160]
+            except OSError:
+                pass
+        return found
+
+    try:
+        wait_for(lambda: not is_running(pgid) and not left(), timeout=30, what="every process of the platform to exit")
+    except AssertionError:
+        raise AssertionError(f"still running 30 s after Ctrl-C: {left()}") from None
