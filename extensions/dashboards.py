@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -73,21 +74,15 @@ class DashboardHandler(LocalProxyHandler):
         work = _work(pool)
         if not (work / SOCKET).exists():
             raise _not_running(pool)
-        return _Socket(self, work)
+        return _pointed(self, work)
 
 
-class _Socket:
-    """Points the handler's ``unix_socket`` at the cluster's socket while a request runs."""
-
-    def __init__(self, handler, work: Path):
-        self.handler, self.work = handler, work
-
-    def __enter__(self):
-        self._path = socket_path(self.work)
-        self.handler.unix_socket = self._path.__enter__()
-
-    def __exit__(self, *exc):
-        self._path.__exit__(*exc)
+@contextlib.contextmanager
+def _pointed(handler, work: Path):
+    """The handler's ``unix_socket`` is the cluster's socket while a request connects."""
+    with socket_path(work) as path:
+        handler.unix_socket = path
+        yield
 
 
 def handlers(base_url: str) -> list:

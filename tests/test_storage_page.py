@@ -66,6 +66,19 @@ def test_alice_adds_s3_storage_on_the_page_restarts_and_reads_it_in_a_notebook(p
         assert secret not in r.text and 'value="run1"' in r.text  # what she typed is kept, the secret is not
         assert stored(platform, alice) == (["home"], [])  # the credential made for it was removed
 
+        # a new credential never replaces a stored one (which a refusal would then remove)
+        r = platform.api("PUT", API + "/users/alice/credentials/results", token=alice,
+                         json={"kind": "s3", "key": "older", "secret": "older-secret"})
+        assert r.status_code == 200, r.text
+        r = client.post(PAGE, data=form)
+        assert r.status_code == 409 and "already" in html.unescape(
+            re.search(r'id="f-credential-error">([^<]+)<', r.text).group(1))
+        assert stored(platform, alice) == (["home"], ["results"])
+        assert platform.api("DELETE", API + "/users/alice/credentials/results", token=alice).status_code == 204
+        # no name: refused beside it
+        r = client.post(PAGE, data={**form, "name": ""})
+        assert r.status_code == 400 and 'id="f-name-error"' in r.text
+
         # saved: then the page offers to restart her running server
         r = client.post(PAGE, data={**form, "bucket": "alice-results"})
         assert r.status_code == 303 and r.headers["location"].endswith(f"{PAGE}?added=results"), r.text

@@ -16,7 +16,8 @@ Rules:
 - the form's fields are the adaptor type's own (its spec model, ``adaptors.types``); a
   refusal is shown beside the field it names, what was typed kept except secrets, which
   are never shown back (nor is any stored secret: the API never answers one);
-- nothing half-made: a new credential made for an adaptor the API then refuses is removed;
+- nothing half-made: a new credential made for an adaptor the API then refuses is removed,
+  and a new credential never replaces a stored one of the same name;
 - adaptors are mounted when the server starts: after a change, the page offers to restart
   the user's running server (the spawn page then shows the start).
 """
@@ -118,8 +119,15 @@ class StoragePage(BaseHandler):
         kind = self.get_body_argument("credential_kind", "")
         stored = self.get_body_argument("credential", "")
         shown = {"name": name, **values, "credential_kind": kind, "credential": stored}
+        if not name:
+            return await self.show(type_name, shown, status=400, errors={"name": "'name': give the storage a name."})
         made = None
-        if kind:  # a new credential, named as the adaptor
+        if kind:  # a new credential, named as the adaptor: never one that exists (it would be replaced)
+            listed = await self.api("GET", "credentials")
+            if name in {c.get("name") for c in listed.json().get("credentials", [])}:
+                return await self.show(type_name, shown, status=409, errors={"credential": (
+                    f"You have a credential named {name!r} already: choose it under 'or a stored one', "
+                    f"or remove it first.")})
             body = {"kind": kind}
             for field in dict(credential_choices(type_name)).get(kind, []):
                 body[field] = self.get_body_argument(f"cred_{field}", "")
@@ -135,7 +143,7 @@ class StoragePage(BaseHandler):
             spec["credentials"] = name
         elif stored:
             spec["credentials"] = stored
-        r = await self.api("PUT", f"adaptors/{quote(name, safe='') or '-'}", json=spec)
+        r = await self.api("PUT", f"adaptors/{quote(name, safe='')}", json=spec)
         if r.status_code not in (200, 201):
             if made:  # nothing half-made: the credential was for this adaptor only
                 await self.api("DELETE", f"credentials/{quote(made, safe='')}", params={"force": "true"})
