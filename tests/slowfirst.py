@@ -7,14 +7,13 @@ them. Order does not change what a test checks: each module starts what it needs
 """
 
 SLOWEST = [
-    "test_many_users.py", "test_papermill.py", "test_clients.py", "test_staging.py", "test_platform_runs.py",
-    "test_federation_abstract.py", "test_notebooks.py", "test_readme_up.py", "test_browser.py",
-    "test_restart.py", "test_scheduler.py", "test_dav_federation.py", "test_spawn_profiles.py",
-    "test_culler.py", "test_jwt.py", "test_limits.py", "test_isolation.py", "test_workload_api.py",
-    "test_contents.py", "test_identity.py", "test_admin_pages.py", "test_userpools.py", "test_cli.py",
-    "test_adaptors_api.py", "test_spawn_failure.py", "test_security.py", "test_https.py",
-    "test_infrastructure.py", "test_sftp_keys.py", "test_kernels.py", "test_service.py", "test_clusters.py",
-    "test_dataapi.py",
+    "test_many_users.py", "test_readme_up.py", "test_papermill.py", "test_staging.py", "test_clients.py",
+    "test_platform_runs.py", "test_notebooks.py", "test_browser.py", "test_federation_abstract.py",
+    "test_spawn_profiles.py", "test_userpools.py", "test_restart.py", "test_scheduler.py", "test_identity.py",
+    "test_dav_federation.py", "test_jwt.py", "test_storage_page.py", "test_limits.py", "test_isolation.py",
+    "test_kernels.py", "test_spawn_failure.py", "test_contents.py", "test_adaptors_api.py", "test_infrastructure.py",
+    "test_security.py", "test_https.py", "test_secrets.py", "test_workload_api.py", "test_cli.py",
+    "test_quotas_api.py", "test_dataapi.py",
 ]
 
 
