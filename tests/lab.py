@@ -56,6 +56,19 @@ def open_in_lab(browser, platform, user: str, password: str, path: str) -> None:
     show_in_lab(browser)
 
 
+def run_own_notebook(browser, platform, user: str, name: str, cells: list[str], expected: str) -> None:
+    """A notebook of ``user``'s (``name`` in their home, as if they wrote it) opened in their
+    JupyterLab and run; returns once its outputs show ``expected``, the notebook saved."""
+    home = platform.data_dir / "users" / user
+    write_notebook(home / name, cells)
+    platform.give(home / name, user)
+    browser.navigate(f"{platform.url}/user/{user}/lab/tree/home/{name}?reset")
+    show_in_lab(browser)
+    run_all_cells(browser)
+    wait_for(lambda: expected in outputs(browser), 180, what=f"{expected!r} in the outputs of {name}")
+    save(browser)
+
+
 def show_in_lab(browser) -> None:
     """Wait for JupyterLab's open notebook and its kernel, idle."""
     wait_for(lambda: browser.js("!!document.querySelector('.jp-Notebook .jp-Cell')"), 120,

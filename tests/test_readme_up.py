@@ -19,7 +19,7 @@ import pytest
 
 from chromium import browser, log_in, text_of  # noqa: F401, F811 (browser: a fixture)
 from helpers import REPO, Platform, kill_leftovers, pids_of, wait_for
-from lab import keep, open_task_stream, outputs, run_all_cells, save, show_in_lab, wait_idle, write_notebook
+from lab import keep, open_task_stream, run_all_cells, run_own_notebook, save, show_in_lab, wait_idle
 from skerry.process import is_running
 
 pytestmark = pytest.mark.platform
@@ -158,14 +158,7 @@ def test_the_first_hour_in_a_browser(readme, browser, s3server, tmp_path):
     save(browser)
 
     # her own notebook asks for her Dask client; the Dask panel then draws her task stream
-    home = p.data_dir / "users" / "alice"
-    write_notebook(home / "dask.ipynb", ["skerry.client"])
-    p.give(home / "dask.ipynb", "alice")
-    browser.navigate(f"{p.url}/user/alice/lab/tree/home/dask.ipynb?reset")
-    show_in_lab(browser)
-    run_all_cells(browser)
-    wait_for(lambda: "skerry/dask/cpu/status" in outputs(browser), 180, what="her client's dashboard link")
-    save(browser)
+    run_own_notebook(browser, p, "alice", "dask.ipynb", ["skerry.client"], "skerry/dask/cpu/status")
     assert open_task_stream(browser, p, "alice", token) >= 8
     keep(browser.screenshot(tmp_path / "first-hour-task-stream.png"))
 
@@ -188,12 +181,7 @@ def test_the_first_hour_in_a_browser(readme, browser, s3server, tmp_path):
     keep(browser.screenshot(tmp_path / "first-hour-storage-page.png"))
     browser.js("document.querySelector('#restart').click()")
     wait_for_lab(browser, p, "alice")
-    write_notebook(home / "read.ipynb", ["skerry.fs.cat('bucket/hello.txt').decode()"])
-    p.give(home / "read.ipynb", "alice")
-    browser.navigate(f"{p.url}/user/alice/lab/tree/home/read.ipynb?reset")
-    show_in_lab(browser)
-    run_all_cells(browser)
-    wait_for(lambda: "hello S3" in outputs(browser), 120, what="the bucket's file read in her notebook")
+    run_own_notebook(browser, p, "alice", "read.ipynb", ["skerry.fs.cat('bucket/hello.txt').decode()"], "hello S3")
     keep(browser.screenshot(tmp_path / "first-hour-read-s3.png"))
 
 

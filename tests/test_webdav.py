@@ -161,3 +161,39 @@ def test_a_file_written_through_webdav_is_found_at_once(platform, alice):
     assert dav.request("DELETE", moved).status_code == 204
     wait_for(lambda: where(moved) == [], 10, interval=0.05, what="the deleted file to leave find")
     assert dav.request("DELETE", "feed/").status_code == 204
+
+
+def test_the_endpoint_keeps_every_kept_alive_connection_the_proxy_opened(platform, alice, dav):
+    """A desktop client's parallel transfers reach the endpoint through the proxy on as many
+    kept-alive connections: the endpoint keeps them all (cheroot's default kept 10 and told
+    the rest to reconnect for every request), and does not close them when idle for a second."""
+    import socket
+    import time
+
+    assert dav.put("kept-alive.txt", content=b"x").status_code in (201, 204)
+    target = platform.api("GET", "/hub/api/proxy").json()["/dav/alice/"]["target"]
+    port = int(re.search(r":(\d+)/?$", target).group(1))
+    request = (f"HEAD /dav/alice/home/kept-alive.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Authorization: token {alice}\r\n\r\n").encode()
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(24)]
+    try:
+        for c in connections:  # all open at once, as the proxy's are under rclone --transfers/--checkers
+            c.sendall(request)
+        for c in connections:
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += c.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert b"connection: close" not in answer.lower()  # kept alive, as it says
+        time.sleep(1)
+        closed = 0
+        for c in connections:
+            c.setblocking(False)
+            try:
+                closed += c.recv(1) == b""  # the endpoint closed it
+            except BlockingIOError:
+                pass  # still open: nothing to read
+        assert closed == 0, f"{closed} of {len(connections)} kept-alive connections closed"
+    finally:
+        for c in connections:
+            c.close()
