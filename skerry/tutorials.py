@@ -2,7 +2,7 @@
 the repository, installed as the package data of ``skerry.notebooks``).
 
 Rules:
-- only a home that does not exist yet gets them (``give`` makes the home): a user who
+- only a home that does not exist yet gets them (``new_home`` makes the home): a user who
   deleted or changed a tutorial never finds it put back;
 - the copies are plain files of the home's owner (the caller hands the home over after);
   the tutorials are committed without outputs, so they start clean.
