@@ -55,9 +55,10 @@ def quiet_port(ip: str = "127.0.0.1", tries: int = 100) -> int:
             low = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768  # Linux's default
+    floor = max(1024, low - 12000)
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     for _ in range(tries):
-        port = secrets.randbelow(low - max(1024, low - 12000)) + max(1024, low - 12000)
+        port = floor + secrets.randbelow(low - floor)
         with socket.socket(family) as s:
             try:
                 s.bind((ip, port))

@@ -87,7 +87,7 @@ from ..localfiles import write_private
 from ..errors import ConfigError, SkerryError
 
 __all__ = ["ClusterSpec", "ClusterError", "UserCluster", "UserClusters", "security", "ROLES", "cluster_folder",
-           "WORK"]
+           "clusters_folder", "WORK"]
 
 HOST = "127.0.0.1"
 START_S = 60.0  # how long a start waits for the scheduler and its workers
@@ -102,14 +102,21 @@ _PR_SET_CHILD_SUBREAPER = 36
 WORKER_OOM_SCORE = 500  # above every other process of the cluster (0): see dask_setup
 WORK = "work"  # the cluster folder's own folder for the account: cwd, scratch space, the dashboard's socket
 
-
-def cluster_folder(handover: str | os.PathLike, pool: str) -> Path:
-    """The folder of a user's cluster of ``pool``, in the user's handover folder
-    (``DataDir.handover``): its credentials, connect file and log; ``WORK`` below it."""
-    return Path(handover) / "dask" / pool
 FILES = {"ca": "ca.pem", "cluster": ("cluster.pem", "cluster-key.pem"),
          "user": ("user.pem", "user-key.pem"), "platform": ("platform.pem", "platform-key.pem")}
 SPEC_FIELDS = ("workers", "threads", "memory", "resources", "devices")
+
+
+def clusters_folder(handover: str | os.PathLike) -> Path:
+    """The folder of a user's clusters, one folder per pool, in the user's handover folder
+    (``DataDir.handover``)."""
+    return Path(handover) / "dask"
+
+
+def cluster_folder(handover: str | os.PathLike, pool: str) -> Path:
+    """The folder of a user's cluster of ``pool``: its credentials, connect file and log;
+    ``WORK`` below it."""
+    return clusters_folder(handover) / pool
 
 
 class ClusterError(SkerryError):

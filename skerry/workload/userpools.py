@@ -284,10 +284,10 @@ def connect_file(folder) -> Path:
 def running_clusters(data, user: str) -> dict[str, str]:
     """``{pool: address}`` of ``user``'s running clusters (``data``: the ``DataDir``), from
     their connect files."""
-    from .clusters import cluster_folder
+    from .clusters import clusters_folder
 
     found = {}
-    for folder in sorted(cluster_folder(data.handover(user), "any").parent.glob("*")):
+    for folder in sorted(clusters_folder(data.handover(user)).glob("*")):
         try:
             address = json.loads(connect_file(folder).read_text())["address"]
         except (OSError, ValueError, KeyError, TypeError):
