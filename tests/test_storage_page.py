@@ -105,6 +105,9 @@ def test_alice_adds_s3_storage_on_the_page_restarts_and_reads_it_in_a_notebook(p
             r = client.post(PAGE, data={"_xsrf": xsrf_of(page), "action": action, "name": "results"})
             assert r.status_code == 303, r.text
     assert stored(platform, alice) == (["home"], [])
+    # the tokens the page made for its API calls were revoked when each request ended
+    tokens = platform.api("GET", "/hub/api/users/alice/tokens").json()["api_tokens"]
+    assert not [t for t in tokens if t["note"].startswith("skerry storage page")], tokens
 
 
 def test_the_page_is_its_users_own_and_needs_a_login(platform, alice, s3server):

@@ -11,8 +11,8 @@ Rules:
 - every user manages their own storage only (the login cookie's user); someone not
   logged in gets the login page; forms carry JupyterHub's ``_xsrf`` field;
 - the page is a client of the REST API (``/services/skerry/api/v1/users/<you>/...``), so
-  every check is the API's: it calls it with a token of the user made for the one action
-  and revoked after it;
+  every check is the API's: it calls it with a token of the user made for the one page
+  request and revoked when that request ends;
 - the form's fields are the adaptor type's own (its spec model, ``adaptors.types``); a
   refusal is shown beside the field it names, what was typed kept except secrets, which
   are never shown back (nor is any stored secret: the API never answers one);
@@ -83,6 +83,8 @@ def _words(field: str | None, message: str) -> str:
 class StoragePage(BaseHandler):
     """The page and its form actions (see the module's rules)."""
 
+    _token: str | None = None  # the user's token for this request's API calls (``api``)
+
     @web.authenticated
     async def get(self):
         await self.show()
@@ -109,10 +111,11 @@ class StoragePage(BaseHandler):
         type_name = self.get_body_argument("type", "")
         if type_name not in adaptor_types():
             raise web.HTTPError(400, f"no adaptor type {type_name!r}")
-        values = {f["name"]: self.get_body_argument(f["name"], "").strip() for f in form_fields(type_name)}
+        fields = form_fields(type_name)
+        values = {f["name"]: self.get_body_argument(f["name"], "").strip() for f in fields}
         name = self.get_body_argument("name", "").strip()
         spec = {"type": type_name, "read_only": self.get_body_argument("read_only", "") == "on"}
-        for f in form_fields(type_name):
+        for f in fields:
             value = values[f["name"]]
             if value:
                 spec[f["name"]] = int(value) if f["kind"] == "int" and value.isdigit() else value
@@ -165,18 +168,22 @@ class StoragePage(BaseHandler):
     # ---- the REST API, as the user ------------------------------------------------------
 
     async def api(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """One call to ``users/<you>/<path>`` of the skerry API with a token of the user made
-        for it and revoked after it."""
+        """One call to ``users/<you>/<path>`` of the skerry API, with a token of the user's made
+        for this page request (on the first call) and revoked when the request ends."""
         from skerry.hub.plugins.settings import SERVICE_NAME
 
         user = self.current_user
-        token = user.new_api_token(note="skerry storage page (one action)", expires_in=300)
-        try:
-            url = f"{self.services[SERVICE_NAME].url.rstrip('/')}/services/{SERVICE_NAME}/api/v1/users/" \
-                  f"{quote(user.name, safe='')}/{path}"
-            async with httpx.AsyncClient(timeout=120) as client:
-                return await client.request(method, url, headers={"Authorization": f"token {token}"}, **kwargs)
-        finally:
+        if self._token is None:
+            self._token = user.new_api_token(note="skerry storage page (one request)", expires_in=300)
+        url = f"{self.services[SERVICE_NAME].url.rstrip('/')}/services/{SERVICE_NAME}/api/v1/users/" \
+              f"{quote(user.name, safe='')}/{path}"
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await client.request(method, url, headers={"Authorization": f"token {self._token}"}, **kwargs)
+
+    def on_finish(self):
+        super().on_finish()
+        token, self._token = self._token, None
+        if token is not None:
             found = orm.APIToken.find(self.db, token)
             if found is not None:
                 self.db.delete(found)
