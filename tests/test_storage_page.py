@@ -121,6 +121,16 @@ def test_the_page_is_its_users_own_and_needs_a_login(platform, alice, s3server):
         r = client.post(PAGE, data={"_xsrf": xsrf_of(page), "action": "remove-adaptor", "name": "scratch"})
         assert r.status_code == 404  # bob's own adaptors have none of that name
     assert "scratch" in stored(platform, alice)[0]
+    # an action or a type the page does not know: a 400 naming it, nothing stored
+    with logged_in(platform, "bob", PASSWORD) as client:
+        xsrf = xsrf_of(client.get(PAGE))
+        r = client.post(PAGE, data={"_xsrf": xsrf, "action": "format-disk"})
+        assert r.status_code == 400 and "format-disk" in html.unescape(r.text)
+        r = client.post(PAGE, data={"_xsrf": xsrf, "action": "add", "type": "tape", "name": "t"})
+        assert r.status_code == 400 and "tape" in html.unescape(r.text)
+    bob = platform.user_token("bob")
+    assert [a["name"] for a in platform.api("GET", API + "/users/bob/adaptors", token=bob).json()["adaptors"]] \
+        == ["home"]
     # nobody logged in, or only a token (hub pages take the login cookie): the login page
     for headers in ({}, {"Authorization": f"token {alice}"}):
         r = httpx.get(platform.url + PAGE, headers=headers)
