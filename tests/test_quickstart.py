@@ -43,3 +43,28 @@ def test_plain_python_still_has_it_so_the_comparison_means_something(tmp_path):
 def test_no_module_is_a_usage_error():
     r = subprocess.run([sys.executable, "-m", "skerry.quickstart"], capture_output=True, text=True)
     assert r.returncode == 1 and "usage: python -m skerry.quickstart MODULE" in r.stderr
+
+
+YARN_PROBE = '''
+import sys
+ran = []
+sys.addaudithook(lambda event, args: event == "subprocess.Popen" and ran.append(" ".join(map(str, args[1]))))
+if sys.argv[1] == "skip":
+    from skerry.quickstart import FIXES, skip_yarn_registry
+    assert skip_yarn_registry in FIXES["jupyterhub.singleuser"]
+    from jupyterlab import commands
+    assert hasattr(commands, "_yarn_config"), "JupyterLab changed: skip_yarn_registry has nothing to skip"
+    skip_yarn_registry()
+import jupyterlab.labapp  # what a user's server imports
+from jupyterlab.commands import YARN_DEFAULT_REGISTRY, AppOptions
+print(any("yarn" in command for command in ran), AppOptions().registry == YARN_DEFAULT_REGISTRY)
+'''
+
+
+def test_users_servers_import_jupyterlab_without_asking_yarn_for_a_registry():
+    def probe(mode):
+        return subprocess.run([sys.executable, "-c", YARN_PROBE, mode], capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert probe("plain") == ["True", "True"]  # JupyterLab alone runs yarn, for the same answer here
+    assert probe("skip") == ["False", "True"]
