@@ -6,7 +6,7 @@ import pytest
 
 from helpers import TEMPLATES, Platform, kill_leftovers, remove_accounts
 
-pytest_plugins = ["ciskips", "slowfirst", "umaskguard"]  # see each module
+pytest_plugins = ["ciskips", "sharing", "slowfirst", "umaskguard"]  # see each module
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,19 +33,50 @@ def make_platform(tmp_path):
         kill_leftovers(p.data_dir)
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory, request):
-    """A running platform shared by the tests of one module (its pools.json: the module's
-    ``POOLS``, if it has one)."""
-    data = tmp_path_factory.mktemp("platform") / "data"
-    pools = getattr(request.module, "POOLS", None)
+def start_platform(tmp_path_factory, pools: dict | None, name: str = "platform") -> Platform:
+    """A platform on a new data dir (its pools.json: ``pools``, if given), started."""
+    data = tmp_path_factory.mktemp(name) / "data"
     if pools is not None:
         data.mkdir()
         (data / "pools.json").write_text(json.dumps(pools))
-    p = Platform(data).start()
-    yield p
+    return Platform(data).start()
+
+
+def stop_platform(p: Platform) -> None:
     p.stop()
     kill_leftovers(p.data_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_platforms():
+    """{group: (pools, platform)} of this test process: the platforms of sharing.SHARED's
+    groups, each started when a module of its group first asks for it."""
+    platforms = {}
+    yield platforms
+    for _, p in platforms.values():
+        stop_platform(p)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory, request, shared_platforms):
+    """A running platform for the tests of one module (its pools.json: the module's
+    ``POOLS``, if it has one); for a module of a group in ``sharing.SHARED``, the group's
+    platform, which the group's other modules used before it and will use after it."""
+    from sharing import group_of  # a plugin (pytest_plugins): imported by pytest first, for its asserts
+
+    pools = getattr(request.module, "POOLS", None)
+    group = group_of(request.path)
+    if group:
+        if group not in shared_platforms:
+            shared_platforms[group] = pools, start_platform(tmp_path_factory, pools, f"shared-{group}")
+        group_pools, p = shared_platforms[group]
+        assert pools == group_pools, f"{request.path.name} has other POOLS than its group {group!r}"
+        assert p.proc.poll() is None, f"a module before {request.path.name} stopped the shared platform"
+        yield p
+        return
+    p = start_platform(tmp_path_factory, pools)
+    yield p
+    stop_platform(p)
 
 
 @pytest.fixture(scope="module")

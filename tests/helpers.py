@@ -221,6 +221,25 @@ def refused(r, status: int, code: str | None = None) -> str:
     return body["message"]
 
 
+def files_holding(root: Path, *secrets: str) -> list[str]:
+    """The regular files under ``root`` (logs included) that hold any of ``secrets``: what a
+    test asserts is empty. Sockets, pipes and files removed while it reads are passed over."""
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if not os.path.isfile(path) or os.path.islink(path):
+                    continue
+                with open(path, "rb") as f:
+                    content = f.read()
+            except FileNotFoundError:
+                continue
+            if any(secret.encode() in content for secret in secrets):
+                found.append(path)
+    return found
+
+
 def kill_leftovers(data_dir: Path):
     """Last-resort cleanup so that one failing test cannot leave servers for the next."""
     for pid in pids_of(str(data_dir), environ=True) - {os.getpid()}:

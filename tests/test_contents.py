@@ -433,17 +433,17 @@ def test_platform_user_server_shows_the_federation(platform, alice):
     r = httpx.get(f"{platform.url}/user/alice/api/contents/", headers=headers, timeout=60)
     assert r.status_code == 200, r.text
     assert "home" in names(r.json())
-    r = httpx.put(f"{platform.url}/dav/alice/home/x.txt", content=b"through webdav\n",
+    r = httpx.put(f"{platform.url}/dav/alice/home/contents-x.txt", content=b"through webdav\n",
                   auth=("alice", alice), timeout=60)
     assert r.status_code in (201, 204), r.text
-    r = httpx.get(f"{platform.url}/user/alice/api/contents/home/x.txt", headers=headers, timeout=60)
+    r = httpx.get(f"{platform.url}/user/alice/api/contents/home/contents-x.txt", headers=headers, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["content"] == "through webdav\n"
     # and the other way round: saved in the file browser, read over WebDAV
-    r = httpx.put(f"{platform.url}/user/alice/api/contents/home/y.txt", headers=headers, timeout=60,
+    r = httpx.put(f"{platform.url}/user/alice/api/contents/home/contents-y.txt", headers=headers, timeout=60,
                   json={"type": "file", "format": "text", "content": "through jupyter\n"})
     assert r.status_code == 201, r.text
-    r = httpx.get(f"{platform.url}/dav/alice/home/y.txt", auth=("alice", alice), timeout=60)
+    r = httpx.get(f"{platform.url}/dav/alice/home/contents-y.txt", auth=("alice", alice), timeout=60)
     assert r.status_code == 200 and r.text == "through jupyter\n"
 
 

@@ -349,8 +349,9 @@ def test_platform_data_api_answers_alice_and_refuses_bob(platform, alice, bob):
 
     # copies too: alice's token starts one, bob's is refused
     home = platform.data_dir / "users" / "alice"
-    (home / "mine.txt").write_bytes(b"alice's data")
-    item = [{"from": "home/mine.txt", "to": "home/copied/mine.txt"}]
+    (home / "dataapi-mine.txt").write_bytes(b"alice's data")
+    platform.give(home / "dataapi-mine.txt", "alice")  # hers, as what she writes is
+    item = [{"from": "home/dataapi-mine.txt", "to": "home/dataapi-copied/mine.txt"}]
     r = httpx.post(base + "copy", json=item, headers={"Authorization": f"token {bob}"}, timeout=30)
     assert r.status_code == 403, r.text
     r = httpx.post(base + "copy", json=item, headers={"Authorization": f"token {alice}"}, timeout=30)
@@ -362,6 +363,6 @@ def test_platform_data_api_answers_alice_and_refuses_bob(platform, alice, bob):
                                              timeout=30).json())["state"] in ("done", "failed") and s, 60,
                      what="alice's copy")
     assert state["state"] == "done", state
-    assert (home / "copied" / "mine.txt").read_bytes() == b"alice's data"
+    assert (home / "dataapi-copied" / "mine.txt").read_bytes() == b"alice's data"
     r = httpx.get(base + f"copy/{cid}", headers={"Authorization": f"token {bob}"}, timeout=30)
     assert r.status_code == 403

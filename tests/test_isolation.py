@@ -22,8 +22,8 @@ METHODS = [
     ("PROPFIND", {"Depth": "0"}, None),
     ("PROPFIND", {"Depth": "1"}, None),
     ("PROPPATCH", {}, b'<?xml version="1.0"?><propertyupdate xmlns="DAV:"/>'),
-    ("COPY", {"Destination": "/dav/alice/home/copy.txt"}, None),
-    ("MOVE", {"Destination": "/dav/alice/home/moved.txt"}, None),
+    ("COPY", {"Destination": "/dav/alice/home/isolation-copy.txt"}, None),
+    ("MOVE", {"Destination": "/dav/alice/home/isolation-moved.txt"}, None),
     ("LOCK", {}, b'<?xml version="1.0"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
                  b'<locktype><write/></locktype></lockinfo>'),
     ("UNLOCK", {"Lock-Token": "<opaquelocktoken:x>"}, None),
@@ -32,9 +32,9 @@ METHODS = [
 
 @pytest.fixture(scope="module")
 def alice_file(platform, alice):
-    r = httpx.put(f"{platform.url}/dav/alice/home/secret.txt", content=b"alice only", auth=("alice", alice))
+    r = httpx.put(f"{platform.url}/dav/alice/home/isolation-secret.txt", content=b"alice only", auth=("alice", alice))
     assert r.status_code == 201
-    return platform.data_dir / "users" / "alice" / "secret.txt"
+    return platform.data_dir / "users" / "alice" / "isolation-secret.txt"
 
 
 @pytest.mark.parametrize("method,headers,body", METHODS, ids=[m[0] + str(m[1].get("Depth", "")) for m in METHODS])
@@ -50,12 +50,12 @@ def test_other_users_token_is_refused(platform, alice, bob, alice_file, how, met
         headers["Authorization"] = f"token {bob}"
     if "Destination" in headers:
         headers["Destination"] = platform.url + headers["Destination"]
-    r = httpx.request(method, f"{platform.url}/dav/alice/home/secret.txt", headers=headers,
+    r = httpx.request(method, f"{platform.url}/dav/alice/home/isolation-secret.txt", headers=headers,
                       content=body, auth=auth)
     assert r.status_code == 403, (r.status_code, r.text)
     assert alice_file.read_bytes() == b"alice only"
     home = alice_file.parent
-    assert not (home / "copy.txt").exists() and not (home / "moved.txt").exists()
+    assert not (home / "isolation-copy.txt").exists() and not (home / "isolation-moved.txt").exists()
 
 
 @pytest.mark.parametrize("method,headers,body", METHODS, ids=[m[0] + str(m[1].get("Depth", "")) for m in METHODS])
@@ -63,7 +63,7 @@ def test_no_or_bad_credentials_get_401(platform, alice, alice_file, method, head
     headers = dict(headers)
     if "Destination" in headers:
         headers["Destination"] = platform.url + headers["Destination"]
-    url = f"{platform.url}/dav/alice/home/secret.txt"
+    url = f"{platform.url}/dav/alice/home/isolation-secret.txt"
     r = httpx.request(method, url, headers=headers, content=body)
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"].startswith("Basic")
@@ -104,30 +104,30 @@ def test_dav_routes_survive_the_hubs_route_check(platform, alice):
 
 
 def test_stopped_server_gives_503_and_leaves_no_process(platform):
-    platform.create_user("carol")
-    platform.start_server("carol")
-    token = platform.user_token("carol")
-    pgid = platform.group_of("carol")
+    platform.create_user("isocarol")
+    platform.start_server("isocarol")
+    token = platform.user_token("isocarol")
+    pgid = platform.group_of("isocarol")
     assert len(group_members(pgid)) == 3  # micro-infrastructure, Jupyter, WebDAV
-    url = f"{platform.url}/dav/carol/"
-    assert httpx.request("PROPFIND", url, auth=("carol", token), headers={"Depth": "0"}).status_code == 207
+    url = f"{platform.url}/dav/isocarol/"
+    assert httpx.request("PROPFIND", url, auth=("isocarol", token), headers={"Depth": "0"}).status_code == 207
 
-    platform.stop_server("carol")
+    platform.stop_server("isocarol")
     assert group_members(pgid) == []
-    r = httpx.request("PROPFIND", url, auth=("carol", token), headers={"Depth": "0"})
+    r = httpx.request("PROPFIND", url, auth=("isocarol", token), headers={"Depth": "0"})
     assert r.status_code == 503
     body = r.json()
     assert body["error"] == "server_not_running"
     assert "not running" in body["message"] and "Start" in body["message"]
     # the proxy's routing table survives the hub's periodic check with a stopped server
     routes = platform.api("GET", "/hub/api/proxy").json()
-    assert "/dav/carol/" not in routes and "/dav/" in routes
+    assert "/dav/isocarol/" not in routes and "/dav/" in routes
 
 
 def test_poll_reports_group_dead_when_webdav_dies(platform):
-    platform.create_user("dave")
-    platform.start_server("dave")
-    pgid = platform.group_of("dave")
+    platform.create_user("isodave")
+    platform.start_server("isodave")
+    pgid = platform.group_of("isodave")
     members = group_members(pgid)
     dav = [p for p in members if b"skerry.hub.userserver.webdav" in open(f"/proc/{p}/cmdline", "rb").read()]
     assert len(dav) == 1
@@ -135,14 +135,14 @@ def test_poll_reports_group_dead_when_webdav_dies(platform):
     # the group stops itself at once ...
     wait_for(lambda: group_members(pgid) == [], timeout=15, what="the group to stop itself")
     # ... and the hub's poll sees it dead
-    wait_for(lambda: platform.server("dave") is None, timeout=40, what="the hub to notice")
+    wait_for(lambda: platform.server("isodave") is None, timeout=40, what="the hub to notice")
 
 
 def test_home_that_is_not_a_folder_fails_the_spawn_clearly(platform):
-    platform.create_user("ivan")
-    (platform.data_dir / "users" / "ivan").write_text("not a folder")
-    r = platform.api("POST", "/hub/api/users/ivan/server")
+    platform.create_user("isoivan")
+    (platform.data_dir / "users" / "isoivan").write_text("not a folder")
+    r = platform.api("POST", "/hub/api/users/isoivan/server")
     assert r.status_code == 500
     assert "is not a folder" in r.json()["message"]
-    assert platform.server("ivan") is None  # not left pending
-    assert (platform.data_dir / "users" / "ivan").read_text() == "not a folder"
+    assert platform.server("isoivan") is None  # not left pending
+    assert (platform.data_dir / "users" / "isoivan").read_text() == "not a folder"

@@ -29,7 +29,7 @@ from skerry.kernels import JUPYTER_PATH_DIR, KERNELS
 from skerry.kernels.remote import RemoteKernel
 from skerry.kernels.session import Session, SessionError
 
-POOLS = {"cpu": {"workers": 1, "threads": 1}, "gpu": None}
+POOLS = {"cpu": {"workers": 1, "threads": 2}, "gpu": None}
 API = "/services/skerry/api/v1"
 DISPLAY = {"skerry": "Python 3 (skerry)", "skerry-gpu": "Python 3 (skerry, GPU)"}
 
@@ -121,11 +121,11 @@ def _api_answering(address: str, token: str):
 def alice_server(platform, alice):
     """alice's server URL and token, and a file in her home."""
     home = platform.data_dir / "users" / "alice"
-    (home / "notes").mkdir(parents=True, exist_ok=True)
-    (home / "notes" / "hello.txt").write_text("hello from alice's home\n")
+    (home / "kernels-notes").mkdir(parents=True, exist_ok=True)
+    (home / "kernels-notes" / "hello.txt").write_text("hello from alice's home\n")
     account = platform.account("alice")
-    os.chown(home / "notes", account.pw_uid, account.pw_gid)
-    os.chown(home / "notes" / "hello.txt", account.pw_uid, account.pw_gid)
+    os.chown(home / "kernels-notes", account.pw_uid, account.pw_gid)
+    os.chown(home / "kernels-notes" / "hello.txt", account.pw_uid, account.pw_gid)
     return f"{platform.url}/user/alice/", alice
 
 
@@ -156,8 +156,10 @@ def test_skerry_kernel_has_alices_adaptors_the_cpu_pool_and_the_api_as_alice(pla
         assert ready["pool"] == "made on the first use of skerry.client"  # no cluster for a kernel without Dask
 
         # skerry:// is alice's storage, through the session and through fsspec alike
-        assert run(kernel, "skerry.fs.ls('home/notes', detail=False)").value == "['home/notes/hello.txt']"
-        text = run(kernel, "import fsspec\nprint(fsspec.open('skerry://home/notes/hello.txt', 'r').open().read())")
+        assert run(kernel, "skerry.fs.ls('home/kernels-notes', detail=False)").value == \
+            "['home/kernels-notes/hello.txt']"
+        text = run(kernel, "import fsspec\n"
+                           "print(fsspec.open('skerry://home/kernels-notes/hello.txt', 'r').open().read())")
         assert text.stdout == "hello from alice's home\n\n"
 
         # the Dask client: made on first use, over TLS to her own cluster of the cpu pool, whose
@@ -174,9 +176,10 @@ def test_skerry_kernel_has_alices_adaptors_the_cpu_pool_and_the_api_as_alice(pla
 
         # the workload API as alice: her dataset is hers
         run(kernel, "skerry.api.create_dataset('kernel.made')")
-        assert run(kernel, "[d['name'] for d in skerry.api.datasets()]").value == "['kernel.made']"
+        # (among what other modules on this shared platform left her: tests/sharing.py)
+        assert run(kernel, "'kernel.made' in [d['name'] for d in skerry.api.datasets()]").value == "True"
         owned = platform.api("GET", f"{API}/datasets", params={"owner": "alice"}).json()["datasets"]
-        assert [d["name"] for d in owned] == ["kernel.made"]
+        assert "kernel.made" in [d["name"] for d in owned]
 
         # the session shows what it is connected to, never the token
         shown = run(kernel, "import os; t = os.environ['JUPYTERHUB_API_TOKEN']; s = repr(skerry.session); "
@@ -202,6 +205,7 @@ def test_gpu_kernel_without_a_gpu_pool_says_so_and_runs_on(platform, alice_serve
         assert 'Use the "Python 3 (skerry)" kernel for the cpu pool' in refused.error["evalue"]
 
         # the rest of the session works in the GPU kernel too
-        assert run(kernel, "skerry.fs.ls('home/notes', detail=False)").value == "['home/notes/hello.txt']"
+        assert run(kernel, "skerry.fs.ls('home/kernels-notes', detail=False)").value == \
+            "['home/kernels-notes/hello.txt']"
         assert run(kernel, "isinstance(skerry.api.datasets(), list)").value == "True"
         assert "skerry:" not in run(kernel, "2 + 2").stderr  # said once

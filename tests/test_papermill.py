@@ -30,7 +30,7 @@ import nbformat
 import pytest
 from sqlalchemy import select, text
 
-from helpers import dask_client, local_home
+from helpers import dask_client, files_holding, local_home
 from skerry.errors import ConfigError
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Job, JobAttempt, Run, Task
@@ -88,14 +88,14 @@ def s3data(platform, alice, s3server):
 
 @pytest.mark.platform
 def test_papermill_from_a_plain_shell_with_a_token_reads_home_and_writes_s3(platform, alice, s3data, tmp_path):
-    source = platform.data_dir / "users" / "alice" / "in.ipynb"
+    source = platform.data_dir / "users" / "alice" / "papermill-in.ipynb"
     nbformat.write(notebook("y = x + 41\nprint('answer', y)"), source)
     alice_account = platform.account("alice")
     os.chown(source, alice_account.pw_uid, alice_account.pw_gid)  # hers, whatever this process's umask made it
     bindir = os.path.dirname(sys.executable)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path),
            "SKERRY_URL": platform.url, "SKERRY_TOKEN": alice}
-    argv = [os.path.join(bindir, "papermill"), "skerry://home/in.ipynb", "skerry://s3data/out.ipynb",
+    argv = [os.path.join(bindir, "papermill"), "skerry://home/papermill-in.ipynb", "skerry://s3data/out.ipynb",
             "-p", "x", "1", "--no-progress-bar"]
     done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -103,14 +103,13 @@ def test_papermill_from_a_plain_shell_with_a_token_reads_home_and_writes_s3(plat
     with s3data.open("pm-alice/out.ipynb", "r") as f:
         out = nbformat.read(f, as_version=4)
     assert "x = 1" in injected(out) and "answer 42" in outputs_text(out)
-    assert out.metadata.papermill.input_path == "skerry://home/in.ipynb"
+    assert out.metadata.papermill.input_path == "skerry://home/papermill-in.ipynb"
     # the token went by the environment only: in no argument, no output, no file of the platform
     assert alice not in " ".join(argv) and alice not in done.stdout + done.stderr
     token = alice.encode()
     hub_log = platform.data_dir / "run" / "hub.log"  # the hub's, the proxy's and the users' servers' log
     assert "GET /hub/api/user (alice@" in hub_log.read_text()
-    leaks = [str(p) for p in platform.data_dir.rglob("*") if p.is_file() and token in p.read_bytes()]
-    assert leaks == [] and token not in platform.output
+    assert files_holding(platform.data_dir, alice) == [] and token not in platform.output
 
 
 @pytest.mark.platform

@@ -20,7 +20,7 @@ import asyncssh
 import httpx
 import pytest
 
-from helpers import free_port, pids_of, wait_for
+from helpers import files_holding, free_port, pids_of, wait_for
 from skerry.adaptors.store import AccountStore
 from skerry.datadir import DataDir
 
@@ -114,9 +114,9 @@ def sshd(system_user, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dave(platform):
-    platform.create_user("dave")
-    return platform.user_token("dave")
+def keysdave(platform):
+    platform.create_user("keysdave")
+    return platform.user_token("keysdave")
 
 
 def authorized_keys(home) -> bytes | None:
@@ -124,7 +124,7 @@ def authorized_keys(home) -> bytes | None:
     return open(path, "rb").read() if os.path.exists(path) else None
 
 
-def stored(platform, user="dave"):
+def stored(platform, user="keysdave"):
     path = platform.data_dir / "secrets" / "credentials" / f"{user}.json"
     return path.read_bytes() if path.exists() else None
 
@@ -134,27 +134,27 @@ def setup_body(sshd, password, **extra):
             "password": password, **extra}
 
 
-def test_wrong_password_stores_nothing_and_leaves_the_remote_alone(platform, dave, sshd, system_user):
+def test_wrong_password_stores_nothing_and_leaves_the_remote_alone(platform, keysdave, sshd, system_user):
     _, password, home = system_user
-    r = platform.api("PUT", API + "/users/dave/credentials/hpc", dave, json=setup_body(sshd, password + "x"))
+    r = platform.api("PUT", API + "/users/keysdave/credentials/hpc", keysdave, json=setup_body(sshd, password + "x"))
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "ssh_password_refused" and "refused the password" in r.json()["message"]
     assert stored(platform) is None
     assert not os.path.exists(os.path.join(home, ".ssh"))
     # a host that does not answer: 502, nothing stored either
-    r = platform.api("PUT", API + "/users/dave/credentials/hpc", dave,
+    r = platform.api("PUT", API + "/users/keysdave/credentials/hpc", keysdave,
                      json={**setup_body(sshd, password), "port": free_port()})
     assert r.status_code == 502 and r.json()["error"] == "ssh_unreachable", r.text
     assert stored(platform) is None
-    assert platform.api("GET", API + "/users/dave/credentials", dave).json() == {"credentials": []}
+    assert platform.api("GET", API + "/users/keysdave/credentials", keysdave).json() == {"credentials": []}
 
 
-def test_key_not_accepted_is_taken_off_again(platform, dave, system_user, tmp_path):
+def test_key_not_accepted_is_taken_off_again(platform, keysdave, system_user, tmp_path):
     """An sshd that reads keys from elsewhere: the set-up fails and leaves authorized_keys as it was."""
     name, password, home = system_user
     other = PasswordSshd(tmp_path, name, authorized_keys_file="/nonexistent/%u").start()
     try:
-        r = platform.api("PUT", API + "/users/dave/credentials/hpc", dave, json=setup_body(other, password))
+        r = platform.api("PUT", API + "/users/keysdave/credentials/hpc", keysdave, json=setup_body(other, password))
     finally:
         other.stop()
     assert r.status_code == 502 and r.json()["error"] == "key_not_accepted", r.text
@@ -162,18 +162,18 @@ def test_key_not_accepted_is_taken_off_again(platform, dave, system_user, tmp_pa
     assert stored(platform) is None
 
 
-def test_setup_installs_a_key_and_the_adaptor_works_with_it_alone(platform, dave, sshd, system_user):
+def test_setup_installs_a_key_and_the_adaptor_works_with_it_alone(platform, keysdave, sshd, system_user):
     name, password, home = system_user
     os.remove(os.path.join(home, ".ssh", "authorized_keys"))  # left empty by the test above
     os.rmdir(os.path.join(home, ".ssh"))
-    r = platform.api("PUT", API + "/users/dave/credentials/hpc", dave, json=setup_body(sshd, password))
+    r = platform.api("PUT", API + "/users/keysdave/credentials/hpc", keysdave, json=setup_body(sshd, password))
     assert r.status_code == 200, r.text
     cred = r.json()
     assert cred["kind"] == "ssh-key" and cred["host"] == "127.0.0.1" and cred["username"] == name
     assert password not in r.text and "PRIVATE" not in r.text
     # the public key is in the remote authorized_keys, named after skerry, the user and the credential
     lines = authorized_keys(home).decode().splitlines()
-    assert lines == [cred["public_key"]] and cred["public_key"].endswith(" skerry:dave/hpc")
+    assert lines == [cred["public_key"]] and cred["public_key"].endswith(" skerry:keysdave/hpc")
     ssh_dir = os.path.join(home, ".ssh")
     assert stat.S_IMODE(os.stat(ssh_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(os.path.join(ssh_dir, "authorized_keys")).st_mode) == 0o600
@@ -181,56 +181,53 @@ def test_setup_installs_a_key_and_the_adaptor_works_with_it_alone(platform, dave
 
     # no more passwords on that host: the adaptor must get in with the key alone
     sshd.passwords(False)
-    r = platform.api("PUT", API + "/users/dave/adaptors/hpc", dave, json={
+    r = platform.api("PUT", API + "/users/keysdave/adaptors/hpc", keysdave, json={
         "type": "sftp", "host": "127.0.0.1", "port": sshd.port, "username": name, "credentials": "hpc"})
     assert r.status_code == 200, r.text
-    platform.start_server("dave")
-    with httpx.Client(base_url=f"{platform.url}/dav/dave/hpc/", auth=("dave", dave), timeout=60) as dav:
+    platform.start_server("keysdave")
+    with httpx.Client(base_url=f"{platform.url}/dav/keysdave/hpc/", auth=("keysdave", keysdave), timeout=60) as dav:
         assert dav.put("result.txt", content=b"computed on hpc").status_code == 201
         assert dav.get("result.txt").content == b"computed on hpc"
     assert open(os.path.join(home, "result.txt"), "rb").read() == b"computed on hpc"
 
-    handed = (platform.data_dir / "run" / "users" / "dave" / "default.adaptors.json").read_text()
+    handed = (platform.data_dir / "run" / "users" / "keysdave" / "default.adaptors.json").read_text()
     assert "private_key" in handed and password not in handed and '"password"' not in handed
     # the password is nowhere under the data dir (logs included), nor in any process's arguments
-    for root, _, names in os.walk(platform.data_dir):
-        for n in names:
-            path = os.path.join(root, n)
-            assert password.encode() not in open(path, "rb").read(), path
+    assert files_holding(platform.data_dir, password) == []
     assert not pids_of(password)
 
 
-def test_delete_revokes_the_key_on_the_remote(platform, dave, sshd, system_user):
+def test_delete_revokes_the_key_on_the_remote(platform, keysdave, sshd, system_user):
     name, _, home = system_user
-    r = platform.api("DELETE", API + "/users/dave/credentials/hpc", dave)
+    r = platform.api("DELETE", API + "/users/keysdave/credentials/hpc", keysdave)
     assert r.status_code == 409, r.text  # the hpc adaptor still uses it
-    platform.stop_server("dave")
-    assert platform.api("DELETE", API + "/users/dave/adaptors/hpc", dave).status_code == 204
+    platform.stop_server("keysdave")
+    assert platform.api("DELETE", API + "/users/keysdave/adaptors/hpc", keysdave).status_code == 204
 
     store = AccountStore.for_data_dir(DataDir(platform.data_dir))  # the test reads the key to try it
-    key = asyncssh.import_private_key(store.credentials("dave")["hpc"]["secret"]["private_key"])
+    key = asyncssh.import_private_key(store.credentials("keysdave")["hpc"]["secret"]["private_key"])
     assert asyncio.run(_try_login(sshd.port, name, key=key))
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOfTheUserKeepThisLineXXXXXXXXXXXXX someone@laptop\n"
     with open(os.path.join(home, ".ssh", "authorized_keys"), "a") as f:
         f.write(other)
 
-    r = platform.api("DELETE", API + "/users/dave/credentials/hpc", dave)
+    r = platform.api("DELETE", API + "/users/keysdave/credentials/hpc", keysdave)
     assert r.status_code == 204, r.text
     assert authorized_keys(home).decode() == other  # only our line is gone
     assert not asyncio.run(_try_login(sshd.port, name, key=key))
-    assert platform.api("GET", API + "/users/dave/credentials", dave).json() == {"credentials": []}
+    assert platform.api("GET", API + "/users/keysdave/credentials", keysdave).json() == {"credentials": []}
 
 
-def test_revoking_on_an_unreachable_host_deletes_nothing_unless_forced(platform, dave, sshd, system_user):
+def test_revoking_on_an_unreachable_host_deletes_nothing_unless_forced(platform, keysdave, sshd, system_user):
     _, password, home = system_user
     sshd.passwords(True)
-    r = platform.api("PUT", API + "/users/dave/credentials/gone", dave, json=setup_body(sshd, password))
+    r = platform.api("PUT", API + "/users/keysdave/credentials/gone", keysdave, json=setup_body(sshd, password))
     assert r.status_code == 200, r.text
     sshd.stop()  # the host goes away (last test of the module: it stays down)
-    r = platform.api("DELETE", API + "/users/dave/credentials/gone", dave)
+    r = platform.api("DELETE", API + "/users/keysdave/credentials/gone", keysdave)
     assert r.status_code == 502 and "force=true" in r.json()["message"], r.text
-    listed = platform.api("GET", API + "/users/dave/credentials", dave).json()["credentials"]
+    listed = platform.api("GET", API + "/users/keysdave/credentials", keysdave).json()["credentials"]
     assert [c["name"] for c in listed] == ["gone"]
-    r = platform.api("DELETE", API + "/users/dave/credentials/gone?force=true", dave)
+    r = platform.api("DELETE", API + "/users/keysdave/credentials/gone?force=true", keysdave)
     assert r.status_code == 204
-    assert platform.api("GET", API + "/users/dave/credentials", dave).json() == {"credentials": []}
+    assert platform.api("GET", API + "/users/keysdave/credentials", keysdave).json() == {"credentials": []}

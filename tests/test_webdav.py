@@ -25,51 +25,51 @@ def hrefs(body: bytes) -> set[str]:
 
 def test_put_get_10mb_identical(dav, platform):
     data = os.urandom(10 * 1024 * 1024)
-    r = dav.put("big.bin", content=data)
+    r = dav.put("webdav-big.bin", content=data)
     assert r.status_code == 201
-    r = dav.get("big.bin")
+    r = dav.get("webdav-big.bin")
     assert r.status_code == 200
     assert r.content == data
     # the file is in the user's home adaptor, byte for byte
-    assert (platform.data_dir / "users" / "alice" / "big.bin").read_bytes() == data
-    r = dav.get("big.bin", headers={"Range": "bytes=100-199"})
+    assert (platform.data_dir / "users" / "alice" / "webdav-big.bin").read_bytes() == data
+    r = dav.get("webdav-big.bin", headers={"Range": "bytes=100-199"})
     assert r.status_code == 206 and r.content == data[100:200]
 
 
 def test_mkcol_copy_move_delete(dav, platform):
     home = platform.data_dir / "users" / "alice"
-    assert dav.request("MKCOL", "folder/").status_code == 201
-    assert (home / "folder").is_dir()
-    assert dav.request("MKCOL", "folder/").status_code == 405  # exists already
-    assert dav.put("folder/a.txt", content=b"hello").status_code == 201
+    assert dav.request("MKCOL", "webdav-folder/").status_code == 201
+    assert (home / "webdav-folder").is_dir()
+    assert dav.request("MKCOL", "webdav-folder/").status_code == 405  # exists already
+    assert dav.put("webdav-folder/a.txt", content=b"hello").status_code == 201
 
-    dest = f"{platform.url}/dav/alice/home/folder/b.txt"
-    assert dav.request("COPY", "folder/a.txt", headers={"Destination": dest}).status_code == 201
-    assert (home / "folder" / "b.txt").read_bytes() == b"hello"
-    assert (home / "folder" / "a.txt").exists()
+    dest = f"{platform.url}/dav/alice/home/webdav-folder/b.txt"
+    assert dav.request("COPY", "webdav-folder/a.txt", headers={"Destination": dest}).status_code == 201
+    assert (home / "webdav-folder" / "b.txt").read_bytes() == b"hello"
+    assert (home / "webdav-folder" / "a.txt").exists()
 
-    dest = f"{platform.url}/dav/alice/home/moved.txt"
-    assert dav.request("MOVE", "folder/a.txt", headers={"Destination": dest}).status_code == 201
-    assert not (home / "folder" / "a.txt").exists()
-    assert dav.get("moved.txt").content == b"hello"
+    dest = f"{platform.url}/dav/alice/home/webdav-moved.txt"
+    assert dav.request("MOVE", "webdav-folder/a.txt", headers={"Destination": dest}).status_code == 201
+    assert not (home / "webdav-folder" / "a.txt").exists()
+    assert dav.get("webdav-moved.txt").content == b"hello"
 
-    assert dav.request("DELETE", "folder/").status_code == 204
-    assert not (home / "folder").exists()
-    assert dav.get("folder/b.txt").status_code == 404
-    assert dav.request("DELETE", "moved.txt").status_code == 204
+    assert dav.request("DELETE", "webdav-folder/").status_code == 204
+    assert not (home / "webdav-folder").exists()
+    assert dav.get("webdav-folder/b.txt").status_code == 404
+    assert dav.request("DELETE", "webdav-moved.txt").status_code == 204
 
 
 def test_propfind_depth_0_and_1(dav):
-    dav.request("MKCOL", "listing/")
+    dav.request("MKCOL", "webdav-listing/")
     for name in ("one.txt", "two.txt"):
-        dav.put(f"listing/{name}", content=name.encode())
-    r = dav.request("PROPFIND", "listing/", headers={"Depth": "0"}, content=PROPFIND_ALL)
+        dav.put(f"webdav-listing/{name}", content=name.encode())
+    r = dav.request("PROPFIND", "webdav-listing/", headers={"Depth": "0"}, content=PROPFIND_ALL)
     assert r.status_code == 207
-    assert hrefs(r.content) == {"/dav/alice/home/listing/"}
-    r = dav.request("PROPFIND", "listing/", headers={"Depth": "1"}, content=PROPFIND_ALL)
+    assert hrefs(r.content) == {"/dav/alice/home/webdav-listing/"}
+    r = dav.request("PROPFIND", "webdav-listing/", headers={"Depth": "1"}, content=PROPFIND_ALL)
     assert r.status_code == 207
-    assert hrefs(r.content) == {"/dav/alice/home/listing/", "/dav/alice/home/listing/one.txt",
-                                "/dav/alice/home/listing/two.txt"}
+    assert hrefs(r.content) == {"/dav/alice/home/webdav-listing/", "/dav/alice/home/webdav-listing/one.txt",
+                                "/dav/alice/home/webdav-listing/two.txt"}
     assert b"getcontentlength" in r.content
 
 

@@ -274,7 +274,7 @@ def test_save_launch_and_monitor_to_100_percent(platform, alice):
 @pytest.mark.platform
 def test_background_poll_follows_the_run_and_stops(platform, alice):
     dataset(platform, alice, "poll.in")
-    p = Pipeline("poll").step("sum", "md5", input="dataset")
+    p = Pipeline("widgets-poll").step("sum", "md5", input="dataset")
     run_id = p.launch(alice, "poll.in")
     monitor = Monitor(alice, run_id, poll_s=0.2)
     wait_for(lambda: not monitor.polling, 120, 0.2, "the poll to stop")
@@ -286,7 +286,7 @@ def test_background_poll_follows_the_run_and_stops(platform, alice):
 def test_failed_jobs_are_listed_with_their_error_class_and_sentence(platform, alice):
     dataset(platform, alice, "fail.in", files=3)
     # bad_input is never retried (the default retry rules): the jobs fail at once
-    p = Pipeline("failing").step("boom", "fail", input="dataset", params={"error": "bad_input"})
+    p = Pipeline("widgets-failing").step("boom", "fail", input="dataset", params={"error": "bad_input"})
     monitor = Monitor(alice, p.launch(alice, "fail.in"), poll_s=None)
     until_final(monitor)
     assert monitor.state == "failed" and monitor.percent == 100
@@ -301,7 +301,7 @@ def test_failed_jobs_are_listed_with_their_error_class_and_sentence(platform, al
 @pytest.mark.platform
 def test_cancel_and_rank_buttons(platform, alice):
     dataset(platform, alice, "slow.in")
-    p = Pipeline("slow").step("nap", "sleep", input="dataset", params={"seconds": 5.0})
+    p = Pipeline("widgets-slow").step("nap", "sleep", input="dataset", params={"seconds": 5.0})
     monitor = Monitor(alice, p.launch(alice, "slow.in"), poll_s=None)
     row = next(iter(monitor.rows.values()))
     row.rank.value = 5.0
