@@ -4,7 +4,7 @@ modules are one unit of work for the parallel workers."""
 import ast
 from pathlib import Path
 
-from sharing import SHARED, SharedPlatformScheduling
+from sharing import GROUP_OF, SHARED, SharedPlatformScheduling
 
 HERE = Path(__file__).parent
 
@@ -34,3 +34,11 @@ def test_a_groups_modules_are_one_unit_of_work_and_other_modules_one_each():
     assert scheduler._split_scope("tests/test_many_users.py::test_a") == "tests/test_many_users.py"
     assert scheduler._split_scope("tests/test_many_users.py::test_a") != \
         scheduler._split_scope("tests/test_readme_up.py::test_a")
+
+
+def test_slowfirst_names_units_that_exist():
+    from slowfirst import SLOWEST
+
+    missing = [u for u in SLOWEST if u not in SHARED and not (HERE / u).is_file()]
+    assert not missing, f"slowfirst.SLOWEST names units that are not there: {missing}"
+    assert not [u for u in SLOWEST if u not in SHARED and u in GROUP_OF], "a shared module is ranked alone"
