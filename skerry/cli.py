@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--ssl-key", metavar="FILE", help="the certificate's private key (PEM)")
     up.add_argument("--account-template", default=AccountPolicy.template, metavar="TEMPLATE",
                     help="the OS account of each hub user, with {username} (default %(default)s)")
+    up.add_argument("--proxy", choices=("traefik", "chp"), default=None,
+                    help="the proxy: traefik, or chp (configurable-http-proxy; default $SKERRY_PROXY, else chp)")
     up.add_argument("--dev", action="store_true",
                     help="INSECURE: let any user name and password log in (for local development)")
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return up(Options(data_dir=args.data_dir, ip=args.ip, port=args.port, dev=args.dev,
                               account_template=args.account_template, ssl_cert=args.ssl_cert,
-                              ssl_key=args.ssl_key))
+                              ssl_key=args.ssl_key, proxy=args.proxy))
         return _remote(args)
     except SkerryError as e:
         print(f"skerry: error: {e}", file=sys.stderr)

@@ -51,10 +51,12 @@ class Options:
     account_template: str = AccountPolicy.template
     ssl_cert: str | None = None
     ssl_key: str | None = None
+    proxy: str | None = None  # traefik or chp; None: $SKERRY_PROXY, else chp
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
+        self.proxy = config.PROXY.parse(self.proxy) if self.proxy else config.PROXY.get()
 
 
 def hub_config_file() -> str:
@@ -92,7 +94,8 @@ def _own_proxy(data: DataDir) -> int | None:
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
     except (OSError, ValueError):
         return None
-    return pid if b"configurable-http-proxy" in cmdline and is_running(pid) else None
+    ours = b"configurable-http-proxy" in cmdline or b"traefik" in cmdline
+    return pid if ours and is_running(pid) else None
 
 
 def _stop_own_proxy(data: DataDir) -> None:
@@ -114,15 +117,23 @@ def _stop_own_proxy(data: DataDir) -> None:
             time.sleep(0.1)
 
 
-def _wait_ready(url: str, hub: subprocess.Popen) -> bool:
+READY_LINE = b"JupyterHub is now running"  # the hub's last line of its start
+
+
+def _wait_ready(url: str, hub: subprocess.Popen, log: Path, log_start: int) -> bool:
+    """Whether the hub started: it logged ``READY_LINE`` after ``log_start`` (its routes are all
+    in the proxy by then; its API answers before) and answers at ``url`` through the proxy."""
     deadline = time.monotonic() + READY_TIMEOUT
     context = probe_context() if url.startswith("https:") else None
     while time.monotonic() < deadline:
         if hub.poll() is not None:
             return False
+        with open(log, "rb") as f:
+            f.seek(log_start)
+            started = READY_LINE in f.read()
         try:
             with urllib.request.urlopen(url + "hub/api/", timeout=2, context=context) as r:
-                if r.status == 200:
+                if started and r.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
             pass
@@ -162,7 +173,8 @@ def _up(opts: Options) -> int:
         config.IP.name: opts.ip,
         config.PORT.name: str(opts.port),
         config.PUBLIC_URL.name: public_url(opts),
-        config.PROXY_COMMAND.name: find_proxy(),
+        config.PROXY.name: opts.proxy,
+        **({config.PROXY_COMMAND.name: find_proxy()} if opts.proxy == "chp" else {}),
         config.DEV.name: "1" if opts.dev else "",
         **({config.SSL_CERT.name: str(tls[0]), config.SSL_KEY.name: str(tls[1])} if tls else {}),
         **identity.environment(),
@@ -197,7 +209,7 @@ def _up(opts: Options) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     url = public_url(opts)
-    if _wait_ready(url, hub):
+    if _wait_ready(url, hub, data.run / "hub.log", log_start):
         print(f"skerry is running at {url}", flush=True)
         if opts.dev:
             print("  --dev: any user name and password logs in", flush=True)

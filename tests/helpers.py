@@ -45,6 +45,12 @@ def pids_of(pattern: str, environ: bool = False) -> set[int]:
     return found
 
 
+def proxies_of(data_dir: Path) -> set[int]:
+    """The pids of the proxies (configurable-http-proxy or Traefik) a platform on ``data_dir`` runs."""
+    return (pids_of("configurable-http-proxy") | pids_of("traefik --configfile")) & \
+        pids_of(str(data_dir), environ=True)
+
+
 def open_for_accounts(path: Path) -> Path:
     """Let every account pass through the folders above ``path`` (o+x, never o+r), as a
     data dir or a venv outside the test's private temporary folders needs: pytest makes

