@@ -2,7 +2,7 @@
 
     python bench/webdav.py [--size-mib 1024] [--runs 3] [--files 10000]
 
-Starts a real platform (``skerry up`` in a temp data dir) with alice's server, and an
+Starts a real platform (``skerry up --proxy chp`` in a temp data dir) with alice's server, and an
 nginx (its own config in a temp dir, ``dav_methods PUT``) serving alice's home folder.
 nginx is routed behind the same configurable-http-proxy at ``/bench-nginx/`` through
 the proxy's REST API. Then, with curl as the one client for everything:
@@ -162,7 +162,8 @@ def main():
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="bench-webdav-"))
-    platform = Platform(base / "data").start()
+    # nginx is routed through configurable-http-proxy's REST API: the platform runs that proxy
+    platform = Platform(base / "data", command=[sys.executable, "-m", "skerry", "up", "--proxy", "chp"]).start()
     nginx = None
     try:
         platform.create_user("alice")

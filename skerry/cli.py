@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--account-template", default=AccountPolicy.template, metavar="TEMPLATE",
                     help="the OS account of each hub user, with {username} (default %(default)s)")
     up.add_argument("--proxy", choices=("traefik", "chp"), default=None,
-                    help="the proxy: traefik, or chp (configurable-http-proxy; default $SKERRY_PROXY, else chp)")
+                    help="the proxy: traefik, or chp (configurable-http-proxy; default $SKERRY_PROXY, else traefik)")
     up.add_argument("--dev", action="store_true",
                     help="INSECURE: let any user name and password log in (for local development)")
 

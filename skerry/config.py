@@ -139,7 +139,7 @@ PUBLIC_URL = Setting("SKERRY_PUBLIC_URL", str, None, f"{_UP}; {_SETTINGS}",
 PROXY_COMMAND = Setting("SKERRY_PROXY_COMMAND", str, None, f"the admin, for {_UP} (which passes on what it found)",
                         "skerry.nodeproxy, hub.plugins.settings",
                         "the configurable-http-proxy program to run", user_facing=True)
-PROXY = Setting("SKERRY_PROXY", str, "chp", f"the admin, for {_UP} (or its --proxy)",
+PROXY = Setting("SKERRY_PROXY", str, "traefik", f"the admin, for {_UP} (or its --proxy)",
                 "skerry.platform, hub.plugins.settings",
                 "the proxy: traefik, or chp (configurable-http-proxy)", user_facing=True,
                 check=lambda value: value in ("traefik", "chp"), must="traefik or chp")

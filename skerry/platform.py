@@ -51,7 +51,7 @@ class Options:
     account_template: str = AccountPolicy.template
     ssl_cert: str | None = None
     ssl_key: str | None = None
-    proxy: str | None = None  # traefik or chp; None: $SKERRY_PROXY, else chp
+    proxy: str | None = None  # traefik or chp; None: $SKERRY_PROXY, else traefik
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:

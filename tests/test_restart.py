@@ -91,7 +91,7 @@ def test_kill_9_of_skerry_up_takes_the_hub_down(make_platform):
     # the hub gets SIGTERM from the kernel (PDEATHSIG) and stops everything it started
     wait_for(lambda: not is_running(hub_pid), timeout=60, what="the hub to stop")
     wait_for(lambda: group_members(pgid) == [], timeout=30, what="frank's server to stop")
-    wait_for(lambda: not pids_of(f"--port {p.port}"), timeout=30, what="the proxy to stop")
+    wait_for(lambda: not proxies_of(p.data_dir), timeout=30, what="the proxy to stop")
 
 
 def test_hub_failing_after_its_proxy_started_leaves_nothing(tmp_path):

@@ -20,8 +20,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 
 from jupyterhub.proxy import ConfigurableHTTPProxy
+from jupyterhub.utils import exponential_backoff
+from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
 from traitlets import Unicode, default
 
 from skerry.errors import ConfigError
@@ -113,18 +116,16 @@ class SkerryProxy(DavRoutes, ConfigurableHTTPProxy):
     """configurable-http-proxy (one node process), with the WebDAV routes."""
 
 
-def _traefik_proxy_class():
-    from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
-
-    return TraefikFileProviderProxy
-
-
-class SkerryTraefikProxy(DavRoutes, _traefik_proxy_class()):
+class SkerryTraefikProxy(DavRoutes, TraefikFileProviderProxy):
     """Traefik (a Go process: a GiB through it costs a fraction of node's CPU), with the
     WebDAV routes; routes are kept in a dynamic configuration file Traefik watches.
 
     Like configurable-http-proxy's, its pid is in ``pid_file``: a Traefik left by a hub that
-    was killed is stopped by ``skerry up`` and replaced by the next hub.
+    was killed is stopped by ``skerry up`` and replaced by the next hub. As with it, a route
+    added or deleted is in effect when the call returns (Traefik applies a change some 20-100
+    ms after its file is written: the parent class waits for additions, this one for
+    deletions too), and paths reach the servers as sent (no cleaning of ``..`` or ``//``:
+    each server checks what a path may reach, and refuses what it may not).
     """
 
     pid_file = Unicode("", config=True, help="where the running Traefik's pid is written")
@@ -157,6 +158,19 @@ class SkerryTraefikProxy(DavRoutes, _traefik_proxy_class()):
         if ours:
             self.log.warning("Stopping the Traefik (pid %s) a previous hub left", pid)
             os.kill(pid, signal.SIGKILL)
+            for _ in range(50):  # its ports are free once it is gone
+                if not os.path.exists(f"/proc/{pid}"):
+                    break
+                time.sleep(0.1)
+
+    async def delete_route(self, routespec):
+        await super().delete_route(routespec)
+
+        async def gone():
+            return not await self._check_for_traefik_service(routespec, "router")
+
+        await exponential_backoff(gone, f"Traefik route for {routespec}: not deleted",
+                                  scale_factor=1.2, timeout=self.check_route_timeout)
 
     async def stop(self):
         await super().stop()

@@ -1,0 +1,82 @@
+"""``skerry up --proxy``: Traefik and configurable-http-proxy each carry the hub's routes and
+the WebDAV routes, keep them through the hub's routes check and a hub killed and started
+again, and leave nothing when the platform stops; a proxy skerry does not know is refused
+before anything is written. (The rest of the suite runs on the default proxy.)
+
+Real platforms, real proxies, nothing mocked.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from helpers import free_port, proxies_of, wait_for
+
+pytestmark = pytest.mark.platform
+
+
+def up_with(proxy: str) -> list[str]:
+    return [sys.executable, "-m", "skerry", "up", "--proxy", proxy]
+
+
+def routes_work(p, token: str) -> None:
+    """alice's Jupyter server and WebDAV endpoint answer her through the proxy."""
+    r = httpx.get(f"{p.url}/user/alice/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    r = httpx.get(f"{p.url}/dav/alice/home/kept.txt", auth=("alice", token), timeout=30)
+    assert r.status_code == 200 and r.content == b"kept", r.text
+
+
+@pytest.mark.parametrize("proxy", ["traefik", "chp"])
+def test_each_proxy_carries_the_routes_through_a_routes_check_and_a_hub_restart(make_platform, proxy):
+    p = make_platform(command=up_with(proxy)).start()
+    [pid] = proxies_of(p.data_dir)
+    assert (b"traefik" if proxy == "traefik" else b"configurable-http-proxy") in \
+        open(f"/proc/{pid}/cmdline", "rb").read()
+    assert int((p.data_dir / "run" / "proxy.pid").read_text()) == pid
+    p.create_user("alice")
+    p.start_server("alice")
+    token = p.user_token("alice")
+    r = httpx.put(f"{p.url}/dav/alice/home/kept.txt", content=b"kept", auth=("alice", token), timeout=30)
+    assert r.status_code == 201, r.text
+    routes_work(p, token)
+
+    # the hub's check deletes routes it does not know: the WebDAV routes stay
+    assert p.api("POST", "/hub/api/proxy").status_code == 200
+    assert "/dav/alice/" in p.api("GET", "/hub/api/proxy").json()
+    routes_work(p, token)
+
+    # a stopped server's WebDAV route goes; its prefix answers 503 with a sentence
+    p.stop_server("alice")
+    r = httpx.request("PROPFIND", f"{p.url}/dav/alice/", auth=("alice", token), headers={"Depth": "0"}, timeout=30)
+    assert r.status_code == 503 and r.json()["error"] == "server_not_running"
+    p.start_server("alice")
+    routes_work(p, token)
+
+    # the hub killed: skerry up stops its proxy; the next hub starts one with every route again
+    hub_pid = int((p.data_dir / "run" / "hub.pid").read_text().split()[0])
+    os.kill(hub_pid, signal.SIGKILL)
+    assert p.proc.wait(30) == 1
+    wait_for(lambda: not proxies_of(p.data_dir), timeout=15, what="the dead hub's proxy to stop")
+    p.start()
+    assert len(proxies_of(p.data_dir)) == 1
+    routes_work(p, token)
+
+    p.stop()
+    assert not proxies_of(p.data_dir)
+
+
+def test_an_unknown_proxy_is_refused_before_anything_is_written(tmp_path):
+    data = tmp_path / "data"
+    done = subprocess.run(up_with("nginx") + ["--data-dir", str(data), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "invalid choice: 'nginx'" in done.stderr
+    env = {**os.environ, "SKERRY_PROXY": "nginx"}
+    done = subprocess.run([sys.executable, "-m", "skerry", "up", "--data-dir", str(data), "--port",
+                           str(free_port())], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode != 0 and "$SKERRY_PROXY='nginx': it must be traefik or chp" in done.stderr
+    assert not data.exists()
