@@ -37,8 +37,10 @@ def test_the_spawn_page_says_why_a_server_could_not_start_and_she_reads_her_log(
 
     # she logs in and asks for her server on the hub's spawn page, as a user does
     log_in(browser, platform, "alice", PASSWORD, "/hub/spawn")
-    wait_for(lambda: browser.js("!!document.querySelector('#spawn_form, #progress-message, .progress')"), 60,
-             what="the spawn page")
+    # the spawn page shows the start's progress; a start that fails within its first second
+    # gets the hub's error page at once, at the same address (JupyterHub waits 1 s for it)
+    wait_for(lambda: browser.js("!!document.querySelector('#spawn_form, #progress-message, .progress')")
+             or "exited at start" in text_of(browser, "body"), 60, what="the spawn page")
     if browser.js("!!document.querySelector('#spawn_form')"):  # the profile form: its default, started
         browser.js("document.querySelector('#spawn_form [type=submit]').click()")
     page = wait_for(lambda: "exited at start" in (text := text_of(browser, "body")) and text, 120, 1.0,
