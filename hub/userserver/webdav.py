@@ -45,11 +45,11 @@ def build_server(port: int = 0) -> wsgi.Server:
     served = head_without_body(identity_wsgi(wsgi.PathInfoDispatcher({mount: app}), mount, "webdav"))
     server = wsgi.Server(("127.0.0.1", port), served, numthreads=THREADS,
                          request_queue_size=BACKLOG)
-    # the proxy (configurable-http-proxy) keeps its connections to us alive with no idle limit
-    # of its own: cheroot keeping only 10 made the proxy reconnect for every request of a
-    # desktop client's parallel transfers (idle connections cost cheroot no thread), and each
-    # idle close of ours races the proxy's next request on that connection ("socket hang up",
-    # a 503 to the client: seen once under rclone in CI), so we close idle ones far less often
+    # the proxy keeps its connections to us alive (configurable-http-proxy with no idle limit
+    # of its own, Traefik for 90 s): cheroot keeping only 10 made it reconnect for every request
+    # of a desktop client's parallel transfers (idle connections cost cheroot no thread), and
+    # each idle close of ours races the proxy's next request on that connection ("socket hang
+    # up", a 503 to the client: seen once under rclone in CI), so we close idle ones far less often
     server.keep_alive_conn_limit = BACKLOG
     server.timeout = IDLE_S
     server.server_name = "skerry-webdav"
