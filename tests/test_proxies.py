@@ -1,11 +1,13 @@
 """``skerry up --proxy``: Traefik and configurable-http-proxy each carry the hub's routes and
 the WebDAV routes, keep them through the hub's routes check and a hub killed and started
-again, and leave nothing when the platform stops; a proxy skerry does not know is refused
+again, and leave nothing when the platform stops; a user's own code reaches the proxy's API
+on loopback but can neither list nor change routes (nor read its secret or its route file); a proxy skerry does not know is refused
 before anything is written. (The rest of the suite runs on the default proxy.)
 
 Real platforms, real proxies, nothing mocked.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +23,29 @@ pytestmark = pytest.mark.platform
 
 def up_with(proxy: str) -> list[str]:
     return [sys.executable, "-m", "skerry", "up", "--proxy", proxy]
+
+
+# what alice's own code tries against the proxy's API (on loopback, so her code reaches it):
+# ``argv``: the API's address, the file of its secret, the proxy's route file, her token
+AS_ALICE = r"""
+import json, sys, urllib.request, urllib.error
+api, secret, routes, token = sys.argv[1:]
+found = {}
+def status(url, headers):
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+for path in ("/api/routes", "/api/http/routers"):  # configurable-http-proxy's, Traefik's
+    found[path] = [status(api + path, {}), status(api + path, {"Authorization": "token " + token})]
+for name, path, mode in (("secret", secret, "r"), ("routes", routes, "a")):
+    try:
+        open(path, mode).close()
+        found[name] = "opened"
+    except OSError as e:
+        found[name] = type(e).__name__
+print(json.dumps(found))
+"""
 
 
 def routes_work(p, token: str) -> None:
@@ -44,6 +69,19 @@ def test_each_proxy_carries_the_routes_through_a_routes_check_and_a_hub_restart(
     r = httpx.put(f"{p.url}/dav/alice/home/kept.txt", content=b"kept", auth=("alice", token), timeout=30)
     assert r.status_code == 201, r.text
     routes_work(p, token)
+
+    # her own code reaches the proxy's API on loopback, but neither reads nor changes routes
+    api = f"http://127.0.0.1:{json.loads((p.data_dir / 'run' / 'ports.json').read_text())['proxy_api']}"
+    routes = p.data_dir / "run" / "traefik-routes.toml"
+    account = p.account("alice")
+    done = subprocess.run([sys.executable, "-c", AS_ALICE, api, str(p.data_dir / "secrets" / "proxy-auth-token"),
+                           str(routes), token], capture_output=True, text=True, timeout=60, user=account.pw_uid,
+                          group=account.pw_gid, extra_groups=[], env={"PATH": "/usr/bin:/bin"})
+    found = json.loads(done.stdout or done.stderr)
+    own = "/api/http/routers" if proxy == "traefik" else "/api/routes"  # its routes, as its API lists them
+    assert set(found[own]) <= {401, 403}, found
+    assert found["secret"] == "PermissionError", found
+    assert found["routes"] == "PermissionError", found  # Traefik's, or (chp) a new file in run/
 
     # the hub's check deletes routes it does not know: the WebDAV routes stay
     assert p.api("POST", "/hub/api/proxy").status_code == 200
