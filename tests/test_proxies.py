@@ -1,8 +1,8 @@
 """``skerry up --proxy``: Traefik and configurable-http-proxy each carry the hub's routes and
 the WebDAV routes, keep them through the hub's routes check and a hub killed and started
 again, and leave nothing when the platform stops; a user's own code reaches the proxy's API
-on loopback but can neither list nor change routes (nor read its secret or its route file); a proxy skerry does not know is refused
-before anything is written. (The rest of the suite runs on the default proxy.)
+on loopback but can neither list nor change routes (nor read its secret or its route file);
+a proxy skerry does not know is refused before anything is written. (The rest of the suite runs on the default proxy.)
 
 Real platforms, real proxies, nothing mocked.
 """
