@@ -30,10 +30,12 @@ from xml.sax.saxutils import escape
 import threading
 import time
 from datetime import datetime
+from urllib.parse import quote
 
 from wsgidav import util
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
+from wsgidav.prop_man.property_manager import PropertyManager
 
 from skerry.errors import InternalError, storage_error
 
@@ -372,6 +374,21 @@ class FederationProvider(DAVProvider):
         return cls(path, environ, fspath, info)
 
 
+class DeadProperties(PropertyManager):
+    """wsgidav's in-memory dead properties, which can also say at once whether any
+    resource at or below a URL has one (a listing then asks once, not once per child)."""
+
+    def any_below(self, ref_url: str) -> bool:
+        prefix = ref_url.rstrip("/") + "/"
+        self._lock.acquire_read()
+        try:
+            if not self._loaded:
+                self._lazy_open()
+            return any(url == ref_url or url.startswith(prefix) for url in self._dict)
+        finally:
+            self._lock.release()
+
+
 # ---- PROPFIND Depth 1 without wsgidav's generic machinery ---------------------------
 
 _ALLPROP = ("resourcetype", "creationdate", "getcontentlength", "getcontenttype",
@@ -379,6 +396,7 @@ _ALLPROP = ("resourcetype", "creationdate", "getcontentlength", "getcontenttype"
 _SUPPORTED_LOCK = "".join(
     f"<D:lockentry><D:lockscope><D:{scope}/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>"
     for scope in ("exclusive", "shared"))
+_HREF_SAFE = "/!*'(),$-_|."  # what wsgidav leaves unquoted in an href (Nautilus chokes on '%28')
 _CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
                "HTTP_IF_UNMODIFIED_SINCE")
 
@@ -400,23 +418,31 @@ def _requested(body: bytes) -> list[str] | None:
     return None
 
 
-def _live_values(res, mime_of) -> dict[str, str]:
-    """XML of the live properties of a resource that have a value, by DAV: name."""
-    folder = res.is_collection
-    ts = res.get_last_modified()
+def _live_values(name: str, info: dict, folder: bool, mime_of, times) -> dict[str, str]:
+    """XML of the live properties of one listed entry that have a value, by DAV: name."""
+    ts = _timestamp(info)
     values = {"resourcetype": "<D:collection/>" if folder else "",
-              "displayname": escape(res.get_display_name()),
-              "lockdiscovery": "", "supportedlock": _SUPPORTED_LOCK}
+              "displayname": escape(name), "lockdiscovery": "", "supportedlock": _SUPPORTED_LOCK}
     if ts is not None:
-        values["creationdate"] = util.get_rfc3339_time(ts)
-        values["getlastmodified"] = util.get_rfc1123_time(ts)
+        values["creationdate"], values["getlastmodified"] = times(ts)
     if not folder:
-        values["getcontentlength"] = str(res.get_content_length())
-        values["getcontenttype"] = escape(mime_of(res.path))
-        etag = res.get_etag()
-        if etag is not None:
-            values["getetag"] = escape(etag)
+        values["getcontentlength"] = str(info.get("size") or 0)
+        values["getcontenttype"] = escape(mime_of(name))
+        values["getetag"] = escape(_etag(info))
     return values
+
+
+def _time_formats():
+    """ts -> (RFC 3339, RFC 1123) text, remembered per second: a folder's files share few."""
+    known: dict[int, tuple[str, str]] = {}
+
+    def times(ts: float) -> tuple[str, str]:
+        second = int(ts // 1)
+        if second not in known:
+            known[second] = (util.get_rfc3339_time(second), util.get_rfc1123_time(second))
+        return known[second]
+
+    return times
 
 
 @functools.lru_cache(maxsize=256)
@@ -443,29 +469,34 @@ def propfind_listing(provider, environ, body: bytes) -> bytes | None:
     locks = provider.lock_manager
     if locks and locks.storage.get_lock_list("/", include_root=True, include_children=True, token_only=True):
         return None  # lockdiscovery would have content: wsgidav knows how to write it
-    resources = [folder, *folder.get_member_list()]
     props = provider.prop_manager
-    if props and any(props.get_properties(r.get_ref_url(), environ) for r in resources):
+    if props and (not isinstance(props, DeadProperties) or props.any_below(folder.get_ref_url())):
         return None  # dead properties: wsgidav knows how to write them
+    listing = provider.listing(folder.fspath)
 
     config = environ["wsgidav.config"]
     mimes: dict[str, str] = {}
 
-    def mime_of(path):
-        suffix = path.rpartition("/")[2].rpartition(".")[2].lower()
+    def mime_of(name):
+        suffix = name.rpartition(".")[2].lower()
         if suffix not in mimes:
-            mimes[suffix] = util.guess_mime_type(path, config)
+            mimes[suffix] = util.guess_mime_type(name, config)
         return mimes[suffix]
 
     namespaces = sorted({t[1:].partition("}")[0] for t in wanted if t.startswith("{")} - {"DAV:"})
     prefixes = {"DAV:": "D", **{ns: f"ns{i}" for i, ns in enumerate(namespaces, 1)}}
     declared = "".join(f' xmlns:{p}="{escape(ns, {chr(34): "&quot;"})}"' for ns, p in prefixes.items())
+    href = folder.get_href()  # the folder's, with its trailing slash: children's hrefs extend it
+    times = _time_formats()
     out = [f'<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus{declared}>']
-    for res in resources:
-        values = _live_values(res, mime_of)
-        out.append(f"<D:response><D:href>{escape(res.get_href())}</D:href>")
+    entries = [(href, folder.get_display_name(), folder.info, True)]
+    entries += [(href + quote(name, safe=_HREF_SAFE) + ("/" if info["type"] == "directory" else ""), name, info,
+                 info["type"] == "directory") for name, info in sorted(listing.items())]
+    for entry_href, name, info, is_folder in entries:
+        values = _live_values(name, info, is_folder, mime_of, times)
+        out.append(f"<D:response><D:href>{escape(entry_href)}</D:href>")
         if wanted == ["allprop"]:
-            found = [_prop_xml("{DAV:}" + n, values[n], prefixes) for n in _ALLPROP if n in values]
+            found = [f"<D:{n}>{values[n]}</D:{n}>" if values[n] else f"<D:{n}/>" for n in _ALLPROP if n in values]
             missing = []
         else:
             found, missing = [], []

@@ -25,6 +25,8 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
+from .davprovider import DeadProperties
+
 # wsgidav reads and writes in blocks of this size: 8 KiB (its default) is 2-5x slower
 BLOCK_SIZE = 1024 * 1024
 
@@ -40,7 +42,7 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
         "middleware_stack": [ErrorPrinter, authenticator, RefuseInfiniteDepth, FastListing, WsgiDavDirBrowser,
                              RequestResolver],
         "lock_storage": True,
-        "property_manager": True,
+        "property_manager": DeadProperties(),  # in memory, as wsgidav's own
         "block_size": BLOCK_SIZE,
         "verbose": 1,
         "logging": {"enable": False},

@@ -1,157 +1,327 @@
-"""WebDAV throughput and listing speed, against nginx on the same machine.
+"""The data path: skerry's WebDAV against the servers a user would run instead, on one folder.
 
-    python bench/webdav.py [--size-mib 1024] [--runs 3] [--files 10000]
+    python bench/webdav.py [--size-mib 1024] [--runs 3] [--files 10000] [--small 2000]
 
-Starts a real platform (``skerry up --proxy chp`` in a temp data dir) with alice's server, and an
-nginx (its own config in a temp dir, ``dav_methods PUT``) serving alice's home folder.
-nginx is routed behind the same configurable-http-proxy at ``/bench-nginx/`` through
-the proxy's REST API. Then, with curl as the one client for everything:
+Starts a real platform (``skerry up``, its default proxy) with alice's server and, on
+alice's home folder, ``rclone serve webdav`` and nginx (its DAV modules; ``apt-get
+install nginx-light libnginx-mod-http-dav-ext``). curl is the one client. Each workload
+runs ``--runs`` times, the servers interleaved in each run; figures are medians:
 
-- GET and PUT of one ``--size-mib`` file through the hub URL (proxy -> WebDAV) versus
-  nginx behind the same proxy (target >= 0.8 each);
-- the same on the WebDAV server's own port versus nginx direct (target >= 0.5);
-- PROPFIND Depth 1 on a ``--files``-file folder through the hub URL, cold (the listing
-  cache expired) and warm (target < 0.5 s).
+- GET and PUT of one ``--size-mib`` file;
+- PROPFIND Depth 1 of a ``--files``-file folder;
+- ``--small`` 10 KB files over 8 connections: all PUT, then all GET (files/s);
+- server-side COPY of 100 x 1 MB files, one after another;
 
-Each figure is the median of ``--runs`` interleaved runs. Prints figures, asserts
+on four servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
+own port, rclone and nginx on theirs. Beside the small files: each server's CPU per
+request, from ``/proc`` (through the hub: the endpoint's and the proxy's).
+
+Then the proxy's own figures: the same 1 GiB GET and 10 KB GETs to nginx through a
+Traefik configured as the platform configures its own (its static configuration, a
+route to nginx) and through configurable-http-proxy, against nginx alone.
+
+Ratios are skerry through the hub over rclone on its own port (what a user would run
+instead); the issue's targets are printed beside them. Prints figures, asserts
 nothing. Secrets go to curl by stdin (``-K -``), never on its command line.
 """
 
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import Platform, free_port, kill_leftovers, wait_for  # noqa: E402
+from helpers import Platform, descendants, free_port, kill_leftovers, pids_of, wait_for  # noqa: E402
 
 NGINX_CONF = """
+load_module /usr/lib/nginx/modules/ngx_http_dav_ext_module.so;
 user root;
-worker_processes 1;
+worker_processes auto;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections 1024; }}
 http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
     client_max_body_size 0;
-    client_body_temp_path {home};
+    client_body_temp_path {home}/.nginx-tmp;
     server {{
         listen 127.0.0.1:{port};
-        location /bench-nginx/ {{
-            alias {home}/;
-            dav_methods PUT;
+        location / {{
+            root {home};
+            dav_methods PUT DELETE MKCOL COPY MOVE;
+            dav_ext_methods PROPFIND OPTIONS;
             create_full_put_path on;
         }}
     }}
 }}
 """
 
-ROUTE = "/bench-nginx"
+SMALL = 10 * 1000
+CONNECTIONS = 8
+COPIES, COPY_SIZE = 100, 1000 * 1000
 
 
-class Nginx:
-    def __init__(self, home: Path):
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.conf = self.dir / "nginx.conf"
-        # the body temp folder is the served folder: PUT ends in a rename, as ours does
-        self.conf.write_text(NGINX_CONF.format(dir=self.dir, home=home, port=self.port))
+class Server:
+    """A process serving ``url`` (the folder's root); ``pids()`` are its processes."""
+
+    def __init__(self, name: str, url: str, auth: str | None = None):
+        self.name, self.url, self.auth = name, url, auth
         self.proc = None
 
-    def start(self):
-        if not shutil.which("nginx"):
-            raise SystemExit("nginx is not installed (apt-get install nginx-light)")
-        self.proc = subprocess.Popen(["nginx", "-c", str(self.conf), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _answers(self.url), 15, what="nginx")
-        return self
+    def pids(self) -> set[int]:
+        return {self.proc.pid} | descendants(self.proc.pid) if self.proc else set()
 
     def stop(self):
-        if self.proc:
+        if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _answers(url) -> bool:
+def cpu_seconds(pids) -> float:
+    """User + system CPU seconds the processes have used (``/proc/<pid>/stat``)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def start(server: Server, argv: list[str], **kwargs) -> Server:
+    server.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    wait_for(lambda: answers(server.url), 15, what=server.name)
+    return server
+
+
+def answers(url) -> bool:
     try:
-        httpx.get(url, timeout=1)
+        httpx.request("OPTIONS", url, timeout=1)
         return True
     except httpx.HTTPError:
         return False
 
 
-def add_proxy_route(platform: Platform, target: str):
-    """Route ``/bench-nginx`` to nginx through the proxy's REST API (like the hub does)."""
-    api_port = json.loads((platform.data_dir / "run" / "ports.json").read_text())["proxy_api"]
-    token = (platform.data_dir / "secrets" / "proxy-auth-token").read_text().strip()
-    r = httpx.post(f"http://127.0.0.1:{api_port}/api/routes{ROUTE}", json={"target": target},
-                   headers={"Authorization": f"token {token}"})
-    r.raise_for_status()
+def nginx(home: Path, workdir: Path) -> Server:
+    if not shutil.which("nginx"):
+        raise SystemExit("nginx is not installed (apt-get install nginx-light libnginx-mod-http-dav-ext)")
+    port = free_port()
+    (home / ".nginx-tmp").mkdir(exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, home=home, port=port))
+    return start(Server("nginx", f"http://127.0.0.1:{port}"), ["nginx", "-c", str(conf), "-g", "daemon off;"])
 
 
-def curl(args: list[str], auth: str | None = None) -> dict:
-    """Run one curl transfer; returns its speed (bytes/s), status and time."""
-    config = f'user = "{auth}"\n' if auth else ""
-    done = subprocess.run(["curl", "-sS", "-K", "-", "-o", "/dev/null", "-w",
-                           "%{http_code} %{speed_download} %{speed_upload} %{time_total}", *args],
-                          input=config, capture_output=True, text=True, timeout=600)
-    code, down, up, total = done.stdout.split()
-    if not code.startswith("2"):
-        raise RuntimeError(f"curl {args[-1]}: HTTP {code} {done.stderr}")
-    return {"speed": max(float(down), float(up)), "time": float(total)}
+def rclone(home: Path) -> Server:
+    if not shutil.which("rclone"):
+        raise SystemExit("rclone is not installed (apt-get install rclone)")
+    port = free_port()
+    return start(Server("rclone", f"http://127.0.0.1:{port}"),
+                 ["rclone", "serve", "webdav", "--addr", f"127.0.0.1:{port}", str(home)])
 
 
-def gbps(speeds) -> str:
-    return f"{statistics.median(speeds) / 1e9:.2f} GB/s"
+def traefik_like_the_platform(platform: Platform, target: str, workdir: Path) -> Server:
+    """A Traefik with the platform's own static configuration (its entrypoint's settings),
+    on a port of its own, with one route: everything to ``target``."""
+    static = tomllib.loads((platform.data_dir / "run" / "traefik.toml").read_text())
+    port = free_port()
+    routes = workdir / "traefik-routes.yaml"
+    routes.write_text(json.dumps({"http": {
+        "routers": {"all": {"rule": "PathPrefix(`/`)", "service": "target", "entryPoints": ["public"]}},
+        "services": {"target": {"loadBalancer": {"servers": [{"url": target}]}}}}}))  # JSON is YAML
+    static["entryPoints"] = {"public": {**static["entryPoints"]["public"], "address": f"127.0.0.1:{port}"}}
+    static.pop("api", None)
+    static["providers"] = {"file": {"filename": str(routes)}}
+    static["log"] = {"level": "ERROR"}
+    conf = workdir / "traefik.yaml"
+    conf.write_text(json.dumps(static))
+    return start(Server("traefik", f"http://127.0.0.1:{port}"), ["traefik", "--configfile", str(conf)])
 
 
-def transfer_figures(name, webdav_url, nginx_url, auth, source: Path, runs: int, target: float):
-    """Median GET and PUT speeds of WebDAV and nginx, interleaved, and their ratio."""
-    results = {}
-    for method in ("GET", "PUT"):
-        speeds = {"webdav": [], "nginx": []}
-        for _ in range(runs):
-            for who, base, who_auth in (("webdav", webdav_url, auth), ("nginx", nginx_url, None)):
-                if method == "GET":
-                    speeds[who].append(curl([f"{base}/{source.name}"], who_auth)["speed"])
-                else:
-                    speeds[who].append(curl(["-T", str(source), f"{base}/put-{who}.bin"], who_auth)["speed"])
-        ratio = statistics.median(speeds["webdav"]) / statistics.median(speeds["nginx"])
-        flag = "ok" if ratio >= target else "MISSED"
-        print(f"{name:<14} {method}: webdav {gbps(speeds['webdav'])}  nginx {gbps(speeds['nginx'])}  "
-              f"ratio {ratio:.2f} (target >= {target}: {flag})", flush=True)
-        results[method] = ratio
-    return results
+def chp(target: str) -> Server:
+    port, api = free_port(), free_port()
+    env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": os.urandom(16).hex()}
+    return start(Server("chp", f"http://127.0.0.1:{port}"),
+                 ["configurable-http-proxy", "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
+                  "--api-port", str(api), "--default-target", target, "--log-level", "error"], env=env)
 
 
-def propfind_figures(url: str, auth: tuple, runs: int):
-    """Median seconds of PROPFIND Depth 1, cold (cache expired) and warm."""
-    from skerry.adaptors.davprovider import LISTING_TTL
+def curl(config: str, auth: str | None = None, parallel: int = 0) -> float:
+    """Run curl on a config (``-K -``); every transfer must answer 2xx. Returns the wall
+    seconds, from curl's start to its end."""
+    args = ["curl", "-sS", "-K", "-", "-w", "%{http_code}\n"]
+    if parallel:
+        args += ["--parallel", "--parallel-max", str(parallel)]
+    config = (f'user = "{auth}"\n' if auth else "") + config
+    t0 = time.perf_counter()
+    done = subprocess.run(args, input=config, capture_output=True, text=True, timeout=900)
+    took = time.perf_counter() - t0
+    codes = done.stdout.split()
+    bad = [c for c in codes if not c.startswith("2")]
+    if done.returncode or bad or not codes:
+        raise RuntimeError(f"curl: exit {done.returncode}, answers {sorted(set(bad))} {done.stderr[-300:]}")
+    return took
 
-    cold, warm, count = [], [], 0
-    with httpx.Client(auth=auth, timeout=120) as client:
-        for _ in range(runs):
-            time.sleep(LISTING_TTL + 0.1)  # the provider's listing cache has expired
-            for bucket in (cold, warm):
-                t0 = time.perf_counter()
-                r = client.request("PROPFIND", url, headers={"Depth": "1"})
-                bucket.append(time.perf_counter() - t0)
-                assert r.status_code == 207, r.status_code
-                count = len(re.findall(r"<(?:\w+:)?response>", r.text))
-    return statistics.median(cold), statistics.median(warm), count
+
+def get_big(server: Server, name: str, tag: str) -> float:
+    return curl(f'url = "{server.url}/{name}"\noutput = "/dev/null"\n', server.auth)
+
+
+def put_big(server: Server, source: Path, tag: str) -> float:
+    return curl(f'upload-file = "{source}"\nurl = "{server.url}/put-{tag}.bin"\noutput = "/dev/null"\n',
+                server.auth)
+
+
+def propfind(server: Server, folder: str) -> float:
+    return curl(f'request = "PROPFIND"\nheader = "Depth: 1"\nurl = "{server.url}/{folder}/"\n'
+                'output = "/dev/null"\n', server.auth)
+
+
+def small_files(server: Server, sources: list[Path], tag: str, put: bool = True) -> float:
+    """PUT every source to ``small-<tag>/`` (8 connections), then GET them all back."""
+    folder = f"{server.url}/small-{tag}"
+    took = 0.0
+    if put:
+        mkcol(server, f"small-{tag}")
+        took += curl("".join(f'upload-file = "{s}"\nurl = "{folder}/{s.name}"\noutput = "/dev/null"\n'
+                             for s in sources), server.auth, CONNECTIONS)
+    return took + curl("".join(f'url = "{folder}/{s.name}"\noutput = "/dev/null"\n' for s in sources),
+                       server.auth, CONNECTIONS)
+
+
+def mkcol(server: Server, folder: str):
+    """A new folder (WebDAV's PUT makes no parent folders)."""
+    curl(f'request = "MKCOL"\nurl = "{server.url}/{folder}/"\noutput = "/dev/null"\n', server.auth)
+
+
+def copies(server: Server, tag: str) -> float:
+    mkcol(server, f"copy-{tag}")
+    blocks = []
+    for i in range(COPIES):
+        blocks.append(f'request = "COPY"\nheader = "Destination: {server.url}/copy-{tag}/c{i:03d}.bin"\n'
+                      f'url = "{server.url}/copysrc/c{i:03d}.bin"\noutput = "/dev/null"\n'
+                      + (f'user = "{server.auth}"\n' if server.auth else ""))
+    return curl("next\n".join(blocks))
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def prepare(home: Path, args) -> tuple[Path, list[Path]]:
+    source = home / f"bench-{args.size_mib}m.bin"
+    block = os.urandom(64 * 1024 * 1024)
+    with open(source, "wb") as f:
+        for _ in range(max(1, args.size_mib // 64)):
+            f.write(block[: args.size_mib * 1024 * 1024] if args.size_mib < 64 else block)
+    many = home / "many"
+    many.mkdir()
+    for i in range(args.files):
+        (many / f"f{i:05d}.txt").write_bytes(b"x")
+    (home / "copysrc").mkdir()
+    for i in range(COPIES):
+        (home / "copysrc" / f"c{i:03d}.bin").write_bytes(block[i * 100:i * 100 + COPY_SIZE])
+    uid, gid = owner_of(home)  # the endpoint runs as alice: what it serves is hers
+    for path in (source, many, *many.iterdir(), home / "copysrc", *(home / "copysrc").iterdir()):
+        os.chown(path, uid, gid)
+    smalls = Path(tempfile.mkdtemp(prefix="bench-small-"))
+    sources = []
+    for i in range(args.small):
+        (smalls / f"s{i:05d}.bin").write_bytes(os.urandom(SMALL))
+        sources.append(smalls / f"s{i:05d}.bin")
+    return source, sources
+
+
+def owner_of(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid
+
+
+def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Path], args) -> dict:
+    """{workload: {server: [figures]}}, and CPU ms per small request per server."""
+    figures = {w: {s.name: [] for s in servers} for w in ("get", "put", "propfind", "small", "copy")}
+    cpu = {s.name: [] for s in servers}
+    size = source.stat().st_size
+    for run in range(args.runs):
+        for server in servers:
+            tag = f"{server.name}-{run}".replace(" ", "-")
+            figures["get"][server.name].append(size / get_big(server, source.name, tag))
+            figures["put"][server.name].append(size / put_big(server, source, tag))
+            figures["propfind"][server.name].append(propfind(server, "many"))
+            before = cpu_seconds(cpu_of[server.name]())
+            took = small_files(server, sources, tag)
+            cpu[server.name].append((cpu_seconds(cpu_of[server.name]()) - before) / (2 * len(sources)) * 1000)
+            figures["small"][server.name].append(len(sources) / took)
+            figures["copy"][server.name].append(COPIES * COPY_SIZE / copies(server, tag))
+        print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+    return figures, cpu
+
+
+def report(servers, figures, cpu, args):
+    hub, rc = servers[0].name, "rclone"
+    rows = [("get", f"GET {args.size_mib} MiB", lambda v: f"{v / 1e9:.2f} GB/s", True),
+            ("put", f"PUT {args.size_mib} MiB", lambda v: f"{v / 1e9:.2f} GB/s", True),
+            ("propfind", f"PROPFIND Depth 1, {args.files:,} files", lambda v: f"{v:.3f} s", False),
+            ("small", f"10 KB files, {CONNECTIONS} connections, PUT+GET", lambda v: f"{v:,.0f} files/s", True),
+            ("copy", f"server-side COPY, {COPIES} x 1 MB", lambda v: f"{v / 1e9:.2f} GB/s", True)]
+    names = [s.name for s in servers]
+    print(f"\nmedians of {args.runs} interleaved runs; client: curl; ratio: {hub} / rclone (higher is better)\n")
+    print("| workload | " + " | ".join(names) + " | ratio |")
+    print("|---" * (len(names) + 2) + "|")
+    for key, label, fmt, higher in rows:
+        m = {n: median(figures[key][n]) for n in names}
+        ratio = m[hub] / m[rc] if higher else m[rc] / m[hub]
+        print(f"| {label} | " + " | ".join(fmt(m[n]) for n in names) + f" | {ratio:.2f}x |")
+    print("| CPU per small request | " + " | ".join(f"{median(cpu[n]):.2f} ms" for n in names) + " | |")
+    m = {k: {n: median(figures[k][n]) for n in names} for k in ("get", "propfind", "small")}
+    print("\ntargets (issue 17), through the hub:")
+    for key, label in (("get", "GET"), ("put", "PUT"), ("propfind", "PROPFIND"), ("small", "10 KB files")):
+        a, b = median(figures[key][hub]), median(figures[key][rc])
+        ratio = b / a if key == "propfind" else a / b
+        print(f"  {label} >= 1.0x rclone: {ratio:.2f}x {'ok' if ratio >= 1.0 else 'MISSED'}")
+    print(f"  GET >= 1.0 GB/s: {m['get'][hub] / 1e9:.2f} GB/s {'ok' if m['get'][hub] >= 1e9 else 'MISSED'}")
+    print(f"  PROPFIND <= 0.15 s: {m['propfind'][hub]:.3f} s {'ok' if m['propfind'][hub] <= 0.15 else 'MISSED'}")
+
+
+def proxy_figures(platform, nginx_server: Server, source: Path, sources: list[Path], workdir: Path, args):
+    """1 GiB GET and 10 KB GETs to nginx: through Traefik as the platform runs it, through
+    configurable-http-proxy, and direct."""
+    ways = [traefik_like_the_platform(platform, nginx_server.url, workdir), chp(nginx_server.url), nginx_server]
+    names = {ways[0].name: "Traefik (the platform's)", ways[1].name: "configurable-http-proxy", "nginx": "nginx alone"}
+    size = source.stat().st_size
+    gets = {w.name: [] for w in ways}
+    smalls = {w.name: [] for w in ways}
+    cpu = {w.name: [] for w in ways}
+    try:
+        for _ in range(args.runs):
+            for way in ways:
+                gets[way.name].append(size / get_big(way, source.name, ""))
+                before = cpu_seconds(way.pids())
+                took = small_files(way, sources, "nginx-0", put=False)  # the files nginx's run PUT
+                cpu[way.name].append((cpu_seconds(way.pids()) - before) / len(sources) * 1000)
+                smalls[way.name].append(len(sources) / took)
+        print(f"\nthe proxy alone, in front of nginx ({args.runs} runs, medians):\n")
+        print(f"| proxy | GET {args.size_mib} MiB | 10 KB GETs, {CONNECTIONS} connections | "
+              "CPU per GET (the proxy's; nginx's alone) |")
+        print("|---|---|---|---|")
+        for way in ways:
+            print(f"| {names[way.name]} | {median(gets[way.name]) / 1e9:.2f} GB/s | "
+                  f"{median(smalls[way.name]):,.0f} requests/s | {median(cpu[way.name]):.3f} ms |")
+    finally:
+        for way in ways[:2]:
+            way.stop()
 
 
 def main():
@@ -159,12 +329,12 @@ def main():
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--small", type=int, default=2000, help="how many 10 KB files")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="bench-webdav-"))
-    # nginx is routed through configurable-http-proxy's REST API: the platform runs that proxy
-    platform = Platform(base / "data", command=[sys.executable, "-m", "skerry", "up", "--proxy", "chp"]).start()
-    nginx = None
+    platform = Platform(base / "data", command=[sys.executable, "-m", "skerry", "up"]).start()
+    others = []
     try:
         platform.create_user("alice")
         platform.start_server("alice")
@@ -172,34 +342,24 @@ def main():
         state = platform.api("GET", "/hub/api/users/alice?include_stopped_servers").json()
         dav_port = state["servers"][""]["state"]["dav_port"]
         home = platform.data_dir / "users" / "alice"
+        source, sources = prepare(home, args)
 
-        source = home / f"bench-{args.size_mib}m.bin"
-        block = os.urandom(64 * 1024 * 1024)
-        with open(source, "wb") as f:
-            for _ in range(args.size_mib // 64):
-                f.write(block)
-        many = home / "many"
-        many.mkdir()
-        for i in range(args.files):
-            (many / f"f{i:05d}.txt").write_bytes(b"x")
-
-        nginx = Nginx(home).start()
-        add_proxy_route(platform, nginx.url)
-        auth = f"alice:{token}"
-        print(f"{args.size_mib} MiB file, {args.runs} runs each, medians; client: curl")
-        hub = transfer_figures("through proxy", f"{platform.url}/dav/alice/home", f"{platform.url}{ROUTE}",
-                               auth, source, args.runs, 0.8)
-        add_proxy_route(platform, nginx.url)  # in case the hub's route check ran meanwhile
-        direct = transfer_figures("direct", f"http://127.0.0.1:{dav_port}/dav/alice/home",
-                                  f"{nginx.url}{ROUTE}", auth, source, args.runs, 0.5)
-        cold, warm, count = propfind_figures(f"{platform.url}/dav/alice/home/many/", ("alice", token), args.runs)
-        flag = "ok" if cold < 0.5 else "MISSED"
-        print(f"PROPFIND Depth 1, {args.files} files ({count} responses) through proxy: "
-              f"cold {cold:.3f} s, warm {warm:.3f} s (target < 0.5 s: {flag})")
-        return hub, direct, cold
+        others = [rclone(home), nginx(home, base)]
+        endpoint = lambda: pids_of(f"SKERRY_DAV_PORT={dav_port}", environ=True)  # noqa: E731
+        proxy = lambda: {int((platform.data_dir / "run" / "proxy.pid").read_text())}  # noqa: E731
+        servers = [Server("skerry through the hub", f"{platform.url}/dav/alice/home", f"alice:{token}"),
+                   Server("skerry on its port", f"http://127.0.0.1:{dav_port}/dav/alice/home", f"alice:{token}"),
+                   *others]
+        cpu_of = {servers[0].name: lambda: endpoint() | proxy(), servers[1].name: endpoint,
+                  "rclone": others[0].pids, "nginx": others[1].pids}
+        print(f"platform proxy: {platform.data_dir / 'run' / 'traefik.toml'}", file=sys.stderr)
+        figures, cpu = measure(servers, cpu_of, source, sources, args)
+        report(servers, figures, cpu, args)
+        proxy_figures(platform, others[1], source, sources, base, args)
+        shutil.rmtree(sources[0].parent, ignore_errors=True)
     finally:
-        if nginx:
-            nginx.stop()
+        for server in others:
+            server.stop()
         platform.stop()
         kill_leftovers(platform.data_dir)
         shutil.rmtree(base, ignore_errors=True)
