@@ -10,6 +10,7 @@ take the other adaptors down with it.
 
 import os
 import threading
+import time
 from stat import S_ISDIR, S_ISREG
 from collections.abc import Callable, Mapping
 
@@ -32,12 +33,16 @@ def backend(spec: AdaptorSpec, secrets: dict | None = None):
     return adaptor_type(spec.type).filesystem(spec, secrets or {})
 
 
+FOLDER_CHECK_TTL = 2.0  # seconds a folder's containment check is trusted (the WebDAV listings' TTL)
+
+
 class LocalRootFileSystem(DirFileSystem):
     """A local folder as an adaptor: no path, symlinks included, leads outside it."""
 
     def __init__(self, path, fs):
         super().__init__(path=path, fs=fs)
         self.real_root = os.path.realpath(self.path)
+        self._folders: dict[str, tuple[float, bool]] = {}  # folder -> (when checked, inside?)
 
     def _inside(self, real: str) -> bool:
         return real == self.real_root or real.startswith(self.real_root + os.sep)
@@ -45,9 +50,32 @@ class LocalRootFileSystem(DirFileSystem):
     def _join(self, path):
         joined = super()._join(path)
         for p in [joined] if isinstance(joined, str) else joined:
-            if not self._inside(os.path.realpath(p)):
+            if not self._leads_inside(p.rstrip("/") or "/"):
                 raise PermissionError(f"{path!r} leads outside the adaptor's folder")
         return joined
+
+    def _leads_inside(self, path: str) -> bool:
+        """Whether ``path``, its links followed, stays inside the root.
+
+        A request's path costs one ``lstat`` (is its last segment a link?): whether its
+        folder leads inside is remembered for ``FOLDER_CHECK_TTL`` seconds, where a
+        ``realpath`` would ``lstat`` every segment of every path (the heaviest step of a
+        small WebDAV request). A folder swapped for a link in that window is seen late;
+        the endpoint runs as the user, so this keeps the adaptor's paths honest, and
+        the account is what confines what they may reach.
+        """
+        if path == self.path:
+            return True
+        if os.path.islink(path):
+            return self._inside(os.path.realpath(path))
+        folder = path.rpartition("/")[0] or "/"
+        now = time.monotonic()
+        checked = self._folders.get(folder)
+        if checked is None or now - checked[0] > FOLDER_CHECK_TTL:
+            if len(self._folders) > 4096:
+                self._folders.clear()
+            checked = self._folders[folder] = (now, self._inside(os.path.realpath(folder)))
+        return checked[1]
 
     def _visible(self, info: dict) -> dict | None:
         """A listing entry as users may see it: a link leading outside is left out (its

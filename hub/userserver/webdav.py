@@ -50,7 +50,7 @@ def build_server(port: int = 0) -> wsgi.Server:
     # of a desktop client's parallel transfers (idle connections cost cheroot no thread), and
     # each idle close of ours races the proxy's next request on that connection ("socket hang
     # up", a 503 to the client: seen once under rclone in CI), so we close idle ones far less often
-    server.keep_alive_conn_limit = BACKLOG
+    server.keep_alive_conn_limit = None  # all of them (with a limit, cheroot counts them, under a lock, per request)
     server.timeout = IDLE_S
     server.server_name = "skerry-webdav"
     return server
