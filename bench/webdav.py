@@ -39,6 +39,8 @@ from pathlib import Path
 
 import httpx
 
+from skerry.nodeproxy import find_proxy
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Platform, descendants, free_port, kill_leftovers, pids_of, wait_for  # noqa: E402
 
@@ -153,8 +155,9 @@ def traefik_like_the_platform(platform: Platform, target: str, workdir: Path) ->
 def chp(target: str) -> Server:
     port, api = free_port(), free_port()
     env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": os.urandom(16).hex()}
+    program = find_proxy(log=lambda line: print(line, file=sys.stderr))
     return start(Server("chp", f"http://127.0.0.1:{port}"),
-                 ["configurable-http-proxy", "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
+                 [program, "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
                   "--api-port", str(api), "--default-target", target, "--log-level", "error"], env=env)
 
 

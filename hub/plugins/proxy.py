@@ -51,11 +51,11 @@ class DavRoutes:
     it uses only the Proxy API, ``add_route``, ``delete_route``, ``get_all_routes``)."""
 
     async def add_user(self, user, server_name=""):
-        await super().add_user(user, server_name)
         spawner = user.spawners[server_name]
         target = dav_target(spawner)
-        if target:
-            await self._add_dav_route(user, server_name, spawner, target)
+        # side by side: each addition waits until the proxy applies it (Traefik: 20-100 ms)
+        await asyncio.gather(super().add_user(user, server_name),
+                             *([self._add_dav_route(user, server_name, spawner, target)] if target else []))
 
     async def delete_user(self, user, server_name=""):
         spawner = user.spawners[server_name]
