@@ -315,6 +315,16 @@ class FederationProvider(DAVProvider):
             raise DAVError(HTTP_NOT_FOUND)
         return "/".join(parts)
 
+    def local_file(self, path: str, *, write: bool) -> tuple[str, str] | None:
+        """(federation path, OS path) of a request path on a local adaptor (a writable one
+        when ``write``), or None: ``skerry.adaptors.fastfiles`` answers the former itself."""
+        try:
+            fspath = self.to_fspath(path)
+        except DAVError:  # a temporary name: wsgidav answers 404
+            return None
+        ospath = self.fs.local_path(fspath, write=write)
+        return (fspath, ospath) if ospath else None
+
     def uploads_in_place(self, fspath: str) -> bool:
         """True on object stores: an upload there is invisible until it completes."""
         return self.fs.is_object_store(fspath.partition("/")[0])

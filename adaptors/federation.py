@@ -126,6 +126,18 @@ class SkerryFileSystem(AbstractFileSystem):
             fs.makedirs(parent, exist_ok=True)
         return name, fs, inner
 
+    def local_path(self, path, *, write: bool = False) -> str | None:
+        """The OS path of a file path on a local adaptor (its containment checked), or None:
+        for any other adaptor, the root and adaptor folders, a path leading outside, and
+        (``write``) a read-only adaptor. Those are for the federation's own calls to answer."""
+        try:
+            name, fs, inner = self._split(path)
+            if name is None or not inner or (write and name in self.read_only) or not hasattr(fs, "os_path"):
+                return None
+            return fs.os_path(inner)
+        except Exception:  # unknown adaptor, bad path, unreachable backend, outside: not ours to say
+            return None
+
     @staticmethod
     def _outer(name, info):
         info = dict(info)

@@ -54,6 +54,10 @@ class LocalRootFileSystem(DirFileSystem):
                 raise PermissionError(f"{path!r} leads outside the adaptor's folder")
         return joined
 
+    def os_path(self, path: str) -> str:
+        """The OS path of ``path`` (relative to the root); PermissionError if it leads outside."""
+        return self._join(path)
+
     def _leads_inside(self, path: str) -> bool:
         """Whether ``path``, its links followed, stays inside the root.
 

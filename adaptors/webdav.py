@@ -26,6 +26,7 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from .davprovider import DeadProperties
+from .fastfiles import FastFiles
 
 # wsgidav reads and writes in blocks of this size: 8 KiB (its default) is 2-5x slower
 BLOCK_SIZE = 1024 * 1024
@@ -39,8 +40,8 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
     config = {
         "mount_path": mount_path.rstrip("/") or None,
         "provider_mapping": {"/": provider},
-        "middleware_stack": [ErrorPrinter, authenticator, RefuseInfiniteDepth, FastListing, WsgiDavDirBrowser,
-                             RequestResolver],
+        "middleware_stack": [ErrorPrinter, authenticator, RefuseInfiniteDepth, FastListing, FastFiles,
+                             WsgiDavDirBrowser, RequestResolver],
         "lock_storage": True,
         "property_manager": DeadProperties(),  # in memory, as wsgidav's own
         "block_size": BLOCK_SIZE,

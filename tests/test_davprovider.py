@@ -279,6 +279,75 @@ def test_fast_depth_1_listing_says_what_wsgidav_says(dav, roots, body):
     assert len(_props_by_href(fast.content)) == 5
 
 
+_SAME = ("content-length", "content-type", "etag", "last-modified", "accept-ranges")
+
+
+def _answer(r) -> tuple:
+    return r.status_code, {h: r.headers.get(h) for h in _SAME}, r.content
+
+
+def test_fast_get_head_and_put_say_what_wsgidav_says(dav, roots):
+    big = os.urandom(2 * 1024 * 1024 + 7)  # more than one block
+    (roots / "home" / "big.bin").write_bytes(big)
+    (roots / "home" / "notes.txt").write_text("hello")
+
+    def ask(tag):
+        started = dav.provider._count_get_resource_inst
+        return [_answer(httpx.put(dav.url + f"home/{tag}.csv", content=b"a,b\n")),
+                _answer(httpx.put(dav.url + f"home/{tag}.csv", content=b"a,b,c\n")),
+                _answer(httpx.get(dav.url + "home/notes.txt")), _answer(httpx.head(dav.url + "home/notes.txt")),
+                _answer(httpx.get(dav.url + "home/big.bin"))], dav.provider._count_get_resource_inst - started
+
+    fast, fast_lookups = ask("fast")
+    dav.provider.local_file = None  # wsgidav's own GET, HEAD and PUT
+    try:
+        generic, generic_lookups = ask("generic")
+    finally:
+        del dav.provider.local_file
+    assert fast_lookups == 0 < generic_lookups  # the fast path answered all five itself
+    # the PUTs wrote two files (other ETags), and their status page holds the time; GET and
+    # HEAD read the same files both ways: all the same, ETag and Last-Modified included
+    for i, (f, g) in enumerate(zip(fast, generic, strict=True)):
+        ignored = {"etag", "last-modified", "content-length"} if i < 2 else set()
+        assert f[0] == g[0] and (i < 2 or f[2] == g[2])
+        assert {h: v for h, v in f[1].items() if h not in ignored} == \
+            {h: v for h, v in g[1].items() if h not in ignored}
+        assert (f[1]["etag"] is None) == (g[1]["etag"] is None)
+    assert [a[0] for a in fast] == [201, 204, 200, 200, 200]
+    assert fast[4][2] == big and fast[3][2] == b"" and fast[3][1]["content-length"] == "5"
+    assert (roots / "home" / "fast.csv").read_bytes() == b"a,b,c\n"
+    # the PUT's ETag is the one GET then gives, and the one PROPFIND lists
+    assert httpx.get(dav.url + "home/fast.csv").headers["etag"] == fast[1][1]["etag"]
+    assert not [n for n in os.listdir(roots / "home") if n.endswith(SUFFIX)]
+
+
+def test_fast_put_keeps_the_rules_wsgidav_keeps(dav, roots):
+    (roots / "home" / "folder").mkdir()
+    assert httpx.put(dav.url + "home/folder", content=b"x").status_code == 405
+    assert httpx.put(dav.url + "home/nowhere/x.txt", content=b"x").status_code == 409
+    assert httpx.put(dav.url + "ref/new.txt", content=b"x").status_code == 403  # a read-only adaptor
+    assert httpx.get(dav.url + "home/missing.txt").status_code == 404
+    assert httpx.get(dav.url + "home/folder/").status_code == 200  # the folder's page, as before
+    # a locked file: 423 without its token, written with it (the If header: wsgidav's path)
+    (roots / "home" / "locked.txt").write_text("mine")
+    lock = httpx.request("LOCK", dav.url + "home/locked.txt", content=(
+        b'<?xml version="1.0"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
+        b'<locktype><write/></locktype><owner>tester</owner></lockinfo>'))
+    token = lock.headers["Lock-Token"]
+    assert httpx.put(dav.url + "home/locked.txt", content=b"theirs").status_code == 423
+    assert (roots / "home" / "locked.txt").read_text() == "mine"
+    assert httpx.put(dav.url + "home/locked.txt", content=b"ours", headers={"If": f"({token})"}).status_code == 204
+    assert (roots / "home" / "locked.txt").read_text() == "ours"
+    # a short body: 400 naming it, and nothing written under either name
+    port = int(dav.url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"PUT /dav/tester/home/short.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        s.shutdown(socket.SHUT_WR)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"ended after 10 of 100 bytes" in answer
+    assert sorted(os.listdir(roots / "home")) == ["folder", "locked.txt"]
+
+
 def test_listing_shows_dead_properties_and_locks(dav, roots):
     (roots / "home" / "n.txt").write_text("x")
     r = httpx.request("PROPPATCH", dav.url + "home/n.txt", content=(

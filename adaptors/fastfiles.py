@@ -1,0 +1,158 @@
+"""GET, HEAD and PUT of a plain file on a local adaptor, answered without wsgidav's
+generic machinery (a resource object, metadata calls at each step, a generator per body).
+
+``FastFiles`` is a wsgidav middleware placed after authentication. It answers only the
+plain case and hands everything else on to wsgidav untouched:
+
+- the path is a file of a local adaptor (GET, HEAD), or a file or a new name in an
+  existing folder of a writable local adaptor (PUT, with a ``Content-Length``);
+- no conditional header, ``Range``, ``Content-Encoding``, ``Content-Range`` or
+  ``X-OC-Mtime``: those rules are wsgidav's;
+- anything unexpected (a folder, a missing file, a name the provider hides, an
+  unreadable file) goes to wsgidav, which answers it as it always has.
+
+Its answers are wsgidav's own: the same headers (``ETag`` from the provider's rule,
+``Last-Modified``, ``Content-Type``, ``Accept-Ranges``, ``Date``), 201 or 204 with the
+new ``ETag`` for a PUT. A PUT is one atomic write (``skerry.adaptors.atomic``: a hidden
+temporary name in the same folder, renamed into place when the body is whole; a short
+body is a 400 and nothing is written) inside wsgidav's lock-manager write transaction,
+so a locked file answers 423 as it would there.
+"""
+
+import contextlib
+import os
+from stat import S_ISREG
+from urllib.parse import quote
+
+from wsgidav import util
+from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_CREATED, HTTP_NO_CONTENT, DAVError
+from wsgidav.mw.base_mw import BaseMiddleware
+
+from . import atomic
+from .davprovider import _etag, http_errors
+
+BLOCK_SIZE = 1024 * 1024  # what GET reads and PUT receives at a time: the same as wsgidav's blocks
+
+_FOR_WSGIDAV = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+                "HTTP_IF_UNMODIFIED_SINCE", "HTTP_RANGE", "HTTP_CONTENT_ENCODING", "HTTP_CONTENT_RANGE",
+                "HTTP_X_OC_MTIME")
+
+
+class FastFiles(BaseMiddleware):
+    """See the module's rules. Uses the provider's ``local_file(path, write=...)``."""
+
+    def __init__(self, wsgidav_app, next_app, config):
+        super().__init__(wsgidav_app, next_app, config)
+        self._mimes: dict[str, str] = {}
+
+    def is_disabled(self) -> bool:
+        return False
+
+    def __call__(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        if method in ("GET", "HEAD", "PUT") and not any(h in environ for h in _FOR_WSGIDAV):
+            provider = environ.get("wsgidav.provider")
+            local_file = getattr(provider, "local_file", None)
+            found = local_file(environ["PATH_INFO"], write=method == "PUT") if local_file else None
+            if found is not None:
+                fspath, ospath = found
+                if method == "PUT":
+                    answer = self._put(environ, start_response, provider, fspath, ospath)
+                else:
+                    answer = self._get(environ, start_response, fspath, ospath, head=method == "HEAD")
+                if answer is not None:
+                    return answer
+        return self.next_app(environ, start_response)
+
+    def _mime(self, environ) -> str:
+        path = environ["PATH_INFO"]
+        suffix = path.rpartition("/")[2].rpartition(".")[2].lower()
+        mime = self._mimes.get(suffix)
+        if mime is None:
+            mime = self._mimes[suffix] = util.guess_mime_type(path, environ["wsgidav.config"])
+        return mime
+
+    def _get(self, environ, start_response, fspath, ospath, head):
+        try:
+            f = open(ospath, "rb", buffering=0)  # noqa: SIM115 (closed by the body below)
+        except OSError:  # missing, a folder, not readable: wsgidav's answer
+            return None
+        st = os.fstat(f.fileno())
+        if not S_ISREG(st.st_mode):
+            f.close()
+            return None
+        start_response("200 OK", [
+            ("Content-Length", str(st.st_size)),
+            ("Last-Modified", util.get_rfc1123_time(st.st_mtime)),
+            ("Content-Type", self._mime(environ)),
+            ("Date", util.get_rfc1123_time()),
+            ("ETag", f'"{_etag({"name": fspath, "size": st.st_size, "mtime": st.st_mtime})}"'),
+            ("Accept-Ranges", "bytes")])
+        if head or st.st_size <= BLOCK_SIZE:
+            with f:
+                return [b""] if head else [f.read(st.st_size)]
+        return _blocks(f, st.st_size)
+
+    def _put(self, environ, start_response, provider, fspath, ospath):
+        length = environ.get("CONTENT_LENGTH") or ""
+        if not length.isdigit() or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return None
+        try:
+            existing = os.stat(ospath)
+        except FileNotFoundError:
+            existing = None
+        except OSError:
+            return None
+        folder, _, name = ospath.rpartition("/")
+        if (existing is not None and not S_ISREG(existing.st_mode)) or not os.path.isdir(folder):
+            return None  # a folder there (405), or no folder for it (409): wsgidav's answers
+        locks = provider.lock_manager
+        transaction = (locks.write_transaction(url=quote(environ["PATH_INFO"]), token_list=[],
+                                               principal=environ.get("wsgidav.user_name"))
+                       if locks else contextlib.nullcontext())
+        try:
+            with transaction:
+                _receive(environ["wsgi.input"], int(length), f"{folder}/{atomic.temp_name(name)}", ospath)
+        finally:
+            provider.invalidate(fspath)
+        st = os.stat(ospath)
+        etag = _etag({"name": fspath, "size": st.st_size, "mtime": st.st_mtime})
+        return util.send_status_response(environ, start_response, HTTP_NO_CONTENT if existing else HTTP_CREATED,
+                                         add_headers=[("ETag", f'"{etag}"')])
+
+
+def _receive(stream, length: int, temp: str, target: str) -> None:
+    """``length`` bytes of ``stream`` into ``temp``, renamed over ``target`` when all came."""
+    with http_errors():
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        with open(fd, "wb") as out:
+            left = length
+            while left:
+                chunk = stream.read(min(left, BLOCK_SIZE))
+                if not chunk:
+                    break
+                with http_errors():
+                    out.write(chunk)
+                left -= len(chunk)
+        if left:  # the client went away half-way
+            raise DAVError(HTTP_BAD_REQUEST, context_info=(
+                f"the body ended after {length - left} of {length} bytes: nothing was written"))
+        with http_errors():
+            os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _blocks(f, size: int):
+    """A file's body in blocks, closed at its end (or when the server stops early)."""
+    with f:
+        left = size
+        while left > 0:
+            block = f.read(min(left, BLOCK_SIZE))
+            if not block:
+                break
+            yield block
+            left -= len(block)
