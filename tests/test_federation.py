@@ -304,3 +304,25 @@ def test_links_leading_outside_a_local_adaptor_are_not_listed(tmp_path):
     assert fed.cat_file("home/inside") == b"hi"
     with pytest.raises(PermissionError):
         fed.info("home/passwd")
+
+
+def test_a_local_listing_says_what_fsspec_says(tmp_path):
+    """The one-scandir listing of a local folder: the same entries, keys and values as
+    fsspec's own ``ls`` (an ``info()`` per entry), links included."""
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    from skerry.adaptors.registry import LocalRootFileSystem
+
+    home = tmp_path / "home"
+    (home / "sub").mkdir(parents=True)
+    (home / "sub" / "a.txt").write_text("hi")
+    (home / "b.bin").write_bytes(b"\0" * 1000)
+    os.symlink(home / "sub" / "a.txt", home / "sub" / "inside")
+    os.symlink(home / "sub", home / "folder-link")
+    os.symlink("/etc/passwd", home / "sub" / "outside")
+    fs = LocalRootFileSystem(str(home), fsspec.filesystem("file"))
+    for folder in ("", "sub"):
+        generic = [e for e in map(fs._visible, DirFileSystem.ls(fs, folder, detail=True)) if e]
+        assert sorted(fs.ls(folder), key=lambda e: e["name"]) == sorted(generic, key=lambda e: e["name"])
+    assert sorted(fs.ls("sub", detail=False)) == ["sub/a.txt", "sub/inside"]
+    assert fs.ls("b.bin") == [fs.info("b.bin")]  # a file lists itself, as fsspec's does
