@@ -18,13 +18,19 @@ Rules:
 - ``in_place`` (object stores, where an upload appears whole only when it completes)
   writes to the final name itself; aborting that upload is the caller's (it holds it);
 - a rename over an existing file that the backend refuses (some SFTP servers) is done
-  as remove, then rename.
+  as remove, then rename;
+- ``write_local(path, chunks)`` is the same write on a local OS path with plain ``os``
+  calls, for the WebDAV fast path (``skerry.adaptors.fastfiles``), where fsspec's layers
+  would cost more than a small file's whole write.
 """
 
 import contextlib
+import os
 import uuid
+from collections.abc import Iterable
 
-__all__ = ["SUFFIX", "temp_name", "temp_path", "is_hidden", "replace", "discard", "AtomicFile", "writing"]
+__all__ = ["SUFFIX", "temp_name", "temp_path", "is_hidden", "replace", "discard", "AtomicFile", "writing",
+           "write_local"]
 
 SUFFIX = ".skerry-part"
 
@@ -101,4 +107,20 @@ def writing(fs, path: str, *, in_place: bool = False, token: str | None = None):
         w.commit()
     except BaseException:
         w.abort()
+        raise
+
+
+def write_local(path: str, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to the local file ``path`` atomically (the rules above): an
+    exception from ``chunks`` itself (a body cut short) leaves nothing written either."""
+    temp = temp_path(path)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        with open(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         raise

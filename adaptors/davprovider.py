@@ -71,7 +71,8 @@ def _timestamp(info: dict) -> float | None:
     return None
 
 
-def _etag(info: dict) -> str:
+def etag_of(info: dict) -> str:
+    """A file's ETag, unquoted: the backend's own, else a digest of its size, time and name."""
     etag = info.get("ETag") or info.get("etag")
     if etag:
         return str(etag).strip('"')
@@ -174,7 +175,7 @@ class FederationFile(_Resource, DAVNonCollection):
         return util.guess_mime_type(self.path, self.environ["wsgidav.config"])
 
     def get_etag(self):
-        return _etag(self.info) if self.info else None
+        return etag_of(self.info) if self.info else None
 
     def support_etag(self):
         return True
@@ -438,7 +439,7 @@ def _live_values(name: str, info: dict, folder: bool, mime_of, times) -> dict[st
     if not folder:
         values["getcontentlength"] = str(info.get("size") or 0)
         values["getcontenttype"] = escape(mime_of(name))
-        values["getetag"] = escape(_etag(info))
+        values["getetag"] = escape(etag_of(info))
     return values
 
 

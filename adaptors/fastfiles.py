@@ -29,7 +29,7 @@ from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_CREATED, HTTP_NO_CONTENT, D
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from . import atomic
-from .davprovider import _etag, http_errors
+from .davprovider import etag_of, http_errors
 
 BLOCK_SIZE = 1024 * 1024  # what GET reads and PUT receives at a time: the same as wsgidav's blocks
 
@@ -86,7 +86,7 @@ class FastFiles(BaseMiddleware):
             ("Last-Modified", util.get_rfc1123_time(st.st_mtime)),
             ("Content-Type", self._mime(environ)),
             ("Date", util.get_rfc1123_time()),
-            ("ETag", f'"{_etag({"name": fspath, "size": st.st_size, "mtime": st.st_mtime})}"'),
+            ("ETag", _etag_header(fspath, st)),
             ("Accept-Ranges", "bytes")])
         if head or st.st_size <= BLOCK_SIZE:
             with f:
@@ -103,47 +103,41 @@ class FastFiles(BaseMiddleware):
             existing = None
         except OSError:
             return None
-        folder, _, name = ospath.rpartition("/")
-        if (existing is not None and not S_ISREG(existing.st_mode)) or not os.path.isdir(folder):
+        if (existing is not None and not S_ISREG(existing.st_mode)) or not os.path.isdir(ospath.rpartition("/")[0]):
             return None  # a folder there (405), or no folder for it (409): wsgidav's answers
         locks = provider.lock_manager
         transaction = (locks.write_transaction(url=quote(environ["PATH_INFO"]), token_list=[],
                                                principal=environ.get("wsgidav.user_name"))
                        if locks else contextlib.nullcontext())
         try:
-            with transaction:
-                _receive(environ["wsgi.input"], int(length), f"{folder}/{atomic.temp_name(name)}", ospath)
+            with transaction, http_errors():
+                atomic.write_local(ospath, _body(environ["wsgi.input"], int(length)))
         finally:
             provider.invalidate(fspath)
-        st = os.stat(ospath)
-        etag = _etag({"name": fspath, "size": st.st_size, "mtime": st.st_mtime})
-        return util.send_status_response(environ, start_response, HTTP_NO_CONTENT if existing else HTTP_CREATED,
-                                         add_headers=[("ETag", f'"{etag}"')])
+        try:
+            st = os.stat(ospath)
+            headers = [("ETag", _etag_header(fspath, st))]
+        except OSError:  # removed since by someone else: the write itself was done
+            headers = []
+        status = HTTP_CREATED if existing is None else HTTP_NO_CONTENT
+        return util.send_status_response(environ, start_response, status, add_headers=headers)
 
 
-def _receive(stream, length: int, temp: str, target: str) -> None:
-    """``length`` bytes of ``stream`` into ``temp``, renamed over ``target`` when all came."""
-    with http_errors():
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        with open(fd, "wb") as out:
-            left = length
-            while left:
-                chunk = stream.read(min(left, BLOCK_SIZE))
-                if not chunk:
-                    break
-                with http_errors():
-                    out.write(chunk)
-                left -= len(chunk)
-        if left:  # the client went away half-way
+def _etag_header(fspath: str, st: os.stat_result) -> str:
+    """The ETag header's value: the provider's rule on the same facts its listings hold."""
+    return f'"{etag_of({"name": fspath, "size": st.st_size, "mtime": st.st_mtime})}"'
+
+
+def _body(stream, length: int):
+    """The request body, ``length`` bytes in blocks; a 400 if it ends before."""
+    left = length
+    while left:
+        chunk = stream.read(min(left, BLOCK_SIZE))
+        if not chunk:  # the client went away half-way
             raise DAVError(HTTP_BAD_REQUEST, context_info=(
                 f"the body ended after {length - left} of {length} bytes: nothing was written"))
-        with http_errors():
-            os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+        yield chunk
+        left -= len(chunk)
 
 
 def _blocks(f, size: int):

@@ -343,7 +343,10 @@ def test_fast_put_keeps_the_rules_wsgidav_keeps(dav, roots):
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(b"PUT /dav/tester/home/short.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
         s.shutdown(socket.SHUT_WR)
-        answer = s.recv(65536)
+        s.settimeout(10)
+        answer = b""
+        while b"</html>" not in answer and (chunk := s.recv(65536)):  # the headers and page may come apart
+            answer += chunk
     assert answer.startswith(b"HTTP/1.1 400") and b"ended after 10 of 100 bytes" in answer
     assert sorted(os.listdir(roots / "home")) == ["folder", "locked.txt"]
 
