@@ -16,7 +16,9 @@ Rules:
 - any other failure raises ``OSError`` (or ``ValueError`` for an answer that is not JSON):
   the caller answers 503, never "invalid token";
 - the cache is keyed by the token's digest, and no request goes through an HTTP proxy:
-  the token goes to the hub and nowhere else.
+  the token goes to the hub and nowhere else;
+- one question per token at a time: when an answer expires under a client's parallel
+  requests, one thread asks the hub and the others wait for its answer.
 """
 
 import hashlib
@@ -64,6 +66,7 @@ class HubTokens:
         self.timeout = timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._cache: dict[str, tuple[float, dict]] = {}
+        self._asking: dict[str, threading.Lock] = {}  # token digest -> held while one thread asks the hub
         self._lock = threading.Lock()  # the endpoint's threads share the cache
 
     @classmethod
@@ -82,11 +85,28 @@ class HubTokens:
     def user_for_token(self, token: str) -> dict | None:
         """The model of the owner of ``token`` (``kind``, ``name``, ``scopes``...), or None."""
         key = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
+        kept = self._kept(key)
+        if kept is not None:
+            return kept
+        with self._lock:
+            asking = self._asking.setdefault(key, threading.Lock())
+        with asking:
+            kept = self._kept(key)  # asked by another thread while this one waited
+            if kept is not None:
+                return kept
+            try:
+                return self._ask(key, token)
+            finally:
+                with self._lock:
+                    self._asking.pop(key, None)
+
+    def _kept(self, key: str) -> dict | None:
         with self._lock:
             kept = self._cache.get(key)
-        if kept is not None and now - kept[0] < self.cache_seconds:
-            return kept[1]
+        return kept[1] if kept is not None and time.monotonic() - kept[0] < self.cache_seconds else None
+
+    def _ask(self, key: str, token: str) -> dict | None:
+        now = time.monotonic()
         request = urllib.request.Request(self.url, headers={"Authorization": f"token {token}"})
         try:
             with self._opener.open(request, timeout=self.timeout) as answer:

@@ -194,6 +194,48 @@ def test_hub_tokens_keeps_an_answer_for_its_cache_time_and_says_when_the_hub_fai
         server.shutdown()
 
 
+def test_hub_tokens_asks_the_hub_once_for_a_client_s_parallel_requests():
+    """When the kept answer has expired, 8 threads asking at once make one question to
+    the hub (a stand-in for ``GET /hub/api/user`` that answers slowly, as a busy hub does)."""
+    import http.server
+    import json
+    import threading
+    import time
+
+    from skerry.hub.userserver.tokenauth import HubTokens
+
+    asked = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.headers["Authorization"])
+            time.sleep(0.2)
+            body = json.dumps({"kind": "user", "name": "alice", "scopes": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hub = HubTokens(f"http://127.0.0.1:{server.server_port}/hub/api/", cache_seconds=30)
+        answers = []
+        clients = [threading.Thread(target=lambda: answers.append(hub.user_for_token("t1"))) for _ in range(8)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join()
+        assert [a["name"] for a in answers] == ["alice"] * 8
+        assert asked == ["token t1"]
+        assert hub._asking == {}  # nothing held once answered
+    finally:
+        server.shutdown()
+
+
 def test_only_a_new_home_gets_the_tutorials(tmp_path):
     from skerry.tutorials import FOLDER, new_home
 
