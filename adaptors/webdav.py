@@ -102,7 +102,7 @@ class FastListing(BaseMiddleware):
 
 def refuse_dot_segments(app):
     """400 for any path with a '.' or '..' segment, plain or percent-encoded, or an
-    encoded slash ('%2F': no name holds a slash; cheroot leaves it encoded in PATH_INFO).
+    encoded slash ('%2F': no name holds a slash; a server may leave it encoded in PATH_INFO).
 
     Clients send none (they normalise URLs); wsgidav itself hung on some of them.
     """
@@ -126,7 +126,7 @@ def refuse_dot_segments(app):
 
 def head_without_body(app):
     """No body for any HEAD response, whichever layer answered it (wsgidav, a refusal, the
-    token check): cheroot sends what the app returns, and bytes after a HEAD response's
+    token check): the server sends what the app returns, and bytes after a HEAD response's
     headers poison a kept-alive connection, so the proxy's next request on it fails (503)."""
 
     def headless(environ, start_response):

@@ -11,7 +11,7 @@ Rules:
 
 - **held**: :meth:`PortLeases.lease` picks ports and keeps each bound (``SO_REUSEADDR``, never
   listening) in the hub until :meth:`PortLeases.release`. Linux then lets the user's server
-  bind and listen on it (Tornado and cheroot set ``SO_REUSEADDR``), but no ``bind(0)`` anywhere
+  bind and listen on it (Tornado, cheroot and granian set ``SO_REUSEADDR``), but no ``bind(0)`` anywhere
   (``random_port``, ZMQ kernels, other hubs) is given that port, and a bind without
   ``SO_REUSEADDR`` is refused; the hub never leases a port twice while it is leased;
 - **checked**: each endpoint answers ``GET <prefix>skerry-identity?challenge=C`` with

@@ -108,7 +108,7 @@ def test_stopped_server_gives_503_and_leaves_no_process(platform):
     platform.start_server("isocarol")
     token = platform.user_token("isocarol")
     pgid = platform.group_of("isocarol")
-    assert len(group_members(pgid)) == 3  # micro-infrastructure, Jupyter, WebDAV
+    assert len(group_members(pgid)) == 4  # micro-infrastructure, Jupyter, WebDAV (granian's main and its worker)
     url = f"{platform.url}/dav/isocarol/"
     assert httpx.request("PROPFIND", url, auth=("isocarol", token), headers={"Depth": "0"}).status_code == 207
 
@@ -124,18 +124,23 @@ def test_stopped_server_gives_503_and_leaves_no_process(platform):
     assert "/dav/isocarol/" not in routes and "/dav/" in routes
 
 
-def test_poll_reports_group_dead_when_webdav_dies(platform):
-    platform.create_user("isodave")
-    platform.start_server("isodave")
-    pgid = platform.group_of("isodave")
+@pytest.mark.parametrize("name, which", [("isodave", "main"), ("isoerin", "worker")])
+def test_poll_reports_group_dead_when_webdav_dies(platform, name, which):
+    """The endpoint is granian's main process and the worker it forks: either one killed
+    takes the whole micro-infrastructure down, and the hub sees it."""
+    platform.create_user(name)
+    platform.start_server(name)
+    pgid = platform.group_of(name)
     members = group_members(pgid)
     dav = [p for p in members if b"skerry.hub.userserver.webdav" in open(f"/proc/{p}/cmdline", "rb").read()]
-    assert len(dav) == 1
-    os.kill(dav[0], signal.SIGKILL)
+    assert len(dav) == 2
+    parents = {p: int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]) for p in dav}
+    main = next(p for p in dav if parents[p] not in dav)
+    os.kill(main if which == "main" else next(p for p in dav if p != main), signal.SIGKILL)
     # the group stops itself at once ...
     wait_for(lambda: group_members(pgid) == [], timeout=15, what="the group to stop itself")
     # ... and the hub's poll sees it dead
-    wait_for(lambda: platform.server("isodave") is None, timeout=40, what="the hub to notice")
+    wait_for(lambda: platform.server(name) is None, timeout=40, what="the hub to notice")
 
 
 def test_home_that_is_not_a_folder_fails_the_spawn_clearly(platform):

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from helpers import wait_for
 from skerry.cli import main
 from skerry.datadir import DataDir
 from skerry.hub.userserver.tokenauth import _parse
@@ -101,12 +102,12 @@ def test_the_launcher_stops_when_one_member_dies(tmp_path):
     write_config(str(tmp_path / "adaptors.json"), [{"name": "home", "type": "local", "path": str(tmp_path)}])
     env = dict(os.environ, SKERRY_DAV_PORT="0", SKERRY_ADAPTORS=str(tmp_path / "adaptors.json"),
                SKERRY_DAV_PREFIX="/dav/x/", SKERRY_USER="x", JUPYTERHUB_API_URL="http://127.0.0.1:1/hub/api")
-    jupyter = [sys.executable, "-c", "import time; time.sleep(2)"]
+    jupyter = [sys.executable, "-c", "import time; time.sleep(4)"]
     p = subprocess.Popen([sys.executable, "-m", "skerry.hub.userserver.launcher", *jupyter],
                          env=env, start_new_session=True, stderr=subprocess.PIPE)
     try:
-        time.sleep(1)
-        assert len(group_members(p.pid)) == 3
+        # the launcher, Jupyter, and WebDAV: granian's main process and the worker it forks
+        wait_for(lambda: len(group_members(p.pid)) == 4, timeout=3.5, what="four members")
         code = p.wait(30)
     finally:
         kill_group(p.pid)
@@ -234,6 +235,38 @@ def test_hub_tokens_asks_the_hub_once_for_a_client_s_parallel_requests():
         assert hub._asking == {}  # nothing held once answered
     finally:
         server.shutdown()
+
+
+def test_the_granian_shim_steps_a_lazy_app_once_and_ends_reads_at_the_body():
+    """What granian needs of a WSGI app (hub/userserver/wsgishim.py): the status of an app
+    that answers from a generator is set before the server reads it, and a read of more
+    than the body has returns what it has instead of waiting for the rest."""
+    import io
+
+    from skerry.hub.userserver.wsgishim import for_granian
+
+    closed = []
+
+    def lazy(environ, start_response):
+        body = environ["wsgi.input"].read(1024 * 1024)  # wsgidav's block size
+        try:
+            start_response("206 Partial Content", [("Content-Length", str(len(body)))])
+            yield body
+        finally:
+            closed.append(True)
+
+    class Stream(io.BytesIO):  # a body granian has not finished receiving: more bytes never come
+        def read(self, size=-1):
+            assert 0 <= size <= 11, f"a read of {size} bytes would wait for bytes that never come"
+            return super().read(size)
+
+    seen = []
+    result = for_granian(lazy)({"CONTENT_LENGTH": "11", "wsgi.input": Stream(b"hello world")},
+                               lambda status, headers, exc_info=None: seen.append((status, headers)))
+    assert seen == [("206 Partial Content", [("Content-Length", "11")])]  # before any iteration
+    assert list(result) == [b"hello world"]
+    result.close()
+    assert closed == [True]
 
 
 def test_only_a_new_home_gets_the_tutorials(tmp_path):

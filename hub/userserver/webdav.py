@@ -4,13 +4,22 @@ It serves the user's ``skerry://`` federation, one folder per adaptor. Configure
 the environment ``SkerrySpawner`` sets: ``SKERRY_DAV_PORT``, ``SKERRY_ADAPTORS`` (the
 adaptor configuration file), ``SKERRY_DAV_PREFIX`` (``/dav/<name>/``), ``SKERRY_USER``,
 and JupyterHub's ``JUPYTERHUB_API_URL`` and ``JUPYTERHUB_OAUTH_ACCESS_SCOPES``.
-Serves with cheroot on 127.0.0.1 until SIGTERM/SIGINT.
+
+Served by granian on 127.0.0.1 until SIGTERM/SIGINT: a Rust HTTP server, so parsing and
+sending a request cost no Python (cheroot's own share was 0.2 ms of CPU per request, half
+a small request's). Two processes: this one, granian's main, and the worker it forks,
+which runs the app in ``THREADS`` threads. The worker dies with the main process, the
+main process with its parent (the launcher), and the main process exits when its worker
+does: the launcher then stops the whole micro-infrastructure, as it does for any child.
 """
 
 import signal
 import sys
 
 from cheroot import wsgi
+from granian.constants import HTTPModes, Interfaces
+from granian.log import LogLevels
+from granian.server import Server
 
 from skerry import config
 from skerry.adaptors.davprovider import FederationProvider
@@ -20,20 +29,23 @@ from skerry.adaptors.writefeed import tell_writes
 from skerry.process import die_with_parent
 
 from skerry.hub.userserver.tokenauth import HubTokenAuthenticator, HubTokens, owner_from_env
+from skerry.hub.userserver.wsgishim import for_granian
 from skerry.ports import identity_wsgi
 
-# measured (10 KB files, curl with 8 connections, PUT then GET, 2 cores): 2 threads 1,500
-# files/s, 4: 1,250, 6 to 32: 1,060-1,140 (more requests in Python at once contend for the
-# GIL). Yet a thread is held for a whole transfer: with 4, a fifth client's listing would wait
-# for a 1 GiB copy to end. 16 keeps a desktop client's parallel transfers and its browsing apart.
+# measured (10 KB files, curl with 8 connections, PUT then GET, 2 cores; granian): 2 threads
+# 1,900 files/s, 4: 1,700-1,870, 16: 1,420-1,780 (with cheroot: 1,500, 1,250 and 1,090: more
+# requests in Python at once contend for the GIL). Yet a thread is held for a whole transfer:
+# with 4, a fifth client's listing would wait for a 1 GiB copy to end. 16 keeps a desktop
+# client's parallel transfers and its browsing apart.
 THREADS = 16
 # a desktop client's parallel transfers arrive through the proxy in bursts of new connections
-# that cheroot's default listen backlog of 5 overflows
 BACKLOG = 1024
-IDLE_S = 120  # seconds a connection may stay idle, or a request stall, before cheroot closes it (its default: 10)
+# kept-alive connections: granian keeps each open until the client (the proxy: Traefik after
+# 90 s idle) closes it, with no count limit, so the proxy never races an idle close of ours
 
 
-def build_server(port: int = 0) -> wsgi.Server:
+def build_app():
+    """The endpoint's WSGI app, as the server runs it."""
     mount = config.DAV_PREFIX.require().rstrip("/")
     app = make_dav_app(
         FederationProvider(SkerryFileSystem(), block_size=BLOCK_SIZE),
@@ -46,34 +58,22 @@ def build_server(port: int = 0) -> wsgi.Server:
         app = tell_writes(app, feed, mount)
     # the proxy keeps the /dav/<name> prefix: the dispatcher moves it into SCRIPT_NAME; the hub
     # asks <prefix>/skerry-identity that this endpoint is the one it started before it routes here
-    served = head_without_body(identity_wsgi(wsgi.PathInfoDispatcher({mount: app}), mount, "webdav"))
-    server = wsgi.Server(("127.0.0.1", port), served, numthreads=THREADS,
-                         request_queue_size=BACKLOG)
-    # the proxy keeps its connections to us alive (configurable-http-proxy with no idle limit
-    # of its own, Traefik for 90 s): cheroot keeping only 10 made it reconnect for every request
-    # of a desktop client's parallel transfers (idle connections cost cheroot no thread), and
-    # each idle close of ours races the proxy's next request on that connection ("socket hang
-    # up", a 503 to the client: seen once under rclone in CI), so we close idle ones far less often
-    server.keep_alive_conn_limit = None  # all of them (with a limit, cheroot counts them, under a lock, per request)
-    server.timeout = IDLE_S
-    server.server_name = "skerry-webdav"
-    return server
+    return for_granian(head_without_body(identity_wsgi(wsgi.PathInfoDispatcher({mount: app}), mount, "webdav")))
+
+
+def _worker_app():
+    """Run in granian's worker when it starts: the app, and the worker's tie to the main process."""
+    die_with_parent(signal.SIGKILL)  # the main process is gone: nothing would stop this one
+    return build_app()
 
 
 def main() -> int:
     die_with_parent()  # never outlive the micro-infrastructure process
-    server = build_server(config.DAV_PORT.require())
-
-    def stop(signum, frame):
-        raise SystemExit(0)  # unwinds serve(); stop() below closes the socket and workers
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.prepare()
-    try:
-        server.serve()
-    finally:
-        server.stop()
+    # its log: errors only (granian warns at every start that 16 threads are many: see THREADS)
+    server = Server("skerry-webdav", address="127.0.0.1", port=config.DAV_PORT.require(),
+                    interface=Interfaces.WSGI, workers=1, blocking_threads=THREADS, http=HTTPModes.http1,
+                    backlog=BACKLOG, websockets=False, log_level=LogLevels.error)
+    server.serve(target_loader=_worker_app, wrap_loader=False)  # until SIGTERM/SIGINT, or its worker's end
     return 0
 
 
