@@ -20,6 +20,11 @@ from skerry.process import descendants  # noqa: F401 (tests import it from here)
 REPO = Path(__file__).resolve().parent.parent
 
 
+# the processes of one running micro-infrastructure: the launcher, the Jupyter server, and the
+# WebDAV endpoint's two (granian's main process and the worker it forks)
+MICRO_PROCESSES = 4
+
+
 def free_port() -> int:
     """A port free now, below the kernel's ephemeral range (``skerry.ports.quiet_port``): one
     another test worker's sockets cannot be handed meanwhile."""

@@ -8,7 +8,7 @@ import signal
 import httpx
 import pytest
 
-from helpers import wait_for
+from helpers import MICRO_PROCESSES, wait_for
 from skerry.process import group_members
 
 pytestmark = pytest.mark.platform
@@ -108,7 +108,7 @@ def test_stopped_server_gives_503_and_leaves_no_process(platform):
     platform.start_server("isocarol")
     token = platform.user_token("isocarol")
     pgid = platform.group_of("isocarol")
-    assert len(group_members(pgid)) == 4  # micro-infrastructure, Jupyter, WebDAV (granian's main and its worker)
+    assert len(group_members(pgid)) == MICRO_PROCESSES
     url = f"{platform.url}/dav/isocarol/"
     assert httpx.request("PROPFIND", url, auth=("isocarol", token), headers={"Depth": "0"}).status_code == 207
 

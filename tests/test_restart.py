@@ -11,7 +11,8 @@ import sys
 import httpx
 import pytest
 
-from helpers import descendants, free_port, kill_leftovers, open_for_accounts, pids_of, proxies_of, wait_for
+from helpers import (MICRO_PROCESSES, descendants, free_port, kill_leftovers, open_for_accounts, pids_of, proxies_of,
+                     wait_for)
 from skerry.datadir import DataDir
 from skerry.process import group_members, is_running
 
@@ -32,7 +33,7 @@ def test_kill_9_hub_then_up_again_finds_running_servers(make_platform):
     assert r.status_code == 201
     pgid = p.group_of("alice")
     before = set(group_members(pgid))
-    assert len(before) == 3
+    assert len(before) == MICRO_PROCESSES
 
     hub_pid = int((p.data_dir / "run" / "hub.pid").read_text().split()[0])
     os.kill(hub_pid, signal.SIGKILL)
@@ -42,7 +43,7 @@ def test_kill_9_hub_then_up_again_finds_running_servers(make_platform):
     p.start()  # the same data dir, the same port
     assert p.server("alice")["ready"]
     assert set(group_members(pgid)) == before  # found again, not started twice
-    assert len(micro_processes(p.data_dir)) == 3
+    assert len(micro_processes(p.data_dir)) == MICRO_PROCESSES
     assert p.group_of("alice") == pgid
     # tokens and routes are back
     r = httpx.get(f"{p.url}/dav/alice/home/keep.txt", auth=("alice", token))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import wait_for
+from helpers import MICRO_PROCESSES, wait_for
 from skerry.cli import main
 from skerry.datadir import DataDir
 from skerry.hub.userserver.tokenauth import _parse
@@ -106,8 +106,7 @@ def test_the_launcher_stops_when_one_member_dies(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "skerry.hub.userserver.launcher", *jupyter],
                          env=env, start_new_session=True, stderr=subprocess.PIPE)
     try:
-        # the launcher, Jupyter, and WebDAV: granian's main process and the worker it forks
-        wait_for(lambda: len(group_members(p.pid)) == 4, timeout=3.5, what="four members")
+        wait_for(lambda: len(group_members(p.pid)) == MICRO_PROCESSES, timeout=3.5, what="all members")
         code = p.wait(30)
     finally:
         kill_group(p.pid)
