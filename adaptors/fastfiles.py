@@ -73,14 +73,15 @@ class FastFiles(BaseMiddleware):
         return mime
 
     def _get(self, environ, start_response, fspath, ospath, head):
-        try:
-            f = open(ospath, "rb", buffering=0)  # noqa: SIM115 (closed by the body below)
+        try:  # non-blocking: opening a FIFO with no writer would hold this thread for good
+            fd = os.open(ospath, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:  # missing, a folder, not readable: wsgidav's answer
             return None
-        st = os.fstat(f.fileno())
+        st = os.fstat(fd)
         if not S_ISREG(st.st_mode):
-            f.close()
+            os.close(fd)
             return None
+        f = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed by the body below)
         start_response("200 OK", [
             ("Content-Length", str(st.st_size)),
             ("Last-Modified", util.get_rfc1123_time(st.st_mtime)),

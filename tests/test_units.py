@@ -151,67 +151,24 @@ def test_a_tokens_scopes_grant_access_as_the_hub_decides(held, required, granted
     assert grants(held, required) is granted
 
 
-def test_hub_tokens_keeps_an_answer_for_its_cache_time_and_says_when_the_hub_fails():
-    """A stand-in for the hub's ``GET /hub/api/user`` (the real hub: tests/test_webdav.py)."""
-    import http.server
-    import json
-    import threading
-
-    from skerry.hub.userserver.tokenauth import HubTokens
-
-    asked, status = [], {"code": 200}
-
-    class Hub(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            asked.append((self.path, self.headers["Authorization"]))
-            body = json.dumps({"kind": "user", "name": "alice", "scopes": []}).encode()
-            self.send_response(status["code"])
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        hub = HubTokens(f"http://127.0.0.1:{server.server_port}/hub/api/", cache_seconds=30)
-        assert hub.user_for_token("t1")["name"] == "alice"
-        assert hub.user_for_token("t1")["name"] == "alice"
-        assert asked == [("/hub/api/user", "token t1")]  # the second answer was kept
-        status["code"] = 403
-        assert hub.user_for_token("t2") is None
-        assert hub.user_for_token("t2") is None and len(asked) == 3  # a refusal is asked again
-        status["code"] = 500
-        with pytest.raises(OSError):
-            hub.user_for_token("t3")
-        assert hub.user_for_token("t1")["name"] == "alice"  # still kept
-        hub.cache_seconds = 0
-        with pytest.raises(OSError):
-            hub.user_for_token("t1")
-    finally:
-        server.shutdown()
-
-
-def test_hub_tokens_asks_the_hub_once_for_a_client_s_parallel_requests():
-    """When the kept answer has expired, 8 threads asking at once make one question to
-    the hub (a stand-in for ``GET /hub/api/user`` that answers slowly, as a busy hub does)."""
+@pytest.fixture
+def stand_in_hub():
+    """A stand-in for the hub's ``GET /hub/api/user`` (the real hub: tests/test_webdav.py):
+    ``(url, asked, hub)``, where ``asked`` lists (path, Authorization) of each question and
+    ``hub["status"]`` and ``hub["delay"]`` set its next answers."""
     import http.server
     import json
     import threading
     import time
 
-    from skerry.hub.userserver.tokenauth import HubTokens
-
-    asked = []
+    asked, hub = [], {"status": 200, "delay": 0.0}
 
     class Hub(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            asked.append(self.headers["Authorization"])
-            time.sleep(0.2)
+            asked.append((self.path, self.headers["Authorization"]))
+            time.sleep(hub["delay"])
             body = json.dumps({"kind": "user", "name": "alice", "scopes": []}).encode()
-            self.send_response(200)
+            self.send_response(hub["status"])
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -222,18 +179,50 @@ def test_hub_tokens_asks_the_hub_once_for_a_client_s_parallel_requests():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        hub = HubTokens(f"http://127.0.0.1:{server.server_port}/hub/api/", cache_seconds=30)
-        answers = []
-        clients = [threading.Thread(target=lambda: answers.append(hub.user_for_token("t1"))) for _ in range(8)]
-        for client in clients:
-            client.start()
-        for client in clients:
-            client.join()
-        assert [a["name"] for a in answers] == ["alice"] * 8
-        assert asked == ["token t1"]
-        assert hub._asking == {}  # nothing held once answered
+        yield f"http://127.0.0.1:{server.server_port}/hub/api/", asked, hub
     finally:
         server.shutdown()
+
+
+def test_hub_tokens_keeps_an_answer_for_its_cache_time_and_says_when_the_hub_fails(stand_in_hub):
+    from skerry.hub.userserver.tokenauth import HubTokens
+
+    url, asked, answers = stand_in_hub
+    hub = HubTokens(url, cache_seconds=30)
+    assert hub.user_for_token("t1")["name"] == "alice"
+    assert hub.user_for_token("t1")["name"] == "alice"
+    assert asked == [("/hub/api/user", "token t1")]  # the second answer was kept
+    answers["status"] = 403
+    assert hub.user_for_token("t2") is None
+    assert hub.user_for_token("t2") is None and len(asked) == 3  # a refusal is asked again
+    answers["status"] = 500
+    with pytest.raises(OSError):
+        hub.user_for_token("t3")
+    assert hub.user_for_token("t1")["name"] == "alice"  # still kept
+    hub.cache_seconds = 0
+    with pytest.raises(OSError):
+        hub.user_for_token("t1")
+
+
+def test_hub_tokens_asks_the_hub_once_for_a_client_s_parallel_requests(stand_in_hub):
+    """With no answer kept, 8 threads asking at once make one question to the hub (which
+    answers slowly, as a busy hub does)."""
+    import threading
+
+    from skerry.hub.userserver.tokenauth import HubTokens
+
+    url, asked, answers = stand_in_hub
+    answers["delay"] = 0.2
+    hub = HubTokens(url, cache_seconds=30)
+    found = []
+    clients = [threading.Thread(target=lambda: found.append(hub.user_for_token("t1"))) for _ in range(8)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    assert [a["name"] for a in found] == ["alice"] * 8
+    assert asked == [("/hub/api/user", "token t1")]
+    assert hub._asking == {}  # nothing held once answered
 
 
 def test_the_granian_shim_steps_a_lazy_app_once_and_ends_reads_at_the_body():
