@@ -178,7 +178,7 @@ def curl(config: str, auth: str | None = None, parallel: int = 0) -> float:
     return took
 
 
-def get_big(server: Server, name: str, tag: str) -> float:
+def get_big(server: Server, name: str) -> float:
     return curl(f'url = "{server.url}/{name}"\noutput = "/dev/null"\n', server.auth)
 
 
@@ -252,7 +252,7 @@ def owner_of(path: Path) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
-def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Path], args) -> dict:
+def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Path], args) -> tuple[dict, dict]:
     """{workload: {server: [figures]}}, and CPU ms per small request per server."""
     figures = {w: {s.name: [] for s in servers} for w in ("get", "put", "propfind", "small", "copy")}
     cpu = {s.name: [] for s in servers}
@@ -260,7 +260,7 @@ def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Pat
     for run in range(args.runs):
         for server in servers:
             tag = f"{server.name}-{run}".replace(" ", "-")
-            figures["get"][server.name].append(size / get_big(server, source.name, tag))
+            figures["get"][server.name].append(size / get_big(server, source.name))
             figures["put"][server.name].append(size / put_big(server, source, tag))
             figures["propfind"][server.name].append(propfind(server, "many"))
             before = cpu_seconds(cpu_of[server.name]())
@@ -301,16 +301,19 @@ def report(servers, figures, cpu, args):
 def proxy_figures(platform, nginx_server: Server, source: Path, sources: list[Path], workdir: Path, args):
     """1 GiB GET and 10 KB GETs to nginx: through Traefik as the platform runs it, through
     configurable-http-proxy, and direct."""
-    ways = [traefik_like_the_platform(platform, nginx_server.url, workdir), chp(nginx_server.url), nginx_server]
-    names = {ways[0].name: "Traefik (the platform's)", ways[1].name: "configurable-http-proxy", "nginx": "nginx alone"}
-    size = source.stat().st_size
-    gets = {w.name: [] for w in ways}
-    smalls = {w.name: [] for w in ways}
-    cpu = {w.name: [] for w in ways}
+    names = {"traefik": "Traefik (the platform's)", "chp": "configurable-http-proxy", "nginx": "nginx alone"}
+    proxies = []  # each stopped below, even when a later one fails to start
     try:
+        proxies.append(traefik_like_the_platform(platform, nginx_server.url, workdir))
+        proxies.append(chp(nginx_server.url))
+        ways = [*proxies, nginx_server]
+        size = source.stat().st_size
+        gets = {w.name: [] for w in ways}
+        smalls = {w.name: [] for w in ways}
+        cpu = {w.name: [] for w in ways}
         for _ in range(args.runs):
             for way in ways:
-                gets[way.name].append(size / get_big(way, source.name, ""))
+                gets[way.name].append(size / get_big(way, source.name))
                 before = cpu_seconds(way.pids())
                 took = small_files(way, sources, "nginx-0", put=False)  # the files nginx's run PUT
                 cpu[way.name].append((cpu_seconds(way.pids()) - before) / len(sources) * 1000)
@@ -323,8 +326,8 @@ def proxy_figures(platform, nginx_server: Server, source: Path, sources: list[Pa
             print(f"| {names[way.name]} | {median(gets[way.name]) / 1e9:.2f} GB/s | "
                   f"{median(smalls[way.name]):,.0f} requests/s | {median(cpu[way.name]):.3f} ms |")
     finally:
-        for way in ways[:2]:
-            way.stop()
+        for proxy in proxies:
+            proxy.stop()
 
 
 def main():
@@ -347,7 +350,8 @@ def main():
         home = platform.data_dir / "users" / "alice"
         source, sources = prepare(home, args)
 
-        others = [rclone(home), nginx(home, base)]
+        others.append(rclone(home))  # each stopped below, even when the next fails to start
+        others.append(nginx(home, base))
         endpoint = lambda: pids_of(f"SKERRY_DAV_PORT={dav_port}", environ=True)  # noqa: E731
         proxy = lambda: {int((platform.data_dir / "run" / "proxy.pid").read_text())}  # noqa: E731
         servers = [Server("skerry through the hub", f"{platform.url}/dav/alice/home", f"alice:{token}"),
