@@ -12,16 +12,18 @@ runs ``--runs`` times, the servers interleaved in each run; figures are medians:
 - ``--small`` 10 KB files over 8 connections: all PUT, then all GET (files/s);
 - server-side COPY of 100 x 1 MB files, one after another;
 
-on four servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
-own port, rclone and nginx on theirs. Beside the small files: each server's CPU per
-request, from ``/proc`` (through the hub: the endpoint's and the proxy's).
+on five servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
+own port, rclone and nginx on theirs, and rclone behind a Traefik configured as the
+platform's. Beside the small files: each server's CPU per request, from ``/proc`` (behind
+a proxy: the server's and the proxy's).
 
 Then the proxy's own figures: the same 1 GiB GET and 10 KB GETs to nginx through a
 Traefik configured as the platform configures its own (its static configuration, a
 route to nginx) and through configurable-http-proxy, against nginx alone.
 
 Ratios are skerry through the hub over rclone on its own port (what a user would run
-instead); the issue's targets are printed beside them. Prints figures, asserts
+instead), the issue's targets printed beside them; then skerry through the hub over
+rclone behind the same kind of proxy. Prints figures, asserts
 nothing. Secrets go to curl by stdin (``-K -``), never on its command line.
 """
 
@@ -70,6 +72,7 @@ http {{
 """
 
 SMALL = 10 * 1000
+BEHIND = "rclone behind Traefik"
 CONNECTIONS = 8
 COPIES, COPY_SIZE = 100, 1000 * 1000
 
@@ -134,11 +137,13 @@ def rclone(home: Path) -> Server:
                  ["rclone", "serve", "webdav", "--addr", f"127.0.0.1:{port}", str(home)])
 
 
-def traefik_like_the_platform(platform: Platform, target: str, workdir: Path) -> Server:
+def traefik_like_the_platform(platform: Platform, target: str, workdir: Path, name: str = "traefik") -> Server:
     """A Traefik with the platform's own static configuration (its entrypoint's settings),
     on a port of its own, with one route: everything to ``target``."""
     static = tomllib.loads((platform.data_dir / "run" / "traefik.toml").read_text())
     port = free_port()
+    workdir = workdir / name.replace(" ", "-")  # its own files: another Traefik watches its own
+    workdir.mkdir()
     routes = workdir / "traefik-routes.yaml"
     routes.write_text(json.dumps({"http": {
         "routers": {"all": {"rule": "PathPrefix(`/`)", "service": "target", "entryPoints": ["public"]}},
@@ -149,7 +154,7 @@ def traefik_like_the_platform(platform: Platform, target: str, workdir: Path) ->
     static["log"] = {"level": "ERROR"}
     conf = workdir / "traefik.yaml"
     conf.write_text(json.dumps(static))
-    return start(Server("traefik", f"http://127.0.0.1:{port}"), ["traefik", "--configfile", str(conf)])
+    return start(Server(name, f"http://127.0.0.1:{port}"), ["traefik", "--configfile", str(conf)])
 
 
 def chp(target: str) -> Server:
@@ -296,6 +301,12 @@ def report(servers, figures, cpu, args):
         print(f"  {label} >= 1.0x rclone: {ratio:.2f}x {'ok' if ratio >= 1.0 else 'MISSED'}")
     print(f"  GET >= 1.0 GB/s: {m['get'][hub] / 1e9:.2f} GB/s {'ok' if m['get'][hub] >= 1e9 else 'MISSED'}")
     print(f"  PROPFIND <= 0.15 s: {m['propfind'][hub]:.3f} s {'ok' if m['propfind'][hub] <= 0.15 else 'MISSED'}")
+    if BEHIND in names:  # the same comparison with rclone behind the same kind of proxy
+        print(f"\n{hub} / {BEHIND}:")
+        for key, label in (("get", "GET"), ("put", "PUT"), ("propfind", "PROPFIND"), ("small", "10 KB files"),
+                           ("copy", "COPY")):
+            a, b = median(figures[key][hub]), median(figures[key][BEHIND])
+            print(f"  {label}: {(b / a if key == 'propfind' else a / b):.2f}x")
 
 
 def proxy_figures(platform, nginx_server: Server, source: Path, sources: list[Path], workdir: Path, args):
@@ -352,13 +363,16 @@ def main():
 
         others.append(rclone(home))  # each stopped below, even when the next fails to start
         others.append(nginx(home, base))
+        # rclone behind a Traefik configured as the platform's: what the hub's proxy costs rclone
+        others.append(traefik_like_the_platform(platform, others[0].url, base, BEHIND))
         endpoint = lambda: pids_of(f"SKERRY_DAV_PORT={dav_port}", environ=True)  # noqa: E731
         proxy = lambda: {int((platform.data_dir / "run" / "proxy.pid").read_text())}  # noqa: E731
         servers = [Server("skerry through the hub", f"{platform.url}/dav/alice/home", f"alice:{token}"),
                    Server("skerry on its port", f"http://127.0.0.1:{dav_port}/dav/alice/home", f"alice:{token}"),
                    *others]
         cpu_of = {servers[0].name: lambda: endpoint() | proxy(), servers[1].name: endpoint,
-                  "rclone": others[0].pids, "nginx": others[1].pids}
+                  "rclone": others[0].pids, "nginx": others[1].pids,
+                  BEHIND: lambda: others[2].pids() | others[0].pids()}
         print(f"platform proxy: {platform.data_dir / 'run' / 'traefik.toml'}", file=sys.stderr)
         figures, cpu = measure(servers, cpu_of, source, sources, args)
         report(servers, figures, cpu, args)
