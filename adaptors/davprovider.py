@@ -107,6 +107,12 @@ class _CountingWriter:
         self.f.close()
 
 
+def cut_short(received: int, expected: int) -> DAVError:
+    """The 400 for a PUT body that ended early (the client went away half-way)."""
+    return DAVError(HTTP_BAD_REQUEST, context_info=(
+        f"the body ended after {received} of {expected} bytes: nothing was written"))
+
+
 def _join(folder: str, name: str) -> str:
     return f"{folder}/{name}" if folder else name
 
@@ -172,7 +178,7 @@ class FederationFile(_Resource, DAVNonCollection):
         return self.info.get("size") if self.info else 0
 
     def get_content_type(self):
-        return util.guess_mime_type(self.path, self.environ["wsgidav.config"])
+        return self.provider.content_type(_base(self.fspath), self.environ)
 
     def get_etag(self):
         return etag_of(self.info) if self.info else None
@@ -214,8 +220,7 @@ class FederationFile(_Resource, DAVNonCollection):
                             upload.commit()  # the temporary file, removed just below
                         self._target.abort()
                     if short:
-                        raise DAVError(HTTP_BAD_REQUEST, context_info=(
-                            f"the body ended after {upload.count} of {expected} bytes: nothing was written"))
+                        raise cut_short(upload.count, int(expected))
                     return
                 upload.commit()
                 self._target.commit()
@@ -301,6 +306,7 @@ class FederationProvider(DAVProvider):
         self.block_size = block_size
         self._listings: dict[str, tuple[float, dict]] = {}
         self._lock = threading.Lock()
+        self._content_types: dict[str, str] = {}  # what follows a name's first dot -> its MIME type
 
     def is_readonly(self):
         return False
@@ -308,6 +314,21 @@ class FederationProvider(DAVProvider):
     def propfind_listing(self, environ, body: bytes) -> bytes | None:
         """A PROPFIND Depth 1 answered without wsgidav's generic path (see the rules)."""
         return propfind_listing(self, environ, body)
+
+    def content_type(self, name: str, environ) -> str:
+        """The MIME type wsgidav gives a file named ``name`` (a last path segment).
+
+        Remembered by what follows the name's first dot: all that the guess reads of it
+        (``a.tar.gz`` is a tar file, ``b.gz`` is not; ``csv`` is no CSV file). A name with
+        a leading dot or a colon is read otherwise by the guess, and asked each time.
+        """
+        key = None if name.startswith(".") or ":" in name else name.partition(".")[2]
+        known = self._content_types.get(key) if key is not None else None
+        if known is None:
+            known = util.guess_mime_type(name, environ["wsgidav.config"])
+            if key is not None:
+                self._content_types[key] = known
+        return known
 
     def to_fspath(self, path: str) -> str:
         # empty segments are dropped: wsgidav joins "dest/" + "/child" in recursive COPY/MOVE
@@ -408,8 +429,9 @@ _SUPPORTED_LOCK = "".join(
     f"<D:lockentry><D:lockscope><D:{scope}/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>"
     for scope in ("exclusive", "shared"))
 _HREF_SAFE = "/!*'(),$-_|."  # what wsgidav leaves unquoted in an href (Nautilus chokes on '%28')
-_CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
-               "HTTP_IF_UNMODIFIED_SINCE")
+# the conditional request headers: an answer that depends on them is wsgidav's to give
+CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+              "HTTP_IF_UNMODIFIED_SINCE")
 
 
 def _requested(body: bytes) -> list[str] | None:
@@ -469,7 +491,7 @@ def _prop_xml(tag: str, value: str, prefixes: dict[str, str]) -> str:
 
 def propfind_listing(provider, environ, body: bytes) -> bytes | None:
     """The 207 body of a PROPFIND Depth 1 on a folder, or None when wsgidav must answer."""
-    if environ.get("HTTP_DEPTH") != "1" or any(h in environ for h in _CONDITIONS):
+    if environ.get("HTTP_DEPTH") != "1" or any(h in environ for h in CONDITIONS):
         return None
     wanted = _requested(body)
     if wanted is None:
@@ -485,14 +507,8 @@ def propfind_listing(provider, environ, body: bytes) -> bytes | None:
         return None  # dead properties: wsgidav knows how to write them
     listing = provider.listing(folder.fspath)
 
-    config = environ["wsgidav.config"]
-    mimes: dict[str, str] = {}
-
     def mime_of(name):
-        suffix = name.rpartition(".")[2].lower()
-        if suffix not in mimes:
-            mimes[suffix] = util.guess_mime_type(name, config)
-        return mimes[suffix]
+        return provider.content_type(name, environ)
 
     namespaces = sorted({t[1:].partition("}")[0] for t in wanted if t.startswith("{")} - {"DAV:"})
     prefixes = {"DAV:": "D", **{ns: f"ns{i}" for i, ns in enumerate(namespaces, 1)}}

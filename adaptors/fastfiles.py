@@ -25,25 +25,19 @@ from stat import S_ISREG
 from urllib.parse import quote
 
 from wsgidav import util
-from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_CREATED, HTTP_NO_CONTENT, DAVError
+from wsgidav.dav_error import HTTP_CREATED, HTTP_NO_CONTENT
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from . import atomic
-from .davprovider import etag_of, http_errors
+from .davprovider import CONDITIONS, cut_short, etag_of, http_errors
 
 BLOCK_SIZE = 1024 * 1024  # what GET reads and PUT receives at a time: the same as wsgidav's blocks
 
-_FOR_WSGIDAV = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
-                "HTTP_IF_UNMODIFIED_SINCE", "HTTP_RANGE", "HTTP_CONTENT_ENCODING", "HTTP_CONTENT_RANGE",
-                "HTTP_X_OC_MTIME")
+_FOR_WSGIDAV = (*CONDITIONS, "HTTP_RANGE", "HTTP_CONTENT_ENCODING", "HTTP_CONTENT_RANGE", "HTTP_X_OC_MTIME")
 
 
 class FastFiles(BaseMiddleware):
     """See the module's rules. Uses the provider's ``local_file(path, write=...)``."""
-
-    def __init__(self, wsgidav_app, next_app, config):
-        super().__init__(wsgidav_app, next_app, config)
-        self._mimes: dict[str, str] = {}
 
     def is_disabled(self) -> bool:
         return False
@@ -59,20 +53,12 @@ class FastFiles(BaseMiddleware):
                 if method == "PUT":
                     answer = self._put(environ, start_response, provider, fspath, ospath)
                 else:
-                    answer = self._get(environ, start_response, fspath, ospath, head=method == "HEAD")
+                    answer = self._get(environ, start_response, provider, fspath, ospath, head=method == "HEAD")
                 if answer is not None:
                     return answer
         return self.next_app(environ, start_response)
 
-    def _mime(self, environ) -> str:
-        path = environ["PATH_INFO"]
-        suffix = path.rpartition("/")[2].rpartition(".")[2].lower()
-        mime = self._mimes.get(suffix)
-        if mime is None:
-            mime = self._mimes[suffix] = util.guess_mime_type(path, environ["wsgidav.config"])
-        return mime
-
-    def _get(self, environ, start_response, fspath, ospath, head):
+    def _get(self, environ, start_response, provider, fspath, ospath, head):
         try:  # non-blocking: opening a FIFO with no writer would hold this thread for good
             fd = os.open(ospath, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:  # missing, a folder, not readable: wsgidav's answer
@@ -85,7 +71,7 @@ class FastFiles(BaseMiddleware):
         start_response("200 OK", [
             ("Content-Length", str(st.st_size)),
             ("Last-Modified", util.get_rfc1123_time(st.st_mtime)),
-            ("Content-Type", self._mime(environ)),
+            ("Content-Type", provider.content_type(fspath.rpartition("/")[2], environ)),
             ("Date", util.get_rfc1123_time()),
             ("ETag", _etag_header(fspath, st)),
             ("Accept-Ranges", "bytes")])
@@ -135,8 +121,7 @@ def _body(stream, length: int):
     while left:
         chunk = stream.read(min(left, BLOCK_SIZE))
         if not chunk:  # the client went away half-way
-            raise DAVError(HTTP_BAD_REQUEST, context_info=(
-                f"the body ended after {length - left} of {length} bytes: nothing was written"))
+            raise cut_short(length - left, length)
         yield chunk
         left -= len(chunk)
 

@@ -7,6 +7,8 @@ import shutil
 import socket
 import threading
 
+from urllib.parse import quote, unquote
+
 import httpx
 import pytest
 from cheroot import wsgi
@@ -319,6 +321,25 @@ def test_fast_get_head_and_put_say_what_wsgidav_says(dav, roots):
     # the PUT's ETag is the one GET then gives, and the one PROPFIND lists
     assert httpx.get(dav.url + "home/fast.csv").headers["etag"] == fast[1][1]["etag"]
     assert not [n for n in os.listdir(roots / "home") if n.endswith(SUFFIX)]
+
+
+def test_each_file_gets_the_content_type_wsgidav_guesses_for_its_own_name(dav, roots):
+    """Types are remembered by what follows a name's first dot: a.tar.gz (a tar file) does
+    not make b.gz one, nor x.csv a file named csv, in a listing or a GET, in either order."""
+    from wsgidav import util
+
+    names = ["a.tar.gz", "b.gz", "x.csv", "csv", "x.mp4", ".mp4", "data:x.csv", "N.CSV"]
+    for name in names:
+        (roots / "home" / name).write_text("x")
+    expected = {name: util.guess_mime_type(name, {"default_charset": "utf-8"}) for name in names}  # wsgidav's default
+    assert len(set(expected.values())) >= 4  # the names above differ in what is guessed
+    for order in (names, names[::-1]):
+        got = {name: httpx.get(dav.url + "home/" + quote(name)).headers["content-type"] for name in order}
+        assert got == expected
+    listed = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
+    types = [re.search(r"/home/([^<]+)</D:href>.*<D:getcontenttype>([^<]*)<", response).groups()
+             for response in listed.text.split("<D:response>")[2:]]  # the files, after the folder
+    assert {unquote(href): kind for href, kind in types} == expected
 
 
 def test_fast_put_keeps_the_rules_wsgidav_keeps(dav, roots):
