@@ -257,6 +257,25 @@ def test_the_granian_shim_steps_a_lazy_app_once_and_ends_reads_at_the_body():
     assert closed == [True]
 
 
+def test_the_granian_shim_reads_what_a_refusing_app_left_of_the_body():
+    """An app that answers without reading the body (a 412 before a PUT's bytes): the
+    rest of the body is read before the answer goes out, so the connection the proxy is
+    sending on is not dropped under it."""
+    import io
+
+    from skerry.hub.userserver.wsgishim import for_granian
+
+    def refusing(environ, start_response):
+        start_response("412 Precondition Failed", [("Content-Length", "0")])
+        return [b""]
+
+    body = io.BytesIO(b"x" * 3_000_000)
+    seen = []
+    for_granian(refusing)({"CONTENT_LENGTH": "3000000", "wsgi.input": body},
+                          lambda status, headers, exc_info=None: seen.append(body.tell()))
+    assert seen == [3_000_000]  # all read when the status went to the server
+
+
 def test_only_a_new_home_gets_the_tutorials(tmp_path):
     from skerry.tutorials import FOLDER, new_home
 

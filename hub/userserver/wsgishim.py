@@ -8,9 +8,14 @@
 - an app that calls ``start_response`` only when its iterable takes its first step
   (wsgidav answers GET from a generator) is stepped once before granian gets the
   response: granian reads the status when the app returns, and answered such responses
-  with 200 and none of their headers (granian issue 845, closed as not planned).
+  with 200 and none of their headers (granian issue 845, closed as not planned);
+- what the app left unread of the body is read before the answer goes out, as cheroot does
+  (RFC 9112 9.6: a server that answers before reading the whole body should not close the
+  connection until it has): granian answered a refused PUT (a 412 for a stale ``If-Match``)
+  with its 1 MiB body unread, dropped the connection the proxy was still sending on, and
+  Traefik answered 502 to a quarter of such PUTs.
 
-A chunked body (no ``Content-Length``) is left as granian reads it.
+A chunked body (no ``Content-Length``) is otherwise left as granian reads it.
 """
 
 import itertools
@@ -49,6 +54,7 @@ def for_granian(app):
 
         def starting(status, headers, exc_info=None):
             started.append(status)
+            _drain(environ["wsgi.input"])
             return start_response(status, headers, exc_info)
 
         result = app(environ, starting)
@@ -66,6 +72,12 @@ def for_granian(app):
         return _Body(itertools.chain([first], steps), result)
 
     return wrapped
+
+
+def _drain(stream) -> None:
+    """Read what is left of a request body, and drop it."""
+    while stream.read(1024 * 1024):
+        pass
 
 
 class _Body:
