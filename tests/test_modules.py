@@ -3,6 +3,7 @@ and a real papermill kernel: the built-ins, callable, command and notebook modul
 classes, no partial output after a failure, and bad specs refused with the field named."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -460,3 +461,25 @@ def test_notebook_jobs_side_by_side_in_one_process_each_run_in_their_own_folder(
             printed = "".join(o.get("text", "") for c in nbformat.read(f, as_version=4).cells
                               for o in c.get("outputs", []))
         assert f"skerry-job-{name}-" in printed, printed
+
+
+def test_a_notebook_jobs_kernel_listens_only_on_sockets_in_the_jobs_own_folder(tmp_path):
+    """No TCP port: ports picked then bound later race between jobs starting together, and a
+    port on localhost is reachable by every account on the node; the job's folder is not."""
+    nb = f"file://{tmp_path}/where.ipynb"
+    write_notebook(nb, [
+        "import json, os, stat, ipykernel.connect\n"
+        "info = ipykernel.connect.get_connection_info(unpack=True)\n"
+        "folder = os.path.dirname(info['ip'])\n"
+        "mode = stat.S_IMODE(os.stat(folder).st_mode)\n"
+        "socks = sorted(n for n in os.listdir(folder) if stat.S_ISSOCK(os.stat(os.path.join(folder, n)).st_mode))\n"
+        "open(checksum, 'w').write(json.dumps({'transport': info['transport'], 'folder': folder,\n"
+        "                                     'cwd': os.getcwd(), 'mode': mode, 'sockets': len(socks)}))"])
+    r = run_job({**NB_SPEC, "notebook": nb}, put(f"file://{tmp_path}", "a.raw"), f"file://{tmp_path}/out",
+                job_id="sockets")
+    assert r.ok, r.log
+    [o] = r.outputs
+    seen = json.loads(fsspec.open(o.url, "r").open().read())
+    assert seen["transport"] == "ipc"
+    assert seen["folder"] == seen["cwd"] and "skerry-job-sockets-" in seen["folder"]
+    assert seen["mode"] == 0o700 and seen["sockets"] == 5  # shell, iopub, stdin, control, heartbeat

@@ -456,7 +456,8 @@ def _run_notebook(ctx: JobContext, timeout: float | None, tmp: str, log_url: str
         # the kernel starts in tmp (nbclient's resources path); papermill's cwd= would chdir this
         # whole process, and jobs run side by side in one worker's threads
         papermill.execute_notebook(src, dst, parameters=params, progress_bar=False, log_output=False,
-                                   execution_timeout=timeout, resources={"metadata": {"path": tmp}})
+                                   execution_timeout=timeout, resources={"metadata": {"path": tmp}},
+                                   config=_kernel_sockets(tmp))
     except TimeoutError:  # nbclient's CellTimeoutError
         raise JobFailed("Timeout", f"Notebook {ctx.module.notebook} ran past its cell timeout of {timeout} s.",
                         traceback.format_exc()) from None
@@ -471,6 +472,19 @@ def _run_notebook(ctx: JobContext, timeout: float | None, tmp: str, log_url: str
             fs.put_file(dst, path)
     staging.collect()
     return 0, f"notebook {ctx.module.notebook} executed; output notebook at {log_url}\n"
+
+
+def _kernel_sockets(tmp: str) -> Any:
+    """The kernel of a notebook job listens on Unix sockets in the job's own folder (0700).
+
+    On TCP, jupyter_client picks free ports and frees them again before the kernel binds them,
+    so two jobs starting at once can be given one port (a kernel then dies at start, or a client
+    waits on another job's kernel: seen in CI); and a port on localhost is reachable by every
+    account on the node. Sockets in the job's folder are neither.
+    """
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(tmp, "kernel")}})
 
 
 def _source_cell(executed: str, index: int) -> int:
