@@ -9,6 +9,8 @@ and ``updated_by`` are added by the store)::
      "adaptors": [{"name": "scratch", "type": "local", "path": "/scratch/{username}"}],
      "dask": {"max_workers": 8, "worker_threads": 2, "worker_memory": "4Gi"},
      "idle_timeout_s": 3600, "image": null,
+     "kubernetes": {"node_selector": {"skerry.io/pool": "gpu"},
+                    "tolerations": [{"key": "skerry.io/pool", "value": "gpu", "effect": "NoSchedule"}]},
      "access": {"everyone": false, "users": ["alice"], "groups": ["physics"]},
      "options": {"image": {"display_name": "Image",
                            "choices": {"base": {"display_name": "Base", "default": true, "overrides": {}},
@@ -24,9 +26,11 @@ Rules (every refusal is a :class:`ProfileError` whose message starts with the fi
   ``"512Mi"``, ``"2G"``... (stored as bytes);
 - ``adaptors`` are adaptor specs (:mod:`skerry.adaptors.specs`) in which ``{username}`` is
   replaced by the user's name; another ``{placeholder}`` or an unknown ``type`` is refused;
+- ``kubernetes``: where the profile's pods run on Kubernetes (node selector, tolerations);
+  the local backend ignores it;
 - options: a choice's ``overrides`` may set only ``resources``, ``dask`` (merged key by key),
-  ``adaptors``, ``idle_timeout_s`` and ``image``; the result of every choice must itself be a
-  valid profile; a free value's ``pattern`` must compile, and ``sets`` names one field;
+  ``adaptors``, ``idle_timeout_s``, ``image`` and ``kubernetes``; the result of every choice
+  must itself be a valid profile; a free value's ``pattern`` must compile, and ``sets`` names one field;
 - **override order**: the profile's own values < the chosen option choices (options in their
   order in ``options``) < free values (:func:`resolve`);
 - who may use it: ``access.everyone``, or the user is in ``access.users``, or in one of
@@ -43,7 +47,7 @@ meaning. Every write records ``{who, when, action, slug, changes}`` in the same 
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text, insert, select, update
@@ -56,7 +60,7 @@ from skerry.hub.stores.sqlitefile import SQLiteFile
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 SAMPLE_USER = "sample-user"  # adaptor templates are checked with this name in place of {username}
-OVERRIDABLE = ("resources", "dask", "adaptors", "idle_timeout_s", "image")
+OVERRIDABLE = ("resources", "dask", "adaptors", "idle_timeout_s", "image", "kubernetes")
 FREE_FIELDS = ("image", "idle_timeout_s", "resources.cpu_limit", "resources.cpu_guarantee", "resources.mem_limit",
                "resources.mem_guarantee", "resources.gpus", "dask.max_workers", "dask.worker_threads",
                "dask.worker_memory")
@@ -117,6 +121,26 @@ class DaskLimits(_Spec):
     max_workers: int = Field(ge=0)
     worker_threads: int = Field(1, ge=1)
     worker_memory: Memory
+
+
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+
+
+class Toleration(_Spec):
+    """A Kubernetes toleration: pods of the profile may run on nodes with this taint."""
+
+    key: str = Field(pattern=LABEL_KEY)
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = Field("", pattern=LABEL_VALUE)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Placement(_Spec):
+    """Where the profile's pods run on Kubernetes (ignored by the local backend)."""
+
+    node_selector: dict[Annotated[str, Field(pattern=LABEL_KEY)], Annotated[str, Field(pattern=LABEL_VALUE)]] = {}
+    tolerations: list[Toleration] = []
 
 
 class Access(_Spec):
@@ -186,6 +210,7 @@ class Profile(_Spec):
     dask: DaskLimits
     idle_timeout_s: int = Field(3600, ge=0, description="0: never stopped for being idle")
     image: str | None = Field(None, description="container image (Kubernetes); None: the platform's default")
+    kubernetes: Placement = Placement()
     access: Access = Access()
     options: dict[str, Option] = {}
 
