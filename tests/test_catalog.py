@@ -118,6 +118,23 @@ def test_sqlite_is_a_wal_file_with_foreign_keys_and_a_busy_timeout(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_the_platforms_catalog_is_at_skerry_catalog_url_where_it_is_set(url, tmp_path, monkeypatch):
+    """On Kubernetes the chart sets SKERRY_CATALOG_URL (PostgreSQL, from a Secret); the data
+    dir then holds no catalog of its own."""
+    monkeypatch.setenv("SKERRY_CATALOG_URL", url)
+    cat = Catalog.for_data_dir(tmp_path / "data")
+    try:
+        cat.upgrade()
+        cat.create_dataset("where", owner="alice")
+        other = Catalog(url)  # another process's view of the same database
+        with other.session() as s:
+            assert s.execute(text("SELECT name FROM datasets WHERE name = 'where'")).scalar() == "where"
+        other.dispose()
+        assert not (tmp_path / "data" / "catalog.sqlite").exists()
+    finally:
+        cat.dispose()
+
+
 @pytest.mark.parametrize("url", ["mysql://x@localhost/db", "sqlite://", "sqlite:///:memory:", "not a url"])
 def test_unsupported_urls_are_refused_with_a_sentence(url):
     with pytest.raises(ConfigError, match="catalog|SQLite"):

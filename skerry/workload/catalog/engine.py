@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
+from ... import config
 from ...errors import ConfigError
 
 __all__ = ["Database", "make_engine", "MIGRATIONS", "BUSY_TIMEOUT_S"]
@@ -81,7 +82,11 @@ class Database:
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path, **kwargs) -> Self:
-        """The platform's default catalog: ``DIR/catalog.sqlite``."""
+        """The platform's catalog: at ``SKERRY_CATALOG_URL`` where it is set (PostgreSQL, on
+        Kubernetes), else the default, ``DIR/catalog.sqlite``."""
+        url = config.CATALOG_URL.get()
+        if url:
+            return cls(url, **kwargs)
         path = Path(data_dir).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{path / 'catalog.sqlite'}", **kwargs)
