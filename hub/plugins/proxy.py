@@ -31,6 +31,9 @@ DAV_KEY = "skerry_dav"  # marks our routes in the route data
 
 
 def dav_target(spawner) -> str | None:
+    """Where a running server's WebDAV endpoint is: its ``dav_url`` (a pod's), or its port here."""
+    if getattr(spawner, "dav_url", ""):
+        return spawner.dav_url
     port = getattr(spawner, "dav_port", 0)
     return f"http://127.0.0.1:{port}" if port else None
 
