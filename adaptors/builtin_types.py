@@ -7,6 +7,7 @@ Rules:
   store, by name).
 """
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -19,7 +20,8 @@ from .types import AdaptorType, SpecBase
 
 class LocalAdaptor(SpecBase):
     type: Literal["local"]
-    path: str = Field(min_length=1, description="absolute folder on this machine")
+    path: str = Field(min_length=1, description="absolute folder on this machine; ~ at its start: the home of "
+                                                "the process using it (a pod's home, where that is mounted)")
 
 
 class MemoryAdaptor(SpecBase):
@@ -55,7 +57,7 @@ class Local(AdaptorType):
     name, spec, module, package, local = "local", LocalAdaptor, "fsspec.implementations.local", "fsspec", True
 
     def filesystem(self, spec, secrets):
-        return self.backend().LocalFileSystem(auto_mkdir=True), spec.path
+        return self.backend().LocalFileSystem(auto_mkdir=True), os.path.expanduser(spec.path)
 
     def rooted(self, fs, root):
         return LocalRootFileSystem(root, fs)

@@ -24,13 +24,24 @@ from .types import adaptor_type
 
 
 
+def private(st: os.stat_result) -> bool:
+    """Whether a file's mode keeps it to this process's user: nothing for others, nothing
+    written by the group; read by the group only where the group is this process's own (a
+    Kubernetes Secret's files are root's, of the pod's group, mode 0440)."""
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o027:
+        return False
+    return not mode & 0o040 or st.st_gid == os.getgid()
+
+
 def read_config(path: str) -> dict:
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(f"adaptor configuration {path} does not exist") from None
-    if stat.S_IMODE(mode) & 0o077:
-        raise ConfigError(f"adaptor configuration {path} holds secrets: it must be mode 0600")
+    if not private(st):
+        raise ConfigError(f"adaptor configuration {path} holds secrets: it must be mode 0600 "
+                          "(or 0440 in the reader's own group)")
     try:
         with open(path) as f:
             return json.load(f)
@@ -38,10 +49,15 @@ def read_config(path: str) -> dict:
         raise ConfigError(f"adaptor configuration {path} is not valid JSON: {e}") from None
 
 
+def config_text(adaptors: list[dict], credentials: dict | None = None) -> str:
+    """The configuration as the file holds it (the specs validated first); ConfigError if not valid."""
+    load_specs(adaptors)
+    return json.dumps({"adaptors": adaptors, "credentials": credentials or {}})
+
+
 def write_config(path: str, adaptors: list[dict], credentials: dict | None = None) -> None:
     """Write the configuration atomically with mode 0600 (validating the specs first)."""
-    load_specs(adaptors)
-    write_private(path, json.dumps({"adaptors": adaptors, "credentials": credentials or {}}))
+    write_private(path, config_text(adaptors, credentials))
 
 
 def build_federation(config: dict):

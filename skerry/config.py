@@ -158,6 +158,17 @@ CATALOG_URL = Setting("SKERRY_CATALOG_URL", str, None, "the admin (the Helm char
                       "the service and the scheduler (Catalog.for_data_dir)",
                       "the catalog's database URL (postgresql+psycopg://...); unset: DATA_DIR/catalog.sqlite",
                       user_facing=True)
+KUBERNETES = Setting("SKERRY_KUBERNETES", str, None, "the admin (the Helm chart: in-cluster)", "hub.plugins.settings",
+                     "the Kubernetes API users' servers run on, as pods: its URL, or in-cluster; "
+                     "unset: local processes", user_facing=True)
+KUBE_NAMESPACE = Setting("SKERRY_KUBE_NAMESPACE", str, "default", "the admin (the Helm chart: the release's)",
+                         "hub.plugins.settings", "the namespace of users' pods", user_facing=True)
+KUBE_PENDING_TIMEOUT = Setting("SKERRY_KUBE_PENDING_TIMEOUT", float, 120.0, "the admin", "hub.plugins.kube.spawner",
+                               "seconds a user's pod may wait for a node, its image or a volume before its start "
+                               "fails with the reason", user_facing=True, check=_positive,
+                               must="a positive number of seconds")
+USER_IMAGE = Setting("SKERRY_USER_IMAGE", str, None, "the admin (the Helm chart: images.user)", "hub.plugins.settings",
+                     "the image of users' pods where their profile names none", user_facing=True)
 CULL_INTERVAL = Setting("SKERRY_CULL_INTERVAL", float, 30.0, "the admin, for skerry up (passed on to the service)",
                         "the service's idle culler", "seconds between the idle culler's passes",
                         user_facing=True, check=_positive, must="a positive number of seconds")
@@ -171,6 +182,8 @@ CRYPT_KEY = Setting("SKERRY_CRYPT_KEY", str, None,
 
 DAV_PORT = Setting("SKERRY_DAV_PORT", int, None, _SPAWNER, "hub.userserver.webdav",
                    "the port of the user's WebDAV endpoint", check=_port, must="a port (0 to 65535)")
+DAV_IP = Setting("SKERRY_DAV_IP", str, "127.0.0.1", _SPAWNER, "hub.userserver.webdav",
+                 "the address the user's WebDAV endpoint listens on (a pod's: all of its own)")
 DAV_PREFIX = Setting("SKERRY_DAV_PREFIX", str, None, _SPAWNER, "hub.userserver.webdav",
                      "the URL path of the user's WebDAV endpoint (/dav/<name>/[<server>/])")
 USER = Setting("SKERRY_USER", str, None, _SPAWNER, "the WebDAV endpoint, the identity check, kernels",

@@ -14,7 +14,7 @@ and the pod's status:
 - each container's command runs as a local process in a session of its own, as the pod's
   ``runAsUser``/``runAsGroup`` with ``fsGroup`` as its one supplementary group, with its
   ``env`` resolved (values, ``secretKeyRef``, ``configMapKeyRef``, ``fieldRef`` to
-  ``status.podIP``), its output in the container's log;
+  ``status.podIP``), its output in the container's log (``ROOT/logs/<namespace>/<pod>/``, kept);
 - what a container runtime's mount and network namespaces do is done by rewriting: a
   ``mountPath`` at the start of the command's arguments, the env's values or ``workingDir``
   becomes that volume's folder, and ``0.0.0.0`` the pod's IP, its own loopback address
@@ -108,6 +108,11 @@ class PodRun:
         self.task = None
 
     @property
+    def logs(self) -> Path:
+        """The containers' output: kept after the pod, for a test to say why it failed."""
+        return self.kubelet.root / "logs" / self.key[2] / self.key[3]
+
+    @property
     def pod(self) -> dict | None:
         return self.store.objects.get(self.key)
 
@@ -118,8 +123,8 @@ class PodRun:
     def log(self, container):
         names = [c["name"] for c in (self.pod or {}).get("spec", {}).get("containers", [])]
         name = container or (names[0] if names else "")
-        path = self.folder / "logs" / f"{name}.log" if self.folder else None
-        return path.read_text(errors="replace") if path and path.exists() else ""
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     async def status(self, **changes):
         pod = self.pod
@@ -238,7 +243,7 @@ class PodRun:
                         if fs_group is not None:
                             os.chown(path, 0, fs_group)
             self.mounts[v["name"]] = where
-        (self.folder / "logs").mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         return True
 
     def _rewrite(self, text: str, mounts: list[tuple[str, Path]]) -> str:
@@ -289,7 +294,7 @@ class PodRun:
             os.setgroups(groups)
             os.setgid(gid)
             os.setuid(uid)
-        log = open(self.folder / "logs" / f"{container['name']}.log", "ab")
+        log = open(self.logs / f"{container['name']}.log", "ab")
         try:
             proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, env=env, stdout=log, stderr=log,
                                                         stdin=asyncio.subprocess.DEVNULL, start_new_session=True,

@@ -169,6 +169,15 @@ def test_config_file_must_be_private_and_is_written_atomically(tmp_path, monkeyp
     os.chmod(path, 0o644)
     with pytest.raises(ConfigError, match="must be mode 0600"):
         read_config(str(path))
+    # a Kubernetes Secret's file: read-only, of the reader's own group; another group's is refused
+    os.chmod(path, 0o440)
+    assert read_config(str(path))["credentials"]["k"]["password"] == "hunter2-secret"
+    os.chown(path, -1, os.getgid() + 1)
+    with pytest.raises(ConfigError, match="must be mode 0600"):
+        read_config(str(path))
+    os.chmod(path, 0o460)
+    with pytest.raises(ConfigError, match="must be mode 0600"):
+        read_config(str(path))
     with pytest.raises(ConfigError, match="adaptor spec 0: .*'type'"):
         write_config(str(tmp_path / "bad.json"), [{"name": "x", "type": "nope"}])
     assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad.json.tmp").exists()

@@ -64,6 +64,7 @@ def env_of(secret_ref: str):
         {"name": "JUPYTERHUB_API_URL", "value": "http://hub:8081/hub/api"},
         {"name": "JUPYTERHUB_USER", "value": "alice"},
         {"name": "SKERRY_ADAPTORS", "value": "/etc/skerry/server/adaptors.json"},
+        {"name": "SKERRY_DAV_IP", "value": "0.0.0.0"},
         {"name": "SKERRY_DAV_PORT", "value": "8889"},
         {"name": "SKERRY_DAV_PREFIX", "value": "/dav/alice/"},
         {"name": "SKERRY_IDENTITY_KEY",
@@ -124,7 +125,7 @@ def test_a_gpu_profiles_pod_adds_its_gpus_node_selector_and_tolerations_and_noth
     notebook["resources"] = {"requests": {"cpu": "1", "memory": "4Gi"},
                              "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}}
     for c in expected["spec"]["containers"]:
-        c["env"][9]["value"] = "gpu-small"  # SKERRY_PROFILE
+        c["env"][10]["value"] = "gpu-small"  # SKERRY_PROFILE
     expected["spec"]["nodeSelector"] = {"skerry.io/pool": "gpu"}
     expected["spec"]["tolerations"] = [{"key": "skerry.io/pool", "value": "gpu", "effect": "NoSchedule"},
                                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

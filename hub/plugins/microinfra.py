@@ -18,22 +18,26 @@ server runs; ``SkerrySpawner`` (local processes, :mod:`skerry.hub.plugins.spawne
 """
 
 import asyncio
+import os
 
 from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import maybe_future
-from traitlets import Any, HasTraits, Unicode, default
+from traitlets import Any, Unicode, default
+from traitlets.config import LoggingConfigurable
 
 from skerry import config
 from skerry.adaptors.store import RESERVED_ADAPTORS, AccountStore
 from skerry.errors import ConfigError
+from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
 from skerry.hub.plugins import spawn_form
 from skerry.hub.plugins.selection import Refused, select
 from skerry.hub.plugins.startqueue import start_queue
 from skerry.hub.stores.profiles import ProfileStore, allowed
 from skerry.hub.stores.quotas import QuotaExceeded, QuotaStore
+from skerry.kernels import JUPYTER_PATH_DIR
 
 
-class MicroInfrastructure(HasTraits):
+class MicroInfrastructure(LoggingConfigurable):
     """The backend-independent part of a skerry spawner (module docstring): a mixin, first in
     the bases of a JupyterHub ``Spawner``, whose ``start`` it provides."""
 
@@ -84,6 +88,21 @@ class MicroInfrastructure(HasTraits):
         config=True,
         help="The credentials' Fernet key file (made once), used when $SKERRY_CRYPT_KEY is not set.",
     )
+
+    def skerry_env(self, env: dict) -> dict:
+        """``env`` with what a server of any backend is told of skerry's: our Jupyter config
+        and kernels first, the platform's public URL, the profile's slug."""
+        # our Jupyter config first: it enables the skerry server extension
+        env[config.JUPYTER_CONFIG_PATH.name] = os.pathsep.join(
+            p for p in (JUPYTER_CONFIG_DIR, env.get(config.JUPYTER_CONFIG_PATH.name)) if p)
+        # the skerry kernels first: "Python 3 (skerry)" and "Python 3 (skerry, GPU)"
+        env[config.JUPYTER_PATH.name] = os.pathsep.join(
+            p for p in (JUPYTER_PATH_DIR, env.get(config.JUPYTER_PATH.name)) if p)
+        if config.PUBLIC_URL.get():
+            env[config.URL.name] = config.PUBLIC_URL.get().rstrip("/")
+        if self.profile:
+            env[config.PROFILE.name] = self.profile["slug"]
+        return env
 
     def _handover_root(self) -> str | None:
         """Where the account store hands the user's files over (local backend); None: nowhere."""

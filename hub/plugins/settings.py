@@ -83,9 +83,13 @@ def configure(c) -> None:
     c.JupyterHub.spawner_class = "skerry"
     c.SkerrySpawner.home_dir_template = str(data.users / "{username}")
     c.SkerrySpawner.handover_dir = str(data.handover_root)
-    c.SkerrySpawner.accounts_dir = str(data.accounts)
-    c.SkerrySpawner.credentials_dir = str(data.credentials_dir)
-    c.SkerrySpawner.credentials_key_file = str(data.credentials_key_file)
+    c.MicroInfrastructure.accounts_dir = str(data.accounts)
+    c.MicroInfrastructure.credentials_dir = str(data.credentials_dir)
+    c.MicroInfrastructure.credentials_key_file = str(data.credentials_key_file)
+    if config.KUBERNETES.get():  # users' servers are pods (hub.plugins.kube)
+        c.JupyterHub.spawner_class = "skerry-kube"
+        if config.KUBERNETES.get() != "in-cluster":  # else KubeSpawner reads the pod's service account
+            c.KubeSpawner.k8s_api_host = config.KUBERNETES.get()
     c.Spawner.default_url = "/lab"
     # micro-infrastructures beyond the first are named servers (/services/skerry/api/v1/infrastructure)
     c.JupyterHub.allow_named_servers = True

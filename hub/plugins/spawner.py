@@ -68,8 +68,6 @@ from skerry.adaptors.config import write_config
 from skerry.datadir import SERVER_LOG_LIMIT, server_file, server_log
 from skerry.errors import ConfigError
 from skerry.logtail import error_lines, sentence
-from skerry.extensions import CONFIG_DIR as JUPYTER_CONFIG_DIR
-from skerry.kernels import JUPYTER_PATH_DIR
 
 from skerry.process import descendants, group_members, is_running, kill_group, start_time
 from skerry.tutorials import new_home
@@ -237,19 +235,9 @@ class SkerrySpawner(MicroInfrastructure, SimpleLocalProcessSpawner):
         if self.accounts_dir:
             # the file may not exist yet: no keys, no JWT accepted
             env[config.JWT_KEYS.name] = str(self.account_store.jwt_keys_file(self.user.name))
-        # our Jupyter config first: it enables the skerry server extension
-        env[config.JUPYTER_CONFIG_PATH.name] = os.pathsep.join(
-            p for p in (JUPYTER_CONFIG_DIR, env.get(config.JUPYTER_CONFIG_PATH.name)) if p)
-        # the skerry kernels first: "Python 3 (skerry)" and "Python 3 (skerry, GPU)"
-        env[config.JUPYTER_PATH.name] = os.pathsep.join(
-            p for p in (JUPYTER_PATH_DIR, env.get(config.JUPYTER_PATH.name)) if p)
-        if config.PUBLIC_URL.get():
-            env[config.URL.name] = config.PUBLIC_URL.get().rstrip("/")
         if self.trust_file:
             env.update(dict.fromkeys(TRUST_VARIABLES, self.trust_file))
-        if self.profile:
-            env[config.PROFILE.name] = self.profile["slug"]
-        return env
+        return self.skerry_env(env)
 
     def _refuse_early(self) -> None:
         if not HUB_NAME.match(self.user.name):

@@ -70,7 +70,7 @@ def _worker_app():
 def main() -> int:
     die_with_parent()  # never outlive the micro-infrastructure process
     # its log: errors only (granian warns at every start that 16 threads are many: see THREADS)
-    server = Server("skerry-webdav", address="127.0.0.1", port=config.DAV_PORT.require(),
+    server = Server("skerry-webdav", address=config.DAV_IP.get(), port=config.DAV_PORT.require(),
                     interface=Interfaces.WSGI, workers=1, blocking_threads=THREADS, http=HTTPModes.http1,
                     backlog=BACKLOG, websockets=False, log_level=LogLevels.error)
     server.serve(target_loader=_worker_app, wrap_loader=False)  # until SIGTERM/SIGINT, or its worker's end

@@ -98,7 +98,7 @@ class ServerSpec:
     uid: int
     gid: int
     image: str
-    resources: Resources
+    resources: Resources | None  # None: no requests or limits (no profile)
     placement: Placement = Placement()
     server_name: str = ""
     namespace: str = "default"
@@ -109,6 +109,8 @@ class ServerSpec:
     sidecar: Sidecar = Sidecar()
     pull_policy: str = "IfNotPresent"
     profile: str = ""
+    args: tuple[str, ...] = ()  # the Jupyter server's own arguments (JupyterHub's Spawner.get_args)
+    extra_labels: Mapping[str, str] = field(default_factory=dict)  # e.g. what KubeSpawner watches pods by
 
     def __post_init__(self):
         if self.uid <= 0 or self.gid <= 0:
@@ -184,7 +186,7 @@ def _server_env(spec: ServerSpec) -> list[dict]:
     own = {config.USER.name: spec.username, config.SERVER.name: spec.server_name,
            config.DAV_PORT.name: str(DAV_PORT), config.DAV_PREFIX.name: spec.dav_prefix,
            config.ADAPTORS.name: f"{SERVER_FILES}/adaptors.json",
-           config.JWT_KEYS.name: f"{SERVER_FILES}/jwt-keys.json", "HOME": HOME}
+           config.JWT_KEYS.name: f"{SERVER_FILES}/jwt-keys.json", config.DAV_IP.name: "0.0.0.0", "HOME": HOME}
     if spec.profile:
         own[config.PROFILE.name] = spec.profile
     env = {**spec.env, **own}
@@ -207,12 +209,14 @@ def user_pod(spec: ServerSpec) -> dict:
     mounts = [{"name": "home", "mountPath": HOME},
               {"name": "server", "mountPath": SERVER_FILES, "readOnly": True}]
     r, s = spec.resources, spec.sidecar
+    gpus = r.gpus if r else 0
     containers = [
         {"name": "notebook", "image": spec.image, "imagePullPolicy": spec.pull_policy,
          "command": ["python", "-m", "skerry.quickstart", "jupyterhub.singleuser"],
+         **({"args": list(spec.args)} if spec.args else {}),
          "ports": [{"name": "notebook-port", "containerPort": JUPYTER_PORT}],
          "env": env, "workingDir": HOME, "volumeMounts": mounts,
-         "resources": _resources(r.cpu_guarantee, r.cpu_limit, r.mem_guarantee, r.mem_limit, r.gpus),
+         "resources": _resources(r.cpu_guarantee, r.cpu_limit, r.mem_guarantee, r.mem_limit, r.gpus) if r else {},
          "securityContext": CONTAINER_SECURITY},
         {"name": "webdav", "image": spec.image, "imagePullPolicy": spec.pull_policy,
          "command": ["python", "-m", "skerry.hub.userserver.webdav"],
@@ -228,12 +232,12 @@ def user_pod(spec: ServerSpec) -> dict:
     ]
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": _meta(spec.pod_name, spec.namespace, labels(spec.release, "user-server", spec.username),
-                          spec.username),
+        "metadata": _meta(spec.pod_name, spec.namespace,
+                          {**spec.extra_labels, **labels(spec.release, "user-server", spec.username)}, spec.username),
         "spec": {"automountServiceAccountToken": False, "enableServiceLinks": False,
                  "restartPolicy": "OnFailure", "securityContext": _run_as(spec.uid, spec.gid),
                  "containers": containers, "volumes": volumes,
-                 **_placement(spec.placement, r.gpus)},
+                 **_placement(spec.placement, gpus)},
     }
 
 

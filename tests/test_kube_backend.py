@@ -1,0 +1,116 @@
+"""The platform on the Kubernetes backend: ``skerry up`` with ``SKERRY_KUBERNETES`` set spawns
+users' servers as pods through KubeSpawner, against our own API server and its stand-in
+kubelet (tests/kubeapi.py: no Kubernetes API server can run here). The hub, the proxy and
+the service are the real ones; the pods' containers are real processes of the pod's uid.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import Platform, open_for_accounts, progress_events, wait_for
+
+HERE = Path(__file__).resolve().parent
+IMAGE = "skerry/user:test"
+NAMESPACE = "lab"
+UID_BASE = 100000  # SkerryKubeSpawner.uid_base's default
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory):
+    root = open_for_accounts(tmp_path_factory.mktemp("node"))
+    os.chmod(root, 0o711)  # the pods' users pass through to their volumes
+    proc = subprocess.Popen([sys.executable, str(HERE / "kubeapi.py"), "--root", str(root), "--image", IMAGE,
+                             "--namespace", NAMESPACE], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("ready "), line
+    yield line.split()[1], root
+    proc.terminate()
+    proc.wait(30)
+
+
+def kubeconfig(url: str, path: Path) -> Path:
+    """A kubeconfig for our API server (no credentials: it asks for none), as a hub outside
+    a cluster is given one."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+        "clusters": [{"name": "standin", "cluster": {"server": url}}],
+        "users": [{"name": "hub", "user": {}}],
+        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "hub", "namespace": NAMESPACE}}]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def platform(kube, tmp_path_factory):
+    config = kubeconfig(kube[0], tmp_path_factory.mktemp("kubeconfig") / "config")
+    env = {**os.environ, "KUBECONFIG": str(config), "SKERRY_KUBERNETES": kube[0], "SKERRY_KUBE_NAMESPACE": NAMESPACE,
+           "SKERRY_USER_IMAGE": IMAGE, "SKERRY_KUBE_PENDING_TIMEOUT": "12"}
+    p = Platform(tmp_path_factory.mktemp("kube-platform") / "data", env=env).start()
+    yield p
+    p.stop()
+
+
+def get(kube, path):
+    """An object of our API server, as any client sees it (None: 404)."""
+    try:
+        with urllib.request.urlopen(kube[0] + path, timeout=10) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+
+
+def test_alice_spawns_a_pod_her_jupyter_and_dav_work_through_the_hub_and_stopping_removes_it(kube, platform):
+    platform.create_user("alice")
+    token = platform.user_token("alice")
+    hub_id = platform.api("GET", "/hub/api/users/alice").json()
+    platform.start_server("alice")
+    pod = get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/skerry-alice")
+    uid = pod["spec"]["securityContext"]["runAsUser"]
+    assert uid > UID_BASE and pod["status"]["phase"] == "Running", hub_id
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["notebook", "webdav"]
+    secret = get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/skerry-alice")
+    assert secret is not None and "adaptors.json" in secret["data"]
+    assert token not in json.dumps(pod)
+
+    auth = {"Authorization": f"token {token}"}
+    r = httpx.get(f"{platform.url}/user/alice/api/status", headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    r = httpx.put(f"{platform.url}/dav/alice/home/hello.txt", content=b"from the desktop", headers=auth, timeout=30)
+    assert r.status_code in (201, 204), r.text
+    r = httpx.get(f"{platform.url}/dav/alice/home/hello.txt", headers=auth, timeout=30)
+    assert r.status_code == 200 and r.content == b"from the desktop"
+    # in her home claim, written by her pod's uid
+    written = kube[1] / "volumes" / NAMESPACE / "home-alice" / "hello.txt"
+    assert written.read_bytes() == b"from the desktop" and written.stat().st_uid == uid
+
+    platform.stop_server("alice")
+    wait_for(lambda: get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/skerry-alice") is None, 30, what="the pod gone")
+    assert get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/skerry-alice") is None
+    assert get(kube, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/home-alice") is not None
+    r = httpx.get(f"{platform.url}/dav/alice/home/hello.txt", headers=auth, timeout=30)
+    assert r.status_code == 503, r.text  # her route went with the pod: the service says she has no server
+
+
+def test_a_pod_no_node_can_take_says_why_on_the_spawn_page(kube, platform):
+    profile = {"slug": "gpu", "display_name": "GPU", "resources": {"cpu_limit": 1, "mem_limit": "1Gi", "gpus": 1},
+               "dask": {"max_workers": 1, "worker_memory": "1Gi"}, "access": {"everyone": True}}
+    r = platform.api("POST", "/services/skerry/api/v1/profiles", json=profile)
+    assert r.status_code == 201, r.text
+    platform.create_user("bob")
+    # the hub answers 202 after 10 s of a start; the pod may wait 12 s for a node (SKERRY_KUBE_PENDING_TIMEOUT)
+    r = platform.api("POST", "/hub/api/users/bob/server", json={"profile": "gpu"})
+    assert r.status_code == 202, r.text
+    events = progress_events(platform, "bob", timeout=120)
+    said = [e.get("message", "") for e in events]
+    assert any("FailedScheduling: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in m for m in said), said
+    assert events[-1].get("failed") and "Insufficient nvidia.com/gpu" in events[-1]["message"], events[-1]
+    wait_for(lambda: get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/skerry-bob") is None, 30, what="bob's pod gone")
+    assert get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/skerry-bob") is None
