@@ -4,6 +4,7 @@ kubelet (tests/kubeapi.py: no Kubernetes API server can run here). The hub, the 
 the service are the real ones; the pods' containers are real processes of the pod's uid.
 """
 
+import base64
 import json
 import os
 import subprocess
@@ -114,3 +115,54 @@ def test_a_pod_no_node_can_take_says_why_on_the_spawn_page(kube, platform):
     assert events[-1].get("failed") and "Insufficient nvidia.com/gpu" in events[-1]["message"], events[-1]
     wait_for(lambda: get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/skerry-bob") is None, 30, what="bob's pod gone")
     assert get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/skerry-bob") is None
+
+
+def pod_processes(name: str) -> list[int]:
+    """The processes of pod ``name`` (the stand-in kubelet names each container's HOSTNAME so)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"HOSTNAME={name}".encode() in environ:
+            found.append(int(pid))
+    return found
+
+
+def test_each_users_pod_runs_as_their_own_uid_holds_no_platform_secret_and_cannot_read_anothers_home(
+        kube, platform):
+    profile = {"slug": "cpu", "display_name": "CPU", "resources": {"cpu_limit": 1, "mem_limit": "1Gi", "gpus": 0},
+               "dask": {"max_workers": 1, "worker_memory": "1Gi"}, "access": {"everyone": True}}
+    r = platform.api("POST", "/services/skerry/api/v1/profiles", json=profile)
+    assert r.status_code in (201, 409), r.text
+    uids = {}
+    for name in ("carol", "dave"):
+        platform.create_user(name)
+        r = platform.api("POST", f"/hub/api/users/{name}/server", json={"profile": "cpu"})
+        assert r.status_code in (201, 202), r.text
+        wait_for(lambda n=name: (platform.server(n) or {}).get("ready"), 60, what=f"{name}'s server")
+        uids[name] = get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/skerry-{name}")["spec"]["securityContext"][
+            "runAsUser"]
+    assert len(set(uids.values())) == 2 and min(uids.values()) > UID_BASE
+    platform_secrets = [p.read_text().strip() for p in (platform.data_dir / "secrets").iterdir() if p.is_file()]
+    assert len(platform_secrets) >= 3  # the admin's token and password, the proxy's token, the cookie secret
+    for name, uid in uids.items():
+        procs = pod_processes(f"skerry-{name}")
+        assert len(procs) >= 2, name  # Jupyter and the WebDAV sidecar (granian forks a worker)
+        for pid in procs:
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status, (name, status)
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert not [s for s in platform_secrets if s.encode() in environ], name
+        secret = get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/skerry-{name}")
+        held = b"".join(base64.b64decode(v) for v in secret["data"].values())
+        assert not [s for s in platform_secrets if s.encode() in held], name
+    # carol's uid (her kernel's, her terminal's) cannot read dave's home claim, nor list it
+    dave_home = kube[1] / "volumes" / NAMESPACE / "home-dave"
+    (dave_home / "private.txt").write_text("dave's")
+    probe = subprocess.run([sys.executable, "-c", f"import os; print(os.listdir({str(dave_home)!r}))"],
+                           user=uids["carol"], group=uids["carol"], extra_groups=[], capture_output=True, text=True)
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stdout
+    for name in uids:
+        platform.stop_server(name)
