@@ -9,12 +9,14 @@ under KubeSpawner, kubernetes, kr8s) use:
 
 - resources: namespaces; in a namespace: pods (and their ``status`` and ``log``), services,
   secrets, configmaps, persistentvolumeclaims, events, serviceaccounts (core v1),
-  networkpolicies (networking.k8s.io/v1), daskclusters, daskworkergroups, daskjobs,
-  daskautoscalers (kubernetes.dask.org/v1); discovery (``/api``, ``/apis``, ``/version``);
+  deployments (apps/v1, kept by tests/kubecontrollers.py), networkpolicies
+  (networking.k8s.io/v1), daskclusters, daskworkergroups, daskjobs, daskautoscalers
+  (kubernetes.dask.org/v1); discovery (``/api``, ``/apis``, ``/version``);
 - create (409 AlreadyExists, ``generateName``, 422 without a name), get (404 NotFound), list
   (``labelSelector``: ``=``, ``==``, ``!=``, ``in``, ``notin``, ``key``, ``!key``;
   ``fieldSelector``: ``=``/``!=`` on dotted paths), replace (409 Conflict on a stale
-  ``resourceVersion``), patch (merge patch; a strategic merge patch is taken as one), delete;
+  ``resourceVersion``), patch (JSON patch; merge patch, and a strategic merge patch taken as
+  one), delete;
   errors are ``Status`` objects with ``reason`` and ``code``;
 - every object gets ``metadata.uid``, ``creationTimestamp`` and an increasing ``resourceVersion``;
 - watches (``?watch=1``): ADDED, MODIFIED and DELETED after the ``resourceVersion`` given
@@ -29,11 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import copy
 import itertools
 import json
 import re
 import signal
+import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -45,6 +49,7 @@ CORE = {"namespaces": ("Namespace", False), "pods": ("Pod", True), "services": (
         "secrets": ("Secret", True), "configmaps": ("ConfigMap", True), "events": ("Event", True),
         "persistentvolumeclaims": ("PersistentVolumeClaim", True), "serviceaccounts": ("ServiceAccount", True)}
 GROUPS = {
+    "apps/v1": {"deployments": ("Deployment", True)},
     "networking.k8s.io/v1": {"networkpolicies": ("NetworkPolicy", True)},
     "kubernetes.dask.org/v1": {"daskclusters": ("DaskCluster", True), "daskworkergroups": ("DaskWorkerGroup", True),
                                "daskjobs": ("DaskJob", True), "daskautoscalers": ("DaskAutoscaler", True)},
@@ -128,6 +133,36 @@ def stored(secret: dict) -> None:
                       **{k: base64.b64encode(v.encode()).decode() for k, v in plain.items()}}
 
 
+def json_patch(doc, ops):
+    """RFC 6902 JSON patch: add, remove, replace and test, at JSON pointers."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        parent = doc
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        last = parts[-1] if parts else None
+        kind = op["op"]
+        if kind == "test":
+            here = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if here != op.get("value"):
+                raise ApiError(422, "Invalid", f"the test of {op['path']} failed")
+        elif kind == "remove":
+            del parent[int(last) if isinstance(parent, list) else last]
+        elif kind in ("add", "replace"):
+            if isinstance(parent, list):
+                index = len(parent) if last == "-" else int(last)
+                if kind == "add":
+                    parent.insert(index, op["value"])
+                else:
+                    parent[index] = op["value"]
+            else:
+                parent[last] = op["value"]
+        else:
+            raise ApiError(422, "Invalid", f"unsupported JSON patch op {kind!r}")
+    return doc
+
+
 # -- the store --------------------------------------------------------------------------------
 
 
@@ -206,8 +241,14 @@ class Store:
         return new
 
     async def patch(self, gv, plural, ns, name, patch, status_only=False):
+        """A merge patch (a dict; a strategic merge patch is taken as one), or a JSON patch (a list)."""
         old = self.get(gv, plural, ns, name)
-        new = merge_patch(old, {"status": patch.get("status")} if status_only else patch)
+        if isinstance(patch, list):
+            new = json_patch(old, patch)
+            if status_only:
+                new = {**old, "status": new.get("status")}
+        else:
+            new = merge_patch(old, {"status": patch.get("status")} if status_only else patch)
         new["metadata"] = {**new.get("metadata", {}), "resourceVersion": old["metadata"]["resourceVersion"]}
         return await self.replace(gv, plural, ns, name, new, status_only=False)
 
@@ -375,13 +416,49 @@ class Api:
         r.add_route("*", "/api/v1/{plural:namespaces}/{name}", self.one)
         for path in ("/version", "/api", "/apis", "/api/v1", "/apis/{group}/{version}"):
             r.add_get(path, self.discovery)
+            r.add_get(path + "/", self.discovery)  # kr8s asks for /version/
         return app
 
 
+@contextlib.contextmanager
+def running(root: Path, images=(), namespaces=(), gpus: int = 0):
+    """This server (and its kubelet) as a process, for a test: yields its URL; stops it, and
+    every pod's processes, afterwards."""
+    argv = [sys.executable, __file__, "--root", str(root), "--gpus", str(gpus),
+            *[a for i in images for a in ("--image", i)], *[a for n in namespaces for a in ("--namespace", n)]]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith("ready "):
+            raise RuntimeError(f"the stand-in API server did not start: {line!r}")
+        yield line.split()[1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def kubeconfig(url: str, path: Path, namespace: str = "default") -> Path:
+    """A kubeconfig for this server (no credentials: it asks for none), as a program outside a
+    cluster is given one."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+        "clusters": [{"name": "standin", "cluster": {"server": url}}],
+        "users": [{"name": "standin", "user": {}}],
+        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin",
+                                                     "namespace": namespace}}]}))
+    return path
+
+
 async def serve(args) -> None:
-    from kubelet import Kubelet  # beside this file: it runs the pods this server keeps
+    from kubecontrollers import Deployments  # beside this file: the controllers and the kubelet
+    from kubelet import Kubelet
 
     store = Store()
+    Deployments(store)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     kubelet = Kubelet(store, root, set(args.image), args.gpus, dict(kv.split("=", 1) for kv in args.node_label))

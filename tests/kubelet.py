@@ -34,6 +34,7 @@ import asyncio
 import base64
 import itertools
 import os
+import re
 import shutil
 import signal
 import sys
@@ -253,6 +254,46 @@ class PodRun:
                 break
         return text.replace("0.0.0.0", self.ip)
 
+    def _service_hosts(self) -> dict[str, str]:
+        """Each Service of the pod's namespace, by every name DNS would answer for it, with
+        the IP of a ready pod it selects (None while it has none)."""
+        ns, out = self.key[2], {}
+        for (_, plural, n, name), svc in self.store.objects.items():
+            if plural != "services" or n != ns:
+                continue
+            selector = (svc.get("spec") or {}).get("selector") or {}
+            ready = [p["status"]["podIP"] for (_, pl, pn, _), p in self.store.objects.items()
+                     if pl == "pods" and pn == ns and selector
+                     and selector.items() <= (p["metadata"].get("labels") or {}).items()
+                     and p.get("status", {}).get("podIP")
+                     and any(c.get("type") == "Ready" and c.get("status") == "True"
+                             for c in p["status"].get("conditions", []))]
+            for host in (name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"):
+                out[host] = ready[0] if ready else None
+        return out
+
+    def _hosts_in(self, text: str) -> set[str]:
+        return {m.group(1) for m in re.finditer(r"//([a-z0-9.-]+)(?=[:/]|$)", text)}
+
+    async def _wait_for_services(self, texts: list[str]) -> None:
+        """Waits while a Service these name (``scheme://name:port``) has no ready pod: cluster
+        DNS would answer, and the client would retry until it had one."""
+        while not self.deleting.is_set():
+            hosts = self._service_hosts()
+            wanted = {h for t in texts for h in self._hosts_in(t) if h in hosts}
+            if all(hosts[h] for h in wanted):
+                return
+            try:
+                await asyncio.wait_for(self.deleting.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+    def _resolve(self, text: str) -> str:
+        """``scheme://service...:port`` with the IP of a ready pod of that Service (what DNS and
+        the Service's virtual IP do; a Service's port must be its pods' port here)."""
+        hosts = self._service_hosts()
+        return re.sub(r"//([a-z0-9.-]+)(?=[:/]|$)", lambda m: "//" + (hosts.get(m.group(1)) or m.group(1)), text)
+
     def _env(self, container: dict) -> dict[str, str]:
         ns, env = self.key[2], {}
         for e in container.get("env", []):
@@ -283,10 +324,14 @@ class PodRun:
             raise ApiError(400, "CreateContainerConfigError", "container has runAsNonRoot and image will run as root")
         mounts = sorted(((m["mountPath"], self.mounts[m["name"]]) for m in container.get("volumeMounts", [])),
                         key=lambda m: -len(m[0]))
+        given = self._env(container)
+        argv = [expand(a, given) for a in [*container.get("command", []), *container.get("args", [])]]
+        await self._wait_for_services([*argv, *given.values()])
+        # what a container runtime gives every container (HOME: the image's user has none here)
         env = {"PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin",
-               "HOSTNAME": pod["metadata"]["name"], "LANG": "C.UTF-8"}
-        env.update({k: self._rewrite(v, mounts) for k, v in self._env(container).items()})
-        argv = [self._rewrite(a, mounts) for a in [*container.get("command", []), *container.get("args", [])]]
+               "HOSTNAME": pod["metadata"]["name"], "LANG": "C.UTF-8", "HOME": "/"}
+        env.update({k: self._resolve(self._rewrite(v, mounts)) for k, v in given.items()})
+        argv = [self._resolve(self._rewrite(a, mounts)) for a in argv]
         cwd = self._rewrite(container.get("workingDir") or "/", mounts)
         groups = [fs_group] if fs_group is not None else []
 
@@ -385,6 +430,12 @@ class PodRun:
             with _gone():
                 os.killpg(p.pid, signal.SIGKILL)  # the whole session: what the container started too
         await asyncio.gather(*(p.wait() for p in live), return_exceptions=True)
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """``$(NAME)`` replaced by the container's variable NAME where it has one; ``$$`` is ``$``."""
+    return re.sub(r"\$(\$|\(([A-Za-z_][A-Za-z0-9_]*)\))",
+                  lambda m: "$" if m.group(1) == "$" else env.get(m.group(2), m.group(0)), text)
 
 
 class _gone:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from helpers import Platform, open_for_accounts, progress_events, wait_for
+from kubeapi import kubeconfig, running
 
 HERE = Path(__file__).resolve().parent
 IMAGE = "skerry/user:test"
@@ -27,29 +28,13 @@ UID_BASE = 100000  # SkerryKubeSpawner.uid_base's default
 def kube(tmp_path_factory):
     root = open_for_accounts(tmp_path_factory.mktemp("node"))
     os.chmod(root, 0o711)  # the pods' users pass through to their volumes
-    proc = subprocess.Popen([sys.executable, str(HERE / "kubeapi.py"), "--root", str(root), "--image", IMAGE,
-                             "--namespace", NAMESPACE], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("ready "), line
-    yield line.split()[1], root
-    proc.terminate()
-    proc.wait(30)
-
-
-def kubeconfig(url: str, path: Path) -> Path:
-    """A kubeconfig for our API server (no credentials: it asks for none), as a hub outside
-    a cluster is given one."""
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
-        "clusters": [{"name": "standin", "cluster": {"server": url}}],
-        "users": [{"name": "hub", "user": {}}],
-        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "hub", "namespace": NAMESPACE}}]}))
-    return path
+    with running(root, images=[IMAGE], namespaces=[NAMESPACE]) as url:
+        yield url, root
 
 
 @pytest.fixture(scope="module")
 def platform(kube, tmp_path_factory):
-    config = kubeconfig(kube[0], tmp_path_factory.mktemp("kubeconfig") / "config")
+    config = kubeconfig(kube[0], tmp_path_factory.mktemp("kubeconfig") / "config", NAMESPACE)
     env = {**os.environ, "KUBECONFIG": str(config), "SKERRY_KUBERNETES": kube[0], "SKERRY_KUBE_NAMESPACE": NAMESPACE,
            "SKERRY_USER_IMAGE": IMAGE, "SKERRY_KUBE_PENDING_TIMEOUT": "12"}
     p = Platform(tmp_path_factory.mktemp("kube-platform") / "data", env=env).start()

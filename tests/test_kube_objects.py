@@ -208,12 +208,14 @@ def test_the_users_dask_cluster_runs_as_the_user_with_tls_and_its_own_certificat
         [c] = pod["containers"]
         assert c["command"][c["command"].index("--tls-ca-file") + 1] == "/etc/skerry/dask-tls/ca.pem"
         assert {"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"} in c["env"]
+        assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
+        assert c["command"][c["command"].index("--host") + 1] == "$(POD_IP)"  # its own address, not every one
         assert dc["spec"][part]["metadata"]["labels"]["skerry.io/user"] == "alice"
     worker = dc["spec"]["worker"]
     assert worker["replicas"] == 0
     assert worker["spec"]["containers"][0]["command"] == [
         "dask", "worker", "tls://dask-alice-scheduler.lab.svc:8786", "--name", "$(DASK_WORKER_NAME)",
-        "--nthreads", "2", "--memory-limit", str(2 * 2**30), "--tls-ca-file", "/etc/skerry/dask-tls/ca.pem",
+        "--host", "$(POD_IP)", "--nthreads", "2", "--memory-limit", str(2 * 2**30), "--tls-ca-file", "/etc/skerry/dask-tls/ca.pem",
         "--tls-cert", "/etc/skerry/dask-tls/cert.pem", "--tls-key", "/etc/skerry/dask-tls/key.pem"]
     assert worker["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "2", "memory": "2Gi"},
                                                             "limits": {"cpu": "2", "memory": "2Gi"}}

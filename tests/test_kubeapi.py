@@ -6,8 +6,6 @@ real cluster would. The stand-in exists because no API server can run here (its 
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +15,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 from helpers import open_for_accounts
+from kubeapi import running
 
 
 HERE = Path(__file__).resolve().parent
@@ -27,13 +26,8 @@ IMAGE = "skerry/test:1"
 def kube(tmp_path_factory):
     root = open_for_accounts(tmp_path_factory.mktemp("node"))  # the pods' users pass through to their volumes
     os.chmod(root, 0o711)
-    proc = subprocess.Popen([sys.executable, str(HERE / "kubeapi.py"), "--root", str(root), "--image", IMAGE,
-                             "--namespace", "lab"], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("ready "), line
-    yield line.split()[1], root
-    proc.terminate()
-    proc.wait(30)
+    with running(root, images=[IMAGE], namespaces=["lab"]) as url:
+        yield url, root
 
 
 def run(coro):
@@ -160,9 +154,9 @@ def test_a_pod_runs_as_its_user_with_its_secret_and_claim_and_is_gone_once_delet
             assert any('secret "pod-secret" not found' in m for m in said), said
             await core.create_namespaced_secret("lab", {"metadata": {"name": "pod-secret"},
                                                         "stringData": {"token": "t0k", "key": "k3y"}})
-            running = await wait_for(core, "p1", lambda p: p.status.phase == "Running"
-                                     and all(s.ready for s in p.status.container_statuses))
-            ip = running.status.pod_ip
+            up = await wait_for(core, "p1", lambda p: p.status.phase == "Running"
+                                and all(s.ready for s in p.status.container_statuses))
+            ip = up.status.pod_ip
             assert ip.startswith("127.0.") and ip != "127.0.0.1"
             assert urllib.request.urlopen(f"http://{ip}:8888/seen.json", timeout=5).status == 200
             seen = json.loads((root / "volumes" / "lab" / "data" / "seen.json").read_text())

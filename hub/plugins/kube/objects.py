@@ -311,6 +311,7 @@ class ClusterSpec:
         return f"tls://{self.name}-scheduler.{self.namespace}.svc:{SCHEDULER_PORT}"
 
 
+POD_IP = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}  # what Dask listens on
 TLS_ARGS = ("--tls-ca-file", f"{DASK_TLS}/ca.pem", "--tls-cert", f"{DASK_TLS}/cert.pem",
             "--tls-key", f"{DASK_TLS}/key.pem")
 
@@ -318,7 +319,7 @@ TLS_ARGS = ("--tls-ca-file", f"{DASK_TLS}/ca.pem", "--tls-cert", f"{DASK_TLS}/ce
 def _dask_pod(spec: ClusterSpec, container: dict, gpus: int = 0) -> dict:
     """A scheduler's or worker's pod spec: as the user, TLS files mounted read-only."""
     container = {**container, "image": spec.image, "imagePullPolicy": spec.pull_policy,
-                 "env": [{"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"}],
+                 "env": [{"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"}, POD_IP],
                  "volumeMounts": [{"name": "tls", "mountPath": DASK_TLS, "readOnly": True}],
                  "securityContext": CONTAINER_SECURITY}
     return {"automountServiceAccountToken": False, "enableServiceLinks": False,
@@ -330,8 +331,9 @@ def _dask_pod(spec: ClusterSpec, container: dict, gpus: int = 0) -> dict:
 def _worker(spec: ClusterSpec, command: list[str], gpus: int) -> dict:
     d = spec.dask
     return {"name": "worker", "command": [*command, spec.address, "--name", "$(DASK_WORKER_NAME)",
-                                          "--nthreads", str(d.worker_threads), "--memory-limit",
-                                          str(d.worker_memory), *TLS_ARGS, *(["--resources", "GPU=1"] if gpus else [])],
+                                          "--host", "$(POD_IP)", "--nthreads", str(d.worker_threads),
+                                          "--memory-limit", str(d.worker_memory), *TLS_ARGS,
+                                          *(["--resources", "GPU=1"] if gpus else [])],
             "resources": _resources(d.worker_threads, d.worker_threads, d.worker_memory, d.worker_memory, gpus)}
 
 
@@ -339,7 +341,7 @@ def dask_cluster(spec: ClusterSpec) -> dict:
     """The user's ``DaskCluster``: a TLS scheduler and a CPU worker group (at most
     ``dask.max_workers``, none to begin with: the workload scheduler scales it)."""
     dask_labels = labels(spec.release, "dask", spec.username)
-    scheduler = {"name": "scheduler", "command": ["dask", "scheduler", "--protocol", "tls",
+    scheduler = {"name": "scheduler", "command": ["dask", "scheduler", "--protocol", "tls", "--host", "$(POD_IP)",
                                                   "--port", str(SCHEDULER_PORT),
                                                   "--dashboard-address", f":{DASHBOARD_PORT}", *TLS_ARGS],
                  "ports": [{"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
