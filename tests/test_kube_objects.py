@@ -215,8 +215,9 @@ def test_the_users_dask_cluster_runs_as_the_user_with_tls_and_its_own_certificat
     assert worker["replicas"] == 0
     assert worker["spec"]["containers"][0]["command"] == [
         "dask", "worker", "tls://dask-alice-scheduler.lab.svc:8786", "--name", "$(DASK_WORKER_NAME)",
-        "--host", "$(POD_IP)", "--nthreads", "2", "--memory-limit", str(2 * 2**30), "--tls-ca-file", "/etc/skerry/dask-tls/ca.pem",
-        "--tls-cert", "/etc/skerry/dask-tls/cert.pem", "--tls-key", "/etc/skerry/dask-tls/key.pem"]
+        "--host", "$(POD_IP)", "--nthreads", "2", "--memory-limit", str(2 * 2**30),
+        "--tls-ca-file", "/etc/skerry/dask-tls/ca.pem", "--tls-cert", "/etc/skerry/dask-tls/cert.pem",
+        "--tls-key", "/etc/skerry/dask-tls/key.pem"]
     assert worker["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "2", "memory": "2Gi"},
                                                             "limits": {"cpu": "2", "memory": "2Gi"}}
     service = dc["spec"]["scheduler"]["service"]
