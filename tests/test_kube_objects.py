@@ -158,9 +158,9 @@ def test_nothing_secret_is_in_the_pod_only_in_its_secret_mounted_read_only():
 
 
 def test_pods_never_run_as_root():
-    with pytest.raises(ValueError, match="uid and gid above 0"):
+    with pytest.raises(ValueError, match="a uid and gid above 0"):
         server(CPU_PROFILE, uid=0)
-    with pytest.raises(ValueError, match="uid and gid above 0"):
+    with pytest.raises(ValueError, match="a uid and gid above 0"):
         cluster(CPU_PROFILE, gid=0)
 
 

@@ -79,7 +79,8 @@ class MicroInfrastructure(LoggingConfigurable):
         help="""Folder of the users' credential stores (``<user>.json``, encrypted at rest).
 
         The credentials the user's adaptors name are decrypted when a server starts and
-        handed over in the 0600 adaptor configuration file only.
+        handed over in the server's adaptor configuration only (a 0600 file of the user's
+        account here, the server's own Secret on Kubernetes).
         """,
     )
 

@@ -76,6 +76,11 @@ def memory(size: int) -> str:
     return str(size)
 
 
+def _not_root(what: str, uid: int, gid: int) -> None:
+    if uid <= 0 or gid <= 0:
+        raise ValueError(f"{what}: a uid and gid above 0 (root) are needed, not {uid}:{gid}")
+
+
 @dataclass(frozen=True)
 class Sidecar:
     """What the WebDAV/data-API container may use (the profile's resources are Jupyter's)."""
@@ -113,9 +118,7 @@ class ServerSpec:
     extra_labels: Mapping[str, str] = field(default_factory=dict)  # e.g. what KubeSpawner watches pods by
 
     def __post_init__(self):
-        if self.uid <= 0 or self.gid <= 0:
-            raise ValueError(f"the pods of {self.username!r} need a uid and gid above 0 (root), "
-                             f"not {self.uid}:{self.gid}")
+        _not_root(f"the pods of {self.username!r}", self.uid, self.gid)
 
     @property
     def pod_name(self) -> str:
@@ -293,9 +296,7 @@ class ClusterSpec:
     pull_policy: str = "IfNotPresent"
 
     def __post_init__(self):
-        if self.uid <= 0 or self.gid <= 0:
-            raise ValueError(f"the Dask cluster of {self.username!r} needs a uid and gid above 0 (root), "
-                             f"not {self.uid}:{self.gid}")
+        _not_root(f"the Dask cluster of {self.username!r}", self.uid, self.gid)
 
     @property
     def name(self) -> str:

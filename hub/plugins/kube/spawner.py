@@ -141,7 +141,6 @@ class SkerryKubeSpawner(MicroInfrastructure, KubeSpawner):
         await self._put_secret(server_secret(spec, files))
         self._step(60, f"Starting your pod {spec.pod_name}")
         started = asyncio.ensure_future(KubeSpawner._start(self))  # the claim, the pod, until it runs
-        self._start_future = started  # what KubeSpawner's stop waits on
         blocked = asyncio.ensure_future(self._until_blocked())
         try:
             await asyncio.wait({started, blocked}, return_when=asyncio.FIRST_COMPLETED)
