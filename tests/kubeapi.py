@@ -464,7 +464,8 @@ async def serve(args) -> None:
     kubelet = Kubelet(store, root, set(args.image), args.gpus, dict(kv.split("=", 1) for kv in args.node_label))
     for ns in ("default", "kube-system", *args.namespace):
         await store.create("v1", "namespaces", None, {"kind": "Namespace", "metadata": {"name": ns}})
-    runner = web.AppRunner(Api(store, kubelet).app(), handle_signals=False)
+    # at stop, open watches are cut at once (a client would see its watch end, and list again)
+    runner = web.AppRunner(Api(store, kubelet).app(), handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
     port = runner.addresses[0][1]

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -85,28 +86,35 @@ def test_alice_spawns_a_pod_her_jupyter_and_dav_work_through_the_hub_and_stoppin
     assert r.status_code == 503, r.text  # her route went with the pod: the service says she has no server
 
 
-@pytest.mark.parametrize("user, profile, said", [
+CANNOT_RUN = [  # (user, profile, what the spawn page says)
     ("bob", {"slug": "gpu", "resources": {"cpu_limit": 1, "mem_limit": "1Gi", "gpus": 1}},
      "FailedScheduling: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu"),
     ("erin", {"slug": "torch", "resources": {"cpu_limit": 1, "mem_limit": "1Gi", "gpus": 0}, "image": "skerry/torch:9"},
      'Failed: Failed to pull image "skerry/torch:9"'),
-])
-def test_a_pod_that_cannot_run_says_why_on_the_spawn_page(kube, platform, user, profile, said):
-    profile = {**profile, "display_name": profile["slug"], "dask": {"max_workers": 1, "worker_memory": "1Gi"},
-               "access": {"users": [user]}}
-    r = platform.api("POST", "/services/skerry/api/v1/profiles", json=profile)
-    assert r.status_code == 201, r.text
-    platform.create_user(user)
-    # the hub answers 202 after 10 s of a start; the pod may wait 12 s (SKERRY_KUBE_PENDING_TIMEOUT)
-    r = platform.api("POST", f"/hub/api/users/{user}/server", json={"profile": profile["slug"]})
-    assert r.status_code == 202, r.text
-    events = progress_events(platform, user, timeout=120)
-    messages = [e.get("message", "") for e in events]
-    assert any(said in m for m in messages), messages  # while it waits, on the spawn page
-    assert events[-1].get("failed") and said in events[-1]["message"], events[-1]  # and why it failed
-    wait_for(lambda: get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/skerry-{user}") is None, 30,
-             what=f"{user}'s pod gone")
-    assert get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/skerry-{user}") is None
+]
+
+
+def test_a_pod_that_cannot_run_says_why_on_the_spawn_page(kube, platform):
+    for user, profile, _ in CANNOT_RUN:
+        profile = {**profile, "display_name": profile["slug"], "dask": {"max_workers": 1, "worker_memory": "1Gi"},
+                   "access": {"users": [user]}}
+        r = platform.api("POST", "/services/skerry/api/v1/profiles", json=profile)
+        assert r.status_code == 201, r.text
+        platform.create_user(user)
+    # both start at once; the hub answers 202 after 10 s of a start, and a pod may wait 12 s
+    # (SKERRY_KUBE_PENDING_TIMEOUT) before its start fails
+    with ThreadPoolExecutor(len(CANNOT_RUN)) as pool:
+        answers = list(pool.map(lambda case: platform.api("POST", f"/hub/api/users/{case[0]}/server",
+                                                           json={"profile": case[1]["slug"]}), CANNOT_RUN))
+        assert [r.status_code for r in answers] == [202] * len(CANNOT_RUN), [r.text for r in answers]
+        progress = list(pool.map(lambda case: progress_events(platform, case[0], timeout=120), CANNOT_RUN))
+    for (user, _, said), events in zip(CANNOT_RUN, progress, strict=True):
+        messages = [e.get("message", "") for e in events]
+        assert any(said in m for m in messages), messages  # while it waits, on the spawn page
+        assert events[-1].get("failed") and said in events[-1]["message"], events[-1]  # and why it failed
+        wait_for(lambda u=user: get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/skerry-{u}") is None, 30,
+                 what=f"{user}'s pod gone")
+        assert get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/skerry-{user}") is None
 
 
 def pod_processes(name: str) -> list[int]:
