@@ -35,6 +35,7 @@ import contextlib
 import copy
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -423,7 +424,11 @@ class Api:
 @contextlib.contextmanager
 def running(root: Path, images=(), namespaces=(), gpus: int = 0):
     """This server (and its kubelet) as a process, for a test: yields its URL; stops it, and
-    every pod's processes, afterwards."""
+    every pod's processes, afterwards. ``root`` (the node's folder) is opened for the pods'
+    users to pass through to their volumes (o+x, never o+r), as the folders above it."""
+    from helpers import open_for_accounts  # the tests' own: this file also runs as a program
+
+    os.chmod(open_for_accounts(root), 0o711)
     argv = [sys.executable, __file__, "--root", str(root), "--gpus", str(gpus),
             *[a for i in images for a in ("--image", i)], *[a for n in namespaces for a in ("--namespace", n)]]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)

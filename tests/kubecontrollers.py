@@ -37,9 +37,10 @@ class Deployments:
                     self._soon((APPS, "deployments", key[2], ref["name"]))
 
     def _soon(self, key):
+        """A reconcile of ``key`` after the change being made (hooks run inside the store's)."""
         if key not in self.pending:
             self.pending.add(key)
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.reconcile(key)))
+            asyncio.ensure_future(self.reconcile(key))
 
     def _owned(self, deployment: dict) -> list[dict]:
         uid, ns = deployment["metadata"]["uid"], deployment["metadata"]["namespace"]

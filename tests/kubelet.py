@@ -288,10 +288,10 @@ class PodRun:
             except TimeoutError:
                 pass
 
-    def _resolve(self, text: str) -> str:
-        """``scheme://service...:port`` with the IP of a ready pod of that Service (what DNS and
-        the Service's virtual IP do; a Service's port must be its pods' port here)."""
-        hosts = self._service_hosts()
+    def _resolve(self, text: str, hosts: dict[str, str | None]) -> str:
+        """``scheme://service...:port`` with the IP of a ready pod of that Service (``hosts``:
+        ``_service_hosts``; what DNS and the Service's virtual IP do; a Service's port must be
+        its pods' port here)."""
         return re.sub(r"//([a-z0-9.-]+)(?=[:/]|$)", lambda m: "//" + (hosts.get(m.group(1)) or m.group(1)), text)
 
     def _env(self, container: dict) -> dict[str, str]:
@@ -330,8 +330,9 @@ class PodRun:
         # what a container runtime gives every container (HOME: the image's user has none here)
         env = {"PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin",
                "HOSTNAME": pod["metadata"]["name"], "LANG": "C.UTF-8", "HOME": "/"}
-        env.update({k: self._resolve(self._rewrite(v, mounts)) for k, v in given.items()})
-        argv = [self._resolve(self._rewrite(a, mounts)) for a in argv]
+        hosts = self._service_hosts()
+        env.update({k: self._resolve(self._rewrite(v, mounts), hosts) for k, v in given.items()})
+        argv = [self._resolve(self._rewrite(a, mounts), hosts) for a in argv]
         cwd = self._rewrite(container.get("workingDir") or "/", mounts)
         groups = [fs_group] if fs_group is not None else []
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import Platform, open_for_accounts, progress_events, wait_for
+from helpers import Platform, progress_events, wait_for
 from kubeapi import kubeconfig, running
 
 HERE = Path(__file__).resolve().parent
@@ -27,8 +27,7 @@ UID_BASE = 100000  # SkerryKubeSpawner.uid_base's default
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory):
-    root = open_for_accounts(tmp_path_factory.mktemp("node"))
-    os.chmod(root, 0o711)  # the pods' users pass through to their volumes
+    root = tmp_path_factory.mktemp("node")
     with running(root, images=[IMAGE], namespaces=[NAMESPACE]) as url:
         yield url, root
 

@@ -16,7 +16,6 @@ from distributed import Client
 from distributed.security import Security
 from kubernetes_asyncio import client
 
-from helpers import open_for_accounts
 from kubeapi import kubeconfig, running
 from skerry.hub.plugins.kube.objects import ClusterSpec, cluster_policy, cluster_tls_secret, dask_cluster
 from skerry.hub.stores.profiles import DaskLimits
@@ -31,8 +30,7 @@ DASK = "kubernetes.dask.org"
 def cluster_api(tmp_path_factory):
     operator = shutil.which("dask-kubernetes-operator")
     assert operator, "dask-kubernetes-operator is not on PATH: .ci/run installs it (a venv of dask-kubernetes)"
-    root = open_for_accounts(tmp_path_factory.mktemp("node"))
-    os.chmod(root, 0o711)
+    root = tmp_path_factory.mktemp("node")
     with running(root, images=[IMAGE], namespaces=[NAMESPACE]) as url:
         config = kubeconfig(url, tmp_path_factory.mktemp("kubeconfig") / "config", NAMESPACE)
         log = open(tmp_path_factory.mktemp("operator") / "operator.log", "wb")

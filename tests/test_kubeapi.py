@@ -5,7 +5,6 @@ real cluster would. The stand-in exists because no API server can run here (its 
 
 import asyncio
 import json
-import os
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
-from helpers import open_for_accounts
 from kubeapi import running
 
 
@@ -24,8 +22,7 @@ IMAGE = "skerry/test:1"
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory):
-    root = open_for_accounts(tmp_path_factory.mktemp("node"))  # the pods' users pass through to their volumes
-    os.chmod(root, 0o711)
+    root = tmp_path_factory.mktemp("node")
     with running(root, images=[IMAGE], namespaces=["lab"]) as url:
         yield url, root
 

@@ -5,12 +5,13 @@ the environment ``SkerrySpawner`` sets: ``SKERRY_DAV_PORT``, ``SKERRY_ADAPTORS``
 adaptor configuration file), ``SKERRY_DAV_PREFIX`` (``/dav/<name>/``), ``SKERRY_USER``,
 and JupyterHub's ``JUPYTERHUB_API_URL`` and ``JUPYTERHUB_OAUTH_ACCESS_SCOPES``.
 
-Served by granian on 127.0.0.1 until SIGTERM/SIGINT: a Rust HTTP server, so parsing and
-sending a request cost no Python (cheroot's own share was 0.2 ms of CPU per request, half
-a small request's). Two processes: this one, granian's main, and the worker it forks,
-which runs the app in ``THREADS`` threads. The worker dies with the main process, the
-main process with its parent (the launcher), and the main process exits when its worker
-does: the launcher then stops the whole micro-infrastructure, as it does for any child.
+Served by granian on ``SKERRY_DAV_IP`` (127.0.0.1; in a pod, its own address) until
+SIGTERM/SIGINT: a Rust HTTP server, so parsing and sending a request cost no Python
+(cheroot's own share was 0.2 ms of CPU per request, half a small request's). Two processes:
+this one, granian's main, and the worker it forks, which runs the app in ``THREADS``
+threads. The worker dies with the main process, the main process with its parent (the
+launcher), and the main process exits when its worker does: the launcher then stops the
+whole micro-infrastructure, as it does for any child.
 """
 
 import signal
