@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -444,6 +445,28 @@ def running(root: Path, images=(), namespaces=(), gpus: int = 0):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def dask_operator(url: str, folder: Path, namespace: str):
+    """The real dask-kubernetes operator (its kopf controller: .ci/run installs
+    ``dask-kubernetes-operator``, a venv of its own) against this server, watching
+    ``namespace``; its log in ``folder``."""
+    operator = shutil.which("dask-kubernetes-operator")
+    assert operator, "dask-kubernetes-operator is not on PATH: .ci/run installs it (a venv of dask-kubernetes)"
+    config = kubeconfig(url, folder / "kubeconfig", namespace)
+    with open(folder / "operator.log", "wb") as log:
+        proc = subprocess.Popen([operator, "--standalone", "--namespace", namespace],
+                                env={**os.environ, "KUBECONFIG": str(config)}, stdout=log, stderr=log)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(2)
+            except subprocess.TimeoutExpired:  # kopf lingers over its timers: nothing of ours is left to it
+                proc.kill()
+                proc.wait()
 
 
 def kubeconfig(url: str, path: Path, namespace: str = "default") -> Path:

@@ -5,6 +5,7 @@ the service are the real ones; the pods' containers are real processes of the po
 """
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -16,8 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import Platform, progress_events, wait_for
-from kubeapi import kubeconfig, running
+from sqlalchemy import func, select
+
+from helpers import Platform, pids_of, progress_events, wait_for
+from kubeapi import dask_operator, kubeconfig, running
+from skerry.workload.catalog import Catalog
+from skerry.workload.models import File, Job, JobAttempt, Run, Task
 
 HERE = Path(__file__).resolve().parent
 IMAGE = "skerry/user:test"
@@ -29,7 +34,8 @@ UID_BASE = 100000  # SkerryKubeSpawner.uid_base's default
 def kube(tmp_path_factory):
     root = tmp_path_factory.mktemp("node")
     with running(root, images=[IMAGE], namespaces=[NAMESPACE]) as url:
-        yield url, root
+        with dask_operator(url, tmp_path_factory.mktemp("operator"), NAMESPACE):
+            yield url, root
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +43,18 @@ def platform(kube, tmp_path_factory):
     config = kubeconfig(kube[0], tmp_path_factory.mktemp("kubeconfig") / "config", NAMESPACE)
     env = {**os.environ, "KUBECONFIG": str(config), "SKERRY_KUBERNETES": kube[0], "SKERRY_KUBE_NAMESPACE": NAMESPACE,
            "SKERRY_USER_IMAGE": IMAGE, "SKERRY_KUBE_PENDING_TIMEOUT": "12"}
-    p = Platform(tmp_path_factory.mktemp("kube-platform") / "data", env=env).start()
+    data = tmp_path_factory.mktemp("kube-platform") / "data"
+    data.mkdir()
+    (data / "pools.json").write_text(json.dumps({"cpu": {"workers": 2, "threads": 2, "memory": "1GiB"},
+                                                 "gpu": None}))
+    p = Platform(data, env=env).start()
     yield p
     p.stop()
+    # the manager's clusters go with it: resource, certificates, adaptors, policy
+    for path in ("/apis/kubernetes.dask.org/v1/namespaces/lab/daskclusters/dask-frank",
+                 "/api/v1/namespaces/lab/secrets/dask-frank-tls", "/api/v1/namespaces/lab/secrets/dask-frank-jobs",
+                 "/apis/networking.k8s.io/v1/namespaces/lab/networkpolicies/dask-frank"):
+        assert get(kube, path) is None, path
 
 
 def get(kube, path):
@@ -165,3 +180,95 @@ def test_each_users_pod_runs_as_their_own_uid_holds_no_platform_secret_and_canno
     assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stdout
     for name in uids:
         platform.stop_server(name)
+
+
+API = "/services/skerry/api/v1"
+FILES = 24
+
+
+def test_her_runs_jobs_run_on_her_own_dask_cluster_as_her_and_write_each_output_once(kube, platform):
+    """The workload scheduler feeds frank's DaskCluster (the real operator's pods, his uid),
+    through the runner in his scheduler pod: the platform is never a Dask client of it."""
+    platform.create_user("frank")
+    token = platform.user_token("frank")
+    platform.start_server("frank")  # his home claim names his uid: his jobs run as the owner of his files
+    uid = get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/skerry-frank")["spec"]["securityContext"]["runAsUser"]
+    home = kube[1] / "volumes" / NAMESPACE / "home-frank"
+    content = {f"f{i:02d}.bin": os.urandom(1000 + i) for i in range(FILES)}
+    (home / "in").mkdir()
+    for name, data in content.items():
+        (home / "in" / name).write_bytes(data)
+    for path in [home / "in", *(home / "in").iterdir()]:
+        os.chown(path, uid, uid)  # his files, as his pod writes them
+
+    def ok(r, status=200):
+        assert r.status_code == status, r.text
+        return r.json()
+    ok(platform.api("POST", API + "/datasets", token=token, json={"name": "frank.in", "location": "skerry://home/in"}),
+       201)
+    ok(platform.api("POST", API + "/datasets/frank.in/files", token=token, json={"files": [
+        {"uri": f"skerry://home/in/{n}", "size": len(d)} for n, d in content.items()]}))
+    ok(platform.api("POST", API + "/datasets/frank.in/close", token=token))
+    ok(platform.api("POST", API + "/workflows", token=token, json={"name": "sums", "steps": [
+        {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]}), 201)
+    run = subprocess.run([sys.executable, "-m", "skerry", "run", "sums", "frank.in", "--wait"],
+                         env={**os.environ, "SKERRY_URL": platform.url, "SKERRY_TOKEN": token},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    # each output once, in his home claim, written by his uid
+    written = sorted(home.rglob("*.md5"))
+    assert sorted(p.name for p in written) == sorted(f"{n}.md5" for n in content)
+    for path in written:
+        assert path.read_text().split()[0] == hashlib.md5(content[path.name[:-4]]).hexdigest()
+        assert path.stat().st_uid == uid
+    catalog = Catalog.for_data_dir(platform.data_dir)
+    with catalog.session() as s:
+        uris = s.execute(select(File.uri).join(Task, Task.output_dataset_id == File.dataset_id)
+                         .join(Run, Run.id == Task.run_id).where(Run.owner == "frank")).scalars().all()
+        workers = set(s.execute(select(JobAttempt.worker).join(Job, Job.id == JobAttempt.job_id)
+                                .join(Task, Task.id == Job.task_id).join(Run, Run.id == Task.run_id)
+                                .where(Run.owner == "frank")).scalars())
+        attempts = s.execute(select(func.count()).select_from(JobAttempt).join(Job, Job.id == JobAttempt.job_id)
+                             .join(Task, Task.id == Job.task_id).join(Run, Run.id == Task.run_id)
+                             .where(Run.owner == "frank")).scalar_one()
+    catalog.dispose()
+    assert len(uris) == len(set(uris)) == FILES and attempts == FILES
+
+    # on his cluster's worker pods: the operator's, of his uid
+    pods = get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=dask.org/cluster-name=dask-frank")["items"]
+    by_component = {}
+    for pod in pods:
+        by_component.setdefault(pod["metadata"]["labels"]["dask.org/component"], []).append(pod)
+        assert pod["spec"]["securityContext"]["runAsUser"] == uid
+    worker_ips = {p["status"]["podIP"] for p in by_component["worker"]}
+    assert len(by_component["worker"]) == 2 and {w.split("://")[-1].rsplit(":", 1)[0] for w in workers} <= worker_ips
+    for pod in pods:
+        for pid in pod_processes(pod["metadata"]["name"]):
+            assert f"Uid:\t{uid}\t" in Path(f"/proc/{pid}/status").read_text()
+    # the platform is a client of his runner (JSON lines over TLS), never of his Dask scheduler
+    manager = pids_of("skerry.hub.plugins.kube.workload")
+    assert len(manager) == 1
+    peers = tcp_peers(next(iter(manager)))
+    scheduler_ip = by_component["scheduler"][0]["status"]["podIP"]
+    assert (scheduler_ip, 8788) in peers and (scheduler_ip, 8786) not in peers, peers
+
+
+def tcp_peers(pid: int) -> set[tuple[str, int]]:
+    """The (address, port) each TCP socket of process ``pid`` is connected to (IPv4)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    peers = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes and fields[3] == "01":  # ESTABLISHED
+            address, port = fields[2].split(":")
+            ip = ".".join(str(b) for b in reversed(bytes.fromhex(address)))
+            peers.add((ip, int(port, 16)))
+    return peers

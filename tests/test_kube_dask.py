@@ -7,8 +7,6 @@ Dask processes of the user's uid, speaking TLS with the cluster's own certificat
 
 import asyncio
 import os
-import shutil
-import subprocess
 import time
 
 import pytest
@@ -16,7 +14,7 @@ from distributed import Client
 from distributed.security import Security
 from kubernetes_asyncio import client
 
-from kubeapi import kubeconfig, running
+from kubeapi import dask_operator, running
 from skerry.hub.plugins.kube.objects import ClusterSpec, cluster_policy, cluster_tls_secret, dask_cluster
 from skerry.hub.stores.profiles import DaskLimits
 
@@ -28,24 +26,10 @@ DASK = "kubernetes.dask.org"
 
 @pytest.fixture(scope="module")
 def cluster_api(tmp_path_factory):
-    operator = shutil.which("dask-kubernetes-operator")
-    assert operator, "dask-kubernetes-operator is not on PATH: .ci/run installs it (a venv of dask-kubernetes)"
     root = tmp_path_factory.mktemp("node")
     with running(root, images=[IMAGE], namespaces=[NAMESPACE]) as url:
-        config = kubeconfig(url, tmp_path_factory.mktemp("kubeconfig") / "config", NAMESPACE)
-        log = open(tmp_path_factory.mktemp("operator") / "operator.log", "wb")
-        proc = subprocess.Popen([operator, "--standalone", "--namespace", NAMESPACE],
-                                env={**os.environ, "KUBECONFIG": str(config)}, stdout=log, stderr=log)
-        try:
+        with dask_operator(url, tmp_path_factory.mktemp("operator"), NAMESPACE):
             yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(2)
-            except subprocess.TimeoutExpired:  # kopf lingers over its timers: nothing of ours is left to it
-                proc.kill()
-                proc.wait()
-            log.close()
 
 
 async def until(what, check, timeout=90):

@@ -170,8 +170,11 @@ def test_the_home_claim():
         "metadata": {"name": "home-alice", "namespace": "lab",
                      "labels": {"app.kubernetes.io/name": "skerry", "app.kubernetes.io/instance": "skerry",
                                 "app.kubernetes.io/component": "user-home", "skerry.io/user": "alice"},
-                     "annotations": {"skerry.io/username": "alice"}},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}},
+                     # whose files it holds: the workload scheduler runs her jobs as that uid
+                     "annotations": {"skerry.io/username": "alice", "skerry.io/uid": "100001",
+                                     "skerry.io/gid": "100001"}},
+        # her server and her Dask workers mount it at once
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "20Gi"}},
                  "storageClassName": "fast"}}
 
 
@@ -227,6 +230,33 @@ def test_the_users_dask_cluster_runs_as_the_user_with_tls_and_its_own_certificat
     assert secret["metadata"]["name"] == "dask-alice-tls"
     assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
         "ca.pem": b"CA", "cert.pem": b"CERT", "key.pem": b"KEY"}
+
+
+def test_a_jobs_cluster_adds_the_runner_beside_the_scheduler_and_her_home_and_adaptors_to_each_worker():
+    plain = dask_cluster(cluster(CPU_PROFILE))
+    dc = dask_cluster(cluster(CPU_PROFILE, jobs=True))
+    scheduler = valid_pod_spec(dc["spec"]["scheduler"]["spec"])["spec"]
+    assert [c["name"] for c in scheduler["containers"]] == ["scheduler", "jobs"]
+    runner = scheduler["containers"][1]
+    assert runner["command"] == ["python", "-m", "skerry.workload.userjobs", "listen", "$(POD_IP)", "8788",
+                                 "tls://$(POD_IP):8786", "/etc/skerry/dask-tls/ca.pem",
+                                 "/etc/skerry/dask-tls/cert.pem", "/etc/skerry/dask-tls/key.pem"]
+    assert scheduler["securityContext"]["runAsUser"] == 100001
+    assert scheduler["volumes"] == plain["spec"]["scheduler"]["spec"]["volumes"]  # no home, no adaptors
+    for group in (dc["spec"]["worker"], gpu_workers(cluster(GPU_PROFILE, gpu_workers=1, jobs=True))["spec"]["worker"]):
+        pod = valid_pod_spec(group["spec"])["spec"]
+        assert pod["volumes"] == [
+            {"name": "tls", "secret": {"secretName": "dask-alice-tls", "defaultMode": 0o440}},
+            {"name": "home", "persistentVolumeClaim": {"claimName": "home-alice"}},
+            {"name": "jobs", "secret": {"secretName": "dask-alice-jobs", "defaultMode": 0o440}}]
+        [c] = pod["containers"]
+        assert {"name": "jobs", "mountPath": "/etc/skerry/jobs", "readOnly": True} in c["volumeMounts"]
+        assert {"name": "SKERRY_ADAPTORS", "value": "/etc/skerry/jobs/adaptors.json"} in c["env"]
+        assert {"name": "HOME", "value": "/home/jovyan"} in c["env"]
+        assert {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "0"} in c["env"]
+    # without jobs: the user's own cluster, nothing of hers mounted
+    [c] = plain["spec"]["worker"]["spec"]["containers"]
+    assert [m["name"] for m in c["volumeMounts"]] == ["tls"]
 
 
 def test_gpu_workers_are_dask_cuda_workers_with_one_gpu_each_on_gpu_nodes():

@@ -12,6 +12,7 @@ runner taken over by her code would send them.
 import json
 import os
 import pwd
+import re
 import secrets
 import stat
 import subprocess
@@ -202,3 +203,58 @@ def _zombie(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_listening_runner_takes_only_the_platforms_certificate_of_its_own_cluster(tmp_path):
+    """The runner of a Kubernetes cluster (``userjobs listen``) hears the platform only: a
+    connection with the user's certificate of the same cluster, or with the platform's of
+    another cluster, is dropped before any command is read, so its attempts are lost.
+    (The platform's own connection, to a real cluster, is test_kube_backend's.)"""
+    from types import SimpleNamespace
+
+    from skerry.workload.clusters import new_credentials
+    from skerry.workload.userjobs import UserJobs
+
+    folder = open_for_accounts(tmp_path)
+    os.chmod(folder, 0o711)
+    mine, other = new_credentials(), new_credentials()
+    for name, pem in [*mine.items(), *(("other-" + k, v) for k, v in other.items())]:
+        (folder / f"{name}.pem").write_bytes(pem)
+        os.chmod(folder / f"{name}.pem", 0o644)  # nobody's runner reads them: a test's files only
+    port = 20000 + secrets.randbelow(20000)
+    files = [str(folder / f"{n}.pem") for n in ("ca", "cluster", "cluster-key")]
+    runner = subprocess.Popen([sys.executable, "-m", "skerry.workload.userjobs", "listen", "127.0.0.1", str(port),
+                               "tls://127.0.0.1:9", *files],
+                              user="nobody", group="nogroup", extra_groups=[], cwd="/", stderr=subprocess.PIPE)
+    cluster = SimpleNamespace(account=SimpleNamespace(name="alice", hub_name="alice"), pool="cpu")
+    try:
+        for who in ("user", "other-platform"):
+            files = {"tls_ca_file": str(folder / "ca.pem"), "tls_client_cert": str(folder / f"{who}.pem"),
+                     "tls_client_key": str(folder / f"{who}-key.pem")}
+            got = []
+            jobs = wait_for(lambda f=files, g=got: _connected(cluster, g, port, f), 30, what="the runner to listen")
+            jobs.submit([[spec(50, "alice")]])
+            wait_for(lambda j=jobs: not j.running, 15, what=f"the runner to drop the {who}'s connection")
+            wait_for(lambda g=got: g, 5, what="the attempt reported")
+            # dropped before or after the attempt was handed over: lost either way
+            assert got[0].job == 50 and got[0].lost, got
+            assert re.match(r"the runner of alice's cpu jobs (had )?stopped", got[0].error), got
+        assert runner.poll() is None  # it goes on listening
+        # another cluster's runner is not trusted either: its certificate is not signed by our CA
+        with pytest.raises(OSError):
+            UserJobs.connect(cluster, got.append, ("127.0.0.1", port), {
+                "tls_ca_file": str(folder / "other-ca.pem"), "tls_client_cert": str(folder / "platform.pem"),
+                "tls_client_key": str(folder / "platform-key.pem")}, "its log")
+    finally:
+        runner.kill()
+        runner.wait()
+    assert b"not the platform's certificate" in runner.stderr.read()
+
+
+def _connected(cluster, got, port, files):
+    from skerry.workload.userjobs import UserJobs
+
+    try:
+        return UserJobs.connect(cluster, got.append, ("127.0.0.1", port), files, "its log")
+    except ConnectionRefusedError:
+        return None

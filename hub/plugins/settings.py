@@ -141,11 +141,14 @@ def configure(c) -> None:
         # the scheduler: runs the catalog's jobs on the Dask pools (no URL, no hub API access)
         {
             "name": SCHEDULER_NAME,
-            "command": [sys.executable, "-m", "skerry.workload.manager"],
+            # on Kubernetes, each user's jobs run on her DaskCluster (hub.plugins.kube.workload)
+            "command": [sys.executable, "-m",
+                        "skerry.hub.plugins.kube.workload" if config.KUBERNETES.get() else "skerry.workload.manager"],
             "environment": {
                 config.DATA_DIR.name: str(data.path),
                 # the users' accounts: each one's jobs run on a Dask cluster of that account
-                **config.forward(config.ACCOUNT_TEMPLATE, config.CRYPT_KEY),
+                **config.forward(config.ACCOUNT_TEMPLATE, config.CRYPT_KEY, config.KUBERNETES,
+                                 config.KUBE_NAMESPACE, config.USER_IMAGE),
             },
             "display": False,
         },

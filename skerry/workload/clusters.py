@@ -93,6 +93,7 @@ HOST = "127.0.0.1"
 START_S = 60.0  # how long a start waits for the scheduler and its workers
 DEATH_S = 30  # workers give up on a scheduler gone this long
 PLATFORM_CN = "skerry-platform"
+CLUSTER_CN = "dask-internal"  # the scheduler's and workers' certificate (its DNS name too)
 USER_CN = "skerry-user"
 ROLES = {"scheduler": "distributed.cli.dask_scheduler", "worker": "distributed.cli.dask_worker", "watch": None,
          "jobs": None}
@@ -232,7 +233,7 @@ def _certificate(subject: str, key, issuer: str, signer, *, ca: bool = False,
     if not ca:
         uses = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
         builder = builder.add_extension(x509.ExtendedKeyUsage(uses), critical=False)  # a client cert serves nothing
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]),
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(CLUSTER_CN)]),
                                         critical=False)
     return builder.sign(signer, hashes.SHA256())
 
@@ -253,22 +254,30 @@ def _write(path: Path, data: bytes, mode: int, owner: Account | None) -> None:
         give(path, owner)
 
 
-def make_credentials(folder: Path, account: Account) -> dict[str, Path]:
-    """Write a new CA and the cluster's, the user's and the platform's certificates and keys
-    in ``folder`` (module docstring); their paths by name."""
+def new_credentials() -> dict[str, bytes]:
+    """A new CA and the cluster's, the user's and the platform's certificates and keys, as PEM
+    by name (``ca``, ``cluster``, ``cluster-key``, ``user``, ...); the CA's key is dropped."""
     ca_key = _key()
     ca = _certificate("skerry-cluster-ca", ca_key, "skerry-cluster-ca", ca_key, ca=True)
-    paths = {"ca": folder / FILES["ca"]}
-    _write(paths["ca"], _pem(cert=ca), 0o640, None)
-    for who, cn, owner in (("cluster", "dask-internal", account), ("user", USER_CN, account),
-                           ("platform", PLATFORM_CN, account)):
+    pems = {"ca": _pem(cert=ca)}
+    for who, cn in (("cluster", CLUSTER_CN), ("user", USER_CN), ("platform", PLATFORM_CN)):
         key = _key()
-        cert = _certificate(cn, key, "skerry-cluster-ca", ca_key, server=who == "cluster")
+        pems[who] = _pem(cert=_certificate(cn, key, "skerry-cluster-ca", ca_key, server=who == "cluster"))
+        pems[who + "-key"] = _pem(key=key)
+    return pems  # the CA's key dies here: no other certificate can ever be signed for this cluster
+
+
+def make_credentials(folder: Path, account: Account) -> dict[str, Path]:
+    """Write ``new_credentials`` in ``folder`` (module docstring); their paths by name."""
+    pems = new_credentials()
+    paths = {"ca": folder / FILES["ca"]}
+    _write(paths["ca"], pems["ca"], 0o640, None)
+    for who in ("cluster", "user", "platform"):
         cert_name, key_name = FILES[who]
         paths[who], paths[who + "-key"] = folder / cert_name, folder / key_name
-        _write(paths[who + "-key"], _pem(key=key), 0o600, owner)
-        _write(paths[who], _pem(cert=cert), 0o640, owner)
-    return paths  # the CA's key dies here: no other certificate can ever be signed for this cluster
+        _write(paths[who + "-key"], pems[who + "-key"], 0o600, account)
+        _write(paths[who], pems[who], 0o640, account)
+    return paths
 
 
 # ---- processes -----------------------------------------------------------------------------

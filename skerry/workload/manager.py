@@ -57,7 +57,6 @@ class Manager:
 
         from .catalog import Catalog
         from .clusterask import serve
-        from .owners import OwnerConfigs
         from .pools import DASK_CONFIG, load_pools
         from .runs import Planner
         from .scheduler import Scheduler
@@ -77,14 +76,17 @@ class Manager:
         # for this process's life: its Dask schedulers read it as they go
         dask.config.set({**DASK_CONFIG, "temporary-directory": os.path.join(self.data_dir, "run", "dask")})
         policy = account_policy()
-        self.runner = self._user_pools(specs, policy) if policy else self._shared_pools(specs)
-        owners = OwnerConfigs(self.data_dir, policy)
-        self.scheduler = Scheduler(catalog, self.runner, planner=Planner(catalog), adaptors_of=owners.path,
-                                   config=self.config)
+        self.runner = self._pools(specs, policy)
+        self.scheduler = Scheduler(catalog, self.runner, planner=Planner(catalog),
+                                   adaptors_of=self._adaptors_of(policy), config=self.config)
         for name in specs:
             kind = "local" if specs[name].local else specs[name].address
-            whose = "a cluster per user" if policy else "shared"
+            whose = "shared" if self.addresses else "a cluster per user"
             log.info("pool %s (%s, %s): %d slots", name, kind, whose, self.runner.slots(name))
+
+    def _pools(self, specs, policy):
+        """The runner: a cluster per user where users have accounts, else shared pools."""
+        return self._user_pools(specs, policy) if policy else self._shared_pools(specs)
 
     def _user_pools(self, specs, policy):
         """A platform with accounts: each user's jobs on a cluster of their own (``userpools``)."""
@@ -92,6 +94,12 @@ class Manager:
 
         options = {} if self.idle_after is None else {"idle_after": self.idle_after}
         return UserPools(self.data_dir, specs, policy, **options)
+
+    def _adaptors_of(self, policy):
+        """What the scheduler calls for the adaptor configuration of a job's owner (``owners``)."""
+        from .owners import OwnerConfigs
+
+        return OwnerConfigs(self.data_dir, policy).path
 
     def _shared_pools(self, specs):
         """A single-user platform: the pools are the one user's (``pools.start_pools``)."""
@@ -165,7 +173,8 @@ def lock(data_dir: str):
     return f
 
 
-def main() -> int:
+def main(manager_class: type[Manager] = Manager) -> int:
+    """Run a manager (``manager_class``: another backend's) until SIGTERM or SIGINT."""
     from ..errors import SkerryError
     from ..process import die_with_parent
 
@@ -177,7 +186,7 @@ def main() -> int:
 
     data_dir = str(config.DATA_DIR.require())
     held = lock(data_dir)
-    manager = Manager(data_dir)
+    manager = manager_class(data_dir)
 
     def stop(signum, frame):
         manager.stopping = True

@@ -2,12 +2,16 @@
 
 The platform's scheduler is never a Dask client of a user's cluster (``clusters``: what a
 cluster sends may be a pickle its user made). Each running user cluster gets a runner of
-its own instead, run as the account through the cluster's wrapper (``python -m
-skerry.workload.clusters jobs ...``) with the platform's certificate: it is the
-``runner.Runner``, the only Dask client, of that cluster; :class:`UserJobs` is its
-platform side::
+its own instead, run as the account: it is the ``runner.Runner``, the only Dask client the
+platform asks for, of that cluster; :class:`UserJobs` is its platform side. On one machine
+the runner is a child process (``python -m skerry.workload.clusters jobs ...``, with the
+platform's certificate), spoken to on its stdin and stdout; on Kubernetes it is a
+container of the user's scheduler pod (``python -m skerry.workload.userjobs listen HOST
+PORT ...``), spoken to over TLS: it accepts only the platform's certificate
+(``PLATFORM_CN``, signed by the cluster's CA), a connection (and a Dask client) per pool::
 
     jobs = UserJobs.start(cluster, report=events.put)   # events: Started, Beat, Finished
+    jobs = UserJobs.connect(cluster, events.put, (ip, port), platform_files, where_log, needs)
     jobs.submit([[spec, ...], ...], avoid=None)        # batches of JobSpecs, as Runner.submit_batches
     jobs.cancel([(job, attempt), ...])
     jobs.running, jobs.pending, jobs.stop()
@@ -22,7 +26,8 @@ Rules:
   names outputs inside that attempt's output folder; a line that breaks these rules ends
   the runner (its code is the user's: it is not trusted any further);
 - the runner ends when its stdin closes (the platform stopped it or died), cancelling its
-  futures; once it ended, every attempt handed to it and not ended is reported lost
+  futures; a listening runner cancels them when its connection closes and waits for the
+  next. Once it ended, every attempt handed to it and not ended is reported lost
   (``Finished.lost``, the error naming the runner and the end of its log);
 - nothing but these lines crosses: no pickle, no Dask message reaches the platform.
 """
@@ -32,6 +37,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -40,10 +47,10 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from .clusters import WORK, _tail
+from .clusters import CLUSTER_CN, PLATFORM_CN, WORK, _tail
 from .runner import Beat, Finished, JobSpec, Started
 
-__all__ = ["UserJobs", "serve"]
+__all__ = ["UserJobs", "serve", "listen"]
 
 log = logging.getLogger("skerry.scheduler")
 LINE_MAX = 16 * 1024 * 1024  # bytes one report may hold (an end carries at most 64 KiB of log)
@@ -53,11 +60,10 @@ STOP_S = 5.0  # seconds a runner has to end after its stdin closed
 class UserJobs:
     """The platform's side of one cluster's runner (module docstring)."""
 
-    def __init__(self, cluster, process: subprocess.Popen, report: Callable[[Any], None], log_path: Path):
+    def __init__(self, cluster, channel, report: Callable[[Any], None]):
         self.cluster = cluster
-        self.process = process
+        self.channel = channel
         self.report = report
-        self.log_path = log_path
         self.pending: dict[tuple[int, int], str] = {}  # attempt -> its output folder
         self._lock = threading.Lock()
         self._ended = False
@@ -79,11 +85,30 @@ class UserJobs:
         with os.fdopen(fd, "ab") as log_file:
             process = _launch("jobs", args, cluster.account, _environment(cluster), cluster.folder / WORK,
                               log_file, stdout=subprocess.PIPE, stdin=subprocess.PIPE, limits=cluster.enforcement)
-        return cls(cluster, process, report, log_path)
+        return cls(cluster, _Process(process, log_path), report)
+
+    @classmethod
+    def connect(cls, cluster, report: Callable[[Any], None], address: tuple[str, int], files: dict[str, str],
+                where_log: str, needs: dict | None = None, timeout: float = 10.0) -> UserJobs:
+        """Connect to a listening runner at ``address`` with the platform's ``files``
+        (``tls_ca_file``, ``tls_client_cert``, ``tls_client_key``), for ``cluster.pool``;
+        ``where_log`` says where its log is. An ``OSError`` if it cannot be reached or is not
+        the cluster's."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files["tls_ca_file"])
+        context.load_cert_chain(files["tls_client_cert"], files["tls_client_key"])
+        raw = socket.create_connection(address, timeout=timeout)
+        try:
+            sock = context.wrap_socket(raw, server_hostname=CLUSTER_CN)
+        except OSError:
+            raw.close()
+            raise
+        sock.settimeout(None)
+        sock.sendall((json.dumps({"op": "pool", "pool": cluster.pool, "needs": needs or {}}) + "\n").encode())
+        return cls(cluster, _Connection(sock, where_log), report)
 
     @property
     def running(self) -> bool:
-        return not self._ended and self.process.poll() is None
+        return not self._ended and self.channel.alive()
 
     def submit(self, batches: list[list[JobSpec]], avoid: str | None = None) -> None:
         """Hand batches of attempts to the runner (lost at once if it ended)."""
@@ -108,32 +133,27 @@ class UserJobs:
             self._send({"op": "cancel", "attempts": attempts})
 
     def stop(self) -> None:
-        """Close the runner's stdin; kill it if it is not gone within ``STOP_S``."""
-        try:
-            self.process.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.process.wait(STOP_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        """Tell the runner no more is coming; end it if it is not done within ``STOP_S``."""
+        self.channel.close()
         self._reader.join(STOP_S)
 
     def _send(self, msg: dict) -> None:
         line = (json.dumps(msg) + "\n").encode()
         try:
             with self._lock:
-                self.process.stdin.write(line)
-                self.process.stdin.flush()
+                self.channel.writer.write(line)
+                self.channel.writer.flush()
         except (OSError, ValueError):  # it ended: the reader reports its attempts lost
-            self.process.kill()
+            self.channel.kill()
 
     def _read(self) -> None:
-        stream = self.process.stdout
+        stream = self.channel.reader
         why = None
         while why is None:
-            line = stream.readline(LINE_MAX)
+            try:
+                line = stream.readline(LINE_MAX)
+            except (OSError, ValueError):
+                line = b""
             if not line:
                 why = "it ended"
                 break
@@ -144,15 +164,13 @@ class UserJobs:
                 break
             if event is not None:
                 self.report(event)
-        self.process.kill()
-        self.process.wait()
-        stream.close()
+        self.channel.kill()
         with self._lock:
             self._ended = True
             lost, self.pending = list(self.pending), {}
         if lost:
             error = (f"the runner of {self.cluster.account.hub_name}'s {self.cluster.pool} jobs stopped: {why}; "
-                     f"its log ({self.log_path}) ends:\n{_tail(self.log_path, 10)}")
+                     f"{self.channel.log_end()}")
             log.warning("%s (%d attempts lost)", error.splitlines()[0], len(lost))
             for job, attempt in lost:
                 self.report(Finished(job, attempt, lost=True, error=error))
@@ -177,6 +195,65 @@ class UserJobs:
                                 error=_str(msg["error"], none=True), took=_number(msg["took"], none=True))
             del self.pending[key]
             return finished
+
+
+class _Process:
+    """A runner that is a child process: its stdin and stdout."""
+
+    def __init__(self, process: subprocess.Popen, log_path: Path):
+        self.process, self.log_path = process, log_path
+        self.reader, self.writer = process.stdout, process.stdin
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.reader.close()
+
+    def log_end(self) -> str:
+        return f"its log ({self.log_path}) ends:\n{_tail(self.log_path, 10)}"
+
+
+class _Connection:
+    """A runner that listens (in the user's pod): one TLS connection to it."""
+
+    def __init__(self, sock, where_log: str):
+        self.sock, self.where_log = sock, where_log
+        self.reader, self.writer = sock.makefile("rb"), sock.makefile("wb")
+        self._closed = False
+
+    def alive(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+            self.sock.shutdown(socket.SHUT_WR)  # the runner reads its end and cancels what it runs
+        except OSError:
+            self.kill()
+
+    def kill(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def log_end(self) -> str:
+        return f"its log: {self.where_log}"
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
@@ -235,44 +312,111 @@ def _result(data, folder: str):
 def serve(address: str, ca: str, cert: str, key: str, pool: str, needs: str) -> None:
     """The runner of one user cluster (``python -m skerry.workload.clusters jobs ...``):
     commands on stdin, reports on stdout, until stdin closes."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    client = _client(address, ca, cert, key)
+    try:
+        _relay(client, pool, json.loads(needs), sys.stdin, sys.stdout)
+    finally:
+        client.close()
+
+
+def listen(host: str, port: str, address: str, ca: str, cert: str, key: str) -> None:
+    """The runner of one user cluster on Kubernetes (``python -m skerry.workload.userjobs
+    listen HOST PORT ADDRESS CA CERT KEY``): TLS with the cluster's ``cert``, connections of
+    the platform's certificate only, one per pool: each starts with ``{"op": "pool", "pool":
+    name, "needs": {...}}`` and gets a Dask client of its own. Runs for ever."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(cert, key)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    def one(raw, peer):
+        try:
+            with context.wrap_socket(raw, server_side=True) as conn:
+                if _common_name(conn.getpeercert()) != PLATFORM_CN:
+                    log.warning("refused %s: not the platform's certificate", peer[0])
+                    return
+                commands, reports = conn.makefile("r", encoding="utf-8"), conn.makefile("w", encoding="utf-8")
+                hello = json.loads(commands.readline(LINE_MAX))
+                if hello.get("op") != "pool":
+                    raise ValueError(f"a connection starts with its pool, not {hello!r}")
+                client = _client(address, ca, cert, key)
+                try:
+                    _relay(client, hello["pool"], hello["needs"], commands, reports)
+                finally:
+                    client.close()
+        except (OSError, ValueError, KeyError) as e:  # that connection ends; the next may come
+            log.warning("the connection of %s ended: %s", peer[0], e)
+        finally:
+            raw.close()
+
+    with socket.create_server((host, int(port))) as server:
+        while True:
+            raw, peer = server.accept()
+            threading.Thread(target=one, args=(raw, peer), daemon=True, name=f"skerry-jobs-{peer[0]}").start()
+
+
+def _client(address: str, ca: str, cert: str, key: str):
     from distributed import Client
 
     from .clusters import security
+
+    return Client(address, security=security({"tls_ca_file": ca, "tls_client_cert": cert, "tls_client_key": key}),
+                  timeout=30, set_as_default=False)
+
+
+def _common_name(cert: dict | None) -> str | None:
+    for part in (cert or {}).get("subject", ()):
+        for name, value in part:
+            if name == "commonName":
+                return value
+    return None
+
+
+def _relay(client, pool: str, needs: dict, commands_in, reports_out) -> None:
+    """Run the commands read from ``commands_in`` on ``client`` until it ends; the reports to
+    ``reports_out``. Whatever is still in flight then is cancelled."""
     from .runner import Pool, Runner, _result_dict
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    client = Client(address, security=security({"tls_ca_file": ca, "tls_client_cert": cert,
-                                                "tls_client_key": key}),
-                    timeout=30, set_as_default=False)
-    runner = Runner({pool: Pool(client, json.loads(needs))})
+    runner = Runner({pool: Pool(client, needs)})
     done = threading.Event()
 
     def commands():
         try:
-            for line in sys.stdin:
+            for line in commands_in:
                 msg = json.loads(line)
                 if msg["op"] == "submit":
                     batches = [[JobSpec(**s) for s in b] for b in msg["batches"]]
                     runner.submit_batches(pool, batches, avoid=msg.get("avoid"))
                 elif msg["op"] == "cancel":
                     runner.cancel_many([tuple(a) for a in msg["attempts"]])
+        except (OSError, ValueError) as e:
+            log.warning("the platform's commands ended: %s", e)
         finally:
             done.set()
 
     threading.Thread(target=commands, daemon=True, name="skerry-commands").start()
-    out = sys.stdout
-    while not done.is_set():
-        for event in runner.events(timeout=0.1):
-            if isinstance(event, Started):
-                msg = {"e": "start", "job": event.job, "attempt": event.attempt, "worker": event.worker,
-                       "at": event.at}
-            elif isinstance(event, Beat):
-                msg = {"e": "beat", "job": event.job, "attempt": event.attempt}
-            else:
-                msg = {"e": "end", "job": event.job, "attempt": event.attempt, "worker": event.worker,
-                       "lost": event.lost, "error": event.error, "took": event.took,
-                       "result": None if event.result is None else _result_dict(event.result)}
-            out.write(json.dumps(msg) + "\n")
-        out.flush()
-    runner.close()
-    client.close()
+    try:
+        while not done.is_set():
+            for event in runner.events(timeout=0.1):
+                if isinstance(event, Started):
+                    msg = {"e": "start", "job": event.job, "attempt": event.attempt, "worker": event.worker,
+                           "at": event.at}
+                elif isinstance(event, Beat):
+                    msg = {"e": "beat", "job": event.job, "attempt": event.attempt}
+                else:
+                    msg = {"e": "end", "job": event.job, "attempt": event.attempt, "worker": event.worker,
+                           "lost": event.lost, "error": event.error, "took": event.took,
+                           "result": None if event.result is None else _result_dict(event.result)}
+                reports_out.write(json.dumps(msg) + "\n")
+            reports_out.flush()
+    finally:
+        runner.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["listen"] or len(sys.argv) != 8:
+        sys.exit("usage: python -m skerry.workload.userjobs listen HOST PORT ADDRESS CA CERT KEY")
+    if os.geteuid() == 0:
+        sys.exit("a user cluster's runner never runs as root")
+    listen(*sys.argv[2:])

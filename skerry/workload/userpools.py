@@ -60,7 +60,6 @@ class UserPools:
     def __init__(self, data_dir, specs: dict, policy, *, gpus: int | None = None, idle_after: float = IDLE_S,
                  watch_every: float | None = None):
         from ..datadir import DataDir
-        from .clusters import UserClusters
         from .pools import gpu_count, needs
 
         gpus = gpu_count() if gpus is None else gpus
@@ -70,7 +69,7 @@ class UserPools:
         self.shapes = {name: _shape(name, spec, gpus) for name, spec in specs.items()}
         self.idle_after = idle_after
         self.watch = {} if watch_every is None else {"watch_every": watch_every}
-        self.clusters = UserClusters()
+        self.clusters = self._clusters()
         self._jobs: dict[tuple[str, str], Any] = {}  # (user, pool) -> UserJobs
         self._waiting: dict[tuple[str, str], list] = {}  # (user, pool) -> [(batches, avoid)] until it runs
         self._owner: dict[tuple[int, int], tuple[str, str]] = {}  # attempt in flight -> (user, pool)
@@ -207,6 +206,18 @@ class UserPools:
                 else:
                     log.exception("looking for idle clusters failed")
 
+    def _clusters(self):
+        """The clusters' keeper: ``.clusters`` by (user, pool), ``stop(user, pool)``, ``close()``."""
+        from .clusters import UserClusters
+
+        return UserClusters()
+
+    def _runner(self, cluster, needs: dict):
+        """The platform's side of ``cluster``'s jobs runner (``userjobs``), started now."""
+        from .userjobs import UserJobs
+
+        return UserJobs.start(cluster, self._report, needs=needs)
+
     def _cluster(self, user: str, pool: str):
         from ..accounts import ensure_account
         from .clusters import cluster_folder
@@ -221,14 +232,12 @@ class UserPools:
         return cluster
 
     def _start_jobs(self, key: tuple[str, str]) -> None:
-        from .userjobs import UserJobs
-
         jobs = self._jobs.get(key)
         if jobs is None or not jobs.running or not jobs.cluster.running:
             cluster = self._cluster(*key)
             if jobs is not None:
                 jobs.stop()  # its attempts are reported lost
-            jobs = UserJobs.start(cluster, self._report, needs=dict(self.pools[key[1]].needs))
+            jobs = self._runner(cluster, dict(self.pools[key[1]].needs))
             log.info("%s's %s cluster is up (%.1f s): %s", key[0], key[1], cluster.started_in, cluster.address)
         with self._lock:
             waiting = self._waiting.pop(key, [])

@@ -37,13 +37,14 @@ from skerry.hub.stores.profiles import DaskLimits, Placement, Resources
 NAME_LIMIT = 63  # a DNS label; also the longest label value
 APP = "skerry"
 USER_LABEL = "skerry.io/user"
+UID_KEY, GID_KEY = "skerry.io/uid", "skerry.io/gid"  # the home claim's owner (home_claim)
 GPU = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}  # GPU node pools' usual taint
 HOME = "/home/jovyan"
 SERVER_FILES = "/etc/skerry/server"  # the server's Secret, read-only
 DASK_TLS = "/etc/skerry/dask-tls"  # the cluster's certificates, read-only
 JUPYTER_PORT, DAV_PORT = 8888, 8889
-SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
+SCHEDULER_PORT, DASHBOARD_PORT, JOBS_PORT = 8786, 8787, 8788
 SECRET_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", config.IDENTITY_KEY.name)
 FILE_MODE = 0o440  # the Secret's files: the user's group (fsGroup) reads, nobody writes
 
@@ -130,11 +131,16 @@ class ServerSpec:
 
     @property
     def claim_name(self) -> str:
-        return safe_name("home", self.username)  # one home per user, whichever server mounts it
+        return claim_name(self.username)
 
     @property
     def dav_prefix(self) -> str:
         return f"/dav/{self.username}/" + (f"{self.server_name}/" if self.server_name else "")
+
+
+def claim_name(username: str) -> str:
+    """The user's home claim: one per user, whichever server or Dask worker mounts it."""
+    return safe_name("home", username)
 
 
 def labels(release: str, component: str, username: str | None = None) -> dict[str, str]:
@@ -264,14 +270,15 @@ def server_secret(spec: ServerSpec, files: Mapping[str, bytes]) -> dict:
 
 
 def home_claim(spec: ServerSpec) -> dict:
-    """The user's home volume (one per user, kept when servers stop)."""
-    claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": spec.home_size}}}
+    """The user's home volume (one per user, kept when servers stop), ``ReadWriteMany``: her
+    server and her Dask workers mount it at once. It names her uid and gid (``UID_KEY``,
+    ``GID_KEY``), so the workload scheduler runs her jobs as the owner of her files."""
+    claim = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": spec.home_size}}}
     if spec.storage_class:
         claim["storageClassName"] = spec.storage_class
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": _meta(spec.claim_name, spec.namespace, labels(spec.release, "user-home", spec.username),
-                              spec.username),
-            "spec": claim}
+    meta = _meta(spec.claim_name, spec.namespace, labels(spec.release, "user-home", spec.username), spec.username)
+    meta["annotations"].update({UID_KEY: str(spec.uid), GID_KEY: str(spec.gid)})
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim}
 
 
 # -- a user's Dask cluster (dask-kubernetes operator resources) -------------------------------
@@ -294,9 +301,15 @@ class ClusterSpec:
     namespace: str = "default"
     release: str = APP
     pull_policy: str = "IfNotPresent"
+    jobs: bool = False  # the workload scheduler's jobs run on it: a runner, her home and adaptors
 
     def __post_init__(self):
         _not_root(f"the Dask cluster of {self.username!r}", self.uid, self.gid)
+
+    @property
+    def jobs_secret(self) -> str:
+        """Her adaptor configuration for jobs (``cluster_jobs_secret``)."""
+        return safe_name("dask", self.username, "jobs")
 
     @property
     def name(self) -> str:
@@ -315,21 +328,44 @@ class ClusterSpec:
 POD_IP = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}  # what Dask listens on
 TLS_ARGS = ("--tls-ca-file", f"{DASK_TLS}/ca.pem", "--tls-cert", f"{DASK_TLS}/cert.pem",
             "--tls-key", f"{DASK_TLS}/key.pem")
+DASK_ENV = [{"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"},
+            # as the local pools (skerry.workload.pools.DASK_CONFIG): a lost job reaches the catalog
+            {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "0"},
+            {"name": "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION", "value": "inf"}, POD_IP]
+JOBS_FILES = "/etc/skerry/jobs"  # the cluster's jobs Secret (her adaptors), read-only
 
 
-def _dask_pod(spec: ClusterSpec, container: dict, gpus: int = 0) -> dict:
-    """A scheduler's or worker's pod spec: as the user, TLS files mounted read-only."""
-    container = {**container, "image": spec.image, "imagePullPolicy": spec.pull_policy,
-                 "env": [{"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"}, POD_IP],
-                 "volumeMounts": [{"name": "tls", "mountPath": DASK_TLS, "readOnly": True}],
-                 "securityContext": CONTAINER_SECURITY}
+def _dask_pod(spec: ClusterSpec, containers: list[dict], gpus: int = 0, worker: bool = False) -> dict:
+    """A scheduler's or worker's pod spec: as the user, TLS files mounted read-only; a
+    worker of a jobs cluster also mounts her home and her jobs' adaptor configuration."""
+    mounts = [{"name": "tls", "mountPath": DASK_TLS, "readOnly": True}]
+    volumes = [{"name": "tls", "secret": {"secretName": spec.tls_secret, "defaultMode": FILE_MODE}}]
+    env = list(DASK_ENV)
+    if spec.jobs and worker:
+        mounts += [{"name": "home", "mountPath": HOME}, {"name": "jobs", "mountPath": JOBS_FILES, "readOnly": True}]
+        volumes += [{"name": "home", "persistentVolumeClaim": {"claimName": claim_name(spec.username)}},
+                    {"name": "jobs", "secret": {"secretName": spec.jobs_secret, "defaultMode": FILE_MODE}}]
+        env += [{"name": "HOME", "value": HOME},
+                {"name": config.ADAPTORS.name, "value": f"{JOBS_FILES}/adaptors.json"}]
+    containers = [{**c, "image": spec.image, "imagePullPolicy": spec.pull_policy, "env": env,
+                   "volumeMounts": mounts, "securityContext": CONTAINER_SECURITY} for c in containers]
     return {"automountServiceAccountToken": False, "enableServiceLinks": False,
-            "securityContext": _run_as(spec.uid, spec.gid), "containers": [container],
-            "volumes": [{"name": "tls", "secret": {"secretName": spec.tls_secret, "defaultMode": FILE_MODE}}],
+            "securityContext": _run_as(spec.uid, spec.gid), "containers": containers, "volumes": volumes,
             **_placement(spec.placement if gpus else Placement(), gpus)}
 
 
+def _jobs_runner() -> dict:
+    """The runner of the workload scheduler's jobs (``skerry.workload.userjobs``), beside the
+    scheduler: the cluster's only client the platform asks for, reached over TLS."""
+    return {"name": "jobs", "command": ["python", "-m", "skerry.workload.userjobs", "listen", "$(POD_IP)",
+                                        str(JOBS_PORT), f"tls://$(POD_IP):{SCHEDULER_PORT}",
+                                        f"{DASK_TLS}/ca.pem", f"{DASK_TLS}/cert.pem", f"{DASK_TLS}/key.pem"],
+            "ports": [{"name": "jobs", "containerPort": JOBS_PORT, "protocol": "TCP"}],
+            "resources": _resources(0.25, 1, 256 * 2**20, 1 * 2**30)}
+
+
 def _worker(spec: ClusterSpec, command: list[str], gpus: int) -> dict:
+    """A worker container: named by the operator, on its pod's address, the profile's size."""
     d = spec.dask
     return {"name": "worker", "command": [*command, spec.address, "--name", "$(DASK_WORKER_NAME)",
                                           "--host", "$(POD_IP)", "--nthreads", str(d.worker_threads),
@@ -353,10 +389,10 @@ def dask_cluster(spec: ClusterSpec) -> dict:
         "metadata": _meta(spec.name, spec.namespace, dask_labels, spec.username),
         "spec": {
             "worker": {"replicas": 0, "metadata": {"labels": dask_labels},
-                       "spec": _dask_pod(spec, _worker(spec, ["dask", "worker"], 0))},
+                       "spec": _dask_pod(spec, [_worker(spec, ["dask", "worker"], 0)], worker=True)},
             "scheduler": {
                 "metadata": {"labels": dask_labels},
-                "spec": _dask_pod(spec, scheduler),
+                "spec": _dask_pod(spec, [scheduler, *([_jobs_runner()] if spec.jobs else [])]),
                 "service": {"type": "ClusterIP",
                             "selector": {"dask.org/cluster-name": spec.name, "dask.org/component": "scheduler"},
                             "ports": [{"name": "tcp-comm", "protocol": "TCP", "port": SCHEDULER_PORT,
@@ -379,7 +415,8 @@ def gpu_workers(spec: ClusterSpec) -> dict | None:
         "metadata": _meta(safe_name("dask", spec.username, "gpu"), spec.namespace, dask_labels, spec.username),
         "spec": {"cluster": spec.name,
                  "worker": {"replicas": 0, "metadata": {"labels": dask_labels},
-                            "spec": _dask_pod(spec, _worker(spec, ["dask-cuda-worker"], 1), gpus=1)}},
+                            "spec": _dask_pod(spec, [_worker(spec, ["dask-cuda-worker"], 1)], gpus=1,
+                                              worker=True)}},
     }
 
 
