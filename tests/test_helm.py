@@ -92,7 +92,8 @@ def kinds(objects):
 def test_what_the_defaults_make(helm):
     objects = render(helm, "defaults")
     assert kinds(objects) == {
-        ("Secret", "lab-platform"), ("ConfigMap", "lab-hub"), ("PersistentVolumeClaim", "lab-hub"),
+        ("Secret", "lab-platform"), ("ConfigMap", "lab-hub"), ("PersistentVolumeClaim", "lab-data"),
+        ("ConfigMap", "lab-workload"),
         ("Deployment", "lab-hub"), ("Service", "lab-hub"), ("Deployment", "lab-proxy"),
         ("Service", "lab-proxy-api"), ("Service", "lab-proxy-public"), ("Deployment", "lab-service"),
         ("Deployment", "lab-workload"), ("Service", "lab-service"), ("ServiceAccount", "lab-platform"),
@@ -208,9 +209,70 @@ def test_the_schema_and_its_reference_are_generated_from_their_source_and_agree_
 
 
 def test_a_gpu_labs_profiles_reach_the_hub_as_they_were_given(helm):
-    [config] = [o for o in render(helm, "gpu-lab") if o["kind"] == "ConfigMap"]
+    objects = render(helm, "gpu-lab")
+    [config] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "lab-hub"]
     chart = json.loads(config["data"]["chart.json"])
     assert [p["slug"] for p in chart["users"]["profiles"]] == ["cpu", "gpu-small"]
     assert chart["users"]["profiles"][1]["kubernetes"] == {"node_selector": {"skerry.io/pool": "gpu"}}
-    assert chart["dask"] == {"gpuWorkersPerUser": 2}
     assert "token" not in config["data"]["chart.json"]
+    # the workload scheduler's pools: a GPU worker group of two for each user's jobs
+    [workload] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "lab-workload"]
+    pools = json.loads(workload["data"]["pools.json"])
+    assert pools == {"cpu": {"workers": 2, "threads": 2, "memory": "4GiB"}, "gpu": {"workers": 2}}
+
+
+def test_the_hub_pod_runs_skerrys_hub_configured_for_the_cluster_from_the_chart(helm, tmp_path, monkeypatch):
+    """The ConfigMap's jupyterhub_config.py, run as JupyterHub runs it (a traitlets Config
+    named ``c``), with the chart.json rendered beside it and the pod's environment."""
+    from traitlets.config import Config
+
+    from skerry.hub.stores.profiles import ProfileStore
+    from skerry.workload.pools import load_pools
+
+    objects = render(helm, "defaults")
+    [config] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "lab-hub"]
+    (tmp_path / "chart.json").write_text(config["data"]["chart.json"])
+    data = tmp_path / "data"
+    for name, value in {"SKERRY_DATA_DIR": str(data), "CONFIGPROXY_AUTH_TOKEN": "proxy-secret",
+                        "SKERRY_SERVICE_TOKEN": "service-secret", "SKERRY_WORKLOAD_TOKEN": "workload-secret"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("SKERRY_PUBLIC_URL", "SKERRY_KUBERNETES", "SKERRY_KUBE_NAMESPACE", "SKERRY_USER_IMAGE",
+                 "SKERRY_PROXY", "SKERRY_PROXY_COMMAND"):
+        monkeypatch.setenv(name, "")  # configure sets them: monkeypatch puts them back as they were
+
+    def hub_config():
+        c = Config()
+        source = config["data"]["jupyterhub_config.py"].replace("/etc/skerry/chart.json", str(tmp_path / "chart.json"))
+        exec(compile(source, "jupyterhub_config.py", "exec"), {"c": c})
+        return c
+
+    c = hub_config()
+    assert c.JupyterHub.spawner_class == "skerry-kube" and "k8s_api_host" not in c.KubeSpawner  # in-cluster
+    assert (c.SkerryKubeSpawner.namespace, c.SkerryKubeSpawner.release, c.SkerryKubeSpawner.uid_base) == (
+        "skerry", "lab", 100000)
+    assert c.SkerryKubeSpawner.sidecar == {"cpuGuarantee": 0.1, "cpuLimit": 1, "memGuarantee": "128Mi",
+                                           "memLimit": "512Mi"}
+    assert c.JupyterHub.hub_connect_url == "http://lab-hub:8081" and c.JupyterHub.hub_ip == "0.0.0.0"
+    assert c.ConfigurableHTTPProxy.should_start is False
+    assert (c.ConfigurableHTTPProxy.api_url, c.ConfigurableHTTPProxy.auth_token) == (
+        "http://lab-proxy-api:8001", "proxy-secret")
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert services["skerry"]["url"] == "http://lab-service:8002"
+    assert services["skerry"]["api_token"] == "service-secret"
+    assert services["skerry-scheduler"]["api_token"] == "workload-secret"
+    assert not any("command" in s for s in services.values())  # the chart's Deployments run them
+    assert os.environ["SKERRY_USER_IMAGE"] == "ghcr.io/skerry/user:0.1.0"  # what the spawner reads
+    # the values' profiles seed the store once; an admin's change in the hub then stays
+    store = ProfileStore.for_data_dir(data)
+    assert [p["slug"] for p in store.list_profiles()] == ["default"]
+    assert store.audit("default")[0]["who"] == "helm"
+    store.update("default", {**store.get("default"), "description": "the admin's words"}, who="admin")
+    hub_config()
+    assert store.get("default")["description"] == "the admin's words"
+    # the workload scheduler's pools.json is one it can load
+    [workload] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "lab-workload"]
+    (tmp_path / "pools.json").write_text(workload["data"]["pools.json"])
+    assert load_pools(tmp_path / "pools.json")["cpu"].workers == 2
+    [deployment] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "lab-workload"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "python", "-m", "skerry.hub.plugins.kube.workload"]

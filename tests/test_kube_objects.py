@@ -297,3 +297,15 @@ def test_the_schemas_refuse_a_misspelled_field():
     pod["spec"]["containers"][0]["securityContex"] = {}
     with pytest.raises(ValidationError, match="securityContex"):
         valid(pod)
+
+
+def test_the_charts_sidecar_sizes_reach_the_webdav_container():
+    from skerry.errors import ConfigError
+    from skerry.hub.plugins.kube.spawner import _sidecar
+
+    sidecar = _sidecar({"cpuGuarantee": 0.2, "cpuLimit": 2, "memGuarantee": "256Mi", "memLimit": "1Gi"})
+    [_, webdav] = user_pod(server(CPU_PROFILE, sidecar=sidecar))["spec"]["containers"]
+    assert webdav["resources"] == {"requests": {"cpu": "200m", "memory": "256Mi"},
+                                   "limits": {"cpu": "2", "memory": "1Gi"}}
+    with pytest.raises(ConfigError, match="unknown field.*cpu_limit"):
+        _sidecar({"cpu_limit": 2})

@@ -26,12 +26,12 @@ from urllib.parse import urlparse
 from jupyterhub.spawner import SpawnException
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Dict, Float, Integer, Unicode, default
 
 from skerry import config
 from skerry.adaptors.config import config_text
 from skerry.errors import ConfigError
-from skerry.hub.plugins.kube.objects import (DAV_PORT, JUPYTER_PORT, ServerSpec, home_claim, server_secret,
+from skerry.hub.plugins.kube.objects import (DAV_PORT, JUPYTER_PORT, ServerSpec, Sidecar, home_claim, server_secret,
                                              user_pod)
 from skerry.hub.plugins.microinfra import MicroInfrastructure
 from skerry.hub.stores.profiles import Placement, Resources
@@ -52,6 +52,8 @@ class SkerryKubeSpawner(MicroInfrastructure, KubeSpawner):
                                  "not mounted) before the start fails with the reason; default "
                                  "$SKERRY_KUBE_PENDING_TIMEOUT.")
     release = Unicode("skerry", config=True, help="The Helm release the pods belong to (their labels).")
+    sidecar = Dict(config=True, help="The WebDAV sidecar's cpuGuarantee, cpuLimit, memGuarantee and memLimit "
+                                     "(the chart's users.sidecar); empty: objects.Sidecar's defaults.")
     dav_url = Unicode("", help="Where the running server's WebDAV endpoint is (the pod's IP).")
 
     _spec_now: ServerSpec | None = None  # the spec of the pod this start makes
@@ -92,7 +94,7 @@ class SkerryKubeSpawner(MicroInfrastructure, KubeSpawner):
             namespace=self.namespace, release=self.release, env=env, home_size=self.home_size,
             storage_class=self.home_storage_class or None, pull_policy=self.image_pull_policy or "IfNotPresent",
             profile=profile.get("slug", ""), args=tuple(self.get_args()),
-            extra_labels={"component": self.component_label})
+            extra_labels={"component": self.component_label}, sidecar=_sidecar(self.sidecar))
 
     async def load_user_options(self):
         """Nothing: a start's profile is skerry's (``choose_profile``), not KubeSpawner's profile_list."""
@@ -199,3 +201,16 @@ class SkerryKubeSpawner(MicroInfrastructure, KubeSpawner):
         self._release_start_ticket()
         self.dav_url = ""
         self.profile = None
+
+
+def _sidecar(given: dict) -> Sidecar:
+    """The sidecar's resources from the chart's names (sizes as Kubernetes writes them)."""
+    from skerry.workload.modules import parse_memory
+
+    names = {"cpuGuarantee": ("cpu_guarantee", float), "cpuLimit": ("cpu_limit", float),
+             "memGuarantee": ("mem_guarantee", parse_memory), "memLimit": ("mem_limit", parse_memory)}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(f"SkerryKubeSpawner.sidecar: unknown field(s) {', '.join(unknown)} "
+                          f"(fields: {', '.join(names)})")
+    return Sidecar(**{names[k][0]: names[k][1](v) for k, v in given.items()})
