@@ -169,6 +169,13 @@ KUBE_PENDING_TIMEOUT = Setting("SKERRY_KUBE_PENDING_TIMEOUT", float, 120.0, "the
                                must="a positive number of seconds")
 USER_IMAGE = Setting("SKERRY_USER_IMAGE", str, None, "the admin (the Helm chart: images.user)", "hub.plugins.settings",
                      "the image of users' pods where their profile names none", user_facing=True)
+_CHART = "the Helm chart's hub Deployment, from its Secret"
+SERVICE_TOKEN = Setting("SKERRY_SERVICE_TOKEN", str, None, _CHART, "hub.plugins.kube.hubconfig",
+                        "the hub token of the chart's skerry service Deployment")
+WORKLOAD_TOKEN = Setting("SKERRY_WORKLOAD_TOKEN", str, None, _CHART, "hub.plugins.kube.hubconfig",
+                         "the hub token of the chart's workload scheduler Deployment")
+PROXY_TOKEN = Setting("CONFIGPROXY_AUTH_TOKEN", str, None, _CHART, "hub.plugins.kube.hubconfig",
+                      "the token of the chart's proxy API (configurable-http-proxy reads it too)")
 CULL_INTERVAL = Setting("SKERRY_CULL_INTERVAL", float, 30.0, "the admin, for skerry up (passed on to the service)",
                         "the service's idle culler", "seconds between the idle culler's passes",
                         user_facing=True, check=_positive, must="a positive number of seconds")

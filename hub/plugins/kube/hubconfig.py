@@ -50,7 +50,7 @@ def configure(c, chart_file: str | os.PathLike) -> None:
     for setting, value in ((config.PUBLIC_URL, chart["publicUrl"]), (config.KUBERNETES, "in-cluster"),
                            (config.KUBE_NAMESPACE, namespace), (config.USER_IMAGE, chart["userImage"]),
                            (config.PROXY, "chp"), (config.PROXY_COMMAND, "configurable-http-proxy")):
-        os.environ[setting.name] = value  # what settings.configure and the spawner read
+        setting.set(value)  # what settings.configure and the spawner read
     configure_platform(c)
 
     c.JupyterHub.hub_ip = "0.0.0.0"
@@ -59,7 +59,7 @@ def configure(c, chart_file: str | os.PathLike) -> None:
     c.JupyterHub.cleanup_servers = False  # users' pods outlive a hub restart (an upgrade)
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = f"http://{prefix}-proxy-api:{PROXY_API_PORT}"
-    c.ConfigurableHTTPProxy.auth_token = _env("CONFIGPROXY_AUTH_TOKEN")
+    c.ConfigurableHTTPProxy.auth_token = config.PROXY_TOKEN.require()
 
     users = chart["users"]
     c.SkerryKubeSpawner.namespace = namespace
@@ -69,7 +69,7 @@ def configure(c, chart_file: str | os.PathLike) -> None:
     c.SkerryKubeSpawner.home_storage_class = users["home"]["storageClass"]
     c.SkerryKubeSpawner.sidecar = users["sidecar"]
 
-    tokens = {SERVICE_NAME: _env("SKERRY_SERVICE_TOKEN"), SCHEDULER_NAME: _env("SKERRY_WORKLOAD_TOKEN")}
+    tokens = {SERVICE_NAME: config.SERVICE_TOKEN.require(), SCHEDULER_NAME: config.WORKLOAD_TOKEN.require()}
     services = []
     for service in c.JupyterHub.services:
         service = dict(service)
@@ -105,9 +105,3 @@ def seed_profiles(data_dir: str | os.PathLike, profiles: list[dict]) -> list[str
         created.append(profile["slug"])
     return created
 
-
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"${name} is not set: the chart's hub Deployment gives it from its Secret")
-    return value
