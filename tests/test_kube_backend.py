@@ -246,7 +246,11 @@ def test_her_runs_jobs_run_on_her_own_dask_cluster_as_her_and_write_each_output_
     for pod in pods:
         for pid in pod_processes(pod["metadata"]["name"]):
             assert f"Uid:\t{uid}\t" in Path(f"/proc/{pid}/status").read_text()
-    # the platform is a client of his runner (JSON lines over TLS), never of his Dask scheduler
+    # his jobs saw his storage: his home (where his worker pods mount his claim), from his jobs' Secret
+    jobs = get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/dask-frank-jobs")
+    adaptors = json.loads(base64.b64decode(jobs["data"]["adaptors.json"]))["adaptors"]
+    assert {"name": "home", "type": "local", "path": "~"} in adaptors
+        # the platform is a client of his runner (JSON lines over TLS), never of his Dask scheduler
     manager = pids_of("skerry.hub.plugins.kube.workload")
     assert len(manager) == 1
     peers = tcp_peers(next(iter(manager)))

@@ -14,7 +14,7 @@ from kubernetes_validate import ValidationError
 from kubernetes_validate import validate as kube_validate
 
 from skerry.hub.plugins.kube.objects import (ClusterSpec, ServerSpec, cluster_policy, cluster_tls_secret, dask_cluster,
-                                             gpu_workers, home_claim, safe_name, server_secret, user_pod)
+                                             gpu_workers, home_claim, jobs_secret, safe_name, server_secret, user_pod)
 from skerry.hub.stores.profiles import validate as profile
 
 VERSIONS = ("1.36.0", "1.37.0")  # the two newest minors kubernetes-validate knows
@@ -254,6 +254,9 @@ def test_a_jobs_cluster_adds_the_runner_beside_the_scheduler_and_her_home_and_ad
         assert {"name": "SKERRY_ADAPTORS", "value": "/etc/skerry/jobs/adaptors.json"} in c["env"]
         assert {"name": "HOME", "value": "/home/jovyan"} in c["env"]
         assert {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "0"} in c["env"]
+    secret = valid(jobs_secret("alice", "lab", "skerry", b'{"adaptors": []}'))
+    assert secret["metadata"]["name"] == "dask-alice-jobs" == cluster(CPU_PROFILE).jobs_secret
+    assert base64.b64decode(secret["data"]["adaptors.json"]) == b'{"adaptors": []}'
     # without jobs: the user's own cluster, nothing of hers mounted
     [c] = plain["spec"]["worker"]["spec"]["containers"]
     assert [m["name"] for m in c["volumeMounts"]] == ["tls"]

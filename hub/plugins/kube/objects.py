@@ -308,8 +308,8 @@ class ClusterSpec:
 
     @property
     def jobs_secret(self) -> str:
-        """Her adaptor configuration for jobs (``cluster_jobs_secret``)."""
-        return safe_name("dask", self.username, "jobs")
+        """Her adaptor configuration for jobs (``jobs_secret``)."""
+        return jobs_secret_name(self.username)
 
     @property
     def name(self) -> str:
@@ -428,6 +428,18 @@ def cluster_tls_secret(spec: ClusterSpec, ca: bytes, cert: bytes, key: bytes) ->
             "metadata": _meta(spec.tls_secret, spec.namespace, labels(spec.release, "dask", spec.username),
                               spec.username),
             "data": {k: base64.b64encode(v).decode() for k, v in files.items()}}
+
+
+def jobs_secret_name(username: str) -> str:
+    return safe_name("dask", username, "jobs")
+
+
+def jobs_secret(username: str, namespace: str, release: str, adaptors: bytes) -> dict:
+    """The adaptor configuration her jobs see (home at ``~``, her stored adaptors, their
+    credentials), mounted read-only by her cluster's workers at ``JOBS_FILES``."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(jobs_secret_name(username), namespace, labels(release, "dask", username), username),
+            "data": {"adaptors.json": base64.b64encode(adaptors).decode()}}
 
 
 def cluster_policy(spec: ClusterSpec) -> dict:

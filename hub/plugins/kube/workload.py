@@ -41,7 +41,6 @@ import logging
 import shutil
 import ssl
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ from skerry import config
 from skerry.errors import ConfigError, SkerryError
 from skerry.hub.plugins.kube.objects import (DASK_API, GID_KEY, JOBS_PORT, SCHEDULER_PORT, UID_KEY, ClusterSpec,
                                              claim_name, cluster_policy, cluster_tls_secret, dask_cluster,
-                                             gpu_workers, safe_name)
+                                             gpu_workers, jobs_secret, safe_name)
 from skerry.hub.stores.profiles import DaskLimits
 from skerry.localfiles import write_private
 from skerry.workload.clusters import ClusterError, new_credentials
@@ -164,7 +163,6 @@ class KubeUserPools(UserPools):
     def __init__(self, data_dir, specs: dict, api: KubeAPI, image: str, *, release: str = "skerry", **options):
         self.api, self.image, self.release = api, image, release
         self._made: dict[str, tuple[ClusterSpec, Path]] = {}  # user -> her cluster's spec, platform files
-        self._kube_lock = threading.Lock()
         super().__init__(data_dir, specs, None, gpus=0, **options)
         self.folder = self.data.path / "run" / "kube-dask"
 
@@ -180,14 +178,8 @@ class KubeUserPools(UserPools):
         from skerry.adaptors.store import AccountStore
 
         specs, credentials = AccountStore.for_data_dir(self.data).federation(owner, "~")
-        text = config_text(specs, credentials)
-        name = safe_name("dask", owner, "jobs")
-        self.api.put("secrets", {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                                 "metadata": {"name": name, "namespace": self.api.namespace,
-                                              "labels": {"app.kubernetes.io/instance": self.release,
-                                                         "app.kubernetes.io/component": "dask"},
-                                              "annotations": {"skerry.io/username": owner}},
-                                 "stringData": {"adaptors.json": text}})
+        text = config_text(specs, credentials).encode()
+        self.api.put("secrets", jobs_secret(owner, self.api.namespace, self.release, text))
         return None
 
     def cluster_for(self, user: str, pool: str, timeout: float = 120.0) -> dict:
