@@ -90,6 +90,9 @@ class Sftp(AdaptorType):
         return self.backend().SSHFileSystem(**options, skip_instance_cache=True), spec.path or "."
 
 
+S3_READ_S = 600  # seconds an S3 call may wait for its answer (a multipart upload's completion)
+
+
 class S3(AdaptorType):
     """A bucket (and prefix) of an S3 object store."""
 
@@ -101,7 +104,10 @@ class S3(AdaptorType):
         # without a credential entry, boto's usual chain (environment, config files) applies
         options = {k: secrets[k] for k in ("key", "secret", "token") if k in secrets}
         client = {k: v for k, v in (("endpoint_url", spec.endpoint_url), ("region_name", spec.region)) if v}
-        fs = self.backend().S3FileSystem(**options, client_kwargs=client, skip_instance_cache=True)
+        # completing a large multipart upload can take the store minutes; at botocore's 60 s
+        # read timeout the client retries a complete that is still running, and gets an error
+        fs = self.backend().S3FileSystem(**options, client_kwargs=client, config_kwargs={"read_timeout": S3_READ_S},
+                                         skip_instance_cache=True)
         return fs, f"{spec.bucket}/{spec.prefix.strip('/')}".rstrip("/")
 
 
