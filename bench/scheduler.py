@@ -19,6 +19,10 @@ One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
    dispatch rate of the first 10,000 and of the last 10,000 (target: within 10%), and the
    scheduler loop's CPU time per dispatch in both (on a shared machine the rates of a few
    seconds swing with the others' load; the CPU time shows whether the loop slows down).
+4. ``--plan`` files (0 skips it): a closed dataset of that many files and a one-step run
+   over it in a fresh SQLite catalog; the planner (``runs.Planner``, as the scheduler
+   calls it) makes their jobs a page at a time: the time to the first page's jobs and to
+   the last (target: 100,000 planned within 2 s).
 Each line also gives the CPU time per job of this process (the scheduler loop, the Dask
 scheduler and client) and of the two worker processes, and the load average before it.
 
@@ -40,14 +44,17 @@ from pathlib import Path
 
 import dask
 import psutil
+from sqlalchemy import func, select
 from distributed import Client, LocalCluster
 
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
 from skerry.workload.states import FINAL
 from skerry.workload.executors import run_job
+from skerry.workload.models import Job
 from skerry.workload.pools import NO_DASHBOARD
 from skerry.workload.runner import Runner
+from skerry.workload.runs import PLAN_STEP, Planner, start_run
 from skerry.workload.scheduler import Scheduler
 from skerry.workload.schedulerconfig import SchedulerConfig
 
@@ -230,11 +237,40 @@ def platform_runs(n: int) -> None:
           f"{n / took / batched:.2f} of client.map batched (the strongest by hand)")
 
 
+def planning(n: int) -> tuple[float, float, int]:
+    """(seconds to the first page of jobs, to all of them, planner calls) for a run over a
+    closed dataset of ``n`` files, timed from the run's start (the REST call's work)."""
+    with tempfile.TemporaryDirectory() as folder:
+        catalog = Catalog(f"sqlite:///{folder}/catalog.sqlite")
+        catalog.upgrade()
+        catalog.create_dataset("in", location="skerry://home/in")
+        catalog.register_files("in", [{"uri": f"skerry://home/in/{i:07d}.dat", "size": 1} for i in range(n)])
+        catalog.close_dataset("in")
+        catalog.add_workflow("one", {"name": "one", "steps": [
+            {"name": "sum", "module": "noop", "inputs": {"input": "dataset"}}]})
+        start = time.perf_counter()
+        start_run(catalog, "one", "in")
+        planner, calls, first = Planner(catalog), 0, None
+        while True:
+            planner.advance()
+            calls += 1
+            first = first or time.perf_counter() - start
+            if not planner.behind:
+                break
+        whole = time.perf_counter() - start
+        with catalog.session() as s:
+            made = s.execute(select(func.count()).select_from(Job)).scalar_one()
+        catalog.dispose()
+    assert made == n, (made, n)
+    return first, whole, calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--platform", action="store_true", help="per-user clusters through the REST API (as root)")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per measurement (10000; 2000 with --platform)")
     parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--plan", type=int, default=100_000, help="files of the planning measurement (0: none)")
     parser.add_argument("--windows", default="2,50")
     parser.add_argument("--batch-times", default="0.05,0")
     args = parser.parse_args()
@@ -242,6 +278,10 @@ def main() -> None:
         platform_runs(args.jobs or 2000)
         return
     args.jobs = args.jobs or 10_000
+    if args.plan:
+        first, whole, calls = planning(args.plan)
+        print(f"planning {args.plan:,} files: the first {min(PLAN_STEP, args.plan):,} jobs in {first:.2f} s, "
+              f"all in {whole:.2f} s ({calls} passes; target <= 2 s for 100,000)")
     windows = [float(w) for w in args.windows.split(",")]
     batch_times = [float(b) for b in args.batch_times.split(",")]
     with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}), \

@@ -313,3 +313,55 @@ def test_a_run_keeps_the_module_versions_it_started_with(cat):
     again = start_run(cat, "bobs", "raw2", owner="bob", dataset_owner="bob")
     with cat.session() as s:
         assert s.get(Run, again).params["workflow"]["steps"][0]["module"] == "bob-mod@1"
+
+
+def test_a_big_task_is_planned_a_page_at_a_time_each_file_once_and_whole_only_after_all(cat, monkeypatch):
+    """The scheduler dispatches between pages: the first jobs exist before the last are
+    planned. A page skipped by the step's pattern is passed over, not waited on."""
+    import skerry.workload.runs as runs
+
+    monkeypatch.setattr(runs, "PLAN_STEP", 10)
+    cat.add_workflow("gpusums", {"name": "gpusums", "steps": [
+        {"name": "sum", "module": "gpusum", "inputs": {"input": "dataset"}}]})
+    names = [f"n{i:03d}.txt" for i in range(12)] + [f"f{i:03d}.dat" for i in range(23)]  # a first page of no .dat
+    files(cat, "raw", names)
+    cat.close_dataset("raw")
+    start_run(cat, "gpusums", "raw")
+    planner = Planner(cat)
+    [task] = [t for t, _ in counts(cat)]
+    calls, sizes = 0, []
+    while True:
+        changed = planner.advance()
+        calls += 1
+        sizes.append(len(jobs_of(cat, "sum")))
+        if not planner.behind:
+            break
+        assert not planner.complete(task)  # more may come
+        assert calls < 10
+    assert sizes == [0, 8, 18, 23]  # 10 files a page: the first all .txt, the pattern's leaves out
+    assert planner.complete(task) and task in changed
+    jobs = jobs_of(cat, "sum")
+    with cat.session() as s:
+        dat = set(s.execute(select(runs.File.id).where(runs.File.uri.like("%.dat"))).scalars())
+    assert sorted(f for [f] in jobs) == sorted(dat)  # each .dat file in exactly one job, nothing else
+    assert planner.advance() == set() and len(jobs_of(cat, "sum")) == 23  # nothing planned twice
+
+
+def test_a_paged_task_whose_input_closes_mid_pass_is_whole_only_after_a_pass_from_the_first_file(cat, monkeypatch):
+    import skerry.workload.runs as runs
+
+    monkeypatch.setattr(runs, "PLAN_STEP", 10)
+    cat.add_workflow("one", {"name": "one", "steps": [
+        {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]})
+    files(cat, "raw", [f"a{i:02d}" for i in range(15)])
+    start_run(cat, "one", "raw")  # md5 streams: jobs come while the dataset is open
+    planner = Planner(cat)
+    [task] = [t for t, _ in counts(cat)]
+    planner.advance()
+    assert len(jobs_of(cat, "sum")) == 10 and planner.behind
+    files(cat, "raw", ["late"])
+    cat.close_dataset("raw")  # closed in the middle of a pass
+    planner.advance()  # the pass ends: it began while the dataset was open
+    assert len(jobs_of(cat, "sum")) == 16 and not planner.complete(task)
+    planner.advance()  # a pass that began once it was closed
+    assert planner.complete(task) and len(jobs_of(cat, "sum")) == 16

@@ -14,7 +14,8 @@ Rules:
 - rows are dicts by bind name (column name for an insert), all with the same keys;
   values are passed as they are, except the keys named in ``datetimes``, which are
   turned into SQLite's text form by the catalog's own ``DateTime`` type (the same text
-  SQLAlchemy writes);
+  SQLAlchemy writes), and those named in ``jsons``, turned into the JSON text the
+  column's own type writes (each distinct object once: rows usually share one);
 - a statement that needs a parameter the rows do not give (a column default computed
   in Python) runs through SQLAlchemy instead, so nothing is left unfilled;
 - ``chunks`` cuts a list of ids into lists of at most ``CHUNK``, one ``IN (...)`` list
@@ -23,7 +24,7 @@ Rules:
 
 from __future__ import annotations
 
-from sqlalchemy import DateTime
+from sqlalchemy import JSON, DateTime
 
 __all__ = ["Bulk", "CHUNK", "chunks"]
 
@@ -33,9 +34,10 @@ CHUNK = 500  # ids per IN (...) list
 class Bulk:
     """A statement run with many rows (module docstring)."""
 
-    def __init__(self, statement, *, datetimes: tuple[str, ...] = ()):
+    def __init__(self, statement, *, datetimes: tuple[str, ...] = (), jsons: tuple[str, ...] = ()):
         self.statement = statement
         self.datetimes = datetimes
+        self.jsons = jsons
         self._compiled: dict[tuple, tuple[str | None, object]] = {}  # (dialect, keys) -> (sql, to text)
 
     def run(self, conn, rows: list[dict]) -> None:
@@ -60,6 +62,16 @@ class Bulk:
                         if text is None:
                             text = seen[value] = to_text(value)
                         row[key] = text
+        if self.jsons:
+            as_json = JSON().dialect_impl(dialect).bind_processor(dialect)
+            texts = {}  # id of an object -> its text
+            for row in rows:
+                for key in self.jsons:
+                    value = row[key]
+                    text = texts.get(id(value))
+                    if text is None:
+                        text = texts[id(value)] = as_json(value)
+                    row[key] = text
         conn.exec_driver_sql(sql, rows)
 
     def _sql(self, dialect, keys: tuple) -> tuple[str | None, object]:

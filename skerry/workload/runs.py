@@ -39,6 +39,9 @@ quota) is not created and is added to ``refused`` as ``{"workflow", "error", "me
 - every file goes to exactly one job of a task (files already in a job are skipped);
 - a task is *complete* (``complete(task)``: no job will be added) once upstream is done
   and every file it will take has a job; the scheduler derives the task's state with it;
+- a step of one file per job is planned ``PLAN_STEP`` files at a time (``behind`` says
+  more are waiting, and the scheduler plans again at its next step, dispatching the jobs
+  already made in between): a 100,000-file run's first jobs run before its last exist;
 - ``finish_runs()`` ends a run once all its tasks are final (``failed`` if any failed,
   else ``cancelled`` if any was, else ``succeeded``) and closes its output datasets.
 
@@ -213,6 +216,9 @@ def _has_run(catalog, workflow: str, dataset_id: int) -> bool:
                          .limit(1)).first() is not None
 
 
+PLAN_STEP = 10_000  # files a task's jobs are planned from per pass: the scheduler dispatches between passes
+
+
 class Planner:
     """Adds the jobs whose input is ready, for every running run (module docstring)."""
 
@@ -221,6 +227,9 @@ class Planner:
         self.registry = registry
         self._workflows: dict[int, object] = {}
         self._complete: set[int] = set()
+        self._after: dict[int, int] = {}  # task -> the last file id a paged call looked at
+        self._pass_done: dict[int, bool] = {}  # task -> whether its input was done when this pass began
+        self.behind = False  # the last advance left files for the next one
 
     def complete(self, task_id: int) -> bool:
         return task_id in self._complete
@@ -237,8 +246,10 @@ class Planner:
         return wf
 
     def advance(self) -> set[int]:
-        """Create the jobs now ready; the ids of the tasks that got jobs or became complete."""
+        """Create the jobs now ready, at most ``PLAN_STEP`` files' worth per task (``behind``
+        then says more are waiting); the ids of the tasks that got jobs or became complete."""
         changed: set[int] = set()
+        self.behind = False
         with self.catalog.session() as s:
             runs = s.execute(select(Run).where(Run.state == "running")).scalars().all()
         for run in runs:
@@ -255,35 +266,49 @@ class Planner:
                         done = upstream.state in FINAL
                     else:
                         done = s.get(Dataset, task.input_dataset_id).state != "OPEN"
-                    if self._add_jobs(s, task, step, run, done):
+                    added, more, whole = self._add_jobs(s, task, step, run, done)
+                    if added:
                         changed.add(task.id)
-                    if done:
+                    if done and whole:
                         self._complete.add(task.id)
                         changed.add(task.id)
+                    self.behind |= more
         return changed
 
-    def _add_jobs(self, s, task: Task, step, run: Run, done: bool) -> int:
+    def _add_jobs(self, s, task: Task, step, run: Run, done: bool) -> tuple[int, bool, bool]:
+        """(jobs added, whether files are left for the next call, whether every file the
+        task will ever take now has its job). A step of one file per job looks at a page of
+        ``PLAN_STEP`` files from where the last call stopped (``_after``); a pass over the
+        files ends at the last one, and the next starts from the first again. The task is
+        whole at the end of a pass that started once its input was ``done`` (nothing can
+        land behind such a pass). A chunked step looks at every file each call (its chunks
+        must not be cut by a page)."""
         if not (step.streaming or done):
-            return 0
+            return 0, False, False
         pin = step.module.input(run.params["pins"][step.name])
+        size = 1 if pin.kind == "single" else step.chunk  # None: every file in one job
+        limit = PLAN_STEP if size == 1 else None
+        after = self._after.pop(task.id, 0)
+        if after == 0:  # a new pass
+            self._pass_done[task.id] = done
         taken = exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id, Job.task_id == task.id)
-        files = [(fid, uri) for fid, uri in s.execute(
-            select(File.id, File.uri).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
-                                            ~taken).order_by(File.id)).all()
-                 if pin.accepts(uri.rsplit("/", 1)[-1])]
-        if pin.kind == "single":
-            groups = [[fid] for fid, _ in files]
-        else:
-            size = step.chunk or max(1, len(files))
-            groups = [[fid for fid, _ in files[i:i + size]] for i in range(0, len(files), size)]
-            if groups and len(groups[-1]) < size and not done:
-                groups.pop()  # a partial chunk waits for more files
-        if not groups:
-            return 0
-        pool = pool_of(step.module)
-        insert_jobs(s, task.id, groups, state="queued", pool=pool,
-                    resources=step.module.resources.model_dump(mode="json"))
-        return len(groups)
+        query = select(File.id, File.uri).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
+                                                File.id > after, ~taken).order_by(File.id)
+        rows = s.execute(query if limit is None else query.limit(limit)).all()
+        more = limit is not None and len(rows) == limit
+        if more:
+            self._after[task.id] = rows[-1][0]
+        files = [fid for fid, uri in rows if pin.accepts(uri.rsplit("/", 1)[-1])]
+        size = size or max(1, len(files))
+        groups = [files[i:i + size] for i in range(0, len(files), size)]
+        if groups and len(groups[-1]) < size and not done:
+            groups.pop()  # a partial chunk waits for more files
+        if groups:
+            pool = pool_of(step.module)
+            insert_jobs(s, task.id, groups, state="queued", pool=pool,
+                        resources=step.module.resources.model_dump(mode="json"))
+        whole = not more and self._pass_done.pop(task.id, False)
+        return len(groups), more, whole
 
     def finish_runs(self) -> list[int]:
         """End the runs whose tasks are all final; the ids of those ended now."""

@@ -129,7 +129,9 @@ class Scheduler:
         if now >= self._next_plan:
             if self.planner is not None:
                 self.inflight.dirty |= self.planner.advance()
-            self._next_plan = now + self.config.plan_interval
+            # a planner behind (a run's jobs planned a page at a time) goes on at the next step
+            behind = self.planner is not None and self.planner.behind
+            self._next_plan = now if behind else now + self.config.plan_interval
         if self.inflight.dirty and now >= self._next_tasks:
             tasks, self.inflight.dirty = self.inflight.dirty, set()
             bookkeeping.derive_task_states(self.catalog, self.planner, tasks)

@@ -20,7 +20,7 @@ Rules:
 
 from collections.abc import Iterable
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,23 +36,41 @@ from .inputs import check_metadata, file_row
 __all__ = ["Jobs", "insert_jobs"]
 
 _JOB_INPUTS = Bulk(insert(JobInput))
+_JOBS = Bulk(insert(Job), datetimes=("created", "updated"), jsons=("resources",))
 
 
 def insert_jobs(s: Session, task_id: int, inputs: list[list[int]], *, state: str, pool: str,
                 resources: dict) -> list[int]:
     """Insert one job per item of ``inputs`` (file ids, checked by the caller) with their
-    input links, in a few statements, and count them in the task; their ids."""
+    input links, in a few statements, and count them in the task; their ids, in the order
+    of ``inputs`` (increasing)."""
     stamp = now()
     conn = s.connection()  # Core, not the ORM's bulk path: a few times faster per row
-    rows = [{"task_id": task_id, "state": state, "pool": pool, "resources": resources, "attempts": 0,
-             "created": stamp, "updated": stamp} for _ in inputs]
-    ids = list(conn.execute(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows).scalars())
+    # first: on SQLite this write takes the file's write lock before the ids are chosen
+    conn.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + len(inputs)))
+    ids = _new_ids(conn, len(inputs))
+    rows = [{"id": job_id, "task_id": task_id, "state": state, "pool": pool, "resources": resources, "attempts": 0,
+             "created": stamp, "updated": stamp} for job_id in ids]
+    for start in range(0, len(rows), BATCH):
+        _JOBS.run(conn, rows[start:start + BATCH])
     links = [{"job_id": job_id, "position": i, "file_id": f}
              for job_id, files in zip(ids, inputs) for i, f in enumerate(files)]
     for start in range(0, len(links), BATCH):
         _JOB_INPUTS.run(conn, links[start:start + BATCH])
-    conn.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + len(ids)))
     return ids
+
+
+def _new_ids(conn, n: int) -> list[int]:
+    """``n`` ids for new jobs, increasing, reserved in one statement: PostgreSQL's sequence;
+    on SQLite the ids after the largest (the writing transaction holds the file, and SQLite
+    would choose the same)."""
+    if n == 0:
+        return []
+    if conn.dialect.name == "postgresql":
+        reserve = text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, :n)")
+        return sorted(conn.execute(reserve, {"n": n}).scalars())
+    first = conn.execute(select(func.coalesce(func.max(Job.id), 0))).scalar_one() + 1
+    return list(range(first, first + n))
 
 
 def _check_inputs(s: Session, task: Task, inputs: list[list[int]]) -> None:
