@@ -19,7 +19,12 @@ One ``LocalCluster`` (2 worker processes, 1 thread each, no dashboard) with
    dispatch rate of the first 10,000 and of the last 10,000 (target: within 10%), and the
    scheduler loop's CPU time per dispatch in both (on a shared machine the rates of a few
    seconds swing with the others' load; the CPU time shows whether the loop slows down).
-4. ``--plan`` files (0 skips it): a closed dataset of that many files and a one-step run
+4. one-job latency, ``--latency`` times (0 skips it): a one-step run over a dataset of one
+   file in a fresh SQLite catalog, timed from ``start_run`` (the work of ``POST /runs``)
+   until the catalog says the run succeeded, the scheduler stepping in this process,
+   against ``client.submit(...).result()`` of the same job: p50 and p95 of each (target:
+   p50 at most 50 ms on an idle cluster);
+5. ``--plan`` files (0 skips it): a closed dataset of that many files and a one-step run
    over it in a fresh SQLite catalog; the planner (``runs.Planner``, as the scheduler
    calls it) makes their jobs a page at a time: the time to the first page's jobs and to
    the last (target: 100,000 planned within 2 s).
@@ -30,7 +35,8 @@ scheduler and client) and of the two worker processes, and the load average befo
 single-threaded workers, so each user's cluster has 2): alice's run of ``--jobs`` noop
 jobs over a dataset of that many files in her home, timed from ``POST /runs`` until ``GET
 /runs/<id>`` says it succeeded (polled every 50 ms): first with her cluster not running
-(its start is part of the run), then again with it running. Against the same noop over
+(its start is part of the run), then again with it running; then ``ONE_RUNS`` one-job
+runs, each timed the same way (polled every 2 ms). Against the same noop over
 the same files on a ``LocalCluster`` of the same size, as a user would run it by hand:
 ``client.map`` one task per file (the issue's target: >= 0.7 of it), and batched (one
 task per worker's share: the strongest alternative); both ratios are printed. Asserts nothing.
@@ -51,7 +57,9 @@ from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
 from skerry.workload.states import FINAL
 from skerry.workload.executors import run_job
-from skerry.workload.models import Job
+from skerry import config
+from skerry.adaptors.config import write_config
+from skerry.workload.models import Job, Run
 from skerry.workload.pools import NO_DASHBOARD
 from skerry.workload.runner import Runner
 from skerry.workload.runs import PLAN_STEP, Planner, start_run
@@ -60,6 +68,8 @@ from skerry.workload.schedulerconfig import SchedulerConfig
 
 NOOP = BUILTINS["noop"].model_dump(mode="json")
 PART = 10_000
+ONE_RUNS = 20  # one-job runs timed through the REST API (--platform)
+HOME = tempfile.mkdtemp(prefix="bench-home-")  # skerry://home/ of the one-job runs (the workers' adaptors)
 
 
 class CPU:
@@ -227,6 +237,22 @@ def platform_runs(n: int) -> None:
                 assert state == "succeeded", call("GET", f"/runs/{run_id}")
                 print(f"platform, {label}: {n} noop jobs from POST /runs to succeeded in {took:.2f} s, "
                       f"{n / took:,.0f} jobs/s; {phases(data, run_id, wall)}", flush=True)
+            ones = []
+            for i in range(ONE_RUNS):  # her cluster running: one-job runs, each timed from its POST /runs
+                name = f"one.{i}"
+                call("POST", "/datasets", json={"name": name, "location": "skerry://home/in"})
+                call("POST", f"/datasets/{name}/files", json={"files": entries[i:i + 1]})
+                call("POST", f"/datasets/{name}/close")
+                start = time.perf_counter()
+                run_id = call("POST", "/runs", json={"workflow": "noops", "dataset": name})["id"]
+                while (state := call("GET", f"/runs/{run_id}")["state"]) not in FINAL:
+                    time.sleep(0.002)
+                ones.append(1000 * (time.perf_counter() - start))
+                assert state == "succeeded", call("GET", f"/runs/{run_id}")
+            ones.sort()
+            print(f"platform, one-job runs ({ONE_RUNS}, her cluster running, GET polled every 2 ms): from POST /runs "
+                  f"to succeeded p50 {ones[len(ones) // 2]:.0f} ms, p95 {ones[int(0.95 * len(ones)) - 1]:.0f} ms "
+                  f"(target p50 <= 50 ms)", flush=True)
         finally:
             platform.stop()
             remove_accounts(platform.account_template)
@@ -235,6 +261,43 @@ def platform_runs(n: int) -> None:
           f"batched one task per worker {batched:,.0f} jobs/s")
     print(f"ratio, her cluster running: {n / took / one:.2f} of client.map one task per file (target >= 0.7), "
           f"{n / took / batched:.2f} of client.map batched (the strongest by hand)")
+
+
+def latency(client: Client, n: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(p50, p95) in ms of a one-job run through the scheduler, and of ``client.submit`` of the
+    same job (module docstring, 4)."""
+    def p50_p95(times):
+        times = sorted(1000 * t for t in times)
+        return times[len(times) // 2], times[max(0, int(0.95 * len(times)) - 1)]
+
+    submits = []
+    for _ in range(n):
+        start = time.perf_counter()
+        client.submit(run_job, NOOP, None, "memory://bench-one", pure=False).result()
+        submits.append(time.perf_counter() - start)
+    runs = []
+    with tempfile.TemporaryDirectory() as folder:
+        catalog = Catalog(f"sqlite:///{folder}/catalog.sqlite")
+        catalog.upgrade()
+        catalog.add_workflow("one", {"name": "one", "steps": [
+            {"name": "noop", "module": "noop", "inputs": {"input": "dataset"}}]})
+        sched = Scheduler(catalog, Runner({"cpu": client}), planner=Planner(catalog))
+        sched.step()
+        for i in range(n):
+            Path(HOME, f"one{i}").mkdir()
+            Path(HOME, f"one{i}", "a").write_text("a")
+            catalog.create_dataset(f"one{i}", location=f"skerry://home/one{i}")
+            catalog.register_files(f"one{i}", [{"uri": f"skerry://home/one{i}/a", "size": 1}])
+            catalog.close_dataset(f"one{i}")
+            start = time.perf_counter()
+            run = start_run(catalog, "one", f"one{i}")
+            sched.run(lambda r=run: sched.run_done(r), timeout=60, wait=0.005)
+            runs.append(time.perf_counter() - start)
+            with catalog.session() as s:
+                state = s.execute(select(Run.state).where(Run.id == run)).scalar_one()
+            assert state == "succeeded", state
+        catalog.dispose()
+    return p50_p95(runs), p50_p95(submits)
 
 
 def planning(n: int) -> tuple[float, float, int]:
@@ -270,6 +333,7 @@ def main() -> None:
     parser.add_argument("--platform", action="store_true", help="per-user clusters through the REST API (as root)")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per measurement (10000; 2000 with --platform)")
     parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--latency", type=int, default=30, help="one-job runs timed (0: none)")
     parser.add_argument("--plan", type=int, default=100_000, help="files of the planning measurement (0: none)")
     parser.add_argument("--windows", default="2,50")
     parser.add_argument("--batch-times", default="0.05,0")
@@ -278,6 +342,8 @@ def main() -> None:
         platform_runs(args.jobs or 2000)
         return
     args.jobs = args.jobs or 10_000
+    write_config(f"{HOME}/adaptors.json", [{"name": "home", "type": "local", "path": HOME}])
+    config.ADAPTORS.set(f"{HOME}/adaptors.json")  # before the workers start: they inherit it
     if args.plan:
         first, whole, calls = planning(args.plan)
         print(f"planning {args.plan:,} files: the first {min(PLAN_STEP, args.plan):,} jobs in {first:.2f} s, "
@@ -289,6 +355,11 @@ def main() -> None:
                          scheduler_kwargs=NO_DASHBOARD) as cluster, \
             Client(cluster) as client:
         raw(client, 500)  # warm the workers (imports)
+        if args.latency:
+            mine, submit = latency(client, args.latency)
+            print(f"one job, {args.latency} times: a run from start_run to succeeded p50 {mine[0]:.1f} ms, "
+                  f"p95 {mine[1]:.1f} ms; client.submit(...).result() p50 {submit[0]:.1f} ms, p95 {submit[1]:.1f} ms; "
+                  f"p50 ratio {mine[0] / submit[0]:.1f}x (target p50 <= 50 ms)")
         cpu = CPU(cluster)
         with cpu:
             base = raw(client, args.jobs)

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 from helpers import dask_client, local_home
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
-from skerry.workload.models import File, Job, JobAttempt, JobInput, Task
+from skerry.workload.models import File, Job, JobAttempt, JobInput, Run, Task
 from skerry.workload.pools import DASK_CONFIG, NO_DASHBOARD
 from skerry.workload.runner import Pool, Runner
 from skerry.workload.runs import Planner, start_run
@@ -663,3 +663,26 @@ def test_a_hung_job_does_not_hold_the_jobs_behind_it_in_its_batch(tmp_path, home
     assert len(attempts) == 40 and all(a.ended is not None for a in attempts)
     rows = output_rows(cat, "held.sum")
     assert len(rows) == 39 and len({r.job_id for r in rows}) == 39  # each output once
+
+
+def test_with_nothing_in_flight_a_new_run_is_planned_dispatched_and_ended_without_waiting_an_interval(
+        tmp_path, home, client):
+    """No interval on the path of a lone run: with the planner's interval at an hour, a
+    one-job run started while the scheduler idles still runs and ends; the steps it takes
+    are counted (two Dask round trips need a few), not timed."""
+    cat = catalog(tmp_path)
+    cat.add_workflow("one", {"name": "one", "steps": [
+        {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]})
+    sched = Scheduler(cat, Runner({"cpu": client}), planner=Planner(cat),
+                      config=SchedulerConfig(plan_interval=3600))
+    for _ in range(3):
+        sched.step(0.01)  # the first plan and task pass happen here: the hour starts now
+    for name in ("lone1", "lone2"):
+        [entry] = dataset(cat, home, name, 1)
+        run = start_run(cat, "one", name)
+        sched.run(lambda r=run: sched.run_done(r), timeout=60, wait=0.01)
+        with cat.session() as s:
+            assert s.get(Run, run).state == "succeeded"
+            [(uri, job)] = s.execute(select(File.uri, File.job_id).join(Task, Task.output_dataset_id == File.dataset_id)
+                                     .where(Task.run_id == run)).all()
+        assert uri.endswith("f00000.dat.md5") and job is not None  # its one output, registered with its job

@@ -535,6 +535,8 @@ async def start_masked(w: Workload, dataset, who: dict, hub) -> dict:
     refused: list[dict] = []
     runs = await _call(start_matching_runs, w.catalog, dataset.name, owner=dataset.owner, refused=refused,
                        check=check and (lambda s, loaded: check(s, loaded, dataset.name)))
+    if runs:
+        await _call(wake_scheduler)
     return {"runs": runs, "refused": refused}
 
 
@@ -567,6 +569,7 @@ async def create_run(request: Request, who: dict = Depends(caller), w: Workload 
     run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner,
                          dataset_owner=owner,
                          check=check and (lambda s, loaded: check(s, loaded, body["dataset"])))
+    await _call(wake_scheduler)
     return JSONResponse(await _call(w.run, run_id, None), 201)
 
 
@@ -611,6 +614,16 @@ async def list_jobs(task: int | None = None, state: str | None = None, after: in
     _whole(after, "after", 0)
     _whole(limit, "limit", 1, PAGE_MAX)
     return await _call(w.jobs, task=task, state=state, after=after, limit=limit, owner=owner_filter(who))
+
+
+def wake_scheduler() -> None:
+    """A run was started: the workload manager plans it now, not at its next look."""
+    from skerry import config
+    from skerry.workload.clusterask import wake
+
+    data_dir = config.DATA_DIR.get()
+    if data_dir is not None:  # a service without a platform (its tests): no manager to wake
+        wake(data_dir)
 
 
 def open_catalog(data_dir: str) -> Catalog:

@@ -1,16 +1,20 @@
-"""How the platform's service gets a user's Dask cluster from the workload manager.
+"""How the platform's service gets a user's Dask cluster from the workload manager, and wakes it.
 
 The manager owns the clusters (it starts them and feeds them jobs); the service, which
 answers ``POST /services/skerry/api/v1/clusters/{pool}`` for a user's kernel, asks it::
 
-    serve(data_dir, answer)       # in the manager: answer(user, pool) -> dict, a thread per ask
-    ask(data_dir, user, pool)     # in the service: that dict, or the manager's SkerryError
+    serve(data_dir, answer, wake)   # in the manager: answer(user, pool) -> dict, a thread per ask
+    ask(data_dir, user, pool)       # in the service: that dict, or the manager's SkerryError
+    wake(data_dir)                  # in the service: a run was started, the manager calls wake()
 
 Rules:
 - a Unix socket in the abstract namespace, named after the data dir (a path in ``run/``
   can pass the 108 bytes a socket path may hold); each side checks the other's uid
   (SO_PEERCRED) is its own, the platform's: no account can ask, nor pose as the manager;
 - one JSON line each way: ``{"user", "pool"}``, then the answer or ``{"error", "message"}``;
+  ``{"op": "wake"}`` gets no answer: the manager's ``wake()`` is called, and ``wake`` on
+  the service's side never fails (no manager listening: it will see the run when it
+  starts; the scheduler also looks for new runs on its own, every step);
 - an ask with no manager listening raises ``ManagerUnavailable``; an error of ``answer``
   comes back as a ``SkerryError`` with the same code and sentence.
 """
@@ -28,7 +32,7 @@ from collections.abc import Callable
 
 from ..errors import SkerryError, Unavailable
 
-__all__ = ["serve", "ask", "ManagerUnavailable", "ASK_S"]
+__all__ = ["serve", "ask", "wake", "ManagerUnavailable", "ASK_S"]
 
 log = logging.getLogger("skerry.scheduler")
 ASK_S = 150.0  # how long an ask waits: a cluster starting on a busy machine, and its queue
@@ -49,7 +53,8 @@ def _peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def serve(data_dir: str | os.PathLike, answer: Callable[[str, str], dict]) -> socket.socket:
+def serve(data_dir: str | os.PathLike, answer: Callable[[str, str], dict],
+          wake: Callable[[], None] = lambda: None) -> socket.socket:
     """Listen for asks in a daemon thread; the listening socket (close it to stop)."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     listener.bind(_address(data_dir))
@@ -61,6 +66,9 @@ def serve(data_dir: str | os.PathLike, answer: Callable[[str, str], dict]) -> so
                 if _peer_uid(conn) != os.geteuid():
                     return  # an account: not a word
                 msg = json.loads(f.readline(LINE_MAX))
+                if msg.get("op") == "wake":
+                    wake()
+                    return
                 user, pool = msg["user"], msg["pool"]
                 if not isinstance(user, str) or not isinstance(pool, str):
                     raise ValueError("user and pool must be names")
@@ -119,3 +127,19 @@ def ask(data_dir: str | os.PathLike, user: str, pool: str, timeout: float = ASK_
         error.code = reply["error"]
         raise error
     return reply
+
+
+def wake(data_dir: str | os.PathLike) -> bool:
+    """Tell the manager a run was started (module docstring); whether one was told."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    conn.settimeout(1.0)
+    try:
+        conn.connect(_address(data_dir))
+        if _peer_uid(conn) != os.geteuid():
+            return False
+        conn.sendall(b'{"op": "wake"}\n')
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()

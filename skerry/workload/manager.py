@@ -69,7 +69,7 @@ class Manager:
             self.config = SchedulerConfig.for_data_dir(self.data_dir)
         catalog = Catalog.for_data_dir(self.data_dir)
         catalog.upgrade()
-        self.asks = serve(self.data_dir, self.cluster_for)
+        self.asks = serve(self.data_dir, self.cluster_for, self.wake)
         if not specs:
             log.warning("%s names no pool: the catalog's jobs stay queued", self.pools_file)
             return
@@ -109,6 +109,11 @@ class Manager:
         addresses, self.clusters = start_pools(specs)
         self.addresses = addresses
         return Runner({name: Pool(address, needs(name)) for name, address in addresses.items()})
+
+    def wake(self) -> None:
+        """A run was started (``clusterask.wake``): the scheduler's idle wait ends now."""
+        if self.scheduler is not None:
+            self.scheduler.wake()
 
     def cluster_for(self, user: str, pool: str) -> dict:
         """What ``clusterask.ask`` answers: the user's cluster of ``pool`` (or the shared one)."""

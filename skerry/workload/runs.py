@@ -55,7 +55,7 @@ import fnmatch
 import logging
 import posixpath
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 
 from ..errors import BadRequest, ConfigError, SkerryError
 from .builtins import BUILTINS
@@ -230,9 +230,17 @@ class Planner:
         self._after: dict[int, int] = {}  # task -> the last file id a paged call looked at
         self._pass_done: dict[int, bool] = {}  # task -> whether its input was done when this pass began
         self.behind = False  # the last advance left files for the next one
+        self._seen: tuple = (0, None)  # (count, largest id) of the running runs at the last advance
 
     def complete(self, task_id: int) -> bool:
         return task_id in self._complete
+
+    def news(self) -> bool:
+        """Whether the running runs changed since the last ``advance`` (one small query):
+        the scheduler plans at once for a new run instead of at its next interval."""
+        with self.catalog.session() as s:
+            now = tuple(s.execute(select(func.count(), func.max(Run.id)).where(Run.state == "running")).one())
+        return now != self._seen
 
     def _workflow(self, run: Run):
         wf = self._workflows.get(run.id)
@@ -251,7 +259,8 @@ class Planner:
         changed: set[int] = set()
         self.behind = False
         with self.catalog.session() as s:
-            runs = s.execute(select(Run).where(Run.state == "running")).scalars().all()
+            runs = s.execute(select(Run).where(Run.state == "running").order_by(Run.id)).scalars().all()
+        self._seen = (len(runs), runs[-1].id if runs else None)
         for run in runs:
             wf = self._workflow(run)
             with self.catalog.writing() as s:

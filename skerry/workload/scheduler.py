@@ -36,6 +36,11 @@ Rules:
 - ranks follow ``next_rank`` every ``rank_interval`` s; the tasks' states are derived at
   most every ``plan_interval`` s; queued jobs whose pool the runner does not have fail
   with ``no_pool`` (checked every 5 s);
+- with nothing in flight, no interval is waited for: a new run (``Planner.news``, one
+  small query a step) is planned in that step, its jobs are dispatched in the next with no
+  sleep in between, and the tasks whose jobs ended get their state (and their run its
+  end) in the step that saw the last one end: a one-job run takes about two Dask round
+  trips, not two intervals;
 - with ``adaptors_of`` (owner -> configuration file, ``skerry.workload.owners``), each
   job carries its owner's adaptors (the run's owner, else the input dataset's), so it
   sees their storage; a lost attempt's outputs are looked for there too;
@@ -45,6 +50,7 @@ Rules:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -85,6 +91,7 @@ class Scheduler:
         self.dispatcher = Dispatcher(runner, config, self.inflight, self.tasks)
         self.selectors = self.dispatcher.selectors
         self._recovered = False
+        self._woken = threading.Event()
         self._next_plan = self._next_rank = self._next_pools = self._next_tasks = 0.0
         self.dispatched = 0
 
@@ -98,6 +105,10 @@ class Scheduler:
                 raise SchedulerError(f"the scheduler did not get there within {timeout} s "
                                      f"({len(self.live)} attempts in flight)")
             self.step(wait)
+
+    def wake(self) -> None:
+        """End the current idle wait (from any thread): something to plan may have come."""
+        self._woken.set()
 
     def step(self, wait: float = 0.0) -> None:
         """One round (the module docstring's 1-5); ``wait``: seconds to wait for reports, or to sleep when idle."""
@@ -126,13 +137,17 @@ class Scheduler:
             dispatched = self.dispatcher.refill(s)
         self.dispatched += len(dispatched)
         self.dispatcher.submit(dispatched)  # committed: now they are in flight
-        if now >= self._next_plan:
+        planned = set()
+        # nothing in flight and a new run: its jobs are planned now, not at the next interval
+        if now >= self._next_plan or (not self.live and self.planner is not None and self.planner.news()):
             if self.planner is not None:
-                self.inflight.dirty |= self.planner.advance()
+                planned = self.planner.advance()
+                self.inflight.dirty |= planned
             # a planner behind (a run's jobs planned a page at a time) goes on at the next step
             behind = self.planner is not None and self.planner.behind
             self._next_plan = now if behind else now + self.config.plan_interval
-        if self.inflight.dirty and now >= self._next_tasks:
+        # with nothing in flight, the tasks whose jobs ended get their state now (their run may be over)
+        if self.inflight.dirty and (now >= self._next_tasks or not self.live):
             tasks, self.inflight.dirty = self.inflight.dirty, set()
             bookkeeping.derive_task_states(self.catalog, self.planner, tasks)
             self._next_tasks = now + self.config.plan_interval
@@ -143,8 +158,9 @@ class Scheduler:
         if now >= self._next_pools:
             self.inflight.dirty |= fail_poolless(self.catalog, self.runner)
             self._next_pools = now + POOLS_INTERVAL
-        if not self.live and wait:
-            time.sleep(wait)
+        if not self.live and wait and not planned:  # jobs just planned are dispatched at once
+            self._woken.wait(wait)  # ``wake`` ends it: a run started elsewhere
+            self._woken.clear()
 
     def _linger(self) -> float:
         """Seconds to let reports gather before a step (the module docstring's rule)."""
