@@ -20,6 +20,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..bulk import Bulk
 from ..models import File, now
 from .datasets import dataset_row
 from .engine import Database
@@ -30,6 +31,7 @@ from .values import FileInfo, FilePage, file_info
 __all__ = ["Files", "insert_files", "duplicate_sentence", "BATCH", "PAGE_MAX"]
 
 BATCH = 10_000  # rows per INSERT executemany in bulk registration
+_FILES = Bulk(insert(File), datetimes=("created",))  # SQLite: the driver's executemany, as it is
 PAGE_MAX = 10_000
 
 
@@ -37,8 +39,9 @@ def insert_files(s: Session, dataset_id: int, rows: list[dict], job_id: int | No
     """Insert checked rows (``inputs.file_row``) as ``AVAILABLE`` files of a dataset (of a job's outputs)."""
     stamp = now()
     extra = {"dataset_id": dataset_id, "state": "AVAILABLE", "created": stamp, "job_id": job_id}
+    conn = s.connection()
     for start in range(0, len(rows), BATCH):
-        s.execute(insert(File), [{**row, **extra} for row in rows[start:start + BATCH]])
+        _FILES.run(conn, [{**row, **extra} for row in rows[start:start + BATCH]])
 
 
 def duplicate_sentence(s: Session, name: str, owner: str | None, rows: list[dict]) -> str:
