@@ -3,15 +3,19 @@
     python bench/kernel.py [--runs 7] [--workers 2]
 
 Starts its own platform (``skerry up`` in a temporary data dir; pools.json: a local
-``cpu`` pool of ``--workers`` worker processes, no ``gpu`` pool), a user with a running
-server, then ``--runs`` times: a "skerry" kernel is asked for through the user's Jupyter
-server (``POST /user/<name>/api/kernels``, as JupyterLab does), and ``skerry.ready()``
-run in it says when each part of the session was ready. Figures per run:
+``cpu`` pool of ``--workers`` worker processes, no ``gpu`` pool; as root each user's
+cluster is carved from it, started at her first ask and kept while used: the warm-up
+starts it), a user with a running server, then ``--runs`` times: a "skerry" kernel is
+asked for through the user's Jupyter server (``POST /user/<name>/api/kernels``, as
+JupyterLab does), and its first cell touches ``skerry.client`` and asks the session
+(``ready()``) when each part was ready. Figures per run:
 
+- request -> answers: until the kernel answered its first cell, a cell that uses the
+  Dask pool (connected on first use) with the session ready: what a user waits for. The figure the target is
+  on: <= 2 s, and its ratio to a plain kernel's;
 - request -> ready: from the start request until the last part (adaptors, pool, api) was
-  ready (the kernel runs on this machine: one clock). The must-show figure: target <= 2 s;
+  ready (the kernel runs on this machine: one clock): a part of the above;
 - process -> ready: the same from the kernel process's own start;
-- request -> answers: until the kernel answered its first cell (what a user waits for);
 - kernel CPU: the CPU seconds the kernel process spent until its first cell ran (all its
   threads): the part of the figure a busy machine does not stretch;
 - plain kernel: request -> answers of a plain "python3" kernel (ipykernel alone), for scale.
@@ -29,14 +33,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import Platform, wait_for  # noqa: E402
+from helpers import Platform, open_for_accounts  # noqa: E402
 
 from skerry.kernels.remote import RemoteKernel  # noqa: E402
 
 TARGET_S = 2.0
 USER = "bench"
-PROBE = ("import json, time; ready = skerry.ready(); "
-         "print(json.dumps({'started': skerry.started, 'ready': ready, 'cpu': time.process_time()}))")
+# the first cell uses the pool (connected on first use), so every part is in its answer
+PROBE = ("import json, time; from skerry.kernels.session import current; skerry.client; s = current(); "
+         "ready = s.ready(); print(json.dumps({'started': s.started, 'ready': ready, 'cpu': time.process_time()}))")
 
 
 def skerry_once(url: str, token: str) -> dict:
@@ -70,7 +75,7 @@ def main() -> int:
     args = ap.parse_args()
     runs, plain = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
+        data = open_for_accounts(Path(tmp)) / "data"  # as root, her processes run as her account
         data.mkdir()
         (data / "pools.json").write_text(json.dumps({"cpu": {"workers": args.workers, "threads": 1}, "gpu": None}))
         p = Platform(data).start()
@@ -78,9 +83,9 @@ def main() -> int:
             p.create_user(USER)
             p.start_server(USER)
             token = p.user_token(USER)
-            wait_for((data / "run" / "dask-pools.json").exists, 120, what="the cpu pool")
             url = f"{p.url}/user/{USER}/"
-            skerry_once(url, token), plain_once(url, token)  # warm-up: the OS's file cache
+            # warm-up: the OS's file cache, and her Dask cluster (started at her first ask, then kept)
+            skerry_once(url, token), plain_once(url, token)
             for i in range(args.runs):
                 runs.append(skerry_once(url, token))
                 plain.append(plain_once(url, token))
@@ -95,14 +100,15 @@ def main() -> int:
     def median(key):
         return statistics.median(r[key] for r in runs)
 
-    ready = median("request_ready")
-    print(f"skerry kernel, request -> session ready (adaptors, pool, API): median {ready:.2f} s over "
-          f"{args.runs} starts (target <= {TARGET_S:g} s: {'met' if ready <= TARGET_S else 'NOT met'})")
-    print(f"  kernel process start -> session ready: median {median('process_ready'):.2f} s "
-          f"(adaptors {median('adaptors'):.2f}, pool {median('pool'):.2f}, api {median('api'):.2f})")
+    answers, base = median("answers"), statistics.median(plain)
+    print(f"skerry kernel, request -> first cell answered (session ready: adaptors, pool, API): median "
+          f"{answers:.2f} s over {args.runs} starts (target <= {TARGET_S:g} s: "
+          f"{'met' if answers <= TARGET_S else 'NOT met'}); a plain python3 kernel {base:.2f} s: "
+          f"{answers / base:.2f}x")
+    print(f"  request -> session ready: median {median('request_ready'):.2f} s; kernel process start -> "
+          f"session ready: {median('process_ready'):.2f} s (adaptors {median('adaptors'):.2f}, "
+          f"pool {median('pool'):.2f}, api {median('api'):.2f})")
     print(f"  kernel CPU until its first cell ran: median {median('cpu'):.2f} s")
-    print(f"  request -> first cell answered: skerry {median('answers'):.2f} s, "
-          f"plain python3 kernel {statistics.median(plain):.2f} s")
     return 0
 
 
