@@ -1,6 +1,6 @@
 """Catalog bulk registration: files/s on SQLite (the default) and on PostgreSQL.
 
-    python bench/catalog.py [--files 100000] [--runs 3] [--no-postgres]
+    python bench/catalog.py [--files 100000] [--runs 3] [--no-postgres] [--http]
 
 Each run registers ``--files`` entries (``skerry://`` URI, size, MD5) into a new dataset
 with one ``Catalog.register_files`` call: validation, one transaction, all or nothing,
@@ -10,7 +10,10 @@ run. Also times one full page walk (``iter_files``) of the result. Against the s
 alternative a user could pick, the raw insert: the same rows into the same table of a
 fresh catalog with the database driver's own ``executemany`` in one transaction (no
 validation, no duplicate check). Prints each run, the medians and the ratio; the target
-is >= 10,000 files/s on SQLite. Asserts nothing.
+is >= 10,000 files/s on SQLite. ``--http``: also through the REST API, as a user registers
+them, on a platform of its own (``skerry up``, its SQLite catalog): each run a new dataset,
+timed from ``POST /services/skerry/api/v1/datasets/<name>/files`` with all the entries in
+one body until its answer. Asserts nothing.
 """
 
 import argparse
@@ -80,6 +83,31 @@ def run(url: str, files: list[dict]) -> tuple[float, float]:
         catalog.dispose()
 
 
+def http_runs(files: list[dict], runs: int) -> list[float]:
+    """files/s of registration through the REST API (module docstring)."""
+    from helpers import Platform, open_for_accounts
+
+    api = "/services/skerry/api/v1"
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = open_for_accounts(Path(tmp)) / "data"
+        data.mkdir()
+        platform = Platform(data).start()
+        try:
+            platform.create_user("alice")
+            token = platform.user_token("alice")
+            for i in range(runs):
+                r = platform.api("POST", api + "/datasets", token=token, json={"name": f"bench.{i}"})
+                assert r.status_code == 201, r.text
+                start = time.perf_counter()
+                r = platform.api("POST", api + f"/datasets/bench.{i}/files", token=token, json={"files": files})
+                rates.append(len(files) / (time.perf_counter() - start))
+                assert r.status_code == 200, r.text
+        finally:
+            platform.stop()
+    return rates
+
+
 def report(name: str, results: list[tuple[float, float]], raws: list[float]) -> float:
     for i, ((rate, walk), base) in enumerate(zip(results, raws, strict=True), 1):
         print(f"  {name} run {i}: register {rate:,.0f} files/s, list {walk:,.0f} files/s; "
@@ -96,6 +124,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--http", action="store_true", help="also through the REST API (a platform of its own)")
     args = parser.parse_args()
     files = entries(args.files)
     print(f"bulk registration of {args.files:,} files, {args.runs} runs each")
@@ -106,7 +135,12 @@ def main() -> None:
             results.append(run(f"sqlite:///{tmp}/catalog.sqlite", files))
         with tempfile.TemporaryDirectory() as tmp:
             raws.append(raw(f"sqlite:///{tmp}/catalog.sqlite", files))
-    report("SQLite", results, raws)
+    median = report("SQLite", results, raws)
+    if args.http:
+        rates = http_runs(files, args.runs)
+        print(f"  through the REST API: {', '.join(f'{r:,.0f}' for r in rates)} files/s; median "
+              f"{statistics.median(rates):,.0f} files/s, {statistics.median(rates) / median:.2f} of the call above "
+              f"and {statistics.median(rates) / statistics.median(raws):.2f} of the raw insert")
 
     if args.no_postgres:
         return
