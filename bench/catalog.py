@@ -85,7 +85,7 @@ def run(url: str, files: list[dict]) -> tuple[float, float]:
 
 def http_runs(files: list[dict], runs: int) -> list[float]:
     """files/s of registration through the REST API (module docstring)."""
-    from helpers import Platform, open_for_accounts
+    from helpers import Platform, open_for_accounts, remove_accounts
 
     api = "/services/skerry/api/v1"
     rates = []
@@ -105,6 +105,7 @@ def http_runs(files: list[dict], runs: int) -> list[float]:
                 assert r.status_code == 200, r.text
         finally:
             platform.stop()
+            remove_accounts(platform.account_template)
     return rates
 
 
