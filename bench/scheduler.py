@@ -69,7 +69,6 @@ from skerry.workload.schedulerconfig import SchedulerConfig
 NOOP = BUILTINS["noop"].model_dump(mode="json")
 PART = 10_000
 ONE_RUNS = 20  # one-job runs timed through the REST API (--platform)
-HOME = tempfile.mkdtemp(prefix="bench-home-")  # skerry://home/ of the one-job runs (the workers' adaptors)
 
 
 class CPU:
@@ -264,9 +263,9 @@ def platform_runs(n: int) -> None:
           f"{n / took / batched:.2f} of client.map batched (the strongest by hand)")
 
 
-def latency(client: Client, n: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def latency(client: Client, n: int, home: str) -> tuple[tuple[float, float], tuple[float, float]]:
     """(p50, p95) in ms of a one-job run through the scheduler, and of ``client.submit`` of the
-    same job (module docstring, 4)."""
+    same job (module docstring, 4); ``home``: the workers' ``skerry://home/``."""
     def p50_p95(times):
         times = sorted(1000 * t for t in times)
         return times[len(times) // 2], times[max(0, int(0.95 * len(times)) - 1)]
@@ -285,8 +284,8 @@ def latency(client: Client, n: int) -> tuple[tuple[float, float], tuple[float, f
         sched = Scheduler(catalog, Runner({"cpu": client}), planner=Planner(catalog))
         sched.step()
         for i in range(n):
-            Path(HOME, f"one{i}").mkdir()
-            Path(HOME, f"one{i}", "a").write_text("a")
+            Path(home, f"one{i}").mkdir()
+            Path(home, f"one{i}", "a").write_text("a")
             catalog.create_dataset(f"one{i}", location=f"skerry://home/one{i}")
             catalog.register_files(f"one{i}", [{"uri": f"skerry://home/one{i}/a", "size": 1}])
             catalog.close_dataset(f"one{i}")
@@ -343,8 +342,9 @@ def main() -> None:
         platform_runs(args.jobs or 2000)
         return
     args.jobs = args.jobs or 10_000
-    write_config(f"{HOME}/adaptors.json", [{"name": "home", "type": "local", "path": HOME}])
-    config.ADAPTORS.set(f"{HOME}/adaptors.json")  # before the workers start: they inherit it
+    home = tempfile.TemporaryDirectory(prefix="bench-home-")  # skerry://home/ of the one-job runs
+    write_config(f"{home.name}/adaptors.json", [{"name": "home", "type": "local", "path": home.name}])
+    config.ADAPTORS.set(f"{home.name}/adaptors.json")  # before the workers start: they inherit it
     if args.plan:
         first, whole, calls = planning(args.plan)
         print(f"planning {args.plan:,} files: the first {min(PLAN_STEP, args.plan):,} jobs in {first:.2f} s, "
@@ -357,7 +357,7 @@ def main() -> None:
             Client(cluster) as client:
         raw(client, 500)  # warm the workers (imports)
         if args.latency:
-            mine, submit = latency(client, args.latency)
+            mine, submit = latency(client, args.latency, home.name)
             print(f"one job, {args.latency} times: a run from start_run to succeeded p50 {mine[0]:.1f} ms, "
                   f"p95 {mine[1]:.1f} ms; client.submit(...).result() p50 {submit[0]:.1f} ms, p95 {submit[1]:.1f} ms; "
                   f"p50 ratio {mine[0] / submit[0]:.1f}x (target p50 <= 50 ms)")
