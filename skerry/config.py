@@ -158,17 +158,21 @@ CATALOG_URL = Setting("SKERRY_CATALOG_URL", str, None, "the admin (the Helm char
                       "the service and the scheduler (Catalog.for_data_dir)",
                       "the catalog's database URL (postgresql+psycopg://...); unset: DATA_DIR/catalog.sqlite",
                       user_facing=True)
-KUBERNETES = Setting("SKERRY_KUBERNETES", str, None, "the admin (the Helm chart: in-cluster)", "hub.plugins.settings",
+KUBERNETES = Setting("SKERRY_KUBERNETES", str, None, "the admin (the Helm chart: in-cluster)",
+                     "hub.plugins.settings, hub.plugins.kube.workload",
                      "the Kubernetes API users' servers run on, as pods: its URL, or in-cluster; "
                      "unset: local processes", user_facing=True)
 KUBE_NAMESPACE = Setting("SKERRY_KUBE_NAMESPACE", str, "default", "the admin (the Helm chart: the release's)",
-                         "hub.plugins.settings", "the namespace of users' pods", user_facing=True)
+                         "hub.plugins.settings, hub.plugins.kube.workload", "the namespace of users' pods",
+                         user_facing=True)
 KUBE_PENDING_TIMEOUT = Setting("SKERRY_KUBE_PENDING_TIMEOUT", float, 120.0, "the admin", "hub.plugins.kube.spawner",
                                "seconds a user's pod may wait for a node, its image or a volume before its start "
                                "fails with the reason", user_facing=True, check=_positive,
                                must="a positive number of seconds")
-USER_IMAGE = Setting("SKERRY_USER_IMAGE", str, None, "the admin (the Helm chart: images.user)", "hub.plugins.settings",
-                     "the image of users' pods where their profile names none", user_facing=True)
+USER_IMAGE = Setting("SKERRY_USER_IMAGE", str, None, "the admin (the Helm chart: images.user)",
+                     "hub.plugins.settings, hub.plugins.kube.workload",
+                     "the image of users' pods where their profile names none (and of their Dask pods)",
+                     user_facing=True)
 _CHART = "the Helm chart's hub Deployment, from its Secret"
 SERVICE_TOKEN = Setting("SKERRY_SERVICE_TOKEN", str, None, _CHART, "hub.plugins.kube.hubconfig",
                         "the hub token of the chart's skerry service Deployment")

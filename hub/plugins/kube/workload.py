@@ -162,7 +162,6 @@ class KubeUserPools(UserPools):
 
     def __init__(self, data_dir, specs: dict, api: KubeAPI, image: str, *, release: str = "skerry", **options):
         self.api, self.image, self.release = api, image, release
-        self._made: dict[str, tuple[ClusterSpec, Path]] = {}  # user -> her cluster's spec, platform files
         super().__init__(data_dir, specs, None, gpus=0, **options)
         self.folder = self.data.path / "run" / "kube-dask"
 
@@ -220,11 +219,12 @@ class _Clusters:
     def __init__(self, pools: KubeUserPools):
         self.pools = pools
         self.clusters: dict[tuple[str, str], KubeCluster] = {}
+        self._made: dict[str, tuple[ClusterSpec, Path]] = {}  # user -> her cluster's spec, platform files
 
     def ensure(self, user: str, pool: str) -> KubeCluster:
         pools, api = self.pools, self.pools.api
         running = self.clusters.get((user, pool))
-        spec, folder = self._made(user)
+        spec, folder = self._make(user)
         scheduler = self._scheduler(spec)
         if running is not None and running.ip == scheduler["status"]["podIP"]:
             return running
@@ -237,10 +237,10 @@ class _Clusters:
         self.clusters[(user, pool)] = cluster
         return cluster
 
-    def _made(self, user: str) -> tuple[ClusterSpec, Path]:
+    def _make(self, user: str) -> tuple[ClusterSpec, Path]:
         """Her cluster's spec and the platform's files, the cluster made first if it is not."""
         pools, api = self.pools, self.pools.api
-        made = pools._made.get(user)
+        made = self._made.get(user)
         if made is not None and api.get("daskclusters", made[0].name) is not None:
             return made
         spec = self._spec(user)
@@ -257,7 +257,7 @@ class _Clusters:
         api.put("networkpolicies", cluster_policy(spec))
         api.put("daskclusters", dask_cluster(spec))
         log.info("%s's Dask cluster %s made", user, spec.name)
-        pools._made[user] = (spec, folder)
+        self._made[user] = (spec, folder)
         return spec, folder
 
     def _spec(self, user: str) -> ClusterSpec:
@@ -313,7 +313,7 @@ class _Clusters:
                 for kind, name in (("daskclusters", cluster.spec.name), ("secrets", cluster.spec.tls_secret),
                                    ("secrets", cluster.spec.jobs_secret), ("networkpolicies", cluster.spec.name)):
                     api.delete(kind, name)
-                self.pools._made.pop(user, None)
+                self._made.pop(user, None)
                 shutil.rmtree(cluster.folder, ignore_errors=True)
         except (SkerryError, httpx.HTTPError) as e:
             log.warning("stopping %s's %s cluster: %s", user, pool, e)
