@@ -12,14 +12,15 @@ One run prints every figure:
    running (a warm-up run started it). From the catalog, for each run: when its last job
    was made (the planning time: target 100,000 within 2 s on SQLite), when its first job
    started, and the rate at which its first and its last 10,000 jobs started (target:
-   within 10%). The CPU time of the platform's processes (hub, service, scheduler, her
-   cluster and jobs runner) per job.
+   within 10%). The CPU time of the platform's processes per job, by role (the scheduler,
+   her cluster's workers, its Dask scheduler and jobs runner, the service, the rest).
 2. one-job latency: ``--one-runs`` runs of one job each, timed the same way (polled every
    2 ms): p50 and p95 (target: p50 at most 50 ms).
 3. the baselines, with the platform stopped, on a ``LocalCluster`` of the same size
-   (2 single-threaded worker processes, warm): the same no-op over the same files as a
-   user would run it by hand, ``client.map`` one task per file and ``client.map`` batched
-   100 files per task (the strongest alternative), and ``client.submit(...).result()`` of
+   (2 single-threaded worker processes, warm; the better of two tries up to 10,000 jobs):
+   the same no-op over the same files as a user would run it by hand, ``client.map`` one
+   task per file and ``client.map`` batched 100 files per task (the strongest
+   alternative), and ``client.submit(...).result()`` of
    one file for the latency.
 4. the ratios: the full path against each baseline (target: at least 0.3x the batched one
    at 10,000 jobs), one-job p50 against ``client.submit``'s.
@@ -73,17 +74,24 @@ def p50_p95(ms: list[float]) -> tuple[float, float]:
     return ms[len(ms) // 2], ms[max(0, int(0.95 * len(ms)) - 1)]
 
 
-def platform_cpu(platform: Platform) -> float:
-    """CPU seconds of the platform's processes so far (the ones alive now)."""
-    total = 0.0
+# the platform's processes by what they do (a part of their command line -> a name)
+ROLES = (("skerry.workload.manager", "scheduler"), ("spawn_main", "workers"), ("clusters worker", "workers"),
+         ("clusters jobs", "jobs runner"), ("clusters scheduler", "Dask scheduler"), ("service.app", "service"))
+
+
+def platform_cpu(platform: Platform) -> dict[str, float]:
+    """CPU seconds so far of the platform's processes alive now, by role (the rest: "other")."""
+    out: dict[str, float] = {}
     root = psutil.Process(platform.proc.pid)
     for proc in [root, *root.children(recursive=True)]:
         try:
             times = proc.cpu_times()
-            total += times.user + times.system
+            line = " ".join(proc.cmdline())
         except psutil.NoSuchProcess:
-            pass
-    return total
+            continue
+        role = next((name for part, name in ROLES if part in line), "other")
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
 
 
 def from_catalog(data: Path, run_id: int, wall: float) -> dict:
@@ -165,8 +173,9 @@ def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None) -> dic
             dataset(f"in{n}", entries[:n])
             cpu = platform_cpu(platform)
             run_id, wall, took, _ = run(f"in{n}", 0.05)
-            cpu = platform_cpu(platform) - cpu
-            results["runs"][n] = {"took": took, "cpu_ms": 1000 * cpu / n, **from_catalog(data, run_id, wall)}
+            after = platform_cpu(platform)
+            cpu = {role: 1000 * (after[role] - cpu.get(role, 0.0)) / n for role in after}
+            results["runs"][n] = {"took": took, "cpu": cpu, **from_catalog(data, run_id, wall)}
             print(f"  platform, {n:,} jobs: {n / took:,.0f} jobs/s ({took:.2f} s)", flush=True)
         ones, posts = [], []
         for i in range(one_runs):
@@ -193,9 +202,11 @@ def by_hand(files: list[str], sizes: list[int], one_runs: int) -> dict:
         client.gather(client.map(run_files, [files[:100], files[100:200]], pure=False))  # imports
         for n in sizes:
             for kind, size in (("one", 1), ("batched", BATCH)):
-                start = time.perf_counter()
-                client.gather(client.map(run_files, [files[i:i + size] for i in range(0, n, size)], pure=False))
-                out[(kind, n)] = n / (time.perf_counter() - start)
+                out[(kind, n)] = 0.0
+                for _ in range(2 if n <= 10_000 else 1):  # the better of two: the strongest baseline
+                    start = time.perf_counter()
+                    client.gather(client.map(run_files, [files[i:i + size] for i in range(0, n, size)], pure=False))
+                    out[(kind, n)] = max(out[(kind, n)], n / (time.perf_counter() - start))
                 print(f"  by hand, {n:,} jobs, {size} per task: {out[(kind, n)]:,.0f} jobs/s", flush=True)
         ms = []
         for i in range(one_runs):
@@ -244,7 +255,8 @@ def main() -> None:
         print(f"    last job made at {r['made']:.2f} s (planning), first started at {r['first']:.2f} s; "
               f"start rate of the first {min(PART, n):,} {r['rate_first']:,.0f}/s, of the last "
               f"{r['rate_last']:,.0f}/s (last/first {r['rate_last'] / r['rate_first']:.2f}); "
-              f"platform CPU {r['cpu_ms']:.2f} ms per job")
+              f"the platform's CPU per job {sum(r['cpu'].values()):.3f} ms: "
+              + ", ".join(f"{role} {ms:.3f}" for role, ms in sorted(r["cpu"].items(), key=lambda i: -i[1])))
     (p50, p95), (s50, s95) = mine["one"], hand["submit"]
     print(f"one-job runs ({args.one_runs}): POST /runs to succeeded p50 {p50:.0f} ms, p95 {p95:.0f} ms "
           f"(target p50 <= 50 ms; the POST's answer alone p50 {mine['post'][0]:.0f} ms); client.submit "
