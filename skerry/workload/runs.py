@@ -303,7 +303,8 @@ class Planner:
         taken = exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id, Job.task_id == task.id)
         query = select(File.id, File.uri).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
                                                 File.id > after, ~taken).order_by(File.id)
-        rows = s.execute(query if limit is None else query.limit(limit)).all()
+        # plain rows (the ORM's result handling cost more than the query)
+        rows = s.connection().execute(query if limit is None else query.limit(limit)).all()
         more = limit is not None and len(rows) == limit
         if more:
             self._after[task.id] = rows[-1][0]
