@@ -130,7 +130,7 @@ class Finished:
     worker: str | None = None
     lost: bool = False
     error: str | None = None  # what went wrong outside the job (the runner's own failure)
-    took: float | None = None  # seconds the job ran on its worker
+    took: float | None = None  # seconds the job held its worker (the work around it included)
 
 
 # ---- on the worker ----
@@ -144,20 +144,23 @@ def execute_batch(specs: list[JobSpec]) -> dict:
     worker = get_worker()
     key = _task_key()
     results = []
+    since = time.perf_counter()
     for i, spec in enumerate(specs):
         if i and _cancelled(worker, key):  # the runner gave the rest to another batch
             break
-        results.append((spec.job, spec.attempt, _run(worker, spec, last=i == len(specs) - 1)))
+        results.append((spec.job, spec.attempt, _run(worker, spec, last=i == len(specs) - 1, since=since)))
+        since = time.perf_counter()
     _BEATS.flush(worker)
     return {"worker": worker.address, "results": results}
 
 
-def _run(worker, spec: JobSpec, last: bool):
+def _run(worker, spec: JobSpec, last: bool, since: float):
+    """Run one attempt; its end event says how long it held the worker: from ``since`` (the
+    batch's start or the previous job's end), the work around the job included."""
     from .executors import run_job
     from .owners import adaptors_of
 
     started = time.time()
-    clock = time.perf_counter()
     _BEATS.add(worker, spec, started)
     with adaptors_of(spec.adaptors):  # the job sees its owner's storage
         try:
@@ -165,11 +168,10 @@ def _run(worker, spec: JobSpec, last: bool):
                              timeout=spec.timeout)
         finally:
             start_sent = _BEATS.remove(spec)
-        took = time.perf_counter() - clock
         if not result.ok and not result.log_location:
             result.log_location = _write_log(spec, result.log)
-    end = {"job": spec.job, "attempt": spec.attempt, "worker": worker.address, "took": took,
-           "result": _result_dict(result)}
+    end = {"job": spec.job, "attempt": spec.attempt, "worker": worker.address, "result": _result_dict(result)}
+    end["took"] = time.perf_counter() - since
     if not start_sent:
         end["at"] = started
     _BEATS.end(worker, end, flush=last)
