@@ -13,7 +13,8 @@ One run prints every figure:
    was made (the planning time: target 100,000 within 2 s on SQLite), when its first job
    started, and the rate at which its first and its last 10,000 jobs started (target:
    within 10%). The CPU time of the platform's processes per job, by role (the scheduler,
-   her cluster's workers, its Dask scheduler and jobs runner, the service, the rest).
+   her cluster's workers, its Dask scheduler and jobs runner, the service, PostgreSQL, the
+   rest).
 2. one-job latency: ``--one-runs`` runs of one job each, timed the same way (polled every
    2 ms): p50 and p95 (target: p50 at most 50 ms).
 3. the baselines, with the platform stopped, on a ``LocalCluster`` of the same size
@@ -79,17 +80,23 @@ ROLES = (("skerry.workload.manager", "scheduler"), ("spawn_main", "workers"), ("
          ("clusters jobs", "jobs runner"), ("clusters scheduler", "Dask scheduler"), ("service.app", "service"))
 
 
-def platform_cpu(platform: Platform) -> dict[str, float]:
-    """CPU seconds so far of the platform's processes alive now, by role (the rest: "other")."""
+def platform_cpu(platform: Platform, database: str | None) -> dict[str, float]:
+    """CPU seconds so far of the platform's processes alive now, by role (the rest: "other"),
+    and of the PostgreSQL server whose data folder is ``database``."""
+    def tree(root):
+        return [root, *root.children(recursive=True)]
+
+    procs = [(p, None) for p in tree(psutil.Process(platform.proc.pid))]
+    if database:
+        procs += [(p, "PostgreSQL") for server in psutil.process_iter(["cmdline"])
+                  if database in (server.info["cmdline"] or []) for p in tree(server)]
     out: dict[str, float] = {}
-    root = psutil.Process(platform.proc.pid)
-    for proc in [root, *root.children(recursive=True)]:
+    for proc, role in procs:
         try:
             times = proc.cpu_times()
-            line = " ".join(proc.cmdline())
+            role = role or next((name for part, name in ROLES if part in " ".join(proc.cmdline())), "other")
         except psutil.NoSuchProcess:
             continue
-        role = next((name for part, name in ROLES if part in line), "other")
         out[role] = out.get(role, 0.0) + times.user + times.system
     return out
 
@@ -120,14 +127,16 @@ def from_catalog(data: Path, run_id: int, wall: float) -> dict:
             "rate_first": rate(starts[:part]), "rate_last": rate(starts[-part:])}
 
 
-def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None) -> dict:
+def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None, database: str | None) -> dict:
     """The platform's figures (module docstring, 1 and 2), and the files, kept for the baselines."""
     results = {"runs": {}}
     tmp = tempfile.mkdtemp(prefix="skerry-bench-")
     data = open_for_accounts(Path(tmp)) / "data"
     data.mkdir()
     (data / "pools.json").write_text(json.dumps(POOLS))
-    platform = Platform(data, env={**os.environ, **({"SKERRY_CATALOG_URL": catalog_url} if catalog_url else {})})
+    if catalog_url:  # for skerry up, and for this process's look at the catalog
+        os.environ["SKERRY_CATALOG_URL"] = catalog_url
+    platform = Platform(data)
     platform.start()
     try:
         platform.create_user("alice")
@@ -171,9 +180,9 @@ def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None) -> dic
         run("warm", 0.05)  # starts her cluster; its workers import the module's code
         for n in sizes:
             dataset(f"in{n}", entries[:n])
-            cpu = platform_cpu(platform)
+            cpu = platform_cpu(platform, database)
             run_id, wall, took, _ = run(f"in{n}", 0.05)
-            after = platform_cpu(platform)
+            after = platform_cpu(platform, database)
             cpu = {role: 1000 * (after[role] - cpu.get(role, 0.0)) / n for role in after}
             results["runs"][n] = {"took": took, "cpu": cpu, **from_catalog(data, run_id, wall)}
             print(f"  platform, {n:,} jobs: {n / took:,.0f} jobs/s ({took:.2f} s)", flush=True)
@@ -234,7 +243,7 @@ def main() -> None:
         url = server.create_database("bench_scheduler")
     load = os.getloadavg()[0]
     try:
-        mine = on_platform(sizes, args.one_runs, url)
+        mine = on_platform(sizes, args.one_runs, url, server and server.data)
     finally:
         if server is not None:
             server.stop()

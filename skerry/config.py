@@ -154,7 +154,8 @@ ACCOUNT_TEMPLATE = Setting("SKERRY_ACCOUNT_TEMPLATE", str, None, f"{_UP} (skerry
                            "the OS account of each user, e.g. skerry-{username}; unset: single-user mode")
 SINGLE_USER = Setting("SKERRY_SINGLE_USER", str, None, f"{_UP} (skerry.identity)", "hub.plugins.settings",
                       "single-user mode: the one user who may log in (the account running skerry up)")
-CATALOG_URL = Setting("SKERRY_CATALOG_URL", str, None, "the admin (the Helm chart, from a Secret)",
+CATALOG_URL = Setting("SKERRY_CATALOG_URL", str, None,
+                      f"the admin ({_UP}'s environment; the Helm chart, from a Secret)",
                       "the service and the scheduler (Catalog.for_data_dir)",
                       "the catalog's database URL (postgresql+psycopg://...); unset: DATA_DIR/catalog.sqlite",
                       user_facing=True)

@@ -5,6 +5,8 @@
   its catalog is the one an undisturbed run produces: the same run over a copy of the
   dataset, started afterwards with ``skerry run ... --wait`` (the CLI end to end).
 - Each job reads and writes its owner's storage: alice's jobs see alice's home.
+- With ``SKERRY_CATALOG_URL`` (a real PostgreSQL server), the service and the scheduler
+  both keep the catalog there.
 
 Everything is real: ``skerry up`` (JupyterHub, proxy, service, scheduler), a LocalCluster
 of two worker processes, the SQLite catalog, the CLI in a subprocess.
@@ -214,3 +216,44 @@ def test_stopping_the_platform_stops_the_scheduler_and_its_workers(platform):
     assert platform.proc.returncode == 0
     wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers | scheduler), 30,
              what="the scheduler and its workers to stop")
+
+
+def test_skerry_up_with_a_catalog_url_keeps_the_whole_catalog_in_postgresql(tmp_path):
+    """``SKERRY_CATALOG_URL`` in ``skerry up``'s environment reaches the service (datasets,
+    workflows, runs) and the scheduler (jobs, attempts): a run ends ``succeeded`` in
+    PostgreSQL, and no SQLite catalog is made in the data dir."""
+    from postgres import Postgres, binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL binaries are missing (apt-get install -y postgresql)")
+    server = Postgres().start()
+    platform = None
+    try:
+        url = server.create_database("platform")
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "pools.json").write_text('{"cpu": {"workers": 1, "threads": 1}, "gpu": null}')
+        platform = Platform(data, env={**os.environ, "SKERRY_CATALOG_URL": url}).start()
+        platform.create_user("alice")
+        token = platform.user_token("alice")
+        dataset_of_files(platform, token, "pg.in", "pg", {"a.txt": b"a", "b.txt": b"b"})
+        ok(platform.api("POST", API + "/workflows", token=token, json={"name": "pgsums", "steps": [
+            {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]}), 201)
+        run = ok(platform.api("POST", API + "/runs", token=token, json={"workflow": "pgsums", "dataset": "pg.in"}),
+                 201)["id"]
+        wait_for(lambda: ok(platform.api("GET", API + f"/runs/{run}", token=token))["state"] != "running",
+                 timeout=120)
+        assert ok(platform.api("GET", API + f"/runs/{run}", token=token))["state"] == "succeeded"
+        catalog = Catalog(url)
+        with catalog.session() as s:
+            assert s.execute(select(Run.state).where(Run.id == run)).scalar_one() == "succeeded"
+            ended = s.execute(select(func.count()).select_from(JobAttempt).where(JobAttempt.ended.is_not(None))
+                              ).scalar_one()
+        catalog.dispose()
+        assert ended == 2  # the scheduler wrote both jobs' attempts there
+        assert not (data / "catalog.sqlite").exists()
+    finally:
+        if platform is not None:
+            platform.stop()
+            kill_leftovers(platform.data_dir)
+        server.stop()

@@ -132,8 +132,8 @@ def configure(c) -> None:
                 config.DATA_DIR.name: str(data.path),
                 config.PUBLIC_URL.name: public_url,
                 # the idle culler's check interval, where set (tests); the credentials key,
-                # when the admin keeps it outside the data dir
-                **config.forward(config.CULL_INTERVAL, config.CRYPT_KEY),
+                # when the admin keeps it outside the data dir; the catalog's database, where not SQLite
+                **config.forward(config.CULL_INTERVAL, config.CRYPT_KEY, config.CATALOG_URL),
             },
             "display": False,
             "oauth_no_confirm": True,
@@ -148,7 +148,7 @@ def configure(c) -> None:
                 config.DATA_DIR.name: str(data.path),
                 # the users' accounts: each one's jobs run on a Dask cluster of that account
                 **config.forward(config.ACCOUNT_TEMPLATE, config.CRYPT_KEY, config.KUBERNETES,
-                                 config.KUBE_NAMESPACE, config.USER_IMAGE),
+                                 config.KUBE_NAMESPACE, config.USER_IMAGE, config.CATALOG_URL),
             },
             "display": False,
         },
