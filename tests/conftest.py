@@ -128,3 +128,15 @@ def s3server():
     server = S3Server().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (tests/postgres.py) for the session; ``create_database(name)``."""
+    from postgres import Postgres, binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL binaries are missing (apt-get install -y postgresql)")
+    server = Postgres().start()
+    yield server
+    server.stop()

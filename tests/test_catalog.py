@@ -19,18 +19,7 @@ from skerry.workload.catalog import (AmbiguousDataset, BadFileEntry, BadMetadata
                                      DatasetExists, DatasetStateError, JobStateError, UnknownDataset, UnknownJob)
 from skerry.workload.models import Base, File, Job, Task
 
-from postgres import Postgres, binaries
-
 _databases = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    if binaries() is None:
-        pytest.skip("PostgreSQL binaries are missing (apt-get install -y postgresql)")
-    server = Postgres().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
