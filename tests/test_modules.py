@@ -98,7 +98,7 @@ def test_fail_builtin_classifies_the_exception(where):
 
 def test_builtin_registry_names_modules_by_version():
     reg = builtin_registry()
-    assert {m.ref for m in reg} == {"noop@1", "sleep@1", "md5@1", "fail@1"}
+    assert {m.ref for m in reg} == {"noop@1", "sleep@1", "md5@1", "fail@1", "gpumatmul@1"}
     assert reg.get("md5") is reg.get("md5@1")
     with pytest.raises(ConfigError, match="Unknown module 'md5@2'"):
         reg.get("md5@2")
