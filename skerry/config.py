@@ -239,6 +239,8 @@ CLUSTER_HOLD = Setting("SKERRY_CLUSTER_HOLD", int, None, "skerry.workload.cluste
 
 # ---- other programs' variables skerry reads or extends ---------------------------------------
 
+VISIBLE_GPUS = Setting("CUDA_VISIBLE_DEVICES", str, None, "the gpu pool (skerry.workload.pools), for each worker",
+                       "the gpumatmul module (skerry.workload.builtins)", "the GPUs a worker sees")
 CACHE_HOME = Setting("XDG_CACHE_HOME", Path, None, "the user's session", "skerry.nodeproxy",
                      "where skerry keeps the proxy it installed (unset: ~/.cache)")
 HUB_API_URL = Setting("JUPYTERHUB_API_URL", str, None, f"{_HUB}, for services and servers",

@@ -22,6 +22,7 @@ import builtins as _py
 import hashlib
 import time
 
+from .. import config
 from .executors import JobContext
 from .modules import ModuleRegistry, ModuleSpec, load_module
 
@@ -57,8 +58,6 @@ def fail(job: JobContext) -> None:
 
 
 def gpumatmul(job: JobContext) -> None:
-    import os
-
     n, repeat = job.params["size"], job.params["repeat"]
     try:
         import torch
@@ -83,7 +82,7 @@ def gpumatmul(job: JobContext) -> None:
         cupy.cuda.Device().synchronize()
         seen = cupy.cuda.runtime.getDeviceCount()
         name, library = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "cupy"
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    visible = config.VISIBLE_GPUS.get() or ""
     with job.open_output("info") as out:
         out.write(f"visible={visible} devices={seen} name={name} library={library}\n".encode())
 

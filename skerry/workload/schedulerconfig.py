@@ -38,7 +38,8 @@ FILENAME = "scheduler.json"
 # field -> (lowest allowed, whether the lowest itself is allowed, what it means)
 FIELDS: dict[str, tuple[float, bool, str]] = {
     "window": (0.0, False, "a pool's window of jobs handed to Dask, in multiples of its slots"),
-    "horizon": (0.0, False, "seconds a job waits in Dask at most; also how fast rank changes and cancels apply"),
+    "horizon": (0.0, False, "seconds of work a pool's window holds (about how long a job waits in Dask; "
+                            "longer on shared cores); also how fast rank changes apply"),
     "batch_time": (0.0, True, "seconds of work one Dask task of short jobs carries (0: one job per Dask task)"),
     "job_timeout": (0.0, False, "seconds an attempt may run before it is lost with 'timeout' (null: no limit)"),
     "heartbeat": (0.0, False, "seconds between a running job's heartbeats"),
