@@ -108,6 +108,12 @@ def progress_events(platform, name: str, timeout: float = 120) -> list[dict]:
     return events
 
 
+
+def ok(r, status=200):
+    """The JSON of response ``r``, which must have ``status`` (else its text is the failure)."""
+    assert r.status_code == status, r.text
+    return r.json()
+
 class Platform:
     """One ``skerry up`` process on a data dir, with REST helpers as the admin."""
 

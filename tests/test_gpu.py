@@ -26,7 +26,7 @@ import uuid
 import nbformat
 import pytest
 
-from helpers import REPO, Platform, kill_leftovers, open_for_accounts, wait_for
+from helpers import REPO, Platform, kill_leftovers, ok, open_for_accounts, wait_for
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.executors import run_job
 from skerry.workload.pools import gpu_count
@@ -67,11 +67,6 @@ def platform(tmp_path_factory):
     yield p
     p.stop()
     kill_leftovers(p.data_dir)
-
-
-def ok(r, status=200):
-    assert r.status_code == status, r.text
-    return r.json()
 
 
 def test_each_gpu_worker_sees_its_own_device_and_gpu_jobs_use_it(platform):

@@ -21,7 +21,7 @@ import sys
 import pytest
 from sqlalchemy import func, select
 
-from helpers import Platform, descendants, kill_leftovers, pids_of, wait_for
+from helpers import Platform, descendants, kill_leftovers, ok, pids_of, wait_for
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import Dataset, File, Job, JobAttempt, Run, Task
 
@@ -51,11 +51,6 @@ def platform(tmp_path_factory):
     yield p
     p.stop()
     kill_leftovers(p.data_dir)
-
-
-def ok(r, status=200):
-    assert r.status_code == status, r.text
-    return r.json()
 
 
 def dataset_of_files(platform, token, name: str, folder: str, content: dict[str, bytes]) -> None:
