@@ -43,6 +43,7 @@ import tempfile
 import traceback
 import uuid
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import IO, Any
 from collections.abc import Callable
 
@@ -162,8 +163,20 @@ class _Outputs:
     def __init__(self, output: str, job_id: str):
         self.output = output.rstrip("/")
         self.job_id = job_id
-        self.fs, self.root = url_to_fs(self.output)
         self.pending: list[tuple[str, atomic.AtomicFile, str]] = []  # (pin, its write, final name)
+
+    @cached_property
+    def _where(self) -> tuple:
+        # found at the first output: a job that writes none (a no-op) never asks its file system
+        return url_to_fs(self.output)
+
+    @property
+    def fs(self):
+        return self._where[0]
+
+    @property
+    def root(self) -> str:
+        return self._where[1]
 
     def temp_path(self, pin: str, name: str) -> str:
         if not name or "/" in name or name.startswith("."):  # hidden names are ours (temporary files, logs)
