@@ -22,8 +22,8 @@ Rules:
 - rows are dicts by bind name (column name for an insert), all with the same keys;
   values are passed as they are, except the keys named in ``datetimes``, which are
   turned into SQLite's text form by the catalog's own ``DateTime`` type (the same text
-  SQLAlchemy writes), and those named in ``jsons``, turned into the JSON text the
-  column's own type writes (each distinct object once: rows usually share one);
+  SQLAlchemy writes), and those named in ``jsons``, turned into what the column's own
+  type binds (each distinct object once: rows usually share one), on either database;
 - a statement that needs a parameter the rows do not give (a column default computed
   in Python) runs through SQLAlchemy instead, so nothing is left unfilled;
 - ``chunks`` cuts a list of ids into lists of at most ``CHUNK``, one ``IN (...)`` list
@@ -31,8 +31,6 @@ Rules:
 """
 
 from __future__ import annotations
-
-import json
 
 from sqlalchemy import JSON, DateTime
 from sqlalchemy.exc import DBAPIError
@@ -67,6 +65,16 @@ class Bulk:
         if sql is None:
             conn.execute(self.statement, rows)
             return
+        if self.jsons:  # the column's own type: SQLite's JSON text, psycopg's Json (COPY writes it too)
+            as_json = JSON().dialect_impl(dialect).bind_processor(dialect)
+            converted = {}  # id of an object -> its form (rows usually share one)
+            for row in rows:
+                for key in self.jsons:
+                    value = row[key]
+                    done = converted.get(id(value))
+                    if done is None:
+                        done = converted[id(value)] = as_json(value)
+                    row[key] = done
         if dialect.name == "postgresql":
             self._copy(conn, keys, rows)
             return
@@ -80,37 +88,18 @@ class Bulk:
                         if text is None:
                             text = seen[value] = to_text(value)
                         row[key] = text
-        if self.jsons:
-            as_json = JSON().dialect_impl(dialect).bind_processor(dialect)
-            texts = {}  # id of an object -> its text
-            for row in rows:
-                for key in self.jsons:
-                    value = row[key]
-                    text = texts.get(id(value))
-                    if text is None:
-                        text = texts[id(value)] = as_json(value)
-                    row[key] = text
         conn.exec_driver_sql(sql, rows)
 
     def _copy(self, conn, keys: tuple, rows: list[dict]) -> None:
         """The rows of an insert, by ``COPY`` in the caller's transaction (PostgreSQL)."""
         table = self.statement.table.name
         columns = ", ".join(f'"{key}"' for key in keys)
-        jsons = [i for i, key in enumerate(keys) if key in self.jsons]
-        texts = {}  # id of an object -> its JSON text (rows usually share one)
         cursor = conn.connection.driver_connection.cursor()
         sql = f'COPY "{table}" ({columns}) FROM STDIN'
         try:
             with cursor.copy(sql) as copy:
                 for row in rows:
-                    values = [row[key] for key in keys]
-                    for i in jsons:
-                        value = values[i]
-                        text = texts.get(id(value))
-                        if text is None:
-                            text = texts[id(value)] = None if value is None else json.dumps(value)
-                        values[i] = text
-                    copy.write_row(values)
+                    copy.write_row([row[key] for key in keys])
         except conn.dialect.dbapi.Error as e:  # as SQLAlchemy raises it (IntegrityError for a duplicate...)
             raise DBAPIError.instance(sql, None, e, conn.dialect.dbapi.Error) from e
         self._copied += len(rows)
