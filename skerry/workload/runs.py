@@ -40,7 +40,7 @@ quota) is not created and is added to ``refused`` as ``{"workflow", "error", "me
 - a task is *complete* (``complete(task)``: no job will be added) once upstream is done
   and every file it will take has a job; the scheduler derives the task's state with it;
 - a step of one file per job is planned ``PLAN_STEP`` files at a time, ``PLAN_FIRST``
-  in its task's first call (``behind`` says more are waiting, and the scheduler plans
+  while its task has no job yet (``behind`` says more are waiting, and the scheduler plans
   again at its next step, dispatching the jobs already made in between): a 100,000-file
   run's first jobs run before its last exist;
 - ``finish_runs()`` ends a run once all its tasks are final (``failed`` if any failed,
@@ -218,7 +218,7 @@ def _has_run(catalog, workflow: str, dataset_id: int) -> bool:
 
 
 PLAN_STEP = 10_000  # files a task's jobs are planned from per pass: the scheduler dispatches between passes
-PLAN_FIRST = 1_000  # ... in a task's first call: its first jobs are dispatched while the rest are planned
+PLAN_FIRST = 1_000  # ... while a task has no job: its first jobs are dispatched while the rest are planned
 
 
 class Planner:
@@ -230,7 +230,6 @@ class Planner:
         self._workflows: dict[int, object] = {}
         self._complete: set[int] = set()
         self._after: dict[int, int] = {}  # task -> the last file id a paged call looked at
-        self._paged: set[int] = set()  # tasks that had their first page
         self._pass_done: dict[int, bool] = {}  # task -> whether its input was done when this pass began
         self.behind = False  # the last advance left files for the next one
         self._seen: tuple = (0, None)  # (count, largest id) of the running runs at the last advance
@@ -299,8 +298,7 @@ class Planner:
             return 0, False, False
         pin = step.module.input(run.params["pins"][step.name])
         size = 1 if pin.kind == "single" else step.chunk  # None: every file in one job
-        limit = (PLAN_STEP if task.id in self._paged else min(PLAN_FIRST, PLAN_STEP)) if size == 1 else None
-        self._paged.add(task.id)
+        limit = (PLAN_STEP if task.jobs_total else min(PLAN_FIRST, PLAN_STEP)) if size == 1 else None
         after = self._after.pop(task.id, 0)
         if after == 0:  # a new pass
             self._pass_done[task.id] = done
