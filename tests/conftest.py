@@ -1,5 +1,6 @@
 """Fixtures that run the real platform (see helpers.py): nothing mocked."""
 
+import itertools
 import json
 
 import pytest
@@ -140,3 +141,15 @@ def postgres():
     server = Postgres().start()
     yield server
     server.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request, tmp_path):
+    """An empty catalog database: a SQLite file, or a new database on the session's
+    PostgreSQL server (``parametrize("catalog_url", ["postgresql"], indirect=True)``: only that)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    return request.getfixturevalue("postgres").create_database(f"catalog_{next(_databases)}")

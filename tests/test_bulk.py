@@ -1,7 +1,6 @@
 """``skerry.workload.bulk``: rows written straight to SQLite, or copied into a real
 PostgreSQL server, read back as SQLAlchemy's own."""
 
-import itertools
 from datetime import datetime, timedelta, UTC
 
 import pytest
@@ -14,16 +13,6 @@ from skerry.workload.bulk import Bulk
 from skerry.workload.catalog import Catalog
 from skerry.workload.models import JobAttempt
 
-_databases = itertools.count()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    return request.getfixturevalue("postgres").create_database(f"bulk_{next(_databases)}")
-
-
 def jobs(url, n):
     cat = Catalog(url)
     cat.upgrade()
@@ -31,8 +20,8 @@ def jobs(url, n):
     return cat, cat.create_jobs(cat.create_task(step="noop", module_id=module), [[] for _ in range(n)])
 
 
-def test_bulk_rows_read_back_as_rows_written_by_sqlalchemy(url):
-    cat, ids = jobs(url, 4)
+def test_bulk_rows_read_back_as_rows_written_by_sqlalchemy(catalog_url):
+    cat, ids = jobs(catalog_url, 4)
     stamp = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     rows = [{"job_id": j, "number": n, "pool": "cpu", "started": stamp + timedelta(seconds=j)}
             for j in ids for n in (1, 2)]
@@ -54,8 +43,8 @@ def test_bulk_rows_read_back_as_rows_written_by_sqlalchemy(url):
         (stamp, "w0"), (stamp, "w0"), (None, "w1"), (None, "w1")]
 
 
-def test_a_statement_needing_a_value_the_rows_lack_goes_through_sqlalchemy(url):
-    cat, ids = jobs(url, 2)
+def test_a_statement_needing_a_value_the_rows_lack_goes_through_sqlalchemy(catalog_url):
+    cat, ids = jobs(catalog_url, 2)
     with cat.writing() as s:  # no "started": the column's Python default fills it
         Bulk(insert(JobAttempt), datetimes=("started",)).run(s.connection(), [
             {"job_id": j, "number": 1, "pool": "cpu"} for j in ids])
@@ -64,8 +53,9 @@ def test_a_statement_needing_a_value_the_rows_lack_goes_through_sqlalchemy(url):
     assert len(started) == 2 and all(isinstance(t, datetime) for t in started)
 
 
-def test_a_refused_copy_is_sqlalchemys_integrity_error_and_leaves_no_row(postgres):
-    cat, ids = jobs(postgres.create_database(f"bulk_{next(_databases)}"), 1)
+@pytest.mark.parametrize("catalog_url", ["postgresql"], indirect=True)
+def test_a_refused_copy_is_sqlalchemys_integrity_error_and_leaves_no_row(catalog_url):
+    cat, ids = jobs(catalog_url, 1)
     rows = [{"job_id": ids[0], "number": 1, "pool": "cpu", "started": datetime.now(UTC)}] * 2  # one attempt twice
     with pytest.raises(IntegrityError, match="job_attempts"):
         with cat.writing() as s:
@@ -74,10 +64,12 @@ def test_a_refused_copy_is_sqlalchemys_integrity_error_and_leaves_no_row(postgre
         assert s.execute(select(JobAttempt.id)).all() == []
 
 
-def test_postgresql_analyzes_a_table_once_it_copied_analyze_rows_into_it_then_at_each_doubling(postgres, monkeypatch):
+@pytest.mark.parametrize("catalog_url", ["postgresql"], indirect=True)
+def test_postgresql_analyzes_a_table_once_it_copied_analyze_rows_into_it_then_at_each_doubling(catalog_url,
+                                                                                               monkeypatch):
     """Its planner's statistics must not describe the table empty after a bulk load."""
     monkeypatch.setattr(bulk, "ANALYZE_ROWS", 100)
-    cat, ids = jobs(postgres.create_database(f"bulk_{next(_databases)}"), 500)
+    cat, ids = jobs(catalog_url, 500)
     attempts = Bulk(insert(JobAttempt), datetimes=("started",))
     stamp = datetime.now(UTC)
 

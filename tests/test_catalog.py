@@ -4,7 +4,6 @@ Every test runs on both, from an empty database migrated by ``Catalog.upgrade()`
 """
 
 import hashlib
-import itertools
 import sqlite3
 import threading
 
@@ -19,19 +18,9 @@ from skerry.workload.catalog import (AmbiguousDataset, BadFileEntry, BadMetadata
                                      DatasetExists, DatasetStateError, JobStateError, UnknownDataset, UnknownJob)
 from skerry.workload.models import Base, File, Job, Task
 
-_databases = itertools.count()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    return request.getfixturevalue("postgres").create_database(f"catalog_{next(_databases)}")
-
-
 @pytest.fixture
-def catalog(url):
-    cat = Catalog(url)
+def catalog(catalog_url):
+    cat = Catalog(catalog_url)
     cat.upgrade()
     yield cat
     cat.dispose()
@@ -53,8 +42,8 @@ def count_files(cat) -> int:
 # ---- schema ----
 
 
-def test_migrations_upgrade_an_empty_database_to_the_models(url):
-    cat = Catalog(url)
+def test_migrations_upgrade_an_empty_database_to_the_models(catalog_url):
+    cat = Catalog(catalog_url)
     try:
         assert cat.revision() is None
         cat.upgrade()
@@ -74,8 +63,8 @@ def test_migrations_upgrade_an_empty_database_to_the_models(url):
         cat.dispose()
 
 
-def test_the_owners_migration_keeps_rows_and_makes_names_per_owner(url):
-    cat = Catalog(url)
+def test_the_owners_migration_keeps_rows_and_makes_names_per_owner(catalog_url):
+    cat = Catalog(catalog_url)
     try:
         cat.upgrade("0001")
         with cat.writing() as s:  # rows as revision 0001 wrote them (the models are newer)
@@ -107,15 +96,15 @@ def test_sqlite_is_a_wal_file_with_foreign_keys_and_a_busy_timeout(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_the_platforms_catalog_is_at_skerry_catalog_url_where_it_is_set(url, tmp_path, monkeypatch):
+def test_the_platforms_catalog_is_at_skerry_catalog_url_where_it_is_set(catalog_url, tmp_path, monkeypatch):
     """On Kubernetes the chart sets SKERRY_CATALOG_URL (PostgreSQL, from a Secret); the data
     dir then holds no catalog of its own."""
-    monkeypatch.setenv("SKERRY_CATALOG_URL", url)
+    monkeypatch.setenv("SKERRY_CATALOG_URL", catalog_url)
     cat = Catalog.for_data_dir(tmp_path / "data")
     try:
         cat.upgrade()
         cat.create_dataset("where", owner="alice")
-        other = Catalog(url)  # another process's view of the same database
+        other = Catalog(catalog_url)  # another process's view of the same database
         with other.session() as s:
             assert s.execute(text("SELECT name FROM datasets WHERE name = 'where'")).scalar() == "where"
         other.dispose()
@@ -563,7 +552,7 @@ print(json.dumps(won))
 """
 
 
-def test_two_processes_racing_over_the_same_jobs_register_each_output_once(catalog, url):
+def test_two_processes_racing_over_the_same_jobs_register_each_output_once(catalog, catalog_url):
     import json
     import subprocess
     import sys
@@ -572,7 +561,8 @@ def test_two_processes_racing_over_the_same_jobs_register_each_output_once(catal
     task, jobs = make_jobs(catalog, n)
     for job_id in jobs:
         catalog.start_attempt(job_id, worker="w")
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, url, json.dumps(order)], stdout=subprocess.PIPE, text=True)
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, catalog_url, json.dumps(order)], stdout=subprocess.PIPE,
+                               text=True)
               for order in (jobs, jobs[::-1])]
     won = [json.loads(p.communicate(timeout=120)[0]) for p in racers]
     assert all(p.returncode == 0 for p in racers)
