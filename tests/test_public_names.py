@@ -16,7 +16,7 @@ PUBLIC = {
         "Catalog", "DatasetInfo", "FileInfo", "FilePage", "ConsistencyReport", "Mismatch", "CatalogError",
         "DatasetExists", "UnknownDataset", "AmbiguousDataset", "DatasetStateError", "BadMetadata", "BadFileEntry",
         "UnknownJob", "JobStateError", "ModuleExists", "UnknownModule", "DATASET_MOVES", "PAGE_MAX", "check_uri",
-        "insert_jobs", "make_engine"],
+        "insert_jobs", "plan_jobs", "make_engine"],
     "skerry.hub": [],
     "skerry.adaptors": [],
     "skerry.extensions": ["CONFIG_DIR"],

@@ -1,4 +1,5 @@
-"""Runs and the planner on a real SQLite catalog, without Dask: jobs appear as input lands."""
+"""Runs and the planner on a real catalog (SQLite, and a real PostgreSQL server), without
+Dask: jobs appear as input lands."""
 
 import logging
 
@@ -22,8 +23,8 @@ GPUSUM = {"name": "gpusum", "version": "1", "inputs": [{"name": "input", "type":
 
 
 @pytest.fixture
-def cat(tmp_path):
-    c = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+def cat(catalog_url):
+    c = Catalog(catalog_url)
     c.upgrade()
     for spec in (MD5OF, CONCAT, GPUSUM):
         c.add_module(spec["name"], "1", spec)
@@ -344,6 +345,7 @@ def test_a_big_task_is_planned_a_page_at_a_time_each_file_once_and_whole_only_af
     with cat.session() as s:
         dat = set(s.execute(select(runs.File.id).where(runs.File.uri.like("%.dat"))).scalars())
     assert sorted(f for [f] in jobs) == sorted(dat)  # each .dat file in exactly one job, nothing else
+    assert [f for [f] in jobs] == sorted(dat)  # the jobs' ids follow their files' order
     assert planner.advance() == set() and len(jobs_of(cat, "sum")) == 23  # nothing planned twice
 
 

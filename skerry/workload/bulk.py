@@ -14,11 +14,12 @@ costs the server about ten times more than a row of ``COPY``).
 Rules:
 - SQLite: the driver's ``executemany``; PostgreSQL (psycopg): inserts by ``COPY``, other
   statements by ``conn.execute(statement, rows)``, as on any other database;
-- PostgreSQL: once a ``Bulk`` insert has copied ``ANALYZE_ROWS`` rows, and again each time
-  it has copied as many as all before, its table is ``ANALYZE``d in the same
-  transaction: the server plans against its statistics, and those of a table filled in
-  bulk still describe it empty until autovacuum comes (a minute later: a 100,000-job
-  run's lookups of 500 jobs took 20 ms each by sequential scans, 0.6 ms by index after);
+- PostgreSQL: once ``ANALYZE_ROWS`` rows went into a table of a database in bulk (by a
+  ``Bulk`` insert, or by whoever calls ``analyzed``), and again each time as many as all
+  before, the table is ``ANALYZE``d in the same transaction: the server plans against its
+  statistics, and those of a table filled in bulk still describe it empty until
+  autovacuum comes (a minute later: a 100,000-job run's lookups of 500 jobs took 20 ms
+  each by sequential scans, 0.6 ms by index after);
 - rows are dicts by bind name (column name for an insert), all with the same keys;
   values are passed as they are, except the keys named in ``datetimes``, which are
   turned into SQLite's text form by the catalog's own ``DateTime`` type (the same text
@@ -35,10 +36,20 @@ from __future__ import annotations
 from sqlalchemy import JSON, DateTime
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["Bulk", "CHUNK", "chunks"]
+__all__ = ["Bulk", "CHUNK", "chunks", "analyzed"]
 
 CHUNK = 500  # ids per IN (...) list
-ANALYZE_ROWS = 10_000  # rows copied into a table before its first ANALYZE (then doubling)
+ANALYZE_ROWS = 10_000  # rows put into a table in bulk before its first ANALYZE (then doubling)
+_added: dict[tuple, list[int]] = {}  # (database, table) -> [rows put in bulk by this process, next ANALYZE at]
+
+
+def analyzed(conn, table: str, rows: int) -> None:
+    """Count ``rows`` put into ``table`` in bulk; ``ANALYZE`` it at the thresholds (module docstring)."""
+    added = _added.setdefault((str(conn.engine.url), table), [0, ANALYZE_ROWS])
+    added[0] += rows
+    if added[0] >= added[1]:
+        conn.exec_driver_sql(f'ANALYZE "{table}"')
+        added[1] = 2 * added[0]
 
 
 class Bulk:
@@ -49,8 +60,6 @@ class Bulk:
         self.datetimes = datetimes
         self.jsons = jsons
         self._compiled: dict[tuple, tuple[str | None, object]] = {}  # (dialect, keys) -> (sql, to text)
-        self._copied = 0  # rows copied by this process (PostgreSQL)
-        self._analyze_at = ANALYZE_ROWS  # ... when the table is analyzed next
 
     def run(self, conn, rows: list[dict]) -> None:
         if not rows:
@@ -102,10 +111,7 @@ class Bulk:
                     copy.write_row([row[key] for key in keys])
         except conn.dialect.dbapi.Error as e:  # as SQLAlchemy raises it (IntegrityError for a duplicate...)
             raise DBAPIError.instance(sql, None, e, conn.dialect.dbapi.Error) from e
-        self._copied += len(rows)
-        if self._copied >= self._analyze_at:
-            cursor.execute(f'ANALYZE "{table}"')
-            self._analyze_at = 2 * self._copied
+        analyzed(conn, table, len(rows))
 
     def _sql(self, dialect, keys: tuple) -> tuple[str | None, object]:
         found = self._compiled.get((id(dialect), keys))

@@ -60,7 +60,7 @@ from sqlalchemy import exists, func, select, update
 
 from ..errors import BadRequest, ConfigError, SkerryError
 from .builtins import BUILTINS
-from .catalog import CatalogError, check_uri, insert_jobs
+from .catalog import CatalogError, check_uri, plan_jobs
 from .models import Dataset, File, Job, JobInput, Module, Run, Task, Workflow
 from .modules import ModuleRegistry, pool_of
 from .states import DATASET_READABLE, FINAL, run_outcome
@@ -303,24 +303,23 @@ class Planner:
         if after == 0:  # a new pass
             self._pass_done[task.id] = done
         taken = exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id, Job.task_id == task.id)
-        query = select(File.id, File.uri).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
-                                                File.id > after, ~taken).order_by(File.id)
-        # plain rows (the ORM's result handling cost more than the query)
-        rows = s.connection().execute(query if limit is None else query.limit(limit)).all()
-        more = limit is not None and len(rows) == limit
+        query = select(File.id).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
+                                      File.id > after, ~taken).order_by(File.id)
+        if limit is not None:
+            query = query.limit(limit)
+        files = query
+        if pin.pattern is not None:  # the name is tested here: only the files it accepts go to jobs
+            rows = s.connection().execute(query.add_columns(File.uri)).all()
+            files = [fid for fid, uri in rows if pin.accepts(uri.rsplit("/", 1)[-1])]
+        made, seen, last = plan_jobs(s, task.id, files, size=size, whole_only=not done, state="queued",
+                                     pool=pool_of(step.module), resources=step.module.resources.model_dump(mode="json"))
+        if pin.pattern is not None:
+            seen, last = len(rows), rows[-1][0] if rows else None
+        more = limit is not None and seen == limit
         if more:
-            self._after[task.id] = rows[-1][0]
-        files = [fid for fid, uri in rows if pin.accepts(uri.rsplit("/", 1)[-1])]
-        size = size or max(1, len(files))
-        groups = [files[i:i + size] for i in range(0, len(files), size)]
-        if groups and len(groups[-1]) < size and not done:
-            groups.pop()  # a partial chunk waits for more files
-        if groups:
-            pool = pool_of(step.module)
-            insert_jobs(s, task.id, groups, state="queued", pool=pool,
-                        resources=step.module.resources.model_dump(mode="json"))
+            self._after[task.id] = last
         whole = not more and self._pass_done.pop(task.id, False)
-        return len(groups), more, whole
+        return made, more, whole
 
     def finish_runs(self) -> list[int]:
         """End the runs whose tasks are all final; the ids of those ended now."""

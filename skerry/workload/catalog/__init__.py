@@ -29,6 +29,7 @@ with its own rules:
 - ``consistency``: the consistency check, catalog against storage;
 - ``specs``: the specs of modules and workflows;
 - ``jobs``: runs, tasks, jobs and their attempts, a job's outputs with its success;
+- ``newjobs``: new jobs in bulk, made inside the database (the planner's pages);
 - ``inputs``, ``values``, ``errors``: the checks of what callers give, the plain values
   returned, and the errors (drawn as a tree in ``errors``).
 
@@ -59,7 +60,7 @@ from .errors import (AmbiguousDataset, BadFileEntry, BadMetadata, CatalogError, 
                      JobStateError, ModuleExists, UnknownDataset, UnknownJob, UnknownModule)
 from .files import PAGE_MAX
 from .inputs import check_uri
-from .jobs import insert_jobs
+from .newjobs import insert_jobs, plan_jobs
 from .values import ConsistencyReport, DatasetInfo, FileInfo, FilePage, Mismatch
 
 __all__ = [
@@ -67,7 +68,7 @@ __all__ = [
     "CatalogError", "DatasetExists", "UnknownDataset", "DatasetStateError", "BadMetadata", "BadFileEntry",
     "UnknownJob", "JobStateError", "ModuleExists", "UnknownModule", "DATASET_MOVES",
     # also imported from here by the rest of the tree
-    "AmbiguousDataset", "PAGE_MAX", "check_uri", "insert_jobs", "make_engine",
+    "AmbiguousDataset", "PAGE_MAX", "check_uri", "insert_jobs", "plan_jobs", "make_engine",
 ]
 
 

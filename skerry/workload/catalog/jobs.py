@@ -1,7 +1,6 @@
 """Runs, tasks, jobs and their attempts: the records the scheduler keeps in the catalog.
 
-``insert_jobs(s, ...)`` is the bulk insert the planner (``runs``) also calls in its own
-session; ``Jobs`` is the part of ``Catalog`` that creates runs, tasks and jobs, records
+``Jobs`` is the part of ``Catalog`` that creates runs, tasks and jobs, records
 attempts, and registers a job's outputs with its success.
 
 Rules:
@@ -20,58 +19,20 @@ Rules:
 
 from collections.abc import Iterable
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..bulk import Bulk
-from ..models import (FINAL_JOB_STATES, JOB_STATES, Dataset, File, Job, JobAttempt, JobInput, Module, Run, Task,
+from ..models import (FINAL_JOB_STATES, JOB_STATES, Dataset, File, Job, JobAttempt, Module, Run, Task,
                       Workflow, now)
 from .datasets import dataset_row
 from .engine import Database
 from .errors import BadFileEntry, CatalogError, DatasetStateError, JobStateError, UnknownJob, UnknownModule
-from .files import BATCH, duplicate_sentence, insert_files
+from .files import duplicate_sentence, insert_files
 from .inputs import check_metadata, file_row
+from .newjobs import insert_jobs
 
-__all__ = ["Jobs", "insert_jobs"]
-
-_JOB_INPUTS = Bulk(insert(JobInput))
-_JOBS = Bulk(insert(Job), datetimes=("created", "updated"), jsons=("resources",))
-
-
-def insert_jobs(s: Session, task_id: int, inputs: list[list[int]], *, state: str, pool: str,
-                resources: dict) -> list[int]:
-    """Insert one job per item of ``inputs`` (file ids, checked by the caller) with their
-    input links, in a few statements, and count them in the task; their ids, in the order
-    of ``inputs`` (increasing)."""
-    stamp = now()
-    conn = s.connection()  # Core, not the ORM's bulk path: a few times faster per row
-    # first: on SQLite this write takes the file's write lock before the ids are chosen
-    conn.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + len(inputs)))
-    ids = _new_ids(conn, len(inputs))
-    rows = [{"id": job_id, "task_id": task_id, "state": state, "pool": pool, "resources": resources, "attempts": 0,
-             "created": stamp, "updated": stamp} for job_id in ids]
-    for start in range(0, len(rows), BATCH):
-        _JOBS.run(conn, rows[start:start + BATCH])
-    links = [{"job_id": job_id, "position": i, "file_id": f}
-             for job_id, files in zip(ids, inputs) for i, f in enumerate(files)]
-    for start in range(0, len(links), BATCH):
-        _JOB_INPUTS.run(conn, links[start:start + BATCH])
-    return ids
-
-
-def _new_ids(conn, n: int) -> list[int]:
-    """``n`` ids for new jobs, increasing, reserved in one statement: PostgreSQL's sequence;
-    on SQLite the ids after the largest (the writing transaction holds the file, and SQLite
-    would choose the same)."""
-    if n == 0:
-        return []
-    if conn.dialect.name == "postgresql":
-        reserve = text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, :n)")
-        return sorted(conn.execute(reserve, {"n": n}).scalars())
-    first = conn.execute(select(func.coalesce(func.max(Job.id), 0))).scalar_one() + 1
-    return list(range(first, first + n))
-
+__all__ = ["Jobs"]
 
 def _check_inputs(s: Session, task: Task, inputs: list[list[int]]) -> None:
     """Every input file id is a file of the task's input dataset."""

@@ -1,0 +1,117 @@
+"""New jobs in bulk, made inside the database: a page of files becomes jobs in a few statements.
+
+    made = plan_jobs(s, task_id, files, size=1, whole_only=False, ...)   # the planner
+    ids = insert_jobs(s, task_id, [[f1], [f2, f3]], state="queued", ...)  # given inputs
+
+Both stage the jobs' input files in ``skerry_planned``, a temporary table of the
+transaction's connection (each file with its job's number ``g``, 1..k, and its position
+in that job), and then write the jobs, their input links and the task's ``jobs_total``
+with one ``INSERT ... SELECT`` each. When the planner's files are chosen by a query (no
+name pattern to test in Python), no file passes through Python at all: a 10,000-file
+page is three statements (measured on SQLite: 100,000 jobs in 0.37 s, against 1.3 s with
+their rows built in Python and sent by ``executemany``).
+
+Rules:
+- ``files`` is a ``Select`` of file ids in the order they go into jobs (it may carry a
+  ``LIMIT``), or a list of file ids; ``size`` files per job, ``None`` for one job of all;
+  with ``whole_only`` a last job short of ``size`` files is not made (its files wait);
+- ids increase with ``g``: SQLite takes the ids after the largest (the writing
+  transaction holds the file, and SQLite would choose the same), PostgreSQL reserves k
+  values of the jobs' sequence and hands them out sorted;
+- the task's ``jobs_total`` is raised first: on SQLite that write takes the file's write
+  lock before the ids are chosen;
+- on PostgreSQL the jobs and their links count towards ``bulk.analyzed`` (a table filled
+  in bulk is ``ANALYZE``d as it grows);
+- the caller checks that the files belong to the task's input dataset.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, Table, func, insert, literal, select, text, update
+from sqlalchemy.orm import Session
+
+from ..bulk import Bulk, analyzed
+from ..models import Job, JobInput, Task, now
+
+__all__ = ["plan_jobs", "insert_jobs"]
+
+_TEMP = MetaData()  # tables of a connection's own, created on first use (``_staging``)
+PLANNED = Table("skerry_planned", _TEMP, Column("g", Integer, primary_key=True),
+                Column("position", Integer, primary_key=True), Column("file_id", BigInteger))
+PLANNED_IDS = Table("skerry_planned_ids", _TEMP, Column("g", Integer, primary_key=True), Column("id", BigInteger))
+_STAGE = Bulk(insert(PLANNED))  # given inputs: executemany on SQLite, COPY on PostgreSQL
+ONE_JOB = 2**31 - 1  # the ``size`` of "every file in one job"
+
+
+def plan_jobs(s: Session, task_id: int, files, *, size: int | None, whole_only: bool, state: str, pool: str,
+              resources: dict) -> tuple[int, int, int | None]:
+    """Jobs of ``size`` files each from ``files`` (module docstring): (jobs made, files
+    looked at, the largest file id looked at)."""
+    conn = _staging(s)
+    size = size or ONE_JOB
+    if isinstance(files, list):
+        _STAGE.run(conn, [{"g": i // size + 1, "position": i % size, "file_id": f} for i, f in enumerate(files)])
+    else:
+        chosen = files.subquery()
+        numbered = select((func.row_number().over(order_by=chosen.c.id) - 1).label("i"), chosen.c.id).subquery()
+        conn.execute(insert(PLANNED).from_select(
+            ["g", "position", "file_id"], select(numbered.c.i // size + 1, numbered.c.i % size, numbered.c.id)))
+    seen, last, groups = conn.execute(select(func.count(), func.max(PLANNED.c.file_id), func.max(PLANNED.c.g))).one()
+    if whole_only and size != ONE_JOB and seen % size:
+        groups -= 1  # the last job would be short: its files wait for more
+        conn.execute(PLANNED.delete().where(PLANNED.c.g > groups))
+    _write(conn, task_id, groups or 0, state=state, pool=pool, resources=resources)
+    return groups or 0, seen, last
+
+
+def insert_jobs(s: Session, task_id: int, inputs: list[list[int]], *, state: str, pool: str,
+                resources: dict) -> list[int]:
+    """One job per item of ``inputs`` (file ids) with their input links; their ids, in the
+    order of ``inputs`` (increasing)."""
+    conn = _staging(s)
+    _STAGE.run(conn, [{"g": g, "position": i, "file_id": f}
+                      for g, files in enumerate(inputs, 1) for i, f in enumerate(files)])
+    _write(conn, task_id, len(inputs), state=state, pool=pool, resources=resources)
+    return list(conn.execute(select(PLANNED_IDS.c.id).order_by(PLANNED_IDS.c.g)).scalars())
+
+
+def _staging(s: Session):
+    """The session's connection, its staging tables there and empty."""
+    conn = s.connection()
+    keep = " ON COMMIT DELETE ROWS" if conn.dialect.name == "postgresql" else ""
+    for table in (PLANNED, PLANNED_IDS):
+        columns = ", ".join(f"{c.name} {'BIGINT' if isinstance(c.type, BigInteger) else 'INTEGER'}"
+                            for c in table.columns)
+        keys = ", ".join(c.name for c in table.primary_key)
+        conn.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table.name} ({columns}, PRIMARY KEY ({keys})){keep}"))
+        conn.execute(table.delete())
+    return conn
+
+
+def _write(conn, task_id: int, k: int, *, state: str, pool: str, resources: dict) -> None:
+    """The ``k`` staged jobs, their links and the task's count."""
+    if k == 0:
+        return
+    conn.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + k))
+    if conn.dialect.name == "postgresql":
+        reserved = select(func.nextval(func.pg_get_serial_sequence("jobs", "id")).label("id")) \
+            .select_from(func.generate_series(1, k)).subquery()
+        ids = select(func.row_number().over(order_by=reserved.c.id), reserved.c.id)
+    else:
+        first = conn.execute(select(func.coalesce(func.max(Job.id), 0))).scalar_one()
+        numbers = select(literal(1).label("g")).cte("numbers", recursive=True)  # 1..k (a job may have no file)
+        numbers = numbers.union_all(select(numbers.c.g + 1).where(numbers.c.g < k))
+        ids = select(numbers.c.g, numbers.c.g + first)
+    conn.execute(insert(PLANNED_IDS).from_select(["g", "id"], ids))
+    stamp = literal(now(), Job.__table__.c.created.type)
+    conn.execute(insert(Job).from_select(
+        ["id", "task_id", "state", "pool", "resources", "attempts", "created", "updated"],
+        select(PLANNED_IDS.c.id, literal(task_id), literal(state), literal(pool), literal(resources, JSON),
+               literal(0), stamp, stamp).order_by(PLANNED_IDS.c.g)))
+    conn.execute(insert(JobInput).from_select(
+        ["job_id", "position", "file_id"],
+        select(PLANNED_IDS.c.id, PLANNED.c.position, PLANNED.c.file_id)
+        .join_from(PLANNED, PLANNED_IDS, PLANNED_IDS.c.g == PLANNED.c.g)))
+    if conn.dialect.name == "postgresql":
+        analyzed(conn, "jobs", k)
+        analyzed(conn, "job_inputs", conn.execute(select(func.count()).select_from(PLANNED)).scalar_one())
