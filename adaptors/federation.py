@@ -176,6 +176,15 @@ class SkerryFileSystem(AbstractFileSystem):
             return self._adaptor_info(name)
         return self._outer(name, fs.info(inner, **kwargs))
 
+    def isfile(self, path):
+        """The adaptor's own answer (a local folder's is one ``stat``); False for the root,
+        an adaptor folder, an unknown adaptor or a bad path, as fsspec answers."""
+        try:
+            name, fs, inner = self._split(path)
+            return bool(inner) and fs.isfile(inner)
+        except Exception:  # fsspec's own contract: any failure to look is "not a file"
+            return False
+
     def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
         name, fs, inner = self._split(path)
         if name is None:

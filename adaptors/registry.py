@@ -11,7 +11,7 @@ take the other adaptors down with it.
 import os
 import threading
 import time
-from stat import S_ISDIR, S_ISREG
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 from collections.abc import Callable, Mapping
 
 from fsspec.implementations.dirfs import DirFileSystem
@@ -72,6 +72,10 @@ class LocalRootFileSystem(DirFileSystem):
             return True
         if os.path.islink(path):
             return self._inside(os.path.realpath(path))
+        return self._folder_inside(path)
+
+    def _folder_inside(self, path: str) -> bool:
+        """Whether the folder of ``path`` leads inside the root (remembered for a while)."""
         folder = path.rpartition("/")[0] or "/"
         now = time.monotonic()
         checked = self._folders.get(folder)
@@ -123,6 +127,18 @@ class LocalRootFileSystem(DirFileSystem):
 
     def info(self, path, **kwargs):
         return {k: v for k, v in super().info(path, **kwargs).items() if k != "destination"}
+
+    def isfile(self, path):
+        # one lstat for a plain file, where fsspec builds a whole info() dict (a job checks
+        # each of its inputs); a link is followed only once it is known to lead inside
+        try:
+            full = super()._join(path)
+            mode = os.lstat(full).st_mode
+            if S_ISLNK(mode):
+                return self._leads_inside(full) and os.path.isfile(full)
+            return S_ISREG(mode) and self._folder_inside(full)
+        except (OSError, ValueError):  # gone, or a path the OS refuses
+            return False
 
     def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):
         found = super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)

@@ -61,6 +61,13 @@ def test_symlinks_out_of_a_local_adaptor_are_refused(fed, tmp_path):
         fed.ls("home/link")
     assert (outside / "secret.txt").read_text() == "not yours"
     assert fed.cat("home/ok-link") == b"yours"  # a link that stays inside is fine
+    # isfile (a job's check of its inputs) answers the same: a file only inside
+    assert [fed.isfile(p) for p in ("home/inside.txt", "home/ok-link", "home/file-link", "home/link/secret.txt",
+                                    "home/link", "home/missing", "home", "", "nope/x", "home/../ref/genome.fa",
+                                    "ref/genome.fa", "scratch/none")] == [
+        True, True, False, False, False, False, False, False, False, False, True, False]
+    fed.pipe("scratch/made", b"x")
+    assert fed.isfile("scratch/made")  # another backend's own isfile
 
 
 def test_unknown_adaptor_names_the_known_ones(fed):

@@ -61,6 +61,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -144,19 +145,34 @@ def execute_batch(specs: list[JobSpec]) -> dict:
     worker = get_worker()
     key = _task_key()
     results = []
+    raw = module = None  # a batch's jobs mostly share their task's module: validated once
     since = time.perf_counter()
     for i, spec in enumerate(specs):
         if i and _cancelled(worker, key):  # the runner gave the rest to another batch
             break
-        results.append((spec.job, spec.attempt, _run(worker, spec, last=i == len(specs) - 1, since=since)))
+        if spec.module != raw:  # (each spec has its own copy of the dict by now)
+            raw, module = spec.module, _validated(spec.module)
+        results.append((spec.job, spec.attempt, _run(worker, spec, module, last=i == len(specs) - 1, since=since)))
         since = time.perf_counter()
     _BEATS.flush(worker)
     return {"worker": worker.address, "results": results}
 
 
-def _run(worker, spec: JobSpec, last: bool, since: float):
-    """Run one attempt; its end event says how long it held the worker: from ``since`` (the
-    batch's start or the previous job's end), the work around the job included."""
+def _validated(module: dict):
+    """The module spec validated once for its batch; as it is if invalid (its jobs fail
+    with the reason, as ``run_job`` says it)."""
+    from .modules import load_module
+
+    try:
+        return load_module(module)
+    except ConfigError:
+        return module
+
+
+def _run(worker, spec: JobSpec, module, last: bool, since: float):
+    """Run one attempt of ``module`` (``spec.module`` validated); its end event says how long
+    it held the worker: from ``since`` (the batch's start or the previous job's end), the
+    work around the job included."""
     from .executors import run_job
     from .owners import adaptors_of
 
@@ -164,7 +180,7 @@ def _run(worker, spec: JobSpec, last: bool, since: float):
     _BEATS.add(worker, spec, started)
     with adaptors_of(spec.adaptors):  # the job sees its owner's storage
         try:
-            result = run_job(spec.module, spec.inputs, spec.output, spec.params, job_id=str(spec.job),
+            result = run_job(module, spec.inputs, spec.output, spec.params, job_id=str(spec.job),
                              timeout=spec.timeout)
         finally:
             start_sent = _BEATS.remove(spec)
@@ -193,12 +209,21 @@ def _cancelled(worker, key) -> bool:
 
 
 def _result_dict(result) -> dict:
-    """A JobResult as the plain, JSON-able dict of an end event (its log's tail only)."""
-    out = result.to_dict()
-    out.pop("ok", None)
-    if len(out["log"]) > EVENT_LOG:
+    """A JobResult as the plain, JSON-able dict of an end event (its log's tail only), the
+    fields at their defaults left out (``_result_of`` fills them in): every end is packed
+    and unpacked on each hop to the scheduler, and a success is mostly defaults."""
+    out = {key: value for key, value in result.to_dict().items() if key != "ok" and value != _defaults().get(key)}
+    if len(out.get("log", "")) > EVENT_LOG:
         out["log"] = "...\n" + out["log"][-EVENT_LOG:]
     return out
+
+
+@functools.cache
+def _defaults() -> dict:
+    """A JobResult's fields at their defaults (but its job id)."""
+    from .executors import JobResult
+
+    return {key: value for key, value in JobResult("").to_dict().items() if key != "job_id"}
 
 
 def _result_of(data: dict):

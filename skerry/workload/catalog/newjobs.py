@@ -20,8 +20,8 @@ Rules:
   values of the jobs' sequence and hands them out sorted;
 - the task's ``jobs_total`` is raised first: on SQLite that write takes the file's write
   lock before the ids are chosen;
-- on PostgreSQL the jobs and their links count towards ``bulk.analyzed`` (a table filled
-  in bulk is ``ANALYZE``d as it grows);
+- the jobs and their links count towards ``bulk.analyzed`` (a table filled in bulk is
+  ``ANALYZE``d as it grows);
 - the caller checks that the files belong to the task's input dataset.
 """
 
@@ -39,7 +39,7 @@ _TEMP = MetaData()  # tables of a connection's own, created on first use (``_sta
 PLANNED = Table("skerry_planned", _TEMP, Column("g", Integer, primary_key=True),
                 Column("position", Integer, primary_key=True), Column("file_id", BigInteger))
 PLANNED_IDS = Table("skerry_planned_ids", _TEMP, Column("g", Integer, primary_key=True), Column("id", BigInteger))
-_STAGE = Bulk(insert(PLANNED))  # given inputs: executemany on SQLite, COPY on PostgreSQL
+_STAGE = Bulk(insert(PLANNED), analyze=False)  # given inputs: executemany on SQLite, COPY on PostgreSQL
 ONE_JOB = 2**31 - 1  # the ``size`` of "every file in one job"
 
 
@@ -55,7 +55,7 @@ def plan_jobs(s: Session, task_id: int, files, *, size: int | None, whole_only: 
         chosen = files.subquery()
         numbered = select((func.row_number().over(order_by=chosen.c.id) - 1).label("i"), chosen.c.id).subquery()
         conn.execute(insert(PLANNED).from_select(
-            ["g", "position", "file_id"], select(numbered.c.i // size + 1, numbered.c.i % size, numbered.c.id)))
+            ["g", "position", "file_id"], select(numbered.c.i.op("/")(size) + 1, numbered.c.i % size, numbered.c.id)))
     seen, last, groups = conn.execute(select(func.count(), func.max(PLANNED.c.file_id), func.max(PLANNED.c.g))).one()
     if whole_only and size != ONE_JOB and seen % size:
         groups -= 1  # the last job would be short: its files wait for more
@@ -112,6 +112,5 @@ def _write(conn, task_id: int, k: int, *, state: str, pool: str, resources: dict
         ["job_id", "position", "file_id"],
         select(PLANNED_IDS.c.id, PLANNED.c.position, PLANNED.c.file_id)
         .join_from(PLANNED, PLANNED_IDS, PLANNED_IDS.c.g == PLANNED.c.g)))
-    if conn.dialect.name == "postgresql":
-        analyzed(conn, "jobs", k)
-        analyzed(conn, "job_inputs", conn.execute(select(func.count()).select_from(PLANNED)).scalar_one())
+    analyzed(conn, "jobs", k)
+    analyzed(conn, "job_inputs", conn.execute(select(func.count()).select_from(PLANNED)).scalar_one())
