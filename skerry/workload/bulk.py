@@ -14,15 +14,19 @@ costs the server about ten times more than a row of ``COPY``).
 Rules:
 - SQLite: the driver's ``executemany``; PostgreSQL (psycopg): inserts by ``COPY``, other
   statements by ``conn.execute(statement, rows)``, as on any other database;
-- once ``ANALYZE_ROWS`` rows went into a table of a database in bulk (by a ``Bulk``
-  insert not made with ``analyze=False``, or by whoever calls ``analyzed``), and again
-  each time as many as all before, the table is ``ANALYZE``d in the same transaction:
-  both databases plan against their statistics. PostgreSQL's of a table filled in bulk
-  describe it empty until autovacuum comes (a minute later: a 100,000-job run's lookups
-  of 500 jobs took 20 ms each by sequential scans, 0.6 ms by index after); SQLite without
-  any looked up ``id IN (500 ids) AND state = 'queued'`` through the index on the state,
-  reading every queued job for each 500 (dispatching 100,000 jobs: 0.87 s of updates,
-  0.21 s by primary key);
+- PostgreSQL: once ``ANALYZE_ROWS`` rows went into a table of a database in bulk (by a
+  ``Bulk`` insert not made with ``analyze=False``, or by whoever calls ``analyzed``), and
+  again each time as many as all before, the table is ``ANALYZE``d in the same
+  transaction: the server plans against its statistics, and those of a table filled in
+  bulk still describe it empty until autovacuum comes (a minute later: a 100,000-job
+  run's lookups of 500 jobs took 20 ms each by sequential scans, 0.6 ms by index after).
+  Not SQLite: statistics taken in the middle of a run describe it ever after (a dataset's
+  files looked like all the files there are, and a one-job run's lookups of its files
+  read every file);
+- ``unindexed(column)``: a filter on it never steers a lookup by primary key to the
+  column's index. SQLite, without statistics, looked up ``id IN (500 ids) AND state =
+  'queued'`` through the index on the state, reading every queued job for each 500
+  (dispatching 100,000 jobs: 0.87 s of updates, 0.21 s by primary key);
 - rows are dicts by bind name (column name for an insert), all with the same keys;
   values are passed as they are, except the keys named in ``datetimes``, which are
   turned into SQLite's text form by the catalog's own ``DateTime`` type (the same text
@@ -39,7 +43,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, DateTime
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["Bulk", "CHUNK", "chunks", "analyzed"]
+__all__ = ["Bulk", "CHUNK", "chunks", "analyzed", "unindexed"]
 
 CHUNK = 500  # ids per IN (...) list
 ANALYZE_ROWS = 10_000  # rows put into a table in bulk before its first ANALYZE (then doubling)
@@ -47,7 +51,10 @@ _added: dict[tuple, list[int]] = {}  # (database, table) -> [rows put in bulk by
 
 
 def analyzed(conn, table: str, rows: int) -> None:
-    """Count ``rows`` put into ``table`` in bulk; ``ANALYZE`` it at the thresholds (module docstring)."""
+    """Count ``rows`` put into ``table`` in bulk; ``ANALYZE`` it at the thresholds on
+    PostgreSQL (module docstring)."""
+    if conn.dialect.name != "postgresql":
+        return
     added = _added.setdefault((str(conn.engine.url), table), [0, ANALYZE_ROWS])
     added[0] += rows
     if added[0] >= added[1]:
@@ -103,8 +110,6 @@ class Bulk:
                             text = seen[value] = to_text(value)
                         row[key] = text
         conn.exec_driver_sql(sql, rows)
-        if self.analyze:
-            analyzed(conn, self.statement.table.name, len(rows))
 
     def _copy(self, conn, keys: tuple, rows: list[dict]) -> None:
         """The rows of an insert, by ``COPY`` in the caller's transaction (PostgreSQL)."""
@@ -136,3 +141,8 @@ def chunks(ids: list, n: int = CHUNK):
     """``ids`` in consecutive lists of at most ``n``."""
     for i in range(0, len(ids), n):
         yield ids[i:i + n]
+
+
+def unindexed(column):
+    """``column`` (a string column) as an expression no index serves (module docstring)."""
+    return column + ""  # column || '': the same value on both databases

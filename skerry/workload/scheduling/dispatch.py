@@ -50,7 +50,7 @@ from collections import defaultdict
 from sqlalchemy import insert, select, update
 
 from .. import states as S
-from ..bulk import Bulk, chunks
+from ..bulk import Bulk, chunks, unindexed
 from ..models import Job, JobAttempt, Task, now
 from ..runner import JobSpec, Runner
 from ..schedulerconfig import SchedulerConfig
@@ -172,7 +172,7 @@ class Dispatcher:
             go.append(live)
         conn = s.connection()
         for chunk in chunks(go):  # one statement per chunk
-            conn.execute(update(Job).where(Job.id.in_([live.job for live in chunk]), Job.state == "queued")
+            conn.execute(update(Job).where(Job.id.in_([live.job for live in chunk]), unindexed(Job.state) == "queued")
                          .values(state="running", attempts=Job.attempts + 1, updated=stamp))
         if go:  # in pick order (the fairness record)
             _ATTEMPTS.run(conn, [{"job_id": live.job, "number": live.attempt, "pool": pool, "started": stamp}
