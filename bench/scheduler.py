@@ -52,7 +52,7 @@ from helpers import Platform, open_for_accounts, remove_accounts  # noqa: E402
 from skerry.workload.builtins import BUILTINS  # noqa: E402
 from skerry.workload.catalog import Catalog  # noqa: E402
 from skerry.workload.executors import run_job  # noqa: E402
-from skerry.workload.models import Job, JobAttempt, Task  # noqa: E402
+from skerry.workload.models import Job, JobAttempt, Run, Task  # noqa: E402
 from skerry.workload.pools import NO_DASHBOARD  # noqa: E402
 from skerry.workload.states import FINAL  # noqa: E402
 
@@ -102,8 +102,9 @@ def platform_cpu(platform: Platform, database: str | None) -> dict[str, float]:
 
 
 def from_catalog(data: Path, run_id: int, wall: float) -> dict:
-    """What the catalog says of a run: seconds after its POST until its last job was made and
-    its first job started, and the start rate of its first and last ``PART`` jobs."""
+    """What the catalog says of a run: seconds after its POST until its last job was made, its
+    first job started, its last job ended and the run was over, and the start rate of its
+    first and last ``PART`` jobs."""
     catalog = Catalog.for_data_dir(data)
     try:
         with catalog.session() as s:
@@ -111,6 +112,8 @@ def from_catalog(data: Path, run_id: int, wall: float) -> dict:
             made = s.execute(select(func.max(Job.created)).where(Job.id.in_(jobs))).scalar_one()
             starts = s.execute(select(JobAttempt.started).where(JobAttempt.job_id.in_(jobs))
                                .order_by(JobAttempt.started)).scalars().all()
+            ended = s.execute(select(func.max(JobAttempt.ended)).where(JobAttempt.job_id.in_(jobs))).scalar_one()
+            over = s.execute(select(Run.updated).where(Run.id == run_id)).scalar_one()
     finally:
         catalog.dispose()
 
@@ -123,7 +126,7 @@ def from_catalog(data: Path, run_id: int, wall: float) -> dict:
     def rate(seq):
         return (len(seq) - 1) / max(seq[-1] - seq[0], 1e-6)
 
-    return {"made": at(made) - wall, "first": starts[0] - wall,
+    return {"made": at(made) - wall, "first": starts[0] - wall, "ended": at(ended) - wall, "over": at(over) - wall,
             "rate_first": rate(starts[:part]), "rate_last": rate(starts[-part:])}
 
 
@@ -261,7 +264,8 @@ def main() -> None:
         print(f"{n:,} no-op jobs, POST /runs to succeeded: {rate:,.0f} jobs/s ({r['took']:.2f} s); "
               f"client.map one per task {one:,.0f} (ratio {rate / one:.2f}), batched {BATCH} per task "
               f"{batched:,.0f} (ratio {rate / batched:.2f}{', target >= 0.3' if n == 10_000 else ''})")
-        print(f"    last job made at {r['made']:.2f} s (planning), first started at {r['first']:.2f} s; "
+        print(f"    last job made at {r['made']:.2f} s (planning), first started at {r['first']:.2f} s, last "
+              f"ended at {r['ended']:.2f} s, the run over at {r['over']:.2f} s; "
               f"start rate of the first {min(PART, n):,} {r['rate_first']:,.0f}/s, of the last "
               f"{r['rate_last']:,.0f}/s (last/first {r['rate_last'] / r['rate_first']:.2f}); "
               f"the platform's CPU per job {sum(r['cpu'].values()):.3f} ms: "

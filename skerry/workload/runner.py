@@ -150,7 +150,7 @@ def execute_batch(specs: list[JobSpec]) -> dict:
     for i, spec in enumerate(specs):
         if i and _cancelled(worker, key):  # the runner gave the rest to another batch
             break
-        if spec.module != raw:  # (each spec has its own copy of the dict by now)
+        if spec.module is not raw and spec.module != raw:  # (the same object, or an equal copy)
             raw, module = spec.module, _validated(spec.module)
         results.append((spec.job, spec.attempt, _run(worker, spec, module, last=i == len(specs) - 1, since=since)))
         since = time.perf_counter()

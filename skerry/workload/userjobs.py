@@ -17,8 +17,9 @@ PORT ...``), spoken to over TLS: it accepts only the platform's certificate
     jobs.running, jobs.pending, jobs.stop()
 
 Rules:
-- platform to runner: one JSON object per line on its stdin, ``{"op": "submit", "batches":
-  [[spec fields]], "avoid": worker}`` or ``{"op": "cancel", "attempts": [[job, attempt]]}``;
+- platform to runner: one JSON object per line on its stdin, ``{"op": "submit", "modules":
+  [module spec], "batches": [[spec fields, its module an index into modules]], "avoid":
+  worker}`` or ``{"op": "cancel", "attempts": [[job, attempt]]}``;
 - runner to platform: one JSON object per line on its stdout, a ``start``, ``beat`` or
   ``end`` of an attempt (an end carries its ``Finished``, the result as a plain dict).
   The platform reads them with ``json`` only and keeps a report only when it is about an
@@ -123,7 +124,13 @@ class UserJobs:
                                      error=f"the runner of {self.cluster.account.hub_name}'s "
                                            f"{self.cluster.pool} jobs had stopped"))
             return
-        self._send({"op": "submit", "batches": [[_fields(s) for s in b] for b in batches], "avoid": avoid})
+        modules, index = [], {}  # each module spec once a message (a task's jobs share their task's)
+        for spec in (s for b in batches for s in b):
+            if id(spec.module) not in index:
+                index[id(spec.module)] = len(modules)
+                modules.append(spec.module)
+        self._send({"op": "submit", "modules": modules, "avoid": avoid,
+                    "batches": [[{**_fields(s), "module": index[id(s.module)]} for s in b] for b in batches]})
 
     def cancel(self, attempts) -> None:
         """Forget the attempts here and ask the runner to cancel them."""
@@ -386,7 +393,8 @@ def _relay(client, pool: str, needs: dict, commands_in, reports_out) -> None:
             for line in commands_in:
                 msg = json.loads(line)
                 if msg["op"] == "submit":
-                    batches = [[JobSpec(**s) for s in b] for b in msg["batches"]]
+                    modules = msg["modules"]  # one object per module: pickled once a batch for Dask
+                    batches = [[JobSpec(**{**s, "module": modules[s["module"]]}) for s in b] for b in msg["batches"]]
                     runner.submit_batches(pool, batches, avoid=msg.get("avoid"))
                 elif msg["op"] == "cancel":
                     runner.cancel_many([tuple(a) for a in msg["attempts"]])
