@@ -57,10 +57,12 @@ def plan_jobs(s: Session, task_id: int, files, *, size: int | None, whole_only: 
         conn.execute(insert(PLANNED).from_select(
             ["g", "position", "file_id"], select(numbered.c.i.op("/")(size) + 1, numbered.c.i % size, numbered.c.id)))
     seen, last, groups = conn.execute(select(func.count(), func.max(PLANNED.c.file_id), func.max(PLANNED.c.g))).one()
+    links = seen
     if whole_only and size != ONE_JOB and seen % size:
         groups -= 1  # the last job would be short: its files wait for more
+        links = groups * size
         conn.execute(PLANNED.delete().where(PLANNED.c.g > groups))
-    _write(conn, task_id, groups or 0, state=state, pool=pool, resources=resources)
+    _write(conn, task_id, groups or 0, links, state=state, pool=pool, resources=resources)
     return groups or 0, seen, last
 
 
@@ -69,9 +71,9 @@ def insert_jobs(s: Session, task_id: int, inputs: list[list[int]], *, state: str
     """One job per item of ``inputs`` (file ids) with their input links; their ids, in the
     order of ``inputs`` (increasing)."""
     conn = _staging(s)
-    _STAGE.run(conn, [{"g": g, "position": i, "file_id": f}
-                      for g, files in enumerate(inputs, 1) for i, f in enumerate(files)])
-    _write(conn, task_id, len(inputs), state=state, pool=pool, resources=resources)
+    links = [{"g": g, "position": i, "file_id": f} for g, files in enumerate(inputs, 1) for i, f in enumerate(files)]
+    _STAGE.run(conn, links)
+    _write(conn, task_id, len(inputs), len(links), state=state, pool=pool, resources=resources)
     return list(conn.execute(select(PLANNED_IDS.c.id).order_by(PLANNED_IDS.c.g)).scalars())
 
 
@@ -88,8 +90,8 @@ def _staging(s: Session):
     return conn
 
 
-def _write(conn, task_id: int, k: int, *, state: str, pool: str, resources: dict) -> None:
-    """The ``k`` staged jobs, their links and the task's count."""
+def _write(conn, task_id: int, k: int, links: int, *, state: str, pool: str, resources: dict) -> None:
+    """The ``k`` staged jobs, their ``links`` input links and the task's count."""
     if k == 0:
         return
     conn.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + k))
@@ -113,4 +115,4 @@ def _write(conn, task_id: int, k: int, *, state: str, pool: str, resources: dict
         select(PLANNED_IDS.c.id, PLANNED.c.position, PLANNED.c.file_id)
         .join_from(PLANNED, PLANNED_IDS, PLANNED_IDS.c.g == PLANNED.c.g)))
     analyzed(conn, "jobs", k)
-    analyzed(conn, "job_inputs", conn.execute(select(func.count()).select_from(PLANNED)).scalar_one())
+    analyzed(conn, "job_inputs", links)
