@@ -217,7 +217,7 @@ def _has_run(catalog, workflow: str, dataset_id: int) -> bool:
                          .limit(1)).first() is not None
 
 
-PLAN_STEP = 10_000  # files a task's jobs are planned from per pass: the scheduler dispatches between passes
+PLAN_STEP = 25_000  # files planned per pass (about 0.13 s on SQLite): the scheduler dispatches between passes
 PLAN_FIRST = 1_000  # ... while a task has no job: its first jobs are dispatched while the rest are planned
 
 
