@@ -85,27 +85,20 @@ def run(url: str, files: list[dict]) -> tuple[float, float]:
 
 def http_runs(files: list[dict], runs: int) -> list[float]:
     """files/s of registration through the REST API (module docstring)."""
-    from helpers import Platform, open_for_accounts, remove_accounts
+    from helpers import bench_platform
 
     api = "/services/skerry/api/v1"
     rates = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = open_for_accounts(Path(tmp)) / "data"
-        data.mkdir()
-        platform = Platform(data).start()
-        try:
-            platform.create_user("alice")
-            token = platform.user_token("alice")
-            for i in range(runs):
-                r = platform.api("POST", api + "/datasets", token=token, json={"name": f"bench.{i}"})
-                assert r.status_code == 201, r.text
-                start = time.perf_counter()
-                r = platform.api("POST", api + f"/datasets/bench.{i}/files", token=token, json={"files": files})
-                rates.append(len(files) / (time.perf_counter() - start))
-                assert r.status_code == 200, r.text
-        finally:
-            platform.stop()
-            remove_accounts(platform.account_template)
+    with tempfile.TemporaryDirectory() as tmp, bench_platform(Path(tmp)) as platform:
+        platform.create_user("alice")
+        token = platform.user_token("alice")
+        for i in range(runs):
+            r = platform.api("POST", api + "/datasets", token=token, json={"name": f"bench.{i}"})
+            assert r.status_code == 201, r.text
+            start = time.perf_counter()
+            r = platform.api("POST", api + f"/datasets/bench.{i}/files", token=token, json={"files": files})
+            rates.append(len(files) / (time.perf_counter() - start))
+            assert r.status_code == 200, r.text
     return rates
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import Platform, open_for_accounts, remove_accounts  # noqa: E402
+from helpers import bench_platform  # noqa: E402
 
 from skerry.workload.pools import gpu_count  # noqa: E402
 from skerry.workload.states import FINAL  # noqa: E402
@@ -81,44 +81,38 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         sys.exit("bench/gpu.py runs the platform, which makes OS accounts: run it as root")
-    with tempfile.TemporaryDirectory() as tmp:
-        data = open_for_accounts(Path(tmp)) / "data"
-        data.mkdir()
-        platform = Platform(data).start()
-        try:
-            platform.create_user("alice")
-            client = httpx.Client(base_url=platform.url + API, timeout=60,
-                                  headers={"Authorization": f"token {platform.user_token('alice')}"})
+    with tempfile.TemporaryDirectory() as tmp, bench_platform(Path(tmp)) as platform:
+        data = platform.data_dir
+        platform.create_user("alice")
+        client = httpx.Client(base_url=platform.url + API, timeout=60,
+                              headers={"Authorization": f"token {platform.user_token('alice')}"})
 
-            def call(method, path, **kw):
-                r = client.request(method, path, **kw)
-                assert r.status_code < 300, r.text
-                return r.json()
+        def call(method, path, **kw):
+            r = client.request(method, path, **kw)
+            assert r.status_code < 300, r.text
+            return r.json()
 
-            folder = data / "users" / "alice" / "gpuin"
-            folder.mkdir(parents=True)
-            for i in range(args.jobs):
-                (folder / f"f{i:05d}.txt").write_text("x")
-            platform.give(folder, "alice")
-            call("POST", "/workflows", json={"name": "mm", "steps": [
-                {"name": "mm", "module": "gpumatmul", "inputs": {"input": "dataset"},
-                 "params": {"repeat": args.repeat}}]})
-            for name, count in (("warm", gpus), ("in", args.jobs)):  # warm: her cluster up, CUDA loaded
-                call("POST", "/datasets", json={"name": name, "location": "skerry://home/gpuin"})
-                call("POST", f"/datasets/{name}/files", json={"files": [
-                    {"uri": f"skerry://home/gpuin/f{i:05d}.txt", "size": 1} for i in range(count)]})
-                call("POST", f"/datasets/{name}/close")
-                with Sampler() as sampler:
-                    start = time.perf_counter()
-                    run_id = call("POST", "/runs", json={"workflow": "mm", "dataset": name})["id"]
-                    while (state := call("GET", f"/runs/{run_id}")["state"]) not in FINAL:
-                        time.sleep(0.1)
-                    took = time.perf_counter() - start
-                assert state == "succeeded", call("GET", f"/runs/{run_id}")
-            busy = sampler.mean(*_first_start_last_end(data, run_id))
-        finally:
-            platform.stop()
-            remove_accounts(platform.account_template)
+        folder = data / "users" / "alice" / "gpuin"
+        folder.mkdir(parents=True)
+        for i in range(args.jobs):
+            (folder / f"f{i:05d}.txt").write_text("x")
+        platform.give(folder, "alice")
+        call("POST", "/workflows", json={"name": "mm", "steps": [
+            {"name": "mm", "module": "gpumatmul", "inputs": {"input": "dataset"},
+             "params": {"repeat": args.repeat}}]})
+        for name, count in (("warm", gpus), ("in", args.jobs)):  # warm: her cluster up, CUDA loaded
+            call("POST", "/datasets", json={"name": name, "location": "skerry://home/gpuin"})
+            call("POST", f"/datasets/{name}/files", json={"files": [
+                {"uri": f"skerry://home/gpuin/f{i:05d}.txt", "size": 1} for i in range(count)]})
+            call("POST", f"/datasets/{name}/close")
+            with Sampler() as sampler:
+                start = time.perf_counter()
+                run_id = call("POST", "/runs", json={"workflow": "mm", "dataset": name})["id"]
+                while (state := call("GET", f"/runs/{run_id}")["state"]) not in FINAL:
+                    time.sleep(0.1)
+                took = time.perf_counter() - start
+            assert state == "succeeded", call("GET", f"/runs/{run_id}")
+        busy = sampler.mean(*_first_start_last_end(data, run_id))
     hand = []
     for device in range(gpus):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(device))

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import Platform, open_for_accounts  # noqa: E402
+from helpers import bench_platform  # noqa: E402
 
 from skerry.kernels.remote import RemoteKernel  # noqa: E402
 
@@ -74,28 +74,22 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the cpu pool")
     args = ap.parse_args()
     runs, plain = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = open_for_accounts(Path(tmp)) / "data"  # as root, her processes run as her account
-        data.mkdir()
-        (data / "pools.json").write_text(json.dumps({"cpu": {"workers": args.workers, "threads": 1}, "gpu": None}))
-        p = Platform(data).start()
-        try:
-            p.create_user(USER)
-            p.start_server(USER)
-            token = p.user_token(USER)
-            url = f"{p.url}/user/{USER}/"
-            # warm-up: the OS's file cache, and her Dask cluster (started at her first ask, then kept)
-            skerry_once(url, token), plain_once(url, token)
-            for i in range(args.runs):
-                runs.append(skerry_once(url, token))
-                plain.append(plain_once(url, token))
-                r = runs[-1]
-                print(f"  run {i + 1}: request->ready {r['request_ready']:.2f} s (adaptors {r['adaptors']:.2f}, "
-                      f"pool {r['pool']:.2f}, api {r['api']:.2f} after the process start), "
-                      f"request->answers {r['answers']:.2f} s, kernel CPU {r['cpu']:.2f} s; "
-                      f"plain kernel answers {plain[-1]:.2f} s", flush=True)
-        finally:
-            p.stop()
+    pools = {"cpu": {"workers": args.workers, "threads": 1}, "gpu": None}
+    with tempfile.TemporaryDirectory() as tmp, bench_platform(Path(tmp), pools) as p:  # as root: hers run as her
+        p.create_user(USER)
+        p.start_server(USER)
+        token = p.user_token(USER)
+        url = f"{p.url}/user/{USER}/"
+        # warm-up: the OS's file cache, and her Dask cluster (started at her first ask, then kept)
+        skerry_once(url, token), plain_once(url, token)
+        for i in range(args.runs):
+            runs.append(skerry_once(url, token))
+            plain.append(plain_once(url, token))
+            r = runs[-1]
+            print(f"  run {i + 1}: request->ready {r['request_ready']:.2f} s (adaptors {r['adaptors']:.2f}, "
+                  f"pool {r['pool']:.2f}, api {r['api']:.2f} after the process start), "
+                  f"request->answers {r['answers']:.2f} s, kernel CPU {r['cpu']:.2f} s; "
+                  f"plain kernel answers {plain[-1]:.2f} s", flush=True)
 
     def median(key):
         return statistics.median(r[key] for r in runs)

@@ -32,7 +32,6 @@ run it on an idle machine, and compare ratios, not absolutes.
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from distributed import Client, LocalCluster
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import Platform, open_for_accounts, remove_accounts  # noqa: E402
+from helpers import Platform, bench_platform  # noqa: E402
 
 from skerry.workload.builtins import BUILTINS  # noqa: E402
 from skerry.workload.catalog import Catalog  # noqa: E402
@@ -134,14 +133,10 @@ def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None, databa
     """The platform's figures (module docstring, 1 and 2), and the files, kept for the baselines."""
     results = {"runs": {}}
     tmp = tempfile.mkdtemp(prefix="skerry-bench-")
-    data = open_for_accounts(Path(tmp)) / "data"
-    data.mkdir()
-    (data / "pools.json").write_text(json.dumps(POOLS))
     if catalog_url:  # for skerry up, and for this process's look at the catalog
         os.environ["SKERRY_CATALOG_URL"] = catalog_url
-    platform = Platform(data)
-    platform.start()
-    try:
+    with bench_platform(Path(tmp), POOLS) as platform:
+        data = platform.data_dir
         platform.create_user("alice")
         token = platform.user_token("alice")
         home = data / "users" / "alice" / "in"
@@ -196,9 +191,6 @@ def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None, databa
             ones.append(1000 * took)
             posts.append(1000 * posted)
         results["one"], results["post"] = p50_p95(ones), p50_p95(posts)
-    finally:
-        platform.stop()
-        remove_accounts(platform.account_template)
     results["files"] = [str(home / name) for name in names]
     results["tmp"] = tmp
     return results

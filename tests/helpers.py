@@ -227,6 +227,23 @@ class Platform:
             self.proc.stdout.close()
 
 
+@contextlib.contextmanager
+def bench_platform(folder: Path, pools: dict | None = None):
+    """``skerry up`` as root on ``folder/data`` (made here, the folders above opened to
+    every account, ``pools.json`` from ``pools``), as the benches run it; stopped, and the
+    accounts it made removed, when the block ends."""
+    data = open_for_accounts(Path(folder)) / "data"
+    data.mkdir()
+    if pools is not None:
+        (data / "pools.json").write_text(json.dumps(pools))
+    platform = Platform(data).start()
+    try:
+        yield platform
+    finally:
+        platform.stop()
+        remove_accounts(platform.account_template)
+
+
 def refused(r, status: int, code: str | None = None) -> str:
     """The sentence of a skerry API refusal: ``status``, a body of exactly ``error`` (``code``,
     if given) and ``message`` (a sentence)."""
