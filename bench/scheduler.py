@@ -32,6 +32,7 @@ run it on an idle machine, and compare ratios, not absolutes.
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 import tempfile
@@ -71,7 +72,7 @@ def run_files(files: list[str]) -> int:
 
 def p50_p95(ms: list[float]) -> tuple[float, float]:
     ms = sorted(ms)
-    return ms[len(ms) // 2], ms[max(0, int(0.95 * len(ms)) - 1)]
+    return ms[len(ms) // 2], ms[max(0, math.ceil(0.95 * len(ms)) - 1)]
 
 
 # the platform's processes by what they do (a part of their command line -> a name)
