@@ -92,23 +92,26 @@ class Dispatcher:
         recent = sum(n for _, n in ended)
         return min(MAX_WINDOW, max(self.base_window(pool), recent))
 
-    def measured_window(self, pool: str, tasks: set[int]) -> int:
-        """The jobs ``pool``'s slots get through in ``horizon`` s when every one of ``tasks`` is
-        measured short (its jobs take less than ``batch_time``); else 0."""
+    def _slowest_short(self, tasks: set[int]) -> float | None:
+        """The longest of ``tasks``' job durations when every one is measured short (less
+        than ``batch_time``); None when one is not, or there is none."""
         took = [self.inflight.took.get(task) for task in tasks]
         batch_time = self.config.batch_time
         if not took or not batch_time or any(t is None or t >= batch_time for t in took):
-            return 0
-        return min(MAX_WINDOW, int(self.runner.slots(pool) * self.config.horizon / max(max(took), 1e-6)))
+            return None
+        return max(max(took), 1e-6)
+
+    def measured_window(self, pool: str, tasks: set[int]) -> int:
+        """The jobs ``pool``'s slots get through in ``horizon`` s when every one of ``tasks`` is
+        measured short (its jobs take less than ``batch_time``); else 0."""
+        slowest = self._slowest_short(tasks)
+        return 0 if slowest is None else min(MAX_WINDOW, int(self.runner.slots(pool) * self.config.horizon / slowest))
 
     def _least(self, pool: str, tasks: set[int]) -> int:
         """Free places a pool with attempts in flight waits for before it refills: a whole
         batch while the jobs in flight are all short (at most half the window then)."""
-        took = [self.inflight.took.get(task) for task in tasks]
-        batch_time = self.config.batch_time
-        if not batch_time or any(t is None or t >= batch_time for t in took):
-            return 1
-        return max(1, min(self.batch_cap(pool), int(batch_time / max(max(took), 1e-6))))
+        slowest = self._slowest_short(tasks)
+        return 1 if slowest is None else max(1, min(self.batch_cap(pool), int(self.config.batch_time / slowest)))
 
     # ---- picking and writing the dispatches ----
 
