@@ -313,7 +313,7 @@ class Planner:
             files = [fid for fid, uri in rows if pin.accepts(uri.rsplit("/", 1)[-1])]
         made, seen, last = plan_jobs(s, task.id, files, size=size, whole_only=not done, state="queued",
                                      pool=pool_of(step.module), resources=step.module.resources.model_dump(mode="json"))
-        if pin.pattern is not None:
+        if pin.pattern is not None:  # a page counts the files looked at, those the pattern left out too
             seen, last = len(rows), rows[-1][0] if rows else None
         more = limit is not None and seen == limit
         if more:
