@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from . import __version__
+from . import __version__, config
 from .accounts import AccountPolicy
 from .errors import SkerryError
 from .workload.loglinks import log_href
@@ -40,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--ssl-key", metavar="FILE", help="the certificate's private key (PEM)")
     up.add_argument("--account-template", default=AccountPolicy.template, metavar="TEMPLATE",
                     help="the OS account of each hub user, with {username} (default %(default)s)")
-    up.add_argument("--proxy", choices=("traefik", "chp"), default=None,
-                    help="the proxy: traefik, or chp (configurable-http-proxy; default $SKERRY_PROXY, else traefik)")
+    up.add_argument("--proxy", choices=config.PROXIES, default=None,
+                    help="the proxy: haproxy, traefik, or chp (configurable-http-proxy); default "
+                         "$SKERRY_PROXY, else haproxy where installed, else traefik")
     up.add_argument("--dev", action="store_true",
                     help="INSECURE: let any user name and password log in (for local development)")
 

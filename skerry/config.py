@@ -139,10 +139,12 @@ PUBLIC_URL = Setting("SKERRY_PUBLIC_URL", str, None, f"{_UP}; {_SETTINGS}",
 PROXY_COMMAND = Setting("SKERRY_PROXY_COMMAND", str, None, f"the admin, for {_UP} (which passes on what it found)",
                         "skerry.nodeproxy, hub.plugins.settings",
                         "the configurable-http-proxy program to run", user_facing=True)
-PROXY = Setting("SKERRY_PROXY", str, "traefik", f"the admin, for {_UP} (or its --proxy)",
-                "skerry.platform, hub.plugins.settings",
-                "the proxy: traefik, or chp (configurable-http-proxy)", user_facing=True,
-                check=lambda value: value in ("traefik", "chp"), must="traefik or chp")
+PROXIES = ("haproxy", "traefik", "chp")
+PROXY = Setting("SKERRY_PROXY", str, None, f"the admin, for {_UP} (or its --proxy)",
+                "skerry.platform, skerry.haproxy, hub.plugins.settings",
+                "the proxy: haproxy, traefik, or chp (configurable-http-proxy); unset: haproxy where "
+                "installed, else traefik", user_facing=True,
+                check=lambda value: value in PROXIES, must="haproxy, traefik or chp")
 SSL_CERT = Setting("SKERRY_SSL_CERT", Path, None, f"{_UP} --ssl-cert", "hub.plugins.settings",
                    "the HTTPS certificate (PEM) the proxy serves; unset: plain HTTP")
 SSL_KEY = Setting("SKERRY_SSL_KEY", Path, None, f"{_UP} --ssl-key", "hub.plugins.settings",

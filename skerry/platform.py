@@ -30,6 +30,7 @@ from .datadir import DataDir
 from .errors import ConfigError, SetupError
 from .identity import decide
 from .logtail import error_lines
+from .haproxy import MIN_VERSION, find_haproxy
 from .nodeproxy import find_proxy
 from .process import die_with_parent, is_running, start_time
 from .tls import check_pair, probe_context
@@ -51,12 +52,20 @@ class Options:
     account_template: str = AccountPolicy.template
     ssl_cert: str | None = None
     ssl_key: str | None = None
-    proxy: str | None = None  # traefik or chp; None: $SKERRY_PROXY, else traefik
+    proxy: str | None = None  # haproxy, traefik or chp; None: $SKERRY_PROXY, else haproxy where installed
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
         self.proxy = config.PROXY.parse(self.proxy) if self.proxy else config.PROXY.get()
+        if self.proxy in (None, "haproxy") and not find_haproxy():
+            if self.proxy:
+                raise SetupError(f"the haproxy proxy needs HAProxy {'.'.join(map(str, MIN_VERSION))} or newer "
+                                 "(apt-get install haproxy), or --proxy traefik")
+            print("skerry: the proxy is Traefik: HAProxy, which carries large transfers about twice as "
+                  "fast, is not installed (apt-get install haproxy)", file=sys.stderr, flush=True)
+            self.proxy = "traefik"
+        self.proxy = self.proxy or "haproxy"
 
 
 def hub_config_file() -> str:
@@ -94,7 +103,7 @@ def _own_proxy(data: DataDir) -> int | None:
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
     except (OSError, ValueError):
         return None
-    ours = b"configurable-http-proxy" in cmdline or b"traefik" in cmdline
+    ours = any(name in cmdline for name in (b"configurable-http-proxy", b"traefik", b"haproxy"))
     return pid if ours and is_running(pid) else None
 
 

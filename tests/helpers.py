@@ -51,8 +51,8 @@ def pids_of(pattern: str, environ: bool = False) -> set[int]:
 
 
 def proxies_of(data_dir: Path) -> set[int]:
-    """The pids of the proxies (configurable-http-proxy or Traefik) a platform on ``data_dir`` runs."""
-    return (pids_of("configurable-http-proxy") | pids_of("traefik --configfile")) & \
+    """The pids of the proxies (HAProxy, configurable-http-proxy or Traefik) a platform on ``data_dir`` runs."""
+    return (pids_of("haproxy -db -f") | pids_of("configurable-http-proxy") | pids_of("traefik --configfile")) & \
         pids_of(str(data_dir), environ=True)
 
 

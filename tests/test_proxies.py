@@ -1,8 +1,10 @@
-"""``skerry up --proxy``: Traefik and configurable-http-proxy each carry the hub's routes and
-the WebDAV routes, keep them through the hub's routes check and a hub killed and started
-again, and leave nothing when the platform stops; a user's own code reaches the proxy's API
-on loopback but can neither list nor change routes (nor read its secret or its route file);
-a proxy skerry does not know is refused before anything is written. (The rest of the suite runs on the default proxy.)
+"""``skerry up --proxy``: HAProxy, Traefik and configurable-http-proxy each carry the hub's
+routes and the WebDAV routes, keep them through the hub's routes check and a hub killed and
+started again, and leave nothing when the platform stops; a user's own code reaches Traefik's
+and chp's API on loopback but can neither list nor change routes (nor read its secret or its
+route file), and cannot open HAProxy's runtime API (a Unix socket) or its files; a proxy
+skerry does not know is refused before anything is written. (The rest of the suite runs on
+the default proxy: HAProxy, which ``.ci/run`` installs.)
 
 Real platforms, real proxies, nothing mocked.
 """
@@ -28,24 +30,34 @@ def up_with(proxy: str) -> list[str]:
 # what alice's own code tries against the proxy's API (on loopback, so her code reaches it):
 # ``argv``: the API's address, the file of its secret, the proxy's route file, her token
 AS_ALICE = r"""
-import json, sys, urllib.request, urllib.error
-api, secret, routes, token = sys.argv[1:]
+import json, socket, sys, urllib.request, urllib.error
+api, token, *files = sys.argv[1:]
 found = {}
 def status(url, headers):
     try:
         return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10).status
     except urllib.error.HTTPError as e:
         return e.code
+    except OSError as e:  # nothing listens there (HAProxy has no HTTP API)
+        return type(getattr(e, "reason", e)).__name__
 for path in ("/api/routes", "/api/http/routers"):  # configurable-http-proxy's, Traefik's
     found[path] = [status(api + path, {}), status(api + path, {"Authorization": "token " + token})]
-for name, path, mode in (("secret", secret, "r"), ("routes", routes, "a")):
+for path in files:
     try:
-        open(path, mode).close()
-        found[name] = "opened"
+        if path.endswith(".sock"):
+            socket.socket(socket.AF_UNIX).connect(path)
+        else:
+            open(path, "a").close()
+        found[path] = "opened"
     except OSError as e:
-        found[name] = type(e).__name__
+        found[path] = type(e).__name__
 print(json.dumps(found))
 """
+
+# what alice's code may not open in run/, of each proxy: its routes, its configuration, its API,
+# and a new file (run/ is not hers to write)
+PRIVATE = {"haproxy": ["haproxy.sock", "haproxy-routes.map", "haproxy.cfg", "made-by-alice"],
+           "traefik": ["traefik-routes.toml", "made-by-alice"], "chp": ["made-by-alice"]}
 
 
 def routes_work(p, token: str) -> None:
@@ -56,12 +68,11 @@ def routes_work(p, token: str) -> None:
     assert r.status_code == 200 and r.content == b"kept", r.text
 
 
-@pytest.mark.parametrize("proxy", ["traefik", "chp"])
+@pytest.mark.parametrize("proxy", ["haproxy", "traefik", "chp"])
 def test_each_proxy_carries_the_routes_through_a_routes_check_and_a_hub_restart(make_platform, proxy):
     p = make_platform(command=up_with(proxy)).start()
     [pid] = proxies_of(p.data_dir)
-    assert (b"traefik" if proxy == "traefik" else b"configurable-http-proxy") in \
-        open(f"/proc/{pid}/cmdline", "rb").read()
+    assert {"chp": b"configurable-http-proxy"}.get(proxy, proxy.encode()) in open(f"/proc/{pid}/cmdline", "rb").read()
     assert int((p.data_dir / "run" / "proxy.pid").read_text()) == pid
     p.create_user("alice")
     p.start_server("alice")
@@ -72,16 +83,18 @@ def test_each_proxy_carries_the_routes_through_a_routes_check_and_a_hub_restart(
 
     # her own code reaches the proxy's API on loopback, but neither reads nor changes routes
     api = f"http://127.0.0.1:{json.loads((p.data_dir / 'run' / 'ports.json').read_text())['proxy_api']}"
-    routes = p.data_dir / "run" / "traefik-routes.toml"
+    private = [str(p.data_dir / "secrets" / "proxy-auth-token")] + [str(p.data_dir / "run" / f) for f in PRIVATE[proxy]]
     account = p.account("alice")
-    done = subprocess.run([sys.executable, "-c", AS_ALICE, api, str(p.data_dir / "secrets" / "proxy-auth-token"),
-                           str(routes), token], capture_output=True, text=True, timeout=60, user=account.pw_uid,
-                          group=account.pw_gid, extra_groups=[], env={"PATH": "/usr/bin:/bin"})
+    done = subprocess.run([sys.executable, "-c", AS_ALICE, api, token, *private], capture_output=True, text=True,
+                          timeout=60, user=account.pw_uid, group=account.pw_gid, extra_groups=[],
+                          env={"PATH": "/usr/bin:/bin"})
     found = json.loads(done.stdout or done.stderr)
-    own = "/api/http/routers" if proxy == "traefik" else "/api/routes"  # its routes, as its API lists them
-    assert set(found[own]) <= {401, 403}, found
-    assert found["secret"] == "PermissionError", found
-    assert found["routes"] == "PermissionError", found  # Traefik's, or (chp) a new file in run/
+    own = {"traefik": "/api/http/routers", "chp": "/api/routes"}.get(proxy)  # its routes, as its API lists them
+    if own:
+        assert set(found[own]) <= {401, 403}, found
+    else:  # HAProxy's only API is its socket
+        assert found["/api/routes"] == found["/api/http/routers"] == ["ConnectionRefusedError"] * 2, found
+    assert all(found[path] == "PermissionError" for path in private), found
 
     # the hub's check deletes routes it does not know: the WebDAV routes stay
     assert p.api("POST", "/hub/api/proxy").status_code == 200
@@ -116,5 +129,5 @@ def test_an_unknown_proxy_is_refused_before_anything_is_written(tmp_path):
     env = {**os.environ, "SKERRY_PROXY": "nginx"}
     done = subprocess.run([sys.executable, "-m", "skerry", "up", "--data-dir", str(data), "--port",
                            str(free_port())], capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode != 0 and "$SKERRY_PROXY='nginx': it must be traefik or chp" in done.stderr
+    assert done.returncode != 0 and "$SKERRY_PROXY='nginx': it must be haproxy, traefik or chp" in done.stderr
     assert not data.exists()

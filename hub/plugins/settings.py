@@ -16,6 +16,7 @@ import bcrypt
 
 from skerry import config
 from skerry.datadir import DataDir
+from skerry.haproxy import chosen_proxy, find_haproxy
 from skerry.localfiles import write_private
 from skerry.tls import trust_bundle
 from skerry.hub.plugins.admin_pages import TEMPLATES as PAGE_TEMPLATES
@@ -54,7 +55,15 @@ def configure(c) -> None:
         c.SkerrySpawner.trust_file = str(data.trust_file)
 
     proxy_api = f"http://127.0.0.1:{ports['proxy_api']}"
-    if config.PROXY.get() == "traefik":
+    proxy = chosen_proxy()
+    if proxy == "haproxy":
+        c.JupyterHub.proxy_class = "skerry-haproxy"
+        c.SkerryHAProxy.command = find_haproxy() or "haproxy"
+        c.SkerryHAProxy.config_file = str(data.run / "haproxy.cfg")
+        c.SkerryHAProxy.socket_file = str(data.run / "haproxy.sock")
+        c.SkerryHAProxy.routes_file = str(data.run / "haproxy-routes.map")
+        c.SkerryHAProxy.pid_file = str(data.run / "proxy.pid")
+    elif proxy == "traefik":
         c.JupyterHub.proxy_class = "skerry-traefik"
         c.TraefikProxy.traefik_api_url = proxy_api
         c.TraefikProxy.traefik_api_username = "skerry"
