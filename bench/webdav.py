@@ -2,7 +2,7 @@
 
     python bench/webdav.py [--size-mib 1024] [--runs 3] [--files 10000] [--small 2000]
 
-Starts a real platform (``skerry up``, its default proxy) with alice's server and, on
+Starts a real platform (``skerry up``, its default proxy: HAProxy) with alice's server and, on
 alice's home folder, ``rclone serve webdav`` and nginx (its DAV modules; ``apt-get
 install nginx-light libnginx-mod-http-dav-ext``). curl is the one client. Each workload
 runs ``--runs`` times, the servers interleaved in each run; figures are medians:
@@ -13,13 +13,14 @@ runs ``--runs`` times, the servers interleaved in each run; figures are medians:
 - server-side COPY of 100 x 1 MB files, one after another;
 
 on five servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
-own port, rclone and nginx on theirs, and rclone behind a Traefik configured as the
+own port, rclone and nginx on theirs, and rclone behind an HAProxy configured as the
 platform's. Beside the small files: each server's CPU per request, from ``/proc`` (behind
 a proxy: the server's and the proxy's).
 
-Then the proxy's own figures: the same 1 GiB GET and 10 KB GETs to nginx through a
-Traefik configured as the platform configures its own (its static configuration, a
-route to nginx) and through configurable-http-proxy, against nginx alone.
+Then the proxy's own figures: the same 1 GiB GET and 10 KB GETs to nginx through an
+HAProxy configured as the platform configures its own (its configuration, a route to
+nginx), through Traefik (as ``--proxy traefik`` sets its entrypoint) and through
+configurable-http-proxy, against nginx alone.
 
 Ratios are skerry through the hub over rclone on its own port (what a user would run
 instead), the issue's targets printed beside them; then skerry through the hub over
@@ -36,11 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import httpx
 
+from skerry.haproxy import find_haproxy
 from skerry.nodeproxy import find_proxy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -72,7 +73,7 @@ http {{
 """
 
 SMALL = 10 * 1000
-BEHIND = "rclone behind Traefik"
+BEHIND = "rclone behind HAProxy"
 CONNECTIONS = 8
 COPIES, COPY_SIZE = 100, 1000 * 1000
 
@@ -137,24 +138,41 @@ def rclone(home: Path) -> Server:
                  ["rclone", "serve", "webdav", "--addr", f"127.0.0.1:{port}", str(home)])
 
 
-def traefik_like_the_platform(platform: Platform, target: str, workdir: Path, name: str = "traefik") -> Server:
-    """A Traefik with the platform's own static configuration (its entrypoint's settings),
-    on a port of its own, with one route: everything to ``target``."""
-    static = tomllib.loads((platform.data_dir / "run" / "traefik.toml").read_text())
+def haproxy_like_the_platform(platform: Platform, target: str, workdir: Path, name: str = "haproxy") -> Server:
+    """An HAProxy with the platform's own configuration, on a port of its own, with one
+    route: everything to ``target``."""
+    run = platform.data_dir / "run"
     port = free_port()
-    workdir = workdir / name.replace(" ", "-")  # its own files: another Traefik watches its own
+    workdir = workdir / name.replace(" ", "-")  # its own files: its own map and socket
+    workdir.mkdir()
+    routes = workdir / "routes.map"
+    routes.write_text(f"/ {target.removeprefix('http://')}\n")
+    lines = []
+    for line in (run / "haproxy.cfg").read_text().splitlines():
+        if line.strip().startswith("bind "):
+            line = f"    bind 127.0.0.1:{port}"
+        lines.append(line.replace(str(run / "haproxy-routes.map"), str(routes))
+                     .replace(str(run / "haproxy.sock"), str(workdir / "haproxy.sock")))
+    conf = workdir / "haproxy.cfg"
+    conf.write_text("\n".join(lines) + "\n")
+    return start(Server(name, f"http://127.0.0.1:{port}"), [find_haproxy(), "-db", "-f", str(conf)])
+
+
+def traefik(target: str, workdir: Path) -> Server:
+    """Traefik with one route, everything to ``target``, configured as ``skerry up --proxy
+    traefik`` configures its entrypoint (paths passed as sent)."""
+    port = free_port()
+    workdir = workdir / "traefik"
     workdir.mkdir()
     routes = workdir / "traefik-routes.yaml"
     routes.write_text(json.dumps({"http": {
         "routers": {"all": {"rule": "PathPrefix(`/`)", "service": "target", "entryPoints": ["public"]}},
         "services": {"target": {"loadBalancer": {"servers": [{"url": target}]}}}}}))  # JSON is YAML
-    static["entryPoints"] = {"public": {**static["entryPoints"]["public"], "address": f"127.0.0.1:{port}"}}
-    static.pop("api", None)
-    static["providers"] = {"file": {"filename": str(routes)}}
-    static["log"] = {"level": "ERROR"}
     conf = workdir / "traefik.yaml"
-    conf.write_text(json.dumps(static))
-    return start(Server(name, f"http://127.0.0.1:{port}"), ["traefik", "--configfile", str(conf)])
+    conf.write_text(json.dumps({"entryPoints": {"public": {"address": f"127.0.0.1:{port}",
+                                                           "http": {"sanitizePath": False}}},
+                                "providers": {"file": {"filename": str(routes)}}, "log": {"level": "ERROR"}}))
+    return start(Server("traefik", f"http://127.0.0.1:{port}"), ["traefik", "--configfile", str(conf)])
 
 
 def chp(target: str) -> Server:
@@ -310,12 +328,14 @@ def report(servers, figures, cpu, args):
 
 
 def proxy_figures(platform, nginx_server: Server, source: Path, sources: list[Path], workdir: Path, args):
-    """1 GiB GET and 10 KB GETs to nginx: through Traefik as the platform runs it, through
-    configurable-http-proxy, and direct."""
-    names = {"traefik": "Traefik (the platform's)", "chp": "configurable-http-proxy", "nginx": "nginx alone"}
+    """1 GiB GET and 10 KB GETs to nginx: through HAProxy as the platform runs it, through
+    Traefik and configurable-http-proxy, and direct."""
+    names = {"haproxy": "HAProxy (the platform's)", "traefik": "Traefik", "chp": "configurable-http-proxy",
+             "nginx": "nginx alone"}
     proxies = []  # each stopped below, even when a later one fails to start
     try:
-        proxies.append(traefik_like_the_platform(platform, nginx_server.url, workdir))
+        proxies.append(haproxy_like_the_platform(platform, nginx_server.url, workdir))
+        proxies.append(traefik(nginx_server.url, workdir))
         proxies.append(chp(nginx_server.url))
         ways = [*proxies, nginx_server]
         size = source.stat().st_size
@@ -350,7 +370,9 @@ def main():
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="bench-webdav-"))
-    platform = Platform(base / "data", command=[sys.executable, "-m", "skerry", "up"]).start()
+    if not find_haproxy():
+        raise SystemExit("HAProxy is not installed (apt-get install haproxy): the bench measures the platform on it")
+    platform = Platform(base / "data", command=[sys.executable, "-m", "skerry", "up", "--proxy", "haproxy"]).start()
     others = []
     try:
         platform.create_user("alice")
@@ -363,8 +385,8 @@ def main():
 
         others.append(rclone(home))  # each stopped below, even when the next fails to start
         others.append(nginx(home, base))
-        # rclone behind a Traefik configured as the platform's: what the hub's proxy costs rclone
-        others.append(traefik_like_the_platform(platform, others[0].url, base, BEHIND))
+        # rclone behind an HAProxy configured as the platform's: what the hub's proxy costs rclone
+        others.append(haproxy_like_the_platform(platform, others[0].url, base, BEHIND))
         endpoint = lambda: pids_of(f"SKERRY_DAV_PORT={dav_port}", environ=True)  # noqa: E731
         proxy = lambda: {int((platform.data_dir / "run" / "proxy.pid").read_text())}  # noqa: E731
         servers = [Server("skerry through the hub", f"{platform.url}/dav/alice/home", f"alice:{token}"),
@@ -373,7 +395,6 @@ def main():
         cpu_of = {servers[0].name: lambda: endpoint() | proxy(), servers[1].name: endpoint,
                   "rclone": others[0].pids, "nginx": others[1].pids,
                   BEHIND: lambda: others[2].pids() | others[0].pids()}
-        print(f"platform proxy: {platform.data_dir / 'run' / 'traefik.toml'}", file=sys.stderr)
         figures, cpu = measure(servers, cpu_of, source, sources, args)
         report(servers, figures, cpu, args)
         proxy_figures(platform, others[1], source, sources, base, args)
