@@ -1,6 +1,6 @@
 """``skerry up --proxy``: HAProxy, Traefik and configurable-http-proxy each carry the hub's
 routes and the WebDAV routes, keep them through the hub's routes check and a hub killed and
-started again, and leave nothing when the platform stops; a user's own code reaches Traefik's
+started again (HAProxy killed too), and leave nothing when the platform stops; a user's own code reaches Traefik's
 and chp's API on loopback but can neither list nor change routes (nor read its secret or its
 route file), and cannot open HAProxy's runtime API (a Unix socket) or its files; a proxy
 skerry does not know is refused before anything is written. (The rest of the suite runs on
@@ -19,8 +19,10 @@ import httpx
 import pytest
 
 from helpers import free_port, proxies_of, wait_for
-
-pytestmark = pytest.mark.platform
+from skerry import platform as platform_module
+from skerry.errors import SetupError
+from skerry.haproxy import find_haproxy
+from skerry.platform import Options
 
 
 def up_with(proxy: str) -> list[str]:
@@ -60,6 +62,14 @@ PRIVATE = {"haproxy": ["haproxy.sock", "haproxy-routes.map", "haproxy.cfg", "mad
            "traefik": ["traefik-routes.toml", "made-by-alice"], "chp": ["made-by-alice"]}
 
 
+def status_of(url: str, auth) -> int | None:
+    """The status a GET answers, or None where nothing answers (a proxy not listening yet)."""
+    try:
+        return httpx.get(url, auth=auth, timeout=30).status_code
+    except httpx.TransportError:
+        return None
+
+
 def routes_work(p, token: str) -> None:
     """alice's Jupyter server and WebDAV endpoint answer her through the proxy."""
     r = httpx.get(f"{p.url}/user/alice/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
@@ -68,6 +78,7 @@ def routes_work(p, token: str) -> None:
     assert r.status_code == 200 and r.content == b"kept", r.text
 
 
+@pytest.mark.platform
 @pytest.mark.parametrize("proxy", ["haproxy", "traefik", "chp"])
 def test_each_proxy_carries_the_routes_through_a_routes_check_and_a_hub_restart(make_platform, proxy):
     p = make_platform(command=up_with(proxy)).start()
@@ -101,6 +112,14 @@ def test_each_proxy_carries_the_routes_through_a_routes_check_and_a_hub_restart(
     assert "/dav/alice/" in p.api("GET", "/hub/api/proxy").json()
     routes_work(p, token)
 
+    if proxy == "haproxy":  # killed, it is started again within seconds, with every route
+        os.kill(pid, signal.SIGKILL)
+        [pid] = wait_for(lambda: proxies_of(p.data_dir) - {pid}, timeout=30, what="HAProxy started again")
+        wait_for(lambda: status_of(f"{p.url}/dav/alice/home/kept.txt", ("alice", token)) == 200, timeout=30,
+                 what="alice's routes through the new HAProxy")
+        routes_work(p, token)
+        assert "/dav/" in p.api("GET", "/hub/api/proxy").json()  # the extra route too
+
     # a stopped server's WebDAV route goes; its prefix answers 503 with a sentence
     p.stop_server("alice")
     r = httpx.request("PROPFIND", f"{p.url}/dav/alice/", auth=("alice", token), headers={"Depth": "0"}, timeout=30)
@@ -131,3 +150,29 @@ def test_an_unknown_proxy_is_refused_before_anything_is_written(tmp_path):
                            str(free_port())], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode != 0 and "$SKERRY_PROXY='nginx': it must be haproxy, traefik or chp" in done.stderr
     assert not data.exists()
+
+
+
+def test_without_haproxy_up_says_so_and_runs_traefik_unless_haproxy_was_asked_for(monkeypatch, capsys):
+    # the one stand-in: a machine without HAProxy (this one has it, in /usr/sbin, which
+    # find_haproxy searches whatever PATH says)
+    monkeypatch.setattr(platform_module, "find_haproxy", lambda: None)
+    monkeypatch.delenv("SKERRY_PROXY", raising=False)
+    opts = Options()
+    opts.validate()
+    assert opts.proxy == "traefik"
+    assert "HAProxy" in (said := capsys.readouterr().err) and "apt-get install haproxy" in said, said
+    asked = r"needs HAProxy 2\.4 or newer \(apt-get install haproxy\), or --proxy traefik"
+    with pytest.raises(SetupError, match=asked):
+        Options(proxy="haproxy").validate()
+    monkeypatch.setenv("SKERRY_PROXY", "haproxy")
+    with pytest.raises(SetupError, match="needs HAProxy"):
+        Options().validate()
+
+
+def test_with_haproxy_it_is_the_default():
+    if not find_haproxy():
+        pytest.skip("HAProxy is not installed (apt-get install haproxy)")
+    opts = Options()
+    opts.validate()
+    assert opts.proxy == "haproxy"

@@ -112,7 +112,7 @@ def test_hub_failing_after_its_proxy_started_leaves_nothing(tmp_path):
     assert "skerry: the hub exited with status" in done.stderr
     assert "Service skerry exited" in done.stderr, done.stderr  # the reason, from hub.log
     log = (data.run / "hub.log").read_text()
-    assert "[ConfigProxy]" in log or "Traefik (pid" in log  # the proxy had started
+    assert any(line in log for line in ("[ConfigProxy]", "Traefik (pid", "HAProxy (pid"))  # the proxy had started
     assert leftovers == set()
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as skerry up checks it

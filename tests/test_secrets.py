@@ -24,7 +24,8 @@ def test_no_secret_in_arguments_logs_or_answers(platform, alice):
     secrets_dir = platform.data_dir / "secrets"
     secrets = {f.name: f.read_bytes().strip().decode(errors="replace")
                for f in secrets_dir.iterdir() if f.is_file()}
-    assert {"admin-api-token", "admin-password", "proxy-auth-token"} <= set(secrets)
+    # (the default proxy, HAProxy, has no secret: its only API is a socket only root opens)
+    assert {"admin-api-token", "admin-password"} <= set(secrets)
     secrets["alice-token"] = alice
     # use every secret once, so that a log line could have caught it
     answers = [

@@ -5,7 +5,8 @@ HAProxy is one process (2 threads) the hub starts with a configuration it writes
 address, changed through HAProxy's runtime API (a Unix socket only root opens): a route
 added or deleted is in effect when the call returns, and no reload ever cuts a transfer or
 a kernel's WebSocket. A request goes to the route whose prefix is the longest that begins
-its path (the map is a prefix tree); paths reach the servers as sent, as behind the other
+its path with a ``/`` added (the map is a prefix tree: ``/dav/alice`` goes to ``/dav/alice/``
+as with configurable-http-proxy, ``/dav/alicex`` does not); paths reach the servers as sent, as behind the other
 proxies (each server refuses what a path may not reach). A response body is moved by the
 kernel (``splice``), not copied through HAProxy.
 
@@ -15,7 +16,8 @@ Rules:
   an ``https://`` target or a route with a host is refused with a sentence;
 - the table lives in this process and in HAProxy: HAProxy starts with the hub and stops
   with it (``skerry up`` stops one a killed hub left, by ``pid_file``), and the hub adds
-  every route again at its start;
+  every route again at its start; an HAProxy that dies is started again within
+  ``watch_interval`` seconds, with every route (the hub's routes check);
 - with ``ssl_cert`` and ``ssl_key`` it serves HTTPS only: HAProxy reads the two as one file
   (``run/haproxy.pem``, 0600, removed at stop);
 - the ``X-Forwarded-*`` headers a client sends are replaced by what HAProxy saw.
@@ -30,6 +32,7 @@ from urllib.parse import urlsplit
 
 from jupyterhub.proxy import Proxy
 from jupyterhub.utils import exponential_backoff
+from tornado.ioloop import PeriodicCallback
 from traitlets import Integer, Unicode
 
 from skerry.localfiles import write_private
@@ -61,7 +64,7 @@ frontend public
     http-request set-header X-Forwarded-Proto http unless {{ ssl_fc }}
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-var(txn.to) path,map_beg({routes})
+    http-request set-var(txn.to) path,concat(/),map_beg({routes})
     http-request return status 503 content-type text/plain string "no route" unless {{ var(txn.to) -m found }}
     default_backend routes
 backend routes
@@ -80,11 +83,13 @@ class SkerryHAProxy(DavRoutes, Proxy):
     routes_file = Unicode(config=True, help="the routes map it starts with (empty: the hub adds every route)")
     pid_file = Unicode("", config=True, help="where the running HAProxy's pid is written")
     threads = Integer(2, config=True, help="HAProxy's threads")
+    watch_interval = Integer(5, config=True, help="seconds between checks that HAProxy still runs")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.routes = {}  # routespec -> {"routespec", "target", "data"}, as the hub asks for it
         self.process = None
+        self._watch = None  # calls check_running every watch_interval seconds
         self._lock = asyncio.Lock()  # one change of the map at a time: add or set follows the table
 
     def _bind(self) -> str:
@@ -121,9 +126,15 @@ class SkerryHAProxy(DavRoutes, Proxy):
                 return False
 
         await exponential_backoff(answers, "HAProxy's runtime API did not answer", timeout=30)
+        if self._watch is None:
+            self._watch = PeriodicCallback(self.check_running, 1000 * self.watch_interval)
+            self._watch.start()
         self.log.info("HAProxy (pid %s) is the proxy, at %s", self.process.pid, self.public_url)
 
     async def stop(self):
+        if self._watch is not None:  # first: a stopped HAProxy is not one to start again
+            self._watch.stop()
+            self._watch = None
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -138,12 +149,12 @@ class SkerryHAProxy(DavRoutes, Proxy):
 
     async def check_running(self):
         """Start HAProxy again, with every route, if it has died."""
-        if self.process and self.process.poll() is None:
+        if self.process is None or self.process.poll() is None:
             return
-        self.log.error("HAProxy stopped (exit %s): starting it again", self.process and self.process.returncode)
+        self.log.error("HAProxy stopped (exit %s): starting it again", self.process.returncode)
         self.routes.clear()
         await self.start()
-        await self.restore_routes()
+        await self.check_routes(self.app.users, self.app._service_map)
 
     async def _api(self, command: str) -> str:
         """One command of HAProxy's runtime API; its answer (empty where it did what was asked)."""

@@ -1,6 +1,7 @@
 """The platform's proxies, also routing ``/dav/<name>/``: ``SkerryTraefikProxy`` (Traefik,
 through jupyterhub-traefik-proxy's file provider) and ``SkerryProxy`` (JupyterHub's
-configurable-http-proxy); ``skerry up --proxy`` chooses.
+configurable-http-proxy), and ``DavRoutes``, the WebDAV routes any of them carries (HAProxy's
+class, ``hub.plugins.haproxy``, too); ``skerry up --proxy`` chooses.
 
 A user server's route (``/user/<name>/``) and its WebDAV route (``/dav/<name>/``)
 enter and leave the routing table together: ``add_user``/``delete_user`` manage
