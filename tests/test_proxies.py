@@ -71,11 +71,17 @@ def status_of(url: str, auth) -> int | None:
 
 
 def routes_work(p, token: str) -> None:
-    """alice's Jupyter server and WebDAV endpoint answer her through the proxy."""
-    r = httpx.get(f"{p.url}/user/alice/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
-    assert r.status_code == 200, r.text
-    r = httpx.get(f"{p.url}/dav/alice/home/kept.txt", auth=("alice", token), timeout=30)
-    assert r.status_code == 200 and r.content == b"kept", r.text
+    """alice's Jupyter server and WebDAV endpoint and the hub answer her through the proxy,
+    each request on one kept-alive connection reaching its own server (a proxy reusing its
+    connections to servers must not send one server's request to another)."""
+    with httpx.Client(timeout=30) as client:
+        for _ in range(5):
+            r = client.get(f"{p.url}/user/alice/api/status", headers={"Authorization": f"token {token}"})
+            assert r.status_code == 200 and "kernels" in r.json(), r.text
+            r = client.get(f"{p.url}/dav/alice/home/kept.txt", auth=("alice", token))
+            assert r.status_code == 200 and r.content == b"kept", r.text
+            r = client.get(f"{p.url}/hub/api/", headers={"Authorization": f"token {token}"})
+            assert r.status_code == 200 and "version" in r.json(), r.text
 
 
 @pytest.mark.platform

@@ -1,19 +1,18 @@
 """``SkerryHAProxy``: HAProxy as the hub's proxy, with the WebDAV routes (``DavRoutes``).
 
 HAProxy is one process (2 threads) the hub starts with a configuration it writes to
-``config_file``. The routing table is a map from a route's prefix to the server's
-address, changed through HAProxy's runtime API (a Unix socket only root opens): a route
-added or deleted is in effect when the call returns, and no reload ever cuts a transfer or
-a kernel's WebSocket. A request goes to the route whose prefix is the longest that begins
-its path with a ``/`` added (the map is a prefix tree: ``/dav/alice`` goes to ``/dav/alice/``
-as with configurable-http-proxy, ``/dav/alicex`` does not); paths reach the servers as sent, as behind the other
-proxies (each server refuses what a path may not reach). A response body is moved by the
-kernel (``splice``), not copied through HAProxy.
+``config_file``. The routing table is a map from a route's prefix to the server's address,
+changed through HAProxy's runtime API (a Unix socket only root opens): a route added or
+deleted is in effect when the call returns, and no reload ever cuts a transfer or a
+kernel's WebSocket. A request goes to the route with the longest prefix of its path with a
+``/`` added (the map is a prefix tree: ``/dav/alice`` goes to ``/dav/alice/``, as with
+configurable-http-proxy, and ``/dav/alicex`` does not). Paths reach the servers as sent, as
+behind the other proxies (each server refuses what a path may not reach). A body is moved
+from socket to socket by the kernel (``splice``), not copied through HAProxy.
 
 Rules:
 - a target is ``http://<address>:<port>``, IPv4, no path (a name is resolved when the route
-  is added);
-  an ``https://`` target or a route with a host is refused with a sentence;
+  is added); an ``https://`` target or a route with a host is refused with a sentence;
 - the table lives in this process and in HAProxy: HAProxy starts with the hub and stops
   with it (``skerry up`` stops one a killed hub left, by ``pid_file``), and the hub adds
   every route again at its start; an HAProxy that dies is started again within
