@@ -151,8 +151,9 @@ def haproxy_like_the_platform(platform: Platform, target: str, workdir: Path, na
     for line in (run / "haproxy.cfg").read_text().splitlines():
         if line.strip().startswith("bind "):
             line = f"    bind 127.0.0.1:{port}"
-        lines.append(line.replace(str(run / "haproxy-routes.map"), str(routes))
-                     .replace(str(run / "haproxy.sock"), str(workdir / "haproxy.sock")))
+        elif line.strip().startswith("stats socket "):
+            line = f"    stats socket {workdir / 'haproxy.sock'} mode 600 level admin"
+        lines.append(line.replace(str(run / "haproxy-routes.map"), str(routes)))
     conf = workdir / "haproxy.cfg"
     conf.write_text("\n".join(lines) + "\n")
     return start(Server(name, f"http://127.0.0.1:{port}"), [find_haproxy(), "-db", "-f", str(conf)])

@@ -28,9 +28,9 @@ from . import config
 from .accounts import AccountPolicy
 from .datadir import DataDir
 from .errors import ConfigError, SetupError
+from .haproxy import MIN_VERSION, find_haproxy
 from .identity import decide
 from .logtail import error_lines
-from .haproxy import MIN_VERSION, find_haproxy
 from .nodeproxy import find_proxy
 from .process import die_with_parent, is_running, start_time
 from .tls import check_pair, probe_context

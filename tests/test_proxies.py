@@ -22,6 +22,7 @@ from helpers import free_port, proxies_of, wait_for
 from skerry import platform as platform_module
 from skerry.errors import SetupError
 from skerry.haproxy import find_haproxy
+from skerry.hub.plugins.haproxy import SkerryHAProxy
 from skerry.platform import Options
 
 
@@ -182,3 +183,14 @@ def test_with_haproxy_it_is_the_default():
     opts = Options()
     opts.validate()
     assert opts.proxy == "haproxy"
+
+
+def test_a_socket_path_too_long_for_unix_moves_to_a_folder_only_root_enters(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    proxy = SkerryHAProxy(socket_file=str(deep / "haproxy.sock"))
+    assert proxy.api_socket == proxy.api_socket  # one folder, kept
+    folder = os.path.dirname(proxy.api_socket)
+    assert len(proxy.api_socket) <= 100 and os.stat(folder).st_mode & 0o777 == 0o700
+    short = SkerryHAProxy(socket_file=str(tmp_path / "haproxy.sock"))
+    assert short.api_socket == str(tmp_path / "haproxy.sock")
+    os.rmdir(folder)

@@ -25,8 +25,10 @@ Rules:
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 from urllib.parse import urlsplit
 
 from jupyterhub.proxy import Proxy
@@ -36,6 +38,8 @@ from traitlets import Integer, Unicode
 
 from skerry.localfiles import write_private
 from skerry.hub.plugins.proxy import DavRoutes
+
+SOCKET_PATH_MAX = 100  # a Unix socket's path holds at most 107 bytes
 
 # splice-response/-request: a body goes from socket to socket through a kernel pipe (a GiB from
 # the WebDAV endpoint: 1.0-1.3 GB/s with splice-auto, which splices only what it judges
@@ -78,7 +82,7 @@ class SkerryHAProxy(DavRoutes, Proxy):
 
     command = Unicode("haproxy", config=True, help="the HAProxy program")
     config_file = Unicode(config=True, help="where its configuration is written")
-    socket_file = Unicode(config=True, help="its runtime API's socket (0600)")
+    socket_file = Unicode(config=True, help="its runtime API's socket (0600; see api_socket)")
     routes_file = Unicode(config=True, help="the routes map it starts with (empty: the hub adds every route)")
     pid_file = Unicode("", config=True, help="where the running HAProxy's pid is written")
     threads = Integer(2, config=True, help="HAProxy's threads")
@@ -89,6 +93,7 @@ class SkerryHAProxy(DavRoutes, Proxy):
         self.routes = {}  # routespec -> {"routespec", "target", "data"}, as the hub asks for it
         self.process = None
         self._watch = None  # calls check_running every watch_interval seconds
+        self._private_dir = None  # where the socket is when socket_file's path is too long
         self._lock = asyncio.Lock()  # one change of the map at a time: add or set follows the table
 
     def _bind(self) -> str:
@@ -102,15 +107,25 @@ class SkerryHAProxy(DavRoutes, Proxy):
             write_private(pem, cert.read().rstrip("\n") + "\n" + key.read())
         return f"{address} ssl crt {pem} alpn http/1.1"
 
+    @property
+    def api_socket(self) -> str:
+        """``socket_file``, or, where its path is too long for a Unix socket (a data dir deep
+        in folders), ``api.sock`` in a folder of the system's temporary folder only root enters."""
+        if len(os.fsencode(self.socket_file)) <= SOCKET_PATH_MAX:
+            return self.socket_file
+        if self._private_dir is None:
+            self._private_dir = tempfile.mkdtemp(prefix="skerry-haproxy-")  # 0700
+        return os.path.join(self._private_dir, "api.sock")
+
     def _pem_file(self) -> str:
         return os.path.join(os.path.dirname(self.config_file), "haproxy.pem")
 
     async def start(self):
         write_private(self.routes_file, "")
-        write_private(self.config_file, CONFIG.format(threads=self.threads, socket=self.socket_file,
+        write_private(self.config_file, CONFIG.format(threads=self.threads, socket=self.api_socket,
                                                       bind=self._bind(), routes=self.routes_file))
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_file)  # a killed HAProxy's: the new one's replaces it
+            os.unlink(self.api_socket)  # a killed HAProxy's: the new one's replaces it
         self.process = subprocess.Popen([self.command, "-db", "-f", self.config_file], stdin=subprocess.DEVNULL)
         if self.pid_file:
             write_private(self.pid_file, str(self.process.pid))
@@ -141,10 +156,13 @@ class SkerryHAProxy(DavRoutes, Proxy):
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait)
-        for path in (self.pid_file, self._pem_file(), self.socket_file):
+        for path in (self.pid_file, self._pem_file(), self.api_socket):
             with contextlib.suppress(FileNotFoundError):
                 if path:
                     os.unlink(path)
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
 
     async def check_running(self):
         """Start HAProxy again, with every route, if it has died."""
@@ -157,7 +175,7 @@ class SkerryHAProxy(DavRoutes, Proxy):
 
     async def _api(self, command: str) -> str:
         """One command of HAProxy's runtime API; its answer (empty where it did what was asked)."""
-        reader, writer = await asyncio.open_unix_connection(self.socket_file)
+        reader, writer = await asyncio.open_unix_connection(self.api_socket)
         try:
             writer.write(command.encode() + b"\n")
             await writer.drain()
