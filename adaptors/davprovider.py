@@ -25,6 +25,7 @@ Rules:
 import contextlib
 import functools
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 import threading
@@ -71,13 +72,19 @@ def _timestamp(info: dict) -> float | None:
     return None
 
 
-def etag_of(info: dict) -> str:
-    """A file's ETag, unquoted: the backend's own, else a digest of its size, time and name."""
+def etag_of(info: dict, ts: float | None = None) -> str:
+    """A file's ETag, unquoted: the backend's own, else its size and modification time in
+    hex (microseconds), else a digest of its size and name. ``ts``: ``_timestamp(info)``,
+    where the caller has it."""
     etag = info.get("ETag") or info.get("etag")
     if etag:
         return str(etag).strip('"')
     # size and modification time change with the content on every other backend
-    return hashlib.md5(f"{info.get('size')}-{_timestamp(info)}-{info['name']}".encode()).hexdigest()
+    ts = _timestamp(info) if ts is None else ts
+    size = info.get("size") or 0
+    if ts is None:
+        return hashlib.md5(f"{size}-{info['name']}".encode()).hexdigest()
+    return f"{int(size):x}-{round(ts * 1_000_000):x}"
 
 
 class _CountingWriter:
@@ -429,6 +436,7 @@ _SUPPORTED_LOCK = "".join(
     f"<D:lockentry><D:lockscope><D:{scope}/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>"
     for scope in ("exclusive", "shared"))
 _HREF_SAFE = "/!*'(),$-_|."  # what wsgidav leaves unquoted in an href (Nautilus chokes on '%28')
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.~/!*'(),$|-]*\Z")  # what quote(name, safe=_HREF_SAFE) leaves as it is
 # the conditional request headers: an answer that depends on them is wsgidav's to give
 CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
               "HTTP_IF_UNMODIFIED_SINCE")
@@ -455,14 +463,35 @@ def _live_values(name: str, info: dict, folder: bool, mime_of, times) -> dict[st
     """XML of the live properties of one listed entry that have a value, by DAV: name."""
     ts = _timestamp(info)
     values = {"resourcetype": "<D:collection/>" if folder else "",
-              "displayname": escape(name), "lockdiscovery": "", "supportedlock": _SUPPORTED_LOCK}
+              "displayname": _xml(name), "lockdiscovery": "", "supportedlock": _SUPPORTED_LOCK}
     if ts is not None:
         values["creationdate"], values["getlastmodified"] = times(ts)
     if not folder:
         values["getcontentlength"] = str(info.get("size") or 0)
-        values["getcontenttype"] = escape(mime_of(name))
-        values["getetag"] = escape(etag_of(info))
+        values["getcontenttype"] = _xml(mime_of(name))
+        values["getetag"] = _xml(etag_of(info, ts))
     return values
+
+
+def _allprop(values: dict[str, str]) -> str:
+    """The ``<D:prop>`` content of an allprop answer: ``_ALLPROP`` in order, as
+    ``_live_values`` gives them (an empty value is an empty element; an absent one is left out)."""
+    return "".join([_element(n, values[n]) for n in _ALLPROP if n in values])
+
+
+def _element(name: str, value: str) -> str:
+    """``<D:name>value</D:name>``, or ``<D:name/>`` where the value is empty."""
+    return f"<D:{name}>{value}</D:{name}>" if value else f"<D:{name}/>"
+
+
+def _xml(text: str) -> str:
+    """``text`` escaped for XML content (most names need nothing: then it is ``text`` itself)."""
+    return escape(text) if "&" in text or "<" in text or ">" in text else text
+
+
+def _href(name: str) -> str:
+    """``name`` quoted for an href as wsgidav quotes it (most names need nothing)."""
+    return name if _PLAIN_NAME.match(name) else quote(name, safe=_HREF_SAFE)
 
 
 def _time_formats():
@@ -517,22 +546,23 @@ def propfind_listing(provider, environ, body: bytes) -> bytes | None:
     times = _time_formats()
     out = [f'<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus{declared}>']
     entries = [(href, folder.get_display_name(), folder.info, True)]
-    entries += [(href + quote(name, safe=_HREF_SAFE) + ("/" if info["type"] == "directory" else ""), name, info,
+    entries += [(href + _href(name) + ("/" if info["type"] == "directory" else ""), name, info,
                  info["type"] == "directory") for name, info in sorted(listing.items())]
+    allprop = wanted == ["allprop"]
     for entry_href, name, info, is_folder in entries:
         values = _live_values(name, info, is_folder, mime_of, times)
-        out.append(f"<D:response><D:href>{escape(entry_href)}</D:href>")
-        if wanted == ["allprop"]:
-            found = [f"<D:{n}>{values[n]}</D:{n}>" if values[n] else f"<D:{n}/>" for n in _ALLPROP if n in values]
-            missing = []
-        else:
-            found, missing = [], []
-            for tag in wanted:
-                name = tag[len("{DAV:}"):] if tag.startswith("{DAV:}") else None
-                if name in values:
-                    found.append(_prop_xml(tag, values[name], prefixes))
-                else:
-                    missing.append(_prop_xml(tag, "", prefixes))
+        if allprop:  # the usual question, written in one piece
+            out.append(f"<D:response><D:href>{_xml(entry_href)}</D:href><D:propstat><D:prop>{_allprop(values)}"
+                       "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
+            continue
+        out.append(f"<D:response><D:href>{_xml(entry_href)}</D:href>")
+        found, missing = [], []
+        for tag in wanted:
+            name = tag[len("{DAV:}"):] if tag.startswith("{DAV:}") else None
+            if name in values:
+                found.append(_prop_xml(tag, values[name], prefixes))
+            else:
+                missing.append(_prop_xml(tag, "", prefixes))
         for group, status in ((found, "200 OK"), (missing, "404 Not Found")):
             if group:
                 out.append(f"<D:propstat><D:prop>{''.join(group)}</D:prop>"
