@@ -1,10 +1,10 @@
 """``skerry up --proxy``: HAProxy, Traefik and configurable-http-proxy each carry the hub's
 routes and the WebDAV routes, keep them through the hub's routes check and a hub killed and
-started again (HAProxy killed too), and leave nothing when the platform stops; a user's own code reaches Traefik's
-and chp's API on loopback but can neither list nor change routes (nor read its secret or its
-route file), and cannot open HAProxy's runtime API (a Unix socket) or its files; a proxy
-skerry does not know is refused before anything is written. (The rest of the suite runs on
-the default proxy: HAProxy, which ``.ci/run`` installs.)
+started again (HAProxy killed too), and leave nothing when the platform stops; a user's own
+code reaches Traefik's and chp's API on loopback but can neither list nor change routes (nor
+read or change its secret or its route file), and cannot open HAProxy's runtime API (a Unix
+socket) or its files; a proxy skerry does not know is refused before anything is written.
+(The rest of the suite runs on the default proxy: HAProxy, which ``.ci/run`` installs.)
 
 Real platforms, real proxies, nothing mocked.
 """
@@ -30,10 +30,11 @@ def up_with(proxy: str) -> list[str]:
     return [sys.executable, "-m", "skerry", "up", "--proxy", proxy]
 
 
-# what alice's own code tries against the proxy's API (on loopback, so her code reaches it):
-# ``argv``: the API's address, the file of its secret, the proxy's route file, her token
+# what alice's own code tries against the proxy's API (on loopback, so her code reaches it)
+# and its files: ``argv``: the API's address, her token, then the files (a file that exists:
+# read it, or write to it; one that does not: make it; a socket: connect to it)
 AS_ALICE = r"""
-import json, socket, sys, urllib.request, urllib.error
+import json, os, socket, sys, urllib.request, urllib.error
 api, token, *files = sys.argv[1:]
 found = {}
 def status(url, headers):
@@ -46,14 +47,19 @@ def status(url, headers):
 for path in ("/api/routes", "/api/http/routers"):  # configurable-http-proxy's, Traefik's
     found[path] = [status(api + path, {}), status(api + path, {"Authorization": "token " + token})]
 for path in files:
-    try:
-        if path.endswith(".sock"):
-            socket.socket(socket.AF_UNIX).connect(path)
-        else:
-            open(path, "a").close()
-        found[path] = "opened"
-    except OSError as e:
-        found[path] = type(e).__name__
+    if path.endswith(".sock"):
+        tries = [lambda: socket.socket(socket.AF_UNIX).connect(path)]
+    else:  # read or change a file that is there; make one that is not
+        tries = [lambda mode=mode: open(path, mode).close() for mode in ("r", "a")[not os.path.exists(path):]]
+    refusals = set()
+    for attempt in tries:
+        try:
+            attempt()
+            refusals = {"opened"}
+            break
+        except OSError as e:
+            refusals.add(type(e).__name__)
+    found[path] = " ".join(sorted(refusals))
 print(json.dumps(found))
 """
 
@@ -159,7 +165,6 @@ def test_an_unknown_proxy_is_refused_before_anything_is_written(tmp_path):
     assert not data.exists()
 
 
-
 def test_without_haproxy_up_says_so_and_runs_traefik_unless_haproxy_was_asked_for(monkeypatch, capsys):
     # the one stand-in: a machine without HAProxy (this one has it, in /usr/sbin, which
     # find_haproxy searches whatever PATH says)
@@ -177,9 +182,10 @@ def test_without_haproxy_up_says_so_and_runs_traefik_unless_haproxy_was_asked_fo
         Options().validate()
 
 
-def test_with_haproxy_it_is_the_default():
+def test_with_haproxy_it_is_the_default(monkeypatch):
     if not find_haproxy():
         pytest.skip("HAProxy is not installed (apt-get install haproxy)")
+    monkeypatch.delenv("SKERRY_PROXY", raising=False)
     opts = Options()
     opts.validate()
     assert opts.proxy == "haproxy"
