@@ -367,3 +367,29 @@ def test_a_paged_task_whose_input_closes_mid_pass_is_whole_only_after_a_pass_fro
     assert len(jobs_of(cat, "sum")) == 16 and not planner.complete(task)
     planner.advance()  # a pass that began once it was closed
     assert planner.complete(task) and len(jobs_of(cat, "sum")) == 16
+
+
+def test_a_planner_taking_over_a_half_planned_task_plans_each_file_once(cat, monkeypatch):
+    """A restarted scheduler's planner knows nothing of the pages planned before: it reads
+    from the catalog which files the task's jobs hold, and plans the rest, each once."""
+    import skerry.workload.runs as runs
+
+    monkeypatch.setattr(runs, "PLAN_STEP", 10)
+    cat.add_workflow("one", {"name": "one", "steps": [
+        {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]})
+    files(cat, "raw", [f"a{i:02d}" for i in range(25)])
+    start_run(cat, "one", "raw")
+    first = Planner(cat)
+    first.advance()
+    first.advance()
+    assert len(jobs_of(cat, "sum")) == 20 and first.behind
+    files(cat, "raw", ["late"])  # above every file planned so far
+    cat.close_dataset("raw")
+    after = Planner(cat)  # the scheduler restarted
+    [task] = [t for t, _ in counts(cat)]
+    for _ in range(10):
+        after.advance()
+        if after.complete(task):
+            break
+    jobs = jobs_of(cat, "sum")
+    assert len(jobs) == 26 and len({f for [f] in jobs}) == 26  # every file in exactly one job

@@ -84,6 +84,8 @@ class File(Base):
     __tablename__ = "files"
     __table_args__ = (
         UniqueConstraint("dataset_id", "uri"),
+        # a dataset's files in id order (the planner's pages, listings) without a sort
+        Index("ix_files_dataset_id_id", "dataset_id", "id"),
         _one_of("state", FILE_STATES, "state"),
         CheckConstraint("size >= 0", name="size"),
     )

@@ -36,7 +36,11 @@ quota) is not created and is added to ``refused`` as ``{"workflow", "error", "me
   is done); a ``barrier`` step gets its jobs only when upstream is done (its task final,
   or the dataset no longer ``OPEN``): one per file for a single pin, all files (or chunks)
   in one job for a multiple pin;
-- every file goes to exactly one job of a task (files already in a job are skipped);
+- every file goes to exactly one job of a task (files already in a job are skipped; the
+  planner is the one writer of a run's jobs, so it keeps, per task, the largest file id
+  it has looked at, and files above it are not looked up among the task's jobs: a
+  100,000-file run's first pass looks up none, read from the catalog once per task after
+  a restart);
 - a task is *complete* (``complete(task)``: no job will be added) once upstream is done
   and every file it will take has a job; the scheduler derives the task's state with it;
 - a step of one file per job is planned ``PLAN_STEP`` files at a time, ``PLAN_FIRST``
@@ -231,6 +235,7 @@ class Planner:
         self._complete: set[int] = set()
         self._after: dict[int, int] = {}  # task -> the last file id a paged call looked at
         self._pass_done: dict[int, bool] = {}  # task -> whether its input was done when this pass began
+        self._high: dict[int, int] = {}  # task -> no file above this id is in one of its jobs
         self.behind = False  # the last advance left files for the next one
         self._seen: tuple = (0, None)  # (count, largest id) of the running runs at the last advance
 
@@ -282,6 +287,7 @@ class Planner:
                         changed.add(task.id)
                     if done and whole:
                         self._complete.add(task.id)
+                        self._high.pop(task.id, None)
                         changed.add(task.id)
                     self.behind |= more
         return changed
@@ -302,9 +308,12 @@ class Planner:
         after = self._after.pop(task.id, 0)
         if after == 0:  # a new pass
             self._pass_done[task.id] = done
-        taken = exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id, Job.task_id == task.id)
         query = select(File.id).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
-                                      File.id > after, ~taken).order_by(File.id)
+                                      File.id > after).order_by(File.id)
+        high = self._high_water(s, task.id)
+        if after < high:  # files this task may have taken lie ahead: each is looked up among its jobs
+            query = query.where(~exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id,
+                                                Job.task_id == task.id))
         if limit is not None:
             query = query.limit(limit)
         files = query
@@ -315,11 +324,22 @@ class Planner:
                                      pool=pool_of(step.module), resources=step.module.resources.model_dump(mode="json"))
         if pin.pattern is not None:  # a page counts the files looked at, those the pattern left out too
             seen, last = len(rows), rows[-1][0] if rows else None
+        if last is not None:
+            self._high[task.id] = max(high, last)
         more = limit is not None and seen == limit
         if more:
             self._after[task.id] = last
         whole = not more and self._pass_done.pop(task.id, False)
         return made, more, whole
+
+    def _high_water(self, s, task_id: int) -> int:
+        """The largest file id in a job of the task (0: none), from the catalog the first time."""
+        high = self._high.get(task_id)
+        if high is None:
+            high = s.execute(select(func.coalesce(func.max(JobInput.file_id), 0))
+                             .join(Job, Job.id == JobInput.job_id).where(Job.task_id == task_id)).scalar_one()
+            self._high[task_id] = high
+        return high
 
     def finish_runs(self) -> list[int]:
         """End the runs whose tasks are all final; the ids of those ended now."""
