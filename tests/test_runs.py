@@ -391,5 +391,6 @@ def test_a_planner_taking_over_a_half_planned_task_plans_each_file_once(cat, mon
         after.advance()
         if after.complete(task):
             break
-    jobs = jobs_of(cat, "sum")
-    assert len(jobs) == 26 and len({f for [f] in jobs}) == 26  # every file in exactly one job
+    jobs = [f for [f] in jobs_of(cat, "sum")]
+    assert len(jobs) == 26 and len(set(jobs)) == 26  # every file in exactly one job
+    assert jobs == sorted(jobs)  # the jobs' ids follow their files' order
