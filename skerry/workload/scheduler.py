@@ -38,9 +38,10 @@ Rules:
   with ``no_pool`` (checked every 5 s);
 - with nothing in flight, no interval is waited for: a new run (``Planner.news``, one
   small query a step) is planned in that step, its jobs are dispatched in the next with no
-  sleep in between, and the tasks whose jobs ended get their state (and their run its
-  end) in the step that saw the last one end: a one-job run takes about two Dask round
-  trips, not two intervals;
+  sleep in between (the states of the tasks that got them wait until they are
+  dispatched), and the tasks whose jobs ended get their state (and their run its end) in
+  the step that saw the last one end: a one-job run takes about two Dask round trips,
+  not two intervals;
 - with ``adaptors_of`` (owner -> configuration file, ``skerry.workload.owners``), each
   job carries its owner's adaptors (the run's owner, else the input dataset's), so it
   sees their storage; a lost attempt's outputs are looked for there too;
@@ -146,8 +147,10 @@ class Scheduler:
             # a planner behind (a run's jobs planned a page at a time) goes on at the next step
             behind = self.planner is not None and self.planner.behind
             self._next_plan = now if behind else now + self.config.plan_interval
-        # with nothing in flight, the tasks whose jobs ended get their state now (their run may be over)
-        if self.inflight.dirty and (now >= self._next_tasks or not self.live):
+        # with nothing in flight, the tasks whose jobs ended get their state now (their run may be over);
+        # jobs just planned for an idle scheduler are dispatched first, their tasks' states come after
+        idle = not self.live
+        if self.inflight.dirty and not (idle and planned) and (now >= self._next_tasks or idle):
             tasks, self.inflight.dirty = self.inflight.dirty, set()
             bookkeeping.derive_task_states(self.catalog, self.planner, tasks)
             self._next_tasks = now + self.config.plan_interval
