@@ -49,6 +49,30 @@ def test_stored_adaptors_and_their_credentials_go_in(data):
         OwnerConfigs(data.path).path("no/such")  # not a user name: refused, nothing written
 
 
+def test_the_configuration_is_written_again_only_when_it_is_not_what_it_should_be(data):
+    """Every new task asks for it: the same text, owner and mode are left as they are; an
+    adaptor added, a file changed or opened to others, or a link in its place is replaced."""
+    owners = OwnerConfigs(data.path)
+    path = owners.path("alice")
+    first = os.stat(path)
+    assert owners.path("alice") == path and os.stat(path).st_ino == first.st_ino  # unchanged: not rewritten
+    store = AccountStore.for_data_dir(data)
+    store.put_adaptor("alice", load_spec({"name": "scratch", "type": "memory"}))
+    owners.path("alice")
+    assert [a["name"] for a in read_config(path)["adaptors"]] == ["home", "scratch"]  # the change reaches the job
+    with open(path, "a") as f:
+        f.write(" ")
+    os.chmod(path, 0o644)
+    owners.path("alice")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and read_config(path)["adaptors"][1]["name"] == "scratch"
+    good = open(path, "rb").read()
+    os.unlink(path)
+    (data.path / "elsewhere.json").write_bytes(good)
+    os.symlink(data.path / "elsewhere.json", path)  # the same text behind a link: not taken for the file
+    owners.path("alice")
+    assert not os.path.islink(path) and open(path, "rb").read() == good
+
+
 def test_a_job_reads_its_owners_home(data):
     owners = OwnerConfigs(data.path)
     for user in ("alice", "bob", "alice"):

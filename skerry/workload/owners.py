@@ -8,8 +8,10 @@ dataset): their ``home`` folder and their stored adaptors, as their own server s
   the scheduler puts that path in each job it sends. With accounts (``policy``) it is in
   the owner's handover folder (``run/users/<owner>/jobs.adaptors.json``), the owner's
   account's own: the jobs run on the owner's cluster, as that account. Without (a
-  single-user platform) it is ``DIR/secrets/adaptors/<owner>--jobs.json``. It is written
-  again for every task seen afresh, so adaptor changes reach new tasks.
+  single-user platform) it is ``DIR/secrets/adaptors/<owner>--jobs.json``. It is made
+  again for every task seen afresh, so adaptor changes reach new tasks, and written only
+  if it changed (the same text, owner and mode 0600 already there: a new task's first
+  dispatch saves a synced write).
 - On the worker, ``adaptors_of(path)`` wraps the job: ``$SKERRY_ADAPTORS`` names that
   file and the federation is built from it. Jobs of one owner run side by side; a job of
   another owner waits until the worker process has none running (one process has one
@@ -26,7 +28,8 @@ import threading
 from contextlib import contextmanager
 
 from .. import config
-from ..adaptors.config import write_config
+from ..adaptors.config import config_text
+from ..localfiles import write_private
 
 __all__ = ["OwnerConfigs", "adaptors_of"]
 
@@ -53,17 +56,31 @@ class OwnerConfigs:
         from ..accounts import ensure_account, give, share_folder
 
         specs, credentials = self.store.federation(owner, str(self.data.user_home(owner)))
+        text = config_text(specs, credentials).encode()
         if self.policy is None:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = self.folder / f"{owner}--jobs.json"
-            write_config(str(path), specs, credentials)
+            if not _holds(path, text, os.geteuid()):
+                write_private(path, text)
             return str(path)
         account = ensure_account(owner, self.data.user_home(owner), self.policy)
         folder = share_folder(self.data.handover(owner), account)
         path = folder / "jobs.adaptors.json"
-        write_config(str(path), specs, credentials)
-        give(path, account)
+        if not _holds(path, text, account.uid):
+            write_private(path, text)
+            give(path, account)
         return str(path)
+
+
+def _holds(path, text: bytes, uid: int) -> bool:
+    """Whether ``path`` is a file (not a link) of ``uid``, mode 0600, holding exactly ``text``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        return st.st_uid == uid and st.st_mode & 0o7777 == 0o600 and f.read(len(text) + 1) == text
 
 
 @contextmanager

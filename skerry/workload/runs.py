@@ -310,7 +310,7 @@ class Planner:
             self._pass_done[task.id] = done
         query = select(File.id).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
                                       File.id > after).order_by(File.id)
-        high = self._high_water(s, task.id)
+        high = self._high_water(s, task)
         if after < high:  # files this task may have taken lie ahead: each is looked up among its jobs
             query = query.where(~exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id,
                                                 Job.task_id == task.id))
@@ -332,13 +332,14 @@ class Planner:
         whole = not more and self._pass_done.pop(task.id, False)
         return made, more, whole
 
-    def _high_water(self, s, task_id: int) -> int:
+    def _high_water(self, s, task: Task) -> int:
         """The largest file id in a job of the task (0: none), from the catalog the first time."""
-        high = self._high.get(task_id)
+        high = self._high.get(task.id)
         if high is None:
-            high = s.execute(select(func.coalesce(func.max(JobInput.file_id), 0))
-                             .join(Job, Job.id == JobInput.job_id).where(Job.task_id == task_id)).scalar_one()
-            self._high[task_id] = high
+            high = 0 if not task.jobs_total else s.execute(  # a new task has no job to look in
+                select(func.coalesce(func.max(JobInput.file_id), 0))
+                .join(Job, Job.id == JobInput.job_id).where(Job.task_id == task.id)).scalar_one()
+            self._high[task.id] = high
         return high
 
     def finish_runs(self) -> list[int]:
