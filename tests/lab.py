@@ -116,9 +116,14 @@ def open_task_stream(browser, platform, user: str, token: str) -> int:
     rectangles the panel then draws."""
     from skerry.kernels.remote import RemoteKernel
 
-    browser.click('.lm-TabBar-tab[data-id="dask-dashboard-launcher"]')
-    wait_for(lambda: browser.js("!document.querySelector('#dask-dashboard-launcher')"
-                                ".classList.contains('lm-mod-hidden')"), 30, what="the Dask sidebar")
+    def sidebar_open() -> bool:
+        if browser.js("!document.querySelector('#dask-dashboard-launcher').classList.contains('lm-mod-hidden')"):
+            return True
+        # a click the lab was not ready for (busy, or a notice over the tab) is lost: click again
+        browser.click('.lm-TabBar-tab[data-id="dask-dashboard-launcher"]')
+        return False
+
+    wait_for(sidebar_open, 60, 3.0, what="the Dask sidebar")
     # the kernel had no client when the notebook opened (skerry.client is made on first use): search
     browser.click('#dask-dashboard-launcher jp-button[title="Auto-detect dashboard URL"]')
     url = ("(() => { try { return document.querySelector('.dask-URLInput-wrapper input').value; }"
