@@ -342,3 +342,34 @@ def test_a_local_listing_says_what_fsspec_says(tmp_path):
         assert sorted(fs.ls(folder), key=lambda e: e["name"]) == sorted(generic, key=lambda e: e["name"])
     assert sorted(fs.ls("sub", detail=False)) == ["sub/a.txt", "sub/inside"]
     assert fs.ls("b.bin") == [fs.info("b.bin")]  # a file lists itself, as fsspec's does
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named temporary"])
+def test_a_local_write_is_whole_or_nothing(tmp_path, monkeypatch, unnamed):
+    """The WebDAV fast path's write: a new file, a file replaced, a write cut short (new or
+    replacing: nothing of it stays, no temporary file), a link replaced and not followed;
+    with the file system's unnamed files and, where it has none, through a hidden name."""
+    from skerry.adaptors import atomic
+
+    if not unnamed:
+        monkeypatch.setattr(os, "O_TMPFILE", 0)  # a folder opened for writing: EISDIR, as without O_TMPFILE
+    path = tmp_path / "a.txt"
+    atomic.write_local(str(path), [b"one", b"two"])
+    assert path.read_bytes() == b"onetwo"
+    atomic.write_local(str(path), [b"new"])
+    assert path.read_bytes() == b"new"
+
+    def cut_short():
+        yield b"part"
+        raise ConnectionError("the client went away")
+
+    for target in (tmp_path / "b.txt", path):
+        with pytest.raises(ConnectionError):
+            atomic.write_local(str(target), cut_short())
+    (tmp_path / "outside.txt").write_bytes(b"keep")
+    (tmp_path / "link").symlink_to(tmp_path / "outside.txt")
+    atomic.write_local(str(tmp_path / "link"), [b"mine"])
+    assert not (tmp_path / "link").is_symlink() and (tmp_path / "link").read_bytes() == b"mine"
+    assert (tmp_path / "outside.txt").read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "link", "outside.txt"]
+    assert path.read_bytes() == b"new"
