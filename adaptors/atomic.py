@@ -119,34 +119,46 @@ def writing(fs, path: str, *, in_place: bool = False, token: str | None = None):
 def write_local(path: str, chunks: Iterable[bytes]) -> None:
     """Write ``chunks`` to the local file ``path`` atomically (the rules above): an
     exception from ``chunks`` itself (a body cut short) leaves nothing written either."""
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    try:
-        fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
-    except OSError as e:
-        if e.errno not in _NO_TMPFILE:
-            raise
+    folder, _, name = os.path.abspath(path).rpartition("/")
+    if not _PROC:
         return _write_named(path, chunks)
-    with open(fd, "wb") as out:
-        for chunk in chunks:
-            out.write(chunk)
-        out.flush()
-        unnamed = f"/proc/self/fd/{fd}"
-        try:  # a directory fd makes it linkat(AT_SYMLINK_FOLLOW): plain link() would not follow /proc's link
-            os.link(unnamed, path, src_dir_fd=_ROOT, follow_symlinks=True)
-        except FileExistsError:
-            temp = temp_path(path)
-            os.link(unnamed, temp, src_dir_fd=_ROOT, follow_symlinks=True)
-            try:
-                os.replace(temp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
+    here = os.open(folder or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # the unnamed file's folder
+    try:
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=here)
+        except OSError as e:
+            if e.errno not in _NO_TMPFILE:
                 raise
+            return _write_named(path, chunks)
+        with open(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+            out.flush()
+            _link(fd, here, name)
+    finally:
+        os.close(here)
 
 
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}  # a file system (or kernel) without O_TMPFILE
-_ROOT = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # paths are absolute: any dir fd does
+_PROC = os.path.isdir("/proc/self/fd")  # an unnamed file is linked in through its /proc name
+
+
+def _link(fd: int, folder: int, name: str) -> None:
+    """Give the unnamed file ``fd`` the name ``name`` in ``folder`` (an fd), replacing what is there."""
+    unnamed = f"/proc/self/fd/{fd}"
+    try:  # with a folder fd this is linkat(AT_SYMLINK_FOLLOW): link() would not follow /proc's link
+        os.link(unnamed, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=True)
+        return
+    except FileExistsError:
+        pass
+    temp = temp_name(name)
+    os.link(unnamed, temp, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=True)
+    try:
+        os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=folder)
+        raise
 
 
 def _write_named(path: str, chunks: Iterable[bytes]) -> None:

@@ -152,18 +152,18 @@ class SkerryFileSystem(AbstractFileSystem):
         if name is None:
             entries = [self._adaptor_info(n) for n in sorted(self.adaptors)]
         else:
+            store = self.is_object_store(name)  # asked once a listing, not once an entry
             entries = [self._outer(name, e) for e in fs.ls(inner, detail=True, **kwargs)
-                       if self._listed(name, e)]
+                       if self._listed(name, e, store)]
         return entries if detail else [e["name"] for e in entries]
 
-    def _listed(self, name, info):
+    def _listed(self, name, info, store=None):
         """False for what a listing leaves out: a file being written (its temporary name),
-        and the empty ``folder/`` object that keeps an empty S3 folder."""
-        return not (atomic.is_hidden(info["name"]) or self._is_marker(name, info))
-
-    def _is_marker(self, name, info):
-        """The empty ``folder/`` object that keeps an empty S3 folder: not a file of its own."""
-        return self.is_object_store(name) and is_marker(info)
+        and the empty ``folder/`` object that keeps an empty S3 folder. ``store``: whether
+        adaptor ``name`` is an object store, where the caller knows it."""
+        if store is None:
+            store = self.is_object_store(name)
+        return not (atomic.is_hidden(info["name"]) or (store and is_marker(info)))
 
     def _adaptor_info(self, name):
         return {"name": name, "size": 0, "type": "directory", "read_only": name in self.read_only}

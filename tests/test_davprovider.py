@@ -431,3 +431,21 @@ def test_conditional_write_locks_are_forgotten_when_done():
         serialized(environ, lambda *a: None)
     locks = next(c.cell_contents for c in serialized.__closure__ if isinstance(c.cell_contents, dict))
     assert len(seen) == 100 and locks == {}
+
+
+@pytest.mark.parametrize("name, info, folder", [
+    ("a b&c<1>.txt", {"name": "home/a b&c<1>.txt", "size": 12, "mtime": 1_700_000_000.25, "type": "file"}, False),
+    ("empty", {"name": "home/empty", "size": 0, "mtime": 1_700_000_001, "type": "file"}, False),
+    ("s3.bin", {"name": "b/s3.bin", "size": 5, "ETag": '"abc"', "LastModified": "2026-01-02T03:04:05Z",
+                "type": "file"}, False),
+    ("no-time", {"name": "home/no-time", "size": 3, "type": "file"}, False),
+    ("sub", {"name": "home/sub", "size": 0, "mtime": 1_700_000_002, "type": "directory"}, True),
+])
+def test_an_allprop_entry_in_one_piece_is_the_entry_element_by_element(name, info, folder):
+    from skerry.adaptors.davprovider import _allprop, _allprop_of, _live_values, _time_formats
+
+    def mime_of(n):
+        return "text/plain" if n.endswith(".txt") else "application/octet-stream"
+
+    times = _time_formats()
+    assert _allprop_of(name, info, folder, mime_of, times) == _allprop(_live_values(name, info, folder, mime_of, times))
