@@ -3,8 +3,8 @@
     made = plan_jobs(s, task_id, files, size=1, whole_only=False, ...)   # the planner
     ids = insert_jobs(s, task_id, [[f1], [f2, f3]], state="queued", ...)  # given inputs
 
-Both stage the jobs' input files in ``skerry_planned``, a temporary table of the
-connection (made once per connection), one row per file numbered ``i`` in the order they
+The planner's jobs (``plan_jobs``) are staged in ``skerry_planned``, a temporary table of
+the connection (made on its first use), one row per file numbered ``i`` in the order they
 go into jobs, so that the file numbered ``i`` is in job ``(i - lo) // size + 1`` at
 position ``(i - lo) % size``; the jobs get ids in ``skerry_planned_ids`` (job number
 ``g`` -> id), and the jobs, their input links and the task's ``jobs_total`` are written
@@ -12,14 +12,14 @@ with one ``INSERT ... SELECT`` each. When the planner's files are chosen by a qu
 name pattern to test in Python), no file passes through Python at all: a 25,000-file
 page is a dozen statements whatever its size (the planner alone, on SQLite: 100,000 jobs
 in 0.6 s of CPU, against 1.35 s with their rows built in Python and sent by
-``executemany``).
+``executemany``). Given inputs (``insert_jobs``) get their ids the same way and their
+links by one bulk insert.
 
 Rules:
 - ``files`` is a ``Select`` of file ids in the order they go into jobs (it may carry a
   ``LIMIT``), or a list of file ids; ``size`` files per job, ``None`` for one job of all;
   with ``whole_only`` a last job short of ``size`` files is not made (its files wait);
-- ``insert_jobs`` stages its files with their job's number and position given; a job
-  there may have no file;
+- ``insert_jobs``: a job may have no file;
 - SQLite numbers the staged rows itself (a table's rowid, with no window function: that
   cost more than the jobs' insert), PostgreSQL by ``row_number()``;
 - ids increase with ``g``: SQLite takes the ids after the largest (the writing
