@@ -58,7 +58,7 @@ def plan_jobs(s: Session, task_id: int, files, *, size: int | None, whole_only: 
               resources: dict) -> tuple[int, int, int | None]:
     """Jobs of ``size`` files each from ``files`` (module docstring): (jobs made, files
     looked at, the largest file id looked at)."""
-    conn = _staging(s)
+    conn = _staging(s, PLANNED, PLANNED_IDS)
     size = size or ONE_JOB
     if isinstance(files, list):
         _STAGE.run(conn, [{"i": i, "file_id": f} for i, f in enumerate(files, 1)])
@@ -89,7 +89,7 @@ def insert_jobs(s: Session, task_id: int, inputs: list[list[int]], *, state: str
                 resources: dict) -> list[int]:
     """One job per item of ``inputs`` (file ids) with their input links; their ids, in the
     order of ``inputs`` (increasing)."""
-    conn = _staging(s)
+    conn = _staging(s, PLANNED_IDS)  # the files go straight to their links
     _jobs(conn, task_id, len(inputs), state=state, pool=pool, resources=resources)
     ids = list(conn.execute(select(PLANNED_IDS.c.id).order_by(PLANNED_IDS.c.g)).scalars())
     _LINKS.run(conn, [{"job_id": job, "position": i, "file_id": f}
@@ -97,10 +97,10 @@ def insert_jobs(s: Session, task_id: int, inputs: list[list[int]], *, state: str
     return ids
 
 
-def _staging(s: Session):
-    """The session's connection, its staging tables there and empty."""
+def _staging(s: Session, *tables: Table):
+    """The session's connection, ``tables`` there and empty."""
     conn = s.connection()
-    for table in (PLANNED, PLANNED_IDS):
+    for table in tables:
         conn.execute(CreateTable(table, if_not_exists=True))
         conn.execute(table.delete())
     return conn
