@@ -31,12 +31,13 @@ Rules:
 
 import contextlib
 import errno
+import functools
 import os
 import uuid
 from collections.abc import Iterable
 
 __all__ = ["SUFFIX", "temp_name", "temp_path", "is_hidden", "replace", "discard", "AtomicFile", "writing",
-           "write_local"]
+           "write_local", "NoFolder"]
 
 SUFFIX = ".skerry-part"
 
@@ -116,61 +117,88 @@ def writing(fs, path: str, *, in_place: bool = False, token: str | None = None):
         raise
 
 
-def write_local(path: str, chunks: Iterable[bytes]) -> None:
+def write_local(path: str, chunks: Iterable[bytes]) -> os.stat_result:
     """Write ``chunks`` to the local file ``path`` atomically (the rules above): an
-    exception from ``chunks`` itself (a body cut short) leaves nothing written either."""
-    folder, _, name = os.path.abspath(path).rpartition("/")
+    exception from ``chunks`` itself (a body cut short) leaves nothing written either.
+    Returns the file's ``stat`` as written (its size and time give its ETag); raises
+    ``NoFolder`` if ``path`` has no folder to be written in, before reading ``chunks``."""
+    path = os.path.abspath(path)
     if not _PROC:
         return _write_named(path, chunks)
-    here = os.open(folder or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # the unnamed file's folder
     try:
-        try:
-            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=here)
-        except OSError as e:
-            if e.errno not in _NO_TMPFILE:
-                raise
-            return _write_named(path, chunks)
-        with open(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            _link(fd, here, name)
+        # O_DIRECTORY is in O_TMPFILE; said again, a kernel without O_TMPFILE opens no file in its stead
+        fd = os.open(path.rpartition("/")[0] or "/", os.O_TMPFILE | os.O_DIRECTORY | os.O_WRONLY | os.O_CLOEXEC, 0o666)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise NoFolder(e.errno, e.strerror, path.rpartition("/")[0]) from None
+    except OSError as e:
+        if e.errno not in _NO_TMPFILE:
+            raise
+        return _write_named(path, chunks)
+    try:
+        _write_all(fd, chunks)
+        written = os.fstat(fd)
+        _link(fd, path)
     finally:
-        os.close(here)
+        os.close(fd)
+    return written
+
+
+class NoFolder(FileNotFoundError):
+    """``write_local``'s path has no folder (missing, or not a folder): nothing was read or written."""
+
+
+def _write_all(fd: int, chunks: Iterable[bytes]) -> None:
+    # plain os.write: a file object would add an fstat, an ioctl and an lseek to each small file
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
 
 
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}  # a file system (or kernel) without O_TMPFILE
 _PROC = os.path.isdir("/proc/self/fd")  # an unnamed file is linked in through its /proc name
 
 
-def _link(fd: int, folder: int, name: str) -> None:
-    """Give the unnamed file ``fd`` the name ``name`` in ``folder`` (an fd), replacing what is there."""
-    unnamed = f"/proc/self/fd/{fd}"
-    try:  # with a folder fd this is linkat(AT_SYMLINK_FOLLOW): link() would not follow /proc's link
-        os.link(unnamed, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=True)
+def _link(fd: int, path: str) -> None:
+    """Give the unnamed file ``fd`` the name ``path`` (absolute), replacing what is there."""
+    unnamed, anchor = f"/proc/self/fd/{fd}", _anchor()
+    try:  # with folder fds, os.link is linkat(AT_SYMLINK_FOLLOW): link() would not follow /proc's link
+        os.link(unnamed, path, src_dir_fd=anchor, dst_dir_fd=anchor, follow_symlinks=True)
         return
     except FileExistsError:
         pass
-    temp = temp_name(name)
-    os.link(unnamed, temp, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=True)
-    try:
-        os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=folder)
-        raise
-
-
-def _write_named(path: str, chunks: Iterable[bytes]) -> None:
-    """``write_local`` through a temporary name in the file's folder, renamed into place."""
     temp = temp_path(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    os.link(unnamed, temp, src_dir_fd=anchor, dst_dir_fd=anchor, follow_symlinks=True)
     try:
-        with open(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+@functools.cache
+def _anchor() -> int:
+    """A folder fd for ``_link``: linkat ignores it for absolute paths (opened once a process)."""
+    return os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _write_named(path: str, chunks: Iterable[bytes]) -> os.stat_result:
+    """``write_local`` through a temporary name in the file's folder, renamed into place."""
+    temp = temp_path(path)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise NoFolder(e.errno, e.strerror, path.rpartition("/")[0]) from None
+    try:
+        try:
+            _write_all(fd, chunks)
+            written = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return written

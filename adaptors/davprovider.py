@@ -346,12 +346,13 @@ class FederationProvider(DAVProvider):
 
     def local_file(self, path: str, *, write: bool) -> tuple[str, str] | None:
         """(federation path, OS path) of a request path on a local adaptor (a writable one
-        when ``write``), or None: ``skerry.adaptors.fastfiles`` answers the former itself."""
+        when ``write``), or None: ``skerry.adaptors.fastfiles`` answers the former itself.
+        Its folder is checked, not a link at its last segment: the caller follows none."""
         try:
             fspath = self.to_fspath(path)
         except DAVError:  # a temporary name: wsgidav answers 404
             return None
-        ospath = self.fs.local_path(fspath, write=write)
+        ospath = self.fs.local_path(fspath, write=write, unfollowed=True)
         return (fspath, ospath) if ospath else None
 
     def uploads_in_place(self, fspath: str) -> bool:

@@ -8,7 +8,7 @@ plain case and hands everything else on to wsgidav untouched:
   existing folder of a writable local adaptor (PUT, with a ``Content-Length``);
 - no conditional header, ``Range``, ``Content-Encoding``, ``Content-Range`` or
   ``X-OC-Mtime``: those rules are wsgidav's;
-- anything unexpected (a folder, a missing file, a name the provider hides, an
+- anything unexpected (a folder, a link, a missing file, a name the provider hides, an
   unreadable file) goes to wsgidav, which answers it as it always has.
 
 Its answers are wsgidav's own: the same headers (``ETag`` from the provider's rule,
@@ -60,14 +60,13 @@ class FastFiles(BaseMiddleware):
 
     def _get(self, environ, start_response, provider, fspath, ospath, head):
         try:  # non-blocking: opening a FIFO with no writer would hold this thread for good
-            fd = os.open(ospath, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:  # missing, a folder, not readable: wsgidav's answer
+            fd = os.open(ospath, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # missing, a folder, a link (local_file's rule), not readable: wsgidav's answer
             return None
         st = os.fstat(fd)
         if not S_ISREG(st.st_mode):
             os.close(fd)
             return None
-        f = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed by the body below)
         start_response("200 OK", [
             ("Content-Length", str(st.st_size)),
             ("Last-Modified", util.get_rfc1123_time(st.st_mtime)),
@@ -76,38 +75,41 @@ class FastFiles(BaseMiddleware):
             ("ETag", _etag_header(fspath, st)),
             ("Accept-Ranges", "bytes")])
         if head or st.st_size <= BLOCK_SIZE:
-            with f:
-                return [b""] if head else [f.read(st.st_size)]
-        return _blocks(f, st.st_size)
+            try:  # plain os calls: a file object would fstat the file again
+                return [b""] if head else [_read_all(fd, st.st_size)]
+            finally:
+                os.close(fd)
+        return _blocks(open(fd, "rb", buffering=0), st.st_size)  # closed by the body's end
 
     def _put(self, environ, start_response, provider, fspath, ospath):
         length = environ.get("CONTENT_LENGTH") or ""
         if not length.isdigit() or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             return None
         try:
-            existing = os.stat(ospath)
+            existing = os.lstat(ospath)
         except FileNotFoundError:
             existing = None
         except OSError:
             return None
-        if (existing is not None and not S_ISREG(existing.st_mode)) or not os.path.isdir(ospath.rpartition("/")[0]):
-            return None  # a folder there (405), or no folder for it (409): wsgidav's answers
+        if existing is not None and not S_ISREG(existing.st_mode):
+            return None  # a folder there (405), a link (local_file's rule): wsgidav's answers
         locks = provider.lock_manager
         transaction = (locks.write_transaction(url=quote(environ["PATH_INFO"]), token_list=[],
                                                principal=environ.get("wsgidav.user_name"))
                        if locks else contextlib.nullcontext())
         try:
             with transaction, http_errors():
-                atomic.write_local(ospath, _body(environ["wsgi.input"], int(length)))
+                try:
+                    written = atomic.write_local(ospath, _body(environ["wsgi.input"], int(length)))
+                except atomic.NoFolder:
+                    written = None
         finally:
             provider.invalidate(fspath)
-        try:
-            st = os.stat(ospath)
-            headers = [("ETag", _etag_header(fspath, st))]
-        except OSError:  # removed since by someone else: the write itself was done
-            headers = []
+        if written is None:
+            return None  # no folder for it (409): wsgidav's answer, the body still unread
         status = HTTP_CREATED if existing is None else HTTP_NO_CONTENT
-        return util.send_status_response(environ, start_response, status, add_headers=headers)
+        return util.send_status_response(environ, start_response, status,
+                                         add_headers=[("ETag", _etag_header(fspath, written))])
 
 
 def _etag_header(fspath: str, st: os.stat_result) -> str:
@@ -124,6 +126,17 @@ def _body(stream, length: int):
             raise cut_short(length - left, length)
         yield chunk
         left -= len(chunk)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes of ``fd`` (fewer where the file ended sooner)."""
+    data = os.read(fd, size)
+    while len(data) < size:  # a read may return less than asked (a file being written)
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _blocks(f, size: int):

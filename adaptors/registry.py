@@ -54,9 +54,18 @@ class LocalRootFileSystem(DirFileSystem):
                 raise PermissionError(f"{path!r} leads outside the adaptor's folder")
         return joined
 
-    def os_path(self, path: str) -> str:
-        """The OS path of ``path`` (relative to the root); PermissionError if it leads outside."""
-        return self._join(path)
+    def os_path(self, path: str, *, unfollowed: bool = False) -> str:
+        """The OS path of ``path`` (relative to the root); PermissionError if it leads outside.
+
+        ``unfollowed``: the caller never follows a link at the path's last segment (it opens
+        it with ``O_NOFOLLOW``, looks with ``lstat``, or replaces it): only its folder is
+        checked (remembered), and the path costs no ``lstat`` here."""
+        if not unfollowed:
+            return self._join(path)
+        joined = super()._join(path).rstrip("/") or "/"
+        if joined != self.path and not self._folder_inside(joined):
+            raise PermissionError(f"{path!r} leads outside the adaptor's folder")
+        return joined
 
     def _leads_inside(self, path: str) -> bool:
         """Whether ``path``, its links followed, stays inside the root.

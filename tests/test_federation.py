@@ -354,8 +354,9 @@ def test_a_local_write_is_whole_or_nothing(tmp_path, monkeypatch, unnamed):
     if not unnamed:
         monkeypatch.setattr(os, "O_TMPFILE", 0)  # a folder opened for writing: EISDIR, as without O_TMPFILE
     path = tmp_path / "a.txt"
-    atomic.write_local(str(path), [b"one", b"two"])
+    written = atomic.write_local(str(path), [b"one", b"two"])
     assert path.read_bytes() == b"onetwo"
+    assert (written.st_size, written.st_mtime_ns) == (6, path.stat().st_mtime_ns)  # what its ETag is made of
     atomic.write_local(str(path), [b"new"])
     assert path.read_bytes() == b"new"
 
@@ -373,3 +374,12 @@ def test_a_local_write_is_whole_or_nothing(tmp_path, monkeypatch, unnamed):
     assert (tmp_path / "outside.txt").read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "link", "outside.txt"]
     assert path.read_bytes() == b"new"
+
+    def unread():
+        raise AssertionError("the body was read")
+        yield b""
+
+    for nowhere in (tmp_path / "missing" / "c.txt", path / "c.txt"):  # no folder, a file for a folder
+        with pytest.raises(atomic.NoFolder):
+            atomic.write_local(str(nowhere), unread())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "link", "outside.txt"]

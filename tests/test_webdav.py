@@ -36,6 +36,27 @@ def test_put_get_10mb_identical(dav, platform):
     assert r.status_code == 206 and r.content == data[100:200]
 
 
+def test_links_in_the_home_are_read_through_and_replaced_by_a_put(dav, platform):
+    """A link at a path's last segment is wsgidav's to answer (the fast path opens none):
+    one to a file of the home is read through; a PUT replaces the link, never its target;
+    one to a folder is a folder (405); one leading outside is refused either way."""
+    home = platform.data_dir / "users" / "alice"
+    assert dav.put("link-target.txt", content=b"target").status_code == 201
+    assert dav.request("MKCOL", "link-folder/").status_code == 201
+    (home / "to-file").symlink_to("link-target.txt")
+    (home / "to-folder").symlink_to("link-folder", target_is_directory=True)
+    (home / "to-outside").symlink_to("/etc/hostname")
+    r = dav.get("to-file")
+    assert (r.status_code, r.content) == (200, b"target")
+    assert dav.get("to-outside").status_code == 403
+    assert dav.put("to-outside", content=b"mine").status_code == 403
+    assert (home / "to-outside").is_symlink()
+    assert dav.put("to-folder", content=b"mine").status_code == 405
+    assert dav.put("to-file", content=b"replaced").status_code == 204
+    assert not (home / "to-file").is_symlink() and (home / "to-file").read_bytes() == b"replaced"
+    assert (home / "link-target.txt").read_bytes() == b"target"
+
+
 def test_bodies_wsgidav_reads_itself_arrive_whole(dav, platform):
     """A chunked PUT (no Content-Length) and a conditional one are wsgidav's to read, through
     granian's body stream: both arrive whole, and at once (a read of 1 MiB of a short body

@@ -49,7 +49,7 @@ global
     nbthread {threads}
     stats socket {socket} mode 600 level admin
     tune.bufsize 32768
-    tune.pipesize 262144
+    tune.pipesize 1048576
 defaults
     mode http
     timeout connect 5s
