@@ -56,6 +56,8 @@ def temp_path(path: str, token: str | None = None) -> str:
 
 def is_hidden(name: str) -> bool:
     """True for a temporary name (the last segment of ``name`` decides)."""
+    if SUFFIX not in name:  # nearly every name: one search, asked once per entry of a listing
+        return False
     last = name.rstrip("/").rpartition("/")[2]
     return last.startswith(".") and last.endswith(SUFFIX)
 

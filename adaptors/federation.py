@@ -33,7 +33,7 @@ from fsspec.spec import AbstractFileSystem
 from . import atomic
 from .objectstore import (is_marker, make_folder_marker, move_object_tree, remove_folder_marker,
                           remove_object_tree)
-from .registry import Adaptors
+from .registry import Adaptors, LocalRootFileSystem
 from .types import adaptor_type
 
 COPY_BLOCK = 8 * 1024 * 1024
@@ -140,8 +140,9 @@ class SkerryFileSystem(AbstractFileSystem):
             return None
 
     @staticmethod
-    def _outer(name, info):
-        info = dict(info)
+    def _outer(name, info, fresh=False):
+        """``info`` named by its federation path; a copy, unless ``fresh`` (no one else holds it)."""
+        info = info if fresh else dict(info)
         inner = info["name"].strip("/")
         info["name"] = f"{name}/{inner}" if inner else name
         return info
@@ -154,7 +155,8 @@ class SkerryFileSystem(AbstractFileSystem):
             entries = [self._adaptor_info(n) for n in sorted(self.adaptors)]
         else:
             store = self.is_object_store(name)  # asked once a listing, not once an entry
-            entries = [self._outer(name, e) for e in fs.ls(inner, detail=True, **kwargs)
+            fresh = isinstance(fs, LocalRootFileSystem)  # its ls makes new entries each time: no copy
+            entries = [self._outer(name, e, fresh) for e in fs.ls(inner, detail=True, **kwargs)
                        if self._listed(name, e, store)]
         return entries if detail else [e["name"] for e in entries]
 
