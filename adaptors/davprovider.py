@@ -508,6 +508,7 @@ def _allprop_responses(href: str, items: list[tuple[str, dict]], mime_of, times)
     listing) in one format with no call per property."""
     out = []
     xhref = _xml(href)
+    mime_elements: dict[str, str] = {}  # a folder's files share a few types
     for name, info in items:
         ts = info.get("mtime")
         if (info["type"] == "directory" or type(ts) is not float or "ETag" in info or "etag" in info
@@ -517,9 +518,13 @@ def _allprop_responses(href: str, items: list[tuple[str, dict]], mime_of, times)
             continue
         created, modified = times(ts)
         size = info.get("size") or 0
+        mime = mime_of(name)
+        mime_element = mime_elements.get(mime)
+        if mime_element is None:
+            mime_element = mime_elements[mime] = _element("getcontenttype", _xml(mime))
         out.append(f"<D:response><D:href>{xhref}{name}</D:href><D:propstat><D:prop><D:resourcetype/>"
                    f"<D:creationdate>{created}</D:creationdate><D:getcontentlength>{size}</D:getcontentlength>"
-                   f"{_element('getcontenttype', _xml(mime_of(name)))}"
+                   f"{mime_element}"
                    f"<D:getlastmodified>{modified}</D:getlastmodified><D:displayname>{name}</D:displayname>"
                    f"<D:getetag>{int(size):x}-{round(ts * 1_000_000):x}</D:getetag><D:lockdiscovery/>"
                    f"<D:supportedlock>{_SUPPORTED_LOCK}</D:supportedlock></D:prop>"

@@ -11,6 +11,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 import pytest
+from xml.sax.saxutils import escape
 from cheroot import wsgi
 from wsgidav.mw.base_mw import BaseMiddleware
 
@@ -440,12 +441,24 @@ def test_conditional_write_locks_are_forgotten_when_done():
                 "type": "file"}, False),
     ("no-time", {"name": "home/no-time", "size": 3, "type": "file"}, False),
     ("sub", {"name": "home/sub", "size": 0, "mtime": 1_700_000_002, "type": "directory"}, True),
+    ("plain.txt", {"name": "home/plain.txt", "size": 7, "mtime": 1_700_000_003.5, "type": "file"}, False),
+    ("whole-second", {"name": "home/whole-second", "size": 9, "mtime": 1_700_000_004.0, "type": "file"}, False),
 ])
 def test_an_allprop_entry_in_one_piece_is_the_entry_element_by_element(name, info, folder):
-    from skerry.adaptors.davprovider import _allprop, _allprop_of, _live_values, _time_formats
+    """The two shortcuts (one format for an entry's properties, and for a plain file's whole
+    response) write what the element-by-element writer writes."""
+    from skerry.adaptors.davprovider import (_allprop, _allprop_of, _allprop_response, _allprop_responses,
+                                             _href, _live_values, _time_formats)
 
     def mime_of(n):
         return "text/plain" if n.endswith(".txt") else "application/octet-stream"
 
     times = _time_formats()
     assert _allprop_of(name, info, folder, mime_of, times) == _allprop(_live_values(name, info, folder, mime_of, times))
+    href = "/dav/alice/a&b/"
+    element_by_element = (f"<D:response><D:href>{escape(href + _href(name) + ('/' if folder else ''))}</D:href>"
+                          f"<D:propstat><D:prop>{_allprop(_live_values(name, info, folder, mime_of, times))}</D:prop>"
+                          "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
+    assert _allprop_responses(href, [(name, info)], mime_of, times) == [element_by_element]
+    assert _allprop_response(href + _href(name) + ("/" if folder else ""), name, info, folder, mime_of,
+                             times) == element_by_element
