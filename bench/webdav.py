@@ -5,7 +5,8 @@
 Starts a real platform (``skerry up``, its default proxy: HAProxy) with alice's server and, on
 alice's home folder, ``rclone serve webdav`` and nginx (its DAV modules; ``apt-get
 install nginx-light libnginx-mod-http-dav-ext``). curl is the one client. Each workload
-runs ``--runs`` times, the servers interleaved in each run; figures are medians:
+runs ``--runs`` times, the servers interleaved in each run, each workload started with
+nothing of the last one left to write to disk (``sync``); figures are medians:
 
 - GET and PUT of one ``--size-mib`` file;
 - PROPFIND Depth 1 of a ``--files``-file folder;
@@ -284,13 +285,16 @@ def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Pat
     for run in range(args.runs):
         for server in servers:
             tag = f"{server.name}-{run}".replace(" ", "-")
+            os.sync()  # each workload starts with no write of the last one still going to disk
             figures["get"][server.name].append(size / get_big(server, source.name))
             figures["put"][server.name].append(size / put_big(server, source, tag))
+            os.sync()  # the GiB just written: flushed before the listing is timed, not during it
             figures["propfind"][server.name].append(propfind(server, "many"))
             before = cpu_seconds(cpu_of[server.name]())
             took = small_files(server, sources, tag)
             cpu[server.name].append((cpu_seconds(cpu_of[server.name]()) - before) / (2 * len(sources)) * 1000)
             figures["small"][server.name].append(len(sources) / took)
+            os.sync()
             figures["copy"][server.name].append(COPIES * COPY_SIZE / copies(server, tag))
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
     return figures, cpu
