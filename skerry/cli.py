@@ -15,7 +15,6 @@ refusal by the platform or a platform that cannot be reached (a sentence on stde
 import argparse
 import json
 import sys
-import time
 
 from . import __version__, config
 from .accounts import AccountPolicy
@@ -212,11 +211,12 @@ def progress_bar(done: int, failed: int, total: int, width: int = BAR_WIDTH) -> 
 
 
 def _wait(client, run_id: int) -> int:
-    """Poll the run until it ends, drawing a progress bar on stderr; 0 if it succeeded, else 1."""
+    """Follow the run until it ends, drawing a progress bar on stderr (redrawn every
+    ``POLL_S`` seconds; the run's end is answered at once); 0 if it succeeded, else 1."""
     tty = sys.stderr.isatty()
     last = None
     while True:
-        run = client.get_run(run_id)
+        run = client.get_run(run_id, wait=POLL_S if last is not None else 0)
         jobs = run["jobs"]
         bar = progress_bar(jobs["succeeded"], jobs["failed"], jobs["total"])
         if bar != last:
@@ -231,7 +231,6 @@ def _wait(client, run_id: int) -> int:
                   f"{jobs['failed']} failed")
             _failed_jobs(client, run)
             return 0 if ended == "succeeded" else 1
-        time.sleep(POLL_S)
 
 
 def _failed_jobs(client, run: dict) -> None:

@@ -333,6 +333,38 @@ MASKED = {"name": "masked-sums", "mask": "alice.masked-*", "steps": [
     {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]}
 
 
+def test_a_run_asked_with_wait_is_answered_once_it_has_ended(platform, alice, bob, catalog):
+    """``GET runs/{id}?wait=S``: the answer waits for the run's end (here written as the
+    scheduler's ``finish_runs`` writes it, a second after the question), or S seconds;
+    a bad wait is a 400 naming it, another user's run a 404 at once."""
+    import threading
+    import time
+
+    from skerry.workload.models import Run
+
+    _setup_for_bad_input(platform, alice, bob)
+    run = catalog.create_run("checksums", input_dataset="alice.open", owner="alice")
+    got = platform.api("GET", API + f"/runs/{run}?wait=0.2", token=alice)
+    assert got.status_code == 200 and got.json()["state"] == "running"  # S seconds passed: as it stands
+
+    def finish():
+        time.sleep(1)
+        with catalog.session() as s:
+            s.get(Run, run).state = "succeeded"
+
+    ender = threading.Thread(target=finish)
+    ender.start()
+    try:
+        got = platform.api("GET", API + f"/runs/{run}?wait=25", token=alice)
+    finally:
+        ender.join()
+    assert got.status_code == 200 and got.json()["state"] == "succeeded", got.text
+    assert got.json()["id"] == run and got.json()["workflow"] == "checksums"
+    for bad in ("-1", "31", "nan", "inf"):
+        assert "'wait'" in refused(platform.api("GET", API + f"/runs/{run}?wait={bad}", token=alice), 400)
+    refused(platform.api("GET", API + f"/runs/{run}?wait=25", token=bob), 404, "not_found")
+
+
 def test_a_dataset_matching_a_mask_starts_a_run_once(platform, alice, bob, catalog):
     # a mask starts nothing over the datasets already there: only registering or closing does
     platform.api("POST", API + "/datasets", token=alice,

@@ -18,7 +18,7 @@ Routes (all JSON, hub tokens, errors ``{"error", "message"}``)::
     GET  runs                           {"runs": [...]}: the caller's (an admin: all)
     POST runs                           {"workflow", "dataset", "rank"?, "owner"? (admins)} -> 201,
                                         the run with its tasks
-    GET  runs/{id}                      a run with its tasks
+    GET  runs/{id}                      a run with its tasks; ?wait=S: once it has ended (or S s passed)
     GET  tasks/{id}                     a task with its job counts by state
     POST tasks/{id}/rank                {"rank": n} (n > 0): its share from the next pick on
     POST tasks/{id}/cancel              the task and every job of it that is not final
@@ -68,6 +68,8 @@ Rules:
 - catalog calls run in a worker thread, so a large registration does not hold up others.
 """
 
+import asyncio
+import time
 from datetime import UTC
 from typing import Any
 from urllib.parse import quote
@@ -93,6 +95,7 @@ from skerry.hub.service.toolkit import (API, ApiError, caller, calling, get_cata
 from skerry.hub.stores.quotas import QuotaExceeded, check_queued_jobs, shared_store
 
 MAX_BODY = 1024 * 1024  # specs and small requests
+WAIT_MAX = 30  # seconds a GET runs/{id}?wait= may hold its answer (below clients' usual time-outs)
 MAX_FILES_BODY = 32 * 1024 * 1024  # a file list: about 200,000 entries
 PAGE_DEFAULT = 1000
 
@@ -249,6 +252,14 @@ class Workload:
             if run is None or (owner is not None and run.owner != owner):
                 raise NotFound(f"no run with id {run_id}")
             return self._run_json(s, run, tasks=True)
+
+    def run_state(self, run_id: int, owner: str | None) -> str:
+        """A run's state alone (one row), NotFound as ``run`` says it."""
+        with self.catalog.session() as s:
+            row = s.execute(select(Run.state, Run.owner).where(Run.id == run_id)).first()
+        if row is None or (owner is not None and row.owner != owner):
+            raise NotFound(f"no run with id {run_id}")
+        return row.state
 
     def _run_json(self, s, run: Run, tasks: bool) -> dict:
         rows = s.execute(select(Task).where(Task.run_id == run.id).order_by(Task.id)).scalars().all()
@@ -574,9 +585,28 @@ async def create_run(request: Request, who: dict = Depends(caller), w: Workload 
 
 
 @router.get("/runs/{run_id}", tags=["runs"])
-async def get_run(run_id: int, who: dict = Depends(caller), w: Workload = Depends(workload)):
-    """A run with each of its tasks (step, state, rank, job counts by state)."""
-    return await _call(w.run, run_id, owner_filter(who))
+async def get_run(run_id: int, wait: float = 0, who: dict = Depends(caller), w: Workload = Depends(workload)):
+    """A run with each of its tasks (step, state, rank, job counts by state). With ``?wait=S``
+    (seconds, at most ``WAIT_MAX``): answered when the run has ended, or after S seconds."""
+    if not 0 <= wait <= WAIT_MAX:
+        raise ApiError(400, "bad_request", f"'wait' must be a number of seconds from 0 to {WAIT_MAX}, got {wait!r}.")
+    owner = owner_filter(who)
+    if wait:
+        await until_ended(w, run_id, owner, wait)
+    return await _call(w.run, run_id, owner)
+
+
+async def until_ended(w: Workload, run_id: int, owner: str | None, wait: float) -> None:
+    """Return once run ``run_id`` has ended, or after ``wait`` seconds. Its state (one row)
+    is read every 1/50 of the time waited so far, from 2 to 50 ms: a short run is seen
+    ended a few ms after its end, a long wait costs the service at most 20 reads a second
+    (where a client polling the whole run costs it a run's view, its jobs counted, each time)."""
+    start = time.monotonic()
+    while await _call(w.run_state, run_id, owner) not in states.FINAL_STATES:
+        waited = time.monotonic() - start
+        if waited >= wait:
+            return
+        await asyncio.sleep(min(wait - waited, max(0.002, min(0.05, waited / 50))))
 
 
 @router.get("/tasks/{task_id}", tags=["runs"])

@@ -167,8 +167,10 @@ class Client:
     def runs(self) -> list[dict]:
         return self.request("GET", "/runs")["runs"]
 
-    def get_run(self, run_id: int) -> dict:
-        return self.request("GET", f"/runs/{int(run_id)}")
+    def get_run(self, run_id: int, wait: float = 0) -> dict:
+        """Run ``run_id`` with its tasks; with ``wait`` (seconds, at most 30), once it has
+        ended or ``wait`` seconds have passed (the service watches it: no polling here)."""
+        return self.request("GET", f"/runs/{int(run_id)}", params={"wait": wait} if wait else None)
 
     def task(self, task_id: int) -> dict:
         return self.request("GET", f"/tasks/{int(task_id)}")
