@@ -59,6 +59,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import posixpath
+from collections import defaultdict
 
 from sqlalchemy import exists, func, select, update
 
@@ -346,9 +347,12 @@ class Planner:
         """End the runs whose tasks are all final; the ids of those ended now."""
         ended = []
         with self.catalog.writing() as s:
+            states = defaultdict(list)  # the running runs' task states, in one query
+            for run_id, state in s.execute(select(Task.run_id, Task.state).join(Run, Run.id == Task.run_id)
+                                           .where(Run.state == "running")):
+                states[run_id].append(state)
             for run in s.execute(select(Run).where(Run.state == "running")).scalars().all():
-                states = s.execute(select(Task.state).where(Task.run_id == run.id)).scalars().all()
-                outcome = run_outcome(states)
+                outcome = run_outcome(states[run.id])
                 if outcome is None:
                     continue
                 run.state = outcome

@@ -28,7 +28,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import aliased
 
 from ...errors import SkerryError
 from ..bulk import chunks
@@ -55,6 +56,18 @@ class TaskInfo:
     owner: str | None = None  # whose jobs they are (the run's owner, else the input dataset's)
 
 
+_output, _input = aliased(Dataset), aliased(Dataset)
+# a task's facts in one query (a dispatch's first job of a task waited on five lookups by key)
+_FACTS = (select(Task.run_id, Task.step, Task.params, Task.output_dataset_id, Task.input_dataset_id, Module.spec,
+                 _output.location, Run.params.label("run_params"), Run.owner.label("run_owner"),
+                 _input.owner.label("input_owner"))
+          .join(Module, Module.id == Task.module_id)
+          .outerjoin(_output, _output.id == Task.output_dataset_id)
+          .outerjoin(Run, Run.id == Task.run_id)
+          .outerjoin(_input, _input.id == Task.input_dataset_id)
+          .where(Task.id == bindparam("task_id")))
+
+
 class TaskInfos:
     """The facts of each task the scheduler meets, read once (module docstring)."""
 
@@ -67,18 +80,13 @@ class TaskInfos:
         info = self._tasks.get(task_id)
         if info is None:
             with self.catalog.session() as s:
-                task = s.get(Task, task_id)
-                module = s.get(Module, task.module_id)
-                output, pin, owner = NO_OUTPUT, None, None
-                if task.output_dataset_id is not None:
-                    output = s.get(Dataset, task.output_dataset_id).location or NO_OUTPUT
-                if task.run_id is not None:
-                    run = s.get(Run, task.run_id)
-                    pin, owner = (run.params or {}).get("pins", {}).get(task.step), run.owner
-                if not owner and task.input_dataset_id is not None:
-                    owner = s.get(Dataset, task.input_dataset_id).owner
-                info = TaskInfo(task.id, task.run_id, module.spec, dict(task.params or {}), output,
-                                task.output_dataset_id, pin, self._adaptors(owner, task.id), owner)
+                row = s.execute(_FACTS, {"task_id": task_id}).one()
+            pin = ((row.run_params or {}).get("pins", {}).get(row.step)) if row.run_id is not None else None
+            owner = row.run_owner if row.run_id is not None else None
+            if not owner and row.input_dataset_id is not None:
+                owner = row.input_owner
+            info = TaskInfo(task_id, row.run_id, row.spec, dict(row.params or {}), row.location or NO_OUTPUT,
+                            row.output_dataset_id, pin, self._adaptors(owner, task_id), owner)
             self._tasks[task_id] = info
         return info
 
