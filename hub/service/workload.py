@@ -70,6 +70,7 @@ Rules:
 
 import asyncio
 import time
+from collections import defaultdict
 from datetime import UTC
 from typing import Any
 from urllib.parse import quote
@@ -183,6 +184,17 @@ def _job_json(j: Job, last: tuple | None = None) -> dict:
 _RUN_STATE = select(Run.state, Run.owner).where(Run.id == bindparam("run_id"))
 
 
+def _names(s, model, ids: set[int]) -> dict[int, str]:
+    """{id: name} of the rows of ``model`` (datasets) with these ids, in one query."""
+    return dict(s.execute(select(model.id, model.name).where(model.id.in_(ids))).all()) if ids else {}
+
+
+def _modules(s, ids: set[int]) -> dict[int, str]:
+    """{id: "name@version"} of these modules, in one query."""
+    rows = s.execute(select(Module.id, Module.name, Module.version).where(Module.id.in_(ids))).all() if ids else []
+    return {i: f"{name}@{version}" for i, name, version in rows}
+
+
 class Workload:
     """The catalog queries of this router that the Catalog API does not cover."""
 
@@ -267,26 +279,40 @@ class Workload:
 
     def _run_json(self, s, run: Run, tasks: bool) -> dict:
         rows = s.execute(select(Task).where(Task.run_id == run.id).order_by(Task.id)).scalars().all()
-        out = {"id": run.id, "workflow": s.get(Workflow, run.workflow_id).name,
-               "dataset": s.get(Dataset, run.input_dataset_id).name if run.input_dataset_id else None,
+        # the names of the run's and its tasks' datasets: one query
+        ids = {i for t in rows for i in (t.input_dataset_id, t.output_dataset_id)} | {run.input_dataset_id}
+        names = _names(s, Dataset, ids - {None})
+        out = {"id": run.id, "workflow": s.get(Workflow, run.workflow_id).name,  # a listing's runs share a few
+               "dataset": names.get(run.input_dataset_id),
                "state": run.state, "owner": run.owner, "params": run.params, "created": _time(run.created),
                "jobs": {"total": sum(t.jobs_total for t in rows), "succeeded": sum(t.jobs_succeeded for t in rows),
                         "failed": sum(t.jobs_failed for t in rows)}}
         if tasks:
-            out["tasks"] = [self._task_json(s, t) for t in rows]
+            counts = defaultdict(dict)  # task -> {state: jobs}, for all the run's tasks at once
+            if rows:
+                for task_id, state, n in s.execute(select(Job.task_id, Job.state, func.count())
+                                                   .where(Job.task_id.in_([t.id for t in rows]))
+                                                   .group_by(Job.task_id, Job.state)):
+                    counts[task_id][state] = n
+            modules = _modules(s, {t.module_id for t in rows})
+            out["tasks"] = [self._task_json(s, t, counts[t.id], names, modules, run.owner) for t in rows]
         return out
 
-    def _task_json(self, s, t: Task) -> dict:
-        counts = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == t.id)
-                                .group_by(Job.state)).all())
-
-        def name(i):
-            return s.get(Dataset, i).name if i is not None else None
-
-        module = s.get(Module, t.module_id)
-        return {"id": t.id, "run": t.run_id, "step": t.step, "module": f"{module.name}@{module.version}",
-                "state": t.state, "rank": t.rank, "params": t.params, "input_dataset": name(t.input_dataset_id),
-                "output_dataset": name(t.output_dataset_id), "owner": self.task_owner(s, t),
+    def _task_json(self, s, t: Task, counts: dict | None = None, names: dict | None = None,
+                   modules: dict | None = None, owner: str | None = None) -> dict:
+        """A task's view; ``counts``, ``names``, ``modules`` and ``owner``: what its run's view
+        has read already for all its tasks (read here where not given)."""
+        if counts is None:
+            counts = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == t.id)
+                                    .group_by(Job.state)).all())
+        if names is None:
+            names = _names(s, Dataset, {t.input_dataset_id, t.output_dataset_id} - {None})
+        if modules is None:
+            modules = _modules(s, {t.module_id})
+        return {"id": t.id, "run": t.run_id, "step": t.step, "module": modules[t.module_id],
+                "state": t.state, "rank": t.rank, "params": t.params, "input_dataset": names.get(t.input_dataset_id),
+                "output_dataset": names.get(t.output_dataset_id),
+                "owner": owner if owner is not None else self.task_owner(s, t),
                 "jobs": {"total": t.jobs_total, "succeeded": t.jobs_succeeded, "failed": t.jobs_failed,
                          "by_state": {state: counts.get(state, 0) for state in JOB_STATES}},
                 "created": _time(t.created), "updated": _time(t.updated)}
