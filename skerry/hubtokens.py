@@ -100,6 +100,11 @@ class HubTokens:
                 with self._lock:
                     self._asking.pop(key, None)
 
+    def kept(self, token: str) -> dict | None:
+        """``user_for_token``'s answer while it is kept, else None: no request, no wait (an
+        event loop may ask here before it sends the question to a thread)."""
+        return self._kept(hashlib.sha256(token.encode()).hexdigest())
+
     def _kept(self, key: str) -> dict | None:
         with self._lock:
             kept = self._cache.get(key)

@@ -189,9 +189,11 @@ def test_hub_tokens_keeps_an_answer_for_its_cache_time_and_says_when_the_hub_fai
 
     url, asked, answers = stand_in_hub
     hub = HubTokens(url, cache_seconds=30)
+    assert hub.kept("t1") is None  # nothing kept yet, and nothing asked for it
     assert hub.user_for_token("t1")["name"] == "alice"
     assert hub.user_for_token("t1")["name"] == "alice"
     assert asked == [("/hub/api/user", "token t1")]  # the second answer was kept
+    assert hub.kept("t1")["name"] == "alice" and hub.kept("t9") is None and len(asked) == 1
     answers["status"] = 403
     assert hub.user_for_token("t2") is None
     assert hub.user_for_token("t2") is None and len(asked) == 3  # a refusal is asked again
@@ -200,6 +202,7 @@ def test_hub_tokens_keeps_an_answer_for_its_cache_time_and_says_when_the_hub_fai
         hub.user_for_token("t3")
     assert hub.user_for_token("t1")["name"] == "alice"  # still kept
     hub.cache_seconds = 0
+    assert hub.kept("t1") is None  # no longer kept
     with pytest.raises(OSError):
         hub.user_for_token("t1")
 

@@ -66,8 +66,8 @@ class Hub:
         scheme, _, token = header.partition(" ")
         if scheme.lower() not in ("token", "bearer") or not token.strip():
             raise ApiError(401, "unauthenticated", "Send your hub token as 'Authorization: token <token>'.")
-        try:
-            model = await in_thread(self.tokens.user_for_token, token.strip())
+        try:  # a token seen in the last seconds is answered here, without a trip to a thread
+            model = self.tokens.kept(token.strip()) or await in_thread(self.tokens.user_for_token, token.strip())
         except (OSError, ValueError):
             raise ApiError(503, "hub_unavailable", "The hub could not check your token; try again.") from None
         if not model:

@@ -607,11 +607,14 @@ async def create_run(request: Request, who: dict = Depends(caller), w: Workload 
         raise ApiError(403, "forbidden", "Only admins may start runs over another user's datasets.")
     owner = await _call(w.check_run_request, body["workflow"], body["dataset"], whose)
     check = await queued_quota(w, owner, who, hub)
-    run_id = await _call(start_run, w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner,
-                         dataset_owner=owner,
-                         check=check and (lambda s, loaded: check(s, loaded, body["dataset"])))
-    await _call(wake_scheduler)
-    return JSONResponse(await _call(w.run, run_id, None), 201)
+
+    def started() -> dict:  # one trip to a worker thread: the run made, the scheduler woken, its view
+        run_id = start_run(w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner, dataset_owner=owner,
+                           check=check and (lambda s, loaded: check(s, loaded, body["dataset"])))
+        wake_scheduler()
+        return w.run(run_id, None)
+
+    return JSONResponse(await _call(started), 201)
 
 
 @router.get("/runs/{run_id}", tags=["runs"])
