@@ -38,6 +38,8 @@ import os
 import uuid
 from collections.abc import Iterable
 
+from skerry.errors import Conflict
+
 __all__ = ["SUFFIX", "temp_name", "temp_path", "is_hidden", "replace", "discard", "AtomicFile", "writing",
            "write_local", "NoFolder"]
 
@@ -132,8 +134,8 @@ def write_local(path: str, chunks: Iterable[bytes]) -> os.stat_result:
     try:
         # O_TMPFILE holds O_DIRECTORY; named again so that, where O_TMPFILE is unknown, no file opens instead
         fd = os.open(path.rpartition("/")[0] or "/", os.O_TMPFILE | os.O_DIRECTORY | os.O_WRONLY | os.O_CLOEXEC, 0o666)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        raise NoFolder(e.errno, e.strerror, path.rpartition("/")[0]) from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise NoFolder(f"{path.rpartition('/')[0]!r} is no folder to write a file in") from None
     except OSError as e:
         if e.errno not in _NO_TMPFILE:
             raise
@@ -147,8 +149,11 @@ def write_local(path: str, chunks: Iterable[bytes]) -> os.stat_result:
     return written
 
 
-class NoFolder(FileNotFoundError):
-    """``write_local``'s path has no folder (missing, or not a folder): nothing was read or written."""
+class NoFolder(Conflict):
+    """``write_local``'s path has no folder (missing, or not a folder): nothing was read or
+    written (WebDAV answers such a PUT 409)."""
+
+    code = "no_folder"
 
 
 def _write_all(fd: int, chunks: Iterable[bytes]) -> None:
@@ -192,8 +197,8 @@ def _write_named(path: str, chunks: Iterable[bytes]) -> os.stat_result:
     temp = temp_path(path)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        raise NoFolder(e.errno, e.strerror, path.rpartition("/")[0]) from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise NoFolder(f"{path.rpartition('/')[0]!r} is no folder to write a file in") from None
     try:
         try:
             _write_all(fd, chunks)

@@ -260,6 +260,44 @@ def test_the_granian_shim_steps_a_lazy_app_once_and_ends_reads_at_the_body():
     assert closed == [True]
 
 
+def test_the_granian_shim_keeps_the_process_environment_out_of_requests(tmp_path):
+    """A real granian copies its process's environment into every request's environ (the
+    endpoint's holds its hub token); behind ``for_granian`` the app sees the request only."""
+    import httpx
+
+    from helpers import free_port
+
+    (tmp_path / "envapp.py").write_text(
+        "from skerry.hub.userserver.wsgishim import for_granian\n"
+        "def bare(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [' '.join(sorted(k for k in environ if isinstance(k, str))).encode()]\n"
+        "def app(environ, start_response):\n"
+        "    return (shimmed if environ['PATH_INFO'] == '/shimmed' else bare)(environ, start_response)\n"
+        "shimmed = for_granian(bare)\n")
+    port = free_port()
+    env = {**os.environ, "SKERRY_TEST_SECRET": "s3cret", "PYTHONPATH": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1", "envapp:app"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def answers():
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/bare", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, 30, what="granian")
+        bare = httpx.get(f"http://127.0.0.1:{port}/bare", headers={"X-Asked": "1"}).text.split()
+        shimmed = httpx.get(f"http://127.0.0.1:{port}/shimmed", headers={"X-Asked": "1"}).text.split()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert "SKERRY_TEST_SECRET" in bare and "PATH" in bare  # what granian does on its own
+    assert "SKERRY_TEST_SECRET" not in shimmed and "PATH" not in shimmed
+    assert {"REQUEST_METHOD", "PATH_INFO", "HTTP_X_ASKED", "wsgi.input"} <= set(shimmed)
+
+
 def test_the_granian_shim_reads_what_a_refusing_app_left_of_the_body():
     """An app that answers without reading the body (a 412 before a PUT's bytes): the
     rest of the body is read before the answer goes out, so the connection the proxy is

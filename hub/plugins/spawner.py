@@ -79,6 +79,9 @@ from skerry.hub.plugins.server_log import page as log_page
 from skerry.tls import TRUST_VARIABLES
 
 
+_DELETING: set = set()  # the delete_forever tasks running: see its docstring
+
+
 class SkerrySpawner(MicroInfrastructure, SimpleLocalProcessSpawner):
     """Spawns a micro-infrastructure (Jupyter + WebDAV) per user server, as local processes."""
 
@@ -349,7 +352,20 @@ class SkerrySpawner(MicroInfrastructure, SimpleLocalProcessSpawner):
         (JupyterHub deletes the default server only with its user): their account is locked and
         every process of it killed (``skerry.accounts.lock_account``). The account and the home
         stay, for an admin to archive, unlock or remove; a new hub user of the same name cannot
-        start until then."""
+        start until then.
+
+        JupyterHub runs this in a task it keeps no reference to (``asyncio.ensure_future`` in
+        its DELETE handler): a garbage collection while it waits destroyed it ("Task was
+        destroyed but it is pending"), the spawner was never removed and the service's DELETE
+        waited 60 s for nothing. The task is held in ``_DELETING`` until it ends."""
+        task = asyncio.current_task()
+        _DELETING.add(task)
+        try:
+            await self._delete_forever()
+        finally:
+            _DELETING.discard(task)
+
+    async def _delete_forever(self):
         if self.name:  # a named server: its parked WebDAV route (``SkerryProxy.park``) goes with it
             proxy = self.user.settings.get("proxy")
             if proxy is not None:

@@ -15,10 +15,16 @@
   with its 1 MiB body unread, dropped the connection the proxy was still sending on, and
   Traefik answered 502 to a quarter of such PUTs.
 
+- the process's environment is not in a request's environ: granian copies every variable
+  of it into each request's (PEP 3333 allows it), and the endpoint's holds its hub API
+  token and identity key. The app reads its settings from ``skerry.config``, never from a
+  request.
+
 A chunked body (no ``Content-Length``) is otherwise left as granian reads it.
 """
 
 import itertools
+import os
 
 
 class _BodyOfLength:
@@ -45,8 +51,17 @@ class _BodyOfLength:
         return iter(self.readline, b"")
 
 
+# what a request's environ holds of its own (CGI and WSGI names), whatever the process's environment holds
+_REQUEST_NAMES = ("HTTP_", "CONTENT_", "SERVER_", "REMOTE_", "REQUEST_", "PATH_INFO", "QUERY_STRING", "SCRIPT_NAME",
+                  "GATEWAY_INTERFACE", "wsgi.")
+
+
 def for_granian(app):
+    process_only = [name for name in os.environ if not name.startswith(_REQUEST_NAMES)]
+
     def wrapped(environ, start_response):
+        for name in process_only:  # granian's copy of the process's environment (its secrets)
+            environ.pop(name, None)
         length = environ.get("CONTENT_LENGTH") or ""
         if length.isdigit():
             environ["wsgi.input"] = _BodyOfLength(environ["wsgi.input"], int(length))
