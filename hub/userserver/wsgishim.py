@@ -13,8 +13,7 @@
   (RFC 9112 9.6: a server that answers before reading the whole body should not close the
   connection until it has): granian answered a refused PUT (a 412 for a stale ``If-Match``)
   with its 1 MiB body unread, dropped the connection the proxy was still sending on, and
-  Traefik answered 502 to a quarter of such PUTs.
-
+  Traefik answered 502 to a quarter of such PUTs;
 - the process's environment is not in a request's environ: granian copies every variable
   of it into each request's (PEP 3333 allows it), and the endpoint's holds its hub API
   token and identity key. The app reads its settings from ``skerry.config``, never from a
