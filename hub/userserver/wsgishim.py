@@ -23,7 +23,8 @@ A chunked body (no ``Content-Length``) is otherwise left as granian reads it.
 """
 
 import itertools
-import os
+
+from skerry import config
 
 
 class _BodyOfLength:
@@ -56,7 +57,7 @@ _REQUEST_NAMES = ("HTTP_", "CONTENT_", "SERVER_", "REMOTE_", "REQUEST_", "PATH_I
 
 
 def for_granian(app):
-    process_only = [name for name in os.environ if not name.startswith(_REQUEST_NAMES)]
+    process_only = [name for name in config.environment() if not name.startswith(_REQUEST_NAMES)]
 
     def wrapped(environ, start_response):
         for name in process_only:  # granian's copy of the process's environment (its secrets)
