@@ -131,11 +131,12 @@ def write_local(path: str, chunks: Iterable[bytes]) -> os.stat_result:
     path = os.path.abspath(path)
     if not _PROC:
         return _write_named(path, chunks)
+    folder = path.rpartition("/")[0] or "/"
     try:
         # O_TMPFILE holds O_DIRECTORY; named again so that, where O_TMPFILE is unknown, no file opens instead
-        fd = os.open(path.rpartition("/")[0] or "/", os.O_TMPFILE | os.O_DIRECTORY | os.O_WRONLY | os.O_CLOEXEC, 0o666)
+        fd = os.open(folder, os.O_TMPFILE | os.O_DIRECTORY | os.O_WRONLY | os.O_CLOEXEC, 0o666)
     except (FileNotFoundError, NotADirectoryError):
-        raise NoFolder(f"{path.rpartition('/')[0]!r} is no folder to write a file in") from None
+        raise NoFolder.of(folder) from None
     except OSError as e:
         if e.errno not in _NO_TMPFILE:
             raise
@@ -154,6 +155,10 @@ class NoFolder(Conflict):
     written (WebDAV answers such a PUT 409)."""
 
     code = "no_folder"
+
+    @classmethod
+    def of(cls, folder: str) -> "NoFolder":
+        return cls(f"{folder!r} is no folder to write a file in")
 
 
 def _write_all(fd: int, chunks: Iterable[bytes]) -> None:
@@ -198,7 +203,7 @@ def _write_named(path: str, chunks: Iterable[bytes]) -> os.stat_result:
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except (FileNotFoundError, NotADirectoryError):
-        raise NoFolder(f"{path.rpartition('/')[0]!r} is no folder to write a file in") from None
+        raise NoFolder.of(path.rpartition("/")[0] or "/") from None
     try:
         try:
             _write_all(fd, chunks)
