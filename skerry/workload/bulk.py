@@ -11,6 +11,12 @@ with named parameters, and its rows go to the DB-API's ``executemany`` as they a
 PostgreSQL an insert's rows go in one ``COPY ... FROM STDIN`` (an ``INSERT`` per row
 costs the server about ten times more than a row of ``COPY``).
 
+The statements the scheduler runs on every step (and the service on every run request)
+are built once, as module constants with ``bindparam``s, not per call: building a
+``select(...).where(...)`` cost SQLAlchemy 0.25-0.33 ms, running it once built 0.04 ms
+(SQLite, a lookup by key), and a one-job run went through about forty of them (in
+process, from 44 to 24-30 ms).
+
 Rules:
 - SQLite: the driver's ``executemany``; PostgreSQL (psycopg): inserts by ``COPY``, other
   statements by ``conn.execute(statement, rows)``, as on any other database;

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from .. import states as S
 from ..bulk import chunks
@@ -38,21 +38,25 @@ from .inflight import InFlight
 
 __all__ = ["cancel_task", "derive_task_states", "drop_final", "set_rank", "update_ranks"]
 
+# built once, not per call (``bulk``)
+_TASK = select(Task.state, Task.run_id).where(Task.id == bindparam("task"))
+_COUNTS = select(Job.state, func.count()).where(Job.task_id == bindparam("task")).group_by(Job.state)
+_TASK_STATE = update(Task).where(Task.id == bindparam("task")).values(state=bindparam("b_state"))
 
 
 def derive_task_states(catalog, planner, tasks: set[int]) -> None:
     """Derive again the state of each of ``tasks``; then let the planner end finished runs."""
     with catalog.writing() as s:
+        conn = s.connection()
         for task_id in sorted(tasks):
-            task = s.get(Task, task_id)
+            task = conn.execute(_TASK, {"task": task_id}).first()
             if task is None or task.state in S.FINAL_STATES:
                 continue
-            counts = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == task_id)
-                                    .group_by(Job.state)).all())
+            counts = dict(conn.execute(_COUNTS, {"task": task_id}).all())
             complete = planner.complete(task_id) if (planner and task.run_id) else True
             tr = S.apply_task(S.Task(task_id, task.state), S.JobsChanged(counts, complete))
             if tr.record.state.value != task.state:
-                task.state = tr.record.state.value
+                conn.execute(_TASK_STATE, {"task": task_id, "b_state": tr.record.state.value})
     if planner is not None:
         planner.finish_runs()
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from .. import states as S
 from ..bulk import Bulk, chunks, unindexed
@@ -63,6 +63,13 @@ MAX_WINDOW = 10_000  # jobs a pool's window holds at most, however fast its jobs
 MAX_BATCH = 100  # attempts one Dask task carries at most
 
 _ATTEMPTS = Bulk(insert(JobAttempt), datetimes=("started",))  # compiled once, many rows each (``bulk``)
+# built once, not per call (``bulk``: building a statement costs more than running it)
+_RANKS = select(Task.id, Task.rank).where(Task.state.not_in(S.FINAL_STATES)).order_by(Task.id)
+_QUEUED = (select(Job.id, Job.attempts).where(Job.task_id == bindparam("task"), Job.state == "queued",
+                                               Job.pool == bindparam("pool"))
+           .order_by(Job.id).limit(bindparam("free")))
+_RUNNING = (update(Job).where(Job.id.in_(bindparam("ids", expanding=True)), unindexed(Job.state) == "queued")
+            .values(state="running", attempts=Job.attempts + 1, updated=bindparam("stamp")))
 
 
 class Dispatcher:
@@ -130,13 +137,10 @@ class Dispatcher:
             if free <= 0 or (in_flight[pool] and free < self._least(pool, tasks[pool])):
                 continue
             if ranks is None:
-                ranks = dict(conn.execute(select(Task.id, Task.rank).where(Task.state.not_in(S.FINAL_STATES))
-                                          .order_by(Task.id)).all())
+                ranks = dict(conn.execute(_RANKS).all())
             queued = {}
             for task_id in ranks:
-                rows = conn.execute(select(Job.id, Job.attempts).where(Job.task_id == task_id, Job.state == "queued",
-                                                                       Job.pool == pool)
-                                    .order_by(Job.id).limit(free)).all()
+                rows = conn.execute(_QUEUED, {"task": task_id, "pool": pool, "free": free}).all()
                 if rows:
                     queued[task_id] = rows
             # measured afresh over the tasks that may be picked now: one not measured short
@@ -175,8 +179,7 @@ class Dispatcher:
             go.append(live)
         conn = s.connection()
         for chunk in chunks(go):  # one statement per chunk
-            conn.execute(update(Job).where(Job.id.in_([live.job for live in chunk]), unindexed(Job.state) == "queued")
-                         .values(state="running", attempts=Job.attempts + 1, updated=stamp))
+            conn.execute(_RUNNING, {"ids": [live.job for live in chunk], "stamp": stamp})
         if go:  # in pick order (the fairness record)
             _ATTEMPTS.run(conn, [{"job_id": live.job, "number": live.attempt, "pool": pool, "started": stamp}
                                  for live in go])

@@ -100,15 +100,19 @@ class TaskInfos:
             return None
 
 
+# each file looked up by its key, sorted here: joined and sorted by the database,
+# PostgreSQL read all of files and job_inputs for each 500 jobs
+_INPUTS = select(JobInput.job_id, JobInput.position,
+                 select(File.uri).where(File.id == JobInput.file_id).scalar_subquery()
+                 ).where(JobInput.job_id.in_(bindparam("ids", expanding=True)))
+
+
 def job_inputs(s, job_ids: list[int]) -> dict[int, list[str]]:
     """The input files' URIs of each job, in order (a job without inputs is absent)."""
     conn = s.connection()  # plain rows: the ORM's result handling cost more than the query
-    # each file looked up by its key, sorted here: joined and sorted by the database,
-    # PostgreSQL read all of files and job_inputs for each 500 jobs
-    uri = select(File.uri).where(File.id == JobInput.file_id).scalar_subquery()
     rows = []
     for chunk in chunks(job_ids):
-        rows += conn.execute(select(JobInput.job_id, JobInput.position, uri).where(JobInput.job_id.in_(chunk))).all()
+        rows += conn.execute(_INPUTS, {"ids": chunk}).all()
     rows.sort(key=lambda row: (row[0], row[1]))
     out: dict[int, list[str]] = defaultdict(list)
     for job_id, _, file_uri in rows:

@@ -52,6 +52,17 @@ _ENDS = Bulk(update(JobAttempt).where(JobAttempt.job_id == bindparam("b_job"), J
                      worker=func.coalesce(bindparam("b_worker"), JobAttempt.worker),
                      started=func.coalesce(bindparam("b_started", type_=JobAttempt.started.type), JobAttempt.started)),
              datetimes=("b_ended", "b_started"))
+# the per-batch statements: built once, not per call (``bulk``)
+_MOVED = (update(Job).where(Job.id.in_(bindparam("ids", expanding=True)))
+          .values(state=bindparam("b_state"), error_class=bindparam("b_class"), updated=bindparam("b_stamp")))
+_SUCCEEDED = update(Task).where(Task.id == bindparam("b_task")).values(jobs_succeeded=Task.jobs_succeeded
+                                                                       + bindparam("b_n"))
+_FAILED = update(Task).where(Task.id == bindparam("b_task")).values(jobs_failed=Task.jobs_failed + bindparam("b_n"))
+_STILL = select(func.count()).where(Job.id.in_(bindparam("ids", expanding=True)), Job.attempts == bindparam("b_n"),
+                                    Job.state.not_in(S.FINAL_STATES))
+_REQUEUED = (update(Job).where(Job.id.in_(bindparam("ids", expanding=True)), Job.state == "retrying")
+             .values(state="queued", updated=bindparam("b_stamp")))
+_TASKS_OF = select(Job.task_id).where(Job.id.in_(bindparam("ids", expanding=True))).distinct()
 
 
 @dataclass
@@ -119,15 +130,14 @@ def write_moves(s, moves: list[Move], tasks: TaskInfos, dialect: str) -> set[int
         groups[(w.state, w.error_class)].append(w.job)
     for (state, error_class), ids in groups.items():
         for chunk in chunks(ids):
-            conn.execute(update(Job).where(Job.id.in_(chunk))
-                         .values(state=state, error_class=error_class, updated=stamp))
+            conn.execute(_MOVED, {"ids": chunk, "b_state": state, "b_class": error_class, "b_stamp": stamp})
     end_attempts(conn, list(ends.values()), stamp)
     if files:
         _FILES.run(conn, files)
     for task, n in succeeded.items():
-        conn.execute(update(Task).where(Task.id == task).values(jobs_succeeded=Task.jobs_succeeded + n))
+        conn.execute(_SUCCEEDED, {"b_task": task, "b_n": n})
     for task, n in failed.items():
-        conn.execute(update(Task).where(Task.id == task).values(jobs_failed=Task.jobs_failed + n))
+        conn.execute(_FAILED, {"b_task": task, "b_n": n})
     return {w.task for w in kept}
 
 
@@ -144,8 +154,7 @@ def writable(s, moves: list[Move], dialect: str) -> set[int]:
         for job, attempt in mine.items():
             by_attempt[attempt].append(job)
         conn = s.connection()
-        still = sum(conn.execute(select(func.count()).where(Job.id.in_(chunk), Job.attempts == attempt,
-                                                            Job.state.not_in(S.FINAL_STATES))).scalar_one()
+        still = sum(conn.execute(_STILL, {"ids": chunk, "b_n": attempt}).scalar_one()
                     for attempt, jobs in by_attempt.items() for chunk in chunks(jobs))
         if still == len(ids):
             return set(ids)
@@ -176,8 +185,8 @@ def write_starts(conn, starts: dict[int, tuple]) -> None:
 def requeue(s, due: list[int]) -> set[int]:
     """Jobs whose retry is due: ``retrying`` -> ``queued``; the tasks they belong to."""
     tasks = set()
+    conn = s.connection()
     for ids in chunks(due):
-        s.execute(update(Job).where(Job.id.in_(ids), Job.state == "retrying")
-                  .values(state="queued", updated=now()))
-        tasks.update(s.execute(select(Job.task_id).where(Job.id.in_(ids)).distinct()).scalars())
+        conn.execute(_REQUEUED, {"ids": ids, "b_stamp": now()})
+        tasks.update(conn.execute(_TASKS_OF, {"ids": ids}).scalars())
     return tasks
