@@ -104,10 +104,11 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
     if isinstance(rank, bool) or not isinstance(rank, int | float) or not 0 < rank < float("inf"):
         raise RunError(f"a run's rank must be a number > 0, not {rank!r}")
     registry = registry or registry_of(catalog)
+    try:
+        row = catalog.get_workflow(workflow)
+    except CatalogError as e:
+        raise RunError(e.message) from None
     with catalog.session() as s:
-        row = s.execute(select(Workflow).where(Workflow.name == workflow)).scalar_one_or_none()
-        if row is None:
-            raise RunError(f"no workflow named {workflow!r}")
         try:
             ds = catalog.dataset_row(s, dataset, dataset_owner)
         except CatalogError as e:
@@ -134,8 +135,7 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
         pins[name] = next(iter(step.inputs))
         outputs[name] = step.output_dataset(dataset)
     with catalog.writing() as s:
-        taken = s.execute(select(Dataset.name).where(Dataset.owner == owner,
-                                                     Dataset.name.in_(list(outputs.values())))).scalars().all()
+        taken = s.execute(_TAKEN, {"owner": owner, "names": list(outputs.values())}).scalars().all()
         if taken:
             raise RunError(f"output dataset {taken[0]!r} already exists: run {workflow!r} over "
                            f"{dataset!r} once, or name the step outputs differently")
@@ -148,8 +148,7 @@ def start_run(catalog, workflow: str, dataset: str, *, rank: float = 1.0, owner:
         made = {}
         for name in wf.order:
             step = wf.steps[name]
-            module = s.execute(select(Module).where(Module.name == step.module.name,
-                                                    Module.version == step.module.version)).scalar_one_or_none()
+            module = s.execute(_MODULE, {"name": step.module.name, "version": step.module.version}).scalar_one_or_none()
             if module is None:
                 module = Module(name=step.module.name, version=step.module.version,
                                 spec=step.module.model_dump(mode="json", exclude_defaults=True))
@@ -222,7 +221,10 @@ def _has_run(catalog, workflow: str, dataset_id: int) -> bool:
                          .limit(1)).first() is not None
 
 
-# the planner's statements of every pass: built once, not per call (``bulk``)
+# a run's start and the planner's pass: built once, not per call (``bulk``)
+_TAKEN = select(Dataset.name).where(Dataset.owner == bindparam("owner"),
+                                    Dataset.name.in_(bindparam("names", expanding=True)))
+_MODULE = select(Module).where(Module.name == bindparam("name"), Module.version == bindparam("version"))
 _RUNNING = select(func.count(), func.max(Run.id)).where(Run.state == "running")
 _RUNS = select(Run).where(Run.state == "running").order_by(Run.id)
 _TASKS = select(Task).where(Task.run_id == bindparam("run")).order_by(Task.id)
@@ -232,6 +234,22 @@ _CLOSE_OUTPUTS = (update(Dataset).where(Dataset.id.in_(select(Task.output_datase
                                                        .where(Task.run_id == bindparam("run"))),
                                         Dataset.state == "OPEN")
                   .values(state="CLOSED"))
+
+
+def _page(untaken: bool, limited: bool, named: bool):
+    """A page of a task's input files after a file id: only those in none of its jobs
+    (``untaken``), at most ``limit`` (``limited``), with their URIs (``named``)."""
+    query = select(File.id).where(File.dataset_id == bindparam("dataset"), File.state == "AVAILABLE",
+                                  File.id > bindparam("after")).order_by(File.id)
+    if untaken:
+        query = query.where(~exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id,
+                                            Job.task_id == bindparam("task")))
+    if limited:
+        query = query.limit(bindparam("limit"))
+    return query.add_columns(File.uri) if named else query
+
+
+_PAGES = {(u, lim, n): _page(u, lim, n) for u in (False, True) for lim in (False, True) for n in (False, True)}
 PLAN_STEP = 25_000  # files planned per pass (about 0.13 s on SQLite): the scheduler dispatches between passes
 PLAN_FIRST = 1_000  # ... while a task has no job: its first jobs are dispatched while the rest are planned
 
@@ -319,20 +337,16 @@ class Planner:
         after = self._after.pop(task.id, 0)
         if after == 0:  # a new pass
             self._pass_done[task.id] = done
-        query = select(File.id).where(File.dataset_id == task.input_dataset_id, File.state == "AVAILABLE",
-                                      File.id > after).order_by(File.id)
         high = self._high_water(s, task)
-        if after < high:  # files this task may have taken lie ahead: each is looked up among its jobs
-            query = query.where(~exists().where(JobInput.file_id == File.id, JobInput.job_id == Job.id,
-                                                Job.task_id == task.id))
-        if limit is not None:
-            query = query.limit(limit)
-        files = query
+        # with files this task may have taken ahead (after < high), each is looked up among its jobs
+        files = _PAGES[after < high, limit is not None, pin.pattern is not None]
+        params = {"dataset": task.input_dataset_id, "after": after, "task": task.id, "limit": limit}
         if pin.pattern is not None:  # the name is tested here: only the files it accepts go to jobs
-            rows = s.connection().execute(query.add_columns(File.uri)).all()
+            rows = s.connection().execute(files, params).all()
             files = [fid for fid, uri in rows if pin.accepts(uri.rsplit("/", 1)[-1])]
         made, seen, last = plan_jobs(s, task.id, files, size=size, whole_only=not done, state="queued",
-                                     pool=pool_of(step.module), resources=step.module.resources.model_dump(mode="json"))
+                                     pool=pool_of(step.module), resources=step.module.resources.model_dump(mode="json"),
+                                     params=params)
         if pin.pattern is not None:  # a page counts the files looked at, those the pattern left out too
             seen, last = len(rows), rows[-1][0] if rows else None
         if last is not None:

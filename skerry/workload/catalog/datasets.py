@@ -19,7 +19,7 @@ Rules:
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,14 +33,20 @@ from .values import DatasetInfo, dataset_info
 __all__ = ["Datasets", "dataset_row"]
 
 
+def _by_name(owned: bool, lock: bool):
+    query = select(Dataset).where(Dataset.name == bindparam("name"))
+    if owned:
+        query = query.where(Dataset.owner == bindparam("owner"))
+    return (query.with_for_update() if lock else query).limit(2)
+
+
+# built once, not per call (``bulk``): (owner given, locked) -> the lookup
+_BY_NAME = {(owned, lock): _by_name(owned, lock) for owned in (False, True) for lock in (False, True)}
+
+
 def dataset_row(s: Session, name: str, owner: str | None = None, lock: bool = False) -> Dataset:
     """The dataset ``name`` of ``owner`` (None: the only one by that name)."""
-    query = select(Dataset).where(Dataset.name == name)
-    if owner is not None:
-        query = query.where(Dataset.owner == owner)
-    if lock:
-        query = query.with_for_update()
-    found = s.execute(query.limit(2)).scalars().all()
+    found = s.execute(_BY_NAME[owner is not None, lock], {"name": name, "owner": owner}).scalars().all()
     if not found:
         raise UnknownDataset(f"no dataset named {name!r}")
     if len(found) > 1:

@@ -34,7 +34,8 @@ Rules:
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, Table, func, insert, literal, select, update
+from sqlalchemy import (JSON, BigInteger, Column, Integer, MetaData, String, Table, bindparam, func, insert, literal,
+                        select, update)
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
 
@@ -53,11 +54,39 @@ _STAGE = Bulk(insert(PLANNED), analyze=False)  # a list of files: executemany on
 _LINKS = Bulk(insert(JobInput))  # given inputs, with their jobs' ids
 ONE_JOB = 2**31 - 1  # the ``size`` of "every file in one job"
 
+# the statements of every page: built once, not per call (``bulk``)
+_CREATE = {table: CreateTable(table, if_not_exists=True) for table in (PLANNED, PLANNED_IDS)}
+_EMPTY = {table: table.delete() for table in (PLANNED, PLANNED_IDS)}
+_STAGED = select(func.min(PLANNED.c.i), func.count(), func.max(PLANNED.c.file_id))
+_SHORT = PLANNED.delete().where(PLANNED.c.i >= bindparam("end"))
+_SIZE = bindparam("size", type_=Integer)
+_NUMBER = (PLANNED.c.i - bindparam("lo", type_=Integer)).self_group()  # from 0, in the order of ``files``
+_PLANNED_LINKS = insert(JobInput).from_select(
+    ["job_id", "position", "file_id"],
+    select(PLANNED_IDS.c.id, _NUMBER % _SIZE, PLANNED.c.file_id)
+    .join_from(PLANNED, PLANNED_IDS, PLANNED_IDS.c.g == _NUMBER.op("/")(_SIZE) + 1))
+_TOTAL = update(Task).where(Task.id == bindparam("task")).values(jobs_total=Task.jobs_total + bindparam("k"))
+_LARGEST = select(func.coalesce(func.max(Job.id), 0))
+_K = bindparam("k", type_=Integer)
+_numbers = select(literal(1).label("g")).cte("numbers", recursive=True)  # 1..k (a job may have no file)
+_numbers = _numbers.union_all(select(_numbers.c.g + 1).where(_numbers.c.g < _K))
+_IDS_SQLITE = insert(PLANNED_IDS).from_select(["g", "id"], select(_numbers.c.g, _numbers.c.g + bindparam("first")))
+_reserved = (select(func.nextval(func.pg_get_serial_sequence("jobs", "id")).label("id"))
+             .select_from(func.generate_series(1, _K)).subquery())
+_IDS_POSTGRESQL = insert(PLANNED_IDS).from_select(
+    ["g", "id"], select(func.row_number().over(order_by=_reserved.c.id), _reserved.c.id))
+_STAMP = bindparam("stamp", type_=Job.__table__.c.created.type)
+_NEW_JOBS = insert(Job).from_select(
+    ["id", "task_id", "state", "pool", "resources", "attempts", "created", "updated"],
+    select(PLANNED_IDS.c.id, bindparam("task", type_=Integer), bindparam("state", type_=String),
+           bindparam("pool", type_=String), bindparam("resources", type_=JSON), literal(0), _STAMP, _STAMP)
+    .order_by(PLANNED_IDS.c.g))
+
 
 def plan_jobs(s: Session, task_id: int, files, *, size: int | None, whole_only: bool, state: str, pool: str,
-              resources: dict) -> tuple[int, int, int | None]:
-    """Jobs of ``size`` files each from ``files`` (module docstring): (jobs made, files
-    looked at, the largest file id looked at)."""
+              resources: dict, params: dict | None = None) -> tuple[int, int, int | None]:
+    """Jobs of ``size`` files each from ``files`` (module docstring; ``params``: the values
+    of its ``bindparam``s): (jobs made, files looked at, the largest file id looked at)."""
     conn = _staging(s, PLANNED, PLANNED_IDS)
     size = size or ONE_JOB
     if isinstance(files, list):
@@ -65,22 +94,18 @@ def plan_jobs(s: Session, task_id: int, files, *, size: int | None, whole_only: 
     elif conn.dialect.name == "postgresql":
         chosen = files.subquery()
         conn.execute(insert(PLANNED).from_select(
-            ["i", "file_id"], select(func.row_number().over(order_by=chosen.c.id), chosen.c.id)))
+            ["i", "file_id"], select(func.row_number().over(order_by=chosen.c.id), chosen.c.id)), params)
     else:  # the rows are numbered in the query's order
-        conn.execute(insert(PLANNED).from_select(["file_id"], files))
-    lo, seen, last = conn.execute(select(func.min(PLANNED.c.i), func.count(), func.max(PLANNED.c.file_id))).one()
+        conn.execute(insert(PLANNED).from_select(["file_id"], files), params)
+    lo, seen, last = conn.execute(_STAGED).one()
     links = seen - seen % size if whole_only and size != ONE_JOB else seen  # a short last job waits
     if links == 0:
         return 0, seen, last
     if links < seen:
-        conn.execute(PLANNED.delete().where(PLANNED.c.i >= lo + links))
+        conn.execute(_SHORT, {"end": lo + links})
     groups = -(-links // size)
     _jobs(conn, task_id, groups, state=state, pool=pool, resources=resources)
-    number = (PLANNED.c.i - lo).self_group()  # from 0, in the order of ``files``
-    conn.execute(insert(JobInput).from_select(
-        ["job_id", "position", "file_id"],
-        select(PLANNED_IDS.c.id, number % size, PLANNED.c.file_id)
-        .join_from(PLANNED, PLANNED_IDS, PLANNED_IDS.c.g == number.op("/")(size) + 1)))
+    conn.execute(_PLANNED_LINKS, {"lo": lo, "size": size})
     analyzed(conn, "job_inputs", links)
     return groups, seen, last
 
@@ -101,8 +126,8 @@ def _staging(s: Session, *tables: Table):
     """The session's connection, ``tables`` there and empty."""
     conn = s.connection()
     for table in tables:
-        conn.execute(CreateTable(table, if_not_exists=True))
-        conn.execute(table.delete())
+        conn.execute(_CREATE[table])
+        conn.execute(_EMPTY[table])
     return conn
 
 
@@ -110,20 +135,10 @@ def _jobs(conn, task_id: int, k: int, *, state: str, pool: str, resources: dict)
     """``k`` new jobs of the task, numbered 1..k in ``skerry_planned_ids`` with their ids, and the task's count."""
     if k == 0:
         return
-    conn.execute(update(Task).where(Task.id == task_id).values(jobs_total=Task.jobs_total + k))
+    conn.execute(_TOTAL, {"task": task_id, "k": k})
     if conn.dialect.name == "postgresql":
-        reserved = select(func.nextval(func.pg_get_serial_sequence("jobs", "id")).label("id")) \
-            .select_from(func.generate_series(1, k)).subquery()
-        ids = select(func.row_number().over(order_by=reserved.c.id), reserved.c.id)
+        conn.execute(_IDS_POSTGRESQL, {"k": k})
     else:
-        first = conn.execute(select(func.coalesce(func.max(Job.id), 0))).scalar_one()
-        numbers = select(literal(1).label("g")).cte("numbers", recursive=True)  # 1..k (a job may have no file)
-        numbers = numbers.union_all(select(numbers.c.g + 1).where(numbers.c.g < k))
-        ids = select(numbers.c.g, numbers.c.g + first)
-    conn.execute(insert(PLANNED_IDS).from_select(["g", "id"], ids))
-    stamp = literal(now(), Job.__table__.c.created.type)
-    conn.execute(insert(Job).from_select(
-        ["id", "task_id", "state", "pool", "resources", "attempts", "created", "updated"],
-        select(PLANNED_IDS.c.id, literal(task_id), literal(state), literal(pool), literal(resources, JSON),
-               literal(0), stamp, stamp).order_by(PLANNED_IDS.c.g)))
+        conn.execute(_IDS_SQLITE, {"k": k, "first": conn.execute(_LARGEST).scalar_one()})
+    conn.execute(_NEW_JOBS, {"task": task_id, "state": state, "pool": pool, "resources": resources, "stamp": now()})
     analyzed(conn, "jobs", k)

@@ -11,7 +11,7 @@ Rules:
   is read back is detached from any session.
 """
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from ..models import Module, Workflow
@@ -20,6 +20,8 @@ from .errors import CatalogError, ModuleExists, UnknownModule
 from .inputs import check_metadata, check_name
 
 __all__ = ["Specs"]
+
+_WORKFLOW = select(Workflow).where(Workflow.name == bindparam("name"))  # built once (``bulk``)
 
 
 class Specs(Database):
@@ -71,7 +73,7 @@ class Specs(Database):
     def get_workflow(self, name: str) -> Workflow:
         """A workflow by name, detached from any session."""
         with self.session() as s:
-            workflow = s.execute(select(Workflow).where(Workflow.name == name)).scalar_one_or_none()
+            workflow = s.execute(_WORKFLOW, {"name": name}).scalar_one_or_none()
         if workflow is None:
             raise CatalogError(f"no workflow named {name!r}")
         return workflow
