@@ -183,7 +183,9 @@ def _job_json(j: Job, last: tuple | None = None) -> dict:
 
 # a run's view, asked on every run request and wait: built once, not per call (``skerry.workload.bulk``)
 _RUN_STATE = select(Run.state, Run.owner).where(Run.id == bindparam("run_id"))
-_RUN_TASKS = select(Task).where(Task.run_id == bindparam("run_id")).order_by(Task.id)
+_RUN = select(Run.__table__).where(Run.id == bindparam("run_id"))  # plain rows: the ORM's objects cost more
+_RUN_TASKS = select(Task.__table__).where(Task.run_id == bindparam("run_id")).order_by(Task.id)
+_WORKFLOW_NAME = select(Workflow.name).where(Workflow.id == bindparam("id"))
 _DATASET_NAMES = select(Dataset.id, Dataset.name).where(Dataset.id.in_(bindparam("ids", expanding=True)))
 _MODULE_NAMES = select(Module.id, Module.name, Module.version).where(Module.id.in_(bindparam("ids", expanding=True)))
 _JOB_COUNTS = (select(Job.task_id, Job.state, func.count()).where(Job.task_id.in_(bindparam("ids", expanding=True)))
@@ -269,7 +271,7 @@ class Workload:
 
     def run(self, run_id: int, owner: str | None) -> dict:
         with self.catalog.session() as s:
-            run = s.get(Run, run_id)
+            run = s.execute(_RUN, {"run_id": run_id}).first()
             if run is None or (owner is not None and run.owner != owner):
                 raise NotFound(f"no run with id {run_id}")
             return self._run_json(s, run, tasks=True)
@@ -284,11 +286,11 @@ class Workload:
         return row.state
 
     def _run_json(self, s, run: Run, tasks: bool) -> dict:
-        rows = s.execute(_RUN_TASKS, {"run_id": run.id}).scalars().all()
+        rows = s.execute(_RUN_TASKS, {"run_id": run.id}).all()
         # the names of the run's and its tasks' datasets: one query
         ids = {i for t in rows for i in (t.input_dataset_id, t.output_dataset_id)} | {run.input_dataset_id}
         names = _names(s, ids - {None})
-        out = {"id": run.id, "workflow": s.get(Workflow, run.workflow_id).name,  # a listing's runs share a few
+        out = {"id": run.id, "workflow": s.execute(_WORKFLOW_NAME, {"id": run.workflow_id}).scalar_one(),
                "dataset": names.get(run.input_dataset_id),
                "state": run.state, "owner": run.owner, "params": run.params, "created": _time(run.created),
                "jobs": {"total": sum(t.jobs_total for t in rows), "succeeded": sum(t.jobs_succeeded for t in rows),

@@ -59,6 +59,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import posixpath
+import weakref
 from collections import defaultdict
 
 from sqlalchemy import bindparam, exists, func, select, update
@@ -82,15 +83,27 @@ class RunError(BadRequest):
     code = "bad_run"
 
 
+_MODULES_SEEN = select(func.count(), func.max(Module.id))
+_MODULE_SPECS = select(Module.spec).order_by(Module.id)
+_registries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # catalog -> ((count, largest id), registry)
+
+
 def registry_of(catalog) -> ModuleRegistry:
-    """The modules a workflow may use: the built-ins and every module in the catalog."""
-    registry = ModuleRegistry(list(BUILTINS.values()))
+    """The modules a workflow may use: the built-ins and every module in the catalog. Kept
+    per catalog while its modules stay the same (they are only ever added: a name and
+    version is never stored twice); callers read it, never add to it."""
     with catalog.session() as s:
-        for spec in s.execute(select(Module.spec).order_by(Module.id)).scalars():
+        seen = tuple(s.execute(_MODULES_SEEN).one())
+        kept = _registries.get(catalog)
+        if kept is not None and kept[0] == seen:
+            return kept[1]
+        registry = ModuleRegistry(list(BUILTINS.values()))
+        for spec in s.execute(_MODULE_SPECS).scalars():
             try:
                 registry.add(spec)
             except ConfigError:
                 pass  # a built-in's name and version stored with another spec: the catalog's wins below
+    _registries[catalog] = (seen, registry)
     return registry
 
 
@@ -367,20 +380,23 @@ class Planner:
             self._high[task.id] = high
         return high
 
-    def finish_runs(self) -> list[int]:
-        """End the runs whose tasks are all final; the ids of those ended now."""
+    def finish_runs(self, s=None) -> list[int]:
+        """End the runs whose tasks are all final; the ids of those ended now. In the
+        writing session ``s`` (the one that derived the tasks' states), else in one of its own."""
+        if s is None:
+            with self.catalog.writing() as s:
+                return self.finish_runs(s)
         ended = []
-        with self.catalog.writing() as s:
-            conn = s.connection()
-            states = defaultdict(list)  # the running runs' task states, in one query (a run without tasks never ends)
-            for run_id, state in conn.execute(_TASK_STATES):
-                states[run_id].append(state)
-            for run_id in sorted(states):
-                outcome = run_outcome(states[run_id])
-                if outcome is None:
-                    continue
-                conn.execute(_END_RUN, {"run": run_id, "b_state": outcome})
-                conn.execute(_CLOSE_OUTPUTS, {"run": run_id})
-                ended.append(run_id)
-                self._workflows.pop(run_id, None)
+        conn = s.connection()
+        states = defaultdict(list)  # the running runs' task states, in one query (a run without tasks never ends)
+        for run_id, state in conn.execute(_TASK_STATES):
+            states[run_id].append(state)
+        for run_id in sorted(states):
+            outcome = run_outcome(states[run_id])
+            if outcome is None:
+                continue
+            conn.execute(_END_RUN, {"run": run_id, "b_state": outcome})
+            conn.execute(_CLOSE_OUTPUTS, {"run": run_id})
+            ended.append(run_id)
+            self._workflows.pop(run_id, None)
         return ended

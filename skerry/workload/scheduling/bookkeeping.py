@@ -45,7 +45,8 @@ _TASK_STATE = update(Task).where(Task.id == bindparam("task")).values(state=bind
 
 
 def derive_task_states(catalog, planner, tasks: set[int]) -> None:
-    """Derive again the state of each of ``tasks``; then let the planner end finished runs."""
+    """Derive again the state of each of ``tasks``; then let the planner end finished runs
+    (in the same transaction)."""
     with catalog.writing() as s:
         conn = s.connection()
         for task_id in sorted(tasks):
@@ -57,8 +58,8 @@ def derive_task_states(catalog, planner, tasks: set[int]) -> None:
             tr = S.apply_task(S.Task(task_id, task.state), S.JobsChanged(counts, complete))
             if tr.record.state.value != task.state:
                 conn.execute(_TASK_STATE, {"task": task_id, "b_state": tr.record.state.value})
-    if planner is not None:
-        planner.finish_runs()
+        if planner is not None:
+            planner.finish_runs(s)
 
 
 def update_ranks(catalog, inflight: InFlight, rounds: dict[str, int], params: S.RankParams) -> None:
