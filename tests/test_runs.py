@@ -316,6 +316,23 @@ def test_a_run_keeps_the_module_versions_it_started_with(cat):
         assert s.get(Run, again).params["workflow"]["steps"][0]["module"] == "bob-mod@1"
 
 
+def test_the_kept_module_registry_knows_a_module_added_after_it_was_read(cat):
+    """``registry_of`` keeps a catalog's registry while its modules stay the same: one added
+    since is there the next time, and a workflow naming it starts a run."""
+    from skerry.workload.runs import registry_of
+
+    first = registry_of(cat)
+    assert registry_of(cat) is first and "md5of@1" in first and "later@1" not in first
+    cat.add_module("later", "1", {**MD5OF, "name": "later"})
+    assert "later@1" in registry_of(cat) and "later@1" not in first
+    cat.add_workflow("laters", {"name": "laters", "steps": [{"name": "s", "module": "later",
+                                                              "inputs": {"input": "dataset"}}]})
+    files(cat, "raw", ["a.md5"])
+    run = start_run(cat, "laters", "raw")
+    with cat.session() as s:
+        assert s.get(Run, run).params["workflow"]["steps"][0]["module"] == "later@1"
+
+
 def test_a_big_task_is_planned_a_page_at_a_time_each_file_once_and_whole_only_after_all(cat, monkeypatch):
     """The scheduler dispatches between pages: the first jobs exist before the last are
     planned. A page skipped by the step's pattern is passed over, not waited on."""

@@ -37,8 +37,8 @@ Rules:
   most every ``plan_interval`` s; queued jobs whose pool the runner does not have fail
   with ``no_pool`` (checked every 5 s);
 - with nothing in flight, no interval is waited for: a new run (``Planner.news``, one
-  small query a step) is planned in that step, its jobs are dispatched in the next with no
-  sleep in between (the states of the tasks that got them wait until they are
+  small query a step) is planned first in that step and its jobs are dispatched by the
+  same step's refill (the states of the tasks that got them wait until they are
   dispatched), and the tasks whose jobs ended get their state (and their run its end) in
   the step that saw the last one end: a one-job run takes about two Dask round trips,
   not two intervals;
@@ -125,6 +125,9 @@ class Scheduler:
         now = time.monotonic()
         due = [job for job, at in self.retry_due.items() if at <= now]
         fold_starts(moves, starts)
+        plan_due = now >= self._next_plan
+        idle_start = not self.live  # nothing in flight: a new run's jobs are planned first, dispatched below
+        planned = self._plan(now) if idle_start else set()
         with self.catalog.writing() as s:  # one transaction for the whole batch
             self.inflight.dirty |= write_moves(s, moves, self.tasks, self.catalog.dialect)
             if starts:
@@ -133,20 +136,13 @@ class Scheduler:
                 for job in due:
                     del self.retry_due[job]
                 self.inflight.dirty |= requeue(s, due)
-            if now >= self._next_plan:  # before the refill: what someone else ended frees the window now
+            if plan_due:  # before the refill: what someone else ended frees the window now
                 bookkeeping.drop_final(s.connection(), self.inflight, self.runner)
             dispatched = self.dispatcher.refill(s)
         self.dispatched += len(dispatched)
         self.dispatcher.submit(dispatched)  # committed: now they are in flight
-        planned = set()
-        # nothing in flight and a new run: its jobs are planned now, not at the next interval
-        if now >= self._next_plan or (not self.live and self.planner is not None and self.planner.news()):
-            if self.planner is not None:
-                planned = self.planner.advance()
-                self.inflight.dirty |= planned
-            # a planner behind (a run's jobs planned a page at a time) goes on at the next step
-            behind = self.planner is not None and self.planner.behind
-            self._next_plan = now if behind else now + self.config.plan_interval
+        if not idle_start:
+            planned = self._plan(now)
         # with nothing in flight, the tasks whose jobs ended get their state now (their run may be over);
         # jobs just planned for an idle scheduler are dispatched first, their tasks' states come after
         idle = not self.live
@@ -164,6 +160,19 @@ class Scheduler:
         if not self.live and wait and not planned:  # jobs just planned are dispatched at once
             self._woken.wait(wait)  # ``wake`` ends it: a run started elsewhere
             self._woken.clear()
+
+    def _plan(self, now: float) -> set[int]:
+        """Let the planner add jobs, every ``plan_interval`` s, or now for a new run while
+        nothing is in flight; the tasks that got jobs or became complete."""
+        news = not self.live and self.planner is not None and self.planner.news()
+        if not (now >= self._next_plan or news):
+            return set()
+        planned = self.planner.advance() if self.planner is not None else set()
+        self.inflight.dirty |= planned
+        # a planner behind (a run's jobs planned a page at a time) goes on at the next step
+        behind = self.planner is not None and self.planner.behind
+        self._next_plan = now if behind else now + self.config.plan_interval
+        return planned
 
     def _linger(self) -> float:
         """Seconds to let reports gather before a step (the module docstring's rule)."""
