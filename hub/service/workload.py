@@ -276,14 +276,14 @@ class Workload:
                 raise NotFound(f"no run with id {run_id}")
             return self._run_json(s, run, tasks=True)
 
-    def run_state(self, run_id: int, owner: str | None) -> str:
-        """A run's state alone (one row, on a plain connection: asked every few ms of a
-        wait), NotFound as ``run`` says it."""
+    def ended_run(self, run_id: int, owner: str | None) -> dict | None:
+        """A run's view once it has ended, else None: its state alone is read first (one row,
+        on a plain connection: asked every few ms of a wait); NotFound as ``run`` says it."""
         with self.catalog.engine.connect() as c:
             row = c.execute(_RUN_STATE, {"run_id": run_id}).first()
         if row is None or (owner is not None and row.owner != owner):
             raise NotFound(f"no run with id {run_id}")
-        return row.state
+        return self.run(run_id, owner) if row.state in states.FINAL_STATES else None
 
     def _run_json(self, s, run: Run, tasks: bool) -> dict:
         rows = s.execute(_RUN_TASKS, {"run_id": run.id}).all()
@@ -612,10 +612,13 @@ async def create_run(request: Request, who: dict = Depends(caller), w: Workload 
     whose = body.get("owner") if is_admin(who) else who.get("name", "")
     if not is_admin(who) and body.get("owner", whose) != whose:
         raise ApiError(403, "forbidden", "Only admins may start runs over another user's datasets.")
-    owner = await _call(w.check_run_request, body["workflow"], body["dataset"], whose)
+    mine = who.get("kind") == "user" and not is_admin(who)  # a user's own dataset: checked in the one trip below
+    owner = whose if mine else await _call(w.check_run_request, body["workflow"], body["dataset"], whose)
     check = await queued_quota(w, owner, who, hub)
 
-    def started() -> dict:  # one trip to a worker thread: the run made, the scheduler woken, its view
+    def started() -> dict:  # one trip to a worker thread: the run checked and made, the scheduler woken, its view
+        if mine:
+            w.check_run_request(body["workflow"], body["dataset"], owner)
         run_id = start_run(w.catalog, body["workflow"], body["dataset"], rank=rank, owner=owner, dataset_owner=owner,
                            check=check and (lambda s, loaded: check(s, loaded, body["dataset"])))
         wake_scheduler()
@@ -631,22 +634,23 @@ async def get_run(run_id: int, wait: float = 0, who: dict = Depends(caller), w: 
     if not 0 <= wait <= WAIT_MAX:
         raise ApiError(400, "bad_request", f"'wait' must be a number of seconds from 0 to {WAIT_MAX}, got {wait!r}.")
     owner = owner_filter(who)
-    if wait:
-        await until_ended(w, run_id, owner, wait)
-    return await _call(w.run, run_id, owner)
+    ended = await until_ended(w, run_id, owner, wait) if wait else None
+    return ended if ended is not None else await _call(w.run, run_id, owner)
 
 
-async def until_ended(w: Workload, run_id: int, owner: str | None, wait: float) -> None:
-    """Return once run ``run_id`` has ended, or after ``wait`` seconds. Its state (one row)
-    is read every 1/50 of the time waited so far, from 1 to 50 ms: a short run is seen
-    ended a few ms after its end, a long wait costs the service at most 20 reads a second
-    (where a client polling the whole run costs it a run's view, its jobs counted, each time)."""
+async def until_ended(w: Workload, run_id: int, owner: str | None, wait: float) -> dict | None:
+    """The view of run ``run_id`` once it has ended, or None after ``wait`` seconds. Its state
+    (one row) is read every 1/50 of the time waited so far, from 1 to 50 ms, and the view in
+    the same trip to a worker thread once it is final: a short run is answered a few ms after
+    its end, a long wait costs the service at most 20 reads a second (where a client polling
+    the whole run costs it a run's view, its jobs counted, each time)."""
     start = time.monotonic()
-    while await _call(w.run_state, run_id, owner) not in states.FINAL_STATES:
+    while (view := await _call(w.ended_run, run_id, owner)) is None:
         waited = time.monotonic() - start
         if waited >= wait:
-            return
+            return None
         await asyncio.sleep(min(wait - waited, max(0.001, min(0.05, waited / 50))))
+    return view
 
 
 @router.get("/tasks/{task_id}", tags=["runs"])
