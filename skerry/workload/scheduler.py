@@ -164,8 +164,7 @@ class Scheduler:
     def _plan(self, now: float) -> set[int]:
         """Let the planner add jobs, every ``plan_interval`` s, or now for a new run while
         nothing is in flight; the tasks that got jobs or became complete."""
-        news = not self.live and self.planner is not None and self.planner.news()
-        if not (now >= self._next_plan or news):
+        if now < self._next_plan and (self.live or self.planner is None or not self.planner.news()):
             return set()
         planned = self.planner.advance() if self.planner is not None else set()
         self.inflight.dirty |= planned
