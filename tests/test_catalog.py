@@ -10,6 +10,7 @@ import threading
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.registry import LocalRootFileSystem
@@ -47,9 +48,9 @@ def test_migrations_upgrade_an_empty_database_to_the_models(catalog_url):
     try:
         assert cat.revision() is None
         cat.upgrade()
-        assert cat.revision() == "0003"
+        assert cat.revision() == "0004"
         cat.upgrade()  # already there: nothing to do
-        assert cat.revision() == "0003"
+        assert cat.revision() == "0004"
         tables = set(inspect(cat.engine).get_table_names())
         assert set(Base.metadata.tables) <= tables
         from alembic.autogenerate import compare_metadata
@@ -63,6 +64,60 @@ def test_migrations_upgrade_an_empty_database_to_the_models(catalog_url):
         cat.dispose()
 
 
+# one row in each table, as revision 0001 wrote them: each refers to the rows before it
+FIRST_ROWS = (
+    "INSERT INTO datasets (id, name, owner, state, metadata, created, updated) "
+    "VALUES (1, 'raw', 'alice', 'OPEN', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO modules (id, name, version, spec, created) VALUES (1, 'noop', '1', '{}', CURRENT_TIMESTAMP)",
+    "INSERT INTO workflows (id, name, spec, created) VALUES (1, 'w', '{}', CURRENT_TIMESTAMP)",
+    "INSERT INTO runs (id, workflow_id, input_dataset_id, state, params, owner, created, updated) "
+    "VALUES (1, 1, 1, 'running', '{}', 'alice', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO tasks (id, run_id, step, module_id, input_dataset_id, state, rank, params, jobs_total, "
+    "jobs_succeeded, jobs_failed, created, updated) "
+    "VALUES (1, 1, 'noop', 1, 1, 'running', 1.0, '{}', 1, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO jobs (id, task_id, state, attempts, pool, resources, created, updated) "
+    "VALUES (1, 1, 'running', 1, 'cpu', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO files (id, dataset_id, uri, size, state, job_id, created) "
+    "VALUES (1, 1, 'skerry://home/raw/a', 1, 'AVAILABLE', 1, CURRENT_TIMESTAMP)",
+    "INSERT INTO job_inputs (job_id, position, file_id) VALUES (1, 0, 1)",
+    "INSERT INTO job_attempts (id, job_id, number, started) VALUES (1, 1, 1, CURRENT_TIMESTAMP)",
+    "INSERT INTO file_problems (id, dataset_id, uri, problem, seen, first_seen) "
+    "VALUES (1, 1, 'skerry://home/raw/b', 'dark', 1, CURRENT_TIMESTAMP)",
+)
+ALL_TABLES = ("datasets", "modules", "workflows", "runs", "tasks", "jobs", "files", "job_inputs", "job_attempts",
+              "file_problems")
+
+
+def test_an_upgrade_keeps_every_row_of_the_tables_it_copies_and_their_checks(catalog_url):
+    # SQLite alters a table by copying it: with foreign keys on, dropping the old copy deleted
+    # every row that refers to it (0002 copied ``datasets``: the files went with it)
+    cat = Catalog(catalog_url)
+    try:
+        cat.upgrade("0001")
+        with cat.writing() as s:
+            for row in FIRST_ROWS:
+                s.execute(text(row))
+        cat.upgrade()
+        with cat.session() as s:
+            assert {t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ALL_TABLES} \
+                == dict.fromkeys(ALL_TABLES, 1)
+            assert s.execute(text("SELECT job_id FROM files")).scalar_one() == 1
+        for table, bad in (("jobs", "UPDATE jobs SET state = 'running '"), ("tasks", "UPDATE tasks SET state = 'x'"),
+                           ("files", "UPDATE files SET state = 'available'"), ("runs", "UPDATE runs SET state = ''"),
+                           ("datasets", "UPDATE datasets SET state = 'open'"),
+                           ("file_problems", "UPDATE file_problems SET problem = 'gone'")):
+            with pytest.raises(IntegrityError, match=f"ck_{table}_"), cat.writing() as s:
+                s.execute(text(bad))
+        with cat.writing() as s:  # every allowed value passes
+            s.execute(text("UPDATE jobs SET state = 'lost'"))
+            s.execute(text("UPDATE files SET state = 'DELETED'"))
+        if cat.dialect == "sqlite":  # the pooled connections keep their foreign keys
+            with cat.session() as s:
+                assert s.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+    finally:
+        cat.dispose()
+
+
 def test_the_owners_migration_keeps_rows_and_makes_names_per_owner(catalog_url):
     cat = Catalog(catalog_url)
     try:
@@ -72,7 +127,7 @@ def test_the_owners_migration_keeps_rows_and_makes_names_per_owner(catalog_url):
                            "VALUES ('raw', 'alice', 'OPEN', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
             s.execute(text("INSERT INTO workflows (name, spec, created) VALUES ('old', '{}', CURRENT_TIMESTAMP)"))
         cat.upgrade()
-        assert cat.revision() == "0003"
+        assert cat.revision() == "0004"
         assert cat.get_dataset("raw").owner == "alice"
         assert cat.get_workflow("old").owner == ""  # no owner known: it starts runs over ownerless datasets only
         cat.create_dataset("raw", owner="bob")  # the name is alice's, in her namespace only

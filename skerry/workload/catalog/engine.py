@@ -26,7 +26,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from ... import config
-from ...errors import ConfigError
+from ...errors import ConfigError, InternalError
 
 __all__ = ["Database", "make_engine", "MIGRATIONS", "BUSY_TIMEOUT_S"]
 
@@ -109,9 +109,25 @@ class Database:
         from alembic import command
 
         config = self._alembic_config()
-        with self._write_engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        with self.engine.connect() as plain:
+            # SQLite alters a table by copying it and dropping the old one, and a drop with
+            # foreign keys on deletes the rows that refer to it (ON DELETE CASCADE): 0002's
+            # copy of ``datasets`` took every file with it. The pragma is a no-op inside a
+            # transaction, so it is set before; the keys are checked before the commit.
+            sqlite = self.dialect == "sqlite"
+            if sqlite:  # on the driver's connection: SQLAlchemy would begin a transaction first
+                plain.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with plain.execution_options(skerry_write=True).begin():
+                    config.attributes["connection"] = plain
+                    command.upgrade(config, revision)
+                    broken = plain.exec_driver_sql("PRAGMA foreign_key_check").all() if sqlite else []
+                    if broken:  # raised inside the transaction: nothing of the migration stays
+                        raise InternalError(f"the catalog's migration to {revision} broke {len(broken)} "
+                                            f"foreign keys (first: {tuple(broken[0])})")
+            finally:
+                if sqlite:
+                    plain.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
     def revision(self) -> str | None:
         """The schema's current Alembic revision (None: an empty database)."""
