@@ -687,3 +687,44 @@ def test_with_nothing_in_flight_a_new_run_is_planned_dispatched_and_ended_withou
             [(uri, job)] = s.execute(select(File.uri, File.job_id).join(Task, Task.output_dataset_id == File.dataset_id)
                                      .where(Task.run_id == run)).all()
         assert uri.endswith("f00000.dat.md5") and job is not None  # its one output, registered with its job
+
+
+def test_a_runs_next_page_waits_while_the_window_grows_and_every_page_comes(tmp_path, home, client, monkeypatch):
+    """A run planned a page at a time gets its next page at the next step, except while a
+    pool's window is still growing (its first jobs go out first); a new run is planned
+    whatever the window does; and the pages all come: the run ends with every job."""
+    import skerry.workload.runs as runs
+
+    monkeypatch.setattr(runs, "PLAN_FIRST", 4)
+    monkeypatch.setattr(runs, "PLAN_STEP", 40)
+    cat = catalog(tmp_path)
+    cat.add_workflow("one", {"name": "one", "steps": [
+        {"name": "sum", "module": "noop", "inputs": {"input": "dataset"}}]})
+    dataset(cat, home, "paged", 300)
+    dataset(cat, home, "later", 2)
+    planner = Planner(cat)
+    sched = Scheduler(cat, Runner({"cpu": client}), planner=planner)
+
+    def made(name):
+        with cat.session() as s:
+            return s.execute(select(Task.jobs_total).join(Run, Run.id == Task.run_id)
+                             .where(Run.input_dataset_id == cat.get_dataset(name).id)).scalar_one()
+
+    run = start_run(cat, "one", "paged")
+    now = time.monotonic()
+    assert sched._plan(now) and made("paged") == 4 and planner.behind  # the first page
+    sched.dispatcher._growing["cpu"] = True  # the window grew at the last refill, and will grow more
+    assert sched._plan(now) == set() and made("paged") == 4  # the next page waits
+    later = start_run(cat, "one", "later")
+    sched._plan(now)  # a new run is news: planned now, and the behind run's next page with it
+    assert made("later") == 2 and made("paged") == 44
+    sched.dispatcher._growing["cpu"] = False  # grown: the pages come a step at a time
+    assert sched._plan(now) and made("paged") == 84
+    steps = 0
+    while not (sched.run_done(run) and sched.run_done(later)):
+        sched.step(0.01)
+        steps += 1
+        assert steps < 3000
+    with cat.session() as s:
+        assert s.get(Run, run).state == s.get(Run, later).state == "succeeded"
+        assert s.execute(select(func.count()).select_from(Job).where(Job.state == "succeeded")).scalar_one() == 302
