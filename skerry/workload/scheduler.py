@@ -42,10 +42,6 @@ Rules:
   dispatched), and the tasks whose jobs ended get their state (and their run its end) in
   the step that saw the last one end: a one-job run takes about two Dask round trips,
   not two intervals;
-- a run planned a page at a time (``Planner.behind``) gets its next page at the next step,
-  unless a pool's window is still growing toward what its measured jobs need
-  (``Dispatcher.growing``, a few steps): a page costs the loop 0.1-0.3 s, and the few jobs
-  of a window that has not grown yet would leave the workers idle for it;
 - with ``adaptors_of`` (owner -> configuration file, ``skerry.workload.owners``), each
   job carries its owner's adaptors (the run's owner, else the input dataset's), so it
   sees their storage; a lost attempt's outputs are looked for there too;
@@ -168,17 +164,13 @@ class Scheduler:
     def _plan(self, now: float) -> set[int]:
         """Let the planner add jobs, every ``plan_interval`` s, or now for a new run while
         nothing is in flight; the tasks that got jobs or became complete."""
-        if self.planner is None:
+        if now < self._next_plan and (self.live or self.planner is None or not self.planner.news()):
             return set()
-        if now < self._next_plan:
-            if self.live or not self.planner.news():
-                return set()
-        elif self.planner.behind and self.dispatcher.growing and not self.planner.news():
-            return set()  # a run's next page waits while its first jobs' window grows: they go out first
-        planned = self.planner.advance()
+        planned = self.planner.advance() if self.planner is not None else set()
         self.inflight.dirty |= planned
         # a planner behind (a run's jobs planned a page at a time) goes on at the next step
-        self._next_plan = now if self.planner.behind else now + self.config.plan_interval
+        behind = self.planner is not None and self.planner.behind
+        self._next_plan = now if behind else now + self.config.plan_interval
         return planned
 
     def _linger(self) -> float:

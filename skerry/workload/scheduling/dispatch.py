@@ -79,7 +79,6 @@ class Dispatcher:
         self.runner, self.config, self.inflight, self.tasks = runner, config, inflight, tasks
         self.selectors = {pool: S.InterleavedRoundRobin() for pool in runner.pools}
         self._measured: dict[str, int] = {}  # pool -> its measured window at the last refill
-        self._growing: dict[str, bool] = {}  # pool -> whether its measured window was held to fourfold then
 
     # ---- windows ----
 
@@ -90,12 +89,6 @@ class Dispatcher:
     def window_of(self, pool: str) -> int:
         """How many attempts ``pool`` may have in flight now (the module docstring's rule)."""
         return max(self._window(pool), self._measured.get(pool, 0))
-
-    @property
-    def growing(self) -> bool:
-        """Whether a pool's window grew at its last refill and will grow more (its jobs are
-        measured short, the window is not yet what they need)."""
-        return any(self._growing.values())
 
     def _window(self, pool: str) -> int:
         """The window without the measured term: the base, or what finished in ``horizon`` s."""
@@ -153,9 +146,8 @@ class Dispatcher:
             # measured afresh over the tasks that may be picked now: one not measured short
             # (new, or long) brings the window back to the base one at once; it grows at most
             # fourfold a refill (a new task's picks are not behind a sudden flood)
-            target = self.measured_window(pool, set(queued) | tasks[pool])
-            self._measured[pool] = min(target, 4 * self.window_of(pool))
-            self._growing[pool] = target > self._measured[pool]
+            self._measured[pool] = min(self.measured_window(pool, set(queued) | tasks[pool]),
+                                       4 * self.window_of(pool))
             free = min(free, self.window_of(pool) - in_flight[pool])
             if not queued or free <= 0:
                 continue
