@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sqlalchemy import bindparam, exists, func, literal, select, union_all, update
+from sqlalchemy import bindparam, exists, func, literal_column, select, union_all, update
 
 from .. import states as S
 from ..bulk import chunks
@@ -42,9 +42,10 @@ __all__ = ["cancel_task", "derive_task_states", "drop_final", "set_rank", "updat
 
 # built once, not per call (``bulk``)
 _TASK = select(Task.state, Task.run_id).where(Task.id == bindparam("task"))
-_PRESENT = union_all(*(select(literal(state)).where(exists().where(Job.task_id == bindparam("task"),
-                                                                    Job.state == state))
-                       for state in JOB_STATES))
+# each state written into the statement, not bound: PostgreSQL's generic plan of a prepared
+# statement (psycopg prepares one run 5 times) scanned the whole table for a bound state
+_PRESENT = union_all(*(select(literal_column(f"'{state}'")).where(exists().where(
+    Job.task_id == bindparam("task"), Job.state == literal_column(f"'{state}'"))) for state in JOB_STATES))
 _TASK_STATE = update(Task).where(Task.id == bindparam("task")).values(state=bindparam("b_state"))
 
 
