@@ -15,7 +15,7 @@ import time
 import dask
 import pytest
 from distributed import Client, Nanny, SpecCluster
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from helpers import dask_client, local_home
 from skerry.workload.builtins import BUILTINS
@@ -395,6 +395,52 @@ def test_a_job_kept_off_a_pool_moves_to_another_and_fails_when_none_is_left(tmp_
         pools = s.execute(select(JobAttempt.pool, JobAttempt.error_class).order_by(JobAttempt.number)).all()
         assert s.execute(select(Job.state, Job.error_class)).all() == [("failed", "no_pool")]
     assert pools == [("cpu", "MemoryError"), ("big", "MemoryError")]
+
+
+@pytest.mark.parametrize("catalog_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_tasks_next_queued_jobs_are_read_from_after_the_last_one_dispatched(catalog_url, client):
+    """Not from its first job: PostgreSQL, with statistics taken while a run's jobs were all
+    queued, read them by primary key and passed over every ended job on each read."""
+    cat = Catalog(catalog_url)
+    cat.upgrade()
+    task = noop_task(cat, 3000)
+    postgres = cat.dialect == "postgresql"
+    if postgres:
+        with cat.writing() as s:
+            s.connection().exec_driver_sql("ANALYZE jobs")  # as after a run's bulk planning
+    reads = []
+
+    @event.listens_for(cat.engine, "before_cursor_execute")
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if "FROM jobs" in statement and "ORDER BY jobs.id" in statement and "LIMIT" in statement:
+            reads.append((statement, parameters, context.compiled_parameters[0]["after"]))
+
+    sched = Scheduler(cat, Runner({"cpu": client}), config=SchedulerConfig(batch_time=0))  # a window of hundreds
+    sched.run(lambda: sched.dispatched >= 2000, timeout=120)
+    event.remove(cat.engine, "before_cursor_execute", seen)
+    statement, parameters, after = reads[-1]
+    with cat.session() as s:
+        conn = s.connection()
+        ended = s.execute(select(func.count()).where(Job.state != "queued")).scalar_one()
+        beyond = s.execute(select(func.count()).where(Job.state != "queued", Job.id > after)).scalar_one()
+        assert beyond < ended - 1000  # it reads from after the jobs that left the queue before it
+        if postgres:
+            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar_one()
+            nodes, passed = [plan[0]["Plan"]], 0
+            while nodes:
+                node = nodes.pop()
+                passed += node.get("Rows Removed by Filter", 0)
+                nodes += node.get("Plans", [])
+            # and passes over only the jobs that left the queue since (not the 2,000 before)
+            assert passed <= beyond, (passed, beyond, plan)
+        else:
+            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}",
+                                                                          parameters))
+            assert "INDEX ix_jobs_task_state_id (task_id=? AND state=? AND id>?)" in plan, plan
+    sched.run(lambda: sched.tasks_done([task]), timeout=120)
+    with cat.session() as s:
+        assert s.execute(select(Job.state, func.count()).group_by(Job.state)).all() == [("succeeded", 3000)]
+        assert s.execute(select(func.count()).select_from(JobAttempt)).scalar_one() == 3000
 
 
 def test_retries_raise_a_tasks_rank_up_to_the_cap(tmp_path, client):

@@ -135,7 +135,9 @@ class Scheduler:
             if due:
                 for job in due:
                     del self.retry_due[job]
-                self.inflight.dirty |= requeue(s, due)
+                requeued = requeue(s, due)
+                self.dispatcher.forget(requeued)  # their jobs are queued again below where it reads from
+                self.inflight.dirty |= requeued
             if plan_due:  # before the refill: what someone else ended frees the window now
                 bookkeeping.drop_final(s.connection(), self.inflight, self.runner)
             dispatched = self.dispatcher.refill(s)
