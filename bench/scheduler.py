@@ -13,9 +13,9 @@ One run prints every figure:
    running (a warm-up run started it). From the catalog, for each run: when its last job
    was made (the planning time: target 100,000 within 2 s on SQLite), when its first job
    started, and the rate at which its first and its last 10,000 jobs started (target:
-   within 10%). The CPU time of the platform's processes per job, by role (the scheduler,
-   her cluster's workers, its Dask scheduler and jobs runner, the service, PostgreSQL, the
-   rest).
+   within 10%), and each 10,000's in turn (how much equal parts of one run differ). The
+   CPU time of the platform's processes per job, by role (the scheduler, her cluster's
+   workers, its Dask scheduler and jobs runner, the service, PostgreSQL, the rest).
 2. one-job latency: ``--one-runs`` runs of one job each, timed the same way: p50 and p95
    (target: p50 at most 50 ms).
 3. the baselines, with the platform stopped, on a ``LocalCluster`` of the same size
@@ -105,7 +105,7 @@ def platform_cpu(platform: Platform, database: str | None) -> dict[str, float]:
 def from_catalog(data: Path, run_id: int, wall: float) -> dict:
     """What the catalog says of a run: seconds after its POST until its last job was made, its
     first job started, its last job ended and the run was over, and the start rate of its
-    first and last ``PART`` jobs."""
+    first and last ``PART`` jobs and of each ``PART`` in turn."""
     catalog = Catalog.for_data_dir(data)
     try:
         with catalog.session() as s:
@@ -128,7 +128,8 @@ def from_catalog(data: Path, run_id: int, wall: float) -> dict:
         return (len(seq) - 1) / max(seq[-1] - seq[0], 1e-6)
 
     return {"made": at(made) - wall, "first": starts[0] - wall, "ended": at(ended) - wall, "over": at(over) - wall,
-            "rate_first": rate(starts[:part]), "rate_last": rate(starts[-part:])}
+            "rate_first": rate(starts[:part]), "rate_last": rate(starts[-part:]),
+            "rates": [rate(starts[i:i + part]) for i in range(0, len(starts) - part + 1, part)]}
 
 
 def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None, database: str | None) -> dict:
@@ -262,7 +263,9 @@ def main() -> None:
               f"ended at {r['ended']:.2f} s, the run over at {r['over']:.2f} s; "
               f"start rate of the first {min(PART, n):,} {r['rate_first']:,.0f}/s, of the last "
               f"{r['rate_last']:,.0f}/s (last/first {r['rate_last'] / r['rate_first']:.2f}); "
-              f"the platform's CPU per job {sum(r['cpu'].values()):.3f} ms: "
+              + (f"each {PART:,} in turn {', '.join(f'{x:,.0f}' for x in r['rates'])}/s "
+                 f"(the highest / the lowest {max(r['rates']) / min(r['rates']):.2f}); " if len(r['rates']) > 1 else "")
+              + f"the platform's CPU per job {sum(r['cpu'].values()):.3f} ms: "
               + ", ".join(f"{role} {ms:.3f}" for role, ms in sorted(r["cpu"].items(), key=lambda i: -i[1])))
     (p50, p95), (s50, s95) = mine["one"], hand["submit"]
     print(f"one-job runs ({args.one_runs}): POST /runs to succeeded p50 {p50:.0f} ms, p95 {p95:.0f} ms "

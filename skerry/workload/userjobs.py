@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+from ..process import settle_heap
 from .clusters import CLUSTER_CN, PLATFORM_CN, WORK, _tail
 from .runner import Beat, Finished, JobSpec, Started
 
@@ -321,6 +322,7 @@ def serve(address: str, ca: str, cert: str, key: str, pool: str, needs: str) -> 
     commands on stdin, reports on stdout, until stdin closes."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     client = _client(address, ca, cert, key)
+    settle_heap()
     try:
         _relay(client, pool, json.loads(needs), sys.stdin, sys.stdout)
     finally:
