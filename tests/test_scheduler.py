@@ -1,4 +1,5 @@
-"""The scheduler and the Dask runner on real LocalClusters (processes), real SQLite catalogs.
+"""The scheduler and the Dask runner on real LocalClusters (processes), real SQLite catalogs
+(and a real PostgreSQL server where the database makes a difference).
 
 Files are reached as ``skerry://home/...`` through a SkerryFileSystem whose ``home`` is a
 local adaptor over a tmp folder (``$SKERRY_ADAPTORS``, set before the workers start so

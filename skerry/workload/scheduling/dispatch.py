@@ -87,7 +87,7 @@ class Dispatcher:
         self.runner, self.config, self.inflight, self.tasks = runner, config, inflight, tasks
         self.selectors = {pool: S.InterleavedRoundRobin() for pool in runner.pools}
         self._measured: dict[str, int] = {}  # pool -> its measured window at the last refill
-        self._after: dict[tuple[int, str], int] = {}  # (task, pool) -> the last job read past (``refill``)
+        self._after: dict[tuple[int, str], int] = {}  # (task, pool) -> its last job that left the queue
         self._read: dict[tuple[int, str], int] = {}  # the same, from the refill not committed yet
 
     def forget(self, tasks) -> None:
