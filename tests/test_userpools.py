@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from helpers import open_for_accounts, remove_accounts, wait_for
+from helpers import free_port, open_for_accounts, remove_accounts, wait_for
 from skerry.datadir import DataDir
 from skerry.accounts import AccountPolicy
 from skerry.process import processes_of
@@ -221,7 +221,7 @@ def test_a_listening_runner_takes_only_the_platforms_certificate_of_its_own_clus
     for name, pem in [*mine.items(), *(("other-" + k, v) for k, v in other.items())]:
         (folder / f"{name}.pem").write_bytes(pem)
         os.chmod(folder / f"{name}.pem", 0o644)  # nobody's runner reads them: a test's files only
-    port = 20000 + secrets.randbelow(20000)
+    port = free_port()  # below the ephemeral range: no outgoing connection of another test holds it
     files = [str(folder / f"{n}.pem") for n in ("ca", "cluster", "cluster-key")]
     runner = subprocess.Popen([sys.executable, "-m", "skerry.workload.userjobs", "listen", "127.0.0.1", str(port),
                                "tls://127.0.0.1:9", *files],
