@@ -118,6 +118,20 @@ def outputs(browser) -> str:
     return browser.js("[...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText).join('\\n')")
 
 
+def click_until_shown(browser, selector: str, shown: str, interval: float, what: str, timeout: float = 60) -> None:
+    """Click ``selector`` until the JavaScript check ``shown`` is true (``timeout`` seconds at
+    most): a click the lab was not ready for (busy, or a notice over the element) is lost, so
+    click again every ``interval`` seconds while it has not shown."""
+
+    def clicked_and_shown() -> bool:
+        if browser.js(shown):
+            return True
+        browser.click(selector)
+        return False
+
+    wait_for(clicked_and_shown, timeout, interval, what=what)
+
+
 def open_task_stream(browser, platform, user: str, token: str) -> int:
     """In the open JupyterLab, with a notebook whose kernel used ``skerry.client``: the Dask
     tab finds the dashboard from that kernel (its search button), its Task Stream panel
@@ -125,33 +139,22 @@ def open_task_stream(browser, platform, user: str, token: str) -> int:
     rectangles the panel then draws."""
     from skerry.kernels.remote import RemoteKernel
 
-    def sidebar_open() -> bool:
-        if browser.js("!document.querySelector('#dask-dashboard-launcher').classList.contains('lm-mod-hidden')"):
-            return True
-        # a click the lab was not ready for (busy, or a notice over the tab) is lost: click again
-        browser.click('.lm-TabBar-tab[data-id="dask-dashboard-launcher"]')
-        return False
-
-    wait_for(sidebar_open, 60, 3.0, what="the Dask sidebar")
+    click_until_shown(browser, '.lm-TabBar-tab[data-id="dask-dashboard-launcher"]',
+                      "!document.querySelector('#dask-dashboard-launcher').classList.contains('lm-mod-hidden')",
+                      3.0, what="the Dask sidebar")
     # the kernel had no client when the notebook opened (skerry.client is made on first use): search
-    browser.click('#dask-dashboard-launcher jp-button[title="Auto-detect dashboard URL"]')
-    url = ("(() => { try { return document.querySelector('.dask-URLInput-wrapper input').value; }"
-           " catch (e) { return ''; } })()")
-    wait_for(lambda: f"/user/{user}/skerry/dask/cpu" in (browser.js(url) or ""), 120,
-             what="dask-labextension to find the dashboard from the kernel")
+    found = ("(() => { try { return document.querySelector('.dask-URLInput-wrapper input').value"
+             f".includes('/user/{user}/skerry/dask/cpu'); }} catch (e) {{ return false; }} }})()")
+    click_until_shown(browser, '#dask-dashboard-launcher jp-button[title="Auto-detect dashboard URL"]', found, 15.0,
+                      what="dask-labextension to find the dashboard from the kernel", timeout=120)
     task_stream = ("[...document.querySelectorAll('.dask-DashboardListing-item')]"
                    ".find(b => b.innerText.trim().toLowerCase() === 'task stream')")
     wait_for(lambda: browser.js(f"!!({task_stream})"), 60, what="the panels (checked by the browser)")
     browser.js(f"({task_stream}).scrollIntoView({{block: 'center'}})")
     browser.js(f"({task_stream}).id = 'skerry-test-task-stream'")  # for the mouse to find it
 
-    def panel_open() -> bool:
-        if browser.js("!!document.querySelector('.dask-DaskDashboard-widget iframe')"):
-            return True
-        browser.click("#skerry-test-task-stream")  # a click the lab was not ready for is lost: click again
-        return False
-
-    wait_for(panel_open, 60, 5.0, what="the Task Stream panel")
+    panel = "!!document.querySelector('.dask-DaskDashboard-widget iframe')"
+    click_until_shown(browser, "#skerry-test-task-stream", panel, 5.0, what="the Task Stream panel")
     src = browser.js("document.querySelector('.dask-DaskDashboard-widget iframe').src")
     assert src.startswith(f"{platform.url}/user/{user}/skerry/dask/cpu/"), src
     with RemoteKernel(f"{platform.url}/user/{user}/", token, "skerry") as kernel:
