@@ -7,7 +7,7 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from skerry.errors import ApiError, Conflict, NotFound, SkerryError
-from skerry.hub.service.app import API, create_app
+from skerry.hub.service.app import API, ROUTES, create_app
 from skerry.hub.service.workload import open_catalog
 from skerry.hub.stores.profiles import ProfileStore
 
@@ -108,3 +108,24 @@ def test_domain_errors_take_the_status_of_their_kind():
                 QuotaExceeded: 403, catalog.BadMetadata: 400, states.InvalidValue: 400,
                 store.CryptError: 500, ManagerUnavailable: 503}
     assert {cls: cls.status for cls in expected} == expected
+
+
+def test_no_route_or_dependency_of_the_service_waits_for_a_worker_thread():
+    """FastAPI runs a plain ``def`` route or dependency in a worker thread, a trip per call per
+    request: every one of the service's is ``async`` (blocking work goes through ``in_thread``)."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    def calls(dependant):
+        yield dependant.call
+        for sub in dependant.dependencies:
+            yield from calls(sub)
+
+    app = create_app(hub=FakeHub())
+    routes = [r for router in [app.router, *(module.router for module in ROUTES)] for r in router.routes
+              if isinstance(r, APIRoute)]
+    assert len(routes) > 50  # every module's routes are there
+    plain = {f"{fn.__module__}.{fn.__qualname__}" for r in routes for fn in calls(r.dependant)
+             if not inspect.iscoroutinefunction(fn)}
+    assert plain == set()

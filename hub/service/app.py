@@ -86,31 +86,36 @@ class Services:
     """The service's long-lived parts, each made on first use (the toolkit's dependencies ask here)."""
 
     def __init__(self, hub: Hub | None = None, catalog=None, profiles: ProfileStore | None = None):
-        self._hub, self._catalog, self._profiles, self._accounts = hub, catalog, profiles, None
+        self._parts = {name: part for name, part in (("hub", hub), ("catalog", catalog), ("profiles", profiles))
+                       if part is not None}
+
+    def made(self, name: str):
+        """The part ``name`` if it is made, else None (nothing is made)."""
+        return self._parts.get(name)
+
+    def _part(self, name: str, make):
+        if name not in self._parts:
+            self._parts[name] = make()
+        return self._parts[name]
 
     def hub(self) -> Hub:
-        if self._hub is None:
-            self._hub = Hub()
-        return self._hub
+        return self._part("hub", Hub)
 
     def catalog(self):
-        if self._catalog is None:
-            self._catalog = open_catalog(config.DATA_DIR.require())
-        return self._catalog
+        return self._part("catalog", lambda: open_catalog(config.DATA_DIR.require()))
 
     def profiles(self) -> ProfileStore:
-        if self._profiles is None:
-            self._profiles = ProfileStore.for_data_dir(config.DATA_DIR.require())
-        return self._profiles
+        return self._part("profiles", lambda: ProfileStore.for_data_dir(config.DATA_DIR.require()))
 
     def quotas(self):
-        return shared_store()
+        return self._part("quotas", shared_store)
 
     def accounts(self) -> tuple[AccountStore, DataDir]:
-        if self._accounts is None:
+        def make():
             data = DataDir(config.DATA_DIR.require())
-            self._accounts = AccountStore.for_data_dir(data), data
-        return self._accounts
+            return AccountStore.for_data_dir(data), data
+
+        return self._part("accounts", make)
 
 
 def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | None = None) -> FastAPI:

@@ -50,7 +50,7 @@ _call = calling(_refusal)  # store calls in a worker thread (SQLite waits)
 router = APIRouter(prefix=API, tags=["profiles"])
 
 
-def admin(who: dict = Depends(caller)) -> dict:
+async def admin(who: dict = Depends(caller)) -> dict:
     if not is_admin(who):
         raise ApiError(403, "forbidden", "Only admins may change profiles or read their audit log.")
     return who

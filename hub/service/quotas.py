@@ -89,7 +89,7 @@ def _report(store: QuotaStore, catalog, by: str, days: int, users: list[str] | N
 router = APIRouter(prefix=API, tags=["quotas and usage"])
 
 
-def admin(who: dict = Depends(caller)) -> dict:
+async def admin(who: dict = Depends(caller)) -> dict:
     if not is_admin(who):
         raise ApiError(403, "forbidden", "Only admins may change quotas.")
     return who

@@ -96,7 +96,7 @@ def _not_a_setup_key(entry: dict) -> None:
 router = APIRouter(prefix=API + "/users/{name}", tags=["users"])
 
 
-def account_store(accounts=Depends(get_accounts)) -> AccountStore:
+async def account_store(accounts=Depends(get_accounts)) -> AccountStore:
     """The users' account store (adaptors, credentials, JWT keys)."""
     return accounts[0]
 

@@ -408,7 +408,7 @@ router = APIRouter(prefix=API)
 _workloads: dict[int, Workload] = {}  # one per catalog (its queries keep no state of their own)
 
 
-def workload(catalog: Catalog = Depends(get_catalog)) -> Workload:
+async def workload(catalog: Catalog = Depends(get_catalog)) -> Workload:
     if id(catalog) not in _workloads:
         _workloads[id(catalog)] = Workload(catalog)
     return _workloads[id(catalog)]
