@@ -17,7 +17,9 @@ One run prints every figure:
    CPU time of the platform's processes per job, by role (the scheduler, her cluster's
    workers, its Dask scheduler and jobs runner, the service, PostgreSQL, the rest).
 2. one-job latency: ``--one-runs`` runs of one job each, timed the same way: p50 and p95
-   (target: p50 at most 50 ms).
+   (target: p50 at most 50 ms), and where the time goes: the p50 of each step from the
+   POST to its answer, the job made, started and ended, the run over (the catalog's
+   stamps) and the end's answer.
 3. the baselines, with the platform stopped, on a ``LocalCluster`` of the same size
    (2 single-threaded worker processes, warm; the better of two tries up to 10,000 jobs):
    the same no-op over the same files as a user would run it by hand, ``client.map`` one
@@ -132,6 +134,22 @@ def from_catalog(data: Path, run_id: int, wall: float) -> dict:
             "rates": [rate(starts[i:i + part]) for i in range(0, len(starts) - part + 1, part)]}
 
 
+# where one job's time goes: the bench's clock, then the catalog's stamps, then the bench's clock
+STEPS = ("POST answered", "job made", "job started (worker)", "job ended (worker)", "run over", "answer received")
+
+
+def one_job_steps(data: Path, runs: list[tuple[int, float, float, float]]) -> list[float]:
+    """For one-job runs ``(id, wall clock at the POST, seconds to the end, seconds to the
+    POST's answer)``: the p50 of the ms each of ``STEPS`` took after the one before it
+    (the first after the POST was sent)."""
+    steps = []
+    for run_id, wall, took, posted in runs:
+        r = from_catalog(data, run_id, wall)
+        at = [posted, r["made"], r["first"], r["ended"], r["over"], took]
+        steps.append([1000 * (b - a) for a, b in zip([0.0, *at], at)])
+    return [sorted(column)[len(column) // 2] for column in zip(*steps)]
+
+
 def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None, database: str | None) -> dict:
     """The platform's figures (module docstring, 1 and 2), and the files, kept for the baselines."""
     results = {"runs": {}}
@@ -187,13 +205,15 @@ def on_platform(sizes: list[int], one_runs: int, catalog_url: str | None, databa
             cpu = {role: 1000 * (after[role] - cpu.get(role, 0.0)) / n for role in after}
             results["runs"][n] = {"took": took, "cpu": cpu, **from_catalog(data, run_id, wall)}
             print(f"  platform, {n:,} jobs: {n / took:,.0f} jobs/s ({took:.2f} s)", flush=True)
-        ones, posts = [], []
+        ones, posts, marks = [], [], []
         for i in range(one_runs):
             dataset(f"one{i}", entries[i:i + 1])
-            _, _, took, posted = run(f"one{i}")
+            run_id, wall, took, posted = run(f"one{i}")
             ones.append(1000 * took)
             posts.append(1000 * posted)
+            marks.append((run_id, wall, took, posted))
         results["one"], results["post"] = p50_p95(ones), p50_p95(posts)
+        results["steps"] = one_job_steps(data, marks)
     results["files"] = [str(home / name) for name in names]
     results["tmp"] = tmp
     return results
@@ -271,6 +291,8 @@ def main() -> None:
     print(f"one-job runs ({args.one_runs}): POST /runs to succeeded p50 {p50:.0f} ms, p95 {p95:.0f} ms "
           f"(target p50 <= 50 ms; the POST's answer alone p50 {mine['post'][0]:.0f} ms); client.submit "
           f"p50 {s50:.0f} ms, p95 {s95:.0f} ms: ratio {p50 / s50:.1f}")
+    print("    where the time goes, p50 of each step after the one before: "
+          + ", ".join(f"{step} {ms:.1f}" for step, ms in zip(STEPS, mine["steps"])) + " ms")
 
 
 if __name__ == "__main__":
