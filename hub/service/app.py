@@ -179,15 +179,18 @@ def create_app(hub: Hub | None = None, catalog=None, profiles: ProfileStore | No
 
 def main() -> int:
     import uvicorn
+    import uvloop
 
     die_with_parent()  # a hub killed with SIGKILL must not leave its service holding the port
     url = urlparse(config.HUB_SERVICE_URL.require())
     catalog = open_catalog(config.DATA_DIR.require())  # migrated before the first request
-    server = uvicorn.Config(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning")
+    # httptools and uvloop: parsing a request and handing work to and from threads in C
+    server = uvicorn.Config(create_app(catalog=catalog), host=url.hostname, port=url.port, log_level="warning",
+                            http="httptools")
     # idle servers stopped beside the API; the hub stops its services with SIGINT, which uvicorn
     # raises again once shut down (as uvicorn.run, nothing to report)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(culler.beside(uvicorn.Server(server).serve()))
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(culler.beside(uvicorn.Server(server).serve()))
     return 0
 
 
