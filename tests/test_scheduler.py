@@ -16,12 +16,12 @@ import time
 import dask
 import pytest
 from distributed import Client, Nanny, SpecCluster
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 
 from helpers import dask_client, local_home
 from skerry.workload.builtins import BUILTINS
 from skerry.workload.catalog import Catalog
-from skerry.workload.models import File, Job, JobAttempt, JobInput, Run, Task
+from skerry.workload.models import File, Job, JobAttempt, JobInput, Run, Task, now
 from skerry.workload.pools import DASK_CONFIG, NO_DASHBOARD
 from skerry.workload.runner import Pool, Runner
 from skerry.workload.runs import Planner, start_run
@@ -396,6 +396,29 @@ def test_a_job_kept_off_a_pool_moves_to_another_and_fails_when_none_is_left(tmp_
         pools = s.execute(select(JobAttempt.pool, JobAttempt.error_class).order_by(JobAttempt.number)).all()
         assert s.execute(select(Job.state, Job.error_class)).all() == [("failed", "no_pool")]
     assert pools == [("cpu", "MemoryError"), ("big", "MemoryError")]
+
+
+def test_a_job_moved_to_a_pool_that_has_read_past_it_is_still_dispatched_there(tmp_path, client):
+    """A pool reads a task's queued jobs from after the last one it dispatched: a job kept off
+    its own pool and moved to one that has already dispatched the task's later jobs is read
+    there all the same (the task is read from its first job again)."""
+    cat = catalog(tmp_path)
+    task = noop_task(cat, 0)
+    [moved] = cat.create_jobs(task, [[]], pool="cpu")
+    later = cat.create_jobs(task, [[] for _ in range(20)], pool="big")
+    assert moved < min(later)
+    with cat.writing() as s:  # its first attempt ran out of memory on cpu, which the policy now keeps it off
+        s.execute(update(Job).where(Job.id == moved).values(attempts=1))
+        s.add(JobAttempt(job_id=moved, number=1, pool="cpu", error_class="MemoryError", ended=now(), exit_code=1))
+    policy = RetryPolicy.from_dict({"rules": {"MemoryError": "another_pool"}})
+    # big is refilled first: it dispatches the later jobs before cpu moves the first one to it
+    sched = Scheduler(cat, Runner({"big": Pool(client), "cpu": Pool(client)}), config=SchedulerConfig(retry=policy))
+    sched.run(lambda: sched.tasks_done([task]), timeout=60)
+    with cat.session() as s:
+        assert s.get(Task, task).jobs_succeeded == 21
+        pools = s.execute(select(JobAttempt.pool).where(JobAttempt.job_id == moved)
+                          .order_by(JobAttempt.number)).scalars().all()
+    assert pools == ["cpu", "big"]
 
 
 @pytest.mark.parametrize("catalog_url", ["sqlite", "postgresql"], indirect=True)
