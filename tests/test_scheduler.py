@@ -24,6 +24,8 @@ from skerry.workload.catalog import Catalog
 from skerry.workload.models import File, Job, JobAttempt, JobInput, Run, Task, now
 from skerry.workload.pools import DASK_CONFIG, NO_DASHBOARD
 from skerry.workload.runner import Pool, Runner
+from skerry.workload import runs as runs_module
+from skerry.workload import scheduler as scheduler_module
 from skerry.workload.runs import Planner, start_run
 from skerry.errors import ConfigError
 from skerry.workload.scheduler import Scheduler, SchedulerError
@@ -757,3 +759,51 @@ def test_with_nothing_in_flight_a_new_run_is_planned_dispatched_and_ended_withou
             [(uri, job)] = s.execute(select(File.uri, File.job_id).join(Task, Task.output_dataset_id == File.dataset_id)
                                      .where(Task.run_id == run)).all()
         assert uri.endswith("f00000.dat.md5") and job is not None  # its one output, registered with its job
+
+
+class SlowPlanner(Planner):
+    """A planner whose every pass takes at least 0.2 s, and which notes, at each pass made
+    while it was behind, what the scheduler had in flight."""
+
+    def __init__(self, cat):
+        super().__init__(cat)
+        self.sched = None
+        self.passes_behind = []  # (attempts in flight, their work in s, the last pass's time in s)
+
+    def advance(self):
+        if self.behind:
+            self.passes_behind.append((len(self.sched.live), self.sched._work_in_flight(), self.sched._page_time))
+        time.sleep(0.2)
+        return super().advance()
+
+
+@pytest.mark.parametrize("hold", [3600.0, 0.0])
+def test_a_planner_behind_plans_its_next_page_only_when_the_pools_hold_as_much_work_as_a_page_takes(
+        tmp_path, home, client, monkeypatch, hold):
+    """A page of a big run is planned in the scheduler's loop: planned while the workers
+    hold less work than a page takes, it leaves them idle. With the hold (``RAMP_HOLD``
+    an hour here), every page after the first comes with nothing in flight or with at
+    least a page's time of work in flight, and every file still gets its one job; with
+    no hold (0 s), pages come while the pools hold a few no-op jobs: the case the rule
+    is for."""
+    monkeypatch.setattr(scheduler_module, "RAMP_HOLD", hold)
+    monkeypatch.setattr(runs_module, "PLAN_FIRST", 10)
+    monkeypatch.setattr(runs_module, "PLAN_STEP", 40)
+    cat = catalog(tmp_path)
+    dataset(cat, home, f"paged{int(hold)}", 200)
+    cat.add_workflow("noops", {"name": "noops", "steps": [{"name": "n", "module": "noop",
+                                                           "inputs": {"input": "dataset"}}]})
+    planner = SlowPlanner(cat)
+    sched = planner.sched = Scheduler(cat, Runner({"cpu": client}), planner=planner)
+    run = start_run(cat, "noops", f"paged{int(hold)}")
+    sched.run(lambda: sched.run_done(run), timeout=120, wait=0.01)
+    with cat.session() as s:
+        assert s.get(Run, run).state == "succeeded"
+        files = s.execute(select(JobInput.file_id).join(Job).join(Task).where(Task.run_id == run)).scalars().all()
+    assert len(files) == len(set(files)) == 200  # every file in one job
+    assert len(planner.passes_behind) >= 5  # 10, then 40 at a time: 200 files
+    early = [(n, work, page) for n, work, page in planner.passes_behind if n and work < page]
+    if hold:
+        assert not early, f"pages planned while the pools held less than a page's work: {early}"
+    else:
+        assert early, "no page came while the pools held little work: the test shows nothing"
