@@ -47,8 +47,8 @@ Rules:
   last pass took (their tasks' measured job durations over the pools' slots), where
   nothing is in flight, or once ``RAMP_HOLD`` s have passed since it fell behind: a page
   planned while the workers hold a few ms of work leaves them idle for the page's time
-  (on 2 cores, a 100,000-file run started 290-860 jobs in its first second that way,
-  1,370-1,710 with the rule);
+  (on 2 cores, 100,000-file runs started 287-1,446 jobs in their first second that way,
+  714-1,775 with the rule: README, Figures);
 - with ``adaptors_of`` (owner -> configuration file, ``skerry.workload.owners``), each
   job carries its owner's adaptors (the run's owner, else the input dataset's), so it
   sees their storage; a lost attempt's outputs are looked for there too;
@@ -176,8 +176,8 @@ class Scheduler:
     def _plan(self, now: float) -> set[int]:
         """Let the planner add jobs, every ``plan_interval`` s, or now for a new run while
         nothing is in flight; the tasks that got jobs or became complete. A planner behind
-        goes on at the next step where the pools hold work for as long as its last page
-        took (``RAMP_HOLD`` s at most after it fell behind)."""
+        goes on at the next step where the pools hold work for as long as its last pass
+        took, or hold nothing (the module docstring's rule)."""
         if now < self._next_plan and (self.live or self.planner is None or not self.planner.news()):
             return set()
         if self.planner is None:
