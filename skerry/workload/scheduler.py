@@ -180,7 +180,8 @@ class Scheduler:
         took, or hold nothing (the module docstring's rule)."""
         if now < self._next_plan and (self.live or self.planner is None or not self.planner.news()):
             return set()
-        if self.planner is None:
+        if self.planner is None:  # nothing to plan: the interval still paces ``plan_due``'s check of cancels
+            self._next_plan = now + self.config.plan_interval
             return set()
         if self.planner.behind and self.live and now - self._behind_since < RAMP_HOLD \
                 and self._work_in_flight() < self._page_time:
