@@ -29,6 +29,7 @@ from skerry.workload import scheduler as scheduler_module
 from skerry.workload.runs import Planner, start_run
 from skerry.errors import ConfigError
 from skerry.workload.scheduler import Scheduler, SchedulerError
+from skerry.workload.scheduling.dispatch import fail_poolless
 from skerry.workload.schedulerconfig import SchedulerConfig
 from skerry.workload.states import RetryPolicy
 
@@ -351,15 +352,55 @@ def test_bad_settings_are_refused(tmp_path, client):
         sched.set_rank(999, 2)
 
 
-def test_a_job_for_a_pool_nobody_runs_fails_with_no_pool(tmp_path, client):
-    cat = catalog(tmp_path)
+@pytest.mark.parametrize("catalog_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_job_for_a_pool_nobody_runs_fails_with_no_pool(catalog_url, client):
+    """Pools nobody runs, below, between and above the ones run, are found among 2,000
+    queued jobs by one index probe per pool, not by reading every queued job."""
+    cat = Catalog(catalog_url)
+    cat.upgrade()
     mid = cat.add_module("noop", "1", BUILTINS["noop"].model_dump(mode="json"))
     task = cat.create_task(step="x", module_id=mid)
-    cat.create_jobs(task, [[]], pool="tpu")
-    sched = Scheduler(cat, Runner({"cpu": client}))
-    sched.run(lambda: sched.tasks_done([task]), timeout=60)
+    cat.create_jobs(task, [[]] * 1000, pool="cpu")
+    cat.create_jobs(task, [[]] * 1000, pool="gpu")
+    for pool in ("a-tpu", "fpga", "tpu"):
+        cat.create_jobs(task, [[]], pool=pool)
+    if cat.dialect == "postgresql":
+        with cat.writing() as s:
+            s.connection().exec_driver_sql("ANALYZE jobs")  # as after a run's bulk planning
+    runner = Runner({"cpu": Pool(client), "gpu": Pool(client)})
+    reads = []
+
+    @event.listens_for(cat.engine, "before_cursor_execute")
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if "queued_pools" in statement:
+            reads.append((statement, parameters))
+
+    assert fail_poolless(cat, runner) == {task}  # what the scheduler's loop checks every 5 s
+    event.remove(cat.engine, "before_cursor_execute", seen)
+    statement, parameters = reads[0]
+    with cat.session() as s:  # the 2,000 jobs of the pools run are still queued
+        conn = s.connection()
+        if cat.dialect == "postgresql":
+            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar_one()
+            nodes, read = [plan[0]["Plan"]], 0
+            while nodes:
+                node = nodes.pop()
+                if node.get("Relation Name") == "jobs":  # rows a scan of it read, per loop
+                    read += (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"]
+                nodes += node.get("Plans", [])
+            assert read <= 10, (read, plan)
+        else:
+            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}",
+                                                                          parameters))
+            assert "INDEX ix_jobs_state_pool (state=? AND pool>?)" in plan, plan
+    sched = Scheduler(cat, runner)
+    sched.run(lambda: sched.tasks_done([task]), timeout=120)
     with cat.session() as s:
-        assert s.execute(select(Job.state, Job.error_class)).all() == [("failed", "no_pool")]
+        ends = s.execute(select(Job.pool, Job.state, Job.error_class, func.count())
+                         .group_by(Job.pool, Job.state, Job.error_class).order_by(Job.pool)).all()
+    assert ends == [("a-tpu", "failed", "no_pool", 1), ("cpu", "succeeded", None, 1000),
+                    ("fpga", "failed", "no_pool", 1), ("gpu", "succeeded", None, 1000),
+                    ("tpu", "failed", "no_pool", 1)]
 
 
 def test_cancel_ends_a_task_and_its_jobs(tmp_path, client):

@@ -264,10 +264,20 @@ class Dispatcher:
         return max(1, min(MAX_BATCH, self.window_of(pool) // (2 * max(1, self.runner.slots(pool)))))
 
 
+# the pools of queued jobs, one index probe each (``ix_jobs_state_pool``): a loose index scan, since
+# PostgreSQL's DISTINCT read every queued job's entry (up to 47 ms at 100,000 queued, every 5 s)
+_pools = select(select(Job.pool).where(Job.state == "queued").order_by(Job.pool).limit(1)
+                .scalar_subquery().label("pool")).cte("queued_pools", recursive=True)
+_pools = _pools.union_all(select(select(Job.pool).where(Job.state == "queued", Job.pool > _pools.c.pool)
+                                 .order_by(Job.pool).limit(1).scalar_subquery())
+                          .where(_pools.c.pool.is_not(None)))
+_QUEUED_POOLS = select(_pools.c.pool).where(_pools.c.pool.is_not(None))
+
+
 def fail_poolless(catalog, runner: Runner) -> set[int]:
     """Fail (``no_pool``) the queued jobs whose pool the runner does not have; their tasks."""
     with catalog.writing() as s:
-        pools = s.execute(select(Job.pool).where(Job.state == "queued").distinct()).scalars().all()
+        pools = s.execute(_QUEUED_POOLS).scalars().all()
         unknown = [p for p in pools if p not in runner.pools]
         if not unknown:
             return set()
