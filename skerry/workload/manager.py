@@ -132,7 +132,7 @@ class Manager:
             time.sleep(0.5)
         while not self.stopping:
             try:
-                self.scheduler.step(STEP_WAIT)
+                self.scheduler.step(self._wait())
             except Exception:  # noqa: BLE001 - logged; the catalog stays the truth, the next step goes on
                 log.exception("a scheduler step failed; trying again in 1 s")
                 time.sleep(1.0)
@@ -140,6 +140,13 @@ class Manager:
                 log.info("%d jobs in flight, %d dispatched since start", len(self.scheduler.live),
                          self.scheduler.dispatched)
                 next_report = time.monotonic() + REPORT_S
+
+    def _wait(self) -> float:
+        """Seconds the next step may wait: ``STEP_WAIT`` for news from the pools, or with
+        nothing in flight or due for a retry, the planning interval (a new run wakes the
+        loop at once: ``wake``; an idle loop stepping every 50 ms took 4% of a core)."""
+        sched = self.scheduler
+        return STEP_WAIT if sched.live or sched.retry_due else max(STEP_WAIT, sched.config.plan_interval)
 
     def close(self) -> None:
         if self.asks is not None:
