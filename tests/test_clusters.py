@@ -24,7 +24,7 @@ from skerry.accounts import Account, AccountPolicy, clean_environment, ensure_ac
 from skerry.datadir import DataDir
 from skerry.errors import ConfigError
 from skerry.workload.clusters import ClusterSpec, UserCluster, UserClusters, _parse_report, security
-from skerry.workload.pools import PoolSpec
+from skerry.workload.pools import DASK_CONFIG, PoolSpec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="user clusters run as OS accounts: root starts them")
 
@@ -126,6 +126,18 @@ def test_a_task_runs_as_the_account_in_a_process_of_the_account(alice, platform_
         assert st["Uid"] == [str(alice.account.uid)] * 4 and st["Gid"] == [str(alice.account.gid)] * 4
         assert st["Groups"] == []  # no supplementary group
     assert alice.address.startswith("tls://127.0.0.1:")
+
+
+def test_a_users_cluster_runs_with_the_platforms_dask_settings(alice, platform_a):
+    """Its scheduler and workers read ``pools.DASK_CONFIG`` as the platform's own pools do
+    (no retries of Dask's own, no held-back tasks, the profile sampled every 100 ms)."""
+    def settings(keys):
+        import dask
+        return {key: str(dask.config.get(key)) for key in keys}
+
+    expected = {key: str(value) for key, value in DASK_CONFIG.items()}
+    assert platform_a.run_on_scheduler(settings, list(expected)) == expected
+    assert list(platform_a.run(settings, list(expected)).values()) == [expected] * len(worker_pids(platform_a))
 
 
 def test_two_users_never_share_a_worker_process(alice, bob, platform_a):

@@ -254,6 +254,7 @@ def test_a_jobs_cluster_adds_the_runner_beside_the_scheduler_and_her_home_and_ad
         assert {"name": "SKERRY_ADAPTORS", "value": "/etc/skerry/jobs/adaptors.json"} in c["env"]
         assert {"name": "HOME", "value": "/home/jovyan"} in c["env"]
         assert {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "0"} in c["env"]
+        assert {"name": "DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL", "value": "100ms"} in c["env"]  # DASK_CONFIG's
     secret = valid(jobs_secret("alice", "lab", "skerry", b'{"adaptors": []}'))
     assert secret["metadata"]["name"] == "dask-alice-jobs" == cluster(CPU_PROFILE).jobs_secret
     assert base64.b64decode(secret["data"]["adaptors.json"]) == b'{"adaptors": []}'

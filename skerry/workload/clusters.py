@@ -285,7 +285,7 @@ def make_credentials(folder: Path, account: Account) -> dict[str, Path]:
 
 def _dask_environment(account: Account, paths: dict[str, Path], work: Path) -> dict[str, str]:
     """The account's clean environment plus Dask's configuration: paths and flags only."""
-    from .pools import DASK_CONFIG
+    from .pools import DASK_CONFIG, dask_environment
 
     config = {**DASK_CONFIG,
               "distributed.comm.require-encryption": True,
@@ -299,9 +299,7 @@ def _dask_environment(account: Account, paths: dict[str, Path], work: Path) -> d
               "distributed.scheduler.http.routes": [],  # Dask's HTTP is plain and unauthenticated
               "distributed.worker.http.routes": [],
               "temporary-directory": str(work)}
-    env = {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
-           for key, value in config.items()}
-    return clean_environment(account, env)
+    return clean_environment(account, dask_environment(config))
 
 
 def _launch(role: str, args: list[str], account: Account, env: dict[str, str], work: Path,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from skerry import config
 from skerry.hub.stores.profiles import DaskLimits, Placement, Resources
+from skerry.workload.pools import DASK_CONFIG, dask_environment
 
 NAME_LIMIT = 63  # a DNS label; also the longest label value
 APP = "skerry"
@@ -328,10 +329,9 @@ class ClusterSpec:
 POD_IP = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}  # what Dask listens on
 TLS_ARGS = ("--tls-ca-file", f"{DASK_TLS}/ca.pem", "--tls-cert", f"{DASK_TLS}/cert.pem",
             "--tls-key", f"{DASK_TLS}/key.pem")
-DASK_ENV = [{"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"},
-            # as the local pools (skerry.workload.pools.DASK_CONFIG): a lost job reaches the catalog
-            {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "0"},
-            {"name": "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION", "value": "inf"}, POD_IP]
+# the local pools' settings (a lost job reaches the catalog, ...), TLS required
+DASK_ENV = [{"name": name, "value": value} for name, value in dask_environment(
+    {**DASK_CONFIG, "distributed.comm.require-encryption": True}).items()] + [POD_IP]
 JOBS_FILES = "/etc/skerry/jobs"  # the cluster's jobs Secret (her adaptors), read-only
 
 
