@@ -266,10 +266,9 @@ class Dispatcher:
 
 # the pools of queued jobs, one index probe each (``ix_jobs_state_pool``): a loose index scan, since
 # PostgreSQL's DISTINCT read every queued job's entry (up to 47 ms at 100,000 queued, every 5 s)
-_pools = select(select(Job.pool).where(Job.state == "queued").order_by(Job.pool).limit(1)
-                .scalar_subquery().label("pool")).cte("queued_pools", recursive=True)
-_pools = _pools.union_all(select(select(Job.pool).where(Job.state == "queued", Job.pool > _pools.c.pool)
-                                 .order_by(Job.pool).limit(1).scalar_subquery())
+_lowest = select(Job.pool).where(Job.state == "queued").order_by(Job.pool).limit(1)  # of all, or above the last
+_pools = select(_lowest.scalar_subquery().label("pool")).cte("queued_pools", recursive=True)
+_pools = _pools.union_all(select(_lowest.where(Job.pool > _pools.c.pool).scalar_subquery())
                           .where(_pools.c.pool.is_not(None)))
 _QUEUED_POOLS = select(_pools.c.pool).where(_pools.c.pool.is_not(None))
 
