@@ -16,7 +16,9 @@ nothing of the last one left to write to disk (``sync``); figures are medians:
 on five servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
 own port, rclone and nginx on theirs, and rclone behind an HAProxy configured as the
 platform's. Beside the small files: each server's CPU per request, from ``/proc`` (behind
-a proxy: the server's and the proxy's).
+a proxy: the server's and the proxy's), each one's PUTs alone, and the disk alone in the
+folder those PUTs filled: the bench itself creating the same files there with 8 threads (no
+server, no network), the ceiling of that server's PUTs.
 
 Then the proxy's own figures: the same 1 GiB GET and 10 KB GETs to nginx through an
 HAProxy configured as the platform configures its own (its configuration, a route to
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -217,16 +220,40 @@ def propfind(server: Server, folder: str) -> float:
                 'output = "/dev/null"\n', server.auth)
 
 
-def small_files(server: Server, sources: list[Path], tag: str, put: bool = True) -> float:
-    """PUT every source to ``small-<tag>/`` (8 connections), then GET them all back."""
+def small_files(server: Server, sources: list[Path], tag: str, put: bool = True) -> tuple[float, float]:
+    """PUT every source to ``small-<tag>/`` (8 connections), then GET them all back: the
+    seconds of each (the PUTs' 0 with ``put=False``)."""
     folder = f"{server.url}/small-{tag}"
     took = 0.0
     if put:
         mkcol(server, f"small-{tag}")
-        took += curl("".join(f'upload-file = "{s}"\nurl = "{folder}/{s.name}"\noutput = "/dev/null"\n'
-                             for s in sources), server.auth, CONNECTIONS)
-    return took + curl("".join(f'url = "{folder}/{s.name}"\noutput = "/dev/null"\n' for s in sources),
-                       server.auth, CONNECTIONS)
+        took = curl("".join(f'upload-file = "{s}"\nurl = "{folder}/{s.name}"\noutput = "/dev/null"\n'
+                            for s in sources), server.auth, CONNECTIONS)
+    return took, curl("".join(f'url = "{folder}/{s.name}"\noutput = "/dev/null"\n' for s in sources),
+                      server.auth, CONNECTIONS)
+
+
+def disk_alone(folder: Path, sources: list[Path]) -> float:
+    """Files/s at which ``CONNECTIONS`` threads of this process create the sources again in
+    ``folder`` (as ``disk-<name>``: open, write, close, what a server's PUT cannot do
+    without), with no server and no network: the file system's own ceiling there. Creating a
+    file costs this machine's ext4 from 0.07 to 1 ms of CPU, by folder and by moment (its
+    inode allocator steps over recently deleted inodes), so it is measured in the folder a
+    server's PUTs have just filled."""
+    datas = [(folder / f"disk-{s.name}", s.read_bytes()) for s in sources]
+
+    def create(item):
+        path, data = item
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(CONNECTIONS) as pool:
+        list(pool.map(create, datas))
+    return len(sources) / (time.perf_counter() - t0)
 
 
 def mkcol(server: Server, folder: str):
@@ -279,7 +306,8 @@ def owner_of(path: Path) -> tuple[int, int]:
 
 def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Path], args) -> tuple[dict, dict]:
     """{workload: {server: [figures]}}, and CPU ms per small request per server."""
-    figures = {w: {s.name: [] for s in servers} for w in ("get", "put", "propfind", "small", "copy")}
+    figures = {w: {s.name: [] for s in servers}
+               for w in ("get", "put", "propfind", "small", "small_put", "disk", "copy")}
     cpu = {s.name: [] for s in servers}
     size = source.stat().st_size
     for run in range(args.runs):
@@ -291,9 +319,11 @@ def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Pat
             os.sync()  # the GiB just written: flushed before the listing is timed, not during it
             figures["propfind"][server.name].append(propfind(server, "many"))
             before = cpu_seconds(cpu_of[server.name]())
-            took = small_files(server, sources, tag)
+            puts, gets = small_files(server, sources, tag)
             cpu[server.name].append((cpu_seconds(cpu_of[server.name]()) - before) / (2 * len(sources)) * 1000)
-            figures["small"][server.name].append(len(sources) / took)
+            figures["small"][server.name].append(len(sources) / (puts + gets))
+            figures["small_put"][server.name].append(len(sources) / puts)
+            figures["disk"][server.name].append(disk_alone(source.parent / f"small-{tag}", sources))
             os.sync()
             figures["copy"][server.name].append(COPIES * COPY_SIZE / copies(server, tag))
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
@@ -316,6 +346,11 @@ def report(servers, figures, cpu, args):
         ratio = m[hub] / m[rc] if higher else m[rc] / m[hub]
         print(f"| {label} | " + " | ".join(fmt(m[n]) for n in names) + f" | {ratio:.2f}x |")
     print("| CPU per small request | " + " | ".join(f"{median(cpu[n]):.2f} ms" for n in names) + " | |")
+    print(f"\nthe 10 KB files' PUTs alone, then the disk alone in the same folder ({CONNECTIONS} threads of the bench "
+          "creating the same files there, no server):")
+    for n in names:
+        puts, disk = median(figures["small_put"][n]), median(figures["disk"][n])
+        print(f"  {n}: {puts:,.0f} PUTs/s, the disk {disk:,.0f} files/s")
     m = {k: {n: median(figures[k][n]) for n in names} for k in ("get", "propfind", "small")}
     print("\ntargets (issue 17), through the hub:")
     for key, label in (("get", "GET"), ("put", "PUT"), ("propfind", "PROPFIND"), ("small", "10 KB files")):
@@ -351,7 +386,7 @@ def proxy_figures(platform, nginx_server: Server, source: Path, sources: list[Pa
             for way in ways:
                 gets[way.name].append(size / get_big(way, source.name))
                 before = cpu_seconds(way.pids())
-                took = small_files(way, sources, "nginx-0", put=False)  # the files nginx's run PUT
+                took = small_files(way, sources, "nginx-0", put=False)[1]  # the files nginx's run PUT
                 cpu[way.name].append((cpu_seconds(way.pids()) - before) / len(sources) * 1000)
                 smalls[way.name].append(len(sources) / took)
         print(f"\nthe proxy alone, in front of nginx ({args.runs} runs, medians):\n")
