@@ -411,3 +411,39 @@ def test_a_planner_taking_over_a_half_planned_task_plans_each_file_once(cat, mon
     jobs = [f for [f] in jobs_of(cat, "sum")]
     assert len(jobs) == 26 and len(set(jobs)) == 26  # every file in exactly one job
     assert jobs == sorted(jobs)  # the jobs' ids follow their files' order
+
+
+@pytest.mark.parametrize("catalog_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_cancel_while_a_page_is_planned_leaves_no_job_of_the_task_queued(cat, monkeypatch):
+    """Her cancel (the REST API's transaction, in another process) that comes while the
+    planner plans a page of her task either waits for the page and cancels its jobs too, or
+    comes first and the page makes none: a cancelled task never keeps a queued job. The
+    cancel is sent from another connection after the planner has read the run's tasks and
+    before it writes the page's jobs."""
+    import threading
+
+    import skerry.workload.runs as runs
+    from skerry.hub.service.workload import Workload
+
+    cat.add_workflow("one", {"name": "one", "steps": [
+        {"name": "sum", "module": "md5", "inputs": {"input": "dataset"}}]})
+    files(cat, "raw", [f"a{i:02d}" for i in range(30)])
+    cat.close_dataset("raw")
+    start_run(cat, "one", "raw")
+    [(task, _)] = counts(cat)
+    cancelled, plan_jobs = [], runs.plan_jobs
+    cancel = threading.Thread(target=lambda: cancelled.append(Workload(cat).cancel(task, None)))
+
+    def page_with_a_cancel_beside(*args, **kwargs):
+        if not cancel.is_alive() and not cancelled:
+            cancel.start()
+            cancel.join(1)  # it ends here, or waits for the page's transaction
+        return plan_jobs(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "plan_jobs", page_with_a_cancel_beside)
+    Planner(cat).advance()
+    cancel.join(30)
+    assert cancelled and cancelled[0]["state"] == "cancelled"
+    with cat.session() as s:
+        states = dict(s.execute(select(Job.state, func.count()).where(Job.task_id == task).group_by(Job.state)).all())
+    assert "queued" not in states, f"jobs of the cancelled task: {states}"

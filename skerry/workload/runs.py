@@ -47,6 +47,10 @@ quota) is not created and is added to ``refused`` as ``{"workflow", "error", "me
   while its task has no job yet (``behind`` says more are waiting, and the scheduler plans
   again at its next step, dispatching the jobs already made in between): a 100,000-file
   run's first jobs run before its last exist;
+- a run's tasks are locked while their jobs are planned (``SELECT ... FOR UPDATE`` on
+  PostgreSQL; on SQLite the writing transaction holds the file): a cancel from the REST
+  API waits for the page and cancels its jobs too, or comes first and the page makes
+  none, so a cancelled task never keeps a queued job;
 - ``finish_runs()`` ends a run once all its tasks are final (``failed`` if any failed,
   else ``cancelled`` if any was, else ``succeeded``) and closes its output datasets.
 
@@ -240,7 +244,8 @@ _TAKEN = select(Dataset.name).where(Dataset.owner == bindparam("owner"),
 _MODULE = select(Module).where(Module.name == bindparam("name"), Module.version == bindparam("version"))
 _RUNNING = select(func.count(), func.max(Run.id)).where(Run.state == "running")
 _RUNS = select(Run).where(Run.state == "running").order_by(Run.id)
-_TASKS = select(Task).where(Task.run_id == bindparam("run")).order_by(Task.id)
+# locked while their jobs are planned (the module docstring): a cancel read before the page was written
+_TASKS = select(Task).where(Task.run_id == bindparam("run")).order_by(Task.id).with_for_update()
 _TASK_STATES = select(Task.run_id, Task.state).join(Run, Run.id == Task.run_id).where(Run.state == "running")
 _END_RUN = update(Run).where(Run.id == bindparam("run")).values(state=bindparam("b_state"))
 _CLOSE_OUTPUTS = (update(Dataset).where(Dataset.id.in_(select(Task.output_dataset_id)
