@@ -373,6 +373,31 @@ def test_fast_put_keeps_the_rules_wsgidav_keeps(dav, roots):
     assert sorted(os.listdir(roots / "home")) == ["folder", "locked.txt"]
 
 
+def test_a_folder_lock_holds_fast_puts_into_it_until_it_is_released(dav, roots):
+    """With no lock anywhere a write's lock check answers at once (``webdav.LockStore``); a
+    lock on a folder, Depth infinity, still stops a PUT of a new file and of an existing
+    one below it without the token, and once released the store is empty and PUTs go."""
+    (roots / "home" / "shared" / "deep").mkdir(parents=True)
+    (roots / "home" / "shared" / "deep" / "old.txt").write_text("old")
+    store = dav.provider.lock_manager.storage
+    assert not store._dict
+    lock = httpx.request("LOCK", dav.url + "home/shared/", headers={"Depth": "infinity"}, content=(
+        b'<?xml version="1.0"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
+        b'<locktype><write/></locktype><owner>tester</owner></lockinfo>'))
+    assert lock.status_code == 200, lock.text
+    token = lock.headers["Lock-Token"]
+    for name in ("deep/new.txt", "deep/old.txt"):
+        assert httpx.put(dav.url + f"home/shared/{name}", content=b"theirs").status_code == 423
+    assert sorted(os.listdir(roots / "home" / "shared" / "deep")) == ["old.txt"]
+    assert (roots / "home" / "shared" / "deep" / "old.txt").read_text() == "old"
+    assert httpx.put(dav.url + "home/elsewhere.txt", content=b"x").status_code == 201  # outside the lock
+    assert httpx.request("UNLOCK", dav.url + "home/shared/", headers={"Lock-Token": token}).status_code == 204
+    assert not store._dict  # no lock left: the next write's check is the shortcut
+    assert httpx.put(dav.url + "home/shared/deep/new.txt", content=b"ours").status_code == 201
+    assert httpx.put(dav.url + "home/shared/deep/old.txt", content=b"ours").status_code == 204
+    assert (roots / "home" / "shared" / "deep" / "old.txt").read_text() == "ours"
+
+
 def test_listing_shows_dead_properties_and_locks(dav, roots):
     (roots / "home" / "n.txt").write_text("x")
     r = httpx.request("PROPPATCH", dav.url + "home/n.txt", content=(
