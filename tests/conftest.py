@@ -7,7 +7,7 @@ import pytest
 
 from helpers import TEMPLATES, Platform, kill_leftovers, remove_accounts
 
-pytest_plugins = ["ciskips", "sharing", "slowfirst", "umaskguard"]  # see each module
+pytest_plugins = ["ciskips", "platformlogs", "sharing", "slowfirst", "umaskguard"]  # see each module
 
 
 @pytest.fixture(scope="session", autouse=True)

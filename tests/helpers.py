@@ -115,7 +115,10 @@ def ok(r, status=200):
     return r.json()
 
 class Platform:
-    """One ``skerry up`` process on a data dir, with REST helpers as the admin."""
+    """One ``skerry up`` process on a data dir, with REST helpers as the admin; those of
+    this process started and not stopped are in ``Platform.running`` (``platformlogs``)."""
+
+    running: list["Platform"] = []
 
     def __init__(self, data_dir: Path, port: int | None = None, command: list[str] | None = None,
                  cwd: Path | None = None, env: dict | None = None, tls: tuple[Path, Path] | None = None):
@@ -159,6 +162,7 @@ class Platform:
                                "--account-template", self.account_template]
         self.proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        Platform.running.append(self)
         lines = []
         deadline = time.monotonic() + timeout
         os.set_blocking(self.proc.stdout.fileno(), True)
@@ -215,6 +219,8 @@ class Platform:
         return state["pid"]
 
     def stop(self, timeout=60):
+        if self in Platform.running:
+            Platform.running.remove(self)
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
