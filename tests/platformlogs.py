@@ -13,6 +13,7 @@ import pytest
 from helpers import Platform
 
 TAIL = 8000  # characters of each log shown: the hub's traceback and what led to it
+_STARTS = pytest.StashKey[dict]()  # a test's: id(platform) -> its log's size when the test's set-up began
 
 
 def _log(platform: Platform):
@@ -28,7 +29,7 @@ def _size(platform: Platform) -> int:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
-    item._hub_log_starts = {id(p): _size(p) for p in Platform.running}  # platforms started later: from 0
+    item.stash[_STARTS] = {id(p): _size(p) for p in Platform.running}  # platforms started later: from 0
     yield
 
 
@@ -38,7 +39,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if not report.failed:
         return
-    starts = getattr(item, "_hub_log_starts", {})
+    starts = item.stash.get(_STARTS, {})
     for platform in list(Platform.running):
         try:
             with open(_log(platform), "rb") as log:
