@@ -16,7 +16,8 @@ nothing of the last one left to write to disk (``sync``); figures are medians:
 on five servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
 own port, rclone and nginx on theirs, and rclone behind an HAProxy configured as the
 platform's. Beside the small files: each server's CPU per request, from ``/proc`` (behind
-a proxy: the server's and the proxy's), each one's PUTs alone, and the disk alone in the
+a proxy: the server's and the proxy's; skerry's: its endpoint's and alice's Jupyter server's,
+which reads the endpoint's feed of writes for its find index), each one's PUTs alone, and the disk alone in the
 folder those PUTs filled: the bench itself creating the same files there with 8 threads (no
 server, no network), the ceiling of that server's PUTs.
 
@@ -96,6 +97,18 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def jupyter_server(platform: Platform) -> set[int]:
+    """The pids of alice's Jupyter server (the processes of her account that run ``jupyterhub.singleuser``)."""
+    uid, found = platform.account("alice").pw_uid, set()
+    for pid in pids_of("jupyterhub.singleuser"):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                found.add(pid)
+        except OSError:  # ended meanwhile
+            continue
+    return found
 
 
 def cpu_seconds(pids) -> float:
@@ -427,7 +440,8 @@ def main():
         others.append(nginx(home, base))
         # rclone behind an HAProxy configured as the platform's: what the hub's proxy costs rclone
         others.append(haproxy_like_the_platform(platform, others[0].url, base, BEHIND))
-        endpoint = lambda: pids_of(f"SKERRY_DAV_PORT={dav_port}", environ=True)  # noqa: E731
+        # skerry's side of a request: the endpoint, and the Jupyter server that learns its writes (writefeed)
+        endpoint = lambda: pids_of(f"SKERRY_DAV_PORT={dav_port}", environ=True) | jupyter_server(platform)  # noqa: E731
         proxy = lambda: {int((platform.data_dir / "run" / "proxy.pid").read_text())}  # noqa: E731
         servers = [Server("skerry through the hub", f"{platform.url}/dav/alice/home", f"alice:{token}"),
                    Server("skerry on its port", f"http://127.0.0.1:{dav_port}/dav/alice/home", f"alice:{token}"),
