@@ -16,10 +16,10 @@ nothing of the last one left to write to disk (``sync``); figures are medians:
 on five servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
 own port, rclone and nginx on theirs, and rclone behind an HAProxy configured as the
 platform's. Beside the small files: each server's CPU per request, from ``/proc`` (behind
-a proxy: the server's and the proxy's; skerry's: its endpoint's and alice's Jupyter server's,
-which reads the endpoint's feed of writes for its find index), each one's PUTs alone, and the disk alone in the
-folder those PUTs filled: the bench itself creating the same files there with 8 threads (no
-server, no network), the ceiling of that server's PUTs.
+a proxy: the server's and the proxy's; skerry's: its endpoint's and alice's Jupyter
+server's, which reads the endpoint's feed of writes for its find index), each one's PUTs
+alone, and the disk alone in the folder those PUTs filled: the bench itself creating the
+same files there with 8 threads (no server, no network), the ceiling of that server's PUTs.
 
 Then the proxy's own figures: the same 1 GiB GET and 10 KB GETs to nginx through an
 HAProxy configured as the platform configures its own (its configuration, a route to
