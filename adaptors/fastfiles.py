@@ -29,6 +29,7 @@ from wsgidav.dav_error import HTTP_CREATED, HTTP_NO_CONTENT
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from . import atomic
+from .writefeed import WRITTEN
 from .davprovider import CONDITIONS, cut_short, etag_of, http_errors
 
 BLOCK_SIZE = 1024 * 1024  # what GET reads and PUT receives at a time: the same as wsgidav's blocks
@@ -107,6 +108,7 @@ class FastFiles(BaseMiddleware):
             provider.invalidate(fspath)
         if written is None:
             return None  # no folder for it (409): wsgidav's answer, the body still unread
+        environ[WRITTEN] = {"size": written.st_size, "mtime": written.st_mtime}  # for the find index's feed
         status = HTTP_CREATED if existing is None else HTTP_NO_CONTENT
         return util.send_status_response(environ, start_response, status,
                                          add_headers=[("ETag", _etag_header(fspath, written))])

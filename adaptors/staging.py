@@ -30,6 +30,8 @@ Rules:
 - the states of the last ``KEEP_COPIES`` copies are kept (in memory: a restarted
   server has none); older finished ones are forgotten;
 - ``shutdown`` drops queued copies; running ones fail at their next block and clean up;
+  a copy that fails in any way once ``shutdown`` was called says the server is stopping
+  (what else stops in the process then, its executors and event loops, broke it);
 - when a copy ends (done or failed), ``on_finished(copy)`` is called once, which
   sends its webhook and updates the find index.
 """
@@ -58,6 +60,7 @@ KEEP_COPIES = 100_000  # states kept for GET copy/<id>; beyond it the oldest fin
 FILES_AT_ONCE = 8  # files of one folder copy in flight at once
 PARTS_AT_ONCE = 4  # S3 parts of one file in flight at once
 STATES = ("queued", "running", "done", "failed")
+STOPPING = "the server is stopping; the copy was interrupted"  # a copy's error once ``shutdown`` was called
 
 
 class CopyRequestError(BadRequest):
@@ -359,6 +362,9 @@ class Stager:
             self._copy(c)
             c.state = "done"
         except Exception as e:
+            if self._stopping.is_set() and not isinstance(e, InterruptedError):
+                log.info("copy %s: %s, while the server was stopping", c.id, self.redact(describe(e)))
+                e = InterruptedError(STOPPING)
             c.error = self.redact(f"copying {c.status()['from']} to {c.status()['to']} failed: {describe(e)}")
             c.state = "failed"
             log.warning("copy %s: %s", c.id, c.error)
@@ -422,7 +428,7 @@ class Stager:
                 attempt += 1
                 log.info("copy %s: %s; retry %d of %s in %.1f s", c.id, describe(e), attempt, s, delay)
                 if self._stopping.wait(delay):
-                    raise InterruptedError("the server is stopping; the copy was interrupted") from None
+                    raise InterruptedError(STOPPING) from None
 
     def _retrying(self, call):
         for attempt in range(self.retries + 1):
@@ -433,7 +439,7 @@ class Stager:
                     raise
                 log.info("%s; retrying in %.1f s", describe(e), self.backoff * 2 ** attempt)
                 if self._stopping.wait(self.backoff * 2 ** attempt):
-                    raise InterruptedError("the server is stopping; the copy was interrupted") from None
+                    raise InterruptedError(STOPPING) from None
 
     def _copy_file(self, c, src_fs, src, dst_name, dst_fs, dst, made, expected_size, progress):
         """Stream one file; returns (what was verified, source MD5 hex)."""
@@ -487,7 +493,7 @@ class Stager:
         try:
             for block in blocks:
                 if self._stopping.is_set():
-                    raise InterruptedError("the server is stopping; the copy was interrupted")
+                    raise InterruptedError(STOPPING)
                 md5.update(block)
                 write(block)
                 size += len(block)

@@ -439,3 +439,31 @@ def test_only_the_newest_copy_states_are_kept(monkeypatch):
         assert fs.cat_file("mem/copy4.txt") == b"a"
     finally:
         stager.shutdown(wait=True)
+
+
+def test_a_copy_that_breaks_while_the_server_stops_says_the_server_is_stopping(monkeypatch):
+    """Once ``shutdown`` was called, whatever breaks a running copy (the process's executors
+    and event loops closing: a RuntimeError in CI) is reported as the stop, not as itself."""
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from skerry.adaptors import staging
+    from skerry.adaptors.federation import SkerryFileSystem
+
+    fs = SkerryFileSystem({"mem": DirFileSystem(path="/stop-test", fs=MemoryFileSystem())})
+    fs.pipe_file("mem/a.txt", b"a" * 1000)
+    stager = staging.Stager(fs, workers=1)
+
+    def broken_by_the_stop(self, c, *args):
+        self.shutdown()  # the server began to stop...
+        raise RuntimeError("cannot schedule new futures after shutdown")  # ...and took an executor with it
+
+    monkeypatch.setattr(staging.Stager, "_stream", broken_by_the_stop)
+    try:
+        [copy_id] = stager.submit([{"from": "mem/a.txt", "to": "mem/b.txt"}])
+        done = wait_for(lambda: (s := stager.status(copy_id))["state"] == "failed" and s, 30, what="the copy to fail")
+    finally:
+        stager.shutdown(wait=True)
+    assert done["error"].startswith("copying skerry://mem/a.txt to skerry://mem/b.txt failed: ")
+    assert staging.STOPPING in done["error"] and "RuntimeError" not in done["error"]
+    assert not fs.exists("mem/b.txt") and fs.ls("mem", detail=False) == ["mem/a.txt"]  # nothing left behind

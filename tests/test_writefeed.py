@@ -95,3 +95,82 @@ def test_the_index_records_changes_and_forgets_removed_folders(tmp_path):
     assert [loc["path"] for loc in index.lookup("c.txt")["locations"]] == ["home/e/f/c.txt"]
     apply_change(index, {"changed": "home/never-was.txt"})  # gone again before it was looked up
     assert index.lookup("never-was.txt")["locations"] == []
+
+
+def test_a_put_tells_the_file_as_written_and_the_index_records_it_without_a_lookup(tmp_path):
+    """A PUT that ``fastfiles`` answered tells the file's size and time with its path (the
+    index records them as they are: no lookup, which for a file gone meanwhile would forget
+    it); other writes tell the path alone; the entry is the one a listing makes."""
+    from skerry.adaptors.config import build_federation
+    from skerry.adaptors.federation import SkerryFileSystem
+    from skerry.adaptors.query import FindIndex
+    from skerry.adaptors.writefeed import WRITTEN
+
+    def written_app(environ, start_response):  # says what fastfiles says of its PUTs, whatever the method
+        environ[WRITTEN] = {"size": 2, "mtime": 1700000000.5}
+        start_response("201 Created", [("Content-Length", "0")])
+        return [b""]
+
+    r, w = os.pipe()
+    app = tell_writes(written_app, w, MOUNT)
+    call(app, "PUT", "/home/b.txt")
+    call(app, "COPY", "/home/b.txt", destination="http://h/dav/alice/home/c.txt")
+    told = read_lines(r)
+    os.close(r)
+    os.close(w)
+    assert told == [{"changed": "home/b.txt", "size": 2, "mtime": 1700000000.5}, {"changed": "home/c.txt"}]
+
+    home = tmp_path / "home"
+    home.mkdir()
+    index = FindIndex(SkerryFileSystem(*build_federation(
+        {"adaptors": [{"name": "home", "type": "local", "path": str(home)}]})))
+    index.scan("home")
+    apply_change(index, told[0])  # no such file on disk: recorded as told
+    [b] = index.lookup("b.txt")["locations"]
+    assert (b["path"], b["size"], b["modified"]) == ("home/b.txt", 2, "2023-11-14T22:13:20.500000+00:00")
+    apply_change(index, told[1])  # no facts: looked up, and not there
+    assert index.lookup("c.txt")["locations"] == []
+    (home / "real.txt").write_text("xyz")
+    st = (home / "real.txt").stat()
+    apply_change(index, {"changed": "home/real.txt", "size": st.st_size, "mtime": st.st_mtime})
+    recorded = index.lookup("real.txt")["locations"]
+    index.scan("home")
+    assert index.lookup("real.txt")["locations"] == recorded  # what the listing makes of the file
+
+
+def test_fastfiles_puts_say_the_file_as_written(tmp_path):
+    """The real WebDAV app: a PUT of a local file sets ``WRITTEN`` to the written file's
+    size and time, and the feed tells them."""
+    import io
+
+    from wsgidav.mw.base_mw import BaseMiddleware
+
+    from skerry.adaptors.config import build_federation
+    from skerry.adaptors.davprovider import FederationProvider
+    from skerry.adaptors.federation import SkerryFileSystem
+    from skerry.adaptors.webdav import make_dav_app
+
+    class Anyone(BaseMiddleware):
+        def __call__(self, environ, start_response):
+            environ.update({"wsgidav.auth.user_name": "alice", "wsgidav.auth.realm": "test",
+                            "wsgidav.auth.roles": None, "wsgidav.auth.permissions": None})
+            return self.next_app(environ, start_response)
+
+    home = tmp_path / "home"
+    home.mkdir()
+    fs = SkerryFileSystem(*build_federation({"adaptors": [{"name": "home", "type": "local", "path": str(home)}]}))
+    r, w = os.pipe()
+    app = tell_writes(make_dav_app(FederationProvider(fs), MOUNT, Anyone), w, MOUNT)
+    body = b"written through the fast path\n"
+    environ = {"REQUEST_METHOD": "PUT", "SCRIPT_NAME": MOUNT, "PATH_INFO": "/home/new.txt",  # as the endpoint mounts it
+               "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": io.StringIO(),
+               "CONTENT_LENGTH": str(len(body)), "HTTP_HOST": "127.0.0.1"}
+    got = []
+    b"".join(app(environ, lambda status, headers, exc_info=None: got.append(status)))
+    [line] = read_lines(r)
+    os.close(r)
+    os.close(w)
+    st = (home / "new.txt").stat()
+    assert got == ["201 Created"]
+    assert line == {"changed": "home/new.txt", "size": len(body), "mtime": st.st_mtime}
