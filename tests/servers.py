@@ -81,8 +81,13 @@ class S3Server:
         self.server = None
 
     def start(self):
+        import moto.backends
         from moto.server import ThreadedMotoServer
 
+        # moto lists its own package folder (about 180 stats) twice a request to route it;
+        # the list never changes while the tests run, so it is listed once
+        modules = tuple(moto.backends.list_of_moto_modules())
+        moto.backends.list_of_moto_modules = lambda: modules
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
         wait_for(lambda: self._up(), 15, what="the S3 server")
