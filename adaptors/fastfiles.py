@@ -29,8 +29,8 @@ from wsgidav.dav_error import HTTP_CREATED, HTTP_NO_CONTENT
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from . import atomic
-from .writefeed import WRITTEN
 from .davprovider import CONDITIONS, cut_short, etag_of, http_errors
+from .writefeed import WRITTEN
 
 BLOCK_SIZE = 1024 * 1024  # what GET reads and PUT receives at a time: the same as wsgidav's blocks
 

@@ -63,8 +63,9 @@ class LockStore(LockStorageDict):
 
     Every write asks for the locks of its path and of each parent (wsgidav's lock manager,
     in its write transaction), each look under the store's own lock: a sixth of a small
-    PUT's Python (profiled), where almost always no lock exists. The shortcut reads the store without
-    its lock: a lock is only made under the manager's lock, which every write's check holds.
+    PUT's Python (profiled), where almost always no lock exists. The shortcut reads the
+    store without its lock: a lock is only made under the manager's lock, which every
+    write's check holds.
     """
 
     def get_lock_list(self, path, *, include_root, include_children, token_only):

@@ -13,7 +13,7 @@ user. Rules:
   (wsgidav answers after it);
 - a PUT answered by ``fastfiles`` (a local adaptor's file) also tells the file as it wrote
   it, ``"size"`` and ``"mtime"`` (``WRITTEN`` in the request's environ): the index records
-  those without looking the file up again (75 us a change in process, a lookup included);
+  those without looking the file up again (in process: 18-29 us a change, 70-83 with the lookup);
 - PUT and COPY tell their target, MOVE both ends, DELETE its path; nothing else writes;
 - telling never blocks or fails a request: the write end is non-blocking, and a line the pipe
   has no room for (a reader far behind) is dropped, for the next rescan to find; a line is
