@@ -53,7 +53,7 @@ def tell_writes(app, fd: int, mount: str):
 
     def tell(changes: list[tuple[str, str]], written: dict | None) -> None:
         for kind, path in changes:
-            said = {kind: path, **written} if written and kind == "changed" else {kind: path}
+            said = {kind: path, **(written or {})}  # ``written``: a PUT's one change, its file
             line = (json.dumps(said) + "\n").encode()
             if len(line) > MAX_LINE:
                 continue  # would not be atomic: the rescan finds it

@@ -29,6 +29,14 @@ def call(app, method, path, destination=None):
     return got[0], b"".join(body)
 
 
+def home_federation(home):
+    """A federation of one local adaptor, ``home``, over the folder ``home``."""
+    from skerry.adaptors.config import build_federation
+    from skerry.adaptors.federation import SkerryFileSystem
+
+    return SkerryFileSystem(*build_federation({"adaptors": [{"name": "home", "type": "local", "path": str(home)}]}))
+
+
 def read_lines(fd) -> list[dict]:
     lines = []
     while select.select([fd], [], [], 0)[0]:
@@ -70,15 +78,12 @@ def test_a_full_pipe_or_a_gone_reader_never_holds_or_fails_a_request():
 
 
 def test_the_index_records_changes_and_forgets_removed_folders(tmp_path):
-    from skerry.adaptors.config import build_federation
-    from skerry.adaptors.federation import SkerryFileSystem
     from skerry.adaptors.query import FindIndex
 
     home = tmp_path / "home"
     (home / "d").mkdir(parents=True)
     (home / "d" / "a.txt").write_text("a")
-    index = FindIndex(SkerryFileSystem(*build_federation(
-        {"adaptors": [{"name": "home", "type": "local", "path": str(home)}]})))
+    index = FindIndex(home_federation(home))
     index.scan("home")
     assert [loc["path"] for loc in index.lookup("a.txt")["locations"]] == ["home/d/a.txt"]
     (home / "b.txt").write_text("bb")
@@ -101,8 +106,6 @@ def test_a_put_tells_the_file_as_written_and_the_index_records_it_without_a_look
     """A PUT that ``fastfiles`` answered tells the file's size and time with its path (the
     index records them as they are: no lookup, which for a file gone meanwhile would forget
     it); other writes tell the path alone; the entry is the one a listing makes."""
-    from skerry.adaptors.config import build_federation
-    from skerry.adaptors.federation import SkerryFileSystem
     from skerry.adaptors.query import FindIndex
     from skerry.adaptors.writefeed import WRITTEN
 
@@ -122,8 +125,7 @@ def test_a_put_tells_the_file_as_written_and_the_index_records_it_without_a_look
 
     home = tmp_path / "home"
     home.mkdir()
-    index = FindIndex(SkerryFileSystem(*build_federation(
-        {"adaptors": [{"name": "home", "type": "local", "path": str(home)}]})))
+    index = FindIndex(home_federation(home))
     index.scan("home")
     apply_change(index, told[0])  # no such file on disk: recorded as told
     [b] = index.lookup("b.txt")["locations"]
@@ -143,24 +145,15 @@ def test_fastfiles_puts_say_the_file_as_written(tmp_path):
     size and time, and the feed tells them."""
     import io
 
-    from wsgidav.mw.base_mw import BaseMiddleware
+    from test_davprovider import LetEveryoneIn
 
-    from skerry.adaptors.config import build_federation
     from skerry.adaptors.davprovider import FederationProvider
-    from skerry.adaptors.federation import SkerryFileSystem
     from skerry.adaptors.webdav import make_dav_app
-
-    class Anyone(BaseMiddleware):
-        def __call__(self, environ, start_response):
-            environ.update({"wsgidav.auth.user_name": "alice", "wsgidav.auth.realm": "test",
-                            "wsgidav.auth.roles": None, "wsgidav.auth.permissions": None})
-            return self.next_app(environ, start_response)
 
     home = tmp_path / "home"
     home.mkdir()
-    fs = SkerryFileSystem(*build_federation({"adaptors": [{"name": "home", "type": "local", "path": str(home)}]}))
     r, w = os.pipe()
-    app = tell_writes(make_dav_app(FederationProvider(fs), MOUNT, Anyone), w, MOUNT)
+    app = tell_writes(make_dav_app(FederationProvider(home_federation(home)), MOUNT, LetEveryoneIn), w, MOUNT)
     body = b"written through the fast path\n"
     environ = {"REQUEST_METHOD": "PUT", "SCRIPT_NAME": MOUNT, "PATH_INFO": "/home/new.txt",  # as the endpoint mounts it
                "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
