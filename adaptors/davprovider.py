@@ -4,6 +4,12 @@ Rules:
 - a folder listing is one ``ls(detail=True)``, kept ``LISTING_TTL`` seconds and dropped
   by our own writes: PROPFIND Depth 1 makes no call per child, and files changed behind
   our back (on an HPC system, say) appear within seconds;
+- on a local adaptor, a listing is kept past ``LISTING_TTL`` while the kernel reports no
+  change in its folder (``skerry.adaptors.folderwatch``): a desktop client's repeated
+  listings cost no ``stat`` per file. Its subfolders' times are looked at again each time
+  it is used (a change inside a subfolder is not the folder's event); a listing with a
+  link, or more than ``KEPT_SUBFOLDERS`` subfolders, is not kept past its time. Listings
+  kept past their time hold at most ``KEPT_ENTRIES`` entries in all, the oldest dropped first;
 - a PUT is an atomic write (``skerry.adaptors.atomic``): it streams into a hidden
   temporary name in the same folder and is renamed into place only when the body is
   complete: an interrupted PUT leaves nothing visible. On object stores (S3), where an
@@ -25,6 +31,7 @@ Rules:
 import contextlib
 import functools
 import hashlib
+import os
 import re
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
@@ -41,8 +48,11 @@ from wsgidav.prop_man.property_manager import PropertyManager
 from skerry.errors import InternalError, storage_error
 
 from . import atomic
+from .folderwatch import FolderWatch
 
 LISTING_TTL = 2.0
+KEPT_SUBFOLDERS = 64  # a kept listing's subfolders cost a stat each time it is used
+KEPT_ENTRIES = 100_000  # about 1 KB each: the endpoint's memory for kept listings
 
 
 @contextlib.contextmanager
@@ -311,8 +321,9 @@ class FederationProvider(DAVProvider):
         super().__init__()
         self.fs = fs
         self.block_size = block_size
-        self._listings: dict[str, tuple[float, dict]] = {}
+        self._listings: dict[str, tuple[float, dict, str | None]] = {}  # folder -> (when, listing, watched OS path)
         self._lock = threading.Lock()
+        self.watch = FolderWatch()
         self._content_types: dict[str, str] = {}  # what follows a name's first dot -> its MIME type
 
     def is_readonly(self):
@@ -360,36 +371,82 @@ class FederationProvider(DAVProvider):
         return self.fs.is_object_store(fspath.partition("/")[0])
 
     def listing(self, fspath: str) -> dict[str, dict]:
-        """{name: info} of a folder, from one ``ls(detail=True)`` kept LISTING_TTL seconds."""
+        """{name: info} of a folder, from one ``ls(detail=True)``, kept as the rules say."""
         cached = self._fresh_listing(fspath)
         if cached is not None:
             return cached
         now = time.monotonic()
+        ospath = self.fs.local_path(fspath, folder=True)
+        # watched before it is read: a change while it is read is reported
+        watched = ospath is not None and self.watch.watch(ospath)
         with http_errors():
             entries = self.fs.ls(fspath, detail=True)
         listing = {}
+        subfolders = 0
         for info in entries:
             name = _base(info["name"].rstrip("/"))
             if name:  # temporary names are left out by the federation itself
                 listing[name] = info
+                subfolders += info["type"] == "directory"
+                watched = watched and not info.get("islink")
+        if ospath is not None and (not watched or subfolders > KEPT_SUBFOLDERS):
+            self.watch.forget(ospath)
+            ospath = None
         with self._lock:
-            self._listings[fspath] = (now, listing)
+            before = self._listings.pop(fspath, None)  # a new listing goes last: the newest
+            if before and before[2] not in (None, ospath):  # its watch, unless it is now this one's
+                self.watch.forget(before[2])
+            self._listings[fspath] = (now, listing, ospath)
+            self._trim(now)
         return listing
 
     def _fresh_listing(self, fspath: str) -> dict[str, dict] | None:
-        """The cached listing of a folder, or None if there is none younger than LISTING_TTL."""
+        """The kept listing of a folder, or None if there is none younger than LISTING_TTL
+        and none its folder's watch keeps."""
         with self._lock:
             cached = self._listings.get(fspath)
-        return cached[1] if cached and time.monotonic() - cached[0] < LISTING_TTL else None
+        if not cached:
+            return None
+        when, listing, ospath = cached
+        if time.monotonic() - when < LISTING_TTL:
+            return listing
+        if ospath is None or not self.watch.unchanged(ospath):
+            return None
+        for name, info in listing.items():  # a subfolder's times change with what is inside it
+            if info["type"] == "directory":
+                try:
+                    st = os.stat(os.path.join(ospath, name), follow_symlinks=False)
+                except OSError:
+                    return None  # gone: the folder's event is on its way
+                info.update(size=st.st_size, mtime=st.st_mtime, created=st.st_ctime, nlink=st.st_nlink)
+        return listing
 
     def invalidate(self, *fspaths: str) -> None:
         with self._lock:
             for fspath in fspaths:
-                self._listings.pop(fspath, None)
-                self._listings.pop(fspath.rpartition("/")[0], None)
+                self._drop(fspath)
+                self._drop(fspath.rpartition("/")[0])
                 prefix = fspath + "/"
                 for key in [k for k in self._listings if k.startswith(prefix)]:
-                    del self._listings[key]
+                    self._drop(key)
+
+    def _drop(self, fspath: str) -> None:
+        """Forget a folder's listing and its watch (under the lock)."""
+        cached = self._listings.pop(fspath, None)
+        if cached and cached[2] is not None:
+            self.watch.forget(cached[2])
+
+    def _trim(self, now: float) -> None:
+        """Drop listings past their time that no watch keeps, and the oldest kept ones while
+        they hold more than KEPT_ENTRIES entries (the newest is always kept; under the lock)."""
+        held = 0
+        for i, key in enumerate(reversed(list(self._listings))):  # newest first
+            when, listing, ospath = self._listings[key]
+            alive = ospath is not None or now - when < LISTING_TTL
+            if alive and (i == 0 or held + len(listing) <= KEPT_ENTRIES):
+                held += len(listing)
+            else:
+                self._drop(key)
 
     def get_resource_inst(self, path: str, environ: dict):
         self._count_get_resource_inst += 1

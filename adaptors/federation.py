@@ -126,14 +126,16 @@ class SkerryFileSystem(AbstractFileSystem):
             fs.makedirs(parent, exist_ok=True)
         return name, fs, inner
 
-    def local_path(self, path, *, write: bool = False, unfollowed: bool = False) -> str | None:
+    def local_path(self, path, *, write: bool = False, unfollowed: bool = False, folder: bool = False) -> str | None:
         """The OS path of a file path on a local adaptor (its containment checked), or None:
         for any other adaptor, the root and adaptor folders, a path leading outside, and
         (``write``) a read-only adaptor. Those are for the federation's own calls to answer.
-        ``unfollowed``: the caller follows no link at the last segment (``os_path``'s rule)."""
+        ``unfollowed``: the caller follows no link at the last segment (``os_path``'s rule).
+        ``folder``: the path names a folder, and the adaptor's own folder is answered too."""
         try:
             name, fs, inner = self._split(path)
-            if name is None or not inner or (write and name in self.read_only) or not hasattr(fs, "os_path"):
+            if (name is None or not (inner or folder) or (write and name in self.read_only)
+                    or not hasattr(fs, "os_path")):
                 return None
             return fs.os_path(inner, unfollowed=unfollowed)
         except Exception:  # unknown adaptor, bad path, unreachable backend, outside: not ours to say

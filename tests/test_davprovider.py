@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import threading
 
 from urllib.parse import quote, unquote
@@ -18,6 +19,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from litmus import all_passed, run_litmus
 from skerry.adaptors.config import build_federation
 from skerry.adaptors.atomic import SUFFIX, temp_name
+from skerry.adaptors import davprovider
 from skerry.adaptors.davprovider import FederationProvider
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.webdav import make_dav_app
@@ -119,6 +121,79 @@ def test_changes_behind_our_back_appear_within_seconds(dav, roots):
     time.sleep(2.1)
     r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
     assert "/dav/tester/home/from-hpc.txt" in hrefs(r.content)
+
+
+def _lists(dav) -> list:
+    """The folders the provider lists from here on (its ``ls`` calls)."""
+    calls = []
+    ls = dav.provider.fs.ls
+    dav.provider.fs.ls = lambda path, *a, **k: calls.append(path) or ls(path, *a, **k)
+    return calls
+
+
+def _listed(dav, folder: str) -> dict:
+    """{href: {property name: text}} of a PROPFIND Depth 1 of ``folder``."""
+    import xml.etree.ElementTree as ET
+
+    r = httpx.request("PROPFIND", dav.url + folder, headers={"Depth": "1"})
+    assert r.status_code == 207
+    return {response.find("{DAV:}href").text: {prop.tag.partition("}")[2]: prop.text
+                                                for prop in response.iter("{DAV:}prop").__next__()}
+            for response in ET.fromstring(r.content).iter("{DAV:}response")}
+
+
+def test_a_local_listing_is_kept_past_its_time_until_its_folder_changes(dav, roots, monkeypatch):
+    monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)  # every listing is past its time at once
+    home = roots / "home"
+    (home / "data.csv").write_text("1,2")
+    (home / "runs").mkdir()
+    os.utime(home / "runs", (1_000_000_000, 1_000_000_000))
+    calls = _lists(dav)
+    first = _listed(dav, "home/")
+    assert _listed(dav, "home/") == first
+    assert calls == ["home"]  # the second answer came from the kept listing
+    # another process adds to a file, as a user's kernel or job would
+    subprocess.run(["sh", "-c", f"echo 3,4 >> {home / 'data.csv'}"], check=True)
+    again = _listed(dav, "home/")
+    assert calls == ["home", "home"]
+    assert again["/dav/tester/home/data.csv"]["getcontentlength"] == str(len("1,2") + len("3,4\n"))
+    # a file made inside a subfolder changes the subfolder's time, which no event of home's says
+    subprocess.run(["sh", "-c", f"touch {home / 'runs' / 'new.log'}"], check=True)
+    later = _listed(dav, "home/")
+    assert calls == ["home", "home"]
+    assert later["/dav/tester/home/runs/"]["getlastmodified"] != again["/dav/tester/home/runs/"]["getlastmodified"]
+
+
+def test_a_listing_with_a_link_or_many_subfolders_is_not_kept_past_its_time(dav, roots, monkeypatch):
+    monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)
+    monkeypatch.setattr(davprovider, "KEPT_SUBFOLDERS", 2)
+    linked, many = roots / "home" / "linked", roots / "home" / "many"
+    linked.mkdir()
+    (linked / "target.txt").write_text("t")
+    (linked / "link.txt").symlink_to("target.txt")  # its size is its target's: no event of this folder says it
+    for name in ("a", "b", "c"):
+        (many / name).mkdir(parents=True)
+    calls = _lists(dav)
+    for _ in range(2):
+        _listed(dav, "home/linked/")
+        _listed(dav, "home/many/")
+    assert calls == ["home/linked", "home/many"] * 2
+
+
+def test_kept_listings_are_bounded_and_the_oldest_goes_first(dav, roots, monkeypatch):
+    monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)
+    monkeypatch.setattr(davprovider, "KEPT_ENTRIES", 5)
+    for folder in ("one", "two"):
+        for i in range(3):
+            (roots / "home" / folder / f"f{i}").parent.mkdir(exist_ok=True)
+            (roots / "home" / folder / f"f{i}").write_text("x")
+    calls = _lists(dav)
+    _listed(dav, "home/one/")
+    _listed(dav, "home/two/")  # 3 + 3 entries: one's listing goes, with its watch
+    assert not dav.provider.watch.unchanged(str(roots / "home" / "one"))
+    _listed(dav, "home/two/")
+    _listed(dav, "home/one/")
+    assert calls == ["home/one", "home/two", "home/one"]
 
 
 def test_our_writes_show_at_once(dav):
