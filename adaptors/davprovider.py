@@ -32,11 +32,11 @@ import contextlib
 import functools
 import hashlib
 import os
-import re
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from urllib.parse import quote
 
@@ -53,6 +53,7 @@ from .folderwatch import FolderWatch
 LISTING_TTL = 2.0
 KEPT_SUBFOLDERS = 64  # a kept listing's subfolders cost a stat each time it is used
 KEPT_ENTRIES = 100_000  # about 1 KB each: the endpoint's memory for kept listings
+PIECE = 1000  # responses in each piece of a listing's body (about 700 KB): sent while the next is written
 
 
 @contextlib.contextmanager
@@ -329,7 +330,7 @@ class FederationProvider(DAVProvider):
     def is_readonly(self):
         return False
 
-    def propfind_listing(self, environ, body: bytes) -> bytes | None:
+    def propfind_listing(self, environ, body: bytes) -> Iterable[bytes] | None:
         """A PROPFIND Depth 1 answered without wsgidav's generic path (see the rules)."""
         return propfind_listing(self, environ, body)
 
@@ -371,7 +372,8 @@ class FederationProvider(DAVProvider):
         return self.fs.is_object_store(fspath.partition("/")[0])
 
     def listing(self, fspath: str) -> dict[str, dict]:
-        """{name: info} of a folder, from one ``ls(detail=True)``, kept as the rules say."""
+        """{name: info} of a folder, names in order, from one ``ls(detail=True)``, kept as the
+        rules say."""
         cached = self._fresh_listing(fspath)
         if cached is not None:
             return cached
@@ -389,6 +391,7 @@ class FederationProvider(DAVProvider):
                 listing[name] = info
                 subfolders += info["type"] == "directory"
                 watched = watched and not info.get("islink")
+        listing = {name: listing[name] for name in sorted(listing)}  # once a listing, not once an answer
         if ospath is not None and (not watched or subfolders > KEPT_SUBFOLDERS):
             self.watch.forget(ospath)
             ospath = None
@@ -494,7 +497,11 @@ _SUPPORTED_LOCK = "".join(
     f"<D:lockentry><D:lockscope><D:{scope}/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>"
     for scope in ("exclusive", "shared"))
 _HREF_SAFE = "/!*'(),$-_|."  # what wsgidav leaves unquoted in an href (Nautilus chokes on '%28')
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.~/!*'(),$|-]*\Z")  # what quote(name, safe=_HREF_SAFE) leaves as it is
+# what quote(name, safe=_HREF_SAFE) leaves as it is: a name of these alone is its own href
+_PLAIN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~/!*'(),$|-"
+# the end of every plain file's allprop response: no lock on it, the locks it could take
+_PLAIN_TAIL = (f"<D:lockdiscovery/><D:supportedlock>{_SUPPORTED_LOCK}</D:supportedlock></D:prop>"
+               "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
 # the conditional request headers: an answer that depends on them is wsgidav's to give
 CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
               "HTTP_IF_UNMODIFIED_SINCE")
@@ -558,35 +565,48 @@ def _allprop_response(entry_href: str, name: str, info: dict, folder: bool, mime
             "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
 
 
-def _allprop_responses(href: str, items: list[tuple[str, dict]], mime_of, times) -> list[str]:
-    """The allprop ``<D:response>`` of each (name, info) in a folder at ``href``: what
+def _allprop_responses(href: str, items, mime_of, times) -> Iterator[str]:
+    """The allprop ``<D:response>`` of each (name, info) in a folder at ``href``, one by one: what
     ``_allprop_response`` writes, for a plain file (a name that needs no escaping or
-    quoting, a modification time, no ETag of its backend's: nearly every entry of a big
-    listing) in one format with no call per property."""
-    out = []
+    quoting and starts with no dot, a modification time, no ETag of its backend's: nearly
+    every entry of a big listing) in one format with no call per property."""
     xhref = _xml(href)
-    mime_elements: dict[str, str] = {}  # a folder's files share a few types
+    stamps: dict[int, tuple[str, str]] = {}  # a second -> its two time elements: a folder's files share few
+    types: dict[str, str] = {}  # what follows a name's first dot -> its type element (``content_type``'s rule)
     for name, info in items:
         ts = info.get("mtime")
         if (info["type"] == "directory" or type(ts) is not float or "ETag" in info or "etag" in info
-                or not _PLAIN_NAME.match(name)):
-            out.append(_allprop_response(href + _href(name) + ("/" if info["type"] == "directory" else ""),
-                                         name, info, info["type"] == "directory", mime_of, times))
+                or name.strip(_PLAIN_CHARS) or name.startswith(".")):
+            yield _allprop_response(href + _href(name) + ("/" if info["type"] == "directory" else ""),
+                                    name, info, info["type"] == "directory", mime_of, times)
             continue
-        created, modified = times(ts)
+        stamp = stamps.get(ts // 1)
+        if stamp is None:
+            created, modified = times(ts)
+            stamp = stamps[ts // 1] = (f"<D:creationdate>{created}</D:creationdate>",
+                                       f"<D:getlastmodified>{modified}</D:getlastmodified>")
+        kind = name.partition(".")[2]
+        type_element = types.get(kind)
+        if type_element is None:
+            type_element = types[kind] = _element("getcontenttype", _xml(mime_of(name)))
         size = info.get("size") or 0
-        mime = mime_of(name)
-        mime_element = mime_elements.get(mime)
-        if mime_element is None:
-            mime_element = mime_elements[mime] = _element("getcontenttype", _xml(mime))
-        out.append(f"<D:response><D:href>{xhref}{name}</D:href><D:propstat><D:prop><D:resourcetype/>"
-                   f"<D:creationdate>{created}</D:creationdate><D:getcontentlength>{size}</D:getcontentlength>"
-                   f"{mime_element}"
-                   f"<D:getlastmodified>{modified}</D:getlastmodified><D:displayname>{name}</D:displayname>"
-                   f"<D:getetag>{int(size):x}-{round(ts * 1_000_000):x}</D:getetag><D:lockdiscovery/>"
-                   f"<D:supportedlock>{_SUPPORTED_LOCK}</D:supportedlock></D:prop>"
-                   "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
-    return out
+        yield (f"<D:response><D:href>{xhref}{name}</D:href><D:propstat><D:prop><D:resourcetype/>{stamp[0]}"
+               f"<D:getcontentlength>{size}</D:getcontentlength>{type_element}{stamp[1]}"
+               f"<D:displayname>{name}</D:displayname><D:getetag>{int(size):x}-{round(ts * 1_000_000):x}</D:getetag>"
+               f"{_PLAIN_TAIL}")
+
+
+def _in_pieces(head: list[str], responses):
+    """A multistatus body: ``head``, the responses, its end, as bytes in pieces of about
+    PIECE responses each."""
+    piece = head
+    for response in responses:
+        piece.append(response)
+        if len(piece) >= PIECE:
+            yield "".join(piece).encode("utf-8")
+            piece = []
+    piece.append("</D:multistatus>")
+    yield "".join(piece).encode("utf-8")
 
 
 def _element(name: str, value: str) -> str:
@@ -601,7 +621,7 @@ def _xml(text: str) -> str:
 
 def _href(name: str) -> str:
     """``name`` quoted for an href as wsgidav quotes it (most names need nothing)."""
-    return name if _PLAIN_NAME.match(name) else quote(name, safe=_HREF_SAFE)
+    return quote(name, safe=_HREF_SAFE) if name.strip(_PLAIN_CHARS) else name
 
 
 def _time_formats():
@@ -628,8 +648,9 @@ def _prop_xml(tag: str, value: str, prefixes: dict[str, str]) -> str:
     return f"<{qname}>{value}</{qname}>" if value else f"<{qname}/>"
 
 
-def propfind_listing(provider, environ, body: bytes) -> bytes | None:
-    """The 207 body of a PROPFIND Depth 1 on a folder, or None when wsgidav must answer."""
+def propfind_listing(provider, environ, body: bytes) -> Iterable[bytes] | None:
+    """The 207 body of a PROPFIND Depth 1 on a folder, in pieces (an allprop answer is
+    written piece by piece as it is sent), or None when wsgidav must answer."""
     if environ.get("HTTP_DEPTH") != "1" or any(h in environ for h in CONDITIONS):
         return None
     wanted = _requested(body)
@@ -656,12 +677,10 @@ def propfind_listing(provider, environ, body: bytes) -> bytes | None:
     times = _time_formats()
     out = [f'<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus{declared}>']
     entries = [(href, folder.get_display_name(), folder.info, True)]
-    items = sorted(listing.items())
+    items = listing.items()  # in order
     if wanted == ["allprop"]:  # the usual question: plain files written by one format each
         out.append(_allprop_response(*entries[0], mime_of, times))
-        out += _allprop_responses(href, items, mime_of, times)
-        out.append("</D:multistatus>")
-        return "".join(out).encode("utf-8")
+        return _in_pieces(out, _allprop_responses(href, items, mime_of, times))
     entries += [(href + _href(name) + ("/" if info["type"] == "directory" else ""), name, info,
                  info["type"] == "directory") for name, info in items]
     for entry_href, name, info, is_folder in entries:
@@ -680,4 +699,4 @@ def propfind_listing(provider, environ, body: bytes) -> bytes | None:
                            f"<D:status>HTTP/1.1 {status}</D:status></D:propstat>")
         out.append("</D:response>")
     out.append("</D:multistatus>")
-    return "".join(out).encode("utf-8")
+    return ["".join(out).encode("utf-8")]

@@ -14,6 +14,7 @@ answered (webdav4, for one, sends PROPFIND without Depth to ask whether a path i
 """
 
 import io
+import itertools
 import threading
 from urllib.parse import unquote, urlsplit
 
@@ -99,8 +100,12 @@ class RefuseInfiniteDepth(BaseMiddleware):
 
 class FastListing(BaseMiddleware):
     """PROPFIND Depth 1 answered by the provider's ``propfind_listing(environ, body)``
-    when it has one and it answers (bytes); otherwise wsgidav answers, with the body
-    handed on untouched."""
+    when it has one and it answers (an iterable of bytes); otherwise wsgidav answers, with
+    the body handed on untouched.
+
+    An answer of one piece goes with its length; a longer one (a big folder's) is sent
+    piece by piece as it is written (chunked), so the transfer runs beside the writing.
+    """
 
     def __call__(self, environ, start_response):
         provider = environ.get("wsgidav.provider")
@@ -114,9 +119,15 @@ class FastListing(BaseMiddleware):
         if answer is None:
             environ["wsgi.input"] = io.BytesIO(body)
             return self.next_app(environ, start_response)
-        start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8"),
-                                            ("Content-Length", str(len(answer)))])
-        return [answer]
+        pieces = iter(answer)
+        first = next(pieces, b"")
+        second = next(pieces, None)
+        headers = [("Content-Type", "application/xml; charset=utf-8")]
+        if second is None:
+            start_response("207 Multi-Status", [*headers, ("Content-Length", str(len(first)))])
+            return [first]
+        start_response("207 Multi-Status", headers)
+        return itertools.chain((first, second), pieces)
 
 
 def refuse_dot_segments(app):

@@ -543,6 +543,8 @@ def test_conditional_write_locks_are_forgotten_when_done():
     ("sub", {"name": "home/sub", "size": 0, "mtime": 1_700_000_002, "type": "directory"}, True),
     ("plain.txt", {"name": "home/plain.txt", "size": 7, "mtime": 1_700_000_003.5, "type": "file"}, False),
     ("whole-second", {"name": "home/whole-second", "size": 9, "mtime": 1_700_000_004.0, "type": "file"}, False),
+    (".hidden.txt", {"name": "home/.hidden.txt", "size": 2, "mtime": 1_700_000_005.5, "type": "file"}, False),
+    ("before-1970", {"name": "home/before-1970", "size": 1, "mtime": -0.5, "type": "file"}, False),
 ])
 def test_an_allprop_entry_in_one_piece_is_the_entry_element_by_element(name, info, folder):
     """The two shortcuts (one format for an entry's properties, and for a plain file's whole
@@ -559,6 +561,38 @@ def test_an_allprop_entry_in_one_piece_is_the_entry_element_by_element(name, inf
     element_by_element = (f"<D:response><D:href>{escape(href + _href(name) + ('/' if folder else ''))}</D:href>"
                           f"<D:propstat><D:prop>{_allprop(_live_values(name, info, folder, mime_of, times))}</D:prop>"
                           "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
-    assert _allprop_responses(href, [(name, info)], mime_of, times) == [element_by_element]
+    assert list(_allprop_responses(href, [(name, info)], mime_of, times)) == [element_by_element]
     assert _allprop_response(href + _href(name) + ("/" if folder else ""), name, info, folder, mime_of,
                              times) == element_by_element
+
+
+def test_files_of_one_folder_each_get_their_own_times_and_types():
+    """The per-listing memos (a second's times, a type by what follows the first dot) give
+    each entry what it alone would get."""
+    from skerry.adaptors.davprovider import _allprop_response, _allprop_responses, _time_formats
+
+    def mime_of(n):
+        return {"csv": "text/csv", "tar.gz": "application/x-tar"}.get(n.partition(".")[2], "application/x-unknown")
+
+    items = [(name, {"name": f"home/{name}", "size": i, "mtime": ts, "type": "file"})
+             for i, (name, ts) in enumerate([("a.csv", -0.5), ("b.csv", 0.3), ("c.tar.gz", 0.7), ("d.tar.gz", 1.2),
+                                             ("e", 1.9), ("f.csv", 1.95), ("g.gz", 2.1)])]
+    alone = [_allprop_response(f"/dav/x/{name}", name, info, False, mime_of, _time_formats()) for name, info in items]
+    assert list(_allprop_responses("/dav/x/", items, mime_of, _time_formats())) == alone
+
+
+def test_a_big_listing_is_sent_in_pieces_and_a_small_one_with_its_length(dav, roots):
+    from skerry.adaptors.davprovider import PIECE
+
+    for folder, count in (("big", 2 * PIECE + 10), ("small", 3)):
+        (roots / "home" / folder).mkdir()
+        for i in range(count):
+            (roots / "home" / folder / f"f{i:05d}.txt").write_text("x")
+    big = httpx.request("PROPFIND", dav.url + "home/big/", headers={"Depth": "1"})
+    small = httpx.request("PROPFIND", dav.url + "home/small/", headers={"Depth": "1"})
+    assert big.status_code == small.status_code == 207
+    assert big.headers.get("transfer-encoding") == "chunked" and "content-length" not in big.headers
+    assert small.headers["content-length"] == str(len(small.content))
+    assert sorted(hrefs(big.content)) == ["/dav/tester/home/big/"] + [
+        f"/dav/tester/home/big/f{i:05d}.txt" for i in range(2 * PIECE + 10)]
+    assert len(hrefs(small.content)) == 4
