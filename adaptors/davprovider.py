@@ -6,10 +6,11 @@ Rules:
   our back (on an HPC system, say) appear within seconds;
 - on a local adaptor, a listing is kept past ``LISTING_TTL`` while the kernel reports no
   change in its folder (``skerry.adaptors.folderwatch``): a desktop client's repeated
-  listings cost no ``stat`` per file. Its subfolders' times are looked at again each time
-  it is used (a change inside a subfolder is not the folder's event); a listing with a
-  link, or more than ``KEPT_SUBFOLDERS`` subfolders, is not kept past its time. Listings
-  kept past their time hold at most ``KEPT_ENTRIES`` entries in all, the oldest dropped first;
+  listings cost no ``stat`` per file. Its subfolders' times are looked at again when it is
+  used past its time (a change inside a subfolder is not the folder's event), and it is
+  then as good as new for ``LISTING_TTL`` seconds. A listing with a link, or with more
+  than ``KEPT_SUBFOLDERS`` subfolders, is not kept past its time. Listings kept past their
+  time hold at most ``KEPT_ENTRIES`` entries in all, the oldest dropped first;
 - a PUT is an atomic write (``skerry.adaptors.atomic``): it streams into a hidden
   temporary name in the same folder and is renamed into place only when the body is
   complete: an interrupted PUT leaves nothing visible. On object stores (S3), where an
@@ -415,6 +416,7 @@ class FederationProvider(DAVProvider):
             return listing
         if ospath is None or not self.watch.unchanged(ospath):
             return None
+        now = time.monotonic()
         for name, info in listing.items():  # a subfolder's times change with what is inside it
             if info["type"] == "directory":
                 try:
@@ -422,6 +424,9 @@ class FederationProvider(DAVProvider):
                 except OSError:
                     return None  # gone: the folder's event is on its way
                 info.update(size=st.st_size, mtime=st.st_mtime, created=st.st_ctime, nlink=st.st_nlink)
+        with self._lock:  # as good as new for LISTING_TTL: its subfolders looked at once that long
+            if self._listings.get(fspath) is cached:
+                self._listings[fspath] = (now, listing, ospath)
         return listing
 
     def invalidate(self, *fspaths: str) -> None:
@@ -571,7 +576,7 @@ def _allprop_responses(href: str, items, mime_of, times) -> Iterator[str]:
     quoting and starts with no dot, a modification time, no ETag of its backend's: nearly
     every entry of a big listing) in one format with no call per property."""
     xhref = _xml(href)
-    stamps: dict[int, tuple[str, str]] = {}  # a second -> its two time elements: a folder's files share few
+    stamps: dict[float, tuple[str, str]] = {}  # a second -> its two time elements: a folder's files share few
     types: dict[str, str] = {}  # what follows a name's first dot -> its type element (``content_type``'s rule)
     for name, info in items:
         ts = info.get("mtime")
