@@ -25,6 +25,7 @@ Rules:
 import ctypes
 import errno
 import os
+import re
 import struct
 import threading
 import weakref
@@ -68,7 +69,7 @@ def file_system_type(ospath: str, mountinfo: str = "/proc/self/mountinfo") -> st
         fields = left.split()
         if len(fields) < 5 or not right:
             continue
-        point = fields[4].encode().decode("unicode_escape")  # \040 is a space
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # \040 is a space
         inside = real == point or real.startswith(point.rstrip("/") + "/")
         if inside and len(point) > best:  # a later mount over the same point hides the earlier one
             best, kind = len(point), right.split()[0]
@@ -83,7 +84,7 @@ class FolderWatch:
         self._lock = threading.Lock()
         self._libc = _libc()
         self._fd = None  # made at the first watch: a provider that lists nothing local holds none
-        self._paths: dict[int, str] = {}  # watch -> folder
+        self._paths: dict[int, set[str]] = {}  # watch -> its folder's paths (a link's and its target's: one watch)
         self._unchanged: dict[str, int] = {}  # folder -> its watch, while nothing changed
         self._local: dict[str, bool] = {}  # mount types already asked, by folder
 
@@ -105,8 +106,10 @@ class FolderWatch:
             wd = self._libc.inotify_add_watch(self._fd, os.fsencode(ospath), _MASK)
             if wd < 0:  # ENOSPC (the account's watches), ENOTDIR, ENOENT, EACCES
                 return False
-            # the same folder watched again keeps its watch number: a change read above is gone
-            self._paths[wd] = ospath
+            before = self._unchanged.get(ospath)
+            if before is not None and before != wd:  # the path now leads to another folder
+                self._forget(ospath)
+            self._paths.setdefault(wd, set()).add(ospath)
             self._unchanged[ospath] = wd
             return True
 
@@ -121,9 +124,15 @@ class FolderWatch:
     def forget(self, ospath: str) -> None:
         """Stop watching the folder (if it was)."""
         with self._lock:
-            wd = self._unchanged.pop(ospath, None)
-            if wd is not None:
-                self._drop(wd)
+            self._forget(ospath)
+
+    def _forget(self, ospath: str) -> None:
+        """Stop watching the folder at this path; its watch goes with its last path."""
+        wd = self._unchanged.pop(ospath, None)
+        paths = self._paths.get(wd, set())
+        paths.discard(ospath)
+        if wd is not None and not paths:
+            self._drop(wd)
 
     def _is_local(self, ospath: str) -> bool:
         known = self._local.get(ospath)
@@ -152,16 +161,17 @@ class FolderWatch:
                 if mask & IN_Q_OVERFLOW:  # events were lost: any folder may have changed
                     self._all_changed()
                     continue
-                path = self._paths.get(wd)
-                if path is not None and self._unchanged.get(path) == wd:
-                    del self._unchanged[path]
+                if wd in self._paths:
+                    for path in self._paths[wd]:
+                        del self._unchanged[path]
                     self._drop(wd)
 
     def _all_changed(self) -> None:
-        for wd in list(self._unchanged.values()):
+        for wd in list(self._paths):
             self._drop(wd)
         self._unchanged.clear()
 
     def _drop(self, wd: int) -> None:
+        """Remove a watch (its paths are the caller's to forget)."""
         self._paths.pop(wd, None)
         self._libc.inotify_rm_watch(self._fd, wd)  # EINVAL if the kernel dropped it already: fine

@@ -73,6 +73,33 @@ def test_folders_are_told_apart(tmp_path):
     assert not watch.unchanged(str(two))
 
 
+def test_a_folder_watched_by_two_paths_is_changed_under_both(folder, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(folder)  # a link in the home to a folder: two federation paths, one folder
+    watch = FolderWatch()
+    assert watch.watch(str(folder)) and watch.watch(str(link))
+    watch.forget(str(folder))  # the other path keeps the one watch
+    elsewhere("open(d + '/x', 'w').close()", folder)
+    assert not watch.unchanged(str(link))
+    assert watch.watch(str(folder)) and watch.watch(str(link))
+    elsewhere("os.remove(d + '/x')", folder)
+    assert not watch.unchanged(str(folder)) and not watch.unchanged(str(link))
+
+
+def test_a_path_that_now_leads_to_another_folder_is_watched_there(tmp_path):
+    one, two, link = tmp_path / "one", tmp_path / "two", tmp_path / "link"
+    one.mkdir()
+    two.mkdir()
+    link.symlink_to(one)
+    watch = FolderWatch()
+    assert watch.watch(str(link))
+    link.unlink()
+    link.symlink_to(two)
+    assert watch.watch(str(link))
+    elsewhere("open(d + '/x', 'w').close()", two)
+    assert not watch.unchanged(str(link))
+
+
 def test_what_happens_inside_a_subfolder_is_not_the_folders_change(folder):
     # the documented limit: the caller looks at subfolders' own times itself
     watch = FolderWatch()
