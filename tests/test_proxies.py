@@ -1,8 +1,9 @@
 """``skerry up --proxy``: HAProxy, Traefik and configurable-http-proxy each carry the hub's
-routes and the WebDAV routes, keep them through the hub's routes check and a hub killed and
-started again (HAProxy killed too), and leave nothing when the platform stops; a user's own
-code reaches Traefik's and chp's API on loopback but can neither list nor change routes (nor
-read or change its secret or its route file), and cannot open HAProxy's runtime API (a Unix
+routes and the WebDAV routes (a big listing, which the endpoint sends in pieces, whole),
+keep them through the hub's routes check and a hub killed and started again (HAProxy
+killed too), and leave nothing when the platform stops; a user's own code reaches
+Traefik's and chp's API on loopback but can neither list nor change routes (nor read or
+change its secret or its route file), and cannot open HAProxy's runtime API (a Unix
 socket) or its files; a proxy skerry does not know is refused before anything is written.
 (The rest of the suite runs on the default proxy: HAProxy, which ``.ci/run`` installs.)
 
@@ -11,6 +12,7 @@ Real platforms, real proxies, nothing mocked.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +93,23 @@ def routes_work(p, token: str) -> None:
             assert r.status_code == 200 and "version" in r.json(), r.text
 
 
+def big_listing_works(p, token: str) -> None:
+    """A listing of more entries than one piece of the endpoint's answer (sent chunked, as
+    it is written) reaches her whole through the proxy."""
+    from skerry.adaptors.davprovider import PIECE
+
+    folder = p.data_dir / "users" / "alice" / "big"
+    folder.mkdir(exist_ok=True)
+    names = [f"f{i:05d}.txt" for i in range(PIECE + 500)]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    r = httpx.request("PROPFIND", f"{p.url}/dav/alice/home/big/", auth=("alice", token), headers={"Depth": "1"},
+                      timeout=60)
+    assert r.status_code == 207, r.text[:300]
+    listed = re.findall(r"<D:href>/dav/alice/home/big/([^<]+)</D:href>", r.text)
+    assert listed == names
+
+
 @pytest.mark.platform
 @pytest.mark.parametrize("proxy", ["haproxy", "traefik", "chp"])
 def test_each_proxy_carries_the_routes_through_a_routes_check_and_a_hub_restart(make_platform, proxy):
@@ -104,6 +123,7 @@ def test_each_proxy_carries_the_routes_through_a_routes_check_and_a_hub_restart(
     r = httpx.put(f"{p.url}/dav/alice/home/kept.txt", content=b"kept", auth=("alice", token), timeout=30)
     assert r.status_code == 201, r.text
     routes_work(p, token)
+    big_listing_works(p, token)
 
     # her own code reaches the proxy's API on loopback, but neither reads nor changes routes
     api = f"http://127.0.0.1:{json.loads((p.data_dir / 'run' / 'ports.json').read_text())['proxy_api']}"
