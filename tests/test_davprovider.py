@@ -138,7 +138,7 @@ def _listed(dav, folder: str) -> dict:
     r = httpx.request("PROPFIND", dav.url + folder, headers={"Depth": "1"})
     assert r.status_code == 207
     return {response.find("{DAV:}href").text: {prop.tag.partition("}")[2]: prop.text
-                                                for prop in response.iter("{DAV:}prop").__next__()}
+                                                for prop in next(response.iter("{DAV:}prop"))}
             for response in ET.fromstring(r.content).iter("{DAV:}response")}
 
 
@@ -184,8 +184,8 @@ def test_kept_listings_are_bounded_and_the_oldest_goes_first(dav, roots, monkeyp
     monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)
     monkeypatch.setattr(davprovider, "KEPT_ENTRIES", 5)
     for folder in ("one", "two"):
+        (roots / "home" / folder).mkdir()
         for i in range(3):
-            (roots / "home" / folder / f"f{i}").parent.mkdir(exist_ok=True)
             (roots / "home" / folder / f"f{i}").write_text("x")
     calls = _lists(dav)
     _listed(dav, "home/one/")
