@@ -316,6 +316,13 @@ class FederationFolder(_Resource, DAVCollection):
         self._move_properties(dest_path, is_move=is_move, with_children=False)
 
 
+def type_key(name: str) -> str | None:
+    """All that the MIME type guess reads of a file's name: what follows its first dot
+    (``a.tar.gz`` is a tar file, ``b.gz`` is not; ``csv`` is no CSV file). None for a name
+    the guess reads otherwise: one with a leading dot or a colon."""
+    return None if name.startswith(".") or ":" in name else name.partition(".")[2]
+
+
 class FederationProvider(DAVProvider):
     """Serves a ``SkerryFileSystem``; ``block_size`` is the read size of GET streams."""
 
@@ -338,11 +345,9 @@ class FederationProvider(DAVProvider):
     def content_type(self, name: str, environ) -> str:
         """The MIME type wsgidav gives a file named ``name`` (a last path segment).
 
-        Remembered by what follows the name's first dot: all that the guess reads of it
-        (``a.tar.gz`` is a tar file, ``b.gz`` is not; ``csv`` is no CSV file). A name with
-        a leading dot or a colon is read otherwise by the guess, and asked each time.
+        Remembered by ``type_key(name)``; a name without one is asked each time.
         """
-        key = None if name.startswith(".") or ":" in name else name.partition(".")[2]
+        key = type_key(name)
         known = self._content_types.get(key) if key is not None else None
         if known is None:
             known = util.guess_mime_type(name, environ["wsgidav.config"])
@@ -397,9 +402,7 @@ class FederationProvider(DAVProvider):
             self.watch.forget(ospath)
             ospath = None
         with self._lock:
-            before = self._listings.pop(fspath, None)  # a new listing goes last: the newest
-            if before and before[2] not in (None, ospath):  # its watch, unless it is now this one's
-                self.watch.forget(before[2])
+            self._drop(fspath, keep=ospath)  # a new listing goes last: the newest
             self._listings[fspath] = (now, listing, ospath)
             self._trim(now)
         return listing
@@ -438,10 +441,11 @@ class FederationProvider(DAVProvider):
                 for key in [k for k in self._listings if k.startswith(prefix)]:
                     self._drop(key)
 
-    def _drop(self, fspath: str) -> None:
-        """Forget a folder's listing and its watch (under the lock)."""
+    def _drop(self, fspath: str, keep: str | None = None) -> None:
+        """Forget a folder's listing and its watch, unless that watch is ``keep``'s (a new
+        listing of the folder has just watched it again; under the lock)."""
         cached = self._listings.pop(fspath, None)
-        if cached and cached[2] is not None:
+        if cached and cached[2] not in (None, keep):
             self.watch.forget(cached[2])
 
     def _trim(self, now: float) -> None:
@@ -573,15 +577,15 @@ def _allprop_response(entry_href: str, name: str, info: dict, folder: bool, mime
 def _allprop_responses(href: str, items, mime_of, times) -> Iterator[str]:
     """The allprop ``<D:response>`` of each (name, info) in a folder at ``href``, one by one: what
     ``_allprop_response`` writes, for a plain file (a name that needs no escaping or
-    quoting and starts with no dot, a modification time, no ETag of its backend's: nearly
+    quoting and has a ``type_key``, a modification time, no ETag of its backend's: nearly
     every entry of a big listing) in one format with no call per property."""
     xhref = _xml(href)
     stamps: dict[float, tuple[str, str]] = {}  # a second -> its two time elements: a folder's files share few
-    types: dict[str, str] = {}  # what follows a name's first dot -> its type element (``content_type``'s rule)
+    types: dict[str, str] = {}  # a name's ``type_key`` -> its type element
     for name, info in items:
         ts = info.get("mtime")
         if (info["type"] == "directory" or type(ts) is not float or "ETag" in info or "etag" in info
-                or name.strip(_PLAIN_CHARS) or name.startswith(".")):
+                or name.strip(_PLAIN_CHARS) or (kind := type_key(name)) is None):
             yield _allprop_response(href + _href(name) + ("/" if info["type"] == "directory" else ""),
                                     name, info, info["type"] == "directory", mime_of, times)
             continue
@@ -590,7 +594,6 @@ def _allprop_responses(href: str, items, mime_of, times) -> Iterator[str]:
             created, modified = times(ts)
             stamp = stamps[ts // 1] = (f"<D:creationdate>{created}</D:creationdate>",
                                        f"<D:getlastmodified>{modified}</D:getlastmodified>")
-        kind = name.partition(".")[2]
         type_element = types.get(kind)
         if type_element is None:
             type_element = types[kind] = _element("getcontenttype", _xml(mime_of(name)))
