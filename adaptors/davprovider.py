@@ -4,11 +4,15 @@ Rules:
 - a folder listing is one ``ls(detail=True)``, kept ``LISTING_TTL`` seconds and dropped
   by our own writes: PROPFIND Depth 1 makes no call per child, and files changed behind
   our back (on an HPC system, say) appear within seconds;
-- on a local adaptor, a listing is kept past ``LISTING_TTL`` while the kernel reports no
-  change in its folder (``skerry.adaptors.folderwatch``): a desktop client's repeated
-  listings cost no ``stat`` per file. Its subfolders' times are looked at again when it is
-  used past its time (a change inside a subfolder is not the folder's event), and it is
-  then as good as new for ``LISTING_TTL`` seconds. A listing with a link, or with more
+- on a local adaptor, a listing is kept while the kernel watches its folder
+  (``skerry.adaptors.folderwatch``), and each use first reads again the entries the watch
+  names as changed, by whichever process (one ``stat`` each): a desktop client's repeated
+  listings cost no ``stat`` per file, and a job writing into a big folder costs its next
+  listing the files it wrote. Our own writes leave such a listing to its watch. Its
+  subfolders' times are looked at again when it is used past ``LISTING_TTL`` (a change
+  inside a subfolder is not the folder's event), and it is then as good as new for
+  ``LISTING_TTL`` seconds. The folder is listed whole again where the watch says so
+  (the folder itself changed, or too much of it). A listing with a link, or with more
   than ``KEPT_SUBFOLDERS`` subfolders, is not kept past its time. Listings kept past their
   time hold at most ``KEPT_ENTRIES`` entries in all, the oldest dropped first;
 - a PUT is an atomic write (``skerry.adaptors.atomic``): it streams into a hidden
@@ -39,6 +43,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import NamedTuple
 from urllib.parse import quote
 
 from wsgidav import util
@@ -323,6 +328,15 @@ def type_key(name: str) -> str | None:
     return None if name.startswith(".") or ":" in name else name.partition(".")[2]
 
 
+class _Kept(NamedTuple):
+    """A folder's listing as kept: when it was made (or its subfolders last looked at), its
+    entries, and, while watched, the folder's OS path and its watch's token."""
+    when: float
+    entries: dict[str, dict]
+    ospath: str | None
+    token: int | None
+
+
 class FederationProvider(DAVProvider):
     """Serves a ``SkerryFileSystem``; ``block_size`` is the read size of GET streams."""
 
@@ -330,8 +344,9 @@ class FederationProvider(DAVProvider):
         super().__init__()
         self.fs = fs
         self.block_size = block_size
-        self._listings: dict[str, tuple[float, dict, str | None]] = {}  # folder -> (when, listing, watched OS path)
+        self._listings: dict[str, _Kept] = {}  # folder -> its listing, oldest first
         self._lock = threading.Lock()
+        self._patching = threading.Lock()
         self.watch = FolderWatch()
         self._content_types: dict[str, str] = {}  # what follows a name's first dot -> its MIME type
 
@@ -380,83 +395,131 @@ class FederationProvider(DAVProvider):
     def listing(self, fspath: str) -> dict[str, dict]:
         """{name: info} of a folder, names in order, from one ``ls(detail=True)``, kept as the
         rules say."""
-        cached = self._fresh_listing(fspath)
-        if cached is not None:
-            return cached
+        current = self._current(fspath)
+        if current is not None:
+            return current
         now = time.monotonic()
         ospath = self.fs.local_path(fspath, folder=True)
-        # watched before it is read: a change while it is read is reported
-        watched = ospath is not None and self.watch.watch(ospath)
-        with http_errors():
-            entries = self.fs.ls(fspath, detail=True)
+        # watched before it is read: a change while it is read is named to the next listing
+        token = self.watch.watch(ospath) if ospath is not None else None
+        try:
+            with http_errors():
+                entries = self.fs.ls(fspath, detail=True)
+        except BaseException:
+            if token is not None:  # no listing will hold this watch
+                self.watch.forget(ospath)
+            raise
         listing = {}
-        subfolders = 0
+        subfolders, links = 0, False
         for info in entries:
             name = _base(info["name"].rstrip("/"))
             if name:  # temporary names are left out by the federation itself
                 listing[name] = info
                 subfolders += info["type"] == "directory"
-                watched = watched and not info.get("islink")
+                links = links or bool(info.get("islink"))
         listing = {name: listing[name] for name in sorted(listing)}  # once a listing, not once an answer
-        if ospath is not None and (not watched or subfolders > KEPT_SUBFOLDERS):
+        if token is not None and (links or subfolders > KEPT_SUBFOLDERS):
             self.watch.forget(ospath)
-            ospath = None
+            token = None
+        kept = _Kept(now, listing, ospath if token is not None else None, token)
         with self._lock:
-            self._drop(fspath, keep=ospath)  # a new listing goes last: the newest
-            self._listings[fspath] = (now, listing, ospath)
+            self._drop(fspath, keep=kept.ospath)  # a new listing goes last: the newest
+            self._listings[fspath] = kept
             self._trim(now)
         return listing
 
-    def _fresh_listing(self, fspath: str) -> dict[str, dict] | None:
-        """The kept listing of a folder, or None if there is none younger than LISTING_TTL
-        and none its folder's watch keeps."""
+    def _current(self, fspath: str) -> dict[str, dict] | None:
+        """The kept listing of a folder, brought up to date, or None: one younger than
+        LISTING_TTL, or one whose folder's watch names what changed in it (those entries read
+        again, its subfolders looked at once each LISTING_TTL)."""
         with self._lock:
-            cached = self._listings.get(fspath)
-        if not cached:
+            kept = self._listings.get(fspath)
+        if kept is None:
             return None
-        when, listing, ospath = cached
-        if time.monotonic() - when < LISTING_TTL:
-            return listing
-        if ospath is None or not self.watch.unchanged(ospath):
+        if kept.token is None:
+            return kept.entries if time.monotonic() - kept.when < LISTING_TTL else None
+        with self._patching:  # one at a time: a change is taken from the watch once
+            with self._lock:
+                kept = self._listings.get(fspath)
+            if kept is None or kept.token is None:
+                return None
+            current = self._brought_up_to_date(fspath, kept)
+            with self._lock:
+                if self._listings.get(fspath) is kept:
+                    if current is None:
+                        self._drop(fspath)
+                    elif current is not kept:
+                        self._listings[fspath] = current
+        return current.entries if current is not None else None
+
+    def _brought_up_to_date(self, fspath: str, kept: "_Kept") -> "_Kept | None":
+        """``kept`` as its folder is now (itself where nothing changed), or None where the
+        folder must be listed again: the watch says so, a changed entry cannot be read, is
+        a link or makes too many subfolders, or a subfolder is gone."""
+        changed = self.watch.changes(kept.ospath, kept.token)
+        if changed is None:
             return None
         now = time.monotonic()
-        for name, info in listing.items():  # a subfolder's times change with what is inside it
+        entries = kept.entries
+        if changed:
+            try:
+                found = self.fs.entries(fspath, sorted(changed))
+            except (OSError, ValueError, NotImplementedError):
+                return None
+            now_there = {_base(info["name"].rstrip("/")): info for info in found}
+            if any(info.get("islink") for info in now_there.values()):
+                return None
+            entries = dict(entries)  # a new dict: an answer being written may be walking the old one
+            added = False
+            for name in changed:
+                if name in now_there:
+                    added = added or name not in entries
+                    entries[name] = now_there[name]  # in its place, if it was there
+                else:
+                    entries.pop(name, None)
+            if added:
+                entries = {name: entries[name] for name in sorted(entries)}
+            if (any(info["type"] == "directory" for info in now_there.values())
+                    and sum(info["type"] == "directory" for info in entries.values()) > KEPT_SUBFOLDERS):
+                return None
+        if now - kept.when < LISTING_TTL:
+            return kept if entries is kept.entries else kept._replace(entries=entries)
+        for name, info in entries.items():  # a subfolder's times change with what is inside it
             if info["type"] == "directory":
                 try:
-                    st = os.stat(os.path.join(ospath, name), follow_symlinks=False)
+                    st = os.stat(os.path.join(kept.ospath, name), follow_symlinks=False)
                 except OSError:
                     return None  # gone: the folder's event is on its way
                 info.update(size=st.st_size, mtime=st.st_mtime, created=st.st_ctime, nlink=st.st_nlink)
-        with self._lock:  # as good as new for LISTING_TTL: its subfolders looked at once that long
-            if self._listings.get(fspath) is cached:
-                self._listings[fspath] = (now, listing, ospath)
-        return listing
+        return kept._replace(when=now, entries=entries)  # its subfolders looked at: good for LISTING_TTL
 
     def invalidate(self, *fspaths: str) -> None:
+        """Forget the listings our own write at each path changes: the path's own, its
+        folder's, and those below it. A watched listing is kept: its watch names the change."""
         with self._lock:
             for fspath in fspaths:
-                self._drop(fspath)
-                self._drop(fspath.rpartition("/")[0])
-                prefix = fspath + "/"
-                for key in [k for k in self._listings if k.startswith(prefix)]:
-                    self._drop(key)
+                for key in [fspath, fspath.rpartition("/")[0],
+                            *(k for k in self._listings if k.startswith(fspath + "/"))]:
+                    kept = self._listings.get(key)
+                    if kept is not None and kept.token is None:
+                        self._drop(key)
 
     def _drop(self, fspath: str, keep: str | None = None) -> None:
         """Forget a folder's listing and its watch, unless that watch is ``keep``'s (a new
         listing of the folder has just watched it again; under the lock)."""
-        cached = self._listings.pop(fspath, None)
-        if cached and cached[2] not in (None, keep):
-            self.watch.forget(cached[2])
+        kept = self._listings.pop(fspath, None)
+        if kept and kept.ospath not in (None, keep):
+            self.watch.forget(kept.ospath)
 
     def _trim(self, now: float) -> None:
         """Drop listings past their time that no watch keeps, and the oldest kept ones while
         they hold more than KEPT_ENTRIES entries (the newest is always kept; under the lock)."""
         held = 0
         for i, key in enumerate(reversed(list(self._listings))):  # newest first
-            when, listing, ospath = self._listings[key]
-            alive = ospath is not None or now - when < LISTING_TTL
-            if alive and (i == 0 or held + len(listing) <= KEPT_ENTRIES):
-                held += len(listing)
+            kept = self._listings[key]
+            alive = kept.token is not None or now - kept.when < LISTING_TTL
+            if alive and (i == 0 or held + len(kept.entries) <= KEPT_ENTRIES):
+                held += len(kept.entries)
             else:
                 self._drop(key)
 
@@ -466,7 +529,7 @@ class FederationProvider(DAVProvider):
         if not fspath:
             return FederationFolder("/", environ, "", {"name": "", "type": "directory", "size": 0})
         parent, _, name = fspath.rpartition("/")
-        siblings = self._fresh_listing(parent)
+        siblings = self._current(parent)
         if siblings is not None:
             info = siblings.get(name)
         else:

@@ -162,6 +162,15 @@ class SkerryFileSystem(AbstractFileSystem):
                        if self._listed(name, e, store)]
         return entries if detail else [e["name"] for e in entries]
 
+    def entries(self, path, names) -> list[dict]:
+        """``ls``'s entries of a folder's ``names`` alone (a name gone, or one a listing leaves
+        out, is absent): what changed in a big local folder, read without reading it whole.
+        Local adaptors' folders only (``NotImplementedError`` elsewhere)."""
+        name, fs, inner = self._split(path)
+        if name is None or not hasattr(fs, "entries"):
+            raise NotImplementedError(f"{path or '/'}: entries are read by name in local adaptors' folders only")
+        return [self._outer(name, e, True) for e in fs.entries(inner, names) if self._listed(name, e, False)]
+
     def _listed(self, name, info, store=None):
         """False for what a listing leaves out: a file being written (its temporary name),
         and the empty ``folder/`` object that keeps an empty S3 folder. ``store``: whether

@@ -1,39 +1,48 @@
-"""Whether a local folder changed since a moment, from the kernel (Linux inotify).
+"""Which entries of a local folder changed since a moment, from the kernel (Linux inotify).
 
-``FolderWatch.watch(ospath)`` starts watching a folder (True) or says it cannot (False);
-``unchanged(ospath)`` is True while nothing in it has changed since that call: no entry
-created, removed, renamed, written, or with its metadata changed, by any process.
-``forget(ospath)`` stops watching. A cache of a folder's listing can then be kept as long
-as the folder is unchanged, instead of a few seconds.
+``token = FolderWatch.watch(ospath)`` starts watching a folder (None where it cannot);
+``changes(ospath, token)`` names the entries created, removed, renamed, written or with
+their metadata changed since then, by any process (each name once, then forgotten: the
+next call names what changed after this one), or is None where the folder must be read
+again whole. ``forget(ospath)`` stops watching. A cache of a folder's listing can then be
+kept as long as the folder is watched, reading again only the entries named.
 
 Rules:
-- watch first, then read the folder: a change made while it is read is reported, so
-  what was read is never taken for current after it;
-- events are read when asked (``unchanged``), with no thread: a change is queued by the
+- watch first, then read the folder; ask for changes first, then read the entries named:
+  a change made while it is read is named by the next call, so what was read is never
+  taken for current after it;
+- events are read when asked (``changes``), with no thread: a change is queued by the
   kernel before the call that made it returns, so whoever made it and then asks sees it;
-- a folder changed once stays changed until watched again (its watch is dropped);
+- None (read the folder whole, and watch it again) where the folder itself changed
+  (removed, moved, its own mode or times set), the path now leads to another folder (a
+  parent moved or swapped for a link: each call compares the folder's device and inode),
+  more than ``MAX_NAMES`` entries changed since the last call, the event queue was lost
+  (overflow: every folder), or ``token`` is not the path's latest ``watch``;
 - only on file systems whose changes all pass through this kernel (``LOCAL_TYPES``): on
   NFS, SMB, FUSE or a cluster file system another machine's writes raise no event, so
-  ``watch`` says False there;
+  ``watch`` says None there;
 - what inotify does not report is not seen: the times of a subfolder's own entries
   (only the folder itself is watched), writes through a shared memory map. The caller
   looks at subfolders and links itself;
 - at most ``MAX_FOLDERS`` folders at once, and no more when the account's inotify
-  limits are reached; a lost event queue (overflow) counts as a change everywhere.
+  limits are reached.
 """
 
 import ctypes
 import errno
+import itertools
 import os
 import re
 import struct
 import threading
 import weakref
+from dataclasses import dataclass
 
 # file systems where every change is made by this kernel, so inotify reports them all
 LOCAL_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "jfs", "bcachefs",
                          "overlay"})
 MAX_FOLDERS = 256  # watches are the account's (8,192 by default on older kernels), shared with its editors
+MAX_NAMES = 1000  # changed entries named at most between two calls: past that, reading the folder costs no more
 
 # inotify(7)'s numbers
 IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x2, 0x4, 0x40, 0x80, 0x100, 0x200
@@ -85,13 +94,15 @@ class FolderWatch:
         self._libc = _libc()
         self._fd = None  # made at the first watch: a provider that lists nothing local holds none
         self._paths: dict[int, set[str]] = {}  # watch -> its folder's paths (a link's and its target's: one watch)
-        self._unchanged: dict[str, int] = {}  # folder -> its watch, while nothing changed
+        self._watched: dict[str, _Watched] = {}  # folder path -> its watch, while it may be patched
         self._local: dict[str, bool] = {}  # mount types already asked, by folder
+        self._tokens = itertools.count(1)
 
-    def watch(self, ospath: str) -> bool:
-        """Watch the folder at ``ospath``, from now: True, or False where that cannot be."""
+    def watch(self, ospath: str) -> int | None:
+        """Watch the folder at ``ospath`` from now: the token to ask for its changes, or None
+        where that cannot be."""
         if self._libc is None or not self._is_local(ospath):
-            return False
+            return None
         with self._lock:
             if self._fd is None:
                 fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -99,27 +110,41 @@ class FolderWatch:
                 if fd >= 0:
                     weakref.finalize(self, os.close, fd)
             if self._fd < 0:
-                return False
+                return None
             self._read_events()
-            if ospath not in self._unchanged and len(self._unchanged) >= self.max_folders:
-                return False
+            if ospath not in self._watched and len(self._watched) >= self.max_folders:
+                return None
+            before = _identity(ospath)
             wd = self._libc.inotify_add_watch(self._fd, os.fsencode(ospath), _MASK)
             if wd < 0:  # ENOSPC (the account's watches), ENOTDIR, ENOENT, EACCES
-                return False
-            before = self._unchanged.get(ospath)
-            if before is not None and before != wd:  # the path now leads to another folder
+                return None
+            if before is None or _identity(ospath) != before:  # swapped while watched: which one is unknown
+                if wd not in self._paths:
+                    self._drop(wd)
+                return None
+            old = self._watched.get(ospath)
+            if old is not None and old.wd != wd:  # the path now leads to another folder
                 self._forget(ospath)
             self._paths.setdefault(wd, set()).add(ospath)
-            self._unchanged[ospath] = wd
-            return True
+            token = next(self._tokens)
+            self._watched[ospath] = _Watched(wd, before, token, set())
+            return token
 
-    def unchanged(self, ospath: str) -> bool:
-        """True while the folder is watched and nothing in it changed since ``watch``."""
+    def changes(self, ospath: str, token: int) -> set[str] | None:
+        """The names of the folder's entries changed since ``watch`` gave ``token`` or since
+        the last call, or None where it must be read whole again (the module's rules)."""
         with self._lock:
-            if ospath not in self._unchanged:
-                return False
+            watched = self._watched.get(ospath)
+            if watched is None or watched.token != token:
+                return None
             self._read_events()
-            return ospath in self._unchanged
+            if self._watched.get(ospath) is not watched:
+                return None
+            if _identity(ospath) != watched.identity:
+                self._forget(ospath)
+                return None
+            names, watched.names = watched.names, set()
+            return names
 
     def forget(self, ospath: str) -> None:
         """Stop watching the folder (if it was)."""
@@ -128,11 +153,13 @@ class FolderWatch:
 
     def _forget(self, ospath: str) -> None:
         """Stop watching the folder at this path; its watch goes with its last path."""
-        wd = self._unchanged.pop(ospath, None)
-        paths = self._paths.get(wd, set())
+        watched = self._watched.pop(ospath, None)
+        if watched is None:
+            return
+        paths = self._paths.get(watched.wd, set())
         paths.discard(ospath)
-        if wd is not None and not paths:
-            self._drop(wd)
+        if not paths:
+            self._drop(watched.wd)
 
     def _is_local(self, ospath: str) -> bool:
         known = self._local.get(ospath)
@@ -143,7 +170,7 @@ class FolderWatch:
         return known
 
     def _read_events(self) -> None:
-        """Mark the folders the queued events name as changed (under the lock)."""
+        """Note the entries the queued events name; forget the folders changed themselves (under the lock)."""
         while True:
             try:
                 data = os.read(self._fd, 64 * 1024)
@@ -157,21 +184,50 @@ class FolderWatch:
             offset = 0
             while offset < len(data):
                 wd, mask, _, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:offset + _EVENT.size + length].split(b"\0", 1)[0]
                 offset += _EVENT.size + length
                 if mask & IN_Q_OVERFLOW:  # events were lost: any folder may have changed
                     self._all_changed()
                     continue
-                if wd in self._paths:
-                    for path in self._paths[wd]:
-                        del self._unchanged[path]
-                    self._drop(wd)
+                paths = self._paths.get(wd)
+                if not paths:
+                    continue
+                if not name:  # the folder itself: removed, moved, its own metadata, unmounted
+                    for path in list(paths):
+                        self._forget(path)
+                    continue
+                entry = os.fsdecode(name)
+                for path in list(paths):
+                    names = self._watched[path].names
+                    names.add(entry)
+                    if len(names) > MAX_NAMES:
+                        self._forget(path)
 
     def _all_changed(self) -> None:
         for wd in list(self._paths):
             self._drop(wd)
-        self._unchanged.clear()
+        self._watched.clear()
 
     def _drop(self, wd: int) -> None:
         """Remove a watch (its paths are the caller's to forget)."""
         self._paths.pop(wd, None)
         self._libc.inotify_rm_watch(self._fd, wd)  # EINVAL if the kernel dropped it already: fine
+
+
+@dataclass
+class _Watched:
+    """A folder path's watch: its inotify watch, the folder's (device, inode), the token of
+    the ``watch`` call, and the entries named since the last ``changes``."""
+    wd: int
+    identity: tuple[int, int]
+    token: int
+    names: set[str]
+
+
+def _identity(ospath: str) -> tuple[int, int] | None:
+    """The (device, inode) of the folder the path leads to now, or None."""
+    try:
+        st = os.stat(ospath)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -116,36 +116,65 @@ class LocalRootFileSystem(DirFileSystem):
             entries = [e for e in map(self._visible, super().ls(path, detail=True, **kwargs)) if e]
         else:
             try:
-                entries = self._scan(here, self._relpath(folder))
+                entries = self._scan(here, self._prefix(folder))
             finally:
                 os.close(here)
         return entries if detail else [e["name"] for e in entries]
 
-    def _scan(self, folder: int, inner: str) -> list[dict]:
+    def entries(self, path, names) -> list[dict]:
+        """``ls``'s entries of these ``names`` in folder ``path``, one ``lstat`` each (a name
+        that is gone, or not one folder entry's, is left out): a few entries of a big folder
+        without reading it whole."""
+        folder = self._join(path)
+        here = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            prefix = self._prefix(folder)
+            entries = []
+            for name in names:
+                if "/" in name or name in ("", ".", ".."):
+                    continue
+                try:
+                    info = self._entry(here, prefix, name, os.stat(name, dir_fd=here, follow_symlinks=False))
+                except FileNotFoundError:  # gone
+                    continue
+                if info:
+                    entries.append(info)
+            return entries
+        finally:
+            os.close(here)
+
+    def _prefix(self, folder: str) -> str:
+        """What the entries of an OS folder are named under (its path in the adaptor, and a slash)."""
+        inner = self._relpath(folder)
+        return f"{inner}/" if inner else ""
+
+    def _scan(self, folder: int, prefix: str) -> list[dict]:
         """A folder's entries (``folder``: its fd) from one ``scandir`` and one ``lstat``
         each, relative to the folder (no path walked per entry): what fsspec's local ``ls``
-        builds with an ``info()`` per entry, at a fraction of its cost. A link is described
-        as fsspec describes it (its own kind, its target's size) and left out if it leads outside."""
+        builds with an ``info()`` per entry, at a fraction of its cost."""
         entries = []
-        prefix = f"{inner}/" if inner else ""
         with os.scandir(folder) as scan:
             for entry in scan:
                 try:
-                    st = entry.stat(follow_symlinks=False)
-                    if entry.is_symlink():
-                        try:
-                            size = entry.stat().st_size
-                        except OSError:  # a dangling link
-                            size = 0
-                        info = self._visible(_info(prefix + entry.name, st, "other", size, True))
-                        if info:
-                            entries.append(info)
-                        continue
+                    info = self._entry(folder, prefix, entry.name, entry.stat(follow_symlinks=False))
                 except FileNotFoundError:  # gone since the scan saw it
                     continue
-                kind = "directory" if S_ISDIR(st.st_mode) else "file" if S_ISREG(st.st_mode) else "other"
-                entries.append(_info(prefix + entry.name, st, kind, st.st_size, False))
+                if info:
+                    entries.append(info)
         return entries
+
+    def _entry(self, folder: int, prefix: str, name: str, st: os.stat_result) -> dict | None:
+        """The listing entry of ``name`` in a folder (its fd), from its ``lstat``: a link is
+        described as fsspec describes it (its own kind, its target's size), or left out (None)
+        if it leads outside."""
+        if S_ISLNK(st.st_mode):
+            try:
+                size = os.stat(name, dir_fd=folder).st_size
+            except OSError:  # a dangling link
+                size = 0
+            return self._visible(_info(prefix + name, st, "other", size, True))
+        kind = "directory" if S_ISDIR(st.st_mode) else "file" if S_ISREG(st.st_mode) else "other"
+        return _info(prefix + name, st, kind, st.st_size, False)
 
     def info(self, path, **kwargs):
         return {k: v for k, v in super().info(path, **kwargs).items() if k != "destination"}

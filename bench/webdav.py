@@ -9,10 +9,12 @@ runs ``--runs`` times, the servers interleaved in each run, each workload starte
 nothing of the last one left to write to disk (``sync``); figures are medians:
 
 - GET and PUT of one ``--size-mib`` file;
-- PROPFIND Depth 1 of a ``--files``-file folder just after one of its files was rewritten
-  behind the servers' backs (as a job would), with a check that the answer shows the new
-  size (``rclone serve`` keeps a folder's listing 5 minutes by default, and answers the old
-  one); then the same PROPFIND again ``AGAIN_AFTER`` seconds later, nothing changed;
+- PROPFIND Depth 1 of a ``--files``-file folder: first one that server has never listed
+  (made before the servers started, one for each server and run: nothing of it is in any
+  cache); then another just after one of its files was rewritten behind the servers'
+  backs (as a job would), with a check that the answer shows the new size (``rclone
+  serve`` keeps a folder's listing 5 minutes by default, and answers the old one); then
+  the same PROPFIND again ``AGAIN_AFTER`` seconds later, nothing changed;
 - ``--small`` 10 KB files over 8 connections: all PUT, then all GET (files/s);
 - server-side COPY of 100 x 1 MB files, one after another;
 
@@ -85,6 +87,7 @@ SMALL = 10 * 1000
 BEHIND = "rclone behind HAProxy"
 CONNECTIONS = 8
 COPIES, COPY_SIZE = 100, 1000 * 1000
+SERVERS = 5  # skerry through the hub and on its port, rclone, nginx, rclone behind HAProxy
 AGAIN_AFTER = 3.0  # seconds before a folder is listed again: past skerry's 2 s listing cache
 
 
@@ -307,22 +310,25 @@ def median(values) -> float:
     return statistics.median(values)
 
 
-def prepare(home: Path, args) -> tuple[Path, list[Path]]:
+def prepare(home: Path, args, first_folders: list[str]) -> tuple[Path, list[Path]]:
     source = home / f"bench-{args.size_mib}m.bin"
     block = os.urandom(64 * 1024 * 1024)
     with open(source, "wb") as f:
         for _ in range(max(1, args.size_mib // 64)):
             f.write(block[: args.size_mib * 1024 * 1024] if args.size_mib < 64 else block)
-    many = home / "many"
-    many.mkdir()
-    for i in range(args.files):
-        (many / f"f{i:05d}.txt").write_bytes(b"x")
+    folders = [home / "many", *(home / name for name in first_folders)]
+    for folder in folders:
+        folder.mkdir()
+        for i in range(args.files):
+            (folder / f"f{i:05d}.txt").write_bytes(b"x")
     (home / "copysrc").mkdir()
     for i in range(COPIES):
         (home / "copysrc" / f"c{i:03d}.bin").write_bytes(block[i * 100:i * 100 + COPY_SIZE])
     uid, gid = owner_of(home)  # the endpoint runs as alice: what it serves is hers
-    for path in (source, many, *many.iterdir(), home / "copysrc", *(home / "copysrc").iterdir()):
-        os.chown(path, uid, gid)
+    for folder in (*folders, home / "copysrc"):
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, uid, gid)
+    os.chown(source, uid, gid)
     smalls = Path(tempfile.mkdtemp(prefix="bench-small-"))
     sources = []
     for i in range(args.small):
@@ -336,11 +342,17 @@ def owner_of(path: Path) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
+def never_listed(run: int, server: int) -> str:
+    """The folder that server ``server`` lists first in run ``run``."""
+    return f"first-{run}-{server}"
+
+
 def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Path], args) -> tuple[dict, dict, dict]:
     """{workload: {server: [figures]}}, CPU ms per small request per server, and per server
     whether each listing after a change showed it."""
     figures = {w: {s.name: [] for s in servers}
-               for w in ("get", "put", "propfind", "propfind_again", "small", "small_put", "disk", "copy")}
+               for w in ("get", "put", "propfind_first", "propfind", "propfind_again", "small", "small_put", "disk",
+                         "copy")}
     current = {s.name: [] for s in servers}  # whether each listing after a change showed it
     cpu = {s.name: [] for s in servers}
     size = source.stat().st_size
@@ -351,6 +363,10 @@ def measure(servers: list[Server], cpu_of: dict, source: Path, sources: list[Pat
             figures["get"][server.name].append(size / get_big(server, source.name))
             figures["put"][server.name].append(size / put_big(server, source, tag))
             os.sync()  # the GiB just written: flushed before the listing is timed, not during it
+            took, shown = propfind(server, never_listed(run, servers.index(server)), "f00000.txt", 1)
+            figures["propfind_first"][server.name].append(took)
+            if not shown:
+                raise SystemExit(f"{server.name}: a folder never listed answered without its files")
             # a file of the folder rewritten behind the servers' backs, then listed; then listed
             # again a while later, nothing changed (a desktop client coming back to the folder)
             written = 2 + len(current[server.name]) + 10 * servers.index(server)  # a size no listing had
@@ -376,6 +392,8 @@ def report(servers, figures, cpu, current, args):
     hub, rc = servers[0].name, "rclone"
     rows = [("get", f"GET {args.size_mib} MiB", lambda v: f"{v / 1e9:.2f} GB/s", True),
             ("put", f"PUT {args.size_mib} MiB", lambda v: f"{v / 1e9:.2f} GB/s", True),
+            ("propfind_first", f"PROPFIND Depth 1, {args.files:,} files, a folder never listed",
+             lambda v: f"{v:.3f} s", False),
             ("propfind", f"PROPFIND Depth 1, {args.files:,} files, one just changed", lambda v: f"{v:.3f} s", False),
             ("propfind_again", f"the same PROPFIND {AGAIN_AFTER:.0f} s later, nothing changed",
              lambda v: f"{v:.3f} s", False),
@@ -397,20 +415,24 @@ def report(servers, figures, cpu, current, args):
     for n in names:
         puts, disk = median(figures["small_put"][n]), median(figures["disk"][n])
         print(f"  {n}: {puts:,.0f} PUTs/s, the disk {disk:,.0f} files/s")
-    m = {k: {n: median(figures[k][n]) for n in names} for k in ("get", "propfind", "propfind_again", "small")}
+    m = {k: {n: median(figures[k][n]) for n in names}
+         for k in ("get", "propfind_first", "propfind", "propfind_again", "small")}
     print("\ntargets (issue 17), through the hub:")
-    for key, label in (("get", "GET"), ("put", "PUT"), ("propfind", "PROPFIND after a change"),
+    for key, label in (("get", "GET"), ("put", "PUT"), ("propfind_first", "PROPFIND never listed"),
+                       ("propfind", "PROPFIND after a change"),
                        ("propfind_again", "PROPFIND again"), ("small", "10 KB files")):
         a, b = median(figures[key][hub]), median(figures[key][rc])
         ratio = b / a if key.startswith("propfind") else a / b
         print(f"  {label} >= 1.0x rclone: {ratio:.2f}x {'ok' if ratio >= 1.0 else 'MISSED'}")
     print(f"  GET >= 1.0 GB/s: {m['get'][hub] / 1e9:.2f} GB/s {'ok' if m['get'][hub] >= 1e9 else 'MISSED'}")
-    for key, label in (("propfind", "after a change"), ("propfind_again", "again, nothing changed")):
+    for key, label in (("propfind_first", "of a folder never listed"), ("propfind", "after a change"),
+                       ("propfind_again", "again, nothing changed")):
         print(f"  PROPFIND {label} <= 0.15 s: {m[key][hub]:.3f} s {'ok' if m[key][hub] <= 0.15 else 'MISSED'}")
     if BEHIND in names:  # the same comparison with rclone behind the same kind of proxy
         print(f"\n{hub} / {BEHIND}:")
-        for key, label in (("get", "GET"), ("put", "PUT"), ("propfind", "PROPFIND after a change"),
-                           ("propfind_again", "PROPFIND again"), ("small", "10 KB files"), ("copy", "COPY")):
+        for key, label in (("get", "GET"), ("put", "PUT"), ("propfind_first", "PROPFIND never listed"),
+                           ("propfind", "PROPFIND after a change"), ("propfind_again", "PROPFIND again"),
+                           ("small", "10 KB files"), ("copy", "COPY")):
             a, b = median(figures[key][hub]), median(figures[key][BEHIND])
             print(f"  {label}: {(b / a if key.startswith('propfind') else a / b):.2f}x")
 
@@ -469,7 +491,8 @@ def main():
         state = platform.api("GET", "/hub/api/users/alice?include_stopped_servers").json()
         dav_port = state["servers"][""]["state"]["dav_port"]
         home = platform.data_dir / "users" / "alice"
-        source, sources = prepare(home, args)
+        source, sources = prepare(home, args, [never_listed(run, server) for run in range(args.runs)
+                                               for server in range(SERVERS)])
 
         others.append(rclone(home))  # each stopped below, even when the next fails to start
         others.append(nginx(home, base))
@@ -481,6 +504,7 @@ def main():
         servers = [Server("skerry through the hub", f"{platform.url}/dav/alice/home", f"alice:{token}"),
                    Server("skerry on its port", f"http://127.0.0.1:{dav_port}/dav/alice/home", f"alice:{token}"),
                    *others]
+        assert len(servers) == SERVERS
         cpu_of = {servers[0].name: lambda: endpoint() | proxy(), servers[1].name: endpoint,
                   "rclone": others[0].pids, "nginx": others[1].pids,
                   BEHIND: lambda: others[2].pids() | others[0].pids()}

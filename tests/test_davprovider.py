@@ -19,7 +19,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from litmus import all_passed, run_litmus
 from skerry.adaptors.config import build_federation
 from skerry.adaptors.atomic import SUFFIX, temp_name
-from skerry.adaptors import davprovider
+from skerry.adaptors import davprovider, folderwatch
 from skerry.adaptors.davprovider import FederationProvider
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.webdav import make_dav_app
@@ -142,26 +142,70 @@ def _listed(dav, folder: str) -> dict:
             for response in ET.fromstring(r.content).iter("{DAV:}response")}
 
 
-def test_a_local_listing_is_kept_past_its_time_until_its_folder_changes(dav, roots, monkeypatch):
+def sh(command: str) -> None:
+    """A change made by another process, as a user's kernel or job would make it."""
+    subprocess.run(["sh", "-c", command], check=True)
+
+
+def test_a_local_listing_is_kept_and_what_changes_in_its_folder_is_read_again(dav, roots, monkeypatch):
     monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)  # every listing is past its time at once
     home = roots / "home"
     (home / "data.csv").write_text("1,2")
+    (home / "old.txt").write_text("old")
     (home / "runs").mkdir()
     os.utime(home / "runs", (1_000_000_000, 1_000_000_000))
     calls = _lists(dav)
     first = _listed(dav, "home/")
     assert _listed(dav, "home/") == first
-    assert calls == ["home"]  # the second answer came from the kept listing
-    # another process adds to a file, as a user's kernel or job would
-    subprocess.run(["sh", "-c", f"echo 3,4 >> {home / 'data.csv'}"], check=True)
+    # another process adds to a file, makes one, removes one, renames one
+    sh(f"cd {home} && echo 3,4 >> data.csv && echo b > b.txt && rm old.txt && mv b.txt a.txt && echo c > c.txt")
     again = _listed(dav, "home/")
-    assert calls == ["home", "home"]
     assert again["/dav/tester/home/data.csv"]["getcontentlength"] == str(len("1,2") + len("3,4\n"))
+    assert again["/dav/tester/home/a.txt"]["getcontentlength"] == "2"
+    assert "/dav/tester/home/old.txt" not in again and "/dav/tester/home/b.txt" not in again
+    assert list(again) == sorted(again)  # new names in their place
     # a file made inside a subfolder changes the subfolder's time, which no event of home's says
-    subprocess.run(["sh", "-c", f"touch {home / 'runs' / 'new.log'}"], check=True)
+    sh(f"touch {home / 'runs' / 'new.log'}")
     later = _listed(dav, "home/")
-    assert calls == ["home", "home"]
     assert later["/dav/tester/home/runs/"]["getlastmodified"] != again["/dav/tester/home/runs/"]["getlastmodified"]
+    assert calls == ["home"]  # every answer after the first came from the kept listing
+    # each answer is what a new listing says
+    dav.provider._listings.clear()
+    assert _listed(dav, "home/") == later
+    assert calls == ["home", "home"]
+
+
+def test_a_watched_listing_shows_a_change_at_once_and_our_own_writes_keep_it(dav, roots):
+    home = roots / "home"
+    (home / "data.csv").write_text("1,2")
+    calls = _lists(dav)
+    _listed(dav, "home/")
+    sh(f"echo behind > {home / 'job-output.txt'}")  # well within LISTING_TTL
+    assert "/dav/tester/home/job-output.txt" in _listed(dav, "home/")
+    assert httpx.put(dav.url + "home/ours.txt", content=b"ours").status_code == 201
+    listed = _listed(dav, "home/")
+    assert listed["/dav/tester/home/ours.txt"]["getcontentlength"] == "4"
+    assert calls == ["home"]
+
+
+def test_a_folder_changed_too_much_or_itself_is_listed_again(dav, roots, monkeypatch):
+    monkeypatch.setattr(folderwatch, "MAX_NAMES", 3)
+    home = roots / "home"
+    (home / "sub" / "inner").mkdir(parents=True)
+    calls = _lists(dav)
+    _listed(dav, "home/sub/inner/")
+    sh(f"cd {home / 'sub' / 'inner'} && touch 1 2 3 4")  # more names than the watch keeps
+    assert len(_listed(dav, "home/sub/inner/")) == 5
+    assert calls == ["home/sub/inner"] * 2
+    # its parent moved away and a new folder made at its path: no event of the old folder's says it
+    sh(f"cd {home} && mv sub moved && mkdir -p sub/inner && touch sub/inner/new")
+    assert "/dav/tester/home/sub/inner/new" in _listed(dav, "home/sub/inner/")
+    assert calls == ["home/sub/inner"] * 3
+    # a link made in a kept listing's folder: it is not kept (its size is its target's)
+    sh(f"ln -s new {home / 'sub' / 'inner' / 'link'}")
+    assert "/dav/tester/home/sub/inner/link" in _listed(dav, "home/sub/inner/")
+    assert calls == ["home/sub/inner"] * 4
+    assert dav.provider._listings["home/sub/inner"].token is None
 
 
 def test_a_listing_with_a_link_or_many_subfolders_is_not_kept_past_its_time(dav, roots, monkeypatch):
@@ -180,6 +224,18 @@ def test_a_listing_with_a_link_or_many_subfolders_is_not_kept_past_its_time(dav,
     assert calls == ["home/linked", "home/many"] * 2
 
 
+def test_a_listing_that_fails_leaves_no_watch_behind(dav, roots):
+    (roots / "home" / "broken").mkdir()
+
+    def failing(path, *args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    dav.provider.fs.ls = failing
+    r = httpx.request("PROPFIND", dav.url + "home/broken/", headers={"Depth": "1"})
+    assert r.status_code >= 400
+    assert dav.provider.watch._watched == {}  # each watch counts against the account's limit
+
+
 def test_kept_listings_are_bounded_and_the_oldest_goes_first(dav, roots, monkeypatch):
     monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)
     monkeypatch.setattr(davprovider, "KEPT_ENTRIES", 5)
@@ -189,8 +245,9 @@ def test_kept_listings_are_bounded_and_the_oldest_goes_first(dav, roots, monkeyp
             (roots / "home" / folder / f"f{i}").write_text("x")
     calls = _lists(dav)
     _listed(dav, "home/one/")
+    token = dav.provider._listings["home/one"].token
     _listed(dav, "home/two/")  # 3 + 3 entries: one's listing goes, with its watch
-    assert not dav.provider.watch.unchanged(str(roots / "home" / "one"))
+    assert dav.provider.watch.changes(str(roots / "home" / "one"), token) is None
     _listed(dav, "home/two/")
     _listed(dav, "home/one/")
     assert calls == ["home/one", "home/two", "home/one"]

@@ -344,6 +344,31 @@ def test_a_local_listing_says_what_fsspec_says(tmp_path):
     assert fs.ls("b.bin") == [fs.info("b.bin")]  # a file lists itself, as fsspec's does
 
 
+def test_entries_by_name_are_the_listings_entries(tmp_path):
+    """A few names of a local folder read alone: each entry as the folder's listing has it,
+    what the listing leaves out left out, a name that is no entry of the folder ignored."""
+    from skerry.adaptors.atomic import temp_name
+
+    home = tmp_path / "home"
+    (home / "sub").mkdir(parents=True)
+    (home / "sub" / "a.txt").write_text("hi")
+    (home / "sub" / "deeper").mkdir()
+    os.symlink("a.txt", home / "sub" / "inside")
+    os.symlink("/etc/passwd", home / "sub" / "outside")
+    (home / "sub" / temp_name("b.txt")).write_text("half")  # a PUT being written
+    fed = SkerryFileSystem(*build_federation({"adaptors": [
+        {"name": "home", "type": "local", "path": str(home)},
+        {"name": "other", "type": "memory", "path": "/x"}]}))
+    listed = {e["name"]: e for e in fed.ls("home/sub")}
+    names = ["a.txt", "deeper", "inside", "outside", "gone", temp_name("b.txt"), "../sub", ".", "deeper/x"]
+    assert {e["name"]: e for e in fed.entries("home/sub", names)} == listed
+    assert fed.entries("home", ["sub"]) == [e for e in fed.ls("home") if e["name"] == "home/sub"]
+    with pytest.raises(FileNotFoundError):
+        fed.entries("home/nothing", ["a"])
+    with pytest.raises(NotImplementedError):
+        fed.entries("other", ["a"])
+
+
 @pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named temporary"])
 def test_a_local_write_is_whole_or_nothing(tmp_path, monkeypatch, unnamed):
     """The WebDAV fast path's write: a new file, a file replaced, a write cut short (new or

@@ -1,6 +1,7 @@
 """FolderWatch: which local folders changed, from the real kernel's inotify; every change
 is made by another process, as a user's kernel or job would make it."""
 
+import os
 import subprocess
 import sys
 
@@ -24,42 +25,67 @@ def folder(tmp_path):
     return d
 
 
+# each change, and the entries it names (None: the folder itself changed, read it whole)
 CHANGES = {
-    "a file written": "open(d + '/a.txt', 'a').write('more')",
-    "a file made": "open(d + '/new.txt', 'w').close()",
-    "a file removed": "os.remove(d + '/a.txt')",
-    "a file renamed": "os.rename(d + '/a.txt', d + '/b.txt')",
-    "a file moved out": "os.rename(d + '/a.txt', d + '/../outside.txt')",
-    "a file moved in": "open(d + '/../in.txt', 'w').close(); os.rename(d + '/../in.txt', d + '/in.txt')",
-    "a file's times set": "os.utime(d + '/a.txt', (1, 1))",
-    "a file's mode changed": "os.chmod(d + '/a.txt', 0o600)",
-    "a subfolder made": "os.mkdir(d + '/sub2')",
-    "a subfolder removed": "os.rmdir(d + '/sub')",
-    "a subfolder's times set": "os.utime(d + '/sub', (1, 1))",
-    "the folder itself removed": "import shutil; shutil.rmtree(d)",
-    "the folder itself moved": "os.rename(d, d + '-moved')",
+    "a file written": ("open(d + '/a.txt', 'a').write('more')", {"a.txt"}),
+    "a file made": ("open(d + '/new.txt', 'w').close()", {"new.txt"}),
+    "a file removed": ("os.remove(d + '/a.txt')", {"a.txt"}),
+    "a file renamed": ("os.rename(d + '/a.txt', d + '/b.txt')", {"a.txt", "b.txt"}),
+    "a file moved out": ("os.rename(d + '/a.txt', d + '/../outside.txt')", {"a.txt"}),
+    "a file moved in": ("open(d + '/../in.txt', 'w').close(); os.rename(d + '/../in.txt', d + '/in.txt')",
+                        {"in.txt"}),
+    "a file's times set": ("os.utime(d + '/a.txt', (1, 1))", {"a.txt"}),
+    "a file's mode changed": ("os.chmod(d + '/a.txt', 0o600)", {"a.txt"}),
+    "a file with an odd name made": ("open(os.fsencode(d) + b'/caf\\xe9 \\xff.txt', 'w').close()",
+                                     {os.fsdecode(b"caf\xe9 \xff.txt")}),
+    "a subfolder made": ("os.mkdir(d + '/sub2')", {"sub2"}),
+    "a subfolder removed": ("os.rmdir(d + '/sub')", {"sub"}),
+    "a subfolder's times set": ("os.utime(d + '/sub', (1, 1))", {"sub"}),
+    "the folder's own times set": ("os.utime(d, (1, 1))", None),
+    "the folder itself removed": ("import shutil; shutil.rmtree(d)", None),
+    "the folder itself moved": ("os.rename(d, d + '-moved')", None),
+    "its parent moved": ("os.rename(os.path.dirname(d), os.path.dirname(d) + '-moved')", None),
 }
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
-def test_a_change_by_another_process_is_reported(folder, change):
+def test_a_change_by_another_process_is_named(folder, change):
+    code, named = CHANGES[change]
     watch = FolderWatch()
-    assert watch.watch(str(folder))
-    assert watch.unchanged(str(folder))
-    elsewhere(CHANGES[change], folder)
-    assert not watch.unchanged(str(folder))
+    token = watch.watch(str(folder))
+    assert token
+    assert watch.changes(str(folder), token) == set()
+    elsewhere(code, folder)
+    assert watch.changes(str(folder), token) == named
 
 
-def test_a_changed_folder_stays_changed_until_it_is_watched_again(folder):
+def test_each_change_is_named_once(folder):
     watch = FolderWatch()
-    watch.watch(str(folder))
+    token = watch.watch(str(folder))
     elsewhere("open(d + '/new.txt', 'w').close()", folder)
-    assert not watch.unchanged(str(folder))
-    assert not watch.unchanged(str(folder))  # asked again: still changed
-    assert watch.watch(str(folder))
-    assert watch.unchanged(str(folder))
-    elsewhere("os.remove(d + '/new.txt')", folder)
-    assert not watch.unchanged(str(folder))
+    assert watch.changes(str(folder), token) == {"new.txt"}
+    assert watch.changes(str(folder), token) == set()  # asked again: nothing since
+    elsewhere("os.remove(d + '/new.txt'); open(d + '/a.txt', 'a').write('b')", folder)
+    assert watch.changes(str(folder), token) == {"new.txt", "a.txt"}
+
+
+def test_more_changes_than_max_names_mean_the_folder_is_read_whole(folder, monkeypatch):
+    monkeypatch.setattr(folderwatch, "MAX_NAMES", 3)
+    watch = FolderWatch()
+    token = watch.watch(str(folder))
+    elsewhere("[open(f'{d}/{i}', 'w').close() for i in range(4)]", folder)
+    assert watch.changes(str(folder), token) is None
+    assert watch.changes(str(folder), token) is None  # until watched again
+    token = watch.watch(str(folder))
+    assert watch.changes(str(folder), token) == set()
+
+
+def test_only_the_latest_watch_of_a_path_is_answered(folder):
+    watch = FolderWatch()
+    old = watch.watch(str(folder))
+    new = watch.watch(str(folder))
+    assert watch.changes(str(folder), old) is None
+    assert watch.changes(str(folder), new) == set()
 
 
 def test_folders_are_told_apart(tmp_path):
@@ -67,23 +93,26 @@ def test_folders_are_told_apart(tmp_path):
     one.mkdir()
     two.mkdir()
     watch = FolderWatch()
-    assert watch.watch(str(one)) and watch.watch(str(two))
+    tokens = watch.watch(str(one)), watch.watch(str(two))
+    assert all(tokens)
     elsewhere("open(d + '/x', 'w').close()", two)
-    assert watch.unchanged(str(one))
-    assert not watch.unchanged(str(two))
+    assert watch.changes(str(one), tokens[0]) == set()
+    assert watch.changes(str(two), tokens[1]) == {"x"}
 
 
 def test_a_folder_watched_by_two_paths_is_changed_under_both(folder, tmp_path):
     link = tmp_path / "link"
     link.symlink_to(folder)  # a link in the home to a folder: two federation paths, one folder
     watch = FolderWatch()
-    assert watch.watch(str(folder)) and watch.watch(str(link))
+    first, by_link = watch.watch(str(folder)), watch.watch(str(link))
     watch.forget(str(folder))  # the other path keeps the one watch
     elsewhere("open(d + '/x', 'w').close()", folder)
-    assert not watch.unchanged(str(link))
-    assert watch.watch(str(folder)) and watch.watch(str(link))
+    assert watch.changes(str(link), by_link) == {"x"}
+    assert watch.changes(str(folder), first) is None
+    first, by_link = watch.watch(str(folder)), watch.watch(str(link))
     elsewhere("os.remove(d + '/x')", folder)
-    assert not watch.unchanged(str(folder)) and not watch.unchanged(str(link))
+    assert watch.changes(str(folder), first) == {"x"}
+    assert watch.changes(str(link), by_link) == {"x"}  # each path hears of it, whoever asked first
 
 
 def test_a_path_that_now_leads_to_another_folder_is_watched_there(tmp_path):
@@ -92,28 +121,30 @@ def test_a_path_that_now_leads_to_another_folder_is_watched_there(tmp_path):
     two.mkdir()
     link.symlink_to(one)
     watch = FolderWatch()
-    assert watch.watch(str(link))
+    token = watch.watch(str(link))
     link.unlink()
     link.symlink_to(two)
-    assert watch.watch(str(link))
+    assert watch.changes(str(link), token) is None  # the path leads elsewhere: read it whole
+    token = watch.watch(str(link))
     elsewhere("open(d + '/x', 'w').close()", two)
-    assert not watch.unchanged(str(link))
+    elsewhere("open(d + '/y', 'w').close()", one)
+    assert watch.changes(str(link), token) == {"x"}
 
 
 def test_what_happens_inside_a_subfolder_is_not_the_folders_change(folder):
     # the documented limit: the caller looks at subfolders' own times itself
     watch = FolderWatch()
-    watch.watch(str(folder))
+    token = watch.watch(str(folder))
     elsewhere("open(d + '/sub/deep.txt', 'w').close()", folder)
-    assert watch.unchanged(str(folder))
+    assert watch.changes(str(folder), token) == set()
 
 
-def test_an_unwatched_or_forgotten_folder_is_never_unchanged(folder):
+def test_an_unwatched_or_forgotten_folder_has_no_changes_to_tell(folder):
     watch = FolderWatch()
-    assert not watch.unchanged(str(folder))
-    watch.watch(str(folder))
+    assert watch.changes(str(folder), 1) is None
+    token = watch.watch(str(folder))
     watch.forget(str(folder))
-    assert not watch.unchanged(str(folder))
+    assert watch.changes(str(folder), token) is None
 
 
 def test_no_more_than_max_folders_are_watched(tmp_path):
