@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 from urllib.parse import quote, unquote
 
@@ -116,7 +117,6 @@ def test_propfind_depth_1_makes_one_listing_call(dav, roots):
 def test_changes_behind_our_back_appear_within_seconds(dav, roots):
     assert len(hrefs(httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"}).content)) == 1
     (roots / "home" / "from-hpc.txt").write_text("new")
-    import time
 
     time.sleep(2.1)
     r = httpx.request("PROPFIND", dav.url + "home/", headers={"Depth": "1"})
@@ -224,6 +224,53 @@ def test_a_listing_with_a_link_or_many_subfolders_is_not_kept_past_its_time(dav,
     assert calls == ["home/linked", "home/many"] * 2
 
 
+def test_listings_during_a_jobs_writes_each_show_every_file_written_before_they_were_asked(dav, roots):
+    """A job writes files one by one while four clients list the folder over and over: each
+    answer holds every file whose write ended before its request was sent (no change is
+    taken from the watch by one request and missed by another), and every answer is whole."""
+    out = roots / "home" / "out"
+    out.mkdir()
+    for i in range(300):
+        (out / f"old{i:03d}.txt").write_text("x")
+    written: list[str] = []  # in order, each appended once its write has ended
+    listed_once, done = threading.Event(), threading.Event()
+
+    def job():
+        listed_once.wait(30)  # the folder's listing is kept before the first write
+        for i in range(150):
+            with open(out / f"new{i:03d}.txt", "w") as f:
+                f.write("y" * i)
+            written.append(f"new{i:03d}.txt")
+            time.sleep(0.005)  # a job's pace: the clients' listings fall between its writes
+        done.set()
+
+    problems = []
+
+    def client():
+        while not done.is_set():
+            before = list(written)
+            try:
+                listed = {href.rpartition("/")[2]: props for href, props in _listed(dav, "home/out/").items()}
+            except Exception as e:  # a broken answer is the failure this test looks for
+                problems.append(repr(e))
+                return
+            listed_once.set()
+            missing = [name for name in before if name not in listed]
+            wrong = [name for name in before if listed.get(name, {}).get("getcontentlength") != str(int(name[3:6]))]
+            if missing or wrong or len(listed) < 301:
+                problems.append(f"missing {missing[:3]}, wrong sizes {wrong[:3]}, {len(listed)} entries")
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for t in clients:
+        t.start()
+    job()
+    for t in clients:
+        t.join(60)
+    assert not problems, problems[:5]
+    assert len(written) == 150
+    assert set(_listed(dav, "home/out/")) >= {f"/dav/tester/home/out/{name}" for name in written}
+
+
 def test_a_listing_that_fails_leaves_no_watch_behind(dav, roots):
     (roots / "home" / "broken").mkdir()
 
@@ -269,7 +316,6 @@ def test_interrupted_put_leaves_nothing_visible(dav, roots):
         s.sendall(b"PUT /dav/tester/home/partial.bin HTTP/1.1\r\nHost: x\r\n"
                   b"Content-Length: 10000000\r\n\r\n" + b"x" * 1_000_000)
     # the client is gone half-way: no file, no temporary file, once the server has noticed
-    import time
 
     time.sleep(1)
     deadline = time.monotonic() + 10
