@@ -94,7 +94,7 @@ class FolderWatch:
         self._libc = _libc()
         self._fd = None  # made at the first watch: a provider that lists nothing local holds none
         self._paths: dict[int, set[str]] = {}  # watch -> its folder's paths (a link's and its target's: one watch)
-        self._watched: dict[str, _Watched] = {}  # folder path -> its watch, while it may be patched
+        self._watched: dict[str, _Watched] = {}  # folder path -> its watch and the names changed since last asked
         self._local: dict[str, bool] = {}  # mount types already asked, by folder
         self._tokens = itertools.count(1)
 
