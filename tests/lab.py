@@ -2,7 +2,6 @@
 open the Dask panel's task stream; screenshots kept in ``test-artifacts/``."""
 
 import shutil
-import time
 from pathlib import Path
 
 import nbformat
@@ -87,7 +86,8 @@ def wait_idle(page) -> None:
 def run_all_cells(browser) -> None:
     """Run All Cells from the command palette (Ctrl+Shift+C), as a user would; pressed once
     more if the palette has not opened 45 s later (a busy page may miss a press; it may
-    also handle one late, and a press every few seconds could toggle that palette shut)."""
+    also handle one late, and a press every few seconds could toggle that palette shut).
+    Enter is pressed once the palette has filtered down to that command."""
     opened = ("document.activeElement && document.activeElement.closest('.jp-ModalCommandPalette,"
               " #command-palette') !== null")
     for attempt in (1, 2):
@@ -100,7 +100,10 @@ def run_all_cells(browser) -> None:
             if attempt == 2:
                 raise
     browser.send("Input.insertText", text="Run All Cells")
-    time.sleep(0.5)  # the palette filters as it is typed
+    # the palette filters as it is typed: Enter runs whichever command is active by then
+    wait_for(lambda: browser.js("((document.querySelector('.lm-CommandPalette-item.lm-mod-active"
+                                " .lm-CommandPalette-itemLabel') || {}).textContent || '') === 'Run All Cells'"),
+             30, what="Run All Cells to be the palette's chosen command")
     browser.key("Enter", "Enter", 13)
 
 
