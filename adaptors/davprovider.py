@@ -145,6 +145,20 @@ def _base(fspath: str) -> str:
     return fspath.rpartition("/")[2]
 
 
+def _may_keep(entries: dict[str, dict], changed=None) -> bool:
+    """Whether a listing may be kept past ``LISTING_TTL``: no entry is a link (a change at
+    its target is not its folder's event) and at most ``KEPT_SUBFOLDERS`` are folders (each
+    costs a ``stat`` a use). ``changed``: the entries just read again into a listing that
+    was kept; the others met the rule, so only these are looked at for links, and the
+    folders are counted only where one of these is a folder."""
+    looked_at = list(entries.values() if changed is None else changed)
+    if any(info.get("islink") for info in looked_at):
+        return False
+    if changed is not None and not any(info["type"] == "directory" for info in looked_at):
+        return True
+    return sum(info["type"] == "directory" for info in entries.values()) <= KEPT_SUBFOLDERS
+
+
 class _Resource:
     """What files and folders share: their federation path and cached info."""
 
@@ -410,15 +424,12 @@ class FederationProvider(DAVProvider):
                 self.watch.forget(ospath)
             raise
         listing = {}
-        subfolders, links = 0, False
         for info in entries:
             name = _base(info["name"].rstrip("/"))
             if name:  # temporary names are left out by the federation itself
                 listing[name] = info
-                subfolders += info["type"] == "directory"
-                links = links or bool(info.get("islink"))
         listing = {name: listing[name] for name in sorted(listing)}  # once a listing, not once an answer
-        if token is not None and (links or subfolders > KEPT_SUBFOLDERS):
+        if token is not None and not _may_keep(listing):
             self.watch.forget(ospath)
             token = None
         kept = _Kept(now, listing, ospath if token is not None else None, token)
@@ -467,8 +478,6 @@ class FederationProvider(DAVProvider):
             except (OSError, ValueError, NotImplementedError):
                 return None
             now_there = {_base(info["name"].rstrip("/")): info for info in found}
-            if any(info.get("islink") for info in now_there.values()):
-                return None
             entries = dict(entries)  # a new dict: an answer being written may be walking the old one
             added = False
             for name in changed:
@@ -479,8 +488,7 @@ class FederationProvider(DAVProvider):
                     entries.pop(name, None)
             if added:
                 entries = {name: entries[name] for name in sorted(entries)}
-            if (any(info["type"] == "directory" for info in now_there.values())
-                    and sum(info["type"] == "directory" for info in entries.values()) > KEPT_SUBFOLDERS):
+            if not _may_keep(entries, now_there.values()):
                 return None
         if now - kept.when < LISTING_TTL:
             return kept if entries is kept.entries else kept._replace(entries=entries)
