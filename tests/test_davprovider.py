@@ -20,7 +20,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from litmus import all_passed, run_litmus
 from skerry.adaptors.config import build_federation
 from skerry.adaptors.atomic import SUFFIX, temp_name
-from skerry.adaptors import davprovider, folderwatch
+from skerry.adaptors import folderwatch, listings
 from skerry.adaptors.davprovider import FederationProvider
 from skerry.adaptors.federation import SkerryFileSystem
 from skerry.adaptors.webdav import make_dav_app
@@ -148,7 +148,7 @@ def sh(command: str) -> None:
 
 
 def test_a_local_listing_is_kept_and_what_changes_in_its_folder_is_read_again(dav, roots, monkeypatch):
-    monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)  # every listing is past its time at once
+    monkeypatch.setattr(listings, "LISTING_TTL", 0.0)  # every listing is past its time at once
     home = roots / "home"
     (home / "data.csv").write_text("1,2")
     (home / "old.txt").write_text("old")
@@ -170,7 +170,7 @@ def test_a_local_listing_is_kept_and_what_changes_in_its_folder_is_read_again(da
     assert later["/dav/tester/home/runs/"]["getlastmodified"] != again["/dav/tester/home/runs/"]["getlastmodified"]
     assert calls == ["home"]  # every answer after the first came from the kept listing
     # each answer is what a new listing says
-    dav.provider._listings.clear()
+    dav.provider.listings._kept.clear()
     assert _listed(dav, "home/") == later
     assert calls == ["home", "home"]
 
@@ -205,12 +205,12 @@ def test_a_folder_changed_too_much_or_itself_is_listed_again(dav, roots, monkeyp
     sh(f"ln -s new {home / 'sub' / 'inner' / 'link'}")
     assert "/dav/tester/home/sub/inner/link" in _listed(dav, "home/sub/inner/")
     assert calls == ["home/sub/inner"] * 4
-    assert dav.provider._listings["home/sub/inner"].token is None
+    assert dav.provider.listings._kept["home/sub/inner"].token is None
 
 
 def test_a_listing_with_a_link_or_many_subfolders_is_not_kept_past_its_time(dav, roots, monkeypatch):
-    monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)
-    monkeypatch.setattr(davprovider, "KEPT_SUBFOLDERS", 2)
+    monkeypatch.setattr(listings, "LISTING_TTL", 0.0)
+    monkeypatch.setattr(listings, "KEPT_SUBFOLDERS", 2)
     linked, many = roots / "home" / "linked", roots / "home" / "many"
     linked.mkdir()
     (linked / "target.txt").write_text("t")
@@ -280,21 +280,21 @@ def test_a_listing_that_fails_leaves_no_watch_behind(dav, roots):
     dav.provider.fs.ls = failing
     r = httpx.request("PROPFIND", dav.url + "home/broken/", headers={"Depth": "1"})
     assert r.status_code >= 400
-    assert dav.provider.watch._watched == {}  # each watch counts against the account's limit
+    assert dav.provider.listings.watch._watched == {}  # each watch counts against the account's limit
 
 
 def test_kept_listings_are_bounded_and_the_oldest_goes_first(dav, roots, monkeypatch):
-    monkeypatch.setattr(davprovider, "LISTING_TTL", 0.0)
-    monkeypatch.setattr(davprovider, "KEPT_ENTRIES", 5)
+    monkeypatch.setattr(listings, "LISTING_TTL", 0.0)
+    monkeypatch.setattr(listings, "KEPT_ENTRIES", 5)
     for folder in ("one", "two"):
         (roots / "home" / folder).mkdir()
         for i in range(3):
             (roots / "home" / folder / f"f{i}").write_text("x")
     calls = _lists(dav)
     _listed(dav, "home/one/")
-    token = dav.provider._listings["home/one"].token
+    token = dav.provider.listings._kept["home/one"].token
     _listed(dav, "home/two/")  # 3 + 3 entries: one's listing goes, with its watch
-    assert dav.provider.watch.changes(str(roots / "home" / "one"), token) is None
+    assert dav.provider.listings.watch.changes(str(roots / "home" / "one"), token) is None
     _listed(dav, "home/two/")
     _listed(dav, "home/one/")
     assert calls == ["home/one", "home/two", "home/one"]
