@@ -3,8 +3,8 @@
 - ``specs``, ``store``, ``config``: what storage a user has, kept per user, handed to a server;
 - ``registry``, ``federation``, ``objectstore``: specs to filesystems, the ``skerry://``
   federation over them, S3 folders that behave like folders;
-- ``davprovider``, ``listings``, ``folderwatch``, ``fastfiles``, ``webdav``: the WebDAV
-  application over the federation, the folder listings it keeps;
+- ``davprovider``, ``listings``, ``folderwatch``, ``fastfiles``, ``propfind``, ``webdav``: the
+  WebDAV application over the federation, the listings it keeps, its fast GET, PUT and PROPFIND;
 - ``query``, ``staging``, ``webhooks``: the find index, copies between adaptors, their webhooks;
 - ``remote``: ``skerry://`` from outside the platform, through the WebDAV endpoint;
 - ``sshkeys``: SFTP keys set up from a password once.

@@ -12,10 +12,8 @@ Rules:
   them out) and cannot be addressed;
 - ETag and Last-Modified come from the backend's metadata;
 - PROPFIND Depth 1 on a folder (allprop or live properties; no locks, no dead
-  properties in play) is answered by ``FederationProvider.propfind_listing``, which
-  writes the XML directly: wsgidav's generic path (a property lookup per name per child,
-  an ElementTree of the whole answer) takes over 1 s for 10,000 files. Anything else,
-  and any doubt, goes to wsgidav;
+  properties in play) is answered by ``skerry.adaptors.propfind`` from the kept listing;
+  anything else, and any doubt, goes to wsgidav;
 - errors of the federation map to HTTP by ``skerry.errors.storage_error`` (the table the
   contents manager and the data API use too): PermissionError 403 (read-only adaptor,
   the root, a path leading outside its adaptor), FileNotFoundError 404, ValueError 400,
@@ -23,13 +21,9 @@ Rules:
 """
 
 import contextlib
-import functools
 import hashlib
-import xml.etree.ElementTree as ET
-from xml.sax.saxutils import escape
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
-from urllib.parse import quote
 
 from wsgidav import util
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
@@ -41,7 +35,9 @@ from skerry.errors import InternalError, storage_error
 from . import atomic
 from .listings import Listings
 
-PIECE = 1000  # responses in each piece of a listing's body (about 700 KB): sent while the next is written
+# the conditional request headers: an answer that depends on them is wsgidav's to give
+CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+              "HTTP_IF_UNMODIFIED_SINCE")
 
 
 @contextlib.contextmanager
@@ -58,7 +54,8 @@ def http_errors():
         raise DAVError(error.status, context_info=error.message) from None
 
 
-def _timestamp(info: dict) -> float | None:
+def timestamp_of(info: dict) -> float | None:
+    """An entry's modification time in seconds (each backend names and types it its own way), or None."""
     for key in ("mtime", "LastModified", "last_modified", "modified", "created"):
         value = info.get(key)
         if isinstance(value, datetime):
@@ -73,13 +70,13 @@ def _timestamp(info: dict) -> float | None:
 
 def etag_of(info: dict, ts: float | None = None) -> str:
     """A file's ETag, unquoted: the backend's own, else its size and modification time in
-    hex (microseconds), else a digest of its size and name. ``ts``: ``_timestamp(info)``,
+    hex (microseconds), else a digest of its size and name. ``ts``: ``timestamp_of(info)``,
     where the caller has it."""
     etag = info.get("ETag") or info.get("etag")
     if etag:
         return str(etag).strip('"')
     # size and modification time change with the content on every other backend
-    ts = _timestamp(info) if ts is None else ts
+    ts = timestamp_of(info) if ts is None else ts
     size = info.get("size") or 0
     if ts is None:
         return hashlib.md5(f"{size}-{info['name']}".encode()).hexdigest()
@@ -138,7 +135,7 @@ class _Resource:
         return _base(self.fspath) or "/"
 
     def get_last_modified(self):
-        return _timestamp(self.info) if self.info else None
+        return timestamp_of(self.info) if self.info else None
 
     def get_creation_date(self):
         return self.get_last_modified()
@@ -324,7 +321,9 @@ class FederationProvider(DAVProvider):
         return False
 
     def propfind_listing(self, environ, body: bytes) -> Iterable[bytes] | None:
-        """A PROPFIND Depth 1 answered without wsgidav's generic path (see the rules)."""
+        """A PROPFIND Depth 1 answered without wsgidav's generic path (``skerry.adaptors.propfind``)."""
+        from .propfind import propfind_listing  # it reads this module's resources: imported once used
+
         return propfind_listing(self, environ, body)
 
     def content_type(self, name: str, environ) -> str:
@@ -407,215 +406,3 @@ class DeadProperties(PropertyManager):
             return any(url == ref_url or url.startswith(prefix) for url in self._dict)
         finally:
             self._lock.release()
-
-
-# ---- PROPFIND Depth 1 without wsgidav's generic machinery ---------------------------
-
-_ALLPROP = ("resourcetype", "creationdate", "getcontentlength", "getcontenttype",
-            "getlastmodified", "displayname", "getetag", "lockdiscovery", "supportedlock")
-_SUPPORTED_LOCK = "".join(
-    f"<D:lockentry><D:lockscope><D:{scope}/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>"
-    for scope in ("exclusive", "shared"))
-_HREF_SAFE = "/!*'(),$-_|."  # what wsgidav leaves unquoted in an href (Nautilus chokes on '%28')
-# what quote(name, safe=_HREF_SAFE) leaves as it is: a name of these alone is its own href
-_PLAIN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~/!*'(),$|-"
-# the end of every plain file's allprop response: no lock on it, the locks it could take
-_PLAIN_TAIL = (f"<D:lockdiscovery/><D:supportedlock>{_SUPPORTED_LOCK}</D:supportedlock></D:prop>"
-               "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
-# the conditional request headers: an answer that depends on them is wsgidav's to give
-CONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
-              "HTTP_IF_UNMODIFIED_SINCE")
-
-
-def _requested(body: bytes) -> list[str] | None:
-    """["allprop"], the requested property tags ("{ns}name"), or None (wsgidav answers)."""
-    if not body.strip():
-        return ["allprop"]
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return None
-    if root.tag != "{DAV:}propfind" or len(root) != 1:
-        return None
-    if root[0].tag == "{DAV:}allprop" and not len(root[0]):
-        return ["allprop"]
-    if root[0].tag == "{DAV:}prop" and len(root[0]):
-        return [el.tag for el in root[0]]
-    return None
-
-
-def _live_values(name: str, info: dict, folder: bool, mime_of, times) -> dict[str, str]:
-    """XML of the live properties of one listed entry that have a value, by DAV: name."""
-    ts = _timestamp(info)
-    values = {"resourcetype": "<D:collection/>" if folder else "",
-              "displayname": _xml(name), "lockdiscovery": "", "supportedlock": _SUPPORTED_LOCK}
-    if ts is not None:
-        values["creationdate"], values["getlastmodified"] = times(ts)
-    if not folder:
-        values["getcontentlength"] = str(info.get("size") or 0)
-        values["getcontenttype"] = _xml(mime_of(name))
-        values["getetag"] = _xml(etag_of(info, ts))
-    return values
-
-
-def _allprop(values: dict[str, str]) -> str:
-    """The ``<D:prop>`` content of an allprop answer: ``_ALLPROP`` in order, as
-    ``_live_values`` gives them (an empty value is an empty element; an absent one is left out)."""
-    return "".join([_element(n, values[n]) for n in _ALLPROP if n in values])
-
-
-def _allprop_of(name: str, info: dict, folder: bool, mime_of, times) -> str:
-    """``_allprop(_live_values(...))``, a file with a time (nearly every entry of a big
-    listing) written by one format instead of a dict and nine elements."""
-    ts = _timestamp(info)
-    if folder or ts is None:
-        return _allprop(_live_values(name, info, folder, mime_of, times))
-    created, modified = times(ts)
-    return (f"<D:resourcetype/><D:creationdate>{created}</D:creationdate>"
-            f"<D:getcontentlength>{info.get('size') or 0}</D:getcontentlength>"
-            f"{_element('getcontenttype', _xml(mime_of(name)))}<D:getlastmodified>{modified}</D:getlastmodified>"
-            f"{_element('displayname', _xml(name))}{_element('getetag', _xml(etag_of(info, ts)))}"
-            f"<D:lockdiscovery/><D:supportedlock>{_SUPPORTED_LOCK}</D:supportedlock>")
-
-
-def _allprop_response(entry_href: str, name: str, info: dict, folder: bool, mime_of, times) -> str:
-    """One ``<D:response>`` of an allprop answer."""
-    return (f"<D:response><D:href>{_xml(entry_href)}</D:href><D:propstat><D:prop>"
-            f"{_allprop_of(name, info, folder, mime_of, times)}"
-            "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
-
-
-def _allprop_responses(href: str, items, mime_of, times) -> Iterator[str]:
-    """The allprop ``<D:response>`` of each (name, info) in a folder at ``href``, one by one: what
-    ``_allprop_response`` writes, for a plain file (a name that needs no escaping or
-    quoting and has a ``type_key``, a modification time, no ETag of its backend's: nearly
-    every entry of a big listing) in one format with no call per property."""
-    xhref = _xml(href)
-    stamps: dict[float, tuple[str, str]] = {}  # a second -> its two time elements: a folder's files share few
-    types: dict[str, str] = {}  # a name's ``type_key`` -> its type element
-    for name, info in items:
-        ts = info.get("mtime")
-        if (info["type"] == "directory" or type(ts) is not float or "ETag" in info or "etag" in info
-                or name.strip(_PLAIN_CHARS) or (kind := type_key(name)) is None):
-            yield _allprop_response(href + _href(name) + ("/" if info["type"] == "directory" else ""),
-                                    name, info, info["type"] == "directory", mime_of, times)
-            continue
-        stamp = stamps.get(ts // 1)
-        if stamp is None:
-            created, modified = times(ts)
-            stamp = stamps[ts // 1] = (f"<D:creationdate>{created}</D:creationdate>",
-                                       f"<D:getlastmodified>{modified}</D:getlastmodified>")
-        type_element = types.get(kind)
-        if type_element is None:
-            type_element = types[kind] = _element("getcontenttype", _xml(mime_of(name)))
-        size = info.get("size") or 0
-        yield (f"<D:response><D:href>{xhref}{name}</D:href><D:propstat><D:prop><D:resourcetype/>{stamp[0]}"
-               f"<D:getcontentlength>{size}</D:getcontentlength>{type_element}{stamp[1]}"
-               f"<D:displayname>{name}</D:displayname><D:getetag>{int(size):x}-{round(ts * 1_000_000):x}</D:getetag>"
-               f"{_PLAIN_TAIL}")
-
-
-def _in_pieces(head: list[str], responses):
-    """A multistatus body: ``head``, the responses, its end, as bytes in pieces of about
-    PIECE responses each."""
-    piece = head
-    for response in responses:
-        piece.append(response)
-        if len(piece) >= PIECE:
-            yield "".join(piece).encode("utf-8")
-            piece = []
-    piece.append("</D:multistatus>")
-    yield "".join(piece).encode("utf-8")
-
-
-def _element(name: str, value: str) -> str:
-    """``<D:name>value</D:name>``, or ``<D:name/>`` where the value is empty."""
-    return f"<D:{name}>{value}</D:{name}>" if value else f"<D:{name}/>"
-
-
-def _xml(text: str) -> str:
-    """``text`` escaped for XML content (most names need nothing: then it is ``text`` itself)."""
-    return escape(text) if "&" in text or "<" in text or ">" in text else text
-
-
-def _href(name: str) -> str:
-    """``name`` quoted for an href as wsgidav quotes it (most names need nothing)."""
-    return quote(name, safe=_HREF_SAFE) if name.strip(_PLAIN_CHARS) else name
-
-
-def _time_formats():
-    """ts -> (RFC 3339, RFC 1123) text, remembered per second: a folder's files share few."""
-    known: dict[int, tuple[str, str]] = {}
-
-    def times(ts: float) -> tuple[str, str]:
-        second = int(ts // 1)
-        if second not in known:
-            known[second] = (util.get_rfc3339_time(second), util.get_rfc1123_time(second))
-        return known[second]
-
-    return times
-
-
-@functools.lru_cache(maxsize=256)
-def _qname(tag: str, prefix: str | None) -> str:
-    name = tag.partition("}")[2] if tag.startswith("{") else tag
-    return f"{prefix}:{name}" if prefix else name
-
-
-def _prop_xml(tag: str, value: str, prefixes: dict[str, str]) -> str:
-    qname = _qname(tag, prefixes.get(tag[1:].partition("}")[0]) if tag.startswith("{") else None)
-    return f"<{qname}>{value}</{qname}>" if value else f"<{qname}/>"
-
-
-def propfind_listing(provider, environ, body: bytes) -> Iterable[bytes] | None:
-    """The 207 body of a PROPFIND Depth 1 on a folder, in pieces (an allprop answer is
-    written piece by piece as it is sent), or None when wsgidav must answer."""
-    if environ.get("HTTP_DEPTH") != "1" or any(h in environ for h in CONDITIONS):
-        return None
-    wanted = _requested(body)
-    if wanted is None:
-        return None
-    folder = provider.get_resource_inst(environ["PATH_INFO"], environ)
-    if not isinstance(folder, FederationFolder):
-        return None
-    locks = provider.lock_manager
-    if locks and locks.storage.get_lock_list("/", include_root=True, include_children=True, token_only=True):
-        return None  # lockdiscovery would have content: wsgidav knows how to write it
-    props = provider.prop_manager
-    if props and (not isinstance(props, DeadProperties) or props.any_below(folder.get_ref_url())):
-        return None  # dead properties: wsgidav knows how to write them
-    listing = provider.listing(folder.fspath)
-
-    def mime_of(name):
-        return provider.content_type(name, environ)
-
-    namespaces = sorted({t[1:].partition("}")[0] for t in wanted if t.startswith("{")} - {"DAV:"})
-    prefixes = {"DAV:": "D", **{ns: f"ns{i}" for i, ns in enumerate(namespaces, 1)}}
-    declared = "".join(f' xmlns:{p}="{escape(ns, {chr(34): "&quot;"})}"' for ns, p in prefixes.items())
-    href = folder.get_href()  # the folder's, with its trailing slash: children's hrefs extend it
-    times = _time_formats()
-    out = [f'<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus{declared}>']
-    entries = [(href, folder.get_display_name(), folder.info, True)]
-    items = listing.items()  # in order
-    if wanted == ["allprop"]:  # the usual question: plain files written by one format each
-        out.append(_allprop_response(*entries[0], mime_of, times))
-        return _in_pieces(out, _allprop_responses(href, items, mime_of, times))
-    entries += [(href + _href(name) + ("/" if info["type"] == "directory" else ""), name, info,
-                 info["type"] == "directory") for name, info in items]
-    for entry_href, name, info, is_folder in entries:
-        values = _live_values(name, info, is_folder, mime_of, times)
-        out.append(f"<D:response><D:href>{_xml(entry_href)}</D:href>")
-        found, missing = [], []
-        for tag in wanted:
-            name = tag[len("{DAV:}"):] if tag.startswith("{DAV:}") else None
-            if name in values:
-                found.append(_prop_xml(tag, values[name], prefixes))
-            else:
-                missing.append(_prop_xml(tag, "", prefixes))
-        for group, status in ((found, "200 OK"), (missing, "404 Not Found")):
-            if group:
-                out.append(f"<D:propstat><D:prop>{''.join(group)}</D:prop>"
-                           f"<D:status>HTTP/1.1 {status}</D:status></D:propstat>")
-        out.append("</D:response>")
-    out.append("</D:multistatus>")
-    return ["".join(out).encode("utf-8")]

@@ -652,7 +652,7 @@ def test_conditional_write_locks_are_forgotten_when_done():
 def test_an_allprop_entry_in_one_piece_is_the_entry_element_by_element(name, info, folder):
     """The two shortcuts (one format for an entry's properties, and for a plain file's whole
     response) write what the element-by-element writer writes."""
-    from skerry.adaptors.davprovider import (_allprop, _allprop_of, _allprop_response, _allprop_responses,
+    from skerry.adaptors.propfind import (_allprop, _allprop_of, _allprop_response, _allprop_responses,
                                              _href, _live_values, _time_formats)
 
     def mime_of(n):
@@ -672,7 +672,7 @@ def test_an_allprop_entry_in_one_piece_is_the_entry_element_by_element(name, inf
 def test_files_of_one_folder_each_get_their_own_times_and_types():
     """The per-listing memos (a second's times, a type by what follows the first dot) give
     each entry what it alone would get."""
-    from skerry.adaptors.davprovider import _allprop_response, _allprop_responses, _time_formats
+    from skerry.adaptors.propfind import _allprop_response, _allprop_responses, _time_formats
 
     def mime_of(n):
         return {"csv": "text/csv", "tar.gz": "application/x-tar"}.get(n.partition(".")[2], "application/x-unknown")
@@ -685,7 +685,7 @@ def test_files_of_one_folder_each_get_their_own_times_and_types():
 
 
 def test_a_big_listing_is_sent_in_pieces_and_a_small_one_with_its_length(dav, roots):
-    from skerry.adaptors.davprovider import PIECE
+    from skerry.adaptors.propfind import PIECE
 
     for folder, count in (("big", 2 * PIECE + 10), ("small", 3)):
         (roots / "home" / folder).mkdir()

@@ -96,7 +96,7 @@ def routes_work(p, token: str) -> None:
 def big_listing_works(p, token: str) -> None:
     """A listing of more entries than one piece of the endpoint's answer (sent chunked, as
     it is written) reaches her whole through the proxy."""
-    from skerry.adaptors.davprovider import PIECE
+    from skerry.adaptors.propfind import PIECE
 
     folder = p.data_dir / "users" / "alice" / "big"
     folder.mkdir(exist_ok=True)
