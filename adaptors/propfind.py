@@ -9,8 +9,8 @@ files. Rules:
   any other is a 404 propstat), on a folder, with no conditional header, no lock anywhere
   and no dead property at or below the folder; anything else, and any doubt, is None:
   wsgidav answers;
-- the answer is wsgidav's own, byte for byte where wsgidav would give the same properties
-  (hrefs quoted as it quotes them, the same time formats and ETags);
+- the answer says what wsgidav's would: the same hrefs (quoted as it quotes them), the
+  same properties, values and statuses;
 - an allprop answer is written in pieces of ``PIECE`` responses, sent while the next is
   written; a plain file's whole ``<D:response>`` is one format, its times and MIME type
   remembered per second and per name's type key across the listing.
