@@ -18,9 +18,9 @@ nothing of the last one left to write to disk (``sync``); figures are medians:
 - ``--small`` 10 KB files over 8 connections: all PUT, then all GET (files/s);
 - server-side COPY of 100 x 1 MB files, one after another;
 
-on five servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
-own port, rclone and nginx on theirs, and rclone behind an HAProxy configured as the
-platform's. Beside the small files: each server's CPU per request, from ``/proc`` (behind
+on six servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
+own port, rclone and nginx on theirs, and rclone and nginx each behind an HAProxy configured
+as the platform's. Beside the small files: each server's CPU per request, from ``/proc`` (behind
 a proxy: the server's and the proxy's; skerry's: its endpoint's and alice's Jupyter
 server's, which reads the endpoint's feed of writes for its find index), each one's PUTs
 alone, and the disk alone in the folder those PUTs filled: the bench itself creating the
@@ -33,7 +33,8 @@ configurable-http-proxy, against nginx alone.
 
 Ratios are skerry through the hub over rclone on its own port (what a user would run
 instead), the issue's targets printed beside them; then skerry through the hub over
-rclone behind the same kind of proxy. Prints figures, asserts
+rclone behind the same kind of proxy, and DESIGN.md's WebDAV targets (against nginx behind
+the same proxy, and on the server's own port). Prints figures, asserts
 nothing. Secrets go to curl by stdin (``-K -``), never on its command line.
 """
 
@@ -85,9 +86,10 @@ http {{
 
 SMALL = 10 * 1000
 BEHIND = "rclone behind HAProxy"
+NGINX_BEHIND = "nginx behind HAProxy"
 CONNECTIONS = 8
 COPIES, COPY_SIZE = 100, 1000 * 1000
-SERVERS = 5  # skerry through the hub and on its port, rclone, nginx, rclone behind HAProxy
+SERVERS = 6  # skerry through the hub and on its port, rclone, nginx, each of those two behind HAProxy
 AGAIN_AFTER = 3.0  # seconds before a folder is listed again: past skerry's 2 s listing cache
 
 
@@ -306,6 +308,11 @@ def copies(server: Server, tag: str) -> float:
     return curl("next\n".join(blocks))
 
 
+def verdict(met: bool) -> str:
+    """How a target stands, as the report prints it."""
+    return "ok" if met else "MISSED"
+
+
 def median(values) -> float:
     return statistics.median(values)
 
@@ -423,11 +430,11 @@ def report(servers, figures, cpu, current, args):
                        ("propfind_again", "PROPFIND again"), ("small", "10 KB files")):
         a, b = median(figures[key][hub]), median(figures[key][rc])
         ratio = b / a if key.startswith("propfind") else a / b
-        print(f"  {label} >= 1.0x rclone: {ratio:.2f}x {'ok' if ratio >= 1.0 else 'MISSED'}")
-    print(f"  GET >= 1.0 GB/s: {m['get'][hub] / 1e9:.2f} GB/s {'ok' if m['get'][hub] >= 1e9 else 'MISSED'}")
+        print(f"  {label} >= 1.0x rclone: {ratio:.2f}x {verdict(ratio >= 1.0)}")
+    print(f"  GET >= 1.0 GB/s: {m['get'][hub] / 1e9:.2f} GB/s {verdict(m['get'][hub] >= 1e9)}")
     for key, label in (("propfind_first", "of a folder never listed"), ("propfind", "after a change"),
                        ("propfind_again", "again, nothing changed")):
-        print(f"  PROPFIND {label} <= 0.15 s: {m[key][hub]:.3f} s {'ok' if m[key][hub] <= 0.15 else 'MISSED'}")
+        print(f"  PROPFIND {label} <= 0.15 s: {m[key][hub]:.3f} s {verdict(m[key][hub] <= 0.15)}")
     if BEHIND in names:  # the same comparison with rclone behind the same kind of proxy
         print(f"\n{hub} / {BEHIND}:")
         for key, label in (("get", "GET"), ("put", "PUT"), ("propfind_first", "PROPFIND never listed"),
@@ -435,6 +442,18 @@ def report(servers, figures, cpu, current, args):
                            ("small", "10 KB files"), ("copy", "COPY")):
             a, b = median(figures[key][hub]), median(figures[key][BEHIND])
             print(f"  {label}: {(b / a if key.startswith('propfind') else a / b):.2f}x")
+    if NGINX_BEHIND in names:  # the targets DESIGN.md sets, against nginx
+        port = servers[1].name
+        print("\nDESIGN.md's WebDAV targets:")
+        for key, label in (("get", "GET"), ("put", "PUT")):
+            through = median(figures[key][hub]) / median(figures[key][NGINX_BEHIND])
+            direct = median(figures[key][port]) / median(figures[key]["nginx"])
+            print(f"  {label} through the hub >= 0.8x {NGINX_BEHIND}: {through:.2f}x {verdict(through >= 0.8)}")
+            print(f"  {label} on its port >= 0.5x nginx on its own: {direct:.2f}x {verdict(direct >= 0.5)}")
+        first = median(figures["propfind_first"][hub])
+        print(f"  PROPFIND of a folder never listed < 0.5 s: {first:.3f} s {verdict(first < 0.5)}")
+        small = median(figures["small"][hub]) / median(figures["small"][NGINX_BEHIND])
+        print(f"  (no target) 10 KB files through the hub / {NGINX_BEHIND}: {small:.2f}x")
 
 
 def proxy_figures(platform, nginx_server: Server, source: Path, sources: list[Path], workdir: Path, args):
@@ -498,6 +517,8 @@ def main():
         others.append(nginx(home, base))
         # rclone behind an HAProxy configured as the platform's: what the hub's proxy costs rclone
         others.append(haproxy_like_the_platform(platform, others[0].url, base, BEHIND))
+        # nginx behind the same: what DESIGN.md's WebDAV targets compare the hub's data path with
+        others.append(haproxy_like_the_platform(platform, others[1].url, base, NGINX_BEHIND))
         # skerry's side of a request: the endpoint, and the Jupyter server that learns its writes (writefeed)
         endpoint = lambda: pids_of(f"SKERRY_DAV_PORT={dav_port}", environ=True) | jupyter_server(platform)  # noqa: E731
         proxy = lambda: {int((platform.data_dir / "run" / "proxy.pid").read_text())}  # noqa: E731
@@ -507,7 +528,8 @@ def main():
         assert len(servers) == SERVERS
         cpu_of = {servers[0].name: lambda: endpoint() | proxy(), servers[1].name: endpoint,
                   "rclone": others[0].pids, "nginx": others[1].pids,
-                  BEHIND: lambda: others[2].pids() | others[0].pids()}
+                  BEHIND: lambda: others[2].pids() | others[0].pids(),
+                  NGINX_BEHIND: lambda: others[3].pids() | others[1].pids()}
         figures, cpu, current = measure(servers, cpu_of, source, sources, args)
         report(servers, figures, cpu, current, args)
         proxy_figures(platform, others[1], source, sources, base, args)
