@@ -653,7 +653,7 @@ def test_an_allprop_entry_in_one_piece_is_the_entry_element_by_element(name, inf
     """The two shortcuts (one format for an entry's properties, and for a plain file's whole
     response) write what the element-by-element writer writes."""
     from skerry.adaptors.propfind import (_allprop, _allprop_of, _allprop_response, _allprop_responses,
-                                             _href, _live_values, _time_formats)
+                                          _href, _live_values, _time_formats)
 
     def mime_of(n):
         return "text/plain" if n.endswith(".txt") else "application/octet-stream"
