@@ -41,8 +41,9 @@ class _Kept(NamedTuple):
     token: int | None
 
 
-def _base(fspath: str) -> str:
-    return fspath.rpartition("/")[2]
+def _name_of(info: dict) -> str:
+    """The name an entry is listed under: the last segment of its federation path."""
+    return info["name"].rstrip("/").rpartition("/")[2]
 
 
 def _may_keep(entries: dict[str, dict], changed=None) -> bool:
@@ -88,7 +89,7 @@ class Listings:
             raise
         listing = {}
         for info in entries:
-            name = _base(info["name"].rstrip("/"))
+            name = _name_of(info)
             if name:  # temporary names are left out by the federation itself
                 listing[name] = info
         listing = {name: listing[name] for name in sorted(listing)}  # once a listing, not once an answer
@@ -140,7 +141,7 @@ class Listings:
                 found = self.fs.entries(fspath, sorted(changed))
             except (OSError, ValueError, NotImplementedError):
                 return None
-            now_there = {_base(info["name"].rstrip("/")): info for info in found}
+            now_there = {_name_of(info): info for info in found}
             entries = dict(entries)  # a new dict: an answer being written may be walking the old one
             added = False
             for name in changed:
