@@ -67,6 +67,20 @@ def open_for_accounts(path: Path) -> Path:
     return path
 
 
+def run_planted_pytest(folder: Path, plugin: str, env: dict[str, str] | None = None,
+                       **kwargs) -> subprocess.CompletedProcess:
+    """pytest on ``folder/test_planted.py`` with ``plugin`` (a module of tests/) loaded, as
+    a run of its own: none of this run's options (``PYTEST_ADDOPTS``: a developer's ``-n 4``
+    would start workers there) and its temporary folders inside ``folder``. Why the last:
+    a pytest run choosing its own sets the shared ``/tmp/pytest-of-<user>`` to mode 0700,
+    and every platform's accounts pass through that folder to their homes."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTEST_ADDOPTS"}
+    env["PYTHONPATH"] = str(Path(__file__).parent)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", plugin, "-p", "no:cacheprovider", "-q", "-rA",
+                           f"--basetemp={folder / 'pytest-tmp'}", "test_planted.py"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
 TEMPLATES: set[str] = set()  # the account templates of the platforms this session started
 
 

@@ -1,11 +1,13 @@
 """Under ``CI`` an unexpected skip fails the run (tests/ciskips.py), shown on a planted one."""
 
+import getpass
 import os
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 from ciskips import expected_skip
+from helpers import open_for_accounts, run_planted_pytest
 
 PLANTED = '''
 import pytest
@@ -21,12 +23,9 @@ def test_runs():
 def run_planted(tmp_path: Path, ci: bool) -> subprocess.CompletedProcess:
     (tmp_path / "test_planted.py").write_text(PLANTED)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["PYTHONPATH"] = str(Path(__file__).parent)
     if ci:
         env["CI"] = "true"
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "ciskips", "-p", "no:cacheprovider", "-q",
-                           "-rA", "test_planted.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return run_planted_pytest(tmp_path, "ciskips", env)
 
 
 def test_a_planted_skip_fails_the_run_under_ci(tmp_path):
@@ -40,6 +39,18 @@ def test_the_same_skip_is_a_skip_outside_ci(tmp_path):
     done = run_planted(tmp_path, ci=False)
     assert done.returncode == 0, done.stdout
     assert "1 passed, 1 skipped" in done.stdout, done.stdout
+
+
+def test_a_planted_run_takes_none_of_this_runs_options_and_leaves_the_shared_temporary_folder_open(tmp_path):
+    # pytest choosing its own temporary folder (as its workers' parent does under -n) sets
+    # /tmp/pytest-of-<user> to 0700: every platform's accounts would lose the way to their homes
+    shared = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+    open_for_accounts(tmp_path)
+    assert shared.stat().st_mode & 0o001
+    (tmp_path / "test_planted.py").write_text(PLANTED)
+    done = run_planted_pytest(tmp_path, "ciskips", {**os.environ, "PYTEST_ADDOPTS": "-n 2"})
+    assert "1 passed, 1 skipped" in done.stdout, done.stdout
+    assert shared.stat().st_mode & 0o001, f"{shared} was closed to the accounts"
 
 
 def test_only_listed_skips_with_their_reason_are_expected():

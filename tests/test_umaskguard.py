@@ -2,10 +2,8 @@
 and ``skerry up`` refusing in-process leaves the umask as it found it."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
+from helpers import run_planted_pytest
 from skerry.cli import main
 
 PLANTED = '''
@@ -22,10 +20,7 @@ def test_after_it():
 
 def test_a_planted_umask_change_fails_that_test_only(tmp_path):
     (tmp_path / "test_planted.py").write_text(PLANTED)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "umaskguard", "-p", "no:cacheprovider", "-q",
-                           "test_planted.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-                          umask=0o022)
+    done = run_planted_pytest(tmp_path, "umaskguard", umask=0o022)
     assert done.returncode == 1, done.stdout
     assert "2 passed, 1 error" in done.stdout, done.stdout
     assert "ERROR at teardown of test_leaves_the_umask_changed" in done.stdout, done.stdout
