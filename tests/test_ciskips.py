@@ -41,14 +41,15 @@ def test_the_same_skip_is_a_skip_outside_ci(tmp_path):
     assert "1 passed, 1 skipped" in done.stdout, done.stdout
 
 
-def test_a_planted_run_takes_none_of_this_runs_options_and_leaves_the_shared_temporary_folder_open(tmp_path):
+def test_a_planted_run_takes_none_of_this_runs_options_and_leaves_the_shared_temporary_folder_open(
+        tmp_path, monkeypatch):
     # pytest choosing its own temporary folder (as its workers' parent does under -n) sets
     # /tmp/pytest-of-<user> to 0700: every platform's accounts would lose the way to their homes
     shared = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
     open_for_accounts(tmp_path)
     assert shared.stat().st_mode & 0o001
-    (tmp_path / "test_planted.py").write_text(PLANTED)
-    done = run_planted_pytest(tmp_path, "ciskips", {**os.environ, "PYTEST_ADDOPTS": "-n 2"})
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-n 2")  # as a developer's run of the suite might have it
+    done = run_planted(tmp_path, ci=False)
     assert "1 passed, 1 skipped" in done.stdout, done.stdout
     assert shared.stat().st_mode & 0o001, f"{shared} was closed to the accounts"
 
