@@ -15,6 +15,7 @@ answered (webdav4, for one, sends PROPFIND without Depth to ask whether a path i
 
 import io
 import itertools
+import os
 import threading
 from urllib.parse import unquote, urlsplit
 
@@ -26,6 +27,8 @@ from wsgidav.lock_man.lock_storage import LockStorageDict
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
+
+from skerry import config as settings
 
 from .davprovider import DeadProperties
 from .fastfiles import FastFiles
@@ -44,7 +47,7 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
         "provider_mapping": {"/": provider},
         "middleware_stack": [ErrorPrinter, authenticator, RefuseInfiniteDepth, FastListing, FastFiles,
                              WsgiDavDirBrowser, RequestResolver],
-        "lock_storage": LockStore(),
+        "lock_storage": LockStore(settings.DAV_LOCK_FLAG.get()),
         "property_manager": DeadProperties(),  # in memory, as wsgidav's own
         "block_size": BLOCK_SIZE,
         "verbose": 1,
@@ -67,13 +70,45 @@ class LockStore(LockStorageDict):
     PUT's Python (profiled), where almost always no lock exists. The shortcut reads the
     store without its lock: a lock is only made under the manager's lock, which every
     write's check holds.
+
+    ``flag``: a file kept while any lock exists (made before the first lock is, removed once
+    none is left), for a front that answers plain writes itself (``hub.userserver.davfront``).
     """
+
+    def __init__(self, flag: str | None = None):
+        super().__init__()
+        self.flag = flag
 
     def get_lock_list(self, path, *, include_root, include_children, token_only):
         if not self._dict:  # None before ``open``, {} with no lock
             return []
         return super().get_lock_list(path, include_root=include_root, include_children=include_children,
                                      token_only=token_only)
+
+    def create(self, path, lock):
+        if self.flag:
+            with open(self.flag, "a"):
+                pass
+        return super().create(path, lock)
+
+    def delete(self, token):
+        try:
+            return super().delete(token)
+        finally:
+            self._drop_flag()
+
+    def clear(self):
+        try:
+            return super().clear()
+        finally:
+            self._drop_flag()
+
+    def _drop_flag(self) -> None:
+        if self.flag and self._dict is not None and not self._dict:
+            try:
+                os.unlink(self.flag)
+            except FileNotFoundError:
+                pass
 
 
 class RefuseInfiniteDepth(BaseMiddleware):

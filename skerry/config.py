@@ -200,6 +200,14 @@ DAV_IP = Setting("SKERRY_DAV_IP", str, "127.0.0.1", _SPAWNER, "hub.userserver.we
                  "the address the user's WebDAV endpoint listens on (a pod's: all of its own)")
 DAV_PREFIX = Setting("SKERRY_DAV_PREFIX", str, None, _SPAWNER, "hub.userserver.webdav",
                      "the URL path of the user's WebDAV endpoint (/dav/<name>/[<server>/])")
+DAV_FRONT = Setting("SKERRY_DAV_FRONT", str, "auto", "the admin, for skerry up (passed on to each user server)",
+                    "hub.userserver.webdav", "what answers a user's plain file transfers on WebDAV: 'nginx' (nginx "
+                    "with its Lua module in front of the endpoint: hub.userserver.davfront), 'off' (the endpoint "
+                    "itself), 'auto' (nginx where it is installed with its Lua module)",
+                    user_facing=True, check=lambda v: v in ("auto", "nginx", "off"), must="'auto', 'nginx' or 'off'")
+DAV_LOCK_FLAG = Setting("SKERRY_DAV_LOCK_FLAG", str, None, "the WebDAV endpoint, for its own worker",
+                        "the WebDAV endpoint's lock store (adaptors.webdav)",
+                        "a file kept while the endpoint holds any lock, for its front (hub.userserver.davfront)")
 USER = Setting("SKERRY_USER", str, None, _SPAWNER, "the WebDAV endpoint, the identity check, kernels",
                "the hub user the server belongs to")
 _LAUNCHER = "the micro-infrastructure's launcher (hub.userserver.launcher), for its two processes"

@@ -15,14 +15,17 @@ from pathlib import Path
 
 import httpx
 
+from skerry.hub.userserver.davfront import find_nginx
 from skerry.process import descendants  # noqa: F401 (tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-# the processes of one running micro-infrastructure: the launcher, the Jupyter server, and the
-# WebDAV endpoint's two (granian's main process and the worker it forks)
-MICRO_PROCESSES = 4
+# the processes of one running micro-infrastructure: the launcher, the Jupyter server, the
+# WebDAV endpoint's two (granian's main process and the worker it forks), and where nginx is
+# installed with its Lua module, the endpoint's front (hub.userserver.davfront)
+ENDPOINT_ALONE = 4
+MICRO_PROCESSES = ENDPOINT_ALONE + (find_nginx() is not None)
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import MICRO_PROCESSES, wait_for
+from helpers import ENDPOINT_ALONE, wait_for
 from skerry.cli import main
 from skerry.datadir import DataDir
 from skerry.hub.userserver.tokenauth import _parse
@@ -100,13 +100,13 @@ def test_the_launcher_stops_when_one_member_dies(tmp_path):
     from skerry.adaptors.config import write_config
 
     write_config(str(tmp_path / "adaptors.json"), [{"name": "home", "type": "local", "path": str(tmp_path)}])
-    env = dict(os.environ, SKERRY_DAV_PORT="0", SKERRY_ADAPTORS=str(tmp_path / "adaptors.json"),
+    env = dict(os.environ, SKERRY_DAV_PORT="0", SKERRY_DAV_FRONT="off", SKERRY_ADAPTORS=str(tmp_path / "adaptors.json"),
                SKERRY_DAV_PREFIX="/dav/x/", SKERRY_USER="x", JUPYTERHUB_API_URL="http://127.0.0.1:1/hub/api")
     jupyter = [sys.executable, "-c", "import time; time.sleep(4)"]
     p = subprocess.Popen([sys.executable, "-m", "skerry.hub.userserver.launcher", *jupyter],
                          env=env, start_new_session=True, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: len(group_members(p.pid)) == MICRO_PROCESSES, timeout=3.5, what="all members")
+        wait_for(lambda: len(group_members(p.pid)) == ENDPOINT_ALONE, timeout=3.5, what="all members")
         code = p.wait(30)
     finally:
         kill_group(p.pid)

@@ -235,6 +235,7 @@ class SkerrySpawner(MicroInfrastructure, SimpleLocalProcessSpawner):
         env[config.SERVER.name] = self.name or ""
         env[config.IDENTITY_KEY.name] = self.identity_key
         env[config.ADAPTORS.name] = self.adaptors_file
+        env.update(config.forward(config.DAV_FRONT))  # the admin's choice of the WebDAV front, where made
         if self.accounts_dir:
             # the file may not exist yet: no keys, no JWT accepted
             env[config.JWT_KEYS.name] = str(self.account_store.jwt_keys_file(self.user.name))

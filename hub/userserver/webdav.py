@@ -14,8 +14,15 @@ launcher), and the main process exits when its worker does: the launcher then st
 whole micro-infrastructure, as it does for any child.
 """
 
+import logging
+import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
+import threading
+import time
 
 from cheroot import wsgi
 from granian.constants import HTTPModes, Interfaces
@@ -29,9 +36,13 @@ from skerry.adaptors.webdav import BLOCK_SIZE, head_without_body, make_dav_app
 from skerry.adaptors.writefeed import tell_writes
 from skerry.process import die_with_parent, settle_heap
 
+from skerry.errors import SetupError
+from skerry.hub.userserver import davfront
 from skerry.hub.userserver.tokenauth import HubTokenAuthenticator, HubTokens, owner_from_env
 from skerry.hub.userserver.wsgishim import for_granian
-from skerry.ports import identity_wsgi
+from skerry.ports import identity_wsgi, quiet_port
+
+log = logging.getLogger("skerry.dav")
 
 # measured (10 KB files, curl with 8 connections, PUT then GET, 2 cores; granian): 2 threads
 # 1,900 files/s, 4: 1,700-1,870, 16: 1,420-1,780 (with cheroot: 1,500, 1,250 and 1,090: more
@@ -72,12 +83,86 @@ def _worker_app():
 
 def main() -> int:
     die_with_parent()  # never outlive the micro-infrastructure process
+    ip, port = config.DAV_IP.get(), config.DAV_PORT.require()
+    nginx = _front_nginx()
+    if nginx is not None:  # nginx listens on the endpoint's port; the app behind it on one of its own
+        folder = _front_folder(port)
+        config.DAV_LOCK_FLAG.set(os.path.join(folder, davfront.LOCK_FLAG))  # read by the worker's lock store
+        app_ip, app_port = "127.0.0.1", quiet_port()
+        threading.Thread(target=_run_front, args=(nginx, folder, ip, port, app_port), name="skerry-dav-front",
+                         daemon=True).start()
+    else:
+        app_ip, app_port = ip, port
     # its log: errors only (granian warns at every start that 16 threads are many: see THREADS)
-    server = Server("skerry-webdav", address=config.DAV_IP.get(), port=config.DAV_PORT.require(),
+    server = Server("skerry-webdav", address=app_ip, port=app_port,
                     interface=Interfaces.WSGI, workers=1, blocking_threads=THREADS, http=HTTPModes.http1,
                     backlog=BACKLOG, websockets=False, log_level=LogLevels.error)
-    server.serve(target_loader=_worker_app, wrap_loader=False)  # until SIGTERM/SIGINT, or its worker's end
+    try:
+        server.serve(target_loader=_worker_app, wrap_loader=False)  # until SIGTERM/SIGINT, or its worker's end
+    finally:
+        if nginx is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def _front_nginx() -> "davfront.LuaNginx | None":
+    """The nginx of the WebDAV front, as ``$SKERRY_DAV_FRONT`` asks: 'auto' takes it where it is
+    installed; 'nginx' demands it (a SetupError where none is: a platform set up for it must
+    not run without it, unseen)."""
+    wanted = config.DAV_FRONT.get()
+    nginx = davfront.find_nginx() if wanted != "off" else None
+    if nginx is None and wanted == "nginx":
+        raise SetupError(f"${config.DAV_FRONT.name}=nginx, but no nginx with its Lua module is installed "
+                         "(Debian: apt-get install nginx-light libnginx-mod-http-lua)")
+    return nginx
+
+
+def _front_folder(port: int) -> str:
+    """The front's own folder (its configuration, temporary uploads, lock flag), empty and
+    private: in the user's cache, on the home's file system, so that an upload is renamed
+    into place rather than copied; else in the system's temporary folder."""
+    home_cache = os.path.join(os.path.expanduser("~"), ".cache", "skerry", f"dav-front-{port}")
+    try:
+        shutil.rmtree(home_cache, ignore_errors=True)  # a front killed before it could tidy up
+        os.makedirs(home_cache, mode=0o700)
+        return home_cache
+    except OSError:
+        return tempfile.mkdtemp(prefix="skerry-dav-front-")
+
+
+def _run_front(nginx, folder: str, ip: str, port: int, app_port: int) -> None:
+    """Start the front once the app listens, and stop the endpoint if the front ends (run in a
+    thread that lives as long as the process: nginx dies with the thread that started it)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", app_port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                log.error("the WebDAV endpoint did not listen on 127.0.0.1:%d; stopping", app_port)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.02)
+    try:
+        rendered = davfront.render(nginx=nginx, folder=folder, ip=ip, port=port, upstream_port=app_port,
+                                   mount=config.DAV_PREFIX.require(), adaptors=davfront.local_adaptors(
+                                       SkerryFileSystem()), feed=config.WRITES_OUT.get(), umask=_umask(),
+                                   backlog=BACKLOG)
+        process = davfront.start(nginx, folder, rendered, ip, port, config.WRITES_OUT.get())
+    except Exception:
+        log.exception("the WebDAV front did not start; stopping the endpoint")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    code = process.wait()
+    log.error("the WebDAV front (nginx) exited (%s); stopping the endpoint", code)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 if __name__ == "__main__":

@@ -1,0 +1,277 @@
+"""The WebDAV front: nginx answering a user's plain file transfers, the endpoint everything else.
+
+A small request costs the endpoint's Python 0.6-0.8 ms of CPU where nginx needs a tenth of
+that (bench/HISTORY.md): on the data path through the hub, 10 KB files ran at 0.6-0.7 of
+``rclone serve webdav``. With ``SKERRY_DAV_FRONT=nginx`` the endpoint process starts nginx
+(with its Lua module, ``libnginx-mod-http-lua``) on the endpoint's port, as the same user,
+and serves the WebDAV app itself on a port of its own on 127.0.0.1 behind it.
+
+nginx answers a request itself only when it is, in every respect, what the endpoint's
+``fastfiles`` answers (``davfront.lua`` decides, per request):
+
+- GET or HEAD of a regular file, or PUT of a regular file or a new name in an existing
+  folder (a writable adaptor), on a local adaptor, inside the adaptor's folder (its folder's
+  links resolved), readable (GET) or its folder writable (PUT);
+- with an ``Authorization`` header the endpoint admits: asked of the endpoint itself (a
+  HEAD of its root with that header), its yes kept ``CACHE_SECONDS`` as the endpoint keeps
+  it (a revoked token works at most that long either way);
+- no conditional header, ``Range``, ``Content-Encoding``, ``Content-Range``,
+  ``X-OC-Mtime``, query string; for PUT a ``Content-Length`` and no ``Date`` (nginx would
+  set the file's time from it); no ``.``/``..`` segment, encoded slash, dot or backslash,
+  no temporary name (``atomic.is_hidden``); a name the MIME guess reads as the endpoint's
+  alone (a leading dot, a colon, a compression suffix) goes to the endpoint too;
+- no lock held anywhere in the endpoint (``LOCK_FLAG``: the endpoint's ``LockStore``
+  keeps a file there while any lock exists; a PUT checks again once its body is whole).
+
+Its answers carry the endpoint's ``ETag`` (size and mtime in microseconds, computed from the
+same ``stat`` double) and ``Content-Type``; a PUT is written to a temporary file and renamed
+into place (nothing half-written), with the mode the endpoint's umask gives, 201 or 204, and
+its write is told on the write feed (``writefeed``) as the endpoint tells its own.
+Everything else, denials included, is proxied to the endpoint unchanged.
+
+Not answered by nginx (the endpoint's, as before): folders, listings, locks, COPY/MOVE,
+remote adaptors. Known difference: a LOCK taken while a large PUT's body is arriving does
+not stop that PUT (the endpoint would have held the LOCK until the PUT ended).
+"""
+
+import mimetypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from wsgidav import util
+from wsgidav.default_conf import DEFAULT_CONFIG
+
+from skerry.errors import SetupError
+from skerry.hubtokens import CACHE_SECONDS
+from skerry.process import die_with_parent
+
+__all__ = ["LuaNginx", "find_nginx", "LocalAdaptor", "local_adaptors", "render", "start", "LOCK_FLAG"]
+
+MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")  # libnginx-mod-http-lua and the kit it needs
+SETUP = "front-settings.lua"  # in the front's folder: the settings davfront.lua reads at nginx's start
+LOCK_FLAG = "locks-held"  # in the front's folder: present while the endpoint holds any lock
+START_TIMEOUT = 10.0  # seconds nginx gets to listen
+
+
+class LuaNginx:
+    """An nginx binary and the folder of its Lua module."""
+
+    def __init__(self, binary: str, modules: str):
+        self.binary, self.modules = binary, modules
+
+
+def find_nginx(search=("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")) -> LuaNginx | None:
+    """The installed nginx with its Lua module, or None."""
+    for binary in (shutil.which("nginx"), *search):
+        if not binary or not os.access(binary, os.X_OK):
+            continue
+        for modules in ("/usr/lib/nginx/modules", str(Path(binary).resolve().parent.parent / "modules")):
+            if all(os.path.exists(os.path.join(modules, m)) for m in MODULES):
+                return LuaNginx(binary, modules)
+    return None
+
+
+class LocalAdaptor:
+    """A local adaptor as the front serves it: its name, folder (and that folder's real path), writable?"""
+
+    def __init__(self, name: str, root: str, writable: bool):
+        self.name, self.root, self.writable = name, root.rstrip("/") or "/", writable
+        self.real = os.path.realpath(self.root)
+
+
+def local_adaptors(fs) -> list[LocalAdaptor]:
+    """The local adaptors of a ``SkerryFileSystem`` (other kinds are never built here)."""
+    from skerry.adaptors.registry import Adaptors, LocalRootFileSystem
+    from skerry.adaptors.types import adaptor_type
+
+    names = (fs.adaptors.kinds if isinstance(fs.adaptors, Adaptors) else {n: None for n in fs.adaptors})
+    found = []
+    for name, kind in names.items():
+        if kind is not None and not adaptor_type(kind).local:
+            continue  # an SFTP or S3 adaptor: building it would connect
+        backend = fs.adaptors[name]
+        if isinstance(backend, LocalRootFileSystem) and "/" not in name:
+            found.append(LocalAdaptor(name, backend.path, name not in fs.read_only))
+    return found
+
+
+def content_types() -> dict:
+    """The endpoint's MIME guess (wsgidav's, over ``mimetypes``, with wsgidav's default
+    charset for text) as tables davfront.lua reads: ``exact`` {extension: type}, ``folded``
+    {lower-case extension: type} (the guess's second look), ``default``, and ``special``:
+    lower-case extensions whose type the guess reads from more of the name (compression and
+    alias suffixes: such names go to the endpoint)."""
+    mimetypes.init()
+    options = {"default_charset": DEFAULT_CONFIG.get("default_charset")}  # the endpoint's app keeps wsgidav's
+
+    def guess(ext: str, strict_only: bool = False) -> str | None:
+        if strict_only and not mimetypes.guess_type("a" + ext)[0]:
+            return None
+        return util.guess_mime_type("a" + ext, options)
+
+    exts = {*mimetypes.types_map, *util._MIME_TYPES}
+    folded = {ext.lower(): guess(ext.lower(), strict_only=True) for ext in mimetypes.types_map}
+    return {"exact": {ext: guess(ext) for ext in exts}, "folded": {k: v for k, v in folded.items() if v},
+            "default": guess(""), "special": sorted({e.lower() for e in (*mimetypes.encodings_map,
+                                                                          *mimetypes.suffix_map)})}
+
+
+def _dav_access(umask: int) -> str | None:
+    """nginx's ``dav_access`` for files made ``0o666 & ~umask``, or None where it cannot say it."""
+    mode = 0o666 & ~umask
+    words = []
+    for who, shift in (("user", 6), ("group", 3), ("all", 0)):
+        bits = (mode >> shift) & 0o6
+        if bits == 0o2:
+            return None  # write without read: nginx has no word for it
+        if bits:
+            words.append(f"{who}:{'rw' if bits == 0o6 else 'r'}")
+    return " ".join(words) or None
+
+
+def _q(text: str) -> str:
+    """A string as an nginx configuration token (double-quoted)."""
+    if any(c in text for c in '"\\\n$') :
+        raise SetupError(f"cannot hand the path {text!r} to nginx: it holds a quote, backslash, newline or '$'")
+    return f'"{text}"'
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ._-+/")
+
+
+def _lua(value) -> str:
+    """``value`` (dicts, lists, strings, numbers, booleans, None) as a Lua expression."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):  # any byte but a plain one escaped by number: no quoting rule of Lua's to get wrong
+        return '"' + "".join(chr(b) if chr(b) in _PLAIN else f"\\{b:03d}" for b in value.encode()) + '"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{_lua(k)}] = {_lua(v)}" for k, v in value.items()) + "}"
+    return "{" + ", ".join(_lua(v) for v in value) + "}"
+
+
+def render(*, nginx: LuaNginx, folder: str, ip: str, port: int, upstream_port: int, mount: str,
+           adaptors: list[LocalAdaptor], feed: int | None, umask: int, backlog: int = 1024) -> tuple[str, str]:
+    """(nginx's configuration, the Lua rules' settings) for one endpoint (see the module's rules):
+    ``start`` writes them in ``folder`` as ``nginx.conf`` and ``SETUP``."""
+    mount = mount.rstrip("/")
+    access = _dav_access(umask)
+    setup = {"mount": mount, "flag": os.path.join(folder, LOCK_FLAG), "feed": feed, "cache_seconds": CACHE_SECONDS,
+             "types": content_types(),
+             "adaptors": {a.name: {"root": a.root, "real": a.real, "writable": a.writable and access is not None}
+                          for a in adaptors}}
+    listen = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    proxy = """proxy_pass http://endpoint;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_pass_header Server;
+            proxy_pass_header Date;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;"""
+    locations = []
+    for a in adaptors:
+        locations.append(f"""
+        location ^~ {_q(f"{mount}/{a.name}/")} {{
+            alias {_q(a.root.rstrip("/") + "/")};
+            access_by_lua_block {{ front.decide({_lua(a.name)}) }}
+            header_filter_by_lua_block {{ front.headers() }}
+            log_by_lua_block {{ front.tell() }}
+            etag off;
+            dav_methods PUT;
+            {f"dav_access {access};" if access else ""}
+            client_body_in_file_only clean;
+        }}""")
+    temp = os.path.join(folder, "temp")
+    conf = f"""# the WebDAV front of one endpoint: written by skerry.hub.userserver.davfront, read once
+load_module {_q(os.path.join(nginx.modules, MODULES[0]))};
+load_module {_q(os.path.join(nginx.modules, MODULES[1]))};
+daemon off;
+master_process off;
+worker_processes 1;
+pid {_q(os.path.join(folder, "nginx.pid"))};
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    server_tokens off;
+    client_max_body_size 0;
+    client_body_timeout 300s;
+    send_timeout 1h;
+    keepalive_timeout 90s;
+    keepalive_requests 100000;
+    client_body_temp_path {_q(temp)};
+    proxy_temp_path {_q(temp)};
+    fastcgi_temp_path {_q(temp)};
+    uwsgi_temp_path {_q(temp)};
+    scgi_temp_path {_q(temp)};
+    default_type application/octet-stream;
+    sendfile on;
+    lua_package_path {_q(str(Path(__file__).parent) + "/?.lua;;")};
+    init_by_lua_block {{
+        front = require("davfront")
+        front.setup(dofile({_q(os.path.join(folder, SETUP))}))
+    }}
+    upstream endpoint {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+    }}
+    server {{
+        listen {listen} backlog={backlog};
+        location / {{
+            {proxy}
+        }}
+        location @endpoint {{
+            {proxy}
+        }}
+        location = /_skerry_token_check {{
+            internal;
+            proxy_pass http://endpoint{mount}/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_method HEAD;
+        }}{"".join(locations)}
+    }}
+}}
+"""
+    return conf, f"-- the WebDAV front's settings (davfront.lua)\nreturn {_lua(setup)}\n"
+
+
+def start(nginx: LuaNginx, folder: str, rendered: tuple[str, str], ip: str, port: int,
+          feed: int | None) -> subprocess.Popen:
+    """nginx running ``render``'s files (written in ``folder``), listening on ``ip:port``; it dies
+    with this process."""
+    os.makedirs(os.path.join(folder, "temp"), mode=0o700, exist_ok=True)
+    path = os.path.join(folder, "nginx.conf")
+    for name, text in (("nginx.conf", rendered[0]), (SETUP, rendered[1])):
+        with open(os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text)
+    process = subprocess.Popen([nginx.binary, "-q", "-p", folder, "-c", path, "-e", "stderr"],
+                               stdin=subprocess.DEVNULL, pass_fds=(feed,) if feed is not None else (),
+                               preexec_fn=die_with_parent)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SetupError(f"the WebDAV front (nginx) exited at its start ({process.returncode}); its errors "
+                             f"are above")
+        try:
+            socket.create_connection((ip, port), timeout=0.5).close()
+            return process
+        except OSError:
+            time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    raise SetupError(f"the WebDAV front (nginx) did not listen on {ip}:{port} within {START_TIMEOUT:g} s")
