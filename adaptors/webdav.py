@@ -28,8 +28,6 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
-from skerry import config as settings
-
 from .davprovider import DeadProperties
 from .fastfiles import FastFiles
 
@@ -37,9 +35,10 @@ from .fastfiles import FastFiles
 BLOCK_SIZE = 1024 * 1024
 
 
-def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | None = None):
+def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | None = None,
+                 lock_flag: str | None = None):
     """WsgiDAVApp serving ``provider`` (or a folder, given as a str) at ``mount_path``
-    (e.g. ``/dav/alice``), behind ``authenticator``."""
+    (e.g. ``/dav/alice``), behind ``authenticator``; ``lock_flag``: ``LockStore``'s."""
     if isinstance(provider, str):
         provider = FilesystemProvider(provider, readonly=False)
     config = {
@@ -47,7 +46,7 @@ def make_dav_app(provider, mount_path: str, authenticator, extra_config: dict | 
         "provider_mapping": {"/": provider},
         "middleware_stack": [ErrorPrinter, authenticator, RefuseInfiniteDepth, FastListing, FastFiles,
                              WsgiDavDirBrowser, RequestResolver],
-        "lock_storage": LockStore(settings.DAV_LOCK_FLAG.get()),
+        "lock_storage": LockStore(lock_flag),
         "property_manager": DeadProperties(),  # in memory, as wsgidav's own
         "block_size": BLOCK_SIZE,
         "verbose": 1,
@@ -86,22 +85,30 @@ class LockStore(LockStorageDict):
                                      token_only=token_only)
 
     def create(self, path, lock):
-        if self.flag:
-            with open(self.flag, "a"):
-                pass
-        return super().create(path, lock)
+        self._lock.acquire_write()  # re-entrant for a writer: the flag and the lock change as one
+        try:
+            if self.flag:
+                with open(self.flag, "a"):
+                    pass
+            return super().create(path, lock)
+        finally:
+            self._lock.release()
 
     def delete(self, token):
+        self._lock.acquire_write()
         try:
             return super().delete(token)
         finally:
             self._drop_flag()
+            self._lock.release()
 
     def clear(self):
+        self._lock.acquire_write()
         try:
             return super().clear()
         finally:
             self._drop_flag()
+            self._lock.release()
 
     def _drop_flag(self) -> None:
         if self.flag and self._dict is not None and not self._dict:

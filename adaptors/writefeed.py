@@ -15,6 +15,8 @@ user. Rules:
   it, ``"size"`` and ``"mtime"`` (``WRITTEN`` in the request's environ): the index records
   those without looking the file up again (in process: 18-29 us a change, 70-83 with the lookup);
 - PUT and COPY tell their target, MOVE both ends, DELETE its path; nothing else writes;
+- the endpoint's front (nginx, ``hub.userserver.davfront``), handed the same write end, tells
+  the PUTs it answers itself in the same form, size and mtime included;
 - telling never blocks or fails a request: the write end is non-blocking, and a line the pipe
   has no room for (a reader far behind) is dropped, for the next rescan to find; a line is
   shorter than ``PIPE_BUF``, so the lines of concurrent requests never interleave;

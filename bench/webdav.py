@@ -4,7 +4,7 @@
 
 Starts a real platform (``skerry up``, its default proxy: HAProxy) with alice's server and, on
 alice's home folder, ``rclone serve webdav`` and nginx (its DAV modules; ``apt-get
-install nginx-light libnginx-mod-http-dav-ext``). curl is the one client. Each workload
+install nginx-light libnginx-mod-http-dav-ext libnginx-mod-http-lua``). curl is the one client. Each workload
 runs ``--runs`` times, the servers interleaved in each run, each workload started with
 nothing of the last one left to write to disk (``sync``); figures are medians:
 
@@ -18,11 +18,13 @@ nothing of the last one left to write to disk (``sync``); figures are medians:
 - ``--small`` 10 KB files over 8 connections: all PUT, then all GET (files/s);
 - server-side COPY of 100 x 1 MB files, one after another;
 
-on six servers: skerry through the hub URL (the proxy, then the endpoint), skerry on its
-own port, rclone and nginx on theirs, and rclone and nginx each behind an HAProxy configured
-as the platform's. Beside the small files: each server's CPU per request, from ``/proc`` (behind
-a proxy: the server's and the proxy's; skerry's: its endpoint's and alice's Jupyter
-server's, which reads the endpoint's feed of writes for its find index), each one's PUTs
+on six servers: skerry through the hub URL (the proxy, then the endpoint's front where nginx
+with its Lua module is installed, and the endpoint; ``SKERRY_DAV_FRONT=off`` in the bench's
+environment measures the endpoint alone), skerry on its own port, rclone and nginx on
+theirs, and rclone and nginx each behind an HAProxy configured as the platform's. Beside the
+small files: each server's CPU per request, from ``/proc`` (behind a proxy: the server's and
+the proxy's; skerry's: its endpoint's, its front's and alice's Jupyter server's, which reads
+the endpoint's feed of writes for its find index), each one's PUTs
 alone, and the disk alone in the folder those PUTs filled: the bench itself creating the
 same files there with 8 threads (no server, no network), the ceiling of that server's PUTs.
 

@@ -205,9 +205,13 @@ DAV_FRONT = Setting("SKERRY_DAV_FRONT", str, "auto", "the admin, for skerry up (
                     "with its Lua module in front of the endpoint: hub.userserver.davfront), 'off' (the endpoint "
                     "itself), 'auto' (nginx where it is installed with its Lua module)",
                     user_facing=True, check=lambda v: v in ("auto", "nginx", "off"), must="'auto', 'nginx' or 'off'")
-DAV_LOCK_FLAG = Setting("SKERRY_DAV_LOCK_FLAG", str, None, "the WebDAV endpoint, for its own worker",
-                        "the WebDAV endpoint's lock store (adaptors.webdav)",
-                        "a file kept while the endpoint holds any lock, for its front (hub.userserver.davfront)")
+DAV_FRONT_DIR = Setting("SKERRY_DAV_FRONT_DIR", str, None, "the WebDAV endpoint, for its own worker",
+                        "the WebDAV endpoint's worker (hub.userserver.webdav)",
+                        "the folder of the endpoint's front (hub.userserver.davfront): its lock and lost-writes flags")
+DAV_FRONT_WRITES = Setting("SKERRY_DAV_FRONT_WRITES", int, None, "the WebDAV endpoint, for its own worker",
+                           "the WebDAV endpoint's worker (hub.userserver.davfront.heard_writes)",
+                           "the pipe the endpoint's front tells the endpoint what it wrote on",
+                           check=lambda fd: fd >= 0, must="a file descriptor (0 or more)")
 USER = Setting("SKERRY_USER", str, None, _SPAWNER, "the WebDAV endpoint, the identity check, kernels",
                "the hub user the server belongs to")
 _LAUNCHER = "the micro-infrastructure's launcher (hub.userserver.launcher), for its two processes"

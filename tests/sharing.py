@@ -14,8 +14,9 @@ from xdist.scheduler import LoadFileScheduling
 
 SHARED = {
     # default pools (a cluster per user on demand)
-    "plain": ["test_clients.py", "test_contents.py", "test_dataapi.py", "test_isolation.py", "test_jwt.py",
-              "test_login.py", "test_secrets.py", "test_service.py", "test_sftp_keys.py", "test_webdav.py"],
+    "plain": ["test_clients.py", "test_contents.py", "test_dataapi.py", "test_davfront.py", "test_isolation.py",
+              "test_jwt.py", "test_login.py", "test_secrets.py", "test_service.py", "test_sftp_keys.py",
+              "test_webdav.py"],
     # no Dask: jobs are planned and stand still
     "no-dask": ["test_cli.py", "test_papermill.py", "test_workload_api.py"],
     # one worker of two threads per user: notebooks and widgets run pipelines

@@ -238,6 +238,22 @@ def test_a_put_through_the_front_is_in_the_find_index_at_once(both, platform, fe
              10, interval=0.05, what="the new file in find")
 
 
+def test_the_endpoints_listings_show_the_fronts_writes_at_once(both, platform):
+    """A folder with a link is listed again only after LISTING_TTL (no watch keeps it) or after
+    a write the endpoint knows of: the front tells it each of its writes before it answers."""
+    front, endpoint = both
+    assert front.request("MKCOL", "listed/").status_code == 201
+    (home(platform) / "listed" / "a-link").symlink_to("../plain.txt")
+    for round_ in range(3):
+        before = endpoint.request("PROPFIND", "listed/", headers={"Depth": "1"})
+        assert before.status_code == 207
+        name = f"new-{round_}.txt"
+        r = front.put(f"listed/{name}", content=b"new")
+        assert r.status_code == 201 and r.headers["server"] == "nginx"
+        after = front.request("PROPFIND", "listed/", headers={"Depth": "1"})
+        assert f"/dav/{USER}/home/listed/{name}" in after.text
+
+
 def test_the_front_lives_and_dies_with_the_server(platform, fenna):
     folder = front_folder(platform)
     pid = int((folder / "nginx.pid").read_text())

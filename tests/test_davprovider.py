@@ -576,6 +576,29 @@ def test_a_folder_lock_holds_fast_puts_into_it_until_it_is_released(dav, roots):
     assert (roots / "home" / "shared" / "deep" / "old.txt").read_text() == "ours"
 
 
+def test_the_lock_store_keeps_its_flag_exactly_while_a_lock_exists(tmp_path):
+    """The WebDAV front sends every request to the endpoint while the flag file exists
+    (``hub.userserver.davfront``): it is there before a lock is, and gone once none is."""
+    from skerry.adaptors.webdav import LockStore
+
+    flag = tmp_path / "locks-held"
+    store = LockStore(str(flag))
+    store.open()
+    new = lambda: {"type": "write", "scope": "exclusive", "depth": "0", "owner": b"<owner/>", "timeout": 60,  # noqa: E731
+                   "principal": "p"}
+    assert not flag.exists()
+    first = store.create("/home/a.txt", new())
+    second = store.create("/home/b.txt", new())
+    assert flag.exists()
+    store.delete(first["token"])
+    assert flag.exists(), "one lock is left"
+    store.delete(second["token"])
+    assert not flag.exists()
+    store.create("/home/c.txt", new())
+    store.clear()
+    assert not flag.exists()
+
+
 def test_listing_shows_dead_properties_and_locks(dav, roots):
     (roots / "home" / "n.txt").write_text("x")
     r = httpx.request("PROPPATCH", dav.url + "home/n.txt", content=(

@@ -330,3 +330,34 @@ def test_only_a_new_home_gets_the_tutorials(tmp_path):
     existing = tmp_path / "users" / "bob"
     existing.mkdir()
     assert new_home(existing) is False and list(existing.iterdir()) == []
+
+
+def test_the_webdav_front_is_taken_where_installed_and_demanded_only_where_asked(monkeypatch):
+    """``SKERRY_DAV_FRONT``: 'auto' takes nginx with its Lua module where installed and does
+    without it elsewhere; 'nginx' without it is a sentence naming what to install; 'off' never
+    looks."""
+    from skerry.errors import SetupError
+    from skerry.hub.userserver import davfront, webdav
+
+    found = davfront.LuaNginx("/usr/sbin/nginx", "/usr/lib/nginx/modules")
+    monkeypatch.setattr(davfront, "find_nginx", lambda: found)
+    for wanted, expected in (("auto", found), ("nginx", found), ("off", None)):
+        monkeypatch.setenv("SKERRY_DAV_FRONT", wanted)
+        assert webdav._front_nginx() is expected
+    monkeypatch.setattr(davfront, "find_nginx", lambda: None)
+    monkeypatch.setenv("SKERRY_DAV_FRONT", "auto")
+    assert webdav._front_nginx() is None
+    monkeypatch.setenv("SKERRY_DAV_FRONT", "nginx")
+    with pytest.raises(SetupError, match="libnginx-mod-http-lua"):
+        webdav._front_nginx()
+
+
+@pytest.mark.parametrize("umask, access", [(0o077, "user:rw"), (0o022, "user:rw group:r all:r"),
+                                           (0o027, "user:rw group:r"), (0o002, "user:rw group:rw all:r"),
+                                           (0o044, None)])
+def test_the_fronts_puts_get_the_mode_the_endpoints_umask_gives(umask, access):
+    """nginx sets an uploaded file's mode from ``dav_access`` exactly: the words for ``0o666 & ~umask``;
+    a mode it has no words for (write without read) leaves PUTs to the endpoint."""
+    from skerry.hub.userserver.davfront import _dav_access
+
+    assert _dav_access(umask) == access

@@ -18,6 +18,8 @@ ffi.cdef [[
   void free(void *ptr);
   long write(int fd, const void *buf, unsigned long count);
   int access(const char *path, int mode);
+  int open(const char *path, int flags, int mode);
+  int close(int fd);
 ]]
 
 local S_IFMT, S_IFREG = 0xF000, 0x8000
@@ -109,8 +111,23 @@ local function content_type(name)
   return ext and (types.exact[ext] or types.folded[ext:lower()]) or types.default
 end
 
+-- whether a yes for this Authorization may be kept: a hub token's (the endpoint keeps those
+-- too), never a JWT's (the endpoint checks a JWT, its expiry and its key, at every request;
+-- hub tokens hold no dot, a JWT two)
+local function keepable(authorization)
+  local scheme, value = authorization:match("^%s*(%S+)%s+(.-)%s*$")
+  if not scheme then
+    return false
+  end
+  if scheme:lower() == "basic" then
+    value = ngx.decode_base64(value) or "."
+  end
+  return not value:find(".", 1, true)
+end
+
 -- whether the hub says this Authorization may use the endpoint: asked of the endpoint itself
--- (HEAD of its root, with the same header), its yes kept for cache_seconds as the endpoint keeps it
+-- (HEAD of its root, with the same header), its yes for a hub token kept for cache_seconds as
+-- the endpoint keeps it
 local function admitted(authorization)
   local now = ngx.now()
   local until_ = tokens[authorization]
@@ -120,6 +137,9 @@ local function admitted(authorization)
   local answer = ngx.location.capture("/_skerry_token_check", {method = ngx.HTTP_HEAD})
   if answer.status < 200 or answer.status > 299 then
     return false
+  end
+  if not keepable(authorization) then
+    return true
   end
   if token_count > 1000 then  -- bounded: a stranger's flood of tokens cannot grow it
     tokens, token_count = {}, 0
@@ -165,6 +185,19 @@ function M.decide(adaptor)
   end
 end
 
+-- the endpoint hears each write before the answer goes out (davfront.py, heard_writes): a line
+-- on its pipe; where the pipe has no room, the flag that makes it forget every listing
+local O_CREAT_WRONLY_CLOEXEC = 0x40 + 0x1 + 0x80000
+local function tell_endpoint(inner)
+  local line = inner .. "\n"
+  if #line > 4096 or ffi.C.write(settings.heard, line, #line) ~= #line then
+    local fd = ffi.C.open(settings.lost, O_CREAT_WRONLY_CLOEXEC, 384)  -- 0600
+    if fd >= 0 then
+      ffi.C.close(fd)
+    end
+  end
+end
+
 -- header filter: the ETag of what was sent or written
 function M.headers()
   local status = ngx.status
@@ -178,7 +211,10 @@ function M.headers()
         -- the endpoint's: the whole seconds of the same double (which may round a time up)
         ngx.header["Last-Modified"] = ngx.http_time(math.floor(mtime))
       end
-      ngx.ctx.written = ngx.req.get_method() == "PUT" and {size, mtime} or nil
+      if ngx.req.get_method() == "PUT" then
+        ngx.ctx.written = {size, mtime}
+        tell_endpoint(ngx.var.uri:sub(#settings.mount + 2))
+      end
     end
   end
 end

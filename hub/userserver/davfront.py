@@ -2,9 +2,10 @@
 
 A small request costs the endpoint's Python 0.6-0.8 ms of CPU where nginx needs a tenth of
 that (bench/HISTORY.md): on the data path through the hub, 10 KB files ran at 0.6-0.7 of
-``rclone serve webdav``. With ``SKERRY_DAV_FRONT=nginx`` the endpoint process starts nginx
-(with its Lua module, ``libnginx-mod-http-lua``) on the endpoint's port, as the same user,
-and serves the WebDAV app itself on a port of its own on 127.0.0.1 behind it.
+``rclone serve webdav``. Where ``SKERRY_DAV_FRONT`` asks for it (``auto``, the default:
+wherever nginx is installed with its Lua module, ``libnginx-mod-http-lua``), the endpoint
+process starts nginx on the endpoint's port, as the same user, and serves the WebDAV app
+itself on a port of its own on 127.0.0.1 behind it (``hub.userserver.webdav``).
 
 nginx answers a request itself only when it is, in every respect, what the endpoint's
 ``fastfiles`` answers (``davfront.lua`` decides, per request):
@@ -13,8 +14,9 @@ nginx answers a request itself only when it is, in every respect, what the endpo
   folder (a writable adaptor), on a local adaptor, inside the adaptor's folder (its folder's
   links resolved), readable (GET) or its folder writable (PUT);
 - with an ``Authorization`` header the endpoint admits: asked of the endpoint itself (a
-  HEAD of its root with that header), its yes kept ``CACHE_SECONDS`` as the endpoint keeps
-  it (a revoked token works at most that long either way);
+  HEAD of its root with that header); its yes for a hub token kept ``CACHE_SECONDS`` as the
+  endpoint keeps it (a revoked token works at most that long either way), for a JWT never
+  (the endpoint checks a JWT's expiry and key at every request);
 - no conditional header, ``Range``, ``Content-Encoding``, ``Content-Range``,
   ``X-OC-Mtime``, query string; for PUT a ``Content-Length`` and no ``Date`` (nginx would
   set the file's time from it); no ``.``/``..`` segment, encoded slash, dot or backslash,
@@ -26,7 +28,8 @@ nginx answers a request itself only when it is, in every respect, what the endpo
 Its answers carry the endpoint's ``ETag`` (size and mtime in microseconds, computed from the
 same ``stat`` double) and ``Content-Type``; a PUT is written to a temporary file and renamed
 into place (nothing half-written), with the mode the endpoint's umask gives, 201 or 204, and
-its write is told on the write feed (``writefeed``) as the endpoint tells its own.
+its write is told on the write feed (``writefeed``) as the endpoint tells its own, and to the
+endpoint itself (``heard_writes``), whose listings then show it as they show its own writes.
 Everything else, denials included, is proxied to the endpoint unchanged.
 
 Not answered by nginx (the endpoint's, as before): folders, listings, locks, COPY/MOVE,
@@ -40,6 +43,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -50,11 +54,13 @@ from skerry.errors import SetupError
 from skerry.hubtokens import CACHE_SECONDS
 from skerry.process import die_with_parent
 
-__all__ = ["LuaNginx", "find_nginx", "LocalAdaptor", "local_adaptors", "render", "start", "LOCK_FLAG"]
+__all__ = ["LuaNginx", "find_nginx", "LocalAdaptor", "local_adaptors", "render", "start", "heard_writes",
+           "LOCK_FLAG"]
 
 MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")  # libnginx-mod-http-lua and the kit it needs
 SETUP = "front-settings.lua"  # in the front's folder: the settings davfront.lua reads at nginx's start
 LOCK_FLAG = "locks-held"  # in the front's folder: present while the endpoint holds any lock
+WRITES_LOST = "writes-lost"  # in the front's folder: made when the endpoint's pipe had no room for a write
 START_TIMEOUT = 10.0  # seconds nginx gets to listen
 
 
@@ -84,19 +90,20 @@ class LocalAdaptor:
         self.real = os.path.realpath(self.root)
 
 
-def local_adaptors(fs) -> list[LocalAdaptor]:
-    """The local adaptors of a ``SkerryFileSystem`` (other kinds are never built here)."""
-    from skerry.adaptors.registry import Adaptors, LocalRootFileSystem
+def local_adaptors() -> list[LocalAdaptor]:
+    """The local adaptors of the micro-infrastructure's configuration (``$SKERRY_ADAPTORS``),
+    read from their specs: no filesystem is made (an fsspec one would start its IO thread in a
+    process about to fork)."""
+    from skerry.adaptors.config import load_specs, read_config
     from skerry.adaptors.types import adaptor_type
+    from skerry.config import ADAPTORS
 
-    names = (fs.adaptors.kinds if isinstance(fs.adaptors, Adaptors) else {n: None for n in fs.adaptors})
     found = []
-    for name, kind in names.items():
-        if kind is not None and not adaptor_type(kind).local:
-            continue  # an SFTP or S3 adaptor: building it would connect
-        backend = fs.adaptors[name]
-        if isinstance(backend, LocalRootFileSystem) and "/" not in name:
-            found.append(LocalAdaptor(name, backend.path, name not in fs.read_only))
+    for spec in load_specs(read_config(ADAPTORS.require()).get("adaptors", [])):
+        kind = adaptor_type(spec.type)
+        if kind.local and "/" not in spec.name:
+            root = kind.filesystem(spec, {})[1]  # the adaptor type's own rule for its folder
+            found.append(LocalAdaptor(spec.name, root, not spec.read_only))
     return found
 
 
@@ -160,12 +167,14 @@ def _lua(value) -> str:
 
 
 def render(*, nginx: LuaNginx, folder: str, ip: str, port: int, upstream_port: int, mount: str,
-           adaptors: list[LocalAdaptor], feed: int | None, umask: int, backlog: int = 1024) -> tuple[str, str]:
+           adaptors: list[LocalAdaptor], feed: int | None, heard: int, umask: int,
+           backlog: int = 1024) -> tuple[str, str]:
     """(nginx's configuration, the Lua rules' settings) for one endpoint (see the module's rules):
     ``start`` writes them in ``folder`` as ``nginx.conf`` and ``SETUP``."""
     mount = mount.rstrip("/")
     access = _dav_access(umask)
-    setup = {"mount": mount, "flag": os.path.join(folder, LOCK_FLAG), "feed": feed, "cache_seconds": CACHE_SECONDS,
+    setup = {"mount": mount, "flag": os.path.join(folder, LOCK_FLAG), "feed": feed, "heard": heard,
+             "lost": os.path.join(folder, WRITES_LOST), "cache_seconds": CACHE_SECONDS,
              "types": content_types(),
              "adaptors": {a.name: {"root": a.root, "real": a.real, "writable": a.writable and access is not None}
                           for a in adaptors}}
@@ -252,16 +261,16 @@ http {{
 
 
 def start(nginx: LuaNginx, folder: str, rendered: tuple[str, str], ip: str, port: int,
-          feed: int | None) -> subprocess.Popen:
-    """nginx running ``render``'s files (written in ``folder``), listening on ``ip:port``; it dies
-    with this process."""
+          fds: tuple[int, ...]) -> subprocess.Popen:
+    """nginx running ``render``'s files (written in ``folder``), listening on ``ip:port``, with
+    ``fds`` (the write feed's and ``heard_writes``' pipes); it dies with the thread that starts it."""
     os.makedirs(os.path.join(folder, "temp"), mode=0o700, exist_ok=True)
     path = os.path.join(folder, "nginx.conf")
     for name, text in (("nginx.conf", rendered[0]), (SETUP, rendered[1])):
         with open(os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
     process = subprocess.Popen([nginx.binary, "-q", "-p", folder, "-c", path, "-e", "stderr"],
-                               stdin=subprocess.DEVNULL, pass_fds=(feed,) if feed is not None else (),
+                               stdin=subprocess.DEVNULL, pass_fds=fds,
                                preexec_fn=die_with_parent)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -275,3 +284,36 @@ def start(nginx: LuaNginx, folder: str, rendered: tuple[str, str], ip: str, port
             time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     raise SetupError(f"the WebDAV front (nginx) did not listen on {ip}:{port} within {START_TIMEOUT:g} s")
+
+
+def heard_writes(app, fd: int, folder: str, provider, adaptors: list[str]):
+    """WSGI middleware: before each request, the endpoint forgets the listings the front's
+    writes changed, as it forgets those its own writes change (``provider.invalidate``).
+
+    The front tells each write on the pipe ``fd`` (a federation path a line) before it
+    answers the request, so whatever a client asks next finds it there: each request first
+    reads what is waiting (non-blocking). Where the pipe had no room, the front made the flag
+    ``WRITES_LOST`` in ``folder``: every listing of ``adaptors`` is forgotten then.
+    """
+    os.set_blocking(fd, False)
+    lost = os.path.join(folder, WRITES_LOST)
+    waiting = b""
+    lock = threading.Lock()
+
+    def heard(environ, start_response):
+        nonlocal waiting
+        with lock:  # a line is whole in one read (under PIPE_BUF), but reads of two threads interleave
+            try:
+                while True:
+                    waiting += os.read(fd, 65536)
+            except BlockingIOError:
+                pass
+            lines, _, waiting = waiting.rpartition(b"\n")
+            if os.path.lexists(lost):
+                os.unlink(lost)
+                provider.invalidate(*adaptors)
+            elif lines:
+                provider.invalidate(*{line.decode("utf-8", "replace") for line in lines.split(b"\n")})
+        return app(environ, start_response)
+
+    return heard

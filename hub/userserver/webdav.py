@@ -12,14 +12,20 @@ this one, granian's main, and the worker it forks, which runs the app in ``THREA
 threads. The worker dies with the main process, the main process with its parent (the
 launcher), and the main process exits when its worker does: the launcher then stops the
 whole micro-infrastructure, as it does for any child.
+
+Where nginx is installed with its Lua module (``SKERRY_DAV_FRONT``: ``auto``, the default, or
+``nginx``), the port is nginx's: the front (``davfront``) answers plain file transfers itself
+and passes everything else to the app, which granian then serves on a port of its own on
+127.0.0.1. nginx is a third process, started once the app listens; it dies with this one,
+and this one stops when nginx ends.
 """
 
 import logging
 import os
 import shutil
 import signal
-import socket
 import sys
+import socket
 import tempfile
 import threading
 import time
@@ -44,6 +50,8 @@ from skerry.ports import identity_wsgi, quiet_port
 
 log = logging.getLogger("skerry.dav")
 
+START_TIMEOUT = 120  # seconds the worker gets to load the app and listen, before the front gives up
+
 # measured (10 KB files, curl with 8 connections, PUT then GET, 2 cores; granian): 2 threads
 # 1,900 files/s, 4: 1,700-1,870, 16: 1,420-1,780 (with cheroot: 1,500, 1,250 and 1,090: more
 # requests in Python at once contend for the GIL). Yet a thread is held for a whole transfer:
@@ -59,15 +67,21 @@ BACKLOG = 1024
 def build_app():
     """The endpoint's WSGI app, as the server runs it."""
     mount = config.DAV_PREFIX.require().rstrip("/")
+    front = config.DAV_FRONT_DIR.get()  # set where a front (nginx) answers in front of this app
+    provider = FederationProvider(SkerryFileSystem(), block_size=BLOCK_SIZE)
     app = make_dav_app(
-        FederationProvider(SkerryFileSystem(), block_size=BLOCK_SIZE),
+        provider,
         mount,
         HubTokenAuthenticator,
         {"skerry_auth": {"owner": owner_from_env(), "hub": HubTokens.from_env()}},
+        lock_flag=os.path.join(front, davfront.LOCK_FLAG) if front else None,
     )
     feed = config.WRITES_OUT.get()
     if feed is not None:  # what it writes, the Jupyter server's find index learns at once
         app = tell_writes(app, feed, mount)
+    if front:  # what the front writes, this app's listings show at once
+        app = davfront.heard_writes(app, config.DAV_FRONT_WRITES.require(), front, provider,
+                                    list(provider.fs.adaptors))
     # the proxy keeps the /dav/<name> prefix: the dispatcher moves it into SCRIPT_NAME; the hub
     # asks <prefix>/skerry-identity that this endpoint is the one it started before it routes here
     return for_granian(head_without_body(identity_wsgi(wsgi.PathInfoDispatcher({mount: app}), mount, "webdav")))
@@ -87,10 +101,23 @@ def main() -> int:
     nginx = _front_nginx()
     if nginx is not None:  # nginx listens on the endpoint's port; the app behind it on one of its own
         folder = _front_folder(port)
-        config.DAV_LOCK_FLAG.set(os.path.join(folder, davfront.LOCK_FLAG))  # read by the worker's lock store
+        heard_in, heard_out = os.pipe()  # the front tells the worker what it wrote (davfront.heard_writes)
+        os.set_blocking(heard_out, False)
+        config.DAV_FRONT_DIR.set(folder)  # read by the worker, forked from this process
+        config.DAV_FRONT_WRITES.set(heard_in)
         app_ip, app_port = "127.0.0.1", quiet_port()
-        threading.Thread(target=_run_front, args=(nginx, folder, ip, port, app_port), name="skerry-dav-front",
-                         daemon=True).start()
+        # nginx starts once the worker is forked, from a thread of its own: a thread of ours busy
+        # at that fork (an import, a lookup) could hold a lock the worker then waits on for good
+        started = []
+
+        def after_fork():
+            if not started:
+                started.append(threading.Thread(target=_run_front, args=(nginx, folder, ip, port, app_port,
+                                                                         heard_out), name="skerry-dav-front",
+                                                daemon=True))
+                started[0].start()
+
+        os.register_at_fork(after_in_parent=after_fork)
     else:
         app_ip, app_port = ip, port
     # its log: errors only (granian warns at every start that 16 threads are many: see THREADS)
@@ -130,11 +157,12 @@ def _front_folder(port: int) -> str:
         return tempfile.mkdtemp(prefix="skerry-dav-front-")
 
 
-def _run_front(nginx, folder: str, ip: str, port: int, app_port: int) -> None:
-    """Start the front once the app listens, and stop the endpoint if the front ends (run in a
-    thread that lives as long as the process: nginx dies with the thread that started it)."""
-    deadline = time.monotonic() + 120
-    while True:
+def _run_front(nginx, folder: str, ip: str, port: int, app_port: int, heard: int) -> None:
+    """Start the front once the app answers, and stop the endpoint when it ends (or cannot
+    start). Runs in a thread that lives as long as the process: nginx dies with the thread
+    that started it."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:  # the worker loads the app, then listens
         try:
             socket.create_connection(("127.0.0.1", app_port), timeout=1).close()
             break
@@ -144,12 +172,12 @@ def _run_front(nginx, folder: str, ip: str, port: int, app_port: int) -> None:
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             time.sleep(0.02)
+    feed = config.WRITES_OUT.get()
     try:
         rendered = davfront.render(nginx=nginx, folder=folder, ip=ip, port=port, upstream_port=app_port,
-                                   mount=config.DAV_PREFIX.require(), adaptors=davfront.local_adaptors(
-                                       SkerryFileSystem()), feed=config.WRITES_OUT.get(), umask=_umask(),
-                                   backlog=BACKLOG)
-        process = davfront.start(nginx, folder, rendered, ip, port, config.WRITES_OUT.get())
+                                   mount=config.DAV_PREFIX.require(), adaptors=davfront.local_adaptors(),
+                                   feed=feed, heard=heard, umask=_umask(), backlog=BACKLOG)
+        process = davfront.start(nginx, folder, rendered, ip, port, (heard,) if feed is None else (heard, feed))
     except Exception:
         log.exception("the WebDAV front did not start; stopping the endpoint")
         os.kill(os.getpid(), signal.SIGTERM)
