@@ -116,14 +116,22 @@ class DataDir:
     def admin_api_token(self) -> str:
         return self.secret("admin-api-token")
 
-    def ports(self, ip: str = "127.0.0.1") -> dict[str, int]:
-        """The hub's internal ports, chosen free once and kept in ``run/ports.json``."""
+    def ports(self, ip: str = "127.0.0.1", avoid: frozenset[int] = frozenset()) -> dict[str, int]:
+        """The hub's internal ports, chosen free once and kept in ``run/ports.json``, each
+        other than the others and than ``avoid`` (the public port: free now, as the proxy has
+        not bound it yet; a choice that met it once made the hub's service fail its bind)."""
         path = self.run / "ports.json"
         try:
             ports = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
             ports = {}
-        if not all(isinstance(ports.get(n), int) for n in PORT_NAMES):
-            ports = {n: quiet_port(ip) for n in PORT_NAMES}
+        chosen = [ports.get(n) for n in PORT_NAMES]
+        if not all(isinstance(p, int) for p in chosen) or len(set(chosen)) < len(chosen) or avoid & set(chosen):
+            ports = {}
+            for name in PORT_NAMES:
+                port = quiet_port(ip)
+                while port in avoid or port in ports.values():
+                    port = quiet_port(ip)
+                ports[name] = port
             write_private(path, json.dumps(ports))
         return ports

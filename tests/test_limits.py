@@ -169,6 +169,7 @@ def burn_under(plan: Enforcement) -> tuple[float, float, float]:
 def test_two_processes_under_cpu_limit_1_get_one_core(plans):
     plan = plans(Limits(cpu=1))
     assert plan.mechanism == MECHANISM
+    measured = []  # cores got in tries where the rest of the machine left a core free
     for _ in range(5):
         used, wall, others = burn_under(plan)
         cores = used / wall
@@ -177,9 +178,11 @@ def test_two_processes_under_cpu_limit_1_get_one_core(plans):
         assert cores <= 1.1, (used, wall)  # the limit holds, however busy the machine
         # the core is there to get only if the rest of the machine left it free
         if len(CORES) - others / wall >= 1.3:  # a core and some margin: the measure of "others" lags
-            assert cores >= 0.9, (used, wall, others)
-            return
+            if cores >= 0.9:
+                return
+            measured.append(cores)  # a burst of other work the measure missed, or a cap below a core
         time.sleep(5)
+    assert not measured, f"under cpu_limit=1, with a core free, 2 processes got at best {max(measured):.3f} cores"
     pytest.skip(f"the machine stayed busy (last: {others / wall:.2f} of {len(CORES)} cores used by others): "
                 "the 1-core floor cannot be measured")
 

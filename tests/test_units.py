@@ -42,6 +42,19 @@ def test_ports_are_chosen_once(tmp_path):
     assert DataDir(tmp_path / "d").ports() == ports
 
 
+def test_ports_are_chosen_again_where_one_is_the_public_port(tmp_path):
+    """The public port is free while the hub chooses its own (the proxy binds it later): a
+    kept choice that meets it, or two kept ports alike, are chosen again, apart."""
+    data = DataDir(tmp_path / "d").ensure()
+    ports = data.ports()
+    assert data.ports(avoid=frozenset({12345})) == ports
+    again = data.ports(avoid=frozenset({ports["service"]}))
+    assert ports["service"] not in again.values() and len(set(again.values())) == 3
+    assert DataDir(tmp_path / "d").ports() == again  # kept
+    (data.run / "ports.json").write_text('{"hub": 5000, "proxy_api": 5000, "service": 5001}')
+    assert len(set(data.ports().values())) == 3
+
+
 def test_data_dir_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert main(["up", "--data-dir", str(tmp_path / "f")]) == 2

@@ -34,7 +34,7 @@ USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 def configure(c) -> None:
     data = DataDir(config.DATA_DIR.require()).ensure()
-    ports = data.ports()
+    ports = data.ports(avoid=frozenset({config.PORT.get()}))
     public_url = config.PUBLIC_URL.require()
 
     c.JupyterHub.ip = config.IP.get()

@@ -188,9 +188,14 @@ def _run_front(nginx, folder: str, ip: str, port: int, app_port: int, heard: int
 
 
 def _umask() -> int:
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
+    """This process's umask, read without setting it (other threads may be making files)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):  # no /proc, or a kernel before 4.7
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
 
 
 if __name__ == "__main__":
