@@ -203,7 +203,7 @@ DAV_PREFIX = Setting("SKERRY_DAV_PREFIX", str, None, _SPAWNER, "hub.userserver.w
 DAV_FRONT = Setting("SKERRY_DAV_FRONT", str, "auto", "the admin, for skerry up (passed on to each user server)",
                     "hub.userserver.webdav", "what answers a user's plain file transfers on WebDAV: 'nginx' (nginx "
                     "with its Lua module in front of the endpoint: hub.userserver.davfront), 'off' (the endpoint "
-                    "itself), 'auto' (nginx where it is installed with its Lua module)",
+                    "itself), 'auto' (nginx where it is installed with its Lua module, on x86-64 Linux)",
                     user_facing=True, check=lambda v: v in ("auto", "nginx", "off"), must="'auto', 'nginx' or 'off'")
 DAV_FRONT_DIR = Setting("SKERRY_DAV_FRONT_DIR", str, None, "the WebDAV endpoint, for its own worker",
                         "the WebDAV endpoint's worker (hub.userserver.webdav)",

@@ -4,6 +4,7 @@
 -- Everything else goes to the endpoint (wsgidav) unchanged. See davfront.py for the rules.
 local ffi = require "ffi"
 
+-- x86-64 Linux's struct stat (davfront.py's find_nginx offers the front on that machine alone)
 ffi.cdef [[
   struct skerry_timespec { long tv_sec; long tv_nsec; };
   struct skerry_stat {
@@ -27,7 +28,9 @@ local W_OK_X_OK, R_OK = 3, 4
 local st = ffi.new("struct skerry_stat")
 
 local M = {}
-local settings            -- set by M.setup: {mount, flag, feed, cache_seconds, adaptors = {name = {root, real, writable}}}
+-- set by M.setup (davfront.py, render): {mount, flag, lost, feed, heard, cache_seconds, types,
+-- adaptors = {name = {root, real, writable}}}
+local settings
 local tokens, token_count = {}, 0  -- Authorization header -> time its check ends
 
 function M.setup(given)
@@ -226,7 +229,7 @@ local function json_string(s)
 end
 
 -- log phase: a PUT that succeeded is a line on the write feed (adaptors/writefeed.py's format)
-function M.tell(adaptor)
+function M.tell()
   local written = ngx.ctx.written
   if not written or settings.feed == nil then
     return

@@ -39,10 +39,12 @@ not stop that PUT (the endpoint would have held the LOCK until the PUT ended).
 
 import mimetypes
 import os
+import platform
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -72,7 +74,11 @@ class LuaNginx:
 
 
 def find_nginx(search=("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")) -> LuaNginx | None:
-    """The installed nginx with its Lua module, or None."""
+    """The installed nginx with its Lua module, or None; None too on any machine but x86-64
+    Linux, the one whose ``struct stat`` davfront.lua reads (an ETag from another layout's
+    bytes would be wrong, silently: not tried elsewhere)."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
     for binary in (shutil.which("nginx"), *search):
         if not binary or not os.access(binary, os.X_OK):
             continue

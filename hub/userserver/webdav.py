@@ -140,7 +140,8 @@ def _front_nginx() -> "davfront.LuaNginx | None":
     nginx = davfront.find_nginx() if wanted != "off" else None
     if nginx is None and wanted == "nginx":
         raise SetupError(f"${config.DAV_FRONT.name}=nginx, but no nginx with its Lua module is installed "
-                         "(Debian: apt-get install nginx-light libnginx-mod-http-lua)")
+                         "(Debian: apt-get install nginx-light libnginx-mod-http-lua), or this is not an "
+                         "x86-64 Linux machine, the one the front reads file metadata on")
     return nginx
 
 
