@@ -603,6 +603,30 @@ def test_a_finished_attempt_whose_end_event_never_comes_is_gathered_once(client)
     assert runner.in_flight() == 0
 
 
+def test_a_refill_sent_while_batches_are_in_flight_is_spread_over_the_workers(client):
+    from skerry.workload.runner import Finished, JobSpec
+    from skerry.workload.scheduler import NO_OUTPUT
+
+    sleep = BUILTINS["sleep"].model_dump(mode="json")
+
+    def batches(first, n):  # n batches of one 0.1 s job each
+        return [[JobSpec(job, 1, sleep, {}, NO_OUTPUT, {"seconds": 0.1})] for job in range(first, first + n)]
+
+    runner = Runner({"cpu": client})
+    runner.submit_batches("cpu", batches(1, 20))
+    runner.submit_batches("cpu", batches(101, 10))  # a refill while the first 20 are in flight
+    where = {}
+    deadline = time.monotonic() + 60
+    while len(where) < 30 and time.monotonic() < deadline:
+        where |= {e.job: e.worker for e in runner.events(timeout=0.1) if isinstance(e, Finished)}
+    assert len(where) == 30 and runner.in_flight() == 0
+    refill = [where[job] for job in range(101, 111)]
+    # Dask sends a large group of unrestricted tasks to one worker in runs: all 10 went to one
+    # worker, which ran 20 jobs while the other ran 10 and then idled
+    counts = sorted(refill.count(w) for w in client.scheduler_info()["workers"])
+    assert counts[0] >= 4, counts
+
+
 def test_a_scheduler_json_in_the_data_dir_changes_the_scheduler(tmp_path, client):
     cat = catalog(tmp_path)
     task = noop_task(cat, 1, module="sleep", params={"seconds": 2.0})
@@ -621,6 +645,28 @@ def test_a_horizon_that_is_not_a_positive_number_is_refused(tmp_path, client):
 
 
 # ---- batches: several short jobs in one Dask task ----
+
+
+@pytest.mark.parametrize("jobs, took, dispatched", [
+    (430, 0.001, 430),  # 30 more than the room, less than a batch (50 jobs of 0.001 s): all go now
+    (460, 0.001, 400),  # 60 more: a batch's worth waits for room
+    (401, None, 400),  # not measured short: never more than the window
+])
+def test_a_queue_less_than_a_batch_longer_than_the_room_goes_in_one_refill(tmp_path, client, jobs, took, dispatched):
+    cat = catalog(tmp_path)
+    task = noop_task(cat, jobs)
+    # 2 slots: a window of 400, and 2 slots x 0.2 s / 0.001 s = 400 when measured; batches of
+    # at most 400 / (2 x 2) = 100 jobs and 0.05 s of work: 50 jobs of 0.001 s
+    sched = Scheduler(cat, Runner({"cpu": client}), config=SchedulerConfig(window=200, horizon=0.2, batch_time=0.05))
+    if took is not None:
+        sched.inflight.took[task] = took
+    with cat.writing() as s:
+        got = sched.dispatcher.refill(s)
+    assert sched.window_of("cpu") == 400
+    assert len(got) == dispatched
+    with cat.session() as s:
+        assert s.execute(select(func.count()).where(Job.state == "queued")).scalar_one() == jobs - dispatched
+
 
 
 class RecordingRunner(Runner):

@@ -350,19 +350,19 @@ def test_the_webdav_front_is_taken_where_installed_and_demanded_only_where_asked
     without it elsewhere; 'nginx' without it is a sentence naming what to install; 'off' never
     looks."""
     from skerry.errors import SetupError
-    from skerry.hub.userserver import davfront, webdav
+    from skerry.hub.userserver import davfront
 
     found = davfront.LuaNginx("/usr/sbin/nginx", "/usr/lib/nginx/modules")
     monkeypatch.setattr(davfront, "find_nginx", lambda: found)
     for wanted, expected in (("auto", found), ("nginx", found), ("off", None)):
         monkeypatch.setenv("SKERRY_DAV_FRONT", wanted)
-        assert webdav._front_nginx() is expected
+        assert davfront.wanted_nginx() is expected
     monkeypatch.setattr(davfront, "find_nginx", lambda: None)
     monkeypatch.setenv("SKERRY_DAV_FRONT", "auto")
-    assert webdav._front_nginx() is None
+    assert davfront.wanted_nginx() is None
     monkeypatch.setenv("SKERRY_DAV_FRONT", "nginx")
     with pytest.raises(SetupError, match="libnginx-mod-http-lua"):
-        webdav._front_nginx()
+        davfront.wanted_nginx()
 
 
 @pytest.mark.parametrize("umask, access", [(0o077, "user:rw"), (0o022, "user:rw group:r all:r"),

@@ -35,8 +35,13 @@ Everything else, denials included, is proxied to the endpoint unchanged.
 Not answered by nginx (the endpoint's, as before): folders, listings, locks, COPY/MOVE,
 remote adaptors. Known difference: a LOCK taken while a large PUT's body is arriving does
 not stop that PUT (the endpoint would have held the LOCK until the PUT ended).
+
+Its life, as the endpoint process runs it: ``wanted_nginx()`` (what ``SKERRY_DAV_FRONT``
+asks), ``private_folder(port)``, then ``run(...)`` in a thread of its own, which starts nginx
+once the app listens and stops the endpoint when nginx ends.
 """
 
+import logging
 import mimetypes
 import os
 import platform
@@ -45,6 +50,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -52,12 +58,15 @@ from pathlib import Path
 from wsgidav import util
 from wsgidav.default_conf import DEFAULT_CONFIG
 
+from skerry import config
 from skerry.errors import SetupError
 from skerry.hubtokens import CACHE_SECONDS
 from skerry.process import die_with_parent
 
-__all__ = ["LuaNginx", "find_nginx", "LocalAdaptor", "local_adaptors", "render", "start", "heard_writes",
-           "LOCK_FLAG"]
+__all__ = ["LuaNginx", "find_nginx", "wanted_nginx", "private_folder", "run", "LocalAdaptor", "local_adaptors",
+           "render", "start", "listening", "heard_writes", "LOCK_FLAG"]
+
+log = logging.getLogger("skerry.dav")
 
 MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")  # libnginx-mod-http-lua and the kit it needs
 SETUP = "front-settings.lua"  # in the front's folder: the settings davfront.lua reads at nginx's start
@@ -102,10 +111,9 @@ def local_adaptors() -> list[LocalAdaptor]:
     process about to fork)."""
     from skerry.adaptors.config import load_specs, read_config
     from skerry.adaptors.types import adaptor_type
-    from skerry.config import ADAPTORS
 
     found = []
-    for spec in load_specs(read_config(ADAPTORS.require()).get("adaptors", [])):
+    for spec in load_specs(read_config(config.ADAPTORS.require()).get("adaptors", [])):
         kind = adaptor_type(spec.type)
         if kind.local and "/" not in spec.name:
             root = kind.filesystem(spec, {})[1]  # the adaptor type's own rule for its folder
@@ -278,18 +286,89 @@ def start(nginx: LuaNginx, folder: str, rendered: tuple[str, str], ip: str, port
     process = subprocess.Popen([nginx.binary, "-q", "-p", folder, "-c", path, "-e", "stderr"],
                                stdin=subprocess.DEVNULL, pass_fds=fds,
                                preexec_fn=die_with_parent)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SetupError(f"the WebDAV front (nginx) exited at its start ({process.returncode}); its errors "
-                             f"are above")
-        try:
-            socket.create_connection((ip, port), timeout=0.5).close()
-            return process
-        except OSError:
-            time.sleep(0.02)
+    if listening(ip, port, START_TIMEOUT, while_=lambda: process.poll() is None):
+        return process
+    if process.poll() is not None:
+        raise SetupError(f"the WebDAV front (nginx) exited at its start ({process.returncode}); its errors "
+                         f"are above")
     process.send_signal(signal.SIGKILL)
     raise SetupError(f"the WebDAV front (nginx) did not listen on {ip}:{port} within {START_TIMEOUT:g} s")
+
+
+def listening(ip: str, port: int, timeout: float, while_=lambda: True) -> bool:
+    """Whether ``ip:port`` accepts a connection within ``timeout`` s, asked every 20 ms
+    while ``while_()`` holds (False at once when it stops holding)."""
+    deadline = time.monotonic() + timeout
+    while while_():
+        try:
+            socket.create_connection((ip, port), timeout=0.5).close()
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+    return False
+
+
+def wanted_nginx() -> LuaNginx | None:
+    """The front's nginx, as ``$SKERRY_DAV_FRONT`` asks: 'auto' takes it where it is installed;
+    'nginx' demands it (a SetupError where none is: a platform set up for it must not run
+    without it, unseen); 'off' never looks."""
+    wanted = config.DAV_FRONT.get()
+    nginx = find_nginx() if wanted != "off" else None
+    if nginx is None and wanted == "nginx":
+        raise SetupError(f"${config.DAV_FRONT.name}=nginx, but no nginx with its Lua module is installed "
+                         "(Debian: apt-get install nginx-light libnginx-mod-http-lua), or this is not an "
+                         "x86-64 Linux machine, the one the front reads file metadata on")
+    return nginx
+
+
+def private_folder(port: int) -> str:
+    """The front's own folder (its configuration, temporary uploads, lock flag), empty and
+    private: in the user's cache, on the home's file system, so that an upload is renamed
+    into place rather than copied; else in the system's temporary folder."""
+    home_cache = os.path.join(os.path.expanduser("~"), ".cache", "skerry", f"dav-front-{port}")
+    try:
+        shutil.rmtree(home_cache, ignore_errors=True)  # a front killed before it could tidy up
+        os.makedirs(home_cache, mode=0o700)
+        return home_cache
+    except OSError:
+        return tempfile.mkdtemp(prefix="skerry-dav-front-")
+
+
+def run(nginx: LuaNginx, folder: str, ip: str, port: int, app_port: int, heard: int, *, backlog: int,
+        app_timeout: float) -> None:
+    """Start the front once the endpoint's app answers on ``app_port`` (within ``app_timeout``
+    s), and stop the endpoint (SIGTERM to this process) when nginx ends or cannot start. Runs
+    in a thread that lives as long as the process: nginx dies with the thread that started it."""
+    if not listening("127.0.0.1", app_port, app_timeout):  # the worker loads the app, then listens
+        log.error("the WebDAV endpoint did not listen on 127.0.0.1:%d; stopping", app_port)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    feed = config.WRITES_OUT.get()
+    try:
+        rendered = render(nginx=nginx, folder=folder, ip=ip, port=port, upstream_port=app_port,
+                          mount=config.DAV_PREFIX.require(), adaptors=local_adaptors(), feed=feed, heard=heard,
+                          umask=umask(), backlog=backlog)
+        process = start(nginx, folder, rendered, ip, port, (heard,) if feed is None else (heard, feed))
+    except Exception:
+        log.exception("the WebDAV front did not start; stopping the endpoint")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    code = process.wait()
+    log.error("the WebDAV front (nginx) exited (%s); stopping the endpoint", code)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def umask() -> int:
+    """This process's umask, read without setting it (other threads may be making files)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):  # no /proc, or a kernel before 4.7
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
 
 
 def heard_writes(app, fd: int, folder: str, provider, adaptors: list[str]):

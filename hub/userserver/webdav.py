@@ -20,15 +20,11 @@ and passes everything else to the app, which granian then serves on a port of it
 and this one stops when nginx ends.
 """
 
-import logging
 import os
 import shutil
 import signal
 import sys
-import socket
-import tempfile
 import threading
-import time
 
 from cheroot import wsgi
 from granian.constants import HTTPModes, Interfaces
@@ -42,13 +38,10 @@ from skerry.adaptors.webdav import BLOCK_SIZE, head_without_body, make_dav_app
 from skerry.adaptors.writefeed import tell_writes
 from skerry.process import die_with_parent, settle_heap
 
-from skerry.errors import SetupError
 from skerry.hub.userserver import davfront
 from skerry.hub.userserver.tokenauth import HubTokenAuthenticator, HubTokens, owner_from_env
 from skerry.hub.userserver.wsgishim import for_granian
 from skerry.ports import identity_wsgi, quiet_port
-
-log = logging.getLogger("skerry.dav")
 
 START_TIMEOUT = 120  # seconds the worker gets to load the app and listen, before the front gives up
 
@@ -98,9 +91,9 @@ def _worker_app():
 def main() -> int:
     die_with_parent()  # never outlive the micro-infrastructure process
     ip, port = config.DAV_IP.get(), config.DAV_PORT.require()
-    nginx = _front_nginx()
+    nginx = davfront.wanted_nginx()
     if nginx is not None:  # nginx listens on the endpoint's port; the app behind it on one of its own
-        folder = _front_folder(port)
+        folder = davfront.private_folder(port)
         heard_in, heard_out = os.pipe()  # the front tells the worker what it wrote (davfront.heard_writes)
         os.set_blocking(heard_out, False)
         config.DAV_FRONT_DIR.set(folder)  # read by the worker, forked from this process
@@ -112,9 +105,10 @@ def main() -> int:
 
         def after_fork():
             if not started:
-                started.append(threading.Thread(target=_run_front, args=(nginx, folder, ip, port, app_port,
-                                                                         heard_out), name="skerry-dav-front",
-                                                daemon=True))
+                started.append(threading.Thread(target=davfront.run, args=(nginx, folder, ip, port, app_port,
+                                                                           heard_out),
+                                                kwargs={"backlog": BACKLOG, "app_timeout": START_TIMEOUT},
+                                                name="skerry-dav-front", daemon=True))
                 started[0].start()
 
         os.register_at_fork(after_in_parent=after_fork)
@@ -130,73 +124,6 @@ def main() -> int:
         if nginx is not None:
             shutil.rmtree(folder, ignore_errors=True)
     return 0
-
-
-def _front_nginx() -> "davfront.LuaNginx | None":
-    """The nginx of the WebDAV front, as ``$SKERRY_DAV_FRONT`` asks: 'auto' takes it where it is
-    installed; 'nginx' demands it (a SetupError where none is: a platform set up for it must
-    not run without it, unseen)."""
-    wanted = config.DAV_FRONT.get()
-    nginx = davfront.find_nginx() if wanted != "off" else None
-    if nginx is None and wanted == "nginx":
-        raise SetupError(f"${config.DAV_FRONT.name}=nginx, but no nginx with its Lua module is installed "
-                         "(Debian: apt-get install nginx-light libnginx-mod-http-lua), or this is not an "
-                         "x86-64 Linux machine, the one the front reads file metadata on")
-    return nginx
-
-
-def _front_folder(port: int) -> str:
-    """The front's own folder (its configuration, temporary uploads, lock flag), empty and
-    private: in the user's cache, on the home's file system, so that an upload is renamed
-    into place rather than copied; else in the system's temporary folder."""
-    home_cache = os.path.join(os.path.expanduser("~"), ".cache", "skerry", f"dav-front-{port}")
-    try:
-        shutil.rmtree(home_cache, ignore_errors=True)  # a front killed before it could tidy up
-        os.makedirs(home_cache, mode=0o700)
-        return home_cache
-    except OSError:
-        return tempfile.mkdtemp(prefix="skerry-dav-front-")
-
-
-def _run_front(nginx, folder: str, ip: str, port: int, app_port: int, heard: int) -> None:
-    """Start the front once the app answers, and stop the endpoint when it ends (or cannot
-    start). Runs in a thread that lives as long as the process: nginx dies with the thread
-    that started it."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:  # the worker loads the app, then listens
-        try:
-            socket.create_connection(("127.0.0.1", app_port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                log.error("the WebDAV endpoint did not listen on 127.0.0.1:%d; stopping", app_port)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.02)
-    feed = config.WRITES_OUT.get()
-    try:
-        rendered = davfront.render(nginx=nginx, folder=folder, ip=ip, port=port, upstream_port=app_port,
-                                   mount=config.DAV_PREFIX.require(), adaptors=davfront.local_adaptors(),
-                                   feed=feed, heard=heard, umask=_umask(), backlog=BACKLOG)
-        process = davfront.start(nginx, folder, rendered, ip, port, (heard,) if feed is None else (heard, feed))
-    except Exception:
-        log.exception("the WebDAV front did not start; stopping the endpoint")
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    code = process.wait()
-    log.error("the WebDAV front (nginx) exited (%s); stopping the endpoint", code)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _umask() -> int:
-    """This process's umask, read without setting it (other threads may be making files)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):  # no /proc, or a kernel before 4.7
-        mask = os.umask(0o077)
-        os.umask(mask)
-        return mask
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ Rules:
   most ``MAX_WINDOW``: a pool of short jobs is never starved by the loop's round trips,
   while a job still waits at most about ``horizon`` s in Dask, so rank changes and
   cancels take effect that fast; a pool with attempts in flight that are all short waits
-  for room for a whole batch before it refills;
+  for room for a whole batch before it refills, and a queue less than a batch longer than
+  the room goes in the refill whole (the window overfilled by less than a batch of short
+  jobs, never by a job not measured short);
 - when every task with jobs in flight or queued in a pool is measured short, the window
   is at least what its slots get through in ``horizon`` s at the slowest of their
   durations (``slots x horizon / duration``; a duration is the time the job held its
@@ -158,8 +160,9 @@ class Dispatcher:
                 ranks = dict(conn.execute(_RANKS).all())
                 self._after = {key: job for key, job in self._after.items() if key[0] in ranks}
             queued = {}
+            limit = free + MAX_BATCH - 1  # a queue less than a batch longer than the room is read whole
             for task_id in ranks:
-                rows = conn.execute(_QUEUED, {"task": task_id, "pool": pool, "free": free,
+                rows = conn.execute(_QUEUED, {"task": task_id, "pool": pool, "free": limit,
                                               "after": self._after.get((task_id, pool), 0)}).all()
                 if rows:
                     queued[task_id] = rows
@@ -171,6 +174,13 @@ class Dispatcher:
             free = min(free, self.window_of(pool) - in_flight[pool])
             if not queued or free <= 0:
                 continue
+            # what is left of a run's queue goes now when it is less than a batch: it would wait
+            # for room for a whole batch while the pool ran dry (the last 7 of 100,000 started
+            # 0.26 s after the rest)
+            waiting = sum(len(rows) for rows in queued.values())
+            if all(len(rows) < limit for rows in queued.values()) \
+                    and waiting - free < self._least(pool, set(queued) | tasks[pool]):
+                free = waiting
             picks = selector.take({t: (ranks[t], len(rows)) for t, rows in queued.items()}, free)
             order = []
             position = defaultdict(int)
