@@ -621,8 +621,8 @@ def test_a_refill_sent_while_batches_are_in_flight_is_spread_over_the_workers(cl
         where |= {e.job: e.worker for e in runner.events(timeout=0.1) if isinstance(e, Finished)}
     assert len(where) == 30 and runner.in_flight() == 0
     refill = [where[job] for job in range(101, 111)]
-    # Dask sends a large group of unrestricted tasks to one worker in runs: all 10 went to one
-    # worker, which ran 20 jobs while the other ran 10 and then idled
+    # keyed by strings (one Dask task group), all 10 went to one worker (Dask's root-task
+    # co-assignment), which ran 20 jobs while the other ran 10 and then idled
     counts = sorted(refill.count(w) for w in client.scheduler_info()["workers"])
     assert counts[0] >= 4, counts
 
