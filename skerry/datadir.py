@@ -129,9 +129,6 @@ class DataDir:
         if not all(isinstance(p, int) for p in chosen) or len(set(chosen)) < len(chosen) or avoid & set(chosen):
             ports = {}
             for name in PORT_NAMES:
-                port = quiet_port(ip)
-                while port in avoid or port in ports.values():
-                    port = quiet_port(ip)
-                ports[name] = port
+                ports[name] = quiet_port(ip, avoid=avoid | set(ports.values()))
             write_private(path, json.dumps(ports))
         return ports

@@ -45,11 +45,12 @@ ROLES = ("jupyter", "webdav")
 # ---- ports chosen now, bound later ------------------------------------------------------------
 
 
-def quiet_port(ip: str = "127.0.0.1", tries: int = 100) -> int:
+def quiet_port(ip: str = "127.0.0.1", tries: int = 100, avoid=frozenset()) -> int:
     """A port free now, chosen at random below the kernel's ephemeral range: a port the kernel
     hands out (to a socket bound to port 0, a held lease, an outgoing connection) could be
     taken by another process between this choice and the bind, which may be seconds later
-    (three platforms starting at once lost their proxy's API port to each other's servers)."""
+    (three platforms starting at once lost their proxy's API port to each other's servers).
+    Never one of ``avoid``: ports already chosen, free now but bound later."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low = int(f.read().split()[0])
@@ -59,6 +60,8 @@ def quiet_port(ip: str = "127.0.0.1", tries: int = 100) -> int:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     for _ in range(tries):
         port = floor + secrets.randbelow(low - floor)
+        if port in avoid:
+            continue
         with socket.socket(family) as s:
             try:
                 s.bind((ip, port))

@@ -55,6 +55,19 @@ def test_ports_are_chosen_again_where_one_is_the_public_port(tmp_path):
     assert len(set(data.ports().values())) == 3
 
 
+def test_a_quiet_port_is_never_one_to_avoid(monkeypatch):
+    """A port chosen but not bound yet (the public one, the endpoint's) is free now: it is never chosen."""
+    import itertools
+
+    from skerry import ports
+
+    draws = itertools.cycle([0, 1])  # the random draws: the two lowest ports of the range, in turn
+    monkeypatch.setattr(ports.secrets, "randbelow", lambda n: next(draws))
+    first = ports.quiet_port()
+    chosen = {ports.quiet_port(avoid={first}) for _ in range(5)}  # each draws both ports: without avoid, first too
+    assert len(chosen) == 1 and abs(chosen.pop() - first) == 1
+
+
 def test_data_dir_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert main(["up", "--data-dir", str(tmp_path / "f")]) == 2

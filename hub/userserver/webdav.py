@@ -98,7 +98,7 @@ def main() -> int:
         os.set_blocking(heard_out, False)
         config.DAV_FRONT_DIR.set(folder)  # read by the worker, forked from this process
         config.DAV_FRONT_WRITES.set(heard_in)
-        app_ip, app_port = "127.0.0.1", quiet_port()
+        app_ip, app_port = "127.0.0.1", quiet_port(avoid={port})  # the endpoint's port: free until nginx binds it
         # nginx starts once the worker is forked, from a thread of its own: a thread of ours busy
         # at that fork (an import, a lookup) could hold a lock the worker then waits on for good
         started = []
